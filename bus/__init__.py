@@ -1,0 +1,1 @@
+"""bus: ZeroMQ transport between a node's processes, with no mesh knowledge."""

@@ -1,0 +1,1 @@
+"""fastpath: the compiled data plane that moves the bytes of user traffic (Cython over C libraries)."""

@@ -1,0 +1,23 @@
+"""fastpath.errors: the exceptions the data plane raises at its Python boundary."""
+
+from __future__ import annotations
+
+
+class FastpathError(Exception):
+    """Root of every error fastpath raises to Python."""
+
+
+class TLSError(FastpathError):
+    """OpenSSL refused an operation; carries the drained error queue.
+
+    ``reasons`` holds one ``"<library>: <reason>"`` string per queued OpenSSL error,
+    oldest first; ``codes`` holds the packed ``ERR_get_error()`` values, for callers
+    that match on a specific library/reason instead of on text.
+    """
+
+    def __init__(
+        self, message: str, reasons: tuple[str, ...] = (), codes: tuple[int, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.reasons: tuple[str, ...] = tuple(reasons)
+        self.codes: tuple[int, ...] = tuple(codes)

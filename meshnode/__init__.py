@@ -1,0 +1,1 @@
+"""meshnode: the mesh-aware part of the service mesh (config, processes, CLI)."""

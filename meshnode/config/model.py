@@ -1,0 +1,162 @@
+"""The resource model: frozen dataclasses for Mesh, Service and Workload, and their keys.
+
+Objects here are already validated (see validate.py); nothing in this module checks input.
+Map-valued fields are plain dicts so callers can read them naturally: treat them as
+read-only. Resources compare by content (not by the file they came from) and are not
+hashable; use `.key` when you need a dict key.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .errors import NotFound, Problem
+
+API_VERSION = "meshnode.io/v1alpha1"
+
+Key = tuple[str, str, str]
+"""(kind, namespace, name); the namespace of a cluster-scoped kind (Mesh) is ""."""
+
+
+@dataclass(frozen=True)
+class Metadata:
+    name: str
+    namespace: str = "default"
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MeshSpec:
+    """Mesh-wide settings (Istio MeshConfig); the defaults apply when no Mesh exists."""
+
+    trust_domain: str = "cluster.local"
+    mtls_mode: str = "STRICT"  # STRICT | PERMISSIVE, the default for every service
+    workload_ttl_s: float = 86400.0  # lifetime of a workload certificate
+    rotate_at: float = 0.5  # renew when this fraction of workload_ttl_s has passed
+    issuer_ttl_s: float = 31536000.0  # lifetime of a node's issuer (intermediate) cert
+    access_log: bool = True
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    port: int
+    protocol: str = "HTTP"  # HTTP | TCP
+    # A number, or the name of a port in the selected workloads' `ports`; 0 (not given)
+    # becomes `port`, as in Kubernetes.
+    target_port: int | str = 0
+
+    def __post_init__(self) -> None:
+        if self.target_port == 0:
+            object.__setattr__(self, "target_port", self.port)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    selector: dict[str, str]
+    ports: tuple[ServicePort, ...]
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    address: str  # IPv4/IPv6 literal or hostname
+    ports: dict[str, int] = field(default_factory=dict)  # port name -> port on `address`
+    labels: dict[str, str] = field(default_factory=dict)  # what Service selectors match
+    service_account: str = "default"
+    node: str | None = None  # None: beside whichever node loads it
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Base of every kind: metadata, plus the file it came from (for error messages only)."""
+
+    KIND: ClassVar[str] = ""
+    CLUSTER_SCOPED: ClassVar[bool] = False
+
+    metadata: Metadata
+    source: str = field(default="", compare=False, kw_only=True)
+
+    @property
+    def kind(self) -> str:
+        return self.KIND
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+    @property
+    def key(self) -> Key:
+        return (self.KIND, self.metadata.namespace, self.metadata.name)
+
+    @property
+    def label(self) -> str:
+        """How problems and the store name this resource: "Service demo/web", "Mesh default"."""
+        return key_label(self.key)
+
+
+@dataclass(frozen=True)
+class Mesh(Resource):
+    KIND: ClassVar[str] = "Mesh"
+    CLUSTER_SCOPED: ClassVar[bool] = True
+    spec: MeshSpec = field(default_factory=MeshSpec)
+
+
+@dataclass(frozen=True)
+class Service(Resource):
+    KIND: ClassVar[str] = "Service"
+    spec: ServiceSpec
+
+
+@dataclass(frozen=True)
+class Workload(Resource):
+    KIND: ClassVar[str] = "Workload"
+    spec: WorkloadSpec
+
+
+KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Service, Workload)}
+"""Every kind, in the order resources are listed (mesh first, then what depends on it)."""
+
+_SHORT_NAMES = {"svc": "Service", "wl": "Workload"}
+
+
+def key_label(key: Key) -> str:
+    kind, namespace, name = key
+    return f"{kind} {name}" if not namespace else f"{kind} {namespace}/{name}"
+
+
+def sort_key(resource: Resource) -> tuple[int, str, str]:
+    return (list(KINDS).index(resource.kind), resource.namespace, resource.name)
+
+
+def resolve_kind(text: str) -> str:
+    """Return the kind that `text` names: "services", "svc", "Service" -> "Service"."""
+    lowered = text.lower()
+    for kind in KINDS:
+        if lowered in (kind.lower(), kind.lower() + "s", kind.lower() + "es"):
+            return kind
+    if lowered in _SHORT_NAMES:
+        return _SHORT_NAMES[lowered]
+    raise NotFound([Problem("", "", "kind", f"unknown kind {text!r}; known kinds: {', '.join(KINDS)}")])
+
+
+def selects(service: Service, workload: Workload) -> bool:
+    """True when the service's selector matches the workload (same namespace, as in Kubernetes)."""
+    if service.namespace != workload.namespace:
+        return False
+    labels = workload.spec.labels
+    return all(labels.get(k) == v for k, v in service.spec.selector.items())
+
+
+def mesh_spec(resources: Iterable[Resource]) -> MeshSpec:
+    """The mesh settings in force: the Mesh resource's, or the defaults when there is none."""
+    for resource in resources:
+        if isinstance(resource, Mesh):
+            return resource.spec
+    return MeshSpec()

@@ -1,0 +1,105 @@
+"""The snapshot compiler: turns the resource set into the plain dict one node's workers install.
+
+A snapshot holds only str/int/float/bool/list/dict (it travels as msgpack), everything in
+sorted order, so the same resources give an equal snapshot whatever order they came in.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .model import Resource, Service, ServicePort, Workload, mesh_spec, selects
+
+
+def identity_for(trust_domain: str, namespace: str, service_account: str) -> str:
+    """The SPIFFE ID of a workload (DESIGN §4)."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
+def resolve_port(port: ServicePort, workload: Workload) -> int:
+    """Where traffic for a service port goes on a workload, as Istio's WorkloadEntry decides.
+
+    A named targetPort is looked up in the workload's ports (validate_set guarantees it
+    is there); otherwise the workload's port named like the service port wins, else
+    the numeric targetPort.
+    """
+    ports = workload.spec.ports
+    if isinstance(port.target_port, str):
+        return ports[port.target_port]
+    return ports.get(port.name, port.target_port)
+
+
+def _workload_ref(workload: Workload) -> str:
+    return f"{workload.namespace}/{workload.name}"
+
+
+def _endpoint(service: Service, workload: Workload, node: str, trust_domain: str) -> dict[str, Any]:
+    return {
+        "workload": _workload_ref(workload),
+        "address": workload.spec.address,
+        "ports": {p.name: resolve_port(p, workload) for p in service.spec.ports},
+        # An unset node means "beside whichever node loads it", i.e. this one.
+        "node": workload.spec.node or node,
+        "labels": dict(sorted(workload.spec.labels.items())),
+        "weight": workload.spec.weight,
+        "identity": identity_for(trust_domain, workload.namespace, workload.spec.service_account),
+    }
+
+
+def _service(service: Service, workloads: list[Workload], node: str, trust_domain: str) -> dict[str, Any]:
+    name, namespace = service.name, service.namespace
+    endpoints = [_endpoint(service, w, node, trust_domain) for w in workloads if selects(service, w)]
+    return {
+        "name": name,
+        "namespace": namespace,
+        "fqdn": f"{name}.{namespace}.svc",
+        "hosts": [name, f"{name}.{namespace}", f"{name}.{namespace}.svc"],
+        "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol,
+                   "target_port": p.target_port}
+                  for p in sorted(service.spec.ports, key=lambda p: p.port)],
+        "endpoints": endpoints,
+        "identities": sorted({e["identity"] for e in endpoints}),
+    }
+
+
+def _local(workload: Workload, services: list[Service], trust_domain: str) -> dict[str, Any]:
+    return {
+        "workload": _workload_ref(workload),
+        "namespace": workload.namespace,
+        "name": workload.name,
+        "services": [f"{s.namespace}/{s.name}" for s in services if selects(s, workload)],
+        "identity": identity_for(trust_domain, workload.namespace, workload.spec.service_account),
+        "address": workload.spec.address,
+        "ports": dict(sorted(workload.spec.ports.items())),
+        "labels": dict(sorted(workload.spec.labels.items())),
+    }
+
+
+def _by_name(resource: Resource) -> tuple[str, str]:
+    return (resource.namespace, resource.name)
+
+
+def compile_snapshot(resources: Iterable[Resource], node: str, version: int) -> dict[str, Any]:
+    """The snapshot for `node` at config `version` (resources are assumed validate_set-clean).
+
+    `local` lists the workloads this node fronts: those whose node is `node` or unset.
+    """
+    resources = list(resources)
+    mesh = mesh_spec(resources)
+    services = sorted((r for r in resources if isinstance(r, Service)), key=_by_name)
+    workloads = sorted((r for r in resources if isinstance(r, Workload)), key=_by_name)
+    td = mesh.trust_domain
+    return {
+        "version": version,
+        "node": node,
+        "mesh": {
+            "trust_domain": td,
+            "mtls_mode": mesh.mtls_mode,
+            "workload_ttl_s": mesh.workload_ttl_s,
+            "rotate_at": mesh.rotate_at,
+            "issuer_ttl_s": mesh.issuer_ttl_s,
+            "access_log": mesh.access_log,
+        },
+        "services": [_service(s, workloads, node, td) for s in services],
+        "local": [_local(w, services, td) for w in workloads if w.spec.node in (None, node)],
+    }

@@ -1,0 +1,527 @@
+"""Validation: turns YAML documents into model objects and checks sets of them.
+
+Every check records a Problem (file, resource, field path, message) and carries on, so
+one run reports everything that is wrong; a document with any problem yields no resource.
+A null value counts as absent, as in Kubernetes.
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from .durations import DurationError, format_duration, parse_duration
+from .errors import ConfigError, Problem
+from .model import (
+    API_VERSION,
+    KINDS,
+    Key,
+    Mesh,
+    MeshSpec,
+    Metadata,
+    Resource,
+    Service,
+    ServicePort,
+    ServiceSpec,
+    Workload,
+    WorkloadSpec,
+    key_label,
+    selects,
+)
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+# RFC 1123 label as Kubernetes uses it for names: lowercase alnum and '-', at most 63.
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?")
+# Kubernetes label names and values: alnum ends, '-', '_', '.' inside, at most 63.
+_LABEL_PART = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_NODE = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.:]{0,251}[A-Za-z0-9])?")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_PROTOCOLS = ("HTTP", "TCP")
+_MTLS_MODES = ("STRICT", "PERMISSIVE")
+MAX_WEIGHT = 1_000_000
+
+
+class _Doc:
+    """The problems found in one document, all tagged with its file and resource label."""
+
+    def __init__(self, file: str, resource: str) -> None:
+        self.file = file
+        self.resource = resource
+        self.problems: list[Problem] = []
+
+    def fail(self, field: str, message: str) -> None:
+        self.problems.append(Problem(self.file, self.resource, field, message))
+
+
+def join(path: str, key: str) -> str:
+    """Extend a field path: join("spec", "ports") -> "spec.ports"; odd keys are quoted."""
+    if _IDENT.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f'{path}["{key}"]'
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f"; expected one of: {', '.join(choices)}"
+
+
+def _fields(
+    d: _Doc, value: object, path: str, allowed: Sequence[str], required: Sequence[str] = ()
+) -> dict[str, Any] | None:
+    """Check a mapping with a fixed set of fields; return the present, non-null ones."""
+    if not isinstance(value, dict):
+        d.fail(path, f"must be a mapping, got {_describe(value)}")
+        return None
+    present: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            d.fail(join(path, str(key)), "field names must be strings")
+        elif key not in allowed:
+            d.fail(join(path, key), "unknown field" + _did_you_mean(key, allowed))
+        elif item is not None:
+            present[key] = item
+    for key in required:
+        if key not in present:
+            d.fail(join(path, key), "required")
+    return present
+
+
+def _opt(
+    d: _Doc, fields: dict[str, Any], path: str, key: str,
+    check: Callable[[_Doc, Any, str], T | None], default: T,
+) -> T | None:
+    return check(d, fields[key], join(path, key)) if key in fields else default
+
+
+def _string(d: _Doc, value: object, path: str) -> str | None:
+    if not isinstance(value, str):
+        d.fail(path, f"must be a string, got {_describe(value)}")
+        return None
+    return value
+
+
+def _dns_label(d: _Doc, value: object, path: str) -> str | None:
+    text = _string(d, value, path)
+    if text is not None and not _DNS_LABEL.fullmatch(text):
+        d.fail(path, f"{text!r} is not a DNS label: use at most 63 lowercase letters, digits "
+                     "and '-', starting and ending with a letter or digit")
+        return None
+    return text
+
+
+def _int(d: _Doc, value: object, path: str, low: int, high: int) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        d.fail(path, f"must be an integer, got {_describe(value)}")
+        return None
+    if not low <= value <= high:
+        d.fail(path, f"must be between {low} and {high}, got {value}")
+        return None
+    return value
+
+
+def _port(d: _Doc, value: object, path: str) -> int | None:
+    return _int(d, value, path, 1, 65535)
+
+
+def _weight(d: _Doc, value: object, path: str) -> int | None:
+    return _int(d, value, path, 1, MAX_WEIGHT)
+
+
+def _bool(d: _Doc, value: object, path: str) -> bool | None:
+    if not isinstance(value, bool):
+        d.fail(path, f"must be true or false, got {_describe(value)}")
+        return None
+    return value
+
+
+def _choice(choices: Sequence[str]) -> Callable[[_Doc, Any, str], str | None]:
+    def check(d: _Doc, value: object, path: str) -> str | None:
+        if value not in choices or not isinstance(value, str):
+            d.fail(path, f"must be one of {', '.join(choices)}, got {_describe(value)}")
+            return None
+        return value
+    return check
+
+
+def _positive_duration(d: _Doc, value: object, path: str) -> float | None:
+    try:
+        seconds = parse_duration(value)
+    except DurationError as exc:
+        d.fail(path, str(exc))
+        return None
+    if seconds < 1:
+        d.fail(path, f"must be at least 1s, got {value!r}")
+        return None
+    return seconds
+
+
+def _fraction(d: _Doc, value: object, path: str) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        d.fail(path, f"must be a number between 0 and 1, got {_describe(value)}")
+        return None
+    if not 0 < value < 1:
+        d.fail(path, f"must be strictly between 0 and 1, got {value}")
+        return None
+    return float(value)
+
+
+def _is_hostname(text: str) -> bool:
+    labels = text.split(".")
+    # RFC 1123 §2.1: a top-level label is never all digits, which is what tells
+    # "300.1.1.1" (a bad IPv4 address) from a name.
+    return (len(text) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit())
+
+
+def _address(d: _Doc, value: object, path: str) -> str | None:
+    text = _string(d, value, path)
+    if text is None:
+        return None
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not _is_hostname(text):
+            d.fail(path, f"{text!r} is neither an IP address nor a hostname "
+                         "(give the port in `ports`, not in the address)")
+            return None
+    return text
+
+
+def _trust_domain(d: _Doc, value: object, path: str) -> str | None:
+    text = _string(d, value, path)
+    if text is not None and (len(text) > 253 or not all(
+            _DNS_LABEL.fullmatch(label) for label in text.split("."))):
+        d.fail(path, f"{text!r} is not a trust domain: use lowercase DNS labels joined "
+                     "by dots, such as 'cluster.local'")
+        return None
+    return text
+
+
+def _node(d: _Doc, value: object, path: str) -> str | None:
+    text = _string(d, value, path)
+    if text is not None and not _NODE.fullmatch(text):
+        d.fail(path, f"{text!r} is not a node name: use letters, digits, '-', '_', '.', ':'")
+        return None
+    return text
+
+
+def _label_key_ok(key: str) -> bool:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not (len(prefix) <= 253 and all(
+            _DNS_LABEL.fullmatch(label) for label in prefix.split("."))):
+        return False
+    return bool(_LABEL_PART.fullmatch(name))
+
+
+def _string_map(
+    d: _Doc, value: object, path: str, check_value: Callable[[_Doc, Any, str], T | None]
+) -> dict[str, T] | None:
+    """A mapping from label-like keys to values checked by `check_value`."""
+    if not isinstance(value, dict):
+        d.fail(path, f"must be a mapping, got {_describe(value)}")
+        return None
+    result: dict[str, T] = {}
+    ok = True
+    for key, item in value.items():
+        if not isinstance(key, str) or not _label_key_ok(key):
+            d.fail(join(path, str(key)), f"{key!r} is not a valid key: use at most 63 letters, "
+                                         "digits, '-', '_', '.', optionally after 'prefix/'")
+            ok = False
+            continue
+        checked = check_value(d, item, join(path, key))
+        if checked is None:
+            ok = False
+        else:
+            result[key] = checked
+    return result if ok else None
+
+
+def _label_value(d: _Doc, value: object, path: str) -> str | None:
+    if not isinstance(value, str):
+        hint = " (quote it)" if isinstance(value, (bool, int, float)) else ""
+        d.fail(path, f"must be a string{hint}, got {_describe(value)}")
+        return None
+    if value and not _LABEL_PART.fullmatch(value):
+        d.fail(path, f"{value!r} is not a label value: use at most 63 letters, digits, "
+                     "'-', '_', '.', starting and ending with a letter or digit")
+        return None
+    return value
+
+
+def _labels(d: _Doc, value: object, path: str) -> dict[str, str] | None:
+    return _string_map(d, value, path, _label_value)
+
+
+def _annotations(d: _Doc, value: object, path: str) -> dict[str, str] | None:
+    return _string_map(d, value, path, _string)
+
+
+def _metadata(d: _Doc, value: object, cluster_scoped: bool) -> Metadata | None:
+    meta = _fields(d, value, "metadata", ("name", "namespace", "labels", "annotations"),
+                   required=("name",))
+    if meta is None:
+        return None
+    name = _opt(d, meta, "metadata", "name", _dns_label, None)
+    namespace = _opt(d, meta, "metadata", "namespace", _dns_label, "default")
+    labels = _opt(d, meta, "metadata", "labels", _labels, {})
+    annotations = _opt(d, meta, "metadata", "annotations", _annotations, {})
+    if name is None or namespace is None or labels is None or annotations is None:
+        return None
+    # Cluster-scoped kinds ignore a namespace, as Kubernetes does.
+    return Metadata(name, "" if cluster_scoped else namespace, labels, annotations)
+
+
+def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
+    base = MeshSpec()
+    if value is _MISSING:
+        return base
+    spec = _fields(d, value, "spec", ("trustDomain", "mtls", "certificates", "telemetry"))
+    if spec is None:
+        return None
+    trust_domain = _opt(d, spec, "spec", "trustDomain", _trust_domain, base.trust_domain)
+    mtls = _fields(d, spec.get("mtls", {}), "spec.mtls", ("mode",)) or {}
+    mode = _opt(d, mtls, "spec.mtls", "mode", _choice(_MTLS_MODES), base.mtls_mode)
+    certs = _fields(d, spec.get("certificates", {}), "spec.certificates",
+                    ("workloadTTL", "rotateAt", "issuerTTL")) or {}
+    path = "spec.certificates"
+    workload_ttl = _opt(d, certs, path, "workloadTTL", _positive_duration, base.workload_ttl_s)
+    rotate_at = _opt(d, certs, path, "rotateAt", _fraction, base.rotate_at)
+    issuer_ttl = _opt(d, certs, path, "issuerTTL", _positive_duration, base.issuer_ttl_s)
+    if workload_ttl is not None and issuer_ttl is not None and workload_ttl >= issuer_ttl:
+        d.fail(join(path, "workloadTTL"),
+               f"must be shorter than issuerTTL ({format_duration(issuer_ttl)}): a "
+               "certificate cannot outlive its issuer")
+    telemetry = _fields(d, spec.get("telemetry", {}), "spec.telemetry", ("accessLog",)) or {}
+    access_log = _opt(d, telemetry, "spec.telemetry", "accessLog", _bool, base.access_log)
+    if None in (trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log):
+        return None
+    return MeshSpec(trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log)  # type: ignore[arg-type]
+
+
+def _target_port(d: _Doc, value: object, path: str) -> int | str | None:
+    if isinstance(value, str):
+        return _dns_label(d, value, path)
+    if isinstance(value, bool) or not isinstance(value, int):
+        d.fail(path, f"must be a port number or a port name, got {_describe(value)}")
+        return None
+    return _port(d, value, path)
+
+
+def _service_ports(d: _Doc, value: object, path: str) -> tuple[ServicePort, ...] | None:
+    if not isinstance(value, list) or not value:
+        d.fail(path, f"must be a non-empty list of ports, got {_describe(value)}")
+        return None
+    ports: list[ServicePort] = []
+    names: dict[str, int] = {}
+    numbers: dict[int, int] = {}
+    for i, item in enumerate(value):
+        at = f"{path}[{i}]"
+        fields = _fields(d, item, at, ("name", "port", "protocol", "targetPort"),
+                         required=("name", "port"))
+        if fields is None:
+            continue
+        name = _opt(d, fields, at, "name", _dns_label, None)
+        port = _opt(d, fields, at, "port", _port, None)
+        protocol = _opt(d, fields, at, "protocol", _choice(_PROTOCOLS), "HTTP")
+        target = _opt(d, fields, at, "targetPort", _target_port, 0)
+        if name is not None:
+            if name in names:
+                d.fail(join(at, "name"), f"duplicate port name {name!r} (also {path}[{names[name]}])")
+            names.setdefault(name, i)
+        if port is not None:
+            if port in numbers:
+                d.fail(join(at, "port"), f"duplicate port {port} (also {path}[{numbers[port]}])")
+            numbers.setdefault(port, i)
+        if name is not None and port is not None and protocol is not None and target is not None:
+            ports.append(ServicePort(name, port, protocol, target))
+    return tuple(ports) if len(ports) == len(value) else None
+
+
+def _service_spec(d: _Doc, value: object) -> ServiceSpec | None:
+    if value is _MISSING:
+        d.fail("spec", "required")
+        return None
+    spec = _fields(d, value, "spec", ("selector", "ports"), required=("selector", "ports"))
+    if spec is None:
+        return None
+    selector = _opt(d, spec, "spec", "selector", _labels, None)
+    if selector == {}:
+        d.fail("spec.selector", "must select at least one label")
+    ports = _opt(d, spec, "spec", "ports", _service_ports, None)
+    if not selector or ports is None:
+        return None
+    return ServiceSpec(selector, ports)
+
+
+def _workload_spec(d: _Doc, value: object) -> WorkloadSpec | None:
+    if value is _MISSING:
+        d.fail("spec", "required")
+        return None
+    spec = _fields(d, value, "spec", ("address", "ports", "labels", "serviceAccount", "node",
+                                      "weight"), required=("address",))
+    if spec is None:
+        return None
+    address = _opt(d, spec, "spec", "address", _address, None)
+    ports = _opt(d, spec, "spec", "ports", _workload_ports, {})
+    labels = _opt(d, spec, "spec", "labels", _labels, {})
+    account = _opt(d, spec, "spec", "serviceAccount", _dns_label, "default")
+    node = _opt(d, spec, "spec", "node", _node, None)
+    weight = _opt(d, spec, "spec", "weight", _weight, 1)
+    if None in (address, ports, labels, account, weight) or ("node" in spec and node is None):
+        return None
+    return WorkloadSpec(address, ports, labels, account, node, weight)  # type: ignore[arg-type]
+
+
+def _workload_ports(d: _Doc, value: object, path: str) -> dict[str, int] | None:
+    if not isinstance(value, dict):
+        d.fail(path, f"must be a mapping of port name to port number, got {_describe(value)}")
+        return None
+    ports: dict[str, int] = {}
+    for key, item in value.items():
+        name = _dns_label(d, key, join(path, str(key)))
+        port = _port(d, item, join(path, str(key)))
+        if name is not None and port is not None:
+            ports[name] = port
+    return ports if len(ports) == len(value) else None
+
+
+_SPECS: dict[str, Callable[[_Doc, object], Any]] = {
+    "Mesh": _mesh_spec,
+    "Service": _service_spec,
+    "Workload": _workload_spec,
+}
+
+
+def document_label(doc: object, index: int) -> str:
+    """Name a document for problems: "Service demo/web" if it says so, else "document #N"."""
+    if isinstance(doc, dict):
+        kind, meta = doc.get("kind"), doc.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if isinstance(kind, str) and kind and isinstance(name, str) and name:
+            cls = KINDS.get(kind)
+            namespace = meta.get("namespace") if isinstance(meta, dict) else None
+            if not isinstance(namespace, str) or not namespace:
+                namespace = "default"
+            return key_label((kind, "" if cls and cls.CLUSTER_SCOPED else namespace, name))
+    return f"document #{index}"
+
+
+def parse_document(doc: object, file: str, index: int) -> tuple[Resource | None, list[Problem]]:
+    """Build the resource a parsed YAML/JSON document describes, or list what is wrong with it.
+
+    `index` is the 1-based position of the document in its file, used to name documents
+    that have no kind or name.
+    """
+    d = _Doc(file, document_label(doc, index))
+    top = _fields(d, doc, "", ("apiVersion", "kind", "metadata", "spec"),
+                  required=("apiVersion", "kind", "metadata"))
+    if top is None:
+        return None, d.problems
+    if "apiVersion" in top and top["apiVersion"] != API_VERSION:
+        d.fail("apiVersion", f"must be {API_VERSION!r}, got {_describe(top['apiVersion'])}")
+    cls: type[Resource] | None = None
+    if "kind" in top:
+        kind = top["kind"]
+        cls = KINDS.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            shown = repr(kind) if isinstance(kind, str) else _describe(kind)
+            close = difflib.get_close_matches(kind, list(KINDS), n=1) if isinstance(kind, str) else []
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            d.fail("kind", f"unknown kind {shown}{hint}; known kinds: {', '.join(KINDS)}")
+    metadata = None
+    if "metadata" in top:
+        metadata = _metadata(d, top["metadata"], cls is not None and cls.CLUSTER_SCOPED)
+    if cls is None:
+        return None, d.problems
+    spec = _SPECS[cls.KIND](d, top.get("spec", _MISSING))
+    if d.problems or metadata is None or spec is None:
+        return None, d.problems
+    return cls(metadata=metadata, spec=spec, source=file), []  # type: ignore[call-arg]
+
+
+def duplicate_problems(resources: Iterable[Resource]) -> list[Problem]:
+    """One problem for every resource whose key an earlier one already has."""
+    first: dict[Key, Resource] = {}
+    problems: list[Problem] = []
+    for resource in resources:
+        if resource.key in first:
+            where = f" (first in {first[resource.key].source})" if first[resource.key].source else ""
+            problems.append(Problem(resource.source, resource.label, "metadata.name",
+                                    f"{resource.label} is defined twice{where}"))
+        else:
+            first[resource.key] = resource
+    return problems
+
+
+def set_problems(resources: Sequence[Resource]) -> list[Problem]:
+    """Every problem of a whole configuration: duplicates, meshes and cross-references."""
+    problems = duplicate_problems(resources)
+    first: dict[Key, Resource] = {}
+    for resource in resources:
+        first.setdefault(resource.key, resource)
+    unique = list(first.values())
+    meshes = [r for r in unique if isinstance(r, Mesh)]
+    for extra in meshes[1:]:
+        where = f" in {meshes[0].source}" if meshes[0].source else ""
+        problems.append(Problem(extra.source, extra.label, "metadata.name",
+                                f"only one Mesh is allowed and {meshes[0].label} is defined{where}"))
+    services = [r for r in unique if isinstance(r, Service)]
+    workloads = [r for r in unique if isinstance(r, Workload)]
+    for workload in workloads:
+        selecting = [s for s in services if selects(s, workload)]
+        if not selecting:
+            continue  # nothing to check against; a lone workload is allowed
+        known = {p.name for s in selecting for p in s.spec.ports}
+        known |= {p.target_port for s in selecting for p in s.spec.ports
+                  if isinstance(p.target_port, str)}
+        for name in workload.spec.ports:
+            if name not in known:
+                problems.append(Problem(
+                    workload.source, workload.label, join("spec.ports", name),
+                    f"no port named {name!r} in the services selecting this workload "
+                    f"({', '.join(s.label for s in selecting)}); they name: "
+                    f"{', '.join(sorted(str(k) for k in known))}"))
+    for service in services:
+        for i, port in enumerate(service.spec.ports):
+            if not isinstance(port.target_port, str):
+                continue
+            for workload in workloads:
+                if selects(service, workload) and port.target_port not in workload.spec.ports:
+                    where = f" ({workload.source})" if workload.source else ""
+                    problems.append(Problem(
+                        service.source, service.label, f"spec.ports[{i}].targetPort",
+                        f"port name {port.target_port!r} is not in the ports of "
+                        f"{workload.label}{where}"))
+    return problems
+
+
+def validate_set(resources: Sequence[Resource]) -> None:
+    """Check a whole configuration; raise ConfigError listing every problem."""
+    problems = set_problems(resources)
+    if problems:
+        raise ConfigError(problems)
