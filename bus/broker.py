@@ -78,8 +78,9 @@ class Broker:
             self.counters.drop("malformed")
             return
         try:
+            frames[0].decode()  # every subscriber would drop a topic that is not text
             unpack(frames[1])
-        except DecodeError:
+        except (DecodeError, UnicodeDecodeError):
             self.counters.drop("undecodable")
             return
         self._xpub.send_multipart(frames)

@@ -46,7 +46,8 @@ class Endpoints:
 
 def prepare(endpoints: Endpoints) -> None:
     """Create the socket dir with mode 0700 (or tighten it), and check path lengths."""
-    longest = max(len(a) - len("ipc://") for a in
+    # sun_path counts bytes: a non-ASCII dir is longer than its character count.
+    longest = max(len(os.fsencode(a)) - len("ipc://") for a in
                   (endpoints.events_in, endpoints.events_out, endpoints.requests))
     if longest > _SUN_PATH_MAX:
         raise RuntimeDirError(

@@ -1,0 +1,217 @@
+"""The ``meshnode`` command: one entry point for the node's lifecycle and its config.
+
+    meshnode up | down | status | logs        the node under supervisord
+    meshnode apply | get | delete             resources, through control on the bus
+
+Exit codes follow STYLE.md: 0 done, 1 failed, 3 no node running, 64 usage error,
+69 a node process is unavailable, 78 the configuration was refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from . import nodectl
+from .config import ConfigError, load_path
+from .ports import DEFAULT_BASE
+
+EX_FAIL, EX_NOT_RUNNING, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 1, 3, 64, 69, 78
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2; STYLE says 64
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(EX_USAGE)
+
+
+def _default_runtime_dir() -> str:
+    return os.environ.get("MESHNODE_RUNTIME_DIR") or str(Path.home() / ".meshnode")
+
+
+def _add_runtime_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime-dir", type=Path, default=Path(_default_runtime_dir()),
+                   help="the node's runtime dir (default $MESHNODE_RUNTIME_DIR or ~/.meshnode)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="meshnode", description="A service mesh node: mTLS, routing, "
+                     "golden metrics, for plain VMs and pods.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("up", help="start a node under supervisord and wait until it is ready")
+    _add_runtime_dir(p)
+    p.add_argument("--config", type=Path, help="dir of YAML resources that seeds the node "
+                   "(default: the example mesh shipped with meshnode)")
+    p.add_argument("--port-base", type=int, default=DEFAULT_BASE,
+                   help="first port of the node's block: admin +0, outbound +1, inbound +6, "
+                        "metrics +90 (default 15000)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="proxy worker processes (default: CPU count)")
+    p.add_argument("--node", default=None, help="node name (default: the host name)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for ready")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    p = sub.add_parser("down", help="stop the node and every process of it")
+    _add_runtime_dir(p)
+
+    p = sub.add_parser("status", help="each process's state, pid, health and config version")
+    _add_runtime_dir(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("logs", help="print a process's log (JSON lines)")
+    _add_runtime_dir(p)
+    p.add_argument("process", help="bus, control, ca, telemetry, proxy-N or supervisord")
+    p.add_argument("-n", "--lines", type=int, default=50, help="last N lines (0: all)")
+
+    p = sub.add_parser("apply", help="create or update resources from YAML")
+    _add_runtime_dir(p)
+    p.add_argument("-f", "--filename", required=True, action="append", type=Path,
+                   help="a YAML file, a dir of them, or - for stdin (repeatable)")
+
+    p = sub.add_parser("get", help="show resources")
+    _add_runtime_dir(p)
+    p.add_argument("kind", help="Mesh, Service, Workload (plural and short forms work)")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-n", "--namespace", default=None, help="only this namespace")
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+
+    p = sub.add_parser("delete", help="delete a resource")
+    _add_runtime_dir(p)
+    p.add_argument("kind")
+    p.add_argument("name")
+    p.add_argument("-n", "--namespace", default="default")
+    return parser
+
+
+def _read_files(paths: list[Path]) -> list[dict[str, str]]:
+    files: list[dict[str, str]] = []
+    for path in paths:
+        if str(path) == "-":
+            files.append({"name": "<stdin>", "text": sys.stdin.read()})
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+            if not found:
+                raise UsageError(f"{path}: no .yaml or .yml files in this dir")
+            files += [{"name": str(p), "text": p.read_text()} for p in found]
+        else:
+            try:
+                files.append({"name": str(path), "text": path.read_text()})
+            except OSError as exc:
+                raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    return files
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.config is not None:
+        # Refuse a broken config before anything starts, with every problem listed.
+        load_path(args.config)
+    result = nodectl.up(nodectl.options(args.runtime_dir, args.node, args.port_base,
+                                        args.workers, args.config, args.log_level),
+                        timeout_s=args.timeout)
+    print(result)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    print(nodectl.down(args.runtime_dir.resolve()))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = nodectl.status(args.runtime_dir.resolve())
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(nodectl.format_status(status))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    sys.stdout.write(nodectl.read_log(args.runtime_dir.resolve(), args.process, args.lines))
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    reply = nodectl.call(args.runtime_dir.resolve(), "control", "apply",
+                         {"files": _read_files(args.filename)})
+    what = ", ".join(reply.get("resources", []))
+    state = "applied" if reply.get("changed") else "unchanged"
+    print(f"{state}: version {reply['version']}: {what}")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    reply = nodectl.call(args.runtime_dir.resolve(), "control", "get",
+                         {"kind": args.kind, "name": args.name, "namespace": args.namespace})
+    items: list[dict[str, Any]] = reply["items"]
+    if args.output == "json":
+        print(json.dumps(items if args.name is None else items[0], indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump_all(items, sort_keys=False), end="")
+    else:
+        print(_table(items))
+    return 0
+
+
+def _table(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no resources found"
+    rows = [("KIND", "NAMESPACE", "NAME")]
+    rows += [(i["kind"], i["metadata"].get("namespace", "") or "-", i["metadata"]["name"])
+             for i in items]
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    reply = nodectl.call(args.runtime_dir.resolve(), "control", "delete",
+                         {"kind": args.kind, "name": args.name, "namespace": args.namespace})
+    print(f"deleted: version {reply['version']}: {args.kind} {args.namespace}/{args.name}")
+    return 0
+
+
+COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs,
+            "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"meshnode {args.command}: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except ConfigError as exc:
+        print(f"meshnode {args.command}: configuration refused:\n{exc}", file=sys.stderr)
+        return EX_CONFIG
+    except nodectl.NotRunning as exc:
+        print(f"meshnode {args.command}: {exc}", file=sys.stderr)
+        return EX_NOT_RUNNING
+    except nodectl.Unavailable as exc:
+        print(f"meshnode {args.command}: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except nodectl.Refused as exc:
+        print(f"meshnode {args.command}: {exc}", file=sys.stderr)
+        return EX_CONFIG if exc.kind == "config" else EX_FAIL
+    except nodectl.NodeError as exc:
+        print(f"meshnode {args.command}: {exc}", file=sys.stderr)
+        return EX_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

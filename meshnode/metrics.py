@@ -1,0 +1,62 @@
+"""Every Prometheus metric meshnode exports, defined in one place (STYLE: ``meshnode_``
+prefix, unit suffixes, bounded label sets: ``process`` is one of the node's processes,
+``reason`` one of the bus's fixed drop reasons).
+
+Values come from the processes' health beats, which carry cumulative counts; a custom
+collector turns the latest beat of each process into samples at scrape time, so a
+process that restarts simply starts its counters again (Prometheus handles resets).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .health import HealthBook
+
+
+class NodeCollector(Collector):
+    """Samples from the node's health book at scrape time."""
+
+    def __init__(self, book: HealthBook, node: str) -> None:
+        self._book, self._node = book, node
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.monotonic()
+        up = GaugeMetricFamily("meshnode_process_up",
+                               "1 if the process reported healthy within the readiness window",
+                               labels=["node", "process"])
+        seen = GaugeMetricFamily("meshnode_process_last_seen_seconds",
+                                 "Seconds since the process's last health report",
+                                 labels=["node", "process"])
+        frames = CounterMetricFamily("meshnode_bus_frames",
+                                     "Bus frames handled by the process, by direction",
+                                     labels=["node", "process", "direction"])
+        dropped = CounterMetricFamily("meshnode_bus_dropped_frames",
+                                      "Bus frames the process dropped, by reason",
+                                      labels=["node", "process", "reason"])
+        version = GaugeMetricFamily("meshnode_config_version",
+                                    "Config snapshot version the process runs (workers) "
+                                    "or holds (control)", labels=["node", "process"])
+        for name in self._book.names():
+            report = self._book.get(name)
+            labels = [self._node, name]
+            up.add_metric(labels, 1.0 if self._book.healthy(name, now) else 0.0)
+            if report is None:
+                continue
+            seen.add_metric(labels, now - report.seen)
+            bus: dict[str, Any] = report.body.get("bus") or {}
+            for direction in ("in", "out"):
+                value = bus.get(f"frames_{direction}")
+                if isinstance(value, int):
+                    frames.add_metric([*labels, direction], value)
+            for reason, value in (bus.get("dropped") or {}).items():
+                if isinstance(value, int):
+                    dropped.add_metric([*labels, str(reason)], value)
+            config_version = report.body.get("config_version")
+            if isinstance(config_version, int):
+                version.add_metric(labels, config_version)
+        yield from (up, seen, frames, dropped, version)

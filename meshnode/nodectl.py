@@ -1,0 +1,257 @@
+"""What the CLI does to a node: start, wait for ready, stop, inspect, and bus calls.
+
+Kept apart from argument parsing so tests and the demo can drive a node the same way
+the CLI does. Every function takes the runtime dir: that dir *is* the node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from bus.endpoints import Endpoints, prepare
+from bus.errors import BusError, RemoteError, RequestTimeout, ServiceUnavailable
+from bus.request import Client
+
+from . import supervise
+from .ports import Ports
+from .supervise import NodeOptions
+
+
+class NodeError(Exception):
+    """Something the user must act on; the message says what."""
+
+
+class NotRunning(NodeError):
+    pass
+
+
+class Unavailable(NodeError):
+    pass
+
+
+class Refused(NodeError):
+    """A node process refused the request (kind: config, not-found, usage...)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def options(runtime_dir: Path, node: str | None, port_base: int, workers: int,
+            config_dir: Path | None, log_level: str = "info") -> NodeOptions:
+    return NodeOptions(runtime_dir=runtime_dir.resolve(), node=node or socket.gethostname(),
+                       port_base=port_base, workers=workers,
+                       config_dir=config_dir.resolve() if config_dir else None,
+                       log_level=log_level)
+
+
+def _check_port_free(port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise NodeError(f"port {port} ({what}) is in use; pick another --port-base") from None
+
+
+def _get(url: str, timeout_s: float = 1.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
+    """Start the node and return a summary once /ready says 200; raise NodeError if not."""
+    rd = opts.runtime_dir
+    rd.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(rd, 0o700)
+    pid = supervise.supervisord_pid(rd)
+    if pid is not None:
+        raise NodeError(f"a node is already running in {rd} (supervisord pid {pid}); "
+                        f"run `meshnode down --runtime-dir {rd}` first")
+    try:  # fail early, with the reason, on a runtime dir too deep for ipc sockets
+        prepare(Endpoints.for_runtime_dir(rd))
+    except BusError as exc:
+        raise NodeError(str(exc)) from None
+    ports = Ports(opts.port_base)
+    for port, what in ((ports.admin, "admin"), (ports.metrics, "metrics")):
+        _check_port_free(port, what)
+    try:
+        supervise.start(opts)
+    except Exception as exc:  # supervisord itself did not start: say why, with its output
+        detail = getattr(exc, "stderr", b"") or b""
+        raise NodeError(f"supervisord failed to start: {exc} {detail.decode(errors='replace')}"
+                        f"\nread {rd}/logs/supervisord.log") from None
+    deadline = time.monotonic() + timeout_s
+    last_body = b""
+    while time.monotonic() < deadline:
+        failed = [p for p in _process_info(rd) if p["statename"] in ("FATAL", "EXITED")]
+        if failed:
+            _fail(rd, [p["name"] for p in failed], "exited and could not be restarted")
+        try:
+            status, last_body = _get(f"http://127.0.0.1:{ports.admin}/ready")
+            if status == 200:
+                return (f"node {opts.node} is ready in {rd}\n"
+                        f"  admin    http://127.0.0.1:{ports.admin}/ready\n"
+                        f"  metrics  http://127.0.0.1:{ports.metrics}/metrics\n"
+                        f"  outbound 127.0.0.1:{ports.outbound}   inbound :{ports.inbound}\n"
+                        f"  processes: {', '.join(opts.process_names())}")
+        except OSError:
+            pass  # telemetry is not listening yet
+        time.sleep(0.2)
+    try:
+        pending = json.loads(last_body).get("not_ready", [])
+    except ValueError:
+        pending = ["telemetry"]
+    _fail(rd, pending or ["telemetry"], f"not ready within {timeout_s:g}s")
+    raise AssertionError("unreachable")
+
+
+def _fail(rd: Path, names: list[str], why: str) -> None:
+    """Stop the half-started node and raise with the logs to read."""
+    tails = []
+    for name in names:
+        log = rd / "logs" / f"{name}.log"
+        tails.append(f"--- {log} (last lines)\n{_tail(log, 8)}")
+    down(rd)
+    raise NodeError(f"node failed to start: {', '.join(names)} {why}; the node was stopped.\n"
+                    + "\n".join(tails))
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) if lines else text
+
+
+def _process_info(rd: Path) -> list[dict[str, Any]]:
+    try:
+        return supervise.process_info(rd)
+    except (OSError, xmlrpc.client.Fault):
+        return []
+
+
+def _leftovers(rd: Path) -> list[int]:
+    """Pids of processes started for this runtime dir that are still alive."""
+    marker = f"--runtime-dir\0{rd}\0".encode()
+    pids = []
+    own = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        # Only node processes (python -m meshnode.<process>), never this CLI itself.
+        if marker in cmdline + b"\0" and b"-m\0meshnode." in cmdline and int(entry.name) != own:
+            pids.append(int(entry.name))
+    return pids
+
+
+def down(rd: Path) -> str:
+    if supervise.supervisord_pid(rd) is None and not _leftovers(rd):
+        return f"no node running in {rd}"
+    clean = supervise.stop(rd)
+    # supervisord stops its children before it exits; anything still alive was
+    # orphaned (e.g. supervisord was killed) and must not outlive the node.
+    killed = _leftovers(rd)
+    for pid in killed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    note = f" (killed {len(killed)} orphaned processes)" if killed else ""
+    return f"node in {rd} stopped{note}" if clean else f"node in {rd}: supervisord did not stop in time{note}"
+
+
+def call(rd: Path, service: str, kind: str, body: Any, timeout_s: float = 10.0) -> Any:
+    """A bus request from the CLI; retries while the service is restarting."""
+    if supervise.supervisord_pid(rd) is None:
+        raise NotRunning(f"no node running in {rd} (start one with `meshnode up`)")
+    ctx = zmq.Context()
+    client = Client(ctx, Endpoints.for_runtime_dir(rd), node="cli", src=f"cli-{os.getpid()}")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return client.call(service, kind, body, timeout_s=max(0.1, remaining))
+            except ServiceUnavailable as exc:
+                if remaining <= 0.3:
+                    raise Unavailable(f"{exc} (is the {service} process running? "
+                                      f"see `meshnode status`)") from None
+                time.sleep(0.2)
+            except RequestTimeout as exc:
+                raise Unavailable(str(exc)) from None
+            except RemoteError as exc:
+                raise Refused(str(exc), exc.kind) from None
+    finally:
+        ctx.destroy(linger=0)
+
+
+def status(rd: Path) -> dict[str, Any]:
+    """Each process's supervisor state and pid, with its last health report."""
+    if supervise.supervisord_pid(rd) is None:
+        raise NotRunning(f"no node running in {rd}")
+    try:
+        info = supervise.process_info(rd)
+    except (OSError, xmlrpc.client.Fault) as exc:
+        raise Unavailable(f"cannot reach supervisord in {rd}: {exc}") from None
+    try:
+        health = call(rd, "telemetry", "processes", None, timeout_s=2.0)
+    except NodeError:
+        health = {"processes": {}, "not_ready": None}
+    reports = health.get("processes", {})
+    processes = []
+    for p in info:
+        report = reports.get(p["name"], {})
+        processes.append({"name": p["name"], "state": p["statename"], "pid": p["pid"] or None,
+                          "uptime_s": max(0, p["now"] - p["start"]) if p["pid"] else 0,
+                          "healthy": report.get("healthy"),
+                          "config_version": report.get("config_version")})
+    return {"runtime_dir": str(rd), "processes": processes,
+            "not_ready": health.get("not_ready")}
+
+
+def format_status(status: dict[str, Any]) -> str:
+    rows = [("PROCESS", "STATE", "PID", "UPTIME", "HEALTHY", "CONFIG")]
+    for p in status["processes"]:
+        healthy = {True: "yes", False: "no", None: "?"}[p["healthy"]]
+        version = "-" if p["config_version"] is None else str(p["config_version"])
+        rows.append((p["name"], p["state"], str(p["pid"] or "-"), f"{p['uptime_s']}s",
+                     healthy, version))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    if status.get("not_ready") is None:
+        lines.append("telemetry unreachable: health unknown")
+    elif status["not_ready"]:
+        lines.append(f"not ready: {', '.join(status['not_ready'])}")
+    else:
+        lines.append("ready")
+    return "\n".join(lines)
+
+
+def read_log(rd: Path, process: str, lines: int) -> str:
+    if "/" in process or process.startswith("."):
+        raise NodeError(f"no such process {process!r}")
+    path = rd / "logs" / f"{process}.log"
+    if not path.exists():
+        known = sorted(p.stem for p in (rd / "logs").glob("*.log")) if (rd / "logs").is_dir() else []
+        raise NodeError(f"no log for {process!r} in {rd / 'logs'}; known: {', '.join(known) or 'none'}")
+    text = _tail(path, lines)
+    return text if text.endswith("\n") or not text else text + "\n"

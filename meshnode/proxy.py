@@ -1,0 +1,104 @@
+"""A proxy worker process (``python -m meshnode.proxy --worker N``).
+
+The worker's agent installs the compiled config snapshot that control distributes on
+``config.snapshot`` (Clone pattern: it survives control restarts and missed updates),
+ACKs each version it installs or NACKs one it cannot, and reports the version it runs
+in its health beat. A new snapshot replaces the old one whole; a bad one is refused
+and the last good one stays. The fastpath engine that forwards traffic runs beside
+this agent in the same process (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from bus.clone import StateClient
+from bus.envelope import Envelope
+
+import fastpath.tls
+
+from . import logs
+from .control import ACK_TOPIC, NAME as CONTROL, SNAPSHOT_TOPIC
+from .process import Process, base_parser
+
+
+def check_snapshot(snapshot: object) -> str | None:
+    """Why a snapshot cannot be installed, or None if it can."""
+    if not isinstance(snapshot, dict):
+        return f"snapshot is a {type(snapshot).__name__}, not a map"
+    version = snapshot.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        return f"snapshot has no valid version: {version!r}"
+    for key in ("services", "local"):
+        if not isinstance(snapshot.get(key), list):
+            return f"snapshot field {key!r} is not a list"
+    if not isinstance(snapshot.get("mesh"), dict):
+        return "snapshot field 'mesh' is not a map"
+    return None
+
+
+class Agent:
+    """Installs snapshots for one worker and answers for them on the bus."""
+
+    def __init__(self, proc: Process, worker: str) -> None:
+        self.proc, self.worker = proc, worker
+        self.snapshot: dict[str, Any] | None = None
+        self.refused = 0
+        self.state = StateClient(proc.client(), CONTROL, SNAPSHOT_TOPIC, self.on_state)
+        proc.subscriber([SNAPSHOT_TOPIC], lambda topic, env: self.state.feed(env))
+        proc.loop.every(0.2, self.state.tick)
+        proc.add_health(self.health)
+        # An ACK is an event and may miss a control that is restarting: say it again.
+        proc.loop.every(5.0, self.reack, first_in_s=5.0)
+
+    @property
+    def version(self) -> int | None:
+        return None if self.snapshot is None else self.snapshot["version"]
+
+    def health(self) -> dict[str, Any]:
+        return {"worker": self.worker, "config_version": self.version,
+                "config_synced": self.state.synced, "config_refused": self.refused,
+                "openssl": fastpath.tls.openssl_version()}
+
+    def on_state(self, items: dict[str, Any]) -> None:
+        snapshot = items.get(self.proc.node)
+        if snapshot is None:
+            return  # nothing compiled for this node (yet): keep what we have
+        version = snapshot.get("version") if isinstance(snapshot, dict) else None
+        if self.snapshot is not None and version == self.version:
+            return  # a resync that brought nothing new
+        reason = check_snapshot(snapshot)
+        if reason is not None:
+            self.refused += 1
+            logs.event(self.proc.log, "config.refused", logging.WARNING, version=version,
+                       reason=reason)
+            self.ack(version if isinstance(version, int) else -1, "NACK", reason)
+            return
+        self.snapshot = snapshot
+        logs.event(self.proc.log, "config.installed", version=version,
+                   services=len(snapshot["services"]))
+        self.ack(version, "ACK")
+
+    def reack(self) -> None:
+        if self.version is not None:
+            self.ack(self.version, "ACK")
+
+    def ack(self, version: int, status: str, reason: str | None = None) -> None:
+        self.proc.publisher.publish(ACK_TOPIC, "ack", {"worker": self.proc.name,
+                                                       "version": version, "status": status,
+                                                       "reason": reason})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("meshnode.proxy", "Run one proxy worker of the node.")
+    parser.add_argument("--worker", type=int, default=0, help="this worker's index")
+    args = parser.parse_args(argv)
+    proc = Process(f"proxy-{args.worker}", args)
+    Agent(proc, str(args.worker))
+    return proc.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The telemetry process: the node's window to the outside (``python -m meshnode.telemetry``).
+
+It collects every process's health beat from the bus and serves, on loopback unless
+told otherwise, Prometheus ``/metrics`` (port-base+90) and the admin endpoints
+(port-base+0): ``/ready`` (200 only when every expected process is healthy), ``/live``,
+``/stats`` (the health book as JSON) and ``/config_dump`` (the snapshot this node runs).
+HTTP is served from threads so a slow scraper never stalls the bus loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from bus.clone import StateClient
+from bus.envelope import Envelope
+
+from . import logs
+from .control import NAME as CONTROL, SNAPSHOT_TOPIC
+from .health import HealthBook
+from .metrics import NodeCollector
+from .process import Process, base_parser
+
+NAME = "telemetry"
+
+Route = Callable[[], tuple[int, str, bytes]]
+
+
+def _json(status: int, doc: Any) -> tuple[int, str, bytes]:
+    return status, "application/json", (json.dumps(doc, indent=2, default=str) + "\n").encode()
+
+
+def serve(address: str, port: int, routes: dict[str, Route], log: logging.Logger,
+          name: str) -> ThreadingHTTPServer:
+    """Serve GET ``routes`` on a daemon thread; anything else is 404 or 405."""
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "meshnode"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            route = routes.get(self.path.split("?", 1)[0])
+            if route is None:
+                status, ctype, body = 404, "text/plain", f"no such endpoint; try {sorted(routes)}\n".encode()
+            else:
+                status, ctype, body = route()
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.send_error(405, "read-only endpoint")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # scrapes are not log events
+
+    httpd = ThreadingHTTPServer((address, port), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, name=name, daemon=True).start()
+    logs.event(log, "listener.bound", name=name, address=address, port=port)
+    return httpd
+
+
+class Telemetry:
+    def __init__(self, proc: Process, expected: list[str]) -> None:
+        self.proc = proc
+        self.book = HealthBook(expected)
+        self.snapshot: dict[str, Any] | None = None
+        self._snapshot_lock = threading.Lock()
+        proc.subscriber(["health."], self.on_health)
+        self.config = StateClient(proc.client(), CONTROL, SNAPSHOT_TOPIC, self.on_config)
+        proc.subscriber([SNAPSHOT_TOPIC], lambda topic, env: self.config.feed(env))
+        proc.loop.every(0.5, self.config.tick)
+        srv = proc.server(NAME)
+        srv.register("processes", lambda req: {"processes": self.book.view(),
+                                               "not_ready": self.book.not_ready()})
+        self.registry = CollectorRegistry()
+        self.registry.register(NodeCollector(self.book, proc.node))
+
+    def on_health(self, topic: str, env: Envelope) -> None:
+        body = env.body if isinstance(env.body, dict) else None
+        name = topic.removeprefix("health.")
+        if body is None or not name or body.get("process") != name:
+            self.proc.counters.drop("bad-health")
+            return
+        self.book.record(name, body)
+
+    def on_config(self, items: dict[str, Any]) -> None:
+        with self._snapshot_lock:
+            self.snapshot = items.get(self.proc.node)
+
+    def ready(self) -> tuple[int, str, bytes]:
+        missing = self.book.not_ready()
+        if missing:
+            return _json(503, {"ready": False, "not_ready": missing})
+        return _json(200, {"ready": True})
+
+    def metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    def config_dump(self) -> tuple[int, str, bytes]:
+        with self._snapshot_lock:
+            snapshot = self.snapshot
+        if snapshot is None:
+            return _json(503, {"error": "no config snapshot received yet"})
+        return _json(200, snapshot)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser("meshnode.telemetry", "Run the node's telemetry process.")
+    parser.add_argument("--expect", default="bus,control,ca,telemetry",
+                        help="comma-separated processes that must be healthy for /ready")
+    parser.add_argument("--admin-address", default="127.0.0.1",
+                        help="address of the admin listener (default loopback only)")
+    parser.add_argument("--metrics-address", default="127.0.0.1",
+                        help="address of the /metrics listener (default loopback only)")
+    args = parser.parse_args(argv)
+    proc = Process(NAME, args)
+    telemetry = Telemetry(proc, [p for p in args.expect.split(",") if p])
+    servers = []
+    try:
+        servers.append(serve(args.metrics_address, proc.ports.metrics,
+                             {"/metrics": telemetry.metrics}, proc.log, "metrics"))
+        servers.append(serve(args.admin_address, proc.ports.admin, {
+            "/ready": telemetry.ready,
+            "/live": lambda: _json(200, {"live": True}),
+            "/stats": lambda: _json(200, telemetry.book.view()),
+            "/config_dump": telemetry.config_dump,
+        }, proc.log, "admin"))
+    except OSError as exc:
+        logs.event(proc.log, "listener.failed", logging.ERROR, error=str(exc))
+        for httpd in servers:
+            httpd.shutdown()
+        proc.ctx.destroy(linger=0)
+        return 78
+    try:
+        return proc.run()
+    finally:
+        for httpd in servers:
+            httpd.shutdown()
+            httpd.server_close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
