@@ -19,8 +19,10 @@ from typing import Any, Sequence
 
 import yaml
 
-from . import nodectl
-from .config import ConfigError, load_path
+from . import nodectl, rotation
+from .config import ConfigError, load_path, parse_duration
+from .identity import pki
+from .identity.errors import IdentityError
 from .ports import DEFAULT_BASE
 
 EX_FAIL, EX_NOT_RUNNING, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 1, 3, 64, 69, 78
@@ -61,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="proxy worker processes (default: CPU count)")
     p.add_argument("--node", default=None, help="node name (default: the host name)")
+    p.add_argument("--ca-root", type=Path, help="dir with the mesh root (root.pem, root.key, "
+                   "e.g. from `meshnode ca init`); default: the node makes its own root")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for ready")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -87,6 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default=None, help="only this namespace")
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+
+    ca = sub.add_parser("ca", help="the mesh's certificate authority").add_subparsers(
+        dest="ca_command", required=True, parser_class=_Parser)
+    p = ca.add_parser("init", help="make a mesh root CA (ECDSA P-256) in a dir")
+    p.add_argument("--trust-domain", required=True, help="e.g. cluster.local")
+    p.add_argument("--out", type=Path, required=True, help="dir for root.pem and root.key")
+    p.add_argument("--ttl", default="87600h", help="root lifetime (default 87600h, 10 years)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing root")
+    p = ca.add_parser("inspect", help="the chain, SANs and days left of the node's certificates")
+    _add_runtime_dir(p)
+    p.add_argument("--json", action="store_true")
+    p = ca.add_parser("rotate-root", help="rotate the mesh root without an outage")
+    _add_runtime_dir(p)
+    p.add_argument("--new-root", type=Path, help="dir with the new root.pem and root.key "
+                   "(default: the node makes one)")
+    p.add_argument("--timeout", type=float, default=300.0)
 
     p = sub.add_parser("delete", help="delete a resource")
     _add_runtime_dir(p)
@@ -120,8 +140,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.config is not None:
         # Refuse a broken config before anything starts, with every problem listed.
         load_path(args.config)
+    if args.ca_root is not None:
+        pki.read_root_dir(args.ca_root)  # refuse a bad root before anything starts
     result = nodectl.up(nodectl.options(args.runtime_dir, args.node, args.port_base,
-                                        args.workers, args.config, args.log_level),
+                                        args.workers, args.config, args.log_level,
+                                        args.ca_root),
                         timeout_s=args.timeout)
     print(result)
     return 0
@@ -185,8 +208,55 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ca(args: argparse.Namespace) -> int:
+    if args.ca_command == "init":
+        return _ca_init(args)
+    rd = args.runtime_dir.resolve()
+    if args.ca_command == "rotate-root":
+        rotation.rotate_root(rd, args.new_root, args.timeout, print)
+        return 0
+    report = nodectl.call(rd, "ca", "inspect", None)
+    print(json.dumps(report, indent=2) if args.json else _format_inspect(report))
+    return 0
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if (out / "root.key").exists() and not args.force:
+        raise UsageError(f"{out / 'root.key'} exists; use --force to replace it")
+    try:
+        ttl_s = parse_duration(args.ttl)
+    except ValueError as exc:
+        raise UsageError(f"--ttl: {exc}") from None
+    cert, key = pki.make_root(f"meshnode root ({args.trust_domain})", args.trust_domain, ttl_s)
+    pki.write_private(out / "root.key", pki.key_pem(key))
+    pki.write_public(out / "root.pem", pki.cert_pem(cert))
+    print(f"mesh root for trust domain {args.trust_domain} in {out}: root.pem, root.key "
+          f"(mode 0600), valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+    return 0
+
+
+def _format_inspect(report: dict[str, Any]) -> str:
+    def line(c: dict[str, Any]) -> str:
+        sans = f"  SAN {', '.join(c['uri_sans'])}" if c["uri_sans"] else ""
+        ca = f"  CA pathlen={c['path_length']}" if c["ca"] else ""
+        return f"{c['subject'] or '(empty subject)'}{sans}{ca}  {c['days_left']:.2f} days left"
+    root = report["root"]
+    origin = "made by this node (self-signed CA)" if root.get("self_made") else "brought by the user"
+    rot = report["rotation"]
+    out = [f"node {report['node']}",
+           f"root     {line(root)}\n         {origin}",
+           f"issuer   {line(report['issuer'])}\n         issued by {report['issuer']['issuer']}",
+           f"bundle   {len(report['bundle'])} root(s), generation {rot['generation']}"
+           + ("  (rotation in progress)" if rot["pending"] else "")]
+    out += [f"         {line(c)}" for c in report["bundle"]]
+    out.append(f"workloads ({len(report['workloads'])})")
+    out += [f"         {line(c)}  [{c['worker']}]" for c in report["workloads"]]
+    return "\n".join(out)
+
+
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs,
-            "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete}
+            "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "ca": cmd_ca}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,6 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_USAGE
     except ConfigError as exc:
         print(f"meshnode {args.command}: configuration refused:\n{exc}", file=sys.stderr)
+        return EX_CONFIG
+    except IdentityError as exc:
+        print(f"meshnode {args.command}: {exc}", file=sys.stderr)
         return EX_CONFIG
     except nodectl.NotRunning as exc:
         print(f"meshnode {args.command}: {exc}", file=sys.stderr)

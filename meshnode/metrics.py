@@ -41,6 +41,24 @@ class NodeCollector(Collector):
         version = GaugeMetricFamily("meshnode_config_version",
                                     "Config snapshot version the process runs (workers) "
                                     "or holds (control)", labels=["node", "process"])
+        issued = CounterMetricFamily("meshnode_ca_certs_issued",
+                                     "Workload certificates the node's ca signed", labels=["node"])
+        refused = CounterMetricFamily("meshnode_ca_csr_refused",
+                                      "CSRs the node's ca refused, by reason",
+                                      labels=["node", "reason"])
+        ca_expiry = GaugeMetricFamily("meshnode_ca_cert_expiry_timestamp_seconds",
+                                      "Expiry (Unix time) of the ca's root and node issuer",
+                                      labels=["node", "role"])
+        expiry = GaugeMetricFamily("meshnode_cert_expiry_timestamp_seconds",
+                                   "Expiry (Unix time) of each workload certificate a worker "
+                                   "holds; alert long before it is reached",
+                                   labels=["node", "process", "identity"])
+        renew_failed = CounterMetricFamily("meshnode_cert_renewal_failures",
+                                           "Certificate renewals that failed (ca away, refused)",
+                                           labels=["node", "process"])
+        bundle = GaugeMetricFamily("meshnode_trust_bundle_generation",
+                                   "Generation of the trust bundle the process runs",
+                                   labels=["node", "process"])
         for name in self._book.names():
             report = self._book.get(name)
             labels = [self._node, name]
@@ -59,4 +77,27 @@ class NodeCollector(Collector):
             config_version = report.body.get("config_version")
             if isinstance(config_version, int):
                 version.add_metric(labels, config_version)
-        yield from (up, seen, frames, dropped, version)
+            self._identity(report.body, labels, issued, refused, ca_expiry, expiry,
+                           renew_failed, bundle)
+        yield from (up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
+                    renew_failed, bundle)
+
+    def _identity(self, body: dict[str, Any], labels: list[str], issued: Metric,
+                  refused: Metric, ca_expiry: Metric, expiry: Metric, renew_failed: Metric,
+                  bundle: Metric) -> None:
+        """Certificate samples from a ca's or a worker's beat (identity.authority/creds)."""
+        if isinstance(body.get("certs_issued"), int):
+            issued.add_metric([self._node], body["certs_issued"])
+            for reason, count in (body.get("csr_refused") or {}).items():
+                refused.add_metric([self._node, str(reason)], count)
+            for role in ("root", "issuer"):
+                value = body.get(f"{role}_not_after")
+                if isinstance(value, (int, float)):
+                    ca_expiry.add_metric([self._node, role], value)
+        for identity, cert in (body.get("certs") or {}).items():
+            if isinstance(cert, dict) and isinstance(cert.get("not_after"), (int, float)):
+                expiry.add_metric([*labels, str(identity)], cert["not_after"])
+        if isinstance(body.get("cert_renewal_failures"), int):
+            renew_failed.add_metric(labels, body["cert_renewal_failures"])
+        if isinstance(body.get("bundle_generation"), int):
+            bundle.add_metric(labels, body["bundle_generation"])

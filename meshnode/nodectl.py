@@ -49,11 +49,12 @@ class Refused(NodeError):
 
 
 def options(runtime_dir: Path, node: str | None, port_base: int, workers: int,
-            config_dir: Path | None, log_level: str = "info") -> NodeOptions:
+            config_dir: Path | None, log_level: str = "info",
+            ca_root: Path | None = None) -> NodeOptions:
     return NodeOptions(runtime_dir=runtime_dir.resolve(), node=node or socket.gethostname(),
                        port_base=port_base, workers=workers,
                        config_dir=config_dir.resolve() if config_dir else None,
-                       log_level=log_level)
+                       ca_root=ca_root.resolve() if ca_root else None, log_level=log_level)
 
 
 def _check_port_free(port: int, what: str) -> None:

@@ -3,9 +3,11 @@
 The worker's agent installs the compiled config snapshot that control distributes on
 ``config.snapshot`` (Clone pattern: it survives control restarts and missed updates),
 ACKs each version it installs or NACKs one it cannot, and reports the version it runs
-in its health beat. A new snapshot replaces the old one whole; a bad one is refused
-and the last good one stays. The fastpath engine that forwards traffic runs beside
-this agent in the same process (DESIGN §3).
+in its health beat. It also keeps the worker's TLS credentials (``identity.creds``):
+one certificate per identity the snapshot places on this node, renewed from the ca,
+and the trust bundle the ca publishes on ``cert.bundle``. A new snapshot replaces the
+old one whole; a bad one is refused and the last good one stays. The fastpath engine
+that forwards traffic will run beside this agent in the same process (DESIGN §3).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from bus.envelope import Envelope
 import fastpath.tls
 
 from . import logs
+from .ca import BUNDLE_KEY, BUNDLE_TOPIC, NAME as CA
 from .control import ACK_TOPIC, NAME as CONTROL, SNAPSHOT_TOPIC
+from .identity.creds import WorkerIdentity
 from .process import Process, base_parser
 
 
@@ -49,7 +53,13 @@ class Agent:
         self.state = StateClient(proc.client(), CONTROL, SNAPSHOT_TOPIC, self.on_state)
         proc.subscriber([SNAPSHOT_TOPIC], lambda topic, env: self.state.feed(env))
         proc.loop.every(0.2, self.state.tick)
+        self.identity = WorkerIdentity(proc.client(), proc.name)
+        self.bundle = StateClient(proc.client(), CA, BUNDLE_TOPIC, self.on_bundle)
+        proc.subscriber([BUNDLE_TOPIC], lambda topic, env: self.bundle.feed(env))
+        proc.loop.every(0.2, self.bundle.tick)
+        proc.loop.every(0.2, self.identity.tick)
         proc.add_health(self.health)
+        proc.add_health(self.identity.health)
         # An ACK is an event and may miss a control that is restarting: say it again.
         proc.loop.every(5.0, self.reack, first_in_s=5.0)
 
@@ -77,9 +87,17 @@ class Agent:
             self.ack(version if isinstance(version, int) else -1, "NACK", reason)
             return
         self.snapshot = snapshot
+        self.identity.want({str(w["identity"]) for w in snapshot["local"]
+                            if isinstance(w, dict) and "identity" in w},
+                           rotate_at=float(snapshot["mesh"].get("rotate_at", 0.5)))
         logs.event(self.proc.log, "config.installed", version=version,
                    services=len(snapshot["services"]))
         self.ack(version, "ACK")
+
+    def on_bundle(self, items: dict[str, Any]) -> None:
+        bundle = items.get(BUNDLE_KEY)
+        if isinstance(bundle, dict):
+            self.identity.on_bundle(bundle)
 
     def reack(self) -> None:
         if self.version is not None:
