@@ -193,31 +193,53 @@ def health(ctx: zmq.Context, broker: BrokerProcess, endpoints: Endpoints) -> Ite
     h.sub.close()
 
 
-def wait_subscribed(sub: Subscriber, probe: Callable[[], None], timeout_s: float = 5.0,
+def wait_subscribed(sub: Subscriber, probe: Callable[[Any], None], timeout_s: float = 5.0,
                     seen: list | None = None) -> None:
     """Publish probes until ``sub`` receives one: only then is its subscription live.
 
     PUB/SUB subscriptions travel to the publisher asynchronously (the slow joiner), so
-    this is the one way to know. Other events received meanwhile go to ``seen``.
+    this is the one way to know. ``probe(token)`` must publish an event of kind "probe"
+    with body ``token``. A last "fence" probe is then awaited, so that no probe is left
+    in flight (one publisher's events arrive in order). Other events go to ``seen``.
     """
-    def got_probe() -> bool:
-        probe()
-        for _ in range(5):
-            event = sub.recv(20)
-            if event is None:
-                return False
-            if event[1].kind == "probe":
-                return True
-            if seen is not None:
-                seen.append(event)
-        return False
+    def wait_for(token: Any, republish: bool) -> Callable[[], bool]:
+        def check() -> bool:
+            if republish:
+                probe(token)
+            for _ in range(50):
+                event = sub.recv(20)
+                if event is None:
+                    return False
+                if event[1].kind == "probe":
+                    if event[1].body == token:
+                        return True
+                elif seen is not None:
+                    seen.append(event)
+            return False
+        return check
 
-    _eventually(got_probe, timeout_s, what="subscription live", interval_s=0)
+    _eventually(wait_for("live", True), timeout_s, what="subscription live", interval_s=0)
+    probe("fence")
+    _eventually(wait_for("fence", False), timeout_s, what="fence probe", interval_s=0)
 
 
 @pytest.fixture
 def subscribed() -> Callable[..., None]:
     return wait_subscribed
+
+
+def recv_skipping_probes(sub: Subscriber, timeout_ms: int = 5000) -> tuple[str, Any] | None:
+    """The next event that is not a probe (probes still in flight after wait_subscribed)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        event = sub.recv(max(0, int((deadline - time.monotonic()) * 1000)))
+        if event is None or event[1].kind != "probe":
+            return event
+
+
+@pytest.fixture
+def recv() -> Callable[..., tuple[str, Any] | None]:
+    return recv_skipping_probes
 
 
 class LoopThread:
@@ -353,9 +375,9 @@ class OwnerThread(LoopThread):
                 self.state.set(key, value)
         self.call(run)
 
-    def probe(self) -> None:
+    def probe(self, token: Any = None) -> None:
         """Publish an event of a kind state clients ignore (to check subscriptions)."""
-        self.call(lambda: self.pub.publish(self.topic, "probe"))
+        self.call(lambda: self.pub.publish(self.topic, "probe", token))
 
     def snapshot(self) -> tuple[str, int, dict[str, Any]]:
         """(epoch, seq, items) as the owner has them now."""

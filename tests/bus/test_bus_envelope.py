@@ -13,7 +13,7 @@ from bus.errors import BusError, DecodeError
 pytestmark = pytest.mark.timeout(30)
 
 # No example database: the tests must not write outside tests/ (and need no replay).
-FUZZ = settings(max_examples=200, deadline=None, database=None,
+FUZZ = settings(max_examples=150, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
