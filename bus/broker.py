@@ -109,10 +109,10 @@ class Broker:
 
     def _route_call(self, client: bytes, service: bytes, envelope: bytes, now: float) -> None:
         try:
-            unpack(envelope)
+            seq = str(unpack(envelope).seq).encode()
         except DecodeError as exc:
             self.counters.drop("undecodable")
-            self._send(client, [protocol.FAIL, f"request not decodable: {exc}".encode()],
+            self._send(client, [protocol.FAIL, f"request not decodable: {exc}".encode(), b""],
                        "unroutable")
             return
         self._expire(now)
@@ -124,7 +124,7 @@ class Broker:
                 return
             del servers[ident]  # gone without saying goodbye: forget it, try the next
         name = service.decode(errors="replace")
-        self._send(client, [protocol.FAIL, f"no server for service {name!r}".encode()],
+        self._send(client, [protocol.FAIL, f"no server for service {name!r}".encode(), seq],
                    "unroutable")
 
     def _send(self, ident: bytes, frames: list[bytes], drop_reason: str | None) -> bool:

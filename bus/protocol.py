@@ -8,7 +8,7 @@ the caller wait for a timeout (a restarting control process is a normal event).
     client -> broker   [CALL, service, envelope]
     broker -> server   [QUERY, client-id, envelope]
     server -> broker   [REPLY, client-id, envelope]
-    broker -> client   [ANSWER, envelope] | [FAIL, utf-8 message]
+    broker -> client   [ANSWER, envelope] | [FAIL, utf-8 message, request seq]
 """
 
 READY = b"S"

@@ -55,8 +55,12 @@ class Client:
                     f"no answer from service {service!r} to {kind!r} within {timeout_s:g}s")
             frames = self._sock.recv_multipart(zmq.NOBLOCK)
             self.counters.frames_in += 1
-            if len(frames) == 2 and frames[0] == protocol.FAIL:
-                # FAIL answers the call just sent: the broker answers at once, in order.
+            if len(frames) == 3 and frames[0] == protocol.FAIL:
+                # The broker echoes the request's seq, so a late FAIL for a call that
+                # already timed out is not taken as the answer to this one.
+                if frames[2] not in (b"", str(seq).encode()):
+                    self.counters.drop("stale")
+                    continue
                 raise ServiceUnavailable(frames[1].decode(errors="replace"))
             if len(frames) != 2 or frames[0] != protocol.ANSWER:
                 self.counters.drop("malformed")

@@ -12,12 +12,19 @@ class TLSError(FastpathError):
 
     ``reasons`` holds one ``"<library>: <reason>"`` string per queued OpenSSL error,
     oldest first; ``codes`` holds the packed ``ERR_get_error()`` values, for callers
-    that match on a specific library/reason instead of on text.
+    that match on a specific library/reason instead of on text. ``verify_result`` is
+    the X509_V_* code of a failed peer certificate verification (10 is
+    X509_V_ERR_CERT_HAS_EXPIRED), None when no verification failed.
     """
 
     def __init__(
-        self, message: str, reasons: tuple[str, ...] = (), codes: tuple[int, ...] = ()
+        self,
+        message: str,
+        reasons: tuple[str, ...] = (),
+        codes: tuple[int, ...] = (),
+        verify_result: int | None = None,
     ) -> None:
         super().__init__(message)
         self.reasons: tuple[str, ...] = tuple(reasons)
         self.codes: tuple[int, ...] = tuple(codes)
+        self.verify_result: int | None = verify_result

@@ -1,7 +1,10 @@
-# fastpath/tls.pxd: TLS credentials and policy as OpenSSL SSL_CTX objects.
+# fastpath/tls.pxd: TLS credentials and policy as OpenSSL SSL_CTX objects, and
+# blocking TLS sessions over them.
 #
 # Other fastpath modules cimport TLSContext to reach `ctx` when they create SSL
-# objects for connections, and raise_tls_error to report OpenSSL failures.
+# objects for connections, raise_tls_error to report OpenSSL failures, and
+# peer_spiffe_id to learn a connection's peer identity without the GIL (its status
+# codes, SPIFFE_*, are in consts.pxi).
 
 from fastpath.includes cimport openssl
 
@@ -13,5 +16,44 @@ cdef class TLSContext:
     cdef readonly bint server
 
 
+# A resumable client session (TLS 1.3: a ticket and its secrets), one reference owned.
+cdef class TLSSessionTicket:
+    cdef openssl.SSL_SESSION* session
+
+
+# A TLSSession's life; each arrow is one call from Python.
+#
+#   NEW ──handshake() ok──► OPEN ──shutdown()──► CLOSED   (read() still drains)
+#    │                       │
+#    └──handshake() fails──► FAILED ◄──read()/write() fail (a read timeout does not)
+#
+# FAILED is terminal: OpenSSL forbids SSL_shutdown after a fatal error.
+cdef enum SessionState:
+    SESSION_NEW
+    SESSION_OPEN
+    SESSION_CLOSED
+    SESSION_FAILED
+
+
+cdef class TLSSession:
+    # Owned SSL over a borrowed fd (the caller keeps the socket open and closes it).
+    cdef openssl.SSL* ssl
+    cdef readonly bint server
+    cdef SessionState state
+    # Set while a call runs with the GIL released: an SSL is not safe to use from two
+    # threads at once, so a second caller gets RuntimeError instead of corrupt state.
+    cdef bint busy
+
+    cdef int _enter(self) except -1
+    cdef str _state_name(self)
+    cdef int _fail(self, str what, int ret, int saved_errno, bint retryable) except -1
+
+
 # The one place OpenSSL's error queue becomes a Python exception (fastpath.errors.TLSError).
-cdef int raise_tls_error(str what) except -1
+# `detail` is appended to the message (what the queue cannot say: the verify result,
+# errno); `verify_result` is the X509_V_* code to attach, None when none applies.
+cdef int raise_tls_error(str what, str detail=*, object verify_result=*) except -1
+
+# The verified peer's SPIFFE ID copied into out[0:cap] with a NUL; returns its length,
+# or a SPIFFE_* status < 0 (no peer cert, unverified, none, several, too long, malformed).
+cdef int peer_spiffe_id(openssl.SSL* ssl, char* out, size_t cap) noexcept nogil

@@ -32,6 +32,10 @@ cdef extern from "openssl/err.h" nogil:
     unsigned long ERR_get_error()
     unsigned long ERR_peek_last_error()
     void ERR_clear_error()
+    # A mark brackets calls whose failures are expected and handled (a cert's SAN that
+    # does not decode): pop_to_mark drops only what was queued since, not older errors.
+    int ERR_set_mark()
+    int ERR_pop_to_mark()
     void ERR_error_string_n(unsigned long e, char* buf, size_t len)
     const char* ERR_lib_error_string(unsigned long e)
     const char* ERR_reason_error_string(unsigned long e)
@@ -45,6 +49,15 @@ cdef extern from "openssl/bio.h" nogil:
 
     BIO* BIO_new_mem_buf(const void* buf, int len)
     int BIO_free(BIO* a)
+
+
+cdef extern from "openssl/asn1.h" nogil:
+    ctypedef struct ASN1_STRING:
+        pass
+
+    # The bytes are not NUL-terminated and may contain NULs: always use the length.
+    const unsigned char* ASN1_STRING_get0_data(const ASN1_STRING* x)
+    int ASN1_STRING_length(const ASN1_STRING* x)
 
 
 cdef extern from "openssl/evp.h" nogil:
@@ -61,12 +74,26 @@ cdef extern from "openssl/x509.h" nogil:
         pass
     ctypedef struct X509_STORE_CTX:
         pass
+    ctypedef struct X509_VERIFY_PARAM:
+        pass
     # STACK_OF(X509) is a macro-generated type; the cname is emitted verbatim.
     ctypedef struct stack_st_X509 "STACK_OF(X509)":
         pass
 
+    const int NID_subject_alt_name                        # obj_mac.h, via objects.h
+
+    # x509_vfy.h, included by x509.h.
+    const long X509_V_OK
+    const unsigned long X509_V_FLAG_PARTIAL_CHAIN
+
     void X509_free(X509* a)
     int X509_STORE_add_cert(X509_STORE* store, X509* x)   # takes its own reference
+    int X509_VERIFY_PARAM_clear_flags(X509_VERIFY_PARAM* param, unsigned long flags)
+    # Static text for an X509_V_* code ("certificate has expired").
+    const char* X509_verify_cert_error_string(long n)
+    # Decodes an extension into a new object the caller frees. *crit is -1 when the
+    # extension is absent and -2 when it occurs more than once (both return NULL).
+    void* X509_get_ext_d2i(const X509* x, int nid, int* crit, int* idx)
 
     stack_st_X509* sk_X509_new_null()                              # macro
     int sk_X509_push(stack_st_X509* sk, X509* x)                   # macro; takes ownership
@@ -74,6 +101,22 @@ cdef extern from "openssl/x509.h" nogil:
     X509* sk_X509_value(const stack_st_X509* sk, int i)            # macro
     X509* sk_X509_shift(stack_st_X509* sk)                         # macro; gives ownership
     void sk_X509_pop_free(stack_st_X509* sk, void (*f)(X509*))     # macro
+
+
+cdef extern from "openssl/x509v3.h" nogil:
+    const int GEN_URI
+
+    ctypedef struct GENERAL_NAME:
+        pass
+    # STACK_OF(GENERAL_NAME), the decoded subjectAltName extension.
+    ctypedef struct GENERAL_NAMES:
+        pass
+
+    void GENERAL_NAMES_free(GENERAL_NAMES* a)
+    # The union member for the name's type; for GEN_URI an ASN1_IA5STRING (an ASN1_STRING).
+    void* GENERAL_NAME_get0_value(const GENERAL_NAME* a, int* ptype)
+    int sk_GENERAL_NAME_num(const GENERAL_NAMES* sk)                          # macro
+    GENERAL_NAME* sk_GENERAL_NAME_value(const GENERAL_NAMES* sk, int i)       # macro
 
 
 cdef extern from "openssl/pem.h" nogil:
@@ -92,8 +135,20 @@ cdef extern from "openssl/ssl.h" nogil:
         pass
     ctypedef struct SSL:
         pass
+    ctypedef struct SSL_SESSION:
+        pass
 
     const int TLS1_3_VERSION
+    const int TLSEXT_NAMETYPE_host_name                  # tls1.h
+    const int SSL_MAX_SID_CTX_LENGTH
+
+    # SSL_get_error() results.
+    const int SSL_ERROR_NONE
+    const int SSL_ERROR_SSL
+    const int SSL_ERROR_WANT_READ
+    const int SSL_ERROR_WANT_WRITE
+    const int SSL_ERROR_SYSCALL
+    const int SSL_ERROR_ZERO_RETURN
 
     const int SSL_VERIFY_PEER
     const int SSL_VERIFY_FAIL_IF_NO_PEER_CERT
@@ -116,6 +171,14 @@ cdef extern from "openssl/ssl.h" nogil:
     SSL_CTX* SSL_get_SSL_CTX(const SSL* ssl)
 
     int SSL_CTX_set_min_proto_version(SSL_CTX* ctx, int version)        # macro
+    int SSL_CTX_set_max_proto_version(SSL_CTX* ctx, int version)        # macro
+    # Key exchange groups, most preferred first, e.g. "P-256:X25519".
+    int SSL_CTX_set1_groups_list(SSL_CTX* ctx, const char* groups)      # macro
+    # Servers that verify clients must set one, or resumption fails the handshake.
+    int SSL_CTX_set_session_id_context(SSL_CTX* ctx, const unsigned char* sid_ctx,
+                                       unsigned int sid_ctx_len)
+    X509_VERIFY_PARAM* SSL_CTX_get0_param(SSL_CTX* ctx)
+    X509* SSL_CTX_get0_certificate(const SSL_CTX* ctx)
 
     int SSL_CTX_use_certificate(SSL_CTX* ctx, X509* x)
     int SSL_CTX_use_PrivateKey(SSL_CTX* ctx, EVP_PKEY* pkey)
@@ -140,3 +203,38 @@ cdef extern from "openssl/ssl.h" nogil:
                                  CRYPTO_EX_free* free_func)                 # macro
     int SSL_CTX_set_ex_data(SSL_CTX* ctx, int idx, void* data)
     void* SSL_CTX_get_ex_data(const SSL_CTX* ctx, int idx)
+
+    # --- connections (SSL) ---------------------------------------------------------
+    SSL* SSL_new(SSL_CTX* ctx)                           # up-refs ctx
+    void SSL_free(SSL* ssl)
+    # Wraps the fd in a socket BIO that does not close it.
+    int SSL_set_fd(SSL* ssl, int fd)
+    # SNI; takes a copy. Macro over SSL_ctrl, so the cast to void* happens in C.
+    int SSL_set_tlsext_host_name(SSL* ssl, const char* name)            # macro
+    const char* SSL_get_servername(const SSL* ssl, const int type)
+
+    int SSL_connect(SSL* ssl)
+    int SSL_accept(SSL* ssl)
+    int SSL_read(SSL* ssl, void* buf, int num)
+    int SSL_write(SSL* ssl, const void* buf, int num)
+    int SSL_shutdown(SSL* ssl)
+    # Valid only right after the failed call, on the same thread, with the error
+    # queue cleared before that call.
+    int SSL_get_error(const SSL* ssl, int ret)
+
+    const char* SSL_get_version(const SSL* ssl)
+    X509* SSL_get0_peer_certificate(const SSL* ssl)      # no new reference
+    X509* SSL_get1_peer_certificate(const SSL* ssl)      # caller frees
+    # An X509_V_* code; kept in the session, so a resumed connection reports the
+    # result of the full handshake that made the session.
+    long SSL_get_verify_result(const SSL* ssl)
+    void SSL_get0_alpn_selected(const SSL* ssl, const unsigned char** data,
+                                unsigned int* len)
+    int SSL_session_reused(const SSL* ssl)
+
+    # --- sessions (resumption) -------------------------------------------------------
+    SSL_SESSION* SSL_get1_session(SSL* ssl)              # caller frees
+    int SSL_set_session(SSL* ssl, SSL_SESSION* session)  # takes its own reference
+    void SSL_SESSION_free(SSL_SESSION* session)
+    # False for a TLS 1.3 session until its NewSessionTicket has been read.
+    int SSL_SESSION_is_resumable(const SSL_SESSION* session)
