@@ -21,7 +21,7 @@ from bus.errors import RemoteError
 from . import logs
 from .control import NAME as CONTROL, SNAPSHOT_TOPIC
 from .identity.authority import Authority, Policy
-from .identity.errors import IdentityError, Refused
+from .identity.errors import IdentityError, NotReady, Refused
 from .process import Process, base_parser
 
 NAME = "ca"
@@ -77,6 +77,8 @@ class CA:
             return self.auth.sign(_bytes(body.get("csr"), "csr"), identity, worker)
         except Refused as exc:
             raise RemoteError(str(exc), kind="refused", details={"reason": exc.reason}) from None
+        except NotReady as exc:
+            raise RemoteError(str(exc), kind="not-ready") from None
 
     def on_rotate_add(self, req: Envelope) -> dict[str, Any]:
         body = _body(req)

@@ -1,9 +1,10 @@
 """Walking a mesh root rotation from the CLI, waiting for every worker between steps.
 
 Each step is one request to the ca (``identity.authority`` says what it does); between
-steps the walk watches the workers' health beats (through telemetry) until every
-worker runs the new trust bundle, or holds certificates from the new issuer. Moving on
-earlier would let a peer meet a certificate it cannot verify yet.
+steps the walk watches the health beats (through telemetry) of every live holder of
+workload certificates (the proxy workers, and any other process on the bus that
+reports ``certs``) until each runs the new trust bundle, or holds certificates from the
+new issuer. Moving on earlier would let a peer meet a certificate it cannot verify yet.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from . import nodectl
 
 
 def _workers(rd: Path) -> dict[str, dict[str, Any]]:
+    """Live processes holding workload certificates; a dead one cannot be waited for."""
     view = nodectl.call(rd, "telemetry", "processes", None, timeout_s=5.0)["processes"]
     return {name: report for name, report in view.items()
-            if name.startswith("proxy-") and report.get("expected")}
+            if report.get("healthy") and isinstance(report.get("certs"), dict)}
 
 
 def _wait(rd: Path, what: str, done: Callable[[dict[str, Any]], bool], deadline: float) -> None:

@@ -29,7 +29,7 @@ from cryptography import x509
 
 from .. import logs
 from . import pki
-from .errors import IdentityError, Refused
+from .errors import IdentityError, NotReady, Refused
 
 log = logging.getLogger("meshnode.ca")
 
@@ -175,6 +175,8 @@ class Authority:
 
     def sign(self, csr_pem: bytes, identity: str, worker: str) -> dict[str, Any]:
         """Sign a worker's CSR for ``identity`` if this node's config places it here."""
+        if self.policy is None:  # the normal first second of a node: not a refusal
+            raise NotReady("the ca has no mesh config yet; retry shortly")
         try:
             return self._sign(csr_pem, identity, worker)
         except Refused as exc:
@@ -184,8 +186,7 @@ class Authority:
             raise
 
     def _sign(self, csr_pem: bytes, identity: str, worker: str) -> dict[str, Any]:
-        if self.policy is None:
-            raise Refused("the ca has no mesh config yet; retry shortly", "no-config")
+        assert self.policy is not None
         try:
             csr, requested = pki.csr_identity(csr_pem)
         except IdentityError as exc:
@@ -219,9 +220,11 @@ class Authority:
             cert = pki.load_cert(root_pem, "new root")
             key = pki.load_key(root_key_pem, "new root key")
             pki.check_root(cert, key, "new root")
+            (self.dir / "next-root.self-made").unlink(missing_ok=True)
         else:
             cert, key = pki.make_root(f"meshnode root (node {self.node}, "
                                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())})")
+            pki.write_public(self.dir / "next-root.self-made", b"made by this node's ca process\n")
         self._write_root(self.dir, "next-root", cert, key)
         pem = pki.cert_pem(cert)
         if pem not in self.bundle.roots:
@@ -245,10 +248,14 @@ class Authority:
         pki.write_private(self.dir / "issuer.key", pki.key_pem(issuer_key))
         pki.write_public(self.dir / "issuer.pem", pki.cert_pem(issuer))
         self._write_root(self.dir, "root", cert, key)
+        self_made = (self.dir / "next-root.self-made").exists()
+        if self_made:
+            (self.dir / "next-root.self-made").replace(self.dir / "root.self-made")
+        else:
+            (self.dir / "root.self-made").unlink(missing_ok=True)
         (self.dir / "next-root.pem").unlink()
         (self.dir / "next-root.key").unlink()
-        (self.dir / "root.self-made").unlink(missing_ok=True)
-        self.root, self.root_key, self.root_self_made = cert, key, False
+        self.root, self.root_key, self.root_self_made = cert, key, self_made
         self.issuer, self.issuer_key = issuer, issuer_key
         self.bundle.issuer_generation += 1
         self.bundle.generation += 1

@@ -11,3 +11,7 @@ class Refused(IdentityError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class NotReady(IdentityError):
+    """The authority cannot sign yet (no config received); a retry will do."""

@@ -12,7 +12,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshnode.identity import pki
 from meshnode.identity.authority import Authority, Policy
-from meshnode.identity.errors import IdentityError, Refused
+from meshnode.identity.errors import IdentityError, NotReady, Refused
 
 TD = "cluster.local"
 FRONTEND = f"spiffe://{TD}/ns/demo/sa/frontend"
@@ -129,11 +129,11 @@ def test_wrong_trust_domain_refused(authority: Authority) -> None:
         _issue(authority, other)
 
 
-def test_no_config_yet_is_refused(tmp_path: Path) -> None:
+def test_no_config_yet_is_not_ready_and_not_a_refusal(tmp_path: Path) -> None:
     auth = Authority.open(tmp_path / "ca", "node-a", None)
-    with pytest.raises(Refused) as err:
+    with pytest.raises(NotReady):
         _issue(auth)
-    assert err.value.reason == "no-config"
+    assert not auth.refused
 
 
 def test_brought_root_is_used_and_checked(tmp_path: Path) -> None:
@@ -158,6 +158,7 @@ def test_rotation_steps_keep_both_roots_until_finish(authority: Authority) -> No
         authority.rotate_finish()
     state = authority.rotate_switch()
     assert state["issuer_generation"] == 2 and not state["pending"]
+    assert authority.root_self_made  # the node made the new root too
     new_leaf, _ = _issue(authority)
     assert pki.signed_by(new_leaf, authority.issuer)
     assert pki.signed_by(authority.issuer, authority.root)
