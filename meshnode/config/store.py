@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomic
 from .errors import ConfigError, NotFound, Problem
 from .load import load_path, to_dict
 from .model import KINDS, Key, Resource, key_label, resolve_kind, sort_key
@@ -32,29 +32,6 @@ HISTORY_KEEP = 10
 def _private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask; an old dir may be wider
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new bytes."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:  # mkstemp already made it 0600
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)  # make the rename itself durable
 
 
 def _corrupt(path: Path, message: str) -> ConfigError:

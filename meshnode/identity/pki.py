@@ -10,10 +10,8 @@ usable as both TLS server and client certificate.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..files import write_atomic
 from .errors import IdentityError
 
 PrivateKey = ec.EllipticCurvePrivateKey
@@ -219,21 +218,12 @@ def load_key(pem: bytes, what: str) -> PrivateKey:
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret atomically, mode 0600 from the first byte (never world-readable)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
-    write_private(path, data)
-    os.chmod(path, 0o644)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(path, data, 0o644)
 
 
 def read_root_dir(directory: Path) -> tuple[x509.Certificate, PrivateKey]:
