@@ -66,7 +66,7 @@ class CA:
     def on_config(self, items: dict[str, Any]) -> None:
         snapshot = items.get(self.proc.node)
         if isinstance(snapshot, dict):
-            self.auth.policy = Policy.from_snapshot(snapshot)
+            self.auth.set_policy(Policy.from_snapshot(snapshot))
 
     def on_sign(self, req: Envelope) -> dict[str, Any]:
         body = _body(req)

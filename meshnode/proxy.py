@@ -50,6 +50,10 @@ class Agent:
         self.proc, self.worker = proc, worker
         self.snapshot: dict[str, Any] | None = None
         self.refused = 0
+        # A worker without a snapshot has no routes and would refuse all traffic: it is
+        # not ready until the first one is installed (as Envoy's /ready waits for its
+        # initial config), so /ready and `meshnode up` never report a config-less node.
+        proc.state = "syncing"
         self.state = StateClient(proc.client(), CONTROL, SNAPSHOT_TOPIC, self.on_state)
         proc.subscriber([SNAPSHOT_TOPIC], lambda topic, env: self.state.feed(env))
         proc.loop.every(0.2, self.state.tick)
@@ -87,6 +91,7 @@ class Agent:
             self.ack(version if isinstance(version, int) else -1, "NACK", reason)
             return
         self.snapshot = snapshot
+        self.proc.state = "ok"
         self.identity.want({str(w["identity"]) for w in snapshot["local"]
                             if isinstance(w, dict) and "identity" in w},
                            rotate_at=float(snapshot["mesh"].get("rotate_at", 0.5)))

@@ -138,7 +138,27 @@ def stop(runtime_dir: Path, timeout_s: float = 30.0) -> bool:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if supervisord_pid(runtime_dir) is None:
+        # supervisord removes its pidfile on the way out, before it has exited: the
+        # node is down when the process is gone, not when the file is.
+        if supervisord_pid(runtime_dir) is None and not _running(pid):
             return True
         time.sleep(0.1)
     return False
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (exited, not reaped yet) has stopped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:  # gone meanwhile; or no procfs, where kill's answer stands
+        return not Path("/proc/self").exists()
+    except OSError:
+        return True
+    # The state follows the parenthesised command name, which may itself hold ")".
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]

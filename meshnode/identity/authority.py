@@ -171,6 +171,23 @@ class Authority:
                "issuer_generation": self.bundle.issuer_generation}
         pki.write_public(self.dir / "bundle.json", json.dumps(doc, indent=1).encode())
 
+    def set_policy(self, policy: Policy) -> None:
+        """Take control's config; an issuer made before it (at start, with the default
+        lifetime) is replaced when it does not fit the configured ``issuerTTL``. Chains
+        already issued keep verifying: the old issuer is still signed by the root."""
+        self.policy = policy
+        life = (self.issuer.not_valid_after_utc - self.issuer.not_valid_before_utc).total_seconds()
+        left = self.issuer.not_valid_after_utc.timestamp() - time.time()
+        # pki backdates not_before by the clock skew allowance; allow for it and a little more.
+        if life > policy.issuer_ttl_s + 2 * pki.CLOCK_SKEW_S or \
+                left < ISSUER_MIN_LIFE_SHARE * policy.issuer_ttl_s:
+            self.issuer, self.issuer_key = pki.make_issuer(self.root, self.root_key, self.node,
+                                                           policy.issuer_ttl_s)
+            pki.write_private(self.dir / "issuer.key", pki.key_pem(self.issuer_key))
+            pki.write_public(self.dir / "issuer.pem", pki.cert_pem(self.issuer))
+            logs.event(log, "ca.issuer.created", reason="issuerTTL from config",
+                       not_after=self.issuer.not_valid_after_utc.isoformat())
+
     # --- signing ----------------------------------------------------------------
 
     def sign(self, csr_pem: bytes, identity: str, worker: str) -> dict[str, Any]:

@@ -176,3 +176,17 @@ def test_spiffe_ids_are_validated() -> None:
                 "spiffe://td/ns/a/sa/b/extra"):
         with pytest.raises(IdentityError):
             pki.parse_spiffe_id(bad)
+
+
+def test_issuer_follows_configured_issuer_ttl(tmp_path: Path) -> None:
+    auth = Authority.open(tmp_path / "ca", "node-a", None)  # made with the default: a year
+    auth.set_policy(Policy(trust_domain=TD, workload_ttl_s=600.0, issuer_ttl_s=7200.0,
+                           local_identities=frozenset({FRONTEND})))
+    life = auth.issuer.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)
+    assert dt.timedelta(minutes=119) < life <= dt.timedelta(hours=2)
+    assert pki.signed_by(auth.issuer, auth.root)
+    reopened = Authority.open(tmp_path / "ca", "node-a", None)
+    assert reopened.issuer.serial_number == auth.issuer.serial_number  # persisted
+    before = auth.issuer.serial_number
+    auth.set_policy(auth.policy)  # fits now: kept
+    assert auth.issuer.serial_number == before

@@ -1,0 +1,142 @@
+"""The process mains on their own, as supervisord runs them: usage, JSON-lines logs, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from mnharness import Node, http_get, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+MAINS = ["meshnode.broker", "meshnode.control", "meshnode.ca", "meshnode.telemetry",
+         "meshnode.proxy"]
+
+
+@pytest.mark.parametrize("module", MAINS)
+def test_main_prints_usage(module: str) -> None:
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                            text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: {module} ")
+    for option in ("--runtime-dir", "--node", "--port-base", "--log-level"):
+        assert option in result.stdout
+
+
+class Started:
+    """A process main started by hand, its stderr collected line by line as it comes."""
+
+    def __init__(self, module: str, node: Node, *extra: str) -> None:
+        self.module = module
+        self.lines: list[str] = []
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", module, "--runtime-dir", str(node.runtime_dir),
+             "--port-base", str(node.port_base), "--node", "by-hand", *extra],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in list(self.lines)]
+
+    def wait_event(self, event: str, timeout_s: float = 15.0) -> dict[str, Any]:
+        def logged() -> dict[str, Any] | None:
+            if self.popen.poll() is not None and not any(event in line for line in self.lines):
+                raise AssertionError(f"{self.module} exited {self.popen.returncode}: {self.lines}")
+            return next((e for e in self.entries() if e["event"] == event), None)
+        return wait_for(logged, timeout_s, f"{self.module} to log {event}")
+
+    def terminate(self, timeout_s: float = 5.0) -> int:
+        """SIGTERM, and the exit code once it has exited (within ``timeout_s``)."""
+        self.popen.send_signal(signal.SIGTERM)
+        code = self.popen.wait(timeout=timeout_s)
+        self._reader.join(timeout=5.0)
+        return code
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+
+
+class ByHand:
+    """Process mains started in one fresh runtime dir, killed at teardown if still running."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.started: list[Started] = []
+
+    def start(self, module: str, *extra: str) -> Started:
+        proc = Started(module, self.node, *extra)
+        self.started.append(proc)
+        return proc
+
+
+@pytest.fixture
+def by_hand(make_node: Callable[..., Node]) -> Iterator[ByHand]:
+    # make_node's teardown runs after this one and checks nothing of the dir is left.
+    hand = ByHand(make_node())
+    yield hand
+    for proc in reversed(hand.started):
+        proc.kill()
+
+
+def check_json_lines(proc: Started, process: str) -> None:
+    entries = proc.entries()
+    assert entries, f"{proc.module} logged nothing"
+    for entry in entries:
+        assert {"event", "process", "level", "ts"} <= set(entry), entry
+        assert entry["process"] == process
+
+
+def test_broker_and_ca_by_hand_log_json_and_stop_on_sigterm(
+        by_hand: ByHand) -> None:
+    bus = by_hand.start("meshnode.broker")
+    bus.wait_event("bus.started")
+    ca = by_hand.start("meshnode.ca")
+    started = ca.wait_event("process.started")
+    assert started["node"] == "by-hand" and started["pid"] == ca.popen.pid
+
+    assert ca.terminate() == 0
+    assert ca.entries()[-1]["event"] == "process.stopped"
+    check_json_lines(ca, "ca")
+
+    assert bus.terminate() == 0
+    assert bus.entries()[-1]["event"] == "bus.stopped"
+    check_json_lines(bus, "bus")
+
+
+def test_telemetry_by_hand_is_ready_when_what_it_expects_is_healthy(
+        by_hand: ByHand) -> None:
+    node = by_hand.node
+    bus = by_hand.start("meshnode.broker")
+    bus.wait_event("bus.started")
+    telemetry = by_hand.start("meshnode.telemetry", "--expect", "bus,ca,telemetry")
+    telemetry.wait_event("process.started")
+    bound = {e["name"]: e["port"] for e in telemetry.entries() if e["event"] == "listener.bound"}
+    assert bound == {"admin": node.port_base, "metrics": node.port_base + 90}
+
+    # ca has not been started: the node is not ready, and /ready says why.
+    code, doc = node.ready()
+    assert code == 503 and "ca" in doc["not_ready"], (code, doc)
+
+    ca = by_hand.start("meshnode.ca")
+    wait_for(lambda: node.ready()[0] == 200, 15.0, "/ready once ca beats")
+    assert http_get(f"{node.admin_url}/live")[0] == 200
+
+    for proc, name in ((ca, "ca"), (telemetry, "telemetry"), (bus, "bus")):
+        assert proc.terminate() == 0, proc.lines
+        check_json_lines(proc, name)
