@@ -37,3 +37,65 @@ cdef extern from *:
     #endif
     """
     const bint MESHNODE_DEBUG
+
+
+# --- fastpath.http1: HTTP/1.1 codec limits and return codes ------------------------
+# Self-contained block: the codec's defaults (copied into a Limits by limits_init) and
+# the codes its nogil functions return. See fastpath/http1.pxd for what each limit bounds.
+
+cdef enum:
+    # nginx's large_client_header_buffers is 4 x 8 KiB: one request-line or one field
+    # line must fit 8 KiB there, so clients already live within these.
+    HTTP1_DEFAULT_MAX_REQUEST_LINE = 8192
+    HTTP1_DEFAULT_MAX_HEADER_BYTES = 8192
+    # Envoy's max_headers_count default.
+    HTTP1_DEFAULT_MAX_HEADERS = 100
+    # The whole head; Envoy's max_request_headers_kb default is 60 KiB.
+    HTTP1_DEFAULT_MAX_HEAD_BYTES = 65536
+    # Chunk extensions carry nothing a proxy uses; llhttp caps them after
+    # CVE-2024-22019 (unbounded extensions as a CPU and bandwidth sink).
+    HTTP1_DEFAULT_MAX_CHUNK_EXT = 1024
+    HTTP1_DEFAULT_MAX_TRAILER_BYTES = 8192
+    # Hex digits of one chunk-size, leading zeros included: 16 cover the int64 range.
+    HTTP1_MAX_CHUNK_DIGITS = 16
+
+# One chunk's size: by default anything a Content-Length may be (int64).
+cdef extern from *:
+    """
+    #define HTTP1_DEFAULT_MAX_CHUNK_SIZE INT64_MAX
+    """
+    const long long HTTP1_DEFAULT_MAX_CHUNK_SIZE
+
+# parse_request_head / parse_response_head return a head length > 0, or one of these;
+# chunked_advance returns a byte count >= 0, or one of the errors.
+cdef enum:
+    HTTP1_AGAIN = 0             # incomplete: call again with more bytes
+    HTTP1_EPARSE = -1           # malformed (400; 502 from an upstream)
+    HTTP1_ELIMIT_LINE = -2      # request-line over max_request_line (414)
+    HTTP1_ELIMIT_HEADERS = -3   # field count, field line or head over its limit (431)
+    HTTP1_EVERSION = -4         # HTTP major version other than 1 (505)
+    HTTP1_ELENGTH = -5          # unusable message framing: smuggling rules (400)
+    HTTP1_ETRANSFER = -6        # a transfer coding other than chunked (501)
+    HTTP1_ELIMIT_CHUNK = -7     # chunk-size, chunk-ext or trailers over the limit (413)
+
+# --- engine (fastpath/engine.pyx): event loop, connection and buffer limits ----------
+
+cdef enum:
+    # Readiness events taken per epoll_wait; more wait for the next iteration.
+    ENGINE_EPOLL_EVENTS = 256
+    # Connections accepted per listener wakeup (level-triggered, so the rest come back
+    # next iteration): one busy listener cannot starve established connections.
+    ENGINE_ACCEPT_BATCH = 64
+    # Connect, handshake and idle timeouts are checked by a scan this often, so they
+    # fire up to this late.
+    ENGINE_SCAN_INTERVAL_MS = 250
+    # Bytes one connection moves per turn before the loop serves others; the rest of
+    # its work goes on the ready list (edge-triggered epoll will not report it again).
+    ENGINE_PUMP_BUDGET_BYTES = 262144
+    # Engine(max_connections=, buffer_bytes=) bounds. Connection slots, their buffers
+    # (two per connection, one per direction) and ready lists are sized up front.
+    ENGINE_MAX_CONNECTIONS = 1048576
+    ENGINE_MIN_BUFFER_BYTES = 1024
+    ENGINE_MAX_BUFFER_BYTES = 16777216
+    # Connection slot indexes fit the 30 bits an epoll tag gives them.
+    ENGINE_TAG_INDEX_BITS = 30

@@ -28,3 +28,18 @@ class TLSError(FastpathError):
         self.reasons: tuple[str, ...] = tuple(reasons)
         self.codes: tuple[int, ...] = tuple(codes)
         self.verify_result: int | None = verify_result
+
+
+class HTTPError(FastpathError):
+    """The HTTP/1 codec refused a message.
+
+    ``status`` is the HTTP status to answer with (400, 413, 414, 431, 501, 505 for a
+    request; 502 for an upstream's response), ``code`` the codec's return code name
+    (``"EPARSE"``, ``"ELENGTH"``...), which tells apart refusals sharing a status.
+    """
+
+    def __init__(self, status: int, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.status: int = status
+        self.message: str = message
+        self.code: str = code

@@ -238,3 +238,68 @@ cdef extern from "openssl/ssl.h" nogil:
     void SSL_SESSION_free(SSL_SESSION* session)
     # False for a TLS 1.3 session until its NewSessionTicket has been read.
     int SSL_SESSION_is_resumable(const SSL_SESSION* session)
+
+
+# --- engine: non-blocking connections, SNI dispatch, session reuse (fastpath/engine) --
+# The event loop drives handshakes with SSL_do_handshake on non-blocking sockets, picks
+# the server SSL_CTX by SNI in a servername callback, and keeps client sessions per
+# endpoint. Nothing here is specific to the engine; it is where they were first needed.
+
+from libc.stdint cimport uint64_t
+
+cdef extern from "openssl/err.h" nogil:
+    const int ERR_LIB_SSL
+
+
+cdef extern from "openssl/ssl.h" nogil:
+    # Alert sent when the servername callback knows no such name (RFC 6066 §3).
+    const int SSL_AD_UNRECOGNIZED_NAME
+    const int SSL_AD_INTERNAL_ERROR
+    # sslerr.h reasons the engine counts as "the peer's certificate was refused".
+    const int SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
+    const int SSL_R_CERTIFICATE_VERIFY_FAILED
+
+    # SSL_set_mode() bits.
+    # SSL_write returns after each record instead of after the whole buffer.
+    const long SSL_MODE_ENABLE_PARTIAL_WRITE
+    # A retried SSL_write may pass the same bytes from another address (after memmove).
+    const long SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+    # Give idle connections' record buffers back to the allocator.
+    const long SSL_MODE_RELEASE_BUFFERS
+
+    ctypedef int (*SSL_servername_cb)(SSL* ssl, int* alert, void* arg) noexcept
+
+    int SSL_CTX_up_ref(SSL_CTX* ctx)
+    # Switches the SSL's certificate and ctx-level settings (used from the servername
+    # callback); the session (ticket keys, cache) stays with the original ctx.
+    SSL_CTX* SSL_set_SSL_CTX(SSL* ssl, SSL_CTX* ctx)
+    long SSL_CTX_set_tlsext_servername_callback(SSL_CTX* ctx, SSL_servername_cb cb)  # macro
+    long SSL_CTX_set_tlsext_servername_arg(SSL_CTX* ctx, void* arg)                  # macro
+
+    int SSL_get_ex_new_index(long argl, void* argp, CRYPTO_EX_new* new_func,
+                             CRYPTO_EX_dup* dup_func, CRYPTO_EX_free* free_func)   # macro
+    int SSL_set_ex_data(SSL* ssl, int idx, void* data)
+    void* SSL_get_ex_data(const SSL* ssl, int idx)
+
+    # Verification and options copied from the SNI-selected ctx onto the SSL, which
+    # took them from the original ctx in SSL_new (SSL_set_SSL_CTX does not).
+    int SSL_CTX_get_verify_mode(const SSL_CTX* ctx)
+    int SSL_CTX_get_verify_depth(const SSL_CTX* ctx)
+    SSL_verify_cb SSL_CTX_get_verify_callback(const SSL_CTX* ctx)
+    void SSL_set_verify(SSL* ssl, int mode, SSL_verify_cb callback)
+    void SSL_set_verify_depth(SSL* ssl, int depth)
+    uint64_t SSL_CTX_get_options(const SSL_CTX* ctx)
+    uint64_t SSL_get_options(const SSL* ssl)
+    uint64_t SSL_set_options(SSL* ssl, uint64_t options)
+    uint64_t SSL_clear_options(SSL* ssl, uint64_t options)
+
+    void SSL_set_connect_state(SSL* ssl)
+    void SSL_set_accept_state(SSL* ssl)
+    # Continues the handshake in the role set above; 1 when done.
+    int SSL_do_handshake(SSL* ssl)
+    long SSL_set_mode(SSL* ssl, long mode)                                         # macro
+    # Client side, per connection; 0 on success, like SSL_CTX_set_alpn_protos.
+    int SSL_set_alpn_protos(SSL* ssl, const unsigned char* protos, unsigned int protos_len)
+
+    SSL_SESSION* SSL_get0_session(const SSL* ssl)        # no new reference
+    int SSL_SESSION_up_ref(SSL_SESSION* session)
