@@ -158,7 +158,9 @@ def _service_spec(spec: ServiceSpec) -> dict[str, Any]:
     return {
         "selector": dict(spec.selector),
         "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol,
-                   "targetPort": p.target_port} for p in spec.ports],
+                   "targetPort": p.target_port,
+                   **({"outboundPort": p.outbound_port} if p.outbound_port else {})}
+                  for p in spec.ports],
     }
 
 

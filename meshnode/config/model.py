@@ -47,6 +47,9 @@ class ServicePort:
     # A number, or the name of a port in the selected workloads' `ports`; 0 (not given)
     # becomes `port`, as in Kubernetes.
     target_port: int | str = 0
+    # TCP ports only: a port on 127.0.0.1 where the node takes this service's opaque TCP
+    # from local apps (0: none). HTTP goes through the shared outbound listener instead.
+    outbound_port: int = 0
 
     def __post_init__(self) -> None:
         if self.target_port == 0:

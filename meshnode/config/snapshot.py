@@ -55,7 +55,7 @@ def _service(service: Service, workloads: list[Workload], node: str, trust_domai
         "fqdn": f"{name}.{namespace}.svc",
         "hosts": [name, f"{name}.{namespace}", f"{name}.{namespace}.svc"],
         "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol,
-                   "target_port": p.target_port}
+                   "target_port": p.target_port, "outbound_port": p.outbound_port}
                   for p in sorted(service.spec.ports, key=lambda p: p.port)],
         "endpoints": endpoints,
         "identities": sorted({e["identity"] for e in endpoints}),

@@ -341,7 +341,7 @@ def _service_ports(d: _Doc, value: object, path: str) -> tuple[ServicePort, ...]
     numbers: dict[int, int] = {}
     for i, item in enumerate(value):
         at = f"{path}[{i}]"
-        fields = _fields(d, item, at, ("name", "port", "protocol", "targetPort"),
+        fields = _fields(d, item, at, ("name", "port", "protocol", "targetPort", "outboundPort"),
                          required=("name", "port"))
         if fields is None:
             continue
@@ -349,6 +349,10 @@ def _service_ports(d: _Doc, value: object, path: str) -> tuple[ServicePort, ...]
         port = _opt(d, fields, at, "port", _port, None)
         protocol = _opt(d, fields, at, "protocol", _choice(_PROTOCOLS), "HTTP")
         target = _opt(d, fields, at, "targetPort", _target_port, 0)
+        outbound = _opt(d, fields, at, "outboundPort", _port, 0)
+        if outbound and protocol == "HTTP":
+            d.fail(join(at, "outboundPort"), "is for protocol TCP only: HTTP reaches every "
+                   "service through the node's outbound listener (port-base+1)")
         if name is not None:
             if name in names:
                 d.fail(join(at, "name"), f"duplicate port name {name!r} (also {path}[{names[name]}])")
@@ -357,8 +361,8 @@ def _service_ports(d: _Doc, value: object, path: str) -> tuple[ServicePort, ...]
             if port in numbers:
                 d.fail(join(at, "port"), f"duplicate port {port} (also {path}[{numbers[port]}])")
             numbers.setdefault(port, i)
-        if name is not None and port is not None and protocol is not None and target is not None:
-            ports.append(ServicePort(name, port, protocol, target))
+        if None not in (name, port, protocol, target, outbound):
+            ports.append(ServicePort(name, port, protocol, target, outbound))  # type: ignore[arg-type]
     return tuple(ports) if len(ports) == len(value) else None
 
 
@@ -506,8 +510,17 @@ def set_problems(resources: Sequence[Resource]) -> list[Problem]:
                     f"no port named {name!r} in the services selecting this workload "
                     f"({', '.join(s.label for s in selecting)}); they name: "
                     f"{', '.join(sorted(str(k) for k in known))}"))
+    taken: dict[int, tuple[Service, int]] = {}
     for service in services:
         for i, port in enumerate(service.spec.ports):
+            if port.outbound_port and port.outbound_port in taken:
+                other, j = taken[port.outbound_port]
+                problems.append(Problem(
+                    service.source, service.label, f"spec.ports[{i}].outboundPort",
+                    f"port {port.outbound_port} is already the outboundPort of "
+                    f"{other.label} spec.ports[{j}]"))
+            elif port.outbound_port:
+                taken[port.outbound_port] = (service, i)
             if not isinstance(port.target_port, str):
                 continue
             for workload in workloads:
