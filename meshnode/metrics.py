@@ -18,6 +18,25 @@ from prometheus_client.registry import Collector
 from .health import HealthBook
 
 
+# Engine counters (fastpath.engine Engine.stats()) by side, as Istio's TCP metrics.
+_SIDES = ("outbound", "inbound")
+_TCP = {"connections_opened": ("meshnode_tcp_connections_opened",
+                               "TCP connections accepted by the data plane"),
+        "connections_closed": ("meshnode_tcp_connections_closed",
+                               "TCP connections the data plane closed"),
+        "bytes_received": ("meshnode_tcp_received_bytes",
+                           "Bytes received from the accepted side of a connection"),
+        "bytes_sent": ("meshnode_tcp_sent_bytes",
+                       "Bytes sent to the accepted side of a connection"),
+        "tls_handshakes": ("meshnode_tls_handshakes", "Completed mutual-TLS handshakes"),
+        "tls_resumed": ("meshnode_tls_resumed_handshakes", "Handshakes that resumed a session")}
+# Per-side failure counters -> the `reason` label of meshnode_dataplane_failures_total.
+_SIDE_FAILURES = ("connect_failures", "connect_timeouts", "idle_timeouts", "aborted",
+                  "rejected_limit", "accept_failures", "tls_failures_verify",
+                  "tls_failures_other", "tls_handshake_timeouts")
+_NODE_FAILURES = ("no_endpoint", "identity_mismatch", "tls_unknown_sni")
+
+
 class NodeCollector(Collector):
     """Samples from the node's health book at scrape time."""
 
@@ -59,6 +78,14 @@ class NodeCollector(Collector):
         bundle = GaugeMetricFamily("meshnode_trust_bundle_generation",
                                    "Generation of the trust bundle the process runs",
                                    labels=["node", "process"])
+        tcp = {key: CounterMetricFamily(name, text, labels=["node", "process", "direction"])
+               for key, (name, text) in _TCP.items()}
+        failures = CounterMetricFamily("meshnode_dataplane_failures",
+                                       "Connections the data plane refused or cut, by reason",
+                                       labels=["node", "process", "direction", "reason"])
+        active = GaugeMetricFamily("meshnode_tcp_connections_active",
+                                   "TCP connections open in the data plane",
+                                   labels=["node", "process", "direction"])
         for name in self._book.names():
             report = self._book.get(name)
             labels = [self._node, name]
@@ -79,8 +106,32 @@ class NodeCollector(Collector):
                 version.add_metric(labels, config_version)
             self._identity(report.body, labels, issued, refused, ca_expiry, expiry,
                            renew_failed, bundle)
+            self._dataplane(report.body.get("dataplane"), labels, tcp, failures, active)
         yield from (up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
-                    renew_failed, bundle)
+                    renew_failed, bundle, *tcp.values(), failures, active)
+
+    @staticmethod
+    def _dataplane(stats: object, labels: list[str], tcp: dict[str, Metric], failures: Metric,
+                   active: Metric) -> None:
+        if not isinstance(stats, dict):
+            return
+        for side in _SIDES:
+            for key, family in tcp.items():
+                value = stats.get(f"{side}_{key}")
+                if isinstance(value, int):
+                    family.add_metric([*labels, side], value)
+            for reason in _SIDE_FAILURES:
+                value = stats.get(f"{side}_{reason}")
+                if isinstance(value, int):
+                    failures.add_metric([*labels, side, reason], value)
+            value = stats.get(f"{side}_connections_active")
+            if isinstance(value, int):
+                active.add_metric([*labels, side], value)
+        for reason in _NODE_FAILURES:
+            value = stats.get(reason)
+            if isinstance(value, int):
+                failures.add_metric([*labels, "outbound" if reason != "tls_unknown_sni"
+                                     else "inbound", reason], value)
 
     def _identity(self, body: dict[str, Any], labels: list[str], issued: Metric,
                   refused: Metric, ca_expiry: Metric, expiry: Metric, renew_failed: Metric,

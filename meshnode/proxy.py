@@ -7,7 +7,9 @@ in its health beat. It also keeps the worker's TLS credentials (``identity.creds
 one certificate per identity the snapshot places on this node, renewed from the ca,
 and the trust bundle the ca publishes on ``cert.bundle``. A new snapshot replaces the
 old one whole; a bad one is refused and the last good one stays. The fastpath engine
-that forwards traffic will run beside this agent in the same process (DESIGN §3).
+that forwards traffic runs beside this agent in the same process, on its own thread
+(``dataplane``, DESIGN §3); the agent recompiles its route table whenever the
+snapshot or a certificate changes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import fastpath.tls
 from . import logs
 from .ca import BUNDLE_KEY, BUNDLE_TOPIC, NAME as CA
 from .control import ACK_TOPIC, NAME as CONTROL, SNAPSHOT_TOPIC
+from .dataplane import DataPlane
 from .identity.creds import WorkerIdentity
 from .process import Process, base_parser
 
@@ -46,8 +49,10 @@ def check_snapshot(snapshot: object) -> str | None:
 class Agent:
     """Installs snapshots for one worker and answers for them on the bus."""
 
-    def __init__(self, proc: Process, worker: str) -> None:
+    def __init__(self, proc: Process, worker: str, dataplane: DataPlane) -> None:
         self.proc, self.worker = proc, worker
+        self.dataplane = dataplane
+        self._routes_dirty = False
         self.snapshot: dict[str, Any] | None = None
         self.refused = 0
         # A worker without a snapshot has no routes and would refuse all traffic: it is
@@ -57,13 +62,18 @@ class Agent:
         self.state = StateClient(proc.client(), CONTROL, SNAPSHOT_TOPIC, self.on_state)
         proc.subscriber([SNAPSHOT_TOPIC], lambda topic, env: self.state.feed(env))
         proc.loop.every(0.2, self.state.tick)
-        self.identity = WorkerIdentity(proc.client(), proc.name)
+        self.identity = WorkerIdentity(proc.client(), proc.name,
+                                       on_contexts=lambda identity, ctx: self._dirty())
         self.bundle = StateClient(proc.client(), CA, BUNDLE_TOPIC, self.on_bundle)
         proc.subscriber([BUNDLE_TOPIC], lambda topic, env: self.bundle.feed(env))
         proc.loop.every(0.2, self.bundle.tick)
         proc.loop.every(0.2, self.identity.tick)
         proc.add_health(self.health)
         proc.add_health(self.identity.health)
+        proc.add_health(self.dataplane.health)
+        # Certificates arrive in bursts (a new bundle rebuilds every context): compile
+        # the route table once per burst, not once per context.
+        proc.loop.every(0.2, self.refresh_routes)
         # An ACK is an event and may miss a control that is restarting: say it again.
         proc.loop.every(5.0, self.reack, first_in_s=5.0)
 
@@ -90,6 +100,14 @@ class Agent:
                        reason=reason)
             self.ack(version if isinstance(version, int) else -1, "NACK", reason)
             return
+        try:
+            self.dataplane.update(snapshot)
+        except (ValueError, OSError) as exc:  # e.g. an endpoint name that does not resolve
+            self.refused += 1
+            logs.event(self.proc.log, "config.refused", logging.WARNING, version=version,
+                       reason=f"route table: {exc}")
+            self.ack(version, "NACK", f"route table: {exc}")
+            return
         self.snapshot = snapshot
         self.proc.state = "ok"
         self.identity.want({str(w["identity"]) for w in snapshot["local"]
@@ -98,6 +116,19 @@ class Agent:
         logs.event(self.proc.log, "config.installed", version=version,
                    services=len(snapshot["services"]))
         self.ack(version, "ACK")
+
+    def _dirty(self) -> None:
+        self._routes_dirty = True
+
+    def refresh_routes(self) -> None:
+        self.dataplane.reap()
+        if not self._routes_dirty or self.snapshot is None:
+            return
+        self._routes_dirty = False
+        try:
+            self.dataplane.update(self.snapshot)
+        except (ValueError, OSError) as exc:
+            logs.event(self.proc.log, "routes.failed", logging.ERROR, error=str(exc))
 
     def on_bundle(self, items: dict[str, Any]) -> None:
         bundle = items.get(BUNDLE_KEY)
@@ -117,10 +148,24 @@ class Agent:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("meshnode.proxy", "Run one proxy worker of the node.")
     parser.add_argument("--worker", type=int, default=0, help="this worker's index")
+    parser.add_argument("--inbound-address", default="0.0.0.0",
+                        help="address of the inbound mTLS listener (port-base+6)")
     args = parser.parse_args(argv)
     proc = Process(f"proxy-{args.worker}", args)
-    Agent(proc, str(args.worker))
-    return proc.run()
+    try:
+        dataplane = DataPlane(proc.node, args.inbound_address, proc.ports.inbound,
+                              lambda identity: agent.identity.contexts(identity))
+    except OSError as exc:
+        logs.event(proc.log, "listener.failed", logging.ERROR, name="inbound",
+                   port=proc.ports.inbound, error=str(exc))
+        proc.ctx.destroy(linger=0)
+        return 78
+    agent = Agent(proc, str(args.worker), dataplane)
+    dataplane.start()
+    try:
+        return proc.run()
+    finally:
+        dataplane.stop()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from bus.errors import BusError, RemoteError
 from bus.request import Client
 
+from fastpath.engine import ALPN_TCP
 from fastpath.tls import TLSContext
 
 from .. import logs
@@ -27,7 +28,8 @@ from . import pki
 
 log = logging.getLogger("meshnode.identity")
 
-ALPN = [b"http/1.1"]
+# Offered by clients and accepted by servers between nodes: opaque TCP now, HTTP/1.1 next.
+ALPN = [ALPN_TCP, b"http/1.1"]
 # Renewal jitter as a share of the lifetime, either side of rotate_at.
 JITTER_SHARE = 0.05
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 30.0

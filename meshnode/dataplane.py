@@ -1,0 +1,154 @@
+"""A worker's data plane: the fastpath engine, its listeners, and the route table that
+the config snapshot and the worker's certificates compile to.
+
+The engine runs on its own thread with the GIL released (DESIGN §3); this module is
+the agent's side of it. Whenever the snapshot or a certificate changes, it compiles a
+new ``RouteTable`` and installs it: the engine swaps it in at its next iteration and
+connections already open finish on the table they started with. Listener sockets
+belong to this side and are bound with SO_REUSEPORT so that every worker of the node
+accepts on the same ports; one that a new table no longer names is closed only once
+the engine runs a table without it (``Engine.generation``).
+
+This version carries opaque TCP: a Service port with an ``outboundPort`` gets a local
+listener on 127.0.0.1, relayed over mutual TLS to the inbound port of the node of one
+of its endpoints; the inbound listener (port-base+6) relays to the local workload.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any, Callable
+
+from fastpath.engine import Engine, RouteTable
+
+from . import logs
+from .identity.creds import Contexts
+
+log = logging.getLogger("meshnode.dataplane")
+
+# Until the node registry of multi-host meshes exists, a remote node is reached on the
+# default inbound port (DESIGN §8) at its workload's address.
+DEFAULT_INBOUND_PORT = 15006
+
+
+def sni_for(port_name: str, fqdn: str) -> str:
+    """The SNI naming one port of one service between nodes (a DNS name, like Istio's
+    ``outbound_.PORT_._.FQDN``): the inbound side picks the local app by it."""
+    return f"{port_name}.{fqdn}"
+
+
+def _numeric(host: str) -> str:
+    """The engine resolves no names: a hostname becomes an address here, at config time."""
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return host
+    except OSError:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
+
+
+def _listener(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # shared by the node's workers
+    sock.bind((address, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class DataPlane:
+    def __init__(self, node: str, inbound_address: str, inbound_port: int,
+                 contexts: Callable[[str], Contexts | None]) -> None:
+        self.node, self.inbound_port = node, inbound_port
+        self._contexts = contexts
+        self.engine = Engine()
+        self._thread = threading.Thread(target=self.engine.run, name="engine", daemon=True)
+        self._inbound = _listener(inbound_address, inbound_port)
+        self._outbound: dict[int, socket.socket] = {}  # outbound port -> listener
+        self._retired: list[tuple[int, socket.socket]] = []  # (generation, listener)
+        self.listener_failures = 0
+        self.generation = 0
+
+    def start(self) -> None:
+        self._thread.start()
+        logs.event(log, "listener.bound", name="inbound", port=self.inbound_port)
+
+    def stop(self) -> None:
+        self.engine.stop()
+        self._thread.join(timeout=10)
+        for sock in [self._inbound, *self._outbound.values(), *(s for _, s in self._retired)]:
+            sock.close()
+
+    def update(self, snapshot: dict[str, Any]) -> None:
+        """Compile and install the table for this snapshot and the current certificates."""
+        table = RouteTable()
+        table.set_inbound(self._inbound.fileno())
+        local = sorted(w["identity"] for w in snapshot["local"])
+        # The outbound side presents the node's local identity. With several workloads
+        # on one node it cannot tell which app called (all arrive from loopback), so it
+        # uses the first by name; per-workload outbound identity comes with HTTP routing.
+        client = next((c for c in map(self._contexts, local) if c is not None), None)
+        wanted: set[int] = set()
+        for svc in snapshot["services"]:
+            if not svc["identities"]:
+                continue  # no endpoints: nothing to route to
+            for port in svc["ports"]:
+                sni = sni_for(port["name"], svc["fqdn"])
+                endpoints = [self._endpoint(ep) for ep in svc["endpoints"]]
+                index = table.add_service(f"{svc['namespace']}/{svc['name']}:{port['name']}",
+                                          sni, svc["identities"], endpoints)
+                if port.get("outbound_port") and client is not None:
+                    sock = self._outbound_listener(port["outbound_port"])
+                    if sock is not None:
+                        table.add_outbound_tcp(sock.fileno(), index, client.client)
+                        wanted.add(port["outbound_port"])
+                self._inbound_route(table, svc, port, sni)
+        self.generation = self.engine.install(table)
+        for port in set(self._outbound) - wanted:
+            self._retired.append((self.generation, self._outbound.pop(port)))
+        self.reap()
+
+    def _endpoint(self, ep: dict[str, Any]) -> tuple[str, int]:
+        if ep["node"] == self.node:
+            return ("127.0.0.1", self.inbound_port)
+        return (_numeric(ep["address"]), DEFAULT_INBOUND_PORT)
+
+    def _inbound_route(self, table: RouteTable, svc: dict[str, Any], port: dict[str, Any],
+                       sni: str) -> None:
+        for ep in svc["endpoints"]:  # the first local endpoint with a certificate serves
+            if ep["node"] != self.node or port["name"] not in ep["ports"]:
+                continue
+            contexts = self._contexts(ep["identity"])
+            if contexts is not None:
+                table.add_inbound_route(sni, contexts.server, _numeric(ep["address"]),
+                                        int(ep["ports"][port["name"]]))
+                return
+
+    def _outbound_listener(self, port: int) -> socket.socket | None:
+        sock = self._outbound.get(port)
+        if sock is None:
+            try:
+                sock = _listener("127.0.0.1", port)
+            except OSError as exc:
+                self.listener_failures += 1
+                logs.event(log, "listener.failed", logging.ERROR, port=port, error=str(exc))
+                return None
+            self._outbound[port] = sock
+            logs.event(log, "listener.bound", name="outbound-tcp", port=port)
+        return sock
+
+    def reap(self) -> None:
+        """Close listeners the engine no longer uses (it runs a table without them)."""
+        keep = []
+        for generation, sock in self._retired:
+            if self.engine.generation >= generation:
+                sock.close()
+            else:
+                keep.append((generation, sock))
+        self._retired = keep
+
+    def health(self) -> dict[str, Any]:
+        return {"dataplane": {**self.engine.stats(), "listener_failures": self.listener_failures}}
