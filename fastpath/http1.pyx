@@ -1,0 +1,1282 @@
+"""fastpath.http1: HTTP/1.1 request and response heads parsed in place; chunked framing."""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.limits cimport INT_MAX
+from libc.stdint cimport INT64_MAX, UINT32_MAX, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdio cimport fprintf, stderr
+from libc.stdlib cimport abort
+from libc.string cimport memcmp, memcpy, memset
+
+from fastpath.errors import HTTPError
+
+include "consts.pxi"
+
+
+# --- bytes ----------------------------------------------------------------------------
+
+cdef enum:
+    _HT = 9
+    _LF = 10
+    _CR = 13
+    _SP = 32
+
+# Character classes, one bit each, in _cls (filled once at import by _init_classes).
+cdef enum:
+    _TCHAR = 1      # RFC 9110 §5.6.2 tchar: methods, field names, codings
+    _VCHAR = 2      # 0x21-0x7E: request-target bytes
+    _FIELD = 4      # field-value, reason-phrase, chunk-ext: VCHAR, obs-text, SP, HTAB
+    _HEX = 8
+    _DIGIT = 16
+    _HOST = 32      # RFC 3986 reg-name: unreserved, sub-delims and '%'
+
+cdef unsigned char _cls[256]
+
+
+cdef void _init_classes() noexcept:
+    cdef int c
+    cdef const char* p
+    memset(_cls, 0, sizeof(_cls))
+    for c in range(256):
+        if 0x21 <= c <= 0x7E:
+            _cls[c] |= _VCHAR | _FIELD
+        elif c >= 0x80 or c == _SP or c == _HT:
+            _cls[c] |= _FIELD
+        if c'0' <= c <= c'9':
+            _cls[c] |= _DIGIT | _HEX | _TCHAR | _HOST
+        elif c'a' <= c <= c'z' or c'A' <= c <= c'Z':
+            _cls[c] |= _TCHAR | _HOST
+            if c'a' <= c <= c'f' or c'A' <= c <= c'F':
+                _cls[c] |= _HEX
+    p = b"!#$%&'*+-.^_`|~"
+    while p[0] != 0:
+        _cls[<unsigned char>p[0]] |= _TCHAR
+        p += 1
+    p = b"-._~%!$&'()*+,;="
+    while p[0] != 0:
+        _cls[<unsigned char>p[0]] |= _HOST
+        p += 1
+
+
+_init_classes()
+
+
+cdef void _out_of_bounds(size_t i, size_t n) noexcept nogil:
+    fprintf(stderr, b"fastpath.http1: read at offset %zu of a %zu-byte buffer\n", i, n)
+    abort()
+
+
+cdef inline unsigned char _at(const char* buf, size_t i, size_t n) noexcept nogil:
+    # Every read of an untrusted buffer goes through here. Cython cannot bounds-check a
+    # raw pointer, so the debug build checks it here and aborts loudly; in release
+    # MESHNODE_DEBUG is the constant 0 and this is a plain load.
+    if MESHNODE_DEBUG and i >= n:
+        _out_of_bounds(i, n)
+    return <unsigned char>buf[i]
+
+
+cdef inline uint64_t _word(const char* buf, size_t i, size_t n) noexcept nogil:
+    # Eight bytes at once; memcpy is how C spells an unaligned load (one mov at -O2).
+    cdef uint64_t x
+    if MESHNODE_DEBUG and (i >= n or n - i < 8):
+        _out_of_bounds(i + 7, n)
+    memcpy(&x, buf + i, 8)
+    return x
+
+
+# SWAR ("SIMD within a register", Bit Twiddling Hacks: "determine if a word has a byte
+# less than n"): nonzero iff some byte of x is below n (0 < n <= 128). Exact as a yes/no.
+cdef inline uint64_t _below(uint64_t x, uint64_t n) noexcept nogil:
+    return (x - <uint64_t>0x0101010101010101ULL * n) & ~x & <uint64_t>0x8080808080808080ULL
+
+
+cdef inline uint64_t _has_del(uint64_t x) noexcept nogil:
+    return _below(x ^ <uint64_t>0x7F7F7F7F7F7F7F7FULL, 1)
+
+
+cdef inline size_t _scan_field(const char* buf, size_t i, size_t e, size_t n) noexcept nogil:
+    """Past the field-value bytes (VCHAR, obs-text, SP, HTAB) from i, up to e. Values
+    are most of a head's bytes: whole words of plain text go 8 at a time, and the
+    first word with a CTL, DEL or HTAB in it finishes byte by byte."""
+    cdef uint64_t x
+    while e - i >= 8:
+        x = _word(buf, i, n)
+        if _below(x, 0x20) | _has_del(x):
+            break
+        i += 8
+    while i < e and (_cls[_at(buf, i, n)] & _FIELD):
+        i += 1
+    return i
+
+
+cdef inline size_t _scan_target(const char* buf, size_t i, size_t e, size_t n) noexcept nogil:
+    """Past the request-target bytes (VCHAR: 0x21-0x7E) from i, up to e."""
+    cdef uint64_t x
+    while e - i >= 8:
+        x = _word(buf, i, n)
+        if _below(x, 0x21) | (x & <uint64_t>0x8080808080808080ULL) | _has_del(x):
+            break
+        i += 8
+    while i < e and (_cls[_at(buf, i, n)] & _VCHAR):
+        i += 1
+    return i
+
+
+cdef inline unsigned char _lower(unsigned char c) noexcept nogil:
+    return c + 32 if c'A' <= c <= c'Z' else c
+
+
+cdef inline bint _ieq(const char* buf, size_t off, size_t n, const char* lit,
+                      size_t lit_len) noexcept nogil:
+    """buf[off:off+n] equals the lowercase `lit`, ignoring ASCII case."""
+    cdef size_t k
+    if n != lit_len:
+        return False
+    for k in range(n):
+        if _lower(_at(buf, off + k, off + n)) != <unsigned char>lit[k]:
+            return False
+    return True
+
+
+cdef inline bint _ows(unsigned char c) noexcept nogil:
+    return c == _SP or c == _HT
+
+
+# --- limits and codes -------------------------------------------------------------------
+
+cdef void limits_init(Limits* lim) noexcept nogil:
+    lim.max_request_line = HTTP1_DEFAULT_MAX_REQUEST_LINE
+    lim.max_headers = HTTP1_DEFAULT_MAX_HEADERS
+    lim.max_header_bytes = HTTP1_DEFAULT_MAX_HEADER_BYTES
+    lim.max_head_bytes = HTTP1_DEFAULT_MAX_HEAD_BYTES
+    lim.max_chunk_ext = HTTP1_DEFAULT_MAX_CHUNK_EXT
+    lim.max_trailer_bytes = HTTP1_DEFAULT_MAX_TRAILER_BYTES
+    lim.max_chunk_size = HTTP1_DEFAULT_MAX_CHUNK_SIZE
+
+
+cdef int request_error_status(int rc) noexcept nogil:
+    if rc == HTTP1_EPARSE or rc == HTTP1_ELENGTH:
+        return 400
+    if rc == HTTP1_ELIMIT_LINE:
+        return 414          # RFC 9110 §15.5.15; nginx answers a long request-line so too
+    if rc == HTTP1_ELIMIT_HEADERS:
+        return 431          # RFC 6585 §5
+    if rc == HTTP1_EVERSION:
+        return 505
+    if rc == HTTP1_ETRANSFER:
+        return 501          # RFC 9112 §6.1: a transfer coding we do not understand
+    if rc == HTTP1_ELIMIT_CHUNK:
+        return 413          # as Node does for oversized chunk extensions
+    return 500
+
+
+cdef const char* status_name(int rc) noexcept nogil:
+    if rc == HTTP1_AGAIN:
+        return b"AGAIN"
+    if rc == HTTP1_EPARSE:
+        return b"EPARSE"
+    if rc == HTTP1_ELIMIT_LINE:
+        return b"ELIMIT_LINE"
+    if rc == HTTP1_ELIMIT_HEADERS:
+        return b"ELIMIT_HEADERS"
+    if rc == HTTP1_EVERSION:
+        return b"EVERSION"
+    if rc == HTTP1_ELENGTH:
+        return b"ELENGTH"
+    if rc == HTTP1_ETRANSFER:
+        return b"ETRANSFER"
+    if rc == HTTP1_ELIMIT_CHUNK:
+        return b"ELIMIT_CHUNK"
+    return b"OK" if rc > 0 else b"UNKNOWN"
+
+
+# --- scanning primitives ------------------------------------------------------------------
+#
+# A head is scanned left to right. `n` is min(len, max_head): a byte at or past
+# max_head is over the head limit whether it arrived or not, so limits are positions
+# and every prefix of a buffer gets HTTP1_AGAIN or the whole buffer's answer.
+
+# What the scanning helpers return when the scan may go on. Not 0: that is HTTP1_AGAIN.
+cdef enum:
+    _GO = 1
+
+
+cdef inline int _short(size_t i, size_t max_head) noexcept nogil:
+    """The scan needs byte i and does not have it."""
+    return HTTP1_ELIMIT_HEADERS if i >= max_head else HTTP1_AGAIN
+
+
+cdef inline int _edge(const char* buf, size_t i, size_t n, size_t cl, size_t max_head,
+                      int elimit) noexcept nogil:
+    """A scan of line content stopped at i, bounded by n and by cl (the latest place
+    the line's CR may be). _GO: buf[i] exists and is the caller's to judge; at cl that
+    is only ever a CR, anything else there makes the line too long."""
+    if i >= n:
+        return _short(i, max_head)
+    if i < cl or _at(buf, i, n) == _CR:
+        return _GO
+    return elimit
+
+
+cdef inline int _crlf(const char* buf, size_t i, size_t n, size_t max_head) noexcept nogil:
+    """buf[i] is a CR: _GO when a LF follows."""
+    if i + 1 >= n:
+        return _short(i + 1, max_head)
+    return _GO if _at(buf, i + 1, n) == _LF else HTTP1_EPARSE
+
+
+cdef inline int _version(const char* buf, size_t* pi, size_t n, size_t cl, size_t max_head,
+                         int elimit) noexcept nogil:
+    """HTTP-version = "HTTP/" DIGIT "." DIGIT (RFC 9112 §2.3: case-sensitive)."""
+    cdef const char* name = b"HTTP/"
+    cdef size_t i = pi[0]
+    cdef int k, rc
+    cdef unsigned char c
+    for k in range(8):
+        rc = _edge(buf, i, n, cl, max_head, elimit)
+        if rc != _GO:
+            return rc
+        c = _at(buf, i, n)
+        if k < 5:
+            if c != <unsigned char>name[k]:
+                return HTTP1_EPARSE
+        elif k == 6:
+            if c != c'.':
+                return HTTP1_EPARSE
+        elif not (_cls[c] & _DIGIT):
+            return HTTP1_EPARSE
+        i += 1
+    pi[0] = i
+    return _GO
+
+
+# --- field semantics --------------------------------------------------------------------
+
+# What the field lines of one head say about framing, routing and the connection;
+# judged as a whole once the head is complete.
+cdef struct _Sem:
+    int64_t cl              # the Content-Length value (when cl_seen)
+    Span host
+    Span upgrade
+    int host_count
+    int host_index
+    int te_count            # Transfer-Encoding field lines
+    int te_chunked          # "chunked" list elements over all of them
+    bint cl_seen
+    bint cl_bad             # a Content-Length element not 1*DIGIT, too big, or differing
+    bint te_empty           # an empty Transfer-Encoding list element
+    bint te_other           # a coding other than chunked
+    bint te_last_chunked    # the final coding so far is chunked
+    bint host_bad
+    bint conn_close
+    bint conn_keep_alive
+    bint conn_upgrade
+    bint expect_continue
+    bint has_upgrade
+
+
+cdef enum _Name:
+    _N_OTHER
+    _N_HOST
+    _N_CONTENT_LENGTH
+    _N_TRANSFER_ENCODING
+    _N_CONNECTION
+    _N_EXPECT
+    _N_UPGRADE
+
+
+cdef inline _Name _field_name(const char* buf, size_t off, size_t n) noexcept nogil:
+    # By length first: most fields are none of these and cost one switch.
+    if n == 4:
+        return _N_HOST if _ieq(buf, off, n, b"host", 4) else _N_OTHER
+    if n == 6:
+        return _N_EXPECT if _ieq(buf, off, n, b"expect", 6) else _N_OTHER
+    if n == 7:
+        return _N_UPGRADE if _ieq(buf, off, n, b"upgrade", 7) else _N_OTHER
+    if n == 10:
+        return _N_CONNECTION if _ieq(buf, off, n, b"connection", 10) else _N_OTHER
+    if n == 14:
+        return _N_CONTENT_LENGTH if _ieq(buf, off, n, b"content-length", 14) else _N_OTHER
+    if n == 17:
+        return _N_TRANSFER_ENCODING if _ieq(buf, off, n, b"transfer-encoding", 17) else _N_OTHER
+    return _N_OTHER
+
+
+cdef void _content_length(const char* buf, size_t p, size_t end, _Sem* sem) noexcept nogil:
+    # RFC 9112 §6.3 rule 5: a comma list of equal values is that value; anything else
+    # that is not 1*DIGIT is unrecoverable. Empty elements are refused too: a list a
+    # backend might read differently is exactly what smuggling is made of.
+    cdef size_t e1, t
+    cdef int64_t v
+    cdef int d
+    while True:
+        while p < end and _ows(_at(buf, p, end)):
+            p += 1
+        e1 = p
+        while e1 < end and _at(buf, e1, end) != c',':
+            e1 += 1
+        t = e1
+        while t > p and _ows(_at(buf, t - 1, end)):
+            t -= 1
+        if t == p:
+            sem.cl_bad = True
+            return
+        v = 0
+        while p < t:
+            d = <int>_at(buf, p, end) - c'0'
+            if d < 0 or d > 9 or v > (INT64_MAX - d) // 10:
+                sem.cl_bad = True
+                return
+            v = v * 10 + d
+            p += 1
+        if sem.cl_seen and v != sem.cl:
+            sem.cl_bad = True
+            return
+        sem.cl = v
+        sem.cl_seen = True
+        if e1 >= end:
+            return
+        p = e1 + 1
+
+
+cdef void _list_field(const char* buf, size_t p, size_t end, _Name name,
+                      _Sem* sem) noexcept nogil:
+    """The elements of a comma-separated list field (RFC 9110 §5.6.1), OWS trimmed."""
+    cdef size_t e1, t, n
+    while True:
+        while p < end and _ows(_at(buf, p, end)):
+            p += 1
+        e1 = p
+        while e1 < end and _at(buf, e1, end) != c',':
+            e1 += 1
+        t = e1
+        while t > p and _ows(_at(buf, t - 1, end)):
+            t -= 1
+        n = t - p
+        if name == _N_TRANSFER_ENCODING:
+            if n == 0:
+                sem.te_empty = True
+            elif _ieq(buf, p, n, b"chunked", 7):
+                sem.te_chunked += 1
+                sem.te_last_chunked = True
+            else:
+                sem.te_other = True
+                sem.te_last_chunked = False
+        elif name == _N_CONNECTION:
+            if _ieq(buf, p, n, b"close", 5):
+                sem.conn_close = True
+            elif _ieq(buf, p, n, b"keep-alive", 10):
+                sem.conn_keep_alive = True
+            elif _ieq(buf, p, n, b"upgrade", 7):
+                sem.conn_upgrade = True
+        elif name == _N_EXPECT:
+            if _ieq(buf, p, n, b"100-continue", 12):
+                sem.expect_continue = True
+        if e1 >= end:
+            return
+        p = e1 + 1
+
+
+cdef bint _split_authority(const char* p, size_t n, size_t* host_len, int* port) noexcept nogil:
+    """authority = uri-host [ ":" port ] (RFC 3986 §3.2, no userinfo). IP-literals are
+    checked loosely (hex digits, ':' and '.' in brackets): they route nowhere anyway.
+    An empty port ("host:") is allowed by the grammar and reads as no port."""
+    cdef size_t i = 0
+    cdef int v = 0
+    cdef unsigned char c
+    port[0] = -1
+    if n == 0:
+        return False
+    if _at(p, 0, n) == c'[':
+        i = 1
+        while i < n:
+            c = _at(p, i, n)
+            if not ((_cls[c] & _HEX) or c == c':' or c == c'.'):
+                break
+            i += 1
+        if i == 1 or i >= n or _at(p, i, n) != c']':
+            return False
+        i += 1
+    else:
+        while i < n and (_cls[_at(p, i, n)] & _HOST):
+            i += 1
+        if i == 0:
+            return False
+    host_len[0] = i
+    if i == n:
+        return True
+    if _at(p, i, n) != c':' or n - i - 1 > 5:
+        return False
+    i += 1
+    if i == n:
+        return True
+    while i < n:
+        c = _at(p, i, n)
+        if not (_cls[c] & _DIGIT):
+            return False
+        v = v * 10 + (c - c'0')
+        i += 1
+    if v > 65535:
+        return False
+    port[0] = v
+    return True
+
+
+cdef void _note_field(const char* buf, const Field* f, int index, _Sem* sem) noexcept nogil:
+    cdef size_t v0 = f.value.off
+    cdef size_t v1 = v0 + f.value.len
+    cdef size_t host_len
+    cdef int port
+    cdef _Name name = _field_name(buf, f.name.off, f.name.len)
+    if name == _N_OTHER:
+        return
+    if name == _N_HOST:
+        sem.host_count += 1
+        if sem.host_count == 1:
+            sem.host = f.value
+            sem.host_index = index
+        # RFC 9110 §7.2: empty when the target has no authority; otherwise uri-host[:port].
+        if v1 > v0 and not _split_authority(buf + v0, v1 - v0, &host_len, &port):
+            sem.host_bad = True
+    elif name == _N_CONTENT_LENGTH:
+        _content_length(buf, v0, v1, sem)
+    elif name == _N_UPGRADE:
+        if not sem.has_upgrade and v1 > v0:
+            sem.has_upgrade = True
+            sem.upgrade = f.value
+    else:
+        if name == _N_TRANSFER_ENCODING:
+            sem.te_count += 1
+        _list_field(buf, v0, v1, name, sem)
+
+
+cdef int _fields(const char* buf, size_t i, size_t n, size_t max_head, const Limits* lim,
+                 Field* fields, uint32_t* count, _Sem* sem) noexcept nogil:
+    """The field lines from buf[i] through the empty line; the head's length or a code."""
+    cdef uint32_t max_fields = lim.max_headers
+    cdef size_t start, cl, e, name_end, v0, v1
+    cdef unsigned char c
+    cdef int rc
+    cdef Field* f
+    if max_fields > HTTP1_MAX_HEADERS:
+        max_fields = HTTP1_MAX_HEADERS
+    memset(sem, 0, sizeof(_Sem))
+    sem.host_index = -1
+    count[0] = 0
+    while True:
+        if i >= n:
+            return _short(i, max_head)
+        c = _at(buf, i, n)
+        if c == _CR:
+            rc = _crlf(buf, i, n, max_head)
+            return rc if rc != _GO else <int>(i + 2)
+        if count[0] >= max_fields:
+            return HTTP1_ELIMIT_HEADERS
+        # field-line = field-name ":" OWS field-value OWS. A line starting with SP or
+        # HTAB (obs-fold, or whitespace before the first field) and whitespace before
+        # the colon both fail the token scan: RFC 9112 §5.1, §5.2 want a 400.
+        start = i
+        cl = start + lim.max_header_bytes
+        e = cl if cl < n else n
+        while i < e and (_cls[_at(buf, i, n)] & _TCHAR):
+            i += 1
+        rc = _edge(buf, i, n, cl, max_head, HTTP1_ELIMIT_HEADERS)
+        if rc != _GO:
+            return rc
+        if i == start or _at(buf, i, n) != c':':
+            return HTTP1_EPARSE
+        name_end = i
+        i += 1
+        while i < e and _ows(_at(buf, i, n)):
+            i += 1
+        v0 = i
+        i = _scan_field(buf, i, e, n)
+        rc = _edge(buf, i, n, cl, max_head, HTTP1_ELIMIT_HEADERS)
+        if rc != _GO:
+            return rc
+        if _at(buf, i, n) != _CR:
+            return HTTP1_EPARSE         # CTL, NUL or a bare LF in the value
+        rc = _crlf(buf, i, n, max_head)
+        if rc != _GO:
+            return rc
+        v1 = i
+        while v1 > v0 and _ows(_at(buf, v1 - 1, n)):
+            v1 -= 1
+        f = &fields[count[0]]
+        f.name.off = <uint32_t>start
+        f.name.len = <uint32_t>(name_end - start)
+        f.value.off = <uint32_t>v0
+        f.value.len = <uint32_t>(v1 - v0)
+        _note_field(buf, f, <int>count[0], sem)
+        count[0] += 1
+        i += 2
+
+
+cdef int _framing(const _Sem* sem, uint8_t minor, bint response) noexcept nogil:
+    """RFC 9112 §6.1 and §6.3 for the framing fields, as one judgement per head."""
+    if sem.te_count:
+        # §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+        if minor == 0 or sem.te_empty or sem.te_chunked > 1:
+            return HTTP1_ELENGTH
+        # §6.3 rule 3: chunked not final in a request → 400 (a response reads to close).
+        if not response and not sem.te_last_chunked:
+            return HTTP1_ELENGTH
+        # TE with CL "ought to be handled as an error" (§6.1); it is the classic
+        # smuggling input, refused outright as Envoy does.
+        if sem.cl_seen or sem.cl_bad:
+            return HTTP1_ELENGTH
+        if not response and sem.te_other:
+            return HTTP1_ETRANSFER
+    if sem.cl_bad:
+        return HTTP1_ELENGTH
+    return 0
+
+
+# --- requests ---------------------------------------------------------------------------
+
+cdef inline Method _method(const char* p, size_t n) noexcept nogil:
+    if n == 3:
+        if memcmp(p, b"GET", 3) == 0:
+            return METHOD_GET
+        if memcmp(p, b"PUT", 3) == 0:
+            return METHOD_PUT
+    elif n == 4:
+        if memcmp(p, b"POST", 4) == 0:
+            return METHOD_POST
+        if memcmp(p, b"HEAD", 4) == 0:
+            return METHOD_HEAD
+    elif n == 5:
+        if memcmp(p, b"PATCH", 5) == 0:
+            return METHOD_PATCH
+        if memcmp(p, b"TRACE", 5) == 0:
+            return METHOD_TRACE
+    elif n == 6:
+        if memcmp(p, b"DELETE", 6) == 0:
+            return METHOD_DELETE
+    elif n == 7:
+        if memcmp(p, b"OPTIONS", 7) == 0:
+            return METHOD_OPTIONS
+        if memcmp(p, b"CONNECT", 7) == 0:
+            return METHOD_CONNECT
+    return METHOD_OTHER
+
+
+cdef int _target(const char* buf, size_t t0, size_t t1, size_t n, ReqHead* out) noexcept nogil:
+    """The request-target's form (RFC 9112 §3.2) and what routing needs from it."""
+    cdef size_t a0, a1, host_len
+    cdef int port
+    cdef unsigned char c0 = _at(buf, t0, n)
+    cdef bint connect = out.method == METHOD_CONNECT
+    out.target.off = <uint32_t>t0
+    out.target.len = <uint32_t>(t1 - t0)
+    if c0 == c'/':
+        if connect:
+            return HTTP1_EPARSE
+        out.target_form = TARGET_ORIGIN
+        out.path = out.target
+    elif t1 - t0 == 1 and c0 == c'*':
+        if out.method != METHOD_OPTIONS:
+            return HTTP1_EPARSE
+        out.target_form = TARGET_ASTERISK
+        out.path = out.target
+    elif not connect and t1 - t0 >= 7 and _ieq(buf, t0, 7, b"http://", 7):
+        # What HTTP_PROXY clients send; the authority is up to the path or query. A
+        # '@' (userinfo) or '#' is not a host byte, so it fails the authority check.
+        a0 = t0 + 7
+        a1 = a0
+        while a1 < t1 and _at(buf, a1, n) != c'/' and _at(buf, a1, n) != c'?':
+            a1 += 1
+        if a1 == a0 or not _split_authority(buf + a0, a1 - a0, &host_len, &port):
+            return HTTP1_EPARSE
+        out.target_form = TARGET_ABSOLUTE
+        out.authority.off = <uint32_t>a0
+        out.authority.len = <uint32_t>(a1 - a0)
+        out.path.off = <uint32_t>a1
+        out.path.len = <uint32_t>(t1 - a1)
+    elif connect:
+        # authority-form = uri-host ":" port, the port required (RFC 9112 §3.2.3).
+        if not _split_authority(buf + t0, t1 - t0, &host_len, &port) or port < 0:
+            return HTTP1_EPARSE
+        out.target_form = TARGET_AUTHORITY
+        out.authority = out.target
+        out.path.off = <uint32_t>t1
+        out.path.len = 0
+    else:
+        return HTTP1_EPARSE
+    return 0
+
+
+cdef inline size_t _head_limit(const Limits* lim) noexcept nogil:
+    # A head length is returned as an int.
+    return lim.max_head_bytes if lim.max_head_bytes < <uint32_t>INT_MAX else <size_t>INT_MAX
+
+
+cdef inline void _req_reset(ReqHead* out) noexcept nogil:
+    # Not the header array: only header_count entries of it are ever read.
+    out.head_len = 0
+    out.method = METHOD_OTHER
+    out.target_form = TARGET_ORIGIN
+    out.body = BODY_NONE
+    out.method_span.off = out.method_span.len = 0
+    out.target.off = out.target.len = 0
+    out.authority.off = out.authority.len = 0
+    out.path.off = out.path.len = 0
+    out.upgrade_value.off = out.upgrade_value.len = 0
+    out.content_length = -1
+    out.host_index = -1
+    out.header_count = 0
+    out.version_minor = 0
+    out.keep_alive = False
+    out.chunked = False
+    out.expect_continue = False
+    out.upgrade = False
+    out.has_host = False
+
+
+cdef int parse_request_head(const char* buf, size_t len, ReqHead* out,
+                            const Limits* lim) noexcept nogil:
+    cdef size_t max_head = _head_limit(lim)
+    cdef size_t n = len if len < max_head else max_head
+    cdef size_t i = 0
+    cdef size_t start, cl, e, t0, t1, v0
+    cdef int rc, head_len
+    cdef _Sem sem
+    _req_reset(out)
+    # RFC 9112 §2.2: a server SHOULD ignore at least one empty line (CRLF) received
+    # before the request-line (some clients send one after a POST body).
+    while True:
+        if i >= n:
+            return _short(i, max_head)
+        if _at(buf, i, n) != _CR:
+            break
+        rc = _crlf(buf, i, n, max_head)
+        if rc != _GO:
+            return rc
+        i += 2
+    # request-line = method SP request-target SP HTTP-version, one SP each (§3).
+    start = i
+    cl = start + lim.max_request_line
+    e = cl if cl < n else n
+    while i < e and (_cls[_at(buf, i, n)] & _TCHAR):
+        i += 1
+    rc = _edge(buf, i, n, cl, max_head, HTTP1_ELIMIT_LINE)
+    if rc != _GO:
+        return rc
+    if i == start or _at(buf, i, n) != _SP:
+        return HTTP1_EPARSE
+    out.method_span.off = <uint32_t>start
+    out.method_span.len = <uint32_t>(i - start)
+    i += 1
+    t0 = i
+    i = _scan_target(buf, i, e, n)
+    rc = _edge(buf, i, n, cl, max_head, HTTP1_ELIMIT_LINE)
+    if rc != _GO:
+        return rc
+    if i == t0 or _at(buf, i, n) != _SP:
+        return HTTP1_EPARSE
+    t1 = i
+    i += 1
+    v0 = i
+    rc = _version(buf, &i, n, cl, max_head, HTTP1_ELIMIT_LINE)
+    if rc != _GO:
+        return rc
+    rc = _edge(buf, i, n, cl, max_head, HTTP1_ELIMIT_LINE)
+    if rc != _GO:
+        return rc
+    if _at(buf, i, n) != _CR:
+        return HTTP1_EPARSE
+    rc = _crlf(buf, i, n, max_head)
+    if rc != _GO:
+        return rc
+    i += 2
+    # The line is whole: judge it before reading on (a "PRI * HTTP/2.0" preface is
+    # answered at its first line).
+    if _at(buf, v0 + 5, n) != c'1':
+        return HTTP1_EVERSION
+    out.version_minor = 0 if _at(buf, v0 + 7, n) == c'0' else 1
+    out.method = _method(buf + start, out.method_span.len)
+    rc = _target(buf, t0, t1, n, out)
+    if rc != 0:
+        return rc
+
+    head_len = _fields(buf, i, n, max_head, lim, out.headers, &out.header_count, &sem)
+    if head_len <= 0:
+        return head_len
+    out.head_len = <uint32_t>head_len
+
+    rc = _framing(&sem, out.version_minor, False)
+    if rc != 0:
+        return rc
+    # RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, with two, or a bad one.
+    if sem.host_count > 1 or sem.host_bad or (out.version_minor == 1 and sem.host_count == 0):
+        return HTTP1_EPARSE
+    out.has_host = sem.host_count == 1
+    out.host_index = sem.host_index
+    if out.target_form == TARGET_ORIGIN or out.target_form == TARGET_ASTERISK:
+        out.authority = sem.host
+    if sem.te_count:
+        out.chunked = True
+        out.body = BODY_CHUNKED
+    elif sem.cl_seen:
+        out.content_length = sem.cl
+        out.body = BODY_LENGTH if sem.cl > 0 else BODY_NONE
+    # §9.3: "close" wins; HTTP/1.1 persists by default, HTTP/1.0 only when asked.
+    out.keep_alive = not sem.conn_close and (out.version_minor == 1 or sem.conn_keep_alive)
+    if out.version_minor == 1:
+        out.expect_continue = sem.expect_continue
+        # RFC 9110 §7.8: an Upgrade in an HTTP/1.0 request is ignored; without the
+        # "upgrade" connection option it is not addressed to this hop.
+        out.upgrade = sem.conn_upgrade and sem.has_upgrade
+    out.upgrade_value = sem.upgrade
+    return head_len
+
+
+# --- responses --------------------------------------------------------------------------
+
+cdef inline void _resp_reset(RespHead* out) noexcept nogil:
+    out.head_len = 0
+    out.status = 0
+    out.version_minor = 0
+    out.body = BODY_NONE
+    out.reason.off = out.reason.len = 0
+    out.content_length = -1
+    out.header_count = 0
+    out.keep_alive = False
+    out.chunked = False
+    out.upgrade = False
+
+
+cdef int parse_response_head(const char* buf, size_t len, RespHead* out,
+                             const Limits* lim, Method req_method) noexcept nogil:
+    cdef size_t max_head = _head_limit(lim)
+    cdef size_t n = len if len < max_head else max_head
+    cdef size_t i = 0
+    cdef size_t cl = lim.max_request_line
+    cdef size_t e = cl if cl < n else n
+    cdef size_t r0
+    cdef unsigned char c
+    cdef int rc, k, status = 0
+    cdef int head_len
+    cdef _Sem sem
+    _resp_reset(out)
+    # status-line = HTTP-version SP status-code SP [ reason-phrase ] (RFC 9112 §4).
+    rc = _version(buf, &i, n, cl, max_head, HTTP1_ELIMIT_LINE)
+    if rc != _GO:
+        return rc
+    rc = _edge(buf, i, n, cl, max_head, HTTP1_ELIMIT_LINE)
+    if rc != _GO:
+        return rc
+    if _at(buf, i, n) != _SP:
+        return HTTP1_EPARSE
+    i += 1
+    for k in range(3):
+        rc = _edge(buf, i, n, cl, max_head, HTTP1_ELIMIT_LINE)
+        if rc != _GO:
+            return rc
+        c = _at(buf, i, n)
+        if not (_cls[c] & _DIGIT):
+            return HTTP1_EPARSE
+        status = status * 10 + (c - c'0')
+        i += 1
+    rc = _edge(buf, i, n, cl, max_head, HTTP1_ELIMIT_LINE)
+    if rc != _GO:
+        return rc
+    r0 = i
+    c = _at(buf, i, n)
+    if c == _SP:
+        # Servers that send no reason often drop its SP too ("HTTP/1.1 200\r\n");
+        # §4 tells clients to ignore the reason, so both shapes are read.
+        i += 1
+        r0 = i
+        i = _scan_field(buf, i, e, n)
+        rc = _edge(buf, i, n, cl, max_head, HTTP1_ELIMIT_LINE)
+        if rc != _GO:
+            return rc
+    if _at(buf, i, n) != _CR:
+        return HTTP1_EPARSE
+    rc = _crlf(buf, i, n, max_head)
+    if rc != _GO:
+        return rc
+    out.reason.off = <uint32_t>r0
+    out.reason.len = <uint32_t>(i - r0)
+    i += 2
+    if _at(buf, 5, n) != c'1':
+        return HTTP1_EVERSION
+    if status < 100:
+        return HTTP1_EPARSE
+    out.version_minor = 0 if _at(buf, 7, n) == c'0' else 1
+    out.status = <uint16_t>status
+
+    head_len = _fields(buf, i, n, max_head, lim, out.headers, &out.header_count, &sem)
+    if head_len <= 0:
+        return head_len
+    out.head_len = <uint32_t>head_len
+    rc = _framing(&sem, out.version_minor, True)
+    if rc != 0:
+        return rc
+    if sem.cl_seen:
+        out.content_length = sem.cl
+    out.chunked = sem.te_count > 0 and sem.te_last_chunked
+    out.keep_alive = not sem.conn_close and (out.version_minor == 1 or sem.conn_keep_alive)
+    # RFC 9112 §6.3, in its order.
+    if status == 101 or (req_method == METHOD_CONNECT and 200 <= status < 300):
+        out.upgrade = status == 101
+        out.body = BODY_TUNNEL
+        out.keep_alive = False
+    elif req_method == METHOD_HEAD or status < 200 or status == 204 or status == 304:
+        out.body = BODY_NONE
+    elif sem.te_count:
+        if out.chunked:
+            out.body = BODY_CHUNKED
+        else:
+            out.body = BODY_UNTIL_CLOSE
+            out.keep_alive = False
+    elif sem.cl_seen:
+        out.body = BODY_LENGTH if sem.cl > 0 else BODY_NONE
+    else:
+        out.body = BODY_UNTIL_CLOSE
+        out.keep_alive = False
+    return head_len
+
+
+# --- chunked framing --------------------------------------------------------------------
+
+cdef void chunk_init(ChunkState* st, const Limits* lim) noexcept nogil:
+    st.phase = CHUNK_SIZE
+    st.status = 0
+    st.size = 0
+    st.body_bytes = 0
+    st.digits = 0
+    st.ext_bytes = 0
+    st.trailer_bytes = 0
+    st.max_chunk_size = lim.max_chunk_size if lim.max_chunk_size >= 0 else 0
+    st.max_chunk_ext = lim.max_chunk_ext
+    st.max_trailer_bytes = lim.max_trailer_bytes
+
+
+cdef inline Py_ssize_t _chunk_fail(ChunkState* st, int rc) noexcept nogil:
+    st.phase = CHUNK_FAILED
+    st.status = rc
+    return rc
+
+
+cdef Py_ssize_t chunked_advance(ChunkState* st, const char* buf, size_t len,
+                                size_t* data_off, size_t* data_len) noexcept nogil:
+    cdef size_t i = 0
+    cdef size_t take
+    cdef unsigned char c
+    cdef int d
+    cdef bint decode = data_off != NULL and data_len != NULL
+    if decode:
+        data_off[0] = 0
+        data_len[0] = 0
+    if st.phase == CHUNK_FAILED:
+        return st.status
+    while i < len and st.phase != CHUNK_DONE:
+        if st.phase == CHUNK_DATA:
+            take = len - i
+            if <uint64_t>take > <uint64_t>st.size:
+                take = <size_t>st.size
+            st.size -= <int64_t>take
+            st.body_bytes += <int64_t>take
+            i += take
+            if st.size == 0:
+                st.phase = CHUNK_DATA_CR
+            if decode:
+                data_off[0] = i - take
+                data_len[0] = take
+                return <Py_ssize_t>i
+            continue
+        c = _at(buf, i, len)
+        i += 1
+        if st.phase == CHUNK_SIZE:
+            if _cls[c] & _HEX:
+                st.digits += 1
+                d = (c - c'0') if c <= c'9' else (_lower(c) - c'a' + 10)
+                if (st.digits > HTTP1_MAX_CHUNK_DIGITS or st.size > (INT64_MAX >> 4)
+                        or st.size * 16 + d > st.max_chunk_size):
+                    return _chunk_fail(st, HTTP1_ELIMIT_CHUNK)
+                st.size = st.size * 16 + d
+                continue
+            if st.digits == 0:
+                return _chunk_fail(st, HTTP1_EPARSE)
+            if c == _CR:
+                st.phase = CHUNK_SIZE_LF
+                continue
+            if c == c';':
+                st.phase = CHUNK_EXT
+            elif _ows(c):
+                # RFC 9112 §7.1.1 allows BWS only before a ';': "5 \r\n" is refused.
+                st.phase = CHUNK_SIZE_BWS
+            else:
+                return _chunk_fail(st, HTTP1_EPARSE)
+            st.ext_bytes = 1
+            if st.ext_bytes > st.max_chunk_ext:
+                return _chunk_fail(st, HTTP1_ELIMIT_CHUNK)
+        elif st.phase == CHUNK_SIZE_BWS or st.phase == CHUNK_EXT:
+            if c == _CR and st.phase == CHUNK_EXT:
+                st.phase = CHUNK_SIZE_LF
+                continue
+            if st.phase == CHUNK_SIZE_BWS:
+                if c == c';':
+                    st.phase = CHUNK_EXT
+                elif not _ows(c):
+                    return _chunk_fail(st, HTTP1_EPARSE)
+            elif not (_cls[c] & _FIELD):
+                # The extension's grammar is not checked, its bytes are: no CR, LF or
+                # CTL, so the line ends at the one place every parser agrees on (the
+                # "funky chunks" smuggling class lives in lenient ext parsing).
+                return _chunk_fail(st, HTTP1_EPARSE)
+            st.ext_bytes += 1
+            if st.ext_bytes > st.max_chunk_ext:
+                return _chunk_fail(st, HTTP1_ELIMIT_CHUNK)
+        elif st.phase == CHUNK_SIZE_LF:
+            if c != _LF:
+                return _chunk_fail(st, HTTP1_EPARSE)
+            st.phase = CHUNK_DATA if st.size > 0 else CHUNK_TRAILER
+        elif st.phase == CHUNK_DATA_CR:
+            if c != _CR:
+                return _chunk_fail(st, HTTP1_EPARSE)
+            st.phase = CHUNK_DATA_LF
+        elif st.phase == CHUNK_DATA_LF:
+            if c != _LF:
+                return _chunk_fail(st, HTTP1_EPARSE)
+            st.phase = CHUNK_SIZE
+            st.size = 0
+            st.digits = 0
+            st.ext_bytes = 0
+        else:
+            # The trailer section: field lines (RFC 9112 §7.1.2), then an empty line.
+            if st.phase == CHUNK_TRAILER:
+                if c == _CR:
+                    st.phase = CHUNK_END_LF
+                elif _cls[c] & _TCHAR:
+                    st.phase = CHUNK_TRAILER_NAME
+                else:
+                    return _chunk_fail(st, HTTP1_EPARSE)
+            elif st.phase == CHUNK_TRAILER_NAME:
+                if c == c':':
+                    st.phase = CHUNK_TRAILER_VALUE
+                elif not (_cls[c] & _TCHAR):
+                    return _chunk_fail(st, HTTP1_EPARSE)
+            elif st.phase == CHUNK_TRAILER_VALUE:
+                if c == _CR:
+                    st.phase = CHUNK_TRAILER_LF
+                elif not (_cls[c] & _FIELD):
+                    return _chunk_fail(st, HTTP1_EPARSE)
+            elif st.phase == CHUNK_TRAILER_LF:
+                if c != _LF:
+                    return _chunk_fail(st, HTTP1_EPARSE)
+                st.phase = CHUNK_TRAILER
+            elif st.phase == CHUNK_END_LF:
+                if c != _LF:
+                    return _chunk_fail(st, HTTP1_EPARSE)
+                st.phase = CHUNK_DONE
+            st.trailer_bytes += 1
+            if st.trailer_bytes > st.max_trailer_bytes:
+                return _chunk_fail(st, HTTP1_ELIMIT_CHUNK)
+    return <Py_ssize_t>i
+
+
+# --- routing ----------------------------------------------------------------------------
+
+cdef size_t authority_host(const char* p, size_t n, char* out, size_t cap,
+                           int* port) noexcept nogil:
+    cdef size_t h, k
+    if not _split_authority(p, n, &h, port):
+        port[0] = -1
+        return 0
+    # "svc.ns." is "svc.ns": a fully qualified name's root dot does not change the name.
+    if _at(p, 0, n) != c'[' and _at(p, h - 1, n) == c'.':
+        h -= 1
+    if h == 0 or h > cap:
+        return 0
+    for k in range(h):
+        out[k] = <char>_lower(_at(p, k, n))
+    return h
+
+
+# --- Python boundary (tests, tools, config time; never the forwarding path) ---------------
+
+MAX_HEADERS = HTTP1_MAX_HEADERS      # field lines a head can hold (Limits.max_headers at most)
+
+_LIMIT_NAMES = ("max_request_line", "max_headers", "max_header_bytes", "max_head_bytes",
+                "max_chunk_ext", "max_trailer_bytes", "max_chunk_size")
+_METHOD_NAMES = {METHOD_OTHER: "OTHER", METHOD_GET: "GET", METHOD_HEAD: "HEAD",
+                 METHOD_POST: "POST", METHOD_PUT: "PUT", METHOD_DELETE: "DELETE",
+                 METHOD_CONNECT: "CONNECT", METHOD_OPTIONS: "OPTIONS",
+                 METHOD_TRACE: "TRACE", METHOD_PATCH: "PATCH"}
+_METHOD_CODES = {name: code for code, name in _METHOD_NAMES.items()}
+_TARGET_FORMS = {TARGET_ORIGIN: "origin", TARGET_ABSOLUTE: "absolute",
+                 TARGET_AUTHORITY: "authority", TARGET_ASTERISK: "asterisk"}
+_BODY_KINDS = {BODY_NONE: "none", BODY_LENGTH: "length", BODY_CHUNKED: "chunked",
+               BODY_UNTIL_CLOSE: "until_close", BODY_TUNNEL: "tunnel"}
+_PROBLEMS = {
+    HTTP1_EPARSE: "malformed message",
+    HTTP1_ELIMIT_LINE: "request-line too long",
+    HTTP1_ELIMIT_HEADERS: "header fields too large",
+    HTTP1_EVERSION: "HTTP version not supported",
+    HTTP1_ELENGTH: "invalid message framing (Content-Length / Transfer-Encoding)",
+    HTTP1_ETRANSFER: "transfer coding not implemented",
+    HTTP1_ELIMIT_CHUNK: "chunked framing over its limits",
+}
+
+
+def default_limits() -> dict:
+    """The codec's default limits, by Limits field name."""
+    cdef Limits lim
+    limits_init(&lim)
+    return {"max_request_line": lim.max_request_line, "max_headers": lim.max_headers,
+            "max_header_bytes": lim.max_header_bytes, "max_head_bytes": lim.max_head_bytes,
+            "max_chunk_ext": lim.max_chunk_ext, "max_trailer_bytes": lim.max_trailer_bytes,
+            "max_chunk_size": lim.max_chunk_size}
+
+
+cdef int _limits_from(dict kw, Limits* lim) except -1:
+    limits_init(lim)
+    for name, value in kw.items():
+        if name not in _LIMIT_NAMES:
+            raise TypeError("unknown HTTP/1 limit %r (known: %s)"
+                            % (name, ", ".join(_LIMIT_NAMES)))
+        if not isinstance(value, int) or value < 0:
+            raise ValueError("%s must be an int >= 0, not %r" % (name, value))
+        if name == "max_chunk_size":
+            if value > INT64_MAX:
+                raise ValueError("max_chunk_size must be at most %d" % INT64_MAX)
+            lim.max_chunk_size = value
+            continue
+        if name == "max_headers" and value > HTTP1_MAX_HEADERS:
+            raise ValueError("max_headers must be at most %d (HTTP1_MAX_HEADERS)"
+                             % HTTP1_MAX_HEADERS)
+        if name == "max_head_bytes" and value > INT_MAX:
+            raise ValueError("max_head_bytes must be at most %d" % INT_MAX)
+        if value > UINT32_MAX:
+            raise ValueError("%s must be at most %d" % (name, UINT32_MAX))
+        if name == "max_request_line":
+            lim.max_request_line = value
+        elif name == "max_headers":
+            lim.max_headers = value
+        elif name == "max_header_bytes":
+            lim.max_header_bytes = value
+        elif name == "max_head_bytes":
+            lim.max_head_bytes = value
+        elif name == "max_chunk_ext":
+            lim.max_chunk_ext = value
+        else:
+            lim.max_trailer_bytes = value
+    return 0
+
+
+cdef int raise_http_error(int rc, bint upstream) except -1:
+    """The one place an HTTP1_E* code becomes fastpath.errors.HTTPError."""
+    status = 502 if upstream else request_error_status(rc)
+    problem = _PROBLEMS.get(rc, "unknown status %d" % rc)
+    raise HTTPError(status, "%s%s" % ("upstream response: " if upstream else "", problem),
+                    status_name(rc).decode("ascii"))
+
+
+cdef inline bytes _span(bytes data, Span s):
+    return data[s.off:s.off + s.len]
+
+
+cdef list _headers(bytes data, const Field* fields, uint32_t count):
+    cdef uint32_t k
+    return [(_span(data, fields[k].name), _span(data, fields[k].value)) for k in range(count)]
+
+
+def parse_request(bytes data, **limits) -> dict | None:
+    """Parse the request head at the start of `data`: a dict, or None when incomplete.
+
+    Raises HTTPError with the status to answer (400, 414, 431, 501, 505). Keyword
+    arguments override default_limits(). Spans come back as bytes copies.
+    """
+    cdef Limits lim
+    cdef ReqHead head
+    cdef const char* buf = PyBytes_AS_STRING(data)
+    cdef size_t n = <size_t>PyBytes_GET_SIZE(data)
+    cdef int rc
+    _limits_from(limits, &lim)
+    with nogil:
+        rc = parse_request_head(buf, n, &head, &lim)
+    if rc == HTTP1_AGAIN:
+        return None
+    if rc < 0:
+        raise_http_error(rc, False)
+    return {
+        "head_len": head.head_len,
+        "method": _span(data, head.method_span),
+        "method_kind": _METHOD_NAMES[head.method],
+        "target": _span(data, head.target),
+        "target_form": _TARGET_FORMS[head.target_form],
+        "authority": _span(data, head.authority),
+        "path": _span(data, head.path),
+        "version": (1, head.version_minor),
+        "headers": _headers(data, head.headers, head.header_count),
+        "host_index": head.host_index,
+        "content_length": head.content_length,
+        "body": _BODY_KINDS[head.body],
+        "keep_alive": bool(head.keep_alive),
+        "chunked": bool(head.chunked),
+        "expect_continue": bool(head.expect_continue),
+        "upgrade": bool(head.upgrade),
+        "upgrade_value": _span(data, head.upgrade_value),
+        "has_host": bool(head.has_host),
+    }
+
+
+def parse_response(bytes data, head_request=False, connect_request=False, **limits) -> dict | None:
+    """Parse the response head at the start of `data`: a dict, or None when incomplete.
+
+    `head_request` / `connect_request`: the request was a HEAD / a CONNECT (no body /
+    a 2xx makes a tunnel). Raises HTTPError(502, ...) for a response to refuse.
+    """
+    cdef Limits lim
+    cdef RespHead head
+    cdef const char* buf = PyBytes_AS_STRING(data)
+    cdef size_t n = <size_t>PyBytes_GET_SIZE(data)
+    cdef int rc
+    cdef Method method = METHOD_HEAD if head_request else (
+        METHOD_CONNECT if connect_request else METHOD_GET)
+    if head_request and connect_request:
+        raise ValueError("a request is a HEAD or a CONNECT, not both")
+    _limits_from(limits, &lim)
+    with nogil:
+        rc = parse_response_head(buf, n, &head, &lim, method)
+    if rc == HTTP1_AGAIN:
+        return None
+    if rc < 0:
+        raise_http_error(rc, True)
+    return {
+        "head_len": head.head_len,
+        "version": (1, head.version_minor),
+        "status": head.status,
+        "reason": _span(data, head.reason),
+        "headers": _headers(data, head.headers, head.header_count),
+        "content_length": head.content_length,
+        "body": _BODY_KINDS[head.body],
+        "keep_alive": bool(head.keep_alive),
+        "chunked": bool(head.chunked),
+        "upgrade": bool(head.upgrade),
+    }
+
+
+cdef class ChunkedFramer:
+    """One chunked body's framing over pieces fed in order (tests and tools).
+
+    feed() answers how many bytes of the piece belong to the body; once `done`, the
+    rest of that piece and anything later is the next message's. Errors raise
+    HTTPError (400 malformed, 413 over a limit) and stick.
+    """
+    cdef ChunkState st
+
+    def __init__(self, **limits):
+        cdef Limits lim
+        _limits_from(limits, &lim)
+        chunk_init(&self.st, &lim)
+
+    def feed(self, bytes data) -> int:
+        cdef const char* buf = PyBytes_AS_STRING(data)
+        cdef size_t n = <size_t>PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t rc
+        with nogil:
+            rc = chunked_advance(&self.st, buf, n, NULL, NULL)
+        if rc < 0:
+            raise_http_error(<int>rc, False)
+        return rc
+
+    def decode(self, bytes data) -> tuple:
+        """As feed(), and also the chunk data in what was consumed: (consumed, data)."""
+        cdef const char* buf = PyBytes_AS_STRING(data)
+        cdef size_t n = <size_t>PyBytes_GET_SIZE(data)
+        cdef size_t pos = 0, off, run
+        cdef Py_ssize_t rc
+        parts = []
+        while pos < n and self.st.phase != CHUNK_DONE:
+            rc = chunked_advance(&self.st, buf + pos, n - pos, &off, &run)
+            if rc < 0:
+                raise_http_error(<int>rc, False)
+            if run:
+                parts.append(data[pos + off:pos + off + run])
+            pos += <size_t>rc
+        return pos, b"".join(parts)
+
+    @property
+    def done(self) -> bool:
+        return self.st.phase == CHUNK_DONE
+
+    @property
+    def body_bytes(self) -> int:
+        return self.st.body_bytes
+
+
+def chunked_frame(bytes data, **limits) -> tuple:
+    """Frame a whole chunked body at the start of `data`: (consumed, done)."""
+    framer = ChunkedFramer(**limits)
+    consumed = framer.feed(data)
+    return consumed, framer.done
+
+
+def normalize_host(bytes authority) -> tuple | None:
+    """authority_host() from Python: (host, port or None), or None when unroutable."""
+    cdef char out[256]
+    cdef int port
+    cdef size_t n = authority_host(PyBytes_AS_STRING(authority),
+                                   <size_t>PyBytes_GET_SIZE(authority), out, sizeof(out), &port)
+    if n == 0:
+        return None
+    return out[:n], (port if port >= 0 else None)
+
+
+def status_for(str code) -> int:
+    """The HTTP status a client gets for a refused request's code name ("EPARSE"...)."""
+    for rc in _PROBLEMS:
+        if status_name(rc).decode("ascii") == code:
+            return request_error_status(rc)
+    raise KeyError(code)
+
+
+# --- benchmarks: loops in C, so bench/ measures the parser and not Python calls ----------
+
+def bench_parse_request(bytes data, Py_ssize_t n) -> int:
+    """parse_request_head over `data` n times without the GIL; the last result."""
+    cdef Limits lim
+    cdef ReqHead head
+    cdef const char* buf = PyBytes_AS_STRING(data)
+    cdef size_t size = <size_t>PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t k
+    cdef int rc = 0
+    limits_init(&lim)
+    with nogil:
+        for k in range(n):
+            rc = parse_request_head(buf, size, &head, &lim)
+    return rc
+
+
+def bench_parse_response(bytes data, Py_ssize_t n) -> int:
+    """parse_response_head over `data` n times without the GIL; the last result."""
+    cdef Limits lim
+    cdef RespHead head
+    cdef const char* buf = PyBytes_AS_STRING(data)
+    cdef size_t size = <size_t>PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t k
+    cdef int rc = 0
+    limits_init(&lim)
+    with nogil:
+        for k in range(n):
+            rc = parse_response_head(buf, size, &head, &lim, METHOD_GET)
+    return rc
+
+
+def bench_chunked(bytes data, Py_ssize_t n) -> int:
+    """chunked_advance (framing mode) over `data` n times, fresh state each; the last result."""
+    cdef Limits lim
+    cdef ChunkState st
+    cdef const char* buf = PyBytes_AS_STRING(data)
+    cdef size_t size = <size_t>PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t k
+    cdef Py_ssize_t rc = 0
+    limits_init(&lim)
+    with nogil:
+        for k in range(n):
+            chunk_init(&st, &lim)
+            rc = chunked_advance(&st, buf, size, NULL, NULL)
+    return rc
