@@ -134,7 +134,7 @@ def test_telemetry_by_hand_is_ready_when_what_it_expects_is_healthy(
     assert code == 503 and "ca" in doc["not_ready"], (code, doc)
 
     ca = by_hand.start("meshnode.ca")
-    wait_for(lambda: node.ready()[0] == 200, 15.0, "/ready once ca beats")
+    wait_for(lambda: node.ready()[0] == 200, 30.0, "/ready once ca beats")
     assert http_get(f"{node.admin_url}/live")[0] == 200
 
     for proc, name in ((ca, "ca"), (telemetry, "telemetry"), (bus, "bus")):
