@@ -82,6 +82,10 @@ class Agent:
         return None if self.snapshot is None else self.snapshot["version"]
 
     def health(self) -> dict[str, Any]:
+        # The beat says which bundle and certificates this worker runs: compile pending
+        # ones into the route table first, so what it reports is what the engine uses
+        # (root rotation moves on by these reports).
+        self.refresh_routes()
         return {"worker": self.worker, "config_version": self.version,
                 "config_synced": self.state.synced, "config_refused": self.refused,
                 "openssl": fastpath.tls.openssl_version()}
