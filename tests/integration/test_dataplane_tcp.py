@@ -552,12 +552,15 @@ def test_app_down_closes_the_client_and_the_node_recovers(mesh: Mesh,
     mesh.app.stop()
 
     for _ in range(3):
-        with connect(mesh.outbound_port) as sock:
-            sock.sendall(b"anyone there?")
-            try:
+        # The mesh closes the client as soon as the inbound side fails to reach the app;
+        # on a busy machine that can come before connect() has read back its result, so
+        # a reset at connect, send or read is the same close.
+        try:
+            with connect(mesh.outbound_port) as sock:
+                sock.sendall(b"anyone there?")
                 assert sock.recv(1024) == b"", "bytes came back from an app that is down"
-            except ConnectionResetError:
-                pass  # the truncated TLS stream is passed on as a reset: also a close
+        except (ConnectionResetError, BrokenPipeError):
+            pass
     wait_for(lambda: metric_total(node, "meshnode_dataplane_failures_total", direction="inbound",
                                   reason="connect_failures") >= failed_before + 3,
              10.0, "the inbound connect failures in /metrics")
