@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from meshnode.identity import pki as mesh_pki
 
@@ -58,17 +58,8 @@ def _leaf(ca: x509.Certificate, ca_key: mesh_pki.PrivateKey, name: str, dns: lis
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(seconds=mesh_pki.CLOCK_SKEW_S))
             .not_valid_after(now + dt.timedelta(seconds=LEAF_TTL_S))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False))
+    cert = mesh_pki.with_leaf_usages(cert, ca_key).sign(ca_key, hashes.SHA256())
     return cert, key
 
 

@@ -150,15 +150,23 @@ def sign_workload(csr: x509.CertificateSigningRequest, identity: str, issuer: x5
     """A workload certificate (X.509-SVID) for ``identity``, capped at the issuer's expiry."""
     now = _now()
     not_after = min(now + dt.timedelta(seconds=ttl_s), issuer.not_valid_after_utc)
-    return (x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
-            .issuer_name(issuer.subject)
-            .public_key(csr.public_key())
-            .serial_number(_serial())
-            .not_valid_before(now - dt.timedelta(seconds=min(CLOCK_SKEW_S, ttl_s / 10)))
-            .not_valid_after(not_after)
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]),
-                           critical=True)  # empty subject: the SAN must be critical (RFC 5280)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([]))
+               .issuer_name(issuer.subject)
+               .public_key(csr.public_key())
+               .serial_number(_serial())
+               .not_valid_before(now - dt.timedelta(seconds=min(CLOCK_SKEW_S, ttl_s / 10)))
+               .not_valid_after(not_after)
+               # Empty subject: the SAN must be critical (RFC 5280 4.2.1.6).
+               .add_extension(x509.SubjectAlternativeName(
+                   [x509.UniformResourceIdentifier(identity)]), critical=True))
+    return with_leaf_usages(builder, issuer_key).sign(issuer_key, hashes.SHA256())
+
+
+def with_leaf_usages(builder: x509.CertificateBuilder,
+                     issuer_key: PrivateKey) -> x509.CertificateBuilder:
+    """The extensions of a leaf usable as TLS server and client certificate (not a CA)."""
+    return (builder
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
                                          key_encipherment=False, data_encipherment=False,
@@ -167,8 +175,7 @@ def sign_workload(csr: x509.CertificateSigningRequest, identity: str, issuer: x5
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                issuer_key.public_key()), critical=False)
-            .sign(issuer_key, hashes.SHA256()))
+                issuer_key.public_key()), critical=False))
 
 
 def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
