@@ -5,9 +5,10 @@
 # engine thread (the one inside Engine.run(), GIL released), except where a field says
 # otherwise. The implementation and the reasoning are in engine.pyx.
 
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastpath.includes cimport net, openssl
+from fastpath.http1 cimport ChunkState, Limits
 
 
 # Results of the engine's nogil functions; Engine maps them to exceptions (_check).
@@ -19,6 +20,7 @@ cdef enum Status:
     STATUS_RESET = -4      # the pair failed mid-stream (counted where found): RST
     STATUS_ENOMEM = -5     # out of memory
     STATUS_ESYS = -6       # a system call failed; errno is in Core.saved_errno
+    STATUS_RETRY = -7      # HTTP: a pooled upstream failed before answering: route again
 
 
 # --- route table: what a snapshot of config says, in C -----------------------------------
@@ -26,6 +28,20 @@ cdef enum Status:
 cdef struct Name:
     char* data             # NUL-terminated copy, malloc'd
     uint32_t length
+
+
+# An HTTP upstream connection (mTLS, peer identity verified) with no request on it,
+# kept by its endpoint for the next client connection routed there. Not in the epoll
+# set while idle: checked (SSL_read must say WANT_READ) and aged when taken.
+cdef struct IdleUp:
+    int fd
+    openssl.SSL* ssl
+    int64_t since_ns
+
+
+cdef enum:
+    # Idle HTTP upstream connections kept per endpoint (LIFO; more are closed).
+    ENGINE_POOL_PER_ENDPOINT = 16
 
 
 cdef struct Endpoint:
@@ -36,6 +52,8 @@ cdef struct Endpoint:
     # another ctx must not resume it. Engine thread only.
     openssl.SSL_SESSION* session
     openssl.SSL_CTX* session_ctx   # compared, never dereferenced
+    IdleUp idle[ENGINE_POOL_PER_ENDPOINT]   # HTTP: idle upstreams, newest last
+    uint32_t n_idle
 
 
 cdef struct Service:
@@ -49,8 +67,19 @@ cdef struct Service:
 
 cdef struct OutboundListener:
     int fd                         # borrowed: the Python caller owns the socket
-    uint32_t service
+    uint32_t service               # TCP: the one service; HTTP: unused (routed by Host)
+    bint http                      # the HTTP outbound listener (port-base+1)
     openssl.SSL_CTX* client_ctx    # one reference owned: the local workload's identity
+
+
+# One Host name an HTTP request may name (svc, svc.ns, svc.ns.svc), for one service
+# port. Table.hosts is sorted by (name bytes, insertion order): a lookup is a binary
+# search for the name's run, then the entry whose port the request named, else the
+# run's first (the service's first HTTP port).
+cdef struct HostEntry:
+    Name name                      # lowercase, no port, no trailing dot
+    int port                       # the service port (1..65535)
+    uint32_t service               # index in Table.services
 
 
 cdef struct InboundRoute:
@@ -77,14 +106,31 @@ cdef struct Table:
     openssl.SSL_CTX* dispatch_ctx
     InboundRoute* routes
     uint32_t n_routes
+    HostEntry* hosts               # for the HTTP outbound listener; sorted, see HostEntry
+    uint32_t n_hosts
 
 
 # --- connections ---------------------------------------------------------------------------
+
+# Array sizes in the structs below (a .pxd cannot include consts.pxi).
+cdef enum:
+    # HTTP outbound: requests one client connection may have sent upstream and not yet
+    # seen answered (pipelining depth); further requests wait in the client's buffer.
+    ENGINE_HTTP_PIPELINE_MAX = 16
+    # Request latency histogram: log-linear, 4 buckets per power of two microseconds
+    # (bounds: fastpath.engine.latency_bounds_us()); the last one takes the rest.
+    ENGINE_LATENCY_BUCKETS = 160
+
 
 # A connection pair's life. One Conn is two sockets: `down`, the one accepted, and
 # `up`, the one the engine connected. Events on the side not named by the state are
 # left for later (the setup deadline bounds how long).
 #
+#   HTTP out: FREE ─accept─► HTTP_HEAD ─request head parsed, Host routed─► CONNECTING …
+#             HTTP_HEAD ─bad head / no route / no endpoint─► (status reply) ─► FREE
+#             CONNECTING, HANDSHAKING ─failure─► (503 reply) ─► FREE
+#             PIPE ─a request for another service─► (end the upstream: close_notify,
+#                  wait for its end, responses flushed) ─► HTTP_HEAD (same client)
 #   outbound: FREE ─accept─► CONNECTING ─TCP up─► HANDSHAKING ─TLS done, peer ID allowed─► PIPE
 #   inbound:  FREE ─accept─► HANDSHAKING ─TLS done (SNI route)─► CONNECTING ─TCP up─► PIPE
 #   PIPE ─both directions closed (FIN / close_notify passed on)─► FREE
@@ -94,6 +140,7 @@ cdef enum ConnState:
     CONN_CONNECTING
     CONN_HANDSHAKING
     CONN_PIPE
+    CONN_HTTP_HEAD                 # HTTP outbound: reading the first request head
 
 
 cdef struct Side:
@@ -117,6 +164,38 @@ cdef enum ConnFlags:
     CONN_OFFERED_SESSION = 8       # outbound: the handshake offered the endpoint's session
     CONN_IN_READY = 16             # on a ready list (pump budget used up)
     CONN_ROUTED = 32               # inbound: the servername callback chose `route`
+    CONN_HTTP = 64                 # accepted on the HTTP outbound listener
+    CONN_HTTP_REPLIED = 128        # HTTP: the engine answered the client itself
+    # HTTP: the upstream came from the pool, no byte of it was read yet, the requests
+    # sent on it are idempotent and still whole in d2u from offset 0: if it fails now
+    # (the other node closed it as we took it: the keep-alive race), route them again.
+    CONN_RETRYABLE = 256
+
+
+# HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
+#   HEAD ─head parsed, same service─► LENGTH (Content-Length > 0) / CHUNKED / HEAD (no body)
+#   LENGTH ─req_left bytes─► HEAD      CHUNKED ─chunked_advance DONE─► HEAD
+#   HEAD ─Upgrade or CONNECT head─► TUNNEL (opaque from here on, both ways)
+cdef enum ReqPhase:
+    REQ_HEAD = 0
+    REQ_LENGTH
+    REQ_CHUNKED
+    REQ_TUNNEL
+
+
+# HTTP outbound, in PIPE: where the upstream's bytes (u2d) are in their response.
+#   HEAD ─1xx head (not 101)─► HEAD (interim: forwarded, the request still waits)
+#   HEAD ─final head─► LENGTH / CHUNKED ─body framed─► HEAD (request answered: counted)
+#        └─► HEAD (no body)   └─► CLOSE (body until the upstream ends)
+#   HEAD ─101, 2xx to CONNECT, or the requests went TUNNEL─► TUNNEL (opaque)
+# The upstream ending in HEAD with a request unanswered and nothing of its response
+# sent yet: 502 to the client; ending mid-body: the client connection is reset.
+cdef enum RespPhase:
+    RESP_HEAD = 0
+    RESP_LENGTH
+    RESP_CHUNKED
+    RESP_CLOSE
+    RESP_TUNNEL
 
 
 cdef struct Conn:
@@ -138,6 +217,26 @@ cdef struct Conn:
     int64_t active_ns              # last time bytes moved: idle timeout
     char* peer_id                  # verified peer SPIFFE ID (malloc'd, NUL-terminated)
     uint32_t peer_id_length
+    # HTTP outbound only (CONN_HTTP). d2u.buf[d2u.head : d2u.head + fwd] is framed as
+    # part of requests for the current upstream: only those bytes are sent.
+    ReqPhase req_phase
+    uint32_t fwd
+    int64_t req_left               # REQ_LENGTH: body bytes still to frame
+    bint switching                 # the next request is for another service
+    bint reusable                  # no request or response on this upstream said close
+    ChunkState chunk               # REQ_CHUNKED
+    # u2d.buf[u2d.head : u2d.head + resp_fwd] is framed response bytes: only those go on.
+    RespPhase resp_phase
+    uint32_t resp_fwd
+    int64_t resp_left              # RESP_LENGTH: body bytes still to frame
+    uint16_t resp_status           # of the response being framed
+    ChunkState resp_chunk          # RESP_CHUNKED
+    # Requests sent upstream, not yet answered, oldest first (a ring): when each was
+    # framed (latency) and its method (HEAD and CONNECT change the response framing).
+    int64_t pend_start_ns[ENGINE_HTTP_PIPELINE_MAX]
+    uint8_t pend_method[ENGINE_HTTP_PIPELINE_MAX]
+    uint32_t pend_first
+    uint32_t n_pend
 
 
 # --- counters: written by the engine thread only, read by the agent thread ------------------
@@ -173,6 +272,22 @@ cdef struct Counters:
     uint64_t buffers_peak
     uint64_t tables_installed      # swaps done by the loop
     uint64_t tables_live           # current table plus replaced ones still in use
+    # HTTP outbound listener. Each accepted connection is routed by its first request.
+    uint64_t http_routed           # first request heads parsed and routed to a service
+    uint64_t http_no_route         # 404: the Host named no service
+    uint64_t http_bad_request      # 400/414/431/501/505: the head did not parse
+    uint64_t http_unavailable      # 503: no endpoint, connect or TLS failure, identity
+    uint64_t http_head_timeouts    # no complete head within connect_timeout_s
+    uint64_t http_bad_response     # upstream response head did not parse, or ended early
+    uint64_t http_upstream_pooled  # idle upstreams kept for reuse
+    uint64_t http_upstream_reused  # requests' upstreams taken from the pool
+    uint64_t http_upstream_stale   # pooled upstreams found closed or too old when taken
+    uint64_t http_upstream_retried # requests routed again after a pooled upstream failed
+    # Answers by class (index status // 100 - 1: 1xx is 101 only), the engine's own
+    # replies included; latency: request framed → response framed to its end, upstream
+    # answers only, log-linear microsecond buckets (Engine.latency_bounds_us()).
+    uint64_t http_responses[5]
+    uint64_t http_latency_us[ENGINE_LATENCY_BUCKETS]
 
 
 # --- the engine's state ------------------------------------------------------------------------
@@ -207,6 +322,8 @@ cdef struct Core:
     uint32_t n_bufs
     uint32_t buffer_bytes
 
+    Limits http_limits             # HTTP/1.1 head limits (defaults from consts.pxi)
+
     int64_t connect_timeout_ns
     int64_t idle_timeout_ns
     int64_t now_ns                 # CLOCK_MONOTONIC, once per loop iteration
@@ -235,6 +352,9 @@ cdef class RouteTable:
     cdef list _services            # (name, sni bytes, [id bytes], [(family, packed addr, port)])
     cdef list _outbound            # (fd, service index, TLSContext)
     cdef list _routes              # (sni bytes, TLSContext, app host, app port)
+    cdef list _hosts               # (host bytes, port, service index)
+    cdef int _http_fd              # -1: no HTTP outbound listener
+    cdef object _http_ctx          # its client TLSContext
     cdef int _inbound_fd
 
     cdef int _check_fd(self, int fd) except -1

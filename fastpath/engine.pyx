@@ -1,8 +1,8 @@
-"""fastpath.engine: the data plane's event loop, moving opaque TCP between nodes over mutual TLS.
+"""fastpath.engine: the data plane's event loop, moving TCP and HTTP/1.1 between nodes over mutual TLS.
 
 One Engine per proxy worker. A Python thread calls run(), which releases the GIL and
 runs a C epoll loop until stop(); the agent thread only install()s route tables and
-reads stats() (DESIGN.md §3). This version carries opaque TCP:
+reads stats() (DESIGN.md §3). This version carries opaque TCP and HTTP/1.1:
 
 - outbound (local app → another service): a plaintext connection accepted on a
   service's local outbound port is relayed over mutual TLS to an endpoint of the
@@ -13,6 +13,54 @@ reads stats() (DESIGN.md §3). This version carries opaque TCP:
   picks the local service by SNI (its own server SSL_CTX: the identity the service
   runs as), keeps the peer's SPIFFE ID with the connection, and relays in plaintext
   to the service's local app address.
+- HTTP outbound (local app → another service, RouteTable.set_outbound_http: the one
+  listener on 127.0.0.1:port-base+1): each request is routed by its Host, or by its
+  absolute-form target (HTTP_PROXY clients), through the table's host names
+  (add_host: exact, case-insensitive, port stripped; the Host's port picks among a
+  service's ports, else its first); a sorted array and a binary search, in C. The
+  connection to the chosen endpoint is opened as for TCP, with b"http/1.1" in ALPN;
+  the inbound side relays it to the app as an opaque pipe (one app connection per
+  inbound TLS connection), which is correct for HTTP/1.1 because this side frames
+  every message.
+- HTTP framing (fastpath.http1, in place, no copies): the client's bytes are parsed
+  request by request (head, then Content-Length or chunked body) and only framed bytes
+  go upstream; the upstream's bytes are parsed response by response (the request's
+  method for HEAD/CONNECT; 1xx interim heads such as 100 Continue are passed on and
+  the request keeps waiting; 204/304 and HEAD answers have no body) and only framed
+  bytes go to the client. Keep-alive and pipelining (up to ENGINE_HTTP_PIPELINE_MAX
+  requests unanswered; more wait in the client's buffer) follow from that. An absolute-
+  form target is rewritten to origin-form in the buffer. A request with Upgrade (or a
+  CONNECT) turns both directions into a byte pipe (WebSocket after 101).
+- One upstream per client connection at a time: requests for the same service share
+  it (so a keep-alive client costs one mTLS handshake). A request for another service
+  "switches": the engine stops framing at that request, waits until every earlier
+  request is answered, puts the upstream in the pool (or closes it), and goes back to
+  HTTP_HEAD on the same client connection, routing the buffered request afresh.
+- Upstream pool: an upstream between messages (nothing owed either way, no
+  Connection: close on either side, no tunnel) is kept by its endpoint (LIFO, at most
+  ENGINE_POOL_PER_ENDPOINT, in the table: a new table starts with an empty pool and
+  the old one closes its idle connections when it is freed) when its client
+  connection ends or switches away, and taken by the next request routed to that
+  endpoint. Idle upstreams are out of the epoll set; taking one checks it
+  (SSL_read must want to read: a closed one, or one idle for more than half of
+  idle_timeout_s, is closed and counted stale). The keep-alive race (the other node
+  closes the connection just as we reuse it) is covered by one retry: while no byte
+  of answer came on a pooled upstream, its requests stay whole in the client buffer
+  (from offset 0, at most one buffer) and, if all are idempotent (RFC 9110 §9.2.2),
+  are routed again when the upstream ends or fails (http_upstream_retried);
+  otherwise the client gets the 502.
+- HTTP errors the engine answers itself (Connection: close, then the connection
+  closes): 400/414/431/501/505 for a first head that does not parse or exceeds the
+  limits (a head larger than one pooled buffer is a 431); 404 with `no route to host
+  "X"` in the body; 503 for no endpoint, connect failure or timeout, handshake
+  failure, identity mismatch; 502 when the upstream ends (or sends an unparsable head)
+  before any byte of the awaited response went to the client; 408 when no whole head
+  arrives within connect_timeout_s. A bad request after earlier ones, or an upstream
+  ending mid-body, resets the client connection instead (answers cannot be put in
+  order any more; a truncated body must not pass as whole).
+- HTTP counters: requests routed, the engine's own answers by cause, responses by
+  class (2xx…), and a latency histogram (request head framed → response framed to its
+  end; log-linear microsecond buckets, latency_bounds_us()).
 
 Choices, and why:
 
@@ -83,16 +131,23 @@ Choices, and why:
 
 from libc.errno cimport (EAGAIN, ECONNABORTED, EINPROGRESS, EINTR, EMFILE, ENFILE,
                          errno)
-from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
-from libc.stdio cimport fprintf, stderr
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdio cimport fprintf, snprintf, stderr
 from libc.stdlib cimport abort, calloc, free, malloc
-from libc.string cimport memcmp, memcpy, memmove, memset, strlen
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strlen
 from posix.fcntl cimport O_CLOEXEC, O_RDONLY
 from posix.fcntl cimport open as c_open
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, write
 
 from fastpath.includes cimport net, openssl
+from fastpath.http1 cimport (BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL,
+                             BODY_UNTIL_CLOSE, CHUNK_DONE, METHOD_CONNECT, METHOD_DELETE,
+                             METHOD_GET, METHOD_HEAD, METHOD_OPTIONS, METHOD_PUT,
+                             METHOD_TRACE, Method, ReqHead,
+                             RespHead, TARGET_ABSOLUTE, authority_host, chunk_init,
+                             chunked_advance, limits_init, parse_request_head,
+                             parse_response_head, request_error_status)
 from fastpath.tls cimport TLSContext, peer_spiffe_id, raise_tls_error
 
 import os
@@ -109,6 +164,10 @@ ALPN_TCP = b"meshnode-tcp"
 # every outbound SSL.
 cdef const unsigned char* _ALPN_TCP_WIRE = <const unsigned char*>b"\x0cmeshnode-tcp"
 cdef unsigned int _ALPN_TCP_WIRE_BYTES = 13
+# What the HTTP outbound listener's connections offer: the inbound side relays them to
+# the app as they are.
+cdef const unsigned char* _ALPN_HTTP1_WIRE = <const unsigned char*>b"\x08http/1.1"
+cdef unsigned int _ALPN_HTTP1_WIRE_BYTES = 9
 
 # Mirrors fastpath.tls for_mesh(): the dispatch ctx is where an inbound SSL takes its
 # key exchange groups and session id context from (SSL_set_SSL_CTX copies neither),
@@ -248,6 +307,9 @@ cdef void _table_free(Table* t) noexcept nogil:
                 free(svc.identities)
             if svc.endpoints != NULL:
                 for j in range(svc.n_endpoints):
+                    while svc.endpoints[j].n_idle > 0:
+                        svc.endpoints[j].n_idle -= 1
+                        _idle_close(&svc.endpoints[j].idle[svc.endpoints[j].n_idle])
                     if svc.endpoints[j].session != NULL:
                         openssl.SSL_SESSION_free(svc.endpoints[j].session)
                 free(svc.endpoints)
@@ -258,6 +320,10 @@ cdef void _table_free(Table* t) noexcept nogil:
             if t.routes[i].server_ctx != NULL:
                 openssl.SSL_CTX_free(t.routes[i].server_ctx)
         free(t.routes)
+    if t.hosts != NULL:
+        for i in range(t.n_hosts):
+            _name_free(&t.hosts[i].name)
+        free(t.hosts)
     if t.dispatch_ctx != NULL:
         openssl.SSL_CTX_free(t.dispatch_ctx)
     free(t)
@@ -335,6 +401,17 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.active_ns = core.now_ns
     c.peer_id = NULL
     c.peer_id_length = 0
+    c.req_phase = REQ_HEAD
+    c.fwd = 0
+    c.req_left = 0
+    c.switching = False
+    c.reusable = True
+    c.resp_phase = RESP_HEAD
+    c.resp_fwd = 0
+    c.resp_left = 0
+    c.resp_status = 0
+    c.pend_first = 0
+    c.n_pend = 0
     c.state = CONN_CONNECTING      # callers set the real first state
     cdef SideCounters* sc = _counters_of(core, c)
     sc.connections_opened += 1
@@ -384,6 +461,10 @@ cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
 cdef inline void _settle(Core* core, Conn* c, int status) noexcept nogil:
     """The one place a step's status closes a pair."""
     if status == STATUS_CLOSE:
+        if (c.flags & CONN_HTTP and
+                (c.state == CONN_CONNECTING or c.state == CONN_HANDSHAKING)):
+            # The request was routed but never reached the upstream: say so.
+            _http_reply(core, c, 503, b"upstream unavailable\n", 0)
         _conn_close(core, c, False)
     elif status == STATUS_RESET:
         _conn_close(core, c, True)
@@ -475,10 +556,11 @@ cdef int _shut(Side* s) noexcept nogil:
 
 
 cdef int64_t _flow(Core* core, Side* src, Side* dst, Flow* f,
-                   uint64_t* received, uint64_t* sent) noexcept nogil:
+                   uint64_t* received, uint64_t* sent, bint pass_eof) noexcept nogil:
     """Move what can move from src to dst; the amount moved (bytes, +1 per end passed
     on), or STATUS_RESET. `received`/`sent` count bytes read from src / written to dst
-    when not NULL."""
+    when not NULL. `pass_eof` false keeps src's end from reaching dst (HTTP: an
+    upstream ended on purpose, the client connection goes on)."""
     cdef int64_t progress = 0
     cdef Py_ssize_t r
     cdef uint32_t cap = core.buffer_bytes
@@ -524,7 +606,7 @@ cdef int64_t _flow(Core* core, Side* src, Side* dst, Flow* f,
         f.buf = NULL
         f.head = 0
         f.tail = 0
-    if f.eof and f.buf == NULL and not f.shut:
+    if f.eof and f.buf == NULL and not f.shut and pass_eof:
         r = _shut(dst)
         if r == STATUS_OK:
             f.shut = True
@@ -557,16 +639,36 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
     cdef int64_t a, b
     cdef int64_t moved = 0
     while True:
-        a = _flow(core, &c.down, &c.up, &c.d2u, &sc.bytes_received, NULL)
+        if c.flags & CONN_HTTP:
+            a = _http_d2u(core, c, &sc.bytes_received)
+            if a < 0 and c.flags & CONN_RETRYABLE:
+                return _http_retry(core, c)
+        else:
+            a = _flow(core, &c.down, &c.up, &c.d2u, &sc.bytes_received, NULL, True)
         if a < 0:
             sc.aborted += 1
             return STATUS_RESET
-        b = _flow(core, &c.up, &c.down, &c.u2d, NULL, &sc.bytes_sent)
+        if c.flags & CONN_HTTP:
+            b = _http_u2d(core, c, &sc.bytes_sent)
+            if b == STATUS_CLOSE:
+                return STATUS_CLOSE     # answered 502 (counted)
+            if b == STATUS_RETRY:
+                return _http_retry(core, c)
+        else:
+            b = _flow(core, &c.up, &c.down, &c.u2d, NULL, &sc.bytes_sent, True)
         if b < 0:
             sc.aborted += 1
             return STATUS_RESET
         if c.flags & CONN_TICKET_WAIT:
             _take_ticket(c)
+        if (c.switching and c.n_pend == 0 and c.u2d.buf == NULL
+                and (c.resp_phase == RESP_HEAD or c.u2d.eof)):
+            # Every request sent upstream is answered: the client's next request goes
+            # to the service it names; the upstream goes to the pool if it can.
+            return _http_switch(core, c)
+        if (c.flags & CONN_HTTP and c.d2u.eof and c.d2u.buf == NULL
+                and _http_idle(c) and _pool_put(core, c)):
+            return STATUS_CLOSE         # the client is done; its upstream is pooled
         if c.d2u.shut and c.u2d.shut:
             return STATUS_CLOSE
         if a + b == 0:
@@ -733,7 +835,9 @@ cdef int _tls_client_start(Core* core, Conn* c) noexcept nogil:
     c.up.ssl = ssl
     if (openssl.SSL_set_fd(ssl, c.up.fd) != 1
             or openssl.SSL_set_tlsext_host_name(ssl, svc.sni.data) != 1
-            or openssl.SSL_set_alpn_protos(ssl, _ALPN_TCP_WIRE, _ALPN_TCP_WIRE_BYTES) != 0):
+            or (openssl.SSL_set_alpn_protos(ssl, _ALPN_HTTP1_WIRE, _ALPN_HTTP1_WIRE_BYTES)
+                if c.flags & CONN_HTTP else
+                openssl.SSL_set_alpn_protos(ssl, _ALPN_TCP_WIRE, _ALPN_TCP_WIRE_BYTES)) != 0):
         sc.tls_failures_other += 1
         openssl.ERR_clear_error()
         return STATUS_CLOSE
@@ -822,10 +926,706 @@ cdef int _inbound_start(Core* core, Conn* c) noexcept nogil:
     return _handshake(core, c)
 
 
+# --- HTTP outbound: route a connection by its first request --------------------------------------
+
+cdef const char* _reason(int status) noexcept nogil:
+    if status == 502:
+        return b"Bad Gateway"
+    if status == 400:
+        return b"Bad Request"
+    if status == 404:
+        return b"Not Found"
+    if status == 408:
+        return b"Request Timeout"
+    if status == 413:
+        return b"Content Too Large"
+    if status == 414:
+        return b"URI Too Long"
+    if status == 431:
+        return b"Request Header Fields Too Large"
+    if status == 501:
+        return b"Not Implemented"
+    if status == 503:
+        return b"Service Unavailable"
+    if status == 505:
+        return b"HTTP Version Not Supported"
+    return b"Error"
+
+
+cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
+                      int body_len) noexcept nogil:
+    """Answer the client ourselves (at most once per connection) before the pair closes:
+    `status` with a text body (`body`, or the reason phrase when NULL), Connection: close.
+
+    What the client sent and we did not read is drained first (bounded): closing a
+    socket with unread bytes sends RST, which can make the client drop our answer
+    (RFC 9112 §9.6 asks for a lingering close; this is the cheap part of one)."""
+    cdef char sink[4096]
+    cdef char msg[1024]
+    cdef const char* reason = _reason(status)
+    cdef int n, i
+    cdef Py_ssize_t r
+    if c.flags & CONN_HTTP_REPLIED or c.down.fd < 0:
+        return
+    c.flags |= CONN_HTTP_REPLIED
+    if 100 <= status < 600:
+        core.counters.http_responses[status // 100 - 1] += 1
+    if status == 404:
+        core.counters.http_no_route += 1
+    elif status == 503:
+        core.counters.http_unavailable += 1
+    elif status != 408:
+        core.counters.http_bad_request += 1
+    for i in range(256):
+        if net.recv(c.down.fd, sink, sizeof(sink), 0) <= 0:
+            break
+    if body == NULL:
+        body = reason
+        body_len = <int>strlen(reason)
+    if body_len < 0 or body_len > 512:
+        body_len = 0
+    n = snprintf(msg, sizeof(msg),
+                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                 b"connection: close\r\n\r\n%.*s%s",
+                 status, reason, <int>(body_len + (1 if body == reason else 0)), body_len, body,
+                 b"\n" if body == reason else b"")
+    if n <= 0 or n >= <int>sizeof(msg):
+        return
+    r = net.send(c.down.fd, msg, <size_t>n, net.MSG_NOSIGNAL)
+    if r > 0:
+        core.counters.outbound.bytes_sent += <uint64_t>r
+    net.shutdown(c.down.fd, net.SHUT_WR)
+
+
+cdef int _name_cmp(const Name* a, const char* b, size_t n) noexcept nogil:
+    """Byte order of (a, b), shorter first on a common prefix: Python's bytes order."""
+    cdef size_t m = a.length if a.length < n else n
+    cdef int r = memcmp(a.data, b, m)
+    if r != 0:
+        return r
+    if a.length == n:
+        return 0
+    return -1 if a.length < n else 1
+
+
+cdef HostEntry* _host_lookup(Table* t, const char* host, size_t n, int port) noexcept nogil:
+    """The entry for a (lowercase, portless) host name: the one for `port` when the
+    request named a port that the service has, else the name's first entry."""
+    cdef uint32_t lo = 0
+    cdef uint32_t hi = t.n_hosts
+    cdef uint32_t mid, i
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        if _name_cmp(&t.hosts[mid].name, host, n) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo >= t.n_hosts or _name_cmp(&t.hosts[lo].name, host, n) != 0:
+        return NULL
+    if port >= 0:
+        i = lo
+        while i < t.n_hosts and _name_cmp(&t.hosts[i].name, host, n) == 0:
+            if t.hosts[i].port == port:
+                return &t.hosts[i]
+            i += 1
+    return &t.hosts[lo]
+
+
+cdef uint32_t _origin_form(Flow* f, uint32_t base, ReqHead* req) noexcept nogil:
+    """Rewrite an absolute-form request-target ("http://host/p?q") parsed at
+    f.buf + base to origin-form ("/p?q") in the buffer: apps expect origin-form from a
+    proxy (RFC 9112 §3.2.2). Returns how many bytes the head lost."""
+    cdef char* b = f.buf + base
+    cdef uint32_t start = req.target.off
+    cdef uint32_t cut
+    if req.path.len > 0 and b[req.path.off] == c'/':
+        cut = req.path.off - start
+    else:
+        # Empty path or a bare query: "/" goes where the authority's last byte was.
+        b[req.path.off - 1] = c'/'
+        cut = req.path.off - 1 - start
+    memmove(b + start, b + start + cut, f.tail - base - start - cut)
+    f.tail -= cut
+    return cut
+
+
+cdef void _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept nogil:
+    """A request head at d2u.buf + base, routed to the current upstream: rewrite its
+    target if it is absolute-form, count it as framed, and expect its body."""
+    cdef uint32_t cut = 0
+    cdef uint32_t i
+    if req.target_form == TARGET_ABSOLUTE:
+        cut = _origin_form(&c.d2u, base, req)
+    c.fwd += req.head_len - cut
+    if not req.keep_alive:
+        c.reusable = False
+    if not (req.method == METHOD_GET or req.method == METHOD_HEAD or req.method == METHOD_PUT
+            or req.method == METHOD_DELETE or req.method == METHOD_OPTIONS
+            or req.method == METHOD_TRACE):
+        # RFC 9110 §9.2.2: only idempotent requests may be sent twice.
+        c.flags &= ~CONN_RETRYABLE
+    _invariant(c.n_pend < ENGINE_HTTP_PIPELINE_MAX, b"pipeline ring overflow")
+    i = (c.pend_first + c.n_pend) % ENGINE_HTTP_PIPELINE_MAX
+    c.pend_start_ns[i] = core.now_ns
+    c.pend_method[i] = <uint8_t>req.method
+    c.n_pend += 1
+    if req.upgrade or req.method == METHOD_CONNECT:
+        # Whatever the answer, we stop reading requests here: a 101 (or a 2xx to
+        # CONNECT) makes the rest a byte pipe; a refusal is rare enough to just pipe.
+        c.req_phase = REQ_TUNNEL
+    elif req.body == BODY_LENGTH:
+        c.req_phase = REQ_LENGTH
+        c.req_left = req.content_length
+    elif req.body == BODY_CHUNKED:
+        c.req_phase = REQ_CHUNKED
+        chunk_init(&c.chunk, &core.http_limits)
+    else:
+        c.req_phase = REQ_HEAD
+
+
+cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
+    """A complete request head at d2u.buf (first on the client connection, or first
+    after a switch): pick the service by its authority, then take a pooled upstream of
+    the next endpoint (round robin) or connect as the TCP listener does (the head
+    waits in d2u)."""
+    cdef char host[256]
+    cdef char body[384]
+    cdef int port = -1
+    cdef int n
+    cdef size_t hn = 0
+    cdef HostEntry* e = NULL
+    cdef Service* svc
+    cdef int st
+    if req.authority.len > 0:
+        hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off, req.authority.len,
+                            host, sizeof(host), &port)
+    if hn > 0:
+        e = _host_lookup(c.table, host, hn, port)
+    if e == NULL:
+        n = snprintf(body, sizeof(body), b"no route to host \"%.*s\"\n", <int>hn, host)
+        _http_reply(core, c, 404, body, n)
+        return STATUS_CLOSE
+    svc = &c.table.services[e.service]
+    c.service = e.service
+    if svc.n_endpoints == 0:
+        core.counters.no_endpoint += 1
+        n = snprintf(body, sizeof(body), b"no healthy endpoint for \"%.*s\"\n", <int>hn, host)
+        _http_reply(core, c, 503, body, n)
+        return STATUS_CLOSE
+    _http_framed(core, c, req, c.d2u.head)
+    core.counters.http_routed += 1
+    c.endpoint = svc.rr_next % svc.n_endpoints
+    svc.rr_next = (c.endpoint + 1) % svc.n_endpoints
+    if _pool_take(core, c, &svc.endpoints[c.endpoint]):
+        core.counters.http_upstream_reused += 1
+        # The head sits at d2u offset 0 (_http_head): kept there until an answer starts.
+        c.flags |= CONN_RETRYABLE
+        if not (req.method == METHOD_GET or req.method == METHOD_HEAD
+                or req.method == METHOD_PUT or req.method == METHOD_DELETE
+                or req.method == METHOD_OPTIONS or req.method == METHOD_TRACE):
+            c.flags &= ~CONN_RETRYABLE
+        return _enter_pipe(core, c)
+    # Setup (connect + handshake) gets its own connect_timeout from here.
+    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    st = _connect(core, c, &svc.endpoints[c.endpoint].addr, svc.endpoints[c.endpoint].addrlen)
+    if st == STATUS_OK:
+        return _tls_client_start(core, c)
+    if st == STATUS_AGAIN:
+        return STATUS_OK
+    _http_reply(core, c, 503, b"upstream connect failed\n", 24)
+    return st
+
+
+cdef int _http_head(Core* core, Conn* c) noexcept nogil:
+    """HTTP_HEAD: read a request head into d2u until it parses, then route it. After a
+    switch the head (and maybe more requests) may be buffered already."""
+    cdef Flow* f = &c.d2u
+    cdef uint32_t cap = core.buffer_bytes
+    cdef Py_ssize_t r
+    cdef int rc
+    cdef bint full
+    cdef bint buffered = f.buf != NULL and f.tail > f.head
+    cdef ReqHead req
+    if buffered and f.head > 0:
+        memmove(f.buf, f.buf + f.head, f.tail - f.head)
+        f.tail -= f.head
+        f.head = 0
+    while True:
+        if f.buf == NULL:
+            f.buf = _buf_get(core)
+            if f.buf == NULL:
+                return STATUS_CLOSE     # cannot happen: the pool has two blocks per slot
+        full = f.tail == cap
+        if not full and not buffered:
+            r = _recv(&c.down, f.buf + f.tail, cap - f.tail)
+            if r == STATUS_AGAIN:
+                return STATUS_OK
+            if r == STATUS_EOF:
+                return STATUS_CLOSE     # gone before a whole head: nothing to answer
+            if r < 0:
+                return STATUS_RESET
+            core.counters.outbound.bytes_received += <uint64_t>r
+            f.tail += <uint32_t>r
+            c.active_ns = core.now_ns
+            # A head ends with a LF: no use re-parsing before one arrives (http1.pxd).
+            if memchr(f.buf + f.tail - r, c'\n', <size_t>r) == NULL and f.tail < cap:
+                continue
+        buffered = False
+        rc = parse_request_head(f.buf, f.tail, &req, &core.http_limits)
+        if rc > 0:
+            return _http_route(core, c, &req)
+        if rc < 0:
+            _http_reply(core, c, request_error_status(rc), NULL, 0)
+            return STATUS_CLOSE
+        if full or f.tail == cap:
+            # The head does not fit one pooled buffer: a limit like any other.
+            _http_reply(core, c, 431, NULL, 0)
+            return STATUS_CLOSE
+
+
+cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
+    """PIPE: extend the framed part of d2u over what was read, request by request, up
+    to a request for another service (then `switching`). STATUS_OK or STATUS_RESET (a
+    request that does not parse mid-connection: answers to earlier requests may still
+    be coming, so we cannot answer in order; the client sees the connection drop)."""
+    cdef Flow* f = &c.d2u
+    cdef uint32_t start, avail
+    cdef Py_ssize_t n
+    cdef int rc, port
+    cdef size_t hn
+    cdef char host[256]
+    cdef HostEntry* e
+    cdef ReqHead req
+    while not c.switching and f.buf != NULL:
+        start = f.head + c.fwd
+        avail = f.tail - start
+        if avail == 0:
+            return STATUS_OK
+        if c.req_phase == REQ_TUNNEL:
+            c.fwd += avail
+        elif c.req_phase == REQ_LENGTH:
+            n = avail if <int64_t>avail < c.req_left else <Py_ssize_t>c.req_left
+            c.fwd += <uint32_t>n
+            c.req_left -= n
+            if c.req_left == 0:
+                c.req_phase = REQ_HEAD
+        elif c.req_phase == REQ_CHUNKED:
+            n = chunked_advance(&c.chunk, f.buf + start, avail, NULL, NULL)
+            if n < 0:
+                core.counters.http_bad_request += 1
+                return STATUS_RESET
+            c.fwd += <uint32_t>n
+            if c.chunk.phase == CHUNK_DONE:
+                c.req_phase = REQ_HEAD
+        else:
+            if c.n_pend == ENGINE_HTTP_PIPELINE_MAX:
+                return STATUS_OK        # deep enough: the rest waits for answers
+            rc = parse_request_head(f.buf + start, avail, &req, &core.http_limits)
+            if rc == 0:
+                if f.tail == core.buffer_bytes and f.head == 0 and c.fwd == 0:
+                    core.counters.http_bad_request += 1     # a head over a buffer
+                    return STATUS_RESET
+                if f.eof:
+                    f.tail = start      # a partial head, then the end: nothing to send
+                return STATUS_OK
+            if rc < 0:
+                core.counters.http_bad_request += 1
+                return STATUS_RESET
+            hn = 0
+            port = -1
+            e = NULL
+            if req.authority.len > 0:
+                hn = authority_host(f.buf + start + req.authority.off, req.authority.len,
+                                    host, sizeof(host), &port)
+            if hn > 0:
+                e = _host_lookup(c.table, host, hn, port)
+            if e == NULL or e.service != c.service:
+                c.switching = True
+                return STATUS_OK
+            core.counters.http_routed += 1
+            _http_framed(core, c, &req, start)
+    return STATUS_OK
+
+
+cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
+    """_flow() for an HTTP client's bytes: read, frame (_http_frame), send only what
+    is framed for the current upstream (a request for another service waits in the
+    buffer until _pump switches). The amount moved, or STATUS_RESET."""
+    cdef Flow* f = &c.d2u
+    cdef int64_t progress = 0
+    cdef Py_ssize_t r
+    cdef uint32_t cap = core.buffer_bytes
+    while not f.eof and not c.switching:
+        if f.buf == NULL:
+            f.buf = _buf_get(core)
+            if f.buf == NULL:
+                break
+        if f.tail == cap:
+            if f.head == 0:
+                break
+            c.flags &= ~CONN_RETRYABLE  # the sent bytes go: no retry from here
+            memmove(f.buf, f.buf + f.head, f.tail - f.head)
+            f.tail -= f.head
+            f.head = 0
+        r = _recv(&c.down, f.buf + f.tail, cap - f.tail)
+        if r > 0:
+            f.tail += <uint32_t>r
+            progress += r
+            received[0] += <uint64_t>r
+        elif r == STATUS_EOF:
+            f.eof = True
+            progress += 1
+        elif r == STATUS_AGAIN:
+            break
+        else:
+            return STATUS_RESET
+    if _http_frame(core, c) != STATUS_OK:
+        return STATUS_RESET
+    while c.fwd > 0:
+        r = _send(&c.up, f.buf + f.head, c.fwd)
+        if r > 0:
+            f.head += <uint32_t>r
+            c.fwd -= <uint32_t>r
+            progress += r
+        elif r == STATUS_AGAIN:
+            break
+        else:
+            return STATUS_RESET
+    _invariant(f.head + c.fwd <= f.tail and f.tail <= cap, b"http framing out of the buffer")
+    if f.buf != NULL and f.head == f.tail and not (c.flags & CONN_RETRYABLE):
+        _buf_put(core, f.buf)
+        f.buf = NULL
+        f.head = 0
+        f.tail = 0
+    # The client's end goes upstream once its requests are answered and the upstream
+    # cannot be pooled (_pump pools it otherwise).
+    if (not f.shut and c.fwd == 0 and not c.switching and f.eof and f.buf == NULL
+            and c.n_pend == 0 and not _http_idle(c)):
+        r = _shut(&c.up)
+        if r == STATUS_OK:
+            f.shut = True
+            progress += 1
+        elif r != STATUS_AGAIN:
+            return STATUS_RESET
+    return progress
+
+
+cdef inline uint32_t _latency_bucket(int64_t ns) noexcept nogil:
+    """Log-linear: [0,1) [1,2) [2,3) [3,4) µs, then 4 buckets per power of two."""
+    cdef uint64_t us = <uint64_t>(ns // 1000) if ns > 0 else 0
+    cdef uint32_t e = 0
+    cdef uint32_t idx
+    if us < 4:
+        return <uint32_t>us
+    while (us >> (e + 1)) != 0:
+        e += 1                      # e = floor(log2(us)) >= 2
+    idx = 4 * (e - 1) + <uint32_t>((us >> (e - 2)) & 3)
+    return idx if idx < ENGINE_LATENCY_BUCKETS else ENGINE_LATENCY_BUCKETS - 1
+
+
+cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
+    """The oldest pending request got its final response (framed to its end)."""
+    cdef uint32_t cls = c.resp_status // 100
+    _invariant(c.n_pend > 0, b"a response without a request")
+    if 1 <= cls <= 5:
+        core.counters.http_responses[cls - 1] += 1
+    core.counters.http_latency_us[
+        _latency_bucket(core.now_ns - c.pend_start_ns[c.pend_first])] += 1
+    c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
+    c.n_pend -= 1
+
+
+cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
+    """Extend the framed part of u2d over what the upstream sent, response by
+    response. STATUS_OK, STATUS_RESET, or STATUS_CLOSE after answering 502."""
+    cdef Flow* f = &c.u2d
+    cdef uint32_t start, avail
+    cdef Py_ssize_t n
+    cdef int rc
+    cdef RespHead resp
+    while f.buf != NULL:
+        start = f.head + c.resp_fwd
+        avail = f.tail - start
+        if avail == 0:
+            break
+        if c.resp_phase == RESP_TUNNEL or c.resp_phase == RESP_CLOSE:
+            c.resp_fwd += avail
+        elif c.resp_phase == RESP_LENGTH:
+            n = avail if <int64_t>avail < c.resp_left else <Py_ssize_t>c.resp_left
+            c.resp_fwd += <uint32_t>n
+            c.resp_left -= n
+            if c.resp_left == 0:
+                _http_answered(core, c)
+                c.resp_phase = RESP_HEAD
+        elif c.resp_phase == RESP_CHUNKED:
+            n = chunked_advance(&c.resp_chunk, f.buf + start, avail, NULL, NULL)
+            if n < 0:
+                core.counters.http_bad_response += 1
+                return STATUS_RESET
+            c.resp_fwd += <uint32_t>n
+            if c.resp_chunk.phase == CHUNK_DONE:
+                _http_answered(core, c)
+                c.resp_phase = RESP_HEAD
+        else:
+            if c.n_pend == 0:
+                if c.req_phase == REQ_TUNNEL:
+                    c.resp_phase = RESP_TUNNEL      # requests went opaque: so do answers
+                    continue
+                core.counters.http_bad_response += 1    # bytes nobody asked for
+                return STATUS_RESET
+            rc = parse_response_head(f.buf + start, avail, &resp, &core.http_limits,
+                                     <Method>c.pend_method[c.pend_first])
+            if rc == 0:
+                if f.tail == core.buffer_bytes and f.head == 0 and c.resp_fwd == 0:
+                    rc = -1                 # a head over a buffer: refused like a bad one
+                else:
+                    break
+            if rc < 0:
+                core.counters.http_bad_response += 1
+                if c.resp_fwd == 0:
+                    _http_reply(core, c, 502, b"bad response from upstream\n", 27)
+                    return STATUS_CLOSE
+                return STATUS_RESET
+            c.resp_fwd += <uint32_t>rc
+            c.resp_status = resp.status
+            if resp.status < 200 and resp.status != 101:
+                continue                    # interim (100 Continue): the request waits
+            if not resp.keep_alive:
+                c.reusable = False
+            if resp.body == BODY_LENGTH:
+                c.resp_phase = RESP_LENGTH
+                c.resp_left = resp.content_length
+            elif resp.body == BODY_CHUNKED:
+                c.resp_phase = RESP_CHUNKED
+                chunk_init(&c.resp_chunk, &core.http_limits)
+            else:
+                # No body, or one until close / a tunnel: answered as of its head.
+                _http_answered(core, c)
+                if resp.body == BODY_UNTIL_CLOSE:
+                    c.resp_phase = RESP_CLOSE
+                elif resp.body == BODY_TUNNEL:
+                    c.resp_phase = RESP_TUNNEL
+    if f.eof and c.resp_fwd == 0:
+        if c.resp_phase == RESP_LENGTH or c.resp_phase == RESP_CHUNKED:
+            core.counters.http_bad_response += 1    # ended mid-body: do not pass as whole
+            return STATUS_RESET
+        if c.resp_phase == RESP_HEAD and (c.n_pend > 0 or f.head < f.tail):
+            core.counters.http_bad_response += 1
+            _http_reply(core, c, 502, b"upstream closed before responding\n", 34)
+            return STATUS_CLOSE
+    return STATUS_OK
+
+
+cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
+    """_flow() for an upstream's answers to an HTTP client: read, frame
+    (_http_rframe), send only whole-framed bytes; the upstream's end reaches the client
+    unless it was ended to switch services. The amount moved, or a status."""
+    cdef Flow* f = &c.u2d
+    cdef int64_t progress = 0
+    cdef Py_ssize_t r
+    cdef int st
+    cdef uint32_t cap = core.buffer_bytes
+    while not f.eof:
+        if f.buf == NULL:
+            f.buf = _buf_get(core)
+            if f.buf == NULL:
+                break
+        if f.tail == cap:
+            if f.head == 0:
+                break
+            memmove(f.buf, f.buf + f.head, f.tail - f.head)
+            f.tail -= f.head
+            f.head = 0
+        r = _recv(&c.up, f.buf + f.tail, cap - f.tail)
+        if r > 0:
+            c.flags &= ~CONN_RETRYABLE  # an answer started: it is the client's now
+            f.tail += <uint32_t>r
+            progress += r
+        elif r == STATUS_AGAIN:
+            break
+        elif c.flags & CONN_RETRYABLE:
+            return STATUS_RETRY
+        elif r == STATUS_EOF:
+            f.eof = True
+            progress += 1
+        else:
+            if c.resp_phase == RESP_HEAD and c.n_pend > 0 and c.resp_fwd == 0 and f.buf != NULL and f.head == f.tail:
+                core.counters.http_bad_response += 1
+                _http_reply(core, c, 502, b"upstream connection failed\n", 27)
+                return STATUS_CLOSE
+            return STATUS_RESET
+    st = _http_rframe(core, c)
+    if st != STATUS_OK:
+        return st
+    while c.resp_fwd > 0:
+        r = _send(&c.down, f.buf + f.head, c.resp_fwd)
+        if r > 0:
+            f.head += <uint32_t>r
+            c.resp_fwd -= <uint32_t>r
+            progress += r
+            sent[0] += <uint64_t>r
+        elif r == STATUS_AGAIN:
+            break
+        else:
+            return STATUS_RESET
+    _invariant(f.head + c.resp_fwd <= f.tail and f.tail <= cap, b"http response framing out of the buffer")
+    if f.buf != NULL and f.head == f.tail:
+        _buf_put(core, f.buf)
+        f.buf = NULL
+        f.head = 0
+        f.tail = 0
+    if f.eof and f.buf == NULL and not f.shut and not c.switching:
+        r = _shut(&c.down)
+        if r == STATUS_OK:
+            f.shut = True
+            progress += 1
+        elif r != STATUS_AGAIN:
+            return STATUS_RESET
+    return progress
+
+
+# --- HTTP upstream pool ------------------------------------------------------------------------
+
+cdef void _idle_close(IdleUp* u) noexcept nogil:
+    # Best effort close_notify, so the other node sees a clean end, not a truncation.
+    openssl.ERR_clear_error()
+    openssl.SSL_shutdown(u.ssl)
+    openssl.ERR_clear_error()
+    openssl.SSL_free(u.ssl)
+    close(u.fd)
+    u.ssl = NULL
+    u.fd = -1
+
+
+cdef inline bint _http_idle(Conn* c) noexcept nogil:
+    """Is the upstream between messages, with nothing owed either way, and willing to
+    carry another request (no Connection: close, no tunnel, not ended)?"""
+    return (c.state == CONN_PIPE and c.up.ssl != NULL and c.reusable and c.n_pend == 0
+            and c.fwd == 0 and c.req_phase == REQ_HEAD and c.resp_phase == RESP_HEAD
+            and c.u2d.buf == NULL and not c.u2d.eof and not c.d2u.shut)
+
+
+cdef bint _pool_put(Core* core, Conn* c) noexcept nogil:
+    """Hand the pair's upstream to its endpoint's pool; False (nothing changed) when
+    the pool is full."""
+    cdef Endpoint* ep = &c.table.services[c.service].endpoints[c.endpoint]
+    cdef IdleUp* u
+    if ep.n_idle >= ENGINE_POOL_PER_ENDPOINT:
+        return False
+    # Out of the epoll set: its events must not reach this slot's next user.
+    net.epoll_ctl(core.epfd, net.EPOLL_CTL_DEL, c.up.fd, NULL)
+    u = &ep.idle[ep.n_idle]
+    ep.n_idle += 1
+    u.fd = c.up.fd
+    u.ssl = c.up.ssl
+    u.since_ns = core.now_ns
+    c.up.fd = -1
+    c.up.ssl = NULL
+    core.counters.http_upstream_pooled += 1
+    return True
+
+
+cdef bint _pool_take(Core* core, Conn* c, Endpoint* ep) noexcept nogil:
+    """Give the pair the newest live idle upstream of `ep`; False when there is none.
+    A pooled one the other node closed (or that sat longer than idle_timeout_s) is
+    closed here: it is only ever looked at when taken."""
+    cdef IdleUp u
+    cdef char probe
+    cdef int r, err
+    while ep.n_idle > 0:
+        ep.n_idle -= 1
+        u = ep.idle[ep.n_idle]
+        # Half the idle timeout: the other node (same defaults) closes an idle
+        # connection at its full timeout, and one closed just as we write our request
+        # would cost the client a 502.
+        if core.now_ns - u.since_ns < core.idle_timeout_ns // 2:
+            openssl.ERR_clear_error()
+            # Also reads a late session ticket; any application byte is a protocol error.
+            r = openssl.SSL_read(u.ssl, &probe, 1)
+            err = openssl.SSL_get_error(u.ssl, r) if r <= 0 else openssl.SSL_ERROR_SSL
+            openssl.ERR_clear_error()
+            if err == openssl.SSL_ERROR_WANT_READ:
+                c.up.fd = u.fd
+                c.up.ssl = u.ssl
+                if _watch(core, u.fd, _tag(_TAG_UP, c.index, c.gen)) == 0:
+                    return True
+                c.up.fd = -1
+                c.up.ssl = NULL
+        core.counters.http_upstream_stale += 1
+        _idle_close(&u)
+    return False
+
+
+cdef int _http_retry(Core* core, Conn* c) noexcept nogil:
+    """A pooled upstream failed before a byte of answer: drop it and route the client's
+    requests, still whole at d2u offset 0, again (another endpoint, pooled or new)."""
+    cdef net.epoll_event ev
+    core.counters.http_upstream_retried += 1
+    c.flags &= ~(CONN_RETRYABLE | CONN_TICKET_WAIT | CONN_OFFERED_SESSION)
+    _side_close(&c.up, False)
+    if c.u2d.buf != NULL:
+        _buf_put(core, c.u2d.buf)
+    memset(&c.u2d, 0, sizeof(Flow))
+    c.d2u.head = 0
+    c.d2u.shut = False
+    c.switching = False
+    c.resp_phase = RESP_HEAD
+    c.resp_fwd = 0
+    c.n_pend = 0
+    c.fwd = 0
+    c.req_phase = REQ_HEAD
+    c.reusable = True
+    c.gen += 1
+    ev.events = _CONN_EVENTS
+    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
+    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
+        return STATUS_RESET
+    c.state = CONN_HTTP_HEAD
+    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    return _http_head(core, c)
+
+
+cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
+    """The upstream ended after answering every request it got: drop it and route the
+    client's next request (buffered in d2u) afresh, on the same client connection."""
+    cdef net.epoll_event ev
+    if not (_http_idle(c) and _pool_put(core, c)):
+        _side_close(&c.up, False)
+    memset(&c.u2d, 0, sizeof(Flow))
+    c.d2u.shut = False
+    c.switching = False
+    c.resp_phase = RESP_HEAD
+    c.resp_fwd = 0
+    c.n_pend = 0
+    c.fwd = 0
+    c.req_phase = REQ_HEAD
+    c.reusable = True
+    c.flags &= ~(CONN_TICKET_WAIT | CONN_OFFERED_SESSION)
+    free(c.peer_id)
+    c.peer_id = NULL
+    c.peer_id_length = 0
+    # New generation: events still queued for the old upstream socket are not the new
+    # one's. The client socket keeps its registration under the new tag.
+    c.gen += 1
+    ev.events = _CONN_EVENTS
+    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
+    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
+        return STATUS_RESET
+    c.state = CONN_HTTP_HEAD
+    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    return _http_head(core, c)
+
+
 cdef int _outbound_start(Core* core, Conn* c, uint32_t listener) noexcept nogil:
     cdef OutboundListener* l = &c.table.listeners[listener]
-    cdef Service* svc = &c.table.services[l.service]
+    cdef Service* svc
     cdef int st
+    if l.http:
+        c.flags |= CONN_HTTP
+        c.client_ctx = l.client_ctx
+        c.state = CONN_HTTP_HEAD
+        return _http_head(core, c)
+    svc = &c.table.services[l.service]
     if svc.n_endpoints == 0:
         core.counters.no_endpoint += 1
         return STATUS_CLOSE
@@ -898,6 +1698,8 @@ cdef void _accept(Core* core, uint32_t which) noexcept nogil:
 cdef int _conn_event(Core* core, Conn* c, uint32_t kind, uint32_t events) noexcept nogil:
     if c.state == CONN_PIPE:
         return _pump(core, c)
+    if c.state == CONN_HTTP_HEAD:
+        return _http_head(core, c) if kind == _TAG_DOWN else STATUS_OK
     if c.state == CONN_HANDSHAKING:
         if kind == <uint32_t>(_TAG_DOWN if c.flags & CONN_INBOUND else _TAG_UP):
             return _handshake(core, c)
@@ -962,10 +1764,15 @@ cdef void _scan(Core* core) noexcept nogil:
                 sc.idle_timeouts += 1
                 _conn_close(core, c, False)
         elif now >= c.deadline_ns:
-            if c.state == CONN_CONNECTING:
+            if c.state == CONN_HTTP_HEAD:
+                core.counters.http_head_timeouts += 1
+                _http_reply(core, c, 408, b"request head timeout\n", 0)
+            elif c.state == CONN_CONNECTING:
                 sc.connect_timeouts += 1
             else:
                 sc.tls_handshake_timeouts += 1
+            if c.flags & CONN_HTTP and c.state != CONN_HTTP_HEAD:
+                _http_reply(core, c, 503, b"upstream unavailable\n", 0)
             _conn_close(core, c, False)
 
 
@@ -1126,6 +1933,7 @@ cdef class Engine:
         core.max_conns = <uint32_t>max_connections
         core.buffer_bytes = <uint32_t>buffer_bytes
         core.connect_timeout_ns = <int64_t>(connect_timeout_s * 1e9)
+        limits_init(&core.http_limits)
         core.idle_timeout_ns = <int64_t>(idle_timeout_s * 1e9)
 
         core.conns = <Conn*>calloc(core.max_conns, sizeof(Conn))
@@ -1259,8 +2067,31 @@ cdef class Engine:
         out["buffers_total"] = self.core.n_bufs
         out["tables_installed"] = snap.tables_installed
         out["tables_live"] = snap.tables_live
+        out["http_routed"] = snap.http_routed
+        out["http_no_route"] = snap.http_no_route
+        out["http_bad_request"] = snap.http_bad_request
+        out["http_unavailable"] = snap.http_unavailable
+        out["http_head_timeouts"] = snap.http_head_timeouts
+        out["http_bad_response"] = snap.http_bad_response
+        out["http_upstream_pooled"] = snap.http_upstream_pooled
+        out["http_upstream_reused"] = snap.http_upstream_reused
+        out["http_upstream_stale"] = snap.http_upstream_stale
+        out["http_upstream_retried"] = snap.http_upstream_retried
+        for i in range(5):
+            out["http_responses_%dxx" % (i + 1)] = snap.http_responses[i]
+        out["http_latency_us"] = [snap.http_latency_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]
         out["generation"] = self.core.generation
         return out
+
+
+def latency_bounds_us() -> list[int]:
+    """Exclusive upper bounds (microseconds) of stats()["http_latency_us"] buckets; the
+    last bucket also takes everything above its bound."""
+    bounds = [1, 2, 3, 4]
+    for idx in range(4, ENGINE_LATENCY_BUCKETS):
+        e = idx // 4 + 1
+        bounds.append((5 + idx % 4) << (e - 2))
+    return bounds
 
 
 # --- route tables, Python side -------------------------------------------------------------------
@@ -1334,16 +2165,21 @@ cdef class RouteTable:
         self._outbound = []
         self._routes = []
         self._inbound_fd = -1
+        self._hosts = []
+        self._http_fd = -1
+        self._http_ctx = None
 
     def __repr__(self) -> str:
-        return "<RouteTable services=%d outbound=%d inbound=%s routes=%d>" % (
+        return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
             len(self._services), len(self._outbound),
+            self._http_fd if self._http_fd >= 0 else None, len(self._hosts),
             self._inbound_fd if self._inbound_fd >= 0 else None, len(self._routes))
 
     cdef int _check_fd(self, int fd) except -1:
         if fd < 0:
             raise ValueError("fd must be an open listening socket's descriptor, not %d" % fd)
-        if fd == self._inbound_fd or any(fd == entry[0] for entry in self._outbound):
+        if (fd == self._inbound_fd or fd == self._http_fd
+                or any(fd == entry[0] for entry in self._outbound)):
             raise ValueError("fd %d is already a listener of this table" % fd)
         return 0
 
@@ -1391,6 +2227,31 @@ cdef class RouteTable:
         if client_ctx.server:
             raise ValueError("outbound needs a client TLSContext")
         self._outbound.append((fd, service_index, client_ctx))
+
+    def set_outbound_http(self, int fd, TLSContext client_ctx not None) -> None:
+        """The HTTP outbound listener (port-base+1): each connection accepted on `fd` is
+        routed by the Host (or absolute-form target) of its first request, through the
+        names add_host() gave, as the workload whose credentials `client_ctx` holds."""
+        if fd != self._http_fd:
+            self._check_fd(fd)
+        if client_ctx.server:
+            raise ValueError("outbound needs a client TLSContext")
+        self._http_fd = fd
+        self._http_ctx = client_ctx
+
+    def add_host(self, str host not None, int service_index, int port) -> None:
+        """HTTP requests for `host` (exact name, any case, no port: "svc", "svc.ns",
+        "svc.ns.svc") go to service `service_index`, the service port `port`. A name
+        given for several ports: the request's port picks, else the first one added.
+        The same (host, port) added twice: the first wins."""
+        host_b = _host_name(host, "host")
+        if b":" in host_b and not host_b.startswith(b"["):
+            raise ValueError("host %r: give the name without a port" % host)
+        if not 0 <= service_index < len(self._services):
+            raise ValueError("no service %d (add_service() first)" % service_index)
+        if not 1 <= port <= 65535:
+            raise ValueError("port must be 1..65535, not %d" % port)
+        self._hosts.append((host_b.rstrip(b".") or host_b, port, service_index))
 
     def set_inbound(self, int fd) -> None:
         """The node's inbound (mutual TLS) listener."""
@@ -1446,17 +2307,33 @@ cdef class RouteTable:
                 for j, (host, port) in enumerate(eps):
                     _sockaddr(host, port, &svc.endpoints[j].addr, &svc.endpoints[j].addrlen)
 
-            if self._outbound:
-                t.listeners = <OutboundListener*>calloc(len(self._outbound), sizeof(OutboundListener))
+            outbound = list(self._outbound)
+            if self._http_fd >= 0:
+                outbound.append((self._http_fd, -1, self._http_ctx))
+            if outbound:
+                t.listeners = <OutboundListener*>calloc(len(outbound), sizeof(OutboundListener))
                 if t.listeners == NULL:
                     raise MemoryError()
-                t.n_listeners = len(self._outbound)
-            for i, (fd, service_index, ctx) in enumerate(self._outbound):
+                t.n_listeners = len(outbound)
+            for i, (fd, service_index, ctx) in enumerate(outbound):
                 l = &t.listeners[i]
                 l.fd = fd
-                l.service = service_index
+                l.http = service_index < 0
+                l.service = service_index if service_index >= 0 else 0
                 _up_ref(ctx.ctx)
                 l.client_ctx = ctx.ctx
+
+            # Stable sort: a name's entries keep the order they were added in.
+            hosts = sorted(self._hosts, key=lambda entry: entry[0])
+            if hosts:
+                t.hosts = <HostEntry*>calloc(len(hosts), sizeof(HostEntry))
+                if t.hosts == NULL:
+                    raise MemoryError()
+                t.n_hosts = len(hosts)
+            for i, (host_b, port, service_index) in enumerate(hosts):
+                _name_set(&t.hosts[i].name, host_b)
+                t.hosts[i].port = port
+                t.hosts[i].service = service_index
 
             if self._routes:
                 t.routes = <InboundRoute*>calloc(len(self._routes), sizeof(InboundRoute))

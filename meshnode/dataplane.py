@@ -9,9 +9,20 @@ belong to this side and are bound with SO_REUSEPORT so that every worker of the 
 accepts on the same ports; one that a new table no longer names is closed only once
 the engine runs a table without it (``Engine.generation``).
 
-This version carries opaque TCP: a Service port with an ``outboundPort`` gets a local
-listener on 127.0.0.1, relayed over mutual TLS to the inbound port of the node of one
-of its endpoints; the inbound listener (port-base+6) relays to the local workload.
+Two kinds of outbound traffic: a Service port with an ``outboundPort`` (protocol TCP)
+gets a local listener on 127.0.0.1, relayed over mutual TLS to the inbound port of the
+node of one of its endpoints; every port with protocol HTTP is reached through the
+shared HTTP outbound listener on 127.0.0.1:port-base+1 (DESIGN §8), which routes by the
+request's Host (``svc``, ``svc.ns``, ``svc.ns.svc``, any port: the Host's port picks
+the service port whose ``port`` matches, else the service's first HTTP port) or by an
+absolute-form URI, so ``HTTP_PROXY=http://127.0.0.1:15001`` works for any client; every
+request is routed on its own (see fastpath.engine). A bare name (``svc``) that several
+namespaces have resolves in the local workloads' namespace first. The inbound listener
+(port-base+6) relays to the local workload, for TCP and HTTP alike.
+
+The HTTP listener's port is derived from the inbound port, the one port the caller
+passes: port-base+1 = inbound_port - 5 (DESIGN §8 offsets: inbound is port-base+6). It
+is bound with the first table that has HTTP hosts and kept until stop().
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ log = logging.getLogger("meshnode.dataplane")
 # Until the node registry of multi-host meshes exists, a remote node is reached on the
 # default inbound port (DESIGN §8) at its workload's address.
 DEFAULT_INBOUND_PORT = 15006
+
+# DESIGN §8: outbound is port-base+1, inbound port-base+6.
+HTTP_OUTBOUND_OFFSET = 5
 
 
 def sni_for(port_name: str, fqdn: str) -> str:
@@ -69,6 +83,8 @@ class DataPlane:
         self._inbound = _listener(inbound_address, inbound_port)
         self._outbound: dict[int, socket.socket] = {}  # outbound port -> listener
         self._retired: list[tuple[int, socket.socket]] = []  # (generation, listener)
+        self.http_port = inbound_port - HTTP_OUTBOUND_OFFSET
+        self._http: socket.socket | None = None  # bound at the first table with HTTP hosts
         self.listener_failures = 0
         self.generation = 0
 
@@ -81,6 +97,8 @@ class DataPlane:
         self._thread.join(timeout=10)
         for sock in [self._inbound, *self._outbound.values(), *(s for _, s in self._retired)]:
             sock.close()
+        if self._http is not None:
+            self._http.close()
 
     def update(self, snapshot: dict[str, Any]) -> None:
         """Compile and install the table for this snapshot and the current certificates."""
@@ -92,7 +110,13 @@ class DataPlane:
         # uses the first by name; per-workload outbound identity comes with HTTP routing.
         client = next((c for c in map(self._contexts, local) if c is not None), None)
         wanted: set[int] = set()
-        for svc in snapshot["services"]:
+        http_hosts = 0
+        # A bare name ("svc") means the caller's namespace first (as Kubernetes DNS
+        # search lists do): services of local namespaces are added first, and the
+        # first service added for a (host, port) wins.
+        local_ns = {w.get("namespace") for w in snapshot["local"]}
+        services = sorted(snapshot["services"], key=lambda s: s["namespace"] not in local_ns)
+        for svc in services:
             if not svc["identities"]:
                 continue  # no endpoints: nothing to route to
             for port in svc["ports"]:
@@ -105,7 +129,15 @@ class DataPlane:
                     if sock is not None:
                         table.add_outbound_tcp(sock.fileno(), index, client.client)
                         wanted.add(port["outbound_port"])
+                if port.get("protocol", "HTTP") == "HTTP":
+                    for host in svc.get("hosts", ()):
+                        table.add_host(host, index, int(port["port"]))
+                        http_hosts += 1
                 self._inbound_route(table, svc, port, sni)
+        if http_hosts and client is not None:
+            sock = self._http_listener()
+            if sock is not None:
+                table.set_outbound_http(sock.fileno(), client.client)
         self.generation = self.engine.install(table)
         for port in set(self._outbound) - wanted:
             self._retired.append((self.generation, self._outbound.pop(port)))
@@ -139,6 +171,20 @@ class DataPlane:
             self._outbound[port] = sock
             logs.event(log, "listener.bound", name="outbound-tcp", port=port)
         return sock
+
+    def _http_listener(self) -> socket.socket | None:
+        if self._http is None:
+            if not 1 <= self.http_port <= 65535:
+                return None  # an ephemeral inbound port (tests): no port-base to derive from
+            try:
+                self._http = _listener("127.0.0.1", self.http_port)
+            except OSError as exc:
+                self.listener_failures += 1
+                logs.event(log, "listener.failed", logging.ERROR, port=self.http_port,
+                           error=str(exc))
+                return None
+            logs.event(log, "listener.bound", name="outbound-http", port=self.http_port)
+        return self._http
 
     def reap(self) -> None:
         """Close listeners the engine no longer uses (it runs a table without them)."""

@@ -12,7 +12,10 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                   HistogramMetricFamily, Metric)
+
+from fastpath.engine import latency_bounds_us
 from prometheus_client.registry import Collector
 
 from .health import HealthBook
@@ -34,7 +37,16 @@ _TCP = {"connections_opened": ("meshnode_tcp_connections_opened",
 _SIDE_FAILURES = ("connect_failures", "connect_timeouts", "idle_timeouts", "aborted",
                   "rejected_limit", "accept_failures", "tls_failures_verify",
                   "tls_failures_other", "tls_handshake_timeouts")
-_NODE_FAILURES = ("no_endpoint", "identity_mismatch", "tls_unknown_sni")
+_NODE_FAILURES = ("no_endpoint", "identity_mismatch", "tls_unknown_sni", "http_no_route",
+                  "http_bad_request", "http_unavailable", "http_head_timeouts",
+                  "http_bad_response")
+# Istio's default request-duration buckets (ms). The engine keeps finer log-linear
+# microsecond buckets (fastpath.engine.latency_bounds_us); each exported bucket counts
+# the engine buckets that lie wholly below its bound.
+_DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000,
+                        30000, 60000)
+_ENGINE_UPPER_US = latency_bounds_us()
+_ENGINE_LOWER_US = [0, *_ENGINE_UPPER_US[:-1]]
 
 
 class NodeCollector(Collector):
@@ -86,6 +98,12 @@ class NodeCollector(Collector):
         active = GaugeMetricFamily("meshnode_tcp_connections_active",
                                    "TCP connections open in the data plane",
                                    labels=["node", "process", "direction"])
+        requests = CounterMetricFamily("meshnode_requests",
+                                       "HTTP requests answered by the data plane, by response class",
+                                       labels=["node", "process", "direction", "response_class"])
+        duration = HistogramMetricFamily("meshnode_request_duration_milliseconds",
+                                         "Time from a request's head to its response's end",
+                                         labels=["node", "process", "direction"])
         for name in self._book.names():
             report = self._book.get(name)
             labels = [self._node, name]
@@ -107,8 +125,30 @@ class NodeCollector(Collector):
             self._identity(report.body, labels, issued, refused, ca_expiry, expiry,
                            renew_failed, bundle)
             self._dataplane(report.body.get("dataplane"), labels, tcp, failures, active)
+            self._requests(report.body.get("dataplane"), labels, requests, duration)
         yield from (up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
-                    renew_failed, bundle, *tcp.values(), failures, active)
+                    renew_failed, bundle, *tcp.values(), failures, active, requests, duration)
+
+    @staticmethod
+    def _requests(stats: object, labels: list[str], requests: Metric, duration: Metric) -> None:
+        """HTTP requests the outbound side answered, by class, and their durations."""
+        if not isinstance(stats, dict):
+            return
+        for cls in range(1, 6):
+            value = stats.get(f"http_responses_{cls}xx")
+            if isinstance(value, int):
+                requests.add_metric([*labels, "outbound", f"{cls}xx"], value)
+        counts = stats.get("http_latency_us")
+        if not isinstance(counts, list) or len(counts) != len(_ENGINE_UPPER_US):
+            return
+        buckets = []
+        for bound_ms in _DURATION_BUCKETS_MS:
+            below = sum(n for n, upper in zip(counts, _ENGINE_UPPER_US) if upper <= bound_ms * 1000)
+            buckets.append((str(bound_ms), below))
+        buckets.append(("+Inf", sum(counts)))
+        # The engine keeps no exact sum; the buckets' lower bounds give a close lower estimate.
+        total_ms = sum(n * lower for n, lower in zip(counts, _ENGINE_LOWER_US)) / 1000
+        duration.add_metric([*labels, "outbound"], buckets, total_ms)
 
     @staticmethod
     def _dataplane(stats: object, labels: list[str], tcp: dict[str, Metric], failures: Metric,

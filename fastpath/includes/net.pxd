@@ -92,6 +92,7 @@ cdef extern from "<sys/epoll.h>" nogil:
     const int EPOLL_CLOEXEC
     const int EPOLL_CTL_ADD
     const int EPOLL_CTL_DEL
+    const int EPOLL_CTL_MOD
     # uint32_t: EPOLLET is 1u << 31.
     const uint32_t EPOLLIN
     const uint32_t EPOLLOUT

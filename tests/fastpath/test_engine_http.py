@@ -1,0 +1,943 @@
+"""Tests for fastpath.engine's HTTP outbound listener: HTTP/1.1 routed by Host over mTLS.
+
+Two "nodes" in this process, each an Engine on its own thread: the client's node (the
+HTTP outbound listener, hosts of service "backend") and the backend's node (the inbound
+mTLS listener, relaying to a threaded http.server app speaking HTTP/1.1). Real sockets,
+real OpenSSL, certificates from meshnode.identity.pki. Every socket has a timeout, every
+wait a deadline; fixtures stop the engines and close what the tests opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator
+
+import pytest
+
+from fastpath import engine as fe
+from fastpath import tls
+from meshnode.identity import pki
+
+TRUST_DOMAIN = "cluster.local"
+FRONTEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/frontend"
+BACKEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/backend"
+OTHER_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/somebody-else"
+SNI = "http.backend.demo.svc"
+ADMIN_SNI = "admin.backend.demo.svc"
+OTHER_SNI = "http.other.demo.svc"     # a second service, served by the same app
+HOSTS = ["backend", "backend.demo", "backend.demo.svc"]
+ALPN = [fe.ALPN_TCP, b"http/1.1"]       # what meshnode's server contexts accept
+TIMEOUT_S = 10.0
+
+
+# --- PKI ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Creds:
+    chain_pem: bytes
+    key_pem: bytes
+
+
+def _issue(issuer: tuple, identity: str) -> Creds:
+    cert, key = issuer
+    wkey = pki.new_key()
+    csr, _ = pki.csr_identity(pki.make_csr(wkey, identity))
+    leaf = pki.sign_workload(csr, identity, cert, key, 3600)
+    return Creds(pki.cert_pem(leaf) + pki.cert_pem(cert), pki.key_pem(wkey))
+
+
+@dataclass(frozen=True)
+class PKI:
+    bundle_pem: bytes
+    frontend: Creds
+    backend: Creds
+
+
+@pytest.fixture(scope="module")
+def mesh_pki() -> PKI:
+    root = pki.make_root("engine http test root", TRUST_DOMAIN)
+    issuer = pki.make_issuer(*root, "node-a", 86400)
+    return PKI(pki.cert_pem(root[0]), _issue(issuer, FRONTEND_ID), _issue(issuer, BACKEND_ID))
+
+
+def client_ctx(p: PKI) -> tls.TLSContext:
+    return tls.TLSContext.for_mesh(False, p.frontend.chain_pem, p.frontend.key_pem,
+                                   p.bundle_pem, ALPN)
+
+
+def server_ctx(p: PKI) -> tls.TLSContext:
+    return tls.TLSContext.for_mesh(True, p.backend.chain_pem, p.backend.key_pem,
+                                   p.bundle_pem, ALPN)
+
+
+# --- waiting, sockets, engines ------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = TIMEOUT_S,
+             what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def listener() -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1024)
+    s.setblocking(False)
+    return s
+
+
+def port_of(s: socket.socket) -> int:
+    return s.getsockname()[1]
+
+
+def recv_all(s: socket.socket, limit: int = 1 << 26) -> bytes:
+    out = bytearray()
+    while len(out) < limit:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def recv_until(s: socket.socket, marker: bytes, have: bytes = b"") -> bytes:
+    out = bytearray(have)
+    while marker not in out:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise AssertionError(f"EOF before {marker!r}; got {bytes(out)!r}")
+        out += chunk
+    return bytes(out)
+
+
+class Node:
+    def __init__(self, **options) -> None:
+        self.engine = fe.Engine(**options)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.engine.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def install(self, table: fe.RouteTable) -> int:
+        generation = self.engine.install(table)
+        wait_for(lambda: self.engine.generation >= generation, what="table swap")
+        return generation
+
+    def stats(self) -> dict[str, int]:
+        return self.engine.stats()
+
+    def stop(self) -> None:
+        self.engine.stop()
+        self.thread.join(TIMEOUT_S)
+        assert not self.thread.is_alive(), "Engine.run() did not return after stop()"
+        assert self.error is None, self.error
+
+
+# --- the app: HTTP/1.1 behind the inbound side ----------------------------------------------
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = bytearray()
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return bytes(out)
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+    def _send(self, status: int, body: bytes, **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/ws":
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            while True:                 # a byte pipe from here: echo, upper-cased
+                data = self.connection.recv(65536)
+                if not data:
+                    break
+                self.connection.sendall(data.upper())
+            self.close_connection = True
+            return
+        if self.path == "/die":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        if self.path == "/close":       # reads the request, answers nothing, closes
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        if self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b"abc", b"x" * 70000, b"end"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\nX-Trailer: t\r\n\r\n")
+            return
+        if self.path == "/eof":         # no length: the body runs until close
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"until close")
+            self.close_connection = True
+            return
+        if self.path in ("/204", "/304"):
+            self.send_response(int(self.path[1:]))
+            self.end_headers()
+            return
+        self._send(200, f"{self.command} {self.path} host={self.headers['Host']}\n".encode(),
+                   X_Peer_Port=str(self.client_address[1]))
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        body = self._body()
+        self._send(200, f"{len(body)} {hashlib.sha256(body).hexdigest()}\n".encode())
+
+
+class App:
+    def __init__(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Mesh:
+    pki: PKI
+    out_node: Node
+    in_node: Node
+    app: App
+    http_sock: socket.socket
+    in_sock: socket.socket
+    clients: list[socket.socket] = field(default_factory=list)
+
+    @property
+    def http_port(self) -> int:
+        return port_of(self.http_sock)
+
+    @property
+    def in_port(self) -> int:
+        return port_of(self.in_sock)
+
+    def outbound_table(self, identities: list[str] | None = None,
+                       endpoints: list[tuple[str, int]] | None = None) -> fe.RouteTable:
+        t = fe.RouteTable()
+        eps = [("127.0.0.1", self.in_port)] if endpoints is None else endpoints
+        http = t.add_service("demo/backend:http", SNI, identities or [BACKEND_ID], eps)
+        admin = t.add_service("demo/backend:admin", ADMIN_SNI, identities or [BACKEND_ID], eps)
+        empty = t.add_service("demo/nobody:http", "http.nobody.demo.svc", [BACKEND_ID], [])
+        other = t.add_service("demo/other:http", OTHER_SNI, [BACKEND_ID],
+                              [("127.0.0.1", self.in_port)])
+        t.set_outbound_http(self.http_sock.fileno(), client_ctx(self.pki))
+        for host in HOSTS:      # two HTTP ports: 8080 (the first, the default) and 9090
+            t.add_host(host, http, 8080)
+            t.add_host(host, admin, 9090)
+        t.add_host("nobody", empty, 80)
+        t.add_host("other", other, 80)
+        t.add_host("other.demo", other, 80)
+        return t
+
+    def inbound_table(self) -> fe.RouteTable:
+        t = fe.RouteTable()
+        t.set_inbound(self.in_sock.fileno())
+        t.add_inbound_route(SNI, server_ctx(self.pki), "127.0.0.1", self.app.port)
+        t.add_inbound_route(OTHER_SNI, server_ctx(self.pki), "127.0.0.1", self.app.port)
+        return t
+
+    def client(self) -> socket.socket:
+        c = socket.create_connection(("127.0.0.1", self.http_port), timeout=TIMEOUT_S)
+        self.clients.append(c)
+        return c
+
+    def http(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=TIMEOUT_S)
+
+
+@pytest.fixture
+def mesh(mesh_pki: PKI) -> Iterator[Mesh]:
+    m = Mesh(mesh_pki, Node(), Node(), App(), listener(), listener())
+    m.in_node.install(m.inbound_table())
+    m.out_node.install(m.outbound_table())
+    yield m
+    m.out_node.stop()
+    m.in_node.stop()
+    for c in m.clients:
+        c.close()
+    m.app.close()
+    m.http_sock.close()
+    m.in_sock.close()
+
+
+def exchange(m: Mesh, request: bytes) -> bytes:
+    """One raw request; everything the engine answers until it closes."""
+    c = m.client()
+    c.sendall(request)
+    return recv_all(c)
+
+
+def get(m: Mesh, host: str, path: str = "/x") -> tuple[int, bytes]:
+    conn = m.http()
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+# --- routing --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["backend", "backend.demo", "backend.demo.svc",
+                                  "backend.demo.svc:8080", "BACKEND.Demo.svc."])
+def test_get_routed_by_host(mesh: Mesh, host: str) -> None:
+    status, body = get(mesh, host)
+    assert status == 200
+    assert body == f"GET /x host={host}\n".encode()
+    assert mesh.out_node.stats()["http_routed"] == 1
+    assert mesh.in_node.stats()["inbound_tls_handshakes"] == 1
+
+
+def test_the_host_port_picks_the_service_port(mesh: Mesh) -> None:
+    """Port 9090 names the admin port's service (no inbound route for its SNI, so the
+    handshake fails: a 503); no port or an unknown one means the first HTTP port."""
+    assert get(mesh, "backend.demo:9090")[0] == 503
+    assert get(mesh, "backend.demo:1234")[0] == 200
+    assert mesh.in_node.stats()["tls_unknown_sni"] == 1
+
+
+def test_absolute_form_through_curl_as_http_proxy(mesh: Mesh) -> None:
+    out = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "-x", f"http://127.0.0.1:{mesh.http_port}",
+         "http://backend.demo.svc:8080/x?y=1"],
+        capture_output=True, timeout=TIMEOUT_S * 2, check=True)
+    # The app sees origin-form; the Host curl derived from the URI.
+    assert out.stdout == b"GET /x?y=1 host=backend.demo.svc:8080\n"
+
+
+@pytest.mark.parametrize("target, path", [("http://backend", "/"),
+                                          ("http://backend.demo?q=1", "/?q=1"),
+                                          ("http://backend.demo.svc:8080/a/b", "/a/b")])
+def test_absolute_form_is_rewritten_to_origin_form(mesh: Mesh, target: str, path: str) -> None:
+    reply = exchange(mesh, f"GET {target} HTTP/1.1\r\nHost: ignored\r\n"
+                           "Connection: close\r\n\r\n".encode())
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert reply.endswith(f"GET {path} host=ignored\n".encode())
+
+
+def test_unknown_host_is_404_naming_it(mesh: Mesh) -> None:
+    reply = exchange(mesh, b"GET / HTTP/1.1\r\nHost: Nowhere.example:80\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert b"connection: close\r\n" in reply
+    assert reply.endswith(b'\r\n\r\nno route to host "nowhere.example"\n')
+    assert mesh.out_node.stats()["http_no_route"] == 1
+
+
+def test_service_without_endpoints_is_503(mesh: Mesh) -> None:
+    reply = exchange(mesh, b"GET / HTTP/1.1\r\nHost: nobody\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 503 ")
+    assert mesh.out_node.stats()["no_endpoint"] == 1
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),                                  # no Host
+    (b"GET / HTTP/2.0\r\nHost: backend\r\n\r\n", 505),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: backend\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: backend\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: backend\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
+    (b"POST / HTTP/1.1\r\nHost: backend\r\nContent-Length: 1\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n", 400),
+])
+def test_bad_requests_are_answered(mesh: Mesh, request_bytes: bytes, status: int) -> None:
+    reply = exchange(mesh, request_bytes)
+    assert reply.startswith(f"HTTP/1.1 {status} ".encode()), reply[:80]
+    assert mesh.out_node.stats()["http_bad_request"] == 1
+
+
+def test_a_head_bigger_than_a_buffer_is_431(mesh_pki: PKI) -> None:
+    m = Mesh(mesh_pki, Node(buffer_bytes=2048), Node(), App(), listener(), listener())
+    try:
+        m.out_node.install(m.outbound_table())
+        reply = exchange(m, b"GET / HTTP/1.1\r\nHost: backend\r\n" + b"X-A: bbbbbbbb\r\n" * 200)
+        assert reply.startswith(b"HTTP/1.1 431 ")
+    finally:
+        m.out_node.stop()
+        m.in_node.stop()
+        for c in m.clients:
+            c.close()
+        m.app.close()
+        m.http_sock.close()
+        m.in_sock.close()
+
+
+# --- failures toward the upstream ---------------------------------------------------------
+
+
+def test_endpoint_node_down_is_503(mesh: Mesh) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = port_of(dead)
+    dead.close()
+    mesh.out_node.install(mesh.outbound_table(endpoints=[("127.0.0.1", port)]))
+    status, body = get(mesh, "backend")
+    assert status == 503
+    assert mesh.out_node.stats()["outbound_connect_failures"] == 1
+    assert mesh.out_node.stats()["http_unavailable"] == 1
+
+
+def test_identity_mismatch_is_503_and_counted(mesh: Mesh) -> None:
+    mesh.out_node.install(mesh.outbound_table(identities=[OTHER_ID]))
+    status, _ = get(mesh, "backend")
+    assert status == 503
+    stats = mesh.out_node.stats()
+    assert stats["identity_mismatch"] == 1
+    assert stats["http_unavailable"] == 1
+
+
+def test_upstream_dying_mid_response_closes_the_client(mesh: Mesh) -> None:
+    c = mesh.client()
+    c.sendall(b"GET /die HTTP/1.1\r\nHost: backend\r\n\r\n")
+    reply = recv_all(c)                 # returns at EOF or reset: no hang
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert len(reply.partition(b"\r\n\r\n")[2]) < 100000
+
+
+# --- bodies, keep-alive, pipelining ---------------------------------------------------------
+
+
+def test_post_content_length_several_megabytes(mesh: Mesh) -> None:
+    body = os.urandom(5 << 20)
+    conn = mesh.http()
+    conn.request("POST", "/upload", body=body, headers={"Host": "backend"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.read() == f"{len(body)} {hashlib.sha256(body).hexdigest()}\n".encode()
+    conn.close()
+
+
+def test_post_chunked_several_megabytes(mesh: Mesh) -> None:
+    parts = [os.urandom(n) for n in (1, 70000, 1 << 20, 3 << 20, 12345)]
+    whole = b"".join(parts)
+    conn = mesh.http()
+    conn.request("POST", "/upload", body=iter(parts), headers={"Host": "backend"},
+                 encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.read() == f"{len(whole)} {hashlib.sha256(whole).hexdigest()}\n".encode()
+    conn.close()
+
+
+def test_keep_alive_requests_share_one_upstream_connection(mesh: Mesh) -> None:
+    conn = mesh.http()
+    ports = set()
+    for i in range(50):
+        conn.request("GET", f"/r{i}", headers={"Host": "backend.demo"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.read() == f"GET /r{i} host=backend.demo\n".encode()
+        ports.add(resp.getheader("X-Peer-Port"))
+    conn.close()
+    assert len(ports) == 1              # one app connection
+    assert mesh.out_node.stats()["outbound_tls_handshakes"] == 1
+    assert mesh.in_node.stats()["inbound_connections_opened"] == 1
+
+
+def test_pipelined_requests_in_one_write(mesh: Mesh) -> None:
+    c = mesh.client()
+    c.sendall(b"GET /1 HTTP/1.1\r\nHost: backend\r\n\r\n"
+              b"HEAD /2 HTTP/1.1\r\nHost: backend\r\n\r\n"
+              b"POST /3 HTTP/1.1\r\nHost: backend\r\nContent-Length: 3\r\n\r\nabc"
+              b"GET /4 HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+    reply = recv_all(c)
+    assert reply.count(b"HTTP/1.1 200 OK") == 4
+    assert b"GET /1 host=backend\n" in reply
+    assert b"HEAD /2" not in reply
+    assert f"3 {hashlib.sha256(b'abc').hexdigest()}\n".encode() in reply
+    assert reply.endswith(b"GET /4 host=backend\n")
+
+
+def test_a_request_sent_one_byte_at_a_time(mesh: Mesh) -> None:
+    c = mesh.client()
+    for b in b"GET /slow HTTP/1.1\r\nHost: backend.demo.svc\r\nConnection: close\r\n\r\n":
+        c.send(bytes([b]))
+        time.sleep(0.001)
+    reply = recv_all(c)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert reply.endswith(b"GET /slow host=backend.demo.svc\n")
+
+
+def test_head_204_and_304_have_no_body(mesh: Mesh) -> None:
+    conn = mesh.http()
+    for method, path, status in (("HEAD", "/h", 200), ("GET", "/204", 204),
+                                 ("GET", "/304", 304), ("GET", "/after", 200)):
+        conn.request(method, path, headers={"Host": "backend"})
+        resp = conn.getresponse()
+        assert resp.status == status
+        body = resp.read()
+        assert body == (b"GET /after host=backend\n" if path == "/after" else b"")
+    conn.close()
+
+
+def test_expect_100_continue(mesh: Mesh) -> None:
+    c = mesh.client()
+    c.sendall(b"POST /e HTTP/1.1\r\nHost: backend\r\nContent-Length: 5\r\n"
+              b"Expect: 100-continue\r\n\r\n")
+    interim = recv_until(c, b"\r\n\r\n")
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    c.sendall(b"hello")
+    reply = recv_until(c, b"\n", interim.partition(b"\r\n\r\n")[2])
+    reply = recv_until(c, f"{hashlib.sha256(b'hello').hexdigest()}\n".encode(), reply)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+
+
+def test_upgrade_becomes_a_byte_pipe(mesh: Mesh) -> None:
+    c = mesh.client()
+    c.sendall(b"GET /ws HTTP/1.1\r\nHost: backend\r\nConnection: Upgrade\r\n"
+              b"Upgrade: websocket\r\n\r\n")
+    head = recv_until(c, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    got = bytearray(head.partition(b"\r\n\r\n")[2])
+    for message in (b"hello", b"\x00\x01binary\xff", b"z" * 100000):
+        c.sendall(message)
+        while len(got) < len(message):
+            chunk = c.recv(65536)
+            assert chunk, "EOF in the middle of the upgraded stream"
+            got += chunk
+        assert bytes(got) == message.upper()
+        got.clear()
+
+
+# --- meshnode.dataplane: the HTTP listener from a config snapshot ---------------------------
+
+
+def _free_port_pair() -> int:
+    """An inbound port whose port-base+1 (inbound - 5) is free too."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = port_of(s)
+        if port - 5 < 1024:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port - 5))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port pair")
+
+
+def test_dataplane_serves_http_hosts_of_a_snapshot(mesh_pki: PKI) -> None:
+    from meshnode.dataplane import DataPlane
+    from meshnode.identity.creds import Contexts
+
+    app = App()
+    contexts = Contexts(server=server_ctx(mesh_pki), client=client_ctx(mesh_pki))
+    dp = DataPlane("node-1", "127.0.0.1", _free_port_pair(), lambda identity: contexts)
+    dp.start()
+    try:
+        dp.update({
+            "local": [{"identity": BACKEND_ID, "namespace": "demo"}],
+            "services": [{
+                "name": "backend", "namespace": "demo", "fqdn": "backend.demo.svc",
+                "hosts": HOSTS,
+                "ports": [{"name": "http", "port": 8080, "protocol": "HTTP",
+                           "target_port": 8080, "outbound_port": None}],
+                "endpoints": [{"node": "node-1", "address": "127.0.0.1",
+                               "ports": {"http": app.port}, "identity": BACKEND_ID}],
+                "identities": [BACKEND_ID],
+            }],
+        })
+        wait_for(lambda: dp.engine.generation >= dp.generation, what="table swap")
+        conn = http.client.HTTPConnection("127.0.0.1", dp.http_port, timeout=TIMEOUT_S)
+        conn.request("GET", "/dp", headers={"Host": "backend.demo:8080"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b"GET /dp host=backend.demo:8080\n")
+        conn.close()
+        assert dp.engine.stats()["http_routed"] == 1
+    finally:
+        dp.stop()
+        app.close()
+
+
+# --- one client connection, several services ----------------------------------------------
+
+
+def test_each_request_is_routed_by_its_own_host(mesh: Mesh) -> None:
+    """A keep-alive client (an HTTP_PROXY user) asks several services on one connection:
+    a request for another service pools the upstream and takes or opens one to the new
+    service."""
+    conn = mesh.http()
+    ports = []
+    for host in ("backend", "backend.demo", "other", "other.demo", "backend"):
+        conn.request("GET", "/k", headers={"Host": host})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, f"GET /k host={host}\n".encode())
+        ports.append(resp.getheader("X-Peer-Port"))
+    conn.request("GET", "/k", headers={"Host": "nowhere"})
+    resp = conn.getresponse()
+    assert (resp.status, resp.read()) == (404, b'no route to host "nowhere"\n')
+    conn.close()
+    # Same service: same upstream (and app) connection; back to backend: from the pool.
+    assert ports[0] == ports[1] == ports[4] != ports[2] == ports[3]
+    stats = mesh.out_node.stats()
+    assert stats["http_routed"] == 5
+    assert stats["outbound_tls_handshakes"] == 2
+    assert stats["http_upstream_reused"] == 1
+    assert stats["outbound_connections_opened"] == 1
+
+
+def test_curl_through_the_proxy_to_two_services_on_one_connection(mesh: Mesh) -> None:
+    out = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "-x", f"http://127.0.0.1:{mesh.http_port}",
+         "http://backend.demo.svc:8080/a", "http://other.demo/b", "http://backend/c"],
+        capture_output=True, timeout=TIMEOUT_S * 2, check=True)
+    assert out.stdout == (b"GET /a host=backend.demo.svc:8080\n"
+                          b"GET /b host=other.demo\n"
+                          b"GET /c host=backend\n")
+    assert mesh.out_node.stats()["outbound_connections_opened"] == 1
+
+
+def test_pipelined_requests_for_two_services(mesh: Mesh) -> None:
+    c = mesh.client()
+    c.sendall(b"POST /1 HTTP/1.1\r\nHost: backend\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"3\r\nabc\r\n0\r\n\r\n"
+              b"GET http://other/2 HTTP/1.1\r\nHost: other\r\n\r\n"
+              b"GET /3 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n")
+    reply = recv_all(c)
+    assert reply.count(b"HTTP/1.1 200 OK") == 3
+    first = reply.index(hashlib.sha256(b"abc").hexdigest().encode())
+    assert first < reply.index(b"GET /2 host=other\n") < reply.index(b"GET /3 host=other\n")
+
+
+def test_garbage_after_a_good_request_closes_after_its_answer(mesh: Mesh) -> None:
+    c = mesh.client()
+    c.sendall(b"GET /ok HTTP/1.1\r\nHost: backend\r\n\r\n")
+    first = recv_until(c, b"GET /ok host=backend\n")
+    c.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+    assert recv_all(c) == b""
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert mesh.out_node.stats()["http_bad_request"] == 1
+
+
+# --- responses: framing, counters, latency ----------------------------------------------------
+
+
+def test_responses_are_counted_by_class_with_latency(mesh: Mesh) -> None:
+    conn = mesh.http()
+    for i in range(20):
+        conn.request("GET", f"/c{i}", headers={"Host": "backend"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        resp.read()
+    conn.close()
+    assert get(mesh, "nowhere")[0] == 404
+    stats = mesh.out_node.stats()
+    assert stats["http_responses_2xx"] == 20
+    assert stats["http_responses_4xx"] == 1
+    latency = stats["http_latency_us"]
+    assert sum(latency) == 20                  # upstream answers only
+    bounds = fe.latency_bounds_us()
+    assert len(bounds) == len(latency)
+    assert bounds == sorted(set(bounds))
+    slowest = max(i for i, n in enumerate(latency) if n)
+    assert 10 <= bounds[slowest] <= 10_000_000     # between 10 µs and 10 s
+
+
+def test_upstream_closing_before_responding_is_502(mesh: Mesh) -> None:
+    reply = exchange(mesh, b"GET /close HTTP/1.1\r\nHost: backend\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    stats = mesh.out_node.stats()
+    assert stats["http_bad_response"] == 1
+    assert stats["http_responses_5xx"] == 1
+
+
+def test_upstream_dying_mid_body_is_counted(mesh: Mesh) -> None:
+    c = mesh.client()
+    c.sendall(b"GET /die HTTP/1.1\r\nHost: backend\r\n\r\n")
+    recv_all(c)
+    wait_for(lambda: mesh.out_node.stats()["http_bad_response"] == 1, what="bad response")
+
+
+def test_chunked_and_until_close_responses(mesh: Mesh) -> None:
+    conn = mesh.http()
+    conn.request("GET", "/chunked", headers={"Host": "backend"})
+    resp = conn.getresponse()
+    assert resp.read() == b"abc" + b"x" * 70000 + b"end"
+    conn.request("GET", "/after-chunked", headers={"Host": "backend"})
+    assert conn.getresponse().read() == b"GET /after-chunked host=backend\n"
+    conn.request("GET", "/eof", headers={"Host": "backend"})
+    assert conn.getresponse().read() == b"until close"
+    conn.close()
+    assert mesh.out_node.stats()["http_responses_2xx"] == 3
+
+
+def test_deeper_pipelining_than_the_ring_waits_and_completes(mesh: Mesh) -> None:
+    n = 40
+    c = mesh.client()
+    c.sendall(b"".join(f"GET /p{i} HTTP/1.1\r\nHost: backend\r\n\r\n".encode()
+                       for i in range(n - 1))
+              + f"GET /p{n - 1} HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n".encode())
+    reply = recv_all(c)
+    positions = [reply.index(f"GET /p{i} host=backend\n".encode()) for i in range(n)]
+    assert positions == sorted(positions)
+    assert mesh.out_node.stats()["http_responses_2xx"] == n
+
+
+# --- the upstream pool ----------------------------------------------------------------------
+
+
+def test_client_connections_in_turn_reuse_one_pooled_upstream(mesh: Mesh) -> None:
+    ports = set()
+    for i in range(10):
+        conn = mesh.http()
+        conn.request("GET", f"/pool{i}", headers={"Host": "backend"})
+        resp = conn.getresponse()
+        assert resp.read() == f"GET /pool{i} host=backend\n".encode()
+        ports.add(resp.getheader("X-Peer-Port"))
+        conn.close()
+        wait_for(lambda: mesh.out_node.stats()["outbound_connections_active"] == 0,
+                 what="client connection closed")
+    assert len(ports) == 1
+    stats = mesh.out_node.stats()
+    assert stats["outbound_tls_handshakes"] == 1
+    assert stats["http_upstream_pooled"] == 10
+    assert stats["http_upstream_reused"] == 9
+
+
+def test_connection_close_is_not_pooled(mesh: Mesh) -> None:
+    for _ in range(2):
+        reply = exchange(mesh, b"GET /x HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        assert reply.endswith(b"GET /x host=backend\n")
+    stats = mesh.out_node.stats()
+    assert stats["http_upstream_pooled"] == 0
+    assert stats["outbound_tls_handshakes"] == 2
+
+
+def test_a_pooled_upstream_the_other_node_closed_is_not_used(mesh_pki: PKI) -> None:
+    m = Mesh(mesh_pki, Node(), Node(idle_timeout_s=0.3), App(), listener(), listener())
+    try:
+        m.in_node.install(m.inbound_table())
+        m.out_node.install(m.outbound_table())
+        assert get(m, "backend")[0] == 200
+        wait_for(lambda: m.out_node.stats()["http_upstream_pooled"] == 1, what="pooled")
+        # The backend's node closes the idle connection (its idle timeout).
+        wait_for(lambda: m.in_node.stats()["inbound_idle_timeouts"] == 1, what="idle close")
+        assert get(m, "backend")[0] == 200
+        stats = m.out_node.stats()
+        assert stats["http_upstream_stale"] == 1
+        assert stats["http_upstream_reused"] == 0
+        assert stats["outbound_tls_handshakes"] == 2
+    finally:
+        m.out_node.stop()
+        m.in_node.stop()
+        m.app.close()
+        m.http_sock.close()
+        m.in_sock.close()
+
+
+# --- raw upstreams: what http.server will not do --------------------------------------------
+
+
+class RawApp:
+    """An app that runs `serve(conn)` for each connection it accepts."""
+
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = port_of(self.sock)
+        self._serve = serve
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(TIMEOUT_S)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self._serve(conn)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _read_head(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise OSError("EOF")
+        data += chunk
+    return data
+
+
+def _with_raw_app(m: Mesh, serve: Callable[[socket.socket], None]) -> RawApp:
+    app = RawApp(serve)
+    t = fe.RouteTable()
+    t.set_inbound(m.in_sock.fileno())
+    t.add_inbound_route(SNI, server_ctx(m.pki), "127.0.0.1", app.port)
+    m.in_node.install(t)
+    return app
+
+
+def test_a_response_sent_one_byte_at_a_time(mesh: Mesh) -> None:
+    response = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n0\r\n\r\n")
+
+    def serve(conn: socket.socket) -> None:
+        for _ in range(2):
+            _read_head(conn)
+            for b in response:
+                conn.sendall(bytes([b]))
+                time.sleep(0.0005)
+
+    app = _with_raw_app(mesh, serve)
+    try:
+        conn = mesh.http()
+        for _ in range(2):
+            conn.request("GET", "/", headers={"Host": "backend"})
+            assert conn.getresponse().read() == b"hello"
+        conn.close()
+        assert mesh.out_node.stats()["http_responses_2xx"] == 2
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("response", [
+    b"NOT HTTP\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    b"HTTP/1.1 200 OK\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
+])
+def test_a_bad_response_head_is_502(mesh: Mesh, response: bytes) -> None:
+    def serve(conn: socket.socket) -> None:
+        _read_head(conn)
+        conn.sendall(response)
+        time.sleep(0.5)
+
+    app = _with_raw_app(mesh, serve)
+    try:
+        reply = exchange(mesh, b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+        assert mesh.out_node.stats()["http_bad_response"] == 1
+    finally:
+        app.close()
+
+
+def _answer_once_then_drop(conn: socket.socket) -> None:
+    """Answers the first request of a connection; closes at the second, unanswered
+    (a server closing an idle keep-alive connection as the next request arrives)."""
+    _read_head(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+    _read_head(conn)
+
+
+@pytest.mark.parametrize("method, retried", [("GET", True), ("POST", False)])
+def test_the_keep_alive_race_retries_idempotent_requests(mesh: Mesh, method: str,
+                                                          retried: bool) -> None:
+    app = _with_raw_app(mesh, _answer_once_then_drop)
+    try:
+        assert get(mesh, "backend")[0] == 200           # leaves a pooled upstream
+        wait_for(lambda: mesh.out_node.stats()["http_upstream_pooled"] == 1, what="pooled")
+        conn = mesh.http()
+        conn.request(method, "/again", headers={"Host": "backend", "Content-Length": "0"})
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+        stats = mesh.out_node.stats()
+        assert stats["http_upstream_reused"] == 1
+        if retried:                                     # on a fresh upstream: answered
+            assert (resp.status, body) == (200, b"first")
+            assert stats["http_upstream_retried"] == 1
+            assert stats["outbound_tls_handshakes"] == 2
+        else:                                           # a POST is not sent twice
+            assert resp.status == 502
+            assert stats["http_upstream_retried"] == 0
+    finally:
+        app.close()
+
+
+def test_route_table_checks_http_input(mesh_pki: PKI) -> None:
+    t = fe.RouteTable()
+    with pytest.raises(ValueError):
+        t.add_host("backend", 0, 80)                    # no such service
+    svc = t.add_service("b", SNI, [BACKEND_ID], [])
+    for host, port in (("backend:80", 80), ("", 80), ("backend", 0), ("backend", 70000),
+                       ("bäckend", 80)):
+        with pytest.raises(ValueError):
+            t.add_host(host, svc, port)
+    with pytest.raises(ValueError):
+        t.set_outbound_http(3, server_ctx(mesh_pki))    # a server context
+    s = listener()
+    try:
+        t.set_outbound_http(s.fileno(), client_ctx(mesh_pki))
+        with pytest.raises(ValueError):
+            t.set_inbound(s.fileno())                   # already the HTTP listener
+        t.add_host("Backend.", svc, 80)
+        assert "hosts=1" in repr(t)
+    finally:
+        s.close()
