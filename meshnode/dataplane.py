@@ -20,9 +20,8 @@ request is routed on its own (see fastpath.engine). A bare name (``svc``) that s
 namespaces have resolves in the local workloads' namespace first. The inbound listener
 (port-base+6) relays to the local workload, for TCP and HTTP alike.
 
-The HTTP listener's port is derived from the inbound port, the one port the caller
-passes: port-base+1 = inbound_port - 5 (DESIGN §8 offsets: inbound is port-base+6). It
-is bound with the first table that has HTTP hosts and kept until stop().
+The HTTP listener (port-base+1, passed by the worker) is bound with the first table that
+has HTTP hosts and kept until stop().
 """
 
 from __future__ import annotations
@@ -42,9 +41,6 @@ log = logging.getLogger("meshnode.dataplane")
 # Until the node registry of multi-host meshes exists, a remote node is reached on the
 # default inbound port (DESIGN §8) at its workload's address.
 DEFAULT_INBOUND_PORT = 15006
-
-# DESIGN §8: outbound is port-base+1, inbound port-base+6.
-HTTP_OUTBOUND_OFFSET = 5
 
 
 def sni_for(port_name: str, fqdn: str) -> str:
@@ -75,7 +71,7 @@ def _listener(address: str, port: int) -> socket.socket:
 
 class DataPlane:
     def __init__(self, node: str, inbound_address: str, inbound_port: int,
-                 contexts: Callable[[str], Contexts | None]) -> None:
+                 contexts: Callable[[str], Contexts | None], http_port: int = 0) -> None:
         self.node, self.inbound_port = node, inbound_port
         self._contexts = contexts
         self.engine = Engine()
@@ -83,7 +79,7 @@ class DataPlane:
         self._inbound = _listener(inbound_address, inbound_port)
         self._outbound: dict[int, socket.socket] = {}  # outbound port -> listener
         self._retired: list[tuple[int, socket.socket]] = []  # (generation, listener)
-        self.http_port = inbound_port - HTTP_OUTBOUND_OFFSET
+        self.http_port = http_port  # 0: no HTTP outbound listener
         self._http: socket.socket | None = None  # bound at the first table with HTTP hosts
         self.listener_failures = 0
         self.generation = 0
@@ -175,7 +171,7 @@ class DataPlane:
     def _http_listener(self) -> socket.socket | None:
         if self._http is None:
             if not 1 <= self.http_port <= 65535:
-                return None  # an ephemeral inbound port (tests): no port-base to derive from
+                return None  # none configured
             try:
                 self._http = _listener("127.0.0.1", self.http_port)
             except OSError as exc:

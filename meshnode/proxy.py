@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     proc = Process(f"proxy-{args.worker}", args)
     try:
         dataplane = DataPlane(proc.node, args.inbound_address, proc.ports.inbound,
-                              lambda identity: agent.identity.contexts(identity))
+                              lambda identity: agent.identity.contexts(identity),
+                              http_port=proc.ports.outbound)
     except OSError as exc:
         logs.event(proc.log, "listener.failed", logging.ERROR, name="inbound",
                    port=proc.ports.inbound, error=str(exc))

@@ -591,7 +591,9 @@ def test_dataplane_serves_http_hosts_of_a_snapshot(mesh_pki: PKI) -> None:
 
     app = App()
     contexts = Contexts(server=server_ctx(mesh_pki), client=client_ctx(mesh_pki))
-    dp = DataPlane("node-1", "127.0.0.1", _free_port_pair(), lambda identity: contexts)
+    inbound = _free_port_pair()
+    dp = DataPlane("node-1", "127.0.0.1", inbound, lambda identity: contexts,
+                   http_port=inbound - 5)
     dp.start()
     try:
         dp.update({
