@@ -105,10 +105,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="dir with the mesh root (root.pem, root.key) to sign this node's "
                              "issuer with; copied into the runtime dir on first start. "
                              "Default: a root made by this node (self-signed CA)")
+    parser.add_argument("--ca-issuer", type=Path, default=None,
+                        help="dir with this node's issuer signed by the root's holder "
+                             "(issuer.key from `meshnode ca issuer-csr`, issuer.pem, root.pem); "
+                             "the node then holds no root key")
     args = parser.parse_args(argv)
     proc = Process(NAME, args)
     try:
-        auth = Authority.open(Path(proc.runtime_dir) / "ca", proc.node, args.ca_root)
+        auth = Authority.open(Path(proc.runtime_dir) / "ca", proc.node, args.ca_root,
+                              args.ca_issuer)
     except IdentityError as exc:
         logs.event(proc.log, "ca.failed", logging.ERROR, error=str(exc))
         proc.ctx.destroy(linger=0)

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", default=None, help="node name (default: the host name)")
     p.add_argument("--ca-root", type=Path, help="dir with the mesh root (root.pem, root.key, "
                    "e.g. from `meshnode ca init`); default: the node makes its own root")
+    p.add_argument("--ca-issuer", type=Path, help="dir with this node's issuer signed by the "
+                   "root's holder (issuer.key, issuer.pem, root.pem): see `meshnode ca issuer-csr`")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for ready")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -99,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="dir for root.pem and root.key")
     p.add_argument("--ttl", default="87600h", help="root lifetime (default 87600h, 10 years)")
     p.add_argument("--force", action="store_true", help="overwrite an existing root")
+    p = ca.add_parser("issuer-csr", help="make this node's issuer key and a CSR for the "
+                      "root's holder to sign (the key stays here, mode 0600)")
+    p.add_argument("--node", required=True, help="the node's name")
+    p.add_argument("--out", type=Path, required=True, help="dir for issuer.key and issuer.csr")
+    p = ca.add_parser("sign-issuer", help="at the root's holder: sign a node's issuer CSR")
+    p.add_argument("--ca-root", type=Path, required=True, help="dir with root.pem and root.key")
+    p.add_argument("--csr", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="dir for issuer.pem and root.pem")
+    p.add_argument("--ttl", default="8760h", help="issuer lifetime (default 8760h)")
     p = ca.add_parser("inspect", help="the chain, SANs and days left of the node's certificates")
     _add_runtime_dir(p)
     p.add_argument("--json", action="store_true")
@@ -140,11 +151,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.config is not None:
         # Refuse a broken config before anything starts, with every problem listed.
         load_path(args.config)
+    if args.ca_root is not None and args.ca_issuer is not None:
+        raise UsageError("give --ca-root or --ca-issuer, not both")
     if args.ca_root is not None:
         pki.read_root_dir(args.ca_root)  # refuse a bad root before anything starts
     result = nodectl.up(nodectl.options(args.runtime_dir, args.node, args.port_base,
                                         args.workers, args.config, args.log_level,
-                                        args.ca_root),
+                                        args.ca_root, args.ca_issuer),
                         timeout_s=args.timeout)
     print(result)
     return 0
@@ -211,6 +224,30 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_ca(args: argparse.Namespace) -> int:
     if args.ca_command == "init":
         return _ca_init(args)
+    if args.ca_command == "issuer-csr":
+        key = pki.new_key()
+        pki.write_private(args.out / "issuer.key", pki.key_pem(key))
+        pki.write_public(args.out / "issuer.csr", pki.make_issuer_csr(key, args.node))
+        print(f"{args.out}/issuer.key (mode 0600, stays on this node) and {args.out}/issuer.csr: "
+              f"have the root's holder run `meshnode ca sign-issuer`, then "
+              f"`meshnode up --ca-issuer {args.out}` with issuer.pem and root.pem put there")
+        return 0
+    if args.ca_command == "sign-issuer":
+        root, root_key = pki.read_root_dir(args.ca_root)
+        try:
+            ttl_s = parse_duration(args.ttl)
+        except ValueError as exc:
+            raise UsageError(f"--ttl: {exc}") from None
+        try:
+            csr_pem = args.csr.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{args.csr}: {exc.strerror or exc}") from None
+        cert = pki.sign_issuer_csr(csr_pem, root, root_key, ttl_s)
+        pki.write_public(args.out / "issuer.pem", pki.cert_pem(cert))
+        pki.write_public(args.out / "root.pem", pki.cert_pem(root))
+        print(f"issuer for {cert.subject.rfc4514_string()} in {args.out}/issuer.pem (with "
+              f"root.pem), valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M}")
+        return 0
     rd = args.runtime_dir.resolve()
     if args.ca_command == "rotate-root":
         rotation.rotate_root(rd, args.new_root, args.timeout, print)
@@ -242,7 +279,9 @@ def _format_inspect(report: dict[str, Any]) -> str:
         ca = f"  CA pathlen={c['path_length']}" if c["ca"] else ""
         return f"{c['subject'] or '(empty subject)'}{sans}{ca}  {c['days_left']:.2f} days left"
     root = report["root"]
-    origin = "made by this node (self-signed CA)" if root.get("self_made") else "brought by the user"
+    origin = ("made by this node (self-signed CA)" if root.get("self_made") else
+              "brought by the user" if root.get("key_held", True) else
+              "held by the root's holder: this node's issuer was signed from its CSR")
     rot = report["rotation"]
     out = [f"node {report['node']}",
            f"root     {line(root)}\n         {origin}",

@@ -50,11 +50,12 @@ class Refused(NodeError):
 
 def options(runtime_dir: Path, node: str | None, port_base: int, workers: int,
             config_dir: Path | None, log_level: str = "info",
-            ca_root: Path | None = None) -> NodeOptions:
+            ca_root: Path | None = None, ca_issuer: Path | None = None) -> NodeOptions:
     return NodeOptions(runtime_dir=runtime_dir.resolve(), node=node or socket.gethostname(),
                        port_base=port_base, workers=workers,
                        config_dir=config_dir.resolve() if config_dir else None,
-                       ca_root=ca_root.resolve() if ca_root else None, log_level=log_level)
+                       ca_root=ca_root.resolve() if ca_root else None,
+                       ca_issuer=ca_issuer.resolve() if ca_issuer else None, log_level=log_level)
 
 
 def _check_port_free(port: int, what: str) -> None:

@@ -34,6 +34,7 @@ class NodeOptions:
     workers: int
     config_dir: Path | None = None
     ca_root: Path | None = None
+    ca_issuer: Path | None = None
     log_level: str = "info"
 
     def process_names(self) -> list[str]:
@@ -80,7 +81,8 @@ def render_conf(opts: NodeOptions) -> str:
         _program("bus", "meshnode.broker", opts, 10),
         _program("control", "meshnode.control", opts, 20, control_extra),
         _program("ca", "meshnode.ca", opts, 20,
-                 ["--ca-root", str(opts.ca_root)] if opts.ca_root else []),
+                 [*(["--ca-root", str(opts.ca_root)] if opts.ca_root else []),
+                  *(["--ca-issuer", str(opts.ca_issuer)] if opts.ca_issuer else [])]),
         _program("telemetry", "meshnode.telemetry", opts, 20, ["--expect", expect]),
         _program("proxy", "meshnode.proxy", opts, 30, numprocs=opts.workers),
     ])

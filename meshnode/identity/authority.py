@@ -3,7 +3,9 @@
 State lives in ``RUNTIME_DIR/ca`` (dir 0700, keys 0600) so a restarted ca process keeps
 the same root and issuer and every certificate it issued stays valid:
 
-    root.pem, root.key     the active mesh root (made here, or copied from --ca-root once)
+    root.pem, root.key     the active mesh root (made here, or copied from --ca-root once);
+                           no root.key on a node whose issuer was signed from its CSR
+                           by the root's holder (--ca-issuer): it can sign leaves only
     next-root.pem/.key     a root being rotated in (between ``add`` and ``switch``)
     issuer.pem, issuer.key the node issuer, signed by the active root
     bundle.json            the trust bundle: every root peers must accept, with generations
@@ -82,7 +84,7 @@ class Authority:
     dir: Path
     node: str
     root: x509.Certificate
-    root_key: pki.PrivateKey
+    root_key: pki.PrivateKey | None  # None: the issuer came signed from the root's holder
     root_self_made: bool
     issuer: x509.Certificate
     issuer_key: pki.PrivateKey
@@ -95,11 +97,22 @@ class Authority:
     # --- start ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: Path, node: str, seed_root: Path | None) -> "Authority":
+    def open(cls, directory: Path, node: str, seed_root: Path | None,
+             seed_issuer: Path | None = None) -> "Authority":
         """Load (or make, on first start) the root, bundle and issuer of this node."""
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory.chmod(0o700)
         root_pem = directory / "root.pem"
+        if not root_pem.exists() and seed_issuer is not None:
+            cls._import_issuer(directory, seed_issuer)
+        if root_pem.exists() and not (directory / "root.key").exists():
+            root = pki.load_cert(root_pem.read_bytes(), str(root_pem))
+            issuer = pki.load_cert((directory / "issuer.pem").read_bytes(), "issuer.pem")
+            issuer_key = pki.load_key((directory / "issuer.key").read_bytes(), "issuer.key")
+            auth = cls(directory, node, root, None, False, issuer, issuer_key,
+                       cls._read_bundle(directory, root))
+            auth._save_bundle()
+            return auth
         if root_pem.exists():
             root, root_key = pki.read_root_dir(directory)
             self_made = (directory / "root.self-made").exists()
@@ -121,6 +134,26 @@ class Authority:
                    bundle)
         auth._save_bundle()
         return auth
+
+    @staticmethod
+    def _import_issuer(directory: Path, source: Path) -> None:
+        """Take an issuer signed from this node's CSR: issuer.key (made here by
+        ``meshnode ca issuer-csr``), issuer.pem (signed by the root's holder), root.pem."""
+        try:
+            root = pki.load_cert((source / "root.pem").read_bytes(), str(source / "root.pem"))
+            issuer = pki.load_cert((source / "issuer.pem").read_bytes(), str(source / "issuer.pem"))
+            key = pki.load_key((source / "issuer.key").read_bytes(), str(source / "issuer.key"))
+        except OSError as exc:
+            raise IdentityError(f"cannot read the node issuer in {source}: {exc}") from None
+        if issuer.public_key().public_numbers() != key.public_key().public_numbers():
+            raise IdentityError(f"{source}: issuer.key does not match issuer.pem")
+        if not pki.signed_by(issuer, root):
+            raise IdentityError(f"{source}: issuer.pem is not signed by root.pem")
+        pki.write_private(directory / "issuer.key", pki.key_pem(key))
+        pki.write_public(directory / "issuer.pem", pki.cert_pem(issuer))
+        pki.write_public(directory / "root.pem", pki.cert_pem(root))
+        logs.event(log, "ca.issuer.imported", source=str(source),
+                   not_after=issuer.not_valid_after_utc.isoformat())
 
     @staticmethod
     def _write_root(directory: Path, stem: str, cert: x509.Certificate,
@@ -179,6 +212,8 @@ class Authority:
         life = (self.issuer.not_valid_after_utc - self.issuer.not_valid_before_utc).total_seconds()
         left = self.issuer.not_valid_after_utc.timestamp() - time.time()
         # pki backdates not_before by the clock skew allowance; allow for it and a little more.
+        if self.root_key is None:
+            return  # the root's holder chose this issuer's lifetime
         if life > policy.issuer_ttl_s + 2 * pki.CLOCK_SKEW_S or \
                 left < ISSUER_MIN_LIFE_SHARE * policy.issuer_ttl_s:
             self.issuer, self.issuer_key = pki.make_issuer(self.root, self.root_key, self.node,
@@ -303,6 +338,7 @@ class Authority:
                  for pem in self.bundle.roots]
         active = pki.describe(self.root, "active root")
         active["self_made"] = self.root_self_made
+        active["key_held"] = self.root_key is not None
         now = time.time()
         leaves = []
         for (identity, worker), issued in sorted(self.issued.items()):

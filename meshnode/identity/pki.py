@@ -100,13 +100,43 @@ def make_issuer(root: x509.Certificate, root_key: PrivateKey, node: str,
                 ttl_s: float) -> tuple[x509.Certificate, PrivateKey]:
     """A node's intermediate CA: signs workload certificates only (path length 0)."""
     key = new_key()
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshnode"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, f"meshnode issuer {node}")])
-    builder = _ca_builder(subject, root.subject, key.public_key(), ttl_s, 0,
-                          root.not_valid_after_utc)
+    return sign_issuer(issuer_name(node), key.public_key(), root, root_key, ttl_s), key
+
+
+def issuer_name(node: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshnode"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, f"meshnode issuer {node}")])
+
+
+def sign_issuer(subject: x509.Name, public_key: Any, root: x509.Certificate,
+                root_key: PrivateKey, ttl_s: float) -> x509.Certificate:
+    builder = _ca_builder(subject, root.subject, public_key, ttl_s, 0, root.not_valid_after_utc)
     builder = builder.add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
-    return builder.sign(root_key, hashes.SHA256()), key
+    return builder.sign(root_key, hashes.SHA256())
+
+
+def make_issuer_csr(key: PrivateKey, node: str) -> bytes:
+    """The CSR a node sends to the root's holder for its issuer (the key stays on the node)."""
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(issuer_name(node))
+           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def sign_issuer_csr(csr_pem: bytes, root: x509.Certificate, root_key: PrivateKey,
+                    ttl_s: float) -> x509.Certificate:
+    """At the root's holder: sign a node's issuer CSR (path length 0, CA usages only)."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise IdentityError(f"issuer CSR does not parse: {exc}") from None
+    if not csr.is_signature_valid:
+        raise IdentityError("issuer CSR signature is not valid")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise IdentityError("issuer CSR key must be ECDSA P-256")
+    return sign_issuer(csr.subject, key, root, root_key, ttl_s)
 
 
 def make_csr(key: PrivateKey, identity: str) -> bytes:

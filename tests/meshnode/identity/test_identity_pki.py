@@ -190,3 +190,27 @@ def test_issuer_follows_configured_issuer_ttl(tmp_path: Path) -> None:
     before = auth.issuer.serial_number
     auth.set_policy(auth.policy)  # fits now: kept
     assert auth.issuer.serial_number == before
+
+
+def test_issuer_signed_from_the_nodes_csr_without_the_root_key(tmp_path: Path) -> None:
+    root, root_key = pki.make_root("holder root", TD)
+    issuer_key = pki.new_key()  # made on the node; only the CSR travels
+    csr = pki.make_issuer_csr(issuer_key, "node-a")
+    issuer = pki.sign_issuer_csr(csr, root, root_key, 86400.0 * 30)
+    bc = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert (bc.ca, bc.path_length) == (True, 0) and pki.signed_by(issuer, root)
+    given = tmp_path / "given"
+    pki.write_private(given / "issuer.key", pki.key_pem(issuer_key))
+    pki.write_public(given / "issuer.pem", pki.cert_pem(issuer))
+    pki.write_public(given / "root.pem", pki.cert_pem(root))
+    auth = Authority.open(tmp_path / "ca", "node-a", None, given)
+    assert auth.root_key is None and not (tmp_path / "ca" / "root.key").exists()
+    auth.set_policy(_policy())  # keeps the issuer the holder signed
+    leaf, _ = _issue(auth)
+    assert pki.signed_by(leaf, issuer)
+    again = Authority.open(tmp_path / "ca", "node-a", None)  # restart: same issuer, no root key
+    assert again.issuer.serial_number == issuer.serial_number and again.root_key is None
+    other, _ = pki.make_root("other")
+    pki.write_public(given / "root.pem", pki.cert_pem(other))
+    with pytest.raises(IdentityError, match="not signed by root.pem"):
+        Authority.open(tmp_path / "ca2", "node-a", None, given)
