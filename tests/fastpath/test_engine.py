@@ -26,6 +26,8 @@ from fastpath import tls
 from fastpath.errors import TLSError
 from meshnode.identity import pki
 
+from enginekit import Creds, issue, listener, port_of, recv_all, wait_for
+
 TRUST_DOMAIN = "cluster.local"
 FRONTEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/frontend"
 BACKEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/backend"
@@ -37,20 +39,6 @@ TIMEOUT_S = 10.0
 
 
 # --- PKI ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Creds:
-    chain_pem: bytes
-    key_pem: bytes
-
-
-def _issue(issuer: tuple, identity: str) -> Creds:
-    cert, key = issuer
-    wkey = pki.new_key()
-    csr, _ = pki.csr_identity(pki.make_csr(wkey, identity))
-    leaf = pki.sign_workload(csr, identity, cert, key, 3600)
-    return Creds(pki.cert_pem(leaf) + pki.cert_pem(cert), pki.key_pem(wkey))
 
 
 @dataclass(frozen=True)
@@ -71,9 +59,9 @@ def mesh_pki() -> PKI:
     return PKI(
         bundle_pem=pki.cert_pem(root[0]),
         root=root,
-        frontend=_issue(issuer, FRONTEND_ID),
-        backend=_issue(issuer, BACKEND_ID),
-        stranger=_issue(foreign_issuer, FRONTEND_ID),
+        frontend=issue(issuer, FRONTEND_ID),
+        backend=issue(issuer, BACKEND_ID),
+        stranger=issue(foreign_issuer, FRONTEND_ID),
     )
 
 
@@ -88,46 +76,6 @@ def server_ctx(p: PKI, creds: Creds | None = None) -> tls.TLSContext:
 
 
 # --- waiting, sockets, engines, apps ------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float = TIMEOUT_S,
-             what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def listener() -> socket.socket:
-    """A listening socket as a worker makes one: SO_REUSEPORT, non-blocking."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    s.bind(("127.0.0.1", 0))
-    s.listen(1024)
-    s.setblocking(False)
-    return s
-
-
-def port_of(s: socket.socket) -> int:
-    return s.getsockname()[1]
-
-
-def recv_all(s: socket.socket, limit: int = 1 << 26) -> bytes:
-    """Everything until EOF (a reset counts as the end too)."""
-    out = bytearray()
-    while len(out) < limit:
-        try:
-            chunk = s.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
 
 
 def recv_exact(s: socket.socket, n: int) -> bytes:
@@ -687,7 +635,7 @@ def test_new_table_with_rotated_certificates_while_a_connection_streams(make_mes
     # Rotation: a new node issuer under the same root, new workload certificates,
     # and (to tell the tables apart) a new backend identity and a new app.
     issuer2 = pki.make_issuer(*m.pki.root, "node-a-rotated", 86400)
-    frontend2, backend2 = _issue(issuer2, FRONTEND_ID), _issue(issuer2, BACKEND_V2_ID)
+    frontend2, backend2 = issue(issuer2, FRONTEND_ID), issue(issuer2, BACKEND_V2_ID)
     app2 = App(b"app2")
     try:
         m.in_node.install(m.inbound_table(creds=backend2, app_port=app2.port))

@@ -26,6 +26,8 @@ from fastpath import engine as fe
 from fastpath import tls
 from meshnode.identity import pki
 
+from enginekit import Creds, issue, listener, port_of, recv_all, wait_for
+
 TRUST_DOMAIN = "cluster.local"
 FRONTEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/frontend"
 BACKEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/backend"
@@ -42,20 +44,6 @@ TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
-class Creds:
-    chain_pem: bytes
-    key_pem: bytes
-
-
-def _issue(issuer: tuple, identity: str) -> Creds:
-    cert, key = issuer
-    wkey = pki.new_key()
-    csr, _ = pki.csr_identity(pki.make_csr(wkey, identity))
-    leaf = pki.sign_workload(csr, identity, cert, key, 3600)
-    return Creds(pki.cert_pem(leaf) + pki.cert_pem(cert), pki.key_pem(wkey))
-
-
-@dataclass(frozen=True)
 class PKI:
     bundle_pem: bytes
     frontend: Creds
@@ -66,7 +54,7 @@ class PKI:
 def mesh_pki() -> PKI:
     root = pki.make_root("engine http test root", TRUST_DOMAIN)
     issuer = pki.make_issuer(*root, "node-a", 86400)
-    return PKI(pki.cert_pem(root[0]), _issue(issuer, FRONTEND_ID), _issue(issuer, BACKEND_ID))
+    return PKI(pki.cert_pem(root[0]), issue(issuer, FRONTEND_ID), issue(issuer, BACKEND_ID))
 
 
 def client_ctx(p: PKI) -> tls.TLSContext:
@@ -80,44 +68,6 @@ def server_ctx(p: PKI) -> tls.TLSContext:
 
 
 # --- waiting, sockets, engines ------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float = TIMEOUT_S,
-             what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
-def listener() -> socket.socket:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    s.bind(("127.0.0.1", 0))
-    s.listen(1024)
-    s.setblocking(False)
-    return s
-
-
-def port_of(s: socket.socket) -> int:
-    return s.getsockname()[1]
-
-
-def recv_all(s: socket.socket, limit: int = 1 << 26) -> bytes:
-    out = bytearray()
-    while len(out) < limit:
-        try:
-            chunk = s.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
 
 
 def recv_until(s: socket.socket, marker: bytes, have: bytes = b"") -> bytes:
