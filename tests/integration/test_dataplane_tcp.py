@@ -500,10 +500,13 @@ def test_half_close_passes_eof_and_the_reply_still_flows(mesh: Mesh) -> None:
 
 
 def s_client(port: int, servername: str) -> subprocess.CompletedProcess[str]:
-    """A client with no certificate, speaking first (TLS 1.3 checks it after the handshake)."""
+    """A client with no certificate, speaking first (TLS 1.3 checks it after the handshake).
+
+    -ign_eof keeps it reading after its input ends, until the server closes: otherwise it
+    may quit before the server's alert arrives, which comes after the client's handshake."""
     return subprocess.run(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", servername,
-         "-alpn", "meshnode-tcp"],
+         "-alpn", "meshnode-tcp", "-ign_eof"],
         input="hello from a stranger\n", capture_output=True, text=True, timeout=15)
 
 
