@@ -41,7 +41,7 @@ cdef struct IdleUp:
 
 cdef enum:
     # Idle HTTP upstream connections kept per endpoint (LIFO; more are closed).
-    ENGINE_POOL_PER_ENDPOINT = 16
+    ENGINE_POOL_PER_ENDPOINT = 64
 
 
 cdef struct Endpoint:
@@ -224,6 +224,8 @@ cdef struct Conn:
     int64_t req_left               # REQ_LENGTH: body bytes still to frame
     bint switching                 # the next request is for another service
     bint reusable                  # no request or response on this upstream said close
+    bint client_close              # the client's last request said close: no more are
+                                   # read, its answer says close, then the client goes
     ChunkState chunk               # REQ_CHUNKED
     # u2d.buf[u2d.head : u2d.head + resp_fwd] is framed response bytes: only those go on.
     RespPhase resp_phase

@@ -149,6 +149,7 @@ from fastpath.http1 cimport (BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL,
                              chunked_advance, limits_init, parse_request_head,
                              parse_response_head, request_error_status)
 from fastpath.tls cimport TLSContext, peer_spiffe_id, raise_tls_error
+from fastpath.headedit cimport CLOSE_LINE_BYTES, make_close, strip_hop_fields
 
 import os
 
@@ -406,6 +407,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.req_left = 0
     c.switching = False
     c.reusable = True
+    c.client_close = False
     c.resp_phase = RESP_HEAD
     c.resp_fwd = 0
     c.resp_left = 0
@@ -666,9 +668,11 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             # Every request sent upstream is answered: the client's next request goes
             # to the service it names; the upstream goes to the pool if it can.
             return _http_switch(core, c)
-        if (c.flags & CONN_HTTP and c.d2u.eof and c.d2u.buf == NULL
-                and _http_idle(c) and _pool_put(core, c)):
-            return STATUS_CLOSE         # the client is done; its upstream is pooled
+        if c.flags & CONN_HTTP and c.d2u.eof and c.d2u.buf == NULL and _http_idle(c):
+            # The client is done; its upstream is pooled, or closed with the pair when
+            # the endpoint's pool is full.
+            _pool_put(core, c)
+            return STATUS_CLOSE
         if c.d2u.shut and c.u2d.shut:
             return STATUS_CLOSE
         if a + b == 0:
@@ -1050,15 +1054,25 @@ cdef uint32_t _origin_form(Flow* f, uint32_t base, ReqHead* req) noexcept nogil:
 
 
 cdef void _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept nogil:
-    """A request head at d2u.buf + base, routed to the current upstream: rewrite its
-    target if it is absolute-form, count it as framed, and expect its body."""
+    """A request head at d2u.buf + base, routed to the current upstream: drop the
+    client's hop-by-hop fields, rewrite its target if it is absolute-form, count it as
+    framed, and expect its body.
+
+    The client's `Connection: close` is about the client's connection only: the
+    upstream hop stays pooled (HTTP/1.1 requests go on without it), the client's
+    connection is closed after this request's answer, which then says so."""
     cdef uint32_t cut = 0
     cdef uint32_t i
-    if req.target_form == TARGET_ABSOLUTE:
-        cut = _origin_form(&c.d2u, base, req)
-    c.fwd += req.head_len - cut
+    if req.version_minor == 1 and not req.upgrade:
+        cut = strip_hop_fields(c.d2u.buf + base, c.d2u.tail - base, req)
+        c.d2u.tail -= cut
+    elif not req.keep_alive:
+        c.reusable = False      # HTTP/1.0 goes on as it came: the upstream will close
     if not req.keep_alive:
-        c.reusable = False
+        c.client_close = True
+    if req.target_form == TARGET_ABSOLUTE:
+        cut += _origin_form(&c.d2u, base, req)
+    c.fwd += req.head_len - cut
     if not (req.method == METHOD_GET or req.method == METHOD_HEAD or req.method == METHOD_PUT
             or req.method == METHOD_DELETE or req.method == METHOD_OPTIONS
             or req.method == METHOD_TRACE):
@@ -1199,6 +1213,12 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
     while not c.switching and f.buf != NULL:
         start = f.head + c.fwd
         avail = f.tail - start
+        if c.client_close and c.req_phase == REQ_HEAD:
+            # Nothing after a request that said close is a request (RFC 9112 §9.6):
+            # what the client sends is dropped, as if it had ended there.
+            f.tail = start
+            f.eof = True
+            return STATUS_OK
         if avail == 0:
             return STATUS_OK
         if c.req_phase == REQ_TUNNEL:
@@ -1335,13 +1355,19 @@ cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
     c.n_pend -= 1
 
 
+cdef inline uint32_t _u2d_cap(Core* core, Conn* c) noexcept nogil:
+    """How far an HTTP client's u2d buffer is filled from the upstream: room is kept
+    for the `Connection: close` its last answer may need."""
+    return core.buffer_bytes - (CLOSE_LINE_BYTES if c.client_close else 0)
+
+
 cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
     """Extend the framed part of u2d over what the upstream sent, response by
     response. STATUS_OK, STATUS_RESET, or STATUS_CLOSE after answering 502."""
     cdef Flow* f = &c.u2d
     cdef uint32_t start, avail
     cdef Py_ssize_t n
-    cdef int rc
+    cdef int rc, added
     cdef RespHead resp
     while f.buf != NULL:
         start = f.head + c.resp_fwd
@@ -1376,7 +1402,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
             rc = parse_response_head(f.buf + start, avail, &resp, &core.http_limits,
                                      <Method>c.pend_method[c.pend_first])
             if rc == 0:
-                if f.tail == core.buffer_bytes and f.head == 0 and c.resp_fwd == 0:
+                if f.tail >= _u2d_cap(core, c) and f.head == 0 and c.resp_fwd == 0:
                     rc = -1                 # a head over a buffer: refused like a bad one
                 else:
                     break
@@ -1386,8 +1412,22 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     _http_reply(core, c, 502, b"bad response from upstream\n", 27)
                     return STATUS_CLOSE
                 return STATUS_RESET
-            c.resp_fwd += <uint32_t>rc
             c.resp_status = resp.status
+            if c.client_close and c.n_pend == 1 and resp.status >= 200:
+                # The answer to the request that said close: the client learns that its
+                # connection ends here (its upstream may well stay pooled).
+                if f.head > 0:
+                    memmove(f.buf, f.buf + f.head, f.tail - f.head)
+                    f.tail -= f.head
+                    start -= f.head
+                    f.head = 0
+                added = make_close(f.buf + start, f.tail - start,
+                                   core.buffer_bytes - start, &resp)
+                if added < 0:
+                    return STATUS_RESET     # cannot happen: _u2d_cap keeps the room
+                f.tail += <uint32_t>added
+                rc += added
+            c.resp_fwd += <uint32_t>rc
             if resp.status < 200 and resp.status != 101:
                 continue                    # interim (100 Continue): the request waits
             if not resp.keep_alive:
@@ -1424,18 +1464,20 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
     cdef int64_t progress = 0
     cdef Py_ssize_t r
     cdef int st
-    cdef uint32_t cap = core.buffer_bytes
+    cdef uint32_t cap = _u2d_cap(core, c)
     while not f.eof:
         if f.buf == NULL:
             f.buf = _buf_get(core)
             if f.buf == NULL:
                 break
-        if f.tail == cap:
+        if f.tail >= cap:
             if f.head == 0:
                 break
             memmove(f.buf, f.buf + f.head, f.tail - f.head)
             f.tail -= f.head
             f.head = 0
+            if f.tail >= cap:
+                break               # filled before the room for `close` was kept
         r = _recv(&c.up, f.buf + f.tail, cap - f.tail)
         if r > 0:
             c.flags &= ~CONN_RETRYABLE  # an answer started: it is the client's now

@@ -181,6 +181,10 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"until close")
             self.close_connection = True
             return
+        if self.path == "/headers":     # the fields as the app got them, one per line
+            self._send(200, "".join(f"{k.lower()}: {v}\n" for k, v in self.headers.items()).encode(),
+                       Connection="keep-alive")
+            return
         if self.path in ("/204", "/304"):
             self.send_response(int(self.path[1:]))
             self.end_headers()
@@ -715,13 +719,64 @@ def test_client_connections_in_turn_reuse_one_pooled_upstream(mesh: Mesh) -> Non
     assert stats["http_upstream_reused"] == 9
 
 
-def test_connection_close_is_not_pooled(mesh: Mesh) -> None:
-    for _ in range(2):
+def test_a_clients_connection_close_ends_its_connection_but_pools_the_upstream(mesh: Mesh) -> None:
+    # Connection is hop-by-hop (RFC 9110 §7.6.1): the client's close is not the
+    # upstream's, so a new connection per request still costs no new handshake.
+    for _ in range(3):
         reply = exchange(mesh, b"GET /x HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
-        assert reply.endswith(b"GET /x host=backend\n")
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert body == b"GET /x host=backend\n"
+        assert b"\r\nConnection: close" in head        # the client is told it ends here
     stats = mesh.out_node.stats()
-    assert stats["http_upstream_pooled"] == 0
-    assert stats["outbound_tls_handshakes"] == 2
+    assert stats["http_upstream_pooled"] == 3
+    assert stats["http_upstream_reused"] == 2
+    assert stats["outbound_tls_handshakes"] == 1
+
+
+def test_the_answer_to_close_says_close_even_when_the_app_said_keep_alive(mesh: Mesh) -> None:
+    reply = exchange(mesh, b"GET /headers HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+    head = reply.partition(b"\r\n\r\n")[0].lower()
+    assert b"connection: close" in head
+    assert b"keep-alive" not in head
+
+
+def test_requests_after_one_that_said_close_are_not_forwarded(mesh: Mesh) -> None:
+    reply = exchange(mesh, b"GET /1 HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n"
+                           b"GET /2 HTTP/1.1\r\nHost: backend\r\n\r\n")
+    assert reply.endswith(b"GET /1 host=backend\n")
+    assert b"GET /2" not in reply
+    assert mesh.out_node.stats()["http_routed"] == 1
+
+
+def test_hop_by_hop_fields_stay_on_the_clients_hop(mesh: Mesh) -> None:
+    reply = exchange(mesh, b"GET /headers HTTP/1.1\r\nHost: backend\r\n"
+                           b"Connection: keep-alive, X-Hop, Content-Length, Host\r\n"
+                           b"Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n"
+                           b"X-Hop: secret\r\nX-End: kept\r\nUpgrade: h2c\r\n"
+                           b"Connection: close\r\n\r\n")
+    got = reply.partition(b"\r\n\r\n")[2].decode()
+    names = {line.split(":")[0] for line in got.splitlines()}
+    assert names.isdisjoint({"connection", "keep-alive", "proxy-connection", "x-hop", "upgrade"})
+    assert "x-end: kept" in got.splitlines()
+    assert "host: backend" in got.splitlines()   # named by Connection, but routes the message
+
+
+def test_an_http_1_0_request_is_forwarded_as_it_came_and_not_pooled(mesh: Mesh) -> None:
+    reply = exchange(mesh, b"GET /x HTTP/1.0\r\nHost: backend\r\n\r\n")
+    assert reply.endswith(b"GET /x host=backend\n")
+    assert b"Connection: close" in reply.partition(b"\r\n\r\n")[0]
+    wait_for(lambda: mesh.out_node.stats()["outbound_connections_active"] == 0,
+             what="client connection closed")
+    assert mesh.out_node.stats()["http_upstream_pooled"] == 0
+
+
+def test_chunked_body_then_close_is_forwarded_whole(mesh: Mesh) -> None:
+    body = b"y" * 50000
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    reply = exchange(mesh, b"POST /c HTTP/1.1\r\nHost: backend\r\nTransfer-Encoding: chunked\r\n"
+                           b"Connection: close\r\n\r\n" + chunked)
+    assert reply.endswith(f"{len(body)} {hashlib.sha256(body).hexdigest()}\n".encode())
+    assert mesh.out_node.stats()["http_upstream_pooled"] == 1
 
 
 def test_a_pooled_upstream_the_other_node_closed_is_not_used(mesh_pki: PKI) -> None:
