@@ -5,7 +5,7 @@
 # engine thread (the one inside Engine.run(), GIL released), except where a field says
 # otherwise. The implementation and the reasoning are in engine.pyx.
 
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastpath.includes cimport net, openssl
 from fastpath.http1 cimport ChunkState, Limits
@@ -37,6 +37,9 @@ cdef struct IdleUp:
     int fd
     openssl.SSL* ssl
     int64_t since_ns
+    uint16_t principal             # the peer's SPIFFE ID (Core.principals index)
+    openssl.SSL_CTX* client_ctx    # the identity it was opened as (compared only): a
+                                   # connection is only reused by the same caller identity
 
 
 cdef enum:
@@ -57,6 +60,7 @@ cdef struct Endpoint:
 
 
 cdef struct Service:
+    Name name                      # as RouteTable.add_service() got it: request figures' key
     Name sni                       # sent in the ClientHello: the destination service
     Name* identities               # SPIFFE IDs the destination may present (>= 1)
     uint32_t n_identities
@@ -70,6 +74,18 @@ cdef struct OutboundListener:
     uint32_t service               # TCP: the one service; HTTP: unused (routed by Host)
     bint http                      # the HTTP outbound listener (port-base+1)
     openssl.SSL_CTX* client_ctx    # one reference owned: the local workload's identity
+    Name identity                  # its SPIFFE ID, for request figures (may be empty)
+    int32_t principal              # Core.principals index of `identity`; -1: not yet
+
+
+# HTTP outbound: a local workload told apart by its address. A client connection from
+# that address presents the workload's identity instead of the listener's default (as
+# a per-host proxy tells apps apart by their own IPs, like Istio's ztunnel).
+cdef struct Source:
+    net.sockaddr_storage addr      # port ignored
+    openssl.SSL_CTX* client_ctx    # one reference owned
+    Name identity
+    int32_t principal              # as in OutboundListener
 
 
 # One Host name an HTTP request may name (svc, svc.ns, svc.ns.svc), for one service
@@ -84,6 +100,9 @@ cdef struct HostEntry:
 
 cdef struct InboundRoute:
     Name sni
+    Name service                   # the local service, as named for request figures
+    Name identity                  # the local service's SPIFFE ID (empty: not given)
+    int32_t principal              # as in OutboundListener
     openssl.SSL_CTX* server_ctx    # one reference owned: the local service's identity
     net.sockaddr_storage app_addr  # the local app, reached in plaintext
     net.socklen_t app_addrlen
@@ -108,6 +127,8 @@ cdef struct Table:
     uint32_t n_routes
     HostEntry* hosts               # for the HTTP outbound listener; sorted, see HostEntry
     uint32_t n_hosts
+    Source* sources                # for the HTTP outbound listener
+    uint32_t n_sources
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -120,6 +141,14 @@ cdef enum:
     # Request latency histogram: log-linear, 4 buckets per power of two microseconds
     # (bounds: fastpath.engine.latency_bounds_us()); the last one takes the rest.
     ENGINE_LATENCY_BUCKETS = 160
+    # Request figures are kept per (direction, service, peer SPIFFE ID): at most this
+    # many such keys (more are counted in Counters.stats_overflow, not per key) ...
+    ENGINE_STAT_RECORDS = 512
+    # ... and this many distinct peer IDs (index 0: none / not known; more are 0).
+    ENGINE_PRINCIPALS = 256
+    # Status codes 100..599 counted one by one (index code - 100); anything else in
+    # the last slot.
+    ENGINE_STATUS_SLOTS = 501
 
 
 # A connection pair's life. One Conn is two sockets: `down`, the one accepted, and
@@ -170,6 +199,11 @@ cdef enum ConnFlags:
     # sent on it are idempotent and still whole in d2u from offset 0: if it fails now
     # (the other node closed it as we took it: the keep-alive race), route them again.
     CONN_RETRYABLE = 256
+    # HTTP: `service` is the one the client's request named (its answers are counted
+    # for it; before routing, and after a 404, they are counted for no service).
+    CONN_SERVICE_KNOWN = 512
+    # HTTP: a request on this pair got its whole answer already.
+    CONN_ANSWERED = 1024
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -239,6 +273,26 @@ cdef struct Conn:
     uint8_t pend_method[ENGINE_HTTP_PIPELINE_MAX]
     uint32_t pend_first
     uint32_t n_pend
+    # Request figures: the peer's ID as a Core.principals index, and the StatRecord the
+    # pair's answers go to (-1: look it up at the next answer).
+    uint16_t peer_principal
+    uint16_t local_principal       # the identity this node presents for the pair
+    int32_t stat
+    # Bytes kept free at the end of the request buffer for a field the engine adds to
+    # each request head (inbound: x-forwarded-client-cert).
+    uint32_t head_reserve
+
+
+# Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
+# thread (fields first, then Core.n_stats published), never removed; counts written by
+# the engine thread only and read without a lock (like Counters).
+cdef struct StatRecord:
+    Name service                   # empty: the request named no known service (404, 400)
+    uint16_t principal             # Core.principals index: the verified peer (0: none)
+    uint16_t local                 # Core.principals index: this side's identity
+    bint inbound                   # reported by the destination's side
+    uint64_t codes[ENGINE_STATUS_SLOTS]
+    uint64_t latency_us[ENGINE_LATENCY_BUCKETS]
 
 
 # --- counters: written by the engine thread only, read by the agent thread ------------------
@@ -290,6 +344,7 @@ cdef struct Counters:
     # answers only, log-linear microsecond buckets (Engine.latency_bounds_us()).
     uint64_t http_responses[5]
     uint64_t http_latency_us[ENGINE_LATENCY_BUCKETS]
+    uint64_t stats_overflow        # answers not kept per key: ENGINE_STAT_RECORDS used up
 
 
 # --- the engine's state ------------------------------------------------------------------------
@@ -331,6 +386,11 @@ cdef struct Core:
     int64_t now_ns                 # CLOCK_MONOTONIC, once per loop iteration
     int64_t next_scan_ns
     Counters counters
+    # Request figures (StatRecord) and the peer IDs they name. principals[0] is empty.
+    StatRecord* stats
+    uint32_t n_stats               # published with a release store (_publish)
+    Name principals[ENGINE_PRINCIPALS]
+    uint32_t n_principals          # likewise
 
 
 # Engine's life: NEW ─run()─► RUNNING ─loop ends (stop())─► DONE. stop() before run()
@@ -357,6 +417,8 @@ cdef class RouteTable:
     cdef list _hosts               # (host bytes, port, service index)
     cdef int _http_fd              # -1: no HTTP outbound listener
     cdef object _http_ctx          # its client TLSContext
+    cdef bytes _http_identity      # its SPIFFE ID (b"": not given)
+    cdef list _sources             # (address str, TLSContext, identity bytes)
     cdef int _inbound_fd
 
     cdef int _check_fd(self, int fd) except -1

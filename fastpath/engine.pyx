@@ -131,7 +131,7 @@ Choices, and why:
 
 from libc.errno cimport (EAGAIN, ECONNABORTED, EINPROGRESS, EINTR, EMFILE, ENFILE,
                          errno)
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport fprintf, snprintf, stderr
 from libc.stdlib cimport abort, calloc, free, malloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strlen
@@ -149,13 +149,29 @@ from fastpath.http1 cimport (BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL,
                              chunked_advance, limits_init, parse_request_head,
                              parse_response_head, request_error_status)
 from fastpath.tls cimport TLSContext, peer_spiffe_id, raise_tls_error
-from fastpath.headedit cimport CLOSE_LINE_BYTES, make_close, strip_hop_fields
+from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, make_close,
+                                strip_hop_fields)
 
 import os
 
 from fastpath.errors import FastpathError
 
 include "consts.pxi"
+
+# Release/acquire for the counts other threads read while the engine thread appends
+# (Core.n_stats, Core.n_principals): the record is whole before its index is visible.
+cdef extern from *:
+    """
+    static inline void mn_publish_u32(uint32_t* p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    static inline uint32_t mn_acquire_u32(const uint32_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    """
+    void mn_publish_u32(uint32_t* p, uint32_t v) nogil
+    uint32_t mn_acquire_u32(const uint32_t* p) nogil
+
+# The field the inbound side vouches for on each request it hands the app (Envoy's
+# SANITIZE_SET: whatever the client sent under this name is dropped first).
+cdef const char* _XFCC = b"x-forwarded-client-cert"
+cdef uint32_t _XFCC_BYTES = 23
 
 
 ALPN_TCP = b"meshnode-tcp"
@@ -297,10 +313,18 @@ cdef void _table_free(Table* t) noexcept nogil:
         for i in range(t.n_listeners):
             if t.listeners[i].client_ctx != NULL:
                 openssl.SSL_CTX_free(t.listeners[i].client_ctx)
+            _name_free(&t.listeners[i].identity)
         free(t.listeners)
+    if t.sources != NULL:
+        for i in range(t.n_sources):
+            if t.sources[i].client_ctx != NULL:
+                openssl.SSL_CTX_free(t.sources[i].client_ctx)
+            _name_free(&t.sources[i].identity)
+        free(t.sources)
     if t.services != NULL:
         for i in range(t.n_services):
             svc = &t.services[i]
+            _name_free(&svc.name)
             _name_free(&svc.sni)
             if svc.identities != NULL:
                 for j in range(svc.n_identities):
@@ -318,6 +342,8 @@ cdef void _table_free(Table* t) noexcept nogil:
     if t.routes != NULL:
         for i in range(t.n_routes):
             _name_free(&t.routes[i].sni)
+            _name_free(&t.routes[i].service)
+            _name_free(&t.routes[i].identity)
             if t.routes[i].server_ctx != NULL:
                 openssl.SSL_CTX_free(t.routes[i].server_ctx)
         free(t.routes)
@@ -414,6 +440,9 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.resp_status = 0
     c.pend_first = 0
     c.n_pend = 0
+    c.peer_principal = 0
+    c.stat = -1
+    c.head_reserve = 0
     c.state = CONN_CONNECTING      # callers set the real first state
     cdef SideCounters* sc = _counters_of(core, c)
     sc.connections_opened += 1
@@ -668,7 +697,8 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             # Every request sent upstream is answered: the client's next request goes
             # to the service it names; the upstream goes to the pool if it can.
             return _http_switch(core, c)
-        if c.flags & CONN_HTTP and c.d2u.eof and c.d2u.buf == NULL and _http_idle(c):
+        if (c.flags & (CONN_HTTP | CONN_INBOUND) == CONN_HTTP and c.d2u.eof
+                and c.d2u.buf == NULL and _http_idle(c)):
             # The client is done; its upstream is pooled, or closed with the pair when
             # the endpoint's pool is full.
             _pool_put(core, c)
@@ -739,9 +769,16 @@ cdef inline Side* _tls_side(Conn* c) noexcept nogil:
     return &c.down if c.flags & CONN_INBOUND else &c.up
 
 
+cdef inline uint32_t _xfcc_value_len(const InboundRoute* route, uint32_t peer_len) noexcept nogil:
+    """len("By=<local ID>;URI=<peer ID>"), without By= when the route has no ID."""
+    return (route.identity.length + 4 if route.identity.length > 0 else 0) + 4 + peer_len
+
+
 cdef int _handshake_done(Core* core, Conn* c, Side* s) noexcept nogil:
     cdef SideCounters* sc = _counters_of(core, c)
     cdef char peer[SPIFFE_ID_MAX_BYTES + 1]
+    cdef const unsigned char* alpn = NULL
+    cdef unsigned int alpn_len = 0
     cdef int n
     cdef uint32_t i
     cdef bint allowed = False
@@ -776,11 +813,20 @@ cdef int _handshake_done(Core* core, Conn* c, Side* s) noexcept nogil:
         return STATUS_RESET
     memcpy(c.peer_id, peer, <size_t>n + 1)
     c.peer_id_length = <uint32_t>n
+    c.peer_principal = _principal_of(core, peer, <uint32_t>n)
+    c.stat = -1
     if not (c.flags & CONN_INBOUND):
         if not openssl.SSL_session_reused(s.ssl):
             c.flags |= CONN_TICKET_WAIT
         return _enter_pipe(core, c)
     route = &c.table.routes[c.route]
+    c.local_principal = _interned(core, &route.principal, &route.identity)
+    openssl.SSL_get0_alpn_selected(s.ssl, &alpn, &alpn_len)
+    if alpn_len == 8 and memcmp(alpn, b"http/1.1", 8) == 0:
+        # HTTP from another node's outbound side: requests are framed here too, for
+        # the destination's figures and the caller's identity on each request.
+        c.flags |= CONN_HTTP
+        c.head_reserve = _xfcc_value_len(route, <uint32_t>n) + _XFCC_BYTES + 4
     st = _connect(core, c, &route.app_addr, route.app_addrlen)
     if st == STATUS_OK:
         return _enter_pipe(core, c)
@@ -972,17 +1018,17 @@ cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
     if c.flags & CONN_HTTP_REPLIED or c.down.fd < 0:
         return
     c.flags |= CONN_HTTP_REPLIED
-    if 100 <= status < 600:
-        core.counters.http_responses[status // 100 - 1] += 1
+    _count_answer(core, c, status, -1)
     if status == 404:
         core.counters.http_no_route += 1
     elif status == 503:
         core.counters.http_unavailable += 1
     elif status != 408:
         core.counters.http_bad_request += 1
-    for i in range(256):
-        if net.recv(c.down.fd, sink, sizeof(sink), 0) <= 0:
-            break
+    if c.down.ssl == NULL:
+        for i in range(256):
+            if net.recv(c.down.fd, sink, sizeof(sink), 0) <= 0:
+                break
     if body == NULL:
         body = reason
         body_len = <int>strlen(reason)
@@ -994,6 +1040,13 @@ cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
                  status, reason, <int>(body_len + (1 if body == reason else 0)), body_len, body,
                  b"\n" if body == reason else b"")
     if n <= 0 or n >= <int>sizeof(msg):
+        return
+    if c.down.ssl != NULL:
+        # Inbound: the peer node's outbound side reads this as the app's answer.
+        r = _send(&c.down, msg, <uint32_t>n)
+        if r > 0:
+            core.counters.inbound.bytes_sent += <uint64_t>r
+        _shut(&c.down)
         return
     r = net.send(c.down.fd, msg, <size_t>n, net.MSG_NOSIGNAL)
     if r > 0:
@@ -1053,26 +1106,63 @@ cdef uint32_t _origin_form(Flow* f, uint32_t base, ReqHead* req) noexcept nogil:
     return cut
 
 
-cdef void _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept nogil:
-    """A request head at d2u.buf + base, routed to the current upstream: drop the
-    client's hop-by-hop fields, rewrite its target if it is absolute-form, count it as
-    framed, and expect its body.
+cdef bint _xfcc_set(Core* core, Conn* c, ReqHead* req, uint32_t base,
+                    int64_t* delta) noexcept nogil:
+    """Inbound: replace whatever x-forwarded-client-cert the request head at d2u.buf +
+    base carries by `By=<local ID>;URI=<caller's verified ID>`. False (nothing changed)
+    when the buffer has no room for it yet; *delta is the head's change in length."""
+    cdef Flow* f = &c.d2u
+    cdef const InboundRoute* route = &c.table.routes[c.route]
+    cdef char value[2 * SPIFFE_ID_MAX_BYTES + 16]
+    cdef uint32_t n = 0
+    cdef uint32_t cut
+    cdef int added
+    if f.tail + _XFCC_BYTES + 4 + _xfcc_value_len(route, c.peer_id_length) > core.buffer_bytes:
+        return False
+    if route.identity.length > 0:
+        memcpy(value, b"By=", 3)
+        memcpy(value + 3, route.identity.data, route.identity.length)
+        n = 3 + route.identity.length
+        value[n] = c';'
+        n += 1
+    memcpy(value + n, b"URI=", 4)
+    memcpy(value + n + 4, c.peer_id, c.peer_id_length)
+    n += 4 + c.peer_id_length
+    cut = drop_fields(f.buf + base, f.tail - base, req, _XFCC, _XFCC_BYTES)
+    f.tail -= cut
+    added = add_field(f.buf + base, req.head_len - cut, f.tail - base,
+                      core.buffer_bytes - base, _XFCC, _XFCC_BYTES, value, n)
+    _invariant(added > 0, b"x-forwarded-client-cert did not fit after the room check")
+    f.tail += <uint32_t>added
+    delta[0] = <int64_t>added - <int64_t>cut
+    return True
 
-    The client's `Connection: close` is about the client's connection only: the
-    upstream hop stays pooled (HTTP/1.1 requests go on without it), the client's
-    connection is closed after this request's answer, which then says so."""
-    cdef uint32_t cut = 0
+
+cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept nogil:
+    """A request head at d2u.buf + base, for the current upstream: edit it for the
+    next hop, count it as framed, and expect its body. STATUS_OK, or STATUS_AGAIN
+    (inbound: no room for x-forwarded-client-cert until earlier bytes are sent).
+
+    Outbound, the client's hop-by-hop fields go and an absolute-form target becomes
+    origin-form. The client's `Connection: close` is about the client's connection
+    only: the upstream hop stays pooled (HTTP/1.1 requests go on without it), and the
+    client's connection is closed after this request's answer, which then says so."""
+    cdef int64_t delta = 0
     cdef uint32_t i
-    if req.version_minor == 1 and not req.upgrade:
-        cut = strip_hop_fields(c.d2u.buf + base, c.d2u.tail - base, req)
-        c.d2u.tail -= cut
-    elif not req.keep_alive:
-        c.reusable = False      # HTTP/1.0 goes on as it came: the upstream will close
-    if not req.keep_alive:
-        c.client_close = True
-    if req.target_form == TARGET_ABSOLUTE:
-        cut += _origin_form(&c.d2u, base, req)
-    c.fwd += req.head_len - cut
+    if c.flags & CONN_INBOUND:
+        if not _xfcc_set(core, c, req, base, &delta):
+            return STATUS_AGAIN
+    else:
+        if req.version_minor == 1 and not req.upgrade:
+            delta = -<int64_t>strip_hop_fields(c.d2u.buf + base, c.d2u.tail - base, req)
+            c.d2u.tail = <uint32_t>(c.d2u.tail + delta)
+        elif not req.keep_alive:
+            c.reusable = False  # HTTP/1.0 goes on as it came: the upstream will close
+        if not req.keep_alive:
+            c.client_close = True
+        if req.target_form == TARGET_ABSOLUTE:
+            delta -= _origin_form(&c.d2u, base, req)
+    c.fwd = <uint32_t>(c.fwd + req.head_len + delta)
     if not (req.method == METHOD_GET or req.method == METHOD_HEAD or req.method == METHOD_PUT
             or req.method == METHOD_DELETE or req.method == METHOD_OPTIONS
             or req.method == METHOD_TRACE):
@@ -1095,6 +1185,7 @@ cdef void _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcep
         chunk_init(&c.chunk, &core.http_limits)
     else:
         c.req_phase = REQ_HEAD
+    return STATUS_OK
 
 
 cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
@@ -1121,6 +1212,9 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         return STATUS_CLOSE
     svc = &c.table.services[e.service]
     c.service = e.service
+    c.flags |= CONN_SERVICE_KNOWN
+    c.peer_principal = 0            # until an upstream is verified (handshake or pool)
+    c.stat = -1
     if svc.n_endpoints == 0:
         core.counters.no_endpoint += 1
         n = snprintf(body, sizeof(body), b"no healthy endpoint for \"%.*s\"\n", <int>hn, host)
@@ -1242,7 +1336,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 return STATUS_OK        # deep enough: the rest waits for answers
             rc = parse_request_head(f.buf + start, avail, &req, &core.http_limits)
             if rc == 0:
-                if f.tail == core.buffer_bytes and f.head == 0 and c.fwd == 0:
+                if f.tail >= _d2u_cap(core, c) and f.head == 0 and c.fwd == 0:
                     core.counters.http_bad_request += 1     # a head over a buffer
                     return STATUS_RESET
                 if f.eof:
@@ -1251,20 +1345,34 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
             if rc < 0:
                 core.counters.http_bad_request += 1
                 return STATUS_RESET
-            hn = 0
-            port = -1
-            e = NULL
-            if req.authority.len > 0:
-                hn = authority_host(f.buf + start + req.authority.off, req.authority.len,
-                                    host, sizeof(host), &port)
-            if hn > 0:
-                e = _host_lookup(c.table, host, hn, port)
-            if e == NULL or e.service != c.service:
-                c.switching = True
-                return STATUS_OK
-            core.counters.http_routed += 1
-            _http_framed(core, c, &req, start)
+            if not (c.flags & CONN_INBOUND):
+                # Outbound: each request names its service; another one waits for a
+                # switch (inbound: the SNI chose the one local service already).
+                hn = 0
+                port = -1
+                e = NULL
+                if req.authority.len > 0:
+                    hn = authority_host(f.buf + start + req.authority.off, req.authority.len,
+                                        host, sizeof(host), &port)
+                if hn > 0:
+                    e = _host_lookup(c.table, host, hn, port)
+                if e == NULL or e.service != c.service:
+                    c.switching = True
+                    return STATUS_OK
+                core.counters.http_routed += 1
+            if _http_framed(core, c, &req, start) == STATUS_AGAIN:
+                if f.head == 0:
+                    return STATUS_OK    # room comes once the framed bytes are sent
+                memmove(f.buf, f.buf + f.head, f.tail - f.head)
+                f.tail -= f.head
+                f.head = 0
     return STATUS_OK
+
+
+cdef inline uint32_t _d2u_cap(Core* core, Conn* c) noexcept nogil:
+    """How far an HTTP pair's d2u buffer is filled from the client: room is kept for
+    the field the engine adds to request heads (Conn.head_reserve)."""
+    return core.buffer_bytes - c.head_reserve
 
 
 cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
@@ -1274,19 +1382,21 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
     cdef Flow* f = &c.d2u
     cdef int64_t progress = 0
     cdef Py_ssize_t r
-    cdef uint32_t cap = core.buffer_bytes
+    cdef uint32_t cap = _d2u_cap(core, c)
     while not f.eof and not c.switching:
         if f.buf == NULL:
             f.buf = _buf_get(core)
             if f.buf == NULL:
                 break
-        if f.tail == cap:
+        if f.tail >= cap:
             if f.head == 0:
                 break
             c.flags &= ~CONN_RETRYABLE  # the sent bytes go: no retry from here
             memmove(f.buf, f.buf + f.head, f.tail - f.head)
             f.tail -= f.head
             f.head = 0
+            if f.tail >= cap:
+                break                   # added fields fill the room kept for them
         r = _recv(&c.down, f.buf + f.tail, cap - f.tail)
         if r > 0:
             f.tail += <uint32_t>r
@@ -1311,7 +1421,8 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
             break
         else:
             return STATUS_RESET
-    _invariant(f.head + c.fwd <= f.tail and f.tail <= cap, b"http framing out of the buffer")
+    _invariant(f.head + c.fwd <= f.tail and f.tail <= core.buffer_bytes,
+               b"http framing out of the buffer")
     if f.buf != NULL and f.head == f.tail and not (c.flags & CONN_RETRYABLE):
         _buf_put(core, f.buf)
         f.buf = NULL
@@ -1343,14 +1454,93 @@ cdef inline uint32_t _latency_bucket(int64_t ns) noexcept nogil:
     return idx if idx < ENGINE_LATENCY_BUCKETS else ENGINE_LATENCY_BUCKETS - 1
 
 
+# --- request figures per (direction, service, peer) ----------------------------------------
+
+cdef uint16_t _principal_of(Core* core, const char* peer, uint32_t n) noexcept nogil:
+    """The Core.principals index of a verified peer ID, added when new; 0 when the
+    table is full. Called once per handshake, never per request."""
+    cdef uint32_t i
+    cdef uint32_t have = core.n_principals
+    cdef Name* slot
+    for i in range(1, have):
+        if core.principals[i].length == n and memcmp(core.principals[i].data, peer, n) == 0:
+            return <uint16_t>i
+    if have >= ENGINE_PRINCIPALS:
+        return 0
+    slot = &core.principals[have]
+    slot.data = <char*>malloc(n + 1)
+    if slot.data == NULL:
+        return 0
+    memcpy(slot.data, peer, n)
+    slot.data[n] = 0
+    slot.length = n
+    mn_publish_u32(&core.n_principals, have + 1)
+    return <uint16_t>have
+
+
+cdef StatRecord* _stat_record(Core* core, Conn* c) noexcept nogil:
+    """The record the pair's answers count in now: looked up (or made) once per
+    service or peer change, then cached in c.stat. NULL when the records are used up."""
+    cdef const Name* service = NULL
+    cdef bint inbound = (c.flags & CONN_INBOUND) != 0
+    cdef uint32_t i, n
+    cdef StatRecord* r
+    if c.stat >= 0:
+        return &core.stats[c.stat]
+    if inbound:
+        if c.flags & CONN_ROUTED:
+            service = &c.table.routes[c.route].service
+    elif c.flags & CONN_SERVICE_KNOWN:
+        service = &c.table.services[c.service].name
+    n = service.length if service != NULL else 0
+    for i in range(core.n_stats):
+        r = &core.stats[i]
+        if (r.inbound == inbound and r.principal == c.peer_principal
+                and r.local == c.local_principal and r.service.length == n
+                and (n == 0 or memcmp(r.service.data, service.data, n) == 0)):
+            c.stat = <int32_t>i
+            return r
+    if core.n_stats >= ENGINE_STAT_RECORDS:
+        return NULL
+    r = &core.stats[core.n_stats]
+    if n > 0:
+        r.service.data = <char*>malloc(n + 1)
+        if r.service.data == NULL:
+            return NULL
+        memcpy(r.service.data, service.data, n + 1)
+        r.service.length = n
+    r.inbound = inbound
+    r.principal = c.peer_principal
+    r.local = c.local_principal
+    c.stat = <int32_t>core.n_stats
+    mn_publish_u32(&core.n_stats, core.n_stats + 1)
+    return r
+
+
+cdef void _count_answer(Core* core, Conn* c, int status, int64_t latency_ns) noexcept nogil:
+    """One answer to a client: by code (and latency, unless < 0: the engine's own
+    answers have none worth a histogram) in the pair's record; outbound answers also in
+    the engine-wide class and latency counters."""
+    cdef StatRecord* r = _stat_record(core, c)
+    cdef uint32_t cls = <uint32_t>status // 100
+    if not (c.flags & CONN_INBOUND):
+        if 1 <= cls <= 5:
+            core.counters.http_responses[cls - 1] += 1
+        if latency_ns >= 0:
+            core.counters.http_latency_us[_latency_bucket(latency_ns)] += 1
+    if r == NULL:
+        core.counters.stats_overflow += 1
+        return
+    r.codes[status - 100 if 100 <= status < 600 else ENGINE_STATUS_SLOTS - 1] += 1
+    if latency_ns >= 0:
+        r.latency_us[_latency_bucket(latency_ns)] += 1
+
+
 cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
     """The oldest pending request got its final response (framed to its end)."""
-    cdef uint32_t cls = c.resp_status // 100
     _invariant(c.n_pend > 0, b"a response without a request")
-    if 1 <= cls <= 5:
-        core.counters.http_responses[cls - 1] += 1
-    core.counters.http_latency_us[
-        _latency_bucket(core.now_ns - c.pend_start_ns[c.pend_first])] += 1
+    c.flags |= CONN_ANSWERED
+    _count_answer(core, c, c.resp_status, core.now_ns - c.pend_start_ns[c.pend_first])
     c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
     c.n_pend -= 1
 
@@ -1450,6 +1640,11 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
             core.counters.http_bad_response += 1    # ended mid-body: do not pass as whole
             return STATUS_RESET
         if c.resp_phase == RESP_HEAD and (c.n_pend > 0 or f.head < f.tail):
+            if c.flags & CONN_INBOUND and c.flags & CONN_ANSWERED:
+                # The app closed a connection it had kept alive as a request arrived
+                # (the keep-alive race): end the pair without an answer, so the
+                # caller's node may send an idempotent request again.
+                return STATUS_CLOSE
             core.counters.http_bad_response += 1
             _http_reply(core, c, 502, b"upstream closed before responding\n", 34)
             return STATUS_CLOSE
@@ -1516,7 +1711,9 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
         f.buf = NULL
         f.head = 0
         f.tail = 0
-    if f.eof and f.buf == NULL and not f.shut and not c.switching:
+    if (f.eof and f.buf == NULL and not f.shut and not c.switching
+            and c.resp_phase != RESP_LENGTH and c.resp_phase != RESP_CHUNKED):
+        # (An answer cut short is not passed on as a clean end: _http_rframe resets.)
         r = _shut(&c.down)
         if r == STATUS_OK:
             f.shut = True
@@ -1561,6 +1758,8 @@ cdef bint _pool_put(Core* core, Conn* c) noexcept nogil:
     u.fd = c.up.fd
     u.ssl = c.up.ssl
     u.since_ns = core.now_ns
+    u.principal = c.peer_principal
+    u.client_ctx = c.client_ctx
     c.up.fd = -1
     c.up.ssl = NULL
     core.counters.http_upstream_pooled += 1
@@ -1568,15 +1767,22 @@ cdef bint _pool_put(Core* core, Conn* c) noexcept nogil:
 
 
 cdef bint _pool_take(Core* core, Conn* c, Endpoint* ep) noexcept nogil:
-    """Give the pair the newest live idle upstream of `ep`; False when there is none.
-    A pooled one the other node closed (or that sat longer than idle_timeout_s) is
-    closed here: it is only ever looked at when taken."""
+    """Give the pair the newest live idle upstream of `ep` opened as the pair's own
+    identity (c.client_ctx); False when there is none. A pooled one the other node
+    closed (or that sat longer than idle_timeout_s) is closed here: it is only ever
+    looked at when a pair of its identity wants one."""
     cdef IdleUp u
     cdef char probe
     cdef int r, err
-    while ep.n_idle > 0:
+    cdef uint32_t i = ep.n_idle
+    while i > 0:
+        i -= 1
+        if ep.idle[i].client_ctx != c.client_ctx:
+            continue
+        u = ep.idle[i]
+        # Out of the pool, newer entries moving down: the order stays newest last.
+        memmove(&ep.idle[i], &ep.idle[i + 1], (ep.n_idle - i - 1) * sizeof(IdleUp))
         ep.n_idle -= 1
-        u = ep.idle[ep.n_idle]
         # Half the idle timeout: the other node (same defaults) closes an idle
         # connection at its full timeout, and one closed just as we write our request
         # would cost the client a 502.
@@ -1589,6 +1795,8 @@ cdef bint _pool_take(Core* core, Conn* c, Endpoint* ep) noexcept nogil:
             if err == openssl.SSL_ERROR_WANT_READ:
                 c.up.fd = u.fd
                 c.up.ssl = u.ssl
+                c.peer_principal = u.principal
+                c.stat = -1
                 if _watch(core, u.fd, _tag(_TAG_UP, c.index, c.gen)) == 0:
                     return True
                 c.up.fd = -1
@@ -1658,13 +1866,38 @@ cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
     return _http_head(core, c)
 
 
-cdef int _outbound_start(Core* core, Conn* c, uint32_t listener) noexcept nogil:
+cdef uint16_t _interned(Core* core, int32_t* cache, const Name* identity) noexcept nogil:
+    """The Core.principals index of a table's identity, found once per table entry."""
+    if cache[0] < 0:
+        cache[0] = (_principal_of(core, identity.data, identity.length)
+                    if identity.length > 0 else 0)
+    return <uint16_t>cache[0]
+
+
+cdef bint _same_ip(const net.sockaddr_storage* a, const net.sockaddr_storage* b) noexcept nogil:
+    if a.ss_family != b.ss_family:
+        return False
+    if a.ss_family == net.AF_INET:
+        return memcmp(&(<net.sockaddr_in*>a).sin_addr, &(<net.sockaddr_in*>b).sin_addr, 4) == 0
+    return memcmp(&(<net.sockaddr_in6*>a).sin6_addr, &(<net.sockaddr_in6*>b).sin6_addr, 16) == 0
+
+
+cdef int _outbound_start(Core* core, Conn* c, uint32_t listener,
+                         const net.sockaddr_storage* peer) noexcept nogil:
     cdef OutboundListener* l = &c.table.listeners[listener]
     cdef Service* svc
+    cdef uint32_t i
     cdef int st
+    c.client_ctx = l.client_ctx
+    c.local_principal = _interned(core, &l.principal, &l.identity)
     if l.http:
+        for i in range(c.table.n_sources):
+            if _same_ip(&c.table.sources[i].addr, peer):
+                c.client_ctx = c.table.sources[i].client_ctx
+                c.local_principal = _interned(core, &c.table.sources[i].principal,
+                                              &c.table.sources[i].identity)
+                break
         c.flags |= CONN_HTTP
-        c.client_ctx = l.client_ctx
         c.state = CONN_HTTP_HEAD
         return _http_head(core, c)
     svc = &c.table.services[l.service]
@@ -1672,7 +1905,6 @@ cdef int _outbound_start(Core* core, Conn* c, uint32_t listener) noexcept nogil:
         core.counters.no_endpoint += 1
         return STATUS_CLOSE
     c.service = l.service
-    c.client_ctx = l.client_ctx
     c.endpoint = svc.rr_next % svc.n_endpoints
     svc.rr_next = (c.endpoint + 1) % svc.n_endpoints
     st = _connect(core, c, &svc.endpoints[c.endpoint].addr, svc.endpoints[c.endpoint].addrlen)
@@ -1691,6 +1923,8 @@ cdef void _accept(Core* core, uint32_t which) noexcept nogil:
     cdef SideCounters* sc = &core.counters.inbound if inbound else &core.counters.outbound
     cdef int lfd, fd, e, n
     cdef Conn* c
+    cdef net.sockaddr_storage peer
+    cdef net.socklen_t peer_len
     if t == NULL:
         return
     if inbound:
@@ -1702,7 +1936,9 @@ cdef void _accept(Core* core, uint32_t which) noexcept nogil:
     if lfd < 0:
         return
     for n in range(ENGINE_ACCEPT_BATCH):
-        fd = net.accept4(lfd, NULL, NULL, net.SOCK_NONBLOCK | net.SOCK_CLOEXEC)
+        peer_len = sizeof(peer)
+        peer.ss_family = 0
+        fd = net.accept4(lfd, <net.sockaddr*>&peer, &peer_len, net.SOCK_NONBLOCK | net.SOCK_CLOEXEC)
         if fd < 0:
             e = errno
             if e == EAGAIN:
@@ -1734,7 +1970,7 @@ cdef void _accept(Core* core, uint32_t which) noexcept nogil:
         if inbound:
             _settle(core, c, _inbound_start(core, c))
         else:
-            _settle(core, c, _outbound_start(core, c, which))
+            _settle(core, c, _outbound_start(core, c, which, &peer))
 
 
 cdef int _conn_event(Core* core, Conn* c, uint32_t kind, uint32_t events) noexcept nogil:
@@ -1903,6 +2139,13 @@ cdef void _core_free(Core* core) noexcept nogil:
     if core.spare_fd >= 0:
         close(core.spare_fd)
     net.pthread_mutex_destroy(&core.lock)
+    cdef uint32_t i
+    if core.stats != NULL:
+        for i in range(core.n_stats):
+            _name_free(&core.stats[i].service)
+        free(core.stats)
+    for i in range(core.n_principals):
+        _name_free(&core.principals[i])
     free(core.conns)
     free(core.ready)
     free(core.ready_next)
@@ -1978,6 +2221,9 @@ cdef class Engine:
         limits_init(&core.http_limits)
         core.idle_timeout_ns = <int64_t>(idle_timeout_s * 1e9)
 
+        # Zeroed pages nobody touched are not resident: only keys in use cost memory.
+        core.stats = <StatRecord*>calloc(ENGINE_STAT_RECORDS, sizeof(StatRecord))
+        core.n_principals = 1               # [0]: no peer / not known (empty)
         core.conns = <Conn*>calloc(core.max_conns, sizeof(Conn))
         core.ready = <uint32_t*>malloc(core.max_conns * sizeof(uint32_t))
         core.ready_next = <uint32_t*>malloc(core.max_conns * sizeof(uint32_t))
@@ -1985,7 +2231,7 @@ cdef class Engine:
         n_bufs = 2 * <size_t>core.max_conns
         core.pool = <char*>malloc(n_bufs * core.buffer_bytes)
         core.free_bufs = <char**>malloc(n_bufs * sizeof(char*))
-        if (core.conns == NULL or core.ready == NULL or core.ready_next == NULL
+        if (core.conns == NULL or core.stats == NULL or core.ready == NULL or core.ready_next == NULL
                 or core.pool == NULL or core.free_bufs == NULL):
             raise MemoryError()
         for i in range(core.max_conns):
@@ -2122,7 +2368,41 @@ cdef class Engine:
         for i in range(5):
             out["http_responses_%dxx" % (i + 1)] = snap.http_responses[i]
         out["http_latency_us"] = [snap.http_latency_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]
+        out["stats_overflow"] = snap.stats_overflow
         out["generation"] = self.core.generation
+        return out
+
+    def request_stats(self) -> list[dict]:
+        """HTTP answers per (direction, service, peer), as counted so far: a list of
+        {"direction": "outbound" | "inbound", "service": the name given to add_service()
+        (outbound) or add_inbound_route() (inbound), "" when the request named none,
+        "peer": the verified SPIFFE ID of the other side ("" when there was none),
+        "local": the SPIFFE ID this side presented ("" when not given to the table),
+        "codes": {status: count}, "latency_us": counts per latency_bounds_us() bucket}.
+        Outbound, the peer is the destination; inbound, the caller. Counts only grow."""
+        cdef Core* core = self.core
+        cdef uint32_t n = mn_acquire_u32(&core.n_stats)
+        cdef uint32_t i, j
+        cdef StatRecord* r
+        cdef uint64_t v
+        out = []
+        for i in range(n):
+            r = &core.stats[i]
+            codes = {}
+            for j in range(ENGINE_STATUS_SLOTS):
+                v = r.codes[j]
+                if v:
+                    codes[j + 100 if j < ENGINE_STATUS_SLOTS - 1 else 0] = v
+            out.append({
+                "direction": "inbound" if r.inbound else "outbound",
+                "service": r.service.data[:r.service.length].decode() if r.service.length else "",
+                "peer": (core.principals[r.principal].data[:core.principals[r.principal].length].decode()
+                         if r.principal else ""),
+                "local": (core.principals[r.local].data[:core.principals[r.local].length].decode()
+                          if r.local else ""),
+                "codes": codes,
+                "latency_us": [r.latency_us[j] for j in range(ENGINE_LATENCY_BUCKETS)],
+            })
         return out
 
 
@@ -2187,6 +2467,16 @@ cdef int _name_set(Name* n, bytes value) except -1:
     return 0
 
 
+cdef bytes _spiffe_id(str identity):
+    """An identity given to a RouteTable, as bytes (b"" for None). It goes into
+    x-forwarded-client-cert values, so it must not carry their separators."""
+    b = (identity or "").encode("ascii", "replace")
+    if b and (not b.startswith(b"spiffe://") or len(b) > SPIFFE_ID_MAX_BYTES
+              or any(ch < 0x21 or ch > 0x7e or ch in b';,"=?' for ch in b)):
+        raise ValueError("identity %r is not a SPIFFE ID" % identity)
+    return b
+
+
 cdef int _up_ref(openssl.SSL_CTX* ctx) except -1:
     if openssl.SSL_CTX_up_ref(ctx) != 1:
         raise_tls_error("cannot reference SSL_CTX")
@@ -2210,6 +2500,8 @@ cdef class RouteTable:
         self._hosts = []
         self._http_fd = -1
         self._http_ctx = None
+        self._http_identity = b""
+        self._sources = []
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -2268,18 +2560,34 @@ cdef class RouteTable:
             raise ValueError("no service %d (add_service() first)" % service_index)
         if client_ctx.server:
             raise ValueError("outbound needs a client TLSContext")
-        self._outbound.append((fd, service_index, client_ctx))
+        self._outbound.append((fd, service_index, client_ctx, b""))
 
-    def set_outbound_http(self, int fd, TLSContext client_ctx not None) -> None:
+    def set_outbound_http(self, int fd, TLSContext client_ctx not None,
+                          str identity=None) -> None:
         """The HTTP outbound listener (port-base+1): each connection accepted on `fd` is
         routed by the Host (or absolute-form target) of its first request, through the
-        names add_host() gave, as the workload whose credentials `client_ctx` holds."""
+        names add_host() gave, as the workload whose credentials `client_ctx` holds
+        (SPIFFE ID `identity`, for request figures) unless add_source() names the
+        connection's source address."""
         if fd != self._http_fd:
             self._check_fd(fd)
         if client_ctx.server:
             raise ValueError("outbound needs a client TLSContext")
         self._http_fd = fd
         self._http_ctx = client_ctx
+        self._http_identity = _spiffe_id(identity)
+
+    def add_source(self, str address not None, TLSContext client_ctx not None,
+                   str identity=None) -> None:
+        """HTTP outbound connections from `address` (an IP address: a local workload's
+        own) present `client_ctx`'s identity, SPIFFE ID `identity`. The first added for
+        an address wins."""
+        cdef net.sockaddr_storage addr
+        cdef net.socklen_t length
+        if client_ctx.server:
+            raise ValueError("outbound needs a client TLSContext")
+        _sockaddr(address, 1, &addr, &length)   # the port is not compared
+        self._sources.append((address, client_ctx, _spiffe_id(identity)))
 
     def add_host(self, str host not None, int service_index, int port) -> None:
         """HTTP requests for `host` (exact name, any case, no port: "svc", "svc.ns",
@@ -2302,9 +2610,14 @@ cdef class RouteTable:
         self._inbound_fd = fd
 
     def add_inbound_route(self, str sni not None, TLSContext server_ctx not None,
-                          str app_host not None, int app_port) -> None:
+                          str app_host not None, int app_port, str service=None,
+                          str identity=None) -> None:
         """Inbound connections naming `sni` handshake with `server_ctx` (the local
-        service's identity and trust) and go to the app at (app_host, app_port)."""
+        service's identity and trust) and go to the app at (app_host, app_port).
+
+        `service`: the name its request figures are kept under (request_stats());
+        `identity`: the local service's SPIFFE ID, which HTTP requests handed to the
+        app carry in x-forwarded-client-cert (By=) next to the caller's (URI=)."""
         cdef net.sockaddr_storage addr
         cdef net.socklen_t length
         sni_b = _host_name(sni, "sni")
@@ -2312,11 +2625,15 @@ cdef class RouteTable:
             raise ValueError("inbound routes need a server TLSContext")
         if any(sni_b == entry[0] for entry in self._routes):
             raise ValueError("sni %r already has a route" % sni)
+        identity_b = _spiffe_id(identity)
         _sockaddr(app_host, app_port, &addr, &length)
-        self._routes.append((sni_b, server_ctx, app_host, app_port))
+        self._routes.append((sni_b, server_ctx, app_host, app_port,
+                             (service or "").encode(), identity_b))
 
     cdef Table* _build(self) except NULL:
         cdef Table* t = <Table*>calloc(1, sizeof(Table))
+        cdef Source* src
+        cdef net.socklen_t length
         cdef Service* svc
         cdef InboundRoute* route
         cdef OutboundListener* l
@@ -2334,6 +2651,7 @@ cdef class RouteTable:
                 t.n_services = len(self._services)
             for i, (name, sni_b, ids, eps) in enumerate(self._services):
                 svc = &t.services[i]
+                _name_set(&svc.name, (<str>name).encode())
                 _name_set(&svc.sni, sni_b)
                 svc.identities = <Name*>calloc(len(ids), sizeof(Name))
                 if svc.identities == NULL:
@@ -2351,19 +2669,34 @@ cdef class RouteTable:
 
             outbound = list(self._outbound)
             if self._http_fd >= 0:
-                outbound.append((self._http_fd, -1, self._http_ctx))
+                outbound.append((self._http_fd, -1, self._http_ctx, self._http_identity))
             if outbound:
                 t.listeners = <OutboundListener*>calloc(len(outbound), sizeof(OutboundListener))
                 if t.listeners == NULL:
                     raise MemoryError()
                 t.n_listeners = len(outbound)
-            for i, (fd, service_index, ctx) in enumerate(outbound):
+            for i, (fd, service_index, ctx, identity_b) in enumerate(outbound):
                 l = &t.listeners[i]
                 l.fd = fd
                 l.http = service_index < 0
                 l.service = service_index if service_index >= 0 else 0
+                l.principal = -1
+                _name_set(&l.identity, identity_b)
                 _up_ref(ctx.ctx)
                 l.client_ctx = ctx.ctx
+
+            if self._sources:
+                t.sources = <Source*>calloc(len(self._sources), sizeof(Source))
+                if t.sources == NULL:
+                    raise MemoryError()
+                t.n_sources = len(self._sources)
+            for i, (host, ctx, identity_b) in enumerate(self._sources):
+                src = &t.sources[i]
+                _sockaddr(host, 1, &src.addr, &length)
+                src.principal = -1
+                _name_set(&src.identity, identity_b)
+                _up_ref(ctx.ctx)
+                src.client_ctx = ctx.ctx
 
             # Stable sort: a name's entries keep the order they were added in.
             hosts = sorted(self._hosts, key=lambda entry: entry[0])
@@ -2382,9 +2715,12 @@ cdef class RouteTable:
                 if t.routes == NULL:
                     raise MemoryError()
                 t.n_routes = len(self._routes)
-            for i, (sni_b, ctx, host, port) in enumerate(self._routes):
+            for i, (sni_b, ctx, host, port, service_b, identity_b) in enumerate(self._routes):
                 route = &t.routes[i]
                 _name_set(&route.sni, sni_b)
+                _name_set(&route.service, service_b)
+                _name_set(&route.identity, identity_b)
+                route.principal = -1
                 _up_ref(ctx.ctx)
                 route.server_ctx = ctx.ctx
                 _sockaddr(host, port, &route.app_addr, &route.app_addrlen)
