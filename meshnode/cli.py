@@ -2,6 +2,7 @@
 
     meshnode up | down | status | logs        the node under supervisord
     meshnode apply | get | delete             resources, through control on the bus
+    meshnode demo                             two apps through a fresh node, and a report
 
 Exit codes follow STYLE.md: 0 done, 1 failed, 3 no node running, 64 usage error,
 69 a node process is unavailable, 78 the configuration was refused.
@@ -20,6 +21,7 @@ from typing import Any, Sequence
 import yaml
 
 from . import nodectl, rotation
+from .demo import run as demo
 from .config import ConfigError, load_path, parse_duration
 from .identity import pki
 from .identity.errors import IdentityError
@@ -118,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-root", type=Path, help="dir with the new root.pem and root.key "
                    "(default: the node makes one)")
     p.add_argument("--timeout", type=float, default=300.0)
+
+    p = sub.add_parser("demo", help="start a node and two tiny apps, send requests from one "
+                       "to the other through the mesh over mutual TLS, and report what it saw")
+    p.add_argument("--runtime-dir", type=Path, default=None,
+                   help="runtime dir of the demo's node (default: a fresh dir under /tmp, "
+                        "removed after a clean run)")
+    p.add_argument("--port-base", type=int, default=DEFAULT_BASE,
+                   help="first port of the node's block, as for `up` (default 15000)")
+    p.add_argument("--requests", type=int, default=200, help="requests to send (default 200)")
+    p.add_argument("--workers", type=int, default=2, help="proxy worker processes (default 2)")
+    p.add_argument("--keep", action="store_true",
+                   help="leave the node and the apps running afterwards")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node")
 
     p = sub.add_parser("delete", help="delete a resource")
     _add_runtime_dir(p)
@@ -294,8 +309,18 @@ def _format_inspect(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.requests < 1 or args.workers < 1:
+        raise UsageError("--requests and --workers must be at least 1")
+    if not 1024 <= args.port_base <= 65535 - 100:
+        raise UsageError(f"--port-base {args.port_base} must be within 1024..65435")
+    return demo.run(demo.DemoOptions(args.runtime_dir, args.port_base, args.requests,
+                                     args.workers, args.keep, args.timeout))
+
+
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs,
-            "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "ca": cmd_ca}
+            "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "ca": cmd_ca,
+            "demo": cmd_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

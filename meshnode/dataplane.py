@@ -83,6 +83,9 @@ class DataPlane:
         self._http: socket.socket | None = None  # bound at the first table with HTTP hosts
         self.listener_failures = 0
         self.generation = 0
+        # Engine service names ("ns/name:port") -> FQDN, for the request figures' labels;
+        # kept after a service goes, as its figures are.
+        self.service_fqdn: dict[str, str] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -101,10 +104,11 @@ class DataPlane:
         table = RouteTable()
         table.set_inbound(self._inbound.fileno())
         local = sorted(w["identity"] for w in snapshot["local"])
-        # The outbound side presents the node's local identity. With several workloads
-        # on one node it cannot tell which app called (all arrive from loopback), so it
-        # uses the first by name; per-workload outbound identity comes with HTTP routing.
-        client = next((c for c in map(self._contexts, local) if c is not None), None)
+        # The outbound side presents a local workload's identity. HTTP callers are told
+        # apart by source address (a workload whose address no other local workload
+        # shares); anything else, and opaque TCP, presents the first identity by name.
+        default_id = next((i for i in local if self._contexts(i) is not None), None)
+        client = self._contexts(default_id) if default_id is not None else None
         wanted: set[int] = set()
         http_hosts = 0
         # A bare name ("svc") means the caller's namespace first (as Kubernetes DNS
@@ -118,8 +122,9 @@ class DataPlane:
             for port in svc["ports"]:
                 sni = sni_for(port["name"], svc["fqdn"])
                 endpoints = [self._endpoint(ep) for ep in svc["endpoints"]]
-                index = table.add_service(f"{svc['namespace']}/{svc['name']}:{port['name']}",
-                                          sni, svc["identities"], endpoints)
+                name = f"{svc['namespace']}/{svc['name']}:{port['name']}"
+                self.service_fqdn[name] = svc["fqdn"]
+                index = table.add_service(name, sni, svc["identities"], endpoints)
                 if port.get("outbound_port") and client is not None:
                     sock = self._outbound_listener(port["outbound_port"])
                     if sock is not None:
@@ -133,11 +138,24 @@ class DataPlane:
         if http_hosts and client is not None:
             sock = self._http_listener()
             if sock is not None:
-                table.set_outbound_http(sock.fileno(), client.client)
+                table.set_outbound_http(sock.fileno(), client.client, default_id)
+                self._sources(table, snapshot["local"])
         self.generation = self.engine.install(table)
         for port in set(self._outbound) - wanted:
             self._retired.append((self.generation, self._outbound.pop(port)))
         self.reap()
+
+    def _sources(self, table: RouteTable, local: list[dict[str, Any]]) -> None:
+        by_address: dict[str, set[str]] = {}
+        for w in local:
+            by_address.setdefault(_numeric(w["address"]), set()).add(w["identity"])
+        for address, identities in sorted(by_address.items()):
+            if len(identities) != 1:
+                continue  # shared by several workloads: cannot tell them apart
+            identity = next(iter(identities))
+            contexts = self._contexts(identity)
+            if contexts is not None:
+                table.add_source(address, contexts.client, identity)
 
     def _endpoint(self, ep: dict[str, Any]) -> tuple[str, int]:
         if ep["node"] == self.node:
@@ -152,7 +170,9 @@ class DataPlane:
             contexts = self._contexts(ep["identity"])
             if contexts is not None:
                 table.add_inbound_route(sni, contexts.server, _numeric(ep["address"]),
-                                        int(ep["ports"][port["name"]]))
+                                        int(ep["ports"][port["name"]]),
+                                        service=f"{svc['namespace']}/{svc['name']}:{port['name']}",
+                                        identity=ep["identity"])
                 return
 
     def _outbound_listener(self, port: int) -> socket.socket | None:
@@ -193,4 +213,24 @@ class DataPlane:
         self._retired = keep
 
     def health(self) -> dict[str, Any]:
-        return {"dataplane": {**self.engine.stats(), "listener_failures": self.listener_failures}}
+        return {"dataplane": {**self.engine.stats(), "listener_failures": self.listener_failures},
+                "requests": self.request_figures()}
+
+    def request_figures(self) -> list[dict[str, Any]]:
+        """The engine's per-(direction, service, identities) HTTP figures in Istio's
+        terms: reporter "source" (this node sent) or "destination" (this node's app
+        answered), source/destination principal and service; latency buckets sparse."""
+        out = []
+        for rec in self.engine.request_stats():
+            outbound = rec["direction"] == "outbound"
+            service = self.service_fqdn.get(rec["service"], rec["service"]) or "unknown"
+            out.append({
+                "reporter": "source" if outbound else "destination",
+                "source_principal": (rec["local"] if outbound else rec["peer"]) or "unknown",
+                "destination_principal": (rec["peer"] if outbound else rec["local"]) or "unknown",
+                "destination_service": service,
+                # String keys: the bus's msgpack maps take no others.
+                "codes": {str(code): n for code, n in rec["codes"].items()},
+                "latency": {str(i): n for i, n in enumerate(rec["latency_us"]) if n},
+            })
+        return out

@@ -46,6 +46,9 @@ _NODE_FAILURES = ("no_endpoint", "identity_mismatch", "tls_unknown_sni", "http_n
 _DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000,
                         30000, 60000)
 _ENGINE_UPPER_US = latency_bounds_us()
+# Labels of the request metrics, after node and process (Istio's names).
+_REQUEST_LABELS = ("reporter", "source_principal", "destination_service",
+                   "destination_principal")
 _ENGINE_LOWER_US = [0, *_ENGINE_UPPER_US[:-1]]
 
 
@@ -98,12 +101,13 @@ class NodeCollector(Collector):
         active = GaugeMetricFamily("meshnode_tcp_connections_active",
                                    "TCP connections open in the data plane",
                                    labels=["node", "process", "direction"])
-        requests = CounterMetricFamily("meshnode_requests",
-                                       "HTTP requests answered by the data plane, by response class",
-                                       labels=["node", "process", "direction", "response_class"])
-        duration = HistogramMetricFamily("meshnode_request_duration_milliseconds",
-                                         "Time from a request's head to its response's end",
-                                         labels=["node", "process", "direction"])
+        requests = CounterMetricFamily(
+            "meshnode_requests", "HTTP requests answered through the data plane (Istio's labels)",
+            labels=["node", "process", *_REQUEST_LABELS, "response_code", "response_class"])
+        duration = HistogramMetricFamily(
+            "meshnode_request_duration_milliseconds",
+            "Time from a request's head to its response's end, as the reporter saw it",
+            labels=["node", "process", *_REQUEST_LABELS])
         for name in self._book.names():
             report = self._book.get(name)
             labels = [self._node, name]
@@ -125,30 +129,45 @@ class NodeCollector(Collector):
             self._identity(report.body, labels, issued, refused, ca_expiry, expiry,
                            renew_failed, bundle)
             self._dataplane(report.body.get("dataplane"), labels, tcp, failures, active)
-            self._requests(report.body.get("dataplane"), labels, requests, duration)
+            self._requests(report.body.get("requests"), labels, requests, duration)
         yield from (up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
                     renew_failed, bundle, *tcp.values(), failures, active, requests, duration)
 
     @staticmethod
-    def _requests(stats: object, labels: list[str], requests: Metric, duration: Metric) -> None:
-        """HTTP requests the outbound side answered, by class, and their durations."""
-        if not isinstance(stats, dict):
+    def _requests(figures: object, labels: list[str], requests: Metric, duration: Metric) -> None:
+        """HTTP answers per reporter, principals and destination service (the worker's
+        DataPlane.request_figures()), by code, and their durations."""
+        if not isinstance(figures, list):
             return
-        for cls in range(1, 6):
-            value = stats.get(f"http_responses_{cls}xx")
-            if isinstance(value, int):
-                requests.add_metric([*labels, "outbound", f"{cls}xx"], value)
-        counts = stats.get("http_latency_us")
-        if not isinstance(counts, list) or len(counts) != len(_ENGINE_UPPER_US):
-            return
-        buckets = []
-        for bound_ms in _DURATION_BUCKETS_MS:
-            below = sum(n for n, upper in zip(counts, _ENGINE_UPPER_US) if upper <= bound_ms * 1000)
-            buckets.append((str(bound_ms), below))
-        buckets.append(("+Inf", sum(counts)))
-        # The engine keeps no exact sum; the buckets' lower bounds give a close lower estimate.
-        total_ms = sum(n * lower for n, lower in zip(counts, _ENGINE_LOWER_US)) / 1000
-        duration.add_metric([*labels, "outbound"], buckets, total_ms)
+        codes: dict[tuple[str, ...], int] = {}
+        latency: dict[tuple[str, ...], list[int]] = {}
+        for fig in figures:
+            if not isinstance(fig, dict):
+                continue
+            key = tuple(str(fig.get(label, "unknown")) for label in _REQUEST_LABELS)
+            for code, n in (fig.get("codes") or {}).items():
+                if isinstance(n, int):  # several engine records can share one label set
+                    codes[(*key, str(code))] = codes.get((*key, str(code)), 0) + n
+            counts = latency.setdefault(key, [0] * len(_ENGINE_UPPER_US))
+            for index, n in (fig.get("latency") or {}).items():
+                if str(index).isdigit() and int(index) < len(counts) and isinstance(n, int):
+                    counts[int(index)] += n
+        for (*key, code), n in sorted(codes.items()):
+            cls = f"{code[0]}xx" if code[:1] in "12345" and len(code) == 3 else "unknown"
+            requests.add_metric([*labels, *key, code, cls], n)
+        for key, counts in sorted(latency.items()):
+            if not any(counts):
+                continue
+            buckets = []
+            for bound_ms in _DURATION_BUCKETS_MS:
+                below = sum(n for n, upper in zip(counts, _ENGINE_UPPER_US)
+                            if upper <= bound_ms * 1000)
+                buckets.append((str(bound_ms), below))
+            buckets.append(("+Inf", sum(counts)))
+            # The engine keeps no exact sum; the buckets' lower bounds give a close lower
+            # estimate.
+            total_ms = sum(n * lower for n, lower in zip(counts, _ENGINE_LOWER_US)) / 1000
+            duration.add_metric([*labels, *key], buckets, total_ms)
 
     @staticmethod
     def _dataplane(stats: object, labels: list[str], tcp: dict[str, Metric], failures: Metric,

@@ -60,6 +60,9 @@ def options(runtime_dir: Path, node: str | None, port_base: int, workers: int,
 
 def _check_port_free(port: int, what: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the node's listeners bind: a port that only lingering TIME_WAIT connections
+        # hold (an earlier run's, or a client's ephemeral port) is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -552,7 +552,7 @@ def test_dataplane_serves_http_hosts_of_a_snapshot(mesh_pki: PKI) -> None:
     dp.start()
     try:
         dp.update({
-            "local": [{"identity": BACKEND_ID, "namespace": "demo"}],
+            "local": [{"identity": BACKEND_ID, "namespace": "demo", "address": "127.0.0.1"}],
             "services": [{
                 "name": "backend", "namespace": "demo", "fqdn": "backend.demo.svc",
                 "hosts": HOSTS,
@@ -570,6 +570,14 @@ def test_dataplane_serves_http_hosts_of_a_snapshot(mesh_pki: PKI) -> None:
         assert (resp.status, resp.read()) == (200, b"GET /dp host=backend.demo:8080\n")
         conn.close()
         assert dp.engine.stats()["http_routed"] == 1
+        # The figures in Istio's terms: both sides of the one worker report the request.
+        figures = {f["reporter"]: f for f in dp.request_figures()}
+        assert figures["source"] == {
+            "reporter": "source", "source_principal": BACKEND_ID,
+            "destination_service": "backend.demo.svc", "destination_principal": BACKEND_ID,
+            "codes": {"200": 1}, "latency": figures["source"]["latency"]}
+        assert figures["destination"]["codes"] == {"200": 1}
+        assert sum(figures["destination"]["latency"].values()) == 1
     finally:
         dp.stop()
         app.close()

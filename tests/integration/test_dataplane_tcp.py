@@ -11,7 +11,6 @@ Nothing here sleeps to synchronise: each wait polls a condition with a deadline.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import socket
@@ -24,8 +23,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from identityharness import metric_samples
-from mnharness import CLI, Node, http_get, wait_for
+from dataplanekit import metric_total, settle, worker_reports
+from mnharness import CLI, Node, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -277,39 +276,10 @@ def start_streamer() -> Iterator[Callable[[int], Streamer]]:
 # --- the node's view: /stats and /metrics ------------------------------------------------
 
 
-def worker_reports(node: Node) -> dict[str, dict[str, Any]]:
-    status, body = http_get(f"{node.admin_url}/stats")
-    if status != 200:
-        return {}
-    view = json.loads(body)
-    return {name: view[name] for name in node.worker_names if name in view}
-
-
 def stats_total(node: Node, key: str) -> int:
     """Sum over the workers of one engine counter in their last health beats."""
     return sum(int((report.get("dataplane") or {}).get(key, 0))
                for report in worker_reports(node).values())
-
-
-def metric_total(node: Node, name: str, **labels: str) -> float:
-    """Sum over the node's processes of the samples of ``name`` that carry ``labels``."""
-    return sum(value for sample_labels, value in metric_samples(node.metrics_url, name)
-               if all(sample_labels.get(k) == v for k, v in labels.items()))
-
-
-def settle(node: Node) -> None:
-    """Until every worker has beaten since now, so /stats and /metrics count everything
-    that happened before this call (a beat is a copy of the engine's counters)."""
-    since = time.monotonic() + 0.1  # a beat made just before now may arrive just after
-
-    def fresh() -> bool:
-        asked = time.monotonic()  # telemetry computes age_s at or after this
-        reports = worker_reports(node)
-        return len(reports) == node.workers and all(
-            isinstance(r.get("age_s"), (int, float)) and asked - r["age_s"] > since
-            for r in reports.values())
-
-    wait_for(fresh, 10.0, "a health beat from every worker")
 
 
 def echo_cert(report: dict[str, Any]) -> dict[str, Any]:

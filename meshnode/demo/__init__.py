@@ -1,0 +1,1 @@
+"""demo: `meshnode demo`, two tiny HTTP apps talking through a fresh node over mutual TLS."""

@@ -1,0 +1,532 @@
+"""`meshnode demo`: start a node and two apps, send requests through the mesh, report, clean up.
+
+The steps, each waiting for a condition the node reports (never for a fixed time):
+
+1. a node starts in a fresh runtime dir, exactly as `meshnode up` starts one (supervisord,
+   its five kinds of process), seeded with the demo's Mesh resource only;
+2. the two apps (meshnode.demo.apps) start on free ports of 127.0.0.1;
+3. the demo's Services and Workloads (resources.yaml, the workloads' ports set to the
+   apps') are applied through control, and every worker ACKs that version;
+4. every worker holds a certificate for each identity the node's snapshot places on it;
+5. one warm-up request goes through the mesh until it gets a 2xx (the first table with
+   certificates may land a few ms after the beat that reports them); it is left out of
+   every count below, the mesh's included;
+6. N requests go to the frontend over one keep-alive connection; for each, the frontend
+   calls the backend through the node's HTTP outbound listener (port-base+1, Host
+   ``backend.demo.svc:8080``): the node carries it over mutual TLS to its inbound
+   listener (port-base+6), which hands it to the backend;
+7. the report: statuses, latency, the identities the backend saw (x-forwarded-client-cert)
+   and those the calling side counted (meshnode_requests_total), the apps' and the
+   mesh's counts side by side;
+8. the apps and the node stop (unless --keep), and a runtime dir the demo made is
+   removed when all went well (kept, with its logs, when not).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import yaml
+
+from .. import nodectl, supervise
+from ..ports import Ports
+from . import report
+from .errors import AppFailed, DemoError
+from .report import NOT_REPORTED, MeshCounts
+
+RESOURCES = Path(__file__).resolve().parent / "resources.yaml"
+NAMESPACE = "demo"
+FRONTEND, BACKEND = "frontend", "backend"
+# Each app on its own loopback address: the node tells its local callers apart by source
+# address, so the frontend's calls carry the frontend's identity, not the backend's.
+APP_ADDRESS = {FRONTEND: "127.0.0.2", BACKEND: "127.0.0.1"}
+SERVICE_PORT = 8080  # the backend Service's port, in the Host the frontend sends
+APP_START_TIMEOUT_S = 15.0
+ACK_TIMEOUT_S = 30.0
+CERTS_TIMEOUT_S = 30.0
+WARMUP_TIMEOUT_S = 15.0
+# Workers report their counters in their health beat, once a second (meshnode.process).
+METRICS_SETTLE_S = 5.0
+REQUEST_TIMEOUT_S = 15.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    runtime_dir: Path | None  # None: a fresh dir under /tmp, removed after a clean run
+    port_base: int
+    requests: int
+    workers: int = 2
+    keep: bool = False
+    up_timeout_s: float = 60.0
+
+
+@dataclass
+class Sample:
+    """One request of the run, as the client and the frontend saw it."""
+
+    status: int | None  # end to end: the frontend's answer to the client (None: no answer)
+    e2e_us: int
+    hop_status: int | None = None  # the backend's answer through the mesh, as the frontend got it
+    hop_us: int | None = None
+    server_id: str | None = None  # from the x-forwarded-client-cert the backend received
+    client_id: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Started:
+    """What the demo started, so that exactly that is stopped."""
+
+    runtime_dir: Path
+    made_dir: bool
+    node: bool = False
+    apps: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+
+class _Stop(Exception):
+    """SIGTERM arrived: unwind like Ctrl-C does."""
+
+
+def _wait(condition: Callable[[], T | None], timeout_s: float, what: str,
+          interval_s: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise DemoError(f"timed out after {timeout_s:g}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def _get_json(url: str, timeout_s: float = 2.0) -> tuple[int, Any]:
+    """(status, decoded JSON) of a GET; (0, None) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except OSError:
+        return 0, None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+def _get_text(url: str, timeout_s: float = 2.0) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.read().decode(errors="replace")
+    except (OSError, urllib.error.HTTPError):
+        return None
+
+
+def _check_free(port: int, what: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the node's own listeners bind: connections of an earlier run that linger
+        # in TIME_WAIT do not make a port busy, a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise DemoError(f"port {port} ({what}) is in use; pick another --port-base") from None
+
+
+# --- resources ---------------------------------------------------------------------------
+
+def resource_docs() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(RESOURCES.read_text()) if d]
+
+
+def render_resources(frontend_port: int, backend_port: int) -> str:
+    """resources.yaml with each workload's http port set to its app's."""
+    ports = {f"{FRONTEND}-v1": frontend_port, f"{BACKEND}-v1": backend_port}
+    docs = resource_docs()
+    for doc in docs:
+        if doc.get("kind") == "Workload" and doc["metadata"]["name"] in ports:
+            doc["spec"]["ports"]["http"] = ports[doc["metadata"]["name"]]
+            doc["spec"]["address"] = APP_ADDRESS[doc["metadata"]["name"].rsplit("-", 1)[0]]
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def _write_seed(dest: Path) -> Path:
+    """A config dir holding only the demo's Mesh: the node starts without the example
+    services, so everything it routes is what the demo applies."""
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest.mkdir(mode=0o700, exist_ok=True)
+    mesh = [d for d in resource_docs() if d.get("kind") == "Mesh"]
+    (dest / "mesh.yaml").write_text(yaml.safe_dump_all(mesh, sort_keys=False))
+    return dest
+
+
+# --- the apps --------------------------------------------------------------------------
+
+def _start_app(started: Started, role: str, extra: list[str], keep: bool) -> int:
+    rd = started.runtime_dir
+    port_file = rd / "demo" / f"{role}.port"
+    port_file.unlink(missing_ok=True)
+    log_path = rd / "logs" / f"demo-{role}.log"  # `meshnode logs demo-backend` reads it
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "meshnode.demo.apps", role, "--runtime-dir", str(rd),
+           "--port-file", str(port_file), "--address", APP_ADDRESS[role], *extra]
+    if not keep:  # an app outlives a killed demo by at most half a second
+        cmd += ["--parent", str(os.getpid())]
+    with open(log_path, "ab") as log:
+        # Its own session: Ctrl-C reaches the demo only, which stops the apps in order.
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, env={**os.environ,
+                                                             "PYTHONUNBUFFERED": "1"})
+    started.apps[role] = proc
+
+    def listening() -> int | None:
+        if proc.poll() is not None:
+            raise AppFailed(f"the {role} app exited with {proc.returncode} before listening; "
+                            f"see {log_path}")
+        try:
+            return int(json.loads(port_file.read_text())["port"])
+        except (OSError, ValueError, KeyError):
+            return None
+    return _wait(listening, APP_START_TIMEOUT_S, f"the {role} app to listen", 0.05)
+
+
+def _stop_apps(started: Started) -> None:
+    for proc in started.apps.values():
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in started.apps.values():
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    started.apps.clear()
+
+
+# --- the node ----------------------------------------------------------------------------
+
+def _wait_acked(rd: Path, version: int, workers: list[str]) -> None:
+    def acked() -> bool:
+        acks = nodectl.call(rd, "control", "status", None, timeout_s=5.0).get("acks", {})
+        for worker in workers:
+            ack = acks.get(worker) or {}
+            if ack.get("version") == version and ack.get("status") == "NACK":
+                raise DemoError(f"{worker} refused config version {version}: {ack.get('reason')}")
+        return all((acks.get(w) or {}).get("version") == version
+                   and acks[w].get("status") == "ACK" for w in workers)
+    _wait(acked, ACK_TIMEOUT_S, f"every worker to ACK config version {version}", 0.2)
+
+
+def _wait_certs(ports: Ports, version: int, workers: list[str]) -> list[str]:
+    """Wait until every worker holds a certificate for each identity the node's snapshot
+    places on it; return those identities."""
+    admin = f"http://127.0.0.1:{ports.admin}"
+
+    def placed() -> list[str] | None:
+        status, snapshot = _get_json(f"{admin}/config_dump")
+        if status != 200 or not isinstance(snapshot, dict) or snapshot.get("version") != version:
+            return None
+        return sorted({str(w["identity"]) for w in snapshot.get("local", []) if "identity" in w})
+    identities = _wait(placed, CERTS_TIMEOUT_S, f"config version {version} in /config_dump")
+
+    def issued() -> bool:
+        status, book = _get_json(f"{admin}/stats")
+        if status != 200 or not isinstance(book, dict):
+            return False
+        for worker in workers:
+            certs = (book.get(worker) or {}).get("certs") or {}
+            if not all((certs.get(i) or {}).get("issued") for i in identities):
+                return False
+        return True
+    _wait(issued, CERTS_TIMEOUT_S, "every worker's certificates for " + ", ".join(identities),
+          0.2)
+    return identities
+
+
+def _read_mesh(ports: Ports) -> MeshCounts:
+    text = _get_text(f"http://127.0.0.1:{ports.metrics}/metrics")
+    if text is None:
+        return MeshCounts()
+    try:
+        return report.mesh_counts(text, BACKEND, NAMESPACE)
+    except ValueError:  # an exposition we cannot parse reports nothing
+        return MeshCounts()
+
+
+def _settled(ports: Ports, at_least: int, before: MeshCounts | None = None) -> MeshCounts:
+    """The mesh's counts once they include ``at_least`` requests (beyond ``before``), or
+    whatever they are after METRICS_SETTLE_S: workers report once a second."""
+    deadline = time.monotonic() + METRICS_SETTLE_S
+    while True:
+        counts = _read_mesh(ports)
+        seen = counts.minus(before) if before is not None else counts
+        if (counts.present and seen.total() >= at_least) or time.monotonic() >= deadline:
+            return seen
+        time.sleep(0.2)
+
+
+# --- the requests ------------------------------------------------------------------------
+
+class _Client:
+    """The demo's own keep-alive connection to the frontend."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+
+    def call(self, i: int) -> Sample:
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(APP_ADDRESS[FRONTEND], self.port,
+                                                   timeout=REQUEST_TIMEOUT_S)
+        start = time.perf_counter_ns()
+        try:
+            self.conn.request("GET", f"/call?i={i}")
+            resp = self.conn.getresponse()
+            body = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            return Sample(None, (time.perf_counter_ns() - start) // 1000,
+                          error=f"frontend: {type(exc).__name__}: {exc}")
+        e2e_us = (time.perf_counter_ns() - start) // 1000
+        if resp.will_close:
+            self.close()
+        sample = Sample(resp.status, e2e_us)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            sample.error = f"frontend answered {resp.status} without JSON"
+            return sample
+        sample.hop_status, sample.hop_us, sample.error = doc.get("status"), doc.get("hop_us"), \
+            doc.get("error")
+        backend = doc.get("backend")
+        if isinstance(backend, dict):
+            xfcc = report.xfcc_of(backend.get("headers") or [])
+            sample.server_id, sample.client_id = report.peers_from_xfcc(xfcc)
+        elif isinstance(backend, str) and sample.error is None:
+            sample.error = f"mesh answered {sample.hop_status}: {backend.strip()[:120]}"
+        return sample
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _warm_up(client: _Client) -> int:
+    """Requests until one gets a 2xx through the mesh; how many it took."""
+    deadline = time.monotonic() + WARMUP_TIMEOUT_S
+    sent = 0
+    while True:
+        sample = client.call(0)
+        sent += 1
+        if sample.status is not None and 200 <= sample.status < 300:
+            return sent
+        if time.monotonic() >= deadline:
+            raise DemoError(f"no request got through the mesh within {WARMUP_TIMEOUT_S:g}s; "
+                            f"the last one: {sample.error or sample.status}")
+        time.sleep(0.1)
+
+
+# --- the report --------------------------------------------------------------------------
+
+def _lines(label: str, rows: list[str]) -> Iterator[str]:
+    for i, row in enumerate(rows):
+        yield f"{label if i == 0 else '':<10}{row}"
+
+
+def format_report(*, node: str, rd: Path, ports: Ports, workers: int, app_ports: dict[str, int],
+                  version: int, identities: list[str], warmups: int, samples: list[Sample],
+                  apps_before: dict[str, dict[str, Any]], apps_after: dict[str, dict[str, Any]],
+                  mesh: MeshCounts) -> str:
+    n = len(samples)
+    e2e = Counter(str(s.status) if s.status is not None else "no answer" for s in samples)
+    hop = Counter(str(s.hop_status) if s.hop_status is not None else "no answer"
+                  for s in samples)
+    hop_us = [s.hop_us for s in samples if s.hop_us is not None]
+    e2e_us = [s.e2e_us for s in samples if s.status is not None]
+    host = f"{BACKEND}.{NAMESPACE}.svc:{SERVICE_PORT}"
+    out = ["meshnode demo: frontend -> backend through the mesh, over mutual TLS", ""]
+    out += _lines("node", [
+        f"{node}, runtime dir {rd}, {workers} proxy workers",
+        f"admin http://127.0.0.1:{ports.admin}/ready   "
+        f"metrics http://127.0.0.1:{ports.metrics}/metrics",
+        f"outbound (HTTP) 127.0.0.1:{ports.outbound}   inbound (mTLS) :{ports.inbound}"])
+    out += _lines("apps", [f"{FRONTEND} {APP_ADDRESS[FRONTEND]}:{app_ports[FRONTEND]}   "
+                           f"{BACKEND} {APP_ADDRESS[BACKEND]}:{app_ports[BACKEND]}"])
+    out += _lines("config", [f"version {version} (meshnode/demo/resources.yaml), "
+                             f"ACKed by {', '.join(f'proxy-{i}' for i in range(workers))}",
+                             f"certificates for {', '.join(identities)}"])
+    out += _lines("path", [f"client -> {FRONTEND} -> 127.0.0.1:{ports.outbound} "
+                           f"(Host: {host}) =mTLS=> :{ports.inbound} -> {BACKEND}"])
+    out.append("")
+    warm = f" (after {warmups} warm-up request{'s' if warmups > 1 else ''}, not counted)"
+    out += _lines("requests", [f"{n} sent{warm}"])
+    out += _lines("status", [f"frontend -> backend  {report.tally(hop)}",
+                             f"end to end           {report.tally(e2e)}"])
+    out += _lines("latency", [
+        f"frontend -> backend  p50 {report.ms(report.percentile(hop_us, 50))}"
+        f"  p99 {report.ms(report.percentile(hop_us, 99))}   (measured by the frontend)",
+        f"end to end           p50 {report.ms(report.percentile(e2e_us, 50))}"
+        f"  p99 {report.ms(report.percentile(e2e_us, 99))}"])
+    out.append("")
+    servers = Counter(s.server_id for s in samples if s.server_id)
+    clients = Counter(s.client_id for s in samples if s.client_id)
+    out += _lines("identity", [
+        f"backend saw client identity  {report.most_common(clients)}",
+        f"backend presented            {report.most_common(servers)}",
+        f"frontend's proxy verified    {report.most_common(mesh.destination_principals)}",
+        f"frontend's proxy presented   {report.most_common(mesh.source_principals)}"])
+    def delta(role: str, key: str) -> int | None:
+        after, before = apps_after[role].get(key), apps_before[role].get(key)
+        return after - before if isinstance(after, int) and isinstance(before, int) else None
+
+    fe_line = "the frontend app did not answer /stats"
+    if isinstance(apps_after[FRONTEND].get("codes"), dict):
+        fe_codes = Counter(apps_after[FRONTEND]["codes"])
+        fe_codes.subtract(Counter(apps_before[FRONTEND].get("codes") or {}))
+        fe_line = f"{report.tally(+fe_codes)} from backend"
+        for key, what in (("retries", "sent again on a fresh connection"),
+                          ("errors", "without an answer")):
+            if count := delta(FRONTEND, key):
+                fe_line += f", {count} {what}"
+    be_count = delta(BACKEND, "requests")
+    be_line = str(be_count) if be_count is not None else "the backend app did not answer /stats"
+    if mesh.codes:
+        mesh_line = report.tally(mesh.codes)
+    elif mesh.classes:
+        mesh_line = (f"{report.tally(mesh.classes)} (by class; per-code counts "
+                     f"{NOT_REPORTED})")
+    else:
+        mesh_line = "none" if mesh.present else NOT_REPORTED
+    out += _lines("counts", [f"frontend got   {fe_line}",
+                             f"backend served {be_line}",
+                             f"mesh counted   {mesh_line}"])
+    errors = Counter(s.error for s in samples if s.error)
+    if errors:
+        out.append("")
+        out += _lines("errors", [f"{count} x {err}" for err, count in errors.most_common(5)])
+    return "\n".join(out)
+
+
+# --- the whole run -------------------------------------------------------------------------
+
+def run(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
+    """Run the demo; 0 when every request got a 2xx, 1 when not, 130 when interrupted."""
+    ports = Ports(opts.port_base)
+    for port, what in ((ports.admin, "admin"), (ports.outbound, "outbound"),
+                       (ports.inbound, "inbound"), (ports.metrics, "metrics")):
+        _check_free(port, what)  # before anything is made, so a busy block leaves nothing
+    if opts.runtime_dir is None:
+        # Short on purpose: the bus's ipc socket paths must fit in 107 bytes.
+        started = Started(Path(tempfile.mkdtemp(prefix="mn-demo-", dir="/tmp")), made_dir=True)
+    else:
+        rd = opts.runtime_dir.resolve()
+        if supervise.supervisord_pid(rd) is not None:
+            raise DemoError(f"a node is already running in {rd}; the demo starts its own: "
+                            f"give another --runtime-dir or leave it out")
+        started = Started(rd, made_dir=False)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise _Stop()
+    previous = signal.signal(signal.SIGTERM, on_term), signal.getsignal(signal.SIGINT)
+    ok, interrupted = False, False
+    try:
+        ok = _run(opts, started, ports, out)
+        return 0 if ok else 1
+    except (KeyboardInterrupt, _Stop):
+        interrupted = True
+        out("\ninterrupted: stopping what the demo started")
+        return 130
+    finally:
+        # A second Ctrl-C must not leave half a node behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            _finish(opts.keep and not interrupted, started, ok, out)
+        finally:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
+
+
+def _run(opts: DemoOptions, started: Started, ports: Ports, out: Callable[[str], None]) -> bool:
+    rd = started.runtime_dir
+    workers = [f"proxy-{i}" for i in range(opts.workers)]
+    node_opts = nodectl.options(rd, None, opts.port_base, opts.workers,
+                                _write_seed(rd / "demo" / "seed"))
+    out(f"starting a node in {rd} (port base {opts.port_base}, {opts.workers} workers)...")
+    started.node = True
+    nodectl.up(node_opts, timeout_s=opts.up_timeout_s)
+    app_ports = {BACKEND: _start_app(started, BACKEND, [], opts.keep)}
+    app_ports[FRONTEND] = _start_app(started, FRONTEND, [
+        "--mesh", f"127.0.0.1:{ports.outbound}",
+        "--upstream-host", f"{BACKEND}.{NAMESPACE}.svc:{SERVICE_PORT}"], opts.keep)
+    reply = nodectl.call(rd, "control", "apply", {"files": [
+        {"name": str(RESOURCES), "text": render_resources(app_ports[FRONTEND],
+                                                          app_ports[BACKEND])}]})
+    version = int(reply["version"])
+    out(f"applied config version {version}: {', '.join(reply.get('resources', []))}")
+    _wait_acked(rd, version, workers)
+    identities = _wait_certs(ports, version, workers)
+    client = _Client(app_ports[FRONTEND])
+    try:
+        warmups = _warm_up(client)
+        mesh_before = _settled(ports, warmups)
+        apps_before = {role: _get_json(f"http://{APP_ADDRESS[role]}:{port}/stats")[1] or {}
+                       for role, port in app_ports.items()}
+        out(f"sending {opts.requests} requests: client -> frontend -> mesh -> backend...")
+        samples = [client.call(i) for i in range(1, opts.requests + 1)]
+    finally:
+        client.close()
+    apps_after = {role: _get_json(f"http://{APP_ADDRESS[role]}:{port}/stats")[1] or {}
+                  for role, port in app_ports.items()}
+    mesh = _settled(ports, opts.requests, mesh_before)
+    out("")
+    out(format_report(node=node_opts.node, rd=rd, ports=ports, workers=opts.workers,
+                      app_ports=app_ports, version=version, identities=identities,
+                      warmups=warmups, samples=samples, apps_before=apps_before,
+                      apps_after=apps_after, mesh=mesh))
+    bad = [s for s in samples if s.status is None or not 200 <= s.status < 300]
+    out("")
+    if bad:
+        out(f"FAILED: {len(bad)} of {len(samples)} requests did not get a 2xx "
+            f"({report.tally(Counter(str(s.status or 'no answer') for s in bad))})")
+        return False
+    out(f"ok: all {len(samples)} requests got a 2xx through the mesh")
+    return True
+
+
+def _finish(keep: bool, started: Started, ok: bool, out: Callable[[str], None]) -> None:
+    rd = started.runtime_dir
+    if keep and supervise.supervisord_pid(rd) is not None:
+        pids = " ".join(str(p.pid) for p in started.apps.values() if p.poll() is None)
+        out(f"kept running in {rd}: the node and the apps; stop them with\n"
+            f"  {f'kill {pids}; ' if pids else ''}meshnode down --runtime-dir {rd}")
+        return
+    _stop_apps(started)
+    if started.node:
+        said = nodectl.down(rd)
+        if not said.startswith("no node running"):  # up failed and stopped it already
+            out(said)
+    logs = rd / "logs"
+    has_logs = logs.is_dir() and any(logs.iterdir())
+    if started.made_dir and (ok or not has_logs):
+        shutil.rmtree(rd, ignore_errors=True)
+    elif has_logs and not ok:
+        out(f"logs kept in {logs} (meshnode logs PROCESS --runtime-dir {rd})")
