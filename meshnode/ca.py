@@ -19,14 +19,12 @@ from bus.envelope import Envelope
 from bus.errors import RemoteError
 
 from . import logs
-from .control import NAME as CONTROL, SNAPSHOT_TOPIC
+from .busnames import BUNDLE_KEY, BUNDLE_TOPIC, CONTROL, SNAPSHOT_TOPIC
+from .busnames import CA as NAME
 from .identity.authority import Authority, Policy
 from .identity.errors import IdentityError, NotReady, Refused
 from .process import Process, base_parser
 
-NAME = "ca"
-BUNDLE_TOPIC = "cert.bundle"
-BUNDLE_KEY = "bundle"
 
 
 def _body(req: Envelope) -> dict[str, Any]:

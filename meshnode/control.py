@@ -22,11 +22,10 @@ from bus.errors import RemoteError
 from . import logs
 from .config import (DEFAULT_CONFIG, ConfigError, NotFound, Store, compile_snapshot,
                      parse_text, to_dict)
+from .busnames import ACK_TOPIC, SNAPSHOT_TOPIC
+from .busnames import CONTROL as NAME
 from .process import Process, base_parser
 
-NAME = "control"
-SNAPSHOT_TOPIC = "config.snapshot"
-ACK_TOPIC = "config.ack"
 # One request carries at most this much YAML: a config, not a data dump.
 MAX_APPLY_BYTES = 8 * 1024 * 1024
 

@@ -58,7 +58,8 @@ def options(runtime_dir: Path, node: str | None, port_base: int, workers: int,
                        ca_issuer=ca_issuer.resolve() if ca_issuer else None, log_level=log_level)
 
 
-def _check_port_free(port: int, what: str) -> None:
+def check_port_free(port: int, what: str) -> None:
+    """NodeError unless a node could listen on 127.0.0.1:`port` (`what` names it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # As the node's listeners bind: a port that only lingering TIME_WAIT connections
         # hold (an earlier run's, or a client's ephemeral port) is free to listen on.
@@ -92,7 +93,7 @@ def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
         raise NodeError(str(exc)) from None
     ports = Ports(opts.port_base)
     for port, what in ((ports.admin, "admin"), (ports.metrics, "metrics")):
-        _check_port_free(port, what)
+        check_port_free(port, what)
     try:
         supervise.start(opts)
     except Exception as exc:  # supervisord itself did not start: say why, with its output

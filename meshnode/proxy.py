@@ -24,21 +24,11 @@ from bus.envelope import Envelope
 import fastpath.tls
 
 from . import logs
+from .busnames import ACK_TOPIC, BUNDLE_KEY, BUNDLE_TOPIC, CA, CONTROL, SNAPSHOT_TOPIC
 from .dataplane import DataPlane
 from .identity.creds import WorkerIdentity
 from .process import Process, base_parser
 
-# The bus names of control's and ca's services and topics (owned by meshnode.control
-# and meshnode.ca). They are repeated here, not imported: importing those modules
-# would load what only those processes use (YAML, config validation, the issuing
-# authority): 2.3 MB of every worker's RSS, measured. tests/integration/
-# test_worker_memory.py checks that both copies agree.
-CONTROL = "control"
-SNAPSHOT_TOPIC = "config.snapshot"
-ACK_TOPIC = "config.ack"
-CA = "ca"
-BUNDLE_TOPIC = "cert.bundle"
-BUNDLE_KEY = "bundle"
 
 
 def check_snapshot(snapshot: object) -> str | None:

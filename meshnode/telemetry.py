@@ -23,7 +23,7 @@ from bus.clone import StateClient
 from bus.envelope import Envelope
 
 from . import logs
-from .control import NAME as CONTROL, SNAPSHOT_TOPIC
+from .busnames import CONTROL, SNAPSHOT_TOPIC
 from .health import HealthBook
 from .metrics import NodeCollector
 from .process import Process, base_parser

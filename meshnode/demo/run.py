@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -140,14 +139,10 @@ def _get_text(url: str, timeout_s: float = 2.0) -> str | None:
 
 
 def _check_free(port: int, what: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As the node's own listeners bind: connections of an earlier run that linger
-        # in TIME_WAIT do not make a port busy, a listener does.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            raise DemoError(f"port {port} ({what}) is in use; pick another --port-base") from None
+    try:
+        nodectl.check_port_free(port, what)
+    except nodectl.NodeError as exc:
+        raise DemoError(str(exc)) from None
 
 
 # --- resources ---------------------------------------------------------------------------

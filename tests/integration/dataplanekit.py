@@ -38,3 +38,15 @@ def settle(node: Node) -> None:
             for r in reports.values())
 
     wait_for(fresh, 10.0, "a health beat from every worker")
+
+
+def cert_of(report: dict[str, Any], identity: str) -> dict[str, Any]:
+    """What a worker's beat says of its certificate for `identity`."""
+    return (report.get("certs") or {}).get(identity) or {}
+
+
+def certs_issued(node: Node, identity: str) -> bool:
+    """Every worker of the node holds a certificate for `identity`."""
+    reports = worker_reports(node)
+    return len(reports) == node.workers and all(cert_of(r, identity).get("issued")
+                                                for r in reports.values())

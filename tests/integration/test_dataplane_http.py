@@ -37,7 +37,7 @@ import pytest
 import requests
 
 from httpapps import DIE_ANNOUNCED_BYTES, DIE_SENT_BYTES, HTTPApp, stream_bytes
-from dataplanekit import metric_total, settle, worker_reports
+from dataplanekit import cert_of, certs_issued, metric_total, settle, worker_reports
 from mnharness import CLI, Node, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -230,13 +230,7 @@ def closed_by_peer(sock: socket.socket) -> bool:
 
 
 def backend_cert(report: dict[str, Any]) -> dict[str, Any]:
-    return (report.get("certs") or {}).get(BACKEND_ID) or {}
-
-
-def certs_issued(node: Node) -> bool:
-    reports = worker_reports(node)
-    return len(reports) == node.workers and all(backend_cert(r).get("issued")
-                                                for r in reports.values())
+    return cert_of(report, BACKEND_ID)
 
 
 # --- the node ---------------------------------------------------------------------------------
@@ -275,7 +269,7 @@ def serves(port: int) -> bool:
 def wait_serving(node: Node, port: int, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Until both workers hold the backend's certificate and six GETs in a row, each on
     a fresh connection that either worker may accept, come back from the app."""
-    wait_for(lambda: certs_issued(node), timeout_s,
+    wait_for(lambda: certs_issued(node, BACKEND_ID), timeout_s,
              "every worker to hold the backend certificate")
     wait_for(lambda: all(serves(port) for _ in range(6)), timeout_s,
              f"GETs through the mesh on 127.0.0.1:{port}")

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from dataplanekit import metric_total, settle, worker_reports
+from dataplanekit import cert_of, certs_issued, metric_total, settle, worker_reports
 from mnharness import CLI, Node, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -284,13 +284,7 @@ def stats_total(node: Node, key: str) -> int:
 
 def echo_cert(report: dict[str, Any]) -> dict[str, Any]:
     """What a worker's beat says of its certificate for the echo workload."""
-    return (report.get("certs") or {}).get(ECHO_ID) or {}
-
-
-def certs_issued(node: Node) -> bool:
-    reports = worker_reports(node)
-    return len(reports) == node.workers and all(echo_cert(r).get("issued")
-                                                for r in reports.values())
+    return cert_of(report, ECHO_ID)
 
 
 # --- the node -------------------------------------------------------------------------------
@@ -313,7 +307,7 @@ class Mesh:
 def wait_serving(node: Node, port: int, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Until both workers hold the workload's certificate and the mesh echoes through
     ``port`` several times in a row (each connection may meet either worker twice)."""
-    wait_for(lambda: certs_issued(node), timeout_s, "every worker to hold the echo certificate")
+    wait_for(lambda: certs_issued(node, ECHO_ID), timeout_s, "every worker to hold the echo certificate")
     wait_for(lambda: all(echoes(port) for _ in range(6)), timeout_s,
              f"echo through the mesh on 127.0.0.1:{port}")
 

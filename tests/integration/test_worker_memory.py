@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from meshnode import ca, control, proxy
-
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,11 +32,3 @@ def test_worker_imports_nothing_of_the_other_processes() -> None:
                             timeout=30, stdin=subprocess.DEVNULL, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
-
-
-def test_worker_bus_names_are_controls_and_cas() -> None:
-    # The worker repeats these names rather than importing their owners' modules.
-    assert (proxy.CONTROL, proxy.SNAPSHOT_TOPIC, proxy.ACK_TOPIC) == (
-        control.NAME, control.SNAPSHOT_TOPIC, control.ACK_TOPIC)
-    assert (proxy.CA, proxy.BUNDLE_TOPIC, proxy.BUNDLE_KEY) == (
-        ca.NAME, ca.BUNDLE_TOPIC, ca.BUNDLE_KEY)
