@@ -204,6 +204,12 @@ cdef enum ConnFlags:
     CONN_SERVICE_KNOWN = 512
     # HTTP: a request on this pair got its whole answer already.
     CONN_ANSWERED = 1024
+    # HTTP outbound: reading from or writing to the client failed (it reset or left).
+    CONN_CLIENT_GONE = 2048
+    # HTTP outbound, client gone with whole requests upstream: their answers are read
+    # and dropped, then the upstream goes to the pool (as HAProxy keeps a server
+    # connection whose client aborted), so a client's abort costs no new handshake.
+    CONN_DRAINING = 4096
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -345,6 +351,10 @@ cdef struct Counters:
     uint64_t http_responses[5]
     uint64_t http_latency_us[ENGINE_LATENCY_BUCKETS]
     uint64_t stats_overflow        # answers not kept per key: ENGINE_STAT_RECORDS used up
+    # The loop's own health (Envoy's dispatcher loop_duration_us): time from epoll_wait
+    # returning to the next call, log-linear µs buckets as http_latency_us, and the most.
+    uint64_t loop_busy_us[ENGINE_LATENCY_BUCKETS]
+    uint64_t loop_busy_max_ns
 
 
 # --- the engine's state ------------------------------------------------------------------------

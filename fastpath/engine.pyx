@@ -453,6 +453,11 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
 cdef void _side_close(Side* s, bint reset) noexcept nogil:
     cdef net.linger lg
     if s.ssl != NULL:
+        # A connection ended without close_notify (a client gone mid-request, a reset)
+        # says nothing against its session: marked shut, SSL_free() keeps the session
+        # resumable, so the next connections to the endpoint still resume it instead of
+        # all paying full handshakes at once.
+        openssl.SSL_set_shutdown(s.ssl, openssl.SSL_get_shutdown(s.ssl) | openssl.SSL_SENT_SHUTDOWN)
         openssl.SSL_free(s.ssl)
         s.ssl = NULL
     if s.fd >= 0:
@@ -664,11 +669,69 @@ cdef void _take_ticket(Conn* c) noexcept nogil:
     c.flags &= ~CONN_TICKET_WAIT
 
 
+cdef int _drain_start(Core* core, Conn* c) noexcept nogil:
+    """The client of an HTTP outbound pair is gone: keep the upstream when every byte
+    sent on it belongs to whole requests (their answers are then read and dropped, and
+    the upstream pooled: _drain); STATUS_RESET when it cannot be kept."""
+    if (c.flags & (CONN_INBOUND | CONN_HTTP)) != CONN_HTTP or c.up.ssl == NULL:
+        return STATUS_RESET
+    if (c.state != CONN_PIPE or c.switching or not c.reusable or c.fwd != 0
+            or c.req_phase != REQ_HEAD or c.resp_phase == RESP_TUNNEL
+            or c.resp_phase == RESP_CLOSE or c.u2d.eof):
+        return STATUS_RESET
+    _side_close(&c.down, True)
+    if c.d2u.buf != NULL:
+        _buf_put(core, c.d2u.buf)
+    memset(&c.d2u, 0, sizeof(Flow))
+    c.flags = (c.flags | CONN_DRAINING) & ~CONN_RETRYABLE
+    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    return _drain(core, c)
+
+
+cdef int _drain(Core* core, Conn* c) noexcept nogil:
+    """CONN_DRAINING: read the upstream's answers, drop them as they are framed, pool
+    the upstream once nothing is owed (STATUS_CLOSE ends the pair either way)."""
+    cdef Flow* f = &c.u2d
+    cdef Py_ssize_t r
+    cdef uint32_t cap = core.buffer_bytes
+    while True:
+        if f.buf == NULL:
+            f.buf = _buf_get(core)
+            if f.buf == NULL:
+                return STATUS_RESET
+        if f.tail == cap:
+            memmove(f.buf, f.buf + f.head, f.tail - f.head)
+            f.tail -= f.head
+            f.head = 0
+            if f.tail == cap:
+                return STATUS_RESET     # a head over a buffer: not worth keeping
+        r = _recv(&c.up, f.buf + f.tail, cap - f.tail)
+        if r == STATUS_AGAIN:
+            break
+        if r <= 0:
+            return STATUS_RESET         # ended or failed: nothing to keep
+        f.tail += <uint32_t>r
+        if _http_rframe(core, c) != STATUS_OK:
+            return STATUS_RESET
+        f.head += c.resp_fwd            # framed: dropped
+        c.resp_fwd = 0
+    if f.head == f.tail:
+        _buf_put(core, f.buf)
+        memset(f, 0, sizeof(Flow))
+    c.active_ns = core.now_ns
+    if c.n_pend == 0 and c.resp_phase == RESP_HEAD and f.buf == NULL and c.reusable:
+        _pool_put(core, c)
+        return STATUS_CLOSE
+    return STATUS_OK
+
+
 cdef int _pump(Core* core, Conn* c) noexcept nogil:
     """Move bytes both ways until neither direction moves or the turn's budget is used."""
     cdef SideCounters* sc = _counters_of(core, c)
     cdef int64_t a, b
     cdef int64_t moved = 0
+    if c.flags & CONN_DRAINING:
+        return _drain(core, c)
     while True:
         if c.flags & CONN_HTTP:
             a = _http_d2u(core, c, &sc.bytes_received)
@@ -678,6 +741,8 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             a = _flow(core, &c.down, &c.up, &c.d2u, &sc.bytes_received, NULL, True)
         if a < 0:
             sc.aborted += 1
+            if c.flags & CONN_CLIENT_GONE:
+                return _drain_start(core, c)
             return STATUS_RESET
         if c.flags & CONN_HTTP:
             b = _http_u2d(core, c, &sc.bytes_sent)
@@ -689,6 +754,8 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             b = _flow(core, &c.up, &c.down, &c.u2d, NULL, &sc.bytes_sent, True)
         if b < 0:
             sc.aborted += 1
+            if c.flags & CONN_CLIENT_GONE:
+                return _drain_start(core, c)
             return STATUS_RESET
         if c.flags & CONN_TICKET_WAIT:
             _take_ticket(c)
@@ -865,9 +932,8 @@ cdef int _handshake(Core* core, Conn* c) noexcept nogil:
 
 
 cdef inline void _ssl_tune(openssl.SSL* ssl) noexcept nogil:
-    # No read-ahead: it saves the record-header read() but measured no faster here,
-    # and keeps more plaintext inside OpenSSL, outside the pool's accounting.
     openssl.SSL_set_mode(ssl, _SSL_MODES)
+    openssl.SSL_set_read_ahead(ssl, 1)
 
 
 cdef int _tls_client_start(Core* core, Conn* c) noexcept nogil:
@@ -1408,6 +1474,7 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
         elif r == STATUS_AGAIN:
             break
         else:
+            c.flags |= CONN_CLIENT_GONE
             return STATUS_RESET
     if _http_frame(core, c) != STATUS_OK:
         return STATUS_RESET
@@ -1540,7 +1607,9 @@ cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
     """The oldest pending request got its final response (framed to its end)."""
     _invariant(c.n_pend > 0, b"a response without a request")
     c.flags |= CONN_ANSWERED
-    _count_answer(core, c, c.resp_status, core.now_ns - c.pend_start_ns[c.pend_first])
+    # An answer nobody received counts as code 0 (Envoy's "downstream disconnected").
+    _count_answer(core, c, 0 if c.flags & CONN_DRAINING else c.resp_status,
+                  core.now_ns - c.pend_start_ns[c.pend_first])
     c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
     c.n_pend -= 1
 
@@ -1704,6 +1773,7 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
         elif r == STATUS_AGAIN:
             break
         else:
+            c.flags |= CONN_CLIENT_GONE
             return STATUS_RESET
     _invariant(f.head + c.resp_fwd <= f.tail and f.tail <= cap, b"http response framing out of the buffer")
     if f.buf != NULL and f.head == f.tail:
@@ -2038,7 +2108,10 @@ cdef void _scan(Core* core) noexcept nogil:
             continue
         sc = _counters_of(core, c)
         if c.state == CONN_PIPE:
-            if now - c.active_ns >= core.idle_timeout_ns:
+            if c.flags & CONN_DRAINING and now >= c.deadline_ns:
+                sc.idle_timeouts += 1       # answers nobody waits for: not for long
+                _conn_close(core, c, True)
+            elif now - c.active_ns >= core.idle_timeout_ns:
                 sc.idle_timeouts += 1
                 _conn_close(core, c, False)
         elif now >= c.deadline_ns:
@@ -2084,6 +2157,7 @@ cdef int _loop(Core* core) noexcept nogil:
     cdef net.epoll_event events[ENGINE_EPOLL_EVENTS]
     cdef int n, i, timeout_ms
     cdef int status = STATUS_OK
+    cdef int64_t busy
     cdef Table* pending
     cdef bint stop
     core.now_ns = _now_ns()
@@ -2122,6 +2196,10 @@ cdef int _loop(Core* core) noexcept nogil:
         if core.now_ns >= core.next_scan_ns:
             _scan(core)
             core.next_scan_ns = core.now_ns + ENGINE_SCAN_INTERVAL_MS * 1000000
+        busy = _now_ns() - core.now_ns
+        core.counters.loop_busy_us[_latency_bucket(busy)] += 1
+        if busy > <int64_t>core.counters.loop_busy_max_ns:
+            core.counters.loop_busy_max_ns = <uint64_t>busy
     _wind_down(core)
     return status
 
@@ -2369,6 +2447,8 @@ cdef class Engine:
             out["http_responses_%dxx" % (i + 1)] = snap.http_responses[i]
         out["http_latency_us"] = [snap.http_latency_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]
         out["stats_overflow"] = snap.stats_overflow
+        out["loop_busy_us"] = [snap.loop_busy_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]
+        out["loop_busy_max_us"] = snap.loop_busy_max_ns // 1000
         out["generation"] = self.core.generation
         return out
 

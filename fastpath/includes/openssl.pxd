@@ -207,6 +207,11 @@ cdef extern from "openssl/ssl.h" nogil:
     # --- connections (SSL) ---------------------------------------------------------
     SSL* SSL_new(SSL_CTX* ctx)                           # up-refs ctx
     void SSL_free(SSL* ssl)
+    # Shutdown state flags (SSL_SENT_SHUTDOWN...). SSL_free() drops the connection's
+    # session from resumption when SSL_SENT_SHUTDOWN is not set ("bad session").
+    int SSL_get_shutdown(const SSL* ssl)
+    void SSL_set_shutdown(SSL* ssl, int mode)
+    const int SSL_SENT_SHUTDOWN
     # Wraps the fd in a socket BIO that does not close it.
     int SSL_set_fd(SSL* ssl, int fd)
     # SNI; takes a copy. Macro over SSL_ctrl, so the cast to void* happens in C.
@@ -260,6 +265,7 @@ cdef extern from "openssl/ssl.h" nogil:
     const int SSL_R_CERTIFICATE_VERIFY_FAILED
 
     # SSL_set_mode() bits.
+    void SSL_set_read_ahead(SSL* ssl, int yes)
     # SSL_write returns after each record instead of after the whole buffer.
     const long SSL_MODE_ENABLE_PARTIAL_WRITE
     # A retried SSL_write may pass the same bytes from another address (after memmove).

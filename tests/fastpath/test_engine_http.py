@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import os
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -180,6 +181,10 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"until close")
             self.close_connection = True
+            return
+        if self.path == "/sleep":       # a slow answer: time for the client to give up
+            time.sleep(0.3)
+            self._send(200, b"slept\n")
             return
         if self.path == "/headers":     # the fields as the app got them, one per line
             self._send(200, "".join(f"{k.lower()}: {v}\n" for k, v in self.headers.items()).encode(),
@@ -1062,3 +1067,20 @@ def test_a_local_workload_is_told_apart_by_its_source_address(mesh: Mesh) -> Non
     callers = {r["peer"]: sum(r["codes"].values())
                for r in mesh.in_node.engine.request_stats() if r["direction"] == "inbound"}
     assert callers == {BACKEND_ID: 2, FRONTEND_ID: 1}
+
+
+def test_a_client_resetting_mid_request_leaves_its_upstream_pooled(mesh: Mesh) -> None:
+    # The answer is read and dropped, the mTLS upstream kept: a client's abort costs
+    # the next client no handshake (as HAProxy keeps a server connection).
+    c = mesh.client()
+    c.sendall(b"GET /sleep HTTP/1.1\r\nHost: backend\r\n\r\n")
+    wait_for(lambda: mesh.out_node.stats()["http_routed"] == 1, what="request routed")
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()                                               # RST, the request unanswered
+    wait_for(lambda: mesh.out_node.stats()["http_upstream_pooled"] == 1, what="upstream pooled")
+    assert get(mesh, "backend") == (200, b"GET /x host=backend\n")
+    stats = mesh.out_node.stats()
+    assert (stats["outbound_tls_handshakes"], stats["http_upstream_reused"]) == (1, 1)
+    assert stats["outbound_aborted"] == 1
+    rec = _record(mesh.out_node.engine.request_stats(), "outbound", "demo/backend:http")
+    assert rec["codes"] == {0: 1, 200: 1}                  # 0: nobody got that answer
