@@ -175,6 +175,12 @@ cdef enum ConnState:
 cdef struct Side:
     int fd                         # -1 when closed / not opened yet
     openssl.SSL* ssl               # NULL for the plaintext side
+    # The socket may have bytes to read: set by every EPOLLIN (edge-triggered: each new
+    # arrival brings one), cleared when a read finds it empty (EAGAIN, or a plaintext
+    # read shorter than asked). A read of a side not readable costs no system call.
+    bint readable
+    bint hup                       # EPOLLRDHUP/HUP/ERR seen: an end is pending, so a
+                                   # short read does not mean the socket is empty
 
 
 # Bytes moving one way, from one side to the other, through at most one pooled buffer.

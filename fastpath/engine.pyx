@@ -420,8 +420,12 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.client_ctx = NULL
     c.down.fd = -1
     c.down.ssl = NULL
+    c.down.readable = True
+    c.down.hup = False
     c.up.fd = -1
     c.up.ssl = NULL
+    c.up.readable = True
+    c.up.hup = False
     memset(&c.d2u, 0, sizeof(Flow))
     memset(&c.u2d, 0, sizeof(Flow))
     c.deadline_ns = core.now_ns + core.connect_timeout_ns
@@ -521,24 +525,34 @@ cdef Py_ssize_t _recv(Side* s, char* p, uint32_t n) noexcept nogil:
     cdef Py_ssize_t r
     cdef int err
     if s.ssl == NULL:
+        if not s.readable:
+            return STATUS_AGAIN
         while True:
             r = net.recv(s.fd, p, n, 0)
             if r > 0:
+                if r < n and not s.hup:
+                    s.readable = False  # drained: the next arrival brings an EPOLLIN
                 return r
             if r == 0:
                 return STATUS_EOF
             if errno == EINTR:
                 continue
             if errno == EAGAIN:
+                s.readable = False
                 return STATUS_AGAIN
             return STATUS_RESET
+    if not s.readable and not openssl.SSL_has_pending(s.ssl):
+        return STATUS_AGAIN
     # SSL_get_error reads this thread's error queue: it must hold nothing older.
     openssl.ERR_clear_error()
     r = openssl.SSL_read(s.ssl, p, <int>n)
     if r > 0:
         return r
     err = openssl.SSL_get_error(s.ssl, <int>r)
-    if err == openssl.SSL_ERROR_WANT_READ or err == openssl.SSL_ERROR_WANT_WRITE:
+    if err == openssl.SSL_ERROR_WANT_READ:
+        s.readable = False              # OpenSSL read the socket empty
+        return STATUS_AGAIN
+    if err == openssl.SSL_ERROR_WANT_WRITE:
         return STATUS_AGAIN
     if err == openssl.SSL_ERROR_ZERO_RETURN:
         return STATUS_EOF           # close_notify: the only clean end of a TLS stream
@@ -782,6 +796,10 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
 
 
 cdef inline int _enter_pipe(Core* core, Conn* c) noexcept nogil:
+    # Setup read what it needed and left other sides' events unhandled: assume both
+    # readable once.
+    c.down.readable = True
+    c.up.readable = True
     c.state = CONN_PIPE
     c.active_ns = core.now_ns
     # Bytes may be waiting already (the client spoke first; OpenSSL decrypted a record
@@ -801,6 +819,8 @@ cdef int _connect(Core* core, Conn* c, const net.sockaddr_storage* addr,
         sc.connect_failures += 1
         return STATUS_CLOSE
     c.up.fd = fd
+    c.up.readable = True
+    c.up.hup = False
     _nodelay(fd)
     if _watch(core, fd, _tag(_TAG_UP, c.index, c.gen)) != 0:
         sc.connect_failures += 1
@@ -1865,6 +1885,8 @@ cdef bint _pool_take(Core* core, Conn* c, Endpoint* ep) noexcept nogil:
             if err == openssl.SSL_ERROR_WANT_READ:
                 c.up.fd = u.fd
                 c.up.ssl = u.ssl
+                c.up.readable = True
+                c.up.hup = False
                 c.peer_principal = u.principal
                 c.stat = -1
                 if _watch(core, u.fd, _tag(_TAG_UP, c.index, c.gen)) == 0:
@@ -2044,6 +2066,11 @@ cdef void _accept(Core* core, uint32_t which) noexcept nogil:
 
 
 cdef int _conn_event(Core* core, Conn* c, uint32_t kind, uint32_t events) noexcept nogil:
+    cdef Side* side = &c.down if kind == _TAG_DOWN else &c.up
+    if events & (net.EPOLLIN | net.EPOLLRDHUP | net.EPOLLHUP | net.EPOLLERR):
+        side.readable = True
+    if events & (net.EPOLLRDHUP | net.EPOLLHUP | net.EPOLLERR):
+        side.hup = True
     if c.state == CONN_PIPE:
         return _pump(core, c)
     if c.state == CONN_HTTP_HEAD:

@@ -221,6 +221,8 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_connect(SSL* ssl)
     int SSL_accept(SSL* ssl)
     int SSL_read(SSL* ssl, void* buf, int num)
+    # Plaintext or record bytes OpenSSL holds (read-ahead) that need no socket read.
+    int SSL_has_pending(const SSL* ssl)
     int SSL_write(SSL* ssl, const void* buf, int num)
     int SSL_shutdown(SSL* ssl)
     # Valid only right after the failed call, on the same thread, with the error
