@@ -1074,7 +1074,8 @@ def test_a_client_resetting_mid_request_leaves_its_upstream_pooled(mesh: Mesh) -
     # the next client no handshake (as HAProxy keeps a server connection).
     c = mesh.client()
     c.sendall(b"GET /sleep HTTP/1.1\r\nHost: backend\r\n\r\n")
-    wait_for(lambda: mesh.out_node.stats()["http_routed"] == 1, what="request routed")
+    # Sent upstream (it reached the app's node) before the client goes.
+    wait_for(lambda: mesh.in_node.stats()["inbound_bytes_received"] > 0, what="request sent")
     c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     c.close()                                               # RST, the request unanswered
     wait_for(lambda: mesh.out_node.stats()["http_upstream_pooled"] == 1, what="upstream pooled")
