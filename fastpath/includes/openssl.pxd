@@ -47,7 +47,13 @@ cdef extern from "openssl/bio.h" nogil:
     ctypedef struct BIO:
         pass
 
+    ctypedef struct BIO_METHOD:
+        pass
+
     BIO* BIO_new_mem_buf(const void* buf, int len)
+    BIO* BIO_new(const BIO_METHOD* method)
+    const BIO_METHOD* BIO_s_mem()
+    long BIO_get_mem_data(BIO* b, char** pp)                      # macro
     int BIO_free(BIO* a)
 
 
@@ -59,12 +65,25 @@ cdef extern from "openssl/asn1.h" nogil:
     const unsigned char* ASN1_STRING_get0_data(const ASN1_STRING* x)
     int ASN1_STRING_length(const ASN1_STRING* x)
 
+    ctypedef struct ASN1_TIME:
+        pass
+    # Broken-down UTC time (libc struct tm, from time.h).
+    int ASN1_TIME_to_tm(const ASN1_TIME* s, void* tm)
+
 
 cdef extern from "openssl/evp.h" nogil:
     ctypedef struct EVP_PKEY:
         pass
 
+    ctypedef struct EVP_MD:
+        pass
+    ctypedef struct EVP_CIPHER:
+        pass
+
     void EVP_PKEY_free(EVP_PKEY* pkey)
+    # A fresh EC key on the named curve ("P-256"). Macro over EVP_PKEY_Q_keygen.
+    EVP_PKEY* EVP_EC_gen(const char* curve)
+    const EVP_MD* EVP_sha256()
 
 
 cdef extern from "openssl/x509.h" nogil:
@@ -86,7 +105,29 @@ cdef extern from "openssl/x509.h" nogil:
     const long X509_V_OK
     const unsigned long X509_V_FLAG_PARTIAL_CHAIN
 
+    ctypedef struct X509_REQ:
+        pass
+    ctypedef struct X509_EXTENSION:
+        pass
+    ctypedef struct stack_st_X509_EXTENSION "STACK_OF(X509_EXTENSION)":
+        pass
+
     void X509_free(X509* a)
+    const ASN1_TIME* X509_get0_notBefore(const X509* x)
+    const ASN1_TIME* X509_get0_notAfter(const X509* x)
+
+    # Certificate signing requests (what a worker sends its node's CA).
+    X509_REQ* X509_REQ_new()
+    void X509_REQ_free(X509_REQ* req)
+    int X509_REQ_set_version(X509_REQ* req, long version)
+    int X509_REQ_set_pubkey(X509_REQ* req, EVP_PKEY* pkey)
+    int X509_REQ_add_extensions(X509_REQ* req, const stack_st_X509_EXTENSION* exts)
+    int X509_REQ_sign(X509_REQ* req, EVP_PKEY* pkey, const EVP_MD* md)   # > 0 on success
+    void X509_EXTENSION_free(X509_EXTENSION* ex)
+    stack_st_X509_EXTENSION* sk_X509_EXTENSION_new_null()                        # macro
+    int sk_X509_EXTENSION_push(stack_st_X509_EXTENSION* sk, X509_EXTENSION* ex)  # macro
+    void sk_X509_EXTENSION_pop_free(stack_st_X509_EXTENSION* sk,
+                                    void (*f)(X509_EXTENSION*))                   # macro
     int X509_STORE_add_cert(X509_STORE* store, X509* x)   # takes its own reference
     int X509_VERIFY_PARAM_clear_flags(X509_VERIFY_PARAM* param, unsigned long flags)
     # Static text for an X509_V_* code ("certificate has expired").
@@ -113,6 +154,10 @@ cdef extern from "openssl/x509v3.h" nogil:
         pass
 
     void GENERAL_NAMES_free(GENERAL_NAMES* a)
+    # An extension from its config-file text ("critical,URI:spiffe://..."); NULL conf
+    # and ctx are enough for a subjectAltName of URIs.
+    X509_EXTENSION* X509V3_EXT_nconf_nid(void* conf, void* ctx, int ext_nid,
+                                         const char* value)
     # The union member for the name's type; for GEN_URI an ASN1_IA5STRING (an ASN1_STRING).
     void* GENERAL_NAME_get0_value(const GENERAL_NAME* a, int* ptype)
     int sk_GENERAL_NAME_num(const GENERAL_NAMES* sk)                          # macro
@@ -126,6 +171,11 @@ cdef extern from "openssl/pem.h" nogil:
 
     X509* PEM_read_bio_X509(BIO* bp, X509** x, pem_password_cb* cb, void* u)
     EVP_PKEY* PEM_read_bio_PrivateKey(BIO* bp, EVP_PKEY** x, pem_password_cb* cb, void* u)
+    # PKCS#8 ("BEGIN PRIVATE KEY"), unencrypted when enc is NULL.
+    int PEM_write_bio_PrivateKey(BIO* bp, const EVP_PKEY* x, const EVP_CIPHER* enc,
+                                 const unsigned char* kstr, int klen, pem_password_cb* cb,
+                                 void* u)
+    int PEM_write_bio_X509_REQ(BIO* bp, const X509_REQ* x)
 
 
 cdef extern from "openssl/ssl.h" nogil:

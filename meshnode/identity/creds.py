@@ -11,6 +11,7 @@ the health beat (and so in metrics) long before it fails.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import time
@@ -21,10 +22,11 @@ from bus.errors import BusError, RemoteError
 from bus.request import Client
 
 from fastpath.engine import ALPN_TCP
+from fastpath.errors import TLSError
+from fastpath.keys import chain_validity, make_csr_pem, new_key_pem
 from fastpath.tls import TLSContext
 
 from .. import logs
-from . import pki
 
 log = logging.getLogger("meshnode.identity")
 
@@ -48,7 +50,7 @@ class Contexts:
 @dataclass
 class Credential:
     identity: str
-    key: pki.PrivateKey = field(default_factory=pki.new_key)
+    key_pem: bytes = field(default_factory=new_key_pem)
     chain_pem: bytes | None = None
     not_before: float = 0.0
     not_after: float = 0.0
@@ -60,12 +62,15 @@ class Credential:
     contexts: Contexts | None = None
 
 
-def build_contexts(chain_pem: bytes, key: pki.PrivateKey, bundle_pem: bytes) -> Contexts:
+def _iso(posix: float) -> str:
+    return dt.datetime.fromtimestamp(posix, dt.timezone.utc).isoformat()
+
+
+def build_contexts(chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> Contexts:
     """Server and client mTLS contexts (TLS 1.3, peer cert required, bundle as trust)."""
-    key_bytes = pki.key_pem(key)
     return Contexts(
-        server=TLSContext.for_mesh(True, chain_pem, key_bytes, bundle_pem, ALPN),
-        client=TLSContext.for_mesh(False, chain_pem, key_bytes, bundle_pem, ALPN))
+        server=TLSContext.for_mesh(True, chain_pem, key_pem, bundle_pem, ALPN),
+        client=TLSContext.for_mesh(False, chain_pem, key_pem, bundle_pem, ALPN))
 
 
 class WorkerIdentity:
@@ -126,14 +131,16 @@ class WorkerIdentity:
             self._warn_if_expiring(cred, now)
 
     def _renew(self, cred: Credential, now: float) -> None:
-        key = pki.new_key()  # a fresh key per certificate: a stolen old key dies with its cert
-        csr = pki.make_csr(key, cred.identity)
+        # A fresh key per certificate: a stolen old key dies with its cert. Made with
+        # fastpath.keys (OpenSSL), not `cryptography`: a worker does not load it.
+        key_pem = new_key_pem()
+        csr = make_csr_pem(key_pem, cred.identity)
         try:
             reply = self.client.call("ca", "sign", {"identity": cred.identity, "csr": csr.decode(),
                                                     "worker": self.worker}, timeout_s=2.0)
             chain = str(reply["chain"]).encode()
-            certs = pki.load_certs(chain, "issued chain")
-        except (BusError, KeyError, TypeError, pki.IdentityError) as exc:
+            not_before, not_after = chain_validity(chain)
+        except (BusError, KeyError, TypeError, TLSError) as exc:
             cred.failures += 1
             self.renewal_failures += 1
             backoff = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(cred.failures - 1, 10))
@@ -144,10 +151,8 @@ class WorkerIdentity:
             logs.event(log, "cert.renewal.failed", logging.WARNING if refused else logging.INFO,
                        identity=cred.identity, error=str(exc), retry_in_s=round(backoff, 2))
             return
-        leaf = certs[0]
-        cred.key, cred.chain_pem = key, chain
-        cred.not_before = leaf.not_valid_before_utc.timestamp()
-        cred.not_after = leaf.not_valid_after_utc.timestamp()
+        cred.key_pem, cred.chain_pem = key_pem, chain
+        cred.not_before, cred.not_after = not_before, not_after
         cred.issuer_generation = int(reply.get("issuer_generation", 0))
         cred.failures, cred.retry_at, cred.warned_at = 0, 0.0, 0.0
         life = cred.not_after - now
@@ -155,14 +160,14 @@ class WorkerIdentity:
         cred.renew_at = now + life * min(max(share, 0.1), 0.9)
         self._install(cred)
         logs.event(log, "cert.rotated", identity=cred.identity,
-                   not_after=leaf.not_valid_after_utc.isoformat(),
+                   not_after=_iso(not_after),
                    renew_in_s=round(cred.renew_at - now, 1))
 
     def _install(self, cred: Credential) -> None:
         if cred.chain_pem is None or not self.bundle_pem:
             return
         try:
-            cred.contexts = build_contexts(cred.chain_pem, cred.key, self.bundle_pem)
+            cred.contexts = build_contexts(cred.chain_pem, cred.key_pem, self.bundle_pem)
         except Exception as exc:  # a context that cannot be built keeps the previous one
             logs.event(log, "cert.install.failed", logging.ERROR, identity=cred.identity,
                        error=f"{type(exc).__name__}: {exc}")
