@@ -382,6 +382,9 @@ cdef struct Core:
     Conn* conns
     uint32_t max_conns
     int free_head                  # free list of conns, by index; -1 when empty
+    # Slots [0, n_slots) have been used; the rest were never touched (calloc'd pages,
+    # not resident): taken in order when the free list is empty. Scans stop here.
+    uint32_t n_slots
     # Ready lists: indexes of connections that used up their pump budget. `ready` is
     # served this iteration while pumps append to `ready_next`.
     uint32_t* ready

@@ -404,11 +404,16 @@ cdef void _swap(Core* core, Table* t) noexcept nogil:
 
 cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     cdef Conn* c
-    if core.free_head < 0:
+    if core.free_head >= 0:
+        c = &core.conns[core.free_head]
+        _invariant(c.state == CONN_FREE, b"free list holds a live connection")
+        core.free_head = c.next_free
+    elif core.n_slots < core.max_conns:
+        c = &core.conns[core.n_slots]   # first use: zeroed by calloc (CONN_FREE, gen 0)
+        c.index = core.n_slots
+        core.n_slots += 1
+    else:
         return NULL
-    c = &core.conns[core.free_head]
-    _invariant(c.state == CONN_FREE, b"free list holds a live connection")
-    core.free_head = c.next_free
     # index and gen survive reuse; so does IN_READY (the slot is still on a ready list).
     c.flags = flags | (c.flags & CONN_IN_READY)
     c.next_free = -1
@@ -2129,7 +2134,7 @@ cdef void _scan(Core* core) noexcept nogil:
     cdef Conn* c
     cdef SideCounters* sc
     cdef int64_t now = core.now_ns
-    for i in range(core.max_conns):
+    for i in range(core.n_slots):
         c = &core.conns[i]
         if c.state == CONN_FREE:
             continue
@@ -2158,7 +2163,7 @@ cdef void _wind_down(Core* core) noexcept nogil:
     """After the loop: close every pair, leave the listeners, drop the tables."""
     cdef uint32_t i
     cdef Table* pending
-    for i in range(core.max_conns):
+    for i in range(core.n_slots):
         if core.conns[i].state != CONN_FREE:
             _conn_close(core, &core.conns[i], False)
     core.n_ready = 0
@@ -2339,13 +2344,10 @@ cdef class Engine:
         if (core.conns == NULL or core.stats == NULL or core.ready == NULL or core.ready_next == NULL
                 or core.pool == NULL or core.free_bufs == NULL):
             raise MemoryError()
-        for i in range(core.max_conns):
-            core.conns[i].index = i
-            core.conns[i].state = CONN_FREE
-            core.conns[i].down.fd = -1
-            core.conns[i].up.fd = -1
-            core.conns[i].next_free = <int>i + 1 if i + 1 < core.max_conns else -1
-        core.free_head = 0
+        # Slots are taken as needed (_conn_new): the array's pages stay untouched, and
+        # so out of the worker's RSS, until that many connections were open at once.
+        core.free_head = -1
+        core.n_slots = 0
         core.n_bufs = <uint32_t>n_bufs
         for i in range(core.n_bufs):
             # Reversed, so the first blocks handed out are the pool's first pages.
