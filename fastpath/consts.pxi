@@ -89,6 +89,10 @@ cdef enum:
     # Connect, handshake and idle timeouts are checked by a scan this often, so they
     # fire up to this late.
     ENGINE_SCAN_INTERVAL_MS = 250
+    # A sniffing outbound listener (an HTTP service port's outboundPort) waits this long
+    # for the client's first bytes before it takes the connection for opaque TCP (a
+    # server-first protocol sends nothing until the server spoke).
+    ENGINE_SNIFF_TIMEOUT_MS = 200
     # Bytes one connection moves per turn before the loop serves others; the rest of
     # its work goes on the ready list (edge-triggered epoll will not report it again).
     ENGINE_PUMP_BUDGET_BYTES = 262144

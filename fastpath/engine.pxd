@@ -73,6 +73,8 @@ cdef struct OutboundListener:
     int fd                         # borrowed: the Python caller owns the socket
     uint32_t service               # TCP: the one service; HTTP: unused (routed by Host)
     bint http                      # the HTTP outbound listener (port-base+1)
+    bint sniff                     # a service port's listener that tells HTTP/1.1 from
+                                   # opaque TCP by the first bytes (CONN_SNIFFING)
     openssl.SSL_CTX* client_ctx    # one reference owned: the local workload's identity
     Name identity                  # its SPIFFE ID, for request figures (may be empty)
     int32_t principal              # Core.principals index of `identity`; -1: not yet
@@ -170,6 +172,7 @@ cdef enum ConnState:
     CONN_HANDSHAKING
     CONN_PIPE
     CONN_HTTP_HEAD                 # HTTP outbound: reading the first request head
+    CONN_SNIFFING                  # sniffing listener: HTTP request or opaque TCP?
 
 
 cdef struct Side:
@@ -216,6 +219,9 @@ cdef enum ConnFlags:
     # and dropped, then the upstream goes to the pool (as HAProxy keeps a server
     # connection whose client aborted), so a client's abort costs no new handshake.
     CONN_DRAINING = 4096
+    # HTTP from a service port's own listener: every request goes to that service,
+    # whatever its Host (routing by Host is the shared listener's).
+    CONN_FIXED_SERVICE = 8192
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -357,6 +363,8 @@ cdef struct Counters:
     uint64_t http_responses[5]
     uint64_t http_latency_us[ENGINE_LATENCY_BUCKETS]
     uint64_t stats_overflow        # answers not kept per key: ENGINE_STAT_RECORDS used up
+    uint64_t sniffed_http          # sniffing listeners' connections found to be HTTP/1.1
+    uint64_t sniffed_tcp           # ... and taken for opaque TCP (other bytes, or silence)
     # The loop's own health (Envoy's dispatcher loop_duration_us): time from epoll_wait
     # returning to the next call, log-linear µs buckets as http_latency_us, and the most.
     uint64_t loop_busy_us[ENGINE_LATENCY_BUCKETS]

@@ -1292,17 +1292,18 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     cdef HostEntry* e = NULL
     cdef Service* svc
     cdef int st
-    if req.authority.len > 0:
-        hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off, req.authority.len,
-                            host, sizeof(host), &port)
-    if hn > 0:
-        e = _host_lookup(c.table, host, hn, port)
-    if e == NULL:
-        n = snprintf(body, sizeof(body), b"no route to host \"%.*s\"\n", <int>hn, host)
-        _http_reply(core, c, 404, body, n)
-        return STATUS_CLOSE
-    svc = &c.table.services[e.service]
-    c.service = e.service
+    if not (c.flags & CONN_FIXED_SERVICE):
+        if req.authority.len > 0:
+            hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off, req.authority.len,
+                                host, sizeof(host), &port)
+        if hn > 0:
+            e = _host_lookup(c.table, host, hn, port)
+        if e == NULL:
+            n = snprintf(body, sizeof(body), b"no route to host \"%.*s\"\n", <int>hn, host)
+            _http_reply(core, c, 404, body, n)
+            return STATUS_CLOSE
+        c.service = e.service
+    svc = &c.table.services[c.service]
     c.flags |= CONN_SERVICE_KNOWN
     c.peer_principal = 0            # until an upstream is verified (handshake or pool)
     c.stat = -1
@@ -1382,6 +1383,46 @@ cdef int _http_head(Core* core, Conn* c) noexcept nogil:
             return STATUS_CLOSE
 
 
+cdef int _sniff(Core* core, Conn* c) noexcept nogil:
+    """CONN_SNIFFING: an HTTP/1.1 request head goes the HTTP way (to the listener's
+    service, whatever its Host); bytes that cannot begin one, or the client's end, go
+    as opaque TCP; a valid beginning waits (the scan takes it for TCP at the deadline,
+    as it does a client that says nothing)."""
+    cdef Flow* f = &c.d2u
+    cdef uint32_t cap = core.buffer_bytes
+    cdef Py_ssize_t r
+    cdef int rc = -1
+    cdef ReqHead req
+    if f.buf == NULL:
+        f.buf = _buf_get(core)
+        if f.buf == NULL:
+            return STATUS_CLOSE         # cannot happen: the pool has two blocks per slot
+    while f.tail < cap and not f.eof:
+        r = _recv(&c.down, f.buf + f.tail, cap - f.tail)
+        if r == STATUS_AGAIN:
+            break
+        if r == STATUS_EOF:
+            f.eof = True
+        elif r < 0:
+            return STATUS_RESET
+        else:
+            core.counters.outbound.bytes_received += <uint64_t>r
+            f.tail += <uint32_t>r
+    if f.tail == 0 and not f.eof:
+        return STATUS_OK
+    if f.tail > 0:
+        rc = parse_request_head(f.buf, f.tail, &req, &core.http_limits)
+    if rc > 0:
+        core.counters.sniffed_http += 1
+        c.flags |= CONN_HTTP | CONN_FIXED_SERVICE
+        c.state = CONN_HTTP_HEAD
+        return _http_route(core, c, &req)
+    if rc == 0 and not f.eof and f.tail < cap:
+        return STATUS_OK
+    core.counters.sniffed_tcp += 1
+    return _tcp_start(core, c)
+
+
 cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
     """PIPE: extend the framed part of d2u over what was read, request by request, up
     to a request for another service (then `switching`). STATUS_OK or STATUS_RESET (a
@@ -1436,9 +1477,10 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
             if rc < 0:
                 core.counters.http_bad_request += 1
                 return STATUS_RESET
-            if not (c.flags & CONN_INBOUND):
-                # Outbound: each request names its service; another one waits for a
-                # switch (inbound: the SNI chose the one local service already).
+            if not (c.flags & (CONN_INBOUND | CONN_FIXED_SERVICE)):
+                # Shared outbound listener: each request names its service; another one
+                # waits for a switch (inbound: the SNI chose the one local service; a
+                # service port's own listener: that service).
                 hn = 0
                 port = -1
                 e = NULL
@@ -1450,6 +1492,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 if e == NULL or e.service != c.service:
                     c.switching = True
                     return STATUS_OK
+            if not (c.flags & CONN_INBOUND):
                 core.counters.http_routed += 1
             if _http_framed(core, c, &req, start) == STATUS_AGAIN:
                 if f.head == 0:
@@ -1997,11 +2040,25 @@ cdef int _outbound_start(Core* core, Conn* c, uint32_t listener,
         c.flags |= CONN_HTTP
         c.state = CONN_HTTP_HEAD
         return _http_head(core, c)
-    svc = &c.table.services[l.service]
+    c.service = l.service
+    if l.sniff:
+        c.state = CONN_SNIFFING
+        c.deadline_ns = core.now_ns + ENGINE_SNIFF_TIMEOUT_MS * 1000000
+        if core.next_scan_ns > c.deadline_ns:
+            core.next_scan_ns = c.deadline_ns   # the decision is due then, not a scan later
+        return _sniff(core, c)
+    return _tcp_start(core, c)
+
+
+cdef int _tcp_start(Core* core, Conn* c) noexcept nogil:
+    """Opaque TCP to c.service: connect to its next endpoint (the mTLS hop follows);
+    bytes the client already sent wait in d2u."""
+    cdef Service* svc = &c.table.services[c.service]
+    cdef int st
     if svc.n_endpoints == 0:
         core.counters.no_endpoint += 1
         return STATUS_CLOSE
-    c.service = l.service
+    c.deadline_ns = core.now_ns + core.connect_timeout_ns
     c.endpoint = svc.rr_next % svc.n_endpoints
     svc.rr_next = (c.endpoint + 1) % svc.n_endpoints
     st = _connect(core, c, &svc.endpoints[c.endpoint].addr, svc.endpoints[c.endpoint].addrlen)
@@ -2080,6 +2137,8 @@ cdef int _conn_event(Core* core, Conn* c, uint32_t kind, uint32_t events) noexce
         return _pump(core, c)
     if c.state == CONN_HTTP_HEAD:
         return _http_head(core, c) if kind == _TAG_DOWN else STATUS_OK
+    if c.state == CONN_SNIFFING:
+        return _sniff(core, c) if kind == _TAG_DOWN else STATUS_OK
     if c.state == CONN_HANDSHAKING:
         if kind == <uint32_t>(_TAG_DOWN if c.flags & CONN_INBOUND else _TAG_UP):
             return _handshake(core, c)
@@ -2146,6 +2205,10 @@ cdef void _scan(Core* core) noexcept nogil:
             elif now - c.active_ns >= core.idle_timeout_ns:
                 sc.idle_timeouts += 1
                 _conn_close(core, c, False)
+        elif c.state == CONN_SNIFFING:
+            if now >= c.deadline_ns:        # silent, or no whole head in time: TCP
+                core.counters.sniffed_tcp += 1
+                _settle(core, c, _tcp_start(core, c))
         elif now >= c.deadline_ns:
             if c.state == CONN_HTTP_HEAD:
                 core.counters.http_head_timeouts += 1
@@ -2476,6 +2539,8 @@ cdef class Engine:
             out["http_responses_%dxx" % (i + 1)] = snap.http_responses[i]
         out["http_latency_us"] = [snap.http_latency_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]
         out["stats_overflow"] = snap.stats_overflow
+        out["sniffed_http"] = snap.sniffed_http
+        out["sniffed_tcp"] = snap.sniffed_tcp
         out["loop_busy_us"] = [snap.loop_busy_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]
         out["loop_busy_max_us"] = snap.loop_busy_max_ns // 1000
         out["generation"] = self.core.generation
@@ -2661,15 +2726,20 @@ cdef class RouteTable:
         self._services.append((name, sni_b, ids, eps))
         return len(self._services) - 1
 
-    def add_outbound_tcp(self, int fd, int service_index, TLSContext client_ctx not None) -> None:
+    def add_outbound_tcp(self, int fd, int service_index, TLSContext client_ctx not None,
+                         bint sniff=False) -> None:
         """Relay connections accepted on listener `fd` to service `service_index`, as the
-        workload whose credentials `client_ctx` (a client context) holds."""
+        workload whose credentials `client_ctx` (a client context) holds.
+
+        `sniff`: a connection whose first bytes are an HTTP/1.1 request is HTTP (framed,
+        counted per request, every request to this service); anything else, or nothing
+        within ENGINE_SNIFF_TIMEOUT_MS, is opaque TCP."""
         self._check_fd(fd)
         if not 0 <= service_index < len(self._services):
             raise ValueError("no service %d (add_service() first)" % service_index)
         if client_ctx.server:
             raise ValueError("outbound needs a client TLSContext")
-        self._outbound.append((fd, service_index, client_ctx, b""))
+        self._outbound.append((fd, service_index, client_ctx, b"", sniff))
 
     def set_outbound_http(self, int fd, TLSContext client_ctx not None,
                           str identity=None) -> None:
@@ -2778,16 +2848,17 @@ cdef class RouteTable:
 
             outbound = list(self._outbound)
             if self._http_fd >= 0:
-                outbound.append((self._http_fd, -1, self._http_ctx, self._http_identity))
+                outbound.append((self._http_fd, -1, self._http_ctx, self._http_identity, False))
             if outbound:
                 t.listeners = <OutboundListener*>calloc(len(outbound), sizeof(OutboundListener))
                 if t.listeners == NULL:
                     raise MemoryError()
                 t.n_listeners = len(outbound)
-            for i, (fd, service_index, ctx, identity_b) in enumerate(outbound):
+            for i, (fd, service_index, ctx, identity_b, sniff) in enumerate(outbound):
                 l = &t.listeners[i]
                 l.fd = fd
                 l.http = service_index < 0
+                l.sniff = sniff
                 l.service = service_index if service_index >= 0 else 0
                 l.principal = -1
                 _name_set(&l.identity, identity_b)

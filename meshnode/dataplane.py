@@ -9,9 +9,11 @@ belong to this side and are bound with SO_REUSEPORT so that every worker of the 
 accepts on the same ports; one that a new table no longer names is closed only once
 the engine runs a table without it (``Engine.generation``).
 
-Two kinds of outbound traffic: a Service port with an ``outboundPort`` (protocol TCP)
-gets a local listener on 127.0.0.1, relayed over mutual TLS to the inbound port of the
-node of one of its endpoints; every port with protocol HTTP is reached through the
+Two kinds of outbound traffic: a Service port with an ``outboundPort`` gets a local
+listener on 127.0.0.1, relayed over mutual TLS to the inbound port of the node of one
+of its endpoints (protocol TCP: opaque; protocol HTTP: an HTTP/1.1 client is framed and
+counted per request, anything else, or a client that says nothing for 200 ms, goes
+opaque); every port with protocol HTTP is reached through the
 shared HTTP outbound listener on 127.0.0.1:port-base+1 (DESIGN §8), which routes by the
 request's Host (``svc``, ``svc.ns``, ``svc.ns.svc``, any port: the Host's port picks
 the service port whose ``port`` matches, else the service's first HTTP port) or by an
@@ -128,7 +130,9 @@ class DataPlane:
                 if port.get("outbound_port") and client is not None:
                     sock = self._outbound_listener(port["outbound_port"])
                     if sock is not None:
-                        table.add_outbound_tcp(sock.fileno(), index, client.client)
+                        # An HTTP port's listener sniffs: HTTP/1.1 or opaque TCP.
+                        table.add_outbound_tcp(sock.fileno(), index, client.client,
+                                               sniff=port.get("protocol", "HTTP") == "HTTP")
                         wanted.add(port["outbound_port"])
                 if port.get("protocol", "HTTP") == "HTTP":
                     for host in svc.get("hosts", ()):

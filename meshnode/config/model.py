@@ -47,8 +47,9 @@ class ServicePort:
     # A number, or the name of a port in the selected workloads' `ports`; 0 (not given)
     # becomes `port`, as in Kubernetes.
     target_port: int | str = 0
-    # TCP ports only: a port on 127.0.0.1 where the node takes this service's opaque TCP
-    # from local apps (0: none). HTTP goes through the shared outbound listener instead.
+    # A port on 127.0.0.1 where the node takes this service port's traffic from local
+    # apps (0: none): TCP relayed opaque; HTTP sniffed (HTTP/1.1 framed, else opaque).
+    # HTTP also reaches every service through the shared outbound listener.
     outbound_port: int = 0
 
     def __post_init__(self) -> None:

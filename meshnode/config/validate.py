@@ -349,10 +349,9 @@ def _service_ports(d: _Doc, value: object, path: str) -> tuple[ServicePort, ...]
         port = _opt(d, fields, at, "port", _port, None)
         protocol = _opt(d, fields, at, "protocol", _choice(_PROTOCOLS), "HTTP")
         target = _opt(d, fields, at, "targetPort", _target_port, 0)
+        # A local listener for this port alone: TCP relays it opaque; HTTP tells an
+        # HTTP/1.1 client from anything else by its first bytes (fastpath.engine).
         outbound = _opt(d, fields, at, "outboundPort", _port, 0)
-        if outbound and protocol == "HTTP":
-            d.fail(join(at, "outboundPort"), "is for protocol TCP only: HTTP reaches every "
-                   "service through the node's outbound listener (port-base+1)")
         if name is not None:
             if name in names:
                 d.fail(join(at, "name"), f"duplicate port name {name!r} (also {path}[{names[name]}])")

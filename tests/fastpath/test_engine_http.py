@@ -1085,3 +1085,71 @@ def test_a_client_resetting_mid_request_leaves_its_upstream_pooled(mesh: Mesh) -
     assert stats["outbound_aborted"] == 1
     rec = _record(mesh.out_node.engine.request_stats(), "outbound", "demo/backend:http")
     assert rec["codes"] == {0: 1, 200: 1}                  # 0: nobody got that answer
+
+
+# --- a service port's own listener: HTTP/1.1 or opaque TCP, told by the first bytes ----------
+
+
+def _sniffing(mesh: Mesh) -> socket.socket:
+    """The outbound table plus a sniffing listener for demo/backend's http port."""
+    sock = listener()
+    t = mesh.outbound_table()
+    index = t.add_service("demo/backend:http-own", SNI, [BACKEND_ID], [("127.0.0.1", mesh.in_port)])
+    t.add_outbound_tcp(sock.fileno(), index, client_ctx(mesh.pki), sniff=True)
+    mesh.out_node.install(t)
+    mesh.clients.append(sock)
+    return sock
+
+
+def test_a_sniffing_listener_takes_http_requests_as_http_whatever_their_host(mesh: Mesh) -> None:
+    sock = _sniffing(mesh)
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(sock), timeout=TIMEOUT_S)
+    for i in range(3):      # keep-alive, and a Host no route table names
+        conn.request("GET", f"/s{i}", headers={"Host": "anything.example"})
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, f"GET /s{i} host=anything.example\n".encode())
+    conn.close()
+    stats = mesh.out_node.stats()
+    assert (stats["sniffed_http"], stats["sniffed_tcp"], stats["http_routed"]) == (1, 0, 3)
+    rec = _record(mesh.out_node.engine.request_stats(), "outbound", "demo/backend:http-own")
+    assert rec["codes"] == {200: 3}
+
+
+@pytest.mark.parametrize("first", [b"\x16\x03\x01\x00\x05hello", b"PING\r\n", b"get / HTTP/1.1\r\n"])
+def test_a_sniffing_listener_relays_anything_else_as_opaque_tcp(mesh: Mesh, first: bytes) -> None:
+    def echo(conn: socket.socket) -> None:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+    app = _with_raw_app(mesh, echo)
+    try:
+        c = socket.create_connection(("127.0.0.1", port_of(_sniffing(mesh))), timeout=TIMEOUT_S)
+        mesh.clients.append(c)
+        c.sendall(first)
+        assert recv_until(c, first) == first
+        c.sendall(b"more")
+        assert recv_until(c, b"more") == b"more"
+        assert mesh.out_node.stats()["sniffed_tcp"] == 1
+    finally:
+        app.close()
+
+
+def test_a_silent_client_gets_the_server_speaking_first(mesh: Mesh) -> None:
+    # A server-first protocol (SMTP, MySQL): nothing comes from the client, so after
+    # the detection timeout the connection goes as opaque TCP and the banner arrives.
+    def banner(conn: socket.socket) -> None:
+        conn.sendall(b"220 ready\r\n")
+        assert conn.recv(64) == b"QUIT\r\n"
+        conn.sendall(b"221 bye\r\n")
+
+    app = _with_raw_app(mesh, banner)
+    try:
+        c = socket.create_connection(("127.0.0.1", port_of(_sniffing(mesh))), timeout=TIMEOUT_S)
+        mesh.clients.append(c)
+        started = time.monotonic()
+        assert recv_until(c, b"\r\n") == b"220 ready\r\n"
+        assert 0.15 <= time.monotonic() - started < 2.0
+        c.sendall(b"QUIT\r\n")
+        assert recv_until(c, b"bye\r\n") == b"221 bye\r\n"
+    finally:
+        app.close()

@@ -834,3 +834,42 @@ def test_bad_requests_get_the_nodes_own_answer_and_a_close(mesh: Mesh) -> None:
     assert result.status == 431, result
     assert len(mesh.app.seen) == seen_before, "a bad request reached the app"
     assert serves(mesh.port)
+
+
+# --- 12. an HTTP port's own outboundPort: HTTP/1.1 framed, anything else opaque ---------------
+
+
+def test_an_http_ports_outbound_port_takes_http_and_relays_anything_else(mesh: Mesh) -> None:
+    node = mesh.node
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        own = probe.getsockname()[1]
+    text = service_yaml().replace("protocol: HTTP}", f"protocol: HTTP, outboundPort: {own}}}", 1)
+    node.apply(mesh.write("own-port.yaml", text + "---\n" + workload_yaml(mesh.app.port)))
+    # Any Host: the port names the service.
+    wait_for(lambda: _status_or_none(own, "/own", "not.a.route.table.name") == 200, 20.0,
+             "the service's own outbound port to answer")
+    settle(node)
+    before = metric_total(node, "meshnode_requests_total", reporter="source",
+                          destination_service="backend.demo.svc", response_code="200")
+    for i in range(5):
+        response = get(own, f"/own{i}", host="anything")
+        assert (response.status_code, response.content) == (200, app_says(f"/own{i}"))
+    settle(node)
+    assert metric_total(node, "meshnode_requests_total", reporter="source",
+                        destination_service="backend.demo.svc", response_code="200") == before + 5
+    # Not HTTP/1.1 from its first byte: relayed as it is, so the app answers it (its own
+    # error page, not one of the node's short text answers).
+    with socket.create_connection(("127.0.0.1", own), timeout=IO_TIMEOUT_S) as c:
+        c.sendall(b"\x00\x01 not http\r\n\r\n")
+        reply = b""
+        while data := c.recv(65536):
+            reply += data
+    assert b"<title>Error response</title>" in reply and b"400" in reply
+
+
+def _status_or_none(port: int, path: str, host: str) -> int | None:
+    try:
+        return get(port, path, host=host, timeout_s=2.0).status_code
+    except requests.RequestException:
+        return None

@@ -260,16 +260,16 @@ def test_any_spec_builds_or_raises_config_error(kind: str, spec: dict) -> None:
         assert from_dict(to_dict(resource)) == resource
 
 
-def test_outbound_port_is_for_tcp_and_unique(tmp_path: Path) -> None:
+def test_outbound_port_is_unique_and_an_http_port_may_have_one(tmp_path: Path) -> None:
     tcp = SERVICE.replace("{name: http, port: 8080}",
                           "{name: db, port: 5432, protocol: TCP, outboundPort: 25432}")
     [service] = parse_text(tcp, "db.yaml")
     assert service.spec.ports[0].outbound_port == 25432
     assert from_dict(to_dict(service)) == service
+    # An HTTP port's own listener tells HTTP/1.1 from anything else by the first bytes.
     http = SERVICE.replace("{name: http, port: 8080}", "{name: http, port: 8080, outboundPort: 28080}")
-    [problem] = problems_of(lambda: parse_text(http, "web.yaml"))
-    assert (problem.resource, problem.field) == ("Service demo/web", "spec.ports[0].outboundPort")
-    assert "TCP only" in problem.message
+    [service] = parse_text(http, "web.yaml")
+    assert (service.spec.ports[0].protocol, service.spec.ports[0].outbound_port) == ("HTTP", 28080)
     twice = "---\n".join([tcp, tcp.replace("name: web,", "name: web2,")])
     [problem] = problems_of(lambda: validate_set(parse_text(twice, "two.yaml")))
     assert (problem.resource, problem.field) == ("Service demo/web2", "spec.ports[0].outboundPort")
