@@ -415,7 +415,8 @@ def test_upstream_dying_mid_response_closes_the_client(mesh: Mesh) -> None:
     c = mesh.client()
     c.sendall(b"GET /die HTTP/1.1\r\nHost: backend\r\n\r\n")
     reply = recv_all(c)                 # returns at EOF or reset: no hang
-    assert reply.startswith(b"HTTP/1.1 200 ")
+    # The reset may also discard what had arrived: b"" is fine, a whole body is not.
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 200 ")
     assert len(reply.partition(b"\r\n\r\n")[2]) < 100000
 
 
