@@ -2580,6 +2580,11 @@ cdef class Engine:
         return out
 
 
+DEBUG_BUILD = bool(MESHNODE_DEBUG)
+"""Compiled with MESHNODE_DEBUG=1: bounds checks and invariants on (tests/fastpath/
+test_debug_build.py runs the suites against such a build)."""
+
+
 def latency_bounds_us() -> list[int]:
     """Exclusive upper bounds (microseconds) of stats()["http_latency_us"] buckets; the
     last bucket also takes everything above its bound."""

@@ -1021,6 +1021,11 @@ _PROBLEMS = {
 }
 
 
+DEBUG_BUILD = bool(MESHNODE_DEBUG)
+"""Compiled with MESHNODE_DEBUG=1: bounds checks and invariants on (tests/fastpath/
+test_debug_build.py runs the suites against such a build)."""
+
+
 def default_limits() -> dict:
     """The codec's default limits, by Limits field name."""
     cdef Limits lim
