@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastpath import engine as fe
 from fastpath import tls
@@ -1154,3 +1156,92 @@ def test_a_silent_client_gets_the_server_speaking_first(mesh: Mesh) -> None:
         assert recv_until(c, b"bye\r\n") == b"221 bye\r\n"
     finally:
         app.close()
+
+
+# --- generated traffic through the whole path -------------------------------------------------
+
+_TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+_VALUE = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e), max_size=40)
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> list[tuple[bytes, bytes]]:
+    """1-4 requests: (the request bytes, what the app answers to it)."""
+    out = []
+    for i in range(draw(st.integers(1, 4))):
+        fields = "".join(f"X-{name}: {value}\r\n" for name, value in
+                         draw(st.lists(st.tuples(_TOKEN, _VALUE), max_size=5)))
+        if draw(st.booleans()):
+            path = "/g" + draw(_TOKEN)
+            out.append((f"GET {path} HTTP/1.1\r\nHost: backend\r\n{fields}\r\n".encode(),
+                        f"GET {path} host=backend\n".encode()))
+            continue
+        body = draw(st.binary(max_size=3000))
+        if draw(st.booleans()):
+            framing, payload = f"Content-Length: {len(body)}\r\n", body
+        else:
+            cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=4)))
+            parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)]) if b > a]
+            payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+            framing = "Transfer-Encoding: chunked\r\n"
+        out.append((f"POST /p HTTP/1.1\r\nHost: backend\r\n{fields}{framing}\r\n".encode() + payload,
+                    f"{len(body)} {hashlib.sha256(body).hexdigest()}\n".encode()))
+    return out
+
+
+def _read_answers(c: socket.socket, n: int) -> list[bytes]:
+    """n Content-Length answers' bodies, in the order they come."""
+    data, bodies = b"", []
+    while len(bodies) < n:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), None)
+        if sep and length is not None and len(rest) >= length:
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            bodies.append(rest[:length])
+            data = rest[length:]
+            continue
+        chunk = c.recv(65536)
+        assert chunk, f"closed after {len(bodies)} of {n} answers"
+        data += chunk
+    return bodies
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(batch=_requests(), cuts=st.lists(st.integers(1, 20000), max_size=6))
+def test_generated_pipelined_requests_arrive_whole_and_are_answered_in_order(
+        mesh: Mesh, batch: list[tuple[bytes, bytes]], cuts: list[int]) -> None:
+    stream = b"".join(request for request, _ in batch)
+    c = mesh.client()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    start = 0
+    for cut in sorted(set(min(x, len(stream)) for x in cuts)) + [len(stream)]:
+        c.sendall(stream[start:cut])     # split anywhere: heads and bodies cut mid-way
+        start = cut
+    assert _read_answers(c, len(batch)) == [answer for _, answer in batch]
+    c.close()
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(junk=st.one_of(
+    st.binary(min_size=1, max_size=600),
+    st.builds(lambda head, cut, noise: head[:cut] + noise + head[cut:],
+              st.sampled_from([b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n",
+                               b"POST /p HTTP/1.1\r\nHost: backend\r\nContent-Length: 3\r\n\r\nabc",
+                               b"POST /p HTTP/1.1\r\nHost: backend\r\nTransfer-Encoding: chunked"
+                               b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n"]),
+              st.integers(0, 60), st.binary(min_size=1, max_size=8))))
+def test_generated_junk_gets_an_answer_or_a_close_and_the_engine_serves_on(
+        mesh: Mesh, junk: bytes) -> None:
+    c = mesh.client()
+    try:
+        c.sendall(junk)
+        c.shutdown(socket.SHUT_WR)      # the client's end: nothing more comes
+    except OSError:
+        pass                            # the engine refused and closed already
+    reply = recv_all(c)                 # within TIMEOUT_S, or the test fails
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 ")
+    c.close()
+    assert get(mesh, "backend") == (200, b"GET /x host=backend\n")
