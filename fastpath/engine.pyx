@@ -2580,6 +2580,50 @@ cdef class Engine:
         return out
 
 
+def bench_route_lookup(RouteTable table not None, bytes authority not None,
+                       Py_ssize_t n) -> int:
+    """Route one request's authority n times without the GIL, as the engine does for
+    each request on its HTTP listener (authority_host(), then the table's sorted host
+    search); the service index found, -1 for none. For bench/bench_engine_micro.py."""
+    cdef Table* t = table._build()
+    cdef const char* a = authority
+    cdef size_t alen = len(authority)
+    cdef char host[256]
+    cdef size_t hn = 0
+    cdef int port = -1
+    cdef HostEntry* e = NULL
+    cdef Py_ssize_t k
+    try:
+        with nogil:
+            for k in range(n):
+                hn = authority_host(a, alen, host, sizeof(host), &port)
+                e = _host_lookup(t, host, hn, port) if hn > 0 else NULL
+        return <int>e.service if e != NULL else -1
+    finally:
+        _table_free(t)
+
+
+def bench_buffer_pool(Engine engine not None, Py_ssize_t n, int depth=2) -> int:
+    """Take `depth` buffers from a (not running) engine's pool and give them back, n
+    times without the GIL: a pair's cost of holding buffers only while bytes wait. The
+    buffers in use afterwards (0). For bench/bench_engine_micro.py."""
+    cdef Core* core = engine.core
+    cdef char* held[16]
+    cdef Py_ssize_t k
+    cdef int i
+    if engine.state == ENGINE_RUNNING:
+        raise RuntimeError("the pool belongs to the engine thread while it runs")
+    if not 1 <= depth <= 16:
+        raise ValueError("depth must be 1..16")
+    with nogil:
+        for k in range(n):
+            for i in range(depth):
+                held[i] = _buf_get(core)
+            for i in range(depth - 1, -1, -1):
+                _buf_put(core, held[i])
+    return <int>core.counters.buffers_in_use
+
+
 DEBUG_BUILD = bool(MESHNODE_DEBUG)
 """Compiled with MESHNODE_DEBUG=1: bounds checks and invariants on (tests/fastpath/
 test_debug_build.py runs the suites against such a build)."""

@@ -1245,3 +1245,12 @@ def test_generated_junk_gets_an_answer_or_a_close_and_the_engine_serves_on(
     assert reply == b"" or reply.startswith(b"HTTP/1.1 ")
     c.close()
     assert get(mesh, "backend") == (200, b"GET /x host=backend\n")
+
+
+def test_the_benchmarks_route_as_the_engine_does(mesh: Mesh) -> None:
+    # bench/bench_engine_micro.py times these loops; they must find what requests find.
+    table = mesh.outbound_table()       # services: 0 backend:http (8080), 1 backend:admin (9090)
+    assert fe.bench_route_lookup(table, b"Backend.Demo.:9090", 3) == 1
+    assert fe.bench_route_lookup(table, b"backend", 3) == 0
+    assert fe.bench_route_lookup(table, b"nowhere", 3) == -1
+    assert fe.bench_buffer_pool(fe.Engine(max_connections=8), 1000, depth=16) == 0
