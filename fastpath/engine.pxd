@@ -131,6 +131,9 @@ cdef struct Table:
     uint32_t n_hosts
     Source* sources                # for the HTTP outbound listener
     uint32_t n_sources
+    # Timeouts the engine takes on when it swaps this table in (0: keep its own).
+    int64_t connect_timeout_ns
+    int64_t idle_timeout_ns
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -446,6 +449,8 @@ cdef class RouteTable:
     cdef object _http_ctx          # its client TLSContext
     cdef bytes _http_identity      # its SPIFFE ID (b"": not given)
     cdef list _sources             # (address str, TLSContext, identity bytes)
+    cdef double _connect_timeout_s # 0: keep the engine's
+    cdef double _idle_timeout_s
     cdef int _inbound_fd
 
     cdef int _check_fd(self, int fd) except -1

@@ -383,6 +383,10 @@ cdef void _swap(Core* core, Table* t) noexcept nogil:
         _listeners_unwatch(core, old)
     core.table = t
     t.refs += 1
+    if t.connect_timeout_ns > 0:
+        core.connect_timeout_ns = t.connect_timeout_ns
+    if t.idle_timeout_ns > 0:
+        core.idle_timeout_ns = t.idle_timeout_ns
     core.generation = t.generation
     core.counters.tables_installed += 1
     core.counters.tables_live += 1
@@ -2725,6 +2729,8 @@ cdef class RouteTable:
         self._http_ctx = None
         self._http_identity = b""
         self._sources = []
+        self._connect_timeout_s = 0
+        self._idle_timeout_s = 0
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -2805,6 +2811,20 @@ cdef class RouteTable:
         self._http_ctx = client_ctx
         self._http_identity = _spiffe_id(identity)
 
+    def set_timeouts(self, double connect_timeout_s, double idle_timeout_s) -> None:
+        """The engine's connect timeout (connect + TLS handshake, and an HTTP client's
+        whole request head) and idle timeout from this table on (Engine() gave the
+        first ones). Idle pairs already open are judged by the new idle timeout; setup
+        deadlines already running keep theirs."""
+        if not 0 < connect_timeout_s <= 86400:
+            raise ValueError("connect_timeout_s must be > 0 and at most a day, not %r"
+                             % connect_timeout_s)
+        if not 0 < idle_timeout_s <= 86400 * 365:
+            raise ValueError("idle_timeout_s must be > 0 and at most a year, not %r"
+                             % idle_timeout_s)
+        self._connect_timeout_s = connect_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+
     def add_source(self, str address not None, TLSContext client_ctx not None,
                    str identity=None) -> None:
         """HTTP outbound connections from `address` (an IP address: a local workload's
@@ -2871,6 +2891,8 @@ cdef class RouteTable:
         if t == NULL:
             raise MemoryError()
         t.inbound_fd = -1
+        t.connect_timeout_ns = <int64_t>(self._connect_timeout_s * 1e9)
+        t.idle_timeout_ns = <int64_t>(self._idle_timeout_s * 1e9)
         try:
             if self._services:
                 t.services = <Service*>calloc(len(self._services), sizeof(Service))

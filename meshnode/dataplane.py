@@ -105,6 +105,9 @@ class DataPlane:
         """Compile and install the table for this snapshot and the current certificates."""
         table = RouteTable()
         table.set_inbound(self._inbound.fileno())
+        mesh = snapshot.get("mesh") or {}
+        table.set_timeouts(float(mesh.get("connect_timeout_s", 5.0)),
+                           float(mesh.get("idle_timeout_s", 300.0)))
         local = sorted(w["identity"] for w in snapshot["local"])
         # The outbound side presents a local workload's identity. HTTP callers are told
         # apart by source address (a workload whose address no other local workload

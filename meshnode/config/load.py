@@ -151,6 +151,8 @@ def _mesh_spec(spec: MeshSpec) -> dict[str, Any]:
             "issuerTTL": format_duration(spec.issuer_ttl_s),
         },
         "telemetry": {"accessLog": spec.access_log},
+        "connections": {"connectTimeout": format_duration(spec.connect_timeout_s),
+                        "idleTimeout": format_duration(spec.idle_timeout_s)},
     }
 
 

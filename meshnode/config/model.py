@@ -37,6 +37,11 @@ class MeshSpec:
     rotate_at: float = 0.5  # renew when this fraction of workload_ttl_s has passed
     issuer_ttl_s: float = 31536000.0  # lifetime of a node's issuer (intermediate) cert
     access_log: bool = True
+    # The data plane's connections (spec.connections): the time a new connection has
+    # to connect and finish its TLS handshake, and an HTTP client to send a whole
+    # request head; and how long a connection may idle before it is closed.
+    connect_timeout_s: float = 5.0
+    idle_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,8 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int) -> 
             "rotate_at": mesh.rotate_at,
             "issuer_ttl_s": mesh.issuer_ttl_s,
             "access_log": mesh.access_log,
+            "connect_timeout_s": mesh.connect_timeout_s,
+            "idle_timeout_s": mesh.idle_timeout_s,
         },
         "services": [_service(s, workloads, node, td) for s in services],
         "local": [_local(w, services, td) for w in workloads if w.spec.node in (None, node)],

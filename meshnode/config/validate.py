@@ -296,11 +296,26 @@ def _metadata(d: _Doc, value: object, cluster_scoped: bool) -> Metadata | None:
     return Metadata(name, "" if cluster_scoped else namespace, labels, annotations)
 
 
+def _timeout(max_s: float) -> Callable[[_Doc, object, str], float | None]:
+    def check(d: _Doc, value: object, path: str) -> float | None:
+        try:
+            seconds = parse_duration(value)
+        except DurationError as exc:
+            d.fail(path, str(exc))
+            return None
+        if not 0.05 <= seconds <= max_s:
+            d.fail(path, f"must be between 50ms and {format_duration(max_s)}, got {value!r}")
+            return None
+        return seconds
+    return check
+
+
 def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     base = MeshSpec()
     if value is _MISSING:
         return base
-    spec = _fields(d, value, "spec", ("trustDomain", "mtls", "certificates", "telemetry"))
+    spec = _fields(d, value, "spec", ("trustDomain", "mtls", "certificates", "telemetry",
+                                      "connections"))
     if spec is None:
         return None
     trust_domain = _opt(d, spec, "spec", "trustDomain", _trust_domain, base.trust_domain)
@@ -318,9 +333,14 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
                "certificate cannot outlive its issuer")
     telemetry = _fields(d, spec.get("telemetry", {}), "spec.telemetry", ("accessLog",)) or {}
     access_log = _opt(d, telemetry, "spec.telemetry", "accessLog", _bool, base.access_log)
-    if None in (trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log):
+    path = "spec.connections"
+    conns = _fields(d, spec.get("connections", {}), path, ("connectTimeout", "idleTimeout")) or {}
+    connect = _opt(d, conns, path, "connectTimeout", _timeout(86400.0), base.connect_timeout_s)
+    idle = _opt(d, conns, path, "idleTimeout", _timeout(86400.0 * 365), base.idle_timeout_s)
+    if None in (trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log, connect, idle):
         return None
-    return MeshSpec(trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log)  # type: ignore[arg-type]
+    return MeshSpec(trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log,  # type: ignore[arg-type]
+                    connect, idle)  # type: ignore[arg-type]
 
 
 def _target_port(d: _Doc, value: object, path: str) -> int | str | None:

@@ -1254,3 +1254,19 @@ def test_the_benchmarks_route_as_the_engine_does(mesh: Mesh) -> None:
     assert fe.bench_route_lookup(table, b"backend", 3) == 0
     assert fe.bench_route_lookup(table, b"nowhere", 3) == -1
     assert fe.bench_buffer_pool(fe.Engine(max_connections=8), 1000, depth=16) == 0
+
+
+def test_the_timeouts_come_with_the_table(mesh: Mesh) -> None:
+    t = mesh.outbound_table()
+    t.set_timeouts(0.3, 300)            # connect, and a client's whole request head
+    mesh.out_node.install(t)
+    wait_for(lambda: mesh.out_node.engine.generation == 2, what="table swap")
+    c = mesh.client()
+    started = time.monotonic()
+    c.sendall(b"GET / HTTP/1.1\r\nHost: back")   # and nothing more
+    reply = recv_all(c)
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    # 0.3 s, checked by the 250 ms scan: well under the default 5 s.
+    assert 0.25 <= time.monotonic() - started < 1.5
+    with pytest.raises(ValueError, match="connect_timeout_s"):
+        t.set_timeouts(0, 300)

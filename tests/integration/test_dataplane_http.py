@@ -873,3 +873,23 @@ def _status_or_none(port: int, path: str, host: str) -> int | None:
         return get(port, path, host=host, timeout_s=2.0).status_code
     except requests.RequestException:
         return None
+
+
+# --- 13. the Mesh's connection timeouts reach the data plane -----------------------------------
+
+
+def test_the_meshs_connect_timeout_bounds_a_request_head(mesh: Mesh) -> None:
+    node = mesh.node
+    version = node.apply(mesh.write("mesh.yaml", (
+        "apiVersion: meshnode.io/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n"
+        "spec:\n  connections: {connectTimeout: 1s, idleTimeout: 5m}\n")))
+    node.wait_version(version)
+    with socket.create_connection(("127.0.0.1", mesh.port), timeout=IO_TIMEOUT_S) as c:
+        started = time.monotonic()
+        c.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\nX-Half: ")   # and nothing more
+        reply = b""
+        while data := c.recv(65536):
+            reply += data
+        took = time.monotonic() - started
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert 0.9 <= took < 3.0        # 1 s (checked every 250 ms), not the default 5 s

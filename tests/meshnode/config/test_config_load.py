@@ -274,3 +274,16 @@ def test_outbound_port_is_unique_and_an_http_port_may_have_one(tmp_path: Path) -
     [problem] = problems_of(lambda: validate_set(parse_text(twice, "two.yaml")))
     assert (problem.resource, problem.field) == ("Service demo/web2", "spec.ports[0].outboundPort")
     assert "already the outboundPort of Service demo/web" in problem.message
+
+
+def test_mesh_connections_timeouts(tmp_path: Path) -> None:
+    text = ("apiVersion: meshnode.io/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n"
+            "spec:\n  connections: {connectTimeout: 500ms, idleTimeout: 10m}\n")
+    [mesh] = parse_text(text, "mesh.yaml")
+    assert (mesh.spec.connect_timeout_s, mesh.spec.idle_timeout_s) == (0.5, 600.0)
+    assert from_dict(to_dict(mesh)) == mesh
+    for bad, field in (("connectTimeout: 1ms", "connectTimeout"), ("idleTimeout: soon", "idleTimeout"),
+                       ("connectTimeout: 2d", "connectTimeout"), ("retries: 3", "retries")):
+        broken = text.replace("{connectTimeout: 500ms, idleTimeout: 10m}", "{" + bad + "}")
+        [problem] = problems_of(lambda: parse_text(broken, "mesh.yaml"))
+        assert problem.field.startswith("spec.connections") and field in problem.field + problem.message
