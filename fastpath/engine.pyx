@@ -2374,12 +2374,7 @@ cdef class Engine:
         if not ENGINE_MIN_BUFFER_BYTES <= buffer_bytes <= ENGINE_MAX_BUFFER_BYTES:
             raise ValueError("buffer_bytes must be %d..%d, not %d"
                              % (ENGINE_MIN_BUFFER_BYTES, ENGINE_MAX_BUFFER_BYTES, buffer_bytes))
-        if not 0 < connect_timeout_s <= 86400:
-            raise ValueError("connect_timeout_s must be > 0 and at most a day, not %r"
-                             % connect_timeout_s)
-        if not 0 < idle_timeout_s <= 86400 * 365:
-            raise ValueError("idle_timeout_s must be > 0 and at most a year, not %r"
-                             % idle_timeout_s)
+        _check_timeouts(connect_timeout_s, idle_timeout_s)
 
         core = <Core*>calloc(1, sizeof(Core))
         if core == NULL:
@@ -2694,6 +2689,16 @@ cdef int _name_set(Name* n, bytes value) except -1:
     return 0
 
 
+cdef int _check_timeouts(double connect_timeout_s, double idle_timeout_s) except -1:
+    if not 0 < connect_timeout_s <= 86400:
+        raise ValueError("connect_timeout_s must be > 0 and at most a day, not %r"
+                         % connect_timeout_s)
+    if not 0 < idle_timeout_s <= 86400 * 365:
+        raise ValueError("idle_timeout_s must be > 0 and at most a year, not %r"
+                         % idle_timeout_s)
+    return 0
+
+
 cdef bytes _spiffe_id(str identity):
     """An identity given to a RouteTable, as bytes (b"" for None). It goes into
     x-forwarded-client-cert values, so it must not carry their separators."""
@@ -2816,12 +2821,7 @@ cdef class RouteTable:
         whole request head) and idle timeout from this table on (Engine() gave the
         first ones). Idle pairs already open are judged by the new idle timeout; setup
         deadlines already running keep theirs."""
-        if not 0 < connect_timeout_s <= 86400:
-            raise ValueError("connect_timeout_s must be > 0 and at most a day, not %r"
-                             % connect_timeout_s)
-        if not 0 < idle_timeout_s <= 86400 * 365:
-            raise ValueError("idle_timeout_s must be > 0 and at most a year, not %r"
-                             % idle_timeout_s)
+        _check_timeouts(connect_timeout_s, idle_timeout_s)
         self._connect_timeout_s = connect_timeout_s
         self._idle_timeout_s = idle_timeout_s
 

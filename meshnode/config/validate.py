@@ -168,16 +168,26 @@ def _choice(choices: Sequence[str]) -> Callable[[_Doc, Any, str], str | None]:
     return check
 
 
-def _positive_duration(d: _Doc, value: object, path: str) -> float | None:
-    try:
-        seconds = parse_duration(value)
-    except DurationError as exc:
-        d.fail(path, str(exc))
-        return None
-    if seconds < 1:
-        d.fail(path, f"must be at least 1s, got {value!r}")
-        return None
-    return seconds
+def _duration(min_s: float, max_s: float | None = None) -> Callable[[_Doc, object, str], float | None]:
+    """A checker of a duration field ("90s", "5m") within [min_s, max_s]."""
+    def check(d: _Doc, value: object, path: str) -> float | None:
+        try:
+            seconds = parse_duration(value)
+        except DurationError as exc:
+            d.fail(path, str(exc))
+            return None
+        if max_s is None and seconds < min_s:
+            d.fail(path, f"must be at least {format_duration(min_s)}, got {value!r}")
+            return None
+        if max_s is not None and not min_s <= seconds <= max_s:
+            d.fail(path, f"must be between {format_duration(min_s)} and {format_duration(max_s)}, "
+                   f"got {value!r}")
+            return None
+        return seconds
+    return check
+
+
+_positive_duration = _duration(1.0)
 
 
 def _fraction(d: _Doc, value: object, path: str) -> float | None:
@@ -296,20 +306,6 @@ def _metadata(d: _Doc, value: object, cluster_scoped: bool) -> Metadata | None:
     return Metadata(name, "" if cluster_scoped else namespace, labels, annotations)
 
 
-def _timeout(max_s: float) -> Callable[[_Doc, object, str], float | None]:
-    def check(d: _Doc, value: object, path: str) -> float | None:
-        try:
-            seconds = parse_duration(value)
-        except DurationError as exc:
-            d.fail(path, str(exc))
-            return None
-        if not 0.05 <= seconds <= max_s:
-            d.fail(path, f"must be between 50ms and {format_duration(max_s)}, got {value!r}")
-            return None
-        return seconds
-    return check
-
-
 def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     base = MeshSpec()
     if value is _MISSING:
@@ -335,8 +331,8 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     access_log = _opt(d, telemetry, "spec.telemetry", "accessLog", _bool, base.access_log)
     path = "spec.connections"
     conns = _fields(d, spec.get("connections", {}), path, ("connectTimeout", "idleTimeout")) or {}
-    connect = _opt(d, conns, path, "connectTimeout", _timeout(86400.0), base.connect_timeout_s)
-    idle = _opt(d, conns, path, "idleTimeout", _timeout(86400.0 * 365), base.idle_timeout_s)
+    connect = _opt(d, conns, path, "connectTimeout", _duration(0.05, 86400.0), base.connect_timeout_s)
+    idle = _opt(d, conns, path, "idleTimeout", _duration(0.05, 86400.0 * 365), base.idle_timeout_s)
     if None in (trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log, connect, idle):
         return None
     return MeshSpec(trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log,  # type: ignore[arg-type]
