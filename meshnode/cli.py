@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("get", help="show resources")
     _add_runtime_dir(p)
-    p.add_argument("kind", help="Mesh, Service, Workload (plural and short forms work)")
+    p.add_argument("kind", help="Mesh, Node, Service, Workload (plural and short forms work)")
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default=None, help="only this namespace")
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
@@ -124,10 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="start a node and two tiny apps, send requests from one "
                        "to the other through the mesh over mutual TLS, and report what it saw")
     p.add_argument("--runtime-dir", type=Path, default=None,
-                   help="runtime dir of the demo's node (default: a fresh dir under /tmp, "
-                        "removed after a clean run)")
-    p.add_argument("--port-base", type=int, default=DEFAULT_BASE,
-                   help="first port of the node's block, as for `up` (default 15000)")
+                   help="runtime dir of the demo's node, or of two nodes' dirs demo-a and demo-b "
+                        "(default: a fresh dir under /tmp, removed after a clean run)")
+    p.add_argument("--port-base", type=int, action="append", dest="port_bases",
+                   help="first port of the node's block, as for `up` (default 15000); give it "
+                        "twice for two nodes, one beside each app")
     p.add_argument("--requests", type=int, default=200, help="requests to send (default 200)")
     p.add_argument("--workers", type=int, default=2, help="proxy worker processes (default 2)")
     p.add_argument("--keep", action="store_true",
@@ -312,9 +313,16 @@ def _format_inspect(report: dict[str, Any]) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.requests < 1 or args.workers < 1:
         raise UsageError("--requests and --workers must be at least 1")
-    if not 1024 <= args.port_base <= 65535 - 100:
-        raise UsageError(f"--port-base {args.port_base} must be within 1024..65435")
-    return demo.run(demo.DemoOptions(args.runtime_dir, args.port_base, args.requests,
+    bases = tuple(args.port_bases or [DEFAULT_BASE])
+    if len(bases) > 2:
+        raise UsageError("--port-base: give it once (one node) or twice (two nodes)")
+    for base in bases:
+        if not 1024 <= base <= 65535 - 100:
+            raise UsageError(f"--port-base {base} must be within 1024..65435")
+    if len(bases) == 2 and abs(bases[0] - bases[1]) < 100:
+        raise UsageError(f"--port-base {bases[0]} and {bases[1]} overlap: each node's block "
+                         f"spans 100 ports")
+    return demo.run(demo.DemoOptions(args.runtime_dir, bases, args.requests,
                                      args.workers, args.keep, args.timeout))
 
 

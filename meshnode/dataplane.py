@@ -37,12 +37,13 @@ from fastpath.engine import Engine, RouteTable
 
 from . import logs
 from .identity.creds import Contexts
+from .ports import Ports
 
 log = logging.getLogger("meshnode.dataplane")
 
-# Until the node registry of multi-host meshes exists, a remote node is reached on the
-# default inbound port (DESIGN §8) at its workload's address.
-DEFAULT_INBOUND_PORT = 15006
+# A remote node that no Node resource places is reached at its workload's address on
+# the default inbound port (DESIGN §8).
+DEFAULT_INBOUND_PORT = Ports().inbound
 
 
 def sni_for(port_name: str, fqdn: str) -> str:
@@ -121,12 +122,13 @@ class DataPlane:
         # first service added for a (host, port) wins.
         local_ns = {w.get("namespace") for w in snapshot["local"]}
         services = sorted(snapshot["services"], key=lambda s: s["namespace"] not in local_ns)
+        nodes = snapshot.get("nodes") or {}
         for svc in services:
             if not svc["identities"]:
                 continue  # no endpoints: nothing to route to
             for port in svc["ports"]:
                 sni = sni_for(port["name"], svc["fqdn"])
-                endpoints = [self._endpoint(ep) for ep in svc["endpoints"]]
+                endpoints = [self._endpoint(ep, nodes) for ep in svc["endpoints"]]
                 name = f"{svc['namespace']}/{svc['name']}:{port['name']}"
                 self.service_fqdn[name] = svc["fqdn"]
                 index = table.add_service(name, sni, svc["identities"], endpoints)
@@ -164,9 +166,14 @@ class DataPlane:
             if contexts is not None:
                 table.add_source(address, contexts.client, identity)
 
-    def _endpoint(self, ep: dict[str, Any]) -> tuple[str, int]:
+    def _endpoint(self, ep: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> tuple[str, int]:
+        """Where an endpoint's node takes mutual TLS: this node's own inbound listener, the
+        one its Node resource names, or else the workload's address on the default port."""
         if ep["node"] == self.node:
             return ("127.0.0.1", self.inbound_port)
+        node = nodes.get(ep["node"])
+        if node is not None:
+            return (_numeric(node["address"]), int(node["inbound_port"]))
         return (_numeric(ep["address"]), DEFAULT_INBOUND_PORT)
 
     def _inbound_route(self, table: RouteTable, svc: dict[str, Any], port: dict[str, Any],

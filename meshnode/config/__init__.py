@@ -9,6 +9,8 @@ from .model import (
     Mesh,
     MeshSpec,
     Metadata,
+    Node,
+    NodeSpec,
     Resource,
     Service,
     ServicePort,
@@ -24,7 +26,7 @@ from .validate import validate_set
 
 __all__ = [
     "API_VERSION", "ConfigError", "DEFAULT_CONFIG", "DurationError", "KINDS", "Key", "Mesh",
-    "MeshSpec", "Metadata", "NotFound", "Problem", "Resource", "Service", "ServicePort",
+    "MeshSpec", "Metadata", "Node", "NodeSpec", "NotFound", "Problem", "Resource", "Service", "ServicePort",
     "ServiceSpec", "Store", "Workload", "WorkloadSpec", "compile_snapshot", "format_duration",
     "from_dict", "identity_for", "load_dir", "load_file", "load_path", "parse_duration",
     "parse_text", "resolve_kind", "selects", "to_dict", "validate_set",

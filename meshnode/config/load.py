@@ -17,7 +17,8 @@ from yaml.nodes import MappingNode, ScalarNode
 
 from .durations import format_duration
 from .errors import ConfigError, Problem
-from .model import API_VERSION, Mesh, MeshSpec, Resource, Service, ServiceSpec, Workload, WorkloadSpec
+from .model import (API_VERSION, Mesh, MeshSpec, Node, NodeSpec, Resource, Service, ServiceSpec, Workload,
+                    WorkloadSpec)
 from .validate import duplicate_problems, parse_document, validate_set
 
 __all__ = ["DEFAULT_CONFIG", "parse_text", "load_file", "load_dir", "load_path", "from_dict", "to_dict",
@@ -156,6 +157,10 @@ def _mesh_spec(spec: MeshSpec) -> dict[str, Any]:
     }
 
 
+def _node_spec(spec: NodeSpec) -> dict[str, Any]:
+    return {"address": spec.address, "inboundPort": spec.inbound_port}
+
+
 def _service_spec(spec: ServiceSpec) -> dict[str, Any]:
     return {
         "selector": dict(spec.selector),
@@ -190,6 +195,8 @@ def to_dict(resource: Resource) -> dict[str, Any]:
         metadata["annotations"] = dict(resource.metadata.annotations)
     if isinstance(resource, Mesh):
         spec = _mesh_spec(resource.spec)
+    elif isinstance(resource, Node):
+        spec = _node_spec(resource.spec)
     elif isinstance(resource, Service):
         spec = _service_spec(resource.spec)
     elif isinstance(resource, Workload):

@@ -1,4 +1,4 @@
-"""The resource model: frozen dataclasses for Mesh, Service and Workload, and their keys.
+"""The resource model: frozen dataclasses for Mesh, Node, Service and Workload, and their keys.
 
 Objects here are already validated (see validate.py); nothing in this module checks input.
 Map-valued fields are plain dicts so callers can read them naturally: treat them as
@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..ports import Ports
 from .errors import NotFound, Problem
 
 API_VERSION = "meshnode.io/v1alpha1"
@@ -78,6 +79,24 @@ class WorkloadSpec:
     weight: int = 1
 
 
+DEFAULT_INBOUND_PORT = Ports().inbound
+"""Where a node takes mutual TLS from other nodes when no Node resource says otherwise."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """Where other nodes reach one node: the address and port of its inbound listener.
+
+    A workload placed on a node (`Workload.spec.node`) is reached through that node's
+    inbound listener. Without a Node resource of that name, other nodes dial the
+    workload's own address on DEFAULT_INBOUND_PORT (the sidecar shape: one node per
+    host, every node on the default port block).
+    """
+
+    address: str  # IPv4/IPv6 literal or hostname
+    inbound_port: int = DEFAULT_INBOUND_PORT
+
+
 @dataclass(frozen=True)
 class Resource:
     """Base of every kind: metadata, plus the file it came from (for error messages only)."""
@@ -118,6 +137,13 @@ class Mesh(Resource):
 
 
 @dataclass(frozen=True)
+class Node(Resource):
+    KIND: ClassVar[str] = "Node"
+    CLUSTER_SCOPED: ClassVar[bool] = True
+    spec: NodeSpec
+
+
+@dataclass(frozen=True)
 class Service(Resource):
     KIND: ClassVar[str] = "Service"
     spec: ServiceSpec
@@ -129,7 +155,7 @@ class Workload(Resource):
     spec: WorkloadSpec
 
 
-KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Service, Workload)}
+KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Node, Service, Workload)}
 """Every kind, in the order resources are listed (mesh first, then what depends on it)."""
 
 _SHORT_NAMES = {"svc": "Service", "wl": "Workload"}

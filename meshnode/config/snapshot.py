@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .model import Resource, Service, ServicePort, Workload, mesh_spec, selects
+from .model import Node, Resource, Service, ServicePort, Workload, mesh_spec, selects
 
 
 def identity_for(trust_domain: str, namespace: str, service_account: str) -> str:
@@ -83,6 +83,7 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int) -> 
     """The snapshot for `node` at config `version` (resources are assumed validate_set-clean).
 
     `local` lists the workloads this node fronts: those whose node is `node` or unset.
+    `nodes` tells where the other nodes' inbound listeners are (the Node resources).
     """
     resources = list(resources)
     mesh = mesh_spec(resources)
@@ -102,6 +103,8 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int) -> 
             "connect_timeout_s": mesh.connect_timeout_s,
             "idle_timeout_s": mesh.idle_timeout_s,
         },
+        "nodes": {n.name: {"address": n.spec.address, "inbound_port": n.spec.inbound_port}
+                  for n in sorted((r for r in resources if isinstance(r, Node)), key=_by_name)},
         "services": [_service(s, workloads, node, td) for s in services],
         "local": [_local(w, services, td) for w in workloads if w.spec.node in (None, node)],
     }

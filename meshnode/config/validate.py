@@ -21,6 +21,8 @@ from .model import (
     Mesh,
     MeshSpec,
     Metadata,
+    Node,
+    NodeSpec,
     Resource,
     Service,
     ServicePort,
@@ -339,6 +341,20 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
                     connect, idle)  # type: ignore[arg-type]
 
 
+def _node_spec(d: _Doc, value: object) -> NodeSpec | None:
+    if value is _MISSING:
+        d.fail("spec", "required")
+        return None
+    spec = _fields(d, value, "spec", ("address", "inboundPort"), required=("address",))
+    if spec is None:
+        return None
+    address = _opt(d, spec, "spec", "address", _address, None)
+    port = _opt(d, spec, "spec", "inboundPort", _port, NodeSpec.inbound_port)
+    if address is None or port is None:
+        return None
+    return NodeSpec(address, port)
+
+
 def _target_port(d: _Doc, value: object, path: str) -> int | str | None:
     if isinstance(value, str):
         return _dns_label(d, value, path)
@@ -431,6 +447,7 @@ def _workload_ports(d: _Doc, value: object, path: str) -> dict[str, int] | None:
 
 _SPECS: dict[str, Callable[[_Doc, object], Any]] = {
     "Mesh": _mesh_spec,
+    "Node": _node_spec,
     "Service": _service_spec,
     "Workload": _workload_spec,
 }
@@ -509,6 +526,7 @@ def set_problems(resources: Sequence[Resource]) -> list[Problem]:
         where = f" in {meshes[0].source}" if meshes[0].source else ""
         problems.append(Problem(extra.source, extra.label, "metadata.name",
                                 f"only one Mesh is allowed and {meshes[0].label} is defined{where}"))
+    problems += _node_problems([r for r in unique if isinstance(r, Node)])
     services = [r for r in unique if isinstance(r, Service)]
     workloads = [r for r in unique if isinstance(r, Workload)]
     for workload in workloads:
@@ -545,6 +563,22 @@ def set_problems(resources: Sequence[Resource]) -> list[Problem]:
                         service.source, service.label, f"spec.ports[{i}].targetPort",
                         f"port name {port.target_port!r} is not in the ports of "
                         f"{workload.label}{where}"))
+    return problems
+
+
+def _node_problems(nodes: Sequence[Node]) -> list[Problem]:
+    """Two nodes cannot take inbound traffic at one address and port."""
+    problems: list[Problem] = []
+    taken: dict[tuple[str, int], Node] = {}
+    for node in nodes:
+        where = (node.spec.address, node.spec.inbound_port)
+        if where in taken:
+            problems.append(Problem(
+                node.source, node.label, "spec.inboundPort",
+                f"{node.spec.address} port {node.spec.inbound_port} is already the inbound "
+                f"listener of {taken[where].label}"))
+        else:
+            taken[where] = node
     return problems
 
 

@@ -1,24 +1,31 @@
 """`meshnode demo`: start a node and two apps, send requests through the mesh, report, clean up.
 
+With one ``--port-base`` one node fronts both apps; with two, each app has a node of its
+own (as two hosts would), and the hop between them crosses from one node to the other.
+
 The steps, each waiting for a condition the node reports (never for a fixed time):
 
-1. a node starts in a fresh runtime dir, exactly as `meshnode up` starts one (supervisord,
-   its five kinds of process), seeded with the demo's Mesh resource only;
-2. the two apps (meshnode.demo.apps) start on free ports of 127.0.0.1;
+1. each node starts in a fresh runtime dir, exactly as `meshnode up` starts one
+   (supervisord, its five kinds of process), seeded with the demo's Mesh resource only.
+   Two nodes share one mesh root that the demo makes, and each gets an issuer signed by
+   it (as `meshnode ca sign-issuer` does), so each trusts the other's workloads;
+2. the two apps (meshnode.demo.apps) start on their loopback addresses;
 3. the demo's Services and Workloads (resources.yaml, the workloads' ports set to the
-   apps') are applied through control, and every worker ACKs that version;
-4. every worker holds a certificate for each identity the node's snapshot places on it;
+   apps'; with two nodes, each workload placed on its node and a Node resource telling
+   where each node's inbound listener is) are applied through each node's control, and
+   every worker ACKs that version;
+4. every worker holds a certificate for each identity its node's snapshot places on it;
 5. one warm-up request goes through the mesh until it gets a 2xx (the first table with
    certificates may land a few ms after the beat that reports them); it is left out of
    every count below, the mesh's included;
 6. N requests go to the frontend over one keep-alive connection; for each, the frontend
-   calls the backend through the node's HTTP outbound listener (port-base+1, Host
-   ``backend.demo.svc:8080``): the node carries it over mutual TLS to its inbound
-   listener (port-base+6), which hands it to the backend;
+   calls the backend through its node's HTTP outbound listener (port-base+1, Host
+   ``backend.demo.svc:8080``): the node carries it over mutual TLS to the backend's
+   node's inbound listener (port-base+6), which hands it to the backend;
 7. the report: statuses, latency, the identities the backend saw (x-forwarded-client-cert)
    and those the calling side counted (meshnode_requests_total), the apps' and the
    mesh's counts side by side;
-8. the apps and the node stop (unless --keep), and a runtime dir the demo made is
+8. the apps and the nodes stop (unless --keep), and a runtime dir the demo made is
    removed when all went well (kept, with its logs, when not).
 """
 
@@ -43,6 +50,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import yaml
 
 from .. import nodectl, supervise
+from ..identity import pki
 from ..ports import Ports
 from . import report
 from .errors import AppFailed, DemoError
@@ -62,6 +70,9 @@ WARMUP_TIMEOUT_S = 15.0
 # Workers report their counters in their health beat, once a second (meshnode.process).
 METRICS_SETTLE_S = 5.0
 REQUEST_TIMEOUT_S = 15.0
+# The names of two nodes on one machine (one node keeps the host's name, as `up` does).
+TWO_NODES = ("demo-a", "demo-b")
+ISSUER_TTL_S = 7 * 86400.0  # a demo's nodes live minutes; their issuers a week
 
 T = TypeVar("T")
 
@@ -69,11 +80,42 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class DemoOptions:
     runtime_dir: Path | None  # None: a fresh dir under /tmp, removed after a clean run
-    port_base: int
+    port_bases: tuple[int, ...]  # one node per port base: one or two
     requests: int
     workers: int = 2
     keep: bool = False
     up_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class DemoNode:
+    """One node the demo starts, and the app roles whose workloads it fronts."""
+
+    name: str | None  # None: the host name, as `meshnode up` gives
+    runtime_dir: Path
+    ports: Ports
+    roles: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return self.name or "the node"
+
+
+def plan_nodes(runtime_dir: Path, port_bases: tuple[int, ...]) -> list[DemoNode]:
+    """One node in `runtime_dir` fronting both apps, or two in sub-dirs, one app each."""
+    if len(port_bases) == 1:
+        return [DemoNode(None, runtime_dir, Ports(port_bases[0]), (FRONTEND, BACKEND))]
+    if len(port_bases) != 2:
+        raise DemoError(f"give one or two port bases, not {len(port_bases)}")
+    a, b = port_bases
+    if abs(a - b) < 100:
+        raise DemoError(f"port bases {a} and {b} overlap: a node's block spans 100 ports")
+    return [DemoNode(name, runtime_dir / name, Ports(base), (role,))
+            for name, base, role in zip(TWO_NODES, port_bases, (FRONTEND, BACKEND))]
+
+
+def node_of(nodes: list[DemoNode], role: str) -> DemoNode:
+    return next(n for n in nodes if role in n.roles)
 
 
 @dataclass
@@ -95,7 +137,7 @@ class Started:
 
     runtime_dir: Path
     made_dir: bool
-    node: bool = False
+    nodes: list[Path] = field(default_factory=list)  # runtime dirs of the nodes started
     apps: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
 
@@ -151,15 +193,53 @@ def resource_docs() -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(RESOURCES.read_text()) if d]
 
 
-def render_resources(frontend_port: int, backend_port: int) -> str:
-    """resources.yaml with each workload's http port set to its app's."""
-    ports = {f"{FRONTEND}-v1": frontend_port, f"{BACKEND}-v1": backend_port}
+def render_resources(frontend_port: int, backend_port: int,
+                     nodes: list[DemoNode] | None = None) -> str:
+    """resources.yaml with each workload's http port set to its app's; given several
+    nodes, each workload placed on its app's node, and a Node resource for each node."""
+    ports = {FRONTEND: frontend_port, BACKEND: backend_port}
     docs = resource_docs()
     for doc in docs:
-        if doc.get("kind") == "Workload" and doc["metadata"]["name"] in ports:
-            doc["spec"]["ports"]["http"] = ports[doc["metadata"]["name"]]
-            doc["spec"]["address"] = APP_ADDRESS[doc["metadata"]["name"].rsplit("-", 1)[0]]
+        role = doc["metadata"]["name"].rsplit("-", 1)[0]
+        if doc.get("kind") == "Workload" and role in ports:
+            doc["spec"]["ports"]["http"] = ports[role]
+            doc["spec"]["address"] = APP_ADDRESS[role]
+            if nodes and len(nodes) > 1:
+                doc["spec"]["node"] = node_of(nodes, role).name
+    if nodes and len(nodes) > 1:
+        docs[1:1] = [{"apiVersion": docs[0]["apiVersion"], "kind": "Node",
+                      "metadata": {"name": n.name},
+                      "spec": {"address": "127.0.0.1", "inboundPort": n.ports.inbound}}
+                     for n in nodes]
     return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def _trust_domain() -> str:
+    mesh = next(d for d in resource_docs() if d.get("kind") == "Mesh")
+    return str(mesh["spec"]["trustDomain"])
+
+
+def _make_issuers(rd: Path, nodes: list[DemoNode]) -> dict[str, Path]:
+    """A mesh root for the demo and an issuer for each node signed by it, in the dirs
+    `meshnode up --ca-issuer` reads: the nodes trust each other, and neither holds the
+    root's key."""
+    pki_dir = rd / "demo" / "pki"
+    pki_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    td = _trust_domain()
+    root, root_key = pki.make_root(f"meshnode demo root ({td})", td)
+    pki.write_private(pki_dir / "root.key", pki.key_pem(root_key))
+    pki.write_public(pki_dir / "root.pem", pki.cert_pem(root))
+    dirs: dict[str, Path] = {}
+    for node in nodes:
+        assert node.name is not None
+        cert, key = pki.make_issuer(root, root_key, node.name, ISSUER_TTL_S)
+        out = pki_dir / node.name
+        out.mkdir(mode=0o700, exist_ok=True)
+        pki.write_private(out / "issuer.key", pki.key_pem(key))
+        pki.write_public(out / "issuer.pem", pki.cert_pem(cert))
+        pki.write_public(out / "root.pem", pki.cert_pem(root))
+        dirs[node.name] = out
+    return dirs
 
 
 def _write_seed(dest: Path) -> Path:
@@ -174,9 +254,9 @@ def _write_seed(dest: Path) -> Path:
 
 # --- the apps --------------------------------------------------------------------------
 
-def _start_app(started: Started, role: str, extra: list[str], keep: bool) -> int:
-    rd = started.runtime_dir
-    port_file = rd / "demo" / f"{role}.port"
+def _start_app(started: Started, node: DemoNode, role: str, extra: list[str], keep: bool) -> int:
+    rd = node.runtime_dir  # its logs beside its node's: `meshnode logs demo-ROLE` finds them
+    port_file = started.runtime_dir / "demo" / f"{role}.port"
     port_file.unlink(missing_ok=True)
     log_path = rd / "logs" / f"demo-{role}.log"  # `meshnode logs demo-backend` reads it
     log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -346,7 +426,7 @@ def _lines(label: str, rows: list[str]) -> Iterator[str]:
         yield f"{label if i == 0 else '':<10}{row}"
 
 
-def format_report(*, node: str, rd: Path, ports: Ports, workers: int, app_ports: dict[str, int],
+def format_report(*, nodes: list[tuple[str, DemoNode]], workers: int, app_ports: dict[str, int],
                   version: int, identities: list[str], warmups: int, samples: list[Sample],
                   apps_before: dict[str, dict[str, Any]], apps_after: dict[str, dict[str, Any]],
                   mesh: MeshCounts) -> str:
@@ -358,18 +438,25 @@ def format_report(*, node: str, rd: Path, ports: Ports, workers: int, app_ports:
     e2e_us = [s.e2e_us for s in samples if s.status is not None]
     host = f"{BACKEND}.{NAMESPACE}.svc:{SERVICE_PORT}"
     out = ["meshnode demo: frontend -> backend through the mesh, over mutual TLS", ""]
-    out += _lines("node", [
-        f"{node}, runtime dir {rd}, {workers} proxy workers",
-        f"admin http://127.0.0.1:{ports.admin}/ready   "
-        f"metrics http://127.0.0.1:{ports.metrics}/metrics",
-        f"outbound (HTTP) 127.0.0.1:{ports.outbound}   inbound (mTLS) :{ports.inbound}"])
+    for name, node in nodes:
+        ports = node.ports
+        out += _lines("node", [
+            f"{name}, runtime dir {node.runtime_dir}, {workers} proxy workers, "
+            f"fronts {' and '.join(node.roles)}",
+            f"admin http://127.0.0.1:{ports.admin}/ready   "
+            f"metrics http://127.0.0.1:{ports.metrics}/metrics",
+            f"outbound (HTTP) 127.0.0.1:{ports.outbound}   inbound (mTLS) :{ports.inbound}"])
     out += _lines("apps", [f"{FRONTEND} {APP_ADDRESS[FRONTEND]}:{app_ports[FRONTEND]}   "
                            f"{BACKEND} {APP_ADDRESS[BACKEND]}:{app_ports[BACKEND]}"])
-    out += _lines("config", [f"version {version} (meshnode/demo/resources.yaml), "
-                             f"ACKed by {', '.join(f'proxy-{i}' for i in range(workers))}",
+    acked = f"ACKed by {', '.join(f'proxy-{i}' for i in range(workers))}"
+    out += _lines("config", [f"version {version} (meshnode/demo/resources.yaml), {acked}"
+                             f"{' of each node' if len(nodes) > 1 else ''}",
                              f"certificates for {', '.join(identities)}"])
-    out += _lines("path", [f"client -> {FRONTEND} -> 127.0.0.1:{ports.outbound} "
-                           f"(Host: {host}) =mTLS=> :{ports.inbound} -> {BACKEND}"])
+    (fe_name, fe_node), (be_name, be_node) = (
+        next((n, d) for n, d in nodes if role in d.roles) for role in (FRONTEND, BACKEND))
+    where = f" ({be_name})" if len(nodes) > 1 else ""
+    out += _lines("path", [f"client -> {FRONTEND} -> 127.0.0.1:{fe_node.ports.outbound} "
+                           f"(Host: {host}) =mTLS=> :{be_node.ports.inbound}{where} -> {BACKEND}"])
     out.append("")
     warm = f" (after {warmups} warm-up request{'s' if warmups > 1 else ''}, not counted)"
     out += _lines("requests", [f"{n} sent{warm}"])
@@ -424,18 +511,21 @@ def format_report(*, node: str, rd: Path, ports: Ports, workers: int, app_ports:
 
 def run(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     """Run the demo; 0 when every request got a 2xx, 1 when not, 130 when interrupted."""
-    ports = Ports(opts.port_base)
-    for port, what in ((ports.admin, "admin"), (ports.outbound, "outbound"),
-                       (ports.inbound, "inbound"), (ports.metrics, "metrics")):
-        _check_free(port, what)  # before anything is made, so a busy block leaves nothing
+    plan_nodes(Path("/"), opts.port_bases)  # refuse bad port bases before anything is made
+    for base in opts.port_bases:
+        ports = Ports(base)
+        for port, what in ((ports.admin, "admin"), (ports.outbound, "outbound"),
+                           (ports.inbound, "inbound"), (ports.metrics, "metrics")):
+            _check_free(port, what)  # before anything is made, so a busy block leaves nothing
     if opts.runtime_dir is None:
         # Short on purpose: the bus's ipc socket paths must fit in 107 bytes.
         started = Started(Path(tempfile.mkdtemp(prefix="mn-demo-", dir="/tmp")), made_dir=True)
     else:
         rd = opts.runtime_dir.resolve()
-        if supervise.supervisord_pid(rd) is not None:
-            raise DemoError(f"a node is already running in {rd}; the demo starts its own: "
-                            f"give another --runtime-dir or leave it out")
+        for node in plan_nodes(rd, opts.port_bases):
+            if supervise.supervisord_pid(node.runtime_dir) is not None:
+                raise DemoError(f"a node is already running in {node.runtime_dir}; the demo "
+                                f"starts its own: give another --runtime-dir or leave it out")
         started = Started(rd, made_dir=False)
 
     def on_term(signum: int, frame: object) -> None:
@@ -443,7 +533,7 @@ def run(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
     previous = signal.signal(signal.SIGTERM, on_term), signal.getsignal(signal.SIGINT)
     ok, interrupted = False, False
     try:
-        ok = _run(opts, started, ports, out)
+        ok = _run(opts, started, plan_nodes(started.runtime_dir, opts.port_bases), out)
         return 0 if ok else 1
     except (KeyboardInterrupt, _Stop):
         interrupted = True
@@ -460,25 +550,40 @@ def run(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
             signal.signal(signal.SIGINT, previous[1])
 
 
-def _run(opts: DemoOptions, started: Started, ports: Ports, out: Callable[[str], None]) -> bool:
+def _run(opts: DemoOptions, started: Started, nodes: list[DemoNode],
+         out: Callable[[str], None]) -> bool:
     rd = started.runtime_dir
     workers = [f"proxy-{i}" for i in range(opts.workers)]
-    node_opts = nodectl.options(rd, None, opts.port_base, opts.workers,
-                                _write_seed(rd / "demo" / "seed"))
-    out(f"starting a node in {rd} (port base {opts.port_base}, {opts.workers} workers)...")
-    started.node = True
-    nodectl.up(node_opts, timeout_s=opts.up_timeout_s)
-    app_ports = {BACKEND: _start_app(started, BACKEND, [], opts.keep)}
-    app_ports[FRONTEND] = _start_app(started, FRONTEND, [
-        "--mesh", f"127.0.0.1:{ports.outbound}",
+    seed = _write_seed(rd / "demo" / "seed")
+    issuers = _make_issuers(rd, nodes) if len(nodes) > 1 else {}
+    names: list[tuple[str, DemoNode]] = []
+    for node in nodes:
+        node_opts = nodectl.options(node.runtime_dir, node.name, node.ports.base, opts.workers,
+                                    seed, ca_issuer=issuers.get(node.name or ""))
+        out(f"starting node {node_opts.node} in {node.runtime_dir} (port base "
+            f"{node.ports.base}, {opts.workers} workers)...")
+        started.nodes.append(node.runtime_dir)
+        nodectl.up(node_opts, timeout_s=opts.up_timeout_s)
+        names.append((node_opts.node, node))
+    source = node_of(nodes, FRONTEND)
+    app_ports = {BACKEND: _start_app(started, node_of(nodes, BACKEND), BACKEND, [], opts.keep)}
+    app_ports[FRONTEND] = _start_app(started, source, FRONTEND, [
+        "--mesh", f"127.0.0.1:{source.ports.outbound}",
         "--upstream-host", f"{BACKEND}.{NAMESPACE}.svc:{SERVICE_PORT}"], opts.keep)
-    reply = nodectl.call(rd, "control", "apply", {"files": [
-        {"name": str(RESOURCES), "text": render_resources(app_ports[FRONTEND],
-                                                          app_ports[BACKEND])}]})
-    version = int(reply["version"])
-    out(f"applied config version {version}: {', '.join(reply.get('resources', []))}")
-    _wait_acked(rd, version, workers)
-    identities = _wait_certs(ports, version, workers)
+    text = render_resources(app_ports[FRONTEND], app_ports[BACKEND], nodes)
+    versions = set()
+    for node in nodes:
+        reply = nodectl.call(node.runtime_dir, "control", "apply",
+                             {"files": [{"name": str(RESOURCES), "text": text}]})
+        versions.add(int(reply["version"]))
+        out(f"applied config version {reply['version']} to {node.label}: "
+            f"{', '.join(reply.get('resources', []))}")
+    version = max(versions)  # fresh nodes seeded alike: the same version on each
+    identities: list[str] = []
+    for node in nodes:
+        _wait_acked(node.runtime_dir, version, workers)
+        identities += _wait_certs(node.ports, version, workers)
+    ports = source.ports  # the calling side reports the requests it sent
     client = _Client(app_ports[FRONTEND])
     try:
         warmups = _warm_up(client)
@@ -493,8 +598,7 @@ def _run(opts: DemoOptions, started: Started, ports: Ports, out: Callable[[str],
                   for role, port in app_ports.items()}
     mesh = _settled(ports, opts.requests, mesh_before)
     out("")
-    out(format_report(node=node_opts.node, rd=rd, ports=ports, workers=opts.workers,
-                      app_ports=app_ports, version=version, identities=identities,
+    out(format_report(nodes=names, workers=opts.workers, app_ports=app_ports, version=version, identities=identities,
                       warmups=warmups, samples=samples, apps_before=apps_before,
                       apps_after=apps_after, mesh=mesh))
     bad = [s for s in samples if s.status is None or not 200 <= s.status < 300]
@@ -509,19 +613,22 @@ def _run(opts: DemoOptions, started: Started, ports: Ports, out: Callable[[str],
 
 def _finish(keep: bool, started: Started, ok: bool, out: Callable[[str], None]) -> None:
     rd = started.runtime_dir
-    if keep and supervise.supervisord_pid(rd) is not None:
+    running = [d for d in started.nodes if supervise.supervisord_pid(d) is not None]
+    if keep and running:
         pids = " ".join(str(p.pid) for p in started.apps.values() if p.poll() is None)
-        out(f"kept running in {rd}: the node and the apps; stop them with\n"
-            f"  {f'kill {pids}; ' if pids else ''}meshnode down --runtime-dir {rd}")
+        downs = "; ".join(f"meshnode down --runtime-dir {d}" for d in running)
+        out(f"kept running in {rd}: the node{'s' if len(running) > 1 else ''} and the apps; "
+            f"stop them with\n  {f'kill {pids}; ' if pids else ''}{downs}")
         return
     _stop_apps(started)
-    if started.node:
-        said = nodectl.down(rd)
+    for node_dir in reversed(started.nodes):
+        said = nodectl.down(node_dir)
         if not said.startswith("no node running"):  # up failed and stopped it already
             out(said)
-    logs = rd / "logs"
-    has_logs = logs.is_dir() and any(logs.iterdir())
-    if started.made_dir and (ok or not has_logs):
+    with_logs = [d for d in (started.nodes or [rd])
+                 if (d / "logs").is_dir() and any((d / "logs").iterdir())]
+    if started.made_dir and (ok or not with_logs):
         shutil.rmtree(rd, ignore_errors=True)
-    elif has_logs and not ok:
-        out(f"logs kept in {logs} (meshnode logs PROCESS --runtime-dir {rd})")
+    elif with_logs and not ok:
+        for d in with_logs:
+            out(f"logs kept in {d / 'logs'} (meshnode logs PROCESS --runtime-dir {d})")

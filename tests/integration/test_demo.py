@@ -3,11 +3,13 @@
 The demo is run as a subprocess of the real CLI on a free port block. One run with an
 explicit runtime dir serves the report tests; a run with --keep and one interrupted by
 Ctrl-C check that the demo leaves behind exactly what it says: nothing, or a node the
-printed command stops.
+printed command stops. A two-node run is kept so that each node can be asked what it
+carried: the requests must cross from the frontend's node to the backend's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,6 +21,7 @@ from typing import Iterator
 
 import pytest
 
+from identityharness import metric_samples
 from mnharness import CLI, free_port_base, http_get, kill_leftovers, pids_of, run_cli, wait_for
 
 DEMO_TIMEOUT_S = 150.0
@@ -147,3 +150,60 @@ def test_demo_interrupted_stops_everything_it_started() -> None:
             proc.wait()
         kill_leftovers(rd)
         shutil.rmtree(rd, ignore_errors=True)
+
+
+def _requests(metrics_url: str, reporter: str) -> float:
+    return sum(value for labels, value in metric_samples(metrics_url, "meshnode_requests_total")
+               if labels.get("reporter") == reporter
+               and labels.get("destination_service", "").startswith("backend.demo"))
+
+
+@pytest.mark.timeout(300)
+def test_demo_with_two_port_bases_crosses_from_one_node_to_the_other() -> None:
+    rd = _scratch_dir()
+    base_a, base_b = free_port_base(), free_port_base()
+    try:
+        result = run_cli("demo", "--requests", "20", "--port-base", str(base_a), "--port-base",
+                         str(base_b), "--runtime-dir", str(rd), "--keep", timeout_s=DEMO_TIMEOUT_S)
+        run = Run(rd, result, [])
+        assert result.returncode == 0, run.explain()
+        assert run.line(r"^node\s+demo-a, .*fronts (\w+)$").group(1) == "frontend"
+        assert run.line(r"^node\s+demo-b, .*fronts (\w+)$").group(1) == "backend"
+        run.line(rf"=mTLS=> :{base_b + 6} \(demo-b\) -> backend$")
+        assert run.line(r"backend saw client identity\s+(\S+)").group(1) == FRONTEND_ID
+        assert run.line(r"frontend's proxy verified\s+(\S+)").group(1) == BACKEND_ID
+        run.line(r"frontend -> backend\s+200 x20$")
+        # Each node counted its side of the hop: demo-a sent, demo-b received; demo-a
+        # fronts no backend, so nothing went through its own inbound listener.
+        metrics_a = f"http://127.0.0.1:{base_a + 90}/metrics"
+        metrics_b = f"http://127.0.0.1:{base_b + 90}/metrics"
+        wait_for(lambda: _requests(metrics_b, "destination") >= 20, 10.0,
+                 "demo-b to count the requests it received")
+        assert _requests(metrics_a, "source") >= 20
+        assert _requests(metrics_a, "destination") == 0
+        assert _requests(metrics_b, "source") == 0
+        # The nodes were told where each other's inbound listener is.
+        nodes = run_cli("get", "nodes", "--runtime-dir", str(rd / "demo-a"), "-o", "json")
+        assert nodes.returncode == 0, nodes.stderr
+        assert {n["metadata"]["name"]: n["spec"]["inboundPort"] for n in json.loads(nodes.stdout)} \
+            == {"demo-a": base_a + 6, "demo-b": base_b + 6}
+        kept = re.search(r"^\s+kill ([0-9 ]+); meshnode down --runtime-dir (\S+); "
+                         r"meshnode down --runtime-dir (\S+)$", result.stdout, re.MULTILINE)
+        assert kept and {kept.group(2), kept.group(3)} == {str(rd / "demo-a"), str(rd / "demo-b")}, \
+            result.stdout
+        for pid in (int(p) for p in kept.group(1).split()):
+            os.kill(pid, signal.SIGTERM)
+        for node_dir in (kept.group(2), kept.group(3)):
+            down = run_cli("down", "--runtime-dir", node_dir)
+            assert down.returncode == 0, down.stderr
+        wait_for(lambda: not pids_of(rd), 10.0, "both kept nodes and the apps to be gone")
+    finally:
+        kill_leftovers(rd)  # the nodes' dirs are inside it
+        shutil.rmtree(rd, ignore_errors=True)
+
+
+def test_demo_refuses_overlapping_or_too_many_port_bases() -> None:
+    for bases, says in (([21000, 21050], "overlap"), ([21000, 21200, 21400], "once")):
+        args = [arg for base in bases for arg in ("--port-base", str(base))]
+        result = run_cli("demo", *args, "--requests", "1")
+        assert result.returncode != 0 and says in result.stderr, result.stderr

@@ -247,9 +247,9 @@ def test_any_text_parses_or_raises_config_error(text: str) -> None:
         assert exc.problems and all(p.file == "fuzz.yaml" for p in exc.problems)
 
 
-@given(st.sampled_from(["Mesh", "Service", "Workload"]), st.dictionaries(
+@given(st.sampled_from(["Mesh", "Node", "Service", "Workload"]), st.dictionaries(
     st.sampled_from(["selector", "ports", "address", "labels", "weight", "node", "serviceAccount",
-                     "trustDomain", "mtls", "certificates", "telemetry"]), _json, max_size=5))
+                     "trustDomain", "mtls", "certificates", "telemetry", "inboundPort"]), _json, max_size=5))
 def test_any_spec_builds_or_raises_config_error(kind: str, spec: dict) -> None:
     doc = {"apiVersion": "meshnode.io/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec}
     try:
@@ -287,3 +287,26 @@ def test_mesh_connections_timeouts(tmp_path: Path) -> None:
         broken = text.replace("{connectTimeout: 500ms, idleTimeout: 10m}", "{" + bad + "}")
         [problem] = problems_of(lambda: parse_text(broken, "mesh.yaml"))
         assert problem.field.startswith("spec.connections") and field in problem.field + problem.message
+
+
+def test_node_places_a_nodes_inbound_listener(tmp_path: Path) -> None:
+    text = HEAD + "kind: Node\nmetadata: {name: node-b, namespace: ignored}\nspec: {address: 127.0.0.1, inboundPort: 16006}\n"
+    [node] = parse_text(text, "nodes.yaml")
+    assert node.key == ("Node", "", "node-b")  # cluster-scoped, like Mesh
+    assert (node.spec.address, node.spec.inbound_port) == ("127.0.0.1", 16006)
+    assert from_dict(to_dict(node)) == node
+    [default_port] = parse_text(HEAD + "kind: Node\nmetadata: {name: n}\nspec: {address: db.example.com}\n", "n.yaml")
+    assert default_port.spec.inbound_port == 15006
+    assert resolve_kind("nodes") == "Node"
+    for bad, field, says in (("{address: '300.1.1.1'}", "spec.address", "neither an IP address"),
+                             ("{address: 10.0.0.1, inboundPort: 0}", "spec.inboundPort", "between 1 and 65535"),
+                             ("{inboundPort: 16006}", "spec.address", "required"),
+                             ("{address: 10.0.0.1, port: 1}", "spec.port", "unknown field")):
+        broken = text.replace("{address: 127.0.0.1, inboundPort: 16006}", bad)
+        [problem] = problems_of(lambda: parse_text(broken, "nodes.yaml"))
+        assert (problem.resource, problem.field) == ("Node node-b", field) and says in problem.message
+    # Two nodes cannot share one inbound listener.
+    twice = "---\n".join([text, text.replace("node-b", "node-c")])
+    [problem] = problems_of(lambda: validate_set(parse_text(twice, "nodes.yaml")))
+    assert (problem.resource, problem.field) == ("Node node-c", "spec.inboundPort")
+    assert "already the inbound listener of Node node-b" in problem.message

@@ -68,6 +68,16 @@ def test_snapshot_endpoints_identities_and_local() -> None:
     assert [w["workload"] for w in compile_snapshot(resources, "n2", 7)["local"]] == ["shop/api-v1", "shop/api-v2"]
 
 
+def test_snapshot_places_other_nodes_by_their_node_resources() -> None:
+    nodes = ("---\napiVersion: meshnode.io/v1alpha1\nkind: Node\nmetadata: {name: n2}\n"
+             "spec: {address: 10.1.0.2, inboundPort: 16006}\n")
+    resources = parse_text(CONFIG + nodes, "c.yaml")
+    validate_set(resources)
+    snap = compile_snapshot(resources, "n1", 1)
+    assert snap["nodes"] == {"n2": {"address": "10.1.0.2", "inbound_port": 16006}}
+    assert compile_snapshot(parse_text(CONFIG, "c.yaml"), "n1", 1)["nodes"] == {}
+
+
 def test_snapshot_is_deterministic_and_plain() -> None:
     resources = parse_text(CONFIG, "c.yaml")
     snap = compile_snapshot(resources, "n1", 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,35 @@ def test_packaged_resources_are_valid_and_take_the_apps_ports() -> None:
     assert workloads["backend-v1"].spec.ports == {"http": 41002}
     # Each side has its own service account, so the two identities differ.
     assert workloads["frontend-v1"].spec.service_account != workloads["backend-v1"].spec.service_account
+
+
+def test_two_node_resources_place_each_app_on_its_node() -> None:
+    from meshnode.config import compile_snapshot, parse_text, validate_set
+    from meshnode.demo.run import plan_nodes, render_resources
+
+    nodes = plan_nodes(Path("/tmp/x"), (21000, 21200))
+    assert [(n.name, n.runtime_dir, n.ports.inbound, n.roles) for n in nodes] == [
+        ("demo-a", Path("/tmp/x/demo-a"), 21006, ("frontend",)),
+        ("demo-b", Path("/tmp/x/demo-b"), 21206, ("backend",))]
+    resources = parse_text(render_resources(41001, 41002, nodes), "resources.yaml")
+    validate_set(resources)
+    snap = compile_snapshot(resources, "demo-a", 1)
+    assert [w["workload"] for w in snap["local"]] == ["demo/frontend-v1"]
+    [backend] = [s for s in snap["services"] if s["name"] == "backend"]
+    assert [e["node"] for e in backend["endpoints"]] == ["demo-b"]
+    assert snap["nodes"]["demo-b"] == {"address": "127.0.0.1", "inbound_port": 21206}
+    # One node fronts both apps and names no Node.
+    [one] = plan_nodes(Path("/tmp/x"), (21000,))
+    assert (one.name, one.runtime_dir, one.roles) == (None, Path("/tmp/x"), ("frontend", "backend"))
+    single = parse_text(render_resources(41001, 41002, [one]), "resources.yaml")
+    assert not [r for r in single if r.kind == "Node"]
+    assert all(r.spec.node is None for r in single if r.kind == "Workload")
+
+
+@pytest.mark.parametrize("bases", [(21000, 21050), (21000, 21100, 21200), ()])
+def test_plan_refuses_overlapping_blocks_and_more_than_two_nodes(bases: tuple[int, ...]) -> None:
+    from meshnode.demo.errors import DemoError
+    from meshnode.demo.run import plan_nodes
+
+    with pytest.raises(DemoError):
+        plan_nodes(Path("/tmp/x"), bases)
