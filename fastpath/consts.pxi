@@ -93,6 +93,14 @@ cdef enum:
     # for the client's first bytes before it takes the connection for opaque TCP (a
     # server-first protocol sends nothing until the server spoke).
     ENGINE_SNIFF_TIMEOUT_MS = 200
+    # Engine(drain_max_bytes=) default: an HTTP client that leaves mid-answer leaves its
+    # upstream to read the rest and drop it, when no more than this is owed
+    # (Content-Length); a larger answer, or one still coming at the connect timeout,
+    # closes the upstream instead.
+    ENGINE_DRAIN_MAX_BYTES = 1048576
+    # OpenSSL's read-ahead buffer per TLS connection (while it holds bytes): up to four
+    # full records per read() of a streaming answer instead of one.
+    ENGINE_TLS_READ_BYTES = 65536 + 4 * 256
     # Bytes one connection moves per turn before the loop serves others; the rest of
     # its work goes on the ready list (edge-triggered epoll will not report it again).
     ENGINE_PUMP_BUDGET_BYTES = 262144

@@ -225,6 +225,11 @@ cdef enum ConnFlags:
     # HTTP from a service port's own listener: every request goes to that service,
     # whatever its Host (routing by Host is the shared listener's).
     CONN_FIXED_SERVICE = 8192
+    # HTTP outbound, draining: the answer under way when the client left had its head
+    # framed for the client, so it counts with its status (Envoy keeps the code of a
+    # response whose headers it had, and flags it "downstream disconnected"); answers
+    # begun after that count as 0.
+    CONN_DRAIN_HEAD_SEEN = 16384
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -408,6 +413,8 @@ cdef struct Core:
     uint32_t n_free_bufs
     uint32_t n_bufs
     uint32_t buffer_bytes
+    int64_t drain_max_bytes        # an HTTP client gone mid-answer: its upstream is drained
+                                   # and pooled when no more than this is owed
 
     Limits http_limits             # HTTP/1.1 head limits (defaults from consts.pxi)
 

@@ -483,9 +483,29 @@ cdef void _side_close(Side* s, bint reset) noexcept nogil:
         s.fd = -1
 
 
+cdef void _count_cut_off(Core* core, Conn* c) noexcept nogil:
+    """Requests still owed (the rest of) an answer when their pair closes are counted
+    too, once each: the one under way with its status when its head had come (the
+    client may have it, as Envoy keeps the code with "downstream disconnected" or
+    "upstream reset"), every other as 0, no answer."""
+    cdef int status
+    while c.n_pend > 0:
+        status = 0
+        if (c.resp_phase != RESP_HEAD
+                and (not c.flags & CONN_DRAINING or c.flags & CONN_DRAIN_HEAD_SEEN)):
+            status = c.resp_status
+        _count_answer(core, c, status, core.now_ns - c.pend_start_ns[c.pend_first])
+        c.resp_phase = RESP_HEAD
+        c.flags &= ~CONN_DRAIN_HEAD_SEEN
+        c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
+        c.n_pend -= 1
+
+
 cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
     cdef SideCounters* sc = _counters_of(core, c)
     _invariant(c.state != CONN_FREE, b"connection closed twice")
+    if c.n_pend > 0 and not (c.flags & CONN_HTTP_REPLIED):
+        _count_cut_off(core, c)
     _side_close(&c.down, reset)
     _side_close(&c.up, reset)
     if c.d2u.buf != NULL:
@@ -533,6 +553,7 @@ cdef inline void _ready_push(Core* core, Conn* c) noexcept nogil:
 cdef Py_ssize_t _recv(Side* s, char* p, uint32_t n) noexcept nogil:
     cdef Py_ssize_t r
     cdef int err
+    cdef openssl.BIO* rbio
     if s.ssl == NULL:
         if not s.readable:
             return STATUS_AGAIN
@@ -554,7 +575,10 @@ cdef Py_ssize_t _recv(Side* s, char* p, uint32_t n) noexcept nogil:
         return STATUS_AGAIN
     # SSL_get_error reads this thread's error queue: it must hold nothing older.
     openssl.ERR_clear_error()
+    rbio = openssl.SSL_get_rbio(s.ssl)
+    openssl.BIO_set_callback_arg(rbio, <char*>s)  # _rbio_read_done may clear s.readable
     r = openssl.SSL_read(s.ssl, p, <int>n)
+    openssl.BIO_set_callback_arg(rbio, NULL)
     if r > 0:
         return r
     err = openssl.SSL_get_error(s.ssl, <int>r)
@@ -700,13 +724,16 @@ cdef int _drain_start(Core* core, Conn* c) noexcept nogil:
         return STATUS_RESET
     if (c.state != CONN_PIPE or c.switching or not c.reusable or c.fwd != 0
             or c.req_phase != REQ_HEAD or c.resp_phase == RESP_TUNNEL
-            or c.resp_phase == RESP_CLOSE or c.u2d.eof):
+            or c.resp_phase == RESP_CLOSE or c.u2d.eof
+            or (c.resp_phase == RESP_LENGTH and c.resp_left > core.drain_max_bytes)):
         return STATUS_RESET
     _side_close(&c.down, True)
     if c.d2u.buf != NULL:
         _buf_put(core, c.d2u.buf)
     memset(&c.d2u, 0, sizeof(Flow))
     c.flags = (c.flags | CONN_DRAINING) & ~CONN_RETRYABLE
+    if c.resp_phase != RESP_HEAD:
+        c.flags |= CONN_DRAIN_HEAD_SEEN
     c.deadline_ns = core.now_ns + core.connect_timeout_ns
     return _drain(core, c)
 
@@ -722,7 +749,14 @@ cdef int _drain(Core* core, Conn* c) noexcept nogil:
             f.buf = _buf_get(core)
             if f.buf == NULL:
                 return STATUS_RESET
-        if f.tail == cap:
+        # What is framed was for the client that left (at the start, maybe a whole
+        # buffer it stopped reading): dropped.
+        f.head += c.resp_fwd
+        c.resp_fwd = 0
+        if f.head == f.tail:
+            f.head = 0
+            f.tail = 0
+        elif f.tail == cap:
             memmove(f.buf, f.buf + f.head, f.tail - f.head)
             f.tail -= f.head
             f.head = 0
@@ -736,8 +770,6 @@ cdef int _drain(Core* core, Conn* c) noexcept nogil:
         f.tail += <uint32_t>r
         if _http_rframe(core, c) != STATUS_OK:
             return STATUS_RESET
-        f.head += c.resp_fwd            # framed: dropped
-        c.resp_fwd = 0
     if f.head == f.tail:
         _buf_put(core, f.buf)
         memset(f, 0, sizeof(Flow))
@@ -960,9 +992,32 @@ cdef int _handshake(Core* core, Conn* c) noexcept nogil:
     return STATUS_CLOSE
 
 
+cdef long _rbio_read_done(openssl.BIO* b, int oper, const char* argp, size_t length, int argi,
+                          long argl, int ret, size_t* processed) noexcept nogil:
+    """After each read() OpenSSL makes of a TLS socket: one that got less than it asked
+    for (read-ahead asks for a whole buffer) read the socket empty, so the side is not
+    readable until its next EPOLLIN — as a short plaintext read does in _recv. Without
+    this, every SSL_read that returned data was followed by one more that found the
+    socket empty: a read() with EAGAIN per record."""
+    cdef Side* s
+    if oper == (openssl.BIO_CB_READ | openssl.BIO_CB_RETURN) and ret > 0 and processed != NULL \
+            and processed[0] < length:
+        s = <Side*>openssl.BIO_get_callback_arg(b)
+        if s != NULL and not s.hup:
+            s.readable = False
+    return ret
+
+
 cdef inline void _ssl_tune(openssl.SSL* ssl) noexcept nogil:
     openssl.SSL_set_mode(ssl, _SSL_MODES)
     openssl.SSL_set_read_ahead(ssl, 1)
+    # Read-ahead takes what the socket has up to this buffer: several 16 KiB records per
+    # read() when an answer streams (the buffer exists only while it holds bytes:
+    # SSL_MODE_RELEASE_BUFFERS).
+    openssl.SSL_set_default_read_buffer_len(ssl, ENGINE_TLS_READ_BYTES)
+    # The argument (the Side reading) is set around each SSL_read in _recv only: an SSL
+    # moves between connections (pooled upstreams), a Side pointer must not outlive a call.
+    openssl.BIO_set_callback_ex(openssl.SSL_get_rbio(ssl), _rbio_read_done)
 
 
 cdef int _tls_client_start(Core* core, Conn* c) noexcept nogil:
@@ -1521,6 +1576,7 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
     cdef int64_t progress = 0
     cdef Py_ssize_t r
     cdef uint32_t cap = _d2u_cap(core, c)
+    cdef bint truncated
     while not f.eof and not c.switching:
         if f.buf == NULL:
             f.buf = _buf_get(core)
@@ -1567,10 +1623,26 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
         f.buf = NULL
         f.head = 0
         f.tail = 0
-    # The client's end goes upstream once its requests are answered and the upstream
-    # cannot be pooled (_pump pools it otherwise).
+    # A client that ended in the middle of a request (its body, or a head it never
+    # finished) cannot make it whole: its end goes upstream now, so the app sees the
+    # request cut short and answers or closes, rather than all three waiting for bytes
+    # that will not come. Such an upstream is not pooled; an unfinished head is dropped.
+    truncated = False
+    if f.eof and c.fwd == 0 and not c.switching and (
+            c.req_phase == REQ_LENGTH or c.req_phase == REQ_CHUNKED
+            or (f.buf != NULL and f.head < f.tail and c.req_phase == REQ_HEAD)):
+        truncated = True
+        c.reusable = False
+        c.flags &= ~CONN_RETRYABLE
+        if f.buf != NULL:
+            _buf_put(core, f.buf)
+            f.buf = NULL
+            f.head = 0
+            f.tail = 0
+    # The client's end goes upstream once its requests are answered (or cut short) and
+    # the upstream cannot be pooled (_pump pools it otherwise).
     if (not f.shut and c.fwd == 0 and not c.switching and f.eof and f.buf == NULL
-            and c.n_pend == 0 and not _http_idle(c)):
+            and (c.n_pend == 0 or truncated) and not _http_idle(c)):
         r = _shut(&c.up)
         if r == STATUS_OK:
             f.shut = True
@@ -1680,8 +1752,10 @@ cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
     _invariant(c.n_pend > 0, b"a response without a request")
     c.flags |= CONN_ANSWERED
     # An answer nobody received counts as code 0 (Envoy's "downstream disconnected").
-    _count_answer(core, c, 0 if c.flags & CONN_DRAINING else c.resp_status,
+    _count_answer(core, c, c.resp_status if not c.flags & CONN_DRAINING
+                  or c.flags & CONN_DRAIN_HEAD_SEEN else 0,
                   core.now_ns - c.pend_start_ns[c.pend_first])
+    c.flags &= ~CONN_DRAIN_HEAD_SEEN
     c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
     c.n_pend -= 1
 
@@ -2354,13 +2428,16 @@ cdef class Engine:
     the size of a pooled buffer; a pair holds at most one per direction. Timeouts are
     seconds: `connect_timeout_s` bounds a pair's setup (TCP connect and TLS handshake)
     from its accept, `idle_timeout_s` closes a pair in which no byte moved that long.
+    `drain_max_bytes`: an HTTP client that leaves mid-answer leaves its upstream to read
+    the rest and be pooled when no more than this is owed (else the upstream is closed).
 
     Thread use: run() on a thread of its own (it returns after stop()); install(),
     stop(), stats() and `generation` from any other thread.
     """
 
     def __cinit__(self, int max_connections=4096, int buffer_bytes=16384,
-                  double connect_timeout_s=5.0, double idle_timeout_s=300.0):
+                  double connect_timeout_s=5.0, double idle_timeout_s=300.0,
+                  long long drain_max_bytes=ENGINE_DRAIN_MAX_BYTES):
         cdef Core* core
         cdef uint32_t i
         cdef size_t n_bufs
@@ -2375,6 +2452,8 @@ cdef class Engine:
             raise ValueError("buffer_bytes must be %d..%d, not %d"
                              % (ENGINE_MIN_BUFFER_BYTES, ENGINE_MAX_BUFFER_BYTES, buffer_bytes))
         _check_timeouts(connect_timeout_s, idle_timeout_s)
+        if drain_max_bytes < 0:
+            raise ValueError("drain_max_bytes must be at least 0, not %d" % drain_max_bytes)
 
         core = <Core*>calloc(1, sizeof(Core))
         if core == NULL:
@@ -2389,6 +2468,7 @@ cdef class Engine:
         self.core = core
         core.max_conns = <uint32_t>max_connections
         core.buffer_bytes = <uint32_t>buffer_bytes
+        core.drain_max_bytes = <int64_t>drain_max_bytes
         core.connect_timeout_ns = <int64_t>(connect_timeout_s * 1e9)
         limits_init(&core.http_limits)
         core.idle_timeout_ns = <int64_t>(idle_timeout_s * 1e9)

@@ -46,6 +46,12 @@ log = logging.getLogger("meshnode.dataplane")
 DEFAULT_INBOUND_PORT = Ports().inbound
 
 
+# Each direction of a connection holds at most one buffer of this size, and only while
+# it holds bytes not yet sent: two TLS records' worth, so a streaming answer moves in
+# half the plaintext read()/send() calls 16 KiB would take.
+BUFFER_BYTES = 32768
+
+
 def sni_for(port_name: str, fqdn: str) -> str:
     """The SNI naming one port of one service between nodes (a DNS name, like Istio's
     ``outbound_.PORT_._.FQDN``): the inbound side picks the local app by it."""
@@ -77,7 +83,7 @@ class DataPlane:
                  contexts: Callable[[str], Contexts | None], http_port: int = 0) -> None:
         self.node, self.inbound_port = node, inbound_port
         self._contexts = contexts
-        self.engine = Engine()
+        self.engine = Engine(buffer_bytes=BUFFER_BYTES)
         self._thread = threading.Thread(target=self.engine.run, name="engine", daemon=True)
         self._inbound = _listener(inbound_address, inbound_port)
         self._outbound: dict[int, socket.socket] = {}  # outbound port -> listener

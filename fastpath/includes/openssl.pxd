@@ -55,6 +55,15 @@ cdef extern from "openssl/bio.h" nogil:
     const BIO_METHOD* BIO_s_mem()
     long BIO_get_mem_data(BIO* b, char** pp)                      # macro
     int BIO_free(BIO* a)
+    ctypedef long (*BIO_callback_fn_ex)(BIO* b, int oper, const char* argp, size_t len,
+                                        int argi, long argl, int ret,
+                                        size_t* processed) noexcept nogil
+    void BIO_set_callback_ex(BIO* b, BIO_callback_fn_ex callback)
+    void BIO_set_callback_arg(BIO* b, char* arg)
+    char* BIO_get_callback_arg(const BIO* b)
+    enum:
+        BIO_CB_READ
+        BIO_CB_RETURN
 
 
 cdef extern from "openssl/asn1.h" nogil:
@@ -264,6 +273,7 @@ cdef extern from "openssl/ssl.h" nogil:
     const int SSL_SENT_SHUTDOWN
     # Wraps the fd in a socket BIO that does not close it.
     int SSL_set_fd(SSL* ssl, int fd)
+    BIO* SSL_get_rbio(const SSL* ssl)
     # SNI; takes a copy. Macro over SSL_ctrl, so the cast to void* happens in C.
     int SSL_set_tlsext_host_name(SSL* ssl, const char* name)            # macro
     const char* SSL_get_servername(const SSL* ssl, const int type)
@@ -318,6 +328,7 @@ cdef extern from "openssl/ssl.h" nogil:
 
     # SSL_set_mode() bits.
     void SSL_set_read_ahead(SSL* ssl, int yes)
+    void SSL_set_default_read_buffer_len(SSL* ssl, size_t length)
     # SSL_write returns after each record instead of after the whole buffer.
     const long SSL_MODE_ENABLE_PARTIAL_WRITE
     # A retried SSL_write may pass the same bytes from another address (after memmove).

@@ -184,6 +184,9 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"until close")
             self.close_connection = True
             return
+        if self.path.startswith("/big?n="):  # an answer of n bytes, with its length
+            self._send(200, b"b" * int(self.path[7:]))
+            return
         if self.path == "/sleep":       # a slow answer: time for the client to give up
             time.sleep(0.3)
             self._send(200, b"slept\n")
@@ -1088,6 +1091,75 @@ def test_a_client_resetting_mid_request_leaves_its_upstream_pooled(mesh: Mesh) -
     assert stats["outbound_aborted"] == 1
     rec = _record(mesh.out_node.engine.request_stats(), "outbound", "demo/backend:http")
     assert rec["codes"] == {0: 1, 200: 1}                  # 0: nobody got that answer
+
+
+@pytest.mark.parametrize("drain_max, kept", [(64 << 20, True), (1 << 20, False)])
+def test_a_client_leaving_mid_answer_leaves_its_upstream_pooled_unless_much_is_owed(
+        mesh: Mesh, drain_max: int, kept: bool) -> None:
+    # The client reads nothing of an 8 MB answer: the kernel's buffers toward it fill,
+    # then the engine's, and only then does it reset. With at most drain_max bytes still
+    # owed, the rest is read and dropped and the upstream pooled; with more, the
+    # upstream is closed with the client. (A full buffer at the client's reset once
+    # made the engine close the upstream whatever was owed.)
+    mesh.out_node.stop()
+    mesh.out_node = Node(drain_max_bytes=drain_max)
+    mesh.out_node.install(mesh.outbound_table())
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.settimeout(TIMEOUT_S)
+    c.connect(("127.0.0.1", mesh.http_port))
+    mesh.clients.append(c)
+    c.sendall(b"GET /big?n=8000000 HTTP/1.1\r\nHost: backend\r\n\r\n")
+    seen = {"sent": -1, "since": time.monotonic()}
+
+    def stalled() -> bool:      # nothing more reached the client's socket for 0.3 s
+        now = mesh.out_node.stats()["outbound_bytes_sent"]
+        if now != seen["sent"]:
+            seen.update(sent=now, since=time.monotonic())
+        return now > 0 and time.monotonic() - seen["since"] >= 0.3
+    wait_for(stalled, what="the answer to stall")
+    assert seen["sent"] < 8_000_000 - (1 << 20)   # more than 1 MiB owed
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    if kept:
+        wait_for(lambda: mesh.out_node.stats()["http_upstream_pooled"] == 1, what="upstream pooled")
+        assert get(mesh, "backend") == (200, b"GET /x host=backend\n")
+        stats = mesh.out_node.stats()
+        assert (stats["outbound_tls_handshakes"], stats["http_upstream_reused"]) == (1, 1)
+        assert mesh.in_node.stats()["inbound_aborted"] == 0  # the app's node saw nothing amiss
+    else:
+        wait_for(lambda: mesh.in_node.stats()["inbound_connections_closed"] == 1,
+                 what="upstream closed")
+        assert mesh.out_node.stats()["http_upstream_pooled"] == 0
+        assert get(mesh, "backend") == (200, b"GET /x host=backend\n")
+        assert mesh.out_node.stats()["outbound_tls_handshakes"] == 2
+    assert mesh.out_node.stats()["outbound_aborted"] == 1
+    rec = _record(mesh.out_node.engine.request_stats(), "outbound", "demo/backend:http")
+    # The 200 went out before the client left: counted as such (as Envoy keeps the code
+    # of a response whose head was sent, flagged "downstream disconnected").
+    assert rec["codes"] == {200: 2}
+
+
+def test_a_client_ending_mid_request_passes_its_end_on_and_gets_the_apps_answer(mesh: Mesh) -> None:
+    # 3 of 13 body bytes, then the client's FIN: both engines pass the end on (the
+    # request cannot become whole), the app answers what it got, and the upstream,
+    # carrying a cut request, is not pooled. (Waiting for the rest hung all three.)
+    c = mesh.client()
+    c.sendall(b"POST /p HTTP/1.1\r\nHost: backend\r\nContent-Length: 13\r\n\r\nabc")
+    c.shutdown(socket.SHUT_WR)
+    reply = recv_all(c)
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(
+        b"3 " + hashlib.sha256(b"abc").hexdigest().encode() + b"\n")
+    wait_for(lambda: mesh.in_node.stats()["inbound_connections_closed"] == 1, what="upstream closed")
+    assert mesh.out_node.stats()["http_upstream_pooled"] == 0
+    # A head never finished after a whole request: the whole one is answered, the rest
+    # dropped, and the pair ends.
+    c = mesh.client()
+    c.sendall(b"GET /a HTTP/1.1\r\nHost: backend\r\n\r\nGET /b HTTP/1.1\r\nHo")
+    c.shutdown(socket.SHUT_WR)
+    reply = recv_all(c)
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"GET /a host=backend\n")
+    assert get(mesh, "backend") == (200, b"GET /x host=backend\n")
 
 
 # --- a service port's own listener: HTTP/1.1 or opaque TCP, told by the first bytes ----------

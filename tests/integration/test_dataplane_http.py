@@ -40,6 +40,8 @@ from httpapps import DIE_ANNOUNCED_BYTES, DIE_SENT_BYTES, HTTPApp, stream_bytes
 from dataplanekit import cert_of, certs_issued, metric_total, settle, worker_reports
 from mnharness import CLI, Node, wait_for
 
+from meshnode.dataplane import BUFFER_BYTES
+
 pytestmark = pytest.mark.timeout(90)
 
 BACKEND_ID = "spiffe://cluster.local/ns/demo/sa/backend"
@@ -816,7 +818,8 @@ def test_bad_requests_get_the_nodes_own_answer_and_a_close(mesh: Mesh) -> None:
                                + b"\r\n\r\n", 431),
         "a head larger than the node's buffer": (
             b"GET / HTTP/1.1\r\n" + host + b"\r\n"
-            + b"".join(b"X-Part-%d: %s\r\n" % (i, b"b" * 6000) for i in range(4)) + b"\r\n",
+            + b"".join(b"X-Part-%d: %s\r\n" % (i, b"b" * 6000)
+                       for i in range(BUFFER_BYTES // 6000 + 1)) + b"\r\n",
             431),
         "HTTP/2.0 in a request line": (b"GET / HTTP/2.0\r\n" + host + b"\r\n\r\n", 505),
     }
