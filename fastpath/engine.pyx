@@ -533,7 +533,7 @@ cdef inline void _settle(Core* core, Conn* c, int status) noexcept nogil:
         if (c.flags & CONN_HTTP and
                 (c.state == CONN_CONNECTING or c.state == CONN_HANDSHAKING)):
             # The request was routed but never reached the upstream: say so.
-            _http_reply(core, c, 503, b"upstream unavailable\n", 0)
+            _http_reply(core, c, 503, b"upstream unavailable\n", -1)
         _conn_close(core, c, False)
     elif status == STATUS_RESET:
         _conn_close(core, c, True)
@@ -837,10 +837,8 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
 
 
 cdef inline int _enter_pipe(Core* core, Conn* c) noexcept nogil:
-    # Setup read what it needed and left other sides' events unhandled: assume both
-    # readable once.
-    c.down.readable = True
-    c.up.readable = True
+    # The readable flags are right as they are: every event of every state sets them,
+    # and only a read that found a socket empty clears one (handshake reads never do).
     c.state = CONN_PIPE
     c.active_ns = core.now_ns
     # Bytes may be waiting already (the client spoke first; OpenSSL decrypted a record
@@ -1155,7 +1153,8 @@ cdef const char* _reason(int status) noexcept nogil:
 cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
                       int body_len) noexcept nogil:
     """Answer the client ourselves (at most once per connection) before the pair closes:
-    `status` with a text body (`body`, or the reason phrase when NULL), Connection: close.
+    `status` with a text body (`body_len` bytes of `body`, all of a C string `body` when
+    -1, or the reason phrase when `body` is NULL), Connection: close.
 
     What the client sent and we did not read is drained first (bounded): closing a
     socket with unread bytes sends RST, which can make the client drop our answer
@@ -1182,6 +1181,8 @@ cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
     if body == NULL:
         body = reason
         body_len = <int>strlen(reason)
+    elif body_len == -1:
+        body_len = <int>strlen(body)
     if body_len < 0 or body_len > 512:
         body_len = 0
     n = snprintf(msg, sizeof(msg),
@@ -1391,7 +1392,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         return _tls_client_start(core, c)
     if st == STATUS_AGAIN:
         return STATUS_OK
-    _http_reply(core, c, 503, b"upstream connect failed\n", 24)
+    _http_reply(core, c, 503, b"upstream connect failed\n", -1)
     return st
 
 
@@ -1814,7 +1815,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
             if rc < 0:
                 core.counters.http_bad_response += 1
                 if c.resp_fwd == 0:
-                    _http_reply(core, c, 502, b"bad response from upstream\n", 27)
+                    _http_reply(core, c, 502, b"bad response from upstream\n", -1)
                     return STATUS_CLOSE
                 return STATUS_RESET
             c.resp_status = resp.status
@@ -1861,7 +1862,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                 # caller's node may send an idempotent request again.
                 return STATUS_CLOSE
             core.counters.http_bad_response += 1
-            _http_reply(core, c, 502, b"upstream closed before responding\n", 34)
+            _http_reply(core, c, 502, b"upstream closed before responding\n", -1)
             return STATUS_CLOSE
     return STATUS_OK
 
@@ -1903,7 +1904,7 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
         else:
             if c.resp_phase == RESP_HEAD and c.n_pend > 0 and c.resp_fwd == 0 and f.buf != NULL and f.head == f.tail:
                 core.counters.http_bad_response += 1
-                _http_reply(core, c, 502, b"upstream connection failed\n", 27)
+                _http_reply(core, c, 502, b"upstream connection failed\n", -1)
                 return STATUS_CLOSE
             return STATUS_RESET
     st = _http_rframe(core, c)
@@ -2011,7 +2012,9 @@ cdef bint _pool_take(Core* core, Conn* c, Endpoint* ep) noexcept nogil:
             if err == openssl.SSL_ERROR_WANT_READ:
                 c.up.fd = u.fd
                 c.up.ssl = u.ssl
-                c.up.readable = True
+                # The probe read it empty; what comes later brings an EPOLLIN (the
+                # registration below reports one already there).
+                c.up.readable = False
                 c.up.hup = False
                 c.peer_principal = u.principal
                 c.stat = -1
@@ -2193,8 +2196,7 @@ cdef void _accept(Core* core, uint32_t which) noexcept nogil:
             sc.rejected_limit += 1
             close(fd)
             continue
-        c.down.fd = fd
-        _nodelay(fd)
+        c.down.fd = fd                  # TCP_NODELAY: from the listener (_check_fd)
         if _watch(core, fd, _tag(_TAG_DOWN, c.index, c.gen)) != 0:
             sc.accept_failures += 1
             _conn_close(core, c, False)
@@ -2290,13 +2292,13 @@ cdef void _scan(Core* core) noexcept nogil:
         elif now >= c.deadline_ns:
             if c.state == CONN_HTTP_HEAD:
                 core.counters.http_head_timeouts += 1
-                _http_reply(core, c, 408, b"request head timeout\n", 0)
+                _http_reply(core, c, 408, b"request head timeout\n", -1)
             elif c.state == CONN_CONNECTING:
                 sc.connect_timeouts += 1
             else:
                 sc.tls_handshake_timeouts += 1
             if c.flags & CONN_HTTP and c.state != CONN_HTTP_HEAD:
-                _http_reply(core, c, 503, b"upstream unavailable\n", 0)
+                _http_reply(core, c, 503, b"upstream unavailable\n", -1)
             _conn_close(core, c, False)
 
 
@@ -2829,6 +2831,9 @@ cdef class RouteTable:
         if (fd == self._inbound_fd or fd == self._http_fd
                 or any(fd == entry[0] for entry in self._outbound)):
             raise ValueError("fd %d is already a listener of this table" % fd)
+        # Accepted sockets inherit it from their listener (Linux copies the option):
+        # one system call per listener instead of one per connection.
+        _nodelay(fd)
         return 0
 
     def add_service(self, str name not None, str sni not None, identities, endpoints) -> int:
