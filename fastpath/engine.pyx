@@ -1624,22 +1624,14 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
         f.buf = NULL
         f.head = 0
         f.tail = 0
-    # A client that ended in the middle of a request (its body, or a head it never
-    # finished) cannot make it whole: its end goes upstream now, so the app sees the
-    # request cut short and answers or closes, rather than all three waiting for bytes
-    # that will not come. Such an upstream is not pooled; an unfinished head is dropped.
-    truncated = False
-    if f.eof and c.fwd == 0 and not c.switching and (
-            c.req_phase == REQ_LENGTH or c.req_phase == REQ_CHUNKED
-            or (f.buf != NULL and f.head < f.tail and c.req_phase == REQ_HEAD)):
-        truncated = True
+    # A client that ended in the middle of a request body cannot make it whole: its end
+    # goes upstream now, so the app sees the request cut short and answers or closes,
+    # rather than all three waiting for bytes that will not come. Such an upstream is
+    # not pooled. (A head never finished is dropped by _http_frame.)
+    truncated = f.eof and (c.req_phase == REQ_LENGTH or c.req_phase == REQ_CHUNKED)
+    if truncated:
         c.reusable = False
         c.flags &= ~CONN_RETRYABLE
-        if f.buf != NULL:
-            _buf_put(core, f.buf)
-            f.buf = NULL
-            f.head = 0
-            f.tail = 0
     # The client's end goes upstream once its requests are answered (or cut short) and
     # the upstream cannot be pooled (_pump pools it otherwise).
     if (not f.shut and c.fwd == 0 and not c.switching and f.eof and f.buf == NULL
