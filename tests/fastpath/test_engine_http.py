@@ -720,6 +720,13 @@ def test_deeper_pipelining_than_the_ring_waits_and_completes(mesh: Mesh) -> None
     positions = [reply.index(f"GET /p{i} host=backend\n".encode()) for i in range(n)]
     assert positions == sorted(positions)
     assert mesh.out_node.stats()["http_responses_2xx"] == n
+    # The same, ended by the client's FIN instead of Connection: close: the requests
+    # waiting beyond the ring are whole ones, served, not dropped as a cut request.
+    c = mesh.client()
+    c.sendall(b"".join(f"GET /q{i} HTTP/1.1\r\nHost: backend\r\n\r\n".encode() for i in range(n)))
+    c.shutdown(socket.SHUT_WR)
+    reply = recv_all(c)
+    assert [reply.count(f"GET /q{i} host=backend\n".encode()) for i in range(n)] == [1] * n
 
 
 # --- the upstream pool ----------------------------------------------------------------------
