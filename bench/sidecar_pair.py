@@ -5,9 +5,10 @@
 
 Pairs: ``direct`` (wrk → app), ``haproxy`` (the reference), ``nginx``, ``meshnode``.
 Scenarios: ``keepalive``, ``newconn`` (Connection: close), ``64k`` (MiB/s), ``unloaded``
-(one connection). Rounds are interleaved (round → pair → scenario), every pair is
-started fresh for each round and stopped after it, and the report gives per-(pair,
-scenario) medians and their ratios to HAProxy measured in the same run. The shapes,
+(one connection). Rounds are interleaved (round → scenario → pair: a round starts
+every pair fresh, runs each scenario on each pair in turn, then stops them; with
+``--order pair``, round → pair → scenario, one pair running at a time), and the report
+gives per-(pair, scenario) medians and their ratios to HAProxy measured in the same run. The shapes,
 placement and load are those of ``../shared/peers/README.md``; see bench/README.md.
 
     python bench/sidecar_pair.py [--rounds 3] [--duration 8] [--pairs ...] [--json out.json]
@@ -643,14 +644,27 @@ def ratios(result: dict[str, float | None], ref: dict[str, float | None]) -> dic
 
 
 def run(args: argparse.Namespace, ctx: Context, results: dict[str, PairResult],
-        log: Callable[[str], None]) -> None:
+         log: Callable[[str], None]) -> None:
     """Fill ``results`` in place, so that an interrupted run still reports what it measured."""
     start_app(ctx)
     log(f"app nginx on 127.0.0.1:{ctx.app_port} (pid {ctx.app_proc.pid if ctx.app_proc else '?'})")
     for rnd in range(1, args.rounds + 1):
         if args.wait_idle > 0:
             log(f"[round {rnd}/{args.rounds}] {wait_idle(args.wait_idle)}")
-        for name in args.pairs:
+        if args.order == "pair":
+            for name in args.pairs:
+                _round(args, ctx, results, log, rnd, [name])
+        else:
+            _round(args, ctx, results, log, rnd, args.pairs)
+
+
+def _round(args: argparse.Namespace, ctx: Context, results: dict[str, PairResult],
+           log: Callable[[str], None], rnd: int, names: list[str]) -> None:
+    """Start `names` fresh, run every scenario on each (scenario by scenario, the pairs
+    in turn, so that the runs compared are seconds apart), then stop them."""
+    started: list[tuple[str, Pair, Target]] = []
+    try:
+        for name in names:
             res = results[name]
             if res.unavailable and not res.runs:
                 continue  # unavailable in its first round: said once, not retried
@@ -658,25 +672,30 @@ def run(args: argparse.Namespace, ctx: Context, results: dict[str, PairResult],
             pairdir = ctx.workdir / f"round{rnd}-{name}"
             pairdir.mkdir()
             try:
-                try:
-                    target = pair.start(pairdir)
-                except Unavailable as exc:
-                    res.unavailable.append(f"round {rnd}: {exc}")
-                    res.info.append(pair.info)
-                    log(f"[round {rnd}/{args.rounds}] {name}: unavailable: {exc}")
-                    continue
-                res.info.append(target.info)
-                if args.warmup > 0:
-                    run_wrk(ctx, target, SCENARIOS["keepalive"], args.warmup)
-                for sc in args.scenarios:
-                    m = measure(ctx, pair, target, SCENARIOS[sc], args.duration)
-                    res.runs.setdefault(sc, []).append(m)
-                    log(f"[round {rnd}/{args.rounds}] {name:8} {sc:9} " + _brief(sc, m))
-                rss = [kib for p in pair.rss_pids() if (kib := peak_rss_kib(p)) is not None]
-                if rss:
-                    res.rss_mb.append(round(max(rss) / 1024, 1))
-            finally:
+                target = pair.start(pairdir)
+            except Unavailable as exc:
                 _uninterruptible(pair.stop)
+                res.unavailable.append(f"round {rnd}: {exc}")
+                res.info.append(pair.info)
+                log(f"[round {rnd}/{args.rounds}] {name}: unavailable: {exc}")
+                continue
+            started.append((name, pair, target))
+            res.info.append(target.info)
+        for name, pair, target in started:
+            if args.warmup > 0:
+                run_wrk(ctx, target, SCENARIOS["keepalive"], args.warmup)
+        for sc in args.scenarios:
+            for name, pair, target in started:
+                m = measure(ctx, pair, target, SCENARIOS[sc], args.duration)
+                results[name].runs.setdefault(sc, []).append(m)
+                log(f"[round {rnd}/{args.rounds}] {name:8} {sc:9} " + _brief(sc, m))
+        for name, pair, target in started:
+            rss = [kib for p in pair.rss_pids() if (kib := peak_rss_kib(p)) is not None]
+            if rss:
+                results[name].rss_mb.append(round(max(rss) / 1024, 1))
+    finally:
+        for name, pair, target in reversed(started):
+            _uninterruptible(pair.stop)
 
 
 def wait_idle(limit_s: int, idle_pct: float = 80.0) -> str:
@@ -871,6 +890,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, in run order (default {','.join(PAIRS)})")
     p.add_argument("--scenarios", type=_names(list(SCENARIOS)), default=list(SCENARIOS),
                    help=f"comma-separated (default {','.join(SCENARIOS)})")
+    p.add_argument("--order", choices=["scenario", "pair"], default="scenario",
+                   help="within a round: every pair started, then each scenario on each pair in "
+                        "turn (scenario, the default: compared runs are seconds apart), or one "
+                        "pair at a time through every scenario (pair: one pair running at once)")
     p.add_argument("--wait-idle", type=int, default=0, metavar="S",
                    help="before each round wait up to S seconds for the CPUs to be 80%% idle "
                         "(shared machines; default 0: do not wait)")
