@@ -7,6 +7,7 @@ thread and drives them from this loop; ``stop()`` may be called from a signal ha
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -54,13 +55,19 @@ class Loop:
     def run_once(self, max_wait_s: float = 0.5) -> None:
         now = time.monotonic()
         next_due = min((t.due for t in self._timers), default=now + max_wait_s)
-        wait_ms = max(0, int(min(max_wait_s, next_due - now) * 1000))
-        try:
-            ready = self._poller.poll(wait_ms)
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EINTR:  # a signal arrived: let the caller see stop()
-                return
-            raise
+        # Rounded up: rounded down, the last millisecond before a timer is due would be
+        # spent in poll(0) calls, one after another.
+        wait_ms = max(0, math.ceil(min(max_wait_s, next_due - now) * 1000))
+        if not self._readers:  # zmq_poll over no socket returns at once: wait here
+            time.sleep(wait_ms / 1000)
+            ready = []
+        else:
+            try:
+                ready = self._poller.poll(wait_ms)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EINTR:  # a signal arrived: let the caller see stop()
+                    return
+                raise
         for sock, _ in ready:
             self._readers[sock]()
         now = time.monotonic()

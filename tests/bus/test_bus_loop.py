@@ -44,6 +44,24 @@ def test_timer_fires_repeatedly_and_stop_ends_run() -> None:
     assert time.monotonic() - start < 3.0
 
 
+@pytest.mark.parametrize("with_socket", [True, False])
+def test_an_idle_loop_waits_instead_of_spinning_before_a_timer(
+        pair: tuple[zmq.Socket, zmq.Socket], with_socket: bool) -> None:
+    # Ten 20 ms periods: a wait per period, not a burst of poll(0) calls in each
+    # period's last millisecond (a wait rounded down to 0 ms); with no socket to poll
+    # (zmq_poll would return at once) the loop sleeps.
+    loop = Loop()
+    if with_socket:
+        loop.add_reader(pair[0], lambda: None)      # never readable: nobody sends
+    fired: list[float] = []
+    loop.every(0.02, lambda: fired.append(time.monotonic()), first_in_s=0.02)
+    turns = 0
+    while len(fired) < 10:
+        loop.run_once(max_wait_s=1.0)
+        turns += 1
+    assert turns <= 2 * len(fired)
+
+
 def test_timer_first_in_s_delays_the_first_call() -> None:
     loop = Loop()
     fired: list[float] = []
