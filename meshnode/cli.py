@@ -314,14 +314,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.requests < 1 or args.workers < 1:
         raise UsageError("--requests and --workers must be at least 1")
     bases = tuple(args.port_bases or [DEFAULT_BASE])
-    if len(bases) > 2:
-        raise UsageError("--port-base: give it once (one node) or twice (two nodes)")
-    for base in bases:
-        if not 1024 <= base <= 65535 - 100:
-            raise UsageError(f"--port-base {base} must be within 1024..65435")
-    if len(bases) == 2 and abs(bases[0] - bases[1]) < 100:
-        raise UsageError(f"--port-base {bases[0]} and {bases[1]} overlap: each node's block "
-                         f"spans 100 ports")
+    try:
+        demo.plan_nodes(Path("."), bases)  # one or two blocks, in range, apart
+    except (demo.DemoError, ValueError) as exc:
+        raise UsageError(f"--port-base: {exc}") from None
     return demo.run(demo.DemoOptions(args.runtime_dir, bases, args.requests,
                                      args.workers, args.keep, args.timeout))
 

@@ -203,7 +203,8 @@ def test_demo_with_two_port_bases_crosses_from_one_node_to_the_other() -> None:
 
 
 def test_demo_refuses_overlapping_or_too_many_port_bases() -> None:
-    for bases, says in (([21000, 21050], "overlap"), ([21000, 21200, 21400], "once")):
+    for bases, says in (([21000, 21050], "overlap"), ([21000, 21200, 21400], "one or two"),
+                        ([80], "within 1024..65435")):
         args = [arg for base in bases for arg in ("--port-base", str(base))]
         result = run_cli("demo", *args, "--requests", "1")
-        assert result.returncode != 0 and says in result.stderr, result.stderr
+        assert result.returncode == 64 and says in result.stderr, result.stderr  # EX_USAGE
