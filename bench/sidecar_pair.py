@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as `python bench/sidecar_pair.py`
 
 from bench import peers  # noqa: E402
 from bench.pki import TestPKI, make_pki  # noqa: E402
+from meshnode import localprobe  # noqa: E402
 
 EX_USAGE, EX_UNAVAILABLE, EX_INTERRUPTED = 64, 69, 130
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -227,10 +228,14 @@ def wait_listening(port: int, proc: subprocess.Popen[Any] | None, what: str,
         if proc is not None and proc.poll() is not None:
             raise Unavailable(f"{what} exited with status {proc.returncode} before listening")
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
+            probe = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+            if not localprobe.is_self_connected(probe):  # see meshnode/localprobe.py
+                probe.close()
+                return
+            localprobe.reset(probe)
         except OSError:
-            time.sleep(0.02)
+            pass
+        time.sleep(0.02)
     raise Unavailable(f"{what}: nothing listening on 127.0.0.1:{port} after {timeout_s:g}s")
 
 

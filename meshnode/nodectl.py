@@ -11,8 +11,6 @@ import os
 import signal
 import socket
 import time
-import urllib.error
-import urllib.request
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from bus.endpoints import Endpoints, prepare
 from bus.errors import BusError, RemoteError, RequestTimeout, ServiceUnavailable
 from bus.request import Client
 
-from . import supervise
+from . import localprobe, supervise
 from .ports import Ports
 from .supervise import NodeOptions
 
@@ -70,14 +68,6 @@ def check_port_free(port: int, what: str) -> None:
             raise NodeError(f"port {port} ({what}) is in use; pick another --port-base") from None
 
 
-def _get(url: str, timeout_s: float = 1.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
     """Start the node and return a summary once /ready says 200; raise NodeError if not."""
     rd = opts.runtime_dir
@@ -107,7 +97,7 @@ def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
         if failed:
             _fail(rd, [p["name"] for p in failed], "exited and could not be restarted")
         try:
-            status, last_body = _get(f"http://127.0.0.1:{ports.admin}/ready")
+            status, last_body = localprobe.get(f"http://127.0.0.1:{ports.admin}/ready")
             if status == 200:
                 return (f"node {opts.node} is ready in {rd}\n"
                         f"  admin    http://127.0.0.1:{ports.admin}/ready\n"
@@ -115,7 +105,7 @@ def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
                         f"  outbound 127.0.0.1:{ports.outbound}   inbound :{ports.inbound}\n"
                         f"  processes: {', '.join(opts.process_names())}")
         except OSError:
-            pass  # telemetry is not listening yet
+            pass  # telemetry is not listening (or answering) yet
         time.sleep(0.2)
     try:
         pending = json.loads(last_body).get("not_ready", [])

@@ -40,8 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +47,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import yaml
 
-from .. import nodectl, supervise
+from .. import localprobe, nodectl, supervise
 from ..identity import pki
 from ..ports import Ports
 from . import report
@@ -160,10 +158,7 @@ def _wait(condition: Callable[[], T | None], timeout_s: float, what: str,
 def _get_json(url: str, timeout_s: float = 2.0) -> tuple[int, Any]:
     """(status, decoded JSON) of a GET; (0, None) when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            status, body = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
+        status, body = localprobe.get(url, timeout_s)
     except OSError:
         return 0, None
     try:
@@ -174,10 +169,10 @@ def _get_json(url: str, timeout_s: float = 2.0) -> tuple[int, Any]:
 
 def _get_text(url: str, timeout_s: float = 2.0) -> str | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return resp.read().decode(errors="replace")
-    except (OSError, urllib.error.HTTPError):
+        status, body = localprobe.get(url, timeout_s)
+    except OSError:
         return None
+    return body.decode(errors="replace") if status == 200 else None
 
 
 def _check_free(port: int, what: str) -> None:

@@ -16,10 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, TypeVar
+
+from meshnode import localprobe
 
 CLI = [sys.executable, "-m", "meshnode.cli"]
 WORKERS = 2
@@ -42,17 +42,34 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _port_base_range() -> range:
+    """Port bases below the kernel's ephemeral range (net.ipv4.ip_local_port_range).
+
+    A block inside that range can be taken by any client's source port, and a poll of a
+    port nobody listens on yet can even connect to itself there; below it, neither.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = max(low - max(PORT_OFFSETS) - 1, 11000)
+    return range(10000, top, 100)
+
+
 def free_port_base() -> int:
-    """A port base in 20000..60000 whose whole block is free on 127.0.0.1 right now."""
+    """A port base whose whole block is free on 127.0.0.1 right now (see _port_base_range)."""
     rng = random.SystemRandom()
+    bases = _port_base_range()
+    if len(_bases_taken) >= len(bases) // 2:
+        _bases_taken.clear()  # a long run may reuse blocks: each is checked free again
     for _ in range(500):
-        base = rng.randrange(20000, 60001, 100)
+        base = rng.choice(bases)
         if base in _bases_taken:
             continue
         if all(_bindable(base + offset) for offset in PORT_OFFSETS):
             _bases_taken.add(base)
             return base
-    raise RuntimeError("no free port block found in 20000..60000")
+    raise RuntimeError(f"no free port block found in {bases.start}..{bases.stop}")
 
 
 def wait_for(condition: Callable[[], T], timeout_s: float, what: str,
@@ -86,10 +103,7 @@ def run_cli(*args: str, timeout_s: float = CLI_TIMEOUT_S) -> subprocess.Complete
 def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
     """(status, body) of a GET; (0, b"") when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        return localprobe.get(url, timeout_s)
     except OSError:
         return 0, b""
 
