@@ -98,6 +98,15 @@ cdef enum:
     # (Content-Length); a larger answer, or one still coming at the connect timeout,
     # closes the upstream instead.
     ENGINE_DRAIN_MAX_BYTES = 1048576
+    # Outbound setup (connect, TLS handshake, peer identity) failing on an endpoint:
+    # the connection is set up again on the service's next endpoint, at most this many
+    # tries in all (Istio's default retry policy: 2 retries on connect failure), and
+    # the failed endpoint is passed over by the round robin for a while: BASE ms after
+    # its first failure in a row, doubling with each further one up to MAX (Linkerd's
+    # failure accrual backs off the same way). A set-up connection ends its streak.
+    ENGINE_SETUP_TRIES = 3
+    ENGINE_EJECT_BASE_MS = 1000
+    ENGINE_EJECT_MAX_MS = 30000
     # OpenSSL's read-ahead buffer per TLS connection (while it holds bytes): up to four
     # full records per read() of a streaming answer instead of one.
     ENGINE_TLS_READ_BYTES = 65536 + 4 * 256

@@ -57,6 +57,11 @@ cdef struct Endpoint:
     openssl.SSL_CTX* session_ctx   # compared, never dereferenced
     IdleUp idle[ENGINE_POOL_PER_ENDPOINT]   # HTTP: idle upstreams, newest last
     uint32_t n_idle
+    # Setups that failed here in a row, and until when the round robin passes the
+    # endpoint over for it (ENGINE_EJECT_*_MS). Engine thread only; carried over to
+    # the same service's same address when a new table is swapped in.
+    uint32_t fails
+    int64_t down_until_ns
 
 
 cdef struct Service:
@@ -230,6 +235,9 @@ cdef enum ConnFlags:
     # response whose headers it had, and flags it "downstream disconnected"); answers
     # begun after that count as 0.
     CONN_DRAIN_HEAD_SEEN = 16384
+    # Outbound: the upstream is being set up (connect, TLS handshake, peer ID check);
+    # a failure now moves the pair to the service's next endpoint (_setup_failed).
+    CONN_SETTING_UP = 32768
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -267,6 +275,7 @@ cdef struct Conn:
     Table* table                   # holds a reference: the config the pair started on
     uint32_t service               # outbound: index in table.services
     uint32_t endpoint              # outbound: index in the service's endpoints
+    uint32_t setup_tries           # outbound: endpoints tried for this setup (failover)
     uint32_t route                 # inbound: index in table.routes (servername callback)
     openssl.SSL_CTX* client_ctx    # outbound: borrowed from the table
     Side down
@@ -365,6 +374,10 @@ cdef struct Counters:
     uint64_t http_upstream_reused  # requests' upstreams taken from the pool
     uint64_t http_upstream_stale   # pooled upstreams found closed or too old when taken
     uint64_t http_upstream_retried # requests routed again after a pooled upstream failed
+    # Outbound setups that failed on one endpoint and went on to the next, and the
+    # endpoints passed over by the round robin after a failure (ENGINE_EJECT_*).
+    uint64_t upstream_failovers
+    uint64_t endpoint_ejections
     # Answers by class (index status // 100 - 1: 1xx is 101 only), the engine's own
     # replies included; latency: request framed → response framed to its end, upstream
     # answers only, log-linear microsecond buckets (Engine.latency_bounds_us()).

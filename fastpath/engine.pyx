@@ -9,6 +9,14 @@ reads stats() (DESIGN.md §3). This version carries opaque TCP and HTTP/1.1:
   service (round robin), on that endpoint node's inbound port, with the service in
   SNI and b"meshnode-tcp" in ALPN; the peer must present one of the SPIFFE IDs the
   service runs as (else `identity_mismatch`).
+- endpoint failover: while the upstream is being set up nothing of the client's went
+  to it, so when the connect, the handshake or the identity check fails (or times
+  out), the pair is set up again on the service's next endpoint, up to
+  ENGINE_SETUP_TRIES endpoints in all (upstream_failovers). The failed endpoint is
+  passed over by the round robin for ENGINE_EJECT_BASE_MS, doubling with each
+  failure in a row up to ENGINE_EJECT_MAX_MS (endpoint_ejections), unless every
+  endpoint is; a successful setup ends its streak. The state lives in the table's
+  Endpoint and is carried to the next table for the same service and address.
 - inbound (another node → local app): the inbound listener terminates mutual TLS,
   picks the local service by SNI (its own server SSL_CTX: the identity the service
   runs as), keeps the peer's SPIFFE ID with the connection, and relays in plaintext
@@ -38,8 +46,9 @@ reads stats() (DESIGN.md §3). This version carries opaque TCP and HTTP/1.1:
   HTTP_HEAD on the same client connection, routing the buffered request afresh.
 - Upstream pool: an upstream between messages (nothing owed either way, no
   Connection: close on either side, no tunnel) is kept by its endpoint (LIFO, at most
-  ENGINE_POOL_PER_ENDPOINT, in the table: a new table starts with an empty pool and
-  the old one closes its idle connections when it is freed) when its client
+  ENGINE_POOL_PER_ENDPOINT, in the table: a new table takes over the idle connections
+  and the resumable session of each endpoint it keeps, _carry_endpoints, and the old
+  one closes the rest when it is freed) when its client
   connection ends or switches away, and taken by the next request routed to that
   endpoint. Idle upstreams are out of the epoll set; taking one checks it
   (SSL_read must want to read: a closed one, or one idle for more than half of
@@ -52,8 +61,8 @@ reads stats() (DESIGN.md §3). This version carries opaque TCP and HTTP/1.1:
 - HTTP errors the engine answers itself (Connection: close, then the connection
   closes): 400/414/431/501/505 for a first head that does not parse or exceeds the
   limits (a head larger than one pooled buffer is a 431); 404 with `no route to host
-  "X"` in the body; 503 for no endpoint, connect failure or timeout, handshake
-  failure, identity mismatch; 502 when the upstream ends (or sends an unparsable head)
+  "X"` in the body; 503 for no endpoint, or connect failure or timeout, handshake
+  failure, identity mismatch on every endpoint tried; 502 when the upstream ends (or sends an unparsable head)
   before any byte of the awaited response went to the client; 408 when no whole head
   arrives within connect_timeout_s. A bad request after earlier ones, or an upstream
   ending mid-body, resets the client connection instead (answers cannot be put in
@@ -135,7 +144,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport fprintf, snprintf, stderr
 from libc.stdlib cimport abort, calloc, free, malloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strlen
-from posix.fcntl cimport O_CLOEXEC, O_RDONLY
+from posix.fcntl cimport F_GETFL, O_CLOEXEC, O_NONBLOCK, O_RDONLY, fcntl
 from posix.fcntl cimport open as c_open
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, write
@@ -374,6 +383,92 @@ cdef void _listeners_unwatch(Core* core, Table* t) noexcept nogil:
         net.epoll_ctl(core.epfd, net.EPOLL_CTL_DEL, t.inbound_fd, NULL)
 
 
+cdef bint _table_has_ctx(const Table* t, const openssl.SSL_CTX* ctx) noexcept nogil:
+    """Does `t` hold a reference to client ctx `ctx` (a listener's or a source's)?"""
+    cdef uint32_t i
+    for i in range(t.n_listeners):
+        if t.listeners[i].client_ctx == ctx:
+            return True
+    for i in range(t.n_sources):
+        if t.sources[i].client_ctx == ctx:
+            return True
+    return False
+
+
+cdef bint _same_destination(const Service* a, const Service* b) noexcept nogil:
+    """Same service name, SNI and allowed peer IDs: a connection verified for one is
+    good for the other."""
+    cdef uint32_t i
+    if (not _name_eq(&b.name, a.name.data, a.name.length)
+            or not _name_eq(&b.sni, a.sni.data, a.sni.length)
+            or a.n_identities != b.n_identities):
+        return False
+    for i in range(a.n_identities):
+        if not _name_eq(&b.identities[i], a.identities[i].data, a.identities[i].length):
+            return False
+    return True
+
+
+cdef void _carry_endpoint(const Table* t, Endpoint* e, Endpoint* b) noexcept nogil:
+    """Move what old endpoint `e` knows to `b`, the same address in table `t`: its
+    failure streak, its resumable session and its idle upstreams. Only those opened as
+    an identity `t` still presents move (a session does not hold its ctx: compared
+    against a ctx `t` holds, the pointer cannot be a freed one's reused address)."""
+    cdef uint32_t x, kept = 0
+    if e.fails > b.fails:
+        b.fails = e.fails
+        b.down_until_ns = e.down_until_ns
+    if e.session != NULL and b.session == NULL and _table_has_ctx(t, e.session_ctx):
+        b.session = e.session
+        b.session_ctx = e.session_ctx
+        e.session = NULL
+    for x in range(e.n_idle):
+        if b.n_idle < ENGINE_POOL_PER_ENDPOINT and _table_has_ctx(t, e.idle[x].client_ctx):
+            b.idle[b.n_idle] = e.idle[x]
+            b.n_idle += 1
+        else:
+            e.idle[kept] = e.idle[x]
+            kept += 1
+    e.n_idle = kept
+
+
+cdef void _carry_endpoints(Table* old, Table* t) noexcept nogil:
+    """Endpoint state outlives a config push: for each service `t` keeps as it was
+    (name, SNI, peer IDs), each endpoint address it keeps gets the old one's failure
+    streak (a node that just failed is still passed over), resumable session and idle
+    upstreams (the next requests need no new handshake). What stays behind is closed
+    with the old table. Services are looked up at the same index first: a push rarely
+    reorders or inserts many, so a swap stays about linear in the endpoints."""
+    cdef uint32_t i, j, k, m, guess
+    cdef int64_t shift = 0           # where the last service moved to, relative
+    cdef Service* a
+    cdef Service* b
+    cdef Endpoint* e
+    for i in range(old.n_services):
+        a = &old.services[i]
+        b = NULL
+        guess = <uint32_t>(<int64_t>i + shift)
+        if guess < t.n_services and _same_destination(a, &t.services[guess]):
+            b = &t.services[guess]
+        else:
+            for k in range(t.n_services):
+                if _same_destination(a, &t.services[k]):
+                    b = &t.services[k]
+                    shift = <int64_t>k - <int64_t>i
+                    break
+        if b == NULL:
+            continue
+        for j in range(a.n_endpoints):
+            e = &a.endpoints[j]
+            if e.fails == 0 and e.session == NULL and e.n_idle == 0:
+                continue
+            for m in range(b.n_endpoints):
+                if (b.endpoints[m].addrlen == e.addrlen
+                        and memcmp(&b.endpoints[m].addr, &e.addr, e.addrlen) == 0):
+                    _carry_endpoint(t, e, &b.endpoints[m])
+                    break
+
+
 cdef void _swap(Core* core, Table* t) noexcept nogil:
     """Make `t` the current table: accept only from its listeners from now on."""
     cdef Table* old = core.table
@@ -381,6 +476,7 @@ cdef void _swap(Core* core, Table* t) noexcept nogil:
     cdef uint32_t i
     if old != NULL:
         _listeners_unwatch(core, old)
+        _carry_endpoints(old, t)
     core.table = t
     t.refs += 1
     if t.connect_timeout_ns > 0:
@@ -425,6 +521,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     t.refs += 1
     c.service = 0
     c.endpoint = 0
+    c.setup_tries = 0
     c.route = 0
     c.client_ctx = NULL
     c.down.fd = -1
@@ -528,7 +625,10 @@ cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
 
 
 cdef inline void _settle(Core* core, Conn* c, int status) noexcept nogil:
-    """The one place a step's status closes a pair."""
+    """The one place a step's status closes a pair (after trying the service's other
+    endpoints when an outbound upstream's setup failed)."""
+    if status == STATUS_CLOSE and c.flags & CONN_SETTING_UP:
+        status = _setup_failed(core, c)
     if status == STATUS_CLOSE:
         if (c.flags & CONN_HTTP and
                 (c.state == CONN_CONNECTING or c.state == CONN_HANDSHAKING)):
@@ -852,8 +952,12 @@ cdef int _connect(Core* core, Conn* c, const net.sockaddr_storage* addr,
                   net.socklen_t addrlen) noexcept nogil:
     """Start the up side's TCP connect: STATUS_OK (connected), STATUS_AGAIN (in
     progress), or STATUS_CLOSE (failed, counted)."""
-    cdef int fd = net.socket(addr.ss_family, net.SOCK_STREAM | net.SOCK_NONBLOCK | net.SOCK_CLOEXEC, 0)
+    cdef int fd
     cdef SideCounters* sc = _counters_of(core, c)
+    c.state = CONN_CONNECTING
+    if not (c.flags & CONN_INBOUND):
+        c.flags |= CONN_SETTING_UP      # a failure from here on may fail over (_settle)
+    fd = net.socket(addr.ss_family, net.SOCK_STREAM | net.SOCK_NONBLOCK | net.SOCK_CLOEXEC, 0)
     if fd < 0:
         sc.connect_failures += 1
         return STATUS_CLOSE
@@ -864,7 +968,6 @@ cdef int _connect(Core* core, Conn* c, const net.sockaddr_storage* addr,
     if _watch(core, fd, _tag(_TAG_UP, c.index, c.gen)) != 0:
         sc.connect_failures += 1
         return STATUS_CLOSE
-    c.state = CONN_CONNECTING
     while True:
         if net.connect(fd, <const net.sockaddr*>addr, addrlen) == 0:
             return STATUS_OK
@@ -926,6 +1029,10 @@ cdef int _handshake_done(Core* core, Conn* c, Side* s) noexcept nogil:
         if not allowed:
             core.counters.identity_mismatch += 1
             return STATUS_CLOSE
+        # Set up: the endpoint's failure streak ends, and with it any passing over.
+        c.flags &= ~CONN_SETTING_UP
+        svc.endpoints[c.endpoint].fails = 0
+        svc.endpoints[c.endpoint].down_until_ns = 0
     elif not (c.flags & CONN_ROUTED):
         sc.tls_failures_other += 1      # cannot happen: no route means no certificate
         return STATUS_CLOSE
@@ -1374,8 +1481,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         return STATUS_CLOSE
     _http_framed(core, c, req, c.d2u.head)
     core.counters.http_routed += 1
-    c.endpoint = svc.rr_next % svc.n_endpoints
-    svc.rr_next = (c.endpoint + 1) % svc.n_endpoints
+    c.endpoint = _pick_endpoint(core, svc)
     if _pool_take(core, c, &svc.endpoints[c.endpoint]):
         core.counters.http_upstream_reused += 1
         # The head sits at d2u offset 0 (_http_head): kept there until an answer starts.
@@ -1392,8 +1498,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         return _tls_client_start(core, c)
     if st == STATUS_AGAIN:
         return STATUS_OK
-    _http_reply(core, c, 503, b"upstream connect failed\n", -1)
-    return st
+    return st                       # the next endpoint, or 503 (_settle)
 
 
 cdef int _http_head(Core* core, Conn* c) noexcept nogil:
@@ -2020,12 +2125,20 @@ cdef bint _pool_take(Core* core, Conn* c, Endpoint* ep) noexcept nogil:
 
 
 cdef int _http_retry(Core* core, Conn* c) noexcept nogil:
-    """A pooled upstream failed before a byte of answer: drop it and route the client's
-    requests, still whole at d2u offset 0, again (another endpoint, pooled or new)."""
-    cdef net.epoll_event ev
+    """A pooled upstream failed before a byte of answer: route again (_http_reroute)."""
     core.counters.http_upstream_retried += 1
-    c.flags &= ~(CONN_RETRYABLE | CONN_TICKET_WAIT | CONN_OFFERED_SESSION)
+    return _http_reroute(core, c)
+
+
+cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
+    """Drop the upstream and route the client's requests, still whole at d2u offset 0
+    (none of their bytes went to it, or it failed before a byte of answer), again:
+    another endpoint, pooled or new."""
+    cdef net.epoll_event ev
+    c.flags &= ~(CONN_RETRYABLE | CONN_TICKET_WAIT | CONN_OFFERED_SESSION | CONN_SETTING_UP)
     _side_close(&c.up, False)
+    c.up.readable = True
+    c.up.hup = False
     if c.u2d.buf != NULL:
         _buf_put(core, c.u2d.buf)
     memset(&c.u2d, 0, sizeof(Flow))
@@ -2063,6 +2176,7 @@ cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
     c.fwd = 0
     c.req_phase = REQ_HEAD
     c.reusable = True
+    c.setup_tries = 0
     c.flags &= ~(CONN_TICKET_WAIT | CONN_OFFERED_SESSION)
     free(c.peer_id)
     c.peer_id = NULL
@@ -2132,14 +2246,86 @@ cdef int _tcp_start(Core* core, Conn* c) noexcept nogil:
         core.counters.no_endpoint += 1
         return STATUS_CLOSE
     c.deadline_ns = core.now_ns + core.connect_timeout_ns
-    c.endpoint = svc.rr_next % svc.n_endpoints
-    svc.rr_next = (c.endpoint + 1) % svc.n_endpoints
+    c.endpoint = _pick_endpoint(core, svc)
     st = _connect(core, c, &svc.endpoints[c.endpoint].addr, svc.endpoints[c.endpoint].addrlen)
     if st == STATUS_OK:
         return _tls_client_start(core, c)
     if st == STATUS_AGAIN:
         return STATUS_OK
     return st
+
+
+# --- endpoint failover --------------------------------------------------------------------------
+
+cdef uint32_t _pick_endpoint(Core* core, Service* svc) noexcept nogil:
+    """The service's next endpoint in round robin, passing over those down after a
+    failed setup (ENGINE_EJECT_*); when all are down, the next in turn all the same
+    (a try beats a certain 503, as Envoy's panic threshold reasons)."""
+    cdef uint32_t n = svc.n_endpoints
+    cdef uint32_t start = svc.rr_next % n
+    cdef uint32_t i, k = start
+    for i in range(n):
+        k = (start + i) % n
+        if svc.endpoints[k].down_until_ns <= core.now_ns:
+            break
+    else:
+        k = start
+    svc.rr_next = (k + 1) % n
+    return k
+
+
+cdef void _endpoint_failed(Core* core, Conn* c) noexcept nogil:
+    """A setup failed on c's endpoint: pass it over for a while, longer with each
+    failure in a row."""
+    cdef Endpoint* ep = &c.table.services[c.service].endpoints[c.endpoint]
+    cdef int64_t ms = ENGINE_EJECT_BASE_MS
+    cdef uint32_t k
+    ep.fails += 1
+    for k in range(1, ep.fails):
+        ms *= 2
+        if ms >= ENGINE_EJECT_MAX_MS:
+            ms = ENGINE_EJECT_MAX_MS
+            break
+    ep.down_until_ns = core.now_ns + ms * 1000000
+    core.counters.endpoint_ejections += 1
+
+
+cdef int _setup_failed(Core* core, Conn* c) noexcept nogil:
+    """An outbound upstream's setup (connect, handshake, peer ID) failed: mark its
+    endpoint, then set the pair up on the service's next endpoint while tries are left
+    (nothing of the client's went upstream yet, so any request may go elsewhere).
+    STATUS_CLOSE once none is left: _settle answers 503 and closes."""
+    cdef Service* svc
+    cdef uint32_t tries
+    cdef int status = STATUS_CLOSE
+    while status == STATUS_CLOSE and c.flags & CONN_SETTING_UP:
+        _endpoint_failed(core, c)
+        c.flags &= ~CONN_SETTING_UP
+        svc = &c.table.services[c.service]
+        tries = ENGINE_SETUP_TRIES if ENGINE_SETUP_TRIES < svc.n_endpoints else svc.n_endpoints
+        c.setup_tries += 1
+        if c.setup_tries >= tries:
+            return STATUS_CLOSE
+        core.counters.upstream_failovers += 1
+        status = _fail_over(core, c)
+    return status
+
+
+cdef int _fail_over(Core* core, Conn* c) noexcept nogil:
+    cdef net.epoll_event ev
+    if c.flags & CONN_HTTP:
+        return _http_reroute(core, c)
+    c.flags &= ~(CONN_TICKET_WAIT | CONN_OFFERED_SESSION)
+    _side_close(&c.up, False)
+    c.up.readable = True
+    c.up.hup = False
+    # Events of the closed socket still in this batch must not reach the next one.
+    c.gen += 1
+    ev.events = _CONN_EVENTS
+    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
+    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
+        return STATUS_RESET
+    return _tcp_start(core, c)
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -2289,6 +2475,9 @@ cdef void _scan(Core* core) noexcept nogil:
                 sc.connect_timeouts += 1
             else:
                 sc.tls_handshake_timeouts += 1
+            if c.flags & CONN_SETTING_UP:
+                _settle(core, c, STATUS_CLOSE)  # the next endpoint, or 503
+                continue
             if c.flags & CONN_HTTP and c.state != CONN_HTTP_HEAD:
                 _http_reply(core, c, 503, b"upstream unavailable\n", -1)
             _conn_close(core, c, False)
@@ -2608,6 +2797,8 @@ cdef class Engine:
         out["http_upstream_reused"] = snap.http_upstream_reused
         out["http_upstream_stale"] = snap.http_upstream_stale
         out["http_upstream_retried"] = snap.http_upstream_retried
+        out["upstream_failovers"] = snap.upstream_failovers
+        out["endpoint_ejections"] = snap.endpoint_ejections
         for i in range(5):
             out["http_responses_%dxx" % (i + 1)] = snap.http_responses[i]
         out["http_latency_us"] = [snap.http_latency_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]
@@ -2818,11 +3009,19 @@ cdef class RouteTable:
             self._inbound_fd if self._inbound_fd >= 0 else None, len(self._routes))
 
     cdef int _check_fd(self, int fd) except -1:
+        cdef int flags
         if fd < 0:
             raise ValueError("fd must be an open listening socket's descriptor, not %d" % fd)
         if (fd == self._inbound_fd or fd == self._http_fd
                 or any(fd == entry[0] for entry in self._outbound)):
             raise ValueError("fd %d is already a listener of this table" % fd)
+        flags = fcntl(fd, F_GETFL)
+        if flags < 0:
+            raise OSError(errno, "fd %d: %s" % (fd, os.strerror(errno)))
+        if not (flags & O_NONBLOCK):
+            # The loop accepts until EAGAIN: on a blocking listener it would wait in
+            # accept() and serve nothing else, stop() included.
+            raise ValueError("fd %d is a blocking socket; a listener must be non-blocking" % fd)
         # Accepted sockets inherit it from their listener (Linux copies the option):
         # one system call per listener instead of one per connection.
         _nodelay(fd)

@@ -33,6 +33,13 @@ _TCP = {"connections_opened": ("meshnode_tcp_connections_opened",
                        "Bytes sent to the accepted side of a connection"),
         "tls_handshakes": ("meshnode_tls_handshakes", "Completed mutual-TLS handshakes"),
         "tls_resumed": ("meshnode_tls_resumed_handshakes", "Handshakes that resumed a session")}
+# Node-wide data plane counters exported as families of their own (node, process).
+_COUNTS = {"upstream_failovers": ("meshnode_upstream_failovers",
+                                  "Outbound upstream setups that failed on one endpoint "
+                                  "and went on to the service's next"),
+           "endpoint_ejections": ("meshnode_endpoint_ejections",
+                                  "Times an endpoint was passed over by load balancing "
+                                  "after a failed setup")}
 # Per-side failure counters -> the `reason` label of meshnode_dataplane_failures_total.
 _SIDE_FAILURES = ("connect_failures", "connect_timeouts", "idle_timeouts", "aborted",
                   "rejected_limit", "accept_failures", "tls_failures_verify",
@@ -98,6 +105,8 @@ class NodeCollector(Collector):
         failures = CounterMetricFamily("meshnode_dataplane_failures",
                                        "Connections the data plane refused or cut, by reason",
                                        labels=["node", "process", "direction", "reason"])
+        counts = {key: CounterMetricFamily(name, text, labels=["node", "process"])
+                  for key, (name, text) in _COUNTS.items()}
         active = GaugeMetricFamily("meshnode_tcp_connections_active",
                                    "TCP connections open in the data plane",
                                    labels=["node", "process", "direction"])
@@ -128,10 +137,12 @@ class NodeCollector(Collector):
                 version.add_metric(labels, config_version)
             self._identity(report.body, labels, issued, refused, ca_expiry, expiry,
                            renew_failed, bundle)
-            self._dataplane(report.body.get("dataplane"), labels, tcp, failures, active)
+            self._dataplane(report.body.get("dataplane"), labels, tcp, counts, failures,
+                            active)
             self._requests(report.body.get("requests"), labels, requests, duration)
         yield from (up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
-                    renew_failed, bundle, *tcp.values(), failures, active, requests, duration)
+                    renew_failed, bundle, *tcp.values(), *counts.values(), failures, active,
+                    requests, duration)
 
     @staticmethod
     def _requests(figures: object, labels: list[str], requests: Metric, duration: Metric) -> None:
@@ -170,10 +181,14 @@ class NodeCollector(Collector):
             duration.add_metric([*labels, *key], buckets, total_ms)
 
     @staticmethod
-    def _dataplane(stats: object, labels: list[str], tcp: dict[str, Metric], failures: Metric,
-                   active: Metric) -> None:
+    def _dataplane(stats: object, labels: list[str], tcp: dict[str, Metric],
+                   counts: dict[str, Metric], failures: Metric, active: Metric) -> None:
         if not isinstance(stats, dict):
             return
+        for key, family in counts.items():
+            value = stats.get(key)
+            if isinstance(value, int):
+                family.add_metric(labels, value)
         for side in _SIDES:
             for key, family in tcp.items():
                 value = stats.get(f"{side}_{key}")

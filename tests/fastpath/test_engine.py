@@ -740,6 +740,8 @@ def test_engine_arguments_are_checked() -> None:
 
 def test_route_table_checks_its_input(mesh_pki: PKI) -> None:
     t = fe.RouteTable()
+    out_sock, in_sock, blocking = listener(), listener(), socket.create_server(("127.0.0.1", 0))
+    out_fd, in_fd = out_sock.fileno(), in_sock.fileno()
     with pytest.raises(ValueError):
         t.add_service("s", "", [BACKEND_ID], [])
     with pytest.raises(ValueError):
@@ -753,15 +755,20 @@ def test_route_table_checks_its_input(mesh_pki: PKI) -> None:
     svc = t.add_service("s", SNI, [BACKEND_ID], [("::1", 15006), ("10.0.0.1", 15006)])
     assert svc == 0
     with pytest.raises(ValueError):
-        t.add_outbound_tcp(5, 1, client_ctx(mesh_pki))
+        t.add_outbound_tcp(out_fd, 1, client_ctx(mesh_pki))
     with pytest.raises(ValueError):
-        t.add_outbound_tcp(5, svc, server_ctx(mesh_pki))
-    t.add_outbound_tcp(5, svc, client_ctx(mesh_pki))
+        t.add_outbound_tcp(out_fd, svc, server_ctx(mesh_pki))
+    t.add_outbound_tcp(out_fd, svc, client_ctx(mesh_pki))
     with pytest.raises(ValueError):
-        t.set_inbound(5)                  # already a listener
-    t.set_inbound(6)
+        t.set_inbound(out_fd)             # already a listener
+    t.set_inbound(in_fd)
     with pytest.raises(ValueError):
         t.add_inbound_route(SNI, client_ctx(mesh_pki), "127.0.0.1", 8080)
     t.add_inbound_route(SNI, server_ctx(mesh_pki), "127.0.0.1", 8080)
     with pytest.raises(ValueError):
         t.add_inbound_route(SNI.upper(), server_ctx(mesh_pki), "127.0.0.1", 8081)
+    # A blocking listener would stall the loop in accept().
+    with pytest.raises(ValueError, match="blocking"):
+        fe.RouteTable().set_inbound(blocking.fileno())
+    for sock in (out_sock, in_sock, blocking):
+        sock.close()

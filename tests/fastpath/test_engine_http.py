@@ -249,7 +249,10 @@ class Mesh:
         return port_of(self.in_sock)
 
     def outbound_table(self, identities: list[str] | None = None,
-                       endpoints: list[tuple[str, int]] | None = None) -> fe.RouteTable:
+                       endpoints: list[tuple[str, int]] | None = None,
+                       ctx: tls.TLSContext | None = None) -> fe.RouteTable:
+        """`ctx`: the client identity to present (a fresh context of the frontend's
+        certificate when None, as after a rotation)."""
         t = fe.RouteTable()
         eps = [("127.0.0.1", self.in_port)] if endpoints is None else endpoints
         http = t.add_service("demo/backend:http", SNI, identities or [BACKEND_ID], eps)
@@ -257,7 +260,7 @@ class Mesh:
         empty = t.add_service("demo/nobody:http", "http.nobody.demo.svc", [BACKEND_ID], [])
         other = t.add_service("demo/other:http", OTHER_SNI, [BACKEND_ID],
                               [("127.0.0.1", self.in_port)])
-        t.set_outbound_http(self.http_sock.fileno(), client_ctx(self.pki))
+        t.set_outbound_http(self.http_sock.fileno(), ctx or client_ctx(self.pki))
         for host in HOSTS:      # two HTTP ports: 8080 (the first, the default) and 9090
             t.add_host(host, http, 8080)
             t.add_host(host, admin, 9090)
@@ -410,11 +413,33 @@ def test_endpoint_node_down_is_503(mesh: Mesh) -> None:
     port = port_of(dead)
     dead.close()
     mesh.out_node.install(mesh.outbound_table(endpoints=[("127.0.0.1", port)]))
-    # Refused at once, or when the connect completes: the body says which.
-    assert get(mesh, "backend") in ((503, b"upstream connect failed\n"),
-                                    (503, b"upstream unavailable\n"))
+    assert get(mesh, "backend") == (503, b"upstream unavailable\n")
     assert mesh.out_node.stats()["outbound_connect_failures"] == 1
     assert mesh.out_node.stats()["http_unavailable"] == 1
+
+
+def test_requests_fail_over_from_a_dead_endpoint(mesh: Mesh) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = port_of(dead)
+    dead.close()
+    mesh.out_node.install(mesh.outbound_table(endpoints=[("127.0.0.1", port),
+                                                         ("127.0.0.1", mesh.in_port)]))
+    body = os.urandom(3 << 20)          # waits in the client's socket while set up
+    for _ in range(3):
+        conn = mesh.http()
+        try:
+            conn.request("POST", "/upload", body=body, headers={"Host": "backend"})
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (
+                200, f"{len(body)} {hashlib.sha256(body).hexdigest()}\n".encode())
+        finally:
+            conn.close()
+        assert get(mesh, "backend") == (200, b"GET /x host=backend\n")
+    stats = mesh.out_node.stats()
+    assert stats["http_unavailable"] == 0
+    assert 1 <= stats["outbound_connect_failures"] <= 2     # then passed over (1 s)
+    assert stats["upstream_failovers"] == stats["outbound_connect_failures"]
 
 
 def test_identity_mismatch_is_503_and_counted(mesh: Mesh) -> None:
@@ -424,6 +449,60 @@ def test_identity_mismatch_is_503_and_counted(mesh: Mesh) -> None:
     stats = mesh.out_node.stats()
     assert stats["identity_mismatch"] == 1
     assert stats["http_unavailable"] == 1
+
+
+def _get_pooled(m: Mesh, pooled_before: int) -> None:
+    """A GET on a connection of its own; its upstream goes to the pool as it closes."""
+    assert get(m, "backend") == (200, b"GET /x host=backend\n")
+    wait_for(lambda: m.out_node.stats()["http_upstream_pooled"] > pooled_before,
+             what="the upstream pooled")
+
+
+def test_a_config_push_keeps_the_idle_upstreams_and_the_session(mesh: Mesh) -> None:
+    ctx = client_ctx(mesh.pki)          # the identity stays: the push changes nothing else
+    mesh.out_node.install(mesh.outbound_table(ctx=ctx))
+    _get_pooled(mesh, 0)
+    mesh.out_node.install(mesh.outbound_table(ctx=ctx))
+    _get_pooled(mesh, 1)                # the pooled upstream, taken from the new table
+    stats = mesh.out_node.stats()
+    assert stats["http_upstream_reused"] == 1
+    assert stats["outbound_tls_handshakes"] == 1
+    # Two at once after another push: one takes the pooled upstream, the other opens
+    # one and resumes the session the first handshake left.
+    mesh.out_node.install(mesh.outbound_table(ctx=ctx))
+    a, b = mesh.http(), mesh.http()
+    try:
+        for conn in (a, b):
+            conn.request("GET", "/two", headers={"Host": "backend"})
+        for conn in (a, b):
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, b"GET /two host=backend\n")
+    finally:
+        a.close()
+        b.close()
+    stats = mesh.out_node.stats()
+    assert stats["http_upstream_reused"] == 2
+    assert stats["outbound_tls_handshakes"] == 2
+    assert stats["outbound_tls_resumed"] == 1
+    assert mesh.in_node.stats()["inbound_tls_handshakes"] == 2
+
+
+@pytest.mark.parametrize("push", ["rotated certificate", "other identities"])
+def test_a_push_that_changes_who_talks_drops_the_idle_upstreams(mesh: Mesh, push: str) -> None:
+    ctx = client_ctx(mesh.pki)
+    mesh.out_node.install(mesh.outbound_table(ctx=ctx))
+    _get_pooled(mesh, 0)
+    if push == "rotated certificate":   # a new client context: a new identity to present
+        mesh.out_node.install(mesh.outbound_table())
+    else:                               # the service may now run as another ID too
+        mesh.out_node.install(mesh.outbound_table(identities=[BACKEND_ID, OTHER_ID], ctx=ctx))
+    assert get(mesh, "backend") == (200, b"GET /x host=backend\n")
+    stats = mesh.out_node.stats()
+    assert stats["http_upstream_reused"] == 0
+    assert stats["outbound_tls_handshakes"] == 2
+    assert stats["outbound_tls_resumed"] == 0       # nor is the session carried over
+    # The old table's idle upstream is closed with it (no connection holds it any more).
+    wait_for(lambda: mesh.out_node.stats()["tables_live"] == 1, what="old tables freed")
 
 
 def test_upstream_dying_mid_response_closes_the_client(mesh: Mesh) -> None:

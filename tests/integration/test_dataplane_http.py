@@ -802,6 +802,30 @@ def test_requests_total_counts_2xx_and_4xx(mesh: Mesh) -> None:
     assert delta() == expected
 
 
+def test_a_workload_on_a_dead_node_is_failed_over_and_counted(mesh: Mesh) -> None:
+    """A second backend workload on a node nobody runs: requests still all reach the
+    app (the setup moves on to the live endpoint), and /metrics says so."""
+    node = mesh.node
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]  # nobody listens there
+    dead_node = ("apiVersion: meshnode.io/v1alpha1\nkind: Node\nmetadata: {name: gone}\n"
+                 f"spec: {{address: 127.0.0.1, inboundPort: {dead_port}}}\n")
+    workload = WORKLOAD_YAML.format(app_port=mesh.app.port, extra_labels="", alt="")
+    workload = workload.replace("backend-v1", "backend-gone").replace(
+        "  serviceAccount: backend\n", "  serviceAccount: backend\n  node: gone\n")
+    settle(node)
+    before = metric_total(node, "meshnode_upstream_failovers_total")
+    node.wait_version(node.apply(mesh.write("gone.yaml", dead_node + "---\n" + workload)))
+    for i in range(12):                 # fresh connections: each is routed afresh
+        response = get(mesh.port, f"/failover/{i}")
+        assert (response.status_code, response.content) == (200, app_says(f"/failover/{i}"))
+    wait_for(lambda: metric_total(node, "meshnode_upstream_failovers_total") > before, 10.0,
+             "meshnode_upstream_failovers_total to grow")
+    assert metric_total(node, "meshnode_endpoint_ejections_total") >= 1
+    assert metric_total(node, "meshnode_dataplane_failures_total", reason="http_unavailable") == 0
+
+
 # --- 11. the node's own answers to bad requests -----------------------------------------------
 
 
