@@ -238,6 +238,9 @@ cdef enum ConnFlags:
     # Outbound: the upstream is being set up (connect, TLS handshake, peer ID check);
     # a failure now moves the pair to the service's next endpoint (_setup_failed).
     CONN_SETTING_UP = 32768
+    # HTTP outbound: the requests are routed again (_http_reroute): same service, no
+    # Host lookup (the head was edited already), the first one's start kept.
+    CONN_REROUTED = 65536
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -276,6 +279,7 @@ cdef struct Conn:
     uint32_t service               # outbound: index in table.services
     uint32_t endpoint              # outbound: index in the service's endpoints
     uint32_t setup_tries           # outbound: endpoints tried for this setup (failover)
+    int64_t reroute_start_ns       # HTTP outbound: CONN_REROUTED's kept start
     uint32_t route                 # inbound: index in table.routes (servername callback)
     openssl.SSL_CTX* client_ctx    # outbound: borrowed from the table
     Side down

@@ -15,8 +15,11 @@ reads stats() (DESIGN.md §3). This version carries opaque TCP and HTTP/1.1:
   ENGINE_SETUP_TRIES endpoints in all (upstream_failovers). The failed endpoint is
   passed over by the round robin for ENGINE_EJECT_BASE_MS, doubling with each
   failure in a row up to ENGINE_EJECT_MAX_MS (endpoint_ejections), unless every
-  endpoint is; a successful setup ends its streak. The state lives in the table's
-  Endpoint and is carried to the next table for the same service and address.
+  endpoint is; failures of setups begun before that do not lengthen it, and a
+  successful setup ends the streak. The state lives in the table's Endpoint, is
+  carried to the next table for the same service and address, and a pair that began
+  on an older table marks the current one's endpoint too. A request routed again
+  keeps its service (its head was edited for the first hop) and its start time.
 - inbound (another node → local app): the inbound listener terminates mutual TLS,
   picks the local service by SNI (its own server SSL_CTX: the identity the service
   runs as), keeps the peer's SPIFFE ID with the connection, and relays in plaintext
@@ -403,8 +406,9 @@ cdef bint _same_destination(const Service* a, const Service* b) noexcept nogil:
             or not _name_eq(&b.sni, a.sni.data, a.sni.length)
             or a.n_identities != b.n_identities):
         return False
-    for i in range(a.n_identities):
-        if not _name_eq(&b.identities[i], a.identities[i].data, a.identities[i].length):
+    for i in range(a.n_identities):         # exactly, as _handshake_done checks them
+        if (a.identities[i].length != b.identities[i].length
+                or memcmp(a.identities[i].data, b.identities[i].data, a.identities[i].length) != 0):
             return False
     return True
 
@@ -955,8 +959,6 @@ cdef int _connect(Core* core, Conn* c, const net.sockaddr_storage* addr,
     cdef int fd
     cdef SideCounters* sc = _counters_of(core, c)
     c.state = CONN_CONNECTING
-    if not (c.flags & CONN_INBOUND):
-        c.flags |= CONN_SETTING_UP      # a failure from here on may fail over (_settle)
     fd = net.socket(addr.ss_family, net.SOCK_STREAM | net.SOCK_NONBLOCK | net.SOCK_CLOEXEC, 0)
     if fd < 0:
         sc.connect_failures += 1
@@ -968,6 +970,10 @@ cdef int _connect(Core* core, Conn* c, const net.sockaddr_storage* addr,
     if _watch(core, fd, _tag(_TAG_UP, c.index, c.gen)) != 0:
         sc.connect_failures += 1
         return STATUS_CLOSE
+    if not (c.flags & CONN_INBOUND):
+        # From here a failure is the endpoint's (not this node's: no fd, no memory),
+        # and may move the pair to the next one (_settle).
+        c.flags |= CONN_SETTING_UP
     while True:
         if net.connect(fd, <const net.sockaddr*>addr, addrlen) == 0:
             return STATUS_OK
@@ -1031,8 +1037,8 @@ cdef int _handshake_done(Core* core, Conn* c, Side* s) noexcept nogil:
             return STATUS_CLOSE
         # Set up: the endpoint's failure streak ends, and with it any passing over.
         c.flags &= ~CONN_SETTING_UP
-        svc.endpoints[c.endpoint].fails = 0
-        svc.endpoints[c.endpoint].down_until_ns = 0
+        if svc.endpoints[c.endpoint].fails != 0 or c.table != core.table:
+            _endpoint_ok(core, c)
     elif not (c.flags & CONN_ROUTED):
         sc.tls_failures_other += 1      # cannot happen: no route means no certificate
         return STATUS_CLOSE
@@ -1136,6 +1142,7 @@ cdef int _tls_client_start(Core* core, Conn* c) noexcept nogil:
     if ssl == NULL:
         sc.tls_failures_other += 1
         openssl.ERR_clear_error()
+        c.flags &= ~CONN_SETTING_UP     # this node's failure: no endpoint to blame
         return STATUS_CLOSE
     c.up.ssl = ssl
     if (openssl.SSL_set_fd(ssl, c.up.fd) != 1
@@ -1145,6 +1152,7 @@ cdef int _tls_client_start(Core* core, Conn* c) noexcept nogil:
                 openssl.SSL_set_alpn_protos(ssl, _ALPN_TCP_WIRE, _ALPN_TCP_WIRE_BYTES)) != 0):
         sc.tls_failures_other += 1
         openssl.ERR_clear_error()
+        c.flags &= ~CONN_SETTING_UP
         return STATUS_CLOSE
     openssl.SSL_set_connect_state(ssl)
     _ssl_tune(ssl)
@@ -1459,7 +1467,9 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     cdef HostEntry* e = NULL
     cdef Service* svc
     cdef int st
-    if not (c.flags & CONN_FIXED_SERVICE):
+    cdef bint rerouted = c.flags & CONN_REROUTED
+    c.flags &= ~CONN_REROUTED
+    if not (c.flags & CONN_FIXED_SERVICE or rerouted):
         if req.authority.len > 0:
             hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off, req.authority.len,
                                 host, sizeof(host), &port)
@@ -1480,7 +1490,10 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         _http_reply(core, c, 503, body, n)
         return STATUS_CLOSE
     _http_framed(core, c, req, c.d2u.head)
-    core.counters.http_routed += 1
+    if rerouted:
+        c.pend_start_ns[(c.pend_first + c.n_pend - 1) % ENGINE_HTTP_PIPELINE_MAX] = c.reroute_start_ns
+    else:
+        core.counters.http_routed += 1
     c.endpoint = _pick_endpoint(core, svc)
     if _pool_take(core, c, &svc.endpoints[c.endpoint]):
         core.counters.http_upstream_reused += 1
@@ -2135,6 +2148,11 @@ cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
     (none of their bytes went to it, or it failed before a byte of answer), again:
     another endpoint, pooled or new."""
     cdef net.epoll_event ev
+    # The head was edited for the first hop (hop-by-hop fields gone, an absolute-form
+    # target made origin-form): routing it by its Host again could pick another service.
+    # The service stays; so does the first request's start, for its latency.
+    c.reroute_start_ns = c.pend_start_ns[c.pend_first] if c.n_pend > 0 else core.now_ns
+    c.flags |= CONN_REROUTED
     c.flags &= ~(CONN_RETRYABLE | CONN_TICKET_WAIT | CONN_OFFERED_SESSION | CONN_SETTING_UP)
     _side_close(&c.up, False)
     c.up.readable = True
@@ -2274,12 +2292,39 @@ cdef uint32_t _pick_endpoint(Core* core, Service* svc) noexcept nogil:
     return k
 
 
-cdef void _endpoint_failed(Core* core, Conn* c) noexcept nogil:
-    """A setup failed on c's endpoint: pass it over for a while, longer with each
-    failure in a row."""
-    cdef Endpoint* ep = &c.table.services[c.service].endpoints[c.endpoint]
+cdef Endpoint* _current_endpoint(Core* core, Conn* c) noexcept nogil:
+    """c's endpoint as the current table has it, when c started on an older table
+    (same destination, same address); NULL when it has none or c's table is current."""
+    cdef Table* t = core.table
+    cdef Service* a = &c.table.services[c.service]
+    cdef Endpoint* e = &a.endpoints[c.endpoint]
+    cdef Service* b = NULL
+    cdef uint32_t k, m
+    if t == NULL or t == c.table:
+        return NULL
+    if c.service < t.n_services and _same_destination(a, &t.services[c.service]):
+        b = &t.services[c.service]
+    else:
+        for k in range(t.n_services):
+            if _same_destination(a, &t.services[k]):
+                b = &t.services[k]
+                break
+    if b == NULL:
+        return NULL
+    for m in range(b.n_endpoints):
+        if b.endpoints[m].addrlen == e.addrlen and memcmp(&b.endpoints[m].addr, &e.addr, e.addrlen) == 0:
+            return &b.endpoints[m]
+    return NULL
+
+
+cdef void _pass_over(Core* core, Endpoint* ep) noexcept nogil:
+    """Pass `ep` over for a while, longer with each failure in a row. Failures of
+    setups begun before it was passed over (in flight at once, or tried while every
+    endpoint was down) neither lengthen the while nor count."""
     cdef int64_t ms = ENGINE_EJECT_BASE_MS
     cdef uint32_t k
+    if ep.down_until_ns > core.now_ns:
+        return
     ep.fails += 1
     for k in range(1, ep.fails):
         ms *= 2
@@ -2288,6 +2333,27 @@ cdef void _endpoint_failed(Core* core, Conn* c) noexcept nogil:
             break
     ep.down_until_ns = core.now_ns + ms * 1000000
     core.counters.endpoint_ejections += 1
+
+
+cdef void _endpoint_failed(Core* core, Conn* c) noexcept nogil:
+    """A setup failed on c's endpoint: pass it over, in c's table and in the current
+    one (new connections use that; c may have started before a config push)."""
+    cdef Endpoint* current = _current_endpoint(core, c)
+    _pass_over(core, &c.table.services[c.service].endpoints[c.endpoint])
+    if current != NULL:
+        _pass_over(core, current)
+
+
+cdef void _endpoint_ok(Core* core, Conn* c) noexcept nogil:
+    """A setup succeeded on c's endpoint: its failure streak ends, in both tables."""
+    cdef Endpoint* ep = &c.table.services[c.service].endpoints[c.endpoint]
+    ep.fails = 0
+    ep.down_until_ns = 0
+    if c.table != core.table:
+        ep = _current_endpoint(core, c)
+        if ep != NULL:
+            ep.fails = 0
+            ep.down_until_ns = 0
 
 
 cdef int _setup_failed(Core* core, Conn* c) noexcept nogil:

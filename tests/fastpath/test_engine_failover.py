@@ -16,7 +16,7 @@ from typing import Callable
 
 from fastpath import engine as fe
 
-from enginekit import listener, port_of, wait_for
+from enginekit import listener, port_of, recv_all, wait_for
 from test_engine import (SNI, Mesh, Node, closed_by_peer, make_mesh,  # noqa: F401
                          mesh_pki, roundtrip, server_ctx, settled)
 
@@ -34,11 +34,17 @@ def live(m: Mesh) -> tuple[str, int]:
     return ("127.0.0.1", m.in_port)
 
 
-def test_a_dead_endpoint_is_failed_over_then_passed_over(make_mesh: MakeMesh) -> None:
-    dead = ("127.0.0.1", dead_port())
-    m = make_mesh(install=False)
+def mesh_after(make_mesh: MakeMesh, first_port: int, connect_timeout_s: float = 5.0) -> Mesh:
+    """A mesh whose service has 127.0.0.1:`first_port` as its first endpoint (round
+    robin tries it first) and the live backend node second."""
+    m = make_mesh(out_options={"connect_timeout_s": connect_timeout_s}, install=False)
     m.in_node.install(m.inbound_table())
-    m.out_node.install(m.outbound_table(endpoints=[dead, live(m)]))
+    m.out_node.install(m.outbound_table(endpoints=[("127.0.0.1", first_port), live(m)]))
+    return m
+
+
+def test_a_dead_endpoint_is_failed_over_then_passed_over(make_mesh: MakeMesh) -> None:
+    m = mesh_after(make_mesh, dead_port())
     for _ in range(10):                 # every connection gets through
         assert roundtrip(m) == b"bye:app"
     stats = settled(m.out_node)
@@ -75,9 +81,7 @@ def test_a_passed_over_endpoint_is_tried_again_later_and_back_when_it_answers(
     revived_sock = listener()
     revived_port = port_of(revived_sock)
     revived_sock.close()                # dead for now; an engine listens there later
-    m = make_mesh(install=False)
-    m.in_node.install(m.inbound_table())
-    m.out_node.install(m.outbound_table(endpoints=[("127.0.0.1", revived_port), live(m)]))
+    m = mesh_after(make_mesh, revived_port)
     started = time.monotonic()
     for _ in range(3):
         assert roundtrip(m) == b"bye:app"
@@ -116,10 +120,7 @@ def test_a_passed_over_endpoint_is_tried_again_later_and_back_when_it_answers(
 def test_a_silent_endpoint_fails_over_at_the_handshake_timeout(make_mesh: MakeMesh) -> None:
     silent = socket.create_server(("127.0.0.1", 0))    # the kernel accepts; nobody speaks
     try:
-        m = make_mesh(out_options={"connect_timeout_s": 0.3}, install=False)
-        m.in_node.install(m.inbound_table())
-        m.out_node.install(m.outbound_table(endpoints=[("127.0.0.1", port_of(silent)),
-                                                       live(m)]))
+        m = mesh_after(make_mesh, port_of(silent), 0.3)
         began = time.monotonic()
         assert roundtrip(m) == b"bye:app"
         assert 0.25 <= time.monotonic() - began < 5
@@ -142,10 +143,7 @@ def test_an_endpoint_with_the_wrong_identity_is_failed_over(make_mesh: MakeMesh,
         # A certificate of the mesh's own root, for another workload than the service's.
         t.add_inbound_route(SNI, server_ctx(mesh_pki, mesh_pki.frontend), "127.0.0.1", 9)
         impostor.install(t)
-        m = make_mesh(install=False)
-        m.in_node.install(m.inbound_table())
-        m.out_node.install(m.outbound_table(endpoints=[("127.0.0.1", port_of(impostor_sock)),
-                                                       live(m)]))
+        m = mesh_after(make_mesh, port_of(impostor_sock))
         for _ in range(4):
             assert roundtrip(m) == b"bye:app"
         stats = settled(m.out_node)
@@ -159,9 +157,7 @@ def test_an_endpoint_with_the_wrong_identity_is_failed_over(make_mesh: MakeMesh,
 
 def test_a_failed_endpoint_stays_passed_over_across_a_table_swap(make_mesh: MakeMesh) -> None:
     dead = ("127.0.0.1", dead_port())
-    m = make_mesh(install=False)
-    m.in_node.install(m.inbound_table())
-    m.out_node.install(m.outbound_table(endpoints=[dead, live(m)]))
+    m = mesh_after(make_mesh, dead[1])
     assert roundtrip(m) == b"bye:app"
     assert m.out_node.stats()["outbound_connect_failures"] == 1
     m.out_node.install(m.outbound_table(endpoints=[live(m), dead]))   # a config push
@@ -171,3 +167,50 @@ def test_a_failed_endpoint_stays_passed_over_across_a_table_swap(make_mesh: Make
     assert stats["outbound_connect_failures"] == 1
     assert stats["tables_installed"] == 2
     wait_for(lambda: m.out_node.stats()["tables_live"] == 1, what="old table released")
+
+
+def test_failures_of_setups_already_under_way_do_not_lengthen_the_pass_over(
+        make_mesh: MakeMesh) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        m = mesh_after(make_mesh, port_of(silent), 0.3)
+        # Four at once: round robin sends two to the silent endpoint before either
+        # times out; the second timeout finds it passed over already.
+        clients = [m.client() for _ in range(4)]
+        for c in clients:
+            c.sendall(b"ping")
+        for c in clients:
+            c.shutdown(socket.SHUT_WR)
+            assert recv_all(c) == b"pingbye:app"
+        stats = settled(m.out_node)
+        assert stats["outbound_tls_handshake_timeouts"] == 2
+        assert stats["upstream_failovers"] == 2
+        assert stats["endpoint_ejections"] == 1
+    finally:
+        silent.close()
+
+
+def test_a_failure_found_on_the_old_table_passes_over_on_the_new_one(
+        make_mesh: MakeMesh) -> None:
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        m = make_mesh(out_options={"connect_timeout_s": 0.5}, install=False)
+        m.in_node.install(m.inbound_table())
+        endpoints = [("127.0.0.1", port_of(silent)), live(m)]
+        m.out_node.install(m.outbound_table(endpoints=endpoints))
+        first = m.client()                  # set up toward the silent endpoint ...
+        first.sendall(b"early")
+        wait_for(lambda: m.out_node.stats()["outbound_connections_opened"] == 1,
+                 what="the first connection accepted")
+        m.out_node.install(m.outbound_table(endpoints=endpoints))   # ... across a push
+        first.shutdown(socket.SHUT_WR)
+        assert recv_all(first) == b"earlybye:app"   # failed over after 0.5 s
+        began = time.monotonic()
+        for _ in range(3):                  # on the new table: the silent one is passed over
+            assert roundtrip(m) == b"bye:app"
+        assert time.monotonic() - began < 0.5 * 3
+        stats = settled(m.out_node)
+        assert stats["outbound_tls_handshake_timeouts"] == 1
+        assert stats["upstream_failovers"] == 1
+    finally:
+        silent.close()

@@ -487,6 +487,42 @@ def test_a_config_push_keeps_the_idle_upstreams_and_the_session(mesh: Mesh) -> N
     assert mesh.in_node.stats()["inbound_tls_handshakes"] == 2
 
 
+def test_a_failed_over_request_keeps_its_service_and_its_latency(mesh: Mesh) -> None:
+    """An absolute-form target names the service (RFC 9112 §3.2.2: Host is ignored);
+    the head goes upstream in origin-form. Set up again on the next endpoint after a
+    silent one timed out, the request still goes to the target's service, not its
+    Host's, and its latency counts the wait."""
+    silent = socket.create_server(("127.0.0.1", 0))    # accepts; never speaks TLS
+    try:
+        t = fe.RouteTable()
+        t.set_timeouts(0.3, 60.0)
+        backend = t.add_service("demo/backend:http", SNI, [BACKEND_ID],
+                                [("127.0.0.1", mesh.in_port)])
+        other = t.add_service("demo/other:http", OTHER_SNI, [BACKEND_ID],
+                              [("127.0.0.1", port_of(silent)), ("127.0.0.1", mesh.in_port)])
+        t.set_outbound_http(mesh.http_sock.fileno(), client_ctx(mesh.pki))
+        t.add_host("backend", backend, 80)
+        t.add_host("other", other, 80)
+        mesh.out_node.install(t)
+        reply = exchange(mesh, b"GET http://other/x HTTP/1.1\r\nHost: backend\r\n"
+                               b"Connection: close\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 200 "), reply
+        assert reply.endswith(b"GET /x host=backend\n")      # origin-form, Host kept
+        stats = mesh.out_node.stats()
+        assert stats["upstream_failovers"] == 1
+        assert stats["outbound_tls_handshake_timeouts"] == 1
+        assert stats["http_routed"] == 1                        # routed once, set up twice
+        sent = _record(mesh.out_node.engine.request_stats(), "outbound", "demo/other:http")
+        assert sent["codes"] == {200: 1}
+        bounds = fe.latency_bounds_us()
+        slowest = max(i for i, n in enumerate(sent["latency_us"]) if n)
+        assert bounds[slowest] >= 250_000                       # the 0.3 s wait included
+        assert not [r for r in mesh.out_node.engine.request_stats()
+                    if r["service"] == "demo/backend:http"]
+    finally:
+        silent.close()
+
+
 @pytest.mark.parametrize("push", ["rotated certificate", "other identities"])
 def test_a_push_that_changes_who_talks_drops_the_idle_upstreams(mesh: Mesh, push: str) -> None:
     ctx = client_ctx(mesh.pki)
