@@ -15,6 +15,10 @@ cdef enum:
     # never returns more; a blocking read(n) allocates no more than this.
     TLS_RECORD_PLAINTEXT_BYTES = 16384
 
+    # SSL_CTX_set_tlsext_ticket_keys: 16 bytes of ticket name, a 32-byte HMAC key and a
+    # 32-byte AES key.
+    TLS_TICKET_KEYS_BYTES = 80
+
     # SPIFFE ID spec §2.3: implementations must accept IDs up to 2048 bytes. A buffer
     # for peer_spiffe_id() holds that plus the NUL.
     SPIFFE_ID_MAX_BYTES = 2048

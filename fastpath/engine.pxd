@@ -476,6 +476,7 @@ cdef class RouteTable:
     cdef double _connect_timeout_s # 0: keep the engine's
     cdef double _idle_timeout_s
     cdef int _inbound_fd
+    cdef bytes _ticket_keys        # the dispatch ctx's session ticket keys (None: random)
 
     cdef int _check_fd(self, int fd) except -1
     cdef Table* _build(self) except NULL

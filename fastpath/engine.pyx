@@ -119,9 +119,10 @@ Choices, and why:
   certificate; its servername callback switches the SSL to the route's SSL_CTX
   (SSL_set_SSL_CTX) and copies its verification settings, which SSL_set_SSL_CTX does
   not (as nginx does). No route for the name (or no SNI) fails the handshake with
-  unrecognized_name. The dispatch ctx issues and decrypts the session tickets, so
-  sessions die with the table (a rotated certificate starts with full handshakes), and
-  a ticket from another worker process does not resume (each has its own ticket keys).
+  unrecognized_name. The dispatch ctx issues and decrypts the session tickets: with
+  random keys of its own, sessions die with the table and a ticket from another worker
+  process does not resume; given keys (RouteTable.set_inbound), every table and every
+  worker holding the same keys resumes them.
 - Session resumption (client side): one SSL_SESSION per endpoint, taken from the
   first resumable session a fully handshaken connection sees (TLS 1.3 tickets arrive
   after the handshake, with reads), offered by later connections made with the same
@@ -3067,6 +3068,7 @@ cdef class RouteTable:
         self._sources = []
         self._connect_timeout_s = 0
         self._idle_timeout_s = 0
+        self._ticket_keys = None
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -3193,11 +3195,22 @@ cdef class RouteTable:
             raise ValueError("port must be 1..65535, not %d" % port)
         self._hosts.append((host_b.rstrip(b".") or host_b, port, service_index))
 
-    def set_inbound(self, int fd) -> None:
-        """The node's inbound (mutual TLS) listener."""
+    def set_inbound(self, int fd, bytes ticket_keys=None) -> None:
+        """The node's inbound (mutual TLS) listener.
+
+        `ticket_keys` (80 bytes, TLSContext.set_ticket_keys): what the table's dispatch
+        context, which issues and decrypts every inbound session ticket, uses instead
+        of random keys of its own. The same keys in every worker's table, and in the
+        next table, let a peer resume whichever worker it reaches, across config
+        pushes and certificate rotations; the caller changes them to end resumption
+        (meshnode: with the trust bundle, see meshnode.ticketkeys)."""
+        if ticket_keys is not None and len(ticket_keys) != TLS_TICKET_KEYS_BYTES:
+            raise ValueError("session ticket keys must be %d bytes, not %d"
+                             % (TLS_TICKET_KEYS_BYTES, len(ticket_keys)))
         if fd != self._inbound_fd:
             self._check_fd(fd)
         self._inbound_fd = fd
+        self._ticket_keys = ticket_keys
 
     def add_inbound_route(self, str sni not None, TLSContext server_ctx not None,
                           str app_host not None, int app_port, str service=None,
@@ -3337,6 +3350,8 @@ cdef class RouteTable:
                 openssl.SSL_CTX_set_verify(
                     dispatch.ctx,
                     openssl.SSL_VERIFY_PEER | openssl.SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL)
+                if self._ticket_keys is not None:
+                    dispatch.set_ticket_keys(self._ticket_keys)
                 openssl.SSL_CTX_set_tlsext_servername_callback(dispatch.ctx, _on_servername)
                 openssl.SSL_CTX_set_tlsext_servername_arg(dispatch.ctx, t)
                 _up_ref(dispatch.ctx)

@@ -195,8 +195,9 @@ cdef class TLSContext:
         sole anchors of trust. Both sides send their chain and require and verify the
         peer's (expiry, purpose, chain up to a bundle root); deciding whether the peer's
         SPIFFE ID may talk is left to the caller's policy. A server issues TLS 1.3
-        session tickets, which only that context can decrypt, so a rotated context
-        starts with full handshakes. `alpn`: protocols, most preferred first, or None.
+        session tickets, which only that context can decrypt (so a rotated context
+        starts with full handshakes) unless it is given shared keys: set_ticket_keys().
+        `alpn`: protocols, most preferred first, or None.
         """
         cdef TLSContext self = cls(server)
         cdef char own_id[SPIFFE_ID_MAX_BYTES + 1]
@@ -306,6 +307,21 @@ cdef class TLSContext:
         """
         openssl.SSL_CTX_set_verify(
             self.ctx, openssl.SSL_VERIFY_PEER | openssl.SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL)
+
+    def set_ticket_keys(self, bytes keys not None) -> None:
+        """Encrypt and decrypt session tickets with `keys` (TLS_TICKET_KEYS_BYTES = 80:
+        name, HMAC key, AES key) instead of the context's own random ones, so that every
+        server context given the same keys resumes the others' sessions: a node's
+        workers share one set, and a client resumes whichever worker it reaches.
+        Call before the context is used."""
+        if not self.server:
+            raise ValueError("session ticket keys are a server context's")
+        if len(keys) != TLS_TICKET_KEYS_BYTES:
+            raise ValueError("session ticket keys must be %d bytes, not %d"
+                             % (TLS_TICKET_KEYS_BYTES, len(keys)))
+        openssl.ERR_clear_error()
+        if openssl.SSL_CTX_set_tlsext_ticket_keys(self.ctx, <char*>keys, len(keys)) != 1:
+            raise_tls_error("cannot set session ticket keys")
 
     def set_alpn(self, protocols) -> None:
         """Set the ALPN protocols, most preferred first (e.g. [b"h2", b"http/1.1"]).

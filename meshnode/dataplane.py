@@ -92,6 +92,9 @@ class DataPlane:
         self._http: socket.socket | None = None  # bound at the first table with HTTP hosts
         self.listener_failures = 0
         self.generation = 0
+        # The inbound side's session ticket keys (meshnode.ticketkeys), the same in
+        # every worker of the node; None: each table's own.
+        self.ticket_keys: bytes | None = None
         # Engine service names ("ns/name:port") -> FQDN, for the request figures' labels;
         # kept after a service goes, as its figures are.
         self.service_fqdn: dict[str, str] = {}
@@ -111,7 +114,7 @@ class DataPlane:
     def update(self, snapshot: dict[str, Any]) -> None:
         """Compile and install the table for this snapshot and the current certificates."""
         table = RouteTable()
-        table.set_inbound(self._inbound.fileno())
+        table.set_inbound(self._inbound.fileno(), self.ticket_keys)
         mesh = snapshot.get("mesh") or {}
         table.set_timeouts(float(mesh.get("connect_timeout_s", 5.0)),
                            float(mesh.get("idle_timeout_s", 300.0)))

@@ -21,7 +21,7 @@ from bus.endpoints import Endpoints, prepare
 from bus.errors import BusError, RemoteError, RequestTimeout, ServiceUnavailable
 from bus.request import Client
 
-from . import localprobe, supervise
+from . import localprobe, supervise, ticketkeys
 from .ports import Ports
 from .supervise import NodeOptions
 
@@ -84,6 +84,7 @@ def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
     ports = Ports(opts.port_base)
     for port, what in ((ports.admin, "admin"), (ports.metrics, "metrics")):
         check_port_free(port, what)
+    ticketkeys.make(rd)  # fresh for this start, before any worker reads it
     try:
         supervise.start(opts)
     except Exception as exc:  # supervisord itself did not start: say why, with its output

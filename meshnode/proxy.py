@@ -23,12 +23,13 @@ from bus.envelope import Envelope
 
 import fastpath.tls
 
-from . import logs
+from . import logs, ticketkeys
 from .busnames import ACK_TOPIC, BUNDLE_KEY, BUNDLE_TOPIC, CA, CONTROL, SNAPSHOT_TOPIC
 from .dataplane import DataPlane
 from .identity.creds import WorkerIdentity
 from .process import Process, base_parser
 
+log = logging.getLogger("meshnode.proxy")
 
 
 def check_snapshot(snapshot: object) -> str | None:
@@ -62,6 +63,12 @@ class Agent:
         self.state = StateClient(proc.client(), CONTROL, SNAPSHOT_TOPIC, self.on_state)
         proc.subscriber([SNAPSHOT_TOPIC], lambda topic, env: self.state.feed(env))
         proc.loop.every(0.2, self.state.tick)
+        try:
+            self.ticket_secret: bytes | None = ticketkeys.load(proc.runtime_dir)
+        except ticketkeys.TicketKeysError as exc:
+            # Still serves; peers resume only sessions this worker's current table issued.
+            self.ticket_secret = None
+            logs.event(log, "tls.ticket_keys.unshared", logging.WARNING, reason=str(exc))
         self.identity = WorkerIdentity(proc.client(), proc.name,
                                        on_contexts=lambda identity, ctx: self._dirty())
         self.bundle = StateClient(proc.client(), CA, BUNDLE_TOPIC, self.on_bundle)
@@ -138,6 +145,12 @@ class Agent:
         bundle = items.get(BUNDLE_KEY)
         if isinstance(bundle, dict):
             self.identity.on_bundle(bundle)
+            if self.ticket_secret is not None and self.identity.bundle_pem:
+                # New trust, new ticket keys: no session resumes across a bundle change.
+                keys = ticketkeys.derive(self.ticket_secret, self.identity.bundle_pem)
+                if keys != self.dataplane.ticket_keys:
+                    self.dataplane.ticket_keys = keys
+                    self._dirty()
 
     def reack(self) -> None:
         if self.version is not None:

@@ -236,6 +236,9 @@ cdef extern from "openssl/ssl.h" nogil:
     # Servers that verify clients must set one, or resumption fails the handshake.
     int SSL_CTX_set_session_id_context(SSL_CTX* ctx, const unsigned char* sid_ctx,
                                        unsigned int sid_ctx_len)
+    # Ticket name (16), HMAC key (32), AES key (32): contexts given the same keys take
+    # each other's session tickets.
+    long SSL_CTX_set_tlsext_ticket_keys(SSL_CTX* ctx, void* keys, long keylen)  # macro
     X509_VERIFY_PARAM* SSL_CTX_get0_param(SSL_CTX* ctx)
     X509* SSL_CTX_get0_certificate(const SSL_CTX* ctx)
 

@@ -11,6 +11,7 @@ the engines and close what the test opened.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import ssl
 import struct
@@ -210,9 +211,10 @@ class Mesh:
         t.add_outbound_tcp(self.out_sock.fileno(), svc, client_ctx(self.pki, creds))
         return t
 
-    def inbound_table(self, creds: Creds | None = None, app_port: int | None = None) -> fe.RouteTable:
+    def inbound_table(self, creds: Creds | None = None, app_port: int | None = None,
+                      ticket_keys: bytes | None = None) -> fe.RouteTable:
         t = fe.RouteTable()
-        t.set_inbound(self.in_sock.fileno())
+        t.set_inbound(self.in_sock.fileno(), ticket_keys)
         t.add_inbound_route(SNI, server_ctx(self.pki, creds), "127.0.0.1", app_port or self.app.port)
         return t
 
@@ -428,6 +430,35 @@ def test_session_resumption_on_reconnects(make_mesh) -> None:
     # The first connection is a full handshake; its ticket lets later ones resume.
     assert out["outbound_tls_resumed"] >= 2
     assert inn["inbound_tls_resumed"] == out["outbound_tls_resumed"]
+
+
+def test_ticket_keys_resume_sessions_across_tables_and_engines(make_mesh) -> None:
+    """Given the same ticket keys, a new table (a config push, a rotated certificate)
+    and another engine on the same port (another worker) resume the sessions the first
+    issued; other keys (a new trust bundle) mean a full handshake."""
+    keys = os.urandom(80)
+    m = make_mesh(install=False)
+    m.in_node.install(m.inbound_table(ticket_keys=keys))
+    m.out_node.install(m.outbound_table())
+    assert roundtrip(m) == b"bye:app"           # full handshake: the ticket to resume
+    m.in_node.install(m.inbound_table(ticket_keys=keys))
+    assert roundtrip(m) == b"bye:app"
+    assert settled(m.in_node)["inbound_tls_resumed"] == 1
+    # Another worker: an engine of its own on the same port; this one steps aside.
+    other = Node()
+    try:
+        other.install(m.inbound_table(ticket_keys=keys))
+        m.in_node.install(fe.RouteTable())
+        assert roundtrip(m) == b"bye:app"
+        assert settled(other)["inbound_tls_resumed"] == 1
+        other.install(m.inbound_table(ticket_keys=os.urandom(80)))
+        assert roundtrip(m) == b"bye:app"
+        stats = settled(other)
+        assert stats["inbound_tls_handshakes"] == 2 and stats["inbound_tls_resumed"] == 1
+    finally:
+        other.stop()
+    with pytest.raises(ValueError, match="80 bytes"):
+        fe.RouteTable().set_inbound(m.in_sock.fileno(), b"short")
 
 
 # --- refusals and failures ----------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import os
 import socket
 import ssl
 import struct
@@ -538,30 +539,34 @@ def test_session_resumption(pki: PKI, sockets) -> None:
     assert second.peer_spiffe_id == BACKEND_ID
 
 
-def test_ticket_from_a_rotated_server_context_means_full_handshake(pki: PKI, sockets) -> None:
-    # Each server context has its own ticket keys: after a rotation (a new context) old
-    # tickets do not decrypt and peers fall back to a full, freshly verified handshake.
-    client_ctx = _client_ctx(pki)
+def _ticket_then_resume(sockets, client_ctx: tls.TLSContext, issuing: tls.TLSContext,
+                        resuming: tls.TLSContext) -> tuple[tls.TLSSession, tls.TLSSession]:
+    """A full handshake with `issuing` for a ticket, then a connection offering it to
+    `resuming`: that second (client, server) pair, both ends done."""
     s_sock, c_sock = sockets()
     first = tls.TLSSession(client_ctx, c_sock.fileno(), server_name=SNI)
-    done = _on_thread(_echo_server(tls.TLSSession(_server_ctx(pki), s_sock.fileno())))
+    done = _on_thread(_echo_server(tls.TLSSession(issuing, s_sock.fileno())))
     _echo_client(first)
     assert done().error is None
     ticket = first.get_session()
     assert ticket is not None
 
     s_sock, c_sock = sockets()
-    rotated = tls.TLSSession(_server_ctx(pki), s_sock.fileno())
+    server = tls.TLSSession(resuming, s_sock.fileno())
     second = tls.TLSSession(client_ctx, c_sock.fileno(), server_name=SNI)
     second.set_session(ticket)
-    done = _on_thread(_echo_server(rotated))
+    done = _on_thread(_echo_server(server))
     _echo_client(second)
     assert done().error is None
+    return second, server
+
+
+def test_ticket_from_a_rotated_server_context_means_full_handshake(pki: PKI, sockets) -> None:
+    # Each server context has its own ticket keys: after a rotation (a new context) old
+    # tickets do not decrypt and peers fall back to a full, freshly verified handshake.
+    second, rotated = _ticket_then_resume(sockets, _client_ctx(pki), _server_ctx(pki),
+                                          _server_ctx(pki))
     assert not second.session_reused and not rotated.session_reused
-    assert rotated.peer_spiffe_id == FRONTEND_ID
-
-
-# --- session object: states, misuse, timeouts ---------------------------------------
 
 
 def test_read_timeout_is_an_error_and_the_session_survives_it(pki: PKI, sockets) -> None:
@@ -844,3 +849,24 @@ def test_spiffe_syntax_matches_reference(pki: PKI, uri: str) -> None:
             tls.spiffe_id_of_pem(pem)
     else:
         assert tls.spiffe_id_of_pem(pem) == expected
+
+
+def test_server_contexts_sharing_ticket_keys_resume_each_others_sessions(pki: PKI,
+                                                                          sockets) -> None:
+    # Two workers of one node: each its own certificate (and key) for the same
+    # identity, one key set for their tickets, so a ticket from one resumes on the other.
+    keys = os.urandom(80)
+    issuing, resuming = _server_ctx(pki), _server_ctx(pki, workload=_workload(
+        pki.intermediate, BACKEND_ID))
+    for ctx in (issuing, resuming):
+        ctx.set_ticket_keys(keys)
+    second, other_server = _ticket_then_resume(sockets, _client_ctx(pki), issuing, resuming)
+    assert second.session_reused and other_server.session_reused
+    assert other_server.peer_spiffe_id == FRONTEND_ID
+
+
+def test_ticket_keys_are_a_servers_and_eighty_bytes(pki: PKI) -> None:
+    with pytest.raises(ValueError, match="server"):
+        _client_ctx(pki).set_ticket_keys(os.urandom(80))
+    with pytest.raises(ValueError, match="80 bytes"):
+        _server_ctx(pki).set_ticket_keys(os.urandom(48))

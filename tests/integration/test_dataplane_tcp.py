@@ -14,6 +14,7 @@ import hashlib
 import os
 import random
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -366,6 +367,31 @@ def test_bytes_round_trip_through_the_mesh_and_are_counted(mesh: Mesh) -> None:
 
 
 # --- 2. volume and backpressure -----------------------------------------------------------------
+
+
+def test_reconnections_resume_whichever_worker_they_reach(mesh: Mesh) -> None:
+    """Both workers share the inbound port and the node's ticket keys: a session one
+    worker issued resumes on the other, so after each outbound worker's first full
+    handshake, new connections resume (with per-worker keys about half would not)."""
+    node = mesh.node
+    keys = node.runtime_dir / "tls" / "ticket.secret"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600 and keys.stat().st_size == 32
+    settle(node)
+    full_before = metric_total(node, "meshnode_tls_handshakes_total", direction="inbound")
+    resumed_before = metric_total(node, "meshnode_tls_resumed_handshakes_total",
+                                  direction="inbound")
+    for i in range(30):                 # a new mTLS connection each: TCP is not pooled
+        payload = f"reconnect {i}".encode()
+        assert roundtrip(mesh.outbound_port, payload) == payload
+    settle(node)
+    handshakes = metric_total(node, "meshnode_tls_handshakes_total",
+                              direction="inbound") - full_before
+    resumed = metric_total(node, "meshnode_tls_resumed_handshakes_total",
+                           direction="inbound") - resumed_before
+    assert handshakes == 30
+    # Sessions were resumed before this test (its warm-up): at most a full handshake
+    # per outbound worker is left to make.
+    assert resumed >= handshakes - node.workers, (handshakes, resumed)
 
 
 def test_8_mib_both_ways_with_a_slow_reader(mesh: Mesh) -> None:
