@@ -29,7 +29,6 @@ from .dataplane import DataPlane
 from .identity.creds import WorkerIdentity
 from .process import Process, base_parser
 
-log = logging.getLogger("meshnode.proxy")
 
 
 def check_snapshot(snapshot: object) -> str | None:
@@ -68,7 +67,7 @@ class Agent:
         except ticketkeys.TicketKeysError as exc:
             # Still serves; peers resume only sessions this worker's current table issued.
             self.ticket_secret = None
-            logs.event(log, "tls.ticket_keys.unshared", logging.WARNING, reason=str(exc))
+            logs.event(proc.log, "tls.ticket_keys.unshared", logging.WARNING, reason=str(exc))
         self.identity = WorkerIdentity(proc.client(), proc.name,
                                        on_contexts=lambda identity, ctx: self._dirty())
         self.bundle = StateClient(proc.client(), CA, BUNDLE_TOPIC, self.on_bundle)
