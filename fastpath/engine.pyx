@@ -606,7 +606,7 @@ cdef void _count_cut_off(Core* core, Conn* c) noexcept nogil:
 cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
     cdef SideCounters* sc = _counters_of(core, c)
     _invariant(c.state != CONN_FREE, b"connection closed twice")
-    if c.n_pend > 0 and not (c.flags & CONN_HTTP_REPLIED):
+    if c.n_pend > 0:
         _count_cut_off(core, c)
     _side_close(&c.down, reset)
     _side_close(&c.up, reset)
@@ -1280,10 +1280,16 @@ cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
     cdef const char* reason = _reason(status)
     cdef int n, i
     cdef Py_ssize_t r
-    if c.flags & CONN_HTTP_REPLIED or c.down.fd < 0:
-        return
+    if c.flags & CONN_HTTP_REPLIED or c.down.fd < 0 or c.u2d.shut:
+        return                          # (the client's side was ended already: no answer)
     c.flags |= CONN_HTTP_REPLIED
     _count_answer(core, c, status, -1)
+    if c.n_pend > 0:
+        # The answer to the oldest request sent on; any behind it are cut off, and
+        # counted so when the pair closes (_count_cut_off).
+        c.resp_phase = RESP_HEAD
+        c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
+        c.n_pend -= 1
     if status == 404:
         core.counters.http_no_route += 1
     elif status == 503:
@@ -1971,6 +1977,10 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                 # The app closed a connection it had kept alive as a request arrived
                 # (the keep-alive race): end the pair without an answer, so the
                 # caller's node may send an idempotent request again.
+                return STATUS_CLOSE
+            if c.flags & CONN_ANSWERED and not c.reusable:
+                # An answer said close and the upstream did: the requests behind it
+                # get no answer (none may follow a close), counted as cut off.
                 return STATUS_CLOSE
             core.counters.http_bad_response += 1
             _http_reply(core, c, 502, b"upstream closed before responding\n", -1)

@@ -811,6 +811,23 @@ def test_upstream_closing_before_responding_is_502(mesh: Mesh) -> None:
     assert mesh.out_node.stats()["http_responses_5xx"] == 1
 
 
+def test_a_502_before_pipelined_requests_counts_each_request_once(mesh: Mesh) -> None:
+    reply = exchange(mesh, b"GET /close HTTP/1.1\r\nHost: backend\r\n\r\n"
+                           b"GET /x HTTP/1.1\r\nHost: backend\r\n\r\n"
+                           b"GET /y HTTP/1.1\r\nHost: backend\r\n\r\n")
+    # The app's node answers 502 for the app, with Connection: close, and closes: no
+    # answer may follow that one, so the two requests behind it get none.
+    assert reply.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert reply.count(b"HTTP/1.1 ") == 1
+    # Every request the client sent is counted once: the 502, and as 0 each request
+    # behind it that the closed connection left unanswered.
+    wait_for(lambda: sum(_record(mesh.out_node.engine.request_stats(), "outbound",
+                                 "demo/backend:http")["codes"].values()) >= 3,
+             what="three requests counted")
+    sent = _record(mesh.out_node.engine.request_stats(), "outbound", "demo/backend:http")
+    assert sent["codes"] == {502: 1, 0: 2}
+
+
 def test_upstream_dying_mid_body_is_counted(mesh: Mesh) -> None:
     c = mesh.client()
     c.sendall(b"GET /die HTTP/1.1\r\nHost: backend\r\n\r\n")
