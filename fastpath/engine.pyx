@@ -65,8 +65,8 @@ reads stats() (DESIGN.md §3). This version carries opaque TCP and HTTP/1.1:
   closes): 400/414/431/501/505 for a first head that does not parse or exceeds the
   limits (a head larger than one pooled buffer is a 431); 404 with `no route to host
   "X"` in the body; 503 for no endpoint, or connect failure or timeout, handshake
-  failure, identity mismatch on every endpoint tried; 502 when the upstream ends (or sends an unparsable head)
-  before any byte of the awaited response went to the client; 408 when no whole head
+  failure, identity mismatch on every endpoint tried; 502 when the upstream ends (or
+  sends an unparsable head) before any byte of the awaited response went to the client; 408 when no whole head
   arrives within connect_timeout_s. A bad request after earlier ones, or an upstream
   ending mid-body, resets the client connection instead (answers cannot be put in
   order any more; a truncated body must not pass as whole).
@@ -1474,6 +1474,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     cdef HostEntry* e = NULL
     cdef Service* svc
     cdef int st
+    cdef uint32_t i
     cdef bint rerouted = c.flags & CONN_REROUTED
     c.flags &= ~CONN_REROUTED
     if not (c.flags & CONN_FIXED_SERVICE or rerouted):
@@ -1498,7 +1499,8 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         return STATUS_CLOSE
     _http_framed(core, c, req, c.d2u.head)
     if rerouted:
-        c.pend_start_ns[(c.pend_first + c.n_pend - 1) % ENGINE_HTTP_PIPELINE_MAX] = c.reroute_start_ns
+        i = (c.pend_first + c.n_pend - 1) % ENGINE_HTTP_PIPELINE_MAX
+        c.pend_start_ns[i] = c.reroute_start_ns
     else:
         core.counters.http_routed += 1
     c.endpoint = _pick_endpoint(core, svc)
@@ -2323,7 +2325,8 @@ cdef Endpoint* _current_endpoint(Core* core, Conn* c) noexcept nogil:
     if b == NULL:
         return NULL
     for m in range(b.n_endpoints):
-        if b.endpoints[m].addrlen == e.addrlen and memcmp(&b.endpoints[m].addr, &e.addr, e.addrlen) == 0:
+        if (b.endpoints[m].addrlen == e.addrlen
+                and memcmp(&b.endpoints[m].addr, &e.addr, e.addrlen) == 0):
             return &b.endpoints[m]
     return NULL
 

@@ -6,8 +6,9 @@ source port (possible whenever the port lies in net.ipv4.ip_local_port_range), T
 simultaneous open joins the socket to itself; the "server" then answers with the
 request it was sent (``GET /ready HTTP/1.1`` read back as a status line), and for as
 long as it lives the socket holds the very port the node is about to bind. A probe
-here notices that, resets itself at once (leaving the port free) and reports "nothing listening", as for a refused
-connection; an answer that is not HTTP is reported as such, never raised as a crash.
+here notices that, resets itself at once (leaving the port free) and reports "nothing
+listening", as for a refused connection; an answer that is not HTTP is reported as
+such, never raised as a crash.
 """
 
 from __future__ import annotations

@@ -118,6 +118,6 @@ def test_a_poll_that_connects_to_itself_reports_not_listening() -> None:
         pytest.skip(f"cannot make a network namespace here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
     # Plain urllib reads its own request back here ("BadStatusLine: GET /ready HTTP/1.1").
-    assert "not listening: nothing listens on 127.0.0.1:40000 (the probe connected to itself)" \
-        in proc.stdout, proc.stdout
+    expected = "not listening: nothing listens on 127.0.0.1:40000 (the probe connected to itself)"
+    assert expected in proc.stdout, proc.stdout
     assert "node bound 40000" in proc.stdout
