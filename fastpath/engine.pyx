@@ -414,6 +414,28 @@ cdef bint _same_destination(const Service* a, const Service* b) noexcept nogil:
     return True
 
 
+cdef int64_t _service_in(const Table* t, const Service* a, int64_t guess) noexcept nogil:
+    """The index in `t` of the service that is `a`'s destination (_same_destination),
+    looked for at `guess` first; -1 when `t` has none."""
+    cdef uint32_t k
+    if 0 <= guess < t.n_services and _same_destination(a, &t.services[guess]):
+        return guess
+    for k in range(t.n_services):
+        if _same_destination(a, &t.services[k]):
+            return k
+    return -1
+
+
+cdef Endpoint* _endpoint_in(Service* b, const Endpoint* e) noexcept nogil:
+    """`b`'s endpoint at `e`'s address, or NULL."""
+    cdef uint32_t m
+    for m in range(b.n_endpoints):
+        if (b.endpoints[m].addrlen == e.addrlen
+                and memcmp(&b.endpoints[m].addr, &e.addr, e.addrlen) == 0):
+            return &b.endpoints[m]
+    return NULL
+
+
 cdef void _carry_endpoint(const Table* t, Endpoint* e, Endpoint* b) noexcept nogil:
     """Move what old endpoint `e` knows to `b`, the same address in table `t`: its
     failure streak, its resumable session and its idle upstreams. Only those opened as
@@ -444,34 +466,25 @@ cdef void _carry_endpoints(Table* old, Table* t) noexcept nogil:
     upstreams (the next requests need no new handshake). What stays behind is closed
     with the old table. Services are looked up at the same index first: a push rarely
     reorders or inserts many, so a swap stays about linear in the endpoints."""
-    cdef uint32_t i, j, k, m, guess
+    cdef uint32_t i, j
+    cdef int64_t k
     cdef int64_t shift = 0           # where the last service moved to, relative
     cdef Service* a
-    cdef Service* b
     cdef Endpoint* e
+    cdef Endpoint* b
     for i in range(old.n_services):
         a = &old.services[i]
-        b = NULL
-        guess = <uint32_t>(<int64_t>i + shift)
-        if guess < t.n_services and _same_destination(a, &t.services[guess]):
-            b = &t.services[guess]
-        else:
-            for k in range(t.n_services):
-                if _same_destination(a, &t.services[k]):
-                    b = &t.services[k]
-                    shift = <int64_t>k - <int64_t>i
-                    break
-        if b == NULL:
+        k = _service_in(t, a, <int64_t>i + shift)
+        if k < 0:
             continue
+        shift = k - <int64_t>i
         for j in range(a.n_endpoints):
             e = &a.endpoints[j]
             if e.fails == 0 and e.session == NULL and e.n_idle == 0:
                 continue
-            for m in range(b.n_endpoints):
-                if (b.endpoints[m].addrlen == e.addrlen
-                        and memcmp(&b.endpoints[m].addr, &e.addr, e.addrlen) == 0):
-                    _carry_endpoint(t, e, &b.endpoints[m])
-                    break
+            b = _endpoint_in(&t.services[k], e)
+            if b != NULL:
+                _carry_endpoint(t, e, b)
 
 
 cdef void _swap(Core* core, Table* t) noexcept nogil:
@@ -2310,25 +2323,13 @@ cdef Endpoint* _current_endpoint(Core* core, Conn* c) noexcept nogil:
     (same destination, same address); NULL when it has none or c's table is current."""
     cdef Table* t = core.table
     cdef Service* a = &c.table.services[c.service]
-    cdef Endpoint* e = &a.endpoints[c.endpoint]
-    cdef Service* b = NULL
-    cdef uint32_t k, m
+    cdef int64_t k
     if t == NULL or t == c.table:
         return NULL
-    if c.service < t.n_services and _same_destination(a, &t.services[c.service]):
-        b = &t.services[c.service]
-    else:
-        for k in range(t.n_services):
-            if _same_destination(a, &t.services[k]):
-                b = &t.services[k]
-                break
-    if b == NULL:
+    k = _service_in(t, a, c.service)
+    if k < 0:
         return NULL
-    for m in range(b.n_endpoints):
-        if (b.endpoints[m].addrlen == e.addrlen
-                and memcmp(&b.endpoints[m].addr, &e.addr, e.addrlen) == 0):
-            return &b.endpoints[m]
-    return NULL
+    return _endpoint_in(&t.services[k], &a.endpoints[c.endpoint])
 
 
 cdef void _pass_over(Core* core, Endpoint* ep) noexcept nogil:
