@@ -3,7 +3,9 @@
 #
 # Everything below the classes' Python-facing methods is plain C touched only by the
 # engine thread (the one inside Engine.run(), GIL released), except where a field says
-# otherwise. The implementation and the reasoning are in engine.pyx.
+# otherwise. The reasoning is in engine.pyx's docstring; the implementation in the stage
+# files it includes (loop, conn, io, handshake, detect, http_stream, router, filters,
+# balancer, endpoint, stats, table: *.pxi), one stage of a connection's path each.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 

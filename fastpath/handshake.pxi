@@ -1,0 +1,87 @@
+# handshake.pxi: TLS handshakes on either side of a pair: driving them, counting how they
+# ended, and reading the peer's verified SPIFFE ID once per connection.
+#
+# Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+
+cdef bint _peer_refused(openssl.SSL* ssl) noexcept nogil:
+    """Did this handshake fail because the peer's certificate was missing or bad?"""
+    cdef unsigned long e
+    cdef bint refused = openssl.SSL_get_verify_result(ssl) != openssl.X509_V_OK
+    while True:
+        e = openssl.ERR_get_error()       # drains the queue as it looks
+        if e == 0:
+            break
+        if openssl.ERR_GET_LIB(e) == openssl.ERR_LIB_SSL:
+            if (openssl.ERR_GET_REASON(e) == openssl.SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
+                    or openssl.ERR_GET_REASON(e) == openssl.SSL_R_CERTIFICATE_VERIFY_FAILED):
+                refused = True
+    return refused
+
+
+cdef inline Side* _tls_side(Conn* c) noexcept nogil:
+    return &c.down if c.flags & CONN_INBOUND else &c.up
+
+
+cdef int _handshake_done(Core* core, Conn* c, Side* s) noexcept nogil:
+    """A handshake completed: count it, keep the peer's verified SPIFFE ID with the pair
+    (read once per connection), and hand the pair to its side's next stage: the
+    upstream's identity check and the pipe (endpoint), or the inbound detection."""
+    cdef SideCounters* sc = _counters_of(core, c)
+    cdef char peer[SPIFFE_ID_MAX_BYTES + 1]
+    cdef int n
+    sc.tls_handshakes += 1
+    if openssl.SSL_session_reused(s.ssl):
+        sc.tls_resumed += 1
+    n = peer_spiffe_id(s.ssl, peer, sizeof(peer))
+    if not (c.flags & CONN_INBOUND):
+        if not _peer_allowed(core, c, peer, n):
+            return STATUS_CLOSE
+    elif not (c.flags & CONN_ROUTED):
+        sc.tls_failures_other += 1      # cannot happen: no route means no certificate
+        return STATUS_CLOSE
+    elif n <= 0:
+        # Verified by the route's trust bundle, yet no usable SPIFFE ID: not a workload.
+        sc.tls_failures_verify += 1
+        return STATUS_CLOSE
+    c.peer_id = <char*>malloc(<size_t>n + 1)
+    if c.peer_id == NULL:
+        sc.aborted += 1
+        return STATUS_RESET
+    memcpy(c.peer_id, peer, <size_t>n + 1)
+    c.peer_id_length = <uint32_t>n
+    c.peer_principal = _principal_of(core, peer, <uint32_t>n)
+    c.stat = -1
+    if not (c.flags & CONN_INBOUND):
+        if not openssl.SSL_session_reused(s.ssl):
+            c.flags |= CONN_TICKET_WAIT
+        return _enter_pipe(core, c)
+    return _inbound_detect(core, c, s)
+
+
+cdef int _handshake(Core* core, Conn* c) noexcept nogil:
+    cdef Side* s = _tls_side(c)
+    cdef SideCounters* sc = _counters_of(core, c)
+    cdef int r, err
+    cdef Endpoint* ep
+    openssl.ERR_clear_error()
+    r = openssl.SSL_do_handshake(s.ssl)
+    if r == 1:
+        return _handshake_done(core, c, s)
+    err = openssl.SSL_get_error(s.ssl, r)
+    if err == openssl.SSL_ERROR_WANT_READ or err == openssl.SSL_ERROR_WANT_WRITE:
+        return STATUS_OK
+    if c.flags & CONN_UNKNOWN_SNI:
+        core.counters.tls_unknown_sni += 1
+        openssl.ERR_clear_error()
+    elif _peer_refused(s.ssl):
+        sc.tls_failures_verify += 1
+    else:
+        sc.tls_failures_other += 1
+        openssl.ERR_clear_error()
+    if c.flags & CONN_OFFERED_SESSION:
+        # The session we offered may be what broke the handshake: do not offer it again.
+        ep = &c.table.services[c.service].endpoints[c.endpoint]
+        if ep.session != NULL:
+            openssl.SSL_SESSION_free(ep.session)
+            ep.session = NULL
+    return STATUS_CLOSE

@@ -1,0 +1,626 @@
+# http_stream.pxi: HTTP/1.1 framing both ways on a pair: request heads and bodies from the
+# client, responses from the upstream, the engine's own answers, and a gone client's
+# drain.
+#
+# Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+
+cdef int _drain_start(Core* core, Conn* c) noexcept nogil:
+    """The client of an HTTP outbound pair is gone: keep the upstream when every byte
+    sent on it belongs to whole requests (their answers are then read and dropped, and
+    the upstream pooled: _drain); STATUS_RESET when it cannot be kept."""
+    if (c.flags & (CONN_INBOUND | CONN_HTTP)) != CONN_HTTP or c.up.ssl == NULL:
+        return STATUS_RESET
+    if (c.state != CONN_PIPE or c.switching or not c.reusable or c.fwd != 0
+            or c.req_phase != REQ_HEAD or c.resp_phase == RESP_TUNNEL
+            or c.resp_phase == RESP_CLOSE or c.u2d.eof
+            or (c.resp_phase == RESP_LENGTH and c.resp_left > core.drain_max_bytes)):
+        return STATUS_RESET
+    _side_close(&c.down, True)
+    if c.d2u.buf != NULL:
+        _buf_put(core, c.d2u.buf)
+    memset(&c.d2u, 0, sizeof(Flow))
+    c.flags = (c.flags | CONN_DRAINING) & ~CONN_RETRYABLE
+    if c.resp_phase != RESP_HEAD:
+        c.flags |= CONN_DRAIN_HEAD_SEEN
+    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    return _drain(core, c)
+
+
+cdef int _drain(Core* core, Conn* c) noexcept nogil:
+    """CONN_DRAINING: read the upstream's answers, drop them as they are framed, pool
+    the upstream once nothing is owed (STATUS_CLOSE ends the pair either way)."""
+    cdef Flow* f = &c.u2d
+    cdef Py_ssize_t r
+    cdef uint32_t cap = core.buffer_bytes
+    while True:
+        if f.buf == NULL:
+            f.buf = _buf_get(core)
+            if f.buf == NULL:
+                return STATUS_RESET
+        # What is framed was for the client that left (at the start, maybe a whole
+        # buffer it stopped reading): dropped.
+        f.head += c.resp_fwd
+        c.resp_fwd = 0
+        if f.head == f.tail:
+            f.head = 0
+            f.tail = 0
+        elif f.tail == cap:
+            memmove(f.buf, f.buf + f.head, f.tail - f.head)
+            f.tail -= f.head
+            f.head = 0
+            if f.tail == cap:
+                return STATUS_RESET     # a head over a buffer: not worth keeping
+        r = _recv(&c.up, f.buf + f.tail, cap - f.tail)
+        if r == STATUS_AGAIN:
+            break
+        if r <= 0:
+            return STATUS_RESET         # ended or failed: nothing to keep
+        f.tail += <uint32_t>r
+        if _http_rframe(core, c) != STATUS_OK:
+            return STATUS_RESET
+    if f.head == f.tail:
+        _buf_put(core, f.buf)
+        memset(f, 0, sizeof(Flow))
+    c.active_ns = core.now_ns
+    if c.n_pend == 0 and c.resp_phase == RESP_HEAD and f.buf == NULL and c.reusable:
+        _pool_put(core, c)
+        return STATUS_CLOSE
+    return STATUS_OK
+
+
+cdef const char* _reason(int status) noexcept nogil:
+    if status == 502:
+        return b"Bad Gateway"
+    if status == 400:
+        return b"Bad Request"
+    if status == 404:
+        return b"Not Found"
+    if status == 408:
+        return b"Request Timeout"
+    if status == 413:
+        return b"Content Too Large"
+    if status == 414:
+        return b"URI Too Long"
+    if status == 431:
+        return b"Request Header Fields Too Large"
+    if status == 501:
+        return b"Not Implemented"
+    if status == 503:
+        return b"Service Unavailable"
+    if status == 505:
+        return b"HTTP Version Not Supported"
+    return b"Error"
+
+
+cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
+                      int body_len) noexcept nogil:
+    """Answer the client ourselves (at most once per connection) before the pair closes:
+    `status` with a text body (`body_len` bytes of `body`, all of a C string `body` when
+    -1, or the reason phrase when `body` is NULL), Connection: close.
+
+    What the client sent and we did not read is drained first (bounded): closing a
+    socket with unread bytes sends RST, which can make the client drop our answer
+    (RFC 9112 §9.6 asks for a lingering close; this is the cheap part of one)."""
+    cdef char sink[4096]
+    cdef char msg[1024]
+    cdef const char* reason = _reason(status)
+    cdef int n, i
+    cdef Py_ssize_t r
+    if c.flags & CONN_HTTP_REPLIED or c.down.fd < 0 or c.u2d.shut:
+        return                          # (the client's side was ended already: no answer)
+    c.flags |= CONN_HTTP_REPLIED
+    _count_answer(core, c, status, -1)
+    if c.n_pend > 0:
+        # The answer to the oldest request sent on; any behind it are cut off, and
+        # counted so when the pair closes (_count_cut_off).
+        c.resp_phase = RESP_HEAD
+        c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
+        c.n_pend -= 1
+    if status == 404:
+        core.counters.http_no_route += 1
+    elif status == 503:
+        core.counters.http_unavailable += 1
+    elif status != 408:
+        core.counters.http_bad_request += 1
+    if c.down.ssl == NULL:
+        for i in range(256):
+            if net.recv(c.down.fd, sink, sizeof(sink), 0) <= 0:
+                break
+    if body == NULL:
+        body = reason
+        body_len = <int>strlen(reason)
+    elif body_len == -1:
+        body_len = <int>strlen(body)
+    if body_len < 0 or body_len > 512:
+        body_len = 0
+    n = snprintf(msg, sizeof(msg),
+                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                 b"connection: close\r\n\r\n%.*s%s",
+                 status, reason, <int>(body_len + (1 if body == reason else 0)), body_len, body,
+                 b"\n" if body == reason else b"")
+    if n <= 0 or n >= <int>sizeof(msg):
+        return
+    if c.down.ssl != NULL:
+        # Inbound: the peer node's outbound side reads this as the app's answer.
+        r = _send(&c.down, msg, <uint32_t>n)
+        if r > 0:
+            core.counters.inbound.bytes_sent += <uint64_t>r
+        _shut(&c.down)
+        return
+    r = net.send(c.down.fd, msg, <size_t>n, net.MSG_NOSIGNAL)
+    if r > 0:
+        core.counters.outbound.bytes_sent += <uint64_t>r
+    net.shutdown(c.down.fd, net.SHUT_WR)
+
+
+cdef uint32_t _origin_form(Flow* f, uint32_t base, ReqHead* req) noexcept nogil:
+    """Rewrite an absolute-form request-target ("http://host/p?q") parsed at
+    f.buf + base to origin-form ("/p?q") in the buffer: apps expect origin-form from a
+    proxy (RFC 9112 §3.2.2). Returns how many bytes the head lost."""
+    cdef char* b = f.buf + base
+    cdef uint32_t start = req.target.off
+    cdef uint32_t cut
+    if req.path.len > 0 and b[req.path.off] == c'/':
+        cut = req.path.off - start
+    else:
+        # Empty path or a bare query: "/" goes where the authority's last byte was.
+        b[req.path.off - 1] = c'/'
+        cut = req.path.off - 1 - start
+    memmove(b + start, b + start + cut, f.tail - base - start - cut)
+    f.tail -= cut
+    return cut
+
+
+cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept nogil:
+    """A request head at d2u.buf + base, for the current upstream: edit it for the
+    next hop, count it as framed, and expect its body. STATUS_OK, or STATUS_AGAIN
+    (inbound: no room for x-forwarded-client-cert until earlier bytes are sent).
+
+    Outbound, the client's hop-by-hop fields go and an absolute-form target becomes
+    origin-form. The client's `Connection: close` is about the client's connection
+    only: the upstream hop stays pooled (HTTP/1.1 requests go on without it), and the
+    client's connection is closed after this request's answer, which then says so."""
+    cdef int64_t delta = 0
+    cdef uint32_t i
+    if c.flags & CONN_INBOUND:
+        if not _xfcc_set(core, c, req, base, &delta):
+            return STATUS_AGAIN
+    else:
+        if req.version_minor == 1 and not req.upgrade:
+            delta = -<int64_t>strip_hop_fields(c.d2u.buf + base, c.d2u.tail - base, req)
+            c.d2u.tail = <uint32_t>(c.d2u.tail + delta)
+        elif not req.keep_alive:
+            c.reusable = False  # HTTP/1.0 goes on as it came: the upstream will close
+        if not req.keep_alive:
+            c.client_close = True
+        if req.target_form == TARGET_ABSOLUTE:
+            delta -= _origin_form(&c.d2u, base, req)
+    c.fwd = <uint32_t>(c.fwd + req.head_len + delta)
+    if not (req.method == METHOD_GET or req.method == METHOD_HEAD or req.method == METHOD_PUT
+            or req.method == METHOD_DELETE or req.method == METHOD_OPTIONS
+            or req.method == METHOD_TRACE):
+        # RFC 9110 §9.2.2: only idempotent requests may be sent twice.
+        c.flags &= ~CONN_RETRYABLE
+    _invariant(c.n_pend < ENGINE_HTTP_PIPELINE_MAX, b"pipeline ring overflow")
+    i = (c.pend_first + c.n_pend) % ENGINE_HTTP_PIPELINE_MAX
+    c.pend_start_ns[i] = core.now_ns
+    c.pend_method[i] = <uint8_t>req.method
+    c.n_pend += 1
+    if req.upgrade or req.method == METHOD_CONNECT:
+        # Whatever the answer, we stop reading requests here: a 101 (or a 2xx to
+        # CONNECT) makes the rest a byte pipe; a refusal is rare enough to just pipe.
+        c.req_phase = REQ_TUNNEL
+    elif req.body == BODY_LENGTH:
+        c.req_phase = REQ_LENGTH
+        c.req_left = req.content_length
+    elif req.body == BODY_CHUNKED:
+        c.req_phase = REQ_CHUNKED
+        chunk_init(&c.chunk, &core.http_limits)
+    else:
+        c.req_phase = REQ_HEAD
+    return STATUS_OK
+
+
+cdef int _http_head(Core* core, Conn* c) noexcept nogil:
+    """HTTP_HEAD: read a request head into d2u until it parses, then route it. After a
+    switch the head (and maybe more requests) may be buffered already."""
+    cdef Flow* f = &c.d2u
+    cdef uint32_t cap = core.buffer_bytes
+    cdef Py_ssize_t r
+    cdef int rc
+    cdef bint full
+    cdef bint buffered = f.buf != NULL and f.tail > f.head
+    cdef ReqHead req
+    if buffered and f.head > 0:
+        memmove(f.buf, f.buf + f.head, f.tail - f.head)
+        f.tail -= f.head
+        f.head = 0
+    while True:
+        if f.buf == NULL:
+            f.buf = _buf_get(core)
+            if f.buf == NULL:
+                return STATUS_CLOSE     # cannot happen: the pool has two blocks per slot
+        full = f.tail == cap
+        if not full and not buffered:
+            r = _recv(&c.down, f.buf + f.tail, cap - f.tail)
+            if r == STATUS_AGAIN:
+                return STATUS_OK
+            if r == STATUS_EOF:
+                return STATUS_CLOSE     # gone before a whole head: nothing to answer
+            if r < 0:
+                return STATUS_RESET
+            core.counters.outbound.bytes_received += <uint64_t>r
+            f.tail += <uint32_t>r
+            c.active_ns = core.now_ns
+            # A head ends with a LF: no use re-parsing before one arrives (http1.pxd).
+            if memchr(f.buf + f.tail - r, c'\n', <size_t>r) == NULL and f.tail < cap:
+                continue
+        buffered = False
+        rc = parse_request_head(f.buf, f.tail, &req, &core.http_limits)
+        if rc > 0:
+            return _http_route(core, c, &req)
+        if rc < 0:
+            _http_reply(core, c, request_error_status(rc), NULL, 0)
+            return STATUS_CLOSE
+        if full or f.tail == cap:
+            # The head does not fit one pooled buffer: a limit like any other.
+            _http_reply(core, c, 431, NULL, 0)
+            return STATUS_CLOSE
+
+
+cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
+    """PIPE: extend the framed part of d2u over what was read, request by request, up
+    to a request for another service (then `switching`). STATUS_OK or STATUS_RESET (a
+    request that does not parse mid-connection: answers to earlier requests may still
+    be coming, so we cannot answer in order; the client sees the connection drop)."""
+    cdef Flow* f = &c.d2u
+    cdef uint32_t start, avail
+    cdef Py_ssize_t n
+    cdef int rc, port
+    cdef size_t hn
+    cdef char host[256]
+    cdef HostEntry* e
+    cdef ReqHead req
+    while not c.switching and f.buf != NULL:
+        start = f.head + c.fwd
+        avail = f.tail - start
+        if c.client_close and c.req_phase == REQ_HEAD:
+            # Nothing after a request that said close is a request (RFC 9112 §9.6):
+            # what the client sends is dropped, as if it had ended there.
+            f.tail = start
+            f.eof = True
+            return STATUS_OK
+        if avail == 0:
+            return STATUS_OK
+        if c.req_phase == REQ_TUNNEL:
+            c.fwd += avail
+        elif c.req_phase == REQ_LENGTH:
+            n = avail if <int64_t>avail < c.req_left else <Py_ssize_t>c.req_left
+            c.fwd += <uint32_t>n
+            c.req_left -= n
+            if c.req_left == 0:
+                c.req_phase = REQ_HEAD
+        elif c.req_phase == REQ_CHUNKED:
+            n = chunked_advance(&c.chunk, f.buf + start, avail, NULL, NULL)
+            if n < 0:
+                core.counters.http_bad_request += 1
+                return STATUS_RESET
+            c.fwd += <uint32_t>n
+            if c.chunk.phase == CHUNK_DONE:
+                c.req_phase = REQ_HEAD
+        else:
+            if c.n_pend == ENGINE_HTTP_PIPELINE_MAX:
+                return STATUS_OK        # deep enough: the rest waits for answers
+            rc = parse_request_head(f.buf + start, avail, &req, &core.http_limits)
+            if rc == 0:
+                if f.tail >= _d2u_cap(core, c) and f.head == 0 and c.fwd == 0:
+                    core.counters.http_bad_request += 1     # a head over a buffer
+                    return STATUS_RESET
+                if f.eof:
+                    f.tail = start      # a partial head, then the end: nothing to send
+                return STATUS_OK
+            if rc < 0:
+                core.counters.http_bad_request += 1
+                return STATUS_RESET
+            if not (c.flags & (CONN_INBOUND | CONN_FIXED_SERVICE)):
+                # Shared outbound listener: each request names its service; another one
+                # waits for a switch (inbound: the SNI chose the one local service; a
+                # service port's own listener: that service).
+                hn = 0
+                port = -1
+                e = NULL
+                if req.authority.len > 0:
+                    hn = authority_host(f.buf + start + req.authority.off, req.authority.len,
+                                        host, sizeof(host), &port)
+                if hn > 0:
+                    e = _host_lookup(c.table, host, hn, port)
+                if e == NULL or e.service != c.service:
+                    c.switching = True
+                    return STATUS_OK
+            if not (c.flags & CONN_INBOUND):
+                core.counters.http_routed += 1
+            if _http_framed(core, c, &req, start) == STATUS_AGAIN:
+                if f.head == 0:
+                    return STATUS_OK    # room comes once the framed bytes are sent
+                memmove(f.buf, f.buf + f.head, f.tail - f.head)
+                f.tail -= f.head
+                f.head = 0
+    return STATUS_OK
+
+
+cdef inline uint32_t _d2u_cap(Core* core, Conn* c) noexcept nogil:
+    """How far an HTTP pair's d2u buffer is filled from the client: room is kept for
+    the field the engine adds to request heads (Conn.head_reserve)."""
+    return core.buffer_bytes - c.head_reserve
+
+
+cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
+    """_flow() for an HTTP client's bytes: read, frame (_http_frame), send only what
+    is framed for the current upstream (a request for another service waits in the
+    buffer until _pump switches). The amount moved, or STATUS_RESET."""
+    cdef Flow* f = &c.d2u
+    cdef int64_t progress = 0
+    cdef Py_ssize_t r
+    cdef uint32_t cap = _d2u_cap(core, c)
+    cdef bint truncated
+    while not f.eof and not c.switching:
+        if f.buf == NULL:
+            f.buf = _buf_get(core)
+            if f.buf == NULL:
+                break
+        if f.tail >= cap:
+            if f.head == 0:
+                break
+            c.flags &= ~CONN_RETRYABLE  # the sent bytes go: no retry from here
+            memmove(f.buf, f.buf + f.head, f.tail - f.head)
+            f.tail -= f.head
+            f.head = 0
+            if f.tail >= cap:
+                break                   # added fields fill the room kept for them
+        r = _recv(&c.down, f.buf + f.tail, cap - f.tail)
+        if r > 0:
+            f.tail += <uint32_t>r
+            progress += r
+            received[0] += <uint64_t>r
+        elif r == STATUS_EOF:
+            f.eof = True
+            progress += 1
+        elif r == STATUS_AGAIN:
+            break
+        else:
+            c.flags |= CONN_CLIENT_GONE
+            return STATUS_RESET
+    if _http_frame(core, c) != STATUS_OK:
+        return STATUS_RESET
+    while c.fwd > 0:
+        r = _send(&c.up, f.buf + f.head, c.fwd)
+        if r > 0:
+            f.head += <uint32_t>r
+            c.fwd -= <uint32_t>r
+            progress += r
+        elif r == STATUS_AGAIN:
+            break
+        else:
+            return STATUS_RESET
+    _invariant(f.head + c.fwd <= f.tail and f.tail <= core.buffer_bytes,
+               b"http framing out of the buffer")
+    if f.buf != NULL and f.head == f.tail and not (c.flags & CONN_RETRYABLE):
+        _buf_put(core, f.buf)
+        f.buf = NULL
+        f.head = 0
+        f.tail = 0
+    # A client that ended in the middle of a request body cannot make it whole: its end
+    # goes upstream now, so the app sees the request cut short and answers or closes,
+    # rather than all three waiting for bytes that will not come. Such an upstream is
+    # not pooled. (A head never finished is dropped by _http_frame.)
+    truncated = f.eof and (c.req_phase == REQ_LENGTH or c.req_phase == REQ_CHUNKED)
+    if truncated:
+        c.reusable = False
+        c.flags &= ~CONN_RETRYABLE
+    # The client's end goes upstream once its requests are answered (or cut short) and
+    # the upstream cannot be pooled (_pump pools it otherwise).
+    if (not f.shut and c.fwd == 0 and not c.switching and f.eof and f.buf == NULL
+            and (c.n_pend == 0 or truncated) and not _http_idle(c)):
+        r = _shut(&c.up)
+        if r == STATUS_OK:
+            f.shut = True
+            progress += 1
+        elif r != STATUS_AGAIN:
+            return STATUS_RESET
+    return progress
+
+
+cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
+    """The oldest pending request got its final response (framed to its end)."""
+    _invariant(c.n_pend > 0, b"a response without a request")
+    c.flags |= CONN_ANSWERED
+    # An answer nobody received counts as code 0 (Envoy's "downstream disconnected").
+    _count_answer(core, c, c.resp_status if not c.flags & CONN_DRAINING
+                  or c.flags & CONN_DRAIN_HEAD_SEEN else 0,
+                  core.now_ns - c.pend_start_ns[c.pend_first])
+    c.flags &= ~CONN_DRAIN_HEAD_SEEN
+    c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
+    c.n_pend -= 1
+
+
+cdef inline uint32_t _u2d_cap(Core* core, Conn* c) noexcept nogil:
+    """How far an HTTP client's u2d buffer is filled from the upstream: room is kept
+    for the `Connection: close` its last answer may need."""
+    return core.buffer_bytes - (CLOSE_LINE_BYTES if c.client_close else 0)
+
+
+cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
+    """Extend the framed part of u2d over what the upstream sent, response by
+    response. STATUS_OK, STATUS_RESET, or STATUS_CLOSE after answering 502."""
+    cdef Flow* f = &c.u2d
+    cdef uint32_t start, avail
+    cdef Py_ssize_t n
+    cdef int rc, added
+    cdef RespHead resp
+    while f.buf != NULL:
+        start = f.head + c.resp_fwd
+        avail = f.tail - start
+        if avail == 0:
+            break
+        if c.resp_phase == RESP_TUNNEL or c.resp_phase == RESP_CLOSE:
+            c.resp_fwd += avail
+        elif c.resp_phase == RESP_LENGTH:
+            n = avail if <int64_t>avail < c.resp_left else <Py_ssize_t>c.resp_left
+            c.resp_fwd += <uint32_t>n
+            c.resp_left -= n
+            if c.resp_left == 0:
+                _http_answered(core, c)
+                c.resp_phase = RESP_HEAD
+        elif c.resp_phase == RESP_CHUNKED:
+            n = chunked_advance(&c.resp_chunk, f.buf + start, avail, NULL, NULL)
+            if n < 0:
+                core.counters.http_bad_response += 1
+                return STATUS_RESET
+            c.resp_fwd += <uint32_t>n
+            if c.resp_chunk.phase == CHUNK_DONE:
+                _http_answered(core, c)
+                c.resp_phase = RESP_HEAD
+        else:
+            if c.n_pend == 0:
+                if c.req_phase == REQ_TUNNEL:
+                    c.resp_phase = RESP_TUNNEL      # requests went opaque: so do answers
+                    continue
+                core.counters.http_bad_response += 1    # bytes nobody asked for
+                return STATUS_RESET
+            rc = parse_response_head(f.buf + start, avail, &resp, &core.http_limits,
+                                     <Method>c.pend_method[c.pend_first])
+            if rc == 0:
+                if f.tail >= _u2d_cap(core, c) and f.head == 0 and c.resp_fwd == 0:
+                    rc = -1                 # a head over a buffer: refused like a bad one
+                else:
+                    break
+            if rc < 0:
+                core.counters.http_bad_response += 1
+                if c.resp_fwd == 0:
+                    _http_reply(core, c, 502, b"bad response from upstream\n", -1)
+                    return STATUS_CLOSE
+                return STATUS_RESET
+            c.resp_status = resp.status
+            if c.client_close and c.n_pend == 1 and resp.status >= 200:
+                # The answer to the request that said close: the client learns that its
+                # connection ends here (its upstream may well stay pooled).
+                if f.head > 0:
+                    memmove(f.buf, f.buf + f.head, f.tail - f.head)
+                    f.tail -= f.head
+                    start -= f.head
+                    f.head = 0
+                added = make_close(f.buf + start, f.tail - start,
+                                   core.buffer_bytes - start, &resp)
+                if added < 0:
+                    return STATUS_RESET     # cannot happen: _u2d_cap keeps the room
+                f.tail += <uint32_t>added
+                rc += added
+            c.resp_fwd += <uint32_t>rc
+            if resp.status < 200 and resp.status != 101:
+                continue                    # interim (100 Continue): the request waits
+            if not resp.keep_alive:
+                c.reusable = False
+            if resp.body == BODY_LENGTH:
+                c.resp_phase = RESP_LENGTH
+                c.resp_left = resp.content_length
+            elif resp.body == BODY_CHUNKED:
+                c.resp_phase = RESP_CHUNKED
+                chunk_init(&c.resp_chunk, &core.http_limits)
+            else:
+                # No body, or one until close / a tunnel: answered as of its head.
+                _http_answered(core, c)
+                if resp.body == BODY_UNTIL_CLOSE:
+                    c.resp_phase = RESP_CLOSE
+                elif resp.body == BODY_TUNNEL:
+                    c.resp_phase = RESP_TUNNEL
+    if f.eof and c.resp_fwd == 0:
+        if c.resp_phase == RESP_LENGTH or c.resp_phase == RESP_CHUNKED:
+            core.counters.http_bad_response += 1    # ended mid-body: do not pass as whole
+            return STATUS_RESET
+        if c.resp_phase == RESP_HEAD and (c.n_pend > 0 or f.head < f.tail):
+            if c.flags & CONN_INBOUND and c.flags & CONN_ANSWERED:
+                # The app closed a connection it had kept alive as a request arrived
+                # (the keep-alive race): end the pair without an answer, so the
+                # caller's node may send an idempotent request again.
+                return STATUS_CLOSE
+            if c.flags & CONN_ANSWERED and not c.reusable:
+                # An answer said close and the upstream did: the requests behind it
+                # get no answer (none may follow a close), counted as cut off.
+                return STATUS_CLOSE
+            core.counters.http_bad_response += 1
+            _http_reply(core, c, 502, b"upstream closed before responding\n", -1)
+            return STATUS_CLOSE
+    return STATUS_OK
+
+
+cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
+    """_flow() for an upstream's answers to an HTTP client: read, frame
+    (_http_rframe), send only whole-framed bytes; the upstream's end reaches the client
+    unless it was ended to switch services. The amount moved, or a status."""
+    cdef Flow* f = &c.u2d
+    cdef int64_t progress = 0
+    cdef Py_ssize_t r
+    cdef int st
+    cdef uint32_t cap = _u2d_cap(core, c)
+    while not f.eof:
+        if f.buf == NULL:
+            f.buf = _buf_get(core)
+            if f.buf == NULL:
+                break
+        if f.tail >= cap:
+            if f.head == 0:
+                break
+            memmove(f.buf, f.buf + f.head, f.tail - f.head)
+            f.tail -= f.head
+            f.head = 0
+            if f.tail >= cap:
+                break               # filled before the room for `close` was kept
+        r = _recv(&c.up, f.buf + f.tail, cap - f.tail)
+        if r > 0:
+            c.flags &= ~CONN_RETRYABLE  # an answer started: it is the client's now
+            f.tail += <uint32_t>r
+            progress += r
+        elif r == STATUS_AGAIN:
+            break
+        elif c.flags & CONN_RETRYABLE:
+            return STATUS_RETRY
+        elif r == STATUS_EOF:
+            f.eof = True
+            progress += 1
+        else:
+            if c.resp_phase == RESP_HEAD and c.n_pend > 0 and c.resp_fwd == 0 and f.buf != NULL and f.head == f.tail:
+                core.counters.http_bad_response += 1
+                _http_reply(core, c, 502, b"upstream connection failed\n", -1)
+                return STATUS_CLOSE
+            return STATUS_RESET
+    st = _http_rframe(core, c)
+    if st != STATUS_OK:
+        return st
+    while c.resp_fwd > 0:
+        r = _send(&c.down, f.buf + f.head, c.resp_fwd)
+        if r > 0:
+            f.head += <uint32_t>r
+            c.resp_fwd -= <uint32_t>r
+            progress += r
+            sent[0] += <uint64_t>r
+        elif r == STATUS_AGAIN:
+            break
+        else:
+            c.flags |= CONN_CLIENT_GONE
+            return STATUS_RESET
+    _invariant(f.head + c.resp_fwd <= f.tail and f.tail <= cap, b"http response framing out of the buffer")
+    if f.buf != NULL and f.head == f.tail:
+        _buf_put(core, f.buf)
+        f.buf = NULL
+        f.head = 0
+        f.tail = 0
+    if (f.eof and f.buf == NULL and not f.shut and not c.switching
+            and c.resp_phase != RESP_LENGTH and c.resp_phase != RESP_CHUNKED):
+        # (An answer cut short is not passed on as a clean end: _http_rframe resets.)
+        r = _shut(&c.down)
+        if r == STATUS_OK:
+            f.shut = True
+            progress += 1
+        elif r != STATUS_AGAIN:
+            return STATUS_RESET
+    return progress

@@ -1,0 +1,292 @@
+# loop.pxi: The engine thread's epoll loop: accepting, dispatching readiness events, the
+# ready list, timeouts, and winding down.
+#
+# Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+
+cdef inline int64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline uint64_t _tag(uint32_t kind, uint32_t index, uint32_t gen) noexcept nogil:
+    return (<uint64_t>gen << 32) | (<uint64_t>index << 2) | kind
+
+
+cdef inline int _watch(Core* core, int fd, uint64_t tag) noexcept nogil:
+    cdef net.epoll_event ev
+    ev.events = _CONN_EVENTS
+    ev.data.u64 = tag
+    return net.epoll_ctl(core.epfd, net.EPOLL_CTL_ADD, fd, &ev)
+
+
+cdef void _wake(Core* core) noexcept nogil:
+    cdef uint64_t one = 1
+    # EAGAIN means the counter is already non-zero: the loop will wake anyway.
+    write(core.wakefd, &one, sizeof(one))
+
+
+cdef inline void _invariant(bint holds, const char* what) noexcept nogil:
+    # Debug builds only (MESHNODE_DEBUG is a compile-time constant: release code has no
+    # trace of these). A broken invariant is a bug in this file: stop at the scene.
+    if MESHNODE_DEBUG and not holds:
+        fprintf(stderr, b"fastpath.engine: invariant broken: %s\n", what)
+        abort()
+
+
+cdef void _accept(Core* core, uint32_t which) noexcept nogil:
+    cdef Table* t = core.table
+    cdef bint inbound = which == _INBOUND_LISTENER
+    cdef SideCounters* sc = &core.counters.inbound if inbound else &core.counters.outbound
+    cdef int lfd, fd, e, n
+    cdef Conn* c
+    cdef net.sockaddr_storage peer
+    cdef net.socklen_t peer_len
+    if t == NULL:
+        return
+    if inbound:
+        lfd = t.inbound_fd
+    elif which < t.n_listeners:
+        lfd = t.listeners[which].fd
+    else:
+        return
+    if lfd < 0:
+        return
+    for n in range(ENGINE_ACCEPT_BATCH):
+        peer_len = sizeof(peer)
+        peer.ss_family = 0
+        fd = net.accept4(lfd, <net.sockaddr*>&peer, &peer_len, net.SOCK_NONBLOCK | net.SOCK_CLOEXEC)
+        if fd < 0:
+            e = errno
+            if e == EAGAIN:
+                return
+            if e == EINTR or e == ECONNABORTED:
+                continue
+            sc.accept_failures += 1
+            if (e == EMFILE or e == ENFILE) and core.spare_fd >= 0:
+                # Out of descriptors: level-triggered epoll would report this backlog
+                # forever. Spend the spare fd to take one connection off and close it
+                # (the libuv / nginx trick), then take the spare back.
+                close(core.spare_fd)
+                fd = net.accept4(lfd, NULL, NULL, net.SOCK_CLOEXEC)
+                if fd >= 0:
+                    close(fd)
+                core.spare_fd = c_open(b"/dev/null", O_RDONLY | O_CLOEXEC)
+            return
+        c = _conn_new(core, t, CONN_INBOUND if inbound else 0)
+        if c == NULL:
+            sc.rejected_limit += 1
+            close(fd)
+            continue
+        c.down.fd = fd                  # TCP_NODELAY: from the listener (_check_fd)
+        if _watch(core, fd, _tag(_TAG_DOWN, c.index, c.gen)) != 0:
+            sc.accept_failures += 1
+            _conn_close(core, c, False)
+            continue
+        if inbound:
+            _settle(core, c, _inbound_start(core, c))
+        else:
+            _settle(core, c, _outbound_start(core, c, which, &peer))
+
+
+cdef int _conn_event(Core* core, Conn* c, uint32_t kind, uint32_t events) noexcept nogil:
+    cdef Side* side = &c.down if kind == _TAG_DOWN else &c.up
+    if events & (net.EPOLLIN | net.EPOLLRDHUP | net.EPOLLHUP | net.EPOLLERR):
+        side.readable = True
+    if events & (net.EPOLLRDHUP | net.EPOLLHUP | net.EPOLLERR):
+        side.hup = True
+    if c.state == CONN_PIPE:
+        return _pump(core, c)
+    if c.state == CONN_HTTP_HEAD:
+        return _http_head(core, c) if kind == _TAG_DOWN else STATUS_OK
+    if c.state == CONN_SNIFFING:
+        return _sniff(core, c) if kind == _TAG_DOWN else STATUS_OK
+    if c.state == CONN_HANDSHAKING:
+        if kind == <uint32_t>(_TAG_DOWN if c.flags & CONN_INBOUND else _TAG_UP):
+            return _handshake(core, c)
+        return STATUS_OK
+    if c.state == CONN_CONNECTING and kind == _TAG_UP:
+        return _connect_done(core, c, events)
+    return STATUS_OK
+
+
+cdef void _dispatch(Core* core, uint64_t tag, uint32_t events) noexcept nogil:
+    cdef uint32_t kind = <uint32_t>(tag & 3)
+    cdef uint32_t index = <uint32_t>((tag >> 2) & _TAG_INDEX_MASK)
+    cdef uint32_t gen = <uint32_t>(tag >> 32)
+    cdef uint64_t drained
+    cdef Conn* c
+    if kind == _TAG_WAKE:
+        read(core.wakefd, &drained, sizeof(drained))
+        core.woken = True
+        return
+    if kind == _TAG_LISTENER:
+        _accept(core, index)
+        return
+    if index >= core.max_conns:
+        return
+    c = &core.conns[index]
+    # A slot closed earlier in this batch (and maybe reused) is not this event's.
+    if c.gen != gen or c.state == CONN_FREE:
+        return
+    _settle(core, c, _conn_event(core, c, kind, events))
+
+
+cdef void _serve_ready(Core* core) noexcept nogil:
+    cdef uint32_t* serving = core.ready_next
+    cdef uint32_t n = core.n_ready_next
+    cdef uint32_t i
+    cdef Conn* c
+    core.ready_next = core.ready
+    core.n_ready_next = 0
+    core.ready = serving
+    core.n_ready = n
+    for i in range(n):
+        c = &core.conns[serving[i]]
+        c.flags &= ~CONN_IN_READY
+        if c.state == CONN_PIPE:
+            _settle(core, c, _pump(core, c))
+    core.n_ready = 0
+
+
+cdef void _scan(Core* core) noexcept nogil:
+    """Close pairs whose setup outlived connect_timeout or that idled past idle_timeout."""
+    cdef uint32_t i
+    cdef Conn* c
+    cdef SideCounters* sc
+    cdef int64_t now = core.now_ns
+    for i in range(core.n_slots):
+        c = &core.conns[i]
+        if c.state == CONN_FREE:
+            continue
+        sc = _counters_of(core, c)
+        if c.state == CONN_PIPE:
+            if c.flags & CONN_DRAINING and now >= c.deadline_ns:
+                sc.idle_timeouts += 1       # answers nobody waits for: not for long
+                _conn_close(core, c, True)
+            elif now - c.active_ns >= core.idle_timeout_ns:
+                sc.idle_timeouts += 1
+                _conn_close(core, c, False)
+        elif c.state == CONN_SNIFFING:
+            if now >= c.deadline_ns:        # silent, or no whole head in time: TCP
+                core.counters.sniffed_tcp += 1
+                _settle(core, c, _tcp_start(core, c))
+        elif now >= c.deadline_ns:
+            if c.state == CONN_HTTP_HEAD:
+                core.counters.http_head_timeouts += 1
+                _http_reply(core, c, 408, b"request head timeout\n", -1)
+            elif c.state == CONN_CONNECTING:
+                sc.connect_timeouts += 1
+            else:
+                sc.tls_handshake_timeouts += 1
+            if c.flags & CONN_SETTING_UP:
+                _settle(core, c, STATUS_CLOSE)  # the next endpoint, or 503
+                continue
+            if c.flags & CONN_HTTP and c.state != CONN_HTTP_HEAD:
+                _http_reply(core, c, 503, b"upstream unavailable\n", -1)
+            _conn_close(core, c, False)
+
+
+cdef void _wind_down(Core* core) noexcept nogil:
+    """After the loop: close every pair, leave the listeners, drop the tables."""
+    cdef uint32_t i
+    cdef Table* pending
+    for i in range(core.n_slots):
+        if core.conns[i].state != CONN_FREE:
+            _conn_close(core, &core.conns[i], False)
+    core.n_ready = 0
+    core.n_ready_next = 0
+    if core.table != NULL:
+        _listeners_unwatch(core, core.table)
+        _table_release(core, core.table)
+        core.table = NULL
+    net.pthread_mutex_lock(&core.lock)
+    pending = core.pending
+    core.pending = NULL
+    net.pthread_mutex_unlock(&core.lock)
+    _table_free(pending)
+    _invariant(core.counters.buffers_in_use == 0 and core.n_free_bufs == core.n_bufs,
+               b"buffers still out after every connection closed")
+    _invariant(core.counters.tables_live == 0, b"a table outlived the loop")
+    _invariant(core.counters.outbound.connections_active == 0
+               and core.counters.inbound.connections_active == 0,
+               b"connections still counted active after the loop")
+
+
+cdef int _loop(Core* core) noexcept nogil:
+    cdef net.epoll_event events[ENGINE_EPOLL_EVENTS]
+    cdef int n, i, timeout_ms
+    cdef int status = STATUS_OK
+    cdef int64_t busy
+    cdef Table* pending
+    cdef bint stop
+    core.now_ns = _now_ns()
+    core.next_scan_ns = core.now_ns + ENGINE_SCAN_INTERVAL_MS * 1000000
+    core.woken = True                   # look at pending/stop before the first wait
+    while True:
+        if core.woken:
+            core.woken = False
+            net.pthread_mutex_lock(&core.lock)
+            pending = core.pending
+            core.pending = NULL
+            stop = core.stop_requested
+            net.pthread_mutex_unlock(&core.lock)
+            if pending != NULL:
+                _swap(core, pending)
+            if stop:
+                break
+        if core.n_ready_next > 0:
+            timeout_ms = 0
+        else:
+            timeout_ms = <int>((core.next_scan_ns - core.now_ns + 999999) // 1000000)
+            if timeout_ms < 0:
+                timeout_ms = 0
+        n = net.epoll_wait(core.epfd, events, ENGINE_EPOLL_EVENTS, timeout_ms)
+        if n < 0:
+            if errno != EINTR:
+                core.saved_errno = errno
+                status = STATUS_ESYS
+                break
+            n = 0
+        core.now_ns = _now_ns()
+        for i in range(n):
+            _dispatch(core, events[i].data.u64, events[i].events)
+        if core.n_ready_next > 0:
+            _serve_ready(core)
+        if core.now_ns >= core.next_scan_ns:
+            _scan(core)
+            core.next_scan_ns = core.now_ns + ENGINE_SCAN_INTERVAL_MS * 1000000
+        busy = _now_ns() - core.now_ns
+        core.counters.loop_busy_us[_latency_bucket(busy)] += 1
+        if busy > <int64_t>core.counters.loop_busy_max_ns:
+            core.counters.loop_busy_max_ns = <uint64_t>busy
+    _wind_down(core)
+    return status
+
+
+cdef void _core_free(Core* core) noexcept nogil:
+    if core == NULL:
+        return
+    _table_free(core.pending)
+    if core.table != NULL:              # only if the loop never wound down
+        _table_free(core.table)
+    if core.epfd >= 0:
+        close(core.epfd)
+    if core.wakefd >= 0:
+        close(core.wakefd)
+    if core.spare_fd >= 0:
+        close(core.spare_fd)
+    net.pthread_mutex_destroy(&core.lock)
+    cdef uint32_t i
+    if core.stats != NULL:
+        for i in range(core.n_stats):
+            _name_free(&core.stats[i].service)
+        free(core.stats)
+    for i in range(core.n_principals):
+        _name_free(&core.principals[i])
+    free(core.conns)
+    free(core.ready)
+    free(core.ready_next)
+    free(core.pool)
+    free(core.free_bufs)
+    free(core)

@@ -1,0 +1,191 @@
+# router.pxi: Request -> service: the Host lookup, the first routing of a client
+# connection, and moving it to another service (switch) or another endpoint (reroute).
+#
+# Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+
+cdef int _name_cmp(const Name* a, const char* b, size_t n) noexcept nogil:
+    """Byte order of (a, b), shorter first on a common prefix: Python's bytes order."""
+    cdef size_t m = a.length if a.length < n else n
+    cdef int r = memcmp(a.data, b, m)
+    if r != 0:
+        return r
+    if a.length == n:
+        return 0
+    return -1 if a.length < n else 1
+
+
+cdef HostEntry* _host_lookup(Table* t, const char* host, size_t n, int port) noexcept nogil:
+    """The entry for a (lowercase, portless) host name: the one for `port` when the
+    request named a port that the service has, else the name's first entry."""
+    cdef uint32_t lo = 0
+    cdef uint32_t hi = t.n_hosts
+    cdef uint32_t mid, i
+    while lo < hi:
+        mid = lo + (hi - lo) // 2
+        if _name_cmp(&t.hosts[mid].name, host, n) < 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo >= t.n_hosts or _name_cmp(&t.hosts[lo].name, host, n) != 0:
+        return NULL
+    if port >= 0:
+        i = lo
+        while i < t.n_hosts and _name_cmp(&t.hosts[i].name, host, n) == 0:
+            if t.hosts[i].port == port:
+                return &t.hosts[i]
+            i += 1
+    return &t.hosts[lo]
+
+
+cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
+    """A complete request head at d2u.buf (first on the client connection, or first
+    after a switch): pick the service by its authority, then take a pooled upstream of
+    the next endpoint (round robin) or connect as the TCP listener does (the head
+    waits in d2u)."""
+    cdef char host[256]
+    cdef char body[384]
+    cdef int port = -1
+    cdef int n
+    cdef size_t hn = 0
+    cdef HostEntry* e = NULL
+    cdef Service* svc
+    cdef int st
+    cdef uint32_t i
+    cdef bint rerouted = c.flags & CONN_REROUTED
+    c.flags &= ~CONN_REROUTED
+    if not (c.flags & CONN_FIXED_SERVICE or rerouted):
+        if req.authority.len > 0:
+            hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off, req.authority.len,
+                                host, sizeof(host), &port)
+        if hn > 0:
+            e = _host_lookup(c.table, host, hn, port)
+        if e == NULL:
+            n = snprintf(body, sizeof(body), b"no route to host \"%.*s\"\n", <int>hn, host)
+            _http_reply(core, c, 404, body, n)
+            return STATUS_CLOSE
+        c.service = e.service
+    svc = &c.table.services[c.service]
+    c.flags |= CONN_SERVICE_KNOWN
+    c.peer_principal = 0            # until an upstream is verified (handshake or pool)
+    c.stat = -1
+    if svc.n_endpoints == 0:
+        core.counters.no_endpoint += 1
+        n = snprintf(body, sizeof(body), b"no healthy endpoint for \"%.*s\"\n", <int>hn, host)
+        _http_reply(core, c, 503, body, n)
+        return STATUS_CLOSE
+    _http_framed(core, c, req, c.d2u.head)
+    if rerouted:
+        i = (c.pend_first + c.n_pend - 1) % ENGINE_HTTP_PIPELINE_MAX
+        c.pend_start_ns[i] = c.reroute_start_ns
+    else:
+        core.counters.http_routed += 1
+    c.endpoint = _pick_endpoint(core, svc)
+    if _pool_take(core, c, &svc.endpoints[c.endpoint]):
+        core.counters.http_upstream_reused += 1
+        # The head sits at d2u offset 0 (_http_head): kept there until an answer starts.
+        c.flags |= CONN_RETRYABLE
+        if not (req.method == METHOD_GET or req.method == METHOD_HEAD
+                or req.method == METHOD_PUT or req.method == METHOD_DELETE
+                or req.method == METHOD_OPTIONS or req.method == METHOD_TRACE):
+            c.flags &= ~CONN_RETRYABLE
+        return _enter_pipe(core, c)
+    # Setup (connect + handshake) gets its own connect_timeout from here.
+    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    st = _connect(core, c, &svc.endpoints[c.endpoint].addr, svc.endpoints[c.endpoint].addrlen)
+    if st == STATUS_OK:
+        return _tls_client_start(core, c)
+    if st == STATUS_AGAIN:
+        return STATUS_OK
+    return st                       # the next endpoint, or 503 (_settle)
+
+
+cdef int _http_retry(Core* core, Conn* c) noexcept nogil:
+    """A pooled upstream failed before a byte of answer: route again (_http_reroute)."""
+    core.counters.http_upstream_retried += 1
+    return _http_reroute(core, c)
+
+
+cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
+    """Drop the upstream and route the client's requests, still whole at d2u offset 0
+    (none of their bytes went to it, or it failed before a byte of answer), again:
+    another endpoint, pooled or new."""
+    cdef net.epoll_event ev
+    # The head was edited for the first hop (hop-by-hop fields gone, an absolute-form
+    # target made origin-form): routing it by its Host again could pick another service.
+    # The service stays; so does the first request's start, for its latency.
+    c.reroute_start_ns = c.pend_start_ns[c.pend_first] if c.n_pend > 0 else core.now_ns
+    c.flags |= CONN_REROUTED
+    c.flags &= ~(CONN_RETRYABLE | CONN_TICKET_WAIT | CONN_OFFERED_SESSION | CONN_SETTING_UP)
+    _side_close(&c.up, False)
+    c.up.readable = True
+    c.up.hup = False
+    if c.u2d.buf != NULL:
+        _buf_put(core, c.u2d.buf)
+    memset(&c.u2d, 0, sizeof(Flow))
+    c.d2u.head = 0
+    c.d2u.shut = False
+    c.switching = False
+    c.resp_phase = RESP_HEAD
+    c.resp_fwd = 0
+    c.n_pend = 0
+    c.fwd = 0
+    c.req_phase = REQ_HEAD
+    c.reusable = True
+    c.gen += 1
+    ev.events = _CONN_EVENTS
+    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
+    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
+        return STATUS_RESET
+    c.state = CONN_HTTP_HEAD
+    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    return _http_head(core, c)
+
+
+cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
+    """The upstream ended after answering every request it got: drop it and route the
+    client's next request (buffered in d2u) afresh, on the same client connection."""
+    cdef net.epoll_event ev
+    if not (_http_idle(c) and _pool_put(core, c)):
+        _side_close(&c.up, False)
+    memset(&c.u2d, 0, sizeof(Flow))
+    c.d2u.shut = False
+    c.switching = False
+    c.resp_phase = RESP_HEAD
+    c.resp_fwd = 0
+    c.n_pend = 0
+    c.fwd = 0
+    c.req_phase = REQ_HEAD
+    c.reusable = True
+    c.setup_tries = 0
+    c.flags &= ~(CONN_TICKET_WAIT | CONN_OFFERED_SESSION)
+    free(c.peer_id)
+    c.peer_id = NULL
+    c.peer_id_length = 0
+    # New generation: events still queued for the old upstream socket are not the new
+    # one's. The client socket keeps its registration under the new tag.
+    c.gen += 1
+    ev.events = _CONN_EVENTS
+    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
+    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
+        return STATUS_RESET
+    c.state = CONN_HTTP_HEAD
+    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    return _http_head(core, c)
+
+
+cdef int _tcp_start(Core* core, Conn* c) noexcept nogil:
+    """Opaque TCP to c.service: connect to its next endpoint (the mTLS hop follows);
+    bytes the client already sent wait in d2u."""
+    cdef Service* svc = &c.table.services[c.service]
+    cdef int st
+    if svc.n_endpoints == 0:
+        core.counters.no_endpoint += 1
+        return STATUS_CLOSE
+    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    c.endpoint = _pick_endpoint(core, svc)
+    st = _connect(core, c, &svc.endpoints[c.endpoint].addr, svc.endpoints[c.endpoint].addrlen)
+    if st == STATUS_OK:
+        return _tls_client_start(core, c)
+    if st == STATUS_AGAIN:
+        return STATUS_OK
+    return st

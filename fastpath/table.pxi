@@ -1,0 +1,619 @@
+# table.pxi: Route tables: the Python RouteTable description, its compile to a C Table,
+# and the swap that carries endpoint state over to the next table.
+#
+# Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+
+cdef inline bint _name_eq(const Name* a, const char* b, size_t n) noexcept nogil:
+    # Host names compare without regard to ASCII case (RFC 6066 §3, RFC 4343).
+    cdef size_t i
+    cdef unsigned char x, y
+    if a.length != n:
+        return False
+    for i in range(n):
+        x = <unsigned char>a.data[i]
+        y = <unsigned char>b[i]
+        if x >= c'A' and x <= c'Z':
+            x += 32
+        if y >= c'A' and y <= c'Z':
+            y += 32
+        if x != y:
+            return False
+    return True
+
+
+cdef void _name_free(Name* n) noexcept nogil:
+    free(n.data)
+    n.data = NULL
+    n.length = 0
+
+
+cdef void _table_free(Table* t) noexcept nogil:
+    """Free a table and everything it owns; takes partially built ones too (calloc'd)."""
+    cdef uint32_t i, j
+    cdef Service* svc
+    if t == NULL:
+        return
+    if t.listeners != NULL:
+        for i in range(t.n_listeners):
+            if t.listeners[i].client_ctx != NULL:
+                openssl.SSL_CTX_free(t.listeners[i].client_ctx)
+            _name_free(&t.listeners[i].identity)
+        free(t.listeners)
+    if t.sources != NULL:
+        for i in range(t.n_sources):
+            if t.sources[i].client_ctx != NULL:
+                openssl.SSL_CTX_free(t.sources[i].client_ctx)
+            _name_free(&t.sources[i].identity)
+        free(t.sources)
+    if t.services != NULL:
+        for i in range(t.n_services):
+            svc = &t.services[i]
+            _name_free(&svc.name)
+            _name_free(&svc.sni)
+            if svc.identities != NULL:
+                for j in range(svc.n_identities):
+                    _name_free(&svc.identities[j])
+                free(svc.identities)
+            if svc.endpoints != NULL:
+                for j in range(svc.n_endpoints):
+                    while svc.endpoints[j].n_idle > 0:
+                        svc.endpoints[j].n_idle -= 1
+                        _idle_close(&svc.endpoints[j].idle[svc.endpoints[j].n_idle])
+                    if svc.endpoints[j].session != NULL:
+                        openssl.SSL_SESSION_free(svc.endpoints[j].session)
+                free(svc.endpoints)
+        free(t.services)
+    if t.routes != NULL:
+        for i in range(t.n_routes):
+            _name_free(&t.routes[i].sni)
+            _name_free(&t.routes[i].service)
+            _name_free(&t.routes[i].identity)
+            if t.routes[i].server_ctx != NULL:
+                openssl.SSL_CTX_free(t.routes[i].server_ctx)
+        free(t.routes)
+    if t.hosts != NULL:
+        for i in range(t.n_hosts):
+            _name_free(&t.hosts[i].name)
+        free(t.hosts)
+    if t.dispatch_ctx != NULL:
+        openssl.SSL_CTX_free(t.dispatch_ctx)
+    free(t)
+
+
+cdef inline void _table_release(Core* core, Table* t) noexcept nogil:
+    _invariant(t != NULL and t.refs > 0, b"table released more often than taken")
+    t.refs -= 1
+    if t.refs == 0:
+        _table_free(t)
+        core.counters.tables_live -= 1
+
+
+cdef void _listeners_unwatch(Core* core, Table* t) noexcept nogil:
+    cdef uint32_t i
+    # Errors are expected and harmless: a listener the caller already closed has left
+    # the epoll set by itself.
+    for i in range(t.n_listeners):
+        net.epoll_ctl(core.epfd, net.EPOLL_CTL_DEL, t.listeners[i].fd, NULL)
+    if t.inbound_fd >= 0:
+        net.epoll_ctl(core.epfd, net.EPOLL_CTL_DEL, t.inbound_fd, NULL)
+
+
+cdef bint _table_has_ctx(const Table* t, const openssl.SSL_CTX* ctx) noexcept nogil:
+    """Does `t` hold a reference to client ctx `ctx` (a listener's or a source's)?"""
+    cdef uint32_t i
+    for i in range(t.n_listeners):
+        if t.listeners[i].client_ctx == ctx:
+            return True
+    for i in range(t.n_sources):
+        if t.sources[i].client_ctx == ctx:
+            return True
+    return False
+
+
+cdef bint _same_destination(const Service* a, const Service* b) noexcept nogil:
+    """Same service name, SNI and allowed peer IDs: a connection verified for one is
+    good for the other."""
+    cdef uint32_t i
+    if (not _name_eq(&b.name, a.name.data, a.name.length)
+            or not _name_eq(&b.sni, a.sni.data, a.sni.length)
+            or a.n_identities != b.n_identities):
+        return False
+    for i in range(a.n_identities):         # exactly, as _handshake_done checks them
+        if (a.identities[i].length != b.identities[i].length
+                or memcmp(a.identities[i].data, b.identities[i].data, a.identities[i].length) != 0):
+            return False
+    return True
+
+
+cdef int64_t _service_in(const Table* t, const Service* a, int64_t guess) noexcept nogil:
+    """The index in `t` of the service that is `a`'s destination (_same_destination),
+    looked for at `guess` first; -1 when `t` has none."""
+    cdef uint32_t k
+    if 0 <= guess < t.n_services and _same_destination(a, &t.services[guess]):
+        return guess
+    for k in range(t.n_services):
+        if _same_destination(a, &t.services[k]):
+            return k
+    return -1
+
+
+cdef Endpoint* _endpoint_in(Service* b, const Endpoint* e) noexcept nogil:
+    """`b`'s endpoint at `e`'s address, or NULL."""
+    cdef uint32_t m
+    for m in range(b.n_endpoints):
+        if (b.endpoints[m].addrlen == e.addrlen
+                and memcmp(&b.endpoints[m].addr, &e.addr, e.addrlen) == 0):
+            return &b.endpoints[m]
+    return NULL
+
+
+cdef void _carry_endpoint(const Table* t, Endpoint* e, Endpoint* b) noexcept nogil:
+    """Move what old endpoint `e` knows to `b`, the same address in table `t`: its
+    failure streak, its resumable session and its idle upstreams. Only those opened as
+    an identity `t` still presents move (a session does not hold its ctx: compared
+    against a ctx `t` holds, the pointer cannot be a freed one's reused address)."""
+    cdef uint32_t x, kept = 0
+    if e.fails > b.fails:
+        b.fails = e.fails
+        b.down_until_ns = e.down_until_ns
+    if e.session != NULL and b.session == NULL and _table_has_ctx(t, e.session_ctx):
+        b.session = e.session
+        b.session_ctx = e.session_ctx
+        e.session = NULL
+    for x in range(e.n_idle):
+        if b.n_idle < ENGINE_POOL_PER_ENDPOINT and _table_has_ctx(t, e.idle[x].client_ctx):
+            b.idle[b.n_idle] = e.idle[x]
+            b.n_idle += 1
+        else:
+            e.idle[kept] = e.idle[x]
+            kept += 1
+    e.n_idle = kept
+
+
+cdef void _carry_endpoints(Table* old, Table* t) noexcept nogil:
+    """Endpoint state outlives a config push: for each service `t` keeps as it was
+    (name, SNI, peer IDs), each endpoint address it keeps gets the old one's failure
+    streak (a node that just failed is still passed over), resumable session and idle
+    upstreams (the next requests need no new handshake). What stays behind is closed
+    with the old table. Services are looked up at the same index first: a push rarely
+    reorders or inserts many, so a swap stays about linear in the endpoints."""
+    cdef uint32_t i, j
+    cdef int64_t k
+    cdef int64_t shift = 0           # where the last service moved to, relative
+    cdef Service* a
+    cdef Endpoint* e
+    cdef Endpoint* b
+    for i in range(old.n_services):
+        a = &old.services[i]
+        k = _service_in(t, a, <int64_t>i + shift)
+        if k < 0:
+            continue
+        shift = k - <int64_t>i
+        for j in range(a.n_endpoints):
+            e = &a.endpoints[j]
+            if e.fails == 0 and e.session == NULL and e.n_idle == 0:
+                continue
+            b = _endpoint_in(&t.services[k], e)
+            if b != NULL:
+                _carry_endpoint(t, e, b)
+
+
+cdef void _swap(Core* core, Table* t) noexcept nogil:
+    """Make `t` the current table: accept only from its listeners from now on."""
+    cdef Table* old = core.table
+    cdef net.epoll_event ev
+    cdef uint32_t i
+    if old != NULL:
+        _listeners_unwatch(core, old)
+        _carry_endpoints(old, t)
+    core.table = t
+    t.refs += 1
+    if t.connect_timeout_ns > 0:
+        core.connect_timeout_ns = t.connect_timeout_ns
+    if t.idle_timeout_ns > 0:
+        core.idle_timeout_ns = t.idle_timeout_ns
+    core.generation = t.generation
+    core.counters.tables_installed += 1
+    core.counters.tables_live += 1
+    # Level-triggered: a backlog left after one accept batch is reported again.
+    ev.events = net.EPOLLIN
+    for i in range(t.n_listeners):
+        ev.data.u64 = _tag(_TAG_LISTENER, i, 0)
+        if net.epoll_ctl(core.epfd, net.EPOLL_CTL_ADD, t.listeners[i].fd, &ev) != 0:
+            core.counters.outbound.accept_failures += 1
+    if t.inbound_fd >= 0:
+        ev.data.u64 = _tag(_TAG_LISTENER, _INBOUND_LISTENER, 0)
+        if net.epoll_ctl(core.epfd, net.EPOLL_CTL_ADD, t.inbound_fd, &ev) != 0:
+            core.counters.inbound.accept_failures += 1
+    if old != NULL:
+        _table_release(core, old)
+
+
+cdef bytes _host_name(str name, str what):
+    cdef bytes b
+    try:
+        b = name.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError("%s %r: must be ASCII" % (what, name)) from None
+    # RFC 6066 §3: a host_name is 1..255 bytes; a NUL would cut it short in C.
+    if not 1 <= len(b) <= 255 or b"\0" in b:
+        raise ValueError("%s %r: must be 1..255 bytes without NUL" % (what, name))
+    return b.lower()
+
+
+cdef int _sockaddr(str host, int port, net.sockaddr_storage* out,
+                   net.socklen_t* length) except -1:
+    """Numeric IPv4/IPv6 address and port into a sockaddr: the engine resolves no names."""
+    cdef bytes b
+    cdef net.sockaddr_in* sin = <net.sockaddr_in*>out
+    cdef net.sockaddr_in6* sin6 = <net.sockaddr_in6*>out
+    if not 1 <= port <= 65535:
+        raise ValueError("port must be 1..65535, not %d" % port)
+    try:
+        b = host.encode("ascii")
+    except UnicodeEncodeError:
+        b = b"\0"
+    memset(out, 0, sizeof(net.sockaddr_storage))
+    if b"\0" not in b and net.inet_pton(net.AF_INET, b, &sin.sin_addr) == 1:
+        sin.sin_family = net.AF_INET
+        sin.sin_port = net.htons(<uint16_t>port)
+        length[0] = sizeof(net.sockaddr_in)
+        return 0
+    if b"\0" not in b and net.inet_pton(net.AF_INET6, b, &sin6.sin6_addr) == 1:
+        sin6.sin6_family = net.AF_INET6
+        sin6.sin6_port = net.htons(<uint16_t>port)
+        length[0] = sizeof(net.sockaddr_in6)
+        return 0
+    raise ValueError("%r is not an IPv4 or IPv6 address (the engine does not resolve names)"
+                     % host)
+
+
+cdef int _name_set(Name* n, bytes value) except -1:
+    n.data = <char*>malloc(len(value) + 1)
+    if n.data == NULL:
+        raise MemoryError()
+    memcpy(n.data, <const char*>value, len(value))
+    n.data[len(value)] = 0
+    n.length = <uint32_t>len(value)
+    return 0
+
+
+cdef int _check_timeouts(double connect_timeout_s, double idle_timeout_s) except -1:
+    if not 0 < connect_timeout_s <= 86400:
+        raise ValueError("connect_timeout_s must be > 0 and at most a day, not %r"
+                         % connect_timeout_s)
+    if not 0 < idle_timeout_s <= 86400 * 365:
+        raise ValueError("idle_timeout_s must be > 0 and at most a year, not %r"
+                         % idle_timeout_s)
+    return 0
+
+
+cdef bytes _spiffe_id(str identity):
+    """An identity given to a RouteTable, as bytes (b"" for None). It goes into
+    x-forwarded-client-cert values, so it must not carry their separators."""
+    b = (identity or "").encode("ascii", "replace")
+    if b and (not b.startswith(b"spiffe://") or len(b) > SPIFFE_ID_MAX_BYTES
+              or any(ch < 0x21 or ch > 0x7e or ch in b';,"=?' for ch in b)):
+        raise ValueError("identity %r is not a SPIFFE ID" % identity)
+    return b
+
+
+cdef int _up_ref(openssl.SSL_CTX* ctx) except -1:
+    if openssl.SSL_CTX_up_ref(ctx) != 1:
+        raise_tls_error("cannot reference SSL_CTX")
+    return 0
+
+
+cdef class RouteTable:
+    """What one worker's engine routes: a snapshot, compiled to C by Engine.install().
+
+    Built at config time, with the GIL, by the agent. Listener sockets are the
+    caller's: bind them (SO_REUSEPORT, so every worker process has its own), make them
+    non-blocking, pass their fds, and keep them open while an engine may use them.
+    TLSContexts must be fully configured: the engine shares their SSL_CTX.
+    """
+
+    def __cinit__(self):
+        self._services = []
+        self._outbound = []
+        self._routes = []
+        self._inbound_fd = -1
+        self._hosts = []
+        self._http_fd = -1
+        self._http_ctx = None
+        self._http_identity = b""
+        self._sources = []
+        self._connect_timeout_s = 0
+        self._idle_timeout_s = 0
+        self._ticket_keys = None
+
+    def __repr__(self) -> str:
+        return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
+            len(self._services), len(self._outbound),
+            self._http_fd if self._http_fd >= 0 else None, len(self._hosts),
+            self._inbound_fd if self._inbound_fd >= 0 else None, len(self._routes))
+
+    cdef int _check_fd(self, int fd) except -1:
+        cdef int flags
+        if fd < 0:
+            raise ValueError("fd must be an open listening socket's descriptor, not %d" % fd)
+        if (fd == self._inbound_fd or fd == self._http_fd
+                or any(fd == entry[0] for entry in self._outbound)):
+            raise ValueError("fd %d is already a listener of this table" % fd)
+        flags = fcntl(fd, F_GETFL)
+        if flags < 0:
+            raise OSError(errno, "fd %d: %s" % (fd, os.strerror(errno)))
+        if not (flags & O_NONBLOCK):
+            # The loop accepts until EAGAIN: on a blocking listener it would wait in
+            # accept() and serve nothing else, stop() included.
+            raise ValueError("fd %d is a blocking socket; a listener must be non-blocking" % fd)
+        # Accepted sockets inherit it from their listener (Linux copies the option):
+        # one system call per listener instead of one per connection.
+        _nodelay(fd)
+        return 0
+
+    def add_service(self, str name not None, str sni not None, identities, endpoints) -> int:
+        """A destination service; returns its index for add_outbound_tcp().
+
+        `sni`: the name sent in the ClientHello (the service as the inbound side routes
+        it); `identities`: the SPIFFE IDs (str) the service may run as, at least one;
+        `endpoints`: (IP address, port) of each node inbound port serving it (may be
+        empty: connections are then refused and counted as no_endpoint).
+        """
+        cdef net.sockaddr_storage addr
+        cdef net.socklen_t length
+        sni_b = _host_name(sni, "sni")
+        ids = []
+        for identity in identities:
+            if not isinstance(identity, str):
+                raise TypeError("identity must be str, not %s" % type(identity).__name__)
+            try:
+                b = (<str>identity).encode("ascii")
+            except UnicodeEncodeError:
+                b = b""
+            # The full syntax is checked where IDs come from (certificates); here it
+            # only has to be something a peer_spiffe_id() result can equal.
+            if (not b.startswith(b"spiffe://") or b"\0" in b
+                    or len(b) > SPIFFE_ID_MAX_BYTES):
+                raise ValueError("identity %r is not a SPIFFE ID" % identity)
+            ids.append(b)
+        if not ids:
+            raise ValueError("service %r: at least one identity is required" % name)
+        eps = []
+        for endpoint in endpoints:
+            host, port = endpoint
+            _sockaddr(host, port, &addr, &length)
+            eps.append((str(host), int(port)))
+        self._services.append((name, sni_b, ids, eps))
+        return len(self._services) - 1
+
+    def add_outbound_tcp(self, int fd, int service_index, TLSContext client_ctx not None,
+                         bint sniff=False) -> None:
+        """Relay connections accepted on listener `fd` to service `service_index`, as the
+        workload whose credentials `client_ctx` (a client context) holds.
+
+        `sniff`: a connection whose first bytes are an HTTP/1.1 request is HTTP (framed,
+        counted per request, every request to this service); anything else, or nothing
+        within ENGINE_SNIFF_TIMEOUT_MS, is opaque TCP."""
+        self._check_fd(fd)
+        if not 0 <= service_index < len(self._services):
+            raise ValueError("no service %d (add_service() first)" % service_index)
+        if client_ctx.server:
+            raise ValueError("outbound needs a client TLSContext")
+        self._outbound.append((fd, service_index, client_ctx, b"", sniff))
+
+    def set_outbound_http(self, int fd, TLSContext client_ctx not None,
+                          str identity=None) -> None:
+        """The HTTP outbound listener (port-base+1): each connection accepted on `fd` is
+        routed by the Host (or absolute-form target) of its first request, through the
+        names add_host() gave, as the workload whose credentials `client_ctx` holds
+        (SPIFFE ID `identity`, for request figures) unless add_source() names the
+        connection's source address."""
+        if fd != self._http_fd:
+            self._check_fd(fd)
+        if client_ctx.server:
+            raise ValueError("outbound needs a client TLSContext")
+        self._http_fd = fd
+        self._http_ctx = client_ctx
+        self._http_identity = _spiffe_id(identity)
+
+    def set_timeouts(self, double connect_timeout_s, double idle_timeout_s) -> None:
+        """The engine's connect timeout (connect + TLS handshake, and an HTTP client's
+        whole request head) and idle timeout from this table on (Engine() gave the
+        first ones). Idle pairs already open are judged by the new idle timeout; setup
+        deadlines already running keep theirs."""
+        _check_timeouts(connect_timeout_s, idle_timeout_s)
+        self._connect_timeout_s = connect_timeout_s
+        self._idle_timeout_s = idle_timeout_s
+
+    def add_source(self, str address not None, TLSContext client_ctx not None,
+                   str identity=None) -> None:
+        """HTTP outbound connections from `address` (an IP address: a local workload's
+        own) present `client_ctx`'s identity, SPIFFE ID `identity`. The first added for
+        an address wins."""
+        cdef net.sockaddr_storage addr
+        cdef net.socklen_t length
+        if client_ctx.server:
+            raise ValueError("outbound needs a client TLSContext")
+        _sockaddr(address, 1, &addr, &length)   # the port is not compared
+        self._sources.append((address, client_ctx, _spiffe_id(identity)))
+
+    def add_host(self, str host not None, int service_index, int port) -> None:
+        """HTTP requests for `host` (exact name, any case, no port: "svc", "svc.ns",
+        "svc.ns.svc") go to service `service_index`, the service port `port`. A name
+        given for several ports: the request's port picks, else the first one added.
+        The same (host, port) added twice: the first wins."""
+        host_b = _host_name(host, "host")
+        if b":" in host_b and not host_b.startswith(b"["):
+            raise ValueError("host %r: give the name without a port" % host)
+        if not 0 <= service_index < len(self._services):
+            raise ValueError("no service %d (add_service() first)" % service_index)
+        if not 1 <= port <= 65535:
+            raise ValueError("port must be 1..65535, not %d" % port)
+        self._hosts.append((host_b.rstrip(b".") or host_b, port, service_index))
+
+    def set_inbound(self, int fd, bytes ticket_keys=None) -> None:
+        """The node's inbound (mutual TLS) listener.
+
+        `ticket_keys` (80 bytes, TLSContext.set_ticket_keys): what the table's dispatch
+        context, which issues and decrypts every inbound session ticket, uses instead
+        of random keys of its own. The same keys in every worker's table, and in the
+        next table, let a peer resume whichever worker it reaches, across config
+        pushes and certificate rotations; the caller changes them to end resumption
+        (meshnode: with the trust bundle, see meshnode.ticketkeys)."""
+        if ticket_keys is not None and len(ticket_keys) != TLS_TICKET_KEYS_BYTES:
+            raise ValueError("session ticket keys must be %d bytes, not %d"
+                             % (TLS_TICKET_KEYS_BYTES, len(ticket_keys)))
+        if fd != self._inbound_fd:
+            self._check_fd(fd)
+        self._inbound_fd = fd
+        self._ticket_keys = ticket_keys
+
+    def add_inbound_route(self, str sni not None, TLSContext server_ctx not None,
+                          str app_host not None, int app_port, str service=None,
+                          str identity=None) -> None:
+        """Inbound connections naming `sni` handshake with `server_ctx` (the local
+        service's identity and trust) and go to the app at (app_host, app_port).
+
+        `service`: the name its request figures are kept under (request_stats());
+        `identity`: the local service's SPIFFE ID, which HTTP requests handed to the
+        app carry in x-forwarded-client-cert (By=) next to the caller's (URI=)."""
+        cdef net.sockaddr_storage addr
+        cdef net.socklen_t length
+        sni_b = _host_name(sni, "sni")
+        if not server_ctx.server:
+            raise ValueError("inbound routes need a server TLSContext")
+        if any(sni_b == entry[0] for entry in self._routes):
+            raise ValueError("sni %r already has a route" % sni)
+        identity_b = _spiffe_id(identity)
+        _sockaddr(app_host, app_port, &addr, &length)
+        self._routes.append((sni_b, server_ctx, app_host, app_port,
+                             (service or "").encode(), identity_b))
+
+    cdef Table* _build(self) except NULL:
+        cdef Table* t = <Table*>calloc(1, sizeof(Table))
+        cdef Source* src
+        cdef net.socklen_t length
+        cdef Service* svc
+        cdef InboundRoute* route
+        cdef OutboundListener* l
+        cdef TLSContext ctx
+        cdef TLSContext dispatch
+        cdef uint32_t i, j
+        if t == NULL:
+            raise MemoryError()
+        t.inbound_fd = -1
+        t.connect_timeout_ns = <int64_t>(self._connect_timeout_s * 1e9)
+        t.idle_timeout_ns = <int64_t>(self._idle_timeout_s * 1e9)
+        try:
+            if self._services:
+                t.services = <Service*>calloc(len(self._services), sizeof(Service))
+                if t.services == NULL:
+                    raise MemoryError()
+                t.n_services = len(self._services)
+            for i, (name, sni_b, ids, eps) in enumerate(self._services):
+                svc = &t.services[i]
+                _name_set(&svc.name, (<str>name).encode())
+                _name_set(&svc.sni, sni_b)
+                svc.identities = <Name*>calloc(len(ids), sizeof(Name))
+                if svc.identities == NULL:
+                    raise MemoryError()
+                svc.n_identities = len(ids)
+                for j, identity in enumerate(ids):
+                    _name_set(&svc.identities[j], identity)
+                if eps:
+                    svc.endpoints = <Endpoint*>calloc(len(eps), sizeof(Endpoint))
+                    if svc.endpoints == NULL:
+                        raise MemoryError()
+                    svc.n_endpoints = len(eps)
+                for j, (host, port) in enumerate(eps):
+                    _sockaddr(host, port, &svc.endpoints[j].addr, &svc.endpoints[j].addrlen)
+
+            outbound = list(self._outbound)
+            if self._http_fd >= 0:
+                outbound.append((self._http_fd, -1, self._http_ctx, self._http_identity, False))
+            if outbound:
+                t.listeners = <OutboundListener*>calloc(len(outbound), sizeof(OutboundListener))
+                if t.listeners == NULL:
+                    raise MemoryError()
+                t.n_listeners = len(outbound)
+            for i, (fd, service_index, ctx, identity_b, sniff) in enumerate(outbound):
+                l = &t.listeners[i]
+                l.fd = fd
+                l.http = service_index < 0
+                l.sniff = sniff
+                l.service = service_index if service_index >= 0 else 0
+                l.principal = -1
+                _name_set(&l.identity, identity_b)
+                _up_ref(ctx.ctx)
+                l.client_ctx = ctx.ctx
+
+            if self._sources:
+                t.sources = <Source*>calloc(len(self._sources), sizeof(Source))
+                if t.sources == NULL:
+                    raise MemoryError()
+                t.n_sources = len(self._sources)
+            for i, (host, ctx, identity_b) in enumerate(self._sources):
+                src = &t.sources[i]
+                _sockaddr(host, 1, &src.addr, &length)
+                src.principal = -1
+                _name_set(&src.identity, identity_b)
+                _up_ref(ctx.ctx)
+                src.client_ctx = ctx.ctx
+
+            # Stable sort: a name's entries keep the order they were added in.
+            hosts = sorted(self._hosts, key=lambda entry: entry[0])
+            if hosts:
+                t.hosts = <HostEntry*>calloc(len(hosts), sizeof(HostEntry))
+                if t.hosts == NULL:
+                    raise MemoryError()
+                t.n_hosts = len(hosts)
+            for i, (host_b, port, service_index) in enumerate(hosts):
+                _name_set(&t.hosts[i].name, host_b)
+                t.hosts[i].port = port
+                t.hosts[i].service = service_index
+
+            if self._routes:
+                t.routes = <InboundRoute*>calloc(len(self._routes), sizeof(InboundRoute))
+                if t.routes == NULL:
+                    raise MemoryError()
+                t.n_routes = len(self._routes)
+            for i, (sni_b, ctx, host, port, service_b, identity_b) in enumerate(self._routes):
+                route = &t.routes[i]
+                _name_set(&route.sni, sni_b)
+                _name_set(&route.service, service_b)
+                _name_set(&route.identity, identity_b)
+                route.principal = -1
+                _up_ref(ctx.ctx)
+                route.server_ctx = ctx.ctx
+                _sockaddr(host, port, &route.app_addr, &route.app_addrlen)
+
+            if self._inbound_fd >= 0:
+                t.inbound_fd = self._inbound_fd
+                # TLS 1.3 only, like every mesh context (TLSContext.__cinit__); no
+                # certificate: the servername callback supplies the route's.
+                dispatch = TLSContext(True)
+                openssl.ERR_clear_error()
+                if openssl.SSL_CTX_set1_groups_list(dispatch.ctx, _MESH_GROUPS) != 1:
+                    raise_tls_error("dispatch context: cannot set key exchange groups")
+                if openssl.SSL_CTX_set_session_id_context(
+                        dispatch.ctx, _MESH_SID_CTX, len(_MESH_SID_CTX)) != 1:
+                    raise_tls_error("dispatch context: cannot set session id context")
+                # Verification parameters stay the dispatch ctx's after the switch:
+                # only the bundle's roots anchor trust (as in for_mesh()).
+                openssl.X509_VERIFY_PARAM_clear_flags(openssl.SSL_CTX_get0_param(dispatch.ctx),
+                                                      openssl.X509_V_FLAG_PARTIAL_CHAIN)
+                # Belt and braces: the callback copies the route's verify mode anyway.
+                openssl.SSL_CTX_set_verify(
+                    dispatch.ctx,
+                    openssl.SSL_VERIFY_PEER | openssl.SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL)
+                if self._ticket_keys is not None:
+                    dispatch.set_ticket_keys(self._ticket_keys)
+                openssl.SSL_CTX_set_tlsext_servername_callback(dispatch.ctx, _on_servername)
+                openssl.SSL_CTX_set_tlsext_servername_arg(dispatch.ctx, t)
+                _up_ref(dispatch.ctx)
+                t.dispatch_ctx = dispatch.ctx
+        except BaseException:
+            _table_free(t)
+            raise
+        return t
