@@ -19,6 +19,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 if __package__ in (None, ""):  # run as `python bench/peers.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -247,10 +248,20 @@ spec:
 """
 
 
-def meshnode_port_base() -> int:
-    """A port base whose block (admin +0, outbound +1, inbound +6, +10, metrics +90) is free."""
+MESHNODE_BLOCK = 100  # a node's ports are port-base+0 .. port-base+90 (meshnode/ports.py)
+
+
+def meshnode_port_base(avoid: Iterable[int] = ()) -> int:
+    """A port base whose block (admin +0, outbound +1, inbound +6, +10, metrics +90) is free.
+
+    ``avoid``: port bases of nodes that are (or may be) running; the block chosen does not
+    overlap theirs, even at ports they have not bound yet.
+    """
+    taken = list(avoid)
     for _ in range(200):
         base = free_port()
+        if any(abs(base - other) < MESHNODE_BLOCK for other in taken):
+            continue
         if 1024 <= base <= 65435 and all(port_free(base + off) for off in (0, 1, 6, 10, 90)):
             return base
     raise RuntimeError("found no free block of ports for a meshnode node")

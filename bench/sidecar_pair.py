@@ -12,6 +12,10 @@ gives per-(pair, scenario) medians and their ratios to HAProxy measured in the s
 placement and load are those of ``../shared/peers/README.md``; see bench/README.md.
 
     python bench/sidecar_pair.py [--rounds 3] [--duration 8] [--pairs ...] [--json out.json]
+
+With ``--baseline VENV`` the pair ``meshnode-base`` (the meshnode pair with the meshnode
+installed in VENV, e.g. the commit before a change) runs in the same rounds, and the
+report compares meshnode with it per metric.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from meshnode import localprobe  # noqa: E402
 
 EX_USAGE, EX_UNAVAILABLE, EX_INTERRUPTED = 64, 69, 130
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAIRS = ("direct", "haproxy", "nginx", "meshnode")
+PAIRS = ("direct", "haproxy", "nginx", "meshnode")  # the default set, in run order
 REFERENCE = "haproxy"
 START_TIMEOUT_S = 10.0
 MESHNODE_UP_TIMEOUT_S = 60.0
@@ -121,10 +125,12 @@ class Launcher:
         self.procs.append(proc)
         return proc
 
-    def run(self, argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    def run(self, argv: list[str], timeout_s: float, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run to completion (bounded); its group is killed on timeout or interrupt."""
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True, text=True)
+                                stderr=subprocess.PIPE, start_new_session=True, text=True,
+                                cwd=cwd, env=env)
         self.procs.append(proc)
         try:
             out, err = proc.communicate(timeout=timeout_s)
@@ -206,6 +212,19 @@ def peak_rss_kib(pid: int) -> int | None:
                 return int(line.split()[1])
     except OSError:
         return None
+    return None
+
+
+def mapped_engine(pid: int) -> str | None:
+    """The fastpath engine extension a process has loaded (from /proc/PID/maps), or None."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        path = line.split(None, 5)[-1] if line.count(" ") >= 5 else ""
+        if "/fastpath/engine." in path and path.endswith(".so"):
+            return path
     return None
 
 
@@ -404,12 +423,26 @@ class Meshnode(Pair):
     def __init__(self, ctx: "Context") -> None:
         super().__init__(ctx)
         self.runtime_dir: Path | None = None
+        self.port_base: int | None = None
         self.supervisord: int | None = None
         self.workers: list[int] = []
 
+    # How `meshnode` is run. This pair: this interpreter, so the node runs the code next
+    # to this file; the meshnode-base pair overrides these three.
+    def _python(self) -> str:
+        return sys.executable
+
+    def _cwd(self) -> Path | None:
+        return None  # the harness's own
+
+    def _env(self) -> dict[str, str] | None:
+        return None  # the harness's own
+
     def _cli(self, *args: str) -> list[str]:
-        # `meshnode ...` with this interpreter, so the node runs the code next to this file.
-        return [sys.executable, "-m", "meshnode.cli", *args]
+        return [self._python(), "-m", "meshnode.cli", *args]
+
+    def _run_cli(self, argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+        return self.ctx.launcher.run(argv, timeout_s=timeout_s, cwd=self._cwd(), env=self._env())
 
     def start(self, workdir: Path) -> Target:
         ctx = self.ctx
@@ -418,13 +451,17 @@ class Meshnode(Pair):
         (config / "bench.yaml").write_text(peers.meshnode_resources(ctx.app_port))
         # Short and ours alone: the node's ipc sockets live under it (108-byte limit).
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="mnb-", dir="/tmp"))
-        base = peers.meshnode_port_base()
+        # Not within 100 ports of another meshnode pair's block (meshnode-base runs beside).
+        base = peers.meshnode_port_base(avoid=ctx.meshnode_bases)
+        self.port_base = base
+        ctx.meshnode_bases.add(base)
         up = ctx.placement.sut(self._cli("up", "--runtime-dir", str(self.runtime_dir),
                                          "--port-base", str(base), "--workers", "1",
                                          "--config", str(config),
                                          "--timeout", str(int(MESHNODE_UP_TIMEOUT_S))))
-        (workdir / "meshnode-up.cmd").write_text(" ".join(up) + "\n")
-        res = ctx.launcher.run(up, timeout_s=MESHNODE_UP_TIMEOUT_S + 30)
+        (workdir / "meshnode-up.cmd").write_text(
+            (f"cd {self._cwd()}\n" if self._cwd() else "") + " ".join(up) + "\n")
+        res = self._run_cli(up, timeout_s=MESHNODE_UP_TIMEOUT_S + 30)
         (workdir / "meshnode-up.out").write_text(res.stdout + res.stderr)
         if res.returncode != 0:
             last = (res.stderr.strip() or res.stdout.strip()).splitlines()[:3]
@@ -433,7 +470,9 @@ class Meshnode(Pair):
         # os.sched_getaffinity is what `taskset -p PID` reads.
         info = self.info
         info.update(port_base=base, runtime_dir=str(self.runtime_dir),
-                    worker_affinity={str(p): sorted(os.sched_getaffinity(p)) for p in self.workers})
+                    worker_affinity={str(p): sorted(os.sched_getaffinity(p)) for p in self.workers},
+                    worker_engine={str(p): mapped_engine(p) for p in self.workers})
+        self._check_build(info["worker_engine"])
         if ctx.placement.sut_cpu is not None:
             wrong = [p for p in self.workers if os.sched_getaffinity(p) != {ctx.placement.sut_cpu}]
             if wrong:
@@ -444,9 +483,12 @@ class Meshnode(Pair):
             why = err or f"status {code}"
             raise Unavailable(f"no 200 through the outbound port 127.0.0.1:{outbound} "
                               f"(port-base+1) with Host: {peers.SNI}: {why}")
-        check_path(ctx.launcher, outbound, peers.SNI, "meshnode outbound")
+        check_path(ctx.launcher, outbound, peers.SNI, f"{self.name} outbound")
         info.update(check_mtls(inbound, None, peers.SNI))
         return Target(outbound, peers.SNI, info)
+
+    def _check_build(self, engines: dict[str, str | None]) -> None:
+        """Refuse workers of another build; this pair runs whatever this interpreter imports."""
 
     def _find_processes(self) -> None:
         assert self.runtime_dir is not None
@@ -454,8 +496,8 @@ class Meshnode(Pair):
             self.supervisord = int((self.runtime_dir / "supervisord.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             self.supervisord = None
-        res = self.ctx.launcher.run(self._cli("status", "--runtime-dir", str(self.runtime_dir),
-                                              "--json"), timeout_s=30)
+        res = self._run_cli(self._cli("status", "--runtime-dir", str(self.runtime_dir), "--json"),
+                            timeout_s=30)
         try:
             status = json.loads(res.stdout)
         except ValueError:
@@ -467,7 +509,7 @@ class Meshnode(Pair):
         if self.runtime_dir is None:
             return
         rd = self.runtime_dir
-        self.ctx.launcher.run(self._cli("down", "--runtime-dir", str(rd)), timeout_s=60)
+        self._run_cli(self._cli("down", "--runtime-dir", str(rd)), timeout_s=60)
         # If `down` could not reach supervisord, kill what was started for this runtime dir
         # (ours alone: a fresh temp dir), by pid.
         marker = str(rd).encode()
@@ -483,7 +525,8 @@ class Meshnode(Pair):
                     except ProcessLookupError:
                         pass
         shutil.rmtree(rd, ignore_errors=True)
-        self.runtime_dir, self.supervisord, self.workers = None, None, []
+        self.ctx.meshnode_bases.discard(self.port_base)
+        self.runtime_dir, self.port_base, self.supervisord, self.workers = None, None, None, []
 
     def cpu_roots(self) -> list[int]:
         # Every process of the node (control, ca, telemetry, bus too): its whole cost.
@@ -493,7 +536,134 @@ class Meshnode(Pair):
         return list(self.workers)
 
 
-PAIR_CLASSES: dict[str, type[Pair]] = {c.name: c for c in (Direct, HAProxy, Nginx, Meshnode)}
+class MeshnodeBase(Meshnode):
+    """The meshnode pair again, with the meshnode installed in another venv (--baseline).
+
+    Started, placed, checked and measured exactly as ``meshnode``; only the interpreter
+    differs (the venv's, so supervisord and every node process run the venv's code), and
+    every `meshnode` command runs in the node's runtime dir with PYTHONPATH unset, so that
+    the checkout's sources (``-m`` puts the cwd first on sys.path) cannot shadow it.
+    """
+
+    name = "meshnode-base"
+    description = "the meshnode pair with the baseline venv's meshnode (--baseline)"
+
+    def _python(self) -> str:
+        assert self.ctx.baseline is not None
+        return str(self.ctx.baseline.python)
+
+    def _cwd(self) -> Path | None:
+        return self.runtime_dir
+
+    def _env(self) -> dict[str, str] | None:
+        assert self.ctx.baseline is not None
+        return self.ctx.baseline.env()
+
+    def start(self, workdir: Path) -> Target:
+        assert self.ctx.baseline is not None
+        self.info.update(baseline=self.ctx.baseline.info)
+        return super().start(workdir)
+
+    def _check_build(self, engines: dict[str, str | None]) -> None:
+        assert self.ctx.baseline is not None
+        inside = os.path.realpath(self.ctx.baseline.venv) + os.sep
+        wrong = {pid: so for pid, so in engines.items()
+                 if so is None or not os.path.realpath(so).startswith(inside)}
+        if wrong:
+            raise Unavailable(f"proxy workers run another build than {self.ctx.baseline.venv}'s: "
+                              + ", ".join(f"{pid}: {so or 'no fastpath engine mapped'}"
+                                          for pid, so in wrong.items()))
+
+
+PAIR_CLASSES: dict[str, type[Pair]] = {c.name: c for c in (Direct, HAProxy, Nginx, Meshnode,
+                                                            MeshnodeBase)}
+BASELINE = MeshnodeBase.name
+
+
+@dataclass
+class Baseline:
+    """A meshnode installed (not editable) in another venv: the build to compare against."""
+
+    venv: Path
+    python: Path
+    info: dict[str, Any]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")}
+        env["PATH"] = os.pathsep.join([str(self.venv / "bin"), env.get("PATH", "")])
+        env["VIRTUAL_ENV"] = str(self.venv)
+        return env
+
+
+_WHERE = """\
+import importlib.metadata as md, json, sys
+import meshnode, meshnode.cli, fastpath.engine
+dist = md.distribution("meshnode")
+print(json.dumps({"python": sys.executable, "meshnode": meshnode.__file__,
+                  "fastpath_engine": fastpath.engine.__file__, "version": dist.version,
+                  "direct_url": json.loads(dist.read_text("direct_url.json") or "null")}))
+"""
+
+
+def load_baseline(venv: Path) -> Baseline:
+    """Check that `venv` holds its own meshnode build, and find which commit it came from.
+
+    Raises Unavailable with the reason: no interpreter, meshnode not importable, or it
+    imports from outside the venv (an editable install, or the checkout on sys.path).
+    """
+    venv = Path(os.path.abspath(venv))
+    python = venv / "bin" / "python"
+    if not python.exists():
+        raise Unavailable(f"--baseline {venv}: no {python} (give a venv's directory)")
+    probe_dir = Path(tempfile.mkdtemp(prefix="mnb-where-", dir="/tmp"))
+    baseline = Baseline(venv, python, {})
+    try:
+        res = subprocess.run([str(python), "-c", _WHERE], cwd=probe_dir, env=baseline.env(),
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Unavailable(f"--baseline {venv}: {python} did not run: {exc}") from None
+    finally:
+        shutil.rmtree(probe_dir, ignore_errors=True)
+    if res.returncode != 0:
+        last = res.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise Unavailable(f"--baseline {venv}: cannot import meshnode there: {last[0]}")
+    where = json.loads(res.stdout.strip().splitlines()[-1])
+    inside = os.path.realpath(venv) + os.sep
+    outside = [k for k in ("meshnode", "fastpath_engine")
+               if not os.path.realpath(where[k]).startswith(inside)]
+    if outside:
+        raise Unavailable(f"--baseline {venv}: {', '.join(where[k] for k in outside)} is not "
+                          "inside the venv (install it there with `pip install .`, not -e)")
+    url = (where.get("direct_url") or {}).get("url", "")
+    source = url[len("file://"):] if url.startswith("file://") else None
+    info: dict[str, Any] = {"venv": str(venv), **where, "source": source or url or None}
+    if source:
+        info["source_commit"] = _git(source, "rev-parse", "HEAD")
+        info["source_dirty"] = bool(_git(source, "status", "--porcelain", "--untracked-files=no"))
+    baseline.info = info
+    return baseline
+
+
+def stale_build(repo: Path) -> str | None:
+    """Whether the checkout's compiled fastpath is older than its sources (not rebuilt)."""
+    built = [f.stat().st_mtime for f in (repo / "fastpath").glob("*.so")]
+    sources = [(f.stat().st_mtime, f.name) for ext in ("pyx", "pxd", "pxi")
+               for f in (repo / "fastpath").glob(f"*.{ext}")]
+    if not built or not sources or max(sources)[0] <= min(built):
+        return None
+    return (f"fastpath/{max(sources)[1]} is newer than the checkout's compiled fastpath: the "
+            "meshnode pair runs the last build (rebuild: pip install -e . or "
+            "python setup.py build_ext --inplace)")
+
+
+def _git(where: str | Path, *args: str) -> str | None:
+    try:
+        res = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
 
 
 # --- the run ------------------------------------------------------------------------
@@ -507,6 +677,8 @@ class Context:
     app_port: int = 0
     app_proc: subprocess.Popen[bytes] | None = None
     lua: Path = Path()
+    baseline: Baseline | None = None  # --baseline: the meshnode-base pair's build
+    meshnode_bases: set[int] = field(default_factory=set)  # port bases of running nodes
 
 
 WRK_DONE_LUA = """\
@@ -668,6 +840,7 @@ def _round(args: argparse.Namespace, ctx: Context, results: dict[str, PairResult
     """Start `names` fresh, run every scenario on each (scenario by scenario, the pairs
     in turn, so that the runs compared are seconds apart), then stop them."""
     started: list[tuple[str, Pair, Target]] = []
+    width = max(8, *(len(n) for n in names))
     try:
         for name in names:
             res = results[name]
@@ -693,7 +866,7 @@ def _round(args: argparse.Namespace, ctx: Context, results: dict[str, PairResult
             for name, pair, target in started:
                 m = measure(ctx, pair, target, SCENARIOS[sc], args.duration)
                 results[name].runs.setdefault(sc, []).append(m)
-                log(f"[round {rnd}/{args.rounds}] {name:8} {sc:9} " + _brief(sc, m))
+                log(f"[round {rnd}/{args.rounds}] {name:{width}} {sc:9} " + _brief(sc, m))
         for name, pair, target in started:
             rss = [kib for p in pair.rss_pids() if (kib := peak_rss_kib(p)) is not None]
             if rss:
@@ -742,7 +915,7 @@ def _brief(scenario: str, m: dict[str, Any]) -> str:
 
 # --- report -------------------------------------------------------------------------
 
-COLUMNS = [  # (summary key, header, format)
+COLUMNS = [  # (summary key, header, format); see LOWER_IS_BETTER
     ("keepalive_rps", "keep-alive req/s", "{:,.0f}"),
     ("keepalive_p99_ms", "p99 ms", "{:.2f}"),
     ("newconn_rps", "new-conn req/s", "{:,.0f}"),
@@ -753,6 +926,8 @@ COLUMNS = [  # (summary key, header, format)
     ("newconn_cpu_us_per_req", "CPU µs/req nc", "{:.1f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.1f}"),
 ]
+LOWER_IS_BETTER = {"keepalive_p99_ms", "unloaded_p50_ms", "unloaded_p99_ms",
+                   "keepalive_cpu_us_per_req", "newconn_cpu_us_per_req", "peak_rss_mb"}
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -806,10 +981,28 @@ def format_report(results: dict[str, PairResult], rounds: int) -> str:
         out += ["", _table(rows), f"(and a proxy worker's peak RSS ≤ {RSS_TARGET_MB:g} MB)"]
         if "meshnode" in summaries:
             out.append(_verdict(ratios(summaries["meshnode"], ref), summaries["meshnode"]))
+        if BASELINE in summaries:
+            out.append(_verdict(ratios(summaries[BASELINE], ref), summaries[BASELINE], BASELINE))
+    if BASELINE in results:
+        out += ["", _baseline_comparison(results, summaries)]
     return "\n".join(out)
 
 
-def _verdict(r: dict[str, float | None], s: dict[str, float | None]) -> str:
+def _baseline_comparison(results: dict[str, PairResult],
+                         summaries: dict[str, dict[str, float | None]]) -> str:
+    """meshnode's medians over meshnode-base's, per metric, from the same interleaved rounds."""
+    title = f"meshnode / {BASELINE}"
+    if "meshnode" not in summaries or BASELINE not in summaries:
+        missing = [n for n in ("meshnode", BASELINE) if n not in summaries]
+        return f"{title}: no comparison, {' and '.join(missing)} not measured"
+    r = ratios(summaries["meshnode"], summaries[BASELINE])
+    rows = [[title] + [h for _, h, _ in COLUMNS],
+            ["ratio"] + ["-" if r[k] is None else f"{r[k]:.3f}×" for k, _, _ in COLUMNS],
+            ["better is"] + ["lower" if k in LOWER_IS_BETTER else "higher" for k, _, _ in COLUMNS]]
+    return _table(rows)
+
+
+def _verdict(r: dict[str, float | None], s: dict[str, float | None], name: str = "meshnode") -> str:
     parts = []
     for key, (op, target) in TARGETS.items():
         v = r.get(key)
@@ -817,7 +1010,7 @@ def _verdict(r: dict[str, float | None], s: dict[str, float | None]) -> str:
         parts.append(f"{key} {'-' if v is None else f'{v:.2f}'} {'met' if ok else 'MISSED'}")
     rss = s.get("peak_rss_mb")
     parts.append(f"rss {rss} MB {'met' if rss is not None and rss <= RSS_TARGET_MB else 'MISSED'}")
-    return "meshnode vs targets: " + ", ".join(parts)
+    return f"{name} vs targets: " + ", ".join(parts)
 
 
 def _version(argv: list[str]) -> str:
@@ -846,6 +1039,10 @@ def report_json(args: argparse.Namespace, ctx: Context, results: dict[str, PairR
                          rounds_lost=res.unavailable, peak_rss_mb_per_round=res.rss_mb,
                          checks=res.info, runs=res.runs)
         pairs[name] = entry
+    base = results.get(BASELINE)
+    if base and base.runs and "meshnode" in pairs and pairs["meshnode"]["status"] == "ok":
+        pairs["meshnode"]["ratio_to_baseline"] = ratios(results["meshnode"].summary(),
+                                                        base.summary())
     return {
         "benchmark": "sidecar-pair", "started": started, "interrupted": interrupted,
         "command": " ".join([sys.argv[0], *sys.argv[1:]]),
@@ -861,6 +1058,8 @@ def report_json(args: argparse.Namespace, ctx: Context, results: dict[str, PairR
                      "wrk": _version(["wrk", "-v"]), "python_ssl": ssl.OPENSSL_VERSION},
         "targets": {"ratios_to_haproxy": {k: f"{op} {v}" for k, (op, v) in TARGETS.items()},
                     "peak_rss_mb": f"<= {RSS_TARGET_MB}"},
+        "checkout": args.checkout,
+        "baseline": ctx.baseline.info if ctx.baseline else None,
         "pairs": pairs,
     }
 
@@ -891,8 +1090,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per wrk run (default 8, as peers/README.md)")
     p.add_argument("--warmup", type=int, default=1,
                    help="seconds of unrecorded keep-alive load after a pair starts (default 1; 0: none)")
-    p.add_argument("--pairs", type=_names(PAIRS), default=list(PAIRS),
-                   help=f"comma-separated, in run order (default {','.join(PAIRS)})")
+    p.add_argument("--pairs", type=_names(list(PAIR_CLASSES)), default=list(PAIRS),
+                   help=f"comma-separated, in run order (default {','.join(PAIRS)}; "
+                        f"{BASELINE} needs --baseline)")
+    p.add_argument("--baseline", type=Path, metavar="VENV",
+                   help=f"also run the pair {BASELINE}: the meshnode pair with the meshnode "
+                        "installed (pip install ., not -e) in this venv, e.g. an older commit's "
+                        f"build; it joins the same rounds right after meshnode, and the report "
+                        f"adds meshnode / {BASELINE} per metric")
     p.add_argument("--scenarios", type=_names(list(SCENARIOS)), default=list(SCENARIOS),
                    help=f"comma-separated (default {','.join(SCENARIOS)})")
     p.add_argument("--order", choices=["scenario", "pair"], default="scenario",
@@ -918,6 +1123,19 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/sidecar_pair.py: --rounds >= 1, --duration > 0, --warmup >= 0, --wait-idle >= 0",
               file=sys.stderr)
         return EX_USAGE
+    if BASELINE in args.pairs and args.baseline is None:
+        print(f"bench/sidecar_pair.py: the pair {BASELINE} needs --baseline VENV", file=sys.stderr)
+        return EX_USAGE
+    if args.baseline is not None and BASELINE not in args.pairs:
+        at = args.pairs.index("meshnode") + 1 if "meshnode" in args.pairs else len(args.pairs)
+        args.pairs.insert(at, BASELINE)
+    baseline = None
+    if args.baseline is not None:
+        try:
+            baseline = load_baseline(args.baseline)
+        except Unavailable as exc:
+            print(f"bench/sidecar_pair.py: {exc}", file=sys.stderr)
+            return EX_USAGE
     missing = _missing_tools()
     if missing:
         print(f"missing: {', '.join(missing)}; apt-get install -y haproxy nginx wrk curl util-linux",
@@ -941,7 +1159,21 @@ def main(argv: list[str] | None = None) -> int:
     log(f"placement: {placement.note}")
     log(f"work dir {workdir}; {args.rounds} round(s) × {len(args.pairs)} pairs × "
         f"{len(args.scenarios)} scenarios × {args.duration:g}s")
-    ctx = Context(workdir, placement, launcher, make_pki(workdir / "pki", peers.SNI))
+    repo = Path(__file__).resolve().parent.parent
+    args.checkout = {"path": str(repo), "commit": _git(repo, "rev-parse", "HEAD"),
+                     "dirty": bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))}
+    if baseline is not None:
+        b = baseline.info
+        dirty = " + uncommitted changes"
+        log(f"meshnode: {repo} at {(args.checkout['commit'] or '?')[:12]}"
+            f"{dirty if args.checkout['dirty'] else ''} ({sys.executable})")
+        log(f"{BASELINE}: {b['venv']} (meshnode {b['version']} from {b['source'] or '?'} at "
+            f"{(b.get('source_commit') or '?')[:12]}{dirty if b.get('source_dirty') else ''})")
+        stale = stale_build(repo)
+        if stale:
+            log(f"NOTE: {stale}")
+    ctx = Context(workdir, placement, launcher, make_pki(workdir / "pki", peers.SNI),
+                  baseline=baseline)
     ctx.lua = workdir / "done.lua"
     ctx.lua.write_text(WRK_DONE_LUA)
     results = {name: PairResult(name, PAIR_CLASSES[name].description) for name in args.pairs}
