@@ -102,6 +102,14 @@ cdef enum:
     # (Content-Length); a larger answer, or one still coming at the connect timeout,
     # closes the upstream instead.
     ENGINE_DRAIN_MAX_BYTES = 1048576
+    # How long an opaque TCP pair whose destination left the table (a config push)
+    # goes on before it is closed, unless the table says (Mesh drainDuration; Istio's
+    # terminationDrainDuration default).
+    ENGINE_DRAIN_PERIOD_MS = 5000
+    # Draining (Engine.drain): an HTTP pair between requests for this long is closed
+    # (a client sending at that moment would meet the close, as at any keep-alive
+    # timeout; one that keeps sending gets `Connection: close` on its next answer).
+    ENGINE_DRAIN_IDLE_MS = 1000
     # Outbound setup (connect, TLS handshake, peer identity) failing on an endpoint:
     # the connection is set up again on the service's next endpoint, at most this many
     # tries in all (Istio's default retry policy: 2 retries on connect failure), and

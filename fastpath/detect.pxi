@@ -138,7 +138,9 @@ cdef int _outbound_start(Core* core, Conn* c, uint32_t listener,
     cdef int st
     c.client_ctx = l.client_ctx
     c.local_principal = _interned(core, &l.principal, &l.identity)
+    c.lfd = l.fd
     if l.http:
+        memcpy(&c.peer_addr, peer, sizeof(net.sockaddr_storage))
         for i in range(c.table.n_sources):
             if _same_ip(&c.table.sources[i].addr, peer):
                 c.client_ctx = c.table.sources[i].client_ctx

@@ -148,9 +148,15 @@ cdef inline bint _http_idle(Conn* c) noexcept nogil:
 
 cdef bint _pool_put(Core* core, Conn* c) noexcept nogil:
     """Hand the pair's upstream to its endpoint's pool; False (nothing changed) when
-    the pool is full."""
+    the pool is full. A pair on an older table pools into the current table's endpoint
+    at the same address, if the current table still presents the identity the
+    upstream was opened as; otherwise the upstream is not pooled (its endpoint left)."""
     cdef Endpoint* ep = &c.table.services[c.service].endpoints[c.endpoint]
     cdef IdleUp* u
+    if c.table != core.table:
+        ep = _current_endpoint(core, c)
+        if ep == NULL or not _table_has_ctx(core.table, c.client_ctx):
+            return False
     if ep.n_idle >= ENGINE_POOL_PER_ENDPOINT:
         return False
     # Out of the epoll set: its events must not reach this slot's next user.

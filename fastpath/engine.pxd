@@ -141,6 +141,9 @@ cdef struct Table:
     # Timeouts the engine takes on when it swaps this table in (0: keep its own).
     int64_t connect_timeout_ns
     int64_t idle_timeout_ns
+    # How long an opaque TCP pair whose destination left with this table may go on
+    # before it is closed (0: keep the engine's; Mesh drainDuration).
+    int64_t drain_ns
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -243,6 +246,10 @@ cdef enum ConnFlags:
     # HTTP outbound: the requests are routed again (_http_reroute): same service, no
     # Host lookup (the head was edited already), the first one's start kept.
     CONN_REROUTED = 65536
+    # HTTP: the pair is going away (the engine drains, or its listener left the table):
+    # the next request framed is its last (its answer says close), and between
+    # requests the pair is closed (_going_away).
+    CONN_GOING_AWAY = 131072
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -283,6 +290,11 @@ cdef struct Conn:
     uint32_t setup_tries           # outbound: endpoints tried for this setup (failover)
     int64_t reroute_start_ns       # HTTP outbound: CONN_REROUTED's kept start
     uint32_t route                 # inbound: index in table.routes (servername callback)
+    int lfd                        # outbound: the listener it was accepted on (a table may
+                                   # move: found again by fd in the next one)
+    net.sockaddr_storage peer_addr # outbound HTTP: the client's address (its identity)
+    int64_t close_at_ns            # opaque: its destination left the table; closed then
+                                   # (0: not due)
     openssl.SSL_CTX* client_ctx    # outbound: borrowed from the table
     Side down
     Side up
@@ -396,6 +408,14 @@ cdef struct Counters:
     # returning to the next call, log-linear µs buckets as http_latency_us, and the most.
     uint64_t loop_busy_us[ENGINE_LATENCY_BUCKETS]
     uint64_t loop_busy_max_ns
+    # A config push reaching open pairs: HTTP pairs moved to the newer table at a
+    # request boundary; opaque pairs closed a drain period after their destination
+    # left; idle pooled upstreams whose endpoint left, closed at the swap.
+    uint64_t pairs_moved
+    uint64_t departed_closed
+    uint64_t departed_idle_closed
+    # Graceful drain (Engine.drain): HTTP pairs closed between requests.
+    uint64_t drain_closed
 
 
 # --- the engine's state ------------------------------------------------------------------------
@@ -408,6 +428,7 @@ cdef struct Core:
     net.pthread_mutex_t lock
     Table* pending                 # installed, not yet picked up by the loop
     bint stop_requested
+    int64_t drain_for_ns           # Engine.drain() asked for a drain this long (0: not)
     bint woken                     # the eventfd fired: look at pending/stop
     int saved_errno
 
@@ -439,6 +460,12 @@ cdef struct Core:
 
     int64_t connect_timeout_ns
     int64_t idle_timeout_ns
+    int64_t drain_ns               # the table's drain period for departed opaque pairs
+    # Draining (Engine.drain): no listener is watched, HTTP pairs go between requests,
+    # and the loop ends when no pair is left or at drain_deadline_ns.
+    bint draining
+    int64_t drain_deadline_ns
+    uint32_t listeners_out         # 1 once the listeners left the epoll set (published)
     int64_t now_ns                 # CLOCK_MONOTONIC, once per loop iteration
     int64_t next_scan_ns
     Counters counters
@@ -477,6 +504,7 @@ cdef class RouteTable:
     cdef list _sources             # (address str, TLSContext, identity bytes)
     cdef double _connect_timeout_s # 0: keep the engine's
     cdef double _idle_timeout_s
+    cdef double _drain_s           # 0: keep the engine's
     cdef int _inbound_fd
     cdef bytes _ticket_keys        # the dispatch ctx's session ticket keys (None: random)
 

@@ -238,7 +238,9 @@ include "filters.pxi"       # per-request steps on the route (x-forwarded-client
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
 include "endpoint.pxi"      # connect, mTLS client, pool, sessions, failover
 include "stats.pxi"         # request figures per (direction, service, peer)
-include "table.pxi"         # route tables: compile, swap, carry-over
+include "table.pxi"         # route tables: compile, swap, carry-over of endpoint state
+include "carry.pxi"         # open pairs meet a newer table
+include "drain.pxi"         # graceful drain: stop accepting, finish, send clients away
 
 
 
@@ -386,6 +388,27 @@ cdef class Engine:
         net.pthread_mutex_unlock(&self.core.lock)
         _wake(self.core)
 
+    def drain(self, double deadline_s) -> None:
+        """Drain gracefully, from any thread (drain.pxi): the loop stops accepting at its
+        next iteration (then `draining` is True and the caller may close its listening
+        sockets), answers what is in flight, sends HTTP clients away (`Connection:
+        close` on their next answer, pairs quiet between requests closed), and run()
+        returns once no pair is left, or `deadline_s` seconds from now, when what is
+        left is closed as stop() would. A second call changes nothing."""
+        if not 0 < deadline_s <= 3600:
+            raise ValueError("deadline_s must be > 0 and at most an hour, not %r" % deadline_s)
+        net.pthread_mutex_lock(&self.core.lock)
+        if self.core.drain_for_ns == 0:
+            self.core.drain_for_ns = <int64_t>(deadline_s * 1e9)
+        net.pthread_mutex_unlock(&self.core.lock)
+        _wake(self.core)
+
+    @property
+    def draining(self) -> bool:
+        """True once a drain began: the loop has taken every listener out of its epoll
+        set and accepts nothing more."""
+        return mn_acquire_u32(&self.core.listeners_out) != 0
+
     def install(self, RouteTable table not None) -> int:
         """Hand the loop a new route table; returns its generation (see `generation`).
 
@@ -459,6 +482,11 @@ cdef class Engine:
         out["sniffed_tcp"] = snap.sniffed_tcp
         out["loop_busy_us"] = [snap.loop_busy_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]
         out["loop_busy_max_us"] = snap.loop_busy_max_ns // 1000
+        out["pairs_moved"] = snap.pairs_moved
+        out["departed_closed"] = snap.departed_closed
+        out["departed_idle_closed"] = snap.departed_idle_closed
+        out["drain_closed"] = snap.drain_closed
+        out["draining"] = int(mn_acquire_u32(&self.core.listeners_out) != 0)
         out["generation"] = self.core.generation
         return out
 

@@ -185,13 +185,16 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     if c.flags & CONN_INBOUND:
         if not _xfcc_set(core, c, req, base, &delta):
             return STATUS_AGAIN
+        if c.flags & CONN_GOING_AWAY:
+            # Draining: this request's answer tells the caller's node to go elsewhere.
+            c.client_close = True
     else:
         if req.version_minor == 1 and not req.upgrade:
             delta = -<int64_t>strip_hop_fields(c.d2u.buf + base, c.d2u.tail - base, req)
             c.d2u.tail = <uint32_t>(c.d2u.tail + delta)
         elif not req.keep_alive:
             c.reusable = False  # HTTP/1.0 goes on as it came: the upstream will close
-        if not req.keep_alive:
+        if not req.keep_alive or c.flags & CONN_GOING_AWAY:
             c.client_close = True
         if req.target_form == TARGET_ABSOLUTE:
             delta -= _origin_form(&c.d2u, base, req)
@@ -311,6 +314,11 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
         else:
             if c.n_pend == ENGINE_HTTP_PIPELINE_MAX:
                 return STATUS_OK        # deep enough: the rest waits for answers
+            if c.table != core.table and not _rebind(core, c):
+                # Each request is routed on the table current when its head is framed:
+                # this one waits until the earlier ones are answered (carry.pxi).
+                c.switching = True
+                return STATUS_OK
             rc = parse_request_head(f.buf + start, avail, &req, &core.http_limits)
             if rc == 0:
                 if f.tail >= _d2u_cap(core, c) and f.head == 0 and c.fwd == 0:
@@ -441,6 +449,15 @@ cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
     c.flags &= ~CONN_DRAIN_HEAD_SEEN
     c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
     c.n_pend -= 1
+
+
+cdef inline bint _up_left_between(const Conn* c) noexcept nogil:
+    """Outbound HTTP: the upstream ended (close_notify) between answers that kept the
+    connection alive, and the client is still there: not the client's end."""
+    return ((c.flags & (CONN_HTTP | CONN_INBOUND)) == CONN_HTTP and c.u2d.eof
+            and c.reusable and c.n_pend == 0 and c.resp_phase == RESP_HEAD
+            and c.req_phase == REQ_HEAD and c.fwd == 0 and c.u2d.buf == NULL
+            and not c.u2d.shut and not c.d2u.eof and not c.client_close)
 
 
 cdef inline uint32_t _u2d_cap(Core* core, Conn* c) noexcept nogil:
@@ -615,7 +632,8 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
         f.head = 0
         f.tail = 0
     if (f.eof and f.buf == NULL and not f.shut and not c.switching
-            and c.resp_phase != RESP_LENGTH and c.resp_phase != RESP_CHUNKED):
+            and c.resp_phase != RESP_LENGTH and c.resp_phase != RESP_CHUNKED
+            and not _up_left_between(c)):
         # (An answer cut short is not passed on as a clean end: _http_rframe resets.)
         r = _shut(&c.down)
         if r == STATUS_OK:

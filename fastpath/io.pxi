@@ -195,7 +195,10 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
         if (c.switching and c.n_pend == 0 and c.u2d.buf == NULL
                 and (c.resp_phase == RESP_HEAD or c.u2d.eof)):
             # Every request sent upstream is answered: the client's next request goes
-            # to the service it names; the upstream goes to the pool if it can.
+            # to the service it names (on the current table); the upstream goes to the
+            # pool if it can. Inbound, the app's new address (carry.pxi).
+            if c.flags & CONN_INBOUND:
+                return _inbound_move(core, c)
             return _http_switch(core, c)
         if (c.flags & (CONN_HTTP | CONN_INBOUND) == CONN_HTTP and c.d2u.eof
                 and c.d2u.buf == NULL and _http_idle(c)):
@@ -203,6 +206,15 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             # the endpoint's pool is full.
             _pool_put(core, c)
             return STATUS_CLOSE
+        if _up_left_between(c):
+            # The upstream ended cleanly between answers that kept it alive (its node
+            # drains, or its service moved): the client's connection goes on, and its
+            # next request gets another upstream.
+            return _http_switch(core, c)
+        if c.table != core.table and c.flags & CONN_HTTP and _between_requests(c):
+            # A config push came while requests were in flight: now they are answered,
+            # the pair moves to the current table (carry.pxi).
+            return _http_move(core, c)
         if c.d2u.shut and c.u2d.shut:
             return STATUS_CLOSE
         if a + b == 0:

@@ -167,6 +167,15 @@ cdef void _scan(Core* core) noexcept nogil:
             elif now - c.active_ns >= core.idle_timeout_ns:
                 sc.idle_timeouts += 1
                 _conn_close(core, c, False)
+            elif c.close_at_ns != 0 and now >= c.close_at_ns:
+                core.counters.departed_closed += 1  # its destination left the table
+                _settle(core, c, _end_gracefully(core, c))
+            elif core.draining and _gone_quiet(core, c):
+                core.counters.drain_closed += 1
+                _settle(core, c, _end_gracefully(core, c))
+        elif core.draining and _gone_quiet(core, c):
+            core.counters.drain_closed += 1
+            _conn_close(core, c, False)
         elif c.state == CONN_SNIFFING:
             if now >= c.deadline_ns:        # silent, or no whole head in time: TCP
                 core.counters.sniffed_tcp += 1
@@ -220,6 +229,7 @@ cdef int _loop(Core* core) noexcept nogil:
     cdef int64_t busy
     cdef Table* pending
     cdef bint stop
+    cdef int64_t drain_for
     core.now_ns = _now_ns()
     core.next_scan_ns = core.now_ns + ENGINE_SCAN_INTERVAL_MS * 1000000
     core.woken = True                   # look at pending/stop before the first wait
@@ -230,11 +240,16 @@ cdef int _loop(Core* core) noexcept nogil:
             pending = core.pending
             core.pending = NULL
             stop = core.stop_requested
+            drain_for = core.drain_for_ns
             net.pthread_mutex_unlock(&core.lock)
             if pending != NULL:
                 _swap(core, pending)
             if stop:
                 break
+            if drain_for > 0 and not core.draining:
+                _drain_begin(core, drain_for)
+        if core.draining and _drain_over(core):
+            break
         if core.n_ready_next > 0:
             timeout_ms = 0
         else:

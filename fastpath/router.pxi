@@ -53,6 +53,8 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     cdef uint32_t i
     cdef bint rerouted = c.flags & CONN_REROUTED
     c.flags &= ~CONN_REROUTED
+    if c.table != core.table and not rerouted:
+        _adopt(core, c)                 # routed on the current table (carry.pxi)
     if not (c.flags & CONN_FIXED_SERVICE or rerouted):
         if req.authority.len > 0:
             hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off, req.authority.len,

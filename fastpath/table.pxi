@@ -198,23 +198,51 @@ cdef void _carry_endpoints(Table* old, Table* t) noexcept nogil:
                 _carry_endpoint(t, e, b)
 
 
+cdef uint64_t _close_idle(Table* t) noexcept nogil:
+    """Close every idle upstream `t`'s endpoints still hold; how many."""
+    cdef uint32_t i, j
+    cdef uint64_t n = 0
+    cdef Endpoint* ep
+    for i in range(t.n_services):
+        for j in range(t.services[i].n_endpoints):
+            ep = &t.services[i].endpoints[j]
+            while ep.n_idle > 0:
+                ep.n_idle -= 1
+                _idle_close(&ep.idle[ep.n_idle])
+                n += 1
+    return n
+
+
 cdef void _swap(Core* core, Table* t) noexcept nogil:
     """Make `t` the current table: accept only from its listeners from now on."""
     cdef Table* old = core.table
-    cdef net.epoll_event ev
-    cdef uint32_t i
     if old != NULL:
         _listeners_unwatch(core, old)
         _carry_endpoints(old, t)
+        # What did not move belongs to endpoints that left: no request takes them now.
+        core.counters.departed_idle_closed += _close_idle(old)
     core.table = t
     t.refs += 1
     if t.connect_timeout_ns > 0:
         core.connect_timeout_ns = t.connect_timeout_ns
     if t.idle_timeout_ns > 0:
         core.idle_timeout_ns = t.idle_timeout_ns
+    if t.drain_ns > 0:
+        core.drain_ns = t.drain_ns
     core.generation = t.generation
     core.counters.tables_installed += 1
     core.counters.tables_live += 1
+    if old != NULL:
+        _reach_open_pairs(core)         # carry.pxi: open pairs meet the new table
+    if not core.draining:               # a draining engine accepts nothing more
+        _listeners_watch(core, t)
+    if old != NULL:
+        _table_release(core, old)
+
+
+cdef void _listeners_watch(Core* core, Table* t) noexcept nogil:
+    cdef net.epoll_event ev
+    cdef uint32_t i
     # Level-triggered: a backlog left after one accept batch is reported again.
     ev.events = net.EPOLLIN
     for i in range(t.n_listeners):
@@ -225,8 +253,6 @@ cdef void _swap(Core* core, Table* t) noexcept nogil:
         ev.data.u64 = _tag(_TAG_LISTENER, _INBOUND_LISTENER, 0)
         if net.epoll_ctl(core.epfd, net.EPOLL_CTL_ADD, t.inbound_fd, &ev) != 0:
             core.counters.inbound.accept_failures += 1
-    if old != NULL:
-        _table_release(core, old)
 
 
 cdef bytes _host_name(str name, str what):
@@ -325,6 +351,7 @@ cdef class RouteTable:
         self._sources = []
         self._connect_timeout_s = 0
         self._idle_timeout_s = 0
+        self._drain_s = 0
         self._ticket_keys = None
 
     def __repr__(self) -> str:
@@ -417,14 +444,20 @@ cdef class RouteTable:
         self._http_ctx = client_ctx
         self._http_identity = _spiffe_id(identity)
 
-    def set_timeouts(self, double connect_timeout_s, double idle_timeout_s) -> None:
+    def set_timeouts(self, double connect_timeout_s, double idle_timeout_s,
+                     double drain_s=0.0) -> None:
         """The engine's connect timeout (connect + TLS handshake, and an HTTP client's
         whole request head) and idle timeout from this table on (Engine() gave the
         first ones). Idle pairs already open are judged by the new idle timeout; setup
-        deadlines already running keep theirs."""
+        deadlines already running keep theirs. `drain_s` (0: keep the engine's, at
+        first ENGINE_DRAIN_PERIOD_MS): how long an opaque TCP pair whose destination
+        left the table goes on before it is closed (Mesh drainDuration)."""
         _check_timeouts(connect_timeout_s, idle_timeout_s)
+        if not 0 <= drain_s <= 3600:
+            raise ValueError("drain_s must be 0..3600, not %r" % drain_s)
         self._connect_timeout_s = connect_timeout_s
         self._idle_timeout_s = idle_timeout_s
+        self._drain_s = drain_s
 
     def add_source(self, str address not None, TLSContext client_ctx not None,
                    str identity=None) -> None:
@@ -505,6 +538,7 @@ cdef class RouteTable:
         t.inbound_fd = -1
         t.connect_timeout_ns = <int64_t>(self._connect_timeout_s * 1e9)
         t.idle_timeout_ns = <int64_t>(self._idle_timeout_s * 1e9)
+        t.drain_ns = <int64_t>(self._drain_s * 1e9)
         try:
             if self._services:
                 t.services = <Service*>calloc(len(self._services), sizeof(Service))

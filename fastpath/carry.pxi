@@ -1,0 +1,242 @@
+# carry.pxi: Open pairs meet a newer route table (Envoy's rule): each HTTP request is
+# routed on the table current when its head is framed, an upstream to an endpoint that
+# left takes no new request, and an opaque pair whose destination left is closed after
+# the drain period.
+#
+# Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+#
+# A pair holds a reference to the table it started on (its indexes point into it). At a
+# request boundary an HTTP pair moves to the current table: in place when its upstream
+# (or, inbound, its app connection) is just as good there — the same destination and
+# address, opened as the identity the new table gives the pair — else by dropping that
+# connection and routing the next request afresh (_http_switch, _inbound_move).
+# Pairs between requests move when the table is swapped in (_reach_open_pairs); pairs
+# with requests in flight move once those are answered or their next head is framed.
+
+
+cdef inline bint _between_requests(const Conn* c) noexcept nogil:
+    """An HTTP pair in PIPE with nothing owed either way (bytes of a next request that
+    are not framed yet may wait in d2u)."""
+    return (c.state == CONN_PIPE and c.n_pend == 0 and c.fwd == 0
+            and c.req_phase == REQ_HEAD and c.resp_phase == RESP_HEAD
+            and c.resp_fwd == 0 and c.u2d.buf == NULL and not c.switching
+            and not (c.flags & CONN_DRAINING))
+
+
+cdef inline void _retable(Core* core, Conn* c, Table* t) noexcept nogil:
+    """Hold `t` instead of the pair's table (which may be freed here: no pointer into
+    it may be used after this)."""
+    t.refs += 1
+    _table_release(core, c.table)
+    c.table = t
+    c.stat = -1
+    core.counters.pairs_moved += 1
+
+
+cdef OutboundListener* _listener_in(Table* t, int fd) noexcept nogil:
+    cdef uint32_t i
+    for i in range(t.n_listeners):
+        if t.listeners[i].fd == fd:
+            return &t.listeners[i]
+    return NULL
+
+
+cdef openssl.SSL_CTX* _client_identity(Core* core, Conn* c, Table* t,
+                                       uint16_t* principal) noexcept nogil:
+    """The identity `t` gives outbound pair c (its listener's, or on the HTTP listener
+    its client address's: _outbound_start's choice); NULL when the listener left `t`."""
+    cdef OutboundListener* l = _listener_in(t, c.lfd)
+    cdef uint32_t i
+    if l == NULL:
+        return NULL
+    if l.http:
+        for i in range(t.n_sources):
+            if _same_ip(&t.sources[i].addr, &c.peer_addr):
+                principal[0] = _interned(core, &t.sources[i].principal, &t.sources[i].identity)
+                return t.sources[i].client_ctx
+    principal[0] = _interned(core, &l.principal, &l.identity)
+    return l.client_ctx
+
+
+cdef bint _adopt(Core* core, Conn* c) noexcept nogil:
+    """Outbound HTTP pair with no upstream (about to route a request): take the current
+    table, with the identity it gives the pair. False (the pair stays where it is,
+    going away) when its listener left the table."""
+    cdef Table* t = core.table
+    cdef uint16_t principal = 0
+    cdef openssl.SSL_CTX* ctx = _client_identity(core, c, t, &principal)
+    if ctx == NULL:
+        c.flags |= CONN_GOING_AWAY
+        return False
+    if c.flags & CONN_FIXED_SERVICE:
+        c.service = _listener_in(t, c.lfd).service
+    _retable(core, c, t)
+    c.client_ctx = ctx
+    c.local_principal = principal
+    return True
+
+
+cdef bint _outbound_rebind(Core* core, Conn* c) noexcept nogil:
+    """Outbound HTTP pair with an upstream: move it to the current table in place when
+    that upstream is one the table would give it (same destination, same address, the
+    same identity); False when it is not."""
+    cdef Table* t = core.table
+    cdef Service* a = &c.table.services[c.service]
+    cdef uint16_t principal = 0
+    cdef int64_t k
+    cdef Endpoint* ep
+    if c.up.ssl == NULL or c.u2d.eof or not c.reusable:
+        return False
+    if _client_identity(core, c, t, &principal) != c.client_ctx:
+        return False
+    if c.flags & CONN_FIXED_SERVICE:
+        k = _listener_in(t, c.lfd).service
+        if not _same_destination(a, &t.services[k]):
+            return False
+    else:
+        k = _service_in(t, a, c.service)
+        if k < 0:
+            return False
+    ep = _endpoint_in(&t.services[k], &a.endpoints[c.endpoint])
+    if ep == NULL:
+        return False
+    c.service = <uint32_t>k
+    c.endpoint = <uint32_t>(ep - t.services[k].endpoints)
+    c.local_principal = principal
+    _retable(core, c, t)
+    return True
+
+
+cdef int64_t _route_in(const Table* t, const InboundRoute* r) noexcept nogil:
+    """The index of `t`'s inbound route for `r`'s SNI; -1 when it has none."""
+    cdef uint32_t j
+    for j in range(t.n_routes):
+        if _name_eq(&t.routes[j].sni, r.sni.data, r.sni.length):
+            return j
+    return -1
+
+
+cdef inline bint _same_app(const InboundRoute* a, const InboundRoute* b) noexcept nogil:
+    return a.app_addrlen == b.app_addrlen and memcmp(&a.app_addr, &b.app_addr,
+                                                    a.app_addrlen) == 0
+
+
+cdef void _inbound_take_route(Core* core, Conn* c, uint32_t j) noexcept nogil:
+    cdef InboundRoute* route
+    _retable(core, c, core.table)
+    c.route = j
+    route = &c.table.routes[j]
+    c.local_principal = _interned(core, &route.principal, &route.identity)
+    if c.flags & CONN_HTTP:
+        c.head_reserve = _xfcc_value_len(route, c.peer_id_length) + _XFCC_BYTES + 4
+
+
+cdef bint _inbound_rebind(Core* core, Conn* c) noexcept nogil:
+    """Inbound pair: move it to the current table in place when the route for its SNI
+    still leads to the same app address; False when it does not."""
+    cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
+    if j < 0 or not _same_app(&c.table.routes[c.route], &core.table.routes[j]):
+        return False
+    _inbound_take_route(core, c, <uint32_t>j)
+    return True
+
+
+cdef bint _rebind(Core* core, Conn* c) noexcept nogil:
+    """At a request head of a pair on an older table: moved in place, or False (the
+    pair switches once its earlier requests are answered)."""
+    if c.flags & CONN_INBOUND:
+        return _inbound_rebind(core, c)
+    return _outbound_rebind(core, c)
+
+
+cdef int _end_gracefully(Core* core, Conn* c) noexcept nogil:
+    """Close a pair between messages with a clean end both ways (close_notify to a TLS
+    peer, FIN to a plaintext one), so neither side takes it for a truncation."""
+    if c.down.fd >= 0 and not c.u2d.shut:
+        _shut(&c.down)
+    if c.up.fd >= 0 and not c.d2u.shut:
+        _shut(&c.up)
+    return STATUS_CLOSE
+
+
+cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
+    """Inbound HTTP pair between requests, on an older table: go on with the current
+    table's route for its SNI — to the app's new address, on a new app connection —
+    or end cleanly when the service left this node (the caller's node routes its next
+    request afresh)."""
+    cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
+    cdef net.epoll_event ev
+    cdef InboundRoute* route
+    cdef int st
+    if j < 0:
+        return _end_gracefully(core, c)
+    if _same_app(&c.table.routes[c.route], &core.table.routes[j]):
+        _inbound_take_route(core, c, <uint32_t>j)
+        c.switching = False
+        return STATUS_OK
+    _side_close(&c.up, False)
+    if c.u2d.buf != NULL:
+        _buf_put(core, c.u2d.buf)
+    memset(&c.u2d, 0, sizeof(Flow))
+    c.d2u.shut = False
+    c.switching = False
+    c.reusable = True
+    _inbound_take_route(core, c, <uint32_t>j)
+    # Events still queued for the old app socket are not the new one's.
+    c.gen += 1
+    ev.events = _CONN_EVENTS
+    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
+    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
+        return STATUS_RESET
+    route = &c.table.routes[c.route]
+    st = _connect(core, c, &route.app_addr, route.app_addrlen)
+    if st == STATUS_OK:
+        return _enter_pipe(core, c)
+    if st == STATUS_AGAIN:
+        return STATUS_OK
+    return st
+
+
+cdef int _http_move(Core* core, Conn* c) noexcept nogil:
+    """An HTTP pair between requests, on an older table: moved to the current one."""
+    if c.flags & CONN_INBOUND:
+        return _inbound_move(core, c)
+    if _outbound_rebind(core, c):
+        return STATUS_OK
+    # The upstream goes (to the current table's pool when it may) and the next request
+    # is routed on the current table.
+    return _http_switch(core, c)
+
+
+cdef void _opaque_check(Core* core, Conn* c) noexcept nogil:
+    """An opaque pair meets a new table: if its destination (outbound: the same service
+    and endpoint address; inbound: the route for its SNI to the same app) left, it is
+    closed a drain period from now, unless a later table brings it back."""
+    cdef bint kept
+    cdef int64_t j
+    if c.flags & CONN_INBOUND:
+        j = _route_in(core.table, &c.table.routes[c.route])
+        kept = j >= 0 and _same_app(&c.table.routes[c.route], &core.table.routes[j])
+    else:
+        kept = _current_endpoint(core, c) != NULL
+    if kept:
+        c.close_at_ns = 0
+    elif c.close_at_ns == 0:
+        c.close_at_ns = core.now_ns + (core.drain_ns if core.drain_ns > 0
+                                       else ENGINE_DRAIN_PERIOD_MS * 1000000)
+
+
+cdef void _reach_open_pairs(Core* core) noexcept nogil:
+    """A table was just swapped in: HTTP pairs between requests move to it now, opaque
+    pairs learn whether their destination is still there. Once per swap, over the
+    slots in use."""
+    cdef uint32_t i
+    cdef Conn* c
+    for i in range(core.n_slots):
+        c = &core.conns[i]
+        if c.state != CONN_PIPE or c.table == core.table:
+            continue
+        if not (c.flags & CONN_HTTP):
+            _opaque_check(core, c)
+        elif _between_requests(c):
+            _settle(core, c, _http_move(core, c))
