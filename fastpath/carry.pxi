@@ -128,7 +128,7 @@ cdef void _inbound_take_route(Core* core, Conn* c, uint32_t j) noexcept nogil:
     route = &c.table.routes[j]
     c.local_principal = _interned(core, &route.principal, &route.identity)
     if c.flags & CONN_HTTP:
-        c.head_reserve = _xfcc_value_len(route, c.peer_id_length) + _XFCC_BYTES + 4
+        c.head_reserve = _request_room(&route.chain, c)
 
 
 cdef bint _inbound_rebind(Core* core, Conn* c) noexcept nogil:

@@ -79,6 +79,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.peer_principal = 0
     c.stat = -1
     c.head_reserve = 0
+    c.filter_at = 0
     c.state = CONN_CONNECTING      # callers set the real first state
     cdef SideCounters* sc = _counters_of(core, c)
     sc.connections_opened += 1

@@ -73,7 +73,7 @@ cdef int _inbound_detect(Core* core, Conn* c, Side* s) noexcept nogil:
     openssl.SSL_get0_alpn_selected(s.ssl, &alpn, &alpn_len)
     if alpn_len == 8 and memcmp(alpn, b"http/1.1", 8) == 0:
         c.flags |= CONN_HTTP
-        c.head_reserve = _xfcc_value_len(route, c.peer_id_length) + _XFCC_BYTES + 4
+        c.head_reserve = _request_room(&route.chain, c)
     st = _connect(core, c, &route.app_addr, route.app_addrlen)
     if st == STATUS_OK:
         return _enter_pipe(core, c)

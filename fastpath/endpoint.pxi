@@ -92,16 +92,12 @@ cdef bint _peer_allowed(Core* core, Conn* c, const char* peer, int n) noexcept n
     runs as? Checked before a byte of the client's goes to it. Allowed ends the
     endpoint's setup, and with it its failure streak (and any passing over)."""
     cdef Service* svc = &c.table.services[c.service]
-    cdef uint32_t i
-    cdef bint allowed = False
-    if n > 0:
-        for i in range(svc.n_identities):
-            if (svc.identities[i].length == <uint32_t>n
-                    and memcmp(svc.identities[i].data, peer, <size_t>n) == 0):
-                allowed = True
-                break
-    if not allowed:
-        core.counters.identity_mismatch += 1
+    cdef FilterCall call
+    call.phase = PHASE_CONNECTION
+    call.peer = peer
+    call.peer_len = n
+    call.status = 0
+    if _filters_run(core, c, &svc.chain, &call) != FILTER_CONTINUE:
         return False
     c.flags &= ~CONN_SETTING_UP
     if svc.endpoints[c.endpoint].fails != 0 or c.table != core.table:

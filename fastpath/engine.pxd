@@ -10,7 +10,7 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastpath.includes cimport net, openssl
-from fastpath.http1 cimport ChunkState, Limits
+from fastpath.http1 cimport ChunkState, Limits, ReqHead, RespHead
 
 
 # Results of the engine's nogil functions; Engine maps them to exceptions (_check).
@@ -66,7 +66,56 @@ cdef struct Endpoint:
     int64_t down_until_ns
 
 
+# The filter chain (filters.pxi): a route's compiled steps, run at three points of a
+# pair's path, each returning continue, stop (run it again later: no room yet, a limit
+# to wait out) or answer (the engine answers instead of forwarding). Steps are kinds in
+# a switch, not function pointers, so the compiler inlines them into the path.
+cdef enum FilterPhase:
+    PHASE_CONNECTION = 0           # the pair is set up: the peer's verified ID is known
+    PHASE_REQUEST = 1              # a request head is framed, before it goes on
+    PHASE_RESPONSE = 2             # a response head is framed, before it goes on
+
+
+cdef enum FilterVerdict:
+    FILTER_CONTINUE = 0
+    FILTER_STOP = 1                # changed nothing; run again from this step later
+    FILTER_ANSWER = 2              # FilterCall.status says what (0: refuse, no answer)
+
+
+cdef enum FilterKind:
+    # Outbound, on connection: the upstream's SPIFFE ID must be one the service runs as.
+    FILTER_PEER_ID = 1
+    # Inbound, on request: x-forwarded-client-cert set to the route's and the caller's
+    # verified IDs, whatever the caller sent under that name (Envoy's SANITIZE_SET).
+    FILTER_XFCC = 2
+
+
+cdef struct Filter:
+    uint8_t kind                   # FilterKind
+    uint8_t phase                  # FilterPhase
+    uint32_t arg                   # kind-specific (an index into the table's arrays)
+
+
+cdef struct FilterChain:
+    Filter* steps                  # malloc'd, in order; NULL when n == 0
+    uint32_t n
+    uint32_t phases                # bit (1 << phase) set when a step runs there
+
+
+# What a step sees and says, for one run of a chain.
+cdef struct FilterCall:
+    uint8_t phase
+    ReqHead* req                   # PHASE_REQUEST: the head parsed at d2u.buf + base
+    uint32_t base
+    int64_t delta                  # the head's change in length, summed over the steps
+    RespHead* resp                 # PHASE_RESPONSE
+    const char* peer               # PHASE_CONNECTION: the peer's verified ID (or NULL)
+    int peer_len
+    int status                     # FILTER_ANSWER: the engine's answer (0: refuse)
+
+
 cdef struct Service:
+    FilterChain chain              # its steps (on connection: the upstream's ID)
     Name name                      # as RouteTable.add_service() got it: request figures' key
     Name sni                       # sent in the ClientHello: the destination service
     Name* identities               # SPIFFE IDs the destination may present (>= 1)
@@ -108,6 +157,7 @@ cdef struct HostEntry:
 
 
 cdef struct InboundRoute:
+    FilterChain chain              # its steps (on request: x-forwarded-client-cert)
     Name sni
     Name service                   # the local service, as named for request figures
     Name identity                  # the local service's SPIFFE ID (empty: not given)
@@ -331,9 +381,10 @@ cdef struct Conn:
     uint16_t peer_principal
     uint16_t local_principal       # the identity this node presents for the pair
     int32_t stat
-    # Bytes kept free at the end of the request buffer for a field the engine adds to
-    # each request head (inbound: x-forwarded-client-cert).
+    # Bytes kept free at the end of the request buffer for the fields the filter chain
+    # adds to each request head (inbound: x-forwarded-client-cert).
     uint32_t head_reserve
+    uint8_t filter_at              # the request's chain stopped at this step: resume there
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine

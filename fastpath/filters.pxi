@@ -1,26 +1,35 @@
-# filters.pxi: Per-request steps on a route: today the identity header (x-forwarded-
-# client-cert) the inbound side sets on each request it hands the app.
+# filters.pxi: The filter chain: a route's compiled steps on connection (with the peer's
+# verified identity), on request head and on response head, each returning continue,
+# stop or answer; the steps themselves (the upstream's identity, the identity header).
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+#
+# New per-request behaviour (authorization, rate limits, header modifiers, faults,
+# mirroring) is a new FilterKind and a case in _filter_step, compiled into the chains
+# by RouteTable._build, not a branch in the loop. A chain with no step at a phase costs
+# one bit test there. A step that stops must have changed nothing; steps before it ran
+# already and are not run again (Conn.filter_at): the caller re-parses the head, so
+# their edits are part of what the next steps see.
+
 
 cdef inline uint32_t _xfcc_value_len(const InboundRoute* route, uint32_t peer_len) noexcept nogil:
     """len("By=<local ID>;URI=<peer ID>"), without By= when the route has no ID."""
     return (route.identity.length + 4 if route.identity.length > 0 else 0) + 4 + peer_len
 
 
-cdef bint _xfcc_set(Core* core, Conn* c, ReqHead* req, uint32_t base,
-                    int64_t* delta) noexcept nogil:
-    """Inbound: replace whatever x-forwarded-client-cert the request head at d2u.buf +
-    base carries by `By=<local ID>;URI=<caller's verified ID>`. False (nothing changed)
-    when the buffer has no room for it yet; *delta is the head's change in length."""
+cdef FilterVerdict _xfcc_step(Core* core, Conn* c, FilterCall* call) noexcept nogil:
+    """Inbound request: replace whatever x-forwarded-client-cert the head carries by
+    `By=<local ID>;URI=<caller's verified ID>`. Stops (nothing changed) while the buffer
+    has no room for it."""
     cdef Flow* f = &c.d2u
     cdef const InboundRoute* route = &c.table.routes[c.route]
+    cdef uint32_t base = call.base
     cdef char value[2 * SPIFFE_ID_MAX_BYTES + 16]
     cdef uint32_t n = 0
     cdef uint32_t cut
     cdef int added
     if f.tail + _XFCC_BYTES + 4 + _xfcc_value_len(route, c.peer_id_length) > core.buffer_bytes:
-        return False
+        return FILTER_STOP
     if route.identity.length > 0:
         memcpy(value, b"By=", 3)
         memcpy(value + 3, route.identity.data, route.identity.length)
@@ -30,11 +39,94 @@ cdef bint _xfcc_set(Core* core, Conn* c, ReqHead* req, uint32_t base,
     memcpy(value + n, b"URI=", 4)
     memcpy(value + n + 4, c.peer_id, c.peer_id_length)
     n += 4 + c.peer_id_length
-    cut = drop_fields(f.buf + base, f.tail - base, req, _XFCC, _XFCC_BYTES)
+    cut = drop_fields(f.buf + base, f.tail - base, call.req, _XFCC, _XFCC_BYTES)
     f.tail -= cut
-    added = add_field(f.buf + base, req.head_len - cut, f.tail - base,
+    added = add_field(f.buf + base, call.req.head_len - cut, f.tail - base,
                       core.buffer_bytes - base, _XFCC, _XFCC_BYTES, value, n)
     _invariant(added > 0, b"x-forwarded-client-cert did not fit after the room check")
     f.tail += <uint32_t>added
-    delta[0] = <int64_t>added - <int64_t>cut
-    return True
+    call.delta += <int64_t>added - <int64_t>cut
+    return FILTER_CONTINUE
+
+
+cdef FilterVerdict _peer_id_step(Core* core, Conn* c, FilterCall* call) noexcept nogil:
+    """Outbound connection: the upstream's verified SPIFFE ID must be one the service
+    runs as, before a byte of the client's goes to it; else the pair is refused."""
+    cdef Service* svc = &c.table.services[c.service]
+    cdef uint32_t i
+    if call.peer_len > 0:
+        for i in range(svc.n_identities):
+            if (svc.identities[i].length == <uint32_t>call.peer_len
+                    and memcmp(svc.identities[i].data, call.peer, <size_t>call.peer_len) == 0):
+                return FILTER_CONTINUE
+    core.counters.identity_mismatch += 1
+    call.status = 0
+    return FILTER_ANSWER
+
+
+cdef inline FilterVerdict _filter_step(Core* core, Conn* c, const Filter* f,
+                                       FilterCall* call) noexcept nogil:
+    if f.kind == FILTER_XFCC:
+        return _xfcc_step(core, c, call)
+    if f.kind == FILTER_PEER_ID:
+        return _peer_id_step(core, c, call)
+    return FILTER_CONTINUE
+
+
+cdef FilterVerdict _filters_run(Core* core, Conn* c, const FilterChain* chain,
+                                FilterCall* call) noexcept nogil:
+    """Run `chain`'s steps for call.phase in order, from where the last run of this
+    request stopped; the first verdict that is not continue ends the run."""
+    cdef uint32_t i
+    cdef FilterVerdict v
+    if not (chain.phases >> call.phase) & 1:
+        return FILTER_CONTINUE
+    i = c.filter_at if call.phase == PHASE_REQUEST else 0
+    while i < chain.n:
+        if chain.steps[i].phase == call.phase:
+            v = _filter_step(core, c, &chain.steps[i], call)
+            if v != FILTER_CONTINUE:
+                if v == FILTER_STOP and call.phase == PHASE_REQUEST:
+                    c.filter_at = <uint8_t>i
+                return v
+        i += 1
+    if call.phase == PHASE_REQUEST:
+        c.filter_at = 0
+    return FILTER_CONTINUE
+
+
+cdef uint32_t _request_room(const FilterChain* chain, Conn* c) noexcept nogil:
+    """Bytes the chain's request steps may add to one head of pair c: kept free at the
+    end of its request buffer (Conn.head_reserve)."""
+    cdef uint32_t i
+    cdef uint32_t room = 0
+    for i in range(chain.n):
+        if chain.steps[i].phase == PHASE_REQUEST and chain.steps[i].kind == FILTER_XFCC:
+            room += (_xfcc_value_len(&c.table.routes[c.route], c.peer_id_length)
+                     + _XFCC_BYTES + 4)
+    return room
+
+
+cdef int _chain_set(FilterChain* chain, const Filter* steps, uint32_t n) noexcept nogil:
+    """Compile `n` steps into `chain` (RouteTable._build); -1 when out of memory."""
+    cdef uint32_t i
+    chain.steps = NULL
+    chain.n = 0
+    chain.phases = 0
+    if n == 0:
+        return 0
+    chain.steps = <Filter*>malloc(n * sizeof(Filter))
+    if chain.steps == NULL:
+        return -1
+    memcpy(chain.steps, steps, n * sizeof(Filter))
+    chain.n = n
+    for i in range(n):
+        chain.phases |= 1u << steps[i].phase
+    return 0
+
+
+cdef void _chain_free(FilterChain* chain) noexcept nogil:
+    free(chain.steps)
+    chain.steps = NULL
+    chain.n = 0
+    chain.phases = 0

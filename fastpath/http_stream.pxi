@@ -180,15 +180,28 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     origin-form. The client's `Connection: close` is about the client's connection
     only: the upstream hop stays pooled (HTTP/1.1 requests go on without it), and the
     client's connection is closed after this request's answer, which then says so."""
-    cdef int64_t delta = 0
+    cdef int64_t delta
     cdef uint32_t i
+    cdef FilterCall call
+    call.phase = PHASE_REQUEST
+    call.req = req
+    call.base = base
+    call.delta = 0
+    call.status = 0
+    if _filters_run(core, c, &c.table.routes[c.route].chain if c.flags & CONN_INBOUND
+                    else &c.table.services[c.service].chain, &call) == FILTER_STOP:
+        return STATUS_AGAIN
+    _invariant(c.filter_at == 0, b"a request step answered: none does yet")
+    delta = call.delta
     if c.flags & CONN_INBOUND:
-        if not _xfcc_set(core, c, req, base, &delta):
-            return STATUS_AGAIN
         if c.flags & CONN_GOING_AWAY:
             # Draining: this request's answer tells the caller's node to go elsewhere.
             c.client_close = True
     else:
+        if delta != 0:
+            # The engine's own edits below work on the head as the steps left it.
+            parse_request_head(c.d2u.buf + base, c.d2u.tail - base, req, &core.http_limits)
+            delta = 0
         if req.version_minor == 1 and not req.upgrade:
             delta = -<int64_t>strip_hop_fields(c.d2u.buf + base, c.d2u.tail - base, req)
             c.d2u.tail = <uint32_t>(c.d2u.tail + delta)

@@ -48,6 +48,7 @@ cdef void _table_free(Table* t) noexcept nogil:
     if t.services != NULL:
         for i in range(t.n_services):
             svc = &t.services[i]
+            _chain_free(&svc.chain)
             _name_free(&svc.name)
             _name_free(&svc.sni)
             if svc.identities != NULL:
@@ -65,6 +66,7 @@ cdef void _table_free(Table* t) noexcept nogil:
         free(t.services)
     if t.routes != NULL:
         for i in range(t.n_routes):
+            _chain_free(&t.routes[i].chain)
             _name_free(&t.routes[i].sni)
             _name_free(&t.routes[i].service)
             _name_free(&t.routes[i].identity)
@@ -533,6 +535,7 @@ cdef class RouteTable:
         cdef TLSContext ctx
         cdef TLSContext dispatch
         cdef uint32_t i, j
+        cdef Filter step
         if t == NULL:
             raise MemoryError()
         t.inbound_fd = -1
@@ -547,6 +550,10 @@ cdef class RouteTable:
                 t.n_services = len(self._services)
             for i, (name, sni_b, ids, eps) in enumerate(self._services):
                 svc = &t.services[i]
+                # Its chain: the upstream's identity checked on connection.
+                step.kind, step.phase, step.arg = FILTER_PEER_ID, PHASE_CONNECTION, 0
+                if _chain_set(&svc.chain, &step, 1) != 0:
+                    raise MemoryError()
                 _name_set(&svc.name, (<str>name).encode())
                 _name_set(&svc.sni, sni_b)
                 svc.identities = <Name*>calloc(len(ids), sizeof(Name))
@@ -614,6 +621,10 @@ cdef class RouteTable:
                 t.n_routes = len(self._routes)
             for i, (sni_b, ctx, host, port, service_b, identity_b) in enumerate(self._routes):
                 route = &t.routes[i]
+                # Its chain: the caller's identity on every request handed to the app.
+                step.kind, step.phase, step.arg = FILTER_XFCC, PHASE_REQUEST, 0
+                if _chain_set(&route.chain, &step, 1) != 0:
+                    raise MemoryError()
                 _name_set(&route.sni, sni_b)
                 _name_set(&route.service, service_b)
                 _name_set(&route.identity, identity_b)

@@ -15,7 +15,7 @@ import time
 
 from enginekit import TIMEOUT_S, port_of, recv_all, wait_for
 from test_engine import make_mesh, recv_exact  # noqa: F401
-from test_engine_http import Mesh, Node, client_ctx, mesh, mesh_pki  # noqa: F401
+from test_engine_http import Mesh, Node, client_ctx, mesh, mesh_pki, recv_until  # noqa: F401
 
 
 def ended(node: Node, within_s: float) -> float:
@@ -68,7 +68,7 @@ def test_the_inbound_side_sends_the_callers_node_away(mesh: Mesh) -> None:
     connection sees that close after a whole answer."""
     c = mesh.client()
     c.sendall(b"GET /x HTTP/1.1\r\nHost: backend\r\n\r\n")
-    answer = c.recv(65536)
+    answer = recv_until(c, b"GET /x host=backend\n")
     assert answer.startswith(b"HTTP/1.1 200")
     mesh.in_node.engine.drain(5.0)
     wait_for(lambda: mesh.in_node.engine.draining, what="listeners out")
