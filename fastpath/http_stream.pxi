@@ -487,6 +487,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
     cdef Py_ssize_t n
     cdef int rc, added
     cdef RespHead resp
+    cdef FilterCall call
     while f.buf != NULL:
         start = f.head + c.resp_fwd
         avail = f.tail - start
@@ -530,6 +531,17 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     _http_reply(core, c, 502, b"bad response from upstream\n", -1)
                     return STATUS_CLOSE
                 return STATUS_RESET
+            call.phase = PHASE_RESPONSE
+            call.resp = &resp
+            call.base = start
+            call.delta = 0
+            if _filters_run(core, c, &c.table.routes[c.route].chain if c.flags & CONN_INBOUND
+                            else &c.table.services[c.service].chain, &call) == FILTER_STOP:
+                break                       # framed once the step lets it go on
+            if call.delta != 0:
+                # The engine's own edit below works on the head as the steps left it.
+                rc = parse_response_head(f.buf + start, f.tail - start, &resp,
+                                         &core.http_limits, <Method>c.pend_method[c.pend_first])
             c.resp_status = resp.status
             if c.client_close and c.n_pend == 1 and resp.status >= 200:
                 # The answer to the request that said close: the client learns that its
