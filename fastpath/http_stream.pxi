@@ -260,12 +260,20 @@ cdef int _http_head(Core* core, Conn* c) noexcept nogil:
         if not full and not buffered:
             r = _recv(&c.down, f.buf + f.tail, cap - f.tail)
             if r == STATUS_AGAIN:
+                if f.tail == 0:
+                    # A keep-alive client between requests holds no buffer.
+                    _buf_put(core, f.buf)
+                    memset(f, 0, sizeof(Flow))
                 return STATUS_OK
             if r == STATUS_EOF:
                 return STATUS_CLOSE     # gone before a whole head: nothing to answer
             if r < 0:
                 return STATUS_RESET
             core.counters.outbound.bytes_received += <uint64_t>r
+            if f.tail == 0 and c.flags & CONN_ANSWERED:
+                # The first bytes of a keep-alive client's next request: its head has
+                # connect_timeout from now (until then the pair was idle, not late).
+                c.deadline_ns = core.now_ns + core.connect_timeout_ns
             f.tail += <uint32_t>r
             c.active_ns = core.now_ns
             # A head ends with a LF: no use re-parsing before one arrives (http1.pxd).

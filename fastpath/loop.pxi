@@ -176,6 +176,12 @@ cdef void _scan(Core* core) noexcept nogil:
         elif core.draining and _gone_quiet(core, c):
             core.counters.drain_closed += 1
             _conn_close(core, c, False)
+        elif (c.state == CONN_HTTP_HEAD and c.flags & CONN_ANSWERED
+                and (c.d2u.buf == NULL or c.d2u.tail == c.d2u.head)):
+            # A keep-alive client between requests (its upstream went): idle, not late.
+            if now - c.active_ns >= core.idle_timeout_ns:
+                sc.idle_timeouts += 1
+                _conn_close(core, c, False)
         elif c.state == CONN_SNIFFING:
             if now >= c.deadline_ns:        # silent, or no whole head in time: TCP
                 core.counters.sniffed_tcp += 1

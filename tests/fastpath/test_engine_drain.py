@@ -169,3 +169,40 @@ def _connect_and_wait(m: Mesh) -> int:
             return 0
     finally:
         s.close()
+
+
+def test_a_drained_node_does_not_end_its_callers_client_connections(mesh: Mesh) -> None:
+    """The inbound engine drains while a keep-alive client of the outbound side is
+    quiet: its upstream is ended cleanly, and the client's connection goes on, its next
+    request carried by a sibling inbound engine on the same port."""
+    sibling_sock = socket.socket()
+    sibling_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sibling_sock.bind(("127.0.0.1", mesh.in_port))
+    sibling_sock.listen(128)
+    sibling_sock.setblocking(False)
+    sibling = Node()
+    try:
+        conn = mesh.http()
+        conn.request("GET", "/x", headers={"Host": "backend"})
+        first = conn.getresponse()
+        assert (first.status, first.read()) == (200, b"GET /x host=backend\n")
+        table = mesh.inbound_table()
+        table.set_inbound(sibling_sock.fileno())
+        sibling.install(table)
+        mesh.in_node.engine.drain(5.0)
+        wait_for(lambda: mesh.in_node.engine.draining, what="listeners out")
+        mesh.in_sock.close()
+        ended(mesh.in_node, 4.0)             # the quiet pair was ended cleanly
+        wait_for(lambda: mesh.out_node.stats()["outbound_connections_active"] == 1,
+                 what="the client's pair still open")
+        conn.request("GET", "/x", headers={"Host": "backend"})
+        second = conn.getresponse()
+        assert (second.status, second.read()) == (200, b"GET /x host=backend\n")
+        assert second.getheader("connection") is None
+        stats = mesh.out_node.stats()
+        assert stats["outbound_connections_opened"] == 1      # the same client connection
+        assert sibling.stats()["inbound_connections_opened"] == 1
+        conn.close()
+    finally:
+        sibling.stop()
+        sibling_sock.close()
