@@ -80,11 +80,22 @@ Choices, and why:
   fresh C Table from it (GIL held) and hands it to the loop through a mutex-guarded
   slot and an eventfd; the loop swaps tables at the top of an iteration. A C refcount,
   touched by the engine thread only, counts the "current table" reference plus one
-  per connection that started on the table, so in-flight connections finish on the
-  config and certificates they started with and the old table (its SSL_CTXs, cached
-  sessions) is freed with its last connection. Certificates rotate the same way: the
-  agent builds a table with new TLSContexts and installs it. A table installed over
-  one the loop has not picked up yet replaces it, unused.
+  per connection that holds the table, and the old table (its SSL_CTXs, cached
+  sessions) is freed with its last connection. A new table reaches open connections
+  as Envoy's does (carry.pxi): each HTTP request is routed on the table current when
+  its head is framed (the pair moves to it in place when its upstream or app
+  connection is still right, else that connection goes and the request is routed
+  afresh), idle upstreams of endpoints that left are closed, and an opaque pair whose
+  destination left is closed after the drain period. Certificates rotate the same
+  way: the agent builds a table with new TLSContexts and installs it. A table
+  installed over one the loop has not picked up yet replaces it, unused.
+- Graceful drain (drain.pxi): Engine.drain() stops accepting, answers what is in
+  flight, gives HTTP clients `Connection: close` on their next answer and closes
+  those quiet between requests, and run() returns once nothing is left or at the
+  deadline.
+- The filter chain (filters.pxi): per service and per inbound route, compiled steps
+  run on connection, on request head and on response head (the upstream's identity
+  check, x-forwarded-client-cert); new per-request behaviour is a new step.
 - No Python on the loop path: connection state is C structs in one preallocated
   array (max_connections) with a free list; epoll tags carry (slot, generation,
   side), so an event for a slot closed earlier in the same batch is ignored.
