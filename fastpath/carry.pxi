@@ -223,7 +223,7 @@ cdef void _opaque_check(Core* core, Conn* c) noexcept nogil:
         c.close_at_ns = 0
     elif c.close_at_ns == 0:
         c.close_at_ns = core.now_ns + (core.drain_ns if core.drain_ns > 0
-                                       else ENGINE_DRAIN_PERIOD_MS * 1000000)
+                                       else <int64_t>ENGINE_DRAIN_PERIOD_MS * 1000000)
 
 
 cdef void _reach_open_pairs(Core* core) noexcept nogil:

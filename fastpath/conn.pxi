@@ -90,6 +90,14 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
 cdef void _side_close(Side* s, bint reset) noexcept nogil:
     cdef net.linger lg
     if s.ssl != NULL:
+        if (not reset and openssl.SSL_is_init_finished(s.ssl)
+                and not openssl.SSL_get_shutdown(s.ssl) & openssl.SSL_SENT_SHUTDOWN):
+            # A connection the engine ends on purpose (between messages, idle, done)
+            # ends cleanly: with close_notify, the peer's node takes the end for an end,
+            # not a truncation to reset (best effort: a full send buffer drops it).
+            openssl.ERR_clear_error()
+            openssl.SSL_shutdown(s.ssl)
+            openssl.ERR_clear_error()
         # A connection ended without close_notify (a client gone mid-request, a reset)
         # says nothing against its session: marked shut, SSL_free() keeps the session
         # resumable, so the next connections to the endpoint still resume it instead of

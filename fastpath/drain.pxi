@@ -39,7 +39,7 @@ cdef bint _gone_quiet(Core* core, Conn* c) noexcept nogil:
     connected just before the listeners closed, and its request is coming."""
     if not (c.flags & CONN_GOING_AWAY and c.flags & CONN_ANSWERED):
         return False
-    if core.now_ns - c.active_ns < ENGINE_DRAIN_IDLE_MS * 1000000:
+    if core.now_ns - c.active_ns < <int64_t>ENGINE_DRAIN_IDLE_MS * 1000000:
         return False
     if c.state == CONN_PIPE:
         return _between_requests(c)

@@ -272,6 +272,7 @@ cdef extern from "openssl/ssl.h" nogil:
     # Shutdown state flags (SSL_SENT_SHUTDOWN...). SSL_free() drops the connection's
     # session from resumption when SSL_SENT_SHUTDOWN is not set ("bad session").
     int SSL_get_shutdown(const SSL* ssl)
+    int SSL_is_init_finished(const SSL* s)
     void SSL_set_shutdown(SSL* ssl, int mode)
     const int SSL_SENT_SHUTDOWN
     # Wraps the fd in a socket BIO that does not close it.

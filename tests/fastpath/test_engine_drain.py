@@ -197,7 +197,8 @@ def test_a_drained_node_does_not_end_its_callers_client_connections(mesh: Mesh) 
                  what="the client's pair still open")
         conn.request("GET", "/x", headers={"Host": "backend"})
         second = conn.getresponse()
-        assert (second.status, second.read()) == (200, b"GET /x host=backend\n")
+        assert (second.status, second.read()) == (200, b"GET /x host=backend\n"), (
+            mesh.out_node.stats(), sibling.stats())
         assert second.getheader("connection") is None
         stats = mesh.out_node.stats()
         assert stats["outbound_connections_opened"] == 1      # the same client connection
