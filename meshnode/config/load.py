@@ -153,7 +153,8 @@ def _mesh_spec(spec: MeshSpec) -> dict[str, Any]:
         },
         "telemetry": {"accessLog": spec.access_log},
         "connections": {"connectTimeout": format_duration(spec.connect_timeout_s),
-                        "idleTimeout": format_duration(spec.idle_timeout_s)},
+                        "idleTimeout": format_duration(spec.idle_timeout_s),
+                        "drainDuration": format_duration(spec.drain_duration_s)},
     }
 
 

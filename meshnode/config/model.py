@@ -43,6 +43,16 @@ class MeshSpec:
     # request head; and how long a connection may idle before it is closed.
     connect_timeout_s: float = 5.0
     idle_timeout_s: float = 300.0
+    # How long a stopping worker drains (Istio's terminationDrainDuration): it accepts
+    # nothing more, answers what is in flight and exits when nothing is left or at
+    # this deadline. Also how long an opaque TCP connection whose destination left the
+    # config goes on before it is closed.
+    drain_duration_s: float = 5.0
+
+
+MAX_DRAIN_DURATION_S = 30.0
+"""The longest drainDuration a Mesh may set: supervisord's stop wait for a worker
+(meshnode.supervise) is derived from it, so a draining worker is never SIGKILLed."""
 
 
 @dataclass(frozen=True)

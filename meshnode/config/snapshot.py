@@ -102,6 +102,7 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int) -> 
             "access_log": mesh.access_log,
             "connect_timeout_s": mesh.connect_timeout_s,
             "idle_timeout_s": mesh.idle_timeout_s,
+            "drain_duration_s": mesh.drain_duration_s,
         },
         "nodes": {n.name: {"address": n.spec.address, "inbound_port": n.spec.inbound_port}
                   for n in sorted((r for r in resources if isinstance(r, Node)), key=_by_name)},

@@ -17,6 +17,7 @@ from .errors import ConfigError, Problem
 from .model import (
     API_VERSION,
     KINDS,
+    MAX_DRAIN_DURATION_S,
     Key,
     Mesh,
     MeshSpec,
@@ -332,13 +333,19 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     telemetry = _fields(d, spec.get("telemetry", {}), "spec.telemetry", ("accessLog",)) or {}
     access_log = _opt(d, telemetry, "spec.telemetry", "accessLog", _bool, base.access_log)
     path = "spec.connections"
-    conns = _fields(d, spec.get("connections", {}), path, ("connectTimeout", "idleTimeout")) or {}
+    conns = _fields(d, spec.get("connections", {}), path,
+                    ("connectTimeout", "idleTimeout", "drainDuration")) or {}
     connect = _opt(d, conns, path, "connectTimeout", _duration(0.05, 86400.0), base.connect_timeout_s)
     idle = _opt(d, conns, path, "idleTimeout", _duration(0.05, 86400.0 * 365), base.idle_timeout_s)
-    if None in (trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log, connect, idle):
+    # Bounded above so that supervisord's stop wait, fixed when the node starts, always
+    # outlasts a worker's drain (meshnode.supervise).
+    drain = _opt(d, conns, path, "drainDuration", _duration(0.1, MAX_DRAIN_DURATION_S),
+                 base.drain_duration_s)
+    if None in (trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log, connect, idle,
+                drain):
         return None
     return MeshSpec(trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log,  # type: ignore[arg-type]
-                    connect, idle)  # type: ignore[arg-type]
+                    connect, idle, drain)  # type: ignore[arg-type]
 
 
 def _node_spec(d: _Doc, value: object) -> NodeSpec | None:

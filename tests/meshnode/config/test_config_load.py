@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from meshnode.config import (
-    ConfigError, Mesh, NotFound, Problem, Service, Workload, format_duration, from_dict,
+    ConfigError, Mesh, NotFound, Problem, Service, Workload, compile_snapshot, format_duration, from_dict,
     load_dir, load_file, parse_duration, parse_text, resolve_kind, to_dict, validate_set,
 )
 from meshnode.config.durations import DurationError
@@ -287,6 +287,31 @@ def test_mesh_connections_timeouts(tmp_path: Path) -> None:
         broken = text.replace("{connectTimeout: 500ms, idleTimeout: 10m}", "{" + bad + "}")
         [problem] = problems_of(lambda: parse_text(broken, "mesh.yaml"))
         assert problem.field.startswith("spec.connections") and field in problem.field + problem.message
+
+
+def test_mesh_drain_duration(tmp_path: Path) -> None:
+    """spec.connections.drainDuration (Istio's terminationDrainDuration): 5 s by default,
+    at most 30 s (supervisord's stop wait is derived from that bound); refused by name."""
+    text = ("apiVersion: meshnode.io/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n"
+            "spec:\n  connections: {drainDuration: 12s}\n")
+    [mesh] = parse_text(text, "mesh.yaml")
+    assert mesh.spec.drain_duration_s == 12.0
+    assert from_dict(to_dict(mesh)) == mesh
+    assert to_dict(mesh)["spec"]["connections"]["drainDuration"] == "12s"
+    [default] = parse_text(text.replace("connections: {drainDuration: 12s}", "{}"), "mesh.yaml")
+    assert default.spec.drain_duration_s == 5.0
+    snapshot = compile_snapshot([mesh], "n", 1)
+    assert snapshot["mesh"]["drain_duration_s"] == 12.0
+    for bad, message in (("45s", "between 100ms and 30s, got '45s'"),
+                         ("'0'", "between 100ms and 30s, got '0'"),
+                         ("soon", "'soon' is not a duration"),
+                         ("5", "must be a duration string"),
+                         ("-1s", "is not a duration")):
+        broken = text.replace("drainDuration: 12s", f"drainDuration: {bad}")
+        [problem] = problems_of(lambda: parse_text(broken, "mesh.yaml"))
+        assert (problem.file, problem.resource, problem.field) == (
+            "mesh.yaml", "Mesh default", "spec.connections.drainDuration"), problem
+        assert message in problem.message, problem.message
 
 
 def test_node_places_a_nodes_inbound_listener(tmp_path: Path) -> None:
