@@ -24,6 +24,14 @@ namespaces have resolves in the local workloads' namespace first. The inbound li
 
 The HTTP listener (port-base+1, passed by the worker) is bound with the first table that
 has HTTP hosts and kept until stop().
+
+A stopping worker drains (``drain()``, Istio's terminationDrainDuration): the engine takes
+its listeners out of its loop, answers what is in flight, sends keep-alive clients away
+and ends when nothing is left or at the deadline; as soon as the engine says
+``draining``, ``close_listeners()`` closes this side's listening sockets, so that the
+kernel gives every new connection (and, with net.ipv4.tcp_migrate_req, every one still
+queued here) to the sibling workers bound to the same ports. No table is installed
+after that: the listeners it would name are gone.
 """
 
 from __future__ import annotations
@@ -50,6 +58,12 @@ DEFAULT_INBOUND_PORT = Ports().inbound
 # it holds bytes not yet sent: two TLS records' worth, so a streaming answer moves in
 # half the plaintext read()/send() calls 16 KiB would take.
 BUFFER_BYTES = 32768
+
+# The Mesh's spec.connections defaults (meshnode.config.model.MeshSpec, which a worker
+# does not import: it never parses config); every snapshot carries its own values.
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+DEFAULT_DRAIN_S = 5.0
 
 
 def sni_for(port_name: str, fqdn: str) -> str:
@@ -98,26 +112,62 @@ class DataPlane:
         # Engine service names ("ns/name:port") -> FQDN, for the request figures' labels;
         # kept after a service goes, as its figures are.
         self.service_fqdn: dict[str, str] = {}
+        self.drain_s = DEFAULT_DRAIN_S  # the installed snapshot's drainDuration
+        self.draining = False  # drain() was called: no table is installed from then on
+        self.listeners_closed = False
 
     def start(self) -> None:
         self._thread.start()
         logs.event(log, "listener.bound", name="inbound", port=self.inbound_port)
 
     def stop(self) -> None:
+        """Cut whatever is open, end the engine, close the listeners."""
         self.engine.stop()
         self._thread.join(timeout=10)
+        self._close_listeners()
+
+    def drain(self, deadline_s: float) -> None:
+        """Begin a graceful drain: the engine accepts nothing more, answers what is in
+        flight and ends by itself when nothing is left, or in `deadline_s` seconds."""
+        self.draining = True
+        self.engine.drain(deadline_s)
+
+    def close_listeners(self) -> bool:
+        """Once the engine has taken the listeners out of its loop, close them (new
+        connections then go to the sibling workers); True when they are closed."""
+        if not self.listeners_closed and self.engine.draining:
+            self._close_listeners()
+        return self.listeners_closed
+
+    @property
+    def finished(self) -> bool:
+        """The engine's loop has returned (a drain ended, or stop())."""
+        return self._thread.ident is not None and not self._thread.is_alive()
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the engine's loop to return; True when it has."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _close_listeners(self) -> None:
         for sock in [self._inbound, *self._outbound.values(), *(s for _, s in self._retired)]:
             sock.close()
         if self._http is not None:
             self._http.close()
+        self.listeners_closed = True
 
     def update(self, snapshot: dict[str, Any]) -> None:
         """Compile and install the table for this snapshot and the current certificates."""
+        if self.draining:
+            raise RuntimeError("the data plane is draining: no new table")
         table = RouteTable()
         table.set_inbound(self._inbound.fileno(), self.ticket_keys)
         mesh = snapshot.get("mesh") or {}
-        table.set_timeouts(float(mesh.get("connect_timeout_s", 5.0)),
-                           float(mesh.get("idle_timeout_s", 300.0)))
+        drain_s = float(mesh.get("drain_duration_s", DEFAULT_DRAIN_S))
+        # drain_s: how long an opaque TCP pair whose destination left goes on.
+        table.set_timeouts(float(mesh.get("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S)),
+                           float(mesh.get("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)),
+                           drain_s=drain_s)
         local = sorted(w["identity"] for w in snapshot["local"])
         # The outbound side presents a local workload's identity. HTTP callers are told
         # apart by source address (a workload whose address no other local workload
@@ -159,6 +209,7 @@ class DataPlane:
                 table.set_outbound_http(sock.fileno(), client.client, default_id)
                 self._sources(table, snapshot["local"])
         self.generation = self.engine.install(table)
+        self.drain_s = drain_s
         for port in set(self._outbound) - wanted:
             self._retired.append((self.generation, self._outbound.pop(port)))
         self.reap()

@@ -10,12 +10,21 @@ old one whole; a bad one is refused and the last good one stays. The fastpath en
 that forwards traffic runs beside this agent in the same process, on its own thread
 (``dataplane``, DESIGN §3); the agent recompiles its route table whenever the
 snapshot or a certificate changes.
+
+On SIGTERM (supervisord stopping or restarting it, ``meshnode down``) the worker drains
+(``WorkerDrain``, Istio's terminationDrainDuration): the engine stops accepting and the
+listeners are closed as soon as it has let go of them, so the node's other workers take
+every new connection; what is in flight is answered, keep-alive clients are told to go,
+and the worker exits 0 once nothing is left, or at the installed Mesh's
+``drainDuration`` (the engine then cuts what is left). Its agent stays on the bus
+meanwhile (its health says ``draining``) but installs no new snapshot.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 from bus.clone import StateClient
@@ -29,6 +38,10 @@ from .dataplane import DataPlane
 from .identity.creds import WorkerIdentity
 from .process import Process, base_parser
 
+# How long past the drain deadline a worker waits for its engine, which cuts what is
+# left at the deadline itself, before it stops it outright. supervisord's stop wait
+# (meshnode.supervise) covers the longest drain plus this and more.
+DRAIN_MARGIN_S = 2.0
 
 
 def check_snapshot(snapshot: object) -> str | None:
@@ -97,6 +110,8 @@ class Agent:
                 "openssl": fastpath.tls.openssl_version()}
 
     def on_state(self, items: dict[str, Any]) -> None:
+        if self.dataplane.draining:
+            return  # leaving: what is in flight finishes on the table it has
         snapshot = items.get(self.proc.node)
         if snapshot is None:
             return  # nothing compiled for this node (yet): keep what we have
@@ -132,7 +147,7 @@ class Agent:
 
     def refresh_routes(self) -> None:
         self.dataplane.reap()
-        if not self._routes_dirty or self.snapshot is None:
+        if not self._routes_dirty or self.snapshot is None or self.dataplane.draining:
             return
         self._routes_dirty = False
         try:
@@ -161,6 +176,49 @@ class Agent:
                                                        "reason": reason})
 
 
+class WorkerDrain:
+    """A worker's graceful drain (process.Drain), driven from the bus loop."""
+
+    def __init__(self, proc: Process, dataplane: DataPlane) -> None:
+        self.proc, self.dataplane = proc, dataplane
+        self.deadline_s = dataplane.drain_s
+        self.started = 0.0
+
+    def _active(self) -> int:
+        stats = self.dataplane.engine.stats()
+        return int(stats["outbound_connections_active"] + stats["inbound_connections_active"])
+
+    def begin(self) -> None:
+        # The installed snapshot's drainDuration (the default before any).
+        self.deadline_s = self.dataplane.drain_s
+        self.started = time.monotonic()
+        logs.event(self.proc.log, "drain.started", deadline_s=self.deadline_s,
+                   connections=self._active())
+        self.dataplane.drain(self.deadline_s)
+
+    def step(self) -> bool:
+        took = time.monotonic() - self.started
+        if not self.dataplane.listeners_closed and self.dataplane.close_listeners():
+            logs.event(self.proc.log, "drain.listeners_closed", after_s=round(took, 3))
+        if self.dataplane.finished:
+            stats = self.dataplane.engine.stats()
+            logs.event(self.proc.log, "drain.finished", took_s=round(took, 3),
+                       ended="deadline" if took >= self.deadline_s else "idle",
+                       quiet_closed=stats["drain_closed"])
+            return True
+        if took > self.deadline_s + DRAIN_MARGIN_S:
+            logs.event(self.proc.log, "drain.overran", logging.ERROR, took_s=round(took, 3),
+                       deadline_s=self.deadline_s, connections=self._active())
+            self.cut()
+            if not self.dataplane.join(DRAIN_MARGIN_S):
+                logs.event(self.proc.log, "drain.engine_stuck", logging.ERROR)
+            return True
+        return False
+
+    def cut(self) -> None:
+        self.dataplane.engine.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("meshnode.proxy", "Run one proxy worker of the node.")
     parser.add_argument("--worker", type=int, default=0, help="this worker's index")
@@ -178,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.ctx.destroy(linger=0)
         return 78
     agent = Agent(proc, str(args.worker), dataplane)
+    proc.drain_on_stop(WorkerDrain(proc, dataplane))
     dataplane.start()
     try:
         return proc.run()
