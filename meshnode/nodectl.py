@@ -68,6 +68,30 @@ def check_port_free(port: int, what: str) -> None:
             raise NodeError(f"port {port} ({what}) is in use; pick another --port-base") from None
 
 
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def migrate_queued_connections(path: Path = MIGRATE_REQ) -> str:
+    """Set net.ipv4.tcp_migrate_req where this process may; say what holds either way.
+
+    The workers share their listening ports (SO_REUSEPORT), and a stopping worker closes
+    its listeners: with this sysctl at 1 (Linux 5.14+, per network namespace) the kernel
+    hands the connections still in that worker's accept queue to a sibling; at 0 they
+    are reset. Never fatal: the node works without it.
+    """
+    lost = "connections queued at a worker that stops or restarts may be reset"
+    try:
+        if path.read_text().strip() == "1":
+            return "net.ipv4.tcp_migrate_req is 1: a stopping worker's queued connections go to its siblings"
+    except OSError:
+        return f"net.ipv4.tcp_migrate_req is not available in this kernel: {lost}"
+    try:
+        path.write_text("1\n")
+    except OSError as exc:  # not root, or /proc/sys read-only (a container's netns)
+        return f"cannot set net.ipv4.tcp_migrate_req ({exc.strerror or exc}): {lost}"
+    return "set net.ipv4.tcp_migrate_req=1: a stopping worker's queued connections go to its siblings"
+
+
 def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
     """Start the node and return a summary once /ready says 200; raise NodeError if not."""
     rd = opts.runtime_dir
@@ -85,6 +109,7 @@ def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
     for port, what in ((ports.admin, "admin"), (ports.metrics, "metrics")):
         check_port_free(port, what)
     ticketkeys.make(rd)  # fresh for this start, before any worker reads it
+    migrate = migrate_queued_connections()
     try:
         supervise.start(opts)
     except Exception as exc:  # supervisord itself did not start: say why, with its output
@@ -104,7 +129,8 @@ def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
                         f"  admin    http://127.0.0.1:{ports.admin}/ready\n"
                         f"  metrics  http://127.0.0.1:{ports.metrics}/metrics\n"
                         f"  outbound 127.0.0.1:{ports.outbound}   inbound :{ports.inbound}\n"
-                        f"  processes: {', '.join(opts.process_names())}")
+                        f"  processes: {', '.join(opts.process_names())}\n"
+                        f"  {migrate}")
         except OSError:
             pass  # telemetry is not listening (or answering) yet
         time.sleep(0.2)

@@ -4,6 +4,13 @@ One runtime dir = one node = one supervisord, reached only through the unix sock
 that dir (mode 0700), so several nodes on one machine never mix and no TCP port is
 opened for control. The bus is started first (lowest priority number); everything
 else reconnects to it by itself, so the order of the rest does not matter.
+
+Stopping goes the other way round: the proxy workers first, each draining gracefully
+(meshnode.proxy: up to the Mesh's drainDuration, at most MAX_DRAIN_DURATION_S), while
+the bus, control and telemetry still run, then the rest. supervisord's own shutdown
+(on its SIGTERM, e.g. from systemd) keeps that order too: it stops groups from the
+highest priority number down. A worker's stop wait outlasts its longest drain, so
+supervisord never SIGKILLs a draining worker.
 """
 
 from __future__ import annotations
@@ -21,9 +28,17 @@ from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
 
+from .config.model import MAX_DRAIN_DURATION_S
+
 CONF = "supervisord.conf"
 SOCK = "supervisor.sock"
 PIDFILE = "supervisord.pid"
+PROXY_GROUP = "proxy"
+STOP_WAIT_S = 10
+# A worker ends its drain by the Mesh's drainDuration (at most MAX_DRAIN_DURATION_S),
+# gives its engine 2 s more (meshnode.proxy.DRAIN_MARGIN_S) and exits: 10 s of slack on
+# a loaded machine before supervisord would SIGKILL it.
+PROXY_STOP_WAIT_S = int(MAX_DRAIN_DURATION_S) + 10
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,8 @@ class NodeOptions:
 
 
 def _program(name: str, module: str, opts: NodeOptions, priority: int,
-             extra: list[str] | None = None, numprocs: int = 0) -> str:
+             extra: list[str] | None = None, numprocs: int = 0,
+             stop_wait_s: int = STOP_WAIT_S) -> str:
     """One [program:x] section; numprocs > 0 makes a group of workers x-0, x-1, ..."""
     rd = opts.runtime_dir
     args = [sys.executable, "-m", module, "--runtime-dir", str(rd), "--node", opts.node,
@@ -52,7 +68,7 @@ def _program(name: str, module: str, opts: NodeOptions, priority: int,
     command = " ".join(shlex.quote(a).replace("%", "%%") for a in args)
     lines = [f"[program:{name}]", f"priority={priority}",
              "autostart=true", "autorestart=true", "startsecs=1", "startretries=5",
-             "stopsignal=TERM", "stopwaitsecs=10", "stopasgroup=true", "killasgroup=true",
+             "stopsignal=TERM", f"stopwaitsecs={stop_wait_s}", "stopasgroup=true", "killasgroup=true",
              "redirect_stderr=true", "stdout_logfile_maxbytes=10MB",
              "stdout_logfile_backups=3", f"directory={rd}",
              'environment=PYTHONUNBUFFERED="1"']
@@ -84,7 +100,8 @@ def render_conf(opts: NodeOptions) -> str:
                  [*(["--ca-root", str(opts.ca_root)] if opts.ca_root else []),
                   *(["--ca-issuer", str(opts.ca_issuer)] if opts.ca_issuer else [])]),
         _program("telemetry", "meshnode.telemetry", opts, 20, ["--expect", expect]),
-        _program("proxy", "meshnode.proxy", opts, 30, numprocs=opts.workers),
+        _program(PROXY_GROUP, "meshnode.proxy", opts, 30, numprocs=opts.workers,
+                 stop_wait_s=PROXY_STOP_WAIT_S),
     ])
 
 
@@ -126,18 +143,26 @@ def process_info(runtime_dir: Path) -> list[dict[str, Any]]:
 
 
 def stop(runtime_dir: Path, timeout_s: float = 30.0) -> bool:
-    """Stop every process and supervisord itself; True when nothing is left running."""
+    """Stop every process and supervisord itself; True when nothing is left running.
+
+    The workers go first and this waits for their drains (bounded by their stop wait);
+    `timeout_s` bounds what comes after: the rest of the node and supervisord's exit.
+    """
     pid = supervisord_pid(runtime_dir)
     if pid is None:
         return True
     try:
         server = rpc(runtime_dir)
+        # Returns once every worker has exited: a draining worker's last answers are
+        # counted by telemetry, and none loses its bus while it drains.
+        server.supervisor.stopProcessGroup(PROXY_GROUP)
         server.supervisor.stopAllProcesses()
         server.supervisor.shutdown()
     except (OSError, xmlrpc.client.Fault):
         # The socket is gone or refuses us: fall back to supervisord's own signal,
-        # on which it stops its children too.
+        # on which it stops its children too (workers first, draining).
         os.kill(pid, signal.SIGTERM)
+        timeout_s += PROXY_STOP_WAIT_S
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         # supervisord removes its pidfile on the way out, before it has exited: the
