@@ -37,7 +37,7 @@ from mnharness import CLI, Node, parse_version, wait_for
 BACKEND_ID = "spiffe://cluster.local/ns/demo/sa/backend"
 HOST = "backend.demo:8080"
 NO_ROUTE = b'no route to host "backend.demo"\n'     # the node's own 404 (fastpath)
-IO_TIMEOUT_S = 10.0
+IO_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 20.0
 PACE_PER_THREAD = 60.0          # requests a second per load thread: ~180 in all
 # Issue 9 §2: "within one second of the ACK no new request reaches the old place". The
@@ -205,7 +205,7 @@ class Load:
         return counts
 
     def wait_sent_after(self, since: float, count: int, what: str,
-                        timeout_s: float = 20.0) -> None:
+                        timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
         while min(self.sent_after(since).values()) < count and not self.finished:
             if time.monotonic() > deadline:
