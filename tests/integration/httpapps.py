@@ -14,6 +14,9 @@ and a free port, one thread per connection, whose paths cover what the node must
   the client ends (the WebSocket shape, without WebSocket framing).
 - ``GET /die``: announces ``Content-Length: 100000``, sends 1000 bytes, and closes: an
   upstream that fails mid-response.
+- ``GET /slow/MS/N``: waits MS milliseconds, then answers N bytes (``stream_bytes(N)``,
+  Content-Length): a long request. ``GET /trickle/MS/N``: the head at once, then the
+  same body in ten parts over MS milliseconds: an answer under way.
 
 Every request is recorded (method, target as the app received it, headers), and
 ``stop()`` closes the listener and every connection and joins every thread.
@@ -27,6 +30,7 @@ import random
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -80,6 +84,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._die()
         elif self.path.startswith("/stream/"):
             self._stream(int(self.path.rsplit("/", 1)[1]))
+        elif self.path.startswith(("/slow/", "/trickle/")):
+            _, kind, ms, size = self.path.split("/")
+            self._slow(int(ms) / 1000, int(size), trickle=kind == "trickle")
         else:
             self._text(200, f"{self.server.app.name} GET {self.path}".encode())
 
@@ -137,6 +144,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             offset += len(chunk)
         self.wfile.write(b"0\r\n\r\n")
+
+    def _slow(self, seconds: float, size: int, trickle: bool) -> None:
+        # A timed answer is what this path is for: the sleeps are the app's behaviour.
+        data = stream_bytes(size)
+        if not trickle:
+            time.sleep(seconds)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        parts = 10 if trickle else 1
+        step = -(-size // parts)
+        for i in range(parts):
+            if i:
+                time.sleep(seconds / (parts - 1))
+            self.wfile.write(data[i * step:(i + 1) * step])
+            self.wfile.flush()
 
     def _upgrade(self) -> None:
         self.send_response(101)
