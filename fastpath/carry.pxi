@@ -12,6 +12,8 @@
 # connection and routing the next request afresh (_http_switch, _inbound_move).
 # Pairs between requests move when the table is swapped in (_reach_open_pairs); pairs
 # with requests in flight move once those are answered or their next head is framed.
+# A pair going away (CONN_GOING_AWAY: the engine drains, its listener or its inbound
+# service left) stays on its table until it ends.
 
 
 cdef inline bint _between_requests(const Conn* c) noexcept nogil:
@@ -45,7 +47,7 @@ cdef openssl.SSL_CTX* _client_identity(Core* core, Conn* c, Table* t,
                                        uint16_t* principal) noexcept nogil:
     """The identity `t` gives outbound pair c (its listener's, or on the HTTP listener
     its client address's: _outbound_start's choice); NULL when the listener left `t`."""
-    cdef OutboundListener* l = _listener_in(t, c.lfd)
+    cdef OutboundListener* l = _listener_in(t, c.lfd) if c.lfd >= 0 else NULL
     cdef uint32_t i
     if l == NULL:
         return NULL
@@ -161,15 +163,18 @@ cdef int _end_gracefully(Core* core, Conn* c) noexcept nogil:
 
 cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     """Inbound HTTP pair between requests, on an older table: go on with the current
-    table's route for its SNI — to the app's new address, on a new app connection —
-    or end cleanly when the service left this node (the caller's node routes its next
-    request afresh)."""
+    table's route for its SNI, to the app's new address on a new app connection. When
+    the service left this node the pair stays on its table, going away (as Envoy
+    drains a removed filter chain): the caller's node may not have the push yet, and
+    its next request on this pair is answered (saying close), not refused."""
     cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
     cdef net.epoll_event ev
     cdef InboundRoute* route
     cdef int st
     if j < 0:
-        return _end_gracefully(core, c)
+        c.flags |= CONN_GOING_AWAY
+        c.switching = False
+        return STATUS_OK
     if _same_app(&c.table.routes[c.route], &core.table.routes[j]):
         _inbound_take_route(core, c, <uint32_t>j)
         c.switching = False
@@ -234,9 +239,18 @@ cdef void _reach_open_pairs(Core* core) noexcept nogil:
     cdef Conn* c
     for i in range(core.n_slots):
         c = &core.conns[i]
-        if c.state != CONN_PIPE or c.table == core.table:
+        if c.state == CONN_FREE or c.table == core.table:
+            continue
+        if c.lfd >= 0 and _listener_in(core.table, c.lfd) == NULL:
+            # Its listener left: the caller may close that fd now and open another
+            # under the same number, which must never pass for this pair's listener.
+            # An HTTP pair goes away (its next answer says close; quiet, it is closed).
+            c.lfd = -1
+            if c.flags & CONN_HTTP:
+                c.flags |= CONN_GOING_AWAY
+        if c.state != CONN_PIPE:
             continue
         if not (c.flags & CONN_HTTP):
             _opaque_check(core, c)
-        elif _between_requests(c):
+        elif _between_requests(c) and not c.flags & CONN_GOING_AWAY:
             _settle(core, c, _http_move(core, c))

@@ -34,9 +34,10 @@ cdef inline bint _drain_over(Core* core) noexcept nogil:
 
 
 cdef bint _gone_quiet(Core* core, Conn* c) noexcept nogil:
-    """Is an HTTP pair that is going away between requests, and has been for
-    ENGINE_DRAIN_IDLE_MS? A pair that never got an answer is left alone: its client
-    connected just before the listeners closed, and its request is coming."""
+    """Is an HTTP pair that is going away (the engine drains, or its listener left the
+    table) between requests, and has been for ENGINE_DRAIN_IDLE_MS? A pair that never
+    got an answer is left alone: its client connected just before the listeners
+    closed, and its request is coming."""
     if not (c.flags & CONN_GOING_AWAY and c.flags & CONN_ANSWERED):
         return False
     if core.now_ns - c.active_ns < <int64_t>ENGINE_DRAIN_IDLE_MS * 1000000:

@@ -465,7 +465,8 @@ cdef struct Counters:
     uint64_t pairs_moved
     uint64_t departed_closed
     uint64_t departed_idle_closed
-    # Graceful drain (Engine.drain): HTTP pairs closed between requests.
+    # HTTP pairs going away (Engine.drain, or their listener left the table), closed
+    # quiet between requests.
     uint64_t drain_closed
 
 

@@ -335,7 +335,8 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
         else:
             if c.n_pend == ENGINE_HTTP_PIPELINE_MAX:
                 return STATUS_OK        # deep enough: the rest waits for answers
-            if c.table != core.table and not _rebind(core, c):
+            if (c.table != core.table and not c.flags & CONN_GOING_AWAY
+                    and not _rebind(core, c)):
                 # Each request is routed on the table current when its head is framed:
                 # this one waits until the earlier ones are answered (carry.pxi).
                 c.switching = True

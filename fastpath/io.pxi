@@ -211,7 +211,8 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             # drains, or its service moved): the client's connection goes on, and its
             # next request gets another upstream.
             return _http_switch(core, c)
-        if c.table != core.table and c.flags & CONN_HTTP and _between_requests(c):
+        if (c.table != core.table and c.flags & CONN_HTTP
+                and not c.flags & CONN_GOING_AWAY and _between_requests(c)):
             # A config push came while requests were in flight: now they are answered,
             # the pair moves to the current table (carry.pxi).
             return _http_move(core, c)

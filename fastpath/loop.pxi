@@ -170,10 +170,10 @@ cdef void _scan(Core* core) noexcept nogil:
             elif c.close_at_ns != 0 and now >= c.close_at_ns:
                 core.counters.departed_closed += 1  # its destination left the table
                 _settle(core, c, _end_gracefully(core, c))
-            elif core.draining and _gone_quiet(core, c):
+            elif _gone_quiet(core, c):
                 core.counters.drain_closed += 1
                 _settle(core, c, _end_gracefully(core, c))
-        elif core.draining and _gone_quiet(core, c):
+        elif _gone_quiet(core, c):
             core.counters.drain_closed += 1
             _conn_close(core, c, False)
         elif (c.state == CONN_HTTP_HEAD and c.flags & CONN_ANSWERED

@@ -53,7 +53,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     cdef uint32_t i
     cdef bint rerouted = c.flags & CONN_REROUTED
     c.flags &= ~CONN_REROUTED
-    if c.table != core.table and not rerouted:
+    if c.table != core.table and not rerouted and not c.flags & CONN_GOING_AWAY:
         _adopt(core, c)                 # routed on the current table (carry.pxi)
     if not (c.flags & CONN_FIXED_SERVICE or rerouted):
         if req.authority.len > 0:
