@@ -164,6 +164,8 @@ class DataPlane:
         table.set_inbound(self._inbound.fileno(), self.ticket_keys)
         mesh = snapshot.get("mesh") or {}
         drain_s = float(mesh.get("drain_duration_s", DEFAULT_DRAIN_S))
+        if not 0 < drain_s <= 3600:  # Engine.drain's bounds; config allows 100ms..30s
+            raise ValueError(f"drain_duration_s must be > 0 and at most an hour, not {drain_s!r}")
         # drain_s: how long an opaque TCP pair whose destination left goes on.
         table.set_timeouts(float(mesh.get("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S)),
                            float(mesh.get("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)),
