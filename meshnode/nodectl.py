@@ -80,16 +80,17 @@ def migrate_queued_connections(path: Path = MIGRATE_REQ) -> str:
     are reset. Never fatal: the node works without it.
     """
     lost = "connections queued at a worker that stops or restarts may be reset"
+    kept = "a stopping worker's queued connections go to its siblings"
     try:
         if path.read_text().strip() == "1":
-            return "net.ipv4.tcp_migrate_req is 1: a stopping worker's queued connections go to its siblings"
+            return f"net.ipv4.tcp_migrate_req is 1: {kept}"
     except OSError:
         return f"net.ipv4.tcp_migrate_req is not available in this kernel: {lost}"
     try:
         path.write_text("1\n")
     except OSError as exc:  # not root, or /proc/sys read-only (a container's netns)
         return f"cannot set net.ipv4.tcp_migrate_req ({exc.strerror or exc}): {lost}"
-    return "set net.ipv4.tcp_migrate_req=1: a stopping worker's queued connections go to its siblings"
+    return f"set net.ipv4.tcp_migrate_req=1: {kept}"
 
 
 def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:

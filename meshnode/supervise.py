@@ -68,7 +68,8 @@ def _program(name: str, module: str, opts: NodeOptions, priority: int,
     command = " ".join(shlex.quote(a).replace("%", "%%") for a in args)
     lines = [f"[program:{name}]", f"priority={priority}",
              "autostart=true", "autorestart=true", "startsecs=1", "startretries=5",
-             "stopsignal=TERM", f"stopwaitsecs={stop_wait_s}", "stopasgroup=true", "killasgroup=true",
+             "stopsignal=TERM", f"stopwaitsecs={stop_wait_s}",
+             "stopasgroup=true", "killasgroup=true",
              "redirect_stderr=true", "stdout_logfile_maxbytes=10MB",
              "stdout_logfile_backups=3", f"directory={rd}",
              'environment=PYTHONUNBUFFERED="1"']
