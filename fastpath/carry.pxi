@@ -22,6 +22,7 @@ cdef inline bint _between_requests(const Conn* c) noexcept nogil:
     return (c.state == CONN_PIPE and c.n_pend == 0 and c.fwd == 0
             and c.req_phase == REQ_HEAD and c.resp_phase == RESP_HEAD
             and c.resp_fwd == 0 and c.u2d.buf == NULL and not c.switching
+            and not c.client_close and not c.d2u.eof and not c.d2u.shut
             and not (c.flags & CONN_DRAINING))
 
 
@@ -32,6 +33,7 @@ cdef inline void _retable(Core* core, Conn* c, Table* t) noexcept nogil:
     _table_release(core, c.table)
     c.table = t
     c.stat = -1
+    c.filter_at = 0                     # another table, other chains
     core.counters.pairs_moved += 1
 
 
@@ -137,8 +139,14 @@ cdef bint _inbound_rebind(Core* core, Conn* c) noexcept nogil:
     """Inbound pair: move it to the current table in place when the route for its SNI
     still leads to the same app address; False when it does not."""
     cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
+    cdef uint32_t room
     if j < 0 or not _same_app(&c.table.routes[c.route], &core.table.routes[j]):
         return False
+    if c.flags & CONN_HTTP:
+        room = (_xfcc_value_len(&core.table.routes[j], c.peer_id_length)
+                + _XFCC_BYTES + 4)
+        if c.d2u.tail + room > core.buffer_bytes:
+            return False                # no room for its fields: moved between requests
     _inbound_take_route(core, c, <uint32_t>j)
     return True
 
@@ -171,22 +179,29 @@ cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     cdef net.epoll_event ev
     cdef InboundRoute* route
     cdef int st
+    c.switching = False
     if j < 0:
         c.flags |= CONN_GOING_AWAY
-        c.switching = False
         return STATUS_OK
     if _same_app(&c.table.routes[c.route], &core.table.routes[j]):
-        _inbound_take_route(core, c, <uint32_t>j)
-        c.switching = False
+        if not _inbound_rebind(core, c):
+            # The next request, already buffered, leaves no room for the current
+            # route's fields: it is framed on this route, and the pair moves after it.
+            c.flags |= CONN_HOLD_TABLE
         return STATUS_OK
     _side_close(&c.up, False)
     if c.u2d.buf != NULL:
         _buf_put(core, c.u2d.buf)
     memset(&c.u2d, 0, sizeof(Flow))
     c.d2u.shut = False
-    c.switching = False
     c.reusable = True
+    c.resp_phase = RESP_HEAD
+    c.resp_fwd = 0
+    c.req_phase = REQ_HEAD
+    c.fwd = 0
+    c.n_pend = 0
     _inbound_take_route(core, c, <uint32_t>j)
+    c.deadline_ns = core.now_ns + core.connect_timeout_ns
     # Events still queued for the old app socket are not the new one's.
     c.gen += 1
     ev.events = _CONN_EVENTS
@@ -211,6 +226,35 @@ cdef int _http_move(Core* core, Conn* c) noexcept nogil:
     # The upstream goes (to the current table's pool when it may) and the next request
     # is routed on the current table.
     return _http_switch(core, c)
+
+
+cdef bint _adopt_opaque(Core* core, Conn* c) noexcept nogil:
+    """Outbound pair about to set up opaque TCP (a sniffing listener's timeout, a
+    failover): take the current table, its listener's service and identity there.
+    False when its listener left the table (the pair is refused)."""
+    cdef Table* t = core.table
+    cdef OutboundListener* l = _listener_in(t, c.lfd) if c.lfd >= 0 else NULL
+    if l == NULL or l.http:
+        return False
+    c.service = l.service
+    c.client_ctx = l.client_ctx
+    c.local_principal = _interned(core, &l.principal, &l.identity)
+    _retable(core, c, t)
+    return True
+
+
+cdef void _inbound_current(Core* core, Conn* c) noexcept nogil:
+    """Inbound pair whose handshake ended after a config push: carried by the current
+    table's route for its SNI; when there is none the pair stays on its route, going
+    away (HTTP) or closed after the drain period (opaque)."""
+    cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
+    if j >= 0:
+        _inbound_take_route(core, c, <uint32_t>j)
+    elif c.flags & CONN_HTTP:
+        c.flags |= CONN_GOING_AWAY
+    elif c.close_at_ns == 0:
+        c.close_at_ns = core.now_ns + (core.drain_ns if core.drain_ns > 0
+                                       else <int64_t>ENGINE_DRAIN_PERIOD_MS * 1000000)
 
 
 cdef void _opaque_check(Core* core, Conn* c) noexcept nogil:
@@ -250,7 +294,8 @@ cdef void _reach_open_pairs(Core* core) noexcept nogil:
                 c.flags |= CONN_GOING_AWAY
         if c.state != CONN_PIPE:
             continue
-        if not (c.flags & CONN_HTTP):
-            _opaque_check(core, c)
-        elif _between_requests(c) and not c.flags & CONN_GOING_AWAY:
+        if (not (c.flags & CONN_HTTP) or c.req_phase == REQ_TUNNEL
+                or c.resp_phase == RESP_TUNNEL):
+            _opaque_check(core, c)          # (an upgraded or CONNECT tunnel is opaque)
+        elif _between_requests(c) and not c.flags & (CONN_GOING_AWAY | CONN_HOLD_TABLE):
             _settle(core, c, _http_move(core, c))

@@ -48,6 +48,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.setup_tries = 0
     c.route = 0
     c.lfd = -1
+    c.peer_addr.ss_family = 0
     c.close_at_ns = 0
     c.client_ctx = NULL
     c.down.fd = -1

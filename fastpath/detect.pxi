@@ -67,12 +67,16 @@ cdef int _inbound_detect(Core* core, Conn* c, Side* s) noexcept nogil:
     identity on each request; anything else is relayed as it comes."""
     cdef const unsigned char* alpn = NULL
     cdef unsigned int alpn_len = 0
-    cdef InboundRoute* route = &c.table.routes[c.route]
+    cdef InboundRoute* route
     cdef int st
-    c.local_principal = _interned(core, &route.principal, &route.identity)
     openssl.SSL_get0_alpn_selected(s.ssl, &alpn, &alpn_len)
     if alpn_len == 8 and memcmp(alpn, b"http/1.1", 8) == 0:
         c.flags |= CONN_HTTP
+    if c.table != core.table:
+        _inbound_current(core, c)       # a push came during the handshake (carry.pxi)
+    route = &c.table.routes[c.route]
+    c.local_principal = _interned(core, &route.principal, &route.identity)
+    if c.flags & CONN_HTTP:
         c.head_reserve = _request_room(&route.chain, c)
     st = _connect(core, c, &route.app_addr, route.app_addrlen)
     if st == STATUS_OK:

@@ -43,6 +43,7 @@ cdef bint _gone_quiet(Core* core, Conn* c) noexcept nogil:
     if core.now_ns - c.active_ns < <int64_t>ENGINE_DRAIN_IDLE_MS * 1000000:
         return False
     if c.state == CONN_PIPE:
-        return _between_requests(c)
+        # (Bytes of a next request in d2u: it is coming, and will be answered.)
+        return _between_requests(c) and (c.d2u.buf == NULL or c.d2u.tail == c.d2u.head)
     # HTTP_HEAD after an answer (a switch): nothing of a next request read yet.
     return c.state == CONN_HTTP_HEAD and (c.d2u.buf == NULL or c.d2u.tail == c.d2u.head)

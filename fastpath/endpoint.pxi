@@ -152,6 +152,7 @@ cdef bint _pool_put(Core* core, Conn* c) noexcept nogil:
     if c.table != core.table:
         ep = _current_endpoint(core, c)
         if ep == NULL or not _table_has_ctx(core.table, c.client_ctx):
+            core.counters.departed_idle_closed += 1     # closed by the caller
             return False
     if ep.n_idle >= ENGINE_POOL_PER_ENDPOINT:
         return False

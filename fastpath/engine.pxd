@@ -300,6 +300,9 @@ cdef enum ConnFlags:
     # the next request framed is its last (its answer says close), and between
     # requests the pair is closed (_going_away).
     CONN_GOING_AWAY = 131072
+    # HTTP inbound, on an older table: its next request is framed there all the same
+    # (the buffer it fills has no room for the current route's fields); it moves after.
+    CONN_HOLD_TABLE = 262144
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.

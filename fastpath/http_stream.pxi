@@ -108,6 +108,9 @@ cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
     cdef Py_ssize_t r
     if c.flags & CONN_HTTP_REPLIED or c.down.fd < 0 or c.u2d.shut:
         return                          # (the client's side was ended already: no answer)
+    if (c.n_pend == 0 and c.flags & CONN_ANSWERED
+            and (c.d2u.buf == NULL or c.d2u.tail == c.d2u.head)):
+        return                          # nothing asked since the last answer: none owed
     c.flags |= CONN_HTTP_REPLIED
     _count_answer(core, c, status, -1)
     if c.n_pend > 0:
@@ -183,6 +186,8 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     cdef int64_t delta
     cdef uint32_t i
     cdef FilterCall call
+    if core.draining:
+        c.flags |= CONN_GOING_AWAY      # (it became HTTP after the drain began)
     call.phase = PHASE_REQUEST
     call.req = req
     call.base = base
@@ -192,6 +197,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
                     else &c.table.services[c.service].chain, &call) == FILTER_STOP:
         return STATUS_AGAIN
     _invariant(c.filter_at == 0, b"a request step answered: none does yet")
+    c.flags &= ~CONN_HOLD_TABLE
     delta = call.delta
     if c.flags & CONN_INBOUND:
         if c.flags & CONN_GOING_AWAY:
@@ -335,7 +341,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
         else:
             if c.n_pend == ENGINE_HTTP_PIPELINE_MAX:
                 return STATUS_OK        # deep enough: the rest waits for answers
-            if (c.table != core.table and not c.flags & CONN_GOING_AWAY
+            if (c.table != core.table and not c.flags & (CONN_GOING_AWAY | CONN_HOLD_TABLE)
                     and not _rebind(core, c)):
                 # Each request is routed on the table current when its head is framed:
                 # this one waits until the earlier ones are answered (carry.pxi).
@@ -371,6 +377,10 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 core.counters.http_routed += 1
             if _http_framed(core, c, &req, start) == STATUS_AGAIN:
                 if f.head == 0:
+                    if c.fwd == 0 and c.n_pend == 0:
+                        # Nothing framed is left to send: no room will ever come.
+                        core.counters.http_bad_request += 1
+                        return STATUS_RESET
                     return STATUS_OK    # room comes once the framed bytes are sent
                 memmove(f.buf, f.buf + f.head, f.tail - f.head)
                 f.tail -= f.head
@@ -497,6 +507,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
     cdef int rc, added
     cdef RespHead resp
     cdef FilterCall call
+    cdef FilterVerdict v
     while f.buf != NULL:
         start = f.head + c.resp_fwd
         avail = f.tail - start
@@ -544,9 +555,11 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
             call.resp = &resp
             call.base = start
             call.delta = 0
-            if _filters_run(core, c, &c.table.routes[c.route].chain if c.flags & CONN_INBOUND
-                            else &c.table.services[c.service].chain, &call) == FILTER_STOP:
-                break                       # framed once the step lets it go on
+            v = _filters_run(core, c, &c.table.routes[c.route].chain if c.flags & CONN_INBOUND
+                             else &c.table.services[c.service].chain, &call)
+            # (A response step that waits needs a timer to wake the pair: the first one
+            # brings it; none stops or answers yet.)
+            _invariant(v == FILTER_CONTINUE, b"a response step stopped or answered")
             if call.delta != 0:
                 # The engine's own edit below works on the head as the steps left it.
                 rc = parse_response_head(f.buf + start, f.tail - start, &resp,

@@ -163,6 +163,7 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
     cdef SideCounters* sc = _counters_of(core, c)
     cdef int64_t a, b
     cdef int64_t moved = 0
+    cdef int st
     if c.flags & CONN_DRAINING:
         return _drain(core, c)
     while True:
@@ -192,14 +193,27 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             return STATUS_RESET
         if c.flags & CONN_TICKET_WAIT:
             _take_ticket(c)
-        if (c.switching and c.n_pend == 0 and c.u2d.buf == NULL
-                and (c.resp_phase == RESP_HEAD or c.u2d.eof)):
-            # Every request sent upstream is answered: the client's next request goes
-            # to the service it names (on the current table); the upstream goes to the
-            # pool if it can. Inbound, the app's new address (carry.pxi).
-            if c.flags & CONN_INBOUND:
-                return _inbound_move(core, c)
-            return _http_switch(core, c)
+        if c.switching and c.n_pend == 0 and c.u2d.buf == NULL:
+            if c.resp_phase != RESP_HEAD:
+                # The last answer ran until the upstream's end (no length, or a tunnel):
+                # the client needs that end to see where it stops, so no other answer
+                # may follow on this connection; what it sent after is cut off.
+                if c.u2d.eof:
+                    if not c.u2d.shut:
+                        _shut(&c.down)
+                    return STATUS_CLOSE
+            elif c.flags & CONN_INBOUND:
+                # Inbound, on an older table: the app's new address, or going away
+                # (carry.pxi); the waiting request is framed on the way on.
+                st = _inbound_move(core, c)
+                if st != STATUS_OK or c.state != CONN_PIPE:
+                    return st
+                continue
+            else:
+                # Every request sent upstream is answered: the client's next request
+                # goes to the service it names, on the current table; the upstream goes
+                # to the pool if it can.
+                return _http_switch(core, c)
         if (c.flags & (CONN_HTTP | CONN_INBOUND) == CONN_HTTP and c.d2u.eof
                 and c.d2u.buf == NULL and _http_idle(c)):
             # The client is done; its upstream is pooled, or closed with the pair when
@@ -212,10 +226,16 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             # next request gets another upstream.
             return _http_switch(core, c)
         if (c.table != core.table and c.flags & CONN_HTTP
-                and not c.flags & CONN_GOING_AWAY and _between_requests(c)):
+                and not c.flags & (CONN_GOING_AWAY | CONN_HOLD_TABLE)
+                and _between_requests(c)):
             # A config push came while requests were in flight: now they are answered,
-            # the pair moves to the current table (carry.pxi).
-            return _http_move(core, c)
+            # the pair moves to the current table (carry.pxi). (Each way out of
+            # _http_move leaves this test false, so the loop goes on without coming
+            # back here.)
+            st = _http_move(core, c)
+            if st != STATUS_OK or c.state != CONN_PIPE:
+                return st
+            continue
         if c.d2u.shut and c.u2d.shut:
             return STATUS_CLOSE
         if a + b == 0:
@@ -232,6 +252,9 @@ cdef inline int _enter_pipe(Core* core, Conn* c) noexcept nogil:
     # and only a read that found a socket empty clears one (handshake reads never do).
     c.state = CONN_PIPE
     c.active_ns = core.now_ns
+    if c.table != core.table and not (c.flags & CONN_HTTP):
+        # Set up across a config push: is its destination still there? (carry.pxi)
+        _opaque_check(core, c)
     # Bytes may be waiting already (the client spoke first; OpenSSL decrypted a record
     # with the handshake's last flight): their edges are gone, so pump now.
     return _pump(core, c)

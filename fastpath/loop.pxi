@@ -212,7 +212,8 @@ cdef void _wind_down(Core* core) noexcept nogil:
     core.n_ready = 0
     core.n_ready_next = 0
     if core.table != NULL:
-        _listeners_unwatch(core, core.table)
+        if not core.draining:
+            _listeners_unwatch(core, core.table)
         _table_release(core, core.table)
         core.table = NULL
     net.pthread_mutex_lock(&core.lock)

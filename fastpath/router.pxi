@@ -75,7 +75,10 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         n = snprintf(body, sizeof(body), b"no healthy endpoint for \"%.*s\"\n", <int>hn, host)
         _http_reply(core, c, 503, body, n)
         return STATUS_CLOSE
-    _http_framed(core, c, req, c.d2u.head)
+    st = _http_framed(core, c, req, c.d2u.head)
+    # (A first request's step that waits needs a timer to wake the pair: the first
+    # such outbound step brings it; inbound pairs do not route here.)
+    _invariant(st == STATUS_OK, b"a first request's step stopped")
     if rerouted:
         i = (c.pend_first + c.n_pend - 1) % ENGINE_HTTP_PIPELINE_MAX
         c.pend_start_ns[i] = c.reroute_start_ns
@@ -159,6 +162,7 @@ cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
     c.req_phase = REQ_HEAD
     c.reusable = True
     c.setup_tries = 0
+    c.filter_at = 0
     c.flags &= ~(CONN_TICKET_WAIT | CONN_OFFERED_SESSION)
     free(c.peer_id)
     c.peer_id = NULL
@@ -178,8 +182,11 @@ cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
 cdef int _tcp_start(Core* core, Conn* c) noexcept nogil:
     """Opaque TCP to c.service: connect to its next endpoint (the mTLS hop follows);
     bytes the client already sent wait in d2u."""
-    cdef Service* svc = &c.table.services[c.service]
+    cdef Service* svc
     cdef int st
+    if c.table != core.table and not _adopt_opaque(core, c):
+        return STATUS_CLOSE             # its listener left the table (carry.pxi)
+    svc = &c.table.services[c.service]
     if svc.n_endpoints == 0:
         core.counters.no_endpoint += 1
         return STATUS_CLOSE

@@ -219,7 +219,10 @@ cdef void _swap(Core* core, Table* t) noexcept nogil:
     """Make `t` the current table: accept only from its listeners from now on."""
     cdef Table* old = core.table
     if old != NULL:
-        _listeners_unwatch(core, old)
+        if not core.draining:
+            # (Draining, they left at _drain_begin, and the caller may have closed
+            # them and reused the numbers: a delete by fd could hit a pair's socket.)
+            _listeners_unwatch(core, old)
         _carry_endpoints(old, t)
         # What did not move belongs to endpoints that left: no request takes them now.
         core.counters.departed_idle_closed += _close_idle(old)

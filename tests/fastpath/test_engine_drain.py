@@ -175,6 +175,12 @@ def test_a_drained_node_does_not_end_its_callers_client_connections(mesh: Mesh) 
     """The inbound engine drains while a keep-alive client of the outbound side is
     quiet: its upstream is ended cleanly, and the client's connection goes on, its next
     request carried by a sibling inbound engine on the same port."""
+    conn = mesh.http()
+    conn.request("GET", "/x", headers={"Host": "backend"})
+    first = conn.getresponse()
+    assert (first.status, first.read()) == (200, b"GET /x host=backend\n")
+    # (Bound only now: a listening socket with no engine behind it would take a share
+    # of the first connections and leave them unanswered.)
     sibling_sock = socket.socket()
     sibling_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sibling_sock.bind(("127.0.0.1", mesh.in_port))
@@ -182,10 +188,6 @@ def test_a_drained_node_does_not_end_its_callers_client_connections(mesh: Mesh) 
     sibling_sock.setblocking(False)
     sibling = Node()
     try:
-        conn = mesh.http()
-        conn.request("GET", "/x", headers={"Host": "backend"})
-        first = conn.getresponse()
-        assert (first.status, first.read()) == (200, b"GET /x host=backend\n")
         table = mesh.inbound_table()
         table.set_inbound(sibling_sock.fileno())
         sibling.install(table)
@@ -197,8 +199,7 @@ def test_a_drained_node_does_not_end_its_callers_client_connections(mesh: Mesh) 
                  what="the client's pair still open")
         conn.request("GET", "/x", headers={"Host": "backend"})
         second = conn.getresponse()
-        assert (second.status, second.read()) == (200, b"GET /x host=backend\n"), (
-            mesh.out_node.stats(), sibling.stats())
+        assert (second.status, second.read()) == (200, b"GET /x host=backend\n")
         assert second.getheader("connection") is None
         stats = mesh.out_node.stats()
         assert stats["outbound_connections_opened"] == 1      # the same client connection
