@@ -201,7 +201,6 @@ cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     c.fwd = 0
     c.n_pend = 0
     _inbound_take_route(core, c, <uint32_t>j)
-    c.deadline_ns = core.now_ns + core.connect_timeout_ns
     # Events still queued for the old app socket are not the new one's.
     c.gen += 1
     ev.events = _CONN_EVENTS
@@ -209,6 +208,8 @@ cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
         return STATUS_RESET
     route = &c.table.routes[c.route]
+    # The new app connection's setup has connect_timeout from now (not from the accept).
+    _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
     st = _connect(core, c, &route.app_addr, route.app_addrlen)
     if st == STATUS_OK:
         return _enter_pipe(core, c)
@@ -255,6 +256,7 @@ cdef void _inbound_current(Core* core, Conn* c) noexcept nogil:
     elif c.close_at_ns == 0:
         c.close_at_ns = core.now_ns + (core.drain_ns if core.drain_ns > 0
                                        else <int64_t>ENGINE_DRAIN_PERIOD_MS * 1000000)
+        _timer_arm(core, c, _conn_due_ns(core, c))
 
 
 cdef void _opaque_check(Core* core, Conn* c) noexcept nogil:
@@ -269,10 +271,11 @@ cdef void _opaque_check(Core* core, Conn* c) noexcept nogil:
     else:
         kept = _current_endpoint(core, c) != NULL
     if kept:
-        c.close_at_ns = 0
+        c.close_at_ns = 0               # its timer, if filed for it, fires and re-arms
     elif c.close_at_ns == 0:
         c.close_at_ns = core.now_ns + (core.drain_ns if core.drain_ns > 0
                                        else <int64_t>ENGINE_DRAIN_PERIOD_MS * 1000000)
+        _timer_arm(core, c, _conn_due_ns(core, c))
 
 
 cdef void _reach_open_pairs(Core* core) noexcept nogil:
@@ -292,6 +295,7 @@ cdef void _reach_open_pairs(Core* core) noexcept nogil:
             c.lfd = -1
             if c.flags & CONN_HTTP:
                 c.flags |= CONN_GOING_AWAY
+                _timer_arm(core, c, _conn_due_ns(core, c))  # quiet: due sooner
         if c.state != CONN_PIPE:
             continue
         if (not (c.flags & CONN_HTTP) or c.req_phase == REQ_TUNNEL

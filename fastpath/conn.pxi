@@ -30,7 +30,8 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     cdef Conn* c
     if core.free_head >= 0:
         c = &core.conns[core.free_head]
-        _invariant(c.state == CONN_FREE, b"free list holds a live connection")
+        _invariant(c.state == CONN_FREE and c.tw_list == 0,
+                   b"free list holds a live connection, or one with a timer")
         core.free_head = c.next_free
     elif core.n_slots < core.max_conns:
         c = &core.conns[core.n_slots]   # first use: zeroed by calloc (CONN_FREE, gen 0)
@@ -82,6 +83,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.head_reserve = 0
     c.filter_at = 0
     c.state = CONN_CONNECTING      # callers set the real first state
+    _timer_arm(core, c, c.deadline_ns)
     cdef SideCounters* sc = _counters_of(core, c)
     sc.connections_opened += 1
     sc.connections_active += 1
@@ -149,6 +151,7 @@ cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
         c.u2d.buf = NULL
     free(c.peer_id)
     c.peer_id = NULL
+    _timer_disarm(core, c)
     _table_release(core, c.table)
     c.table = NULL
     c.state = CONN_FREE
@@ -173,6 +176,11 @@ cdef inline void _settle(Core* core, Conn* c, int status) noexcept nogil:
         _conn_close(core, c, False)
     elif status == STATUS_RESET:
         _conn_close(core, c, True)
+    elif c.flags & CONN_GOING_AWAY and c.state != CONN_FREE:
+        # Going away (drain.pxi): the step may have left the pair between requests, due
+        # to be closed once quiet (timers.pxi): a wheel operation per step, only for
+        # such pairs.
+        _timer_arm(core, c, _conn_due_ns(core, c))
 
 
 cdef inline void _ready_push(Core* core, Conn* c) noexcept nogil:

@@ -90,9 +90,13 @@ cdef enum:
     # Connections accepted per listener wakeup (level-triggered, so the rest come back
     # next iteration): one busy listener cannot starve established connections.
     ENGINE_ACCEPT_BATCH = 64
-    # Connect, handshake and idle timeouts are checked by a scan this often, so they
-    # fire up to this late.
-    ENGINE_SCAN_INTERVAL_MS = 250
+    # The timer wheel's tick (timers.pxi): 2^22 ns, 4.2 ms. A timeout fires at the
+    # first tick boundary at or after its deadline: never early, at most a tick (and
+    # epoll_wait's millisecond) late.
+    ENGINE_TIMER_TICK_SHIFT = 22
+    # The longest epoll_wait of a loop with no timer due sooner: nothing needs the loop
+    # before its next timer or an eventfd wakeup; this only bounds a lost wakeup.
+    ENGINE_WAIT_MAX_MS = 60000
     # A sniffing outbound listener (an HTTP service port's outboundPort) waits this long
     # for the client's first bytes before it takes the connection for opaque TCP (a
     # server-first protocol sends nothing until the server spoke).

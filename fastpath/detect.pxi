@@ -89,8 +89,8 @@ cdef int _inbound_detect(Core* core, Conn* c, Side* s) noexcept nogil:
 cdef int _sniff(Core* core, Conn* c) noexcept nogil:
     """CONN_SNIFFING: an HTTP/1.1 request head goes the HTTP way (to the listener's
     service, whatever its Host); bytes that cannot begin one, or the client's end, go
-    as opaque TCP; a valid beginning waits (the scan takes it for TCP at the deadline,
-    as it does a client that says nothing)."""
+    as opaque TCP; a valid beginning waits (its timer takes it for TCP at the
+    deadline, as it does a client that says nothing)."""
     cdef Flow* f = &c.d2u
     cdef uint32_t cap = core.buffer_bytes
     cdef Py_ssize_t r
@@ -157,8 +157,6 @@ cdef int _outbound_start(Core* core, Conn* c, uint32_t listener,
     c.service = l.service
     if l.sniff:
         c.state = CONN_SNIFFING
-        c.deadline_ns = core.now_ns + ENGINE_SNIFF_TIMEOUT_MS * 1000000
-        if core.next_scan_ns > c.deadline_ns:
-            core.next_scan_ns = c.deadline_ns   # the decision is due then, not a scan later
+        _deadline_at(core, c, core.now_ns + ENGINE_SNIFF_TIMEOUT_MS * 1000000)
         return _sniff(core, c)
     return _tcp_start(core, c)

@@ -25,6 +25,7 @@ cdef void _drain_begin(Core* core, int64_t for_ns) noexcept nogil:
         c = &core.conns[i]
         if c.state != CONN_FREE and c.flags & CONN_HTTP:
             c.flags |= CONN_GOING_AWAY
+    _timers_refile(core)                # quiet pairs are due sooner now
 
 
 cdef inline bint _drain_over(Core* core) noexcept nogil:
@@ -33,17 +34,20 @@ cdef inline bint _drain_over(Core* core) noexcept nogil:
             or core.now_ns >= core.drain_deadline_ns)
 
 
-cdef bint _gone_quiet(Core* core, Conn* c) noexcept nogil:
-    """Is an HTTP pair that is going away (the engine drains, or its listener left the
-    table) between requests, and has been for ENGINE_DRAIN_IDLE_MS? A pair that never
-    got an answer is left alone: its client connected just before the listeners
-    closed, and its request is coming."""
+cdef inline bint _may_go_quiet(Conn* c) noexcept nogil:
+    """Is an HTTP pair going away (the engine drains, or its listener left the table)
+    and between requests? A pair that never got an answer is left alone: its client
+    connected just before the listeners closed, and its request is coming."""
     if not (c.flags & CONN_GOING_AWAY and c.flags & CONN_ANSWERED):
-        return False
-    if core.now_ns - c.active_ns < <int64_t>ENGINE_DRAIN_IDLE_MS * 1000000:
         return False
     if c.state == CONN_PIPE:
         # (Bytes of a next request in d2u: it is coming, and will be answered.)
         return _between_requests(c) and (c.d2u.buf == NULL or c.d2u.tail == c.d2u.head)
     # HTTP_HEAD after an answer (a switch): nothing of a next request read yet.
     return c.state == CONN_HTTP_HEAD and (c.d2u.buf == NULL or c.d2u.tail == c.d2u.head)
+
+
+cdef inline bint _gone_quiet(Core* core, Conn* c) noexcept nogil:
+    """... and has been for ENGINE_DRAIN_IDLE_MS?"""
+    return (_may_go_quiet(c)
+            and core.now_ns - c.active_ns >= <int64_t>ENGINE_DRAIN_IDLE_MS * 1000000)

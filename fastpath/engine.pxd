@@ -4,8 +4,9 @@
 # Everything below the classes' Python-facing methods is plain C touched only by the
 # engine thread (the one inside Engine.run(), GIL released), except where a field says
 # otherwise. The reasoning is in engine.pyx's docstring; the implementation in the stage
-# files it includes (loop, conn, io, handshake, detect, http_stream, router, filters,
-# balancer, endpoint, stats, table: *.pxi), one stage of a connection's path each.
+# files it includes (loop, timers, conn, io, handshake, detect, http_stream, router,
+# filters, balancer, endpoint, stats, table: *.pxi), one stage of a connection's path
+# each.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -214,6 +215,13 @@ cdef enum:
     # Status codes 100..599 counted one by one (index code - 100); anything else in
     # the last slot.
     ENGINE_STATUS_SLOTS = 501
+    # The timer wheel's lists (geometry and the reasons for it: timers.pxi): level 0
+    # has 2^8 slots of one tick, levels 1..3 have 2^6 slots each, every level's slot 64
+    # times as long as the one below; one more list holds the timers being fired.
+    ENGINE_TIMER_L0_BITS = 8
+    ENGINE_TIMER_LN_BITS = 6
+    ENGINE_TIMER_LISTS = (1 << ENGINE_TIMER_L0_BITS) + 3 * (1 << ENGINE_TIMER_LN_BITS) + 1
+    ENGINE_TIMER_WORDS = (ENGINE_TIMER_LISTS + 63) >> 6    # occupancy bitmap words
 
 
 # A connection pair's life. One Conn is two sockets: `down`, the one accepted, and
@@ -353,8 +361,17 @@ cdef struct Conn:
     Side up
     Flow d2u                       # down → up
     Flow u2d                       # up → down
-    int64_t deadline_ns            # setup (connect + handshake) must end by then
-    int64_t active_ns              # last time bytes moved: idle timeout
+    # The deadline of the state the pair is in (setup: connect + handshake; the first
+    # request head; sniffing; draining) and the last time bytes moved (idle timeout).
+    int64_t deadline_ns
+    int64_t active_ns              # written per pump; the idle timer re-arms lazily
+    # The pair's one timer (timers.pxi), filed at its nearest deadline: `tw_list` is
+    # 1 + the index of the wheel list it is on (0: not armed; zeroed slots start so),
+    # `tw_tick` the tick it is filed for, and the list's neighbours.
+    Conn* tw_next
+    Conn* tw_prev
+    int64_t tw_tick
+    uint32_t tw_list
     char* peer_id                  # verified peer SPIFFE ID (malloc'd, NUL-terminated)
     uint32_t peer_id_length
     # HTTP outbound only (CONN_HTTP). d2u.buf[d2u.head : d2u.head + fwd] is framed as
@@ -400,6 +417,15 @@ cdef struct StatRecord:
     bint inbound                   # reported by the destination's side
     uint64_t codes[ENGINE_STATUS_SLOTS]
     uint64_t latency_us[ENGINE_LATENCY_BUCKETS]
+
+
+# The timer wheel (timers.pxi): each list is a doubly-linked list through its Conns'
+# tw_next/tw_prev; a bit per list says it is not empty. Engine thread only.
+cdef struct Wheel:
+    Conn* heads[ENGINE_TIMER_LISTS]
+    uint64_t occupied[ENGINE_TIMER_WORDS]
+    int64_t tick                   # the next tick to run (CLOCK_MONOTONIC ns >> shift)
+    uint32_t n_armed               # timers on any list
 
 
 # --- counters: written by the engine thread only, read by the agent thread ------------------
@@ -522,7 +548,7 @@ cdef struct Core:
     int64_t drain_deadline_ns
     uint32_t listeners_out         # 1 once the listeners left the epoll set (published)
     int64_t now_ns                 # CLOCK_MONOTONIC, once per loop iteration
-    int64_t next_scan_ns
+    Wheel wheel                    # every pair's timer (timers.pxi)
     Counters counters
     # Request figures (StatRecord) and the peer IDs they name. principals[0] is empty.
     StatRecord* stats

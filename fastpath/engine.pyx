@@ -121,11 +121,23 @@ Choices, and why:
   or timed out, handshake failure, identity mismatch, unknown SNI) close the accepted
   connection plainly; failures mid-stream (reset, TLS error) close both sides with RST
   (SO_LINGER 0) so a truncated stream cannot pass for a complete one.
-- Timeouts are found by a scan of the connection array every ENGINE_SCAN_INTERVAL_MS
-  (so they fire up to that late): setup (TCP connect + TLS handshake, whichever is
-  pending: counted as connect or handshake timeouts) must end within
-  connect_timeout_s of the accept; a pair in which no byte moved for idle_timeout_s is
-  closed. A timer wheel will replace the scan when per-request timers arrive with HTTP.
+- Timeouts live in a hierarchical timer wheel (timers.pxi), not a scan of the
+  connection array: each pair has one timer, filed at the deadline of the state it is
+  in, armed, moved and cancelled in O(1) through links in the Conn (no allocation).
+  Setup (TCP connect + TLS handshake, whichever is pending: counted as connect or
+  handshake timeouts) must end within connect_timeout_s of its start; a first request
+  head within connect_timeout_s (408); a sniffing listener's first bytes within
+  ENGINE_SNIFF_TIMEOUT_MS; a pair in which no byte moved for idle_timeout_s is closed.
+  The drain deadlines are timers of the same wheel: a gone HTTP client's upstream
+  (connect_timeout_s), an opaque pair whose destination left (the drain period), and
+  an HTTP pair going away (the engine drains, or its listener left), quiet between
+  requests (ENGINE_DRAIN_IDLE_MS); the loop also wakes at the engine's own drain
+  deadline.
+  Ticks are 2^ENGINE_TIMER_TICK_SHIFT ns (4.2 ms): a timeout fires at most a tick and
+  a millisecond late, never early, and epoll_wait sleeps until the next tick with a
+  timer due. The idle timeout costs no wheel operation per read or write: the pump
+  only stamps active_ns, and an idle timer that fires on a pair that moved bytes since
+  files itself again (lazy re-arm, as nginx and Envoy do).
 - SNI dispatch: inbound SSLs start from a per-table "dispatch" SSL_CTX that holds no
   certificate; its servername callback switches the SSL to the route's SSL_CTX
   (SSL_set_SSL_CTX) and copies its verification settings, which SSL_set_SSL_CTX does
@@ -155,7 +167,7 @@ Choices, and why:
 
 from libc.errno cimport (EAGAIN, ECONNABORTED, EINPROGRESS, EINTR, EMFILE, ENFILE,
                          errno)
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport fprintf, snprintf, stderr
 from libc.stdlib cimport abort, calloc, free, malloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strlen
@@ -238,7 +250,8 @@ if _conn_ex_index < 0:
 
 
 # --- the path, one stage a file (DESIGN.md §3); included so the C compiler inlines across them
-include "loop.pxi"          # the event loop, accept, timeouts
+include "loop.pxi"          # the event loop, accept, winding down
+include "timers.pxi"        # the timer wheel: each pair's one timer, its timeouts
 include "conn.pxi"          # connection slots and the buffer pool
 include "io.pxi"            # socket and TLS reads and writes, the byte pump
 include "handshake.pxi"     # TLS handshakes both ways and the peer's verified ID

@@ -22,7 +22,7 @@ cdef int _drain_start(Core* core, Conn* c) noexcept nogil:
     c.flags = (c.flags | CONN_DRAINING) & ~CONN_RETRYABLE
     if c.resp_phase != RESP_HEAD:
         c.flags |= CONN_DRAIN_HEAD_SEEN
-    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
     return _drain(core, c)
 
 
@@ -251,6 +251,7 @@ cdef int _http_head(Core* core, Conn* c) noexcept nogil:
     cdef Py_ssize_t r
     cdef int rc
     cdef bint full
+    cdef bint fresh
     cdef bint buffered = f.buf != NULL and f.tail > f.head
     cdef ReqHead req
     if buffered and f.head > 0:
@@ -276,12 +277,13 @@ cdef int _http_head(Core* core, Conn* c) noexcept nogil:
             if r < 0:
                 return STATUS_RESET
             core.counters.outbound.bytes_received += <uint64_t>r
-            if f.tail == 0 and c.flags & CONN_ANSWERED:
-                # The first bytes of a keep-alive client's next request: its head has
-                # connect_timeout from now (until then the pair was idle, not late).
-                c.deadline_ns = core.now_ns + core.connect_timeout_ns
+            fresh = f.tail == 0 and c.flags & CONN_ANSWERED
             f.tail += <uint32_t>r
             c.active_ns = core.now_ns
+            if fresh:
+                # The first bytes of a keep-alive client's next request: its head has
+                # connect_timeout from now (until then the pair was idle, not late).
+                _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
             # A head ends with a LF: no use re-parsing before one arrives (http1.pxd).
             if memchr(f.buf + f.tail - r, c'\n', <size_t>r) == NULL and f.tail < cap:
                 continue

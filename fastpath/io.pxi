@@ -252,6 +252,7 @@ cdef inline int _enter_pipe(Core* core, Conn* c) noexcept nogil:
     # and only a read that found a socket empty clears one (handshake reads never do).
     c.state = CONN_PIPE
     c.active_ns = core.now_ns
+    _timer_arm(core, c, _conn_due_ns(core, c))     # from here the idle timeout
     if c.table != core.table and not (c.flags & CONN_HTTP):
         # Set up across a config push: is its destination still there? (carry.pxi)
         _opaque_check(core, c)

@@ -1,5 +1,5 @@
 # loop.pxi: The engine thread's epoll loop: accepting, dispatching readiness events, the
-# ready list, timeouts, and winding down.
+# ready list, the timer wheel's turn (timers.pxi), and winding down.
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 
@@ -149,59 +149,6 @@ cdef void _serve_ready(Core* core) noexcept nogil:
     core.n_ready = 0
 
 
-cdef void _scan(Core* core) noexcept nogil:
-    """Close pairs whose setup outlived connect_timeout or that idled past idle_timeout."""
-    cdef uint32_t i
-    cdef Conn* c
-    cdef SideCounters* sc
-    cdef int64_t now = core.now_ns
-    for i in range(core.n_slots):
-        c = &core.conns[i]
-        if c.state == CONN_FREE:
-            continue
-        sc = _counters_of(core, c)
-        if c.state == CONN_PIPE:
-            if c.flags & CONN_DRAINING and now >= c.deadline_ns:
-                sc.idle_timeouts += 1       # answers nobody waits for: not for long
-                _conn_close(core, c, True)
-            elif now - c.active_ns >= core.idle_timeout_ns:
-                sc.idle_timeouts += 1
-                _conn_close(core, c, False)
-            elif c.close_at_ns != 0 and now >= c.close_at_ns:
-                core.counters.departed_closed += 1  # its destination left the table
-                _settle(core, c, _end_gracefully(core, c))
-            elif _gone_quiet(core, c):
-                core.counters.drain_closed += 1
-                _settle(core, c, _end_gracefully(core, c))
-        elif _gone_quiet(core, c):
-            core.counters.drain_closed += 1
-            _conn_close(core, c, False)
-        elif (c.state == CONN_HTTP_HEAD and c.flags & CONN_ANSWERED
-                and (c.d2u.buf == NULL or c.d2u.tail == c.d2u.head)):
-            # A keep-alive client between requests (its upstream went): idle, not late.
-            if now - c.active_ns >= core.idle_timeout_ns:
-                sc.idle_timeouts += 1
-                _conn_close(core, c, False)
-        elif c.state == CONN_SNIFFING:
-            if now >= c.deadline_ns:        # silent, or no whole head in time: TCP
-                core.counters.sniffed_tcp += 1
-                _settle(core, c, _tcp_start(core, c))
-        elif now >= c.deadline_ns:
-            if c.state == CONN_HTTP_HEAD:
-                core.counters.http_head_timeouts += 1
-                _http_reply(core, c, 408, b"request head timeout\n", -1)
-            elif c.state == CONN_CONNECTING:
-                sc.connect_timeouts += 1
-            else:
-                sc.tls_handshake_timeouts += 1
-            if c.flags & CONN_SETTING_UP:
-                _settle(core, c, STATUS_CLOSE)  # the next endpoint, or 503
-                continue
-            if c.flags & CONN_HTTP and c.state != CONN_HTTP_HEAD:
-                _http_reply(core, c, 503, b"upstream unavailable\n", -1)
-            _conn_close(core, c, False)
-
-
 cdef void _wind_down(Core* core) noexcept nogil:
     """After the loop: close every pair, leave the listeners, drop the tables."""
     cdef uint32_t i
@@ -224,6 +171,7 @@ cdef void _wind_down(Core* core) noexcept nogil:
     _invariant(core.counters.buffers_in_use == 0 and core.n_free_bufs == core.n_bufs,
                b"buffers still out after every connection closed")
     _invariant(core.counters.tables_live == 0, b"a table outlived the loop")
+    _invariant(core.wheel.n_armed == 0, b"timers armed after every connection closed")
     _invariant(core.counters.outbound.connections_active == 0
                and core.counters.inbound.connections_active == 0,
                b"connections still counted active after the loop")
@@ -238,7 +186,7 @@ cdef int _loop(Core* core) noexcept nogil:
     cdef bint stop
     cdef int64_t drain_for
     core.now_ns = _now_ns()
-    core.next_scan_ns = core.now_ns + ENGINE_SCAN_INTERVAL_MS * 1000000
+    core.wheel.tick = core.now_ns >> ENGINE_TIMER_TICK_SHIFT
     core.woken = True                   # look at pending/stop before the first wait
     while True:
         if core.woken:
@@ -260,9 +208,7 @@ cdef int _loop(Core* core) noexcept nogil:
         if core.n_ready_next > 0:
             timeout_ms = 0
         else:
-            timeout_ms = <int>((core.next_scan_ns - core.now_ns + 999999) // 1000000)
-            if timeout_ms < 0:
-                timeout_ms = 0
+            timeout_ms = _timers_wait_ms(core)
         n = net.epoll_wait(core.epfd, events, ENGINE_EPOLL_EVENTS, timeout_ms)
         if n < 0:
             if errno != EINTR:
@@ -275,9 +221,7 @@ cdef int _loop(Core* core) noexcept nogil:
             _dispatch(core, events[i].data.u64, events[i].events)
         if core.n_ready_next > 0:
             _serve_ready(core)
-        if core.now_ns >= core.next_scan_ns:
-            _scan(core)
-            core.next_scan_ns = core.now_ns + ENGINE_SCAN_INTERVAL_MS * 1000000
+        _timers_run(core)
         busy = _now_ns() - core.now_ns
         core.counters.loop_busy_us[_latency_bucket(busy)] += 1
         if busy > <int64_t>core.counters.loop_busy_max_ns:

@@ -95,7 +95,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
             c.flags &= ~CONN_RETRYABLE
         return _enter_pipe(core, c)
     # Setup (connect + handshake) gets its own connect_timeout from here.
-    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
     st = _connect(core, c, &svc.endpoints[c.endpoint].addr, svc.endpoints[c.endpoint].addrlen)
     if st == STATUS_OK:
         return _tls_client_start(core, c)
@@ -142,7 +142,7 @@ cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
     if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
         return STATUS_RESET
     c.state = CONN_HTTP_HEAD
-    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
     return _http_head(core, c)
 
 
@@ -175,7 +175,7 @@ cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
     if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
         return STATUS_RESET
     c.state = CONN_HTTP_HEAD
-    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
     return _http_head(core, c)
 
 
@@ -190,7 +190,7 @@ cdef int _tcp_start(Core* core, Conn* c) noexcept nogil:
     if svc.n_endpoints == 0:
         core.counters.no_endpoint += 1
         return STATUS_CLOSE
-    c.deadline_ns = core.now_ns + core.connect_timeout_ns
+    _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
     c.endpoint = _pick_endpoint(core, svc)
     st = _connect(core, c, &svc.endpoints[c.endpoint].addr, svc.endpoints[c.endpoint].addrlen)
     if st == STATUS_OK:

@@ -218,6 +218,7 @@ cdef uint64_t _close_idle(Table* t) noexcept nogil:
 cdef void _swap(Core* core, Table* t) noexcept nogil:
     """Make `t` the current table: accept only from its listeners from now on."""
     cdef Table* old = core.table
+    cdef bint shorter = False
     if old != NULL:
         if not core.draining:
             # (Draining, they left at _drain_begin, and the caller may have closed
@@ -231,6 +232,7 @@ cdef void _swap(Core* core, Table* t) noexcept nogil:
     if t.connect_timeout_ns > 0:
         core.connect_timeout_ns = t.connect_timeout_ns
     if t.idle_timeout_ns > 0:
+        shorter = t.idle_timeout_ns < core.idle_timeout_ns
         core.idle_timeout_ns = t.idle_timeout_ns
     if t.drain_ns > 0:
         core.drain_ns = t.drain_ns
@@ -239,6 +241,8 @@ cdef void _swap(Core* core, Table* t) noexcept nogil:
     core.counters.tables_live += 1
     if old != NULL:
         _reach_open_pairs(core)         # carry.pxi: open pairs meet the new table
+    if shorter:
+        _timers_refile(core)            # idle timers filed for the longer timeout
     if not core.draining:               # a draining engine accepts nothing more
         _listeners_watch(core, t)
     if old != NULL:

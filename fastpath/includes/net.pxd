@@ -1,5 +1,6 @@
 # fastpath.includes.net: the Linux/POSIX declarations the engine uses that Cython does
-# not ship: sockets and addresses, epoll, eventfd, and pthread mutexes.
+# not ship: sockets and addresses, epoll, eventfd, pthread mutexes, and one compiler
+# builtin.
 #
 # What Cython ships is cimported from there instead (libc.errno, posix.unistd for
 # close/read/write, posix.fcntl for open, posix.time for clock_gettime). Linux-only:
@@ -123,3 +124,9 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_destroy(pthread_mutex_t* mutex)
     int pthread_mutex_lock(pthread_mutex_t* mutex)
     int pthread_mutex_unlock(pthread_mutex_t* mutex)
+
+
+cdef extern from * nogil:
+    # GCC and Clang (no header): the index of the lowest set bit, one instruction (tzcnt,
+    # bsf); undefined for 0. The timer wheel finds its next non-empty list with it.
+    int __builtin_ctzll(unsigned long long x)
