@@ -27,6 +27,16 @@ def ended(node: Node, within_s: float) -> float:
     return time.monotonic() - start
 
 
+def sibling_listener(port: int) -> socket.socket:
+    """A second listening socket on `port`, as a node's next worker has (SO_REUSEPORT)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(128)
+    s.setblocking(False)
+    return s
+
+
 def test_a_request_in_flight_is_answered_and_the_engine_ends_early(mesh: Mesh) -> None:
     conn = mesh.http()
     conn.request("GET", "/sleep", headers={"Host": "backend"})
@@ -84,11 +94,7 @@ def test_the_inbound_side_sends_the_callers_node_away(mesh: Mesh) -> None:
 def test_new_connections_go_to_a_sibling_sharing_the_port(mesh: Mesh) -> None:
     """Two engines on one SO_REUSEPORT port, as a node's workers are: once one drains
     and its socket is closed, every new connection reaches the other."""
-    sibling_sock = socket.socket()
-    sibling_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sibling_sock.bind(("127.0.0.1", mesh.http_port))
-    sibling_sock.listen(128)
-    sibling_sock.setblocking(False)
+    sibling_sock = sibling_listener(mesh.http_port)
     sibling = Node()
     try:
         table = mesh.outbound_table()
@@ -181,11 +187,7 @@ def test_a_drained_node_does_not_end_its_callers_client_connections(mesh: Mesh) 
     assert (first.status, first.read()) == (200, b"GET /x host=backend\n")
     # (Bound only now: a listening socket with no engine behind it would take a share
     # of the first connections and leave them unanswered.)
-    sibling_sock = socket.socket()
-    sibling_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sibling_sock.bind(("127.0.0.1", mesh.in_port))
-    sibling_sock.listen(128)
-    sibling_sock.setblocking(False)
+    sibling_sock = sibling_listener(mesh.in_port)
     sibling = Node()
     try:
         table = mesh.inbound_table()

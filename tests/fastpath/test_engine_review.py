@@ -136,13 +136,18 @@ def dead_port() -> int:
 # --- 1. a close-delimited answer, then a move: the next answer spliced into its body ---------
 
 
-def test_inbound_move_after_a_close_delimited_answer_does_not_splice_the_next_answer(
-        mesh: Mesh) -> None:
-    """carry.pxi _inbound_move keeps resp_phase (RESP_CLOSE) and drops the app's end:
-    the answer to the next request, from the app's new address, goes on as more body
-    of the close-delimited answer before it. The caller's node (RESP_CLOSE too) passes
-    it all to the client: two answers read as one."""
+@pytest.mark.parametrize("side", ["inbound", "outbound"])
+def test_a_move_after_a_close_delimited_answer_does_not_splice_the_next_answer(
+        mesh: Mesh, side: str) -> None:
+    """inbound: carry.pxi _inbound_move kept resp_phase (RESP_CLOSE) and dropped the
+    app's end: the answer to the next request, from the app's new address, went on as
+    more body of the close-delimited answer before it, and the caller's node (RESP_CLOSE
+    too) passed it all to the client: two answers read as one. outbound: the same on
+    the client's node (issue 10 item 5, reached by a config push with pipelined
+    requests to ONE service): _rebind fails, `switching`, the upstream ends its
+    close-delimited answer, _http_switch routed /two and its answer followed."""
     app_a = HeldApp(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nfirst-body")
+    node = mesh.in_node if side == "inbound" else mesh.out_node
     try:
         mesh.in_node.install(inbound_table(mesh, app_a.port))
         c = mesh.client()
@@ -150,43 +155,18 @@ def test_inbound_move_after_a_close_delimited_answer_does_not_splice_the_next_an
         two = b"GET /two HTTP/1.1\r\nHost: backend\r\n\r\n"
         c.sendall(one)
         assert app_a.got.wait(TIMEOUT_S)
-        # The app moves (same SNI, another address) while /one is in flight.
-        mesh.in_node.install(inbound_table(mesh, mesh.app.port))
-        c.sendall(two)          # pipelined by the client's node on the same upstream
-        wait_for(lambda: mesh.in_node.stats()["inbound_bytes_received"] >= len(one) + len(two),
-                 what="/two read by the app's node")
+        # While /one is in flight, the app moves (same SNI, another address), or the
+        # client's node gets a table where the destination changed.
+        node.install(inbound_table(mesh, mesh.app.port) if side == "inbound"
+                     else changed_destination(mesh))
+        c.sendall(two)          # pipelined on the same upstream
+        wait_for(lambda: node.stats()[f"{side}_bytes_received"] >= len(one) + len(two),
+                 what="/two read by the node that took the push")
         app_a.go.set()
         data, ended = read_for(c, 3.0)
         assert data.startswith(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nfirst-body")
         assert data.count(b"HTTP/1.1 ") == 1, data     # no second answer inside the body
         assert ended            # the close-delimited answer ends with the connection
-    finally:
-        app_a.close()
-
-
-def test_outbound_switch_after_a_push_does_not_splice_an_answer_into_a_close_delimited_one(
-        mesh: Mesh) -> None:
-    """The same on the client's node (issue 10 item 5, now reached by a config push with
-    pipelined requests to ONE service): _rebind fails, `switching`, the upstream ends
-    its close-delimited answer, _http_switch routes /two and its answer follows."""
-    app_a = HeldApp(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nfirst-body")
-    try:
-        mesh.in_node.install(inbound_table(mesh, app_a.port))
-        c = mesh.client()
-        one = b"GET /one HTTP/1.1\r\nHost: backend\r\n\r\n"
-        two = b"GET /two HTTP/1.1\r\nHost: backend\r\n\r\n"
-        c.sendall(one)
-        assert app_a.got.wait(TIMEOUT_S)
-        mesh.out_node.install(changed_destination(mesh))
-        c.sendall(two)
-        wait_for(lambda: mesh.out_node.stats()["outbound_bytes_received"] >= len(one) + len(two),
-                 what="/two read by the client's node")
-        time.sleep(0.05)
-        app_a.go.set()
-        data, ended = read_for(c, 3.0)
-        assert data.startswith(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nfirst-body")
-        assert data.count(b"HTTP/1.1 ") == 1, data
-        assert ended
     finally:
         app_a.close()
 
