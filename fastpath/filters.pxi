@@ -73,6 +73,12 @@ cdef inline FilterVerdict _filter_step(Core* core, Conn* c, const Filter* f,
     return FILTER_CONTINUE
 
 
+cdef inline bint _chain_at(const FilterChain* chain, FilterPhase phase) noexcept nogil:
+    """Has `chain` a step at `phase`? Tested where the chain would run, so a phase with
+    no step costs the path this one test."""
+    return (chain.phases >> phase) & 1
+
+
 cdef FilterVerdict _filters_run(Core* core, Conn* c, const FilterChain* chain,
                                 FilterCall* call) noexcept nogil:
     """Run `chain`'s steps for call.phase in order, from where the last run of this

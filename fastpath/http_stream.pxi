@@ -183,22 +183,24 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     origin-form. The client's `Connection: close` is about the client's connection
     only: the upstream hop stays pooled (HTTP/1.1 requests go on without it), and the
     client's connection is closed after this request's answer, which then says so."""
-    cdef int64_t delta
+    cdef int64_t delta = 0
     cdef uint32_t i
     cdef FilterCall call
+    cdef const FilterChain* chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
+                                     else &c.table.services[c.service].chain)
     if core.draining:
         c.flags |= CONN_GOING_AWAY      # (it became HTTP after the drain began)
-    call.phase = PHASE_REQUEST
-    call.req = req
-    call.base = base
-    call.delta = 0
-    call.status = 0
-    if _filters_run(core, c, &c.table.routes[c.route].chain if c.flags & CONN_INBOUND
-                    else &c.table.services[c.service].chain, &call) == FILTER_STOP:
-        return STATUS_AGAIN
-    _invariant(c.filter_at == 0, b"a request step answered: none does yet")
+    if _chain_at(chain, PHASE_REQUEST):
+        call.phase = PHASE_REQUEST
+        call.req = req
+        call.base = base
+        call.delta = 0
+        call.status = 0
+        if _filters_run(core, c, chain, &call) == FILTER_STOP:
+            return STATUS_AGAIN
+        _invariant(c.filter_at == 0, b"a request step answered: none does yet")
+        delta = call.delta
     c.flags &= ~CONN_HOLD_TABLE
-    delta = call.delta
     if c.flags & CONN_INBOUND:
         if c.flags & CONN_GOING_AWAY:
             # Draining: this request's answer tells the caller's node to go elsewhere.
@@ -510,6 +512,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
     cdef RespHead resp
     cdef FilterCall call
     cdef FilterVerdict v
+    cdef const FilterChain* chain
     while f.buf != NULL:
         start = f.head + c.resp_fwd
         avail = f.tail - start
@@ -553,19 +556,22 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     _http_reply(core, c, 502, b"bad response from upstream\n", -1)
                     return STATUS_CLOSE
                 return STATUS_RESET
-            call.phase = PHASE_RESPONSE
-            call.resp = &resp
-            call.base = start
-            call.delta = 0
-            v = _filters_run(core, c, &c.table.routes[c.route].chain if c.flags & CONN_INBOUND
-                             else &c.table.services[c.service].chain, &call)
-            # (A response step that waits needs a timer to wake the pair: the first one
-            # brings it; none stops or answers yet.)
-            _invariant(v == FILTER_CONTINUE, b"a response step stopped or answered")
-            if call.delta != 0:
-                # The engine's own edit below works on the head as the steps left it.
-                rc = parse_response_head(f.buf + start, f.tail - start, &resp,
-                                         &core.http_limits, <Method>c.pend_method[c.pend_first])
+            chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
+                     else &c.table.services[c.service].chain)
+            if _chain_at(chain, PHASE_RESPONSE):
+                call.phase = PHASE_RESPONSE
+                call.resp = &resp
+                call.base = start
+                call.delta = 0
+                v = _filters_run(core, c, chain, &call)
+                # (A response step that waits needs a timer to wake the pair: the first
+                # one brings it; none stops or answers yet.)
+                _invariant(v == FILTER_CONTINUE, b"a response step stopped or answered")
+                if call.delta != 0:
+                    # The engine's own edit below works on the head as the steps left it.
+                    rc = parse_response_head(f.buf + start, f.tail - start, &resp,
+                                             &core.http_limits,
+                                             <Method>c.pend_method[c.pend_first])
             c.resp_status = resp.status
             if c.client_close and c.n_pend == 1 and resp.status >= 200:
                 # The answer to the request that said close: the client learns that its
