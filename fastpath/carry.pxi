@@ -74,6 +74,10 @@ cdef bint _adopt(Core* core, Conn* c) noexcept nogil:
         return False
     if c.flags & CONN_FIXED_SERVICE:
         c.service = _listener_in(t, c.lfd).service
+    else:
+        # c.service indexes the old table: until the request is routed on this one, its
+        # answers (a 404) are counted for no service, not read through a stale index.
+        c.flags &= ~CONN_SERVICE_KNOWN
     _retable(core, c, t)
     c.client_ctx = ctx
     c.local_principal = principal

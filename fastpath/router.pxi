@@ -163,6 +163,11 @@ cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
     c.reusable = True
     c.setup_tries = 0
     c.filter_at = 0
+    # The next request names its own service: until it is routed, none is known (a
+    # 404 then counts for no service, not for the one this client used before).
+    if not (c.flags & CONN_FIXED_SERVICE):
+        c.flags &= ~CONN_SERVICE_KNOWN
+        c.stat = -1
     c.flags &= ~(CONN_TICKET_WAIT | CONN_OFFERED_SESSION)
     free(c.peer_id)
     c.peer_id = NULL

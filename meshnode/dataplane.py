@@ -205,7 +205,9 @@ class DataPlane:
                         table.add_host(host, index, int(port["port"]))
                         http_hosts += 1
                 self._inbound_route(table, svc, port, sni)
-        if http_hosts and client is not None:
+        # Once bound, the HTTP listener stays in every table, with or without hosts: a
+        # client of a service that was deleted gets its 404, not a connection nobody takes.
+        if (http_hosts or self._http is not None) and client is not None:
             sock = self._http_listener()
             if sock is not None:
                 table.set_outbound_http(sock.fileno(), client.client, default_id)

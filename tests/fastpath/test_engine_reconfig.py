@@ -362,6 +362,26 @@ def test_a_deleted_services_next_request_on_an_open_connection_is_404(rig: Rig) 
     assert rig.out_node.stats()["http_no_route"] == 1
 
 
+def test_when_the_last_service_goes_the_next_request_is_404_counted_for_no_service(
+        rig: Rig) -> None:
+    """A table with no service at all (the last one deleted): the keep-alive client's
+    next request is routed on it and gets its 404. The pair's service index pointed
+    into the old table; the answer was counted through it (a crash on a table with no
+    services, seen as a worker's SIGSEGV in test_config_reach)."""
+    c = rig.client()
+    assert from_app(c.get("/1"), "a", "/1")
+    empty = fe.RouteTable()
+    empty.set_outbound_http(rig.http_sock.fileno(), rig.out_ctx)
+    rig.out_node.install(empty)
+    answer = c.get("/2")
+    assert (answer.status, answer.body) == (404, b'no route to host "backend"\n'), answer
+    by_service = {(r["direction"], r["service"]): r["codes"]
+                  for r in rig.out_node.engine.request_stats()}
+    assert by_service[("outbound", "")] == {404: 1}
+    assert by_service[("outbound", "demo/backend:http")] == {200: 1}
+    assert rig.out_node.engine.stats()["generation"] == rig.out_node.engine.generation
+
+
 def test_a_caller_still_on_the_older_table_loses_no_request_when_the_service_leaves_a_node(
         rig: Rig) -> None:
     """Nodes, and a node's workers, take a push one after the other. Here node A has

@@ -354,11 +354,7 @@ KEEPER_YAML = SERVICE_YAML.replace("name: backend,", "name: keeper,").replace(
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("others", [
     "another service stays",
-    pytest.param("the last service", marks=pytest.mark.xfail(strict=True, reason=(
-        "meshnode/dataplane.py leaves the HTTP outbound listener out of a table with no "
-        "HTTP host (`if http_hosts and client is not None`) but keeps its socket open: "
-        "open keep-alive requests get 503, new connections wait unanswered in the "
-        "backlog instead of getting 404"))),
+    "the last service",
 ])
 def test_a_deleted_services_requests_get_404_a_second_after_the_ack_and_none_fails(
         make_node: Callable[..., Node], resource_dir: Path,
