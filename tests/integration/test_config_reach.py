@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -98,6 +98,20 @@ class TimedApp(HTTPApp):
     def arrived_after(self, since: float) -> list[tuple[float, str]]:
         with self._arrivals_lock:
             return [a for a in self.arrivals if a[0] > since and a[1].startswith("/load/")]
+
+
+def settled_after(outcomes: list, old: TimedApp, ack: float,
+                  answered: Callable[[Any], bool]) -> list:
+    """Checks what every config-reach test asks: no request failed (each `answered`),
+    none reached the old app more than REACH_S after the ACK; the requests sent after
+    that point, for the test's own check."""
+    failed = [o for o in outcomes if not answered(o)]
+    assert not failed, (f"{len(failed)} of {len(outcomes)} requests failed (times from the "
+                        f"ACK): {describe(failed, ack)}")
+    late = old.arrived_after(ack + REACH_S)
+    assert not late, (f"{len(late)} requests reached the old app more than {REACH_S} s after "
+                      f"the ACK: {arrivals(late, ack)}")
+    return [o for o in outcomes if o.sent_at > ack + REACH_S]
 
 
 @pytest.fixture
@@ -323,13 +337,8 @@ def test_a_moved_workload_gets_no_request_a_second_after_the_ack_and_none_fails(
     finally:
         load.stop()
     outcomes = load.snapshot()
-    failed = [o for o in outcomes if not (from_app(o, "old") or from_app(o, "new"))]
-    assert not failed, (f"{len(failed)} of {len(outcomes)} requests failed (times from the "
-                        f"ACK): {describe(failed, ack)}")
-    late = old.arrived_after(ack + REACH_S)
-    assert not late, (f"{len(late)} requests reached the old app more than {REACH_S} s after "
-                      f"the ACK: {arrivals(late, ack)}")
-    after = [o for o in outcomes if o.sent_at > ack + REACH_S]
+    after = settled_after(outcomes, old, ack,
+                          lambda o: from_app(o, "old") or from_app(o, "new"))
     stale = [o for o in after if not from_app(o, "new")]
     assert not stale, \
         f"{len(stale)} of {len(after)} answered by the old app: {describe(stale, ack)}"
@@ -372,14 +381,8 @@ def test_a_deleted_services_requests_get_404_a_second_after_the_ack_and_none_fai
     finally:
         load.stop()
     outcomes = load.snapshot()
-    failed = [o for o in outcomes
-              if not (from_app(o, "old") or (o.status, o.body) == (404, NO_ROUTE))]
-    assert not failed, (f"{len(failed)} of {len(outcomes)} requests failed (times from the "
-                        f"ACK): {describe(failed, ack)}")
-    late = old.arrived_after(ack + REACH_S)
-    assert not late, (f"{len(late)} requests reached the app more than {REACH_S} s after the "
-                      f"ACK: {arrivals(late, ack)}")
-    after = [o for o in outcomes if o.sent_at > ack + REACH_S]
+    after = settled_after(outcomes, old, ack,
+                          lambda o: from_app(o, "old") or (o.status, o.body) == (404, NO_ROUTE))
     not_404 = [o for o in after if o.status != 404]
     assert not not_404, \
         f"{len(not_404)} of {len(after)} requests after the ACK: {describe(not_404, ack)}"
