@@ -47,12 +47,20 @@ cdef OutboundListener* _listener_in(Table* t, int fd) noexcept nogil:
 
 cdef openssl.SSL_CTX* _client_identity(Core* core, Conn* c, Table* t,
                                        uint16_t* principal) noexcept nogil:
-    """The identity `t` gives outbound pair c (its listener's, or on the HTTP listener
-    its client address's: _outbound_start's choice); NULL when the listener left `t`."""
+    """The identity `t` gives outbound pair c (_listener_identity, for its listener
+    there); NULL when the listener left `t`."""
     cdef OutboundListener* l = _listener_in(t, c.lfd) if c.lfd >= 0 else NULL
-    cdef uint32_t i
     if l == NULL:
         return NULL
+    return _listener_identity(core, c, t, l, principal)
+
+
+cdef openssl.SSL_CTX* _listener_identity(Core* core, Conn* c, Table* t, OutboundListener* l,
+                                         uint16_t* principal) noexcept nogil:
+    """The identity outbound pair c presents, accepted on `l` of table `t`: the
+    listener's; on the HTTP listener, that of the local workload at the client's address
+    (a per-host proxy tells apps apart by their own IPs, like Istio's ztunnel)."""
+    cdef uint32_t i
     if l.http:
         for i in range(t.n_sources):
             if _same_ip(&t.sources[i].addr, &c.peer_addr):

@@ -137,20 +137,11 @@ cdef bint _same_ip(const net.sockaddr_storage* a, const net.sockaddr_storage* b)
 cdef int _outbound_start(Core* core, Conn* c, uint32_t listener,
                          const net.sockaddr_storage* peer) noexcept nogil:
     cdef OutboundListener* l = &c.table.listeners[listener]
-    cdef Service* svc
-    cdef uint32_t i
-    cdef int st
-    c.client_ctx = l.client_ctx
-    c.local_principal = _interned(core, &l.principal, &l.identity)
     c.lfd = l.fd
     if l.http:
         memcpy(&c.peer_addr, peer, sizeof(net.sockaddr_storage))
-        for i in range(c.table.n_sources):
-            if _same_ip(&c.table.sources[i].addr, peer):
-                c.client_ctx = c.table.sources[i].client_ctx
-                c.local_principal = _interned(core, &c.table.sources[i].principal,
-                                              &c.table.sources[i].identity)
-                break
+    c.client_ctx = _listener_identity(core, c, c.table, l, &c.local_principal)
+    if l.http:
         c.flags |= CONN_HTTP
         c.state = CONN_HTTP_HEAD
         return _http_head(core, c)
