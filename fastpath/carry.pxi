@@ -133,8 +133,10 @@ cdef int64_t _route_in(const Table* t, const InboundRoute* r) noexcept nogil:
 
 
 cdef inline bint _same_app(const InboundRoute* a, const InboundRoute* b) noexcept nogil:
-    return a.app_addrlen == b.app_addrlen and memcmp(&a.app_addr, &b.app_addr,
-                                                    a.app_addrlen) == 0
+    """Same app address, same declared protocol (a pair framed, or not, for one is not
+    carried to the other)."""
+    return (a.app_addrlen == b.app_addrlen and a.protocol == b.protocol
+            and memcmp(&a.app_addr, &b.app_addr, a.app_addrlen) == 0)
 
 
 cdef void _inbound_take_route(Core* core, Conn* c, uint32_t j) noexcept nogil:
@@ -192,7 +194,8 @@ cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     cdef InboundRoute* route
     cdef int st
     c.switching = False
-    if j < 0:
+    if j < 0 or core.table.routes[j].protocol == PROTO_TCP:
+        # (A port now declared TCP takes no framed pair: new connections will be opaque.)
         c.flags |= CONN_GOING_AWAY
         return STATUS_OK
     if _same_app(&c.table.routes[c.route], &core.table.routes[j]):
@@ -210,6 +213,7 @@ cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     c.resp_phase = RESP_HEAD
     c.resp_fwd = 0
     c.req_phase = REQ_HEAD
+    c.upgrade = UPGRADE_NONE
     c.fwd = 0
     c.n_pend = 0
     _inbound_take_route(core, c, <uint32_t>j)

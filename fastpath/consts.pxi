@@ -101,6 +101,9 @@ cdef enum:
     # for the client's first bytes before it takes the connection for opaque TCP (a
     # server-first protocol sends nothing until the server spoke).
     ENGINE_SNIFF_TIMEOUT_MS = 200
+    # The longest absolute-form authority the engine edits into a Host field: a DNS name
+    # (253) with a port and brackets; a longer one names no route anyway.
+    ENGINE_AUTHORITY_MAX = 320
     # Engine(drain_max_bytes=) default: an HTTP client that leaves mid-answer leaves its
     # upstream to read the rest and drop it, when no more than this is owed
     # (Content-Length); a larger answer, or one still coming at the connect timeout,

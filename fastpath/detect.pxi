@@ -1,6 +1,6 @@
 # detect.pxi: What an accepted connection is and where it goes first: the inbound SNI
-# route and ALPN, the HTTP outbound listener's source identity, a sniffing listener's
-# first bytes.
+# route and the port's declared protocol, the HTTP outbound listener's source identity,
+# the first bytes where no protocol is declared.
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 
@@ -60,24 +60,60 @@ cdef int _inbound_start(Core* core, Conn* c) noexcept nogil:
     return _handshake(core, c)
 
 
+cdef inline bint _alpn_is(const unsigned char* alpn, unsigned int n, const char* name,
+                          unsigned int m) noexcept nogil:
+    return n == m and memcmp(alpn, name, m) == 0
+
+
 cdef int _inbound_detect(Core* core, Conn* c, Side* s) noexcept nogil:
     """Inbound, handshake done (the SNI chose the route, the caller's ID is kept): how
-    the pair is carried to the local app. ALPN http/1.1 (another node's HTTP outbound
-    side) is framed request by request, for the destination's figures and the caller's
-    identity on each request; anything else is relayed as it comes."""
+    the pair is carried to the local app. The app port's declared protocol decides,
+    whatever ALPN the peer offers (DESIGN §3): HTTP is framed request by request (the
+    caller's identity set on each); TCP is relayed as it comes; a peer whose ALPN says
+    the other one is refused and counted. A port with no declared protocol follows
+    ALPN http/1.1 (another node's HTTP outbound side), and otherwise the first bytes."""
     cdef const unsigned char* alpn = NULL
     cdef unsigned int alpn_len = 0
     cdef InboundRoute* route
-    cdef int st
     openssl.SSL_get0_alpn_selected(s.ssl, &alpn, &alpn_len)
-    if alpn_len == 8 and memcmp(alpn, b"http/1.1", 8) == 0:
-        c.flags |= CONN_HTTP
     if c.table != core.table:
         _inbound_current(core, c)       # a push came during the handshake (carry.pxi)
     route = &c.table.routes[c.route]
     c.local_principal = _interned(core, &route.principal, &route.identity)
-    if c.flags & CONN_HTTP:
+    if route.protocol == PROTO_HTTP:
+        if _alpn_is(alpn, alpn_len, b"meshnode-tcp", 12):
+            core.counters.inbound_protocol_mismatch += 1
+            return _end_gracefully(core, c)
+        return _inbound_open(core, c, True)
+    if route.protocol == PROTO_TCP:
+        if _alpn_is(alpn, alpn_len, b"http/1.1", 8):
+            core.counters.inbound_protocol_mismatch += 1
+            return _end_gracefully(core, c)
+        return _inbound_open(core, c, False)
+    if _alpn_is(alpn, alpn_len, b"http/1.1", 8):
+        return _inbound_open(core, c, True)
+    # Told by the first bytes; room is kept in d2u for the fields a request gets.
+    c.head_reserve = _request_room(&route.chain, c)
+    c.state = CONN_SNIFFING
+    _deadline_at(core, c, core.now_ns + ENGINE_SNIFF_TIMEOUT_MS * 1000000)
+    return _sniff(core, c)
+
+
+cdef int _inbound_open(Core* core, Conn* c, bint http) noexcept nogil:
+    """Inbound: connect to the local app, the pair framed as HTTP or opaque."""
+    cdef InboundRoute* route
+    cdef int st
+    if c.state == CONN_SNIFFING:
+        # Its first bytes were awaited: the app's connect has connect_timeout from now.
+        _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
+    if c.table != core.table:
+        _inbound_current(core, c)       # a push came while its first bytes were awaited
+    route = &c.table.routes[c.route]
+    if http:
+        c.flags |= CONN_HTTP
         c.head_reserve = _request_room(&route.chain, c)
+    else:
+        c.head_reserve = 0
     st = _connect(core, c, &route.app_addr, route.app_addrlen)
     if st == STATUS_OK:
         return _enter_pipe(core, c)
@@ -86,16 +122,64 @@ cdef int _inbound_detect(Core* core, Conn* c, Side* s) noexcept nogil:
     return st
 
 
+cdef inline bint _tchar(unsigned char x) noexcept nogil:
+    """RFC 9110 §5.6.2's token characters."""
+    return ((x >= c'a' and x <= c'z') or (x >= c'A' and x <= c'Z') or (x >= c'0' and x <= c'9')
+            or (x != 0 and strchr(b"!#$%&'*+-.^_`|~", x) != NULL))
+
+
+cdef inline bint _blank(unsigned char x) noexcept nogil:
+    return x == c' ' or x == c'\t'
+
+
+cdef int _begins_request(const char* b, uint32_t n) noexcept nogil:
+    """Do the first bytes begin an HTTP/1.x request line: a method token, blanks, a
+    target, blanks, "HTTP/"? 1 yes, -1 no, 0 too few bytes to tell. Read leniently
+    (empty lines before, any blanks, any case), so that whatever a lenient app would
+    take for a request is framed (strictly) and not relayed as it came."""
+    cdef uint32_t i = 0
+    cdef uint32_t m, t, k
+    cdef const char* version = b"http/"
+    while i < n and (b[i] == c'\r' or b[i] == c'\n'):
+        i += 1
+    m = i
+    while i < n and i - m <= 32 and _tchar(<unsigned char>b[i]):
+        i += 1
+    if i - m > 32:
+        return -1
+    if i == n:
+        return 0
+    if i == m or not _blank(<unsigned char>b[i]):
+        return -1
+    while i < n and _blank(<unsigned char>b[i]):
+        i += 1
+    t = i
+    while i < n and not _blank(<unsigned char>b[i]) and b[i] != c'\r' and b[i] != c'\n':
+        i += 1
+    if i == n:
+        return 0
+    if i == t or not _blank(<unsigned char>b[i]):
+        return -1
+    while i < n and _blank(<unsigned char>b[i]):
+        i += 1
+    for k in range(5):
+        if i + k == n:
+            return 0
+        if (<unsigned char>b[i + k] | 0x20) != <unsigned char>version[k]:
+            return -1
+    return 1
+
+
 cdef int _sniff(Core* core, Conn* c) noexcept nogil:
-    """CONN_SNIFFING: an HTTP/1.1 request head goes the HTTP way (to the listener's
-    service, whatever its Host); bytes that cannot begin one, or the client's end, go
-    as opaque TCP; a valid beginning waits (its timer takes it for TCP at the
-    deadline, as it does a client that says nothing)."""
+    """CONN_SNIFFING (a port whose protocol is omitted or "auto"): bytes that begin a
+    request line make the pair HTTP, framed strictly from there (a head that does not
+    parse is answered 4xx, never relayed); other bytes, or the client's end, make it
+    opaque TCP; a beginning too short to tell waits (its timer takes it for TCP at the
+    deadline, as it does a peer that says nothing)."""
     cdef Flow* f = &c.d2u
-    cdef uint32_t cap = core.buffer_bytes
+    cdef uint32_t cap = core.buffer_bytes - c.head_reserve
     cdef Py_ssize_t r
-    cdef int rc = -1
-    cdef ReqHead req
+    cdef int rc = 0
     if f.buf == NULL:
         f.buf = _buf_get(core)
         if f.buf == NULL:
@@ -109,21 +193,33 @@ cdef int _sniff(Core* core, Conn* c) noexcept nogil:
         elif r < 0:
             return STATUS_RESET
         else:
-            core.counters.outbound.bytes_received += <uint64_t>r
+            _counters_of(core, c).bytes_received += <uint64_t>r
             f.tail += <uint32_t>r
     if f.tail == 0 and not f.eof:
         return STATUS_OK
     if f.tail > 0:
-        rc = parse_request_head(f.buf, f.tail, &req, &core.http_limits)
-    if rc > 0:
-        core.counters.sniffed_http += 1
-        c.flags |= CONN_HTTP | CONN_FIXED_SERVICE
-        c.state = CONN_HTTP_HEAD
-        return _http_route(core, c, &req)
+        rc = _begins_request(f.buf, f.tail)
     if rc == 0 and not f.eof and f.tail < cap:
         return STATUS_OK
-    core.counters.sniffed_tcp += 1
-    return _tcp_start(core, c)
+    # A request line longer than the buffer still began like one: HTTP (then a 414).
+    return _sniffed(core, c, rc > 0 or (rc == 0 and f.tail == cap))
+
+
+cdef int _sniffed(Core* core, Conn* c, bint http) noexcept nogil:
+    """CONN_SNIFFING decided (or timed out: not HTTP): go on as HTTP or opaque TCP."""
+    if http:
+        core.counters.sniffed_http += 1
+    else:
+        core.counters.sniffed_tcp += 1
+    if c.flags & CONN_INBOUND:
+        return _inbound_open(core, c, http)
+    if not http:
+        return _tcp_start(core, c)
+    c.flags |= CONN_HTTP | CONN_FIXED_SERVICE
+    c.state = CONN_HTTP_HEAD
+    # The head has connect_timeout from here, as on the HTTP listener.
+    _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
+    return _http_head(core, c)
 
 
 cdef bint _same_ip(const net.sockaddr_storage* a, const net.sockaddr_storage* b) noexcept nogil:
@@ -146,6 +242,12 @@ cdef int _outbound_start(Core* core, Conn* c, uint32_t listener,
         c.state = CONN_HTTP_HEAD
         return _http_head(core, c)
     c.service = l.service
+    if l.framed:
+        # A port declared HTTP: framed always (DESIGN §3), for this one service.
+        c.flags |= CONN_HTTP | CONN_FIXED_SERVICE
+        c.state = CONN_HTTP_HEAD
+        _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
+        return _http_head(core, c)
     if l.sniff:
         c.state = CONN_SNIFFING
         _deadline_at(core, c, core.now_ns + ENGINE_SNIFF_TIMEOUT_MS * 1000000)

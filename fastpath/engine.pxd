@@ -131,7 +131,10 @@ cdef struct OutboundListener:
     uint32_t service               # TCP: the one service; HTTP: unused (routed by Host)
     bint http                      # the HTTP outbound listener (port-base+1)
     bint sniff                     # a service port's listener that tells HTTP/1.1 from
-                                   # opaque TCP by the first bytes (CONN_SNIFFING)
+                                   # opaque TCP by the first bytes (CONN_SNIFFING):
+                                   # its port's protocol is omitted or "auto"
+    bint framed                    # a service port's listener whose port is declared
+                                   # HTTP: framed always, what does not parse gets a 4xx
     openssl.SSL_CTX* client_ctx    # one reference owned: the local workload's identity
     Name identity                  # its SPIFFE ID, for request figures (may be empty)
     int32_t principal              # Core.principals index of `identity`; -1: not yet
@@ -166,6 +169,16 @@ cdef struct InboundRoute:
     openssl.SSL_CTX* server_ctx    # one reference owned: the local service's identity
     net.sockaddr_storage app_addr  # the local app, reached in plaintext
     net.socklen_t app_addrlen
+    uint8_t protocol               # the app port's declared protocol (PROTO_*): HTTP is
+                                   # framed whatever ALPN the peer offers, TCP is opaque,
+                                   # AUTO is told by the first bytes
+
+
+# A service port's declared protocol (DESIGN §3: the declared protocol wins).
+cdef enum Protocol:
+    PROTO_AUTO = 0                 # omitted or "auto": told by the first bytes
+    PROTO_HTTP                     # HTTP/1.1, always framed
+    PROTO_TCP                      # opaque
 
 
 # A compiled RouteTable. Built by Python (GIL held) in RouteTable._build(), handed to
@@ -316,12 +329,23 @@ cdef enum ConnFlags:
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
 #   HEAD ─head parsed, same service─► LENGTH (Content-Length > 0) / CHUNKED / HEAD (no body)
 #   LENGTH ─req_left bytes─► HEAD      CHUNKED ─chunked_advance DONE─► HEAD
-#   HEAD ─Upgrade or CONNECT head─► TUNNEL (opaque from here on, both ways)
+#   HEAD ─Upgrade or CONNECT head (its body framed first)─► UPGRADE_WAIT: nothing more is
+#        framed; what the client sends waits in d2u until the answer: 101 (2xx to
+#        CONNECT) ─► TUNNEL (opaque from here on, both ways); any other ─► HEAD, so the
+#        bytes behind the refused head are framed as requests like any others.
 cdef enum ReqPhase:
     REQ_HEAD = 0
     REQ_LENGTH
     REQ_CHUNKED
     REQ_TUNNEL
+    REQ_UPGRADE_WAIT
+
+
+# HTTP: the last request framed asked to leave HTTP (Upgrade, CONNECT); its answer says.
+cdef enum UpgradeState:
+    UPGRADE_NONE = 0
+    UPGRADE_ASKED                  # waiting for the answer
+    UPGRADE_GRANTED                # 101 / 2xx to CONNECT came while its body was framed
 
 
 # HTTP outbound, in PIPE: where the upstream's bytes (u2d) are in their response.
@@ -383,6 +407,7 @@ cdef struct Conn:
     bint reusable                  # no request or response on this upstream said close
     bint client_close              # the client's last request said close: no more are
                                    # read, its answer says close, then the client goes
+    uint8_t upgrade                # UpgradeState of the last request framed
     ChunkState chunk               # REQ_CHUNKED
     # u2d.buf[u2d.head : u2d.head + resp_fwd] is framed response bytes: only those go on.
     RespPhase resp_phase
@@ -484,6 +509,8 @@ cdef struct Counters:
     uint64_t stats_overflow        # answers not kept per key: ENGINE_STAT_RECORDS used up
     uint64_t sniffed_http          # sniffing listeners' connections found to be HTTP/1.1
     uint64_t sniffed_tcp           # ... and taken for opaque TCP (other bytes, or silence)
+    uint64_t inbound_protocol_mismatch  # inbound: the peer's ALPN is not the port's
+                                   # declared protocol (refused after the handshake)
     # The loop's own health (Envoy's dispatcher loop_duration_us): time from epoll_wait
     # returning to the next call, log-linear µs buckets as http_latency_us, and the most.
     uint64_t loop_busy_us[ENGINE_LATENCY_BUCKETS]

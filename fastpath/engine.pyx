@@ -170,7 +170,7 @@ from libc.errno cimport (EAGAIN, ECONNABORTED, EINPROGRESS, EINTR, EMFILE, ENFIL
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport fprintf, snprintf, stderr
 from libc.stdlib cimport abort, calloc, free, malloc
-from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strlen
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strchr, strlen
 from posix.fcntl cimport F_GETFL, O_CLOEXEC, O_NONBLOCK, O_RDONLY, fcntl
 from posix.fcntl cimport open as c_open
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -504,6 +504,7 @@ cdef class Engine:
         out["stats_overflow"] = snap.stats_overflow
         out["sniffed_http"] = snap.sniffed_http
         out["sniffed_tcp"] = snap.sniffed_tcp
+        out["inbound_protocol_mismatch"] = snap.inbound_protocol_mismatch
         out["loop_busy_us"] = [snap.loop_busy_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]
         out["loop_busy_max_us"] = snap.loop_busy_max_ns // 1000
         out["pairs_moved"] = snap.pairs_moved

@@ -174,16 +174,52 @@ cdef uint32_t _origin_form(Flow* f, uint32_t base, ReqHead* req) noexcept nogil:
     return cut
 
 
+cdef int64_t _absolute_form(Core* core, Flow* f, uint32_t base, ReqHead* req) noexcept nogil:
+    """An absolute-form request head at f.buf + base, routed by its target's authority:
+    the target becomes origin-form and the Host field that authority (RFC 9112 §3.2.2:
+    a proxy replaces the Host it got by the target's; added when there is none), so
+    the app sees the name the request was routed by. The bytes the head gained (< 0:
+    lost), or INT64_MAX when it cannot be edited (an authority longer than any host
+    name, or no room to add the field)."""
+    cdef char auth[ENGINE_AUTHORITY_MAX]
+    cdef uint32_t alen = req.authority.len
+    cdef uint32_t cut, voff, vlen
+    cdef char* b = f.buf + base
+    cdef int added
+    if alen > sizeof(auth):
+        return INT64_MAX
+    memcpy(auth, b + req.authority.off, alen)
+    cut = _origin_form(f, base, req)
+    if req.host_index < 0:
+        added = add_field(b, req.head_len - cut, f.tail - base, core.buffer_bytes - base,
+                          b"Host", 4, auth, alen)
+        if added < 0:
+            return INT64_MAX
+        f.tail += <uint32_t>added
+        return <int64_t>added - cut
+    # The field lines come after the target: moved back by the cut.
+    voff = req.headers[req.host_index].value.off - cut
+    vlen = req.headers[req.host_index].value.len
+    if alen > vlen and f.tail + (alen - vlen) > core.buffer_bytes:
+        return INT64_MAX
+    memmove(b + voff + alen, b + voff + vlen, f.tail - base - voff - vlen)
+    memcpy(b + voff, auth, alen)
+    f.tail = f.tail + alen - vlen
+    return <int64_t>alen - vlen - cut
+
+
 cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept nogil:
     """A request head at d2u.buf + base, for the current upstream: edit it for the
-    next hop, count it as framed, and expect its body. STATUS_OK, or STATUS_AGAIN
-    (inbound: no room for x-forwarded-client-cert until earlier bytes are sent).
+    next hop, count it as framed, and expect its body. STATUS_OK, STATUS_AGAIN
+    (inbound: no room for x-forwarded-client-cert until earlier bytes are sent), or
+    STATUS_RESET (outbound: an absolute-form head that cannot be edited; 431).
 
     Outbound, the client's hop-by-hop fields go and an absolute-form target becomes
-    origin-form. The client's `Connection: close` is about the client's connection
+    origin-form, its authority the Host. The client's `Connection: close` is about the client's connection
     only: the upstream hop stays pooled (HTTP/1.1 requests go on without it), and the
     client's connection is closed after this request's answer, which then says so."""
     cdef int64_t delta = 0
+    cdef int64_t grow
     cdef uint32_t i
     cdef FilterCall call
     cdef const FilterChain* chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
@@ -218,7 +254,10 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
         if not req.keep_alive or c.flags & CONN_GOING_AWAY:
             c.client_close = True
         if req.target_form == TARGET_ABSOLUTE:
-            delta -= _origin_form(&c.d2u, base, req)
+            grow = _absolute_form(core, &c.d2u, base, req)
+            if grow == INT64_MAX:
+                return STATUS_RESET
+            delta += grow
     c.fwd = <uint32_t>(c.fwd + req.head_len + delta)
     if not (req.method == METHOD_GET or req.method == METHOD_HEAD or req.method == METHOD_PUT
             or req.method == METHOD_DELETE or req.method == METHOD_OPTIONS
@@ -230,19 +269,53 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     c.pend_start_ns[i] = core.now_ns
     c.pend_method[i] = <uint8_t>req.method
     c.n_pend += 1
-    if req.upgrade or req.method == METHOD_CONNECT:
-        # Whatever the answer, we stop reading requests here: a 101 (or a 2xx to
-        # CONNECT) makes the rest a byte pipe; a refusal is rare enough to just pipe.
-        c.req_phase = REQ_TUNNEL
-    elif req.body == BODY_LENGTH:
+    # Upgrade or CONNECT: after its body nothing more is framed until the answer says
+    # whether the rest is a byte pipe (101, 2xx to CONNECT) or more requests; until
+    # then the client's bytes wait (a request smuggled behind a refused Upgrade would
+    # otherwise reach the app unframed, its identity headers as the client wrote them).
+    c.upgrade = (UPGRADE_ASKED if req.upgrade or req.method == METHOD_CONNECT
+                 else UPGRADE_NONE)
+    if req.body == BODY_LENGTH:
         c.req_phase = REQ_LENGTH
         c.req_left = req.content_length
     elif req.body == BODY_CHUNKED:
         c.req_phase = REQ_CHUNKED
         chunk_init(&c.chunk, &core.http_limits)
     else:
-        c.req_phase = REQ_HEAD
+        c.req_phase = _after_request(c)
     return STATUS_OK
+
+
+cdef inline ReqPhase _after_request(Conn* c) noexcept nogil:
+    """Where the client's bytes are once a request's body is framed."""
+    if c.upgrade == UPGRADE_ASKED:
+        return REQ_UPGRADE_WAIT
+    if c.upgrade == UPGRADE_GRANTED:
+        return REQ_TUNNEL
+    return REQ_HEAD
+
+
+cdef int _upgrade_answered(Conn* c, const RespHead* resp) noexcept nogil:
+    """The final answer to a request that asked to leave HTTP (c.upgrade ASKED):
+    granted (101, 2xx to CONNECT) the client's bytes become a pipe once its body is
+    framed; refused, they are framed as requests again. -1 when a 101 answers a
+    request that asked for no upgrade (or a CONNECT): no pipe the caller did not ask
+    for."""
+    if resp.body == BODY_TUNNEL:
+        if c.upgrade != UPGRADE_ASKED or c.n_pend != 1 or (
+                resp.status == 101 and c.pend_method[c.pend_first] == METHOD_CONNECT):
+            return -1
+        if c.req_phase == REQ_UPGRADE_WAIT:
+            c.req_phase = REQ_TUNNEL
+            c.upgrade = UPGRADE_NONE
+        else:
+            c.upgrade = UPGRADE_GRANTED
+        return 0
+    if c.upgrade == UPGRADE_ASKED and c.n_pend == 1:
+        c.upgrade = UPGRADE_NONE
+        if c.req_phase == REQ_UPGRADE_WAIT:
+            c.req_phase = REQ_HEAD
+    return 0
 
 
 cdef int _http_head(Core* core, Conn* c) noexcept nogil:
@@ -328,12 +401,14 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
             return STATUS_OK
         if c.req_phase == REQ_TUNNEL:
             c.fwd += avail
+        elif c.req_phase == REQ_UPGRADE_WAIT:
+            return STATUS_OK            # held until the Upgrade / CONNECT is answered
         elif c.req_phase == REQ_LENGTH:
             n = avail if <int64_t>avail < c.req_left else <Py_ssize_t>c.req_left
             c.fwd += <uint32_t>n
             c.req_left -= n
             if c.req_left == 0:
-                c.req_phase = REQ_HEAD
+                c.req_phase = _after_request(c)
         elif c.req_phase == REQ_CHUNKED:
             n = chunked_advance(&c.chunk, f.buf + start, avail, NULL, NULL)
             if n < 0:
@@ -341,7 +416,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 return STATUS_RESET
             c.fwd += <uint32_t>n
             if c.chunk.phase == CHUNK_DONE:
-                c.req_phase = REQ_HEAD
+                c.req_phase = _after_request(c)
         else:
             if c.n_pend == ENGINE_HTTP_PIPELINE_MAX:
                 return STATUS_OK        # deep enough: the rest waits for answers
@@ -379,7 +454,11 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                     return STATUS_OK
             if not (c.flags & CONN_INBOUND):
                 core.counters.http_routed += 1
-            if _http_framed(core, c, &req, start) == STATUS_AGAIN:
+            rc = _http_framed(core, c, &req, start)
+            if rc == STATUS_RESET:
+                core.counters.http_bad_request += 1
+                return STATUS_RESET
+            if rc == STATUS_AGAIN:
                 if f.head == 0:
                     if c.fwd == 0 and c.n_pend == 0:
                         # Nothing framed is left to send: no room will ever come.
@@ -538,9 +617,6 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                 c.resp_phase = RESP_HEAD
         else:
             if c.n_pend == 0:
-                if c.req_phase == REQ_TUNNEL:
-                    c.resp_phase = RESP_TUNNEL      # requests went opaque: so do answers
-                    continue
                 core.counters.http_bad_response += 1    # bytes nobody asked for
                 return STATUS_RESET
             rc = parse_response_head(f.buf + start, avail, &resp, &core.http_limits,
@@ -572,6 +648,14 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     rc = parse_response_head(f.buf + start, f.tail - start, &resp,
                                              &core.http_limits,
                                              <Method>c.pend_method[c.pend_first])
+            if (resp.status >= 200 or resp.body == BODY_TUNNEL) and (
+                    c.upgrade != UPGRADE_NONE or resp.body == BODY_TUNNEL):
+                if _upgrade_answered(c, &resp) != 0:
+                    core.counters.http_bad_response += 1
+                    if c.resp_fwd == 0:
+                        _http_reply(core, c, 502, b"upgrade nobody asked for\n", -1)
+                        return STATUS_CLOSE
+                    return STATUS_RESET
             c.resp_status = resp.status
             if c.client_close and c.n_pend == 1 and resp.status >= 200:
                 # The answer to the request that said close: the client learns that its

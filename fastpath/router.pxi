@@ -76,6 +76,9 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         _http_reply(core, c, 503, body, n)
         return STATUS_CLOSE
     st = _http_framed(core, c, req, c.d2u.head)
+    if st == STATUS_RESET:
+        _http_reply(core, c, 431, b"request head cannot be rewritten for the upstream\n", -1)
+        return STATUS_CLOSE
     # (A first request's step that waits needs a timer to wake the pair: the first
     # such outbound step brings it; inbound pairs do not route here.)
     _invariant(st == STATUS_OK, b"a first request's step stopped")
@@ -135,6 +138,7 @@ cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
     c.n_pend = 0
     c.fwd = 0
     c.req_phase = REQ_HEAD
+    c.upgrade = UPGRADE_NONE
     c.reusable = True
     c.gen += 1
     ev.events = _CONN_EVENTS
@@ -160,6 +164,7 @@ cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
     c.n_pend = 0
     c.fwd = 0
     c.req_phase = REQ_HEAD
+    c.upgrade = UPGRADE_NONE
     c.reusable = True
     c.setup_tries = 0
     c.filter_at = 0

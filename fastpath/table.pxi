@@ -333,6 +333,18 @@ cdef bytes _spiffe_id(str identity):
     return b
 
 
+cdef Protocol _protocol(str protocol) except *:
+    """A service port's declared protocol, as the config names it (any case)."""
+    name = protocol.lower()
+    if name == "http":
+        return PROTO_HTTP
+    if name == "tcp":
+        return PROTO_TCP
+    if name == "auto":
+        return PROTO_AUTO
+    raise ValueError("protocol must be \"http\", \"tcp\" or \"auto\", not %r" % protocol)
+
+
 cdef int _up_ref(openssl.SSL_CTX* ctx) except -1:
     if openssl.SSL_CTX_up_ref(ctx) != 1:
         raise_tls_error("cannot reference SSL_CTX")
@@ -424,19 +436,22 @@ cdef class RouteTable:
         return len(self._services) - 1
 
     def add_outbound_tcp(self, int fd, int service_index, TLSContext client_ctx not None,
-                         bint sniff=False) -> None:
+                         str protocol="tcp") -> None:
         """Relay connections accepted on listener `fd` to service `service_index`, as the
         workload whose credentials `client_ctx` (a client context) holds.
 
-        `sniff`: a connection whose first bytes are an HTTP/1.1 request is HTTP (framed,
-        counted per request, every request to this service); anything else, or nothing
-        within ENGINE_SNIFF_TIMEOUT_MS, is opaque TCP."""
+        `protocol`, the service port's declared protocol (DESIGN §3, the declared
+        protocol wins): "tcp" relays opaque; "http" frames every connection as HTTP/1.1
+        (counted per request, every request to this service; a head that does not parse
+        is answered 4xx, never relayed); "auto" tells them apart by how the first bytes
+        begin (a request line: HTTP, framed as for "http"; anything else, or nothing
+        within ENGINE_SNIFF_TIMEOUT_MS: opaque)."""
         self._check_fd(fd)
         if not 0 <= service_index < len(self._services):
             raise ValueError("no service %d (add_service() first)" % service_index)
         if client_ctx.server:
             raise ValueError("outbound needs a client TLSContext")
-        self._outbound.append((fd, service_index, client_ctx, b"", sniff))
+        self._outbound.append((fd, service_index, client_ctx, b"", _protocol(protocol)))
 
     def set_outbound_http(self, int fd, TLSContext client_ctx not None,
                           str identity=None) -> None:
@@ -513,9 +528,15 @@ cdef class RouteTable:
 
     def add_inbound_route(self, str sni not None, TLSContext server_ctx not None,
                           str app_host not None, int app_port, str service=None,
-                          str identity=None) -> None:
+                          str identity=None, str protocol="auto") -> None:
         """Inbound connections naming `sni` handshake with `server_ctx` (the local
         service's identity and trust) and go to the app at (app_host, app_port).
+
+        `protocol`: the app port's declared protocol, which decides whatever ALPN the
+        peer offers: "http" frames every connection (a peer offering the opaque
+        protocol is refused and counted: inbound_protocol_mismatch), "tcp" relays opaque
+        (a peer offering http/1.1 is refused), "auto" frames a connection whose first
+        bytes begin a request line and relays anything else.
 
         `service`: the name its request figures are kept under (request_stats());
         `identity`: the local service's SPIFFE ID, which HTTP requests handed to the
@@ -530,7 +551,7 @@ cdef class RouteTable:
         identity_b = _spiffe_id(identity)
         _sockaddr(app_host, app_port, &addr, &length)
         self._routes.append((sni_b, server_ctx, app_host, app_port,
-                             (service or "").encode(), identity_b))
+                             (service or "").encode(), identity_b, _protocol(protocol)))
 
     cdef Table* _build(self) except NULL:
         cdef Table* t = <Table*>calloc(1, sizeof(Table))
@@ -579,17 +600,19 @@ cdef class RouteTable:
 
             outbound = list(self._outbound)
             if self._http_fd >= 0:
-                outbound.append((self._http_fd, -1, self._http_ctx, self._http_identity, False))
+                outbound.append((self._http_fd, -1, self._http_ctx, self._http_identity,
+                                 PROTO_HTTP))
             if outbound:
                 t.listeners = <OutboundListener*>calloc(len(outbound), sizeof(OutboundListener))
                 if t.listeners == NULL:
                     raise MemoryError()
                 t.n_listeners = len(outbound)
-            for i, (fd, service_index, ctx, identity_b, sniff) in enumerate(outbound):
+            for i, (fd, service_index, ctx, identity_b, proto) in enumerate(outbound):
                 l = &t.listeners[i]
                 l.fd = fd
                 l.http = service_index < 0
-                l.sniff = sniff
+                l.sniff = proto == PROTO_AUTO
+                l.framed = proto == PROTO_HTTP and not l.http
                 l.service = service_index if service_index >= 0 else 0
                 l.principal = -1
                 _name_set(&l.identity, identity_b)
@@ -626,8 +649,9 @@ cdef class RouteTable:
                 if t.routes == NULL:
                     raise MemoryError()
                 t.n_routes = len(self._routes)
-            for i, (sni_b, ctx, host, port, service_b, identity_b) in enumerate(self._routes):
+            for i, (sni_b, ctx, host, port, service_b, identity_b, proto) in enumerate(self._routes):
                 route = &t.routes[i]
+                route.protocol = proto
                 # Its chain: the caller's identity on every request handed to the app.
                 step.kind, step.phase, step.arg = FILTER_XFCC, PHASE_REQUEST, 0
                 if _chain_set(&route.chain, &step, 1) != 0:

@@ -256,9 +256,8 @@ cdef void _conn_expired(Core* core, Conn* c) noexcept nogil:
             sc.idle_timeouts += 1
             _conn_close(core, c, False)
     elif c.state == CONN_SNIFFING:
-        if now >= c.deadline_ns:        # silent, or no whole head in time: TCP
-            core.counters.sniffed_tcp += 1
-            _settle(core, c, _tcp_start(core, c))
+        if now >= c.deadline_ns:        # silent, or too little to tell in time: TCP
+            _settle(core, c, _sniffed(core, c, False))
     elif now >= c.deadline_ns:
         if c.state == CONN_HTTP_HEAD:
             core.counters.http_head_timeouts += 1

@@ -11,16 +11,19 @@ the engine runs a table without it (``Engine.generation``).
 
 Two kinds of outbound traffic: a Service port with an ``outboundPort`` gets a local
 listener on 127.0.0.1, relayed over mutual TLS to the inbound port of the node of one
-of its endpoints (protocol TCP: opaque; protocol HTTP: an HTTP/1.1 client is framed and
-counted per request, anything else, or a client that says nothing for 200 ms, goes
-opaque); every port with protocol HTTP is reached through the
-shared HTTP outbound listener on 127.0.0.1:port-base+1 (DESIGN §8), which routes by the
+of its endpoints, as the port's declared protocol says (DESIGN §3): TCP opaque; HTTP
+framed always (a request that does not parse gets its 4xx, never a relay); auto, the
+default, told by how the first bytes begin (a request line: framed as HTTP; anything
+else, or a client that says nothing for 200 ms: opaque). Every port that is not TCP is
+reached through the shared HTTP outbound listener on 127.0.0.1:port-base+1 (DESIGN §8),
+which routes by the
 request's Host (``svc``, ``svc.ns``, ``svc.ns.svc``, any port: the Host's port picks
 the service port whose ``port`` matches, else the service's first HTTP port) or by an
 absolute-form URI, so ``HTTP_PROXY=http://127.0.0.1:15001`` works for any client; every
 request is routed on its own (see fastpath.engine). A bare name (``svc``) that several
 namespaces have resolves in the local workloads' namespace first. The inbound listener
-(port-base+6) relays to the local workload, for TCP and HTTP alike.
+(port-base+6) hands each connection to the local workload as its port's declared
+protocol says, whatever ALPN the calling node offers.
 
 The HTTP listener (port-base+1, passed by the worker) is bound with the first table that
 has HTTP hosts and kept until stop().
@@ -70,6 +73,12 @@ def sni_for(port_name: str, fqdn: str) -> str:
     """The SNI naming one port of one service between nodes (a DNS name, like Istio's
     ``outbound_.PORT_._.FQDN``): the inbound side picks the local app by it."""
     return f"{port_name}.{fqdn}"
+
+
+def _protocol(port: dict[str, Any]) -> str:
+    """A port's declared protocol as the engine names it: "http", "tcp" or "auto" (the
+    default: told by the first bytes)."""
+    return str(port.get("protocol") or "auto").lower()
 
 
 def _numeric(host: str) -> str:
@@ -193,14 +202,14 @@ class DataPlane:
                 name = f"{svc['namespace']}/{svc['name']}:{port['name']}"
                 self.service_fqdn[name] = svc["fqdn"]
                 index = table.add_service(name, sni, svc["identities"], endpoints)
+                protocol = _protocol(port)
                 if port.get("outbound_port") and client is not None:
                     sock = self._outbound_listener(port["outbound_port"])
                     if sock is not None:
-                        # An HTTP port's listener sniffs: HTTP/1.1 or opaque TCP.
                         table.add_outbound_tcp(sock.fileno(), index, client.client,
-                                               sniff=port.get("protocol", "HTTP") == "HTTP")
+                                               protocol=protocol)
                         wanted.add(port["outbound_port"])
-                if port.get("protocol", "HTTP") == "HTTP":
+                if protocol != "tcp":   # what reaches the HTTP listener is HTTP
                     for host in svc.get("hosts", ()):
                         table.add_host(host, index, int(port["port"]))
                         http_hosts += 1
@@ -250,7 +259,7 @@ class DataPlane:
                 table.add_inbound_route(sni, contexts.server, _numeric(ep["address"]),
                                         int(ep["ports"][port["name"]]),
                                         service=f"{svc['namespace']}/{svc['name']}:{port['name']}",
-                                        identity=ep["identity"])
+                                        identity=ep["identity"], protocol=_protocol(port))
                 return
 
     def _outbound_listener(self, port: int) -> socket.socket | None:

@@ -59,7 +59,7 @@ MAX_DRAIN_DURATION_S = 30.0
 class ServicePort:
     name: str
     port: int
-    protocol: str = "HTTP"  # HTTP | TCP
+    protocol: str = "auto"  # HTTP (framed) | TCP (opaque) | auto (the first bytes tell)
     # A number, or the name of a port in the selected workloads' `ports`; 0 (not given)
     # becomes `port`, as in Kubernetes.
     target_port: int | str = 0

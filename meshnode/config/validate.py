@@ -44,7 +44,9 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?")
 _LABEL_PART = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _NODE = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.:]{0,251}[A-Za-z0-9])?")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-_PROTOCOLS = ("HTTP", "TCP")
+# A Service port's protocol (DESIGN §3): HTTP is framed always, TCP is opaque, and only
+# "auto" (the default) is told by the first bytes.
+_PROTOCOLS = ("HTTP", "TCP", "auto")
 _MTLS_MODES = ("STRICT", "PERMISSIVE")
 MAX_WEIGHT = 1_000_000
 
@@ -386,10 +388,11 @@ def _service_ports(d: _Doc, value: object, path: str) -> tuple[ServicePort, ...]
             continue
         name = _opt(d, fields, at, "name", _dns_label, None)
         port = _opt(d, fields, at, "port", _port, None)
-        protocol = _opt(d, fields, at, "protocol", _choice(_PROTOCOLS), "HTTP")
+        protocol = _opt(d, fields, at, "protocol", _choice(_PROTOCOLS), "auto")
         target = _opt(d, fields, at, "targetPort", _target_port, 0)
-        # A local listener for this port alone: TCP relays it opaque; HTTP tells an
-        # HTTP/1.1 client from anything else by its first bytes (fastpath.engine).
+        # A local listener for this port alone: TCP relays it opaque, HTTP frames every
+        # connection, auto tells an HTTP/1.1 client from anything else by its first
+        # bytes (fastpath.engine).
         outbound = _opt(d, fields, at, "outboundPort", _port, 0)
         if name is not None:
             if name in names:

@@ -215,7 +215,8 @@ class Mesh:
                       ticket_keys: bytes | None = None) -> fe.RouteTable:
         t = fe.RouteTable()
         t.set_inbound(self.in_sock.fileno(), ticket_keys)
-        t.add_inbound_route(SNI, server_ctx(self.pki, creds), "127.0.0.1", app_port or self.app.port)
+        t.add_inbound_route(SNI, server_ctx(self.pki, creds), "127.0.0.1", app_port or self.app.port,
+                            protocol="tcp")
         return t
 
     def client(self) -> socket.socket:
@@ -308,7 +309,7 @@ def test_one_engine_is_both_nodes(mesh_pki: PKI) -> None:
         svc = t.add_service("backend", SNI, [BACKEND_ID], [("127.0.0.1", port_of(in_sock))])
         t.add_outbound_tcp(out_sock.fileno(), svc, client_ctx(mesh_pki))
         t.set_inbound(in_sock.fileno())
-        t.add_inbound_route(SNI, server_ctx(mesh_pki), "127.0.0.1", app.port)
+        t.add_inbound_route(SNI, server_ctx(mesh_pki), "127.0.0.1", app.port, protocol="tcp")
         node.install(t)
         with socket.create_connection(("127.0.0.1", port_of(out_sock)), timeout=TIMEOUT_S) as c:
             c.sendall(b"ping")

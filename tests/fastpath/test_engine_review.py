@@ -121,7 +121,7 @@ def sniffing_table(m: Mesh, fd: int, sni: str, name: str,
     t = m.outbound_table()
     index = t.add_service(name, sni, [BACKEND_ID],
                           endpoints if endpoints is not None else [("127.0.0.1", m.in_port)])
-    t.add_outbound_tcp(fd, index, client_ctx(m.pki), sniff=True)
+    t.add_outbound_tcp(fd, index, client_ctx(m.pki), protocol="auto")
     return t
 
 

@@ -191,7 +191,7 @@ def test_defaults_fill_in() -> None:
             mesh.spec.issuer_ttl_s, mesh.spec.access_log) == ("cluster.local", "STRICT", 86400.0, 0.5,
                                                                8760 * 3600.0, True)
     assert isinstance(service, Service)
-    assert service.spec.ports[0].protocol == "HTTP" and service.spec.ports[0].target_port == 8080
+    assert service.spec.ports[0].protocol == "auto" and service.spec.ports[0].target_port == 8080
     assert isinstance(workload, Workload) and workload.key == ("Workload", "default", "w")
     assert (workload.spec.service_account, workload.spec.weight, workload.spec.node) == ("default", 1, None)
 
@@ -266,10 +266,17 @@ def test_outbound_port_is_unique_and_an_http_port_may_have_one(tmp_path: Path) -
     [service] = parse_text(tcp, "db.yaml")
     assert service.spec.ports[0].outbound_port == 25432
     assert from_dict(to_dict(service)) == service
-    # An HTTP port's own listener tells HTTP/1.1 from anything else by the first bytes.
+    # A port with no declared protocol (auto) tells HTTP/1.1 from anything else by the
+    # first bytes; one declared HTTP is framed always.
     http = SERVICE.replace("{name: http, port: 8080}", "{name: http, port: 8080, outboundPort: 28080}")
     [service] = parse_text(http, "web.yaml")
-    assert (service.spec.ports[0].protocol, service.spec.ports[0].outbound_port) == ("HTTP", 28080)
+    assert (service.spec.ports[0].protocol, service.spec.ports[0].outbound_port) == ("auto", 28080)
+    declared = http.replace("outboundPort: 28080}", "outboundPort: 28080, protocol: HTTP}")
+    [service] = parse_text(declared, "web.yaml")
+    assert service.spec.ports[0].protocol == "HTTP"
+    [problem] = problems_of(lambda: parse_text(http.replace("outboundPort: 28080}",
+                                                            "protocol: GRPC}"), "g.yaml"))
+    assert "protocol" in problem.field
     twice = "---\n".join([tcp, tcp.replace("name: web,", "name: web2,")])
     [problem] = problems_of(lambda: validate_set(parse_text(twice, "two.yaml")))
     assert (problem.resource, problem.field) == ("Service demo/web2", "spec.ports[0].outboundPort")
