@@ -214,6 +214,7 @@ cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     c.resp_fwd = 0
     c.req_phase = REQ_HEAD
     c.upgrade = UPGRADE_NONE
+    c.head_scan = 0
     c.fwd = 0
     c.n_pend = 0
     _inbound_take_route(core, c, <uint32_t>j)

@@ -177,7 +177,7 @@ cdef int _sniff(Core* core, Conn* c) noexcept nogil:
     opaque TCP; a beginning too short to tell waits (its timer takes it for TCP at the
     deadline, as it does a peer that says nothing)."""
     cdef Flow* f = &c.d2u
-    cdef uint32_t cap = core.buffer_bytes - c.head_reserve
+    cdef uint32_t cap = _d2u_cap(core, c)
     cdef Py_ssize_t r
     cdef int rc = 0
     if f.buf == NULL:

@@ -149,6 +149,9 @@ cdef bint _pool_put(Core* core, Conn* c) noexcept nogil:
     upstream was opened as; otherwise the upstream is not pooled (its endpoint left)."""
     cdef Endpoint* ep = &c.table.services[c.service].endpoints[c.endpoint]
     cdef IdleUp* u
+    if c.d2u.shut or openssl.SSL_get_shutdown(c.up.ssl) & (openssl.SSL_SENT_SHUTDOWN
+                                                          | openssl.SSL_RECEIVED_SHUTDOWN):
+        return False                    # it was told, or told us, the end: not reusable
     if c.table != core.table:
         ep = _current_endpoint(core, c)
         if ep == NULL or not _table_has_ctx(core.table, c.client_ctx):

@@ -408,6 +408,8 @@ cdef struct Conn:
     bint client_close              # the client's last request said close: no more are
                                    # read, its answer says close, then the client goes
     uint8_t upgrade                # UpgradeState of the last request framed
+    uint32_t head_scan             # the request head being read: searched this far
+                                   # (from its start) for its end (_head_ended)
     ChunkState chunk               # REQ_CHUNKED
     # u2d.buf[u2d.head : u2d.head + resp_fwd] is framed response bytes: only those go on.
     RespPhase resp_phase

@@ -226,6 +226,13 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
                                      else &c.table.services[c.service].chain)
     if core.draining:
         c.flags |= CONN_GOING_AWAY      # (it became HTTP after the drain began)
+    if req.method_span.off > 0:
+        # Empty lines before the request-line (RFC 9112 §2.2: ignored) are not passed on:
+        # not every app ignores them.
+        memmove(c.d2u.buf + base, c.d2u.buf + base + req.method_span.off,
+                c.d2u.tail - base - req.method_span.off)
+        c.d2u.tail -= req.method_span.off
+        parse_request_head(c.d2u.buf + base, c.d2u.tail - base, req, &core.http_limits)
     if _chain_at(chain, PHASE_REQUEST):
         call.phase = PHASE_REQUEST
         call.req = req
@@ -318,6 +325,31 @@ cdef int _upgrade_answered(Conn* c, const RespHead* resp) noexcept nogil:
     return 0
 
 
+cdef bint _head_ended(const char* b, uint32_t n, uint32_t* scan) noexcept nogil:
+    """Is there an empty line in b[0:n] (where a head ends: CRLF or bare LF, the parser
+    judges which)? Searches only from *scan, and leaves there where the next call must
+    begin: a head trickled a line per read is scanned once and parsed once, not parsed
+    from its start on every read (quadratic)."""
+    cdef uint32_t i = scan[0]
+    cdef const char* p
+    while i < n:
+        p = <const char*>memchr(b + i, c'\n', n - i)
+        if p == NULL:
+            break
+        i = <uint32_t>(p - b) + 1
+        if i < n and b[i] == c'\n':
+            scan[0] = i + 1
+            return True
+        if i + 1 < n and b[i] == c'\r' and b[i + 1] == c'\n':
+            scan[0] = i + 2
+            return True
+        if i + 1 >= n:
+            scan[0] = i - 1             # the bytes after this LF are still to come
+            return False
+    scan[0] = n
+    return False
+
+
 cdef int _http_head(Core* core, Conn* c) noexcept nogil:
     """HTTP_HEAD: read a request head into d2u until it parses, then route it. After a
     switch the head (and maybe more requests) may be buffered already."""
@@ -359,12 +391,14 @@ cdef int _http_head(Core* core, Conn* c) noexcept nogil:
                 # The first bytes of a keep-alive client's next request: its head has
                 # connect_timeout from now (until then the pair was idle, not late).
                 _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
-            # A head ends with a LF: no use re-parsing before one arrives (http1.pxd).
-            if memchr(f.buf + f.tail - r, c'\n', <size_t>r) == NULL and f.tail < cap:
-                continue
         buffered = False
+        # No use parsing before the empty line that ends a head has come (bytes already
+        # buffered were searched as far as c.head_scan says).
+        if not _head_ended(f.buf, f.tail, &c.head_scan) and f.tail < cap:
+            continue
         rc = parse_request_head(f.buf, f.tail, &req, &core.http_limits)
         if rc > 0:
+            c.head_scan = 0
             return _http_route(core, c, &req)
         if rc < 0:
             _http_reply(core, c, request_error_status(rc), NULL, 0)
@@ -426,7 +460,12 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 # this one waits until the earlier ones are answered (carry.pxi).
                 c.switching = True
                 return STATUS_OK
+            if (not _head_ended(f.buf + start, avail, &c.head_scan) and not f.eof
+                    and f.tail < _d2u_cap(core, c)):
+                return STATUS_OK        # its end is not here yet: nothing to parse
             rc = parse_request_head(f.buf + start, avail, &req, &core.http_limits)
+            if rc > 0:
+                c.head_scan = 0
             if rc == 0:
                 if f.tail >= _d2u_cap(core, c) and f.head == 0 and c.fwd == 0:
                     core.counters.http_bad_request += 1     # a head over a buffer
@@ -473,7 +512,11 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
 
 cdef inline uint32_t _d2u_cap(Core* core, Conn* c) noexcept nogil:
     """How far an HTTP pair's d2u buffer is filled from the client: room is kept for
-    the field the engine adds to request heads (Conn.head_reserve)."""
+    the field the engine adds to request heads (Conn.head_reserve), but never more than
+    half the buffer (a caller whose identity would need more gets no room for it and
+    its requests are refused, counted; the cap never wraps below zero)."""
+    if c.head_reserve > core.buffer_bytes // 2:
+        return core.buffer_bytes - core.buffer_bytes // 2
     return core.buffer_bytes - c.head_reserve
 
 

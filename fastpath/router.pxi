@@ -139,6 +139,7 @@ cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
     c.fwd = 0
     c.req_phase = REQ_HEAD
     c.upgrade = UPGRADE_NONE
+    c.head_scan = 0
     c.reusable = True
     c.gen += 1
     ev.events = _CONN_EVENTS
@@ -165,6 +166,7 @@ cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
     c.fwd = 0
     c.req_phase = REQ_HEAD
     c.upgrade = UPGRADE_NONE
+    c.head_scan = 0
     c.reusable = True
     c.setup_tries = 0
     c.filter_at = 0

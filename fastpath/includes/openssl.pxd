@@ -275,6 +275,7 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_is_init_finished(const SSL* s)
     void SSL_set_shutdown(SSL* ssl, int mode)
     const int SSL_SENT_SHUTDOWN
+    const int SSL_RECEIVED_SHUTDOWN
     # Wraps the fd in a socket BIO that does not close it.
     int SSL_set_fd(SSL* ssl, int fd)
     BIO* SSL_get_rbio(const SSL* ssl)

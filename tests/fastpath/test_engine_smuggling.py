@@ -14,6 +14,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 
 import pytest
 
@@ -322,3 +323,24 @@ def test_a_port_with_no_declared_protocol_frames_a_bare_lf_request(mesh: Mesh) -
     reply = recv_all(c)
     assert reply.startswith(b"HTTP/1.1 400 ")
     assert FORGED.encode() not in reply
+
+
+# --- 10. a head trickled in, line by line ---------------------------------------------------
+
+
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"], ids=["crlf", "bare-lf"])
+def test_a_head_trickled_a_line_per_write(mesh: Mesh, eol: bytes) -> None:
+    """Each line in its own write (the engine looks for the head's end only in what is
+    new): a whole CRLF head is routed once it ends; a bare-LF one is refused, not relayed."""
+    c = mesh.client()
+    lines = ([eol, b"GET /headers HTTP/1.1" + eol, b"Host: backend" + eol]
+             + [b"X-Line-%d: %d" % (i, i) + eol for i in range(60)] + [eol])
+    for line in lines:
+        c.sendall(line)
+        time.sleep(0.001)
+    [reply] = read_answers(c, 1)
+    if eol == b"\r\n":
+        assert reply.startswith(b"HTTP/1.1 200 ")
+        assert b"x-line-59: 59" in reply
+    else:
+        assert reply.startswith(b"HTTP/1.1 400 ")
