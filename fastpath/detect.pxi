@@ -174,8 +174,8 @@ cdef int _sniff(Core* core, Conn* c) noexcept nogil:
     """CONN_SNIFFING (a port whose protocol is omitted or "auto"): bytes that begin a
     request line make the pair HTTP, framed strictly from there (a head that does not
     parse is answered 4xx, never relayed); other bytes, or the client's end, make it
-    opaque TCP; a beginning too short to tell waits (its timer takes it for TCP at the
-    deadline, as it does a peer that says nothing)."""
+    opaque TCP; a beginning too short to tell waits (at the deadline its timer takes it
+    for HTTP, and a peer that said nothing for TCP)."""
     cdef Flow* f = &c.d2u
     cdef uint32_t cap = _d2u_cap(core, c)
     cdef Py_ssize_t r

@@ -256,8 +256,11 @@ cdef void _conn_expired(Core* core, Conn* c) noexcept nogil:
             sc.idle_timeouts += 1
             _conn_close(core, c, False)
     elif c.state == CONN_SNIFFING:
-        if now >= c.deadline_ns:        # silent, or too little to tell in time: TCP
-            _settle(core, c, _sniffed(core, c, False))
+        if now >= c.deadline_ns:
+            # Silent: opaque (a server-first protocol). Bytes that still may begin a
+            # request line: HTTP (framed; its head has its own timeout), so that a
+            # request sent in two parts, the second after the deadline, is not relayed.
+            _settle(core, c, _sniffed(core, c, c.d2u.tail > 0))
     elif now >= c.deadline_ns:
         if c.state == CONN_HTTP_HEAD:
             core.counters.http_head_timeouts += 1

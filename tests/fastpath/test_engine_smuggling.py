@@ -344,3 +344,25 @@ def test_a_head_trickled_a_line_per_write(mesh: Mesh, eol: bytes) -> None:
         assert b"x-line-59: 59" in reply
     else:
         assert reply.startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_request_line_split_across_the_detection_deadline_is_framed(mesh: Mesh) -> None:
+    """On a port with no declared protocol, a caller sends "GE", waits out the
+    detection deadline, then the rest with a forged identity: still HTTP, framed."""
+    _inbound_http_table(mesh, None)
+    sock = listener()
+    mesh.clients.append(sock)
+    t = mesh.outbound_table()
+    index = t.add_service("demo/backend:auto-own", SNI, [BACKEND_ID], [("127.0.0.1", mesh.in_port)])
+    t.add_outbound_tcp(sock.fileno(), index, client_ctx(mesh.pki), protocol="auto")
+    mesh.out_node.install(t)
+    c = socket.create_connection(("127.0.0.1", port_of(sock)), timeout=TIMEOUT_S)
+    mesh.clients.append(c)
+    request = headers_request(extra=FORGED_XFCC)
+    c.sendall(request[:2])
+    time.sleep(0.5)                     # past ENGINE_SNIFF_TIMEOUT_MS
+    c.sendall(request[2:])
+    [reply] = read_answers(c, 1)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert xfcc_lines(reply) == [REAL_XFCC]
+    assert mesh.out_node.stats()["sniffed_http"] == 1

@@ -863,17 +863,18 @@ def test_bad_requests_get_the_nodes_own_answer_and_a_close(mesh: Mesh) -> None:
     assert serves(mesh.port)
 
 
-# --- 12. an HTTP port's own outboundPort: HTTP/1.1 framed, anything else opaque ---------------
+# --- 12. a service port's own outboundPort: the declared protocol wins ------------------------
 
 
-def test_an_http_ports_outbound_port_takes_http_and_relays_anything_else(mesh: Mesh) -> None:
+def test_an_http_ports_outbound_port_frames_everything(mesh: Mesh) -> None:
+    """A port declared HTTP: every connection is framed (any Host: the port names the
+    service); bytes that are no HTTP/1.1 request get the node's 400, never a relay."""
     node = mesh.node
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         own = probe.getsockname()[1]
     text = service_yaml().replace("protocol: HTTP}", f"protocol: HTTP, outboundPort: {own}}}", 1)
     node.apply(mesh.write("own-port.yaml", text + "---\n" + workload_yaml(mesh.app.port)))
-    # Any Host: the port names the service.
     wait_for(lambda: _status_or_none(own, "/own", "not.a.route.table.name") == 200, 20.0,
              "the service's own outbound port to answer")
     settle(node)
@@ -885,14 +886,33 @@ def test_an_http_ports_outbound_port_takes_http_and_relays_anything_else(mesh: M
     settle(node)
     assert metric_total(node, "meshnode_requests_total", reporter="source",
                         destination_service="backend.demo.svc", response_code="200") == before + 5
-    # Not HTTP/1.1 from its first byte: relayed as it is, so the app answers it (its own
-    # error page, not one of the node's short text answers).
-    with socket.create_connection(("127.0.0.1", own), timeout=IO_TIMEOUT_S) as c:
-        c.sendall(b"\x00\x01 not http\r\n\r\n")
-        reply = b""
-        while data := c.recv(65536):
-            reply += data
+    assert _raw_exchange(own, b"\x00\x01 not http\r\n\r\n") == (
+        b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 12\r\n"
+        b"connection: close\r\n\r\nBad Request\n")
+
+
+def test_a_port_with_no_declared_protocol_relays_what_is_not_http(mesh: Mesh) -> None:
+    """Protocol omitted (auto): a request line is framed; anything else is relayed as it
+    is, so the app answers it (its own error page, not one of the node's answers)."""
+    node = mesh.node
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        own = probe.getsockname()[1]
+    text = service_yaml().replace("protocol: HTTP}", f"outboundPort: {own}}}", 1)
+    node.apply(mesh.write("auto-port.yaml", text + "---\n" + workload_yaml(mesh.app.port)))
+    wait_for(lambda: _status_or_none(own, "/own", "anything") == 200, 20.0,
+             "the service's own outbound port to answer")
+    reply = _raw_exchange(own, b"\x00\x01 not http\r\n\r\n")
     assert b"<title>Error response</title>" in reply and b"400" in reply
+
+
+def _raw_exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT_S) as c:
+        c.sendall(data)
+        reply = b""
+        while chunk := c.recv(65536):
+            reply += chunk
+    return reply
 
 
 def _status_or_none(port: int, path: str, host: str) -> int | None:
