@@ -215,9 +215,10 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     STATUS_RESET (outbound: an absolute-form head that cannot be edited; 431).
 
     Outbound, the client's hop-by-hop fields go and an absolute-form target becomes
-    origin-form, its authority the Host. The client's `Connection: close` is about the client's connection
-    only: the upstream hop stays pooled (HTTP/1.1 requests go on without it), and the
-    client's connection is closed after this request's answer, which then says so."""
+    origin-form, its authority the Host. The client's `Connection: close` is about the
+    client's connection only: the upstream hop stays pooled (HTTP/1.1 requests go on
+    without it), and the client's connection is closed after this request's answer,
+    which then says so."""
     cdef int64_t delta = 0
     cdef int64_t grow
     cdef uint32_t i
@@ -411,9 +412,11 @@ cdef int _http_head(Core* core, Conn* c) noexcept nogil:
 
 cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
     """PIPE: extend the framed part of d2u over what was read, request by request, up
-    to a request for another service (then `switching`). STATUS_OK or STATUS_RESET (a
-    request that does not parse mid-connection: answers to earlier requests may still
-    be coming, so we cannot answer in order; the client sees the connection drop)."""
+    to a request for another service (then `switching`). STATUS_OK, STATUS_CLOSE (a
+    request that does not parse with nothing owed before it: answered 4xx), or
+    STATUS_RESET (one that does not parse mid-connection: answers to earlier requests
+    may still be coming, so we cannot answer in order; the client sees the connection
+    drop)."""
     cdef Flow* f = &c.d2u
     cdef uint32_t start, avail
     cdef Py_ssize_t n
@@ -474,6 +477,11 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                     f.tail = start      # a partial head, then the end: nothing to send
                 return STATUS_OK
             if rc < 0:
+                if (c.n_pend == 0 and c.fwd == 0 and c.resp_fwd == 0
+                        and (c.u2d.buf == NULL or c.u2d.head == c.u2d.tail)):
+                    # Nothing owed before it: its 4xx is the next answer (counted).
+                    _http_reply(core, c, request_error_status(rc), NULL, 0)
+                    return STATUS_CLOSE
                 core.counters.http_bad_request += 1
                 return STATUS_RESET
             if not (c.flags & (CONN_INBOUND | CONN_FIXED_SERVICE)):
@@ -523,8 +531,10 @@ cdef inline uint32_t _d2u_cap(Core* core, Conn* c) noexcept nogil:
 cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
     """_flow() for an HTTP client's bytes: read, frame (_http_frame), send only what
     is framed for the current upstream (a request for another service waits in the
-    buffer until _pump switches). The amount moved, or STATUS_RESET."""
+    buffer until _pump switches). The amount moved, STATUS_RESET, or STATUS_CLOSE (a
+    request that does not parse was answered 4xx)."""
     cdef Flow* f = &c.d2u
+    cdef int st
     cdef int64_t progress = 0
     cdef Py_ssize_t r
     cdef uint32_t cap = _d2u_cap(core, c)
@@ -556,8 +566,9 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
         else:
             c.flags |= CONN_CLIENT_GONE
             return STATUS_RESET
-    if _http_frame(core, c) != STATUS_OK:
-        return STATUS_RESET
+    st = _http_frame(core, c)
+    if st != STATUS_OK:
+        return STATUS_CLOSE if st == STATUS_CLOSE else STATUS_RESET
     while c.fwd > 0:
         r = _send(&c.up, f.buf + f.head, c.fwd)
         if r > 0:

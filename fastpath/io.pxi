@@ -169,6 +169,8 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
     while True:
         if c.flags & CONN_HTTP:
             a = _http_d2u(core, c, &sc.bytes_received)
+            if a == STATUS_CLOSE:
+                return STATUS_CLOSE     # answered 4xx (counted)
             if a < 0 and c.flags & CONN_RETRYABLE:
                 return _http_retry(core, c)
         else:

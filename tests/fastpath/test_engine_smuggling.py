@@ -366,3 +366,14 @@ def test_a_request_line_split_across_the_detection_deadline_is_framed(mesh: Mesh
     assert reply.startswith(b"HTTP/1.1 200 ")
     assert xfcc_lines(reply) == [REAL_XFCC]
     assert mesh.out_node.stats()["sniffed_http"] == 1
+
+
+@pytest.mark.parametrize("alpn", [None, ["http/1.1"]], ids=["no-alpn", "http-alpn"])
+def test_a_bare_lf_request_from_a_mesh_peer_to_an_http_port_gets_400(
+        mesh: Mesh, alpn: list[str] | None) -> None:
+    """Inbound, a port declared HTTP: a first request that does not parse is answered
+    400 by the node; the app never sees it."""
+    _inbound_http_table(mesh, "http")
+    reply = _inbound_attempt(mesh, alpn, headers_request(extra=FORGED_XFCC).replace(b"\r\n", b"\n"))
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert FORGED.encode() not in reply
