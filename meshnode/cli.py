@@ -5,7 +5,10 @@
     meshnode demo                             two apps through a fresh node, and a report
 
 Exit codes follow STYLE.md: 0 done, 1 failed, 3 no node running, 64 usage error,
-69 a node process is unavailable, 78 the configuration was refused.
+69 a node process is unavailable, 78 the configuration was refused. `apply` waits for
+every proxy worker's answer (xDS's ACK/NACK): a worker that cannot carry the new config
+out (a listener whose port is taken) NACKs it with the reason, and apply exits 1 with
+it; the config stays applied, the rest of it is served, and the worker keeps trying.
 """
 
 from __future__ import annotations
@@ -84,10 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("process", help="bus, control, ca, telemetry, proxy-N or supervisord")
     p.add_argument("-n", "--lines", type=int, default=50, help="last N lines (0: all)")
 
-    p = sub.add_parser("apply", help="create or update resources from YAML")
+    p = sub.add_parser("apply", help="create or update resources from YAML, and wait "
+                       "until every proxy worker has carried them out (ACK) or said why "
+                       "it cannot (NACK)")
     _add_runtime_dir(p)
     p.add_argument("-f", "--filename", required=True, action="append", type=Path,
                    help="a YAML file, a dir of them, or - for stdin (repeatable)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the workers' answers (0: do not wait)")
 
     p = sub.add_parser("get", help="show resources")
     _add_runtime_dir(p)
@@ -199,12 +206,28 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    reply = nodectl.call(args.runtime_dir.resolve(), "control", "apply",
-                         {"files": _read_files(args.filename)})
+    rd = args.runtime_dir.resolve()
+    files = _read_files(args.filename)
+    since = time.time()
+    reply = nodectl.call(rd, "control", "apply", {"files": files})
     what = ", ".join(reply.get("resources", []))
     state = "applied" if reply.get("changed") else "unchanged"
-    print(f"{state}: version {reply['version']}: {what}")
-    return 0
+    version = reply["version"]
+    print(f"{state}: version {version}: {what}", flush=True)
+    if args.timeout <= 0:
+        return 0
+    answers, missing = nodectl.wait_answers(rd, version, since, args.timeout)
+    nacks: dict[str, list[str]] = {}
+    for worker, answer in sorted(answers.items()):
+        if answer.get("status") == "NACK":
+            nacks.setdefault(str(answer.get("reason") or "no reason given"), []).append(worker)
+    for reason, workers in nacks.items():
+        print(f"meshnode apply: version {version} is not carried out by {', '.join(workers)} "
+              f"(NACK): {reason}", file=sys.stderr)
+    if missing:
+        print(f"meshnode apply: no answer to version {version} from {', '.join(missing)} "
+              f"within {args.timeout:g}s: see `meshnode status`", file=sys.stderr)
+    return EX_FAIL if nacks or missing else 0
 
 
 def cmd_get(args: argparse.Namespace) -> int:
