@@ -27,6 +27,7 @@ from . import nodectl, rotation
 from .demo import run as demo
 from .config import ConfigError, load_path, parse_duration
 from .identity import pki
+from .identity.authority import ca_dir
 from .identity.errors import IdentityError
 from .ports import DEFAULT_BASE
 
@@ -178,12 +179,31 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UsageError("give --ca-root or --ca-issuer, not both")
     if args.ca_root is not None:
         pki.read_root_dir(args.ca_root)  # refuse a bad root before anything starts
+    _check_root_kept(args.runtime_dir.resolve(), args.ca_root or args.ca_issuer)
     result = nodectl.up(nodectl.options(args.runtime_dir, args.node, args.port_base,
                                         args.workers, args.config, args.log_level,
                                         args.ca_root, args.ca_issuer),
                         timeout_s=args.timeout)
     print(result)
     return 0
+
+
+def _check_root_kept(rd: Path, seed: Path | None) -> None:
+    """A node's ca takes --ca-root/--ca-issuer at its first start only, and keeps that
+    root after: another one given later would be ignored, and identities issued under
+    a root the user did not mean. Say so instead."""
+    kept = ca_dir(rd) / "root.pem"
+    if seed is None or not kept.exists():
+        return
+    try:
+        same = (seed / "root.pem").read_bytes() == kept.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{seed / 'root.pem'}: {exc.strerror or exc}") from None
+    if not same:
+        raise UsageError(f"the node in {rd} already runs under another mesh root ({kept}); "
+                         f"--ca-root and --ca-issuer are taken at a node's first start only: "
+                         f"move a running node to a new root with `meshnode ca rotate-root "
+                         f"--new-root DIR`")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -304,6 +324,10 @@ def _ca_init(args: argparse.Namespace) -> int:
         ttl_s = parse_duration(args.ttl)
     except ValueError as exc:
         raise UsageError(f"--ttl: {exc}") from None
+    try:
+        pki.check_trust_domain(args.trust_domain)
+    except IdentityError as exc:
+        raise UsageError(f"--trust-domain: {exc}") from None
     cert, key = pki.make_root(f"meshnode root ({args.trust_domain})", args.trust_domain, ttl_s)
     pki.write_private(out / "root.key", pki.key_pem(key))
     pki.write_public(out / "root.pem", pki.cert_pem(cert))
@@ -322,7 +346,10 @@ def _format_inspect(report: dict[str, Any]) -> str:
               "brought by the user" if root.get("key_held", True) else
               "held by the root's holder: this node's issuer was signed from its CSR")
     rot = report["rotation"]
-    out = [f"node {report['node']}",
+    domain = report.get("trust_domain") or "(no mesh config yet)"
+    whose = ("the root's" if report.get("root_trust_domain") else
+             "the Mesh's: the root names none")
+    out = [f"node {report['node']}   trust domain {domain} ({whose})",
            f"root     {line(root)}\n         {origin}",
            f"issuer   {line(report['issuer'])}\n         issued by {report['issuer']['issuer']}",
            f"bundle   {len(report['bundle'])} root(s), generation {rot['generation']}"

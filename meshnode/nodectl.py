@@ -12,6 +12,7 @@ import signal
 import socket
 import time
 import xmlrpc.client
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from bus.errors import BusError, RemoteError, RequestTimeout, ServiceUnavailable
 from bus.request import Client
 
 from . import localprobe, supervise, ticketkeys
+from .config import DEFAULT_CONFIG, check_root_domain, store_dir
+from .identity import pki
+from .identity.authority import ca_dir, planned_root
 from .ports import Ports
 from .supervise import NodeOptions
 
@@ -93,8 +97,19 @@ def migrate_queued_connections(path: Path = MIGRATE_REQ) -> str:
     return f"set net.ipv4.tcp_migrate_req=1: {kept}"
 
 
+def root_domain(opts: NodeOptions) -> str | None:
+    """The trust domain of the mesh root the node's ca will run under (None: it names
+    none); refuse (ConfigError, naming the file, resource and field) a stored or seed
+    config whose Mesh names another, before anything starts (DESIGN §4)."""
+    root = planned_root(ca_dir(opts.runtime_dir), opts.ca_root, opts.ca_issuer)
+    domain = None if root is None else pki.root_trust_domain(root)
+    check_root_domain(store_dir(opts.runtime_dir), opts.config_dir or DEFAULT_CONFIG, domain)
+    return domain
+
+
 def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
-    """Start the node and return a summary once /ready says 200; raise NodeError if not."""
+    """Start the node and return a summary once /ready says 200; raise NodeError if not
+    (ConfigError or IdentityError when the config or the root is refused)."""
     rd = opts.runtime_dir
     rd.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(rd, 0o700)
@@ -109,6 +124,7 @@ def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
     ports = Ports(opts.port_base)
     for port, what in ((ports.admin, "admin"), (ports.metrics, "metrics")):
         check_port_free(port, what)
+    opts = replace(opts, trust_domain=root_domain(opts))
     ticketkeys.make(rd)  # fresh for this start, before any worker reads it
     migrate = migrate_queued_connections()
     try:
