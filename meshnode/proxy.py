@@ -3,13 +3,14 @@
 The worker's agent installs the compiled config snapshot that control distributes on
 ``config.snapshot`` (Clone pattern: it survives control restarts and missed updates),
 ACKs each version it carries out and NACKs, with the reason, one it cannot, and reports
-the version it runs in its health beat. A snapshot whose listener cannot bind (its port
-is taken) is installed without that listener, so the rest goes on serving, but it is
-NACKed and the worker is not ready (state ``nacked``, the reason in ``config_problem``)
-until the listener is bound: the agent tries again every second, and ACKs once it is. It also keeps the worker's TLS credentials (``identity.creds``):
-one certificate per identity the snapshot places on this node, renewed from the ca,
-and the trust bundle the ca publishes on ``cert.bundle``. A new snapshot replaces the
-old one whole; a bad one is refused and the last good one stays. The fastpath engine
+the version it runs in its health beat. It also keeps the worker's TLS credentials
+(``identity.creds``): one certificate per identity the snapshot places on this node,
+renewed from the ca, and the trust bundle the ca publishes on ``cert.bundle``. A new
+snapshot replaces the old one whole; a bad one is refused and the last good one stays.
+A snapshot whose listener cannot bind (its port is taken) is installed without that
+listener, so the rest goes on serving (as Envoy does), but it is NACKed and the worker
+is not ready (state ``nacked``, the reason in ``config_problem``) until the listener is
+bound: the agent tries again every second, and ACKs once it is. The fastpath engine
 that forwards traffic runs beside this agent in the same process, on its own thread
 (``dataplane``, DESIGN §3); the agent recompiles its route table whenever the
 snapshot or a certificate changes.
