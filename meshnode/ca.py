@@ -21,7 +21,7 @@ from bus.errors import RemoteError
 from . import logs
 from .busnames import BUNDLE_KEY, BUNDLE_TOPIC, CONTROL, SNAPSHOT_TOPIC
 from .busnames import CA as NAME
-from .identity.authority import Authority, Policy
+from .identity.authority import Authority, Policy, ca_dir
 from .identity.errors import IdentityError, NotReady, Refused
 from .process import Process, base_parser
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     proc = Process(NAME, args)
     try:
-        auth = Authority.open(Path(proc.runtime_dir) / "ca", proc.node, args.ca_root,
+        auth = Authority.open(ca_dir(proc.runtime_dir), proc.node, args.ca_root,
                               args.ca_issuer)
     except IdentityError as exc:
         logs.event(proc.log, "ca.failed", logging.ERROR, error=str(exc))

@@ -5,7 +5,10 @@
     meshnode demo                             two apps through a fresh node, and a report
 
 Exit codes follow STYLE.md: 0 done, 1 failed, 3 no node running, 64 usage error,
-69 a node process is unavailable, 78 the configuration was refused.
+69 a node process is unavailable, 78 the configuration was refused. `apply` waits for
+every proxy worker's answer (xDS's ACK/NACK): a worker that cannot carry the new config
+out (a listener whose port is taken) NACKs it with the reason, and apply exits 1 with
+it; the config stays applied, the rest of it is served, and the worker keeps trying.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from . import nodectl, rotation
 from .demo import run as demo
 from .config import ConfigError, load_path, parse_duration
 from .identity import pki
+from .identity.authority import ca_dir
 from .identity.errors import IdentityError
 from .ports import DEFAULT_BASE
 
@@ -84,10 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("process", help="bus, control, ca, telemetry, proxy-N or supervisord")
     p.add_argument("-n", "--lines", type=int, default=50, help="last N lines (0: all)")
 
-    p = sub.add_parser("apply", help="create or update resources from YAML")
+    p = sub.add_parser("apply", help="create or update resources from YAML, and wait "
+                       "until every proxy worker has carried them out (ACK) or said why "
+                       "it cannot (NACK)")
     _add_runtime_dir(p)
     p.add_argument("-f", "--filename", required=True, action="append", type=Path,
                    help="a YAML file, a dir of them, or - for stdin (repeatable)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the workers' answers (0: do not wait)")
 
     p = sub.add_parser("get", help="show resources")
     _add_runtime_dir(p)
@@ -171,12 +179,31 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise UsageError("give --ca-root or --ca-issuer, not both")
     if args.ca_root is not None:
         pki.read_root_dir(args.ca_root)  # refuse a bad root before anything starts
+    _check_root_kept(args.runtime_dir.resolve(), args.ca_root or args.ca_issuer)
     result = nodectl.up(nodectl.options(args.runtime_dir, args.node, args.port_base,
                                         args.workers, args.config, args.log_level,
                                         args.ca_root, args.ca_issuer),
                         timeout_s=args.timeout)
     print(result)
     return 0
+
+
+def _check_root_kept(rd: Path, seed: Path | None) -> None:
+    """A node's ca takes --ca-root/--ca-issuer at its first start only, and keeps that
+    root after: another one given later would be ignored, and identities issued under
+    a root the user did not mean. Say so instead."""
+    kept = ca_dir(rd) / "root.pem"
+    if seed is None or not kept.exists():
+        return
+    try:
+        same = (seed / "root.pem").read_bytes() == kept.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{seed / 'root.pem'}: {exc.strerror or exc}") from None
+    if not same:
+        raise UsageError(f"the node in {rd} already runs under another mesh root ({kept}); "
+                         f"--ca-root and --ca-issuer are taken at a node's first start only: "
+                         f"move a running node to a new root with `meshnode ca rotate-root "
+                         f"--new-root DIR`")
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -199,12 +226,28 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    reply = nodectl.call(args.runtime_dir.resolve(), "control", "apply",
-                         {"files": _read_files(args.filename)})
+    rd = args.runtime_dir.resolve()
+    files = _read_files(args.filename)
+    since = time.time()
+    reply = nodectl.call(rd, "control", "apply", {"files": files})
     what = ", ".join(reply.get("resources", []))
     state = "applied" if reply.get("changed") else "unchanged"
-    print(f"{state}: version {reply['version']}: {what}")
-    return 0
+    version = reply["version"]
+    print(f"{state}: version {version}: {what}", flush=True)
+    if args.timeout <= 0:
+        return 0
+    answers, missing = nodectl.wait_answers(rd, version, since, args.timeout)
+    nacks: dict[str, list[str]] = {}
+    for worker, answer in sorted(answers.items()):
+        if answer.get("status") == "NACK":
+            nacks.setdefault(str(answer.get("reason") or "no reason given"), []).append(worker)
+    for reason, workers in nacks.items():
+        print(f"meshnode apply: version {version} is not carried out by {', '.join(workers)} "
+              f"(NACK): {reason}", file=sys.stderr)
+    if missing:
+        print(f"meshnode apply: no answer to version {version} from {', '.join(missing)} "
+              f"within {args.timeout:g}s: see `meshnode status`", file=sys.stderr)
+    return EX_FAIL if nacks or missing else 0
 
 
 def cmd_get(args: argparse.Namespace) -> int:
@@ -281,6 +324,10 @@ def _ca_init(args: argparse.Namespace) -> int:
         ttl_s = parse_duration(args.ttl)
     except ValueError as exc:
         raise UsageError(f"--ttl: {exc}") from None
+    try:
+        pki.check_trust_domain(args.trust_domain)
+    except IdentityError as exc:
+        raise UsageError(f"--trust-domain: {exc}") from None
     cert, key = pki.make_root(f"meshnode root ({args.trust_domain})", args.trust_domain, ttl_s)
     pki.write_private(out / "root.key", pki.key_pem(key))
     pki.write_public(out / "root.pem", pki.cert_pem(cert))
@@ -299,7 +346,10 @@ def _format_inspect(report: dict[str, Any]) -> str:
               "brought by the user" if root.get("key_held", True) else
               "held by the root's holder: this node's issuer was signed from its CSR")
     rot = report["rotation"]
-    out = [f"node {report['node']}",
+    domain = report.get("trust_domain") or "(no mesh config yet)"
+    whose = ("the root's" if report.get("root_trust_domain") else
+             "the Mesh's: the root names none")
+    out = [f"node {report['node']}   trust domain {domain} ({whose})",
            f"root     {line(root)}\n         {origin}",
            f"issuer   {line(report['issuer'])}\n         issued by {report['issuer']['issuer']}",
            f"bundle   {len(report['bundle'])} root(s), generation {rot['generation']}"

@@ -5,6 +5,10 @@ snapshot for this node after every change and distributes it by the Clone patter
 ``config.snapshot``, answers the CLI's apply/get/delete, and records the workers'
 ACK/NACK of each version. It never touches traffic; when it is down, workers keep
 serving the last snapshot they installed.
+
+Identities are in the mesh root's trust domain (``--trust-domain``, which ``meshnode up``
+reads from the root the ca runs under): a Mesh that names another is refused, one that
+names none takes the root's (DESIGN §4).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from bus.errors import RemoteError
 
 from . import logs
 from .config import (DEFAULT_CONFIG, ConfigError, NotFound, Store, compile_snapshot,
-                     parse_text, to_dict)
+                     parse_text, store_dir, to_dict)
 from .busnames import ACK_TOPIC, SNAPSHOT_TOPIC
 from .busnames import CONTROL as NAME
 from .process import Process, base_parser
@@ -54,7 +58,8 @@ class Control:
         self.publish()
 
     def publish(self) -> None:
-        snapshot = compile_snapshot(self.store.resources(), self.proc.node, self.store.version)
+        snapshot = compile_snapshot(self.store.resources(), self.proc.node, self.store.version,
+                                    self.store.root_domain)
         self.state.set(self.proc.node, snapshot)
         logs.event(self.proc.log, "config.published", version=self.store.version,
                    services=len(snapshot.get("services", [])))
@@ -139,17 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None,
                         help="dir of YAML resources that seeds an empty store "
                              "(default: the embedded example mesh)")
+    parser.add_argument("--trust-domain", default=None,
+                        help="the mesh root's trust domain: identities are in it, and a Mesh "
+                             "that names another is refused (default: the root names none; "
+                             "the Mesh's, else cluster.local)")
     args = parser.parse_args(argv)
     proc = Process(NAME, args)
     seed = args.config or DEFAULT_CONFIG
     try:
-        store = Store.open(Path(proc.runtime_dir) / "state" / "config", seed)
+        store = Store.open(store_dir(proc.runtime_dir), seed, args.trust_domain)
     except ConfigError as exc:
         logs.event(proc.log, "config.invalid", logging.ERROR, error=str(exc))
         proc.ctx.destroy(linger=0)
         return 78
     logs.event(proc.log, "config.loaded", version=store.version, seed=str(seed),
-               resources=len(store.resources()))
+               resources=len(store.resources()), root_trust_domain=args.trust_domain)
     Control(proc, store)
     return proc.run()
 

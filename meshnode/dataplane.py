@@ -28,6 +28,12 @@ protocol says, whatever ALPN the calling node offers.
 The HTTP listener (port-base+1, passed by the worker) is bound with the first table that
 has HTTP hosts and kept until stop().
 
+A listener that cannot be bound (its port is held by another process, or by this node's
+own metrics listener) is left out of the table and the rest is installed: as Envoy does
+with a listener that fails to bind, everything else goes on serving, and the snapshot is
+not carried out. ``install()`` says which listeners are missing and why (``unbound``),
+for the worker to NACK; ``rebind()`` tries them again.
+
 A stopping worker drains (``drain()``, Istio's terminationDrainDuration): the engine takes
 its listeners out of its loop, answers what is in flight, sends keep-alive clients away
 and ends when nothing is left or at the deadline; as soon as the engine says
@@ -114,6 +120,8 @@ class DataPlane:
         self.http_port = http_port  # 0: no HTTP outbound listener
         self._http: socket.socket | None = None  # bound at the first table with HTTP hosts
         self.listener_failures = 0
+        # Listeners the installed table names but that could not be bound: port -> why.
+        self.unbound: dict[int, str] = {}
         self.generation = 0
         # The inbound side's session ticket keys (meshnode.ticketkeys), the same in
         # every worker of the node; None: each table's own.
@@ -204,7 +212,7 @@ class DataPlane:
                 index = table.add_service(name, sni, svc["identities"], endpoints)
                 protocol = _protocol(port)
                 if port.get("outbound_port") and client is not None:
-                    sock = self._outbound_listener(port["outbound_port"])
+                    sock = self._outbound_listener(port["outbound_port"], name)
                     if sock is not None:
                         table.add_outbound_tcp(sock.fileno(), index, client.client,
                                                protocol=protocol)
@@ -262,14 +270,50 @@ class DataPlane:
                                         identity=ep["identity"], protocol=_protocol(port))
                 return
 
-    def _outbound_listener(self, port: int) -> socket.socket | None:
+    def install(self, snapshot: dict[str, Any]) -> dict[int, str]:
+        """update(), and the listeners its table names but could not bind (port -> why;
+        empty: the snapshot is carried out whole). When update() raises, the table in
+        force and what it lacks stay as they were."""
+        before, self.unbound = self.unbound, {}
+        try:
+            self.update(snapshot)
+        except BaseException:
+            self.unbound = before
+            raise
+        return dict(self.unbound)
+
+    def rebind(self) -> bool:
+        """Try again to bind the listeners the table lacks; True when one is bound now (it
+        is kept for the next update(), which puts it in the table). Quiet: what still
+        fails was logged when the table was made."""
+        bound = False
+        for port in sorted(self.unbound):
+            if port == self.http_port and self._http is not None or port in self._outbound:
+                continue  # bound already, not installed yet
+            try:
+                sock = _listener("127.0.0.1", port)
+            except OSError:
+                continue
+            if port == self.http_port:
+                self._http = sock
+            else:
+                self._outbound[port] = sock
+            bound = True
+        return bound
+
+    def _bind_failed(self, port: int, what: str, exc: OSError) -> None:
+        self.listener_failures += 1
+        self.unbound[port] = f"{what}: cannot listen on 127.0.0.1:{port}: {exc}"
+        logs.event(log, "listener.failed", logging.ERROR, port=port, listener=what,
+                   error=str(exc))
+
+    def _outbound_listener(self, port: int, service: str) -> socket.socket | None:
         sock = self._outbound.get(port)
         if sock is None:
             try:
                 sock = _listener("127.0.0.1", port)
             except OSError as exc:
-                self.listener_failures += 1
-                logs.event(log, "listener.failed", logging.ERROR, port=port, error=str(exc))
+                self._bind_failed(port, f"outboundPort {port} of Service port {service}", exc)
                 return None
             self._outbound[port] = sock
             logs.event(log, "listener.bound", name="outbound-tcp", port=port)
@@ -282,9 +326,7 @@ class DataPlane:
             try:
                 self._http = _listener("127.0.0.1", self.http_port)
             except OSError as exc:
-                self.listener_failures += 1
-                logs.event(log, "listener.failed", logging.ERROR, port=self.http_port,
-                           error=str(exc))
+                self._bind_failed(self.http_port, "the HTTP outbound listener", exc)
                 return None
             logs.event(log, "listener.bound", name="outbound-http", port=self.http_port)
         return self._http

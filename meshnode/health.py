@@ -2,7 +2,10 @@
 
 A process is healthy when its last beat said ``state: ok`` and arrived within
 READY_WINDOW_S; the node is ready when every expected process is healthy. The window
-is three beats, so one late beat on a busy machine does not flap readiness.
+is three beats, so one late beat on a busy machine does not flap readiness. A proxy
+worker that has not carried out the config it was given (it NACKed it: a listener that
+cannot bind, a route table that does not compile) beats ``state: nacked`` with the
+reason in ``config_problem``, which readiness() passes on.
 """
 
 from __future__ import annotations
@@ -50,6 +53,19 @@ class HealthBook:
     def not_ready(self, now: float | None = None) -> list[str]:
         """Expected processes that are not healthy now (empty: the node is ready)."""
         return [name for name in self.expected if not self.healthy(name, now)]
+
+    def readiness(self, now: float | None = None) -> dict[str, Any]:
+        """/ready's body: ready or not, which processes are not, and the config problems
+        those report (a NACK's reason)."""
+        missing = self.not_ready(now)
+        if not missing:
+            return {"ready": True}
+        problems = {}
+        for name in missing:
+            report = self.get(name)
+            if report is not None and report.body.get("config_problem"):
+                problems[name] = str(report.body["config_problem"])
+        return {"ready": False, "not_ready": missing, "problems": problems}
 
     def view(self, now: float | None = None) -> dict[str, dict[str, Any]]:
         """Every process's last report, with its age and verdict, for status and /stats."""

@@ -12,6 +12,7 @@ import signal
 import socket
 import time
 import xmlrpc.client
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from bus.errors import BusError, RemoteError, RequestTimeout, ServiceUnavailable
 from bus.request import Client
 
 from . import localprobe, supervise, ticketkeys
+from .config import DEFAULT_CONFIG, check_root_domain, store_dir
+from .identity import pki
+from .identity.authority import ca_dir, planned_root
 from .ports import Ports
 from .supervise import NodeOptions
 
@@ -93,8 +97,19 @@ def migrate_queued_connections(path: Path = MIGRATE_REQ) -> str:
     return f"set net.ipv4.tcp_migrate_req=1: {kept}"
 
 
+def root_domain(opts: NodeOptions) -> str | None:
+    """The trust domain of the mesh root the node's ca will run under (None: it names
+    none); refuse (ConfigError, naming the file, resource and field) a stored or seed
+    config whose Mesh names another, before anything starts (DESIGN §4)."""
+    root = planned_root(ca_dir(opts.runtime_dir), opts.ca_root, opts.ca_issuer)
+    domain = None if root is None else pki.root_trust_domain(root)
+    check_root_domain(store_dir(opts.runtime_dir), opts.config_dir or DEFAULT_CONFIG, domain)
+    return domain
+
+
 def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
-    """Start the node and return a summary once /ready says 200; raise NodeError if not."""
+    """Start the node and return a summary once /ready says 200; raise NodeError if not
+    (ConfigError or IdentityError when the config or the root is refused)."""
     rd = opts.runtime_dir
     rd.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(rd, 0o700)
@@ -109,6 +124,7 @@ def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
     ports = Ports(opts.port_base)
     for port, what in ((ports.admin, "admin"), (ports.metrics, "metrics")):
         check_port_free(port, what)
+    opts = replace(opts, trust_domain=root_domain(opts))
     ticketkeys.make(rd)  # fresh for this start, before any worker reads it
     migrate = migrate_queued_connections()
     try:
@@ -136,22 +152,25 @@ def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
             pass  # telemetry is not listening (or answering) yet
         time.sleep(0.2)
     try:
-        pending = json.loads(last_body).get("not_ready", [])
-    except ValueError:
-        pending = ["telemetry"]
-    _fail(rd, pending or ["telemetry"], f"not ready within {timeout_s:g}s")
+        body = json.loads(last_body)
+        pending, problems = body.get("not_ready", []), body.get("problems") or {}
+    except (ValueError, AttributeError):
+        pending, problems = ["telemetry"], {}
+    said = "".join(f"\n  {name}: {problem}" for name, problem in sorted(problems.items()))
+    _fail(rd, pending or ["telemetry"], f"not ready within {timeout_s:g}s", said)
     raise AssertionError("unreachable")
 
 
-def _fail(rd: Path, names: list[str], why: str) -> None:
-    """Stop the half-started node and raise with the logs to read."""
+def _fail(rd: Path, names: list[str], why: str, said: str = "") -> None:
+    """Stop the half-started node and raise with what its processes `said` (their
+    config problems) and the logs to read."""
     tails = []
     for name in names:
         log = rd / "logs" / f"{name}.log"
         tails.append(f"--- {log} (last lines)\n{_tail(log, 8)}")
     down(rd)
-    raise NodeError(f"node failed to start: {', '.join(names)} {why}; the node was stopped.\n"
-                    + "\n".join(tails))
+    raise NodeError(f"node failed to start: {', '.join(names)} {why}; the node was stopped."
+                    f"{said}\n" + "\n".join(tails))
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -228,6 +247,46 @@ def call(rd: Path, service: str, kind: str, body: Any, timeout_s: float = 10.0) 
         ctx.destroy(linger=0)
 
 
+ANSWER_POLL_S = 0.1
+# A NACK control recorded before an apply may be stale (the worker retries, and says
+# its answer again every 5 s: meshnode.proxy.REANSWER_EVERY_S): wait this long for a
+# fresh one before believing it.
+STALE_NACK_S = 7.0
+
+
+def wait_answers(rd: Path, version: int, since: float,
+                 timeout_s: float) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Wait until every running proxy worker has answered config `version` (or a later
+    one): its ACK, or its NACK with the reason. Returns (answers by worker, the workers
+    that gave none within `timeout_s`). `since` (time.time() before the apply): a NACK
+    control recorded earlier is taken only when no fresher answer comes."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    while True:
+        try:
+            workers = sorted(p["name"] for p in supervise.process_info(rd)
+                             if p["name"].startswith("proxy-")
+                             and p["statename"] in ("RUNNING", "STARTING", "BACKOFF"))
+        except (OSError, xmlrpc.client.Fault) as exc:
+            raise Unavailable(f"cannot reach supervisord in {rd}: {exc}") from None
+        acks = call(rd, "control", "status", None,
+                    timeout_s=max(1.0, deadline - time.monotonic())).get("acks", {})
+        now = time.monotonic()
+        stale_ok = now - start >= STALE_NACK_S or now >= deadline
+        answers = {}
+        for worker in workers:
+            ack = acks.get(worker)
+            if not isinstance(ack, dict) or not isinstance(ack.get("version"), int) \
+                    or ack["version"] < version:
+                continue
+            if ack.get("status") == "ACK" or stale_ok or float(ack.get("ts") or 0) >= since:
+                answers[worker] = ack
+        missing = [w for w in workers if w not in answers]
+        if not missing or now >= deadline:
+            return answers, missing
+        time.sleep(ANSWER_POLL_S)
+
+
 def status(rd: Path) -> dict[str, Any]:
     """Each process's supervisor state and pid, with its last health report."""
     if supervise.supervisord_pid(rd) is None:
@@ -247,7 +306,11 @@ def status(rd: Path) -> dict[str, Any]:
         processes.append({"name": p["name"], "state": p["statename"], "pid": p["pid"] or None,
                           "uptime_s": max(0, p["now"] - p["start"]) if p["pid"] else 0,
                           "healthy": report.get("healthy"),
-                          "config_version": report.get("config_version")})
+                          "config_version": report.get("config_version"),
+                          # A worker's NACK: the version it was given and why it is not
+                          # carried out.
+                          "config_nacked": report.get("config_nacked"),
+                          "config_problem": report.get("config_problem")})
     return {"runtime_dir": str(rd), "processes": processes,
             "not_ready": health.get("not_ready")}
 
@@ -261,6 +324,10 @@ def format_status(status: dict[str, Any]) -> str:
                      healthy, version))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    for p in status["processes"]:
+        if p.get("config_problem"):
+            lines.append(f"{p['name']}: config version {p.get('config_nacked')} NACKed: "
+                         f"{p['config_problem']}")
     if status.get("not_ready") is None:
         lines.append("telemetry unreachable: health unknown")
     elif status["not_ready"]:

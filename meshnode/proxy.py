@@ -2,11 +2,15 @@
 
 The worker's agent installs the compiled config snapshot that control distributes on
 ``config.snapshot`` (Clone pattern: it survives control restarts and missed updates),
-ACKs each version it installs or NACKs one it cannot, and reports the version it runs
-in its health beat. It also keeps the worker's TLS credentials (``identity.creds``):
-one certificate per identity the snapshot places on this node, renewed from the ca,
-and the trust bundle the ca publishes on ``cert.bundle``. A new snapshot replaces the
-old one whole; a bad one is refused and the last good one stays. The fastpath engine
+ACKs each version it carries out and NACKs, with the reason, one it cannot, and reports
+the version it runs in its health beat. It also keeps the worker's TLS credentials
+(``identity.creds``): one certificate per identity the snapshot places on this node,
+renewed from the ca, and the trust bundle the ca publishes on ``cert.bundle``. A new
+snapshot replaces the old one whole; a bad one is refused and the last good one stays.
+A snapshot whose listener cannot bind (its port is taken) is installed without that
+listener, so the rest goes on serving (as Envoy does), but it is NACKed and the worker
+is not ready (state ``nacked``, the reason in ``config_problem``) until the listener is
+bound: the agent tries again every second, and ACKs once it is. The fastpath engine
 that forwards traffic runs beside this agent in the same process, on its own thread
 (``dataplane``, DESIGN §3); the agent recompiles its route table whenever the
 snapshot or a certificate changes.
@@ -42,6 +46,11 @@ from .process import Process, base_parser
 # left at the deadline itself, before it stops it outright. supervisord's stop wait
 # (meshnode.supervise) covers the longest drain plus this and more.
 DRAIN_MARGIN_S = 2.0
+# How often a listener that could not bind is tried again (one bind() each: cheap).
+REBIND_EVERY_S = 1.0
+# How often the worker says its answer for the version it was given again: an ACK or a
+# NACK is an event, and may miss a control that is restarting.
+REANSWER_EVERY_S = 5.0
 
 
 def check_snapshot(snapshot: object) -> str | None:
@@ -68,6 +77,8 @@ class Agent:
         self._routes_dirty = False
         self.snapshot: dict[str, Any] | None = None
         self.refused = 0
+        # The last answer given on config.ack: (version, "ACK"|"NACK", reason).
+        self.answer: tuple[int, str, str | None] | None = None
         # A worker without a snapshot has no routes and would refuse all traffic: it is
         # not ready until the first one is installed (as Envoy's /ready waits for its
         # initial config), so /ready and `meshnode up` never report a config-less node.
@@ -93,8 +104,8 @@ class Agent:
         # Certificates arrive in bursts (a new bundle rebuilds every context): compile
         # the route table once per burst, not once per context.
         proc.loop.every(0.2, self.refresh_routes)
-        # An ACK is an event and may miss a control that is restarting: say it again.
-        proc.loop.every(5.0, self.reack, first_in_s=5.0)
+        proc.loop.every(REANSWER_EVERY_S, self.reanswer, first_in_s=REANSWER_EVERY_S)
+        proc.loop.every(REBIND_EVERY_S, self.rebind, first_in_s=REBIND_EVERY_S)
 
     @property
     def version(self) -> int | None:
@@ -105,8 +116,12 @@ class Agent:
         # ones into the route table first, so what it reports is what the engine uses
         # (root rotation moves on by these reports).
         self.refresh_routes()
+        nack = self.answer if self.answer is not None and self.answer[1] == "NACK" else None
         return {"worker": self.worker, "config_version": self.version,
                 "config_synced": self.state.synced, "config_refused": self.refused,
+                # The version given that is not carried out, and why (None: all is).
+                "config_nacked": nack[0] if nack else None,
+                "config_problem": nack[2] if nack else None,
                 "openssl": fastpath.tls.openssl_version()}
 
     def on_state(self, items: dict[str, Any]) -> None:
@@ -120,27 +135,49 @@ class Agent:
             return  # a resync that brought nothing new
         reason = check_snapshot(snapshot)
         if reason is not None:
-            self.refused += 1
-            logs.event(self.proc.log, "config.refused", logging.WARNING, version=version,
-                       reason=reason)
-            self.ack(version if isinstance(version, int) else -1, "NACK", reason)
+            self.refuse(version if isinstance(version, int) else -1, reason)
             return
         try:
-            self.dataplane.update(snapshot)
+            unbound = self.dataplane.install(snapshot)
         except (ValueError, OSError) as exc:  # e.g. an endpoint name that does not resolve
-            self.refused += 1
-            logs.event(self.proc.log, "config.refused", logging.WARNING, version=version,
-                       reason=f"route table: {exc}")
-            self.ack(version, "NACK", f"route table: {exc}")
+            self.refuse(version, f"route table: {exc}")
             return
         self.snapshot = snapshot
-        self.proc.state = "ok"
         self.identity.want({str(w["identity"]) for w in snapshot["local"]
                             if isinstance(w, dict) and "identity" in w},
                            rotate_at=float(snapshot["mesh"].get("rotate_at", 0.5)))
         logs.event(self.proc.log, "config.installed", version=version,
-                   services=len(snapshot["services"]))
-        self.ack(version, "ACK")
+                   services=len(snapshot["services"]), unbound=sorted(unbound))
+        self.report(unbound)
+
+    def refuse(self, version: int, reason: str) -> None:
+        """NACK a snapshot not installed at all: the last good one goes on serving."""
+        self.refused += 1
+        logs.event(self.proc.log, "config.refused", logging.WARNING, version=version,
+                   reason=reason)
+        self.give_answer(version, "NACK", reason)
+
+    def report(self, unbound: dict[int, str]) -> None:
+        """ACK the installed snapshot, or NACK it while a listener it names is unbound."""
+        assert self.version is not None
+        if unbound:
+            reason = "; ".join(unbound[port] for port in sorted(unbound))
+            self.give_answer(self.version, "NACK", reason)
+        else:
+            self.give_answer(self.version, "ACK")
+
+    def give_answer(self, version: int, status: str, reason: str | None = None) -> None:
+        """Say how the version given was carried out: a new answer is sent at once (and
+        repeated by reanswer()); the worker is not ready while it is a NACK."""
+        answer = (version, status, reason)
+        self.proc.state = "ok" if status == "ACK" else "nacked"
+        if answer == self.answer:
+            return
+        self.answer = answer
+        if status == "NACK":
+            logs.event(self.proc.log, "config.nacked", logging.WARNING, version=version,
+                       reason=reason)
+        self.ack(version, status, reason)
 
     def _dirty(self) -> None:
         self._routes_dirty = True
@@ -150,10 +187,22 @@ class Agent:
         if not self._routes_dirty or self.snapshot is None or self.dataplane.draining:
             return
         self._routes_dirty = False
+        version = self.snapshot["version"]
         try:
-            self.dataplane.update(self.snapshot)
+            unbound = self.dataplane.install(self.snapshot)
         except (ValueError, OSError) as exc:
             logs.event(self.proc.log, "routes.failed", logging.ERROR, error=str(exc))
+            if self.answer is None or self.answer[0] == version:
+                self.give_answer(version, "NACK", f"route table: {exc}")
+            return
+        if self.answer is None or self.answer[0] == version:  # (a newer version
+            self.report(unbound)                              # refused whole stays NACKed)
+
+    def rebind(self) -> None:
+        """Try the listeners the table lacks again; one bound makes a new table."""
+        if self.dataplane.unbound and not self.dataplane.draining and self.dataplane.rebind():
+            logs.event(self.proc.log, "listener.rebound", unbound=sorted(self.dataplane.unbound))
+            self._dirty()
 
     def on_bundle(self, items: dict[str, Any]) -> None:
         bundle = items.get(BUNDLE_KEY)
@@ -166,9 +215,9 @@ class Agent:
                     self.dataplane.ticket_keys = keys
                     self._dirty()
 
-    def reack(self) -> None:
-        if self.version is not None:
-            self.ack(self.version, "ACK")
+    def reanswer(self) -> None:
+        if self.answer is not None:
+            self.ack(*self.answer)
 
     def ack(self, version: int, status: str, reason: str | None = None) -> None:
         self.proc.publisher.publish(ACK_TOPIC, "ack", {"worker": self.proc.name,

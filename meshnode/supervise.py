@@ -51,6 +51,7 @@ class NodeOptions:
     ca_root: Path | None = None
     ca_issuer: Path | None = None
     log_level: str = "info"
+    trust_domain: str | None = None  # the mesh root's (None: it names none)
 
     def process_names(self) -> list[str]:
         return ["bus", "control", "ca", "telemetry",
@@ -86,6 +87,8 @@ def render_conf(opts: NodeOptions) -> str:
     rd = opts.runtime_dir
     expect = ",".join(opts.process_names())
     control_extra = ["--config", str(opts.config_dir)] if opts.config_dir else []
+    if opts.trust_domain:
+        control_extra += ["--trust-domain", opts.trust_domain]
     return "\n".join([
         "; written by `meshnode up`; edits are overwritten at the next `up`",
         "[unix_http_server]", f"file={rd}/{SOCK}", "chmod=0700", "",

@@ -98,10 +98,8 @@ class Telemetry:
             self.snapshot = items.get(self.proc.node)
 
     def ready(self) -> tuple[int, str, bytes]:
-        missing = self.book.not_ready()
-        if missing:
-            return _json(503, {"ready": False, "not_ready": missing})
-        return _json(200, {"ready": True})
+        body = self.book.readiness()
+        return _json(200 if body["ready"] else 503, body)
 
     def metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)

@@ -4,6 +4,7 @@ from .errors import ConfigError, NotFound, Problem
 from .load import DEFAULT_CONFIG, from_dict, load_dir, load_file, load_path, parse_text, to_dict
 from .model import (
     API_VERSION,
+    DEFAULT_TRUST_DOMAIN,
     KINDS,
     Key,
     Mesh,
@@ -21,13 +22,14 @@ from .model import (
     selects,
 )
 from .snapshot import compile_snapshot, identity_for
-from .store import Store
-from .validate import validate_set
+from .store import Store, check_root_domain, store_dir
+from .validate import trust_domain_problems, validate_set
 
 __all__ = [
-    "API_VERSION", "ConfigError", "DEFAULT_CONFIG", "DurationError", "KINDS", "Key", "Mesh",
+    "API_VERSION", "ConfigError", "DEFAULT_CONFIG", "DEFAULT_TRUST_DOMAIN", "DurationError", "KINDS", "Key", "Mesh",
     "MeshSpec", "Metadata", "Node", "NodeSpec", "NotFound", "Problem", "Resource", "Service", "ServicePort",
-    "ServiceSpec", "Store", "Workload", "WorkloadSpec", "compile_snapshot", "format_duration",
-    "from_dict", "identity_for", "load_dir", "load_file", "load_path", "parse_duration",
-    "parse_text", "resolve_kind", "selects", "to_dict", "validate_set",
+    "ServiceSpec", "Store", "Workload", "WorkloadSpec", "check_root_domain", "compile_snapshot",
+    "format_duration", "from_dict", "identity_for", "load_dir", "load_file", "load_path",
+    "parse_duration", "parse_text", "resolve_kind", "selects", "store_dir", "to_dict",
+    "trust_domain_problems", "validate_set",
 ]

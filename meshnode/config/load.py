@@ -144,7 +144,7 @@ def from_dict(data: object, file: str = "") -> Resource:
 
 def _mesh_spec(spec: MeshSpec) -> dict[str, Any]:
     return {
-        "trustDomain": spec.trust_domain,
+        **({"trustDomain": spec.trust_domain} if spec.trust_domain else {}),
         "mtls": {"mode": spec.mtls_mode},
         "certificates": {
             "workloadTTL": format_duration(spec.workload_ttl_s),

@@ -16,6 +16,9 @@ from .errors import NotFound, Problem
 
 API_VERSION = "meshnode.io/v1alpha1"
 
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+"""The trust domain of a mesh whose Mesh names none under a root that names none."""
+
 Key = tuple[str, str, str]
 """(kind, namespace, name); the namespace of a cluster-scoped kind (Mesh) is ""."""
 
@@ -32,7 +35,9 @@ class Metadata:
 class MeshSpec:
     """Mesh-wide settings (Istio MeshConfig); the defaults apply when no Mesh exists."""
 
-    trust_domain: str = "cluster.local"
+    # None (not named): the mesh root's, or DEFAULT_TRUST_DOMAIN under a root that names
+    # none. A Mesh may name only its root's (DESIGN §4: the trust domain is the root's).
+    trust_domain: str | None = None
     mtls_mode: str = "STRICT"  # STRICT | PERMISSIVE, the default for every service
     workload_ttl_s: float = 86400.0  # lifetime of a workload certificate
     rotate_at: float = 0.5  # renew when this fraction of workload_ttl_s has passed

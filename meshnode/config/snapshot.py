@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .model import Node, Resource, Service, ServicePort, Workload, mesh_spec, selects
+from .model import (DEFAULT_TRUST_DOMAIN, Node, Resource, Service, ServicePort, Workload,
+                    mesh_spec, selects)
 
 
 def identity_for(trust_domain: str, namespace: str, service_account: str) -> str:
@@ -79,17 +80,20 @@ def _by_name(resource: Resource) -> tuple[str, str]:
     return (resource.namespace, resource.name)
 
 
-def compile_snapshot(resources: Iterable[Resource], node: str, version: int) -> dict[str, Any]:
+def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
+                     root_domain: str | None = None) -> dict[str, Any]:
     """The snapshot for `node` at config `version` (resources are assumed validate_set-clean).
 
     `local` lists the workloads this node fronts: those whose node is `node` or unset.
     `nodes` tells where the other nodes' inbound listeners are (the Node resources).
+    Identities are in `root_domain`, the mesh root's trust domain, when it names one
+    (a Mesh may name no other: trust_domain_problems), else in the Mesh's.
     """
     resources = list(resources)
     mesh = mesh_spec(resources)
     services = sorted((r for r in resources if isinstance(r, Service)), key=_by_name)
     workloads = sorted((r for r in resources if isinstance(r, Workload)), key=_by_name)
-    td = mesh.trust_domain
+    td = root_domain or mesh.trust_domain or DEFAULT_TRUST_DOMAIN
     return {
         "version": version,
         "node": node,

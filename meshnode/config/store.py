@@ -7,7 +7,9 @@ Layout under state_dir (mode 0700; files 0600):
 
 Every change is validated as a whole set (validate_set) before anything is written, and
 memory is updated only after the disk is, so a refused or failed change leaves both as
-they were. One process (control) owns a state dir; the lock only guards its threads.
+they were. A store opened with the mesh root's trust domain also refuses a Mesh that
+names another (trust_domain_problems), whether applied, seeded or already stored. One
+process (control) owns a state dir; the lock only guards its threads.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from ..files import write_atomic
 from .errors import ConfigError, NotFound, Problem
 from .load import load_path, to_dict
 from .model import KINDS, Key, Resource, key_label, resolve_kind, sort_key
-from .validate import duplicate_problems, parse_document, validate_set
+from .validate import duplicate_problems, parse_document, trust_domain_problems, validate_set
 
 STATE_FILE = "resources.json"
 HISTORY_DIR = "history"
@@ -69,6 +71,36 @@ def read_state(path: Path) -> tuple[int, list[Resource]]:
     return version, [replace(r, source=sources.get(r.label, "")) for r in resources]
 
 
+def store_dir(runtime_dir: Path | str) -> Path:
+    """Where a node's control keeps its store."""
+    return Path(runtime_dir) / "state" / "config"
+
+
+def _stored_domain_problems(path: Path, resources: list[Resource],
+                            root_domain: str | None) -> list[Problem]:
+    """trust_domain_problems of a stored config, named by the store file (and the file
+    the Mesh was applied from)."""
+    return [replace(p, file=f"{path} (the node's stored config"
+                            + (f", applied from {p.file})" if p.file else ")"))
+            for p in trust_domain_problems(resources, root_domain)]
+
+
+def check_root_domain(state_dir: Path | str, seed: Path | str | None,
+                       root_domain: str | None) -> None:
+    """Refuse (ConfigError) what Store(state_dir, seed, root_domain) would refuse for its
+    trust domain, without writing anything: the stored config when there is one, else
+    the seed (`meshnode up` asks before it starts the node)."""
+    path = Path(state_dir) / STATE_FILE
+    if path.exists():
+        problems = _stored_domain_problems(path, read_state(path)[1], root_domain)
+    elif seed is not None:
+        problems = trust_domain_problems(load_path(seed), root_domain)
+    else:
+        problems = []
+    if problems:
+        raise ConfigError(problems)
+
+
 def _encode(version: int, resources: list[Resource]) -> bytes:
     doc = {
         "version": version,
@@ -83,26 +115,39 @@ class Store:
 
     On opening, an existing resources.json wins over `seed` (a YAML file or directory),
     so applied changes survive a restart; without one, the seed is loaded, validated and
-    written as version 1; with neither, the store is empty at version 0.
+    written as version 1; with neither, the store is empty at version 0. `root_domain`:
+    the mesh root's trust domain (None: the root names none).
     """
 
-    def __init__(self, state_dir: Path | str, seed: Path | str | None = None) -> None:
+    def __init__(self, state_dir: Path | str, seed: Path | str | None = None,
+                 root_domain: str | None = None) -> None:
         self.state_dir = Path(state_dir)
+        self.root_domain = root_domain
         self._lock = threading.RLock()
         self._version = 0
         self._resources: dict[Key, Resource] = {}
         _private_dir(self.state_dir)
         if self.path.exists():
             self._version, resources = read_state(self.path)
+            problems = _stored_domain_problems(self.path, resources, root_domain)
+            if problems:
+                raise ConfigError(problems)
             self._resources = {r.key: r for r in sorted(resources, key=sort_key)}
         elif seed is not None:
             resources = load_path(seed)
-            validate_set(resources)
+            self._validate(resources)
             self._commit(1, resources)
 
     @classmethod
-    def open(cls, state_dir: Path | str, seed_dir: Path | str | None = None) -> Store:
-        return cls(state_dir, seed_dir)
+    def open(cls, state_dir: Path | str, seed_dir: Path | str | None = None,
+             root_domain: str | None = None) -> Store:
+        return cls(state_dir, seed_dir, root_domain)
+
+    def _validate(self, resources: list[Resource]) -> None:
+        validate_set(resources)
+        problems = trust_domain_problems(resources, self.root_domain)
+        if problems:
+            raise ConfigError(problems)
 
     @property
     def path(self) -> Path:
@@ -175,7 +220,7 @@ class Store:
             return self._change(resources)
 
     def _change(self, resources: list[Resource]) -> int:
-        validate_set(resources)
+        self._validate(resources)
         if {r.key: r for r in resources} == self._resources:
             return self._version
         self._commit(self._version + 1, resources)

@@ -319,7 +319,7 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
                                       "connections"))
     if spec is None:
         return None
-    trust_domain = _opt(d, spec, "spec", "trustDomain", _trust_domain, base.trust_domain)
+    trust_domain = _opt(d, spec, "spec", "trustDomain", _trust_domain, "")  # "": not named
     mtls = _fields(d, spec.get("mtls", {}), "spec.mtls", ("mode",)) or {}
     mode = _opt(d, mtls, "spec.mtls", "mode", _choice(_MTLS_MODES), base.mtls_mode)
     certs = _fields(d, spec.get("certificates", {}), "spec.certificates",
@@ -346,7 +346,7 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     if None in (trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log, connect, idle,
                 drain):
         return None
-    return MeshSpec(trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log,  # type: ignore[arg-type]
+    return MeshSpec(trust_domain or None, mode, workload_ttl, rotate_at, issuer_ttl, access_log,  # type: ignore[arg-type]
                     connect, idle, drain)  # type: ignore[arg-type]
 
 
@@ -590,6 +590,20 @@ def _node_problems(nodes: Sequence[Node]) -> list[Problem]:
         else:
             taken[where] = node
     return problems
+
+
+def trust_domain_problems(resources: Iterable[Resource], root_domain: str | None) -> list[Problem]:
+    """A Mesh that names a trust domain other than its root's (DESIGN §4): identities
+    are issued under the root, in the root's trust domain, so the Mesh may name that
+    one or none (None: the root names none, and any is the Mesh's to choose)."""
+    if root_domain is None:
+        return []
+    return [Problem(r.source, r.label, "spec.trustDomain",
+                    f"{r.spec.trust_domain!r} is not the mesh root's trust domain "
+                    f"{root_domain!r}: the trust domain is the root's; name "
+                    f"{root_domain!r} or leave trustDomain out")
+            for r in resources if isinstance(r, Mesh)
+            and r.spec.trust_domain not in (None, root_domain)]
 
 
 def validate_set(resources: Sequence[Resource]) -> None:

@@ -10,6 +10,11 @@ the same root and issuer and every certificate it issued stays valid:
     issuer.pem, issuer.key the node issuer, signed by the active root
     bundle.json            the trust bundle: every root peers must accept, with generations
 
+The trust domain is the root's (DESIGN §4): a root that names one (``spiffe://TD`` in its
+SANs, ``meshnode ca init --trust-domain``) has identities signed in it alone, and a
+rotation keeps it; control learns it before it starts (``planned_root``) and refuses a
+Mesh that names another. A root that names none (the node's own) serves the Mesh's.
+
 A root is rotated in three steps so that no handshake fails (DESIGN §4): ``add`` puts
 the new root in the bundle next to the old one; ``switch`` makes it active, signs a new
 issuer with it and bumps ``issuer_generation`` so workers re-issue at once; ``finish``
@@ -39,6 +44,30 @@ DEFAULT_ISSUER_TTL_S = 365 * 86400
 # An issuer with less than this share of its life left is replaced at start, so it
 # never expires under the workload certificates it signed.
 ISSUER_MIN_LIFE_SHARE = 0.2
+
+
+def ca_dir(runtime_dir: Path | str) -> Path:
+    """Where a node's ca keeps its state."""
+    return Path(runtime_dir) / "ca"
+
+
+def planned_root(directory: Path, seed_root: Path | None,
+                 seed_issuer: Path | None = None) -> x509.Certificate | None:
+    """The mesh root a node's ca runs under, known before it starts (the choice
+    Authority.open makes): the one it keeps in `directory`, else the one it will import
+    from `seed_issuer` or `seed_root`; None when it will make its own."""
+    if (directory / "root.pem").exists():
+        path = directory / "root.pem"
+    elif seed_issuer is not None:
+        path = seed_issuer / "root.pem"
+    elif seed_root is not None:
+        path = seed_root / "root.pem"
+    else:
+        return None
+    try:
+        return pki.load_cert(path.read_bytes(), str(path))
+    except OSError as exc:
+        raise IdentityError(f"cannot read the mesh root {path}: {exc}") from None
 
 
 @dataclass
@@ -93,6 +122,9 @@ class Authority:
     issued: dict[tuple[str, str], Issued] = field(default_factory=dict)
     certs_issued: int = 0
     refused: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        pki.root_trust_domain(self.root, "the mesh root")  # one it can tell, or refused now
 
     # --- start ------------------------------------------------------------------
 
@@ -249,6 +281,10 @@ class Authority:
         if spiffe.trust_domain != self.policy.trust_domain:
             raise Refused(f"{identity} is outside trust domain {self.policy.trust_domain}",
                           "wrong-trust-domain")
+        root_domain = pki.root_trust_domain(self.root)
+        if root_domain is not None and spiffe.trust_domain != root_domain:
+            raise Refused(f"{identity} is outside trust domain {root_domain}, the mesh "
+                          f"root's", "wrong-trust-domain")
         if identity not in self.policy.local_identities:
             raise Refused(f"{identity} is not placed on node {self.node}: no Workload here "
                           f"runs as service account {spiffe.service_account} in namespace "
@@ -268,14 +304,17 @@ class Authority:
 
     def rotate_add(self, root_pem: bytes | None, root_key_pem: bytes | None) -> dict[str, Any]:
         """Step 1: trust a new root next to the active one."""
+        active = pki.root_trust_domain(self.root)
         if root_pem is not None and root_key_pem is not None:
             cert = pki.load_cert(root_pem, "new root")
             key = pki.load_key(root_key_pem, "new root key")
             pki.check_root(cert, key, "new root")
+            self._check_successor(cert, active)
             (self.dir / "next-root.self-made").unlink(missing_ok=True)
-        else:
+        else:  # the node's own successor keeps the trust domain the active root names
             cert, key = pki.make_root(f"meshnode root (node {self.node}, "
-                                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())})")
+                                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())})",
+                                      active)
             pki.write_public(self.dir / "next-root.self-made", b"made by this node's ca process\n")
         self._write_root(self.dir, "next-root", cert, key)
         pem = pki.cert_pem(cert)
@@ -285,6 +324,23 @@ class Authority:
         self._save_bundle()
         logs.event(log, "ca.rotate.added", generation=self.bundle.generation)
         return self.rotation_state()
+
+    def _check_successor(self, cert: x509.Certificate, active: str | None) -> None:
+        """A rotation keeps the trust domain, so every identity stays what it is."""
+        new = pki.root_trust_domain(cert, "new root")
+        if active is not None:
+            if new != active:
+                named = f"trust domain {new}" if new else "no trust domain"
+                raise IdentityError(f"new root: it names {named}, the active root names "
+                                    f"{active}: a root rotation keeps the trust domain")
+        elif new is not None:
+            if self.policy is None:
+                raise IdentityError("new root: it names a trust domain and the ca has no mesh "
+                                    "config to check it against yet; retry shortly")
+            if new != self.policy.trust_domain:
+                raise IdentityError(f"new root: it names trust domain {new}, the mesh's "
+                                    f"identities are in {self.policy.trust_domain}: a root "
+                                    f"rotation keeps the trust domain")
 
     def rotate_switch(self) -> dict[str, Any]:
         """Step 2: make the new root active, with a new issuer; workers re-issue."""
@@ -345,6 +401,8 @@ class Authority:
             if issued.cert.not_valid_after_utc.timestamp() > now:
                 leaves.append({**pki.describe(issued.cert, "workload"), "worker": worker})
         return {"node": self.node, "root": active, "bundle": roots,
+                "trust_domain": self.policy.trust_domain if self.policy else None,
+                "root_trust_domain": pki.root_trust_domain(self.root),
                 "issuer": pki.describe(self.issuer, "node issuer"), "workloads": leaves,
                 "rotation": self.rotation_state()}
 

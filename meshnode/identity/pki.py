@@ -32,6 +32,8 @@ CLOCK_SKEW_S = 60
 ROOT_TTL_S = 10 * 365 * 86400
 _SPIFFE = re.compile(r"^spiffe://([a-z0-9.\-_]+)/ns/([a-z0-9]([-a-z0-9]*[a-z0-9])?)"
                      r"/sa/([a-z0-9]([-a-z0-9]*[a-z0-9])?)$")
+# A trust domain as SPIFFE-ID §2.1 allows it: lowercase letters, digits, '.', '-', '_'.
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9.\-_]{1,255}$")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,35 @@ def parse_spiffe_id(uri: str) -> SpiffeId:
     if not match:
         raise IdentityError(f"not a workload SPIFFE ID (spiffe://TD/ns/NS/sa/SA): {uri!r}")
     return SpiffeId(match.group(1), match.group(2), match.group(4))
+
+
+def check_trust_domain(text: str) -> str:
+    """`text` if it is a trust domain (SPIFFE-ID §2.1), else IdentityError saying why."""
+    if not _TRUST_DOMAIN.match(text) or text.strip(".") != text or ".." in text:
+        raise IdentityError(f"{text!r} is not a trust domain: use lowercase letters, digits, "
+                            f"'-', '_' in labels joined by dots, such as 'cluster.local'")
+    return text
+
+
+def root_trust_domain(root: x509.Certificate, what: str = "root.pem") -> str | None:
+    """The trust domain a mesh root is for: the authority of its SPIFFE URI SAN
+    (``spiffe://TD``, as ``meshnode ca init --trust-domain`` writes it, and as the SPIFFE
+    X.509-SVID spec lets a signing certificate carry); None for a root that names none,
+    which then serves whatever trust domain the Mesh names. Every identity under a root
+    that names one is in it (DESIGN §4)."""
+    found = set()
+    for uri in uri_sans(root):
+        if uri.startswith("spiffe://"):
+            found.add(uri[len("spiffe://"):].split("/", 1)[0])
+    if len(found) > 1:
+        raise IdentityError(f"{what}: the root names several trust domains: "
+                            f"{', '.join(sorted(found))}")
+    for domain in found:
+        try:
+            check_trust_domain(domain)
+        except IdentityError as exc:
+            raise IdentityError(f"{what}: {exc}") from None
+    return next(iter(found), None)
 
 
 def new_key() -> PrivateKey:
