@@ -10,10 +10,10 @@
 # of the wall clock, so every worker of a node holds the same ones without talking.
 #
 # Policy lives in a TicketPolicy hung off the SSL_CTX as ex_data (freed with it, as
-# the ALPN list is). Nothing here keeps mutable state across calls: the callbacks run
-# on whichever thread drives the handshake, and derive what they need each time.
+# the ALPN list is). The callbacks run on whichever thread drives the handshake: the
+# one thing they change, the cache of the period's keys, is under a lock.
 
-from libc.stdint cimport INT64_MAX, int64_t, intptr_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, intptr_t
 from libc.stdlib cimport calloc
 from libc.time cimport time
 
@@ -21,6 +21,12 @@ ctypedef struct TicketPolicy:
     int64_t life_s          # a session's whole life, from its full handshake
     int64_t period_s        # ticket key period; 0: OpenSSL's own keys (not ours)
     unsigned char base[TLS_TICKET_KEYS_BYTES]    # what each period's keys derive from
+    # The keys of period `period` and the one before, derived once a period (an HMAC
+    # costs a provider fetch in OpenSSL 3: measurable per handshake). Under `lock`:
+    # handshakes of one context may run on several threads.
+    openssl.CRYPTO_RWLOCK* lock
+    int64_t period
+    unsigned char keys[2 * TLS_TICKET_KEYS_BYTES]
 
 
 cdef enum:
@@ -29,13 +35,14 @@ cdef enum:
     _HMAC_KEY_BYTES = 32
     _AES_KEY_BYTES = 32
     _SHA512_BYTES = 64
-    _DERIVED_BYTES = 2 * _SHA512_BYTES
+    _DERIVED_BYTES = 2 * _SHA512_BYTES    # two HMAC-SHA512 blocks, 80 bytes used
     _LABEL_BYTES = 26       # len("meshnode ticket key period")
 
 
 cdef void _policy_free(void* parent, void* ptr, openssl.CRYPTO_EX_DATA* ad,
                        int idx, long argl, void* argp) noexcept nogil:
     if ptr != NULL:
+        openssl.CRYPTO_THREAD_lock_free((<TicketPolicy*>ptr).lock)
         openssl.OPENSSL_cleanse(ptr, sizeof(TicketPolicy))
         free(ptr)
 
@@ -166,21 +173,43 @@ cdef void ticket_policy_keep(openssl.SSL* ssl) noexcept nogil:
 
 
 cdef int _period_keys(const TicketPolicy* p, int64_t period, unsigned char* out) noexcept nogil:
-    """The 80 bytes of keys (name, HMAC key, AES key) of `period`, into out[0:128]:
-    HMAC-SHA512 under the base, of a label, the period number and a block counter."""
+    """The 80 bytes of keys (name, HMAC key, AES key) of `period` into out: HMAC-SHA512
+    under the base, of a label, the period number and a block counter."""
     cdef unsigned char msg[_LABEL_BYTES + 9]
+    cdef unsigned char block[_DERIVED_BYTES]
     cdef size_t n = _LABEL_BYTES
     cdef unsigned int md_len = 0
     cdef int i
+    cdef int rc = 0
     memcpy(msg, b"meshnode ticket key period", n)
     for i in range(8):
         msg[n + i] = <unsigned char>((period >> (8 * (7 - i))) & 0xff)
     for i in range(2):
         msg[n + 8] = <unsigned char>(i + 1)
         if openssl.HMAC(openssl.EVP_sha512(), p.base, TLS_TICKET_KEYS_BYTES, msg, n + 9,
-                        out + i * _SHA512_BYTES, &md_len) == NULL:
-            return -1
-    return 0
+                        block + i * _SHA512_BYTES, &md_len) == NULL:
+            rc = -1
+    memcpy(out, block, TLS_TICKET_KEYS_BYTES)
+    openssl.OPENSSL_cleanse(block, sizeof(block))
+    return rc
+
+
+cdef int _period_pair(TicketPolicy* p, int64_t period, unsigned char* out) noexcept nogil:
+    """This period's keys and the previous one's into out[0:160], from the cache."""
+    cdef int rc = 0
+    if openssl.CRYPTO_THREAD_write_lock(p.lock) != 1:
+        return -1
+    if p.period != period:
+        if p.period == period - 1:
+            memcpy(p.keys + TLS_TICKET_KEYS_BYTES, p.keys, TLS_TICKET_KEYS_BYTES)
+        else:
+            rc = _period_keys(p, period - 1, p.keys + TLS_TICKET_KEYS_BYTES)
+        if rc == 0:
+            rc = _period_keys(p, period, p.keys)
+        p.period = period if rc == 0 else INT64_MIN
+    memcpy(out, p.keys, 2 * TLS_TICKET_KEYS_BYTES)
+    openssl.CRYPTO_THREAD_unlock(p.lock)
+    return rc
 
 
 cdef int _keys_init(unsigned char* keys, unsigned char* iv, openssl.EVP_CIPHER_CTX* cctx,
@@ -210,8 +239,8 @@ cdef int _ticket_key(openssl.SSL* ssl, unsigned char* name, unsigned char* iv,
     OpenSSL then reseals the session with this period's). An older ticket does not open
     (0): the client gets a full handshake."""
     cdef TicketPolicy* p = <TicketPolicy*>openssl.SSL_get_ex_data(ssl, _policy_ssl_index)
-    cdef unsigned char keys[_DERIVED_BYTES]
-    cdef int64_t period
+    cdef unsigned char keys[2 * TLS_TICKET_KEYS_BYTES]     # this period's, the previous
+    cdef unsigned char* k
     cdef int rc = 0
     cdef int age
     if p == NULL:
@@ -219,22 +248,19 @@ cdef int _ticket_key(openssl.SSL* ssl, unsigned char* name, unsigned char* iv,
                                                        _policy_index)
     if p == NULL or p.period_s <= 0:
         return -1
-    period = <int64_t>time(NULL) // p.period_s
-    if enc:
-        if (_period_keys(p, period, keys) != 0
-                or openssl.RAND_bytes(iv, 16) != 1
-                or _keys_init(keys, iv, cctx, hctx, True) != 0):
+    if _period_pair(p, <int64_t>time(NULL) // p.period_s, keys) != 0:
+        rc = -1
+    elif enc:
+        if openssl.RAND_bytes(iv, 16) != 1 or _keys_init(keys, iv, cctx, hctx, True) != 0:
             rc = -1
         else:
             memcpy(name, keys, _KEY_NAME_BYTES)
             rc = 1
     else:
         for age in range(2):
-            if _period_keys(p, period - age, keys) != 0:
-                rc = -1
-                break
-            if memcmp(name, keys, _KEY_NAME_BYTES) == 0:
-                rc = -1 if _keys_init(keys, iv, cctx, hctx, False) != 0 else 1 + age
+            k = keys + age * TLS_TICKET_KEYS_BYTES
+            if memcmp(name, k, _KEY_NAME_BYTES) == 0:
+                rc = -1 if _keys_init(k, iv, cctx, hctx, False) != 0 else 1 + age
                 break
     openssl.OPENSSL_cleanse(keys, sizeof(keys))
     return rc
@@ -250,8 +276,11 @@ cdef TicketPolicy* _policy(TLSContext ctx) except NULL:
     if p == NULL:
         raise MemoryError()
     p.life_s = TLS_SESSION_LIFE_S
+    p.period = INT64_MIN
     openssl.ERR_clear_error()
-    if openssl.SSL_CTX_set_ex_data(ctx.ctx, _policy_index, p) != 1:
+    p.lock = openssl.CRYPTO_THREAD_lock_new()
+    if p.lock == NULL or openssl.SSL_CTX_set_ex_data(ctx.ctx, _policy_index, p) != 1:
+        openssl.CRYPTO_THREAD_lock_free(p.lock)
         free(p)
         raise_tls_error("cannot keep the session policy")
     if ctx.server and openssl.SSL_CTX_set_session_ticket_cb(

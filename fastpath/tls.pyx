@@ -346,6 +346,7 @@ cdef class TLSContext:
         p = _policy(self)
         memcpy(p.base, <const char*>keys, TLS_TICKET_KEYS_BYTES)
         p.period_s = period_s
+        p.period = INT64_MIN                 # derive again
         openssl.ERR_clear_error()
         if openssl.SSL_CTX_set_tlsext_ticket_key_evp_cb(self.ctx, _ticket_key) != 1:
             raise_tls_error("cannot set session ticket keys")

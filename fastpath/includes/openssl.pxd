@@ -487,3 +487,8 @@ cdef extern from "openssl/tls1.h" nogil:
 cdef extern from "openssl/crypto.h" nogil:
     # A memset the compiler may not drop: key material on the stack after use.
     void OPENSSL_cleanse(void* ptr, size_t len)
+    ctypedef void CRYPTO_RWLOCK
+    CRYPTO_RWLOCK* CRYPTO_THREAD_lock_new()
+    int CRYPTO_THREAD_write_lock(CRYPTO_RWLOCK* lock)
+    int CRYPTO_THREAD_unlock(CRYPTO_RWLOCK* lock)
+    void CRYPTO_THREAD_lock_free(CRYPTO_RWLOCK* lock)
