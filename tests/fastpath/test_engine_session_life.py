@@ -58,14 +58,15 @@ def _visit(m: Mesh, ctx: ssl.SSLContext, session: ssl.SSLSession | None
     """One connection to the inbound port through to the app and back: (resumed, the
     newest session)."""
     raw = socket.create_connection(("127.0.0.1", m.in_port), timeout=TIMEOUT_S)
+    # Bytes that cannot begin an HTTP request: the app's port is opaque TCP.
     with ctx.wrap_socket(raw, server_hostname=SNI, session=session) as s:
-        s.sendall(b"ping")
+        s.sendall(b"\x00ping")
         got = b""
-        while len(got) < 4:
-            chunk = s.recv(4 - len(got))     # the tickets are read with the answer
+        while len(got) < 5:
+            chunk = s.recv(5 - len(got))     # the tickets are read with the answer
             assert chunk, "closed before the echo"
             got += chunk
-        assert got == b"ping"
+        assert got == b"\x00ping"
         return s.session_reused, s.session
 
 
