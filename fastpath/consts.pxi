@@ -19,6 +19,15 @@ cdef enum:
     # 32-byte AES key.
     TLS_TICKET_KEYS_BYTES = 80
 
+    # A TLS session's whole life, counted from the full handshake that verified the
+    # peer's certificate (resumptions do not extend it), and never past that
+    # certificate's notAfter: so no session outlives a revoked or expired certificate
+    # by more than this. Certificates live 1 h by default (meshnode.ca).
+    TLS_SESSION_LIFE_S = 3600
+    # Ticket keys: a new one every period; tickets sealed with the previous one still
+    # open for one more period (then a full handshake).
+    TLS_TICKET_PERIOD_S = 3600
+
     # SPIFFE ID spec §2.3: implementations must accept IDs up to 2048 bytes. A buffer
     # for peer_spiffe_id() holds that plus the NUL.
     SPIFFE_ID_MAX_BYTES = 2048

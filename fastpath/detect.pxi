@@ -5,39 +5,58 @@
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 
 cdef int _on_servername(openssl.SSL* ssl, int* alert, void* arg) noexcept nogil:
-    """Inbound ClientHello: switch the SSL to the SSL_CTX of the service it names."""
+    """Inbound ClientHello: switch the SSL to the SSL_CTX of the service it names.
+
+    A name with no route (or none) is not refused here: that alert, sent before the
+    client has shown a certificate, would let anyone list the node's services. The
+    handshake goes on with some route's credentials, chosen by the name (the same for
+    the same name on every worker), so a client without a mesh certificate fails
+    exactly as it would for a known name; one with a certificate that verifies is
+    refused after that (_refuse_unknown_name), and the pair is closed and counted as
+    tls_unknown_sni either way."""
     cdef Table* t = <Table*>arg
     cdef Conn* c = <Conn*>openssl.SSL_get_ex_data(ssl, _conn_ex_index)
     cdef const char* name = openssl.SSL_get_servername(ssl, openssl.TLSEXT_NAMETYPE_host_name)
-    cdef size_t n
+    cdef size_t n = 0
     cdef uint32_t i
+    cdef uint32_t pick = 2166136261u      # FNV-1a over the name
+    cdef bint known = False
     cdef openssl.SSL_CTX* ctx
+    cdef openssl.SSL_verify_cb verify
     if c == NULL:
         alert[0] = openssl.SSL_AD_INTERNAL_ERROR
         return openssl.SSL_TLSEXT_ERR_ALERT_FATAL
     if name != NULL:
         n = strlen(name)
         for i in range(t.n_routes):
-            if not _name_eq(&t.routes[i].sni, name, n):
-                continue
-            ctx = t.routes[i].server_ctx
-            if openssl.SSL_set_SSL_CTX(ssl, ctx) == NULL:
-                alert[0] = openssl.SSL_AD_INTERNAL_ERROR
-                return openssl.SSL_TLSEXT_ERR_ALERT_FATAL
-            # SSL_new copied these from the dispatch ctx; SSL_set_SSL_CTX does not
-            # replace them (nginx does the same after its switch).
-            openssl.SSL_set_verify(ssl, openssl.SSL_CTX_get_verify_mode(ctx),
-                                   openssl.SSL_CTX_get_verify_callback(ctx))
-            openssl.SSL_set_verify_depth(ssl, openssl.SSL_CTX_get_verify_depth(ctx))
-            openssl.SSL_clear_options(ssl, openssl.SSL_get_options(ssl)
-                                      & ~openssl.SSL_CTX_get_options(ctx))
-            openssl.SSL_set_options(ssl, openssl.SSL_CTX_get_options(ctx))
-            c.route = i
-            c.flags |= CONN_ROUTED
-            return openssl.SSL_TLSEXT_ERR_OK
-    c.flags |= CONN_UNKNOWN_SNI
-    alert[0] = openssl.SSL_AD_UNRECOGNIZED_NAME
-    return openssl.SSL_TLSEXT_ERR_ALERT_FATAL
+            if _name_eq(&t.routes[i].sni, name, n):
+                known = True
+                break
+    if not known:
+        c.flags |= CONN_UNKNOWN_SNI
+        if t.n_routes == 0:
+            alert[0] = openssl.SSL_AD_UNRECOGNIZED_NAME    # nothing here to list
+            return openssl.SSL_TLSEXT_ERR_ALERT_FATAL
+        for i in range(<uint32_t>n):
+            pick = (pick ^ <unsigned char>name[i]) * 16777619u
+        i = pick % t.n_routes
+    ctx = t.routes[i].server_ctx
+    ticket_policy_keep(ssl)            # tickets stay the dispatch ctx's
+    if openssl.SSL_set_SSL_CTX(ssl, ctx) == NULL:
+        alert[0] = openssl.SSL_AD_INTERNAL_ERROR
+        return openssl.SSL_TLSEXT_ERR_ALERT_FATAL
+    # SSL_new copied these from the dispatch ctx; SSL_set_SSL_CTX does not
+    # replace them (nginx does the same after its switch).
+    verify = openssl.SSL_CTX_get_verify_callback(ctx) if known else _refuse_unknown_name
+    openssl.SSL_set_verify(ssl, openssl.SSL_CTX_get_verify_mode(ctx), verify)
+    openssl.SSL_set_verify_depth(ssl, openssl.SSL_CTX_get_verify_depth(ctx))
+    openssl.SSL_clear_options(ssl, openssl.SSL_get_options(ssl)
+                              & ~openssl.SSL_CTX_get_options(ctx))
+    openssl.SSL_set_options(ssl, openssl.SSL_CTX_get_options(ctx))
+    if known:
+        c.route = i
+        c.flags |= CONN_ROUTED
+    return openssl.SSL_TLSEXT_ERR_OK
 
 
 cdef int _inbound_start(Core* core, Conn* c) noexcept nogil:

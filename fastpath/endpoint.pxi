@@ -78,7 +78,8 @@ cdef int _tls_client_start(Core* core, Conn* c) noexcept nogil:
         return STATUS_CLOSE
     openssl.SSL_set_connect_state(ssl)
     _ssl_tune(ssl)
-    if ep.session != NULL and ep.session_ctx == c.client_ctx:
+    if (ep.session != NULL and ep.session_ctx == c.client_ctx
+            and session_offerable(c.client_ctx, ep.session)):
         if openssl.SSL_set_session(ssl, ep.session) == 1:
             c.flags |= CONN_OFFERED_SESSION
         else:

@@ -617,6 +617,8 @@ cdef class RouteTable:
     cdef double _drain_s           # 0: keep the engine's
     cdef int _inbound_fd
     cdef bytes _ticket_keys        # the dispatch ctx's session ticket keys (None: random)
+    cdef long _ticket_period_s     # a new ticket key every this many seconds
+    cdef long _session_life_s      # an inbound session's life from its full handshake
 
     cdef int _check_fd(self, int fd) except -1
     cdef Table* _build(self) except NULL

@@ -141,15 +141,20 @@ Choices, and why:
 - SNI dispatch: inbound SSLs start from a per-table "dispatch" SSL_CTX that holds no
   certificate; its servername callback switches the SSL to the route's SSL_CTX
   (SSL_set_SSL_CTX) and copies its verification settings, which SSL_set_SSL_CTX does
-  not (as nginx does). No route for the name (or no SNI) fails the handshake with
-  unrecognized_name. The dispatch ctx issues and decrypts the session tickets: with
-  random keys of its own, sessions die with the table and a ticket from another worker
-  process does not resume; given keys (RouteTable.set_inbound), every table and every
-  worker holding the same keys resumes them.
+  not (as nginx does). No route for the name (or no SNI) goes on with a route's ctx
+  chosen by the name and a verify callback that refuses a client certificate once it
+  has verified, so only a mesh member learns that a name is not served; a resumption
+  naming no route is closed after the handshake (both counted as tls_unknown_sni). The
+  dispatch ctx issues and decrypts the session tickets, with keys derived per period
+  (RouteTable.set_inbound): from random bytes of its own, sessions die with the table
+  and a ticket from another worker process does not resume; from given keys, every
+  table and every worker holding the same keys resumes them. A session resumes for
+  session_life_s from its full handshake, never past the client certificate's notAfter.
 - Session resumption (client side): one SSL_SESSION per endpoint, taken from the
   first resumable session a fully handshaken connection sees (TLS 1.3 tickets arrive
   after the handshake, with reads), offered by later connections made with the same
-  client SSL_CTX, dropped if a handshake that offered it fails.
+  client SSL_CTX, dropped if a handshake that offered it fails, not offered past its
+  life (counted from its full handshake) or the upstream certificate's notAfter.
 - Identity: the outbound side admits the upstream only if its verified SPIFFE ID is
   one the service runs as, before a byte of the client's is forwarded; the inbound
   side keeps the client's verified SPIFFE ID with the pair (one malloc per connection,
@@ -184,7 +189,8 @@ from fastpath.http1 cimport (BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL,
                              RespHead, TARGET_ABSOLUTE, authority_host, chunk_init,
                              chunked_advance, limits_init, parse_request_head,
                              parse_response_head, request_error_status)
-from fastpath.tls cimport TLSContext, peer_spiffe_id, raise_tls_error
+from fastpath.tls cimport (TLSContext, peer_spiffe_id, raise_tls_error, session_mark_origin,
+                          session_offerable, ticket_policy_keep)
 from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, make_close,
                                 strip_hop_fields)
 

@@ -18,6 +18,19 @@ cdef bint _peer_refused(openssl.SSL* ssl) noexcept nogil:
     return refused
 
 
+cdef int _refuse_unknown_name(int preverify_ok, openssl.X509_STORE_CTX* store) noexcept nogil:
+    """Verify callback of an inbound handshake whose SNI names no route: the client's
+    chain is judged as for any route (a failure stays that failure, so a client without
+    a mesh certificate cannot tell a known name from an unknown one), and a chain that
+    verifies is then refused at its leaf: the caller is not told which names exist."""
+    if not preverify_ok:
+        return 0
+    if openssl.X509_STORE_CTX_get_error_depth(store) == 0:
+        openssl.X509_STORE_CTX_set_error(store, openssl.X509_V_ERR_APPLICATION_VERIFICATION)
+        return 0
+    return 1
+
+
 cdef inline Side* _tls_side(Conn* c) noexcept nogil:
     return &c.down if c.flags & CONN_INBOUND else &c.up
 
@@ -36,8 +49,11 @@ cdef int _handshake_done(Core* core, Conn* c, Side* s) noexcept nogil:
     if not (c.flags & CONN_INBOUND):
         if not _peer_allowed(core, c, peer, n):
             return STATUS_CLOSE
+    elif c.flags & CONN_UNKNOWN_SNI:
+        core.counters.tls_unknown_sni += 1      # resumed: no certificate was judged
+        return STATUS_CLOSE
     elif not (c.flags & CONN_ROUTED):
-        sc.tls_failures_other += 1      # cannot happen: no route means no certificate
+        sc.tls_failures_other += 1      # cannot happen: routed or unknown, in the callback
         return STATUS_CLOSE
     elif n <= 0:
         # Verified by the route's trust bundle, yet no usable SPIFFE ID: not a workload.
@@ -52,6 +68,7 @@ cdef int _handshake_done(Core* core, Conn* c, Side* s) noexcept nogil:
     c.peer_principal = _principal_of(core, peer, <uint32_t>n)
     c.stat = -1
     if not (c.flags & CONN_INBOUND):
+        session_mark_origin(s.ssl)
         if not openssl.SSL_session_reused(s.ssl):
             c.flags |= CONN_TICKET_WAIT
         return _enter_pipe(core, c)

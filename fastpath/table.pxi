@@ -374,6 +374,8 @@ cdef class RouteTable:
         self._idle_timeout_s = 0
         self._drain_s = 0
         self._ticket_keys = None
+        self._ticket_period_s = TLS_TICKET_PERIOD_S
+        self._session_life_s = TLS_SESSION_LIFE_S
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -509,22 +511,32 @@ cdef class RouteTable:
             raise ValueError("port must be 1..65535, not %d" % port)
         self._hosts.append((host_b.rstrip(b".") or host_b, port, service_index))
 
-    def set_inbound(self, int fd, bytes ticket_keys=None) -> None:
+    def set_inbound(self, int fd, bytes ticket_keys=None,
+                    long ticket_period_s=TLS_TICKET_PERIOD_S,
+                    long session_life_s=TLS_SESSION_LIFE_S) -> None:
         """The node's inbound (mutual TLS) listener.
 
-        `ticket_keys` (80 bytes, TLSContext.set_ticket_keys): what the table's dispatch
-        context, which issues and decrypts every inbound session ticket, uses instead
-        of random keys of its own. The same keys in every worker's table, and in the
-        next table, let a peer resume whichever worker it reaches, across config
-        pushes and certificate rotations; the caller changes them to end resumption
-        (meshnode: with the trust bundle, see meshnode.ticketkeys)."""
+        `ticket_keys` (80 bytes, TLSContext.set_ticket_keys): what the keys of the
+        table's dispatch context, which issues and decrypts every inbound session
+        ticket, derive from, a new key every `ticket_period_s` (the previous one still
+        opens tickets); None: random of the table's own. The same keys in every
+        worker's table, and in the next table, let a peer resume whichever worker it
+        reaches, across config pushes and certificate rotations; the caller changes
+        them to end resumption (meshnode: with the trust bundle, see
+        meshnode.ticketkeys). A session resumes for `session_life_s` from its full
+        handshake at most, and not past the client certificate's notAfter."""
         if ticket_keys is not None and len(ticket_keys) != TLS_TICKET_KEYS_BYTES:
             raise ValueError("session ticket keys must be %d bytes, not %d"
                              % (TLS_TICKET_KEYS_BYTES, len(ticket_keys)))
+        if ticket_period_s < 1 or not 1 <= session_life_s <= 7 * 86400:
+            raise ValueError("ticket_period_s must be >= 1 and session_life_s 1..604800, "
+                             "not %d and %d" % (ticket_period_s, session_life_s))
         if fd != self._inbound_fd:
             self._check_fd(fd)
         self._inbound_fd = fd
         self._ticket_keys = ticket_keys
+        self._ticket_period_s = ticket_period_s
+        self._session_life_s = session_life_s
 
     def add_inbound_route(self, str sni not None, TLSContext server_ctx not None,
                           str app_host not None, int app_port, str service=None,
@@ -683,8 +695,9 @@ cdef class RouteTable:
                 openssl.SSL_CTX_set_verify(
                     dispatch.ctx,
                     openssl.SSL_VERIFY_PEER | openssl.SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL)
-                if self._ticket_keys is not None:
-                    dispatch.set_ticket_keys(self._ticket_keys)
+                dispatch.set_session_life(self._session_life_s)
+                dispatch.set_ticket_keys(self._ticket_keys or os.urandom(TLS_TICKET_KEYS_BYTES),
+                                         self._ticket_period_s)
                 openssl.SSL_CTX_set_tlsext_servername_callback(dispatch.ctx, _on_servername)
                 openssl.SSL_CTX_set_tlsext_servername_arg(dispatch.ctx, t)
                 _up_ref(dispatch.ctx)

@@ -57,3 +57,17 @@ cdef int raise_tls_error(str what, str detail=*, object verify_result=*) except 
 # The verified peer's SPIFFE ID copied into out[0:cap] with a NUL; returns its length,
 # or a SPIFFE_* status < 0 (no peer cert, unverified, none, several, too long, malformed).
 cdef int peer_spiffe_id(openssl.SSL* ssl, char* out, size_t cap) noexcept nogil
+
+
+# Client: may session `s` (made with client context `ctx`) still be offered? Not once
+# its life (TLSContext.set_session_life, counted from its full handshake) is over, nor
+# past the server certificate's notAfter.
+cdef bint session_offerable(openssl.SSL_CTX* ctx, openssl.SSL_SESSION* s) noexcept nogil
+
+# Server, before SSL_set_SSL_CTX (an SNI switch): keep the ticket policy of the SSL's
+# current ctx, the one that issues its tickets, where the ticket key callback finds it.
+cdef void ticket_policy_keep(openssl.SSL* ssl) noexcept nogil
+
+# Client, handshake done: stamp the session with the time of this full handshake,
+# unless it is a resumed one (which has its original's). What session_offerable counts from.
+cdef void session_mark_origin(openssl.SSL* ssl) noexcept nogil

@@ -144,6 +144,9 @@ cdef openssl.stack_st_X509* _read_certs(openssl.BIO* bio, str what) except NULL:
     return certs
 
 
+include "tickets.pxi"          # session life, ticket keys by period
+
+
 def openssl_version() -> str:
     """The linked libssl's version text, e.g. "OpenSSL 3.0.13 30 Jan 2024"."""
     return openssl.OpenSSL_version(openssl.OPENSSL_VERSION).decode("ascii", "replace")
@@ -217,6 +220,7 @@ cdef class TLSContext:
         openssl.X509_VERIFY_PARAM_clear_flags(openssl.SSL_CTX_get0_param(self.ctx),
                                               openssl.X509_V_FLAG_PARTIAL_CHAIN)
         self.require_peer_cert()
+        self.set_session_life(TLS_SESSION_LIFE_S)
         if server:
             # Without a session id context a server that verifies clients fails every
             # resumption attempt (SSL_R_SESSION_ID_CONTEXT_UNINITIALIZED).
@@ -308,19 +312,43 @@ cdef class TLSContext:
         openssl.SSL_CTX_set_verify(
             self.ctx, openssl.SSL_VERIFY_PEER | openssl.SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL)
 
-    def set_ticket_keys(self, bytes keys not None) -> None:
-        """Encrypt and decrypt session tickets with `keys` (TLS_TICKET_KEYS_BYTES = 80:
-        name, HMAC key, AES key) instead of the context's own random ones, so that every
-        server context given the same keys resumes the others' sessions: a node's
-        workers share one set, and a client resumes whichever worker it reaches.
+    def set_session_life(self, long seconds) -> None:
+        """A session resumes for at most `seconds` after the full handshake that made
+        it (resumptions do not extend that), and never past the peer certificate's
+        notAfter. A server seals the handshake's time into each ticket, refuses older
+        ones (a full handshake instead) and sends what is left as the ticket's lifetime;
+        a client keeps the time with its session and does not offer an older one
+        (TLSSession.set_session, the engine's endpoints). for_mesh() sets
+        TLS_SESSION_LIFE_S. Call before the context is used."""
+        if not 1 <= seconds <= 7 * 86400:
+            # RFC 8446 §4.6.1: a ticket lives at most seven days.
+            raise ValueError("session life must be 1..604800 s, not %d" % seconds)
+        _policy(self).life_s = seconds
+
+    def set_ticket_keys(self, bytes keys not None, long period_s=TLS_TICKET_PERIOD_S) -> None:
+        """Seal and open session tickets with keys derived from `keys`
+        (TLS_TICKET_KEYS_BYTES = 80) instead of the context's own random ones, so that
+        every server context given the same keys resumes the others' sessions: a
+        node's workers share one set, and a client resumes whichever worker it reaches.
+
+        A new key every `period_s` seconds of the wall clock (the period number and
+        `keys` make it, so contexts agree without talking); a ticket sealed with the
+        previous period's key still opens (and is resealed), an older one does not.
         Call before the context is used."""
+        cdef TicketPolicy* p
         if not self.server:
             raise ValueError("session ticket keys are a server context's")
         if len(keys) != TLS_TICKET_KEYS_BYTES:
             raise ValueError("session ticket keys must be %d bytes, not %d"
                              % (TLS_TICKET_KEYS_BYTES, len(keys)))
+        if period_s < 1:
+            raise ValueError("ticket key period must be >= 1 s, not %d" % period_s)
+        p = _policy(self)
+        memcpy(p.base, <const char*>keys, TLS_TICKET_KEYS_BYTES)
+        p.period_s = period_s
+        p.period = INT64_MIN                 # derive again
         openssl.ERR_clear_error()
-        if openssl.SSL_CTX_set_tlsext_ticket_keys(self.ctx, <char*>keys, len(keys)) != 1:
+        if openssl.SSL_CTX_set_tlsext_ticket_key_evp_cb(self.ctx, _ticket_key) != 1:
             raise_tls_error("cannot set session ticket keys")
 
     def set_alpn(self, protocols) -> None:
@@ -644,6 +672,8 @@ cdef class TLSSession:
                 saved_errno = errno
             if ret == 1:
                 self.state = SESSION_OPEN
+                if not server:
+                    session_mark_origin(ssl)
                 return
             self._fail("TLS handshake failed", ret, saved_errno, False)
         finally:
@@ -747,20 +777,25 @@ cdef class TLSSession:
         ticket.session = session
         return ticket
 
-    def set_session(self, TLSSessionTicket ticket not None) -> None:
-        """Offer `ticket` for resumption in the coming handshake (clients, before handshake())."""
+    def set_session(self, TLSSessionTicket ticket not None) -> bool:
+        """Offer `ticket` for resumption in the coming handshake (clients, before
+        handshake()); False, and nothing offered, once the session's life is over
+        (TLSContext.set_session_life) or the server's certificate has expired."""
         if self.server:
             raise ValueError("set_session() is for clients")
         if self.state != SESSION_NEW:
             raise ValueError("set_session() must come before handshake()")
         if ticket.session == NULL:
             raise ValueError("empty TLSSessionTicket")
+        if not session_offerable(openssl.SSL_get_SSL_CTX(self.ssl), ticket.session):
+            return False
         self._enter()
         try:
             if openssl.SSL_set_session(self.ssl, ticket.session) != 1:
                 raise_tls_error("cannot set session")
         finally:
             self.busy = False
+        return True
 
     cdef str _state_name(self):
         return ("new", "open", "closed", "failed")[<int>self.state]

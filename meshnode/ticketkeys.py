@@ -11,11 +11,14 @@ worker's tables, any worker resumes a session any table issued. (HAProxy's
 processes the same way.)
 
 `meshnode up` writes a fresh node secret (mode 0600, in the runtime dir, itself 0700)
-before it starts the workers, so tickets change with every start of the node. The keys
-are derived from that secret and the trust bundle: a new bundle (a root added or
-removed) means new keys, so no session verified under the old trust resumes under the
-new one; a renewed certificate keeps them. A worker that finds no usable secret keeps
-per-table keys and says so in its log.
+before it starts the workers, so tickets change with every start of the node. What
+`derive` makes from that secret and the trust bundle is the base of the keys: a new
+bundle (a root added or removed) means new keys, so no session verified under the old
+trust resumes under the new one; a renewed certificate keeps them. The engine derives
+from the base one key per period of the wall clock (fastpath.tls set_ticket_keys,
+TLS_TICKET_PERIOD_S: an hour), so the keys rotate without a restart and every worker
+holds the same ones without talking; a ticket opens in its period and the next. A
+worker that finds no usable secret keeps per-table keys and says so in its log.
 """
 
 from __future__ import annotations

@@ -377,3 +377,118 @@ cdef extern from "openssl/ssl.h" nogil:
 
     SSL_SESSION* SSL_get0_session(const SSL* ssl)        # no new reference
     int SSL_SESSION_up_ref(SSL_SESSION* session)
+
+
+# --- session life and ticket key rotation (fastpath/tls) -----------------------------
+# A session lives a bounded time from its full handshake: the server keeps that time in
+# the ticket (appdata) and refuses older tickets; the client keeps it with the session
+# (ex_data) and does not offer older ones. Ticket keys are derived per period.
+
+
+cdef extern from "openssl/asn1.h" nogil:
+    # from_ NULL means now: *pday days and *psec seconds from `from_` to `to`.
+    int ASN1_TIME_diff(int* pday, int* psec, const ASN1_TIME* from_, const ASN1_TIME* to)
+
+
+cdef extern from "openssl/evp.h" nogil:
+    ctypedef struct EVP_CIPHER_CTX:
+        pass
+    ctypedef struct EVP_MAC_CTX:
+        pass
+    ctypedef struct ENGINE:
+        pass
+    const int EVP_MAX_IV_LENGTH
+    const EVP_MD* EVP_sha512()
+    const EVP_CIPHER* EVP_aes_256_cbc()
+    int EVP_EncryptInit_ex(EVP_CIPHER_CTX* ctx, const EVP_CIPHER* cipher, ENGINE* impl,
+                           const unsigned char* key, const unsigned char* iv)
+    int EVP_DecryptInit_ex(EVP_CIPHER_CTX* ctx, const EVP_CIPHER* cipher, ENGINE* impl,
+                           const unsigned char* key, const unsigned char* iv)
+
+
+cdef extern from "openssl/params.h" nogil:
+    ctypedef struct OSSL_PARAM:
+        const char* key
+        unsigned int data_type
+        void* data
+        size_t data_size
+        size_t return_size
+    OSSL_PARAM OSSL_PARAM_construct_utf8_string(const char* key, char* buf, size_t bsize)
+    OSSL_PARAM OSSL_PARAM_construct_octet_string(const char* key, void* buf, size_t bsize)
+    OSSL_PARAM OSSL_PARAM_construct_end()
+
+
+cdef extern from "openssl/evp.h" nogil:
+    int EVP_MAC_CTX_set_params(EVP_MAC_CTX* ctx, const OSSL_PARAM* params)
+
+
+cdef extern from "openssl/hmac.h" nogil:
+    unsigned char* HMAC(const EVP_MD* evp_md, const void* key, int key_len,
+                        const unsigned char* data, size_t data_len, unsigned char* md,
+                        unsigned int* md_len)
+
+
+cdef extern from "openssl/rand.h" nogil:
+    int RAND_bytes(unsigned char* buf, int num)
+
+
+cdef extern from "openssl/x509_vfy.h" nogil:
+    int X509_STORE_CTX_get_error_depth(const X509_STORE_CTX* ctx)
+    void X509_STORE_CTX_set_error(X509_STORE_CTX* ctx, int s)
+    const int X509_V_ERR_APPLICATION_VERIFICATION
+
+
+cdef extern from "openssl/ssl.h" nogil:
+    ctypedef int SSL_TICKET_STATUS
+    ctypedef int SSL_TICKET_RETURN
+    const int SSL_TICKET_NO_DECRYPT
+    const int SSL_TICKET_SUCCESS
+    const int SSL_TICKET_SUCCESS_RENEW
+    const int SSL_TICKET_EMPTY
+    const int SSL_TICKET_NONE
+    const int SSL_TICKET_RETURN_ABORT
+    const int SSL_TICKET_RETURN_IGNORE
+    const int SSL_TICKET_RETURN_IGNORE_RENEW
+    const int SSL_TICKET_RETURN_USE
+    const int SSL_TICKET_RETURN_USE_RENEW
+    ctypedef int (*SSL_CTX_generate_session_ticket_fn)(SSL* s, void* arg) noexcept
+    ctypedef SSL_TICKET_RETURN (*SSL_CTX_decrypt_session_ticket_fn)(
+        SSL* s, SSL_SESSION* ss, const unsigned char* keyname, size_t keyname_length,
+        SSL_TICKET_STATUS status, void* arg) noexcept
+    # Server side, on the ctx that issues tickets (the SSL's session ctx): gen_cb runs
+    # before each NewSessionTicket is sealed, dec_cb after a ticket is opened.
+    int SSL_CTX_set_session_ticket_cb(SSL_CTX* ctx, SSL_CTX_generate_session_ticket_fn gen_cb,
+                                      SSL_CTX_decrypt_session_ticket_fn dec_cb, void* arg)
+    # Sealed into the ticket; copied when OpenSSL duplicates a session to re-ticket it.
+    int SSL_SESSION_set1_ticket_appdata(SSL_SESSION* ss, const void* data, size_t len)
+    int SSL_SESSION_get0_ticket_appdata(SSL_SESSION* ss, void** data, size_t* len)
+    long SSL_SESSION_get_time(const SSL_SESSION* s)
+    # The ticket_lifetime a server sends (RFC 8446 §4.6.1) is the session's timeout.
+    long SSL_SESSION_set_timeout(SSL_SESSION* s, long t)
+    X509* SSL_SESSION_get0_peer(SSL_SESSION* s)            # no new reference
+    int SSL_SESSION_get_ex_new_index(long argl, void* argp, CRYPTO_EX_new* new_func,
+                                     CRYPTO_EX_dup* dup_func, CRYPTO_EX_free* free_func)  # macro
+    int SSL_SESSION_set_ex_data(SSL_SESSION* ss, int idx, void* data)
+    void* SSL_SESSION_get_ex_data(const SSL_SESSION* ss, int idx)
+    # Client side: the new-session callback sees each session a NewSessionTicket makes.
+    const long SSL_SESS_CACHE_CLIENT
+    const long SSL_SESS_CACHE_NO_INTERNAL_STORE
+    long SSL_CTX_set_session_cache_mode(SSL_CTX* ctx, long mode)                    # macro
+    void SSL_CTX_sess_set_new_cb(SSL_CTX* ctx, int (*cb)(SSL* ssl, SSL_SESSION* s) noexcept)
+
+
+cdef extern from "openssl/tls1.h" nogil:
+    # Seals and opens tickets with keys the callback picks by name (enc 1: seal).
+    int SSL_CTX_set_tlsext_ticket_key_evp_cb(
+        SSL_CTX* ctx, int (*cb)(SSL* s, unsigned char* key_name, unsigned char* iv,
+                                EVP_CIPHER_CTX* ctx, EVP_MAC_CTX* hctx, int enc) noexcept)
+
+
+cdef extern from "openssl/crypto.h" nogil:
+    # A memset the compiler may not drop: key material on the stack after use.
+    void OPENSSL_cleanse(void* ptr, size_t len)
+    ctypedef void CRYPTO_RWLOCK
+    CRYPTO_RWLOCK* CRYPTO_THREAD_lock_new()
+    int CRYPTO_THREAD_write_lock(CRYPTO_RWLOCK* lock)
+    int CRYPTO_THREAD_unlock(CRYPTO_RWLOCK* lock)
+    void CRYPTO_THREAD_lock_free(CRYPTO_RWLOCK* lock)
