@@ -160,8 +160,11 @@ def test_outbound_does_not_resume_with_an_upstream_whose_certificate_expired(mak
     assert settled(m.out_node)["outbound_tls_resumed"] == 1
     _wait_until(not_after + 1.05)
     c = m.client()
-    c.sendall(b"late")
-    c.shutdown(socket.SHUT_WR)
+    try:
+        c.sendall(b"late")
+        c.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass                        # refused already (the pair may close first)
     assert recv_all(c) == b""
     stats = settled(m.out_node)
     assert stats["outbound_tls_resumed"] == 1
