@@ -48,7 +48,7 @@ cdef OutboundListener* _listener_in(Table* t, int fd) noexcept nogil:
 cdef openssl.SSL_CTX* _client_identity(Core* core, Conn* c, Table* t,
                                        uint16_t* principal) noexcept nogil:
     """The identity `t` gives outbound pair c (_listener_identity, for its listener
-    there); NULL when the listener left `t`."""
+    there); NULL when the listener left `t` or `t` knows no workload for its caller."""
     cdef OutboundListener* l = _listener_in(t, c.lfd) if c.lfd >= 0 else NULL
     if l == NULL:
         return NULL
@@ -57,31 +57,39 @@ cdef openssl.SSL_CTX* _client_identity(Core* core, Conn* c, Table* t,
 
 cdef openssl.SSL_CTX* _listener_identity(Core* core, Conn* c, Table* t, OutboundListener* l,
                                          uint16_t* principal) noexcept nogil:
-    """The identity outbound pair c presents, accepted on `l` of table `t`: the
-    listener's; on the HTTP listener, that of the local workload at the client's address
-    (a per-host proxy tells apps apart by their own IPs, like Istio's ztunnel)."""
-    cdef uint32_t i
-    if l.http:
-        for i in range(t.n_sources):
-            if _same_ip(&t.sources[i].addr, &c.peer_addr):
-                principal[0] = _interned(core, &t.sources[i].principal, &t.sources[i].identity)
-                return t.sources[i].client_ctx
+    """The one place that decides the identity outbound pair c presents, accepted on
+    `l` of table `t` (DESIGN §4 "Who is calling"): where `t` tells local callers apart,
+    that of the workload the caller is (callers.pxi: by the owner of its socket, or by
+    its address); else the listener's (the node's one local workload). NULL: the caller
+    is no workload `t` knows, and is refused (_caller_refused), never given another's."""
+    cdef Source* s
+    if t.n_sources > 0:
+        s = _caller_source(core, c, t)
+        if s == NULL:
+            principal[0] = 0
+            return NULL
+        principal[0] = _interned(core, &s.principal, &s.identity)
+        return s.client_ctx
     principal[0] = _interned(core, &l.principal, &l.identity)
     return l.client_ctx
 
 
 cdef bint _adopt(Core* core, Conn* c) noexcept nogil:
     """Outbound HTTP pair with no upstream (about to route a request): take the current
-    table, with the identity it gives the pair. False (the pair stays where it is,
-    going away) when its listener left the table."""
+    table, with the identity it gives the pair (NULL when the caller is no workload
+    there any more: its request is refused, the identity is not kept a request
+    longer). False (the pair stays where it is, going away) when its listener left the
+    table."""
     cdef Table* t = core.table
     cdef uint16_t principal = 0
-    cdef openssl.SSL_CTX* ctx = _client_identity(core, c, t, &principal)
-    if ctx == NULL:
+    cdef OutboundListener* l = _listener_in(t, c.lfd) if c.lfd >= 0 else NULL
+    cdef openssl.SSL_CTX* ctx
+    if l == NULL:
         c.flags |= CONN_GOING_AWAY
         return False
+    ctx = _listener_identity(core, c, t, l, &principal)
     if c.flags & CONN_FIXED_SERVICE:
-        c.service = _listener_in(t, c.lfd).service
+        c.service = l.service
     else:
         # c.service indexes the old table: until the request is routed on this one, its
         # answers (a 404) are counted for no service, not read through a stale index.
@@ -248,15 +256,15 @@ cdef int _http_move(Core* core, Conn* c) noexcept nogil:
 
 cdef bint _adopt_opaque(Core* core, Conn* c) noexcept nogil:
     """Outbound pair about to set up opaque TCP (a sniffing listener's timeout, a
-    failover): take the current table, its listener's service and identity there.
-    False when its listener left the table (the pair is refused)."""
+    failover): take the current table, its listener's service and the identity it
+    gives the pair there (NULL: refused by the caller). False when its listener left
+    the table (the pair is refused)."""
     cdef Table* t = core.table
     cdef OutboundListener* l = _listener_in(t, c.lfd) if c.lfd >= 0 else NULL
     if l == NULL or l.http:
         return False
     c.service = l.service
-    c.client_ctx = l.client_ctx
-    c.local_principal = _interned(core, &l.principal, &l.identity)
+    c.client_ctx = _listener_identity(core, c, t, l, &c.local_principal)
     _retable(core, c, t)
     return True
 

@@ -251,10 +251,12 @@ cdef bint _same_ip(const net.sockaddr_storage* a, const net.sockaddr_storage* b)
 
 cdef int _outbound_start(Core* core, Conn* c, uint32_t listener,
                          const net.sockaddr_storage* peer) noexcept nogil:
+    """A local caller accepted: its identity is decided now (_listener_identity; NULL:
+    it matches no local workload, and is refused when it is routed or relayed)."""
     cdef OutboundListener* l = &c.table.listeners[listener]
     c.lfd = l.fd
-    if l.http:
-        memcpy(&c.peer_addr, peer, sizeof(net.sockaddr_storage))
+    memcpy(&c.peer_addr, peer, sizeof(net.sockaddr_storage))
+    c.caller = CALLER_NOT_ASKED
     c.client_ctx = _listener_identity(core, c, c.table, l, &c.local_principal)
     if l.http:
         c.flags |= CONN_HTTP

@@ -135,16 +135,21 @@ cdef struct OutboundListener:
                                    # its port's protocol is omitted or "auto"
     bint framed                    # a service port's listener whose port is declared
                                    # HTTP: framed always, what does not parse gets a 4xx
-    openssl.SSL_CTX* client_ctx    # one reference owned: the local workload's identity
+    openssl.SSL_CTX* client_ctx    # one reference owned: the identity of every caller
+                                   # when the table tells none apart (Table.sources
+                                   # empty); NULL: none (callers are refused)
     Name identity                  # its SPIFFE ID, for request figures (may be empty)
     int32_t principal              # Core.principals index of `identity`; -1: not yet
 
 
-# HTTP outbound: a local workload told apart by its address. A client connection from
-# that address presents the workload's identity instead of the listener's default (as
-# a per-host proxy tells apps apart by their own IPs, like Istio's ztunnel).
+# A local workload as its callers are told apart (DESIGN §4 "Who is calling"): by the
+# OS account that owns the calling socket (callers.pxi asks the kernel), or, where no
+# workload names one, by its own address (as Istio's ztunnel tells pods apart). A
+# connection accepted on any outbound listener presents the identity of the source it
+# matches; one matching none is refused.
 cdef struct Source:
-    net.sockaddr_storage addr      # port ignored
+    int64_t uid                    # the owner of the caller's socket; -1: by address only
+    net.sockaddr_storage addr      # port ignored; ss_family 0: any address (by uid only)
     openssl.SSL_CTX* client_ctx    # one reference owned
     Name identity
     int32_t principal              # as in OutboundListener
@@ -200,8 +205,9 @@ cdef struct Table:
     uint32_t n_routes
     HostEntry* hosts               # for the HTTP outbound listener; sorted, see HostEntry
     uint32_t n_hosts
-    Source* sources                # for the HTTP outbound listener
+    Source* sources                # local callers told apart (none: the listener's identity)
     uint32_t n_sources
+    bint callers_by_user           # the sources name uids: each caller's is looked up
     # Timeouts the engine takes on when it swaps this table in (0: keep its own).
     int64_t connect_timeout_ns
     int64_t idle_timeout_ns
@@ -235,6 +241,14 @@ cdef enum:
     ENGINE_TIMER_LN_BITS = 6
     ENGINE_TIMER_LISTS = (1 << ENGINE_TIMER_L0_BITS) + 3 * (1 << ENGINE_TIMER_LN_BITS) + 1
     ENGINE_TIMER_WORDS = (ENGINE_TIMER_LISTS + 63) >> 6    # occupancy bitmap words
+
+
+# Outbound: the owner of a local caller's socket, asked of the kernel at most once per
+# pair (callers.pxi), only when its table tells callers apart by user.
+cdef enum CallerState:
+    CALLER_NOT_ASKED = 0
+    CALLER_KNOWN                   # Conn.caller_uid holds it
+    CALLER_UNKNOWN                 # the lookup failed (the caller is refused)
 
 
 # A connection pair's life. One Conn is two sockets: `down`, the one accepted, and
@@ -377,7 +391,9 @@ cdef struct Conn:
     uint32_t route                 # inbound: index in table.routes (servername callback)
     int lfd                        # outbound: the listener it was accepted on (a table may
                                    # move: found again by fd in the next one)
-    net.sockaddr_storage peer_addr # outbound HTTP: the client's address (its identity)
+    net.sockaddr_storage peer_addr # outbound: the client's address (its identity)
+    CallerState caller             # outbound: what the kernel said of the caller's socket
+    uint32_t caller_uid            # ... its owner, when CALLER_KNOWN (asked once a pair)
     int64_t close_at_ns            # opaque: its destination left the table; closed then
                                    # (0: not due)
     openssl.SSL_CTX* client_ctx    # outbound: borrowed from the table
@@ -526,6 +542,11 @@ cdef struct Counters:
     # HTTP pairs going away (Engine.drain, or their listener left the table), closed
     # quiet between requests.
     uint64_t drain_closed
+    # Local callers (callers.pxi): refused for matching no local workload (403 or
+    # closed); their sockets' owners asked of the kernel, and lookups that failed.
+    uint64_t callers_refused
+    uint64_t caller_lookups
+    uint64_t caller_lookup_failures
 
 
 # --- the engine's state ------------------------------------------------------------------------
@@ -534,6 +555,8 @@ cdef struct Core:
     int epfd
     int wakefd                     # eventfd: stop() and install() wake the loop
     int spare_fd                   # /dev/null, given up to accept-and-close on EMFILE
+    int diag_fd                    # NETLINK_SOCK_DIAG, opened at the first caller lookup
+    uint32_t diag_seq              # the last lookup's netlink sequence number
     # Guards `pending` and `stop_requested`, the only fields other threads write.
     net.pthread_mutex_t lock
     Table* pending                 # installed, not yet picked up by the loop
@@ -611,7 +634,7 @@ cdef class RouteTable:
     cdef int _http_fd              # -1: no HTTP outbound listener
     cdef object _http_ctx          # its client TLSContext
     cdef bytes _http_identity      # its SPIFFE ID (b"": not given)
-    cdef list _sources             # (address str, TLSContext, identity bytes)
+    cdef list _sources             # (address str or None, TLSContext, identity bytes, uid or -1)
     cdef double _connect_timeout_s # 0: keep the engine's
     cdef double _idle_timeout_s
     cdef double _drain_s           # 0: keep the engine's
@@ -621,4 +644,6 @@ cdef class RouteTable:
     cdef long _session_life_s      # an inbound session's life from its full handshake
 
     cdef int _check_fd(self, int fd) except -1
+    cdef int _add_caller(self, str address, object client_ctx, str identity,
+                         long long uid) except -1
     cdef Table* _build(self) except NULL

@@ -158,7 +158,11 @@ Choices, and why:
 - Identity: the outbound side admits the upstream only if its verified SPIFFE ID is
   one the service runs as, before a byte of the client's is forwarded; the inbound
   side keeps the client's verified SPIFFE ID with the pair (one malloc per connection,
-  not per read) for the policy and access records of the next versions.
+  not per read) for the policy and access records of the next versions. A local caller
+  presents its own workload's identity (callers.pxi): told apart by the owner of its
+  socket (the kernel's sock_diag, asked once per connection) or by its address, or the
+  listener's when the table tells no callers apart; one that matches no workload is
+  refused (HTTP 403, opaque closed; callers_refused), never given another's identity.
 - Counters are plain uint64 fields written by the engine thread; stats() copies them
   without a lock (aligned 64-bit loads do not tear on x86-64 and aarch64).
 - Debug builds (MESHNODE_DEBUG=1) check the pool, refcount and slot invariants and
@@ -181,7 +185,7 @@ from posix.fcntl cimport open as c_open
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, write
 
-from fastpath.includes cimport net, openssl
+from fastpath.includes cimport diag, net, openssl
 from fastpath.http1 cimport (BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL,
                              BODY_UNTIL_CLOSE, CHUNK_DONE, METHOD_CONNECT, METHOD_DELETE,
                              METHOD_GET, METHOD_HEAD, METHOD_OPTIONS, METHOD_PUT,
@@ -262,6 +266,7 @@ include "conn.pxi"          # connection slots and the buffer pool
 include "io.pxi"            # socket and TLS reads and writes, the byte pump
 include "handshake.pxi"     # TLS handshakes both ways and the peer's verified ID
 include "detect.pxi"        # what an accepted connection is: SNI, ALPN, first bytes
+include "callers.pxi"       # which local workload is calling: socket owner, address
 include "http_stream.pxi"   # HTTP/1.1 framing both ways, per-request state
 include "router.pxi"        # request -> service; switching a client between services
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
@@ -328,6 +333,7 @@ cdef class Engine:
         core.epfd = -1
         core.wakefd = -1
         core.spare_fd = -1
+        core.diag_fd = -1
         core.free_head = -1
         if net.pthread_mutex_init(&core.lock, NULL) != 0:
             free(core)
@@ -517,6 +523,9 @@ cdef class Engine:
         out["departed_closed"] = snap.departed_closed
         out["departed_idle_closed"] = snap.departed_idle_closed
         out["drain_closed"] = snap.drain_closed
+        out["callers_refused"] = snap.callers_refused
+        out["caller_lookups"] = snap.caller_lookups
+        out["caller_lookup_failures"] = snap.caller_lookup_failures
         out["draining"] = int(mn_acquire_u32(&self.core.listeners_out) != 0)
         out["generation"] = self.core.generation
         return out

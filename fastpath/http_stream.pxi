@@ -73,6 +73,8 @@ cdef const char* _reason(int status) noexcept nogil:
         return b"Bad Gateway"
     if status == 400:
         return b"Bad Request"
+    if status == 403:
+        return b"Forbidden"
     if status == 404:
         return b"Not Found"
     if status == 408:
@@ -123,7 +125,7 @@ cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
         core.counters.http_no_route += 1
     elif status == 503:
         core.counters.http_unavailable += 1
-    elif status != 408:
+    elif status != 408 and status != 403:   # (403: callers_refused)
         core.counters.http_bad_request += 1
     if c.down.ssl == NULL:
         for i in range(256):

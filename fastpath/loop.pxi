@@ -242,6 +242,8 @@ cdef void _core_free(Core* core) noexcept nogil:
         close(core.wakefd)
     if core.spare_fd >= 0:
         close(core.spare_fd)
+    if core.diag_fd >= 0:
+        close(core.diag_fd)
     net.pthread_mutex_destroy(&core.lock)
     cdef uint32_t i
     if core.stats != NULL:

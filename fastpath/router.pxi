@@ -55,6 +55,8 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     c.flags &= ~CONN_REROUTED
     if c.table != core.table and not rerouted and not c.flags & CONN_GOING_AWAY:
         _adopt(core, c)                 # routed on the current table (carry.pxi)
+    if c.client_ctx == NULL:
+        return _caller_refused(core, c) # no local workload's caller (callers.pxi)
     if not (c.flags & CONN_FIXED_SERVICE or rerouted):
         if req.authority.len > 0:
             hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off, req.authority.len,
@@ -198,6 +200,8 @@ cdef int _tcp_start(Core* core, Conn* c) noexcept nogil:
     cdef int st
     if c.table != core.table and not _adopt_opaque(core, c):
         return STATUS_CLOSE             # its listener left the table (carry.pxi)
+    if c.client_ctx == NULL:
+        return _caller_refused(core, c) # no local workload's caller (callers.pxi)
     svc = &c.table.services[c.service]
     if svc.n_endpoints == 0:
         core.counters.no_endpoint += 1

@@ -437,10 +437,12 @@ cdef class RouteTable:
         self._services.append((name, sni_b, ids, eps))
         return len(self._services) - 1
 
-    def add_outbound_tcp(self, int fd, int service_index, TLSContext client_ctx not None,
+    def add_outbound_tcp(self, int fd, int service_index, TLSContext client_ctx,
                          str protocol="tcp") -> None:
         """Relay connections accepted on listener `fd` to service `service_index`, as the
-        workload whose credentials `client_ctx` (a client context) holds.
+        workload whose credentials `client_ctx` (a client context) holds, or, when the
+        table tells callers apart (add_user, add_source), as the caller's own workload.
+        `client_ctx` None: callers no source matches are refused.
 
         `protocol`, the service port's declared protocol (DESIGN §3, the declared
         protocol wins): "tcp" relays opaque; "http" frames every connection as HTTP/1.1
@@ -451,20 +453,20 @@ cdef class RouteTable:
         self._check_fd(fd)
         if not 0 <= service_index < len(self._services):
             raise ValueError("no service %d (add_service() first)" % service_index)
-        if client_ctx.server:
+        if client_ctx is not None and client_ctx.server:
             raise ValueError("outbound needs a client TLSContext")
         self._outbound.append((fd, service_index, client_ctx, b"", _protocol(protocol)))
 
-    def set_outbound_http(self, int fd, TLSContext client_ctx not None,
-                          str identity=None) -> None:
+    def set_outbound_http(self, int fd, TLSContext client_ctx, str identity=None) -> None:
         """The HTTP outbound listener (port-base+1): each connection accepted on `fd` is
         routed by the Host (or absolute-form target) of its first request, through the
         names add_host() gave, as the workload whose credentials `client_ctx` holds
-        (SPIFFE ID `identity`, for request figures) unless add_source() names the
-        connection's source address."""
+        (SPIFFE ID `identity`, for request figures), or, when the table tells callers
+        apart (add_user, add_source), as the caller's own workload. `client_ctx` None:
+        callers no source matches are refused (403)."""
         if fd != self._http_fd:
             self._check_fd(fd)
-        if client_ctx.server:
+        if client_ctx is not None and client_ctx.server:
             raise ValueError("outbound needs a client TLSContext")
         self._http_fd = fd
         self._http_ctx = client_ctx
@@ -487,15 +489,38 @@ cdef class RouteTable:
 
     def add_source(self, str address not None, TLSContext client_ctx not None,
                    str identity=None) -> None:
-        """HTTP outbound connections from `address` (an IP address: a local workload's
-        own) present `client_ctx`'s identity, SPIFFE ID `identity`. The first added for
-        an address wins."""
+        """Outbound connections from `address` (an IP address: a local workload's own)
+        present `client_ctx`'s identity, SPIFFE ID `identity`; a connection from an
+        address no source names is refused (the listener's identity is then nobody's).
+        The first added for an address wins. Any local process can bind any loopback
+        address: use add_user() where workloads run as their own OS accounts."""
+        if any(entry[3] >= 0 for entry in self._sources):
+            raise ValueError("callers are told apart by user in this table (add_user)")
+        self._add_caller(address, client_ctx, identity, -1)
+
+    def add_user(self, long long uid, TLSContext client_ctx not None, str identity=None,
+                 str address=None) -> None:
+        """Outbound connections whose calling socket is owned by OS user `uid` (the
+        kernel says, once per connection: sock_diag) present `client_ctx`'s identity,
+        SPIFFE ID `identity`; with `address`, only those from that address (for
+        workloads sharing an account). A caller no entry matches is refused. The first
+        added that matches wins."""
+        if not 0 <= uid <= 0xfffffffe:
+            raise ValueError("uid must be 0..4294967294, not %d" % uid)
+        if any(entry[3] < 0 for entry in self._sources):
+            raise ValueError("callers are told apart by address in this table (add_source)")
+        self._add_caller(address, client_ctx, identity, uid)
+
+    cdef int _add_caller(self, str address, object client_ctx, str identity,
+                         long long uid) except -1:
         cdef net.sockaddr_storage addr
         cdef net.socklen_t length
-        if client_ctx.server:
+        if (<TLSContext>client_ctx).server:
             raise ValueError("outbound needs a client TLSContext")
-        _sockaddr(address, 1, &addr, &length)   # the port is not compared
-        self._sources.append((address, client_ctx, _spiffe_id(identity)))
+        if address is not None:
+            _sockaddr(address, 1, &addr, &length)   # the port is not compared
+        self._sources.append((address, client_ctx, _spiffe_id(identity), uid))
+        return 0
 
     def add_host(self, str host not None, int service_index, int port) -> None:
         """HTTP requests for `host` (exact name, any case, no port: "svc", "svc.ns",
@@ -628,17 +653,21 @@ cdef class RouteTable:
                 l.service = service_index if service_index >= 0 else 0
                 l.principal = -1
                 _name_set(&l.identity, identity_b)
-                _up_ref(ctx.ctx)
-                l.client_ctx = ctx.ctx
+                if ctx is not None:
+                    _up_ref(ctx.ctx)
+                    l.client_ctx = ctx.ctx
 
             if self._sources:
                 t.sources = <Source*>calloc(len(self._sources), sizeof(Source))
                 if t.sources == NULL:
                     raise MemoryError()
                 t.n_sources = len(self._sources)
-            for i, (host, ctx, identity_b) in enumerate(self._sources):
+            for i, (host, ctx, identity_b, uid) in enumerate(self._sources):
                 src = &t.sources[i]
-                _sockaddr(host, 1, &src.addr, &length)
+                if host is not None:
+                    _sockaddr(host, 1, &src.addr, &length)
+                src.uid = uid
+                t.callers_by_user = uid >= 0
                 src.principal = -1
                 _name_set(&src.identity, identity_b)
                 _up_ref(ctx.ctx)

@@ -9,6 +9,10 @@ belong to this side and are bound with SO_REUSEPORT so that every worker of the 
 accepts on the same ports; one that a new table no longer names is closed only once
 the engine runs a table without it (``Engine.generation``).
 
+Every outbound connection presents its caller's workload identity, told apart by the
+owner of the calling socket, as the only local workload, or by address (meshnode.callers,
+DESIGN §4); a caller that matches no workload is refused, never given another's.
+
 Two kinds of outbound traffic: a Service port with an ``outboundPort`` gets a local
 listener on 127.0.0.1, relayed over mutual TLS to the inbound port of the node of one
 of its endpoints, as the port's declared protocol says (DESIGN §3): TCP opaque; HTTP
@@ -52,7 +56,7 @@ from typing import Any, Callable
 
 from fastpath.engine import Engine, RouteTable
 
-from . import logs
+from . import callers, logs
 from .identity.creds import Contexts
 from .ports import Ports
 
@@ -130,6 +134,7 @@ class DataPlane:
         # kept after a service goes, as its figures are.
         self.service_fqdn: dict[str, str] = {}
         self.drain_s = DEFAULT_DRAIN_S  # the installed snapshot's drainDuration
+        self.callers = callers.plan([], _numeric)  # how local callers are told apart
         self.draining = False  # drain() was called: no table is installed from then on
         self.listeners_closed = False
 
@@ -187,12 +192,16 @@ class DataPlane:
         table.set_timeouts(float(mesh.get("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S)),
                            float(mesh.get("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)),
                            drain_s=drain_s)
-        local = sorted(w["identity"] for w in snapshot["local"])
-        # The outbound side presents a local workload's identity. HTTP callers are told
-        # apart by source address (a workload whose address no other local workload
-        # shares); anything else, and opaque TCP, presents the first identity by name.
-        default_id = next((i for i in local if self._contexts(i) is not None), None)
-        client = self._contexts(default_id) if default_id is not None else None
+        # The outbound side presents the calling workload's identity (meshnode.callers):
+        # the listeners' own only with a single local workload; otherwise each caller's,
+        # told apart by user or address, and a caller that is no workload is refused.
+        self._plan_callers(snapshot["local"])
+        default_id = self.callers.listener_identity
+        default = self._contexts(default_id) if default_id is not None else None
+        client = default.client if default is not None else None
+        # Listeners are bound once some local workload has its credentials.
+        serving = any(self._contexts(w["identity"]) is not None for w in snapshot["local"])
+        self._callers(table)
         wanted: set[int] = set()
         http_hosts = 0
         # A bare name ("svc") means the caller's namespace first (as Kubernetes DNS
@@ -211,10 +220,10 @@ class DataPlane:
                 self.service_fqdn[name] = svc["fqdn"]
                 index = table.add_service(name, sni, svc["identities"], endpoints)
                 protocol = _protocol(port)
-                if port.get("outbound_port") and client is not None:
+                if port.get("outbound_port") and serving:
                     sock = self._outbound_listener(port["outbound_port"], name)
                     if sock is not None:
-                        table.add_outbound_tcp(sock.fileno(), index, client.client,
+                        table.add_outbound_tcp(sock.fileno(), index, client,
                                                protocol=protocol)
                         wanted.add(port["outbound_port"])
                 if protocol != "tcp":   # what reaches the HTTP listener is HTTP
@@ -224,28 +233,35 @@ class DataPlane:
                 self._inbound_route(table, svc, port, sni)
         # Once bound, the HTTP listener stays in every table, with or without hosts: a
         # client of a service that was deleted gets its 404, not a connection nobody takes.
-        if (http_hosts or self._http is not None) and client is not None:
+        if (http_hosts or self._http is not None) and serving:
             sock = self._http_listener()
             if sock is not None:
-                table.set_outbound_http(sock.fileno(), client.client, default_id)
-                self._sources(table, snapshot["local"])
+                table.set_outbound_http(sock.fileno(), client, default_id)
         self.generation = self.engine.install(table)
         self.drain_s = drain_s
         for port in set(self._outbound) - wanted:
             self._retired.append((self.generation, self._outbound.pop(port)))
         self.reap()
 
-    def _sources(self, table: RouteTable, local: list[dict[str, Any]]) -> None:
-        by_address: dict[str, set[str]] = {}
-        for w in local:
-            by_address.setdefault(_numeric(w["address"]), set()).add(w["identity"])
-        for address, identities in sorted(by_address.items()):
-            if len(identities) != 1:
-                continue  # shared by several workloads: cannot tell them apart
-            identity = next(iter(identities))
-            contexts = self._contexts(identity)
-            if contexts is not None:
-                table.add_source(address, contexts.client, identity)
+    def _plan_callers(self, local: list[dict[str, Any]]) -> None:
+        plan = callers.plan(local, _numeric)
+        if plan != self.callers:
+            logs.event(log, "callers.plan", logging.WARNING if plan.problems else logging.INFO,
+                       by=plan.by, problems=list(plan.problems))
+        self.callers = plan
+
+    def _callers(self, table: RouteTable) -> None:
+        """The local callers the table tells apart; one whose workload has no
+        credentials yet is refused until it has them."""
+        for caller in self.callers.callers:
+            contexts = self._contexts(caller.identity)
+            if contexts is None:
+                continue
+            if caller.uid is not None:
+                table.add_user(caller.uid, contexts.client, caller.identity,
+                               address=caller.address)
+            else:
+                table.add_source(caller.address, contexts.client, caller.identity)
 
     def _endpoint(self, ep: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> tuple[str, int]:
         """Where an endpoint's node takes mutual TLS: this node's own inbound listener, the
@@ -343,7 +359,7 @@ class DataPlane:
 
     def health(self) -> dict[str, Any]:
         return {"dataplane": {**self.engine.stats(), "listener_failures": self.listener_failures},
-                "requests": self.request_figures()}
+                "requests": self.request_figures(), "callers": self.callers.status()}
 
     def request_figures(self) -> list[dict[str, Any]]:
         """The engine's per-(direction, service, identities) HTTP figures in Istio's

@@ -46,7 +46,7 @@ _SIDE_FAILURES = ("connect_failures", "connect_timeouts", "idle_timeouts", "abor
                   "tls_failures_other", "tls_handshake_timeouts")
 _NODE_FAILURES = ("no_endpoint", "identity_mismatch", "tls_unknown_sni", "http_no_route",
                   "http_bad_request", "http_unavailable", "http_head_timeouts",
-                  "http_bad_response")
+                  "http_bad_response", "callers_refused", "caller_lookup_failures")
 # Istio's default request-duration buckets (ms). The engine keeps finer log-linear
 # microsecond buckets (fastpath.engine.latency_bounds_us); each exported bucket counts
 # the engine buckets that lie wholly below its bound.

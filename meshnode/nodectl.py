@@ -311,8 +311,12 @@ def status(rd: Path) -> dict[str, Any]:
                           # carried out.
                           "config_nacked": report.get("config_nacked"),
                           "config_problem": report.get("config_problem")})
+    # How the workers tell local callers apart (meshnode.callers): the same snapshot
+    # gives every worker the same answer.
+    callers = next((r["callers"] for _, r in sorted(reports.items())
+                    if isinstance(r.get("callers"), dict)), None)
     return {"runtime_dir": str(rd), "processes": processes,
-            "not_ready": health.get("not_ready")}
+            "not_ready": health.get("not_ready"), "callers": callers}
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -334,6 +338,15 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"not ready: {', '.join(status['not_ready'])}")
     else:
         lines.append("ready")
+    callers = status.get("callers")
+    if callers:
+        by = callers.get("by", "?")
+        if by == "single workload" and callers.get("identity"):
+            by += f" (every local caller is {callers['identity']})"
+        elif by == "address":
+            by += " (no workload here names its spec.user: any local process may bind an address)"
+        lines.append(f"callers told apart by: {by}")
+        lines.extend(f"  {problem}" for problem in callers.get("problems") or ())
     return "\n".join(lines)
 
 

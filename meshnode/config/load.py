@@ -182,6 +182,8 @@ def _workload_spec(spec: WorkloadSpec) -> dict[str, Any]:
     }
     if spec.node is not None:
         out["node"] = spec.node
+    if spec.user is not None:
+        out["user"] = spec.user
     return out
 
 

@@ -92,6 +92,9 @@ class WorkloadSpec:
     service_account: str = "default"
     node: str | None = None  # None: beside whichever node loads it
     weight: int = 1
+    # The OS account it runs as (a uid, or a name the node resolves): its node then
+    # knows its outbound connections by their sockets' owner (DESIGN §4). None: not said.
+    user: int | str | None = None
 
 
 DEFAULT_INBOUND_PORT = Ports().inbound

@@ -73,6 +73,7 @@ def _local(workload: Workload, services: list[Service], trust_domain: str) -> di
         "address": workload.spec.address,
         "ports": dict(sorted(workload.spec.ports.items())),
         "labels": dict(sorted(workload.spec.labels.items())),
+        "user": workload.spec.user,  # resolved on the node (meshnode.callers)
     }
 
 

@@ -47,6 +47,9 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 # A Service port's protocol (DESIGN §3): HTTP is framed always, TCP is opaque, and only
 # "auto" (the default) is told by the first bytes.
 _PROTOCOLS = ("HTTP", "TCP", "auto")
+# An OS account name as useradd(8) takes one (and '.', as Debian allows), 32 at most.
+_USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,30}[A-Za-z0-9_.$-]?")
+MAX_UID = 4294967294  # uid_t's largest; (uid_t)-1 means "no user"
 _MTLS_MODES = ("STRICT", "PERMISSIVE")
 MAX_WEIGHT = 1_000_000
 
@@ -428,7 +431,7 @@ def _workload_spec(d: _Doc, value: object) -> WorkloadSpec | None:
         d.fail("spec", "required")
         return None
     spec = _fields(d, value, "spec", ("address", "ports", "labels", "serviceAccount", "node",
-                                      "weight"), required=("address",))
+                                      "weight", "user"), required=("address",))
     if spec is None:
         return None
     address = _opt(d, spec, "spec", "address", _address, None)
@@ -437,9 +440,25 @@ def _workload_spec(d: _Doc, value: object) -> WorkloadSpec | None:
     account = _opt(d, spec, "spec", "serviceAccount", _dns_label, "default")
     node = _opt(d, spec, "spec", "node", _node, None)
     weight = _opt(d, spec, "spec", "weight", _weight, 1)
-    if None in (address, ports, labels, account, weight) or ("node" in spec and node is None):
+    user = _opt(d, spec, "spec", "user", _user, None)
+    if (None in (address, ports, labels, account, weight) or ("node" in spec and node is None)
+            or ("user" in spec and user is None)):
         return None
-    return WorkloadSpec(address, ports, labels, account, node, weight)  # type: ignore[arg-type]
+    return WorkloadSpec(address, ports, labels, account, node, weight, user)  # type: ignore[arg-type]
+
+
+def _user(d: _Doc, value: object, path: str) -> int | str | None:
+    """The OS account a workload runs as: a uid, or a name the node resolves (the
+    node tells its local callers apart by it: meshnode.callers)."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int(d, value, path, 0, MAX_UID)
+    if isinstance(value, str) and _USER_NAME.fullmatch(value):
+        return value
+    d.fail(path, f"must be a user name (such as 'www-data') or a uid (0..{MAX_UID}), "
+                 f"got {_describe(value)}")
+    return None
 
 
 def _workload_ports(d: _Doc, value: object, path: str) -> dict[str, int] | None:

@@ -1200,13 +1200,14 @@ def test_an_inbound_route_identity_must_be_a_spiffe_id(mesh_pki: PKI) -> None:
 
 
 def test_a_local_workload_is_told_apart_by_its_source_address(mesh: Mesh) -> None:
-    # Two apps on one node: the one calling from 127.0.0.2 is "backend", any other
-    # address gets the listener's default identity ("frontend").
+    # Two apps on one node: the one calling from 127.0.0.2 is "backend", the one from
+    # 127.0.0.1 "frontend" (an address neither has is refused: test_engine_callers.py).
     as_backend = tls.TLSContext.for_mesh(False, mesh.pki.backend.chain_pem,
                                          mesh.pki.backend.key_pem, mesh.pki.bundle_pem, ALPN)
     t = mesh.outbound_table()
-    t.set_outbound_http(mesh.http_sock.fileno(), client_ctx(mesh.pki), identity=FRONTEND_ID)
+    t.set_outbound_http(mesh.http_sock.fileno(), None)
     t.add_source("127.0.0.2", as_backend, identity=BACKEND_ID)
+    t.add_source("127.0.0.1", client_ctx(mesh.pki), identity=FRONTEND_ID)
     mesh.out_node.install(t)
 
     def caller_seen(source: str) -> str:
