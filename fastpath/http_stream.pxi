@@ -264,6 +264,10 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
         if not req.keep_alive or c.flags & CONN_GOING_AWAY:
             c.client_close = True
         if req.target_form == TARGET_ABSOLUTE:
+            if delta != 0:
+                # Field lines went: the Host field's place is read again.
+                parse_request_head(c.d2u.buf + base, c.d2u.tail - base, req, &core.http_limits)
+                delta = 0
             grow = _absolute_form(core, &c.d2u, base, req)
             if grow == INT64_MAX:
                 return STATUS_RESET

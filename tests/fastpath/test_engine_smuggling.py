@@ -377,3 +377,22 @@ def test_a_bare_lf_request_from_a_mesh_peer_to_an_http_port_gets_400(
     reply = _inbound_attempt(mesh, alpn, headers_request(extra=FORGED_XFCC).replace(b"\r\n", b"\n"))
     assert reply.startswith(b"HTTP/1.1 400 ")
     assert FORGED.encode() not in reply
+
+
+def test_absolute_form_with_hop_by_hop_fields_before_host(mesh: Mesh) -> None:
+    """Hop-by-hop field lines before Host are removed first: the Host edit must work on
+    the head as it is then (it read a stale place and crashed the worker)."""
+    c = mesh.client()
+    c.sendall(b"GET http://backend/headers HTTP/1.1\r\nKeep-Alive: timeout=5\r\n"
+              b"Proxy-Connection: keep-alive\r\nHost: other\r\nConnection: close\r\n\r\n")
+    reply = recv_all(c)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    body = reply.partition(b"\r\n\r\n")[2].decode()
+    assert [line for line in body.split("\n") if line.startswith("host:")] == ["host: backend"]
+    assert get_ok(mesh)
+
+
+def get_ok(mesh: Mesh) -> bool:
+    c = mesh.client()
+    c.sendall(headers_request())
+    return read_answers(c, 1)[0].startswith(b"HTTP/1.1 200 ")
