@@ -736,6 +736,12 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     return STATUS_RESET     # cannot happen: _u2d_cap keeps the room
                 f.tail += <uint32_t>added
                 rc += added
+            if resp.fold_length:
+                # RFC 9110 §8.6: a repeated Content-Length goes on as one (after
+                # make_close, whose spans a fold would move).
+                n = fold_response(f.buf + start, f.tail - start, &resp)
+                f.tail -= <uint32_t>n
+                rc -= <int>n
             c.resp_fwd += <uint32_t>rc
             if resp.status < 200 and resp.status != 101:
                 continue                    # interim (100 Continue): the request waits
