@@ -10,16 +10,18 @@ test_engine_http.py; loopback only, every wait bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
+import threading
 import time
 
 import pytest
 
 from fastpath import engine as fe
 
-from enginekit import recv_all
-from test_engine_http import (BACKEND_ID, FRONTEND_ID, SNI, Mesh, RawApp,  # noqa: F401
+from enginekit import TIMEOUT_S, listener, recv_all
+from test_engine_http import (BACKEND_ID, FRONTEND_ID, SNI, Mesh, Node, RawApp,  # noqa: F401
                               exchange, mesh, mesh_pki, server_ctx)
 
 pytestmark = pytest.mark.timeout(60)
@@ -212,6 +214,43 @@ def test_the_request_after_a_cleaned_trailer_section_is_framed(mesh: Mesh, echo:
     second = reply.split(b"HTTP/1.1 200 OK")[2].partition(b"\r\n\r\n")[2]
     assert second.startswith(b"GET /next HTTP/1.1\r\n")
     assert named(second, b"x-forwarded-client-cert") == [XFCC]
+
+
+def test_a_trailer_section_cut_short_by_the_clients_end_is_not_sent(mesh: Mesh) -> None:
+    """Held until whole, a section that never ends is never sent: the app sees the body
+    end at the last chunk, then the end of the connection, not half a forged field."""
+    got: list[bytes] = []
+    done = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        got.append(recv_all(conn))
+        done.set()
+
+    app = RawApp(serve)
+    try:
+        _route_to(mesh, app.port)
+        head, body = _chunked_post(b"X-Sum: 1\r\nX-Forwarded-Client-Cert: " + FORGED)
+        c = mesh.client()
+        c.sendall(head + body)
+        c.shutdown(socket.SHUT_WR)
+        assert done.wait(TIMEOUT_S)
+        assert got[0].endswith(b"\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n"), got[0]
+    finally:
+        app.close()
+
+
+def test_a_trailer_section_over_a_buffer_is_refused(mesh: Mesh) -> None:
+    # The client's node with buffers smaller than the trailer limit (8 KiB).
+    m = dataclasses.replace(mesh, out_node=Node(buffer_bytes=2048), http_sock=listener())
+    try:
+        m.out_node.install(m.outbound_table())
+        head, body = _chunked_post(b"X-Pad: " + b"p" * 3000 + b"\r\n\r\n")
+        reply = exchange(m, head + body)
+        assert b"HTTP/1.1 200" not in reply
+        assert m.out_node.stats()["http_bad_request"] == 1
+    finally:
+        m.out_node.stop()
+        m.http_sock.close()
 
 
 # --- 3. a repeated Content-Length --------------------------------------------------------------
