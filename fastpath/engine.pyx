@@ -191,12 +191,12 @@ from fastpath.http1 cimport (BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL,
                              METHOD_GET, METHOD_HEAD, METHOD_OPTIONS, METHOD_PUT,
                              METHOD_TRACE, Method, ReqHead,
                              RespHead, TARGET_ABSOLUTE, authority_host, chunk_init,
-                             chunked_advance, limits_init, parse_request_head,
+                             chunked_advance, chunked_relay, limits_init, parse_request_head,
                              parse_response_head, request_error_status)
 from fastpath.tls cimport (TLSContext, peer_spiffe_id, raise_tls_error, session_mark_origin,
                           session_offerable, ticket_policy_keep)
-from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, make_close,
-                                strip_hop_fields)
+from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, fold_response,
+                                make_close, strip_hop_fields)
 
 import os
 

@@ -18,9 +18,11 @@ from fastpath.http1 cimport ReqHead, RespHead
 # Connection, Keep-Alive, Proxy-Connection, an Upgrade that no "upgrade" connection
 # option announces, and the fields the Connection header names — except the ones
 # that frame or route the message (Host, Content-Length, Transfer-Encoding), which a
-# client must not be able to strip from what the upstream sees. Call only for an
-# HTTP/1.1 request that is not an upgrade (an upgrade keeps its Connection: upgrade).
-# Returns the bytes removed (buf[0:total - removed] is the result).
+# client must not be able to strip from what the upstream sees. The underscore
+# spellings of the names the proxy owns go too, and a repeated Content-Length or an
+# untidy Transfer-Encoding is folded into one field (as drop_fields does). Call only
+# for an HTTP/1.1 request that is not an upgrade (an upgrade keeps its Connection:
+# upgrade). Returns the bytes removed (buf[0:total - removed] is the result).
 cdef uint32_t strip_hop_fields(char* buf, uint32_t total, const ReqHead* req) noexcept nogil
 
 # Makes a response head say `Connection: close`: the first Connection field's value
@@ -36,11 +38,23 @@ cdef int add_field(char* buf, uint32_t head_len, uint32_t total, uint32_t cap,
                    const char* name, uint32_t name_len,
                    const char* value, uint32_t value_len) noexcept nogil
 
-# Removes every field line named `name` (compared case-insensitively) from a request
-# head: a client must not be able to forge a field the proxy itself vouches for (e.g.
-# x-forwarded-client-cert). Returns the bytes removed.
+# Removes every field line named `name` from a request head, comparing names as a
+# CGI/WSGI server files them (case, and '_' for '-', do not count): a client must not
+# be able to forge a field the proxy itself vouches for (e.g. x-forwarded-client-cert),
+# not even as X_Forwarded_Client_Cert. Being the edit every request an app receives
+# goes through, it also removes the underscore spellings of the other names the proxy
+# owns (http1.guarded_name: Content_Length, Transfer_Encoding), as Envoy's
+# headers_with_underscores_action=DROP_HEADER would, and folds a repeated
+# Content-Length or an untidy Transfer-Encoding into one field (ReqHead.fold_length,
+# fold_coding). Returns the bytes removed.
 cdef uint32_t drop_fields(char* buf, uint32_t total, const ReqHead* req,
                           const char* name, uint32_t name_len) noexcept nogil
+
+# A response whose Content-Length came as several equal values (RespHead.fold_length)
+# gets one field with one value (RFC 9110 §8.6): the first line keeps its first value,
+# the other lines go. Returns the bytes removed (0 when there is nothing to fold); the
+# spans of fields after the first Content-Length line are stale after a fold.
+cdef uint32_t fold_response(char* buf, uint32_t total, const RespHead* resp) noexcept nogil
 
 cdef enum:
     # len("Connection: close\r\n")

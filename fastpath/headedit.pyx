@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """In-place edits of parsed HTTP/1.1 heads: hop-by-hop fields out, `Connection: close`
-and proxy-vouched fields in (see headedit.pxd for the contract).
+and proxy-vouched fields in, what an app could read apart from the proxy folded or cut
+(see headedit.pxd for the contract).
 
 Why in place: the engine forwards heads straight from its read buffer; an edit is a
 memmove of the bytes behind the edited line, never a copy of the message. Lines are
@@ -8,16 +9,23 @@ found from the parser's spans: a field line starts at its name and ends at the L
 after its value (values hold no CR or LF: http1 refuses them).
 """
 
-from libc.stdint cimport uint32_t
+from libc.stdint cimport UINT32_MAX, uint32_t
 from libc.string cimport memchr, memcpy, memmove, memset
 
-from fastpath.http1 cimport HTTP1_MAX_HEADERS, Field, ReqHead, RespHead, Span
+from fastpath.http1 cimport (GUARDED_UNDERSCORE, HTTP1_MAX_HEADERS, Field, ReqHead, RespHead,
+                             Span, guarded_name)
 
 
 cdef enum:
     # Connection options looked at per head; a client naming more loses no protection
     # (the fixed hop-by-hop set is always removed), only the extra names stay.
     _MAX_OPTIONS = 16
+
+# What happens to a field line (one uint32 per field of a head): kept, removed whole,
+# or any other value k: its value keeps only its first k bytes (_remove_marked).
+cdef enum:
+    _KEEP = 0
+cdef uint32_t _DROP = UINT32_MAX
 
 
 cdef inline unsigned char _lower(unsigned char x) noexcept nogil:
@@ -34,12 +42,17 @@ cdef bint _ieq(const char* a, uint32_t n, const char* lit, uint32_t m) noexcept 
     return True
 
 
-cdef bint _ieq2(const char* a, uint32_t n, const char* b, uint32_t m) noexcept nogil:
+cdef inline unsigned char _name_byte(unsigned char x, bint cgi) noexcept nogil:
+    # `cgi`: as a CGI/WSGI server files a field name, where '_' and '-' are one.
+    return c'-' if cgi and x == c'_' else _lower(x)
+
+
+cdef bint _ieq2(const char* a, uint32_t n, const char* b, uint32_t m, bint cgi) noexcept nogil:
     cdef uint32_t i
     if n != m:
         return False
     for i in range(n):
-        if _lower(<unsigned char>a[i]) != _lower(<unsigned char>b[i]):
+        if _name_byte(<unsigned char>a[i], cgi) != _name_byte(<unsigned char>b[i], cgi):
             return False
     return True
 
@@ -56,17 +69,24 @@ cdef uint32_t _line_end(const char* buf, uint32_t total, const Field* f) noexcep
 
 
 cdef uint32_t _remove_marked(char* buf, uint32_t total, const Field* fields,
-                             uint32_t count, const bint* drop) noexcept nogil:
-    """Removes the marked field lines (fields are in buffer order); returns the bytes
-    removed. One pass: each kept run moves once."""
+                             uint32_t count, const uint32_t* act) noexcept nogil:
+    """Applies act[i] (_KEEP, _DROP, or a value length) to each field (fields are in
+    buffer order); returns the bytes removed. One pass: each kept run moves once."""
     cdef uint32_t src = 0
     cdef uint32_t dst = 0
     cdef uint32_t i, start, end
     for i in range(count):
-        if not drop[i]:
+        if act[i] == _KEEP:
             continue
-        start = fields[i].name.off
-        end = _line_end(buf, total, &fields[i])
+        if act[i] == _DROP:
+            start = fields[i].name.off
+            end = _line_end(buf, total, &fields[i])
+        else:
+            # The value's tail and the OWS after it: up to the line's CRLF.
+            start = fields[i].value.off + act[i]
+            end = _line_end(buf, total, &fields[i]) - 2
+            if start >= end:
+                continue
         if dst != src:
             memmove(buf + dst, buf + src, start - src)
         dst += start - src
@@ -75,6 +95,55 @@ cdef uint32_t _remove_marked(char* buf, uint32_t total, const Field* fields,
         return 0
     memmove(buf + dst, buf + src, total - src)
     return src - dst
+
+
+cdef uint32_t _first_element(const char* buf, const Field* f) noexcept nogil:
+    """Length of the first element of a list value (up to a ',', OWS trimmed; the
+    value itself starts with no OWS)."""
+    cdef uint32_t e = 0
+    while e < f.value.len and buf[f.value.off + e] != c',':
+        e += 1
+    while e > 0 and _ows(buf[f.value.off + e - 1]):
+        e -= 1
+    return e
+
+
+cdef bint _names_a_coding(const char* buf, const Field* f) noexcept nogil:
+    cdef uint32_t i
+    for i in range(f.value.len):
+        if buf[f.value.off + i] != c',' and not _ows(buf[f.value.off + i]):
+            return True
+    return False
+
+
+cdef bint _fold(char* buf, const Field* fields, uint32_t count, bint length, bint coding,
+                uint32_t* act) noexcept nogil:
+    """Marks in act what makes one field of a Content-Length sent as several equal
+    values (`length`, RFC 9110 §8.6: a proxy sends one) and of a request's
+    Transfer-Encoding sent with empty elements or over several lines (`coding`,
+    §5.6.1; the parser let through only "chunked" then): the first line keeps its first
+    value, "chunked" for the coding, the other lines go. An app that reads "5, 5" as no
+    length, or ",chunked" as not chunked, would take the body for the next request."""
+    cdef uint32_t i
+    cdef const Field* f
+    cdef bint first_length = True
+    cdef bint first_coding = True
+    cdef bint any_change = False
+    for i in range(count):
+        f = &fields[i]
+        if length and _ieq(buf + f.name.off, f.name.len, b"content-length", 14):
+            act[i] = _first_element(buf, f) if first_length else _DROP
+            first_length = False
+            any_change = True
+        elif coding and _ieq(buf + f.name.off, f.name.len, b"transfer-encoding", 17):
+            if first_coding and f.value.len >= 7 and _names_a_coding(buf, f):
+                memcpy(buf + f.value.off, b"chunked", 7)
+                act[i] = 7
+                first_coding = False
+            else:
+                act[i] = _DROP
+            any_change = True
+    return any_change
 
 
 cdef bint _protected(const char* name, uint32_t n) noexcept nogil:
@@ -107,11 +176,12 @@ cdef uint32_t _options(const char* buf, const Field* f, Span* out,
 
 
 cdef uint32_t strip_hop_fields(char* buf, uint32_t total, const ReqHead* req) noexcept nogil:
-    cdef bint drop[HTTP1_MAX_HEADERS]
+    cdef uint32_t act[HTTP1_MAX_HEADERS]
     cdef Span options[_MAX_OPTIONS]
     cdef uint32_t n_options = 0
     cdef uint32_t i, j, n
     cdef const char* name
+    cdef bint drop
     cdef bint any_drop = False
     for i in range(req.header_count):
         name = buf + req.headers[i].name.off
@@ -120,31 +190,53 @@ cdef uint32_t strip_hop_fields(char* buf, uint32_t total, const ReqHead* req) no
     for i in range(req.header_count):
         name = buf + req.headers[i].name.off
         n = req.headers[i].name.len
-        drop[i] = (_ieq(name, n, b"connection", 10) or _ieq(name, n, b"keep-alive", 10)
-                   or _ieq(name, n, b"proxy-connection", 16) or _ieq(name, n, b"upgrade", 7))
-        if not drop[i] and n_options > 0 and not _protected(name, n):
+        drop = (_ieq(name, n, b"connection", 10) or _ieq(name, n, b"keep-alive", 10)
+                or _ieq(name, n, b"proxy-connection", 16) or _ieq(name, n, b"upgrade", 7)
+                or guarded_name(name, n) == GUARDED_UNDERSCORE)
+        if not drop and n_options > 0 and not _protected(name, n):
             for j in range(n_options):
-                if _ieq2(name, n, buf + options[j].off, options[j].len):
-                    drop[i] = True
+                if _ieq2(name, n, buf + options[j].off, options[j].len, False):
+                    drop = True
                     break
-        any_drop = any_drop or drop[i]
+        act[i] = _DROP if drop else _KEEP
+        any_drop = any_drop or drop
+    if req.fold_length or req.fold_coding:
+        any_drop = _fold(buf, req.headers, req.header_count, req.fold_length, req.fold_coding,
+                         act) or any_drop
     if not any_drop:
         return 0
-    return _remove_marked(buf, total, req.headers, req.header_count, drop)
+    return _remove_marked(buf, total, req.headers, req.header_count, act)
 
 
 cdef uint32_t drop_fields(char* buf, uint32_t total, const ReqHead* req,
                           const char* name, uint32_t name_len) noexcept nogil:
-    cdef bint drop[HTTP1_MAX_HEADERS]
-    cdef uint32_t i
+    cdef uint32_t act[HTTP1_MAX_HEADERS]
+    cdef uint32_t i, n
+    cdef const char* field
+    cdef bint drop
     cdef bint any_drop = False
     for i in range(req.header_count):
-        drop[i] = _ieq2(buf + req.headers[i].name.off, req.headers[i].name.len,
-                        name, name_len)
-        any_drop = any_drop or drop[i]
+        field = buf + req.headers[i].name.off
+        n = req.headers[i].name.len
+        drop = (_ieq2(field, n, name, name_len, True)
+                or guarded_name(field, n) == GUARDED_UNDERSCORE)
+        act[i] = _DROP if drop else _KEEP
+        any_drop = any_drop or drop
+    if req.fold_length or req.fold_coding:
+        any_drop = _fold(buf, req.headers, req.header_count, req.fold_length, req.fold_coding,
+                         act) or any_drop
     if not any_drop:
         return 0
-    return _remove_marked(buf, total, req.headers, req.header_count, drop)
+    return _remove_marked(buf, total, req.headers, req.header_count, act)
+
+
+cdef uint32_t fold_response(char* buf, uint32_t total, const RespHead* resp) noexcept nogil:
+    cdef uint32_t act[HTTP1_MAX_HEADERS]
+    if not resp.fold_length:
+        return 0
+    memset(act, 0, resp.header_count * sizeof(uint32_t))
+    _fold(buf, resp.headers, resp.header_count, True, False, act)
+    return _remove_marked(buf, total, resp.headers, resp.header_count, act)
 
 
 cdef int _insert(char* buf, uint32_t at, uint32_t total, uint32_t cap,

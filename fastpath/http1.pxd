@@ -15,8 +15,10 @@
 #     and llhttp's lenient mode accept a bare LF). Empty lines before a request-line
 #     are skipped (§2.2).
 #   - one SP between the parts of a request-line; method and field names are tokens;
-#     request-target bytes are VCHAR (0x21-0x7E); field values are VCHAR, obs-text,
-#     SP and HTAB only (so no CR, LF, NUL or other CTL, RFC 9110 §5.5).
+#     request-target bytes are VCHAR (0x21-0x7E) but '#': a fragment is the client's
+#     own (RFC 9110 §4.2.5) and a target that carries one is refused, as Envoy does by
+#     default (http_reject_path_with_fragment); field values are VCHAR, obs-text, SP
+#     and HTAB only (so no CR, LF, NUL or other CTL, RFC 9110 §5.5).
 #   - whitespace before a field's colon, obs-fold and whitespace before the first
 #     field line are refused (§5.1, §5.2, §2.2).
 #   - HTTP-version is exactly "HTTP/" DIGIT "." DIGIT; a major other than 1 is
@@ -29,9 +31,12 @@
 #     in an absolute-form target is refused (RFC 9110 §4.2.4).
 #   - framing (§6.1, §6.3), HTTP1_ELENGTH (400) for: Transfer-Encoding together with
 #     Content-Length; a Transfer-Encoding in HTTP/1.0; a Transfer-Encoding whose final
-#     coding is not chunked, that names chunked twice, or has an empty list element;
-#     a Content-Length that is not 1*DIGIT, overflows int64, or whose values (across
-#     lines and comma lists) differ. Identical duplicates ("5, 5") are one value.
+#     coding is not chunked, that names chunked twice, or names no coding at all
+#     (empty list elements are ignored, RFC 9110 §5.6.1: ",chunked" is chunked); a
+#     Content-Length that is not 1*DIGIT, has an empty element, overflows int64, or
+#     whose values (across lines and comma lists) differ. Equal duplicates ("5, 5")
+#     are one value, and the head says so (fold_length) so that a proxy sends one
+#     (RFC 9110 §8.6; headedit does).
 #     A request whose codings are "<other>, chunked" is HTTP1_ETRANSFER (501): we
 #     forward chunked framing but do not implement other codings (RFC 9112 §6.1).
 #   - responses are read the same way except: no Host rule; the SP and reason after
@@ -148,6 +153,9 @@ cdef struct ReqHead:
                                 # field: if the upstream answers 101 the connection
                                 # becomes a byte pipe
     bint has_host               # a Host field was present (its value may be empty)
+    bint fold_length            # Content-Length came as more than one (equal) value
+    bint fold_coding            # Transfer-Encoding came with an empty list element or
+                                # on more than one line: its one coding is chunked
     Field headers[HTTP1_MAX_HEADERS]
 
 
@@ -163,17 +171,37 @@ cdef struct RespHead:
     bint keep_alive             # as for requests; never with BODY_UNTIL_CLOSE / TUNNEL
     bint chunked                # the final transfer coding is chunked
     bint upgrade                # 101 Switching Protocols
+    bint fold_length            # as for requests
     Field headers[HTTP1_MAX_HEADERS]
 
 
 # Chunked body framing (RFC 9112 §7.1), one byte at a time where it must, whole chunk
 # data runs at once. Each arrow consumes one byte unless noted.
 #
-#   SIZE ─hex─► SIZE ─SP/HTAB─► SIZE_BWS ─';'─► EXT ─CR─► SIZE_LF ─LF─┬─ size > 0 ─► DATA
-#    │   └─';'────────────────────────────────► EXT              ▲    └─ size = 0 ─► TRAILER
-#    └─CR (after ≥1 hex digit)─────────────────────────────────────┘
+#   SIZE ─hex─► SIZE ─CR (after ≥1 hex digit)─► SIZE_LF ─LF─┬─ size > 0 ─► DATA
+#                                                            └─ size = 0 ─► TRAILER
 #
 #   DATA ─size bytes (many per step)─► DATA_CR ─CR─► DATA_LF ─LF─► SIZE
+#
+# Chunk extensions, RFC 9112 §7.1.1 to the letter (a parser that reads them loosely is
+# what the "funky chunks" smuggling class feeds on): chunk-ext = *( BWS ";" BWS
+# chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), a name is a token, a value a token
+# or a quoted-string, BWS is SP / HTAB. From the size's digits on ("-": FAILED):
+#
+#   state          SP/HTAB        ';'        '='      tchar       '"'         CR
+#   SIZE           EXT_BWS        EXT_SEMI   -        hex: SIZE   -           SIZE_LF
+#   EXT_BWS        EXT_BWS        EXT_SEMI   -        -           -           -
+#   EXT_SEMI       EXT_SEMI       -          -        EXT_NAME    -           -
+#   EXT_NAME       EXT_NAME_BWS   EXT_SEMI   EXT_EQ   EXT_NAME    -           SIZE_LF
+#   EXT_NAME_BWS   EXT_NAME_BWS   EXT_SEMI   EXT_EQ   -           -           -
+#   EXT_EQ         EXT_EQ         -          -        EXT_TOKEN   EXT_QUOTED  -
+#   EXT_TOKEN      EXT_BWS        EXT_SEMI   -        EXT_TOKEN   -           SIZE_LF
+#   EXT_QEND       EXT_BWS        EXT_SEMI   -        -           -           SIZE_LF
+#
+#   EXT_QUOTED: '"' → EXT_QEND, '\' → EXT_ESCAPE, other qdtext stays, anything else
+#   fails; EXT_ESCAPE: one HTAB, SP, VCHAR or obs-text → EXT_QUOTED.
+#
+# The trailer section (field lines, RFC 9112 §7.1.2, then an empty line):
 #
 #   TRAILER ─CR─► END_LF ─LF─► DONE          (DONE: the message ended; bytes after it
 #      │  ▲                                   belong to the next message)
@@ -183,12 +211,21 @@ cdef struct RespHead:
 # Any other byte, or a limit exceeded, goes to FAILED (terminal; `status` holds why).
 cdef enum ChunkPhase:
     CHUNK_SIZE
-    CHUNK_SIZE_BWS
-    CHUNK_EXT
     CHUNK_SIZE_LF
     CHUNK_DATA
     CHUNK_DATA_CR
     CHUNK_DATA_LF
+    # The extension states, in one run (the framer tests the range).
+    CHUNK_EXT_BWS               # BWS after the size or a value: only ';' may follow
+    CHUNK_EXT_SEMI              # after ';' (and BWS): a name must follow
+    CHUNK_EXT_NAME
+    CHUNK_EXT_NAME_BWS          # BWS after a name: '=' or ';'
+    CHUNK_EXT_EQ                # after '=' (and BWS): a value must follow
+    CHUNK_EXT_TOKEN
+    CHUNK_EXT_QUOTED
+    CHUNK_EXT_ESCAPE            # after a '\' in a quoted-string
+    CHUNK_EXT_QEND              # after a quoted-string's closing '"'
+    # The trailer states, in one run too.
     CHUNK_TRAILER
     CHUNK_TRAILER_NAME
     CHUNK_TRAILER_VALUE
@@ -205,7 +242,8 @@ cdef struct ChunkState:
     int64_t body_bytes          # chunk-data bytes so far (for body limits and metrics)
     uint32_t digits             # hex digits of the chunk-size being read
     uint32_t ext_bytes          # bytes after the chunk-size on this line
-    uint32_t trailer_bytes
+    uint32_t trailer_bytes      # of the trailer section so far (chunked_relay: the
+                                # bytes it holds back)
     # Copied from Limits by chunk_init().
     int64_t max_chunk_size
     uint32_t max_chunk_ext
@@ -238,6 +276,32 @@ cdef void chunk_init(ChunkState* st, const Limits* lim) noexcept nogil
 # call again with buf + consumed for the rest.
 cdef Py_ssize_t chunked_advance(ChunkState* st, const char* buf, size_t len,
                                 size_t* data_off, size_t* data_len) noexcept nogil
+
+# chunked_advance in framing mode, for a request body on its way to an app: the
+# trailer section is held back (not counted as consumed) until it is whole, then the
+# field lines with a guarded name (guarded_name() != GUARDED_NONE) are cut out of it
+# in place: a trailer must not bring back a field the proxy vouches for or frames by
+# (servers may merge trailers into the request's fields, RFC 9110 §6.5.1). Returns the
+# bytes that belong to the message, or an HTTP1_E* status (< 0). *cut is how many bytes
+# the buffer lost: buf[0:len - *cut] is what it holds now, and after a DONE the next
+# message starts at the returned count. Not DONE and fewer than len: the rest is held;
+# the caller presents it again, unchanged, at the start of its next call, followed by
+# what arrived since. A ChunkState is used in one mode only (this or chunked_advance).
+cdef Py_ssize_t chunked_relay(ChunkState* st, char* buf, size_t len,
+                              size_t* cut) noexcept nogil
+
+# Field names the proxy owns: what frames or routes a message (Host, Content-Length,
+# Transfer-Encoding) and the identity it vouches for (X-Forwarded-Client-Cert). A
+# field name is compared ignoring case, and with '_' read as '-': CGI and WSGI servers
+# file X_Forwarded_Client_Cert and X-Forwarded-Client-Cert under one
+# HTTP_X_FORWARDED_CLIENT_CERT, so a client could forge the one through the other
+# (Envoy's headers_with_underscores_action exists for this).
+cdef enum Guarded:
+    GUARDED_NONE = 0
+    GUARDED_EXACT               # the name as registered ("content-length", any case)
+    GUARDED_UNDERSCORE          # spelled with '_' for '-' ("Content_Length")
+
+cdef Guarded guarded_name(const char* name, size_t n) noexcept nogil
 
 # Routing key of an authority (host[:port], e.g. ReqHead.authority): the host
 # lowercased, without port and without one trailing dot, written to out[0:cap] (no

@@ -5,7 +5,7 @@ from libc.limits cimport INT_MAX
 from libc.stdint cimport INT64_MAX, UINT32_MAX, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport fprintf, stderr
 from libc.stdlib cimport abort
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 
 from fastpath.errors import HTTPError
 
@@ -23,8 +23,8 @@ cdef enum:
 # Character classes, one bit each, in _cls (filled once at import by _init_classes).
 cdef enum:
     _TCHAR = 1      # RFC 9110 §5.6.2 tchar: methods, field names, codings
-    _VCHAR = 2      # 0x21-0x7E: request-target bytes
-    _FIELD = 4      # field-value, reason-phrase, chunk-ext: VCHAR, obs-text, SP, HTAB
+    _TARGET = 2     # request-target bytes as sent: VCHAR (0x21-0x7E) but '#' (no fragment)
+    _FIELD = 4      # field-value, reason-phrase, quoted-string text: VCHAR, obs-text, SP, HTAB
     _HEX = 8
     _DIGIT = 16
     _HOST = 32      # RFC 3986 reg-name: unreserved, sub-delims and '%'
@@ -38,7 +38,7 @@ cdef void _init_classes() noexcept:
     memset(_cls, 0, sizeof(_cls))
     for c in range(256):
         if 0x21 <= c <= 0x7E:
-            _cls[c] |= _VCHAR | _FIELD
+            _cls[c] |= _FIELD if c == c'#' else _TARGET | _FIELD
         elif c >= 0x80 or c == _SP or c == _HT:
             _cls[c] |= _FIELD
         if c'0' <= c <= c'9':
@@ -109,14 +109,18 @@ cdef inline size_t _scan_field(const char* buf, size_t i, size_t e, size_t n) no
 
 
 cdef inline size_t _scan_target(const char* buf, size_t i, size_t e, size_t n) noexcept nogil:
-    """Past the request-target bytes (VCHAR: 0x21-0x7E) from i, up to e."""
+    """Past the request-target bytes (VCHAR: 0x21-0x7E) from i, up to e, stopping at a
+    '#': a fragment is never sent (RFC 9110 §4.2.5), so the caller refuses one where
+    it stands, the SP it expects not being there (Envoy's default too,
+    http_reject_path_with_fragment)."""
     cdef uint64_t x
     while e - i >= 8:
         x = _word(buf, i, n)
-        if _below(x, 0x21) | (x & <uint64_t>0x8080808080808080ULL) | _has_del(x):
+        if (_below(x, 0x21) | (x & <uint64_t>0x8080808080808080ULL) | _has_del(x)
+                | _below(x ^ <uint64_t>0x2323232323232323ULL, 1)):
             break
         i += 8
-    while i < e and (_cls[_at(buf, i, n)] & _VCHAR):
+    while i < e and (_cls[_at(buf, i, n)] & _TARGET):
         i += 1
     return i
 
@@ -259,11 +263,13 @@ cdef struct _Sem:
     Span upgrade
     int host_count
     int host_index
+    int cl_count            # Content-Length elements over all its lines
     int te_count            # Transfer-Encoding field lines
     int te_chunked          # "chunked" list elements over all of them
+    int te_codings          # codings (non-empty elements) over all of them
     bint cl_seen
     bint cl_bad             # a Content-Length element not 1*DIGIT, too big, or differing
-    bint te_empty           # an empty Transfer-Encoding list element
+    bint te_empty           # an empty Transfer-Encoding list element (ignored, §5.6.1)
     bint te_other           # a coding other than chunked
     bint te_last_chunked    # the final coding so far is chunked
     bint host_bad
@@ -333,6 +339,7 @@ cdef void _content_length(const char* buf, size_t p, size_t end, _Sem* sem) noex
             return
         sem.cl = v
         sem.cl_seen = True
+        sem.cl_count += 1
         if e1 >= end:
             return
         p = e1 + 1
@@ -353,13 +360,16 @@ cdef void _list_field(const char* buf, size_t p, size_t end, _Name name,
             t -= 1
         n = t - p
         if name == _N_TRANSFER_ENCODING:
+            # RFC 9110 §5.6.1: a recipient ignores empty list elements (",chunked").
             if n == 0:
                 sem.te_empty = True
             elif _ieq(buf, p, n, b"chunked", 7):
                 sem.te_chunked += 1
+                sem.te_codings += 1
                 sem.te_last_chunked = True
             else:
                 sem.te_other = True
+                sem.te_codings += 1
                 sem.te_last_chunked = False
         elif name == _N_CONNECTION:
             if _ieq(buf, p, n, b"close", 5):
@@ -514,8 +524,9 @@ cdef int _fields(const char* buf, size_t i, size_t n, size_t max_head, const Lim
 cdef int _framing(const _Sem* sem, uint8_t minor, bint response) noexcept nogil:
     """RFC 9112 §6.1 and §6.3 for the framing fields, as one judgement per head."""
     if sem.te_count:
-        # §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
-        if minor == 0 or sem.te_empty or sem.te_chunked > 1:
+        # §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing; so has
+        # one whose Transfer-Encoding names no coding at all.
+        if minor == 0 or sem.te_codings == 0 or sem.te_chunked > 1:
             return HTTP1_ELENGTH
         # §6.3 rule 3: chunked not final in a request → 400 (a response reads to close).
         if not response and not sem.te_last_chunked:
@@ -630,6 +641,8 @@ cdef inline void _req_reset(ReqHead* out) noexcept nogil:
     out.expect_continue = False
     out.upgrade = False
     out.has_host = False
+    out.fold_length = False
+    out.fold_coding = False
 
 
 cdef int parse_request_head(const char* buf, size_t len, ReqHead* out,
@@ -716,9 +729,11 @@ cdef int parse_request_head(const char* buf, size_t len, ReqHead* out,
     if sem.te_count:
         out.chunked = True
         out.body = BODY_CHUNKED
+        out.fold_coding = sem.te_empty or sem.te_count > 1
     elif sem.cl_seen:
         out.content_length = sem.cl
         out.body = BODY_LENGTH if sem.cl > 0 else BODY_NONE
+        out.fold_length = sem.cl_count > 1
     # §9.3: "close" wins; HTTP/1.1 persists by default, HTTP/1.0 only when asked.
     out.keep_alive = not sem.conn_close and (out.version_minor == 1 or sem.conn_keep_alive)
     if out.version_minor == 1:
@@ -743,6 +758,7 @@ cdef inline void _resp_reset(RespHead* out) noexcept nogil:
     out.keep_alive = False
     out.chunked = False
     out.upgrade = False
+    out.fold_length = False
 
 
 cdef int parse_response_head(const char* buf, size_t len, RespHead* out,
@@ -815,6 +831,7 @@ cdef int parse_response_head(const char* buf, size_t len, RespHead* out,
         return rc
     if sem.cl_seen:
         out.content_length = sem.cl
+        out.fold_length = sem.cl_count > 1
     out.chunked = sem.te_count > 0 and sem.te_last_chunked
     out.keep_alive = not sem.conn_close and (out.version_minor == 1 or sem.conn_keep_alive)
     # RFC 9112 §6.3, in its order.
@@ -836,6 +853,35 @@ cdef int parse_response_head(const char* buf, size_t len, RespHead* out,
         out.body = BODY_UNTIL_CLOSE
         out.keep_alive = False
     return head_len
+
+
+# --- names the proxy owns -----------------------------------------------------------------
+
+cdef inline Guarded _guarded_as(const char* name, size_t n, const char* lit) noexcept nogil:
+    """`name` against the lowercase `lit` of the same length, '_' read as '-'."""
+    cdef size_t k
+    cdef unsigned char c
+    cdef bint underscore = False
+    for k in range(n):
+        c = _lower(_at(name, k, n))
+        if c != <unsigned char>lit[k]:
+            if c != c'_' or lit[k] != c'-':
+                return GUARDED_NONE
+            underscore = True
+    return GUARDED_UNDERSCORE if underscore else GUARDED_EXACT
+
+
+cdef Guarded guarded_name(const char* name, size_t n) noexcept nogil:
+    # By length first, as _field_name: most names cost one switch.
+    if n == 4:
+        return _guarded_as(name, n, b"host")
+    if n == 14:
+        return _guarded_as(name, n, b"content-length")
+    if n == 17:
+        return _guarded_as(name, n, b"transfer-encoding")
+    if n == 23:
+        return _guarded_as(name, n, b"x-forwarded-client-cert")
+    return GUARDED_NONE
 
 
 # --- chunked framing: http1_chunked.pxi ----------------------------------------------

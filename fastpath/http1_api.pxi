@@ -132,6 +132,8 @@ def parse_request(bytes data, **limits) -> dict | None:
         "upgrade": bool(head.upgrade),
         "upgrade_value": _span(data, head.upgrade_value),
         "has_host": bool(head.has_host),
+        "fold_length": bool(head.fold_length),
+        "fold_coding": bool(head.fold_coding),
     }
 
 
@@ -168,6 +170,7 @@ def parse_response(bytes data, head_request=False, connect_request=False, **limi
         "keep_alive": bool(head.keep_alive),
         "chunked": bool(head.chunked),
         "upgrade": bool(head.upgrade),
+        "fold_length": bool(head.fold_length),
     }
 
 
@@ -210,6 +213,23 @@ cdef class ChunkedFramer:
                 parts.append(data[pos + off:pos + off + run])
             pos += <size_t>rc
         return pos, b"".join(parts)
+
+    def relay(self, bytearray data) -> int:
+        """chunked_relay() over `data`, which it edits as the engine's buffer is: guarded
+        trailer fields cut out, and `data` shortened by what was cut. Returns the bytes
+        that belong to the message; not done and fewer than len(data): the rest is
+        held, to be given again at the start of the next call. Do not mix with feed()."""
+        cdef size_t cut = 0
+        cdef Py_ssize_t rc
+        cdef char* buf = data
+        cdef size_t n = <size_t>len(data)
+        with nogil:
+            rc = chunked_relay(&self.st, buf, n, &cut)
+        if rc < 0:
+            raise_http_error(<int>rc, False)
+        if cut:
+            del data[n - cut:]
+        return rc
 
     @property
     def done(self) -> bool:

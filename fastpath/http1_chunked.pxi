@@ -22,6 +22,41 @@ cdef inline Py_ssize_t _chunk_fail(ChunkState* st, int rc) noexcept nogil:
     return rc
 
 
+cdef ChunkPhase _ext_next(ChunkPhase phase, unsigned char c) noexcept nogil:
+    """One byte of a chunk extension (the table in http1.pxd): the next phase, or
+    CHUNK_FAILED. A CR is the caller's: it ends the line where the grammar allows. (Not
+    inline: extensions are rare, the loop of the common bytes stays small.)"""
+    cdef unsigned char k = _cls[c]
+    if phase == CHUNK_EXT_QUOTED:
+        # qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text (RFC 9110 §5.6.4)
+        if c == c'"':
+            return CHUNK_EXT_QEND
+        if c == c'\\':
+            return CHUNK_EXT_ESCAPE
+        return phase if k & _FIELD else CHUNK_FAILED
+    if phase == CHUNK_EXT_ESCAPE:
+        return CHUNK_EXT_QUOTED if k & _FIELD else CHUNK_FAILED
+    if _ows(c):
+        if phase == CHUNK_EXT_NAME:
+            return CHUNK_EXT_NAME_BWS
+        if phase == CHUNK_EXT_TOKEN or phase == CHUNK_EXT_QEND:
+            return CHUNK_EXT_BWS
+        return phase                    # BWS goes on in EXT_BWS, _SEMI, _NAME_BWS, _EQ
+    if c == c';':
+        return CHUNK_FAILED if phase == CHUNK_EXT_SEMI or phase == CHUNK_EXT_EQ else CHUNK_EXT_SEMI
+    if c == c'=':
+        return CHUNK_EXT_EQ if phase == CHUNK_EXT_NAME or phase == CHUNK_EXT_NAME_BWS else CHUNK_FAILED
+    if k & _TCHAR:
+        if phase == CHUNK_EXT_SEMI or phase == CHUNK_EXT_NAME:
+            return CHUNK_EXT_NAME
+        if phase == CHUNK_EXT_EQ or phase == CHUNK_EXT_TOKEN:
+            return CHUNK_EXT_TOKEN
+        return CHUNK_FAILED
+    if c == c'"' and phase == CHUNK_EXT_EQ:
+        return CHUNK_EXT_QUOTED
+    return CHUNK_FAILED
+
+
 cdef Py_ssize_t chunked_advance(ChunkState* st, const char* buf, size_t len,
                                 size_t* data_off, size_t* data_len) noexcept nogil:
     cdef size_t i = 0
@@ -66,30 +101,13 @@ cdef Py_ssize_t chunked_advance(ChunkState* st, const char* buf, size_t len,
                 st.phase = CHUNK_SIZE_LF
                 continue
             if c == c';':
-                st.phase = CHUNK_EXT
+                st.phase = CHUNK_EXT_SEMI
             elif _ows(c):
                 # RFC 9112 §7.1.1 allows BWS only before a ';': "5 \r\n" is refused.
-                st.phase = CHUNK_SIZE_BWS
+                st.phase = CHUNK_EXT_BWS
             else:
                 return _chunk_fail(st, HTTP1_EPARSE)
             st.ext_bytes = 1
-            if st.ext_bytes > st.max_chunk_ext:
-                return _chunk_fail(st, HTTP1_ELIMIT_CHUNK)
-        elif st.phase == CHUNK_SIZE_BWS or st.phase == CHUNK_EXT:
-            if c == _CR and st.phase == CHUNK_EXT:
-                st.phase = CHUNK_SIZE_LF
-                continue
-            if st.phase == CHUNK_SIZE_BWS:
-                if c == c';':
-                    st.phase = CHUNK_EXT
-                elif not _ows(c):
-                    return _chunk_fail(st, HTTP1_EPARSE)
-            elif not (_cls[c] & _FIELD):
-                # The extension's grammar is not checked, its bytes are: no CR, LF or
-                # CTL, so the line ends at the one place every parser agrees on (the
-                # "funky chunks" smuggling class lives in lenient ext parsing).
-                return _chunk_fail(st, HTTP1_EPARSE)
-            st.ext_bytes += 1
             if st.ext_bytes > st.max_chunk_ext:
                 return _chunk_fail(st, HTTP1_ELIMIT_CHUNK)
         elif st.phase == CHUNK_SIZE_LF:
@@ -107,6 +125,20 @@ cdef Py_ssize_t chunked_advance(ChunkState* st, const char* buf, size_t len,
             st.size = 0
             st.digits = 0
             st.ext_bytes = 0
+        elif CHUNK_EXT_BWS <= st.phase <= CHUNK_EXT_QEND:
+            if c == _CR:
+                # The line ends only after a whole name or value.
+                if not (st.phase == CHUNK_EXT_NAME or st.phase == CHUNK_EXT_TOKEN
+                        or st.phase == CHUNK_EXT_QEND):
+                    return _chunk_fail(st, HTTP1_EPARSE)
+                st.phase = CHUNK_SIZE_LF
+                continue
+            st.phase = _ext_next(st.phase, c)
+            if st.phase == CHUNK_FAILED:
+                return _chunk_fail(st, HTTP1_EPARSE)
+            st.ext_bytes += 1
+            if st.ext_bytes > st.max_chunk_ext:
+                return _chunk_fail(st, HTTP1_ELIMIT_CHUNK)
         else:
             # The trailer section: field lines (RFC 9112 §7.1.2), then an empty line.
             if st.phase == CHUNK_TRAILER:
@@ -138,3 +170,61 @@ cdef Py_ssize_t chunked_advance(ChunkState* st, const char* buf, size_t len,
             if st.trailer_bytes > st.max_trailer_bytes:
                 return _chunk_fail(st, HTTP1_ELIMIT_CHUNK)
     return <Py_ssize_t>i
+
+
+cdef inline bint _in_trailer(ChunkPhase phase) noexcept nogil:
+    return CHUNK_TRAILER <= phase <= CHUNK_END_LF
+
+
+cdef size_t _cut_guarded(char* buf, size_t sec, size_t end, size_t len) noexcept nogil:
+    """buf[sec:end] is a whole trailer section (framed: field lines, then CRLF) and
+    buf[end:len] what followed it: cuts out the field lines with a guarded name, moving
+    each kept run once. Returns the bytes cut."""
+    cdef size_t p = sec
+    cdef size_t src = sec
+    cdef size_t dst = sec
+    cdef size_t line_end, colon
+    while p + 2 < end:
+        colon = p
+        while _at(buf, colon, end) != c':':
+            colon += 1
+        line_end = colon
+        while _at(buf, line_end, end) != _LF:
+            line_end += 1
+        line_end += 1
+        if guarded_name(buf + p, colon - p) != GUARDED_NONE:
+            if dst != src:
+                memmove(buf + dst, buf + src, p - src)
+            dst += p - src
+            src = line_end
+        p = line_end
+    if src == dst:
+        return 0
+    memmove(buf + dst, buf + src, len - src)
+    return src - dst
+
+
+cdef Py_ssize_t chunked_relay(ChunkState* st, char* buf, size_t len,
+                              size_t* cut) noexcept nogil:
+    cdef size_t held = 0
+    cdef size_t sec
+    cdef Py_ssize_t r
+    cut[0] = 0
+    if st.phase == CHUNK_FAILED:
+        return st.status
+    if _in_trailer(st.phase):
+        # Resumed: buf starts with the section held back last time, scanned already.
+        held = st.trailer_bytes
+        if held > len:
+            return _chunk_fail(st, HTTP1_EPARSE)    # the caller broke the contract
+    r = chunked_advance(st, buf + held, len - held, NULL, NULL)
+    if r < 0:
+        return r
+    r += <Py_ssize_t>held
+    if _in_trailer(st.phase):
+        return r - <Py_ssize_t>st.trailer_bytes     # all of it read: the section waits
+    if st.phase != CHUNK_DONE or st.trailer_bytes <= 2:
+        return r                                    # a body, or no trailer field
+    sec = <size_t>r - st.trailer_bytes
+    cut[0] = _cut_guarded(buf, sec, <size_t>r, len)
+    return r - <Py_ssize_t>cut[0]

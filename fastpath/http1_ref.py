@@ -44,7 +44,7 @@ class _Incomplete(Exception):
 
 
 _T = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"      # tchar
-_V = rb"[\x21-\x7e]"                       # request-target byte
+_V = rb"[\x21\x22\x24-\x7e]"               # request-target byte: VCHAR but '#' (no fragment)
 _F = rb"[\t\x20-\x7e\x80-\xff]"            # field-value / reason / chunk-ext byte
 
 
@@ -70,7 +70,15 @@ _FIELD_PREFIX = re.compile(rb"%s*|%s+:%s*" % (_T, _T, _F))
 _AUTHORITY = re.compile(
     rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+)(?::([0-9]{0,5}))?")
 _DIGITS = re.compile(rb"[0-9]+")
-_EXT = re.compile(rb"[ \t]*;%s*" % _F)
+# RFC 9112 §7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS ( token / quoted ) ] ).
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_EXT_ITEM = rb"[ \t]*;[ \t]*%s+(?:[ \t]*=[ \t]*(?:%s+|%s))?" % (_T, _T, _QUOTED)
+_EXT = re.compile(rb"(?:%s)*" % _EXT_ITEM)
+# Every prefix of a chunk-ext: whole items, then the start of one more.
+_EXT_PREFIX = re.compile(
+    rb"(?:%s)*(?:[ \t]*|[ \t]*;[ \t]*(?:%s+[ \t]*(?:=[ \t]*"
+    rb'(?:"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*\\?)?)?)?)'
+    % (_EXT_ITEM, _T))
 
 
 def limits(**overrides: int) -> dict[str, int]:
@@ -145,8 +153,9 @@ def _framing(headers: list[tuple[bytes, bytes]], minor: int, response: bool) -> 
     te = _values(headers, b"transfer-encoding")
     cl = _values(headers, b"content-length")
     if te:
-        codings = [c.lower() for c in _elements(te)]
-        if minor == 0 or b"" in codings or codings.count(b"chunked") > 1:
+        # RFC 9110 §5.6.1: empty list elements are ignored.
+        codings = [c.lower() for c in _elements(te) if c]
+        if minor == 0 or not codings or codings.count(b"chunked") > 1:
             raise RefError("ELENGTH")
         if not response and codings[-1] != b"chunked":
             raise RefError("ELENGTH")
@@ -263,6 +272,9 @@ def _request(view: bytes, lim: dict[str, int]) -> dict:
         "upgrade": minor == 1 and b"upgrade" in options and bool(upgrades),
         "upgrade_value": upgrades[0] if upgrades else b"",
         "has_host": bool(hosts),
+        "fold_length": body != "chunked" and len(_elements(_values(headers, b"content-length"))) > 1,
+        "fold_coding": chunked and (len(_values(headers, b"transfer-encoding")) > 1
+                                    or b"" in _elements(_values(headers, b"transfer-encoding"))),
     }
 
 
@@ -284,7 +296,7 @@ def _response(view: bytes, lim: dict[str, int], head_request: bool, connect_requ
     minor = 0 if minor_digit == b"0" else 1
     headers, head_len = _fields(view, pos, lim)
     content_length = _framing(headers, minor, response=True)
-    te = [c.lower() for c in _elements(_values(headers, b"transfer-encoding"))]
+    te = [c.lower() for c in _elements(_values(headers, b"transfer-encoding")) if c]
     chunked = bool(te) and te[-1] == b"chunked"
     options = _connection(headers)
     keep_alive = b"close" not in options and (minor == 1 or b"keep-alive" in options)
@@ -311,6 +323,7 @@ def _response(view: bytes, lim: dict[str, int], head_request: bool, connect_requ
         "keep_alive": keep_alive,
         "chunked": chunked,
         "upgrade": status == 101,
+        "fold_length": len(_elements(_values(headers, b"content-length"))) > 1,
     }
 
 
@@ -324,7 +337,34 @@ def _is_tchar(byte: int) -> bool:
 
 def chunked_frame(data: bytes, **overrides: int) -> tuple[int, bool, bytes]:
     """(bytes of `data` in the chunked body, whether it ended, the chunk data)."""
-    lim = limits(**overrides)
+    return _chunked(data, limits(**overrides))[:3]
+
+
+GUARDED = (b"host", b"content-length", b"transfer-encoding", b"x-forwarded-client-cert")
+
+
+def guarded(name: bytes) -> bool:
+    """http1.guarded_name() != GUARDED_NONE: a name the proxy owns, '_' read as '-'."""
+    return name.lower().replace(b"_", b"-") in GUARDED
+
+
+def chunked_relay(data: bytes, **overrides: int) -> tuple[int, bool, bytes]:
+    """What ChunkedFramer.relay makes of `data`: (bytes that belong to the message, as
+    it leaves them; whether it ended; `data` with the guarded trailer lines cut out).
+    Not ended in the trailer section: the section is held, not counted."""
+    consumed, done, _, start = _chunked(data, limits(**overrides))
+    if start is None:
+        return consumed, done, data
+    if not done:
+        return start, False, data
+    lines = data[start:consumed - 2].split(b"\r\n")[:-1] if consumed - 2 > start else []
+    kept = b"".join(line + b"\r\n" for line in lines if not guarded(line.partition(b":")[0]))
+    out = data[:start] + kept + b"\r\n"
+    return len(out), True, out + data[consumed:]
+
+
+def _chunked(data: bytes, lim: dict[str, int]) -> tuple[int, bool, bytes, int | None]:
+    """chunked_frame's answer, and where the trailer section starts (None: not yet)."""
     body: list[bytes] = []
     pos = 0
     while True:
@@ -339,27 +379,23 @@ def chunked_frame(data: bytes, **overrides: int) -> tuple[int, bool, bytes]:
         rest = line[len(digits):]
         if not digits:
             if cr < 0 and not rest:
-                return len(data), False, b"".join(body)
+                return len(data), False, b"".join(body), None
             raise RefError("EPARSE")
-        # First fault by position in what follows the digits: a byte the grammar
-        # BWS* [";" ext-bytes] cannot take, or the (max_chunk_ext + 1)th byte.
+        # First fault by position in what follows the digits: the first byte after
+        # which it is no longer the start of a chunk-ext, or the (max_chunk_ext + 1)th.
         j = 0
-        while j < len(rest) and rest[j] in b" \t":
+        while j < len(rest) and _EXT_PREFIX.fullmatch(rest[:j + 1]) is not None:
             j += 1
-        if j < len(rest) and rest[j] == ord(";"):
-            j += 1
-            while j < len(rest) and _is_field_byte(rest[j]):
-                j += 1
         if len(rest) > lim["max_chunk_ext"] and j > lim["max_chunk_ext"]:
             raise RefError("ELIMIT_CHUNK")
         if j < len(rest):
             raise RefError("EPARSE")
         if cr < 0:
-            return len(data), False, b"".join(body)
+            return len(data), False, b"".join(body), None
         if rest and _EXT.fullmatch(rest) is None:
             raise RefError("EPARSE")
         if cr + 1 >= len(data):
-            return len(data), False, b"".join(body)
+            return len(data), False, b"".join(body), None
         if data[cr + 1] != 0x0A:
             raise RefError("EPARSE")
         pos = cr + 2
@@ -367,12 +403,12 @@ def chunked_frame(data: bytes, **overrides: int) -> tuple[int, bool, bytes]:
             break
         body.append(data[pos:pos + size])
         if len(data) - pos <= size:
-            return len(data), False, b"".join(body)
+            return len(data), False, b"".join(body), None
         pos += size
         if data[pos] != 0x0D:
             raise RefError("EPARSE")
         if pos + 1 >= len(data):
-            return len(data), False, b"".join(body)
+            return len(data), False, b"".join(body), None
         if data[pos + 1] != 0x0A:
             raise RefError("EPARSE")
         pos += 2
@@ -385,10 +421,10 @@ def chunked_frame(data: bytes, **overrides: int) -> tuple[int, bool, bytes]:
     if end is None:
         if len(data) > over:
             raise RefError("ELIMIT_CHUNK")
-        return len(data), False, b"".join(body)
+        return len(data), False, b"".join(body), start
     if end > over:
         raise RefError("ELIMIT_CHUNK")
-    return end, True, b"".join(body)
+    return end, True, b"".join(body), start
 
 
 def _trailers(data: bytes, pos: int) -> tuple[int | None, int | None]:

@@ -426,6 +426,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
     cdef Flow* f = &c.d2u
     cdef uint32_t start, avail
     cdef Py_ssize_t n
+    cdef size_t cut
     cdef int rc, port
     cdef size_t hn
     cdef char host[256]
@@ -453,13 +454,23 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
             if c.req_left == 0:
                 c.req_phase = _after_request(c)
         elif c.req_phase == REQ_CHUNKED:
-            n = chunked_advance(&c.chunk, f.buf + start, avail, NULL, NULL)
+            # Its trailer section is held until whole, and leaves without the fields
+            # the mesh owns (http1.pxd chunked_relay).
+            n = chunked_relay(&c.chunk, f.buf + start, avail, &cut)
             if n < 0:
                 core.counters.http_bad_request += 1
                 return STATUS_RESET
             c.fwd += <uint32_t>n
+            f.tail -= <uint32_t>cut
             if c.chunk.phase == CHUNK_DONE:
                 c.req_phase = _after_request(c)
+            elif <uint32_t>n < avail:
+                if f.eof:
+                    f.tail = start + <uint32_t>n    # never whole: nothing of it to send
+                elif start == 0 and f.tail >= _d2u_cap(core, c):
+                    core.counters.http_bad_request += 1     # a section over a buffer
+                    return STATUS_RESET
+                return STATUS_OK
         else:
             if c.n_pend == ENGINE_HTTP_PIPELINE_MAX:
                 return STATUS_OK        # deep enough: the rest waits for answers
@@ -731,6 +742,12 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     return STATUS_RESET     # cannot happen: _u2d_cap keeps the room
                 f.tail += <uint32_t>added
                 rc += added
+            if resp.fold_length:
+                # RFC 9110 §8.6: a repeated Content-Length goes on as one (after
+                # make_close, whose spans a fold would move).
+                n = fold_response(f.buf + start, f.tail - start, &resp)
+                f.tail -= <uint32_t>n
+                rc -= <int>n
             c.resp_fwd += <uint32_t>rc
             if resp.status < 200 and resp.status != 101:
                 continue                    # interim (100 Continue): the request waits
