@@ -62,6 +62,17 @@ def read_answers(s: socket.socket, n: int) -> list[bytes]:
     return out
 
 
+def inbound_to(mesh: Mesh, app_port: int, other_sni: str | None = None) -> None:
+    """The inbound node's table: demo/backend (and `other_sni`) served by `app_port`."""
+    t = fe.RouteTable()
+    t.set_inbound(mesh.in_sock.fileno())
+    t.add_inbound_route(SNI, server_ctx(mesh.pki), "127.0.0.1", app_port,
+                        service="demo/backend:http", identity=BACKEND_ID)
+    if other_sni is not None:
+        t.add_inbound_route(other_sni, server_ctx(mesh.pki), "127.0.0.1", app_port)
+    mesh.in_node.install(t)
+
+
 def xfcc_lines(answer: bytes) -> list[str]:
     return [line for line in answer.decode(errors="replace").split("\n")
             if line.startswith("x-forwarded-client-cert:")]
@@ -131,11 +142,7 @@ def test_a_101_to_a_request_that_asked_no_upgrade_opens_no_pipe(mesh: Mesh) -> N
 
     app = RawApp(serve)
     try:
-        t = fe.RouteTable()
-        t.set_inbound(mesh.in_sock.fileno())
-        t.add_inbound_route(SNI, server_ctx(mesh.pki), "127.0.0.1", app.port,
-                            service="demo/backend:http", identity=BACKEND_ID)
-        mesh.in_node.install(t)
+        inbound_to(mesh, app.port)
         c = mesh.client()
         c.sendall(headers_request() + headers_request(extra=FORGED_XFCC))
         c.shutdown(socket.SHUT_WR)
@@ -188,12 +195,7 @@ def test_close_delimited_answer_then_another_services_answer(mesh: Mesh, close_l
 
     app = RawApp(serve)
     try:
-        t = fe.RouteTable()
-        t.set_inbound(mesh.in_sock.fileno())
-        t.add_inbound_route(SNI, server_ctx(mesh.pki), "127.0.0.1", app.port,
-                            service="demo/backend:http", identity=BACKEND_ID)
-        t.add_inbound_route("http.other.demo.svc", server_ctx(mesh.pki), "127.0.0.1", app.port)
-        mesh.in_node.install(t)
+        inbound_to(mesh, app.port, "http.other.demo.svc")
         c = mesh.client()
         c.sendall(b"GET /eof HTTP/1.1\r\nHost: backend\r\n\r\n"
                   b"GET /next HTTP/1.1\r\nHost: other\r\n\r\n")
@@ -270,17 +272,24 @@ def test_a_mesh_peer_without_http_alpn_gets_no_raw_pipe_to_an_http_app(
                  == before.get("inbound_protocol_mismatch", 0) + 1, what="counted")
 
 
-def test_a_bare_lf_request_on_a_port_declared_http_is_refused_not_relayed(mesh: Mesh) -> None:
-    """Bare-LF line endings fail the strict parse; on a port declared HTTP that is a 400,
-    never the opaque relay (whose app, lenient about LF, would read the forged field)."""
+def own_port_client(mesh: Mesh, protocol: str) -> socket.socket:
+    """A client of demo/backend's own outboundPort listener, its port declared `protocol`."""
     sock = listener()
     mesh.clients.append(sock)
     t = mesh.outbound_table()
-    index = t.add_service("demo/backend:http-own", SNI, [BACKEND_ID], [("127.0.0.1", mesh.in_port)])
-    t.add_outbound_tcp(sock.fileno(), index, client_ctx(mesh.pki), protocol="http")
+    index = t.add_service(f"demo/backend:{protocol}-own", SNI, [BACKEND_ID],
+                          [("127.0.0.1", mesh.in_port)])
+    t.add_outbound_tcp(sock.fileno(), index, client_ctx(mesh.pki), protocol=protocol)
     mesh.out_node.install(t)
     c = socket.create_connection(("127.0.0.1", port_of(sock)), timeout=TIMEOUT_S)
     mesh.clients.append(c)
+    return c
+
+
+def test_a_bare_lf_request_on_a_port_declared_http_is_refused_not_relayed(mesh: Mesh) -> None:
+    """Bare-LF line endings fail the strict parse; on a port declared HTTP that is a 400,
+    never the opaque relay (whose app, lenient about LF, would read the forged field)."""
+    c = own_port_client(mesh, "http")
     c.sendall(headers_request(extra=FORGED_XFCC).replace(b"\r\n", b"\n"))
     reply = recv_all(c)
     assert reply.startswith(b"HTTP/1.1 400 ")
@@ -293,14 +302,7 @@ def test_an_opaque_listener_never_reaches_a_port_declared_http(mesh: Mesh) -> No
     serves it: the opaque pair is refused at that node (ALPN meshnode-tcp to an HTTP
     port), and counted."""
     _inbound_http_table(mesh, "http")
-    sock = listener()
-    mesh.clients.append(sock)
-    t = mesh.outbound_table()
-    index = t.add_service("demo/backend:tcp-own", SNI, [BACKEND_ID], [("127.0.0.1", mesh.in_port)])
-    t.add_outbound_tcp(sock.fileno(), index, client_ctx(mesh.pki), protocol="tcp")
-    mesh.out_node.install(t)
-    c = socket.create_connection(("127.0.0.1", port_of(sock)), timeout=TIMEOUT_S)
-    mesh.clients.append(c)
+    c = own_port_client(mesh, "tcp")
     c.sendall(headers_request(extra=FORGED_XFCC + "Connection: close\r\n"))
     reply = recv_all(c)
     assert FORGED.encode() not in reply
@@ -311,14 +313,7 @@ def test_an_opaque_listener_never_reaches_a_port_declared_http(mesh: Mesh) -> No
 def test_a_port_with_no_declared_protocol_frames_a_bare_lf_request(mesh: Mesh) -> None:
     """Detection (protocol omitted or auto) looks at how the first line begins: a request
     line with bare LF is HTTP, so it is framed and refused, not relayed opaque."""
-    sock = listener()
-    mesh.clients.append(sock)
-    t = mesh.outbound_table()
-    index = t.add_service("demo/backend:auto-own", SNI, [BACKEND_ID], [("127.0.0.1", mesh.in_port)])
-    t.add_outbound_tcp(sock.fileno(), index, client_ctx(mesh.pki), protocol="auto")
-    mesh.out_node.install(t)
-    c = socket.create_connection(("127.0.0.1", port_of(sock)), timeout=TIMEOUT_S)
-    mesh.clients.append(c)
+    c = own_port_client(mesh, "auto")
     c.sendall(headers_request(extra=FORGED_XFCC).replace(b"\r\n", b"\n"))
     reply = recv_all(c)
     assert reply.startswith(b"HTTP/1.1 400 ")
@@ -350,14 +345,7 @@ def test_a_request_line_split_across_the_detection_deadline_is_framed(mesh: Mesh
     """On a port with no declared protocol, a caller sends "GE", waits out the
     detection deadline, then the rest with a forged identity: still HTTP, framed."""
     _inbound_http_table(mesh, None)
-    sock = listener()
-    mesh.clients.append(sock)
-    t = mesh.outbound_table()
-    index = t.add_service("demo/backend:auto-own", SNI, [BACKEND_ID], [("127.0.0.1", mesh.in_port)])
-    t.add_outbound_tcp(sock.fileno(), index, client_ctx(mesh.pki), protocol="auto")
-    mesh.out_node.install(t)
-    c = socket.create_connection(("127.0.0.1", port_of(sock)), timeout=TIMEOUT_S)
-    mesh.clients.append(c)
+    c = own_port_client(mesh, "auto")
     request = headers_request(extra=FORGED_XFCC)
     c.sendall(request[:2])
     time.sleep(0.5)                     # past ENGINE_SNIFF_TIMEOUT_MS
