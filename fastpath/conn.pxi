@@ -141,6 +141,8 @@ cdef void _count_cut_off(Core* core, Conn* c) noexcept nogil:
 cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
     cdef SideCounters* sc = _counters_of(core, c)
     _invariant(c.state != CONN_FREE, b"connection closed twice")
+    if c.flags & (CONN_SOURCE_HELD | CONN_HANDSHAKE_HELD):
+        _limits_release(core, c, CONN_SOURCE_HELD | CONN_HANDSHAKE_HELD)
     if c.n_pend > 0:
         _count_cut_off(core, c)
     _side_close(&c.down, reset)
@@ -167,7 +169,10 @@ cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
 
 cdef inline void _settle(Core* core, Conn* c, int status) noexcept nogil:
     """The one place a step's status closes a pair (after trying the service's other
-    endpoints when an outbound upstream's setup failed)."""
+    endpoints when an outbound upstream's setup failed); and where an inbound pair's
+    handshake, once over, stops counting against the limits (limits.pxi)."""
+    if c.flags & CONN_HANDSHAKE_HELD and c.state != CONN_HANDSHAKING:
+        _limits_release(core, c, CONN_HANDSHAKE_HELD)
     if status == STATUS_CLOSE and c.flags & CONN_SETTING_UP:
         status = _setup_failed(core, c)
     if status == STATUS_CLOSE:

@@ -148,3 +148,21 @@ cdef enum:
     ENGINE_MAX_BUFFER_BYTES = 16777216
     # Connection slot indexes fit the 30 bits an epoll tag gives them.
     ENGINE_TAG_INDEX_BITS = 30
+    # Limits before authentication (limits.pxi), the engine's own until a table sets
+    # them (Mesh spec.connections, whose defaults these are). Per engine (per worker).
+    # Inbound TLS handshakes under way at once: a full handshake costs this side a
+    # signature and a chain verification, and an idle one a slot until the connect
+    # timeout; a peer's burst of new connections (hundreds at once from one node) waits
+    # its turn on this one thread, so this is well above such a burst.
+    ENGINE_MAX_HANDSHAKES = 1024
+    # Handshakes under way from one source address (a quarter of the above: no one
+    # address takes them all), and connections from one address in all (every connection
+    # from another node comes from its address: a busy node holds many).
+    ENGINE_SOURCE_HANDSHAKES = 256
+    ENGINE_SOURCE_CONNECTIONS = 2048
+    # The inbound side's share of the slots, in thousandths; outbound has the rest.
+    ENGINE_INBOUND_PERMILLE = 500
+    # Out of descriptors with no spare to shed a connection with: the listeners leave
+    # the loop this long (nginx disables accept events for its accept_mutex_delay,
+    # 500 ms, on EMFILE), then come back and try again.
+    ENGINE_ACCEPT_PAUSE_MS = 100

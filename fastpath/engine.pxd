@@ -214,6 +214,13 @@ cdef struct Table:
     # How long an opaque TCP pair whose destination left with this table may go on
     # before it is closed (0: keep the engine's; Mesh drainDuration).
     int64_t drain_ns
+    # Limits before authentication the engine takes on at the swap (limits.pxi; 0:
+    # keep its own): inbound TLS handshakes under way, connections and handshakes per
+    # source address, and the inbound side's share of the slots (thousandths).
+    uint32_t max_handshakes
+    uint32_t max_source_conns
+    uint32_t max_source_handshakes
+    uint32_t inbound_permille
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -338,6 +345,11 @@ cdef enum ConnFlags:
     # HTTP inbound, on an older table: its next request is framed there all the same
     # (the buffer it fills has no room for the current route's fields); it moves after.
     CONN_HOLD_TABLE = 262144
+    # Inbound: counted in its source address's entry (limits.pxi) until it closes ...
+    CONN_SOURCE_HELD = 524288
+    # ... and in the handshakes under way (its own and its source's) until its TLS
+    # handshake ends (_settle) or it closes.
+    CONN_HANDSHAKE_HELD = 1048576
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -391,7 +403,8 @@ cdef struct Conn:
     uint32_t route                 # inbound: index in table.routes (servername callback)
     int lfd                        # outbound: the listener it was accepted on (a table may
                                    # move: found again by fd in the next one)
-    net.sockaddr_storage peer_addr # outbound: the client's address (its identity)
+    net.sockaddr_storage peer_addr # outbound: the client's address (its identity);
+                                   # inbound: the source its limits are counted for
     CallerState caller             # outbound: what the kernel said of the caller's socket
     uint32_t caller_uid            # ... its owner, when CALLER_KNOWN (asked once a pair)
     int64_t close_at_ns            # opaque: its destination left the table; closed then
@@ -485,7 +498,8 @@ cdef struct SideCounters:
     uint64_t connect_timeouts      # the engine's connect was still pending at the deadline
     uint64_t idle_timeouts
     uint64_t aborted               # reset, write to a closed peer, TLS error after setup
-    uint64_t rejected_limit        # accepted and closed at once: no free connection slot
+    uint64_t rejected_limit        # accepted and closed at once: the side's slots are
+                                   # all in use (its budget, limits.pxi)
     uint64_t accept_failures       # accept4 failed (EMFILE, ENFILE, ENOBUFS…)
     uint64_t tls_handshakes        # completed
     uint64_t tls_resumed           # of which resumed a session
@@ -547,6 +561,26 @@ cdef struct Counters:
     uint64_t callers_refused
     uint64_t caller_lookups
     uint64_t caller_lookup_failures
+    # Inbound connections closed at accept, before any TLS (limits.pxi), by the limit
+    # they met: handshakes under way in all, connections from their source address,
+    # handshakes under way from it. (Over the side's budget: inbound.rejected_limit.)
+    uint64_t rejected_handshakes
+    uint64_t rejected_source_conns
+    uint64_t rejected_source_handshakes
+    # Out of descriptors with no spare left: the listeners left the loop for
+    # ENGINE_ACCEPT_PAUSE_MS instead of reporting the same backlog in a busy loop.
+    uint64_t accept_paused
+
+
+# --- limits before authentication (limits.pxi) --------------------------------------------------
+
+# Inbound connections and handshakes under way from one source address: an entry of
+# Core.sources, an open-addressed table (linear probing, backward-shift deletion, no
+# tombstones) keyed by the address, its entry freed when `conns` drops to 0.
+cdef struct SourceCount:
+    uint64_t key[2]                # the IPv6 address; IPv4 as ::ffff:a.b.c.d
+    uint32_t conns                 # 0: the entry is empty
+    uint32_t handshakes
 
 
 # --- the engine's state ------------------------------------------------------------------------
@@ -600,6 +634,22 @@ cdef struct Core:
     int64_t drain_deadline_ns
     uint32_t listeners_out         # 1 once the listeners left the epoll set (published)
     int64_t now_ns                 # CLOCK_MONOTONIC, once per loop iteration
+    # Limits before authentication (limits.pxi): each side's budget of slots (they
+    # add up to max_conns: one side's flood cannot take the other's), and on the
+    # inbound side TLS handshakes under way, in all and per source, and connections
+    # per source. Counted at accept; over a limit, closed before any TLS work.
+    uint32_t max_inbound
+    uint32_t max_outbound
+    uint32_t max_handshakes
+    uint32_t max_source_conns
+    uint32_t max_source_handshakes
+    uint32_t handshakes            # inbound handshakes under way
+    SourceCount* sources           # 2^k >= 2 x max_conns entries: at most half in use
+    uint32_t sources_mask          # entries - 1
+    uint32_t n_sources             # entries in use
+    uint64_t source_seed[2]        # random: where an address hashes cannot be aimed at
+    # Listeners out of the epoll set until then (EMFILE with no spare fd); 0: watched.
+    int64_t accept_resume_ns
     Wheel wheel                    # every pair's timer (timers.pxi)
     Counters counters
     # Request figures (StatRecord) and the peer IDs they name. principals[0] is empty.
@@ -642,6 +692,8 @@ cdef class RouteTable:
     cdef bytes _ticket_keys        # the dispatch ctx's session ticket keys (None: random)
     cdef long _ticket_period_s     # a new ticket key every this many seconds
     cdef long _session_life_s      # an inbound session's life from its full handshake
+    cdef tuple _limits             # set_limits(): (handshakes, per source, handshakes
+                                   # per source, inbound permille); None: the engine's
 
     cdef int _check_fd(self, int fd) except -1
     cdef int _add_caller(self, str address, object client_ctx, str identity,

@@ -276,6 +276,7 @@ include "stats.pxi"         # request figures per (direction, service, peer)
 include "table.pxi"         # route tables: compile, swap, carry-over of endpoint state
 include "carry.pxi"         # open pairs meet a newer table
 include "drain.pxi"         # graceful drain: stop accepting, finish, send clients away
+include "limits.pxi"        # limits before authentication: budgets, handshakes, sources
 
 
 
@@ -296,7 +297,10 @@ cdef class Engine:
     """One worker's data plane: an epoll loop over connection pairs, run by one thread.
 
     `max_connections`: connection pairs at once (each accepted connection and the one
-    the engine opens for it); accepts beyond it are closed and counted. `buffer_bytes`:
+    the engine opens for it), split between the inbound and the outbound side (half
+    each until a table's set_limits() says); accepts beyond a side's budget are
+    closed and counted (limits.pxi). A worker sizes it from its descriptor limit: a
+    pair holds two. `buffer_bytes`:
     the size of a pooled buffer; a pair holds at most one per direction. Timeouts are
     seconds: `connect_timeout_s` bounds a pair's setup (TCP connect and TLS handshake)
     from its accept, `idle_timeout_s` closes a pair in which no byte moved that long.
@@ -312,7 +316,7 @@ cdef class Engine:
                   long long drain_max_bytes=ENGINE_DRAIN_MAX_BYTES):
         cdef Core* core
         cdef uint32_t i
-        cdef size_t n_bufs
+        cdef size_t n_bufs, n_sources
         cdef net.epoll_event ev
         self.core = NULL
         self.state = ENGINE_NEW
@@ -350,6 +354,20 @@ cdef class Engine:
         core.stats = <StatRecord*>calloc(ENGINE_STAT_RECORDS, sizeof(StatRecord))
         core.n_principals = 1               # [0]: no peer / not known (empty)
         core.conns = <Conn*>calloc(core.max_conns, sizeof(Conn))
+        # Limits before authentication (limits.pxi): the engine's own until a table's.
+        core.max_inbound = _share(core.max_conns, ENGINE_INBOUND_PERMILLE)
+        core.max_outbound = core.max_conns - core.max_inbound if core.max_conns > 1 else 1
+        core.max_handshakes = ENGINE_MAX_HANDSHAKES
+        core.max_source_conns = ENGINE_SOURCE_CONNECTIONS
+        core.max_source_handshakes = ENGINE_SOURCE_HANDSHAKES
+        # Per source: never more than half full (an entry per inbound slot at most).
+        n_sources = 2
+        while n_sources < 2 * <size_t>core.max_conns:
+            n_sources *= 2
+        core.sources = <SourceCount*>calloc(n_sources, sizeof(SourceCount))
+        core.sources_mask = <uint32_t>(n_sources - 1)
+        seed = os.urandom(16)
+        memcpy(core.source_seed, <const char*>seed, 16)
         core.ready = <uint32_t*>malloc(core.max_conns * sizeof(uint32_t))
         core.ready_next = <uint32_t*>malloc(core.max_conns * sizeof(uint32_t))
         # Two blocks per slot: never short. Pages nobody touched are not resident.
@@ -357,7 +375,7 @@ cdef class Engine:
         core.pool = <char*>malloc(n_bufs * core.buffer_bytes)
         core.free_bufs = <char**>malloc(n_bufs * sizeof(char*))
         if (core.conns == NULL or core.stats == NULL or core.ready == NULL or core.ready_next == NULL
-                or core.pool == NULL or core.free_bufs == NULL):
+                or core.pool == NULL or core.free_bufs == NULL or core.sources == NULL):
             raise MemoryError()
         # Slots are taken as needed (_conn_new): the array's pages stay untouched, and
         # so out of the worker's RSS, until that many connections were open at once.
@@ -526,6 +544,15 @@ cdef class Engine:
         out["callers_refused"] = snap.callers_refused
         out["caller_lookups"] = snap.caller_lookups
         out["caller_lookup_failures"] = snap.caller_lookup_failures
+        # Limits before authentication: refusals by limit, and what is held now.
+        out["rejected_handshakes"] = snap.rejected_handshakes
+        out["rejected_source_conns"] = snap.rejected_source_conns
+        out["rejected_source_handshakes"] = snap.rejected_source_handshakes
+        out["accept_paused"] = snap.accept_paused
+        out["inbound_budget"] = self.core.max_inbound
+        out["outbound_budget"] = self.core.max_outbound
+        out["handshakes_active"] = self.core.handshakes
+        out["sources_active"] = self.core.n_sources
         out["draining"] = int(mn_acquire_u32(&self.core.listeners_out) != 0)
         out["generation"] = self.core.generation
         return out

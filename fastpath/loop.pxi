@@ -42,8 +42,9 @@ cdef void _accept(Core* core, uint32_t which) noexcept nogil:
     cdef Conn* c
     cdef net.sockaddr_storage peer
     cdef net.socklen_t peer_len
-    if t == NULL:
-        return
+    cdef uint32_t at = 0
+    if t == NULL or core.accept_resume_ns != 0:
+        return                          # (paused: events of this batch, before the pause)
     if inbound:
         lfd = t.inbound_fd
     elif which < t.n_listeners:
@@ -63,21 +64,35 @@ cdef void _accept(Core* core, uint32_t which) noexcept nogil:
             if e == EINTR or e == ECONNABORTED:
                 continue
             sc.accept_failures += 1
-            if (e == EMFILE or e == ENFILE) and core.spare_fd >= 0:
-                # Out of descriptors: level-triggered epoll would report this backlog
-                # forever. Spend the spare fd to take one connection off and close it
-                # (the libuv / nginx trick), then take the spare back.
-                close(core.spare_fd)
-                fd = net.accept4(lfd, NULL, NULL, net.SOCK_CLOEXEC)
-                if fd >= 0:
-                    close(fd)
-                core.spare_fd = c_open(b"/dev/null", O_RDONLY | O_CLOEXEC)
+            if e == EMFILE or e == ENFILE:
+                if core.spare_fd >= 0:
+                    # Out of descriptors: level-triggered epoll would report this backlog
+                    # forever. Spend the spare fd to take one connection off and close it
+                    # (the libuv / nginx trick), then take the spare back.
+                    close(core.spare_fd)
+                    fd = net.accept4(lfd, NULL, NULL, net.SOCK_CLOEXEC)
+                    if fd >= 0:
+                        close(fd)
+                    core.spare_fd = c_open(b"/dev/null", O_RDONLY | O_CLOEXEC)
+                if core.spare_fd < 0:
+                    _accept_pause(core)     # no spare (now): wait, do not spin
             return
+        # Limits before authentication (limits.pxi): over one, closed before any TLS.
+        if inbound:
+            if not _inbound_admit(core, &peer, &at):
+                _refuse(fd)
+                continue
+        elif sc.connections_active >= core.max_outbound:
+            sc.rejected_limit += 1
+            close(fd)                   # a local caller: told as before, with FIN
+            continue
         c = _conn_new(core, t, CONN_INBOUND if inbound else 0)
         if c == NULL:
             sc.rejected_limit += 1
             close(fd)
             continue
+        if inbound:
+            _inbound_hold(core, c, &peer, at)
         c.down.fd = fd                  # TCP_NODELAY: from the listener (_check_fd)
         if _watch(core, fd, _tag(_TAG_DOWN, c.index, c.gen)) != 0:
             sc.accept_failures += 1
@@ -175,6 +190,8 @@ cdef void _wind_down(Core* core) noexcept nogil:
     _invariant(core.counters.outbound.connections_active == 0
                and core.counters.inbound.connections_active == 0,
                b"connections still counted active after the loop")
+    _invariant(core.handshakes == 0 and core.n_sources == 0,
+               b"handshakes or sources still counted after the loop")
 
 
 cdef int _loop(Core* core) noexcept nogil:
@@ -209,6 +226,8 @@ cdef int _loop(Core* core) noexcept nogil:
             timeout_ms = 0
         else:
             timeout_ms = _timers_wait_ms(core)
+            if core.accept_resume_ns != 0:
+                timeout_ms = _pause_wait_ms(core, timeout_ms)
         n = net.epoll_wait(core.epfd, events, ENGINE_EPOLL_EVENTS, timeout_ms)
         if n < 0:
             if errno != EINTR:
@@ -222,6 +241,8 @@ cdef int _loop(Core* core) noexcept nogil:
         if core.n_ready_next > 0:
             _serve_ready(core)
         _timers_run(core)
+        if core.accept_resume_ns != 0 and core.now_ns >= core.accept_resume_ns:
+            _accept_resume(core)
         busy = _now_ns() - core.now_ns
         core.counters.loop_busy_us[_latency_bucket(busy)] += 1
         if busy > <int64_t>core.counters.loop_busy_max_ns:
@@ -253,6 +274,7 @@ cdef void _core_free(Core* core) noexcept nogil:
     for i in range(core.n_principals):
         _name_free(&core.principals[i])
     free(core.conns)
+    free(core.sources)
     free(core.ready)
     free(core.ready_next)
     free(core.pool)

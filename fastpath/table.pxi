@@ -236,6 +236,7 @@ cdef void _swap(Core* core, Table* t) noexcept nogil:
         core.idle_timeout_ns = t.idle_timeout_ns
     if t.drain_ns > 0:
         core.drain_ns = t.drain_ns
+    _limits_take(core, t)
     core.generation = t.generation
     core.counters.tables_installed += 1
     core.counters.tables_live += 1
@@ -243,7 +244,8 @@ cdef void _swap(Core* core, Table* t) noexcept nogil:
         _reach_open_pairs(core)         # carry.pxi: open pairs meet the new table
     if shorter:
         _timers_refile(core)            # idle timers filed for the longer timeout
-    if not core.draining:               # a draining engine accepts nothing more
+    if not core.draining and core.accept_resume_ns == 0:
+        # (Draining, it accepts nothing more; paused, _accept_resume watches them.)
         _listeners_watch(core, t)
     if old != NULL:
         _table_release(core, old)
@@ -376,6 +378,7 @@ cdef class RouteTable:
         self._ticket_keys = None
         self._ticket_period_s = TLS_TICKET_PERIOD_S
         self._session_life_s = TLS_SESSION_LIFE_S
+        self._limits = None
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -486,6 +489,27 @@ cdef class RouteTable:
         self._connect_timeout_s = connect_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._drain_s = drain_s
+
+    def set_limits(self, int max_handshakes, int max_connections_per_source,
+                   int max_handshakes_per_source, double inbound_share) -> None:
+        """Limits before authentication from this table on (limits.pxi; until a table
+        sets them, the engine's ENGINE_* defaults), per engine: inbound TLS handshakes
+        under way at once, inbound connections and handshakes under way from one
+        source address at once, and the inbound side's share of the connection slots
+        (strictly between 0 and 1; outbound has the rest). An inbound connection over
+        one is closed at accept, before any TLS, and counted by the limit it met.
+        Connections already open when a limit is lowered stay open."""
+        for name, value in (("max_handshakes", max_handshakes),
+                            ("max_connections_per_source", max_connections_per_source),
+                            ("max_handshakes_per_source", max_handshakes_per_source)):
+            if not 1 <= value <= ENGINE_MAX_CONNECTIONS:
+                raise ValueError("%s must be 1..%d, not %d"
+                                 % (name, ENGINE_MAX_CONNECTIONS, value))
+        if not 0 < inbound_share < 1:
+            raise ValueError("inbound_share must be strictly between 0 and 1, not %r"
+                             % inbound_share)
+        self._limits = (max_handshakes, max_connections_per_source, max_handshakes_per_source,
+                        min(999, max(1, int(round(inbound_share * 1000)))))
 
     def add_source(self, str address not None, TLSContext client_ctx not None,
                    str identity=None) -> None:
@@ -607,6 +631,9 @@ cdef class RouteTable:
         t.connect_timeout_ns = <int64_t>(self._connect_timeout_s * 1e9)
         t.idle_timeout_ns = <int64_t>(self._idle_timeout_s * 1e9)
         t.drain_ns = <int64_t>(self._drain_s * 1e9)
+        if self._limits is not None:
+            (t.max_handshakes, t.max_source_conns, t.max_source_handshakes,
+             t.inbound_permille) = self._limits
         try:
             if self._services:
                 t.services = <Service*>calloc(len(self._services), sizeof(Service))

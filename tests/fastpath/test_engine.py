@@ -626,7 +626,7 @@ def test_idle_timeout(make_mesh) -> None:
 
 
 def test_connection_limit_rejects_and_counts(make_mesh) -> None:
-    m = make_mesh(out_options={"max_connections": 2})
+    m = make_mesh(out_options={"max_connections": 4})     # outbound's budget: half
     held = [m.client(), m.client()]
     for c in held:
         c.sendall(b"hold")
