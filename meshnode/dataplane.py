@@ -77,6 +77,10 @@ BUFFER_BYTES = 32768
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_IDLE_TIMEOUT_S = 300.0
 DEFAULT_DRAIN_S = 5.0
+# Snapshot keys of the Mesh's limits before authentication: RouteTable.set_limits()'s
+# arguments by the same names.
+_LIMITS = ("max_handshakes", "max_connections_per_source", "max_handshakes_per_source",
+           "inbound_share")
 
 
 def sni_for(port_name: str, fqdn: str) -> str:
@@ -113,10 +117,12 @@ def _listener(address: str, port: int) -> socket.socket:
 
 class DataPlane:
     def __init__(self, node: str, inbound_address: str, inbound_port: int,
-                 contexts: Callable[[str], Contexts | None], http_port: int = 0) -> None:
+                 contexts: Callable[[str], Contexts | None], http_port: int = 0,
+                 max_connections: int = 4096) -> None:
         self.node, self.inbound_port = node, inbound_port
         self._contexts = contexts
-        self.engine = Engine(buffer_bytes=BUFFER_BYTES)
+        # Slots: a worker sizes them from its descriptor limit (meshnode.fdlimit).
+        self.engine = Engine(max_connections=max_connections, buffer_bytes=BUFFER_BYTES)
         self._thread = threading.Thread(target=self.engine.run, name="engine", daemon=True)
         self._inbound = _listener(inbound_address, inbound_port)
         self._outbound: dict[int, socket.socket] = {}  # outbound port -> listener
@@ -192,6 +198,9 @@ class DataPlane:
         table.set_timeouts(float(mesh.get("connect_timeout_s", DEFAULT_CONNECT_TIMEOUT_S)),
                            float(mesh.get("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)),
                            drain_s=drain_s)
+        if all(key in mesh for key in _LIMITS):
+            # Limits before authentication (Mesh spec.connections); else the engine's.
+            table.set_limits(**{key: mesh[key] for key in _LIMITS})
         # The outbound side presents the calling workload's identity (meshnode.callers):
         # the listeners' own only with a single local workload; otherwise each caller's,
         # told apart by user or address, and a caller that is no workload is refused.

@@ -36,9 +36,9 @@ from bus.envelope import Envelope
 
 import fastpath.tls
 
-from . import logs, ticketkeys
+from . import fdlimit, logs, ticketkeys
 from .busnames import ACK_TOPIC, BUNDLE_KEY, BUNDLE_TOPIC, CA, CONTROL, SNAPSHOT_TOPIC
-from .dataplane import DataPlane
+from .dataplane import BUFFER_BYTES, DataPlane
 from .identity.creds import WorkerIdentity
 from .process import Process, base_parser
 
@@ -275,10 +275,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="address of the inbound mTLS listener (port-base+6)")
     args = parser.parse_args(argv)
     proc = Process(f"proxy-{args.worker}", args)
+    # Descriptors first: the engine's slots (each side's budget) are sized from them.
+    before, nofile = fdlimit.raise_nofile()
+    slots = fdlimit.engine_slots(nofile, BUFFER_BYTES)
+    logs.event(proc.log, "fd_limit.raised", before=before, now=nofile, slots=slots)
     try:
         dataplane = DataPlane(proc.node, args.inbound_address, proc.ports.inbound,
                               lambda identity: agent.identity.contexts(identity),
-                              http_port=proc.ports.outbound)
+                              http_port=proc.ports.outbound, max_connections=slots)
     except OSError as exc:
         logs.event(proc.log, "listener.failed", logging.ERROR, name="inbound",
                    port=proc.ports.inbound, error=str(exc))

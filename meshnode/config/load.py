@@ -154,7 +154,11 @@ def _mesh_spec(spec: MeshSpec) -> dict[str, Any]:
         "telemetry": {"accessLog": spec.access_log},
         "connections": {"connectTimeout": format_duration(spec.connect_timeout_s),
                         "idleTimeout": format_duration(spec.idle_timeout_s),
-                        "drainDuration": format_duration(spec.drain_duration_s)},
+                        "drainDuration": format_duration(spec.drain_duration_s),
+                        "maxHandshakes": spec.max_handshakes,
+                        "maxHandshakesPerSource": spec.max_handshakes_per_source,
+                        "maxConnectionsPerSource": spec.max_connections_per_source,
+                        "inboundShare": spec.inbound_share},
     }
 
 

@@ -53,6 +53,19 @@ class MeshSpec:
     # this deadline. Also how long an opaque TCP connection whose destination left the
     # config goes on before it is closed.
     drain_duration_s: float = 5.0
+    # Limits before authentication, per worker (DESIGN §3; the engine's ENGINE_* defaults):
+    # inbound TLS handshakes under way at once, in all and from one source address,
+    # inbound connections from one source address, and the inbound side's share of the
+    # connection slots (outbound has the rest). Over one, a connection is closed at
+    # accept, before any TLS, and counted.
+    max_handshakes: int = 1024
+    max_handshakes_per_source: int = 256
+    max_connections_per_source: int = 2048
+    inbound_share: float = 0.5
+
+
+MAX_LIMIT = 1048576
+"""The most any of the connection limits may be (the engine's most slots)."""
 
 
 MAX_DRAIN_DURATION_S = 30.0

@@ -108,6 +108,11 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
             "connect_timeout_s": mesh.connect_timeout_s,
             "idle_timeout_s": mesh.idle_timeout_s,
             "drain_duration_s": mesh.drain_duration_s,
+            # Limits before authentication: RouteTable.set_limits() by these names.
+            "max_handshakes": mesh.max_handshakes,
+            "max_connections_per_source": mesh.max_connections_per_source,
+            "max_handshakes_per_source": mesh.max_handshakes_per_source,
+            "inbound_share": mesh.inbound_share,
         },
         "nodes": {n.name: {"address": n.spec.address, "inbound_port": n.spec.inbound_port}
                   for n in sorted((r for r in resources if isinstance(r, Node)), key=_by_name)},

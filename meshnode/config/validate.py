@@ -18,6 +18,7 @@ from .model import (
     API_VERSION,
     KINDS,
     MAX_DRAIN_DURATION_S,
+    MAX_LIMIT,
     Key,
     Mesh,
     MeshSpec,
@@ -339,18 +340,41 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     access_log = _opt(d, telemetry, "spec.telemetry", "accessLog", _bool, base.access_log)
     path = "spec.connections"
     conns = _fields(d, spec.get("connections", {}), path,
-                    ("connectTimeout", "idleTimeout", "drainDuration")) or {}
+                    ("connectTimeout", "idleTimeout", "drainDuration", "maxHandshakes",
+                     "maxHandshakesPerSource", "maxConnectionsPerSource", "inboundShare")) or {}
     connect = _opt(d, conns, path, "connectTimeout", _duration(0.05, 86400.0), base.connect_timeout_s)
     idle = _opt(d, conns, path, "idleTimeout", _duration(0.05, 86400.0 * 365), base.idle_timeout_s)
     # Bounded above so that supervisord's stop wait, fixed when the node starts, always
     # outlasts a worker's drain (meshnode.supervise).
     drain = _opt(d, conns, path, "drainDuration", _duration(0.1, MAX_DRAIN_DURATION_S),
                  base.drain_duration_s)
+    limits = _connection_limits(d, conns, path, base)
     if None in (trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log, connect, idle,
-                drain):
+                drain) or limits is None:
         return None
     return MeshSpec(trust_domain or None, mode, workload_ttl, rotate_at, issuer_ttl, access_log,  # type: ignore[arg-type]
-                    connect, idle, drain)  # type: ignore[arg-type]
+                    connect, idle, drain, **limits)  # type: ignore[arg-type]
+
+
+def _limit(d: _Doc, value: object, path: str) -> int | None:
+    return _int(d, value, path, 1, MAX_LIMIT)
+
+
+def _connection_limits(d: _Doc, conns: dict[str, Any], path: str,
+                       base: MeshSpec) -> dict[str, Any] | None:
+    """spec.connections' limits before authentication, as MeshSpec fields. Each is
+    checked on its own: the engine holds a source to the lower of its own and the
+    overall limit, so no combination of valid values is refused."""
+    limits = {
+        "max_handshakes": _opt(d, conns, path, "maxHandshakes", _limit, base.max_handshakes),
+        "max_handshakes_per_source": _opt(d, conns, path, "maxHandshakesPerSource", _limit,
+                                          base.max_handshakes_per_source),
+        "max_connections_per_source": _opt(d, conns, path, "maxConnectionsPerSource", _limit,
+                                           base.max_connections_per_source),
+        # Strictly inside (0, 1): each side keeps a budget of its own.
+        "inbound_share": _opt(d, conns, path, "inboundShare", _fraction, base.inbound_share),
+    }
+    return None if None in limits.values() else limits
 
 
 def _node_spec(d: _Doc, value: object) -> NodeSpec | None:
