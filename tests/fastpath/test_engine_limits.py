@@ -9,11 +9,14 @@ behind the inbound side. Every flood is bounded in count, every wait has a deadl
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import resource
 import socket
 import ssl
 import struct
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -194,7 +197,7 @@ def idle_connect(port: int, source: str, hello: bytes | None = None) -> socket.s
             s.connect(("127.0.0.1", port))
             s.sendall(hello)
         except (ConnectionResetError, BrokenPipeError):
-            pass                        # refused at accept: refused_at_accept() says so
+            pass                        # refused at accept: closed_without_a_byte() says so
         s.setblocking(False)
     return s
 
@@ -204,7 +207,7 @@ def flood(port: int, n: int, source: str = ATTACKER, hellos: int = 0) -> list[so
     return [idle_connect(port, source, hello if i < hellos else None) for i in range(n)]
 
 
-def refused_at_accept(s: socket.socket) -> bool:
+def closed_without_a_byte(s: socket.socket) -> bool:
     """The engine closed the connection without a byte: no TLS was spent on it."""
     s.settimeout(TIMEOUT_S)
     try:
@@ -338,7 +341,7 @@ def test_one_source_gets_only_its_handshakes_and_others_still_handshake(site: Si
         assert stats["sources_active"] == 1
         # A refused connection got no TLS byte: closed at accept.
         extra = idle_connect(port_of(in_sock), ATTACKER, client_hello())
-        assert refused_at_accept(extra)
+        assert closed_without_a_byte(extra)
         extra.close()
         # Another address is not held to the first one's handshakes.
         s, session = mtls(port_of(in_sock), client_ctx(site.pki), "127.0.0.3")
@@ -364,7 +367,7 @@ def test_one_source_gets_only_its_connections_once_handshaken(site: Site) -> Non
         wait_for(lambda: node.stats()["handshakes_active"] == 0, what="handshakes over")
         assert node.stats()["inbound_connections_active"] == 3
         extra = idle_connect(port_of(in_sock), ATTACKER, client_hello())
-        assert refused_at_accept(extra)
+        assert closed_without_a_byte(extra)
         extra.close()
         assert node.stats()["rejected_source_conns"] == 1
         s, session = mtls(port_of(in_sock), ctx, "127.0.0.3")
@@ -383,7 +386,7 @@ def test_handshakes_in_all_are_capped_across_sources(site: Site) -> None:
     try:
         wait_for(lambda: node.stats()["handshakes_active"] == 5, what="five handshakes")
         extra = idle_connect(port_of(in_sock), "127.0.1.9", client_hello())
-        assert refused_at_accept(extra)
+        assert closed_without_a_byte(extra)
         extra.close()
         stats = node.stats()
         assert stats["rejected_handshakes"] == 1 and stats["sources_active"] == 5
@@ -446,7 +449,7 @@ def test_sources_come_and_go_without_a_stale_entry(site: Site) -> None:
             s = idle_connect(port_of(in_sock), addr)
             if len(have) == 2:
                 expected_refused += 1
-                assert refused_at_accept(s), f"{addr} admitted over its limit"
+                assert closed_without_a_byte(s), f"{addr} admitted over its limit"
                 s.close()
                 continue
             have.append(s)
@@ -473,3 +476,109 @@ def test_set_limits_refuses_bad_values_by_name() -> None:
                 "max_handshakes_per_source": 8, "inbound_share": 0.5, **kwargs}
         with pytest.raises(ValueError, match=name):
             t.set_limits(**args)
+
+
+# --- out of descriptors ---------------------------------------------------------------------
+
+# Runs in a child process (its descriptor limit is lowered): an engine with one outbound
+# listener, and every descriptor it could get taken, so that a connection the parent
+# queues on it fails accept4() with EMFILE and the spare cannot be opened again. Prints
+# what the loop did over one second, then gives the descriptors back and prints once
+# the waiting connection was taken.
+_EMFILE_CHILD = r'''
+import json, os, resource, socket, sys, threading, time
+from fastpath import engine as fe, tls
+
+def null_fds():
+    out = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "/dev/null":
+                out.add(int(name))
+        except OSError:
+            pass
+    return out
+
+before = null_fds()
+engine = fe.Engine(max_connections=16)
+spare = max(null_fds() - before)           # the engine's spare descriptor
+lsock = socket.socket()
+lsock.bind(("127.0.0.1", 0))
+lsock.listen(16)
+lsock.setblocking(False)
+t = fe.RouteTable()
+svc = t.add_service("svc", "svc.example", ["spiffe://cluster.local/ns/a/sa/b"], [])
+t.add_outbound_tcp(lsock.fileno(), svc, tls.TLSContext(False))
+engine.install(t)
+thread = threading.Thread(target=engine.run, daemon=True)
+thread.start()
+while engine.generation < 1:
+    time.sleep(0.005)
+port = lsock.getsockname()[1]
+
+# Every number below the spare's taken, and the limit at the spare: closing the spare
+# frees a number the kernel may not hand out, so it cannot be reopened.
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (spare, hard))
+fillers = []
+while True:
+    try:
+        fillers.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        break
+print(port, flush=True)
+sys.stdin.readline()                       # the parent's connection is queued
+
+def iterations():
+    return sum(engine.stats()["loop_busy_us"])
+
+start_cpu = resource.getrusage(resource.RUSAGE_SELF)
+start = iterations()
+time.sleep(1.0)
+end_cpu = resource.getrusage(resource.RUSAGE_SELF)
+stats = engine.stats()
+report = {"iterations": iterations() - start,
+          "cpu_s": (end_cpu.ru_utime + end_cpu.ru_stime) - (start_cpu.ru_utime + start_cpu.ru_stime),
+          "accept_failures": stats["outbound_accept_failures"],
+          "accept_paused": stats.get("accept_paused", 0)}
+for fd in fillers:
+    os.close(fd)
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+print(json.dumps(report), flush=True)
+deadline = time.monotonic() + 10
+while engine.stats()["no_endpoint"] < 1 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(json.dumps({"served": engine.stats()["no_endpoint"]}), flush=True)
+engine.stop()
+thread.join(10)
+'''
+
+
+@pytest.mark.timeout(60)
+def test_out_of_descriptors_with_no_spare_does_not_spin_the_loop() -> None:
+    """EMFILE on accept, and the spare descriptor lost: the listener stays readable, so
+    a level-triggered loop would come back to it at once, forever (a core at 100%).
+    The engine takes its listeners out of the loop for a while instead, and once
+    descriptors are free again it takes the waiting connection."""
+    child = subprocess.Popen([sys.executable, "-c", _EMFILE_CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        port = int(child.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as waiting:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            report = json.loads(child.stdout.readline())
+            # Paused for ENGINE_ACCEPT_PAUSE_MS at a time: about ten tries a second, not
+            # hundreds of thousands of turns.
+            assert report["iterations"] < 200, report
+            assert report["cpu_s"] < 0.3, report
+            assert report["accept_paused"] >= 1 and report["accept_failures"] < 200, report
+            # Descriptors back: the connection is taken (no endpoint: closed and counted).
+            assert json.loads(child.stdout.readline())["served"] == 1
+            assert closed_without_a_byte(waiting)
+        assert child.wait(TIMEOUT_S) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
