@@ -121,6 +121,15 @@ Choices, and why:
   or timed out, handshake failure, identity mismatch, unknown SNI) close the accepted
   connection plainly; failures mid-stream (reset, TLS error) close both sides with RST
   (SO_LINGER 0) so a truncated stream cannot pass for a complete one.
+- Limits before authentication (limits.pxi): the slots are split into an inbound and an
+  outbound budget, so a flood at the inbound port cannot take local callers' slots; on
+  the inbound side, handshakes under way (in all and per source address) and
+  connections per source address are capped. Checked at accept, from a small
+  open-addressed table keyed by the source address (entries freed at zero); a
+  connection over a limit is closed there with RST before SSL_new, and counted by the
+  limit (stats: inbound_rejected_limit, rejected_handshakes, rejected_source_*). Out of
+  descriptors with the spare lost, the listeners leave the loop for
+  ENGINE_ACCEPT_PAUSE_MS (a level-triggered listener would otherwise spin the loop).
 - Timeouts live in a hierarchical timer wheel (timers.pxi), not a scan of the
   connection array: each pair has one timer, filed at the deadline of the state it is
   in, armed, moved and cancelled in O(1) through links in the Conn (no allocation).

@@ -46,7 +46,11 @@ _SIDE_FAILURES = ("connect_failures", "connect_timeouts", "idle_timeouts", "abor
                   "tls_failures_other", "tls_handshake_timeouts")
 _NODE_FAILURES = ("no_endpoint", "identity_mismatch", "tls_unknown_sni", "http_no_route",
                   "http_bad_request", "http_unavailable", "http_head_timeouts",
-                  "http_bad_response", "callers_refused", "caller_lookup_failures")
+                  "http_bad_response", "callers_refused", "caller_lookup_failures",
+                  "rejected_handshakes", "rejected_source_conns", "rejected_source_handshakes")
+# Those of the inbound side (the rest are the outbound side's).
+_INBOUND_FAILURES = frozenset({"tls_unknown_sni", "rejected_handshakes", "rejected_source_conns",
+                               "rejected_source_handshakes"})
 # Istio's default request-duration buckets (ms). The engine keeps finer log-linear
 # microsecond buckets (fastpath.engine.latency_bounds_us); each exported bucket counts
 # the engine buckets that lie wholly below its bound.
@@ -204,8 +208,8 @@ class NodeCollector(Collector):
         for reason in _NODE_FAILURES:
             value = stats.get(reason)
             if isinstance(value, int):
-                failures.add_metric([*labels, "outbound" if reason != "tls_unknown_sni"
-                                     else "inbound", reason], value)
+                failures.add_metric([*labels, "inbound" if reason in _INBOUND_FAILURES
+                                     else "outbound", reason], value)
 
     def _identity(self, body: dict[str, Any], labels: list[str], issued: Metric,
                   refused: Metric, ca_expiry: Metric, expiry: Metric, renew_failed: Metric,

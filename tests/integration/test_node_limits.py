@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import pytest
 import requests
 
-from dataplanekit import settle, worker_reports
+from dataplanekit import metric_total, settle, worker_reports
 from httpapps import HTTPApp
 from mnharness import Node, cmdline_of, pids_of, wait_for
 
@@ -163,7 +163,10 @@ def test_idle_tls_flood_from_one_source_leaves_the_nodes_local_callers_served(
                 assert served(own, f"/own{i}"), "the service's outboundPort starved"
             settle(node)
             assert total(node, "outbound_rejected_limit") == 0
-            assert total(node, "rejected_source_handshakes") >= n - 2 * SOURCE_HANDSHAKES
+            refused = total(node, "rejected_source_handshakes")
+            assert refused >= n - 2 * SOURCE_HANDSHAKES
+            assert metric_total(node, "meshnode_dataplane_failures_total", direction="inbound",
+                                reason="rejected_source_handshakes") == refused
         finally:
             for s in held:
                 s.close()
