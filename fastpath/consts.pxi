@@ -155,10 +155,11 @@ cdef enum:
     # timeout; a peer's burst of new connections (hundreds at once from one node) waits
     # its turn on this one thread, so this is well above such a burst.
     ENGINE_MAX_HANDSHAKES = 1024
-    # Handshakes under way from one source address (a quarter of the above: no one
-    # address takes them all), and connections from one address in all (every connection
-    # from another node comes from its address: a busy node holds many).
-    ENGINE_SOURCE_HANDSHAKES = 256
+    # Handshakes under way from one source address: half of the above, so no one address
+    # takes them all, yet a peer node's burst (its pooled connections coming back at
+    # once, on a loaded host) is not refused; and connections from one address in all
+    # (every connection from another node comes from its address: a busy node holds many).
+    ENGINE_SOURCE_HANDSHAKES = 512
     ENGINE_SOURCE_CONNECTIONS = 2048
     # The inbound side's share of the slots, in thousandths; outbound has the rest.
     ENGINE_INBOUND_PERMILLE = 500

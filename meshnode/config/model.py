@@ -59,7 +59,7 @@ class MeshSpec:
     # connection slots (outbound has the rest). Over one, a connection is closed at
     # accept, before any TLS, and counted.
     max_handshakes: int = 1024
-    max_handshakes_per_source: int = 256
+    max_handshakes_per_source: int = 512
     max_connections_per_source: int = 2048
     inbound_share: float = 0.5
 

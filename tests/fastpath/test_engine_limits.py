@@ -41,7 +41,7 @@ TIMEOUT_S = 10.0
 OLD_POOL = 4096
 ATTACKER = "127.0.0.2"
 # The engine's default: handshakes under way from one source address.
-SOURCE_HANDSHAKES = 256
+SOURCE_HANDSHAKES = 512
 
 
 @dataclass(frozen=True)

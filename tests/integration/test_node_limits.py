@@ -31,7 +31,7 @@ ATTACKER = "127.0.0.2"
 # The one slot pool a worker's engine had before each side got its own budget.
 OLD_POOL = 4096
 # The engine's default: handshakes under way from one address, per worker.
-SOURCE_HANDSHAKES = 256
+SOURCE_HANDSHAKES = 512
 # What the node is started under: a soft descriptor limit a worker must raise.
 STARTED_SOFT_LIMIT = 4096
 IO_TIMEOUT_S = 20.0

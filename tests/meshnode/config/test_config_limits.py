@@ -31,8 +31,8 @@ def test_mesh_connection_limits_default_to_the_engines() -> None:
     """No Mesh, or one that says nothing: the engine's own defaults (fastpath consts)."""
     [mesh] = parse_text(MESH.split("spec:")[0] + "spec: {}\n", "mesh.yaml")
     assert (mesh.spec.max_handshakes, mesh.spec.max_handshakes_per_source,
-            mesh.spec.max_connections_per_source, mesh.spec.inbound_share) == (1024, 256, 2048, 0.5)
-    assert [compile_snapshot([], "n", 1)["mesh"][k] for k in SNAPSHOT_KEYS] == [1024, 256, 2048, 0.5]
+            mesh.spec.max_connections_per_source, mesh.spec.inbound_share) == (1024, 512, 2048, 0.5)
+    assert [compile_snapshot([], "n", 1)["mesh"][k] for k in SNAPSHOT_KEYS] == [1024, 512, 2048, 0.5]
 
 
 def test_snapshot_keys_are_set_limits_arguments() -> None:
