@@ -18,117 +18,23 @@ import ssl
 import struct
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 import pytest
 
 from fastpath import engine as fe
 from fastpath import tls
-from meshnode.identity import pki
 
-from enginekit import Creds, issue, listener, port_of, recv_all, wait_for
+from enginekit import TIMEOUT_S, listener, port_of, recv_all, wait_for
+from test_engine_http import (BACKEND_ID, FRONTEND_ID, SNI, PKI, App, Node,  # noqa: F401
+                              client_ctx, mesh_pki, server_ctx)
 
-TRUST_DOMAIN = "cluster.local"
-FRONTEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/frontend"
-BACKEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/backend"
-SNI = "http.web.demo.svc"
-ALPN = [fe.ALPN_TCP, b"http/1.1"]
-TIMEOUT_S = 10.0
 # The one slot pool every engine had before the sides got budgets of their own.
 OLD_POOL = 4096
 ATTACKER = "127.0.0.2"
 # The engine's default: handshakes under way from one source address.
 SOURCE_HANDSHAKES = 512
-
-
-@dataclass(frozen=True)
-class PKI:
-    bundle_pem: bytes
-    frontend: Creds
-    backend: Creds
-
-
-@pytest.fixture(scope="module")
-def mesh_pki() -> PKI:
-    root = pki.make_root("engine limits test root", TRUST_DOMAIN)
-    issuer = pki.make_issuer(*root, "node-a", 86400)
-    return PKI(pki.cert_pem(root[0]), issue(issuer, FRONTEND_ID), issue(issuer, BACKEND_ID))
-
-
-def client_ctx(p: PKI) -> tls.TLSContext:
-    return tls.TLSContext.for_mesh(False, p.frontend.chain_pem, p.frontend.key_pem,
-                                   p.bundle_pem, ALPN)
-
-
-def server_ctx(p: PKI) -> tls.TLSContext:
-    return tls.TLSContext.for_mesh(True, p.backend.chain_pem, p.backend.key_pem,
-                                   p.bundle_pem, ALPN)
-
-
-class Node:
-    """An Engine running on a thread of its own."""
-
-    def __init__(self, **options) -> None:
-        self.engine = fe.Engine(**options)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.engine.run()
-        except BaseException as exc:
-            self.error = exc
-
-    def install(self, table: fe.RouteTable) -> None:
-        generation = self.engine.install(table)
-        wait_for(lambda: self.engine.generation >= generation, what="table swap")
-
-    def stats(self) -> dict:
-        return self.engine.stats()
-
-    def stop(self) -> None:
-        self.engine.stop()
-        self.thread.join(TIMEOUT_S)
-        assert not self.thread.is_alive(), "Engine.run() did not return after stop()"
-        assert self.error is None, self.error
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        body = f"served {self.path}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request, client_address) -> None:
-        """A connection the engine reset (it passes a client's reset on) is no error of
-        the app's; anything else is printed as usual."""
-        if not isinstance(sys.exc_info()[1], ConnectionResetError):
-            super().handle_error(request, client_address)
-
-
-class App:
-    def __init__(self) -> None:
-        self.server = _Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @dataclass
@@ -229,10 +135,15 @@ def mtls(port: int, ctx: tls.TLSContext, source: str) -> tuple[socket.socket, tl
     return s, session
 
 
+def answered(path: str) -> bytes:
+    """What the app (test_engine_http's) answers a GET of `path` with."""
+    return f"GET {path} host=web\n".encode()
+
+
 def get_over(session: tls.TLSSession, path: str) -> bytes:
     session.write(f"GET {path} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n".encode())
     out = bytearray()
-    while b"served" not in out:
+    while answered(path) not in out:
         chunk = session.read(65536)
         if not chunk:
             break
@@ -297,11 +208,11 @@ def test_idle_tls_flood_from_one_source_leaves_local_outbound_served(
         wait_for(lambda: refusals(a.stats()) >= n, 30.0, "the flood taken off the listener")
 
         for i in range(5):
-            assert b"served /tcp" in http_get(port_of(a_tcp), f"/tcp{i}")
-            assert b"served /http" in http_get(port_of(a_http), f"/http{i}")
+            assert answered(f"/tcp{i}") in http_get(port_of(a_tcp), f"/tcp{i}")
+            assert answered(f"/http{i}") in http_get(port_of(a_http), f"/http{i}")
         s, session = mtls(port_of(a_in), client_ctx(site.pki), "127.0.0.1")
         try:
-            assert b"served /peer" in get_over(session, "/peer")
+            assert answered("/peer") in get_over(session, "/peer")
         finally:
             s.close()
 
@@ -345,7 +256,7 @@ def test_one_source_gets_only_its_handshakes_and_others_still_handshake(site: Si
         extra.close()
         # Another address is not held to the first one's handshakes.
         s, session = mtls(port_of(in_sock), client_ctx(site.pki), "127.0.0.3")
-        assert b"served /other" in get_over(session, "/other")
+        assert answered("/other") in get_over(session, "/other")
         s.close()
     finally:
         for s in held:
@@ -353,7 +264,7 @@ def test_one_source_gets_only_its_handshakes_and_others_still_handshake(site: Si
     # Closed, they give their handshakes back: the address is welcome again.
     wait_for(lambda: node.stats()["sources_active"] == 0, what="the source's entry freed")
     s, session = mtls(port_of(in_sock), client_ctx(site.pki), ATTACKER)
-    assert b"served /again" in get_over(session, "/again")
+    assert answered("/again") in get_over(session, "/again")
     s.close()
     assert node.stats()["handshakes_active"] == 0
 
@@ -371,10 +282,10 @@ def test_one_source_gets_only_its_connections_once_handshaken(site: Site) -> Non
         extra.close()
         assert node.stats()["rejected_source_conns"] == 1
         s, session = mtls(port_of(in_sock), ctx, "127.0.0.3")
-        assert b"served /other" in get_over(session, "/other")
+        assert answered("/other") in get_over(session, "/other")
         s.close()
         for _, session in open_:          # the three admitted still work
-            assert b"served /held" in get_over(session, "/held")
+            assert answered("/held") in get_over(session, "/held")
     finally:
         for s, _ in open_:
             s.close()
@@ -395,7 +306,7 @@ def test_handshakes_in_all_are_capped_across_sources(site: Site) -> None:
             s.close()
     wait_for(lambda: node.stats()["handshakes_active"] == 0, what="handshakes given back")
     s, session = mtls(port_of(in_sock), client_ctx(site.pki), "127.0.1.9")
-    assert b"served /x" in get_over(session, "/x")
+    assert answered("/x") in get_over(session, "/x")
     s.close()
 
 
@@ -420,7 +331,7 @@ def test_each_side_has_its_own_budget(site: Site) -> None:
             s.close()
     wait_for(lambda: node.stats()["inbound_connections_active"] == 0, what="inbound closed")
     # Outbound pairs take outbound slots; their upstreams land on the inbound side.
-    assert b"served /out" in http_get(port_of(out_sock), "/out")
+    assert answered("/out") in http_get(port_of(out_sock), "/out")
 
 
 def test_sources_come_and_go_without_a_stale_entry(site: Site) -> None:

@@ -22,6 +22,7 @@ import requests
 from dataplanekit import metric_total, settle, worker_reports
 from httpapps import HTTPApp
 from mnharness import Node, cmdline_of, pids_of, wait_for
+from test_dataplane_http import service_yaml, workload_yaml
 
 from meshnode.ports import Ports
 
@@ -35,25 +36,6 @@ SOURCE_HANDSHAKES = 512
 # What the node is started under: a soft descriptor limit a worker must raise.
 STARTED_SOFT_LIMIT = 4096
 IO_TIMEOUT_S = 20.0
-
-CONFIG = """\
-apiVersion: meshnode.io/v1alpha1
-kind: Service
-metadata: {{name: backend, namespace: demo}}
-spec:
-  selector: {{app: backend}}
-  ports:
-    - {{name: http, port: 8080, protocol: HTTP, outboundPort: {own}}}
----
-apiVersion: meshnode.io/v1alpha1
-kind: Workload
-metadata: {{name: backend-v1, namespace: demo}}
-spec:
-  address: 127.0.0.1
-  ports: {{http: {app_port}}}
-  labels: {{app: backend}}
-  serviceAccount: backend
-"""
 
 MESH = """\
 apiVersion: meshnode.io/v1alpha1
@@ -127,7 +109,9 @@ def test_idle_tls_flood_from_one_source_leaves_the_nodes_local_callers_served(
         own = free_port()
         config = resource_dir / "config"
         config.mkdir()
-        (config / "backend.yaml").write_text(CONFIG.format(own=own, app_port=app.port))
+        service = service_yaml().replace("protocol: HTTP}",
+                                         f"protocol: HTTP, outboundPort: {own}}}", 1)
+        (config / "backend.yaml").write_text(service + "---\n" + workload_yaml(app.port))
         node = make_node()
         # Started under a low soft limit (inherited): each worker raises its own.
         hard = descriptors
