@@ -154,7 +154,8 @@ cdef inline bint _blank(unsigned char x) noexcept nogil:
 cdef int _begins_request(const char* b, uint32_t n) noexcept nogil:
     """Do the first bytes begin an HTTP/1.x request line: a method token, blanks, a
     target, blanks, "HTTP/"? 1 yes, -1 no, 0 too few bytes to tell. Read leniently
-    (empty lines before, any blanks, any case), so that whatever a lenient app would
+    (empty lines before, any blanks, any case, a method token of any length: Go's
+    net/http and h11 take one of any length), so that whatever a lenient app would
     take for a request is framed (strictly) and not relayed as it came."""
     cdef uint32_t i = 0
     cdef uint32_t m, t, k
@@ -162,10 +163,8 @@ cdef int _begins_request(const char* b, uint32_t n) noexcept nogil:
     while i < n and (b[i] == c'\r' or b[i] == c'\n'):
         i += 1
     m = i
-    while i < n and i - m <= 32 and _tchar(<unsigned char>b[i]):
+    while i < n and _tchar(<unsigned char>b[i]):
         i += 1
-    if i - m > 32:
-        return -1
     if i == n:
         return 0
     if i == m or not _blank(<unsigned char>b[i]):

@@ -1,0 +1,82 @@
+"""A second reader's attacks on issue 10's data plane (identity and input holes), each
+replayed over real engines, mutual TLS and sockets on loopback, and named after the
+attack. Fixtures are those of test_engine_http.py; the app that shows what reached it
+raw is test_engine_header_holes.py's EchoApp; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from fastpath import engine as fe
+
+from enginekit import TIMEOUT_S, recv_all
+from test_engine_header_holes import EchoApp
+from test_engine_http import (BACKEND_ID, FRONTEND_ID, SNI, Mesh, mesh, mesh_pki,  # noqa: F401
+                              server_ctx)
+from test_engine_smuggling import _tls_client
+
+pytestmark = pytest.mark.timeout(60)
+
+FORGED = b"spiffe://cluster.local/ns/ops/sa/admin"
+FORGED_XFCC = b"X-Forwarded-Client-Cert: By=" + BACKEND_ID.encode() + b";URI=" + FORGED + b"\r\n"
+REAL_XFCC = f"By={BACKEND_ID};URI={FRONTEND_ID}".encode()
+
+
+def _echo_route(m: Mesh, app: EchoApp, protocol: str | None = None) -> None:
+    t = fe.RouteTable()
+    t.set_inbound(m.in_sock.fileno())
+    kw = {} if protocol is None else {"protocol": protocol}
+    t.add_inbound_route(SNI, server_ctx(m.pki), "127.0.0.1", app.port,
+                        service="demo/backend:http", identity=BACKEND_ID, **kw)
+    m.in_node.install(t)
+
+
+@pytest.fixture
+def echo_auto(mesh: Mesh):
+    """The app behind the inbound port echoes each request raw; its port declares no
+    protocol (detection from the first bytes)."""
+    app = EchoApp()
+    _echo_route(mesh, app)
+    yield app
+    app.close()
+
+
+def as_mesh_peer(m: Mesh, payload: bytes, alpn: list[str] | None = None) -> bytes:
+    """`payload` sent to the inbound port by a holder of a mesh certificate; all the
+    answer until the node closes or TIMEOUT_S."""
+    raw = socket.create_connection(("127.0.0.1", m.in_port), timeout=TIMEOUT_S)
+    s = _tls_client(m.pki, alpn).wrap_socket(raw, server_hostname=SNI)
+    with s:
+        s.sendall(payload)
+        out = bytearray()
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+                if b"Connection: close" in out or len(out) > 1 << 20:
+                    break
+        except (OSError, TimeoutError):
+            pass
+        return bytes(out)
+
+
+# --- detection: what a lenient app takes for a request is framed ----------------------------
+
+
+@pytest.mark.parametrize("alpn", [None, ["meshnode-tcp"]], ids=["no-alpn", "meshnode-tcp"])
+def test_a_long_method_token_on_an_auto_port_is_not_relayed_raw(mesh: Mesh, echo_auto: EchoApp,
+                                                                alpn) -> None:
+    """Go's net/http and h11 take any token for a method, whatever its length: a request
+    line whose method is longer than detection looked at (32 bytes) was judged "not
+    HTTP" and relayed opaque, its forged x-forwarded-client-cert read by the app."""
+    method = b"X" * 40
+    reply = as_mesh_peer(mesh, method + b" /who HTTP/1.1\r\nHost: backend\r\n" + FORGED_XFCC
+                         + b"Connection: close\r\n\r\n", alpn)
+    assert FORGED not in reply, reply
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+    assert REAL_XFCC in reply
