@@ -128,6 +128,12 @@ cdef int _inbound_open(Core* core, Conn* c, bint http) noexcept nogil:
     if c.table != core.table:
         _inbound_current(core, c)       # a push came while its first bytes were awaited
     route = &c.table.routes[c.route]
+    # The declared protocol wins, on the table the pair goes on with: a push that
+    # declared the port while its first bytes were awaited decides, not the detection.
+    if route.protocol == PROTO_HTTP:
+        http = True
+    elif route.protocol == PROTO_TCP:
+        http = False
     if http:
         c.flags |= CONN_HTTP
         c.head_reserve = _request_room(&route.chain, c)

@@ -7,6 +7,7 @@ raw is test_engine_header_holes.py's EchoApp; every wait is bounded.
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -51,18 +52,23 @@ def as_mesh_peer(m: Mesh, payload: bytes, alpn: list[str] | None = None) -> byte
     s = _tls_client(m.pki, alpn).wrap_socket(raw, server_hostname=SNI)
     with s:
         s.sendall(payload)
-        out = bytearray()
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                out += chunk
-                if b"Connection: close" in out or len(out) > 1 << 20:
-                    break
-        except (OSError, TimeoutError):
-            pass
-        return bytes(out)
+        return answer(s)
+
+
+def answer(s: socket.socket, quiet_s: float = 1.0) -> bytes:
+    """What `s` receives until it ends or stays quiet for `quiet_s` (the echo app keeps
+    its connections open)."""
+    out = bytearray()
+    s.settimeout(quiet_s)
+    try:
+        while len(out) < 1 << 20:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except (OSError, TimeoutError):
+        pass
+    return bytes(out)
 
 
 # --- detection: what a lenient app takes for a request is framed ----------------------------
@@ -80,3 +86,23 @@ def test_a_long_method_token_on_an_auto_port_is_not_relayed_raw(mesh: Mesh, echo
     assert FORGED not in reply, reply
     assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
     assert REAL_XFCC in reply
+
+
+# --- a config push that declares a port HTTP, while a connection's first bytes are awaited ----
+
+
+def test_a_silent_peer_during_a_push_that_declares_the_port_http_gets_no_raw_pipe(
+        mesh: Mesh, echo_auto: EchoApp) -> None:
+    """A mesh peer connects to a port with no declared protocol and says nothing; the
+    operator then declares the port HTTP. At the detection deadline the silent pair
+    was opened as opaque TCP on the new table, a raw pipe to a port declared HTTP, and
+    the request sent after it reached the app with its forged identity."""
+    raw = socket.create_connection(("127.0.0.1", mesh.in_port), timeout=TIMEOUT_S)
+    s = _tls_client(mesh.pki, None).wrap_socket(raw, server_hostname=SNI)
+    with s:
+        _echo_route(mesh, echo_auto, "http")        # well inside the 200 ms deadline
+        time.sleep(0.4)                             # the deadline passes
+        s.sendall(b"GET /who HTTP/1.1\r\nHost: backend\r\n" + FORGED_XFCC
+                  + b"Connection: close\r\n\r\n")
+        reply = answer(s)
+    assert FORGED not in reply, reply
