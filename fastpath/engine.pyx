@@ -196,12 +196,13 @@ from posix.unistd cimport close, read, write
 
 from fastpath.includes cimport diag, net, openssl
 from fastpath.http1 cimport (BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL,
-                             BODY_UNTIL_CLOSE, CHUNK_DONE, METHOD_CONNECT, METHOD_DELETE,
+                             BODY_UNTIL_CLOSE, CHUNK_DONE, GUARDED_EXACT, METHOD_CONNECT,
+                             METHOD_DELETE,
                              METHOD_GET, METHOD_HEAD, METHOD_OPTIONS, METHOD_PUT,
                              METHOD_TRACE, Method, ReqHead,
                              RespHead, TARGET_ABSOLUTE, authority_host, chunk_init,
                              chunked_advance, chunked_relay, limits_init, parse_request_head,
-                             parse_response_head, request_error_status)
+                             parse_response_head, request_error_status, guarded_name)
 from fastpath.tls cimport (TLSContext, peer_spiffe_id, raise_tls_error, session_mark_origin,
                           session_offerable, ticket_policy_keep)
 from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, fold_response,

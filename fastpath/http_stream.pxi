@@ -309,15 +309,32 @@ cdef inline ReqPhase _after_request(Conn* c) noexcept nogil:
     return REQ_HEAD
 
 
-cdef int _upgrade_answered(Conn* c, const RespHead* resp) noexcept nogil:
+cdef bint _framed_as_message(const char* b, const RespHead* resp) noexcept nogil:
+    """Does a response head carry Content-Length or Transfer-Encoding?"""
+    cdef uint32_t i
+    if resp.content_length >= 0 or resp.chunked:
+        return True
+    for i in range(resp.header_count):
+        if (resp.headers[i].name.len == 17
+                and guarded_name(b + resp.headers[i].name.off, 17) == GUARDED_EXACT):
+            return True
+    return False
+
+
+cdef int _upgrade_answered(Conn* c, const RespHead* resp, const char* b) noexcept nogil:
     """The final answer to a request that asked to leave HTTP (c.upgrade ASKED):
     granted (101, 2xx to CONNECT) the client's bytes become a pipe once its body is
     framed; refused, they are framed as requests again. -1 when a 101 answers a
     request that asked for no upgrade (or a CONNECT): no pipe the caller did not ask
-    for."""
+    for; and when a 2xx to CONNECT (head at `b`) is framed as a message, with a
+    Content-Length or Transfer-Encoding: a tunnel's has neither (RFC 9110 §9.3.6: a
+    server MUST NOT send them), that is an app answering every method alike, still
+    reading requests, and a pipe would hand it the client's next bytes unframed."""
     if resp.body == BODY_TUNNEL:
         if c.upgrade != UPGRADE_ASKED or c.n_pend != 1 or (
                 resp.status == 101 and c.pend_method[c.pend_first] == METHOD_CONNECT):
+            return -1
+        if resp.status != 101 and _framed_as_message(b, resp):
             return -1
         if c.req_phase == REQ_UPGRADE_WAIT:
             c.req_phase = REQ_TUNNEL
@@ -721,10 +738,11 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                                              <Method>c.pend_method[c.pend_first])
             if (resp.status >= 200 or resp.body == BODY_TUNNEL) and (
                     c.upgrade != UPGRADE_NONE or resp.body == BODY_TUNNEL):
-                if _upgrade_answered(c, &resp) != 0:
+                if _upgrade_answered(c, &resp, f.buf + start) != 0:
                     core.counters.http_bad_response += 1
                     if c.resp_fwd == 0:
-                        _http_reply(core, c, 502, b"upgrade nobody asked for\n", -1)
+                        _http_reply(core, c, 502, b"upgrade nobody asked for, or a "
+                                    b"CONNECT answered as a message\n", -1)
                         return STATUS_CLOSE
                     return STATUS_RESET
             c.resp_status = resp.status

@@ -106,3 +106,26 @@ def test_a_silent_peer_during_a_push_that_declares_the_port_http_gets_no_raw_pip
                   + b"Connection: close\r\n\r\n")
         reply = answer(s)
     assert FORGED not in reply, reply
+
+
+# --- CONNECT to an app that is no proxy ------------------------------------------------------
+
+
+def test_smuggling_behind_a_connect_that_a_catch_all_handler_answers_200(mesh: Mesh) -> None:
+    """An app whose catch-all handler answers every method 200 with a body (and goes on
+    reading requests) "grants" a CONNECT by the engine's reading: the bytes behind went
+    to it as a raw pipe, and the request there reached it with a forged identity. A
+    tunnel's 2xx carries no Content-Length or Transfer-Encoding (RFC 9110 §9.3.6: a
+    server MUST NOT send them), so such an answer is no tunnel: refused, 502."""
+    app = EchoApp()
+    try:
+        _echo_route(mesh, app, "http")
+        c = mesh.client()
+        c.sendall(b"CONNECT backend:8080 HTTP/1.1\r\nHost: backend:8080\r\n\r\n"
+                  b"GET /who HTTP/1.1\r\nHost: backend\r\n" + FORGED_XFCC + b"\r\n")
+        reply = answer(c)
+    finally:
+        app.close()
+    assert FORGED not in reply, reply
+    assert reply.startswith(b"HTTP/1.1 502 "), reply
+    assert mesh.in_node.stats()["http_bad_response"] == 1
