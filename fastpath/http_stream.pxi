@@ -210,6 +210,51 @@ cdef int64_t _absolute_form(Core* core, Flow* f, uint32_t base, ReqHead* req) no
     return <int64_t>alen - vlen - cut
 
 
+cdef inline bint _lower_is(unsigned char x, unsigned char lower) noexcept nogil:
+    return x == lower or (x >= c'A' and x <= c'Z' and x + 32 == lower)
+
+
+cdef bint _token_in(const char* v, uint32_t n, const char* token, uint32_t m) noexcept nogil:
+    """Is `token` (lowercase) an element of the comma list v[0:n], any case?"""
+    cdef uint32_t p = 0
+    cdef uint32_t e, t, k
+    while p <= n:
+        while p < n and (v[p] == c' ' or v[p] == c'\t'):
+            p += 1
+        e = p
+        while e < n and v[e] != c',':
+            e += 1
+        t = e
+        while t > p and (v[t - 1] == c' ' or v[t - 1] == c'\t'):
+            t -= 1
+        if t - p == m:
+            k = 0
+            while k < m and _lower_is(<unsigned char>v[p + k], <unsigned char>token[k]):
+                k += 1
+            if k == m:
+                return True
+        p = e + 1
+    return False
+
+
+cdef bint _asks_h2c(const char* b, const ReqHead* req) noexcept nogil:
+    """Does an Upgrade field of the request head at b list h2c (any of its lines, as
+    Go's h2c handler reads them)?"""
+    cdef uint32_t i, k
+    cdef const char* name
+    for i in range(req.header_count):
+        if req.headers[i].name.len != 7:
+            continue
+        name = b + req.headers[i].name.off
+        k = 0
+        while k < 7 and _lower_is(<unsigned char>name[k], <unsigned char>(b"upgrade"[k])):
+            k += 1
+        if k == 7 and _token_in(b + req.headers[i].value.off, req.headers[i].value.len,
+                                b"h2c", 3):
+            return True
+    return False
+
+
 cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept nogil:
     """A request head at d2u.buf + base, for the current upstream: edit it for the
     next hop, count it as framed, and expect its body. STATUS_OK, STATUS_AGAIN
@@ -224,6 +269,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     cdef int64_t delta = 0
     cdef int64_t grow
     cdef uint32_t i
+    cdef bint h2c
     cdef FilterCall call
     cdef const FilterChain* chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
                                      else &c.table.services[c.service].chain)
@@ -236,6 +282,14 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
                 c.d2u.tail - base - req.method_span.off)
         c.d2u.tail -= req.method_span.off
         parse_request_head(c.d2u.buf + base, c.d2u.tail - base, req, &core.http_limits)
+    # h2c is HTTP/2 over this connection: granted, the requests after it would reach the
+    # app unframed, their identity fields as the client wrote them ("h2c smuggling").
+    # Not an upgrade here, as in Envoy: outbound the request goes on without its
+    # Upgrade, Connection and HTTP2-Settings (hop-by-hop fields, below); inbound an
+    # app's 101 to it is a 502. (Looked at before the steps edit the head.)
+    h2c = req.upgrade and _asks_h2c(c.d2u.buf + base, req)
+    if h2c:
+        req.upgrade = False
     if _chain_at(chain, PHASE_REQUEST):
         call.phase = PHASE_REQUEST
         call.req = req
@@ -256,6 +310,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
             # The engine's own edits below work on the head as the steps left it.
             parse_request_head(c.d2u.buf + base, c.d2u.tail - base, req, &core.http_limits)
             delta = 0
+            req.upgrade = req.upgrade and not h2c
         if req.version_minor == 1 and not req.upgrade:
             delta = -<int64_t>strip_hop_fields(c.d2u.buf + base, c.d2u.tail - base, req)
             c.d2u.tail = <uint32_t>(c.d2u.tail + delta)
