@@ -154,19 +154,25 @@ cdef inline bint _tchar(unsigned char x) noexcept nogil:
 
 
 cdef inline bint _blank(unsigned char x) noexcept nogil:
-    return x == c' ' or x == c'\t'
+    """A byte some app takes for the space between the parts of a request line: SP,
+    HTAB, and the rest of what Python's str.split() splits a latin-1 line on (VT, FF,
+    CR, FS to US, NEL, NBSP: http.server's parse_request)."""
+    return (x == c' ' or x == c'\t' or x == 0x0b or x == 0x0c or x == c'\r'
+            or (x >= 0x1c and x <= 0x1f) or x == 0x85 or x == 0xa0)
 
 
 cdef int _begins_request(const char* b, uint32_t n) noexcept nogil:
     """Do the first bytes begin an HTTP/1.x request line: a method token, blanks, a
-    target, blanks, "HTTP/"? 1 yes, -1 no, 0 too few bytes to tell. Read leniently
-    (empty lines before, any blanks, any case, a method token of any length: Go's
-    net/http and h11 take one of any length), so that whatever a lenient app would
-    take for a request is framed (strictly) and not relayed as it came."""
+    target, blanks, "HTTP/"? 1 yes, -1 no, 0 too few bytes to tell. Read leniently,
+    so that whatever a lenient app would take for a request is framed (strictly) and
+    not relayed as it came: empty lines and blanks before, any blanks between the
+    parts, any case, a method token of any length (Go's net/http and h11 take one of
+    any length), and "GET target" alone on its line (HTTP/0.9's form, for which
+    Python's http.server still reads the field lines that follow)."""
     cdef uint32_t i = 0
     cdef uint32_t m, t, k
     cdef const char* version = b"http/"
-    while i < n and (b[i] == c'\r' or b[i] == c'\n'):
+    while i < n and (b[i] == c'\n' or _blank(<unsigned char>b[i])):
         i += 1
     m = i
     while i < n and _tchar(<unsigned char>b[i]):
@@ -178,14 +184,19 @@ cdef int _begins_request(const char* b, uint32_t n) noexcept nogil:
     while i < n and _blank(<unsigned char>b[i]):
         i += 1
     t = i
-    while i < n and not _blank(<unsigned char>b[i]) and b[i] != c'\r' and b[i] != c'\n':
+    while i < n and not _blank(<unsigned char>b[i]) and b[i] != c'\n':
         i += 1
     if i == n:
         return 0
-    if i == t or not _blank(<unsigned char>b[i]):
+    if i == t:
         return -1
     while i < n and _blank(<unsigned char>b[i]):
         i += 1
+    if i == n:
+        return 0
+    if b[i] == c'\n':
+        return 1 if i - m >= 3 and memcmp(b + m, b"GET", 3) == 0 and not _tchar(
+            <unsigned char>b[m + 3]) else -1
     for k in range(5):
         if i + k == n:
             return 0

@@ -228,3 +228,28 @@ def test_h2c_smuggling_from_a_mesh_peer(mesh: Mesh, h2c: H2cApp) -> None:
     assert not any(FORGED in got for got in h2c.seen), h2c.seen
     assert FORGED not in reply
     assert reply.startswith(b"HTTP/1.1 502 "), reply
+
+
+# --- detection against what Python's http.server takes for a request ------------------------
+
+
+@pytest.mark.parametrize("line", [
+    b"GET /headers\r\n",                    # HTTP/0.9's form: it still reads the fields
+    b" GET /headers HTTP/1.1\r\n",          # whitespace before the method
+    b"GET\x0b/headers\x0cHTTP/1.1\r\n",     # VT, FF between the parts (str.split())
+    b"GET /headers\rHTTP/1.1\r\n",          # a bare CR between them
+    b"GET\x1f/headers\xa0HTTP/1.1\r\n",     # what str.split() also splits latin-1 on
+], ids=["http09", "leading-space", "vt-ff", "bare-cr", "unit-separator-nbsp"])
+def test_a_request_line_python_http_server_accepts_is_not_relayed_raw_on_an_auto_port(
+        mesh: Mesh, line: bytes) -> None:
+    """Python's http.server (the demo backend's, and many small apps') splits a request
+    line on any whitespace, skips it before the method, and takes "GET /path" for an
+    HTTP/0.9 request whose fields it still reads. Detection judged such a line not
+    HTTP: the pair went opaque to the app, which read the forged identity."""
+    t = fe.RouteTable()
+    t.set_inbound(mesh.in_sock.fileno())
+    t.add_inbound_route(SNI, server_ctx(mesh.pki), "127.0.0.1", mesh.app.port,
+                        service="demo/backend:http", identity=BACKEND_ID)
+    mesh.in_node.install(t)
+    reply = as_mesh_peer(mesh, line + b"Host: backend\r\n" + FORGED_XFCC + b"\r\n")
+    assert FORGED not in reply, reply
