@@ -241,7 +241,16 @@ cdef int _sniff(Core* core, Conn* c) noexcept nogil:
 
 
 cdef int _sniffed(Core* core, Conn* c, bint http) noexcept nogil:
-    """CONN_SNIFFING decided (or timed out: not HTTP): go on as HTTP or opaque TCP."""
+    """CONN_SNIFFING decided (or timed out: not HTTP): go on as HTTP or opaque TCP;
+    a port that a push declared while its first bytes were awaited goes on as
+    declared."""
+    cdef OutboundListener* l
+    if not c.flags & CONN_INBOUND and c.table != core.table and c.lfd >= 0:
+        l = _listener_in(core.table, c.lfd)
+        if l != NULL and l.framed:
+            http = True
+        elif l != NULL and not l.sniff and not l.http:
+            http = False
     if http:
         core.counters.sniffed_http += 1
     else:

@@ -13,10 +13,10 @@ import pytest
 
 from fastpath import engine as fe
 
-from enginekit import TIMEOUT_S, recv_all
+from enginekit import TIMEOUT_S, listener, port_of, recv_all
 from test_engine_header_holes import EchoApp, read_request
 from test_engine_http import (BACKEND_ID, FRONTEND_ID, SNI, Mesh, RawApp, mesh, mesh_pki,  # noqa: F401
-                              server_ctx)
+                              client_ctx, server_ctx)
 from test_engine_smuggling import _tls_client
 
 pytestmark = pytest.mark.timeout(60)
@@ -253,3 +253,38 @@ def test_a_request_line_python_http_server_accepts_is_not_relayed_raw_on_an_auto
     mesh.in_node.install(t)
     reply = as_mesh_peer(mesh, line + b"Host: backend\r\n" + FORGED_XFCC + b"\r\n")
     assert FORGED not in reply, reply
+
+
+def test_a_silent_caller_during_a_push_that_declares_its_service_port_http_is_framed(
+        mesh: Mesh) -> None:
+    """The outbound side of the same race: a local caller connects to a service port
+    with no declared protocol and says nothing; the push declares the port HTTP. At
+    the detection deadline the pair went opaque (ALPN meshnode-tcp), though its port
+    is declared HTTP now; the request sent after it crossed unframed, and an inbound
+    port that relays opaque handed the app the forged identity."""
+    app = EchoApp()
+    sock = listener()
+    mesh.clients.append(sock)
+    try:
+        _echo_route(mesh, app, "tcp")
+
+        def table(protocol: str) -> fe.RouteTable:
+            t = mesh.outbound_table()
+            index = t.add_service("demo/backend:own", SNI, [BACKEND_ID],
+                                  [("127.0.0.1", mesh.in_port)])
+            t.add_outbound_tcp(sock.fileno(), index, client_ctx(mesh.pki), protocol=protocol)
+            return t
+
+        mesh.out_node.install(table("auto"))
+        declared = table("http")
+        c = socket.create_connection(("127.0.0.1", port_of(sock)), timeout=TIMEOUT_S)
+        mesh.clients.append(c)
+        time.sleep(0.05)                            # accepted: its first bytes awaited
+        mesh.out_node.install(declared)             # well inside the 200 ms deadline
+        time.sleep(0.4)                             # the deadline passes
+        c.sendall(b"GET /who HTTP/1.1\r\nHost: backend\r\n" + FORGED_XFCC + b"\r\n")
+        reply = answer(c)
+    finally:
+        app.close()
+    assert FORGED not in reply, reply
+    assert mesh.out_node.stats()["http_routed"] == 1
