@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Callable
 
 import pytest
 
@@ -15,7 +16,7 @@ from fastpath import engine as fe
 
 from enginekit import TIMEOUT_S, listener, port_of, recv_all
 from test_engine_header_holes import EchoApp, read_request
-from test_engine_http import (BACKEND_ID, FRONTEND_ID, SNI, Mesh, RawApp, mesh, mesh_pki,  # noqa: F401
+from test_engine_http import (BACKEND_ID, FRONTEND_ID, SNI, Mesh, mesh, mesh_pki,  # noqa: F401
                               client_ctx, server_ctx)
 from test_engine_smuggling import _tls_client
 
@@ -139,15 +140,7 @@ def test_smuggling_behind_a_connect_that_a_catch_all_handler_answers_200(mesh: M
 def test_smuggling_behind_a_connect_that_a_catch_all_handler_answers_204(mesh: Mesh) -> None:
     """As above, with a handler that answers every method 204 No Content (no length
     field: a 204 has none)."""
-    def serve(conn: socket.socket) -> None:
-        buf = bytearray()
-        while True:
-            got = read_request(conn, buf)
-            seen.append(got)
-            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
-
-    seen: list[bytes] = []
-    app = RawApp(serve)
+    app = Recorder(lambda got: b"HTTP/1.1 204 No Content\r\n\r\n")
     try:
         t = fe.RouteTable()
         t.set_inbound(mesh.in_sock.fileno())
@@ -160,35 +153,38 @@ def test_smuggling_behind_a_connect_that_a_catch_all_handler_answers_204(mesh: M
         answer(c)
     finally:
         app.close()
-    assert not any(FORGED in got for got in seen), seen
+    assert not any(FORGED in got for got in app.seen), app.seen
 
 
 # --- h2c: an upgrade to HTTP itself ------------------------------------------------------------
 
 
-class H2cApp:
-    """An app with an h2c handler (Go's h2c.NewHandler, a gRPC server in plaintext): it
-    grants `Upgrade: h2c` with 101 and goes on reading requests over the pipe (HTTP/2
-    frames in life; HTTP/1.1 heads here, which show the same thing: requests the node
-    never framed, their identity fields as the client wrote them). Records each head."""
+class Recorder(EchoApp):
+    """Keeps each request it read (Recorder.seen) and answers it with `reply(request)`."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply: Callable[[bytes], bytes]) -> None:
         self.seen: list[bytes] = []
-        self.raw = RawApp(self._serve)
-        self.port = self.raw.port
+        self.reply = reply
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         buf = bytearray()
         while True:
             got = read_request(conn, buf)
             self.seen.append(got)
-            if b"upgrade: h2c" in got.lower():
-                conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
-                             b"Upgrade: h2c\r\n\r\n")
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            conn.sendall(self.reply(got))
 
-    def close(self) -> None:
-        self.raw.close()
+
+def h2c_app() -> Recorder:
+    """An app with an h2c handler (Go's h2c.NewHandler, a gRPC server in plaintext): it
+    grants `Upgrade: h2c` with 101 and goes on reading requests over the pipe (HTTP/2
+    frames in life; HTTP/1.1 heads here, which show the same thing: requests the node
+    never framed, their identity fields as the client wrote them)."""
+    def reply(got: bytes) -> bytes:
+        granted = (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                   b"Upgrade: h2c\r\n\r\n") if b"upgrade: h2c" in got.lower() else b""
+        return granted + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    return Recorder(reply)
 
 
 H2C = (b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: Upgrade, HTTP2-Settings\r\n"
@@ -198,7 +194,7 @@ BEHIND = b"GET /who HTTP/1.1\r\nHost: backend\r\n" + FORGED_XFCC + b"\r\n"
 
 @pytest.fixture
 def h2c(mesh: Mesh):
-    app = H2cApp()
+    app = h2c_app()
     _echo_route(mesh, app, "http")
     yield app
     app.close()
@@ -206,7 +202,7 @@ def h2c(mesh: Mesh):
 
 @pytest.mark.parametrize("upgrade", [b"Upgrade: h2c\r\n", b"Upgrade: websocket\r\nUpgrade: x, H2C\r\n"],
                          ids=["h2c", "h2c-on-a-second-line"])
-def test_h2c_smuggling_through_the_outbound_listener(mesh: Mesh, h2c: H2cApp,
+def test_h2c_smuggling_through_the_outbound_listener(mesh: Mesh, h2c: Recorder,
                                                      upgrade: bytes) -> None:
     """`Upgrade: h2c` asks to go on in HTTP/2 over the same connection: granted, every
     request after it reaches the app unframed, a forged identity with it (the "h2c
@@ -221,7 +217,7 @@ def test_h2c_smuggling_through_the_outbound_listener(mesh: Mesh, h2c: H2cApp,
     assert reply.count(b"HTTP/1.1 200 OK") == 2, reply
 
 
-def test_h2c_smuggling_from_a_mesh_peer(mesh: Mesh, h2c: H2cApp) -> None:
+def test_h2c_smuggling_from_a_mesh_peer(mesh: Mesh, h2c: Recorder) -> None:
     """The same from a holder of a mesh certificate straight to the inbound port: the
     app's 101 to a request the node does not let upgrade is a 502, no pipe."""
     reply = as_mesh_peer(mesh, H2C + BEHIND, ["http/1.1"])
