@@ -200,7 +200,8 @@ def h2c(mesh: Mesh):
     app.close()
 
 
-@pytest.mark.parametrize("upgrade", [b"Upgrade: h2c\r\n", b"Upgrade: websocket\r\nUpgrade: x, H2C\r\n"],
+@pytest.mark.parametrize("upgrade", [b"Upgrade: h2c\r\n",
+                                     b"Upgrade: websocket\r\nUpgrade: x, H2C\r\n"],
                          ids=["h2c", "h2c-on-a-second-line"])
 def test_h2c_smuggling_through_the_outbound_listener(mesh: Mesh, h2c: Recorder,
                                                      upgrade: bytes) -> None:
