@@ -19,7 +19,11 @@
 
 # The caller's socket must be a full one in a connected state (include/net/tcp_states.h:
 # ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING): inet_diag reports
-# uid 0 for time-wait and request sockets, which no caller owns.
+# uid 0 for time-wait and request sockets, which no caller owns. That is not enough: a
+# caller that closed its socket before the accept leaves a time-wait socket whose
+# reported state is its substate, FIN_WAIT2, with uid 0 (inet_twsk_diag_fill), so the
+# socket must also still be a process's (an inode): else any local user could write a
+# request, close, and be taken for root's workload.
 cdef uint32_t _CALLER_STATES = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11)
 
 # Replies read per lookup at most: stale replies of lookups that gave up come first.
@@ -124,6 +128,7 @@ cdef int _sock_owner(Core* core, int fd, const net.sockaddr_storage* peer,
                     return -1
                 m = <diag.inet_diag_msg*>(<char*>h + sizeof(diag.nlmsghdr))
                 if (m.idiag_state >= 32 or not (_CALLER_STATES >> m.idiag_state) & 1
+                        or m.idiag_inode == 0
                         or m.id.idiag_sport != rq.req.id.idiag_sport
                         or m.id.idiag_dport != rq.req.id.idiag_dport):
                     return -1

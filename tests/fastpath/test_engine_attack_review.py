@@ -6,6 +6,7 @@ raw is test_engine_header_holes.py's EchoApp; every wait is bounded.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Callable
@@ -285,3 +286,57 @@ def test_a_silent_caller_during_a_push_that_declares_its_service_port_http_is_fr
         app.close()
     assert FORGED not in reply, reply
     assert mesh.out_node.stats()["http_routed"] == 1
+
+
+# --- who is calling: a caller that has closed its socket -------------------------------------
+
+
+def _connect_send_close_as(uid: int, port: int, data: bytes) -> None:
+    """A process running as `uid` connects to 127.0.0.1:`port`, writes `data` and closes
+    at once (fire and forget), then exits; waited for."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.closerange(3, 1 << 20)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+            s.sendall(data)
+            s.close()
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a caller as another user needs root (setuid)")
+def test_a_caller_that_closed_before_the_accept_is_not_taken_for_root(mesh: Mesh) -> None:
+    """Workloads told apart by user, one of them root's. Any local user connects, writes
+    a request and closes before the node accepts: the kernel keeps its end as a
+    time-wait socket (FIN_WAIT2 as sock_diag reports it), which no process owns and
+    which sock_diag says belongs to uid 0. The request was sent as root's workload."""
+    app = Recorder(lambda got: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    sock = listener()
+    mesh.clients.append(sock)
+    try:
+        _echo_route(mesh, app, "http")
+        t = mesh.outbound_table()
+        t.set_outbound_http(mesh.http_sock.fileno(), None)
+        t.add_user(0, client_ctx(mesh.pki), FRONTEND_ID)        # root's workload
+        index = t.add_service("demo/backend:own", SNI, [BACKEND_ID],
+                              [("127.0.0.1", mesh.in_port)])
+        t.add_outbound_tcp(sock.fileno(), index, None, protocol="http")
+        # Queued on the listener before the node takes it up: the caller is long gone
+        # by the time it is accepted (as under load).
+        _connect_send_close_as(4343, port_of(sock),
+                               b"POST /delete-everything HTTP/1.1\r\nHost: backend\r\n"
+                               b"Content-Length: 0\r\n\r\n")
+        time.sleep(0.2)
+        mesh.out_node.install(t)
+        time.sleep(0.5)
+    finally:
+        app.close()
+    assert app.seen == [], app.seen
+    assert mesh.out_node.stats()["callers_refused"] == 1
