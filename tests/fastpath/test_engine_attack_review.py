@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from typing import Callable
 
@@ -340,3 +341,44 @@ def test_a_caller_that_closed_before_the_accept_is_not_taken_for_root(mesh: Mesh
         app.close()
     assert app.seen == [], app.seen
     assert mesh.out_node.stats()["callers_refused"] == 1
+
+
+# --- a body the app does not read: the demo backend --------------------------------------------
+
+
+def test_a_request_in_a_get_body_reaches_the_demo_backend_as_a_request(mesh: Mesh) -> None:
+    """The mesh frames a GET with a Content-Length body as one request; the demo backend
+    (http.server) never read a GET's body, so its keep-alive loop took that body for
+    the next request: one written with a forged identity, which /echo then showed as
+    the caller's (a "CL.0" desync, behind a node that framed everything right)."""
+    from http.server import ThreadingHTTPServer
+
+    from meshnode.demo.apps import Backend, _Handler
+
+    seen: list[str] = []
+
+    class Watched(Backend):
+        def handle(self, req, path):
+            seen.append(req.headers.get("x-forwarded-client-cert", ""))
+            return super().handle(req, path)
+
+    handler = type("BackendHandler", (_Handler,), {"app": Watched()})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        t = fe.RouteTable()
+        t.set_inbound(mesh.in_sock.fileno())
+        t.add_inbound_route(SNI, server_ctx(mesh.pki), "127.0.0.1", httpd.server_address[1],
+                            service="demo/backend:http", identity=BACKEND_ID, protocol="http")
+        mesh.in_node.install(t)
+        inner = b"GET /echo HTTP/1.1\r\nHost: backend\r\n" + FORGED_XFCC + b"\r\n"
+        c = mesh.client()
+        c.sendall(b"GET /echo HTTP/1.1\r\nHost: backend\r\nContent-Length: %d\r\n\r\n%s"
+                  % (len(inner), inner) + b"GET /echo HTTP/1.1\r\nHost: backend\r\n\r\n")
+        reply = answer(c)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not any(FORGED.decode() in xfcc for xfcc in seen), seen
+    assert reply.count(b"HTTP/1.1 200 ") == 2, reply
