@@ -541,6 +541,7 @@ cdef struct Counters:
     uint64_t stats_overflow        # answers not kept per key: ENGINE_STAT_RECORDS used up
     uint64_t sniffed_http          # sniffing listeners' connections found to be HTTP/1.1
     uint64_t sniffed_tcp           # ... and taken for opaque TCP (other bytes, or silence)
+    uint64_t http_upgrade_refused  # CONNECT or an Upgrade other than websocket: 403
     uint64_t inbound_protocol_mismatch  # inbound: the peer's ALPN is not the port's
                                    # declared protocol (refused after the handshake)
     # The loop's own health (Envoy's dispatcher loop_duration_us): time from epoll_wait

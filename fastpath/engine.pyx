@@ -545,6 +545,7 @@ cdef class Engine:
         out["sniffed_http"] = snap.sniffed_http
         out["sniffed_tcp"] = snap.sniffed_tcp
         out["inbound_protocol_mismatch"] = snap.inbound_protocol_mismatch
+        out["http_upgrade_refused"] = snap.http_upgrade_refused
         out["loop_busy_us"] = [snap.loop_busy_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]
         out["loop_busy_max_us"] = snap.loop_busy_max_ns // 1000
         out["pairs_moved"] = snap.pairs_moved

@@ -255,6 +255,21 @@ cdef bint _asks_h2c(const char* b, const ReqHead* req) noexcept nogil:
     return False
 
 
+cdef bint _leaves_http(const char* b, const ReqHead* req) noexcept nogil:
+    """Does the request head at b ask to leave HTTP for something the mesh does not
+    carry? Only WebSocket upgrades are (Istio's default upgrade_configs); CONNECT and
+    any other Upgrade are refused 403 before they reach an app, as Envoy answers an
+    upgrade it has no config for ("upgrade_failed"): an app that is no proxy may answer
+    CONNECT 2xx and go on reading requests, which a tunnel would hand it unframed. (h2c
+    is taken out of the request instead: _http_framed.)"""
+    if req.method == METHOD_CONNECT:
+        return True
+    if not req.upgrade:
+        return False
+    return not (_token_in(b + req.upgrade_value.off, req.upgrade_value.len, b"websocket", 9)
+                or _asks_h2c(b, req))
+
+
 cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept nogil:
     """A request head at d2u.buf + base, for the current upstream: edit it for the
     next hop, count it as framed, and expect its body. STATUS_OK, STATUS_AGAIN
@@ -590,6 +605,14 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                     return STATUS_OK
             if not (c.flags & CONN_INBOUND):
                 core.counters.http_routed += 1
+            if _leaves_http(f.buf + start, &req):
+                core.counters.http_upgrade_refused += 1
+                if c.n_pend == 0 and c.fwd == 0 and c.resp_fwd == 0 and (
+                        c.u2d.buf == NULL or c.u2d.head == c.u2d.tail):
+                    _http_reply(core, c, 403, b"upgrade not allowed\n", -1)
+                    return STATUS_CLOSE
+                core.counters.http_bad_request += 1
+                return STATUS_RESET         # (cannot answer out of order)
             rc = _http_framed(core, c, &req, start)
             if rc == STATUS_RESET:
                 core.counters.http_bad_request += 1

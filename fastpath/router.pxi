@@ -77,6 +77,10 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         n = snprintf(body, sizeof(body), b"no healthy endpoint for \"%.*s\"\n", <int>hn, host)
         _http_reply(core, c, 503, body, n)
         return STATUS_CLOSE
+    if _leaves_http(c.d2u.buf + c.d2u.head, req):
+        core.counters.http_upgrade_refused += 1
+        _http_reply(core, c, 403, b"upgrade not allowed\n", -1)
+        return STATUS_CLOSE
     st = _http_framed(core, c, req, c.d2u.head)
     if st == STATUS_RESET:
         _http_reply(core, c, 431, b"request head cannot be rewritten for the upstream\n", -1)

@@ -114,15 +114,25 @@ def test_a_silent_peer_during_a_push_that_declares_the_port_http_gets_no_raw_pip
 # --- CONNECT to an app that is no proxy ------------------------------------------------------
 
 
-def test_smuggling_behind_a_connect_that_a_catch_all_handler_answers_200(mesh: Mesh) -> None:
-    """An app whose catch-all handler answers every method 200 with a body (and goes on
-    reading requests) "grants" a CONNECT by the engine's reading: the bytes behind went
-    to it as a raw pipe, and the request there reached it with a forged identity. A
-    tunnel's 2xx carries no Content-Length or Transfer-Encoding (RFC 9110 §9.3.6: a
-    server MUST NOT send them), so such an answer is no tunnel: refused, 502."""
-    app = EchoApp()
+@pytest.mark.parametrize("app_answer", [None, b"HTTP/1.1 204 No Content\r\n\r\n"],
+                         ids=["200-with-a-body", "204"])
+def test_smuggling_behind_a_connect_that_a_catch_all_handler_answers(mesh: Mesh,
+                                                                      app_answer) -> None:
+    """An app whose catch-all handler answers every method 2xx (and goes on reading
+    requests) "granted" a CONNECT by the engine's reading: the bytes behind went to it
+    as a raw pipe, and the request there reached it with a forged identity. A 204 or a
+    bare 200 is a tunnel by RFC 9110 §9.3.6, so CONNECT is refused 403 before any app
+    (Envoy answers an upgrade it has no config for so); nothing reaches the app."""
+    app = EchoApp() if app_answer is None else Recorder(lambda got: app_answer)
     try:
-        _echo_route(mesh, app, "http")
+        if app_answer is None:
+            _echo_route(mesh, app, "http")
+        else:
+            t = fe.RouteTable()
+            t.set_inbound(mesh.in_sock.fileno())
+            t.add_inbound_route(SNI, server_ctx(mesh.pki), "127.0.0.1", app.port,
+                                service="demo/backend:http", identity=BACKEND_ID, protocol="http")
+            mesh.in_node.install(t)
         c = mesh.client()
         c.sendall(b"CONNECT backend:8080 HTTP/1.1\r\nHost: backend:8080\r\n\r\n"
                   b"GET /who HTTP/1.1\r\nHost: backend\r\n" + FORGED_XFCC + b"\r\n")
@@ -130,32 +140,25 @@ def test_smuggling_behind_a_connect_that_a_catch_all_handler_answers_200(mesh: M
     finally:
         app.close()
     assert FORGED not in reply, reply
-    assert reply.startswith(b"HTTP/1.1 502 "), reply
-    assert mesh.in_node.stats()["http_bad_response"] == 1
+    assert reply.startswith(b"HTTP/1.1 403 "), reply
+    assert mesh.out_node.stats()["http_upgrade_refused"] == 1
+    if app_answer is not None:
+        assert not any(FORGED in got for got in app.seen), app.seen
 
 
-@pytest.mark.xfail(strict=True, reason="a 2xx to CONNECT with no framing fields (204, or a "
-                   "bare 200) is a tunnel by RFC 9110 §9.3.6, though an app that is no proxy "
-                   "sends one and goes on reading requests; closing it needs CONNECT refused "
-                   "unless a route allows it (Envoy: no route matches CONNECT without a "
-                   "connect_matcher), a policy change left to the issue's owner")
-def test_smuggling_behind_a_connect_that_a_catch_all_handler_answers_204(mesh: Mesh) -> None:
-    """As above, with a handler that answers every method 204 No Content (no length
-    field: a 204 has none)."""
-    app = Recorder(lambda got: b"HTTP/1.1 204 No Content\r\n\r\n")
+def test_connect_from_a_mesh_peer_is_refused_at_the_inbound_port(mesh: Mesh) -> None:
+    """The same CONNECT sent straight to the inbound port by a mesh peer: 403 there."""
+    app = EchoApp()
     try:
-        t = fe.RouteTable()
-        t.set_inbound(mesh.in_sock.fileno())
-        t.add_inbound_route(SNI, server_ctx(mesh.pki), "127.0.0.1", app.port,
-                            service="demo/backend:http", identity=BACKEND_ID, protocol="http")
-        mesh.in_node.install(t)
-        c = mesh.client()
-        c.sendall(b"CONNECT backend:8080 HTTP/1.1\r\nHost: backend:8080\r\n\r\n"
-                  b"GET /who HTTP/1.1\r\nHost: backend\r\n" + FORGED_XFCC + b"\r\n")
-        answer(c)
+        _echo_route(mesh, app, "http")
+        reply = as_mesh_peer(mesh, b"CONNECT backend:8080 HTTP/1.1\r\nHost: backend:8080\r\n\r\n"
+                             b"GET /who HTTP/1.1\r\nHost: backend\r\n" + FORGED_XFCC + b"\r\n",
+                             ["http/1.1"])
     finally:
         app.close()
-    assert not any(FORGED in got for got in app.seen), app.seen
+    assert FORGED not in reply, reply
+    assert reply.startswith(b"HTTP/1.1 403 "), reply
+    assert mesh.in_node.stats()["http_upgrade_refused"] == 1
 
 
 # --- h2c: an upgrade to HTTP itself ------------------------------------------------------------

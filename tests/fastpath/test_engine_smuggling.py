@@ -82,9 +82,9 @@ def xfcc_lines(answer: bytes) -> list[str]:
 
 
 @pytest.mark.parametrize("first", [
-    "GET /headers HTTP/1.1\r\nHost: backend\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
+    "GET /headers HTTP/1.1\r\nHost: backend\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
     "GET /headers HTTP/1.1\r\nHost: backend\r\nConnection: Upgrade, keep-alive\r\n"
-    "Upgrade: websocket\r\n\r\n",
+    "Upgrade: WebSocket, foo\r\n\r\n",
 ])
 def test_smuggling_a_request_behind_a_refused_upgrade(mesh: Mesh, first: str) -> None:
     """The app answers the Upgrade with a plain 200: the request behind it is framed,
@@ -99,18 +99,28 @@ def test_smuggling_a_request_behind_a_refused_upgrade(mesh: Mesh, first: str) ->
     assert mesh.out_node.stats()["http_routed"] == 2
 
 
-def test_smuggling_a_request_behind_a_refused_connect(mesh: Mesh) -> None:
-    """The app refuses CONNECT (501, and closes): the request behind it never reaches the
-    app unframed; it is cut off with the connection the refusal closed, or framed."""
+def test_smuggling_a_request_behind_a_connect(mesh: Mesh) -> None:
+    """CONNECT is refused by the node (403, as Envoy answers an upgrade it has no config
+    for): neither it nor the request behind it reaches the app."""
     c = mesh.client()
     c.sendall(b"CONNECT backend:8080 HTTP/1.1\r\nHost: backend:8080\r\n\r\n"
               + headers_request(extra=FORGED_XFCC))
     c.shutdown(socket.SHUT_WR)
     reply = recv_all(c)
-    assert reply.startswith(b"HTTP/1.1 501 ")
+    assert reply.startswith(b"HTTP/1.1 403 ")
     assert FORGED.encode() not in reply
-    for answer in reply.split(b"HTTP/1.1 ")[2:]:
-        assert xfcc_lines(answer) == [REAL_XFCC]
+    assert mesh.out_node.stats()["http_upgrade_refused"] == 1
+
+
+@pytest.mark.parametrize("upgrade", ["x", "TLS/1.2", "h2c-not, foo"])
+def test_an_upgrade_other_than_websocket_is_refused(mesh: Mesh, upgrade: str) -> None:
+    """Only WebSocket upgrades are carried (Istio's default): another Upgrade asked with
+    "Connection: upgrade" is refused 403, never handed to the app to grant."""
+    c = mesh.client()
+    c.sendall(f"GET /ws HTTP/1.1\r\nHost: backend\r\nConnection: upgrade\r\n"
+              f"Upgrade: {upgrade}\r\n\r\n".encode())
+    reply = recv_all(c)
+    assert reply.startswith(b"HTTP/1.1 403 "), reply
 
 
 def test_a_granted_upgrade_still_carries_bytes_sent_with_its_head(mesh: Mesh) -> None:
