@@ -486,14 +486,16 @@ cdef int _http_head(Core* core, Conn* c) noexcept nogil:
                 # connect_timeout from now (until then the pair was idle, not late).
                 _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
         buffered = False
-        # No use parsing before the empty line that ends a head has come (bytes already
-        # buffered were searched as far as c.head_scan says).
-        if not _head_ended(f.buf, f.tail, &c.head_scan) and f.tail < cap:
+        # A head not whole at its first parse is parsed again only once the empty line
+        # that ends it has come (searched from where the last search stopped).
+        if c.head_scan > 0 and not _head_ended(f.buf, f.tail, &c.head_scan) and f.tail < cap:
             continue
         rc = parse_request_head(f.buf, f.tail, &req, &core.http_limits)
         if rc > 0:
             c.head_scan = 0
             return _http_route(core, c, &req)
+        if rc == 0:
+            _head_ended(f.buf, f.tail, &c.head_scan)
         if rc < 0:
             _http_reply(core, c, request_error_status(rc), NULL, 0)
             return STATUS_CLOSE
@@ -567,13 +569,14 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 # this one waits until the earlier ones are answered (carry.pxi).
                 c.switching = True
                 return STATUS_OK
-            if (not _head_ended(f.buf + start, avail, &c.head_scan) and not f.eof
-                    and f.tail < _d2u_cap(core, c)):
+            if (c.head_scan > 0 and not _head_ended(f.buf + start, avail, &c.head_scan)
+                    and not f.eof and f.tail < _d2u_cap(core, c)):
                 return STATUS_OK        # its end is not here yet: nothing to parse
             rc = parse_request_head(f.buf + start, avail, &req, &core.http_limits)
             if rc > 0:
                 c.head_scan = 0
             if rc == 0:
+                _head_ended(f.buf + start, avail, &c.head_scan)
                 if f.tail >= _d2u_cap(core, c) and f.head == 0 and c.fwd == 0:
                     core.counters.http_bad_request += 1     # a head over a buffer
                     return STATUS_RESET
