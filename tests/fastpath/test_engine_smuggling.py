@@ -73,6 +73,12 @@ def inbound_to(mesh: Mesh, app_port: int, other_sni: str | None = None) -> None:
     mesh.in_node.install(t)
 
 
+def app_hosts(answer: bytes) -> list[str]:
+    """The Host lines the app's /headers page says it got."""
+    body = answer.partition(b"\r\n\r\n")[2].decode()
+    return [line for line in body.split("\n") if line.startswith("host:")]
+
+
 def xfcc_lines(answer: bytes) -> list[str]:
     return [line for line in answer.decode(errors="replace").split("\n")
             if line.startswith("x-forwarded-client-cert:")]
@@ -175,9 +181,7 @@ def test_absolute_form_target_with_another_host(mesh: Mesh) -> None:
               b"Connection: close\r\n\r\n")
     reply = recv_all(c)
     assert reply.startswith(b"HTTP/1.1 200 ")
-    body = reply.partition(b"\r\n\r\n")[2].decode()
-    hosts = [line for line in body.split("\n") if line.startswith("host:")]
-    assert hosts == ["host: backend.demo.svc:8080"]
+    assert app_hosts(reply) == ["host: backend.demo.svc:8080"]
 
 
 def test_absolute_form_target_with_no_host_field(mesh: Mesh) -> None:
@@ -185,7 +189,7 @@ def test_absolute_form_target_with_no_host_field(mesh: Mesh) -> None:
     c.sendall(b"GET http://backend/headers HTTP/1.0\r\n\r\n")
     reply = recv_all(c)
     assert reply.startswith(b"HTTP/1.0 200 ") or reply.startswith(b"HTTP/1.1 200 ")
-    assert "host: backend" in reply.partition(b"\r\n\r\n")[2].decode().split("\n")
+    assert app_hosts(reply) == ["host: backend"]
 
 
 # --- 5. a close-delimited answer, then another service's answer --------------------------
@@ -341,7 +345,10 @@ def test_a_head_trickled_a_line_per_write(mesh: Mesh, eol: bytes) -> None:
     lines = ([eol, b"GET /headers HTTP/1.1" + eol, b"Host: backend" + eol]
              + [b"X-Line-%d: %d" % (i, i) + eol for i in range(60)] + [eol])
     for line in lines:
-        c.sendall(line)
+        try:
+            c.sendall(line)
+        except OSError:
+            break                   # refused as soon as a line could not be a head's
         time.sleep(0.001)
     [reply] = read_answers(c, 1)
     if eol == b"\r\n":
@@ -385,8 +392,7 @@ def test_absolute_form_with_hop_by_hop_fields_before_host(mesh: Mesh) -> None:
               b"Proxy-Connection: keep-alive\r\nHost: other\r\nConnection: close\r\n\r\n")
     reply = recv_all(c)
     assert reply.startswith(b"HTTP/1.1 200 ")
-    body = reply.partition(b"\r\n\r\n")[2].decode()
-    assert [line for line in body.split("\n") if line.startswith("host:")] == ["host: backend"]
+    assert app_hosts(reply) == ["host: backend"]
     assert get_ok(mesh)
 
 

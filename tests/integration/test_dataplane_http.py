@@ -870,11 +870,7 @@ def test_an_http_ports_outbound_port_frames_everything(mesh: Mesh) -> None:
     """A port declared HTTP: every connection is framed (any Host: the port names the
     service); bytes that are no HTTP/1.1 request get the node's 400, never a relay."""
     node = mesh.node
-    own = _free_port()
-    text = service_yaml().replace("protocol: HTTP}", f"protocol: HTTP, outboundPort: {own}}}", 1)
-    node.apply(mesh.write("own-port.yaml", text + "---\n" + workload_yaml(mesh.app.port)))
-    wait_for(lambda: _status_or_none(own, "/own", "not.a.route.table.name") == 200, 20.0,
-             "the service's own outbound port to answer")
+    own = _own_port(mesh, "protocol: HTTP, outboundPort: {}}}")
     settle(node)
     before = metric_total(node, "meshnode_requests_total", reporter="source",
                           destination_service="backend.demo.svc", response_code="200")
@@ -892,20 +888,22 @@ def test_an_http_ports_outbound_port_frames_everything(mesh: Mesh) -> None:
 def test_a_port_with_no_declared_protocol_relays_what_is_not_http(mesh: Mesh) -> None:
     """Protocol omitted (auto): a request line is framed; anything else is relayed as it
     is, so the app answers it (its own error page, not one of the node's answers)."""
-    node = mesh.node
-    own = _free_port()
-    text = service_yaml().replace("protocol: HTTP}", f"outboundPort: {own}}}", 1)
-    node.apply(mesh.write("auto-port.yaml", text + "---\n" + workload_yaml(mesh.app.port)))
-    wait_for(lambda: _status_or_none(own, "/own", "anything") == 200, 20.0,
-             "the service's own outbound port to answer")
+    own = _own_port(mesh, "outboundPort: {}}}")
     reply = _raw_exchange(own, b"\x00\x01 not http\r\n\r\n")
     assert b"<title>Error response</title>" in reply and b"400" in reply
 
 
-def _free_port() -> int:
+def _own_port(mesh: Mesh, port_fields: str) -> int:
+    """Apply the backend service with its port's fields after the name and number made
+    `port_fields` ("{}" for a free outboundPort); the port, once it answers."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        own = probe.getsockname()[1]
+    text = service_yaml().replace("protocol: HTTP}", port_fields.format(own), 1)
+    mesh.node.apply(mesh.write(f"own-{own}.yaml", text + "---\n" + workload_yaml(mesh.app.port)))
+    wait_for(lambda: _status_or_none(own, "/own", "not.a.route.table.name") == 200, 20.0,
+             "the service's own outbound port to answer")
+    return own
 
 
 def _raw_exchange(port: int, data: bytes) -> bytes:
