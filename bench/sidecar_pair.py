@@ -838,7 +838,8 @@ def run(args: argparse.Namespace, ctx: Context, results: dict[str, PairResult],
 def _round(args: argparse.Namespace, ctx: Context, results: dict[str, PairResult],
            log: Callable[[str], None], rnd: int, names: list[str]) -> None:
     """Start `names` fresh, run every scenario on each (scenario by scenario, the pairs
-    in turn, so that the runs compared are seconds apart), then stop them."""
+    in turn, so that the runs compared are seconds apart; who goes first rotates with
+    the round), then stop them."""
     started: list[tuple[str, Pair, Target]] = []
     width = max(8, *(len(n) for n in names))
     try:
@@ -862,8 +863,13 @@ def _round(args: argparse.Namespace, ctx: Context, results: dict[str, PairResult
         for name, pair, target in started:
             if args.warmup > 0:
                 run_wrk(ctx, target, SCENARIOS["keepalive"], args.warmup)
+        # The pairs take turns going first, round by round: a pair always measured right
+        # after another (on a CPU the other just warmed, or just after its own start) is
+        # biased by its place, and medians over rounds cancel that only if places rotate.
+        turn = (rnd - 1) % max(1, len(started))
+        in_turn = started[turn:] + started[:turn]
         for sc in args.scenarios:
-            for name, pair, target in started:
+            for name, pair, target in in_turn:
                 m = measure(ctx, pair, target, SCENARIOS[sc], args.duration)
                 results[name].runs.setdefault(sc, []).append(m)
                 log(f"[round {rnd}/{args.rounds}] {name:{width}} {sc:9} " + _brief(sc, m))
@@ -1091,7 +1097,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1,
                    help="seconds of unrecorded keep-alive load after a pair starts (default 1; 0: none)")
     p.add_argument("--pairs", type=_names(list(PAIR_CLASSES)), default=list(PAIRS),
-                   help=f"comma-separated, in run order (default {','.join(PAIRS)}; "
+                   help=f"comma-separated, in run order (rotated by one each round; default "
+                        f"{','.join(PAIRS)}; "
                         f"{BASELINE} needs --baseline)")
     p.add_argument("--baseline", type=Path, metavar="VENV",
                    help=f"also run the pair {BASELINE}: the meshnode pair with the meshnode "
