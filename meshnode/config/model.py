@@ -82,7 +82,8 @@ class ServicePort:
     # becomes `port`, as in Kubernetes.
     target_port: int | str = 0
     # A port on 127.0.0.1 where the node takes this service port's traffic from local
-    # apps (0: none): TCP relayed opaque; HTTP sniffed (HTTP/1.1 framed, else opaque).
+    # apps (0: none), as `protocol` says: TCP relayed opaque; HTTP framed always; auto
+    # told by the first bytes (a request line: framed, else opaque).
     # HTTP also reaches every service through the shared outbound listener.
     outbound_port: int = 0
 
