@@ -46,31 +46,35 @@ cdef OutboundListener* _listener_in(Table* t, int fd) noexcept nogil:
 
 
 cdef openssl.SSL_CTX* _client_identity(Core* core, Conn* c, Table* t,
-                                       uint16_t* principal) noexcept nogil:
+                                       uint16_t* principal, int32_t* ns) noexcept nogil:
     """The identity `t` gives outbound pair c (_listener_identity, for its listener
     there); NULL when the listener left `t` or `t` knows no workload for its caller."""
     cdef OutboundListener* l = _listener_in(t, c.lfd) if c.lfd >= 0 else NULL
     if l == NULL:
         return NULL
-    return _listener_identity(core, c, t, l, principal)
+    return _listener_identity(core, c, t, l, principal, ns)
 
 
 cdef openssl.SSL_CTX* _listener_identity(Core* core, Conn* c, Table* t, OutboundListener* l,
-                                         uint16_t* principal) noexcept nogil:
+                                         uint16_t* principal, int32_t* ns) noexcept nogil:
     """The one place that decides the identity outbound pair c presents, accepted on
     `l` of table `t` (DESIGN §4 "Who is calling"): where `t` tells local callers apart,
     that of the workload the caller is (callers.pxi: by the owner of its socket, or by
     its address); else the listener's (the node's one local workload). NULL: the caller
-    is no workload `t` knows, and is refused (_caller_refused), never given another's."""
+    is no workload `t` knows, and is refused (_caller_refused), never given another's.
+    `ns`: the caller's namespace in `t` (its consumer HTTPRoutes, routes.pxi)."""
     cdef Source* s
     if t.n_sources > 0:
         s = _caller_source(core, c, t)
         if s == NULL:
             principal[0] = 0
+            ns[0] = -1
             return NULL
         principal[0] = _interned(core, &s.principal, &s.identity)
+        ns[0] = s.ns
         return s.client_ctx
     principal[0] = _interned(core, &l.principal, &l.identity)
+    ns[0] = l.ns
     return l.client_ctx
 
 
@@ -84,12 +88,16 @@ cdef bint _adopt(Core* core, Conn* c) noexcept nogil:
     cdef uint16_t principal = 0
     cdef OutboundListener* l = _listener_in(t, c.lfd) if c.lfd >= 0 else NULL
     cdef openssl.SSL_CTX* ctx
+    cdef int32_t ns = -1
     if l == NULL:
         c.flags |= CONN_GOING_AWAY
         return False
-    ctx = _listener_identity(core, c, t, l, &principal)
+    ctx = _listener_identity(core, c, t, l, &principal, &ns)
+    c.caller_ns = ns
+    c.flags &= ~CONN_ROUTE_DECIDED     # decided on the old table: routed again here
     if c.flags & CONN_FIXED_SERVICE:
         c.service = l.service
+        c.parent = l.service
     else:
         # c.service indexes the old table: until the request is routed on this one, its
         # answers (a 404) are counted for no service, not read through a stale index.
@@ -107,26 +115,28 @@ cdef bint _outbound_rebind(Core* core, Conn* c) noexcept nogil:
     cdef Table* t = core.table
     cdef Service* a = &c.table.services[c.service]
     cdef uint16_t principal = 0
+    cdef int32_t ns = -1
     cdef int64_t k
     cdef Endpoint* ep
     if c.up.ssl == NULL or c.u2d.eof or not c.reusable:
         return False
-    if _client_identity(core, c, t, &principal) != c.client_ctx:
+    if _client_identity(core, c, t, &principal, &ns) != c.client_ctx:
+        return False
+    # (A service port's own listener: its service's next request is routed by the
+    # listener's service in `t`, which may send it elsewhere; the upstream stays if `t`
+    # has its destination.)
+    k = _service_in(t, a, c.service)
+    if k < 0:
         return False
     if c.flags & CONN_FIXED_SERVICE:
-        k = _listener_in(t, c.lfd).service
-        if not _same_destination(a, &t.services[k]):
-            return False
-    else:
-        k = _service_in(t, a, c.service)
-        if k < 0:
-            return False
+        c.parent = _listener_in(t, c.lfd).service
     ep = _endpoint_in(&t.services[k], &a.endpoints[c.endpoint])
     if ep == NULL:
         return False
     c.service = <uint32_t>k
     c.endpoint = <uint32_t>(ep - t.services[k].endpoints)
     c.local_principal = principal
+    c.caller_ns = ns
     _retable(core, c, t)
     return True
 
@@ -264,7 +274,7 @@ cdef bint _adopt_opaque(Core* core, Conn* c) noexcept nogil:
     if l == NULL or l.http:
         return False
     c.service = l.service
-    c.client_ctx = _listener_identity(core, c, t, l, &c.local_principal)
+    c.client_ctx = _listener_identity(core, c, t, l, &c.local_principal, &c.caller_ns)
     _retable(core, c, t)
     return True
 

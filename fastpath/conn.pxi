@@ -52,6 +52,9 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.peer_addr.ss_family = 0
     c.close_at_ns = 0
     c.client_ctx = NULL
+    c.caller_ns = -1
+    c.parent = 0
+    c.req_rule = -1
     c.down.fd = -1
     c.down.ssl = NULL
     c.down.readable = True

@@ -282,12 +282,13 @@ cdef int _outbound_start(Core* core, Conn* c, uint32_t listener,
     c.lfd = l.fd
     memcpy(&c.peer_addr, peer, sizeof(net.sockaddr_storage))
     c.caller = CALLER_NOT_ASKED
-    c.client_ctx = _listener_identity(core, c, c.table, l, &c.local_principal)
+    c.client_ctx = _listener_identity(core, c, c.table, l, &c.local_principal, &c.caller_ns)
     if l.http:
         c.flags |= CONN_HTTP
         c.state = CONN_HTTP_HEAD
         return _http_head(core, c)
     c.service = l.service
+    c.parent = l.service
     if l.framed:
         # A port declared HTTP: framed always (DESIGN §3), for this one service.
         c.flags |= CONN_HTTP | CONN_FIXED_SERVICE

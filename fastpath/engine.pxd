@@ -124,6 +124,8 @@ cdef struct Service:
     Endpoint* endpoints
     uint32_t n_endpoints
     uint32_t rr_next               # round-robin cursor; engine thread only
+    uint32_t first_set             # its route sets: Table.sets[first_set : + n_sets]
+    uint32_t n_sets                # (0: no HTTPRoute: requests go to the service itself)
 
 
 cdef struct OutboundListener:
@@ -140,6 +142,7 @@ cdef struct OutboundListener:
                                    # empty); NULL: none (callers are refused)
     Name identity                  # its SPIFFE ID, for request figures (may be empty)
     int32_t principal              # Core.principals index of `identity`; -1: not yet
+    int32_t ns                     # Table.namespaces index of its namespace; -1: none
 
 
 # A local workload as its callers are told apart (DESIGN §4 "Who is calling"): by the
@@ -153,6 +156,7 @@ cdef struct Source:
     openssl.SSL_CTX* client_ctx    # one reference owned
     Name identity
     int32_t principal              # as in OutboundListener
+    int32_t ns                     # as in OutboundListener
 
 
 # One Host name an HTTP request may name (svc, svc.ns, svc.ns.svc), for one service
@@ -163,6 +167,79 @@ cdef struct HostEntry:
     Name name                      # lowercase, no port, no trailing dot
     int port                       # the service port (1..65535)
     uint32_t service               # index in Table.services
+
+
+# HTTPRoute (Gateway API, GAMMA) compiled (routes.pxi): a service port with routes has
+# route sets, one for its producer routes and one per namespace with consumer routes;
+# a set's entries are its rules' matches in precedence order, the first that holds
+# picks a rule, and the rule picks a backend service by weight. No entry holds: 404.
+cdef enum RouteMatchKind:
+    MATCH_ANY = 0                  # (path only) no condition
+    MATCH_EXACT
+    MATCH_PREFIX                   # path, segment-wise: "/v2" is not a prefix of "/v2x"
+    MATCH_REGEX                    # the whole value (RE2 syntax, fastpath.regex)
+
+
+cdef struct RouteStr:              # one header or query parameter condition
+    uint8_t kind                   # MATCH_EXACT or MATCH_REGEX
+    Name name                      # header: lowercase (compared without case); query:
+                                   # compared exactly
+    Name value
+    void* regex                    # MATCH_REGEX: its compiled program (owned)
+
+
+cdef struct RouteEntry:            # one match of one rule
+    uint8_t path_kind              # RouteMatchKind
+    Name path
+    void* path_regex               # MATCH_REGEX: its compiled program (owned)
+    int32_t method                 # http1 Method; -1: any
+    Name method_name               # METHOD_OTHER: the token (exact)
+    RouteStr* headers
+    uint32_t n_headers
+    RouteStr* query
+    uint32_t n_query
+    uint32_t rule                  # index in Table.rules
+
+
+cdef enum HeaderOp:
+    EDIT_REMOVE = 0
+    EDIT_SET                       # every field of the name goes; one line comes in
+    EDIT_ADD                       # one line more, whatever is there
+
+
+cdef struct HeaderEdit:
+    uint8_t op                     # HeaderOp
+    Name name
+    Name value
+
+
+cdef struct RouteBackend:
+    int32_t service                # index in Table.services; -1: an invalid backendRef
+                                   # (its share of the requests is answered 500)
+    uint32_t weight
+
+
+cdef struct RouteRule:
+    Name name                      # "ns/route" and the rule's index or name: for figures
+    RouteBackend* backends         # in order; none: every request is answered 500
+    uint32_t n_backends
+    uint64_t total_weight
+    HeaderEdit* request_edits      # RequestHeaderModifier: remove, then set, then add
+    uint32_t n_request_edits
+    uint32_t request_grow          # the most bytes its edits add to a head
+    bint request_adds              # an edit adds a line: a head it went through is not
+                                   # framed twice (its requests are not retried)
+    HeaderEdit* response_edits     # ResponseHeaderModifier
+    uint32_t n_response_edits
+    uint32_t response_grow
+
+
+cdef struct RouteSet:
+    uint32_t service               # the parent service port (index in Table.services)
+    int32_t ns                     # -1: producer routes; else Table.namespaces index:
+                                   # consumer routes of callers in that namespace
+    uint32_t first_entry           # its entries: Table.entries[first : first + n]
+    uint32_t n_entries
 
 
 cdef struct InboundRoute:
@@ -221,6 +298,18 @@ cdef struct Table:
     uint32_t max_source_conns
     uint32_t max_source_handshakes
     uint32_t inbound_permille
+    # HTTPRoute (routes.pxi): route sets sorted by parent service, their entries and
+    # rules, and the namespaces consumer routes name (callers' namespaces are indexes).
+    RouteSet* sets
+    uint32_t n_sets
+    RouteEntry* entries
+    uint32_t n_entries
+    RouteRule* rules
+    uint32_t n_rules
+    Name* namespaces
+    uint32_t n_namespaces
+    uint32_t request_grow          # the most any rule's request edits add to a head
+    uint32_t response_grow         # ... and its response edits
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -350,6 +439,10 @@ cdef enum ConnFlags:
     # ... and in the handshakes under way (its own and its source's) until its TLS
     # handshake ends (_settle) or it closes.
     CONN_HANDSHAKE_HELD = 1048576
+    # HTTP outbound: the next request's route was decided as it was framed (it named
+    # another backend, so the pair switches first): Conn.decided_* say where it goes,
+    # so that a weighted choice is made once per request.
+    CONN_ROUTE_DECIDED = 2097152
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -461,6 +554,18 @@ cdef struct Conn:
     # adds to each request head (inbound: x-forwarded-client-cert).
     uint32_t head_reserve
     uint8_t filter_at              # the request's chain stopped at this step: resume there
+    # HTTPRoute (routes.pxi), outbound: the caller's namespace (Table.namespaces index
+    # on c.table; -1: none there), the rule of the request being framed (Table.rules
+    # index; -1: none), each pending request's rule (its response edits), and the
+    # decision CONN_ROUTE_DECIDED keeps: backend service, rule, or the engine's answer.
+    int32_t caller_ns
+    uint32_t parent                # CONN_FIXED_SERVICE: its listener's service (routed by
+                                   # that service's routes; c.service is the backend)
+    int32_t req_rule
+    int32_t pend_rule[ENGINE_HTTP_PIPELINE_MAX]
+    uint32_t decided_service
+    int32_t decided_rule
+    uint16_t decided_status
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
@@ -568,6 +673,11 @@ cdef struct Counters:
     uint64_t rejected_handshakes
     uint64_t rejected_source_conns
     uint64_t rejected_source_handshakes
+    # HTTPRoute (routes.pxi): requests a route set governed, those no entry matched
+    # (404), and those whose rule had no valid backend for them (500).
+    uint64_t route_matched
+    uint64_t route_no_match
+    uint64_t route_no_backend
     # Out of descriptors with no spare left: the listeners left the loop for
     # ENGINE_ACCEPT_PAUSE_MS instead of reporting the same backlog in a busy loop.
     uint64_t accept_paused
@@ -649,6 +759,7 @@ cdef struct Core:
     uint32_t sources_mask          # entries - 1
     uint32_t n_sources             # entries in use
     uint64_t source_seed[2]        # random: where an address hashes cannot be aimed at
+    uint64_t route_rng             # xorshift state: a route's weighted backend choice
     # Listeners out of the epoll set until then (EMFILE with no spare fd); 0: watched.
     int64_t accept_resume_ns
     Wheel wheel                    # every pair's timer (timers.pxi)
@@ -695,6 +806,10 @@ cdef class RouteTable:
     cdef long _session_life_s      # an inbound session's life from its full handshake
     cdef tuple _limits             # set_limits(): (handshakes, per source, handshakes
                                    # per source, inbound permille); None: the engine's
+    cdef list _route_sets          # (parent service index, consumer namespace bytes or
+                                   # None, [entry tuples]) (routes_table.pxi)
+    cdef list _route_rules         # (name bytes, [(service index, weight)], request
+                                   # edits, response edits)
 
     cdef int _check_fd(self, int fd) except -1
     cdef int _add_caller(self, str address, object client_ctx, str identity,

@@ -198,15 +198,16 @@ from fastpath.includes cimport diag, net, openssl
 from fastpath.http1 cimport (BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL,
                              BODY_UNTIL_CLOSE, CHUNK_DONE, GUARDED_EXACT, METHOD_CONNECT,
                              METHOD_DELETE,
-                             METHOD_GET, METHOD_HEAD, METHOD_OPTIONS, METHOD_PUT,
-                             METHOD_TRACE, Method, ReqHead,
+                             METHOD_GET, METHOD_HEAD, METHOD_OPTIONS, METHOD_OTHER, METHOD_PATCH,
+                             METHOD_POST, METHOD_PUT,
+                             METHOD_TRACE, Field, Method, ReqHead,
                              RespHead, TARGET_ABSOLUTE, authority_host, chunk_init,
                              chunked_advance, chunked_relay, limits_init, parse_request_head,
                              parse_response_head, request_error_status, guarded_name)
 from fastpath.tls cimport (TLSContext, peer_spiffe_id, raise_tls_error, session_mark_origin,
                           session_offerable, ticket_policy_keep)
-from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, fold_response,
-                                make_close, strip_hop_fields)
+from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, drop_named,
+                                fold_response, make_close, strip_hop_fields)
 
 import os
 
@@ -279,11 +280,13 @@ include "detect.pxi"        # what an accepted connection is: SNI, ALPN, first b
 include "callers.pxi"       # which local workload is calling: socket owner, address
 include "http_stream.pxi"   # HTTP/1.1 framing both ways, per-request state
 include "router.pxi"        # request -> service; switching a client between services
+include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, weights, edits
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
 include "endpoint.pxi"      # connect, mTLS client, pool, sessions, failover
 include "stats.pxi"         # request figures per (direction, service, peer)
 include "table.pxi"         # route tables: compile, swap, carry-over of endpoint state
+include "routes_table.pxi"  # HTTPRoute's part of a table: checked, compiled
 include "carry.pxi"         # open pairs meet a newer table
 include "drain.pxi"         # graceful drain: stop accepting, finish, send clients away
 include "limits.pxi"        # limits before authentication: budgets, handshakes, sources
@@ -378,6 +381,9 @@ cdef class Engine:
         core.sources_mask = <uint32_t>(n_sources - 1)
         seed = os.urandom(16)
         memcpy(core.source_seed, <const char*>seed, 16)
+        seed = os.urandom(8)
+        memcpy(&core.route_rng, <const char*>seed, 8)
+        core.route_rng |= 1             # xorshift's state is never 0
         core.ready = <uint32_t*>malloc(core.max_conns * sizeof(uint32_t))
         core.ready_next = <uint32_t*>malloc(core.max_conns * sizeof(uint32_t))
         # Two blocks per slot: never short. Pages nobody touched are not resident.
@@ -558,6 +564,9 @@ cdef class Engine:
         # Limits before authentication: refusals by limit, and what is held now.
         out["rejected_handshakes"] = snap.rejected_handshakes
         out["rejected_source_conns"] = snap.rejected_source_conns
+        out["route_matched"] = snap.route_matched
+        out["route_no_match"] = snap.route_no_match
+        out["route_no_backend"] = snap.route_no_backend
         out["rejected_source_handshakes"] = snap.rejected_source_handshakes
         out["accept_paused"] = snap.accept_paused
         out["inbound_budget"] = self.core.max_inbound

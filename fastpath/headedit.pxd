@@ -11,7 +11,7 @@
 
 from libc.stdint cimport uint32_t
 
-from fastpath.http1 cimport ReqHead, RespHead
+from fastpath.http1 cimport Field, ReqHead, RespHead
 
 
 # Removes from a request head the field lines that belong to the client's hop:
@@ -55,6 +55,13 @@ cdef uint32_t drop_fields(char* buf, uint32_t total, const ReqHead* req,
 # the other lines go. Returns the bytes removed (0 when there is nothing to fold); the
 # spans of fields after the first Content-Length line are stale after a fold.
 cdef uint32_t fold_response(char* buf, uint32_t total, const RespHead* resp) noexcept nogil
+
+# Removes every field line of a head whose name is `name` (ASCII case does not count:
+# a route's header modifier names a field as HTTP does, RFC 9110 §5.1). `fields` and
+# `count` are the head's parsed fields (ReqHead.headers or RespHead.headers). Returns
+# the bytes removed; the spans of fields after the first removed line are stale.
+cdef uint32_t drop_named(char* buf, uint32_t total, const Field* fields, uint32_t count,
+                         const char* name, uint32_t name_len) noexcept nogil
 
 cdef enum:
     # len("Connection: close\r\n")

@@ -284,6 +284,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     cdef int64_t delta = 0
     cdef int64_t grow
     cdef uint32_t i
+    cdef int st
     cdef bint h2c
     cdef FilterCall call
     cdef const FilterChain* chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
@@ -342,6 +343,10 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
             if grow == INT64_MAX:
                 return STATUS_RESET
             delta += grow
+        if c.req_rule >= 0 and c.table.rules[c.req_rule].n_request_edits > 0:
+            st = _request_edits(core, c, req, base, &delta)
+            if st != STATUS_OK:
+                return st
     c.fwd = <uint32_t>(c.fwd + req.head_len + delta)
     if not (req.method == METHOD_GET or req.method == METHOD_HEAD or req.method == METHOD_PUT
             or req.method == METHOD_DELETE or req.method == METHOD_OPTIONS
@@ -352,6 +357,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     i = (c.pend_first + c.n_pend) % ENGINE_HTTP_PIPELINE_MAX
     c.pend_start_ns[i] = core.now_ns
     c.pend_method[i] = <uint8_t>req.method
+    c.pend_rule[i] = c.req_rule         # its answer's edits (routes.pxi)
     c.n_pend += 1
     # Upgrade or CONNECT: after its body nothing more is framed until the answer says
     # whether the rest is a byte pipe (101, 2xx to CONNECT) or more requests; until
@@ -446,9 +452,10 @@ cdef bint _head_ended(const char* b, uint32_t n, uint32_t* scan) noexcept nogil:
 
 cdef int _http_head(Core* core, Conn* c) noexcept nogil:
     """HTTP_HEAD: read a request head into d2u until it parses, then route it. After a
-    switch the head (and maybe more requests) may be buffered already."""
+    switch the head (and maybe more requests) may be buffered already. Room is kept
+    for the lines a route's edits add (_d2u_cap)."""
     cdef Flow* f = &c.d2u
-    cdef uint32_t cap = core.buffer_bytes
+    cdef uint32_t cap = _d2u_cap(core, c)
     cdef Py_ssize_t r
     cdef int rc
     cdef bint full
@@ -521,6 +528,9 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
     cdef char host[256]
     cdef HostEntry* e
     cdef ReqHead req
+    cdef uint32_t parent, backend
+    cdef int32_t rule
+    cdef int rst
     while not c.switching and f.buf != NULL:
         start = f.head + c.fwd
         avail = f.tail - start
@@ -591,21 +601,34 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                     return STATUS_CLOSE
                 core.counters.http_bad_request += 1
                 return STATUS_RESET
-            if not (c.flags & (CONN_INBOUND | CONN_FIXED_SERVICE)):
-                # Shared outbound listener: each request names its service; another one
-                # waits for a switch (inbound: the SNI chose the one local service; a
-                # service port's own listener: that service).
-                hn = 0
-                port = -1
-                e = NULL
-                if req.authority.len > 0:
-                    hn = authority_host(f.buf + start + req.authority.off, req.authority.len,
-                                        host, sizeof(host), &port)
-                if hn > 0:
-                    e = _host_lookup(c.table, host, hn, port)
-                if e == NULL or e.service != c.service:
+            if not (c.flags & CONN_INBOUND):
+                # Outbound, each request is routed on its own: the shared listener's by
+                # the service its Host names (a service port's own listener: that
+                # service), then by that service's routes to a backend. One for another
+                # backend waits for a switch, its route decided (inbound: the SNI chose
+                # the one local service).
+                if c.flags & CONN_FIXED_SERVICE:
+                    parent = c.parent
+                else:
+                    hn = 0
+                    port = -1
+                    e = NULL
+                    if req.authority.len > 0:
+                        hn = authority_host(f.buf + start + req.authority.off,
+                                            req.authority.len, host, sizeof(host), &port)
+                    if hn > 0:
+                        e = _host_lookup(c.table, host, hn, port)
+                    if e == NULL:
+                        c.switching = True      # _http_route answers 404
+                        return STATUS_OK
+                    parent = e.service
+                rst = _route_pick(core, c, parent, f.buf + start, &req, &backend, &rule)
+                if rst != 0 or backend != c.service:
+                    c.flags |= CONN_ROUTE_DECIDED
+                    c.decided_service, c.decided_rule, c.decided_status = backend, rule, rst
                     c.switching = True
                     return STATUS_OK
+                c.req_rule = rule
             if not (c.flags & CONN_INBOUND):
                 core.counters.http_routed += 1
             if _leaves_http(f.buf + start, &req):
@@ -635,12 +658,16 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
 
 cdef inline uint32_t _d2u_cap(Core* core, Conn* c) noexcept nogil:
     """How far an HTTP pair's d2u buffer is filled from the client: room is kept for
-    the field the engine adds to request heads (Conn.head_reserve), but never more than
+    the field the engine adds to request heads (Conn.head_reserve; outbound, the lines a
+    route's request edits add, the table's most), but never more than
     half the buffer (a caller whose identity would need more gets no room for it and
     its requests are refused, counted; the cap never wraps below zero)."""
-    if c.head_reserve > core.buffer_bytes // 2:
+    cdef uint32_t reserve = c.head_reserve
+    if not c.flags & CONN_INBOUND and c.table.request_grow > reserve:
+        reserve = c.table.request_grow  # a route's request edits (routes.pxi)
+    if reserve > core.buffer_bytes // 2:
         return core.buffer_bytes - core.buffer_bytes // 2
-    return core.buffer_bytes - c.head_reserve
+    return core.buffer_bytes - reserve
 
 
 cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
@@ -746,8 +773,14 @@ cdef inline bint _up_left_between(const Conn* c) noexcept nogil:
 
 cdef inline uint32_t _u2d_cap(Core* core, Conn* c) noexcept nogil:
     """How far an HTTP client's u2d buffer is filled from the upstream: room is kept
-    for the `Connection: close` its last answer may need."""
-    return core.buffer_bytes - (CLOSE_LINE_BYTES if c.client_close else 0)
+    for the `Connection: close` its last answer may need, and outbound for the lines a
+    route's response edits may add (the table's most)."""
+    cdef uint32_t reserve = CLOSE_LINE_BYTES if c.client_close else 0
+    if not c.flags & CONN_INBOUND:
+        reserve += c.table.response_grow
+    if reserve > core.buffer_bytes // 2:
+        reserve = core.buffer_bytes // 2
+    return core.buffer_bytes - reserve
 
 
 cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
@@ -847,6 +880,11 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                 n = fold_response(f.buf + start, f.tail - start, &resp)
                 f.tail -= <uint32_t>n
                 rc -= <int>n
+            if (resp.status >= 200 and c.pend_rule[c.pend_first] >= 0
+                    and c.table.rules[c.pend_rule[c.pend_first]].n_response_edits > 0):
+                rc = _response_edits(core, c, &resp, start)
+                if rc < 0:
+                    return STATUS_RESET
             c.resp_fwd += <uint32_t>rc
             if resp.status < 200 and resp.status != 101:
                 continue                    # interim (100 Continue): the request waits

@@ -50,24 +50,49 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     cdef HostEntry* e = NULL
     cdef Service* svc
     cdef int st
-    cdef uint32_t i
+    cdef uint32_t i, parent, backend
+    cdef int32_t rule = -1
     cdef bint rerouted = c.flags & CONN_REROUTED
     c.flags &= ~CONN_REROUTED
     if c.table != core.table and not rerouted and not c.flags & CONN_GOING_AWAY:
         _adopt(core, c)                 # routed on the current table (carry.pxi)
     if c.client_ctx == NULL:
         return _caller_refused(core, c) # no local workload's caller (callers.pxi)
-    if not (c.flags & CONN_FIXED_SERVICE or rerouted):
-        if req.authority.len > 0:
-            hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off, req.authority.len,
-                                host, sizeof(host), &port)
-        if hn > 0:
-            e = _host_lookup(c.table, host, hn, port)
-        if e == NULL:
-            n = snprintf(body, sizeof(body), b"no route to host \"%.*s\"\n", <int>hn, host)
-            _http_reply(core, c, 404, body, n)
+    if rerouted:
+        # The same backend and rule: the head was edited for them already.
+        parent = backend = c.service
+        rule = c.req_rule
+    else:
+        if c.flags & CONN_FIXED_SERVICE:
+            parent = c.parent
+        else:
+            if req.authority.len > 0:
+                hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off,
+                                    req.authority.len, host, sizeof(host), &port)
+            if hn > 0:
+                e = _host_lookup(c.table, host, hn, port)
+            if e == NULL:
+                n = snprintf(body, sizeof(body), b"no route to host \"%.*s\"\n", <int>hn, host)
+                _http_reply(core, c, 404, body, n)
+                return STATUS_CLOSE
+            parent = e.service
+        if c.flags & CONN_ROUTE_DECIDED:
+            # Decided as it was framed behind the requests before it (routes.pxi).
+            c.flags &= ~CONN_ROUTE_DECIDED
+            backend, rule, st = c.decided_service, c.decided_rule, c.decided_status
+        else:
+            st = _route_pick(core, c, parent, c.d2u.buf + c.d2u.head, req, &backend, &rule)
+        if st != 0:
+            c.service = parent          # counted for the service the request named
+            c.flags |= CONN_SERVICE_KNOWN
+            c.stat = -1
+            if st == 404:
+                _http_reply(core, c, 404, b"no route matches the request\n", -1)
+            else:
+                _http_reply(core, c, st, b"no valid backend for the request's route\n", -1)
             return STATUS_CLOSE
-        c.service = e.service
+    c.service = backend
+    c.req_rule = rule
     svc = &c.table.services[c.service]
     c.flags |= CONN_SERVICE_KNOWN
     c.peer_principal = 0            # until an upstream is verified (handshake or pool)
@@ -100,7 +125,8 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         c.flags |= CONN_RETRYABLE
         if not (req.method == METHOD_GET or req.method == METHOD_HEAD
                 or req.method == METHOD_PUT or req.method == METHOD_DELETE
-                or req.method == METHOD_OPTIONS or req.method == METHOD_TRACE):
+                or req.method == METHOD_OPTIONS or req.method == METHOD_TRACE) or (
+                    c.req_rule >= 0 and c.table.rules[c.req_rule].request_adds):
             c.flags &= ~CONN_RETRYABLE
         return _enter_pipe(core, c)
     # Setup (connect + handshake) gets its own connect_timeout from here.

@@ -77,6 +77,7 @@ cdef void _table_free(Table* t) noexcept nogil:
         for i in range(t.n_hosts):
             _name_free(&t.hosts[i].name)
         free(t.hosts)
+    _routes_free(t)
     if t.dispatch_ctx != NULL:
         openssl.SSL_CTX_free(t.dispatch_ctx)
     free(t)
@@ -379,6 +380,8 @@ cdef class RouteTable:
         self._ticket_period_s = TLS_TICKET_PERIOD_S
         self._session_life_s = TLS_SESSION_LIFE_S
         self._limits = None
+        self._route_sets = []
+        self._route_rules = []
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -560,6 +563,84 @@ cdef class RouteTable:
             raise ValueError("port must be 1..65535, not %d" % port)
         self._hosts.append((host_b.rstrip(b".") or host_b, port, service_index))
 
+    def add_route_set(self, int service_index, str consumer_namespace=None) -> int:
+        """HTTPRoutes govern requests to service port `service_index` (routes.pxi): the
+        producer routes (`consumer_namespace` None) for every caller, or the consumer
+        routes of callers in `consumer_namespace`, in place of the producer ones. The
+        set's matches come from add_route_match(), in precedence order; a request none
+        of them holds for is answered 404. Returns the set's index."""
+        if not 0 <= service_index < len(self._services):
+            raise ValueError("no service %d (add_service() first)" % service_index)
+        ns = None if consumer_namespace is None else consumer_namespace.encode()
+        for parent, other, _ in self._route_sets:
+            if parent == service_index and other == ns:
+                raise ValueError("service %d already has a route set for %s" % (
+                    service_index, "producers" if ns is None else consumer_namespace))
+        self._route_sets.append((service_index, ns, []))
+        return len(self._route_sets) - 1
+
+    def add_route_rule(self, str name not None, backends, request_headers=None,
+                       response_headers=None) -> int:
+        """One rule of a route: `backends`, (service index or -1, weight) pairs, among
+        which each request it takes is sent by weight (-1: an invalid backendRef: its
+        share is answered 500; no backend or all weights 0: every request 500);
+        `request_headers` / `response_headers`: Gateway API header modifiers as
+        {"set": [(name, value)], "add": [...], "remove": [name]}. `name`: for figures.
+        Returns the rule's index for add_route_match()."""
+        out = []
+        for service_index, weight in backends:
+            if service_index != -1 and not 0 <= service_index < len(self._services):
+                raise ValueError("rule %r: no service %d" % (name, service_index))
+            if not 0 <= weight <= 1000000:
+                raise ValueError("rule %r: weight must be 0..1000000, not %r" % (name, weight))
+            if weight:
+                out.append((int(service_index), int(weight)))
+        req = _edits(request_headers, _UNEDITABLE_REQUEST, "rule %r request header" % name)
+        resp = _edits(response_headers, _UNEDITABLE_RESPONSE, "rule %r response header" % name)
+        for edits, what in ((req, "request"), (resp, "response")):
+            if _grow(edits) > ROUTE_GROW_MAX:
+                raise ValueError("rule %r: its %s header edits add more than %d bytes"
+                                 % (name, what, ROUTE_GROW_MAX))
+        self._route_rules.append((name.encode(), out, req, resp))
+        return len(self._route_rules) - 1
+
+    def add_route_match(self, int set_index, int rule_index, path=None, str method=None,
+                        headers=(), query=()) -> None:
+        """The next match of set `set_index`, in precedence order: a request it holds
+        for takes rule `rule_index`. `path`: (type, value), type "Exact" or
+        "PathPrefix" (element-wise), or None (any path); `method`: an HTTP method or
+        None; `headers` / `query`: (type, name, value) each, type "Exact", all must
+        hold (header names without case, query names exactly)."""
+        if not 0 <= set_index < len(self._route_sets):
+            raise ValueError("no route set %d" % set_index)
+        if not 0 <= rule_index < len(self._route_rules):
+            raise ValueError("no route rule %d" % rule_index)
+        path_kind, path_b = MATCH_ANY, b""
+        if path is not None:
+            kind, value = path
+            path_kind = _match_kind(kind, (MATCH_EXACT, MATCH_PREFIX, MATCH_REGEX), "path")
+            path_b = _field_value(value, "path")
+            if path_kind != MATCH_REGEX and not path_b.startswith(b"/"):
+                raise ValueError("path %r must begin with /" % value)
+            if path_kind == MATCH_PREFIX and len(path_b) > 1:
+                path_b = path_b.rstrip(b"/") or b"/"    # "/v2/" holds as "/v2" does
+            if path_kind == MATCH_PREFIX and path_b == b"/":
+                path_kind, path_b = MATCH_ANY, b""
+        method_v = -1
+        if method is not None:
+            if method not in _METHODS:
+                raise ValueError("method %r is not one of %s" % (method, ", ".join(_METHODS)))
+            method_v = _METHODS[method]
+        hs = [(_match_kind(k, (MATCH_EXACT, MATCH_REGEX), "header %r" % n),
+               _field_name(n, "header"), _field_value(v, "header %r" % n))
+              for k, n, v in headers]
+        qs = [(_match_kind(k, (MATCH_EXACT, MATCH_REGEX), "query %r" % n),
+               (<str>n).encode(), _field_value(v, "query %r" % n))
+              for k, n, v in query]
+        if any(not n for _, n, _ in qs):
+            raise ValueError("a query parameter match needs a name")
+        self._route_sets[set_index][2].append((path_kind, path_b, method_v, hs, qs, rule_index))
+
     def set_inbound(self, int fd, bytes ticket_keys=None,
                     long ticket_period_s=TLS_TICKET_PERIOD_S,
                     long session_life_s=TLS_SESSION_LIFE_S) -> None:
@@ -711,6 +792,8 @@ cdef class RouteTable:
                 _name_set(&t.hosts[i].name, host_b)
                 t.hosts[i].port = port
                 t.hosts[i].service = service_index
+
+            _routes_build(t, self._route_sets, self._route_rules)
 
             if self._routes:
                 t.routes = <InboundRoute*>calloc(len(self._routes), sizeof(InboundRoute))

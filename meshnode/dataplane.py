@@ -56,7 +56,7 @@ from typing import Any, Callable
 
 from fastpath.engine import Engine, RouteTable
 
-from . import callers, logs
+from . import callers, logs, routes
 from .identity.creds import Contexts
 from .ports import Ports
 
@@ -219,6 +219,7 @@ class DataPlane:
         local_ns = {w.get("namespace") for w in snapshot["local"]}
         services = sorted(snapshot["services"], key=lambda s: s["namespace"] not in local_ns)
         nodes = snapshot.get("nodes") or {}
+        indexes: dict[tuple[str, int], int] = {}  # ("ns/name", port) -> engine service
         for svc in services:
             if not svc["identities"]:
                 continue  # no endpoints: nothing to route to
@@ -228,6 +229,7 @@ class DataPlane:
                 name = f"{svc['namespace']}/{svc['name']}:{port['name']}"
                 self.service_fqdn[name] = svc["fqdn"]
                 index = table.add_service(name, sni, svc["identities"], endpoints)
+                indexes.setdefault((f"{svc['namespace']}/{svc['name']}", int(port["port"])), index)
                 protocol = _protocol(port)
                 if port.get("outbound_port") and serving:
                     sock = self._outbound_listener(port["outbound_port"], name)
@@ -240,6 +242,7 @@ class DataPlane:
                         table.add_host(host, index, int(port["port"]))
                         http_hosts += 1
                 self._inbound_route(table, svc, port, sni)
+        routes.install(table, snapshot.get("http_routes") or (), indexes)
         # Once bound, the HTTP listener stays in every table, with or without hosts: a
         # client of a service that was deleted gets its 404, not a connection nobody takes.
         if (http_hosts or self._http is not None) and serving:

@@ -1,0 +1,247 @@
+# routes_table.pxi: HTTPRoute's part of a route table: what RouteTable.add_route_set(),
+# add_route_rule() and add_route_match() accept, checked with the GIL, and its compile
+# to the C arrays routes.pxi reads (Table.sets, entries, rules, namespaces).
+#
+# Included into fastpath/engine.pyx after table.pxi (it uses its helpers).
+
+# Field names no route may edit: they frame the message or route it (a client-side edit
+# of them would desynchronise the node's framing from the app's), they are the hop's
+# own, or the node vouches for them (x-forwarded-client-cert is the inbound node's).
+_UNEDITABLE_REQUEST = frozenset((
+    b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
+    b"proxy-connection", b"upgrade", b"te", b"trailer", b"x-forwarded-client-cert",
+    b"expect"))
+_UNEDITABLE_RESPONSE = frozenset((
+    b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
+    b"proxy-connection", b"upgrade", b"te", b"trailer"))
+
+_MATCH_KINDS = {"exact": MATCH_EXACT, "pathprefix": MATCH_PREFIX, "prefix": MATCH_PREFIX,
+                "regularexpression": MATCH_REGEX, "regex": MATCH_REGEX}
+_METHODS = {"GET": METHOD_GET, "HEAD": METHOD_HEAD, "POST": METHOD_POST, "PUT": METHOD_PUT,
+            "DELETE": METHOD_DELETE, "CONNECT": METHOD_CONNECT, "OPTIONS": METHOD_OPTIONS,
+            "TRACE": METHOD_TRACE, "PATCH": METHOD_PATCH}
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                   b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+ROUTE_VALUE_MAX = 4096
+# The most one rule's edits may add to a head, each way: room for them is kept in every
+# outbound HTTP pair's buffers (never more than half a buffer: http_stream.pxi).
+ROUTE_GROW_MAX = 4096
+
+
+cdef bytes _field_name(str name, str what):
+    b = name.encode("ascii", "replace").lower()
+    if not b or any(ch not in _TCHAR for ch in b):
+        raise ValueError("%s %r is not an HTTP field name" % (what, name))
+    return b
+
+
+cdef bytes _field_value(str value, str what):
+    b = value.encode("utf-8")
+    if len(b) > ROUTE_VALUE_MAX or any(ch < 0x20 and ch != 0x09 or ch == 0x7f for ch in b):
+        raise ValueError("%s %r: a field value holds no control characters (and at most %d "
+                         "bytes)" % (what, value, ROUTE_VALUE_MAX))
+    return b
+
+
+cdef uint8_t _match_kind(object kind, tuple allowed, str what) except 255:
+    k = _MATCH_KINDS.get(str(kind).lower())
+    if k is None or k not in allowed:
+        raise ValueError("%s: match type %r is not one of %s" % (what, kind, ", ".join(
+            name for name, v in _MATCH_KINDS.items() if v in allowed and name[0].isupper())))
+    if k == MATCH_REGEX:
+        raise ValueError("%s: RegularExpression matches are not built into this data plane"
+                         % what)
+    return k
+
+
+cdef list _edits(object spec, frozenset refused, str what):
+    """A header modifier ({"set": [[name, value]], "add": [...], "remove": [name]}) as
+    (op, name bytes, value bytes) in the order they apply."""
+    out = []
+    if not spec:
+        return out
+    for key in spec:
+        if key not in ("set", "add", "remove"):
+            raise ValueError("%s: %r is not set, add or remove" % (what, key))
+    for op, key in ((EDIT_REMOVE, "remove"), (EDIT_SET, "set"), (EDIT_ADD, "add")):
+        for item in spec.get(key) or ():
+            if op == EDIT_REMOVE:
+                name, value = item, ""
+            else:
+                name, value = item
+            name_b = _field_name(name, what)
+            if name_b in refused:
+                raise ValueError("%s: %r may not be edited by a route (the node frames, "
+                                 "routes or vouches for it)" % (what, name))
+            out.append((op, name_b, _field_value(value, what) if op != EDIT_REMOVE else b""))
+    return out
+
+
+cdef uint32_t _grow(list edits):
+    """The most bytes a rule's edits can add to a head: a line per set or add."""
+    return sum(len(n) + len(v) + 4 for op, n, v in edits if op != EDIT_REMOVE)
+
+
+cdef bytes _identity_namespace(bytes identity):
+    """NS of spiffe://TD/ns/NS/sa/SA (b"": another shape)."""
+    parts = identity.split(b"/")
+    if len(parts) >= 7 and parts[3] == b"ns" and parts[5] == b"sa":
+        return parts[4]
+    return b""
+
+
+cdef int _edits_set(HeaderEdit** out, uint32_t* n, list edits) except -1:
+    if not edits:
+        return 0
+    out[0] = <HeaderEdit*>calloc(len(edits), sizeof(HeaderEdit))
+    if out[0] == NULL:
+        raise MemoryError()
+    n[0] = len(edits)
+    for i, (op, name_b, value_b) in enumerate(edits):
+        out[0][i].op = op
+        _name_set(&out[0][i].name, name_b)
+        _name_set(&out[0][i].value, value_b)
+    return 0
+
+
+cdef int _strs_set(RouteStr** out, uint32_t* n, list items) except -1:
+    if not items:
+        return 0
+    out[0] = <RouteStr*>calloc(len(items), sizeof(RouteStr))
+    if out[0] == NULL:
+        raise MemoryError()
+    n[0] = len(items)
+    for i, (kind, name_b, value_b) in enumerate(items):
+        out[0][i].kind = kind
+        _name_set(&out[0][i].name, name_b)
+        _name_set(&out[0][i].value, value_b)
+    return 0
+
+
+cdef void _edits_free(HeaderEdit* edits, uint32_t n) noexcept nogil:
+    cdef uint32_t i
+    if edits == NULL:
+        return
+    for i in range(n):
+        _name_free(&edits[i].name)
+        _name_free(&edits[i].value)
+    free(edits)
+
+
+cdef void _strs_free(RouteStr* strs, uint32_t n) noexcept nogil:
+    cdef uint32_t i
+    if strs == NULL:
+        return
+    for i in range(n):
+        _name_free(&strs[i].name)
+        _name_free(&strs[i].value)
+    free(strs)
+
+
+cdef void _routes_free(Table* t) noexcept nogil:
+    """What _routes_build() allocated (partially built ones too: calloc'd)."""
+    cdef uint32_t i
+    if t.entries != NULL:
+        for i in range(t.n_entries):
+            _name_free(&t.entries[i].path)
+            _strs_free(t.entries[i].headers, t.entries[i].n_headers)
+            _strs_free(t.entries[i].query, t.entries[i].n_query)
+        free(t.entries)
+    if t.rules != NULL:
+        for i in range(t.n_rules):
+            _name_free(&t.rules[i].name)
+            free(t.rules[i].backends)
+            _edits_free(t.rules[i].request_edits, t.rules[i].n_request_edits)
+            _edits_free(t.rules[i].response_edits, t.rules[i].n_response_edits)
+        free(t.rules)
+    if t.namespaces != NULL:
+        for i in range(t.n_namespaces):
+            _name_free(&t.namespaces[i])
+        free(t.namespaces)
+    free(t.sets)
+
+
+cdef int _routes_build(Table* t, list sets, list rules) except -1:
+    """Table.sets (sorted by parent service, each service's first_set/n_sets), their
+    entries, the rules and the consumer namespaces; then each caller's namespace."""
+    cdef uint32_t i, j, k
+    cdef RouteSet* s
+    cdef RouteEntry* e
+    cdef RouteRule* r
+    namespaces = sorted({ns for _, ns, _ in sets if ns is not None})
+    ns_index = {ns: i for i, ns in enumerate(namespaces)}
+    if namespaces:
+        t.namespaces = <Name*>calloc(len(namespaces), sizeof(Name))
+        if t.namespaces == NULL:
+            raise MemoryError()
+        t.n_namespaces = len(namespaces)
+        for i, ns in enumerate(namespaces):
+            _name_set(&t.namespaces[i], ns)
+    if rules:
+        t.rules = <RouteRule*>calloc(len(rules), sizeof(RouteRule))
+        if t.rules == NULL:
+            raise MemoryError()
+        t.n_rules = len(rules)
+    for i, (name_b, backends, req_edits, resp_edits) in enumerate(rules):
+        r = &t.rules[i]
+        _name_set(&r.name, name_b)
+        if backends:
+            r.backends = <RouteBackend*>calloc(len(backends), sizeof(RouteBackend))
+            if r.backends == NULL:
+                raise MemoryError()
+            r.n_backends = len(backends)
+        for j, (service_index, weight) in enumerate(backends):
+            r.backends[j].service = service_index
+            r.backends[j].weight = weight
+            r.total_weight += weight
+        _edits_set(&r.request_edits, &r.n_request_edits, req_edits)
+        r.request_grow = _grow(req_edits)
+        r.request_adds = any(op == EDIT_ADD for op, _, _ in req_edits)
+        _edits_set(&r.response_edits, &r.n_response_edits, resp_edits)
+        r.response_grow = _grow(resp_edits)
+        t.request_grow = max(t.request_grow, r.request_grow)
+        t.response_grow = max(t.response_grow, r.response_grow)
+    order = sorted(range(len(sets)), key=lambda i: sets[i][0])   # stable: by parent
+    n_entries = sum(len(entries) for _, _, entries in sets)
+    if sets:
+        t.sets = <RouteSet*>calloc(len(sets), sizeof(RouteSet))
+        if t.sets == NULL:
+            raise MemoryError()
+        t.n_sets = len(sets)
+    if n_entries:
+        t.entries = <RouteEntry*>calloc(n_entries, sizeof(RouteEntry))
+        if t.entries == NULL:
+            raise MemoryError()
+        t.n_entries = n_entries
+    k = 0
+    for i, at in enumerate(order):
+        service_index, ns, entries = sets[at]
+        s = &t.sets[i]
+        s.service = service_index
+        s.ns = -1 if ns is None else ns_index[ns]
+        s.first_entry = k
+        s.n_entries = len(entries)
+        if t.services[service_index].n_sets == 0:
+            t.services[service_index].first_set = i
+        t.services[service_index].n_sets += 1
+        for path_kind, path_b, method, headers, query, rule_index in entries:
+            e = &t.entries[k]
+            k += 1
+            e.path_kind = path_kind
+            _name_set(&e.path, path_b)
+            e.method = method
+            e.rule = rule_index
+            _strs_set(&e.headers, &e.n_headers, headers)
+            _strs_set(&e.query, &e.n_query, query)
+    for i in range(t.n_listeners):
+        t.listeners[i].ns = _namespace_of(t, &t.listeners[i].identity, ns_index)
+    for i in range(t.n_sources):
+        t.sources[i].ns = _namespace_of(t, &t.sources[i].identity, ns_index)
+    return 0
+
+
+cdef int32_t _namespace_of(Table* t, const Name* identity, dict ns_index):
+    if identity.length == 0:
+        return -1
+    ns = _identity_namespace(identity.data[:identity.length])
+    return ns_index.get(ns, -1)

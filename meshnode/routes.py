@@ -1,0 +1,59 @@
+"""A snapshot's HTTPRoutes (``snapshot["http_routes"]``, compiled by control from Gateway
+API HTTPRoute resources) into a worker's RouteTable: route sets, their rules and their
+matches, in the precedence order control gave them (fastpath/routes.pxi matches them).
+
+Backends are named as control names them, ("namespace/name", port); one the table has no
+service for (a Service without endpoints, or a ref that did not resolve) is an invalid
+backend there, and the share of requests it would get is answered 500, as the Gateway
+API asks for a backendRef that cannot be used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fastpath.engine import RouteTable
+
+
+def _match_args(entry: dict[str, Any]) -> dict[str, Any]:
+    path = entry.get("path")
+    return {
+        "path": (path["type"], path["value"]) if path else None,
+        "method": entry.get("method"),
+        "headers": [(h["type"], h["name"], h["value"]) for h in entry.get("headers") or ()],
+        "query": [(q["type"], q["name"], q["value"]) for q in entry.get("query") or ()],
+    }
+
+
+def _rule_name(rule: dict[str, Any]) -> str:
+    return f"{rule['route']}#{rule.get('name') or rule['index']}"
+
+
+def install(table: RouteTable, route_sets: Iterable[dict[str, Any]],
+            services: dict[tuple[str, int], int]) -> int:
+    """Add every route set whose parent service port the table has; returns how many.
+
+    `services`: ("namespace/name", port) -> the table's index of that service port."""
+    added = 0
+    for route_set in route_sets:
+        parent = services.get((route_set["service"], int(route_set["port"])))
+        if parent is None:
+            continue            # its Service has no endpoints here: nothing to route
+        set_index = table.add_route_set(parent, route_set.get("consumer_namespace"))
+        rules = []
+        for rule in route_set["rules"]:
+            backends = []
+            for backend in rule["backends"]:
+                ref = backend.get("service")
+                index = -1
+                if ref is not None and backend.get("port") is not None:
+                    index = services.get((ref, int(backend["port"])), -1)
+                backends.append((index, int(backend["weight"])))
+            rules.append(table.add_route_rule(_rule_name(rule), backends,
+                                              rule.get("request_headers"),
+                                              rule.get("response_headers")))
+        for entry in route_set["entries"]:
+            table.add_route_match(set_index, rules[entry["rule"]], **_match_args(entry))
+        added += 1
+    return added
