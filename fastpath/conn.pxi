@@ -55,6 +55,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.caller_ns = -1
     c.parent = 0
     c.req_rule = -1
+    c.req_deadline_ns = 0
     c.down.fd = -1
     c.down.ssl = NULL
     c.down.readable = True

@@ -232,6 +232,9 @@ cdef struct RouteRule:
     HeaderEdit* response_edits     # ResponseHeaderModifier
     uint32_t n_response_edits
     uint32_t response_grow
+    # timeouts.request / backendRequest, the sooner (0: none): from the request's
+    # framing to its answer's head; expired before it, the engine answers 504.
+    int64_t timeout_ns
 
 
 cdef struct RouteSet:
@@ -563,6 +566,8 @@ cdef struct Conn:
                                    # that service's routes; c.service is the backend)
     int32_t req_rule
     int32_t pend_rule[ENGINE_HTTP_PIPELINE_MAX]
+    int64_t pend_deadline[ENGINE_HTTP_PIPELINE_MAX]  # its route's timeout (0: none)
+    int64_t req_deadline_ns        # the oldest pending request's (0: none): the timer's
     uint32_t decided_service
     int32_t decided_rule
     uint16_t decided_status
@@ -678,6 +683,7 @@ cdef struct Counters:
     uint64_t route_matched
     uint64_t route_no_match
     uint64_t route_no_backend
+    uint64_t route_timeouts        # 504: a route's timeout came before the answer's head
     # Out of descriptors with no spare left: the listeners left the loop for
     # ENGINE_ACCEPT_PAUSE_MS instead of reporting the same backlog in a busy loop.
     uint64_t accept_paused
@@ -809,7 +815,7 @@ cdef class RouteTable:
     cdef list _route_sets          # (parent service index, consumer namespace bytes or
                                    # None, [entry tuples]) (routes_table.pxi)
     cdef list _route_rules         # (name bytes, [(service index, weight)], request
-                                   # edits, response edits)
+                                   # edits, response edits, timeout s)
 
     cdef int _check_fd(self, int fd) except -1
     cdef int _add_caller(self, str address, object client_ctx, str identity,

@@ -567,6 +567,7 @@ cdef class Engine:
         out["route_matched"] = snap.route_matched
         out["route_no_match"] = snap.route_no_match
         out["route_no_backend"] = snap.route_no_backend
+        out["route_timeouts"] = snap.route_timeouts
         out["rejected_source_handshakes"] = snap.rejected_source_handshakes
         out["accept_paused"] = snap.accept_paused
         out["inbound_budget"] = self.core.max_inbound

@@ -358,6 +358,11 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     c.pend_start_ns[i] = core.now_ns
     c.pend_method[i] = <uint8_t>req.method
     c.pend_rule[i] = c.req_rule         # its answer's edits (routes.pxi)
+    c.pend_deadline[i] = 0
+    if c.req_rule >= 0 and c.table.rules[c.req_rule].timeout_ns > 0:
+        c.pend_deadline[i] = core.now_ns + c.table.rules[c.req_rule].timeout_ns
+        if c.n_pend == 0:
+            _request_deadline(core, c, c.pend_deadline[i])
     c.n_pend += 1
     # Upgrade or CONNECT: after its body nothing more is framed until the answer says
     # whether the rest is a byte pipe (101, 2xx to CONNECT) or more requests; until
@@ -760,6 +765,10 @@ cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
     c.flags &= ~CONN_DRAIN_HEAD_SEEN
     c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
     c.n_pend -= 1
+    # The next pending request's timeout, if it has one (its timer may fire early:
+    # it then finds nothing due and files itself again).
+    if c.req_deadline_ns != 0 or (c.n_pend > 0 and c.pend_deadline[c.pend_first] != 0):
+        _request_deadline(core, c, c.pend_deadline[c.pend_first] if c.n_pend > 0 else 0)
 
 
 cdef inline bint _up_left_between(const Conn* c) noexcept nogil:

@@ -281,3 +281,27 @@ cdef int _response_edits(Core* core, Conn* c, RespHead* resp, uint32_t start) no
         return -1
     f.tail = <uint32_t>(f.tail + grow)
     return <int>resp.head_len
+
+
+cdef void _request_deadline(Core* core, Conn* c, int64_t ns) noexcept nogil:
+    """The oldest pending request's timeout is now `ns` (0: none): file the pair's timer
+    for it when that is sooner than its state's other deadlines."""
+    c.req_deadline_ns = ns
+    if ns != 0 and c.state == CONN_PIPE:
+        _timer_arm(core, c, _conn_due_ns(core, c))
+
+
+cdef void _request_timed_out(Core* core, Conn* c) noexcept nogil:
+    """A route's timeout came before the oldest pending request's answer was whole: 504
+    when nothing of that answer went to the client yet (the upstream is dropped, it may
+    still be answering), else the client's connection is cut (the answer began: a
+    status cannot be sent any more), as Envoy resets a stream it timed out."""
+    core.counters.route_timeouts += 1
+    c.req_deadline_ns = 0
+    c.reusable = False
+    if (c.resp_phase == RESP_HEAD and c.resp_fwd == 0
+            and (c.u2d.buf == NULL or c.u2d.head == c.u2d.tail)):
+        _http_reply(core, c, 504, b"upstream request timeout\n", -1)
+        _conn_close(core, c, False)
+    else:
+        _conn_close(core, c, True)

@@ -182,9 +182,10 @@ cdef int _routes_build(Table* t, list sets, list rules) except -1:
         if t.rules == NULL:
             raise MemoryError()
         t.n_rules = len(rules)
-    for i, (name_b, backends, req_edits, resp_edits) in enumerate(rules):
+    for i, (name_b, backends, req_edits, resp_edits, timeout_s) in enumerate(rules):
         r = &t.rules[i]
         _name_set(&r.name, name_b)
+        r.timeout_ns = <int64_t>(timeout_s * 1e9)
         if backends:
             r.backends = <RouteBackend*>calloc(len(backends), sizeof(RouteBackend))
             if r.backends == NULL:

@@ -179,6 +179,8 @@ cdef inline int64_t _conn_due_ns(Core* core, Conn* c) noexcept nogil:
         due = c.active_ns + core.idle_timeout_ns
         if c.flags & CONN_DRAINING and c.deadline_ns < due:
             due = c.deadline_ns
+        if c.req_deadline_ns != 0 and c.req_deadline_ns < due:
+            due = c.req_deadline_ns     # a route's request timeout (routes.pxi)
         if c.close_at_ns != 0 and c.close_at_ns < due:
             due = c.close_at_ns
     elif (c.state == CONN_HTTP_HEAD and c.flags & CONN_ANSWERED
@@ -234,7 +236,9 @@ cdef void _conn_expired(Core* core, Conn* c) noexcept nogil:
     cdef SideCounters* sc = _counters_of(core, c)
     cdef int64_t now = core.now_ns
     if c.state == CONN_PIPE:
-        if c.flags & CONN_DRAINING and now >= c.deadline_ns:
+        if c.req_deadline_ns != 0 and now >= c.req_deadline_ns:
+            _request_timed_out(core, c)
+        elif c.flags & CONN_DRAINING and now >= c.deadline_ns:
             sc.idle_timeouts += 1       # answers nobody waits for: not for long
             _conn_close(core, c, True)
         elif now - c.active_ns >= core.idle_timeout_ns:

@@ -26,6 +26,13 @@ def _match_args(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _timeout_s(rule: dict[str, Any]) -> float:
+    """The sooner of timeouts.request and timeouts.backendRequest (0: none). With no
+    retries, a request's one try is its whole life: both bound the same wait."""
+    set_ = [t for t in (rule.get("timeout_s"), rule.get("backend_timeout_s")) if t]
+    return float(min(set_)) if set_ else 0.0
+
+
 def _rule_name(rule: dict[str, Any]) -> str:
     return f"{rule['route']}#{rule.get('name') or rule['index']}"
 
@@ -52,7 +59,8 @@ def install(table: RouteTable, route_sets: Iterable[dict[str, Any]],
                 backends.append((index, int(backend["weight"])))
             rules.append(table.add_route_rule(_rule_name(rule), backends,
                                               rule.get("request_headers"),
-                                              rule.get("response_headers")))
+                                              rule.get("response_headers"),
+                                              _timeout_s(rule)))
         for entry in route_set["entries"]:
             table.add_route_match(set_index, rules[entry["rule"]], **_match_args(entry))
         added += 1

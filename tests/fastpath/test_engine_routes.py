@@ -15,6 +15,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
@@ -71,6 +72,8 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
     def _answer(self) -> None:
+        if self.path.startswith("/slow/"):         # /slow/MS: answers MS ms late
+            time.sleep(int(self.path.split("/")[2]) / 1000)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         out = json.dumps({"version": self.server.version, "method": self.command,
@@ -423,3 +426,33 @@ def test_a_config_push_reroutes_the_next_request(mesh: Mesh) -> None:
     t.add_route_match(s, t.add_route_rule("demo/r#0", [(ix["v2"], 1)]))
     mesh.out_node.install(t)
     assert request(conn)[2]["version"] == "v2"
+
+
+# --- timeouts ---------------------------------------------------------------------------------
+
+
+def test_a_route_timeout_answers_504_before_a_late_answer(mesh: Mesh) -> None:
+    t, ix = mesh.outbound()
+    s = t.add_route_set(ix["backend"])
+    t.add_route_match(s, t.add_route_rule("demo/r#0", [(ix["v1"], 1)], timeout_s=0.3),
+                      path=("PathPrefix", "/slow"))
+    t.add_route_match(s, t.add_route_rule("demo/r#1", [(ix["v1"], 1)]))
+    mesh.out_node.install(t)
+    conn = mesh.http()
+    assert request(conn, "/slow/10")[0] == 200         # in time, and the pair goes on
+    started = time.monotonic()
+    status, _, body = request(conn, "/slow/1500")
+    took = time.monotonic() - started
+    assert status == 504 and b"timeout" in body
+    assert 0.25 <= took < 1.2, took
+    assert mesh.out_node.engine.stats()["route_timeouts"] == 1
+    assert routed_to(mesh, "/fast") == "v1"            # another rule: no timeout
+    assert routed_to(mesh, "/slow/600") == 504         # a new connection: timed too
+
+
+def test_a_rule_without_timeout_waits_for_its_answer(mesh: Mesh) -> None:
+    t, ix = mesh.outbound()
+    s = t.add_route_set(ix["backend"])
+    t.add_route_match(s, t.add_route_rule("demo/r#0", [(ix["v1"], 1)]))
+    mesh.out_node.install(t)
+    assert routed_to(mesh, "/slow/700") == "v1"
