@@ -79,7 +79,7 @@ def attach(route: HTTPRoute, ref: ParentRef, services: Services) -> Attachment:
               and (ref.section_name is None or p.name == ref.section_name)]
     if not chosen:
         wanted = " ".join(part for part in (f"{ref.port}" if ref.port else "",
-                                            f"named {ref.section_name!r}" if ref.section_name else ""))
+                                            f"named {ref.section_name!r}" if ref.section_name else "") if part)
         return Attachment(label, (), consumer, "NoMatchingParent",
                           f"Service {label} has no port {wanted} (its ports: "
                           f"{_ports_text(service.spec.ports)})")
