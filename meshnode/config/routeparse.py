@@ -120,6 +120,21 @@ def _items(d: _Doc, value: object, path: str, max_items: int,
     return None if any(item is None for item in items) else tuple(items)  # type: ignore[misc]
 
 
+def _unrepeated(d: _Doc, items: Sequence[T], path: str, field: str, key: Callable[[T], str | None],
+                what: Callable[[str], str]) -> bool:
+    """Refuse the second of two items with one key (listMapKey lists, filters that
+    "cannot be repeated", unique rule names); a None key is not compared."""
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        name = key(item)
+        if name is not None and name in first:
+            d.fail(f"{path}[{i}].{field}", f"{what(name)} (also {path}[{first[name]}])")
+            return False
+        if name is not None:
+            first[name] = i
+    return True
+
+
 def _patterned(pattern: re.Pattern[str], what: str, max_len: int = MAX_NAME,
                empty_ok: bool = False) -> Callable[[_Doc, object, str], str | None]:
     def check(d: _Doc, value: object, path: str) -> str | None:
@@ -330,14 +345,9 @@ def _rules(d: _Doc, value: object, path: str) -> tuple[RouteRule, ...] | None:
     if total > MAX_MATCHES:
         d.fail(path, f"has {total} matches in all: a route may have at most {MAX_MATCHES}")
         return None
-    names: dict[str, int] = {}
-    for i, rule in enumerate(rules):
-        if rule.name is not None and rule.name in names:
-            d.fail(f"{path}[{i}].name", f"duplicate rule name {rule.name!r} (also {path}[{names[rule.name]}]): "
-                                        "a rule's name is unique within its route")
-        elif rule.name is not None:
-            names[rule.name] = i
-    return rules
+    unique = _unrepeated(d, rules, path, "name", lambda rule: rule.name,
+                         lambda name: f"duplicate rule name {name!r}: a rule's name is unique within its route")
+    return rules if unique else None
 
 
 def _rule(d: _Doc, value: object, path: str) -> RouteRule | None:
@@ -433,29 +443,19 @@ def _value_matches(check_value: Callable[[_Doc, object, str], str | None],
 
     def check(d: _Doc, value: object, path: str) -> tuple[ValueMatch, ...] | None:
         items = _items(d, value, path, MAX_MATCH_CONDITIONS, one)
-        if items is None:
+        what = "header" if headers else "query parameter"
+        if items is None or not _unrepeated(d, items, path, "name", lambda item: item.name,
+                                            lambda name: f"duplicate {what} name {name!r}"):
             return None
-        first: dict[str, int] = {}
-        for i, item in enumerate(items):
-            if item.name in first:
-                what = "header" if headers else "query parameter"
-                d.fail(f"{path}[{i}].name", f"duplicate {what} name {item.name!r} (also {path}[{first[item.name]}])")
-                return None
-            first[item.name] = i
         return items
     return check
 
 
 def _filters(d: _Doc, value: object, path: str) -> tuple[RouteFilter, ...] | None:
     filters = _items(d, value, path, MAX_FILTERS, _filter)
-    if filters is None:
+    if filters is None or not _unrepeated(d, filters, path, "type", lambda item: item.type,
+                                          lambda kind: f"{kind} filter cannot be repeated"):
         return None
-    first: dict[str, int] = {}
-    for i, item in enumerate(filters):
-        if item.type in first:
-            d.fail(f"{path}[{i}].type", f"{item.type} filter cannot be repeated (also {path}[{first[item.type]}])")
-            return None
-        first[item.type] = i
     return filters
 
 
@@ -551,13 +551,9 @@ def _backend_ref(d: _Doc, value: object, path: str) -> BackendRef | None:
     return BackendRef(name, group, kind, namespace, port, weight)  # type: ignore[arg-type]
 
 
-def _gateway_duration(d: _Doc, value: object, path: str) -> str | None:
-    text = _string(d, value, path)
-    if text is not None and not _GATEWAY_DURATION.fullmatch(text):
-        d.fail(path, f"{text!r} is not a Gateway API duration (GEP-2257): 1 to 4 parts, each 1 to "
-                     "5 digits and a unit h, m, s or ms, such as '10s', '1m30s' or '500ms'")
-        return None
-    return text
+_gateway_duration = _patterned(_GATEWAY_DURATION, "a Gateway API duration (GEP-2257): 1 to 4 parts, each "
+                                                  "1 to 5 digits and a unit h, m, s or ms, such as '10s', "
+                                                  "'1m30s' or '500ms'", max_len=64)
 
 
 def _timeouts(d: _Doc, value: object, path: str) -> Timeouts | None:
@@ -594,16 +590,14 @@ def route_to_dict(route: HTTPRoute) -> dict[str, Any]:
     return {"apiVersion": API_VERSIONS[0], "kind": route.kind, "metadata": metadata, "spec": spec}
 
 
+def _present(*pairs: tuple[str, Any]) -> dict[str, Any]:
+    """The fields that are set (None: left out), in the order given."""
+    return {key: value for key, value in pairs if value is not None}
+
+
 def parent_ref_dict(ref: ParentRef) -> dict[str, Any]:
-    out: dict[str, Any] = {"group": ref.group, "kind": ref.kind}
-    if ref.namespace is not None:
-        out["namespace"] = ref.namespace
-    out["name"] = ref.name
-    if ref.section_name is not None:
-        out["sectionName"] = ref.section_name
-    if ref.port is not None:
-        out["port"] = ref.port
-    return out
+    return _present(("group", ref.group), ("kind", ref.kind), ("namespace", ref.namespace), ("name", ref.name),
+                    ("sectionName", ref.section_name), ("port", ref.port))
 
 
 def _rule_dict(rule: RouteRule) -> dict[str, Any]:
@@ -617,9 +611,8 @@ def _rule_dict(rule: RouteRule) -> dict[str, Any]:
     if rule.backend_refs:
         out["backendRefs"] = [_backend_dict(b) for b in rule.backend_refs]
     if rule.timeouts is not None:
-        t = rule.timeouts
-        out["timeouts"] = {k: v for k, v in (("request", t.request), ("backendRequest", t.backend_request))
-                           if v is not None}
+        out["timeouts"] = _present(("request", rule.timeouts.request),
+                                   ("backendRequest", rule.timeouts.backend_request))
     return out
 
 
@@ -646,10 +639,5 @@ def _modifier_dict(mod: HeaderModifier) -> dict[str, Any]:
 
 
 def _backend_dict(ref: BackendRef) -> dict[str, Any]:
-    out: dict[str, Any] = {"group": ref.group, "kind": ref.kind, "name": ref.name}
-    if ref.namespace is not None:
-        out["namespace"] = ref.namespace
-    if ref.port is not None:
-        out["port"] = ref.port
-    out["weight"] = ref.weight
-    return out
+    return _present(("group", ref.group), ("kind", ref.kind), ("name", ref.name), ("namespace", ref.namespace),
+                    ("port", ref.port), ("weight", ref.weight))
