@@ -29,11 +29,10 @@ from .store import Store, check_root_domain, store_dir
 from .validate import trust_domain_problems, validate_set
 
 __all__ = [
-    "API_VERSION", "ConfigError", "DEFAULT_CONFIG", "DEFAULT_TRUST_DOMAIN", "DurationError", "HTTPRoute", "KINDS",
-    "Key", "Mesh",
-    "MeshSpec", "Metadata", "Node", "NodeSpec", "NotFound", "Problem", "Resource", "Service", "ServicePort",
-    "ServiceSpec", "Store", "Workload", "WorkloadSpec", "check_root_domain", "compile_routes", "compile_snapshot",
-    "format_duration", "from_dict", "identity_for", "load_dir", "load_file", "load_path",
-    "parse_duration", "parse_text", "resolve_kind", "route_status", "selects", "store_dir", "to_dict",
-    "trust_domain_problems", "validate_set", "with_status",
+    "API_VERSION", "ConfigError", "DEFAULT_CONFIG", "DEFAULT_TRUST_DOMAIN", "DurationError", "HTTPRoute",
+    "KINDS", "Key", "Mesh", "MeshSpec", "Metadata", "Node", "NodeSpec", "NotFound", "Problem", "Resource",
+    "Service", "ServicePort", "ServiceSpec", "Store", "Workload", "WorkloadSpec", "check_root_domain",
+    "compile_routes", "compile_snapshot", "format_duration", "from_dict", "identity_for", "load_dir",
+    "load_file", "load_path", "parse_duration", "parse_text", "resolve_kind", "route_status", "selects",
+    "store_dir", "to_dict", "trust_domain_problems", "validate_set", "with_status",
 ]

@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 
 from .durations import parse_duration
 from .errors import Problem
-from .httproute import (API_VERSIONS, CORE_GROUPS, GROUP, BackendRef, HeaderModifier, HTTPRouteSpec, ParentRef,
-                        PathMatch, RouteFilter, RouteMatch, RouteRule, Timeouts, ValueMatch)
+from .httproute import (API_VERSIONS, CORE_GROUPS, GROUP, BackendRef, HeaderModifier, HTTPRouteSpec,
+                        ParentRef, PathMatch, RouteFilter, RouteMatch, RouteRule, Timeouts, ValueMatch)
 from .model import HTTPRoute, Metadata
-from .validate import (_annotations, _choice, _describe, _dns_label, _Doc, _fields, _int, _labels, _opt, _port,
-                       _string, document_label, join)
+from .validate import (_annotations, _choice, _describe, _dns_label, _Doc, _fields, _int, _labels, _opt,
+                       _port, _string, document_label, join)
 
 T = TypeVar("T")
 
@@ -320,9 +320,11 @@ def _distinct_parents(d: _Doc, parents: Sequence[ParentRef], namespace: str) -> 
         seen.setdefault(key, i)
 
 
+_hostname_text = _patterned(_HOSTNAME, "a hostname: lowercase DNS labels joined by '.', optionally after '*.'")
+
+
 def _hostname(d: _Doc, value: object, path: str) -> str | None:
-    text = _patterned(_HOSTNAME, "a hostname: lowercase DNS labels joined by '.', optionally "
-                                 "after '*.'")(d, value, path)
+    text = _hostname_text(d, value, path)
     if text is None:
         return None
     try:
@@ -346,7 +348,8 @@ def _rules(d: _Doc, value: object, path: str) -> tuple[RouteRule, ...] | None:
         d.fail(path, f"has {total} matches in all: a route may have at most {MAX_MATCHES}")
         return None
     unique = _unrepeated(d, rules, path, "name", lambda rule: rule.name,
-                         lambda name: f"duplicate rule name {name!r}: a rule's name is unique within its route")
+                         lambda name: f"duplicate rule name {name!r}: a rule's name is unique within "
+                                      "its route")
     return rules if unique else None
 
 
@@ -376,8 +379,10 @@ def _match(d: _Doc, value: object, path: str) -> RouteMatch | None:
     if fields is None:
         return None
     path_match = _opt(d, fields, path, "path", _path_match, PathMatch())
-    headers = _opt(d, fields, path, "headers", _value_matches(_header_value, headers=True), ())
-    query = _opt(d, fields, path, "queryParams", _value_matches(_query_value, headers=False), ())
+    headers = _opt(d, fields, path, "headers",
+                   _value_matches(_header_value, MAX_HEADER_VALUE, headers=True), ())
+    query = _opt(d, fields, path, "queryParams",
+                 _value_matches(_query_value, MAX_QUERY_VALUE, headers=False), ())
     method = _opt(d, fields, path, "method", _choice(METHODS), None)
     if None in (path_match, headers, query) or ("method" in fields and method is None):
         return None
@@ -419,7 +424,7 @@ def _path_problem(kind: str, value: str) -> str | None:
     return None
 
 
-def _value_matches(check_value: Callable[[_Doc, object, str], str | None],
+def _value_matches(check_exact: Callable[[_Doc, object, str], str | None], max_len: int,
                    headers: bool) -> Callable[[_Doc, object, str], tuple[ValueMatch, ...] | None]:
     """headers or queryParams of a match: a list keyed by name (listMapKey), so a name
     written twice is refused. Header names differing in case only are allowed, and all
@@ -430,8 +435,8 @@ def _value_matches(check_value: Callable[[_Doc, object, str], str | None],
             return None
         kind = _opt(d, fields, path, "type", _choice(VALUE_TYPES), "Exact")
         name = _opt(d, fields, path, "name", _header_name, None)
-        text = _opt(d, fields, path, "value",
-                    check_value if kind != "RegularExpression" else _sized(MAX_HEADER_VALUE), None)
+        check_value = _sized(max_len) if kind == "RegularExpression" else check_exact
+        text = _opt(d, fields, path, "value", check_value, None)
         if kind == "RegularExpression" and text is not None:
             problem = _regex_problem(text)
             if problem:
@@ -596,8 +601,8 @@ def _present(*pairs: tuple[str, Any]) -> dict[str, Any]:
 
 
 def parent_ref_dict(ref: ParentRef) -> dict[str, Any]:
-    return _present(("group", ref.group), ("kind", ref.kind), ("namespace", ref.namespace), ("name", ref.name),
-                    ("sectionName", ref.section_name), ("port", ref.port))
+    return _present(("group", ref.group), ("kind", ref.kind), ("namespace", ref.namespace),
+                    ("name", ref.name), ("sectionName", ref.section_name), ("port", ref.port))
 
 
 def _rule_dict(rule: RouteRule) -> dict[str, Any]:
@@ -639,5 +644,5 @@ def _modifier_dict(mod: HeaderModifier) -> dict[str, Any]:
 
 
 def _backend_dict(ref: BackendRef) -> dict[str, Any]:
-    return _present(("group", ref.group), ("kind", ref.kind), ("name", ref.name), ("namespace", ref.namespace),
-                    ("port", ref.port), ("weight", ref.weight))
+    return _present(("group", ref.group), ("kind", ref.kind), ("name", ref.name),
+                    ("namespace", ref.namespace), ("port", ref.port), ("weight", ref.weight))

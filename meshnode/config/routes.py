@@ -78,8 +78,8 @@ def attach(route: HTTPRoute, ref: ParentRef, services: Services) -> Attachment:
               if (ref.port is None or p.port == ref.port)
               and (ref.section_name is None or p.name == ref.section_name)]
     if not chosen:
-        wanted = " ".join(part for part in (f"{ref.port}" if ref.port else "",
-                                            f"named {ref.section_name!r}" if ref.section_name else "") if part)
+        parts = (f"{ref.port}" if ref.port else "", f"named {ref.section_name!r}" if ref.section_name else "")
+        wanted = " ".join(part for part in parts if part)
         return Attachment(label, (), consumer, "NoMatchingParent",
                           f"Service {label} has no port {wanted} (its ports: "
                           f"{_ports_text(service.spec.ports)})")

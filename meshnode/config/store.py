@@ -7,11 +7,13 @@ Layout under state_dir (mode 0700; files 0600):
 
 Every change is validated as a whole set (validate_set) before anything is written, and
 memory is updated only after the disk is, so a refused or failed change leaves both as
-they were. The store stamps each HTTPRoute with its creation time when it is first
-created and keeps it through later applies (Kubernetes' creationTimestamp: the route
-precedence orders equal matches oldest first). A store opened with the mesh root's trust domain also refuses a Mesh that
+they were. A store opened with the mesh root's trust domain also refuses a Mesh that
 names another (trust_domain_problems), whether applied, seeded or already stored. One
 process (control) owns a state dir; the lock only guards its threads.
+
+The store stamps each HTTPRoute with its creation time when it is first created and
+keeps it through later applies (Kubernetes' creationTimestamp: the route precedence
+orders equal matches oldest first).
 """
 from __future__ import annotations
 

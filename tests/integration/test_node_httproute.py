@@ -83,7 +83,8 @@ def test_a_route_is_applied_shown_with_its_status_and_deleted(node: Node, resour
     code, body = http_get(f"{node.admin_url}/config_dump")
     assert code == 200
     [route_set] = json.loads(body)["http_routes"]
-    assert (route_set["service"], route_set["port"], route_set["consumer_namespace"]) == ("demo/backend", 8080, None)
+    assert (route_set["service"], route_set["port"], route_set["consumer_namespace"]) == \
+        ("demo/backend", 8080, None)
     assert route_set["rules"][0]["backends"] == [{"service": "demo/backend", "port": 8080, "weight": 90},
                                                  {"service": None, "port": None, "weight": 10}]
     assert route_set["rules"][0]["timeout_s"] == 5.0

@@ -36,7 +36,8 @@ def test_a_new_route_is_stamped_and_keeps_its_time(tmp_path: Path) -> None:
 
 
 def test_a_creation_time_in_the_document_is_ignored(tmp_path: Path) -> None:
-    text = route("api").replace("namespace: shop\n", "namespace: shop\n  creationTimestamp: '2001-01-01T00:00:00Z'\n")
+    text = route("api").replace("namespace: shop\n",
+                                "namespace: shop\n  creationTimestamp: '2001-01-01T00:00:00Z'\n")
     assert parse_text(text, "r.yaml")[0].created == "2001-01-01T00:00:00.000000Z"  # it parses
     store = store_with(tmp_path, text)
     assert stored_route(store).created == FIRST  # the store's own

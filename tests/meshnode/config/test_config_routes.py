@@ -136,7 +136,8 @@ def test_consumer_routes_replace_the_producer_routes_for_their_namespace_only() 
     # Producer routes merge into one set; consumer routes do not merge with them.
     mine = route_set(sets, "shop/api", 80, "anywhere")
     assert mine is not None and {r["route"] for r in mine["rules"]} == {"shop/api", "shop/api-extra"}
-    assert backends(pick(route_set(sets, "shop/api", 80, "web"), "/extra")) == ["shop/api-v2"]  # type: ignore[arg-type]
+    web_set = route_set(sets, "shop/api", 80, "web")
+    assert web_set is not None and backends(pick(web_set, "/extra")) == ["shop/api-v2"]
     # batch's own set has no rule for "/": 404 for batch's callers, in place of the producer's.
     assert backends(pick(route_set(sets, "shop/api", 80, "batch"), "/")) == 404  # type: ignore[arg-type]
     assert backends(pick(route_set(sets, "shop/api", 80, "shop"), "/")) == ["shop/api"]  # type: ignore[arg-type]

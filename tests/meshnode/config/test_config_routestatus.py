@@ -57,8 +57,9 @@ PARENTS = [  # (parentRef, reason, fragment of the message)
 
 @pytest.mark.parametrize("ref,reason,fragment", PARENTS, ids=[p[1] + ":" + p[2][:30] for p in PARENTS])
 def test_a_parent_that_takes_no_route(ref: dict[str, Any], reason: str, fragment: str) -> None:
-    status, _, message = conditions(status_of(route("api", [{"backendRefs": [backend()]}], parents=[ref])))["Accepted"]
-    assert (status, _) == ("False", reason)
+    text = route("api", [{"backendRefs": [backend()]}], parents=[ref])
+    status, why, message = conditions(status_of(text))["Accepted"]
+    assert (status, why) == ("False", reason)
     assert fragment in message
 
 
