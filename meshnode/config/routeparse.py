@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from fastpath.engine import ROUTE_GROW_MAX
+
 from .durations import parse_duration
 from .errors import Problem
 from .httproute import (API_VERSIONS, CORE_GROUPS, GROUP, BackendRef, HeaderModifier, HTTPRouteSpec,
@@ -52,6 +54,11 @@ MAX_PATH = 1024
 MAX_HEADER_VALUE = 4096
 MAX_QUERY_VALUE = 1024
 MAX_NAME = 253
+# The data plane's own bounds (fastpath RouteTable.add_route_rule), which a valid route
+# must keep: a route it cannot install would be NACKed by every worker, the node's whole
+# config with it. The longest timeout; what a rule's set and add may add to a head.
+MAX_TIMEOUT_S = 86400.0
+MAX_HEADER_GROWTH = ROUTE_GROW_MAX
 PATH_TYPES = ("Exact", "PathPrefix", "RegularExpression")
 VALUE_TYPES = ("Exact", "RegularExpression")
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
@@ -66,13 +73,16 @@ FILTER_FIELDS = {  # a filter's type -> the field that carries its settings
     "ExtensionRef": "extensionRef",
 }
 
-# Headers a header filter may not touch: they frame the message or manage the connection
-# (RFC 9112 §6, RFC 9110 §7.6.1), so the node alone writes them; a route that set
-# Content-Length or Transfer-Encoding would let one request be read as two. A request's
-# Host is its authority, which URLRewrite's hostname changes, not a header filter.
+# Headers a header filter may not touch (the data plane refuses them too:
+# fastpath/routes_table.pxi): they frame the message or manage the connection (RFC 9112
+# §6, RFC 9110 §7.6.1), so the node alone writes them; a route that set Content-Length or
+# Transfer-Encoding would let one request be read as two. On a request: Host is its
+# authority (URLRewrite's hostname changes it, not a header filter), Expect drives the
+# 100-continue exchange the node frames, and x-forwarded-client-cert is the inbound
+# node's to vouch for.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
                               "proxy-connection", "te", "trailer", "upgrade"})
-_REQUEST_ONLY_HEADERS = frozenset({"host"})
+_REQUEST_ONLY_HEADERS = frozenset({"host", "expect", "x-forwarded-client-cert"})
 
 _SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*")
 _HOSTNAME = re.compile(r"(?:\*\.)?" + _SUBDOMAIN.pattern)
@@ -184,7 +194,9 @@ def _sized(max_len: int, pattern: re.Pattern[str] | None = None,
 _header_value = _sized(MAX_HEADER_VALUE, _FIELD_VALUE,
                        "a header value: visible US-ASCII characters, with spaces or tabs only "
                        "between them (RFC 9110 §5.5)")
-_query_value = _sized(MAX_QUERY_VALUE)
+# A query value as matched: anything but control characters (no request carries them).
+_query_value = _sized(MAX_QUERY_VALUE, re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]+"),
+                      "a query parameter value: no control characters")
 
 
 def _timestamp(d: _Doc, value: object, path: str) -> str | None:
@@ -517,6 +529,12 @@ def _header_modifier(d: _Doc, value: object, path: str, request: bool) -> Header
                        "one action per header name, names compared without case")
             ok = False
         acted.setdefault(lowered, at)
+    growth = sum(len(name) + len(text) + 4 for name, text in (*set_, *add))  # "name: value\r\n"
+    if growth > MAX_HEADER_GROWTH:
+        d.fail(path, f"its set and add would add up to {growth} bytes to a "
+                     f"{'request' if request else 'response'} head: at most {MAX_HEADER_GROWTH} "
+                     "(the room the node keeps in each head)")
+        ok = False
     return HeaderModifier(set_, add, remove) if ok else None
 
 
@@ -569,6 +587,10 @@ def _timeouts(d: _Doc, value: object, path: str) -> Timeouts | None:
     backend = _opt(d, fields, path, "backendRequest", _gateway_duration, None)
     if ("request" in fields and request is None) or ("backendRequest" in fields and backend is None):
         return None
+    for key, text in (("request", request), ("backendRequest", backend)):
+        if text is not None and parse_duration(text) > MAX_TIMEOUT_S:
+            d.fail(join(path, key), f"{text!r} is longer than the longest timeout meshnode keeps, 24h")
+            return None
     if request is not None and backend is not None:
         limit = parse_duration(request)
         if limit and parse_duration(backend) > limit:
