@@ -35,6 +35,8 @@ NOT_IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "rule fields": ("retry", "sessionPersistence"),
     # Fields of a backendRef (spec.rules[].backendRefs[]): per-backend filters.
     "backendRef fields": ("filters",),
+    # Match types of a path, header or query parameter (all three are implemented).
+    "match types": (),
 }
 """What meshnode refuses by name until the data plane carries it (DESIGN §5: refused,
 never ignored). Take a name out when its parsing and its snapshot keys arrive."""
@@ -407,6 +409,9 @@ def _path_match(d: _Doc, value: object, path: str) -> PathMatch | None:
         return None
     kind = _opt(d, fields, path, "type", _choice(PATH_TYPES), "PathPrefix")
     text = _opt(d, fields, path, "value", _string, "/")
+    if kind in NOT_IMPLEMENTED["match types"]:
+        _not_yet(d, join(path, "type"), f"a {kind} match")
+        return None
     if kind is None or text is None:
         return None
     problem = _path_problem(kind, text)
@@ -446,6 +451,9 @@ def _value_matches(check_exact: Callable[[_Doc, object, str], str | None], max_l
         if fields is None:
             return None
         kind = _opt(d, fields, path, "type", _choice(VALUE_TYPES), "Exact")
+        if kind in NOT_IMPLEMENTED["match types"]:
+            _not_yet(d, join(path, "type"), f"a {kind} match")
+            return None
         name = _opt(d, fields, path, "name", _header_name, None)
         check_value = _sized(max_len) if kind == "RegularExpression" else check_exact
         text = _opt(d, fields, path, "value", check_value, None)

@@ -382,3 +382,14 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
 def test_another_kinds_apiversion_is_refused_for_a_route() -> None:
     [problem] = problems(edited(setter("apiVersion", "meshnode.io/v1alpha1")))
     assert problem.field == "apiVersion" and "gateway.networking.k8s.io/v1" in problem.message
+
+
+def test_a_match_type_in_the_not_implemented_list_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The list shrinks and grows in one place: a match type put there is refused wherever used.
+    monkeypatch.setitem(NOT_IMPLEMENTED, "match types", ("RegularExpression",))
+    def edit(doc: dict[str, Any]) -> None:
+        match0(doc)["path"] = {"type": "RegularExpression", "value": "/v[0-9]+"}
+        match0(doc)["headers"][0]["type"] = "RegularExpression"
+    assert [(p.field, p.message) for p in problems(edited(edit))] == [
+        ("spec.rules[0].matches[0].path.type", "a RegularExpression match is not implemented yet"),
+        ("spec.rules[0].matches[0].headers[0].type", "a RegularExpression match is not implemented yet")]
