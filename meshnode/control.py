@@ -25,7 +25,7 @@ from bus.errors import RemoteError
 
 from . import logs
 from .config import (DEFAULT_CONFIG, ConfigError, NotFound, Store, compile_snapshot,
-                     parse_text, store_dir, to_dict)
+                     parse_text, store_dir, with_status)
 from .busnames import ACK_TOPIC, SNAPSHOT_TOPIC
 from .busnames import CONTROL as NAME
 from .process import Process, base_parser
@@ -62,7 +62,8 @@ class Control:
                                     self.store.root_domain)
         self.state.set(self.proc.node, snapshot)
         logs.event(self.proc.log, "config.published", version=self.store.version,
-                   services=len(snapshot.get("services", [])))
+                   services=len(snapshot.get("services", [])),
+                   http_route_sets=len(snapshot.get("http_routes", [])))
 
     def on_apply(self, req: Envelope) -> dict[str, Any]:
         body = req.body if isinstance(req.body, dict) else {}
@@ -109,7 +110,9 @@ class Control:
             where = f" in namespace {ns}" if ns else ""
             raise RemoteError(f"{body.get('kind')} {body['name']!r} not found{where}",
                               kind="not-found")
-        return {"version": self.store.version, "items": [to_dict(r) for r in found]}
+        # An HTTPRoute's status is computed from the config in force (routestatus).
+        everything = self.store.resources()
+        return {"version": self.store.version, "items": [with_status(r, everything) for r in found]}
 
     def on_delete(self, req: Envelope) -> dict[str, Any]:
         body = req.body if isinstance(req.body, dict) else {}

@@ -17,8 +17,9 @@ from yaml.nodes import MappingNode, ScalarNode
 
 from .durations import format_duration
 from .errors import ConfigError, Problem
-from .model import (API_VERSION, Mesh, MeshSpec, Node, NodeSpec, Resource, Service, ServiceSpec, Workload,
-                    WorkloadSpec)
+from .model import (API_VERSION, HTTPRoute, Mesh, MeshSpec, Node, NodeSpec, Resource, Service, ServiceSpec,
+                    Workload, WorkloadSpec)
+from .routeparse import route_to_dict
 from .validate import duplicate_problems, parse_document, validate_set
 
 __all__ = ["DEFAULT_CONFIG", "parse_text", "load_file", "load_dir", "load_path", "from_dict", "to_dict",
@@ -193,6 +194,8 @@ def _workload_spec(spec: WorkloadSpec) -> dict[str, Any]:
 
 def to_dict(resource: Resource) -> dict[str, Any]:
     """The canonical form (camelCase, defaults filled in) that from_dict/parse_text read back equal."""
+    if isinstance(resource, HTTPRoute):
+        return route_to_dict(resource)  # an upstream kind, in its own apiVersion
     metadata: dict[str, Any] = {"name": resource.name}
     if not resource.CLUSTER_SCOPED:
         metadata["namespace"] = resource.namespace

@@ -1,4 +1,4 @@
-"""The resource model: frozen dataclasses for Mesh, Node, Service and Workload, and their keys.
+"""The resource model: frozen dataclasses for Mesh, Node, Service, Workload and HTTPRoute, and their keys.
 
 Objects here are already validated (see validate.py); nothing in this module checks input.
 Map-valued fields are plain dicts so callers can read them naturally: treat them as
@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from ..ports import Ports
 from .errors import NotFound, Problem
+from .httproute import HTTPRouteSpec
 
 API_VERSION = "meshnode.io/v1alpha1"
 
@@ -187,7 +188,19 @@ class Workload(Resource):
     spec: WorkloadSpec
 
 
-KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Node, Service, Workload)}
+@dataclass(frozen=True)
+class HTTPRoute(Resource):
+    """A Gateway API HTTPRoute whose parents are Services (GAMMA); its spec: httproute.py."""
+
+    KIND: ClassVar[str] = "HTTPRoute"
+    spec: HTTPRouteSpec
+    # metadata.creationTimestamp (RFC 3339, UTC): set by the store when the route is
+    # first created and kept through every later apply, as Kubernetes keeps it; the
+    # spec orders equal matches of different routes oldest first. "" until stored.
+    created: str = ""
+
+
+KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Node, Service, Workload, HTTPRoute)}
 """Every kind, in the order resources are listed (mesh first, then what depends on it)."""
 
 _SHORT_NAMES = {"svc": "Service", "wl": "Workload"}

@@ -10,6 +10,7 @@ from typing import Any
 
 from .model import (DEFAULT_TRUST_DOMAIN, Node, Resource, Service, ServicePort, Workload,
                     mesh_spec, selects)
+from .routes import compile_routes
 
 
 def identity_for(trust_domain: str, namespace: str, service_account: str) -> str:
@@ -89,6 +90,7 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
     `nodes` tells where the other nodes' inbound listeners are (the Node resources).
     Identities are in `root_domain`, the mesh root's trust domain, when it names one
     (a Mesh may name no other: trust_domain_problems), else in the Mesh's.
+    `http_routes` holds the route sets of the HTTPRoutes (routes.py).
     """
     resources = list(resources)
     mesh = mesh_spec(resources)
@@ -118,4 +120,5 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
                   for n in sorted((r for r in resources if isinstance(r, Node)), key=_by_name)},
         "services": [_service(s, workloads, node, td) for s in services],
         "local": [_local(w, services, td) for w in workloads if w.spec.node in (None, node)],
+        "http_routes": compile_routes(resources),
     }

@@ -10,12 +10,18 @@ memory is updated only after the disk is, so a refused or failed change leaves b
 they were. A store opened with the mesh root's trust domain also refuses a Mesh that
 names another (trust_domain_problems), whether applied, seeded or already stored. One
 process (control) owns a state dir; the lock only guards its threads.
+
+The store stamps each HTTPRoute with its creation time when it is first created and
+keeps it through later applies (Kubernetes' creationTimestamp: the route precedence
+orders equal matches oldest first).
 """
 from __future__ import annotations
 
 import json
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,8 @@ from typing import Any
 from ..files import write_atomic
 from .errors import ConfigError, NotFound, Problem
 from .load import load_path, to_dict
-from .model import KINDS, Key, Resource, key_label, resolve_kind, sort_key
+from .model import KINDS, HTTPRoute, Key, Resource, key_label, resolve_kind, sort_key
+from .routeparse import format_timestamp
 from .validate import duplicate_problems, parse_document, trust_domain_problems, validate_set
 
 STATE_FILE = "resources.json"
@@ -101,6 +108,15 @@ def check_root_domain(state_dir: Path | str, seed: Path | str | None,
         raise ConfigError(problems)
 
 
+def _created(resource: Resource, previous: Resource | None, now: str) -> Resource:
+    """`resource` with the creation time the store gives it: its previous version's, or
+    `now` for a new one. What an applied document says there is replaced, as the API
+    server ignores a creationTimestamp sent to it."""
+    if not isinstance(resource, HTTPRoute):
+        return resource
+    return replace(resource, created=previous.created if isinstance(previous, HTTPRoute) else now)
+
+
 def _encode(version: int, resources: list[Resource]) -> bytes:
     doc = {
         "version": version,
@@ -116,13 +132,15 @@ class Store:
     On opening, an existing resources.json wins over `seed` (a YAML file or directory),
     so applied changes survive a restart; without one, the seed is loaded, validated and
     written as version 1; with neither, the store is empty at version 0. `root_domain`:
-    the mesh root's trust domain (None: the root names none).
+    the mesh root's trust domain (None: the root names none). `clock` gives the time
+    new routes are stamped with.
     """
 
     def __init__(self, state_dir: Path | str, seed: Path | str | None = None,
-                 root_domain: str | None = None) -> None:
+                 root_domain: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.state_dir = Path(state_dir)
         self.root_domain = root_domain
+        self._clock = clock
         self._lock = threading.RLock()
         self._version = 0
         self._resources: dict[Key, Resource] = {}
@@ -134,7 +152,8 @@ class Store:
                 raise ConfigError(problems)
             self._resources = {r.key: r for r in sorted(resources, key=sort_key)}
         elif seed is not None:
-            resources = load_path(seed)
+            now = format_timestamp(self._clock())
+            resources = [_created(r, None, now) for r in load_path(seed)]
             self._validate(resources)
             self._commit(1, resources)
 
@@ -192,8 +211,9 @@ class Store:
             raise ConfigError(problems)
         with self._lock:
             merged = dict(self._resources)
+            now = format_timestamp(self._clock())
             for resource in batch:
-                merged[resource.key] = resource
+                merged[resource.key] = _created(resource, self._resources.get(resource.key), now)
             return self._change(list(merged.values()))
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> int:

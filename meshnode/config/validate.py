@@ -17,6 +17,7 @@ from .errors import ConfigError, Problem
 from .model import (
     API_VERSION,
     KINDS,
+    HTTPRoute,
     MAX_DRAIN_DURATION_S,
     MAX_LIMIT,
     Key,
@@ -526,6 +527,11 @@ def parse_document(doc: object, file: str, index: int) -> tuple[Resource | None,
     `index` is the 1-based position of the document in its file, used to name documents
     that have no kind or name.
     """
+    if isinstance(doc, dict) and doc.get("kind") == HTTPRoute.KIND:
+        # An upstream kind with its own apiVersion and fields; routeparse builds on the
+        # checks of this module, hence the import here.
+        from .routeparse import parse_route
+        return parse_route(doc, file, index)
     d = _Doc(file, document_label(doc, index))
     top = _fields(d, doc, "", ("apiVersion", "kind", "metadata", "spec"),
                   required=("apiVersion", "kind", "metadata"))

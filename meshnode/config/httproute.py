@@ -1,0 +1,128 @@
+"""The HTTPRoute spec (Gateway API v1, GAMMA profile) as frozen dataclasses.
+
+Field names follow the upstream Go types (apis/v1/httproute_types.go) in snake case.
+The defaults are the spec's own (kubebuilder:default): what Kubernetes fills in when a
+field is left out, so `meshnode get -o yaml` shows a route as a cluster would. Values are
+kept as written (a duration stays "60s", a group stays "core"): GEP-2257 says an API
+must not rewrite user input. Nothing here checks input; routeparse.py does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .durations import parse_duration
+
+GROUP = "gateway.networking.k8s.io"
+API_VERSIONS = (f"{GROUP}/v1", f"{GROUP}/v1beta1")
+"""v1beta1 serves the same schema as v1 (the Gateway API keeps both)."""
+
+CORE_GROUPS = ("", "core")
+"""How a reference names Kubernetes' core group: "" in the spec, "core" as Istio and
+Linkerd accept too (the GAMMA docs' own examples write it)."""
+
+CONTROLLER_NAME = "meshnode.io/control"
+"""The controllerName of the status meshnode reports (RouteParentStatus)."""
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """A parentRef: in a mesh, a Service (its frontend), optionally one port of it."""
+
+    name: str
+    group: str  # "" or "core", as written
+    kind: str  # "Service"
+    namespace: str | None = None  # None: the route's own
+    section_name: str | None = None  # a Service port's name
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class PathMatch:
+    type: str = "PathPrefix"  # Exact | PathPrefix | RegularExpression
+    value: str = "/"
+
+
+@dataclass(frozen=True)
+class ValueMatch:
+    """A header or query parameter match."""
+
+    name: str
+    value: str
+    type: str = "Exact"  # Exact | RegularExpression
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """One match: its conditions hold together (AND)."""
+
+    path: PathMatch = PathMatch()
+    headers: tuple[ValueMatch, ...] = ()
+    query_params: tuple[ValueMatch, ...] = ()
+    method: str | None = None
+
+
+@dataclass(frozen=True)
+class HeaderModifier:
+    """HTTPHeaderFilter: each header name takes one action at most."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteFilter:
+    type: str  # RequestHeaderModifier | ResponseHeaderModifier
+    headers: HeaderModifier
+
+
+@dataclass(frozen=True)
+class BackendRef:
+    name: str
+    group: str = ""
+    kind: str = "Service"
+    namespace: str | None = None  # None: the route's own
+    port: int | None = None  # the Service port, not the target port
+    weight: int = 1  # 0..1000000; 0 sends nothing
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """GEP-2257 durations as written; "0s" turns a timeout off."""
+
+    request: str | None = None
+    backend_request: str | None = None
+
+    @property
+    def request_s(self) -> float | None:
+        return _seconds(self.request)
+
+    @property
+    def backend_request_s(self) -> float | None:
+        return _seconds(self.backend_request)
+
+
+def _seconds(text: str | None) -> float | None:
+    """None when unset or zero: both mean no timeout."""
+    return (parse_duration(text) or None) if text is not None else None
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    name: str | None = None
+    # Several matches are alternatives (OR). An empty tuple (`matches: []`) matches
+    # every request, as the default does.
+    matches: tuple[RouteMatch, ...] = (RouteMatch(),)
+    filters: tuple[RouteFilter, ...] = ()
+    backend_refs: tuple[BackendRef, ...] = ()
+    timeouts: Timeouts | None = None
+
+
+@dataclass(frozen=True)
+class HTTPRouteSpec:
+    parent_refs: tuple[ParentRef, ...] = ()
+    # Validated and kept, never used for routing: GAMMA implementations "SHOULD NOT
+    # infer any functionality from the hostnames field" (GEP-1294); a mesh route
+    # applies to its parent Service's traffic whatever Host says.
+    hostnames: tuple[str, ...] = ()
+    rules: tuple[RouteRule, ...] = (RouteRule(),)
