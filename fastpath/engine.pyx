@@ -206,6 +206,7 @@ from fastpath.http1 cimport (BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL,
                              parse_response_head, request_error_status, guarded_name)
 from fastpath.tls cimport (TLSContext, peer_spiffe_id, raise_tls_error, session_mark_origin,
                           session_offerable, ticket_policy_keep)
+from fastpath.regex cimport Regex, RegexProg, regex_copy, regex_free, regex_fullmatch
 from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, drop_named,
                                 fold_response, make_close, strip_hop_fields)
 

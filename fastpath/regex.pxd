@@ -96,6 +96,14 @@ cdef class Regex:
     cdef const RegexProg* prog
 
 
+# A program of its own, copied from `p` (one malloc'd block, pointers into it fixed
+# up), for a holder that outlives the Regex and has no GIL to keep one alive: the
+# engine's route table, freed on the engine thread. NULL when out of memory.
+cdef RegexProg* regex_copy(const RegexProg* p) noexcept nogil
+
+# Frees what regex_copy() returned (NULL is fine).
+cdef void regex_free(RegexProg* p) noexcept nogil
+
 # True when the whole of s[0:n] matches (Gateway API and Envoy full-match semantics).
 # Time O(n) with a DFA, O(n x ninsns) on the Pike VM; no allocation, no shared state.
 cdef bint regex_fullmatch(const RegexProg* p, const char* s, size_t n) noexcept nogil

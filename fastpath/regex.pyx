@@ -370,6 +370,33 @@ cdef inline size_t _align8(size_t n) noexcept nogil:
     return (n + 7) & ~(<size_t>7)
 
 
+cdef RegexProg* regex_copy(const RegexProg* p) noexcept nogil:
+    # The block's layout is _pack's: the struct, then instructions, bitmaps, DFA rows and
+    # accept flags at the same offsets, computed again from the counts it holds.
+    cdef size_t ncells = <size_t>p.dfa_nstates * p.nclasses
+    cdef size_t off_insns = _align8(sizeof(RegexProg))
+    cdef size_t off_sets = _align8(off_insns + p.ninsns * sizeof(RegexInst))
+    cdef size_t off_next = _align8(off_sets + p.nsets * 32)
+    cdef size_t off_accept = off_next + ncells * sizeof(uint32_t)
+    cdef size_t total = off_accept + p.dfa_nstates
+    cdef char* block = <char*>malloc(total)
+    cdef RegexProg* q
+    if block == NULL:
+        return NULL
+    memcpy(block, <const char*>p, total)
+    q = <RegexProg*>block
+    q.insns = <const RegexInst*>(block + off_insns)
+    q.sets = <const uint8_t*>(block + off_sets)
+    if q.dfa_nstates > 0:
+        q.dfa_next = <const uint32_t*>(block + off_next)
+        q.dfa_accept = <const uint8_t*>(block + off_accept)
+    return q
+
+
+cdef void regex_free(RegexProg* p) noexcept nogil:
+    free(p)
+
+
 cdef RegexProg* _pack(list insns, list sets, uint32_t start, object dfa) except NULL:
     """One malloc'd block: the RegexProg, its instructions, bitmaps and DFA tables."""
     cdef size_t ninsns = len(insns), nsets = len(sets), ncells = 0, nstates = 0

@@ -234,9 +234,9 @@ cdef int64_t _route_edit(char* buf, uint32_t total, uint32_t cap, const HeaderEd
 
 
 cdef inline bint _route_regex(const void* prog, const char* s, size_t n) noexcept nogil:
-    """A RegularExpression match of the whole value (RouteTable refuses them until the
-    data plane's own RE2-syntax matcher is built in)."""
-    return False
+    """A RegularExpression match of the whole value (RE2 syntax, linear time:
+    fastpath.regex), as Envoy's safe_regex matches paths, headers and query values."""
+    return regex_fullmatch(<const RegexProg*>prog, s, n)
 
 
 cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,

@@ -48,10 +48,29 @@ cdef uint8_t _match_kind(object kind, tuple allowed, str what) except 255:
     if k is None or k not in allowed:
         raise ValueError("%s: match type %r is not one of %s" % (what, kind, ", ".join(
             name for name, v in _MATCH_KINDS.items() if v in allowed and name[0].isupper())))
-    if k == MATCH_REGEX:
-        raise ValueError("%s: RegularExpression matches are not built into this data plane"
-                         % what)
     return k
+
+
+cdef object _compiled(uint8_t kind, bytes value, str what):
+    """A RegularExpression's compiled program (fastpath.regex), None for other kinds; its
+    refusal (RE2 syntax, bounded size) names the match."""
+    if kind != MATCH_REGEX:
+        return None
+    try:
+        return Regex(value.decode("utf-8"))
+    except ValueError as exc:
+        raise ValueError("%s: %s" % (what, exc)) from None
+
+
+cdef void* _prog_of(object regex) except? NULL:
+    """A copy of a Regex's program the table owns (freed with it on the engine thread)."""
+    cdef RegexProg* p
+    if regex is None:
+        return NULL
+    p = regex_copy((<Regex>regex).prog)
+    if p == NULL:
+        raise MemoryError()
+    return p
 
 
 cdef list _edits(object spec, frozenset refused, str what):
@@ -111,10 +130,11 @@ cdef int _strs_set(RouteStr** out, uint32_t* n, list items) except -1:
     if out[0] == NULL:
         raise MemoryError()
     n[0] = len(items)
-    for i, (kind, name_b, value_b) in enumerate(items):
+    for i, (kind, name_b, value_b, regex) in enumerate(items):
         out[0][i].kind = kind
         _name_set(&out[0][i].name, name_b)
         _name_set(&out[0][i].value, value_b)
+        out[0][i].regex = _prog_of(regex)
     return 0
 
 
@@ -135,6 +155,7 @@ cdef void _strs_free(RouteStr* strs, uint32_t n) noexcept nogil:
     for i in range(n):
         _name_free(&strs[i].name)
         _name_free(&strs[i].value)
+        regex_free(<RegexProg*>strs[i].regex)
     free(strs)
 
 
@@ -144,6 +165,7 @@ cdef void _routes_free(Table* t) noexcept nogil:
     if t.entries != NULL:
         for i in range(t.n_entries):
             _name_free(&t.entries[i].path)
+            regex_free(<RegexProg*>t.entries[i].path_regex)
             _strs_free(t.entries[i].headers, t.entries[i].n_headers)
             _strs_free(t.entries[i].query, t.entries[i].n_query)
         free(t.entries)
@@ -225,11 +247,12 @@ cdef int _routes_build(Table* t, list sets, list rules) except -1:
         if t.services[service_index].n_sets == 0:
             t.services[service_index].first_set = i
         t.services[service_index].n_sets += 1
-        for path_kind, path_b, method, headers, query, rule_index in entries:
+        for path_kind, path_b, path_regex, method, headers, query, rule_index in entries:
             e = &t.entries[k]
             k += 1
             e.path_kind = path_kind
             _name_set(&e.path, path_b)
+            e.path_regex = _prog_of(path_regex)
             e.method = method
             e.rule = rule_index
             _strs_set(&e.headers, &e.n_headers, headers)

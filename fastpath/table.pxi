@@ -612,9 +612,11 @@ cdef class RouteTable:
                         headers=(), query=()) -> None:
         """The next match of set `set_index`, in precedence order: a request it holds
         for takes rule `rule_index`. `path`: (type, value), type "Exact" or
-        "PathPrefix" (element-wise), or None (any path); `method`: an HTTP method or
-        None; `headers` / `query`: (type, name, value) each, type "Exact", all must
-        hold (header names without case, query names exactly)."""
+        "PathPrefix" (element-wise), "RegularExpression", or None (any path);
+        `method`: an HTTP method or None; `headers` / `query`: (type, name, value) each,
+        type "Exact" or "RegularExpression", all must hold (header names without case,
+        query names exactly). A RegularExpression is RE2 syntax matched against the
+        whole value (fastpath.regex); one it refuses raises ValueError naming the match."""
         if not 0 <= set_index < len(self._route_sets):
             raise ValueError("no route set %d" % set_index)
         if not 0 <= rule_index < len(self._route_rules):
@@ -635,15 +637,19 @@ cdef class RouteTable:
             if method not in _METHODS:
                 raise ValueError("method %r is not one of %s" % (method, ", ".join(_METHODS)))
             method_v = _METHODS[method]
-        hs = [(_match_kind(k, (MATCH_EXACT, MATCH_REGEX), "header %r" % n),
-               _field_name(n, "header"), _field_value(v, "header %r" % n))
-              for k, n, v in headers]
-        qs = [(_match_kind(k, (MATCH_EXACT, MATCH_REGEX), "query %r" % n),
-               (<str>n).encode(), _field_value(v, "query %r" % n))
-              for k, n, v in query]
-        if any(not n for _, n, _ in qs):
-            raise ValueError("a query parameter match needs a name")
-        self._route_sets[set_index][2].append((path_kind, path_b, method_v, hs, qs, rule_index))
+        hs, qs = [], []
+        for out, items, what in ((hs, headers, "header"), (qs, query, "query")):
+            for k, n, v in items:
+                kind = _match_kind(k, (MATCH_EXACT, MATCH_REGEX), "%s %r" % (what, n))
+                name_b = _field_name(n, what) if what == "header" else (<str>n).encode()
+                if not name_b:
+                    raise ValueError("a query parameter match needs a name")
+                value_b = _field_value(v, "%s %r" % (what, n))
+                out.append((kind, name_b, value_b,
+                            _compiled(kind, value_b, "%s %r" % (what, n))))
+        self._route_sets[set_index][2].append(
+            (path_kind, path_b, _compiled(path_kind, path_b, "path"), method_v, hs, qs,
+             rule_index))
 
     def set_inbound(self, int fd, bytes ticket_keys=None,
                     long ticket_period_s=TLS_TICKET_PERIOD_S,

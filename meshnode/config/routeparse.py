@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from fastpath.engine import ROUTE_GROW_MAX
+from fastpath.regex import Regex
 
 from .durations import parse_duration
 from .errors import Problem
@@ -102,13 +103,14 @@ _TIMESTAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
 def _regex_problem(pattern: str) -> str | None:
     """What is wrong with a RegularExpression match's pattern, or None if it compiles.
 
-    The one place patterns are judged: Python's `re` stands in until the data plane's
-    own RE2-syntax compiler (linear time, no backtracking) takes its place.
+    The one place patterns are judged, by the data plane's own RE2-syntax compiler
+    (fastpath.regex: linear time, bounded size), so control accepts exactly what
+    every worker can install.
     """
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        return f"{pattern!r} is not a regular expression: {exc}"
+        Regex(pattern)
+    except ValueError as exc:
+        return f"{pattern!r} is not a regular expression meshnode takes (RE2 syntax): {exc}"
     return None
 
 

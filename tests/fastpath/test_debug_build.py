@@ -23,7 +23,8 @@ SUITES = ["tests/fastpath/test_http1.py", "tests/fastpath/test_keys.py",
           "tests/fastpath/test_engine_failover.py", "tests/fastpath/test_engine_timers.py",
           "tests/fastpath/test_engine_reconfig.py", "tests/fastpath/test_engine_drain.py",
           "tests/fastpath/test_engine_review.py", "tests/fastpath/test_engine_smuggling.py",
-          "tests/fastpath/test_engine_header_holes.py", "tests/fastpath/test_engine_limits.py"]
+          "tests/fastpath/test_engine_header_holes.py", "tests/fastpath/test_engine_limits.py",
+          "tests/fastpath/test_engine_routes.py"]
 
 pytestmark = pytest.mark.timeout(900)
 

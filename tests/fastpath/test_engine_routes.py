@@ -456,3 +456,36 @@ def test_a_rule_without_timeout_waits_for_its_answer(mesh: Mesh) -> None:
     t.add_route_match(s, t.add_route_rule("demo/r#0", [(ix["v1"], 1)]))
     mesh.out_node.install(t)
     assert routed_to(mesh, "/slow/700") == "v1"
+
+
+# --- regular expressions ----------------------------------------------------------------------
+
+
+def test_regular_expressions_match_whole_paths_headers_and_query_values(mesh: Mesh) -> None:
+    t, ix = mesh.outbound()
+    s = t.add_route_set(ix["backend"])
+    to_v2 = t.add_route_rule("demo/r#0", [(ix["v2"], 1)])
+    to_v1 = t.add_route_rule("demo/r#1", [(ix["v1"], 1)])
+    t.add_route_match(s, to_v2, path=("RegularExpression", r"/api/v[0-9]+/users/[^/]+"))
+    t.add_route_match(s, to_v2, headers=[("RegularExpression", "user-agent", r".*\bMobile\b.*")])
+    t.add_route_match(s, to_v2, query=[("RegularExpression", "id", "[0-9]{3}")])
+    t.add_route_match(s, to_v1)
+    mesh.out_node.install(t)
+    assert routed_to(mesh, "/api/v12/users/ann") == "v2"
+    assert routed_to(mesh, "/api/v12/users/ann/x") == "v1"   # the whole path, not a part
+    assert routed_to(mesh, "/xx/api/v1/users/b") == "v1"
+    assert routed_to(mesh, "/", headers={"User-Agent": "Foo Mobile Safari"}) == "v2"
+    assert routed_to(mesh, "/", headers={"User-Agent": "FooMobileSafari"}) == "v1"
+    assert routed_to(mesh, "/?id=123") == "v2"
+    assert routed_to(mesh, "/?id=1234") == "v1"
+
+
+@pytest.mark.parametrize("pattern, says", [(r"(a)\1", "backreference"),
+                                           (r"/x(?=y)", "look"), ("[a-", "")])
+def test_patterns_re2_refuses_are_refused_naming_the_match(mesh: Mesh, pattern: str,
+                                                           says: str) -> None:
+    t, ix = mesh.outbound()
+    s = t.add_route_set(ix["backend"])
+    r = t.add_route_rule("demo/r#0", [(ix["v1"], 1)])
+    with pytest.raises(ValueError, match="path: .*" + says):
+        t.add_route_match(s, r, path=("RegularExpression", pattern))
