@@ -368,6 +368,10 @@ def _format_inspect(report: dict[str, Any]) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.requests < 1 or args.workers < 1:
         raise UsageError("--requests and --workers must be at least 1")
+    if args.canary and args.requests < (least := demo.canary.min_requests()):
+        raise UsageError(f"--canary needs --requests of at least {least}: with fewer, a step's "
+                         f"tolerance ({demo.canary.TOLERANCE}) cannot tell its weight from "
+                         f"0 % or 100 %")
     bases = tuple(args.port_bases or [DEFAULT_BASE])
     try:
         demo.plan_nodes(Path("."), bases)  # one or two blocks, in range, apart

@@ -84,6 +84,17 @@ def bounds(n: int, v2_percent: int) -> tuple[int, int]:
     return max(0, math.ceil(n * w - spread)), min(n, math.floor(n * w + spread))
 
 
+def min_requests() -> int:
+    """The fewest requests a step may send: enough that each step between 0 and 100 %
+    needs at least one request to each version (so a route not in force, or one that
+    sends everything one way, is off). 145 for the 10 % step at Z = 4."""
+    n = 1
+    while not all(bounds(n, p)[0] >= 1 and bounds(n, p)[1] <= n - 1
+                  for p in STEPS_PERCENT if 0 < p < 100):
+        n += 1
+    return n
+
+
 def expected(n: int, v2_percent: int) -> str:
     low, high = bounds(n, v2_percent)
     return str(low) if low == high else f"{low}..{high}"
