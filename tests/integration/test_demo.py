@@ -11,6 +11,7 @@ judged on its table against its weight.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -54,18 +55,23 @@ def _scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
 
 
-@pytest.fixture(scope="module")
-def demo() -> Iterator[Run]:
-    """One `meshnode demo --requests 50` in a runtime dir of ours; what was left after it."""
+@contextlib.contextmanager
+def _demo_run(*args: str) -> Iterator[Run]:
+    """`meshnode demo ARGS` in a runtime dir of ours; what was left after it."""
     rd = _scratch_dir()
     try:
-        result = run_cli("demo", "--requests", str(REQUESTS), "--port-base",
-                         str(free_port_base()), "--runtime-dir", str(rd),
-                         timeout_s=DEMO_TIMEOUT_S)
+        result = run_cli("demo", *args, "--runtime-dir", str(rd), timeout_s=DEMO_TIMEOUT_S)
         yield Run(rd, result, pids_of(rd))
     finally:
         kill_leftovers(rd)
         shutil.rmtree(rd, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[Run]:
+    """One `meshnode demo --requests 50`."""
+    with _demo_run("--requests", str(REQUESTS), "--port-base", str(free_port_base())) as run:
+        yield run
 
 
 @pytest.mark.timeout(200)
@@ -234,11 +240,9 @@ def _check_canary(run: Run, n: int) -> None:
 
 @pytest.mark.timeout(200)
 def test_demo_canary_moves_backend_to_v2_step_by_step_by_route_weights() -> None:
-    rd = _scratch_dir()
-    try:
-        result = run_cli("demo", "--canary", "--requests", str(CANARY_REQUESTS), "--port-base",
-                         str(free_port_base()), "--runtime-dir", str(rd), timeout_s=DEMO_TIMEOUT_S)
-        run = Run(rd, result, pids_of(rd))
+    with _demo_run("--canary", "--requests", str(CANARY_REQUESTS), "--port-base",
+                   str(free_port_base())) as run:
+        rd = run.runtime_dir
         _check_canary(run, CANARY_REQUESTS)
         run.line(r"^apps\s+frontend 127\.0\.0\.2:\d+\s+backend-v1 127\.0\.0\.1:\d+\s+"
                  r"backend-v2 127\.0\.0\.3:\d+$")
@@ -249,32 +253,23 @@ def test_demo_canary_moves_backend_to_v2_step_by_step_by_route_weights() -> None
         assert len(versions) == 4 and versions == sorted(set(versions)), run.explain()
         assert (rd / "demo" / "canary" / "route-v2-50.yaml").read_text().count("weight: 50") == 2
         assert run.leftovers == [], f"processes of {rd} outlived the demo: {run.leftovers}"
-    finally:
-        kill_leftovers(rd)
-        shutil.rmtree(rd, ignore_errors=True)
 
 
 @pytest.mark.timeout(300)
 def test_demo_canary_with_two_port_bases_splits_on_the_callers_node() -> None:
     # demo-a picks the version of each request; demo-b, fronting both versions, hands
     # each to the one picked: the two nodes' counts agree with the apps' at every step.
-    rd = _scratch_dir()
     base_a, base_b = free_port_base(), free_port_base()
-    try:
-        result = run_cli("demo", "--canary", "--requests", str(CANARY_REQUESTS), "--port-base",
-                         str(base_a), "--port-base", str(base_b), "--runtime-dir", str(rd),
-                         timeout_s=DEMO_TIMEOUT_S)
-        run = Run(rd, result, pids_of(rd))
+    with _demo_run("--canary", "--requests", str(CANARY_REQUESTS), "--port-base", str(base_a),
+                   "--port-base", str(base_b)) as run:
         _check_canary(run, CANARY_REQUESTS)
         run.line(rf"=mTLS=> :{base_b + 6} \(demo-b\) -> backend v1 or v2, by the route's weights$")
         for node in ("demo-a", "demo-b"):
             assert len(re.findall(rf"^applied config version \d+ to {node}: HTTPRoute "
                                   rf"demo/backend-canary$", run.out, re.MULTILINE)) == 4, \
                 run.explain()
-        assert run.leftovers == [], f"processes of {rd} outlived the demo: {run.leftovers}"
-    finally:
-        kill_leftovers(rd)
-        shutil.rmtree(rd, ignore_errors=True)
+        assert run.leftovers == [], f"processes of {run.runtime_dir} outlived the demo: " \
+            f"{run.leftovers}"
 
 
 def test_demo_canary_refuses_too_few_requests_to_judge_a_step() -> None:
