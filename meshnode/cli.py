@@ -138,10 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-base", type=int, action="append", dest="port_bases",
                    help="first port of the node's block, as for `up` (default 15000); give it "
                         "twice for two nodes, one beside each app")
-    p.add_argument("--requests", type=int, default=200, help="requests to send (default 200)")
+    p.add_argument("--requests", type=int, default=200,
+                   help="requests to send (default 200; with --canary, at each step)")
     p.add_argument("--workers", type=int, default=2, help="proxy worker processes (default 2)")
     p.add_argument("--keep", action="store_true",
                    help="leave the node and the apps running afterwards")
+    p.add_argument("--canary", action="store_true",
+                   help="run backend v1 and v2 and move 0, 10, 50, then 100 %% of its traffic "
+                        "to v2 by HTTPRoute weights, checking each step's split")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node")
 
     p = sub.add_parser("delete", help="delete a resource")
@@ -364,13 +368,17 @@ def _format_inspect(report: dict[str, Any]) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.requests < 1 or args.workers < 1:
         raise UsageError("--requests and --workers must be at least 1")
+    if args.canary and args.requests < (least := demo.canary.min_requests()):
+        raise UsageError(f"--canary needs --requests of at least {least}: with fewer, a step's "
+                         f"tolerance ({demo.canary.TOLERANCE}) cannot tell its weight from "
+                         f"0 % or 100 %")
     bases = tuple(args.port_bases or [DEFAULT_BASE])
     try:
         demo.plan_nodes(Path("."), bases)  # one or two blocks, in range, apart
     except (demo.DemoError, ValueError) as exc:
         raise UsageError(f"--port-base: {exc}") from None
     return demo.run(demo.DemoOptions(args.runtime_dir, bases, args.requests,
-                                     args.workers, args.keep, args.timeout))
+                                     args.workers, args.keep, args.timeout, args.canary))
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs,

@@ -6,7 +6,9 @@ TLS or identities.
 
 - backend: ``GET /echo`` answers JSON with the request line and every header it
   received, so the demo sees what the node's inbound side added (the
-  ``x-forwarded-client-cert`` header naming both peers' SPIFFE IDs).
+  ``x-forwarded-client-cert`` header naming both peers' SPIFFE IDs). Given
+  ``--version`` (the canary runs v1 and v2), its answers and ``/stats`` name it, so
+  each request tells which version served it.
 - frontend: ``GET /call`` makes one request to the backend *through the node*: to the
   node's HTTP outbound listener with ``Host: backend.<ns>.svc:<port>``, on a persistent
   ``http.client`` connection per frontend connection. It times that hop itself and
@@ -110,9 +112,10 @@ class App:
 class Backend(App):
     role = "backend"
 
-    def __init__(self) -> None:
+    def __init__(self, version: str | None = None) -> None:
         super().__init__()
         self.requests = 0
+        self.version = version
 
     def handle(self, req: _Handler, path: str) -> tuple[int, Any]:
         if path != "/echo":
@@ -120,12 +123,16 @@ class Backend(App):
         with self._lock:
             self.requests += 1
         # Pairs, not a dict: a header that came twice must show twice.
-        return 200, {"app": self.role, "method": req.command, "path": req.path,
-                     "headers": [[k, v] for k, v in req.headers.items()]}
+        return 200, {"app": self.role, **self._version(), "method": req.command,
+                     "path": req.path, "headers": [[k, v] for k, v in req.headers.items()]}
+
+    def _version(self) -> dict[str, str]:
+        return {"version": self.version} if self.version else {}
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"app": self.role, "requests": self.requests, "codes": {"200": self.requests}}
+            return {"app": self.role, **self._version(), "requests": self.requests,
+                    "codes": {"200": self.requests}}
 
 
 class Frontend(App):
@@ -245,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="frontend: the node's HTTP outbound listener, HOST:PORT")
     parser.add_argument("--upstream-host", default="backend.demo.svc:8080",
                         help="frontend: the Host of its requests to the backend")
+    parser.add_argument("--version", default=None,
+                        help="backend: the version label it runs as (its answers name it)")
     parser.add_argument("--parent", type=int, default=0,
                         help="exit when this pid is gone (0: live on alone)")
     args = parser.parse_args(argv)
@@ -252,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
     app: App
     if args.role == "backend":
-        app = Backend()
+        app = Backend(args.version)
     else:
         host, _, port = args.mesh.rpartition(":")
         app = Frontend(host or "127.0.0.1", int(port), args.upstream_host, args.address)

@@ -122,13 +122,17 @@ def _principal(value: str | None) -> str | None:
     return value.strip()
 
 
-def mesh_counts(metrics_text: str, service: str, namespace: str) -> MeshCounts:
-    """The calling side's counts of requests to ``service``, summed over the node's workers.
+def mesh_counts(metrics_text: str, service: str, namespace: str,
+                reporter: str = "source") -> MeshCounts:
+    """The calling side's counts of requests to ``service``, summed over the node's workers
+    (the receiving side's, given ``reporter="destination"``).
 
     A sample is the calling side's when ``reporter="source"`` (Istio's label); on a node
-    that has no reporter label yet, when ``direction="outbound"``. When it has a
-    ``destination_service`` label, only the named service counts.
+    that has no reporter label yet, when ``direction="outbound"`` (``inbound`` for the
+    receiving side). When it has a ``destination_service`` label, only the named service
+    counts.
     """
+    direction = "outbound" if reporter == "source" else "inbound"
     counts = MeshCounts()
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
@@ -136,9 +140,9 @@ def mesh_counts(metrics_text: str, service: str, namespace: str) -> MeshCounts:
                 continue
             labels = sample.labels
             if "reporter" in labels:
-                if labels["reporter"] != "source":
+                if labels["reporter"] != reporter:
                     continue
-            elif labels.get("direction", "outbound") != "outbound":
+            elif labels.get("direction", "outbound") != direction:
                 continue
             dest = labels.get("destination_service")
             if dest is not None and not _is_service(dest, service, namespace):

@@ -31,7 +31,6 @@ The steps, each waiting for a condition the node reports (never for a fixed time
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -39,18 +38,18 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator
 
 import yaml
 
-from .. import localprobe, nodectl, supervise
+from .. import nodectl, supervise
 from ..identity import pki
 from ..ports import Ports
-from . import report
+from . import canary, probe, report
+from .client import Client, Sample, warm_up
 from .errors import AppFailed, DemoError
 from .report import NOT_REPORTED, MeshCounts
 
@@ -59,20 +58,15 @@ NAMESPACE = "demo"
 FRONTEND, BACKEND = "frontend", "backend"
 # Each app on its own loopback address: the node tells its local callers apart by source
 # address, so the frontend's calls carry the frontend's identity, not the backend's.
-APP_ADDRESS = {FRONTEND: "127.0.0.2", BACKEND: "127.0.0.1"}
+# The canary's backend v2 is an app of its own beside v1 ("backend"), on the node of v1.
+BACKEND_V2 = "backend-v2"
+APP_ADDRESS = {FRONTEND: "127.0.0.2", BACKEND: "127.0.0.1", BACKEND_V2: "127.0.0.3"}
+ROLE_OF = {FRONTEND: FRONTEND, BACKEND: BACKEND, BACKEND_V2: BACKEND}
 SERVICE_PORT = 8080  # the backend Service's port, in the Host the frontend sends
 APP_START_TIMEOUT_S = 15.0
-ACK_TIMEOUT_S = 30.0
-CERTS_TIMEOUT_S = 30.0
-WARMUP_TIMEOUT_S = 15.0
-# Workers report their counters in their health beat, once a second (meshnode.process).
-METRICS_SETTLE_S = 5.0
-REQUEST_TIMEOUT_S = 15.0
 # The names of two nodes on one machine (one node keeps the host's name, as `up` does).
 TWO_NODES = ("demo-a", "demo-b")
 ISSUER_TTL_S = 7 * 86400.0  # a demo's nodes live minutes; their issuers a week
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,6 +77,7 @@ class DemoOptions:
     workers: int = 2
     keep: bool = False
     up_timeout_s: float = 60.0
+    canary: bool = False  # backend v1 and v2, the traffic moved by HTTPRoute weights
 
 
 @dataclass(frozen=True)
@@ -117,19 +112,6 @@ def node_of(nodes: list[DemoNode], role: str) -> DemoNode:
 
 
 @dataclass
-class Sample:
-    """One request of the run, as the client and the frontend saw it."""
-
-    status: int | None  # end to end: the frontend's answer to the client (None: no answer)
-    e2e_us: int
-    hop_status: int | None = None  # the backend's answer through the mesh, as the frontend got it
-    hop_us: int | None = None
-    server_id: str | None = None  # from the x-forwarded-client-cert the backend received
-    client_id: str | None = None
-    error: str | None = None
-
-
-@dataclass
 class Started:
     """What the demo started, so that exactly that is stopped."""
 
@@ -143,45 +125,6 @@ class _Stop(Exception):
     """SIGTERM arrived: unwind like Ctrl-C does."""
 
 
-def _wait(condition: Callable[[], T | None], timeout_s: float, what: str,
-          interval_s: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise DemoError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(interval_s)
-
-
-def _get_json(url: str, timeout_s: float = 2.0) -> tuple[int, Any]:
-    """(status, decoded JSON) of a GET; (0, None) when nothing answers."""
-    try:
-        status, body = localprobe.get(url, timeout_s)
-    except OSError:
-        return 0, None
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, None
-
-
-def _get_text(url: str, timeout_s: float = 2.0) -> str | None:
-    try:
-        status, body = localprobe.get(url, timeout_s)
-    except OSError:
-        return None
-    return body.decode(errors="replace") if status == 200 else None
-
-
-def _check_free(port: int, what: str) -> None:
-    try:
-        nodectl.check_port_free(port, what)
-    except nodectl.NodeError as exc:
-        raise DemoError(str(exc)) from None
-
-
 # --- resources ---------------------------------------------------------------------------
 
 def resource_docs() -> list[dict[str, Any]]:
@@ -189,18 +132,23 @@ def resource_docs() -> list[dict[str, Any]]:
 
 
 def render_resources(frontend_port: int, backend_port: int,
-                     nodes: list[DemoNode] | None = None) -> str:
+                     nodes: list[DemoNode] | None = None, canary_port: int | None = None) -> str:
     """resources.yaml with each workload's http port set to its app's; given several
-    nodes, each workload placed on its app's node, and a Node resource for each node."""
+    nodes, each workload placed on its app's node, and a Node resource for each node;
+    given the canary's v2 port, canary.yaml's Services and Workload (not its route)."""
     ports = {FRONTEND: frontend_port, BACKEND: backend_port}
     docs = resource_docs()
+    if canary_port is not None:
+        ports[BACKEND_V2] = canary_port
+        docs += canary.resource_docs()
     for doc in docs:
-        role = doc["metadata"]["name"].rsplit("-", 1)[0]
-        if doc.get("kind") == "Workload" and role in ports:
-            doc["spec"]["ports"]["http"] = ports[role]
-            doc["spec"]["address"] = APP_ADDRESS[role]
+        name = doc["metadata"]["name"]
+        app = name if name in ports else name.rsplit("-", 1)[0]
+        if doc.get("kind") == "Workload" and app in ports:
+            doc["spec"]["ports"]["http"] = ports[app]
+            doc["spec"]["address"] = APP_ADDRESS[app]
             if nodes and len(nodes) > 1:
-                doc["spec"]["node"] = node_of(nodes, role).name
+                doc["spec"]["node"] = node_of(nodes, ROLE_OF[app]).name
     if nodes and len(nodes) > 1:
         docs[1:1] = [{"apiVersion": docs[0]["apiVersion"], "kind": "Node",
                       "metadata": {"name": n.name},
@@ -249,14 +197,16 @@ def _write_seed(dest: Path) -> Path:
 
 # --- the apps --------------------------------------------------------------------------
 
-def _start_app(started: Started, node: DemoNode, role: str, extra: list[str], keep: bool) -> int:
-    rd = node.runtime_dir  # its logs beside its node's: `meshnode logs demo-ROLE` finds them
-    port_file = started.runtime_dir / "demo" / f"{role}.port"
+def _start_app(started: Started, node: DemoNode, app: str, extra: list[str], keep: bool) -> int:
+    """Start one app (FRONTEND, BACKEND or BACKEND_V2) on its address; its port."""
+    role = ROLE_OF[app]
+    rd = node.runtime_dir  # its logs beside its node's: `meshnode logs demo-APP` finds them
+    port_file = started.runtime_dir / "demo" / f"{app}.port"
     port_file.unlink(missing_ok=True)
-    log_path = rd / "logs" / f"demo-{role}.log"  # `meshnode logs demo-backend` reads it
+    log_path = rd / "logs" / f"demo-{app}.log"  # `meshnode logs demo-backend` reads it
     log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "meshnode.demo.apps", role, "--runtime-dir", str(rd),
-           "--port-file", str(port_file), "--address", APP_ADDRESS[role], *extra]
+           "--port-file", str(port_file), "--address", APP_ADDRESS[app], *extra]
     if not keep:  # an app outlives a killed demo by at most half a second
         cmd += ["--parent", str(os.getpid())]
     with open(log_path, "ab") as log:
@@ -264,17 +214,17 @@ def _start_app(started: Started, node: DemoNode, role: str, extra: list[str], ke
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, env={**os.environ,
                                                              "PYTHONUNBUFFERED": "1"})
-    started.apps[role] = proc
+    started.apps[app] = proc
 
     def listening() -> int | None:
         if proc.poll() is not None:
-            raise AppFailed(f"the {role} app exited with {proc.returncode} before listening; "
+            raise AppFailed(f"the {app} app exited with {proc.returncode} before listening; "
                             f"see {log_path}")
         try:
             return int(json.loads(port_file.read_text())["port"])
         except (OSError, ValueError, KeyError):
             return None
-    return _wait(listening, APP_START_TIMEOUT_S, f"the {role} app to listen", 0.05)
+    return probe.wait(listening, APP_START_TIMEOUT_S, f"the {app} app to listen", 0.05)
 
 
 def _stop_apps(started: Started) -> None:
@@ -290,48 +240,10 @@ def _stop_apps(started: Started) -> None:
     started.apps.clear()
 
 
-# --- the node ----------------------------------------------------------------------------
-
-def _wait_acked(rd: Path, version: int, workers: list[str]) -> None:
-    def acked() -> bool:
-        acks = nodectl.call(rd, "control", "status", None, timeout_s=5.0).get("acks", {})
-        for worker in workers:
-            ack = acks.get(worker) or {}
-            if ack.get("version") == version and ack.get("status") == "NACK":
-                raise DemoError(f"{worker} refused config version {version}: {ack.get('reason')}")
-        return all((acks.get(w) or {}).get("version") == version
-                   and acks[w].get("status") == "ACK" for w in workers)
-    _wait(acked, ACK_TIMEOUT_S, f"every worker to ACK config version {version}", 0.2)
-
-
-def _wait_certs(ports: Ports, version: int, workers: list[str]) -> list[str]:
-    """Wait until every worker holds a certificate for each identity the node's snapshot
-    places on it; return those identities."""
-    admin = f"http://127.0.0.1:{ports.admin}"
-
-    def placed() -> list[str] | None:
-        status, snapshot = _get_json(f"{admin}/config_dump")
-        if status != 200 or not isinstance(snapshot, dict) or snapshot.get("version") != version:
-            return None
-        return sorted({str(w["identity"]) for w in snapshot.get("local", []) if "identity" in w})
-    identities = _wait(placed, CERTS_TIMEOUT_S, f"config version {version} in /config_dump")
-
-    def issued() -> bool:
-        status, book = _get_json(f"{admin}/stats")
-        if status != 200 or not isinstance(book, dict):
-            return False
-        for worker in workers:
-            certs = (book.get(worker) or {}).get("certs") or {}
-            if not all((certs.get(i) or {}).get("issued") for i in identities):
-                return False
-        return True
-    _wait(issued, CERTS_TIMEOUT_S, "every worker's certificates for " + ", ".join(identities),
-          0.2)
-    return identities
-
+# --- the mesh's counts ---------------------------------------------------------------------
 
 def _read_mesh(ports: Ports) -> MeshCounts:
-    text = _get_text(f"http://127.0.0.1:{ports.metrics}/metrics")
+    text = probe.get_text(f"http://127.0.0.1:{ports.metrics}/metrics")
     if text is None:
         return MeshCounts()
     try:
@@ -341,77 +253,10 @@ def _read_mesh(ports: Ports) -> MeshCounts:
 
 
 def _settled(ports: Ports, at_least: int, before: MeshCounts | None = None) -> MeshCounts:
-    """The mesh's counts once they include ``at_least`` requests (beyond ``before``), or
-    whatever they are after METRICS_SETTLE_S: workers report once a second."""
-    deadline = time.monotonic() + METRICS_SETTLE_S
-    while True:
-        counts = _read_mesh(ports)
-        seen = counts.minus(before) if before is not None else counts
-        if (counts.present and seen.total() >= at_least) or time.monotonic() >= deadline:
-            return seen
-        time.sleep(0.2)
-
-
-# --- the requests ------------------------------------------------------------------------
-
-class _Client:
-    """The demo's own keep-alive connection to the frontend."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.conn: http.client.HTTPConnection | None = None
-
-    def call(self, i: int) -> Sample:
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection(APP_ADDRESS[FRONTEND], self.port,
-                                                   timeout=REQUEST_TIMEOUT_S)
-        start = time.perf_counter_ns()
-        try:
-            self.conn.request("GET", f"/call?i={i}")
-            resp = self.conn.getresponse()
-            body = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            return Sample(None, (time.perf_counter_ns() - start) // 1000,
-                          error=f"frontend: {type(exc).__name__}: {exc}")
-        e2e_us = (time.perf_counter_ns() - start) // 1000
-        if resp.will_close:
-            self.close()
-        sample = Sample(resp.status, e2e_us)
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            sample.error = f"frontend answered {resp.status} without JSON"
-            return sample
-        sample.hop_status, sample.hop_us, sample.error = doc.get("status"), doc.get("hop_us"), \
-            doc.get("error")
-        backend = doc.get("backend")
-        if isinstance(backend, dict):
-            xfcc = report.xfcc_of(backend.get("headers") or [])
-            sample.server_id, sample.client_id = report.peers_from_xfcc(xfcc)
-        elif isinstance(backend, str) and sample.error is None:
-            sample.error = f"mesh answered {sample.hop_status}: {backend.strip()[:120]}"
-        return sample
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-
-def _warm_up(client: _Client) -> int:
-    """Requests until one gets a 2xx through the mesh; how many it took."""
-    deadline = time.monotonic() + WARMUP_TIMEOUT_S
-    sent = 0
-    while True:
-        sample = client.call(0)
-        sent += 1
-        if sample.status is not None and 200 <= sample.status < 300:
-            return sent
-        if time.monotonic() >= deadline:
-            raise DemoError(f"no request got through the mesh within {WARMUP_TIMEOUT_S:g}s; "
-                            f"the last one: {sample.error or sample.status}")
-        time.sleep(0.1)
+    """The mesh's counts once they include ``at_least`` requests (beyond ``before``)."""
+    counts = probe.settle(lambda: _read_mesh(ports), lambda c: c.present and (
+        c.minus(before) if before is not None else c).total() >= at_least)
+    return counts.minus(before) if before is not None else counts
 
 
 # --- the report --------------------------------------------------------------------------
@@ -419,6 +264,36 @@ def _warm_up(client: _Client) -> int:
 def _lines(label: str, rows: list[str]) -> Iterator[str]:
     for i, row in enumerate(rows):
         yield f"{label if i == 0 else '':<10}{row}"
+
+
+def format_setup(*, nodes: list[tuple[str, DemoNode]], workers: int, app_ports: dict[str, int],
+                 version: int, identities: list[str], canary_route: bool = False) -> list[str]:
+    """The report's first part: the nodes, the apps, the config and the requests' path."""
+    host = f"{BACKEND}.{NAMESPACE}.svc:{SERVICE_PORT}"
+    out = []
+    for name, node in nodes:
+        ports = node.ports
+        out += _lines("node", [
+            f"{name}, runtime dir {node.runtime_dir}, {workers} proxy workers, "
+            f"fronts {' and '.join(node.roles)}",
+            f"admin http://127.0.0.1:{ports.admin}/ready   "
+            f"metrics http://127.0.0.1:{ports.metrics}/metrics",
+            f"outbound (HTTP) 127.0.0.1:{ports.outbound}   inbound (mTLS) :{ports.inbound}"])
+    label = {BACKEND: "backend-v1"} if canary_route else {}  # v1 beside v2
+    out += _lines("apps", ["   ".join(f"{label.get(app, app)} {APP_ADDRESS[app]}:{app_ports[app]}"
+                                       for app in APP_ADDRESS if app in app_ports)])
+    acked = f"ACKed by {', '.join(f'proxy-{i}' for i in range(workers))}"
+    files = "resources.yaml" + (" and canary.yaml" if canary_route else "")
+    out += _lines("config", [f"version {version} (meshnode/demo/{files}), {acked}"
+                             f"{' of each node' if len(nodes) > 1 else ''}",
+                             f"certificates for {', '.join(identities)}"])
+    (fe_name, fe_node), (be_name, be_node) = (
+        next((n, d) for n, d in nodes if role in d.roles) for role in (FRONTEND, BACKEND))
+    where = f" ({be_name})" if len(nodes) > 1 else ""
+    served = f"{BACKEND} v1 or v2, by the route's weights" if canary_route else BACKEND
+    out += _lines("path", [f"client -> {FRONTEND} -> 127.0.0.1:{fe_node.ports.outbound} "
+                           f"(Host: {host}) =mTLS=> :{be_node.ports.inbound}{where} -> {served}"])
+    return out
 
 
 def format_report(*, nodes: list[tuple[str, DemoNode]], workers: int, app_ports: dict[str, int],
@@ -431,27 +306,9 @@ def format_report(*, nodes: list[tuple[str, DemoNode]], workers: int, app_ports:
                   for s in samples)
     hop_us = [s.hop_us for s in samples if s.hop_us is not None]
     e2e_us = [s.e2e_us for s in samples if s.status is not None]
-    host = f"{BACKEND}.{NAMESPACE}.svc:{SERVICE_PORT}"
     out = ["meshnode demo: frontend -> backend through the mesh, over mutual TLS", ""]
-    for name, node in nodes:
-        ports = node.ports
-        out += _lines("node", [
-            f"{name}, runtime dir {node.runtime_dir}, {workers} proxy workers, "
-            f"fronts {' and '.join(node.roles)}",
-            f"admin http://127.0.0.1:{ports.admin}/ready   "
-            f"metrics http://127.0.0.1:{ports.metrics}/metrics",
-            f"outbound (HTTP) 127.0.0.1:{ports.outbound}   inbound (mTLS) :{ports.inbound}"])
-    out += _lines("apps", [f"{FRONTEND} {APP_ADDRESS[FRONTEND]}:{app_ports[FRONTEND]}   "
-                           f"{BACKEND} {APP_ADDRESS[BACKEND]}:{app_ports[BACKEND]}"])
-    acked = f"ACKed by {', '.join(f'proxy-{i}' for i in range(workers))}"
-    out += _lines("config", [f"version {version} (meshnode/demo/resources.yaml), {acked}"
-                             f"{' of each node' if len(nodes) > 1 else ''}",
-                             f"certificates for {', '.join(identities)}"])
-    (fe_name, fe_node), (be_name, be_node) = (
-        next((n, d) for n, d in nodes if role in d.roles) for role in (FRONTEND, BACKEND))
-    where = f" ({be_name})" if len(nodes) > 1 else ""
-    out += _lines("path", [f"client -> {FRONTEND} -> 127.0.0.1:{fe_node.ports.outbound} "
-                           f"(Host: {host}) =mTLS=> :{be_node.ports.inbound}{where} -> {BACKEND}"])
+    out += format_setup(nodes=nodes, workers=workers, app_ports=app_ports, version=version,
+                        identities=identities)
     out.append("")
     warm = f" (after {warmups} warm-up request{'s' if warmups > 1 else ''}, not counted)"
     out += _lines("requests", [f"{n} sent{warm}"])
@@ -511,7 +368,7 @@ def run(opts: DemoOptions, out: Callable[[str], None] = print) -> int:
         ports = Ports(base)
         for port, what in ((ports.admin, "admin"), (ports.outbound, "outbound"),
                            (ports.inbound, "inbound"), (ports.metrics, "metrics")):
-            _check_free(port, what)  # before anything is made, so a busy block leaves nothing
+            probe.check_free(port, what)  # before anything is made, so a busy block leaves nothing
     if opts.runtime_dir is None:
         # Short on purpose: the bus's ipc socket paths must fit in 107 bytes.
         started = Started(Path(tempfile.mkdtemp(prefix="mn-demo-", dir="/tmp")), made_dir=True)
@@ -561,40 +418,41 @@ def _run(opts: DemoOptions, started: Started, nodes: list[DemoNode],
         nodectl.up(node_opts, timeout_s=opts.up_timeout_s)
         names.append((node_opts.node, node))
     source = node_of(nodes, FRONTEND)
-    app_ports = {BACKEND: _start_app(started, node_of(nodes, BACKEND), BACKEND, [], opts.keep)}
+    backends = [(BACKEND, ["--version", "v1"] if opts.canary else [])]
+    if opts.canary:
+        backends.append((BACKEND_V2, ["--version", "v2"]))
+    app_ports = {app: _start_app(started, node_of(nodes, BACKEND), app, extra, opts.keep)
+                 for app, extra in backends}
     app_ports[FRONTEND] = _start_app(started, source, FRONTEND, [
         "--mesh", f"127.0.0.1:{source.ports.outbound}",
         "--upstream-host", f"{BACKEND}.{NAMESPACE}.svc:{SERVICE_PORT}"], opts.keep)
-    text = render_resources(app_ports[FRONTEND], app_ports[BACKEND], nodes)
-    versions = set()
-    for node in nodes:
-        reply = nodectl.call(node.runtime_dir, "control", "apply",
-                             {"files": [{"name": str(RESOURCES), "text": text}]})
-        versions.add(int(reply["version"]))
-        out(f"applied config version {reply['version']} to {node.label}: "
-            f"{', '.join(reply.get('resources', []))}")
-    version = max(versions)  # fresh nodes seeded alike: the same version on each
+    text = render_resources(app_ports[FRONTEND], app_ports[BACKEND], nodes,
+                            app_ports.get(BACKEND_V2))
+    version = _apply(nodes, RESOURCES, text, out)
     identities: list[str] = []
     for node in nodes:
-        _wait_acked(node.runtime_dir, version, workers)
-        identities += _wait_certs(node.ports, version, workers)
+        probe.wait_acked(node.runtime_dir, version, workers)
+        identities += probe.wait_certs(node.ports, version, workers)
     ports = source.ports  # the calling side reports the requests it sent
-    client = _Client(app_ports[FRONTEND])
+    client = Client(APP_ADDRESS[FRONTEND], app_ports[FRONTEND])
+    setup = {"nodes": names, "workers": opts.workers, "app_ports": app_ports,
+             "version": version, "identities": identities}
     try:
-        warmups = _warm_up(client)
+        warmups = warm_up(client)
+        if opts.canary:
+            return _canary(opts, rd, nodes, client, setup, out)
         mesh_before = _settled(ports, warmups)
-        apps_before = {role: _get_json(f"http://{APP_ADDRESS[role]}:{port}/stats")[1] or {}
+        apps_before = {role: probe.get_json(f"http://{APP_ADDRESS[role]}:{port}/stats")[1] or {}
                        for role, port in app_ports.items()}
         out(f"sending {opts.requests} requests: client -> frontend -> mesh -> backend...")
         samples = [client.call(i) for i in range(1, opts.requests + 1)]
     finally:
         client.close()
-    apps_after = {role: _get_json(f"http://{APP_ADDRESS[role]}:{port}/stats")[1] or {}
+    apps_after = {role: probe.get_json(f"http://{APP_ADDRESS[role]}:{port}/stats")[1] or {}
                   for role, port in app_ports.items()}
     mesh = _settled(ports, opts.requests, mesh_before)
     out("")
-    out(format_report(nodes=names, workers=opts.workers, app_ports=app_ports, version=version, identities=identities,
-                      warmups=warmups, samples=samples, apps_before=apps_before,
+    out(format_report(**setup, warmups=warmups, samples=samples, apps_before=apps_before,
                       apps_after=apps_after, mesh=mesh))
     bad = [s for s in samples if s.status is None or not 200 <= s.status < 300]
     out("")
@@ -603,6 +461,71 @@ def _run(opts: DemoOptions, started: Started, nodes: list[DemoNode],
             f"({report.tally(Counter(str(s.status or 'no answer') for s in bad))})")
         return False
     out(f"ok: all {len(samples)} requests got a 2xx through the mesh")
+    return True
+
+
+def _apply(nodes: list[DemoNode], path: Path, text: str, out: Callable[[str], None]) -> int:
+    """Apply one file to every node; the config version it made (the same on each: the
+    nodes were seeded alike and take the same applies)."""
+    versions = set()
+    for node in nodes:
+        reply = nodectl.call(node.runtime_dir, "control", "apply",
+                             {"files": [{"name": str(path), "text": text}]})
+        versions.add(int(reply["version"]))
+        out(f"applied config version {reply['version']} to {node.label}: "
+            f"{', '.join(reply.get('resources', []))}")
+    return max(versions)
+
+
+def _canary(opts: DemoOptions, rd: Path, nodes: list[DemoNode], client: Client,
+            setup: dict[str, Any], out: Callable[[str], None]) -> bool:
+    """The canary's steps (meshnode.demo.canary) and their report; whether every step
+    was within its tolerance."""
+    routes = rd / "demo" / "canary"
+    routes.mkdir(mode=0o700, parents=True, exist_ok=True)
+    workers = [f"proxy-{i}" for i in range(opts.workers)]
+
+    def apply(percent: int, text: str) -> int:
+        path = routes / f"route-v2-{percent}.yaml"  # what was applied, as a user would
+        path.write_text(text)
+        out(f"step: {percent} % to v2 ({path})")
+        version = _apply(nodes, path, text, out)
+        for node in nodes:
+            probe.wait_acked(node.runtime_dir, version, workers)
+        return version
+
+    def served() -> dict[str, int | None]:
+        counts: dict[str, int | None] = {}
+        for version, app in (("v1", BACKEND), ("v2", BACKEND_V2)):
+            url = f"http://{APP_ADDRESS[app]}:{setup['app_ports'][app]}/stats"
+            count = (probe.get_json(url)[1] or {}).get("requests")
+            counts[version] = count if isinstance(count, int) else None
+        return counts
+
+    # Each side's figures from its node: the frontend's sends, the backends' receives.
+    metrics = {reporter: f"http://127.0.0.1:{node_of(nodes, role).ports.metrics}/metrics"
+               for reporter, role in (("source", FRONTEND), ("destination", BACKEND))}
+    out(f"the route, as each step applies it (the 10 % step; meshnode/demo/canary.yaml):\n"
+        f"{canary.route_yaml(10)}")
+    results = canary.run_steps(canary.Hooks(
+        apply, lambda n: [client.call(i) for i in range(1, n + 1)], served,
+        lambda reporter: probe.get_text(metrics[reporter])), opts.requests, out)
+    out("")
+    out("meshnode demo --canary: backend v1 -> v2 by HTTPRoute weights, through the mesh")
+    out("")
+    for line in [*format_setup(**setup, canary_route=True), "",
+                 *canary.format_report(results, opts.requests)]:
+        out(line)
+    problems = [p for r in results for p in r.problems()]
+    out("")
+    if problems:
+        out(f"FAILED: the canary's steps are off ({len(problems)} "
+            f"problem{'s' if len(problems) > 1 else ''}):")
+        for problem in problems:
+            out(f"  {problem}")
+        return False
+    steps = " -> ".join(f"{p} %" for p in canary.STEPS_PERCENT)
+    out(f"ok: v2 took {steps} of backend's traffic, each step within its tolerance")
     return True
 
 

@@ -4,11 +4,14 @@ The demo is run as a subprocess of the real CLI on a free port block. One run wi
 explicit runtime dir serves the report tests; a run with --keep and one interrupted by
 Ctrl-C check that the demo leaves behind exactly what it says: nothing, or a node the
 printed command stops. A two-node run is kept so that each node can be asked what it
-carried: the requests must cross from the frontend's node to the backend's.
+carried: the requests must cross from the frontend's node to the backend's. The canary
+runs (`--canary`, one node and two) move backend's traffic to v2 in four steps, each
+judged on its table against its weight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,18 +55,23 @@ def _scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
 
 
-@pytest.fixture(scope="module")
-def demo() -> Iterator[Run]:
-    """One `meshnode demo --requests 50` in a runtime dir of ours; what was left after it."""
+@contextlib.contextmanager
+def _demo_run(*args: str) -> Iterator[Run]:
+    """`meshnode demo ARGS` in a runtime dir of ours; what was left after it."""
     rd = _scratch_dir()
     try:
-        result = run_cli("demo", "--requests", str(REQUESTS), "--port-base",
-                         str(free_port_base()), "--runtime-dir", str(rd),
-                         timeout_s=DEMO_TIMEOUT_S)
+        result = run_cli("demo", *args, "--runtime-dir", str(rd), timeout_s=DEMO_TIMEOUT_S)
         yield Run(rd, result, pids_of(rd))
     finally:
         kill_leftovers(rd)
         shutil.rmtree(rd, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[Run]:
+    """One `meshnode demo --requests 50`."""
+    with _demo_run("--requests", str(REQUESTS), "--port-base", str(free_port_base())) as run:
+        yield run
 
 
 @pytest.mark.timeout(200)
@@ -200,6 +208,74 @@ def test_demo_with_two_port_bases_crosses_from_one_node_to_the_other() -> None:
     finally:
         kill_leftovers(rd)  # the nodes' dirs are inside it
         shutil.rmtree(rd, ignore_errors=True)
+
+
+# One row of the canary's table: step, v2 weight, config version, what v1 and v2 served
+# (the apps' counts), v2's bounds, the mesh's counts sent and received (v1/v2), verdict.
+CANARY_ROW = (r"^(\d)\s+(\d+) %\s+v\d+\s+(\d+)\s+(\d+)\s+(\d+)(?:\.\.(\d+))?\s+"
+              r"(\d+)/(\d+)\s+(\d+)/(\d+)\s+(ok|OFF)$")
+CANARY_REQUESTS = 150  # a step's least (meshnode.demo.canary.min_requests)
+
+
+def _check_canary(run: Run, n: int) -> None:
+    """Every step as the table shows it: v2's share is its weight's, within the bounds
+    printed (4 sd of binomial(n, w)), and the apps and both sides of the mesh agree."""
+    assert run.result.returncode == 0, run.explain()
+    rows = re.findall(CANARY_ROW, run.out, re.MULTILINE)
+    assert [int(r[1]) for r in rows] == [0, 10, 50, 100], run.explain()
+    for step, weight, v1, v2, low, high, sent1, sent2, got1, got2, verdict in rows:
+        v1_, v2_, w = int(v1), int(v2), int(weight) / 100
+        assert v1_ + v2_ == n and verdict == "ok", run.explain()
+        assert int(low) <= v2_ <= int(high or low), run.explain()
+        assert abs(v2_ - n * w) <= 4 * (n * w * (1 - w)) ** 0.5, run.explain()
+        assert (int(sent1), int(sent2)) == (int(got1), int(got2)) == (v1_, v2_), run.explain()
+    # The 0 % and 100 % steps are exact; 10 % sends v2 some but not most.
+    assert rows[0][3] == "0" and rows[3][2] == "0", run.explain()
+    assert 0 < int(rows[1][3]) < n // 2, run.explain()
+    run.line(r"^tolerance binomial: v2's count within 4 sd of N\*w")
+    run.line(r"^ok: v2 took 0 % -> 10 % -> 50 % -> 100 % of backend's traffic")
+    # What each step applied is the Gateway API's HTTPRoute, printed as a user writes it.
+    assert "kind: HTTPRoute" in run.out and "name: backend-v2" in run.out, run.explain()
+
+
+@pytest.mark.timeout(200)
+def test_demo_canary_moves_backend_to_v2_step_by_step_by_route_weights() -> None:
+    with _demo_run("--canary", "--requests", str(CANARY_REQUESTS), "--port-base",
+                   str(free_port_base())) as run:
+        rd = run.runtime_dir
+        _check_canary(run, CANARY_REQUESTS)
+        run.line(r"^apps\s+frontend 127\.0\.0\.2:\d+\s+backend-v1 127\.0\.0\.1:\d+\s+"
+                 r"backend-v2 127\.0\.0\.3:\d+$")
+        # Each step's route was applied as a config version that every worker ACKed.
+        versions = [int(v) for v in re.findall(r"^applied config version (\d+) to the node: "
+                                               r"HTTPRoute demo/backend-canary$", run.out,
+                                               re.MULTILINE)]
+        assert len(versions) == 4 and versions == sorted(set(versions)), run.explain()
+        assert (rd / "demo" / "canary" / "route-v2-50.yaml").read_text().count("weight: 50") == 2
+        assert run.leftovers == [], f"processes of {rd} outlived the demo: {run.leftovers}"
+
+
+@pytest.mark.timeout(300)
+def test_demo_canary_with_two_port_bases_splits_on_the_callers_node() -> None:
+    # demo-a picks the version of each request; demo-b, fronting both versions, hands
+    # each to the one picked: the two nodes' counts agree with the apps' at every step.
+    base_a, base_b = free_port_base(), free_port_base()
+    with _demo_run("--canary", "--requests", str(CANARY_REQUESTS), "--port-base", str(base_a),
+                   "--port-base", str(base_b)) as run:
+        _check_canary(run, CANARY_REQUESTS)
+        run.line(rf"=mTLS=> :{base_b + 6} \(demo-b\) -> backend v1 or v2, by the route's weights$")
+        for node in ("demo-a", "demo-b"):
+            assert len(re.findall(rf"^applied config version \d+ to {node}: HTTPRoute "
+                                  rf"demo/backend-canary$", run.out, re.MULTILINE)) == 4, \
+                run.explain()
+        assert run.leftovers == [], f"processes of {run.runtime_dir} outlived the demo: " \
+            f"{run.leftovers}"
+
+
+def test_demo_canary_refuses_too_few_requests_to_judge_a_step() -> None:
+    result = run_cli("demo", "--canary", "--requests", "100", "--port-base", "21000")
+    assert result.returncode == 64, result.stderr  # EX_USAGE, before anything starts
+    assert "--canary needs --requests of at least 145" in result.stderr, result.stderr
 
 
 def test_demo_refuses_overlapping_or_too_many_port_bases() -> None:
