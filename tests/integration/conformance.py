@@ -38,6 +38,10 @@ WEIGHT_REQUESTS = 500
 WEIGHT_TOLERANCE = 0.05
 WEIGHT_ATTEMPTS = 10
 WEIGHT_CONNECTIONS = 10  # TestWeightedDistribution's concurrentRequests, one after another
+# What the header modifier tests' requests (or the backend's answers) carry before a
+# "set" or an "add" of X-Header-Set / X-Header-Add.
+SET_BEFORE = {"Some-Other-Header": "val", "X-Header-Set": "some-other-value"}
+ADD_BEFORE = {"Some-Other-Header": "val", "X-Header-Add": "some-other-value"}
 
 
 @dataclass(frozen=True)

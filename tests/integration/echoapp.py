@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,7 +47,7 @@ def go_duration_s(text: str) -> float:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # head and body are separate writes (see httpapps)
-    server: "_Server"
+    server: Any  # the ThreadingHTTPServer of an EchoPod, which it carries as .pod
 
     def setup(self) -> None:
         super().setup()
@@ -84,7 +83,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        pod.count()
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _echo
 
@@ -101,65 +99,30 @@ def _set_headers(fields: list[str]) -> list[tuple[str, str]]:
     return list(merged.items())
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True  # server_close() joins the connection threads
-    request_queue_size = 128
-    pod: "EchoPod"
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        self.pod.track(request, True)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        self.pod.track(request, False)
-        super().shutdown_request(request)
-
-
 class EchoPod:
     """One pod's echo server: ``name`` and ``namespace`` are what it reports, ``address``
-    the loopback address it listens on (a free port)."""
+    the loopback address it listens on (a free port).
+
+    Its connections come from the node's inbound listener only, so a pod is stopped
+    after its node: by then every connection is closed, and closing the server joins
+    handler threads that have ended (each read is bounded by IO_TIMEOUT_S besides).
+    """
 
     def __init__(self, name: str, namespace: str, address: str) -> None:
         self.name, self.namespace, self.address = name, namespace, address
-        self._lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._served = 0
-        self._server = _Server((address, 0), _Handler)
-        self._server.pod = self
+        self._server = ThreadingHTTPServer((address, 0), _Handler)
+        self._server.daemon_threads = False
+        self._server.block_on_close = True  # server_close() joins the handler threads
+        self._server.pod = self  # type: ignore[attr-defined]
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1},
                                         name=f"echo-{name}", daemon=True)
         self._thread.start()
 
-    @property
-    def served(self) -> int:
-        """Requests answered so far."""
-        with self._lock:
-            return self._served
-
-    def count(self) -> None:
-        with self._lock:
-            self._served += 1
-
-    def track(self, conn: socket.socket, opened: bool) -> None:
-        with self._lock:
-            if opened:
-                self._conns.add(conn)
-            else:
-                self._conns.discard(conn)
-
     def stop(self) -> None:
-        """Close the listener and every connection; join every thread."""
+        """Close the listener; join the serving thread and every handler thread."""
         self._server.shutdown()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:  # wakes a handler blocked reading an idle keep-alive connection
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._server.server_close()
         self._thread.join(5)
         assert not self._thread.is_alive(), f"echo pod {self.name} did not stop"

@@ -222,7 +222,8 @@ def start_pods(base: list[dict[str, Any]]) -> dict[str, EchoPod]:
 def base_identities(base: list[dict[str, Any]]) -> set[str]:
     """The SPIFFE IDs of the base Workloads (each namespace's default service account)."""
     return {f"spiffe://cluster.local/ns/{d['metadata']['namespace']}/sa/"
-            f"{d['spec'].get('serviceAccount', 'default')}" for d in base if d["kind"] == "Workload"}
+            f"{d['spec'].get('serviceAccount', 'default')}"
+            for d in base if d["kind"] == "Workload"}
 
 
 def _serving(mesh: ConformanceMesh, caller: Caller, host: str, pod_prefix: str) -> bool:

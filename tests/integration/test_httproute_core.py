@@ -15,9 +15,11 @@ it checks conditions (`meshnode get httproute -o yaml`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from conformance import Expect, check, check_weights
+from conformance import ADD_BEFORE, SET_BEFORE, Expect, check, check_weights
 from meshkit import DATA, INFRA_NS, MESH_NS, ConformanceMesh, conformance_mesh, gw
 
 __all__ = ["conformance_mesh", "gw"]  # the fixtures these tests use, from meshkit
@@ -29,10 +31,11 @@ HOST = f"infra-backend-v1.{INFRA_NS}:8080"
 V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
 
 
-def on(path: str, backend: str = "", **fields: object) -> Expect:
-    """A case sent to infra-backend-v1's port 8080 and answered from gateway-conformance-infra."""
+def on(path: str, backend: str = "", **fields: Any) -> Expect:
+    """A case sent to infra-backend-v1's port 8080, answered from gateway-conformance-infra
+    when it names a backend."""
     namespace = INFRA_NS if backend else ""
-    return Expect(host=HOST, path=path, backend=backend, namespace=namespace, **fields)  # type: ignore[arg-type]
+    return Expect(host=HOST, path=path, backend=backend, namespace=namespace, **fields)
 
 
 def test_http_route_method_matching(gw: ConformanceMesh) -> None:
@@ -76,18 +79,19 @@ def test_http_route_response_header_modifier(gw: ConformanceMesh) -> None:
     check(gw, gw.caller(MESH_NS), [
         on("/set", V1, backend_sets={"Some-Other-Header": "val"},
            response_headers={"Some-Other-Header": "val", "X-Header-Set": "set-overwrites-values"}),
-        on("/set", V1, backend_sets={"Some-Other-Header": "val", "X-Header-Set": "some-other-value"},
+        on("/set", V1, backend_sets=SET_BEFORE,
            response_headers={"Some-Other-Header": "val", "X-Header-Set": "set-overwrites-values"}),
         on("/add", V1, backend_sets={"Some-Other-Header": "val"},
            response_headers={"Some-Other-Header": "val", "X-Header-Add": "add-appends-values"}),
-        on("/add", V1, backend_sets={"Some-Other-Header": "val", "X-Header-Add": "some-other-value"},
+        on("/add", V1, backend_sets=ADD_BEFORE,
            response_headers={"Some-Other-Header": "val",
                              "X-Header-Add": "some-other-value,add-appends-values"}),
         on("/remove", V1, backend_sets={"X-Header-Remove": "val"},
            response_absent=("X-Header-Remove",)),
         on("/multiple", V1,
            backend_sets={"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2",
-                         "X-Header-Remove-2": "remove-val-2", "Another-Header": "another-header-val",
+                         "X-Header-Remove-2": "remove-val-2",
+                         "Another-Header": "another-header-val",
                          "X-Header-Remove-1": "val"},
            response_headers={"X-Header-Set-1": "header-set-1", "X-Header-Set-2": "header-set-2",
                              "X-Header-Add-1": "header-add-1",
@@ -99,7 +103,8 @@ def test_http_route_response_header_modifier(gw: ConformanceMesh) -> None:
            backend_sets={"x-header-set": "original-val-set", "x-header-add": "original-val-add",
                          "x-header-remove": "original-val-remove",
                          "Another-Header": "another-header-val"},
-           response_headers={"X-Header-Set": "header-set", "X-Header-Add": "original-val-add,header-add",
+           response_headers={"X-Header-Set": "header-set",
+                             "X-Header-Add": "original-val-add,header-add",
                              "X-Lowercase-Add": "lowercase-add",
                              "X-Mixedcase-Add-1": "mixedcase-add-1",
                              "X-Mixedcase-Add-2": "mixedcase-add-2",
@@ -110,7 +115,8 @@ def test_http_route_response_header_modifier(gw: ConformanceMesh) -> None:
            headers={"X-Header-Remove": "remove-val", "X-Header-Add-Append": "append-val-1",
                     "X-Header-Echo": "echo"},
            backend_sets={"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2",
-                         "X-Header-Remove-2": "remove-val-2", "Another-Header": "another-header-val",
+                         "X-Header-Remove-2": "remove-val-2",
+                         "Another-Header": "another-header-val",
                          "X-Header-Remove-1": "remove-val-1", "X-Header-Echo": "echo"},
            got_headers={"X-Header-Add": "header-val-1", "X-Header-Set": "set-overwrites-values",
                         "X-Header-Add-Append": "append-val-1,header-val-2",
@@ -150,22 +156,21 @@ def test_http_route_weight(gw: ConformanceMesh) -> None:
     check_weights(gw, caller, case, {V1: 0.7, V2: 0.3, V3: 0.0})
 
 
-def test_http_route_invalid_nonexistent_backend_ref(gw: ConformanceMesh) -> None:
-    """HTTPRouteInvalidNonExistentBackendRef: ResolvedRefs False, BackendNotFound; 500."""
-    gw.apply(CORE / "httproute-invalid-nonexistent-backendref.yaml")
-    assert gw.condition(INFRA_NS, "invalid-nonexistent-backend-ref", "ResolvedRefs")[:2] == (
-        "False", "BackendNotFound")
-    assert gw.condition(INFRA_NS, "invalid-nonexistent-backend-ref", "Accepted")[0] == "True"
-    check(gw, gw.caller(MESH_NS), [on("/", status=(500,))])
-
-
-def test_http_route_invalid_backend_ref_unknown_kind(gw: ConformanceMesh) -> None:
-    """HTTPRouteInvalidBackendRefUnknownKind: ResolvedRefs False, InvalidKind; 500."""
-    gw.apply(CORE / "httproute-invalid-backendref-unknown-kind.yaml")
-    assert gw.condition(INFRA_NS, "invalid-backend-ref-unknown-kind", "ResolvedRefs")[:2] == (
-        "False", "InvalidKind")
-    assert gw.condition(INFRA_NS, "invalid-backend-ref-unknown-kind", "Accepted")[0] == "True"
-    check(gw, gw.caller(MESH_NS), [on("/v2", status=(500,))])
+@pytest.mark.parametrize(("manifest", "name", "reason", "path"), [
+    ("httproute-invalid-nonexistent-backendref.yaml", "invalid-nonexistent-backend-ref",
+     "BackendNotFound", "/"),
+    ("httproute-invalid-backendref-unknown-kind.yaml", "invalid-backend-ref-unknown-kind",
+     "InvalidKind", "/v2"),
+], ids=["HTTPRouteInvalidNonExistentBackendRef", "HTTPRouteInvalidBackendRefUnknownKind"])
+def test_http_route_invalid_backend_ref(gw: ConformanceMesh, manifest: str, name: str,
+                                        reason: str, path: str) -> None:
+    """HTTPRouteInvalidNonExistentBackendRef (a Service that does not exist),
+    HTTPRouteInvalidBackendRefUnknownKind (a kind that is no Service): the route is
+    Accepted, its ResolvedRefs is False with that reason, and its requests get a 500."""
+    gw.apply(CORE / manifest)
+    assert gw.condition(INFRA_NS, name, "ResolvedRefs")[:2] == ("False", reason)
+    assert gw.condition(INFRA_NS, name, "Accepted")[0] == "True"
+    check(gw, gw.caller(MESH_NS), [on(path, status=(500,))])
 
 
 def test_http_route_omitted_backend_refs(gw: ConformanceMesh) -> None:
@@ -184,6 +189,6 @@ def test_http_route_omitted_backend_refs(gw: ConformanceMesh) -> None:
                          "without a ReferenceGrant, which GAMMA does not ask of mesh routes "
                          "(GEP-1294: \"Routes of either type can send traffic to backendRefs "
                          "in any namespace ... without a ReferenceGrant\"); "
-                         "test_httproute_gamma covers the mesh rule")
+                         "test_httproute_spec covers the mesh rule")
 def test_http_route_invalid_cross_namespace_backend_ref() -> None:
     """HTTPRouteInvalidCrossNamespaceBackendRef."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import Expect, Redirect, check, check_weights
+from conformance import ADD_BEFORE, SET_BEFORE, Expect, Redirect, check, check_weights
 from dataplanekit import metric_total, settle
 from meshkit import CONSUMER_NS, DATA, MESH_NS, ConformanceMesh, conformance_mesh, gw
 
@@ -169,13 +169,13 @@ def header_modifier_cases() -> list[Expect]:
         Expect(path="/set", headers={"Some-Other-Header": "val"},
                got_headers={"Some-Other-Header": "val", "X-Header-Set": "set-overwrites-values"},
                backend=v1, namespace=ns),
-        Expect(path="/set", headers={"Some-Other-Header": "val", "X-Header-Set": "some-other-value"},
+        Expect(path="/set", headers=SET_BEFORE,
                got_headers={"Some-Other-Header": "val", "X-Header-Set": "set-overwrites-values"},
                backend=v1, namespace=ns),
         Expect(path="/add", headers={"Some-Other-Header": "val"},
                got_headers={"Some-Other-Header": "val", "X-Header-Add": "add-appends-values"},
                backend=v1, namespace=ns),
-        Expect(path="/add", headers={"Some-Other-Header": "val", "X-Header-Add": "some-other-value"},
+        Expect(path="/add", headers=ADD_BEFORE,
                got_headers={"Some-Other-Header": "val",
                             "X-Header-Add": "some-other-value,add-appends-values"},
                backend=v1, namespace=ns),
@@ -183,7 +183,8 @@ def header_modifier_cases() -> list[Expect]:
                got_absent=("X-Header-Remove",), backend=v1, namespace=ns),
         Expect(path="/multiple",
                headers={"X-Header-Set-2": "set-val-2", "X-Header-Add-2": "add-val-2",
-                        "X-Header-Remove-2": "remove-val-2", "Another-Header": "another-header-val"},
+                        "X-Header-Remove-2": "remove-val-2",
+                        "Another-Header": "another-header-val"},
                got_headers={"X-Header-Set-1": "header-set-1", "X-Header-Set-2": "header-set-2",
                             "X-Header-Add-1": "header-add-1",
                             "X-Header-Add-2": "add-val-2,header-add-2",
@@ -194,7 +195,8 @@ def header_modifier_cases() -> list[Expect]:
                headers={"x-header-set": "original-val-set", "x-header-add": "original-val-add",
                         "x-header-remove": "original-val-remove",
                         "Another-Header": "another-header-val"},
-               got_headers={"X-Header-Set": "header-set", "X-Header-Add": "original-val-add,header-add",
+               got_headers={"X-Header-Set": "header-set",
+                            "X-Header-Add": "original-val-add,header-add",
                             "Another-Header": "another-header-val"},
                got_absent=("x-header-remove", "X-Header-Remove"), backend=v1, namespace=ns),
     ]
@@ -220,64 +222,52 @@ def redirect(sent: str, status: int, **location: str) -> Expect:
                   namespace=MESH_NS)
 
 
-@pytest.mark.parametrize(("manifest", "path", "status"), [
-    ("httproute-303-redirect.yaml", "/redirect", 303),
-    ("httproute-307-redirect.yaml", "/temporary", 307),
-    ("httproute-308-redirect.yaml", "/permanent", 308),
-])
-def test_mesh_http_route_redirect_status(gw: ConformanceMesh, manifest: str, path: str,
-                                         status: int) -> None:
-    """MeshHTTPRoute303Redirect, MeshHTTPRoute307Redirect, MeshHTTPRoute308Redirect: a
-    RequestRedirect with only a statusCode answers it, Location keeping the path."""
-    gw.apply(MESH / manifest)
-    check(gw, gw.caller(MESH_NS), [redirect(path, status, path=path)])
-
-
-def test_mesh_http_route_redirect_host_and_status(gw: ConformanceMesh) -> None:
-    """MeshHTTPRouteRedirectHostAndStatus: hostname example.org, 302 by default, 301 when
-    set."""
-    gw.apply(MESH / "httproute-redirect-host-and-status.yaml")
-    check(gw, gw.caller(MESH_NS), [
-        redirect("/hostname-redirect", 302, host="example.org"),
-        redirect("/host-and-status", 301, host="example.org"),
-    ])
-
-
-def test_mesh_http_route_redirect_path(gw: ConformanceMesh) -> None:
-    """MeshHTTPRouteRedirectPath: ReplacePrefixMatch and ReplaceFullPath in Location, with a
-    hostname or a statusCode beside them."""
-    gw.apply(MESH / "httproute-redirect-path.yaml")
-    check(gw, gw.caller(MESH_NS), [
+HOST, PORT = "example.org", "8083"
+# The redirect tests: upstream test -> (its manifest, its cases).
+REDIRECTS = {
+    # A RequestRedirect with only a statusCode answers it, Location keeping the path.
+    "MeshHTTPRoute303Redirect": ("httproute-303-redirect.yaml", [
+        redirect("/redirect", 303, path="/redirect")]),
+    "MeshHTTPRoute307Redirect": ("httproute-307-redirect.yaml", [
+        redirect("/temporary", 307, path="/temporary")]),
+    "MeshHTTPRoute308Redirect": ("httproute-308-redirect.yaml", [
+        redirect("/permanent", 308, path="/permanent")]),
+    # hostname example.org, 302 by default, 301 when set.
+    "MeshHTTPRouteRedirectHostAndStatus": ("httproute-redirect-host-and-status.yaml", [
+        redirect("/hostname-redirect", 302, host=HOST),
+        redirect("/host-and-status", 301, host=HOST)]),
+    # ReplacePrefixMatch and ReplaceFullPath, with a hostname or a statusCode beside.
+    "MeshHTTPRouteRedirectPath": ("httproute-redirect-path.yaml", [
         redirect("/original-prefix/lemon", 302, path="/replacement-prefix/lemon"),
         redirect("/full/path/original", 302, path="/full-path-replacement"),
-        redirect("/path-and-host", 302, host="example.org", path="/replacement-prefix"),
+        redirect("/path-and-host", 302, host=HOST, path="/replacement-prefix"),
         redirect("/path-and-status", 301, path="/replacement-prefix"),
-        redirect("/full-path-and-host", 302, host="example.org", path="/replacement-full"),
-        redirect("/full-path-and-status", 301, path="/replacement-full"),
-    ])
-
-
-def test_mesh_http_route_redirect_port(gw: ConformanceMesh) -> None:
-    """MeshHTTPRouteRedirectPort: port 8083 in Location, with a hostname or a statusCode."""
-    gw.apply(MESH / "httproute-redirect-port.yaml")
-    check(gw, gw.caller(MESH_NS), [
-        redirect("/port", 302, port="8083"),
-        redirect("/port-and-host", 302, host="example.org", port="8083"),
-        redirect("/port-and-status", 301, port="8083"),
-        redirect("/port-and-host-and-status", 302, port="8083", host="example.org"),
-    ])
-
-
-def test_mesh_http_route_scheme_redirect(gw: ConformanceMesh) -> None:
-    """MeshHTTPRouteSchemeRedirect: scheme https in Location (and so port 443 or none),
-    with a hostname or a statusCode."""
-    gw.apply(MESH / "httproute-redirect-scheme.yaml")
-    check(gw, gw.caller(MESH_NS), [
+        redirect("/full-path-and-host", 302, host=HOST, path="/replacement-full"),
+        redirect("/full-path-and-status", 301, path="/replacement-full")]),
+    # port 8083, with a hostname or a statusCode.
+    "MeshHTTPRouteRedirectPort": ("httproute-redirect-port.yaml", [
+        redirect("/port", 302, port=PORT),
+        redirect("/port-and-host", 302, host=HOST, port=PORT),
+        redirect("/port-and-status", 301, port=PORT),
+        redirect("/port-and-host-and-status", 302, port=PORT, host=HOST)]),
+    # scheme https (and so port 443 or none), with a hostname or a statusCode.
+    "MeshHTTPRouteSchemeRedirect": ("httproute-redirect-scheme.yaml", [
         redirect("/scheme", 302, scheme="https"),
-        redirect("/scheme-and-host", 302, host="example.org", scheme="https"),
+        redirect("/scheme-and-host", 302, host=HOST, scheme="https"),
         redirect("/scheme-and-status", 301, scheme="https"),
-        redirect("/scheme-and-host-and-status", 302, scheme="https", host="example.org"),
-    ])
+        redirect("/scheme-and-host-and-status", 302, scheme="https", host=HOST)]),
+}
+
+
+@pytest.mark.parametrize("upstream", list(REDIRECTS))
+def test_mesh_http_route_redirects(gw: ConformanceMesh, upstream: str) -> None:
+    """MeshHTTPRoute303Redirect, MeshHTTPRoute307Redirect, MeshHTTPRoute308Redirect,
+    MeshHTTPRouteRedirectHostAndStatus, MeshHTTPRouteRedirectPath, MeshHTTPRouteRedirectPort,
+    MeshHTTPRouteSchemeRedirect (the parameter): the node answers with the redirect, its
+    status and its Location's scheme, host, port and path, as each Go test expects."""
+    manifest, cases = REDIRECTS[upstream]
+    gw.apply(MESH / manifest)
+    check(gw, gw.caller(MESH_NS), cases)
 
 
 def test_mesh_http_route_rewrite_path(gw: ConformanceMesh) -> None:
