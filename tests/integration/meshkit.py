@@ -35,6 +35,9 @@ from echoapp import EchoPod
 from mnharness import Node, free_port_base, kill_leftovers, parse_version, wait_for
 
 DATA = Path(__file__).parent / "data" / "gateway-api"
+# The mesh profile's HTTPRoute manifests, verbatim: the repository's one copy, which the
+# config tests apply too.
+MESH_MANIFESTS = Path(__file__).parents[1] / "meshnode" / "config" / "data" / "gateway-api"
 MESH_NS = "gateway-conformance-mesh"  # suite.MeshNamespace
 CONSUMER_NS = "gateway-conformance-mesh-consumer"  # suite.MeshConsumerNamespace
 INFRA_NS = "gateway-conformance-infra"  # suite.InfrastructureNamespace

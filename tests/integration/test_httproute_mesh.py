@@ -3,15 +3,16 @@ kubernetes-sigs/gateway-api) through a real meshnode node.
 
 Why: meshnode takes the upstream HTTPRoute YAML unchanged (DESIGN §5, issue 11), and the
 conformance suite is the reference for what each field must do. Each test applies the
-upstream manifest as it is (data/gateway-api/mesh/, copied verbatim), sends the Go
-test's requests from the workload the Go test execs its client in (the echo-v1 pod of
-gateway-conformance-mesh, or of gateway-conformance-mesh-consumer for consumer routes)
-and asserts what the Go test asserts, with its tolerances (conformance.py). The
-backends are the suite's echo pods (data/gateway-api/base.yaml, meshkit). Cases that
-only Kubernetes can express are skipped, naming the upstream test.
+upstream manifest as it is (the verbatim copy in tests/meshnode/config/data/gateway-api/,
+which the config tests apply too), sends the Go test's requests from the workload the Go
+test execs its client in (the echo-v1 pod of gateway-conformance-mesh, or of
+gateway-conformance-mesh-consumer for consumer routes) and asserts what the Go test
+asserts, with its tolerances (conformance.py). The backends are the suite's echo pods
+(data/gateway-api/base.yaml, meshkit). Cases that only Kubernetes can express are
+skipped, naming the upstream test.
 
 test_no_routes_route_by_host proves the harness on what a node does without any
-HTTPRoute; it passes today.
+HTTPRoute.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import pytest
 
 from conformance import ADD_BEFORE, SET_BEFORE, Expect, Redirect, check, check_weights
 from dataplanekit import metric_total, settle
-from meshkit import CONSUMER_NS, DATA, MESH_NS, ConformanceMesh, conformance_mesh, gw
+from meshkit import (CONSUMER_NS, MESH_MANIFESTS, MESH_NS, ConformanceMesh, conformance_mesh,
+                     gw)
 
 __all__ = ["conformance_mesh", "gw"]  # the fixtures these tests use, from meshkit
 
 pytestmark = pytest.mark.timeout(240)
 
-MESH = DATA / "mesh"
+MESH = MESH_MANIFESTS
 NO_CLUSTER_IP = ("meshnode has no cluster IPs and captures nothing: a request reaches a node "
                  "by its Host (or absolute URI) at the outbound listener, never by the address "
                  "it was sent to")
