@@ -239,17 +239,20 @@ def _serving(mesh: ConformanceMesh, caller: Caller, host: str, pod_prefix: str) 
 
 
 @pytest.fixture(scope="module")
-def conformance_mesh(request: pytest.FixtureRequest) -> Iterator[ConformanceMesh]:
+def conformance_mesh() -> Iterator[ConformanceMesh]:
     """One node and the echo pods for a test module; everything stopped after it."""
-    workdir = Path(tempfile.mkdtemp(prefix="mn-gw-", dir="/tmp"))
     base = [d for d in yaml.safe_load_all((DATA / "base.yaml").read_text()) if d]
-    pods = start_pods(base)
-    (workdir / "config").mkdir()
-    (workdir / "config" / "base.yaml").write_text(yaml.safe_dump_all(base, sort_keys=False))
-    node = Node(workdir / "node", free_port_base(), WORKERS)
-    node.runtime_dir.mkdir()
-    mesh = ConformanceMesh(node, pods, workdir)
+    workdir = Path(tempfile.mkdtemp(prefix="mn-gw-", dir="/tmp"))
+    node = Node(workdir / "node", 0, WORKERS)
+    mesh = ConformanceMesh(node, {}, workdir)
+    started = False
     try:
+        mesh.pods.update(start_pods(base))
+        (workdir / "config").mkdir()
+        (workdir / "config" / "base.yaml").write_text(yaml.safe_dump_all(base, sort_keys=False))
+        node.runtime_dir.mkdir()
+        node.port_base = free_port_base()
+        started = True
         result = node.up("--config", str(workdir / "config"))
         assert result.returncode == 0, f"up failed:\n{result.stdout}\n{result.stderr}"
         for identity in sorted(base_identities(base)):
@@ -261,18 +264,21 @@ def conformance_mesh(request: pytest.FixtureRequest) -> Iterator[ConformanceMesh
                      READY_TIMEOUT_S, f"requests from {caller.pod} through the node")
         yield mesh
     except BaseException:
-        print(f"\n=== logs of node in {node.runtime_dir}\n{node.log_tails()}")
+        if started:
+            print(f"\n=== logs of node in {node.runtime_dir}\n{node.log_tails()}")
         raise
     finally:
-        _stop(mesh)
+        _stop(mesh, started)
 
 
-def _stop(mesh: ConformanceMesh) -> None:
+def _stop(mesh: ConformanceMesh, started: bool) -> None:
+    """`meshnode down` (when `up` was run), then the pods; the node's files removed."""
     problems = []
     try:
-        result = mesh.node.down()
-        if result.returncode != 0:
-            problems.append(f"`meshnode down` exited {result.returncode}: {result.stderr}")
+        if started:
+            result = mesh.node.down()
+            if result.returncode != 0:
+                problems.append(f"`meshnode down` exited {result.returncode}: {result.stderr}")
     finally:
         leftovers = kill_leftovers(mesh.node.runtime_dir)
         for pod in mesh.pods.values():
