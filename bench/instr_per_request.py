@@ -39,6 +39,7 @@ FRONTEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/frontend"
 BACKEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/app"
 SNI = "http.app.bench.svc"
 HOST = "app.bench.svc:8080"
+ROUTE_RULES = 10
 REQUEST = f"GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
 BODY = b"<html>hello from the app, an nginx-sized default page body</html>\n" * 9
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: app\r\nDate: Sun, 06 Dec 2026 00:00:00 GMT\r\n"
@@ -110,9 +111,23 @@ def _requests_in_turn(port: int, requests: int) -> None:
 # --- the engines: the counted process -----------------------------------------------------
 
 
-def run_engines(app_port: int, port_file: Path) -> None:
+def _routes(outbound, svc: int, versions: list[int]) -> None:
+    """ROUTE_RULES rules on the service, as bench/peers.py's meshnode-routes pair has them:
+    path and header matches the load never meets, then a 90/10 split of every path."""
+    s = outbound.add_route_set(svc)
+    for i in range(ROUTE_RULES - 1):
+        rule = outbound.add_route_rule(f"bench/split#{i}", [(versions[1], 1)])
+        outbound.add_route_match(s, rule, path=("PathPrefix", f"/api/v{i}"),
+                                 headers=[("Exact", "x-tenant", f"tenant-{i}")])
+    rule = outbound.add_route_rule("bench/split#last", [(versions[0], 90), (versions[1], 10)])
+    outbound.add_route_match(s, rule)
+
+
+def run_engines(app_port: int, port_file: Path, routes: bool = False) -> None:
     """Two nodes as two Engines on two threads; the outbound port written to `port_file`;
-    they run until stdin closes (the driver's clients come from outside)."""
+    they run until stdin closes (the driver's clients come from outside). `routes`: the
+    service's requests go through a ROUTE_RULES-rule route set to two version services
+    (the same app)."""
     from fastpath import engine as fe
     from fastpath import tls
     from meshnode.identity import pki
@@ -158,6 +173,11 @@ def run_engines(app_port: int, port_file: Path) -> None:
     outbound.set_outbound_http(out_sock.fileno(),
                                tls.TLSContext.for_mesh(False, fchain, fkey, bundle, alpn))
     outbound.add_host("app.bench.svc", svc, 8080)
+    if routes:
+        versions = [outbound.add_service(f"bench/app-{v}:http", SNI, [BACKEND_ID],
+                                         [("127.0.0.1", in_sock.getsockname()[1])])
+                    for v in ("v1", "v2")]
+        _routes(outbound, svc, versions)
     for engine, table in zip(engines, (outbound, inbound)):
         generation = engine.install(table)
         while engine.generation < generation:
@@ -188,7 +208,7 @@ def _client(port: int, requests: int, connections: int) -> None:
 
 
 def measure(python: str, app_port: int, requests: int, connections: int,
-            workdir: Path) -> dict:
+            workdir: Path, routes: bool = False) -> dict:
     """One build: warm up (every connection pooled and resumed), then count `requests`
     requests: their instructions under callgrind, and in a second run their system calls
     under strace attached for the measured requests only."""
@@ -198,7 +218,8 @@ def measure(python: str, app_port: int, requests: int, connections: int,
     port_file = workdir / "cg.port"
     engines = subprocess.Popen(
         ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-         python, __file__, "--engines", str(port_file), "--app-port", str(app_port)],
+         python, __file__, "--engines", str(port_file), "--app-port", str(app_port),
+         *(["--routes"] if routes else [])],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         cwd=tempfile.gettempdir())
     try:
@@ -219,7 +240,8 @@ def measure(python: str, app_port: int, requests: int, connections: int,
     port_file = workdir / "st.port"
     summary = workdir / "strace.out"
     engines = subprocess.Popen([python, __file__, "--engines", str(port_file), "--app-port",
-                                str(app_port)], stdin=subprocess.PIPE, cwd=tempfile.gettempdir())
+                                str(app_port), *(["--routes"] if routes else [])],
+                               stdin=subprocess.PIPE, cwd=tempfile.gettempdir())
     try:
         port = int(_wait_file(port_file, engines, "the engines"))
         _client(port, warmup, connections)
@@ -261,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="requests counted, after a warm-up (default 2000)")
     p.add_argument("--connections", type=int, default=1,
                    help="keep-alive connections at once, as wrk's -c (default 1)")
+    p.add_argument("--routes", action="store_true",
+                   help=f"compare this build with and without a {ROUTE_RULES}-rule route set "
+                        "(path and header matches, then a 90/10 split) instead of two builds")
     p.add_argument("--compare", metavar="PYTHON",
                    help="also measure with this interpreter (an older build's venv)")
     p.add_argument("--top", type=int, default=25,
@@ -277,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         run_client(args.client, args.requests, args.connections)
         return 0
     if args.engines:
-        run_engines(args.app_port, args.engines)
+        run_engines(args.app_port, args.engines, args.routes)
         return 0
 
     with tempfile.TemporaryDirectory(prefix="instr-") as tmp:
@@ -292,9 +317,13 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.05)
             app_port = int(port_file.read_text())
             n, c = args.requests, args.connections
-            runs = [measure(sys.executable, app_port, n, c, work / "this")]
-            if args.compare:
-                runs.append(measure(args.compare, app_port, n, c, work / "other"))
+            if args.routes:
+                runs = [measure(sys.executable, app_port, n, c, work / "routes", routes=True),
+                        measure(sys.executable, app_port, n, c, work / "plain")]
+            else:
+                runs = [measure(sys.executable, app_port, n, c, work / "this")]
+                if args.compare:
+                    runs.append(measure(args.compare, app_port, n, c, work / "other"))
         finally:
             app.kill()
             app.wait()
@@ -303,11 +332,12 @@ def main(argv: list[str] | None = None) -> int:
                           "syscalls_per_request": r["syscalls"]}))
     if len(runs) == 2:
         this, other = runs
-        print(f"ratio this/other: {this['ir_per_request'] / other['ir_per_request']:.4f}")
+        what = "with routes / without" if args.routes else "this / other"
+        print(f"ratio {what}: {this['ir_per_request'] / other['ir_per_request']:.4f}")
         names = set(this["functions"]) | set(other["functions"])
         diff = sorted(names, key=lambda k: -abs(this["functions"].get(k, 0)
                                               - other["functions"].get(k, 0)))
-        print(f"{'this':>10} {'other':>10} {'diff':>9}  function (Ir per request)")
+        print(f"{'first':>10} {'second':>10} {'diff':>9}  function (Ir per request)")
         for k in diff[:args.top]:
             t, o = this["functions"].get(k, 0), other["functions"].get(k, 0)
             print(f"{t:10.0f} {o:10.0f} {t - o:+9.0f}  {k[:90]}")

@@ -248,6 +248,67 @@ spec:
 """
 
 
+ROUTE_RULES = 10
+
+
+def meshnode_routes() -> str:
+    """The meshnode-routes pair's extra resources: Services app-v1 and app-v2 (both
+    selecting the app's one workload, as a canary's version Services do) and an
+    HTTPRoute on app with ROUTE_RULES rules. The first ones match on a path and a header
+    the load never sends, so each request is judged against all of them; the last one
+    (every path) splits 90/10 between the version Services: the route's worst case."""
+    services = "".join(f"""\
+---
+apiVersion: meshnode.io/v1alpha1
+kind: Service
+metadata:
+  name: {SERVICE}-{v}
+  namespace: {NAMESPACE}
+spec:
+  selector:
+    app: {SERVICE}
+  ports:
+    - name: http
+      port: {SERVICE_PORT}
+      protocol: HTTP
+""" for v in ("v1", "v2"))
+    rules = "".join(f"""\
+    - matches:
+        - path:
+            type: PathPrefix
+            value: /api/v{i}
+          headers:
+            - name: x-tenant
+              value: tenant-{i}
+      backendRefs:
+        - name: {SERVICE}-v2
+          port: {SERVICE_PORT}
+""" for i in range(ROUTE_RULES - 1))
+    return services + f"""\
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: {SERVICE}-split
+  namespace: {NAMESPACE}
+spec:
+  parentRefs:
+    - group: ""
+      kind: Service
+      name: {SERVICE}
+      port: {SERVICE_PORT}
+  rules:
+{rules}\
+    - backendRefs:
+        - name: {SERVICE}-v1
+          port: {SERVICE_PORT}
+          weight: 90
+        - name: {SERVICE}-v2
+          port: {SERVICE_PORT}
+          weight: 10
+"""
+
+
 MESHNODE_BLOCK = 100  # a node's ports are port-base+0 .. port-base+90 (meshnode/ports.py)
 
 

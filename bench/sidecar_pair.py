@@ -441,6 +441,9 @@ class Meshnode(Pair):
     def _cli(self, *args: str) -> list[str]:
         return [self._python(), "-m", "meshnode.cli", *args]
 
+    def _extra_resources(self) -> str:
+        return ""  # meshnode-routes adds its HTTPRoute
+
     def _run_cli(self, argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
         return self.ctx.launcher.run(argv, timeout_s=timeout_s, cwd=self._cwd(), env=self._env())
 
@@ -448,7 +451,8 @@ class Meshnode(Pair):
         ctx = self.ctx
         config = workdir / "meshnode-config"
         config.mkdir(exist_ok=True)
-        (config / "bench.yaml").write_text(peers.meshnode_resources(ctx.app_port))
+        (config / "bench.yaml").write_text(peers.meshnode_resources(ctx.app_port)
+                                           + self._extra_resources())
         # Short and ours alone: the node's ipc sockets live under it (108-byte limit).
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="mnb-", dir="/tmp"))
         # Not within 100 ports of another meshnode pair's block (meshnode-base runs beside).
@@ -575,8 +579,20 @@ class MeshnodeBase(Meshnode):
                                           for pid, so in wrong.items()))
 
 
+class MeshnodeRoutes(Meshnode):
+    """The meshnode pair with the service's traffic governed by an HTTPRoute of
+    peers.ROUTE_RULES rules (path and header matches the load never meets, then a 90/10
+    split): what routing costs, against the meshnode pair in the same rounds."""
+    name = "meshnode-routes"
+    description = (f"meshnode, the service under a {peers.ROUTE_RULES}-rule HTTPRoute "
+                   "(header and path matches, a 90/10 split)")
+
+    def _extra_resources(self) -> str:
+        return peers.meshnode_routes()
+
+
 PAIR_CLASSES: dict[str, type[Pair]] = {c.name: c for c in (Direct, HAProxy, Nginx, Meshnode,
-                                                            MeshnodeBase)}
+                                                            MeshnodeBase, MeshnodeRoutes)}
 BASELINE = MeshnodeBase.name
 
 
@@ -989,19 +1005,22 @@ def format_report(results: dict[str, PairResult], rounds: int) -> str:
             out.append(_verdict(ratios(summaries["meshnode"], ref), summaries["meshnode"]))
         if BASELINE in summaries:
             out.append(_verdict(ratios(summaries[BASELINE], ref), summaries[BASELINE], BASELINE))
-    if BASELINE in results:
-        out += ["", _baseline_comparison(results, summaries)]
+    for other in (BASELINE, MeshnodeRoutes.name):
+        if other in results:
+            out += ["", _comparison(summaries, other)]
     return "\n".join(out)
 
 
-def _baseline_comparison(results: dict[str, PairResult],
-                         summaries: dict[str, dict[str, float | None]]) -> str:
-    """meshnode's medians over meshnode-base's, per metric, from the same interleaved rounds."""
-    title = f"meshnode / {BASELINE}"
-    if "meshnode" not in summaries or BASELINE not in summaries:
-        missing = [n for n in ("meshnode", BASELINE) if n not in summaries]
+def _comparison(summaries: dict[str, dict[str, float | None]], other: str) -> str:
+    """The meshnode pair's medians against another meshnode pair's (meshnode-base: an
+    older build; meshnode-routes: the same build with routes, given as other / meshnode),
+    per metric, from the same interleaved rounds."""
+    a, b = ("meshnode", other) if other == BASELINE else (other, "meshnode")
+    title = f"{a} / {b}"
+    if a not in summaries or b not in summaries:
+        missing = [n for n in (a, b) if n not in summaries]
         return f"{title}: no comparison, {' and '.join(missing)} not measured"
-    r = ratios(summaries["meshnode"], summaries[BASELINE])
+    r = ratios(summaries[a], summaries[b])
     rows = [[title] + [h for _, h, _ in COLUMNS],
             ["ratio"] + ["-" if r[k] is None else f"{r[k]:.3f}×" for k, _, _ in COLUMNS],
             ["better is"] + ["lower" if k in LOWER_IS_BETTER else "higher" for k, _, _ in COLUMNS]]
