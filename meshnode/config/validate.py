@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from .balancers import rule_problems
 from .durations import DurationError, format_duration, parse_duration
 from .errors import ConfigError, Problem
 from .model import (
@@ -532,6 +533,11 @@ def parse_document(doc: object, file: str, index: int) -> tuple[Resource | None,
         # checks of this module, hence the import here.
         from .routeparse import parse_route
         return parse_route(doc, file, index)
+    if isinstance(doc, dict) and doc.get("kind") == "DestinationRule":
+        # Istio's kind, in its own apiVersion and fields; destinationruleparse builds
+        # on the checks of this module, hence the import here.
+        from .destinationruleparse import parse_destination_rule
+        return parse_destination_rule(doc, file, index)
     d = _Doc(file, document_label(doc, index))
     top = _fields(d, doc, "", ("apiVersion", "kind", "metadata", "spec"),
                   required=("apiVersion", "kind", "metadata"))
@@ -586,6 +592,7 @@ def set_problems(resources: Sequence[Resource]) -> list[Problem]:
         problems.append(Problem(extra.source, extra.label, "metadata.name",
                                 f"only one Mesh is allowed and {meshes[0].label} is defined{where}"))
     problems += _node_problems([r for r in unique if isinstance(r, Node)])
+    problems += rule_problems(unique)
     services = [r for r in unique if isinstance(r, Service)]
     workloads = [r for r in unique if isinstance(r, Workload)]
     for workload in workloads:
