@@ -137,9 +137,14 @@ cdef void _load_release(Core* core, Conn* c) noexcept nogil:
 
 cdef void _bind_endpoint(Core* core, Conn* c, Service* svc) noexcept nogil:
     """Pick c's endpoint of `svc` (c.service) and count the pair there: each request
-    framed for it (HTTP), or the pair itself (opaque TCP)."""
+    framed for it (HTTP), or the pair itself (opaque TCP). A service with one endpoint
+    has no choice to weigh: its pairs are not counted and take no latency samples (the
+    per-request path stays as it was); should a later table give the endpoint company,
+    it starts from the default estimate and counts the pairs bound from then on."""
     _load_release(core, c)
     c.endpoint = _pick_endpoint(core, svc)
+    if svc.n_endpoints < 2:
+        return
     c.flags |= CONN_EP_BOUND
     _load_move(core, c, <int32_t>c.n_pend if c.flags & CONN_HTTP else 1, -1)
 

@@ -15,14 +15,14 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable, Iterator
 
 import pytest
 
 from fastpath import engine as fe
 
-from enginekit import listener, port_of
+from enginekit import http_server, listener, port_of
 from test_engine_http import (BACKEND_ID, SNI, TIMEOUT_S, Node, client_ctx,  # noqa: F401
                               mesh_pki, server_ctx)
 
@@ -47,12 +47,8 @@ class App:
     """An HTTP app answering every GET with its tag, after `delay_s`."""
 
     def __init__(self, tag: str, delay_s: float = 0.0) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.server.daemon_threads = True
-        self.server.tag = tag.encode()          # type: ignore[attr-defined]
-        self.server.delay_s = delay_s           # type: ignore[attr-defined]
+        self.server = http_server(_Handler, tag=tag.encode(), delay_s=delay_s)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
