@@ -9,7 +9,9 @@
 # 1 - exp(-elapsed / decay); reading the cost first decays the estimate to now (a sample
 # of 0), so an endpoint that stopped answering slowly regains its share; the cost is the
 # estimate x (outstanding + 1). linkerd2-proxy's constants: default RTT 30 ms (an endpoint
-# with no sample yet), decay 10 s.
+# with no sample yet), decay 10 s. Samples are HTTP answers' latencies, from a request's
+# framing to its answer's end; an opaque TCP pair has none, and counts one outstanding
+# while it is open: for it, P2C compares the outstanding counts alone.
 
 from libc.math cimport exp
 
@@ -50,17 +52,18 @@ cdef void _ewma_observe(Core* core, Endpoint* ep, double rtt_ns) noexcept nogil:
         ep.ewma_at_ns = core.now_ns
 
 
-cdef inline double _p2c_cost(Core* core, Service* svc, Endpoint* ep) noexcept nogil:
-    if svc.balancer == BALANCE_LEAST_REQUEST:
+cdef inline double _p2c_cost(Core* core, Service* svc, Endpoint* ep, bint by_latency) noexcept nogil:
+    if svc.balancer == BALANCE_LEAST_REQUEST or not by_latency:
         return <double>ep.outstanding
     _ewma_observe(core, ep, 0.0)
     return ep.ewma_ns * (<double>ep.outstanding + 1.0)
 
 
-cdef uint32_t _pick_p2c(Core* core, Service* svc) noexcept nogil:
+cdef uint32_t _pick_p2c(Core* core, Service* svc, bint by_latency) noexcept nogil:
     """Power of two choices: two distinct endpoints at random, the cheaper wins (a tie:
     the first drawn). One passed over loses to one that is not; both passed over: the
-    first not passed over from the first drawn, if any."""
+    first not passed over from the first drawn, if any. Not `by_latency` (an opaque TCP
+    pair: no request latencies to learn from), the cost is the outstanding count alone."""
     cdef uint32_t n = svc.n_endpoints
     cdef uint32_t a = <uint32_t>(_route_random(core) % n)
     cdef uint32_t b = <uint32_t>(_route_random(core) % (n - 1))
@@ -73,14 +76,16 @@ cdef uint32_t _pick_p2c(Core* core, Service* svc) noexcept nogil:
         return a if a_up else b
     if not a_up:
         return _first_up(core, svc, a)
-    if _p2c_cost(core, svc, &svc.endpoints[b]) < _p2c_cost(core, svc, &svc.endpoints[a]):
+    if (_p2c_cost(core, svc, &svc.endpoints[b], by_latency)
+            < _p2c_cost(core, svc, &svc.endpoints[a], by_latency)):
         return b
     return a
 
 
-cdef uint32_t _pick_endpoint(Core* core, Service* svc) noexcept nogil:
+cdef uint32_t _pick_endpoint(Core* core, Service* svc, bint by_latency) noexcept nogil:
     """The endpoint for a new upstream of `svc`, as its balancer picks among those not
-    passed over after a failed setup (ENGINE_EJECT_*)."""
+    passed over after a failed setup (ENGINE_EJECT_*); `by_latency`: for HTTP requests
+    (peak EWMA weighs their latency; opaque pairs have none)."""
     cdef uint32_t n = svc.n_endpoints
     cdef uint32_t k
     if n == 1:
@@ -91,7 +96,7 @@ cdef uint32_t _pick_endpoint(Core* core, Service* svc) noexcept nogil:
         return k
     if svc.balancer == BALANCE_RANDOM:
         return _first_up(core, svc, <uint32_t>(_route_random(core) % n))
-    return _pick_p2c(core, svc)
+    return _pick_p2c(core, svc, by_latency)
 
 
 cdef void _load_add(Core* core, Conn* c, Endpoint* ep, int32_t delta,
@@ -142,7 +147,7 @@ cdef void _bind_endpoint(Core* core, Conn* c, Service* svc) noexcept nogil:
     per-request path stays as it was); should a later table give the endpoint company,
     it starts from the default estimate and counts the pairs bound from then on."""
     _load_release(core, c)
-    c.endpoint = _pick_endpoint(core, svc)
+    c.endpoint = _pick_endpoint(core, svc, (c.flags & CONN_HTTP) != 0)
     if svc.n_endpoints < 2:
         return
     c.flags |= CONN_EP_BOUND

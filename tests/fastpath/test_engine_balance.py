@@ -11,6 +11,7 @@ test_engine_http.py, whose PKI and Node these use.
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 from collections import Counter
@@ -164,6 +165,23 @@ def test_least_request_sends_most_requests_away_from_a_slow_endpoint(make_farm: 
     assert served["app0"] + served["app1"] == 80
 
 
+def test_requests_cut_short_leave_no_load_behind(make_farm: MakeFarm) -> None:
+    farm = make_farm("least-request", delays=(0.3, 0.3))
+    for _ in range(6):                  # clients that leave before their answer (the
+        # engine drains each upstream to its answer, which ends the request)
+        c = socket.create_connection(("127.0.0.1", port_of(farm.http_sock)), timeout=TIMEOUT_S)
+        c.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n")
+        time.sleep(0.05)
+        c.close()
+    time.sleep(0.5)
+    for _, _, app in farm.endpoints:
+        app.server.delay_s = 0.0
+    # Nothing is in flight now: were a left request still counted on an endpoint, the
+    # other would win every pick.
+    served = farm.spread(40)
+    assert min(served["app0"], served["app1"]) >= 6, served
+
+
 def test_round_robin_sends_a_slow_endpoint_its_share(make_farm: MakeFarm) -> None:
     # The reference for the tests around it: the same load, half to the slow one.
     farm = make_farm("round-robin", delays=(0.3, 0.0))
@@ -216,7 +234,7 @@ def test_an_address_given_twice_is_one_endpoint(make_farm: MakeFarm) -> None:
 
 def test_a_dead_endpoint_stays_passed_over_whatever_the_balancer(make_farm: MakeFarm) -> None:
     farm = make_farm("p2c-ewma", delays=(0.0, 0.0))
-    with __import__("socket").socket() as s:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = ("127.0.0.1", port_of(s))
     for balancer in ("p2c-ewma", "least-request", "random", "round-robin"):
