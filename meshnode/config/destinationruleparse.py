@@ -14,7 +14,8 @@ from .destinationrule import (API_VERSIONS, BALANCERS, IMPLEMENTED, NOT_IMPLEMEN
                               DestinationRuleSpec, PortPolicy)
 from .errors import Problem
 from .model import DestinationRule, key_label
-from .validate import _MISSING, _DNS_LABEL, _Doc, _describe, _fields, _metadata, _port, _string, join
+from .routeparse import _metadata
+from .validate import _MISSING, _DNS_LABEL, _Doc, _describe, _fields, _port, _string, join
 
 _CLUSTER_DOMAIN = "cluster.local"
 
@@ -133,12 +134,13 @@ def parse_destination_rule(doc: dict[str, Any], file: str, index: int
     api_version = top.get("apiVersion")
     if "apiVersion" in top and api_version not in API_VERSIONS:
         d.fail("apiVersion", f"must be one of {', '.join(API_VERSIONS)}, got {_describe(api_version)}")
-    metadata = _metadata(d, top["metadata"], False) if "metadata" in top else None
+    # (metadata as an HTTPRoute's: a creationTimestamp is read, and replaced by the store's)
+    metadata, created = _metadata(d, top["metadata"]) if "metadata" in top else (None, "")
     spec = _spec(d, top["spec"], metadata.namespace, api_version) \
         if "spec" in top and metadata is not None else None
     if d.problems or metadata is None or spec is None:
         return None, d.problems
-    return DestinationRule(metadata=metadata, spec=spec, source=file), []
+    return DestinationRule(metadata=metadata, spec=spec, created=created, source=file), []
 
 
 def _load_balancer(simple: str | None) -> dict[str, Any]:
@@ -147,11 +149,11 @@ def _load_balancer(simple: str | None) -> dict[str, Any]:
 
 def rule_to_dict(rule: DestinationRule) -> dict[str, Any]:
     """The rule as Istio writes it, in the apiVersion it was applied in; parsed back equal."""
+    meta = rule.metadata
     metadata: dict[str, Any] = {"name": rule.name, "namespace": rule.namespace}
-    if rule.metadata.labels:
-        metadata["labels"] = dict(rule.metadata.labels)
-    if rule.metadata.annotations:
-        metadata["annotations"] = dict(rule.metadata.annotations)
+    metadata.update((key, value) for key, value in (
+        ("creationTimestamp", rule.created), ("labels", dict(meta.labels)),
+        ("annotations", dict(meta.annotations))) if value)
     spec: dict[str, Any] = {"host": rule.spec.host}
     if rule.spec.has_policy:
         policy = _load_balancer(rule.spec.simple)

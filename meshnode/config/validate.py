@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .balancers import rule_problems
 from .durations import DurationError, format_duration, parse_duration
 from .errors import ConfigError, Problem
 from .model import (
@@ -592,7 +591,6 @@ def set_problems(resources: Sequence[Resource]) -> list[Problem]:
         problems.append(Problem(extra.source, extra.label, "metadata.name",
                                 f"only one Mesh is allowed and {meshes[0].label} is defined{where}"))
     problems += _node_problems([r for r in unique if isinstance(r, Node)])
-    problems += rule_problems(unique)
     services = [r for r in unique if isinstance(r, Service)]
     workloads = [r for r in unique if isinstance(r, Workload)]
     for workload in workloads:

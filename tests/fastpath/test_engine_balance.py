@@ -68,12 +68,16 @@ class Farm:
     def addresses(self) -> list[tuple[str, int]]:
         return [("127.0.0.1", port_of(sock)) for _, sock, _ in self.endpoints]
 
-    def table(self, balancer: str, addresses: list[tuple[str, int]] | None = None) -> fe.RouteTable:
+    def table(self, balancer: str, addresses: list[tuple[str, int]] | None = None,
+              tcp_sock: socket.socket | None = None) -> fe.RouteTable:
+        """`tcp_sock`: also a listener of the service's port declared TCP (opaque pairs)."""
         t = fe.RouteTable()
         svc = t.add_service("demo/backend:http", SNI, [BACKEND_ID],
                             self.addresses() if addresses is None else addresses,
                             balancer=balancer)
         t.set_outbound_http(self.http_sock.fileno(), client_ctx(self.pki))
+        if tcp_sock is not None:
+            t.add_outbound_tcp(tcp_sock.fileno(), svc, client_ctx(self.pki), protocol="tcp")
         t.add_host("backend", svc, 8080)
         return t
 
@@ -180,6 +184,36 @@ def test_requests_cut_short_leave_no_load_behind(make_farm: MakeFarm) -> None:
     # other would win every pick.
     served = farm.spread(40)
     assert min(served["app0"], served["app1"]) >= 6, served
+
+
+def test_p2c_weighs_open_opaque_connections(make_farm: MakeFarm) -> None:
+    farm = make_farm("p2c-ewma", delays=(0.0, 0.0))
+    tcp = listener()
+    opened: list[socket.socket] = []
+    try:
+        farm.out_node.install(farm.table("p2c-ewma", tcp_sock=tcp))
+
+        def connect() -> tuple[socket.socket, str]:
+            c = socket.create_connection(("127.0.0.1", port_of(tcp)), timeout=TIMEOUT_S)
+            opened.append(c)
+            c.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n")
+            answer = b""
+            while not answer.endswith((b"app0", b"app1")):
+                answer += c.recv(4096)
+            return c, answer[-4:].decode()
+
+        held = [connect() for _ in range(4)]
+        assert sorted(tag for _, tag in held) == ["app0", "app0", "app1", "app1"]
+        for c, tag in held:             # app0's connections end: app1 keeps two open
+            if tag == "app0":
+                c.close()
+        time.sleep(0.2)
+        # An opaque pair counts while it is open: the next two go where none is.
+        assert [connect()[1] for _ in range(2)] == ["app0", "app0"]
+    finally:
+        for c in opened:
+            c.close()
+        tcp.close()
 
 
 def test_round_robin_sends_a_slow_endpoint_its_share(make_farm: MakeFarm) -> None:

@@ -192,15 +192,33 @@ def test_a_wrong_api_version_and_missing_host_are_named() -> None:
     assert any("spec.host: required" in p for p in found)
 
 
-def test_a_second_rule_with_a_traffic_policy_for_one_host_is_refused_naming_the_first() -> None:
-    first = rule("host: ratings\ntrafficPolicy: {loadBalancer: {simple: RANDOM}}", name="a")
-    second = rule("host: ratings.prod.svc\ntrafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}",
-                  name="b")
-    [found] = problems(SERVICES + "---\n" + first + "---\n" + second)
-    assert found.startswith("dr.yaml: DestinationRule prod/b: spec.trafficPolicy: "
-                            "DestinationRule prod/a (dr.yaml) has a trafficPolicy")
-    # One without a trafficPolicy governs nothing, and stands beside it.
-    assert balancers(first, rule("host: ratings", name="c")) == {80: "random", 9080: "random"}
+def test_of_several_rules_for_one_host_the_oldest_traffic_policy_wins(tmp_path: Path) -> None:
+    # Istio merges them: the oldest's top-level trafficPolicy wins, later ones' are dropped.
+    ticks = iter(range(1_700_000_000, 1_800_000_000))
+    store = Store(tmp_path / "state", clock=lambda: float(next(ticks)))
+    store.apply(parse_text(SERVICES, "s.yaml"), "cli")
+
+    def apply_rule(name: str, simple: str) -> None:
+        store.apply(parse_text(rule(f"host: ratings\ntrafficPolicy: {{loadBalancer: "
+                                    f"{{simple: {simple}}}}}", name=name), "dr.yaml"), "cli")
+
+    def balancer() -> str:
+        [svc] = compile_snapshot(store.resources(), "n1", store.version)["services"]
+        return svc["ports"][0]["balancer"]
+
+    apply_rule("zz-first", "RANDOM")
+    apply_rule("aa-second", "ROUND_ROBIN")      # newer, though first by name
+    assert balancer() == "random"
+    apply_rule("zz-first", "LEAST_REQUEST")     # changed, still the oldest: it keeps its time
+    assert balancer() == "least-request"
+    first = store.get("dr", "zz-first", "prod")[0]
+    assert to_dict(first)["metadata"]["creationTimestamp"] == "2023-11-14T22:13:21.000000Z"
+    store.delete("DestinationRule", "zz-first", "prod")
+    assert balancer() == "round-robin"
+    # One without a trafficPolicy governs nothing, whatever its age.
+    apply_rule("bb-third", "RANDOM")
+    store.apply(parse_text(rule("host: ratings", name="a-older-empty"), "dr.yaml"), "cli")
+    assert balancer() == "round-robin"
 
 
 def test_the_store_keeps_applies_gets_and_deletes_rules(tmp_path: Path) -> None:
@@ -213,9 +231,11 @@ def test_the_store_keeps_applies_gets_and_deletes_rules(tmp_path: Path) -> None:
     got = reopened.get("destinationrules", namespace="prod")
     assert [r.name for r in got] == ["bookinfo-ratings-port", "reviews"]
     assert reopened.get("dr", "reviews", "prod") == [got[1]]
+    created = got[1].created
+    assert created                              # stamped by the store
     assert to_dict(got[1]) == {
         "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
-        "metadata": {"name": "reviews", "namespace": "prod"},
+        "metadata": {"name": "reviews", "namespace": "prod", "creationTimestamp": created},
         "spec": {"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"}}}}
     assert parse_text(yaml.safe_dump(to_dict(got[0])), "again") == [got[0]]
     assert reopened.delete("DestinationRule", "reviews", "prod") == version + 1
