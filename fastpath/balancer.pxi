@@ -1,23 +1,157 @@
-# balancer.pxi: Service -> endpoint: round robin over the endpoints not passed over after
-# a failed setup, and the pass-over windows themselves.
+# balancer.pxi: Service -> endpoint: the service's balancer (peak-EWMA P2C, round robin,
+# random, least request), passing over endpoints after a failed setup; the load each
+# endpoint carries (outstanding requests, latency estimate) and the pass-over windows.
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+#
+# Peak EWMA follows tower's PeakEwma as linkerd2-proxy configures it (Finagle's formula):
+# an endpoint's estimate jumps to a sample above it, else moves toward the sample by
+# 1 - exp(-elapsed / decay); reading the cost first decays the estimate to now (a sample
+# of 0), so an endpoint that stopped answering slowly regains its share; the cost is the
+# estimate x (outstanding + 1). linkerd2-proxy's constants: default RTT 30 ms (an endpoint
+# with no sample yet), decay 10 s. Samples are HTTP answers' latencies, from a request's
+# framing to its answer's end; an opaque TCP pair has none, and counts one outstanding
+# while it is open: for it, P2C compares the outstanding counts alone.
 
-cdef uint32_t _pick_endpoint(Core* core, Service* svc) noexcept nogil:
-    """The service's next endpoint in round robin, passing over those down after a
-    failed setup (ENGINE_EJECT_*); when all are down, the next in turn all the same
-    (a try beats a certain 503, as Envoy's panic threshold reasons)."""
+from libc.math cimport exp
+
+cdef double _EWMA_DEFAULT_RTT_NS = 30e6
+cdef double _EWMA_DECAY_NS = 10e9
+
+
+cdef inline bint _endpoint_up(Core* core, const Endpoint* ep) noexcept nogil:
+    return ep.down_until_ns <= core.now_ns
+
+
+cdef uint32_t _first_up(Core* core, Service* svc, uint32_t start) noexcept nogil:
+    """The first endpoint from `start` on (wrapping) not passed over; `start` itself
+    when all are (a try beats a certain 503, as Envoy's panic threshold reasons)."""
     cdef uint32_t n = svc.n_endpoints
-    cdef uint32_t start = svc.rr_next % n
-    cdef uint32_t i, k = start
+    cdef uint32_t i, k
     for i in range(n):
         k = (start + i) % n
-        if svc.endpoints[k].down_until_ns <= core.now_ns:
-            break
+        if _endpoint_up(core, &svc.endpoints[k]):
+            return k
+    return start
+
+
+cdef void _ewma_observe(Core* core, Endpoint* ep, double rtt_ns) noexcept nogil:
+    """Move the estimate by a sample (0: decay only), peak-sensitive."""
+    cdef double elapsed, decay
+    if ep.ewma_at_ns == 0:
+        ep.ewma_ns = _EWMA_DEFAULT_RTT_NS
+        ep.ewma_at_ns = core.now_ns
+    if ep.ewma_ns < rtt_ns:
+        ep.ewma_ns = rtt_ns
     else:
-        k = start
-    svc.rr_next = (k + 1) % n
-    return k
+        elapsed = <double>(core.now_ns - ep.ewma_at_ns)
+        if elapsed > 0:
+            decay = exp(-elapsed / _EWMA_DECAY_NS)
+            ep.ewma_ns = ep.ewma_ns * decay + rtt_ns * (1.0 - decay)
+    if core.now_ns > ep.ewma_at_ns:
+        ep.ewma_at_ns = core.now_ns
+
+
+cdef inline double _p2c_cost(Core* core, Service* svc, Endpoint* ep, bint by_latency) noexcept nogil:
+    if svc.balancer == BALANCE_LEAST_REQUEST or not by_latency:
+        return <double>ep.outstanding
+    _ewma_observe(core, ep, 0.0)
+    return ep.ewma_ns * (<double>ep.outstanding + 1.0)
+
+
+cdef uint32_t _pick_p2c(Core* core, Service* svc, bint by_latency) noexcept nogil:
+    """Power of two choices: two distinct endpoints at random, the cheaper wins (a tie:
+    the first drawn). One passed over loses to one that is not; both passed over: the
+    first not passed over from the first drawn, if any. Not `by_latency` (an opaque TCP
+    pair: no request latencies to learn from), the cost is the outstanding count alone."""
+    cdef uint32_t n = svc.n_endpoints
+    cdef uint32_t a = <uint32_t>(_route_random(core) % n)
+    cdef uint32_t b = <uint32_t>(_route_random(core) % (n - 1))
+    cdef bint a_up, b_up
+    if b >= a:
+        b += 1
+    a_up = _endpoint_up(core, &svc.endpoints[a])
+    b_up = _endpoint_up(core, &svc.endpoints[b])
+    if a_up != b_up:
+        return a if a_up else b
+    if not a_up:
+        return _first_up(core, svc, a)
+    if (_p2c_cost(core, svc, &svc.endpoints[b], by_latency)
+            < _p2c_cost(core, svc, &svc.endpoints[a], by_latency)):
+        return b
+    return a
+
+
+cdef uint32_t _pick_endpoint(Core* core, Service* svc, bint by_latency) noexcept nogil:
+    """The endpoint for a new upstream of `svc`, as its balancer picks among those not
+    passed over after a failed setup (ENGINE_EJECT_*); `by_latency`: for HTTP requests
+    (peak EWMA weighs their latency; opaque pairs have none)."""
+    cdef uint32_t n = svc.n_endpoints
+    cdef uint32_t k
+    if n == 1:
+        return 0
+    if svc.balancer == BALANCE_ROUND_ROBIN:
+        k = _first_up(core, svc, svc.rr_next % n)
+        svc.rr_next = (k + 1) % n
+        return k
+    if svc.balancer == BALANCE_RANDOM:
+        return _first_up(core, svc, <uint32_t>(_route_random(core) % n))
+    return _pick_p2c(core, svc, by_latency)
+
+
+cdef void _load_add(Core* core, Conn* c, Endpoint* ep, int32_t delta,
+                    double sample_ns) noexcept nogil:
+    if delta < 0 and <uint32_t>(-delta) > ep.outstanding:
+        ep.outstanding = 0              # (an estimate carried over from an older table)
+    else:
+        ep.outstanding = <uint32_t>(<int64_t>ep.outstanding + delta)
+    if sample_ns >= 0:
+        _ewma_observe(core, ep, sample_ns)
+
+
+cdef void _load_move(Core* core, Conn* c, int32_t delta, double sample_ns) noexcept nogil:
+    """Change what a bound pair adds to its endpoint's `outstanding` by `delta` (and
+    give the estimate a latency sample when `sample_ns` >= 0), on c's table and, when
+    c started on an older one, on the current table's same endpoint too: that one
+    carried the older one's count over at the swap, and only it is balanced on."""
+    cdef Endpoint* current
+    if not c.flags & CONN_EP_BOUND:
+        return
+    if delta < 0 and <uint32_t>(-delta) > c.ep_load:
+        delta = -<int32_t>c.ep_load
+    if delta == 0 and sample_ns < 0:
+        return
+    c.ep_load = <uint32_t>(<int64_t>c.ep_load + delta)
+    if c.table.services[c.service].balancer != BALANCE_P2C_EWMA:
+        sample_ns = -1
+    _load_add(core, c, &c.table.services[c.service].endpoints[c.endpoint], delta, sample_ns)
+    if c.table != core.table:
+        current = _current_endpoint(core, c)
+        if current != NULL:
+            _load_add(core, c, current, delta, sample_ns)
+
+
+cdef void _load_release(Core* core, Conn* c) noexcept nogil:
+    """The pair lets go of its endpoint (its upstream closed, pooled or left for
+    another): what it added to `outstanding` goes."""
+    if c.flags & CONN_EP_BOUND:
+        _load_move(core, c, -<int32_t>c.ep_load, -1)
+        c.flags &= ~CONN_EP_BOUND
+    c.ep_load = 0
+
+
+cdef void _bind_endpoint(Core* core, Conn* c, Service* svc) noexcept nogil:
+    """Pick c's endpoint of `svc` (c.service) and count the pair there: each request
+    framed for it (HTTP), or the pair itself (opaque TCP). A service with one endpoint
+    has no choice to weigh: its pairs are not counted and take no latency samples (the
+    per-request path stays as it was); should a later table give the endpoint company,
+    it starts from the default estimate and counts the pairs bound from then on."""
+    _load_release(core, c)
+    c.endpoint = _pick_endpoint(core, svc, (c.flags & CONN_HTTP) != 0)
+    if svc.n_endpoints < 2:
+        return
+    c.flags |= CONN_EP_BOUND
+    _load_move(core, c, <int32_t>c.n_pend if c.flags & CONN_HTTP else 1, -1)
 
 
 cdef Endpoint* _current_endpoint(Core* core, Conn* c) noexcept nogil:

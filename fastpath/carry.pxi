@@ -133,6 +133,9 @@ cdef bint _outbound_rebind(Core* core, Conn* c) noexcept nogil:
     ep = _endpoint_in(&t.services[k], &a.endpoints[c.endpoint])
     if ep == NULL:
         return False
+    if c.flags & CONN_EP_BOUND:
+        # `ep` counts the pair already (carried over at the swap); the old one lets go.
+        _load_add(core, c, &a.endpoints[c.endpoint], -<int32_t>c.ep_load, -1)
     c.service = <uint32_t>k
     c.endpoint = <uint32_t>(ep - t.services[k].endpoints)
     c.local_principal = principal

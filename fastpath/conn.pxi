@@ -46,6 +46,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     t.refs += 1
     c.service = 0
     c.endpoint = 0
+    c.ep_load = 0
     c.setup_tries = 0
     c.route = 0
     c.lfd = -1
@@ -149,6 +150,7 @@ cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
         _limits_release(core, c, CONN_SOURCE_HELD | CONN_HANDSHAKE_HELD)
     if c.n_pend > 0:
         _count_cut_off(core, c)
+    _load_release(core, c)
     _side_close(&c.down, reset)
     _side_close(&c.up, reset)
     if c.d2u.buf != NULL:

@@ -242,6 +242,7 @@ cdef int _setup_failed(Core* core, Conn* c) noexcept nogil:
 
 cdef int _fail_over(Core* core, Conn* c) noexcept nogil:
     cdef net.epoll_event ev
+    _load_release(core, c)
     if c.flags & CONN_HTTP:
         return _http_reroute(core, c)
     c.flags &= ~(CONN_TICKET_WAIT | CONN_OFFERED_SESSION)

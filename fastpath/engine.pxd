@@ -60,11 +60,18 @@ cdef struct Endpoint:
     openssl.SSL_CTX* session_ctx   # compared, never dereferenced
     IdleUp idle[ENGINE_POOL_PER_ENDPOINT]   # HTTP: idle upstreams, newest last
     uint32_t n_idle
-    # Setups that failed here in a row, and until when the round robin passes the
+    # Setups that failed here in a row, and until when the balancer passes the
     # endpoint over for it (ENGINE_EJECT_*_MS). Engine thread only; carried over to
     # the same service's same address when a new table is swapped in.
     uint32_t fails
     int64_t down_until_ns
+    # What the balancer weighs (balancer.pxi), engine thread only, carried over as
+    # `fails` is: requests sent here and not yet answered (HTTP; an opaque pair counts
+    # one while it is open), and the peak-EWMA latency estimate (ns) with the time it
+    # was last moved (0: no estimate yet, the default RTT stands in).
+    uint32_t outstanding
+    double ewma_ns
+    int64_t ewma_at_ns
 
 
 # The filter chain (filters.pxi): a route's compiled steps, run at three points of a
@@ -115,6 +122,15 @@ cdef struct FilterCall:
     int status                     # FILTER_ANSWER: the engine's answer (0: refuse)
 
 
+# How a service picks an endpoint for a new upstream (balancer.pxi).
+cdef enum BalancerKind:
+    BALANCE_P2C_EWMA = 0           # the default: two random picks, the cheaper by peak
+                                   # EWMA latency x (outstanding + 1) wins (Linkerd)
+    BALANCE_ROUND_ROBIN            # in turn
+    BALANCE_RANDOM                 # uniformly
+    BALANCE_LEAST_REQUEST          # two random picks, the fewer outstanding wins (Envoy)
+
+
 cdef struct Service:
     FilterChain chain              # its steps (on connection: the upstream's ID)
     Name name                      # as RouteTable.add_service() got it: request figures' key
@@ -124,6 +140,7 @@ cdef struct Service:
     Endpoint* endpoints
     uint32_t n_endpoints
     uint32_t rr_next               # round-robin cursor; engine thread only
+    uint8_t balancer               # BalancerKind
     uint32_t first_set             # its route sets: Table.sets[first_set : + n_sets]
     uint32_t n_sets                # (0: no HTTPRoute: requests go to the service itself)
 
@@ -446,6 +463,9 @@ cdef enum ConnFlags:
     # another backend, so the pair switches first): Conn.decided_* say where it goes,
     # so that a weighted choice is made once per request.
     CONN_ROUTE_DECIDED = 2097152
+    # Outbound: the pair holds an endpoint (c.endpoint, picked by the balancer) and
+    # counts in its `outstanding` (Conn.ep_load) until it lets go (_load_release).
+    CONN_EP_BOUND = 4194304
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -494,6 +514,8 @@ cdef struct Conn:
     Table* table                   # holds a reference: the config the pair started on
     uint32_t service               # outbound: index in table.services
     uint32_t endpoint              # outbound: index in the service's endpoints
+    uint32_t ep_load               # outbound, CONN_EP_BOUND: what the pair adds to its
+                                   # endpoint's `outstanding` (balancer.pxi)
     uint32_t setup_tries           # outbound: endpoints tried for this setup (failover)
     int64_t reroute_start_ns       # HTTP outbound: CONN_REROUTED's kept start
     uint32_t route                 # inbound: index in table.routes (servername callback)
@@ -795,7 +817,8 @@ cdef class Engine:
 
 cdef class RouteTable:
     # Python-side description; each Engine.install() compiles a fresh C Table from it.
-    cdef list _services            # (name, sni bytes, [id bytes], [(family, packed addr, port)])
+    cdef list _services            # (name, sni bytes, [id bytes], [(host, port)] distinct,
+                                   # BalancerKind)
     cdef list _outbound            # (fd, service index, TLSContext)
     cdef list _routes              # (sni bytes, TLSContext, app host, app port)
     cdef list _hosts               # (host bytes, port, service index)

@@ -121,6 +121,7 @@ cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
         c.resp_phase = RESP_HEAD
         c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
         c.n_pend -= 1
+        _load_move(core, c, -1, -1)
     if status == 404:
         core.counters.http_no_route += 1
     elif status == 503:
@@ -364,6 +365,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
         if c.n_pend == 0:
             _request_deadline(core, c, c.pend_deadline[i])
     c.n_pend += 1
+    _load_move(core, c, 1, -1)          # (outbound, bound: one more outstanding there)
     # Upgrade or CONNECT: after its body nothing more is framed until the answer says
     # whether the rest is a byte pipe (101, 2xx to CONNECT) or more requests; until
     # then the client's bytes wait (a request smuggled behind a refused Upgrade would
@@ -762,6 +764,8 @@ cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
     _count_answer(core, c, c.resp_status if not c.flags & CONN_DRAINING
                   or c.flags & CONN_DRAIN_HEAD_SEEN else 0,
                   core.now_ns - c.pend_start_ns[c.pend_first])
+    # Its endpoint's load: one fewer outstanding, and the latency as a sample.
+    _load_move(core, c, -1, <double>(core.now_ns - c.pend_start_ns[c.pend_first]))
     c.flags &= ~CONN_DRAIN_HEAD_SEEN
     c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
     c.n_pend -= 1

@@ -118,7 +118,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         c.pend_start_ns[i] = c.reroute_start_ns
     else:
         core.counters.http_routed += 1
-    c.endpoint = _pick_endpoint(core, svc)
+    _bind_endpoint(core, c, svc)
     if _pool_take(core, c, &svc.endpoints[c.endpoint]):
         core.counters.http_upstream_reused += 1
         # The head sits at d2u offset 0 (_http_head): kept there until an answer starts.
@@ -156,6 +156,7 @@ cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
     c.reroute_start_ns = c.pend_start_ns[c.pend_first] if c.n_pend > 0 else core.now_ns
     c.flags |= CONN_REROUTED
     c.flags &= ~(CONN_RETRYABLE | CONN_TICKET_WAIT | CONN_OFFERED_SESSION | CONN_SETTING_UP)
+    _load_release(core, c)
     _side_close(&c.up, False)
     c.up.readable = True
     c.up.hup = False
@@ -187,6 +188,7 @@ cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
     """The upstream ended after answering every request it got: drop it and route the
     client's next request (buffered in d2u) afresh, on the same client connection."""
     cdef net.epoll_event ev
+    _load_release(core, c)
     if not (_http_idle(c) and _pool_put(core, c)):
         _side_close(&c.up, False)
     memset(&c.u2d, 0, sizeof(Flow))
@@ -237,7 +239,7 @@ cdef int _tcp_start(Core* core, Conn* c) noexcept nogil:
         core.counters.no_endpoint += 1
         return STATUS_CLOSE
     _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
-    c.endpoint = _pick_endpoint(core, svc)
+    _bind_endpoint(core, c, svc)
     st = _connect(core, c, &svc.endpoints[c.endpoint].addr, svc.endpoints[c.endpoint].addrlen)
     if st == STATUS_OK:
         return _tls_client_start(core, c)

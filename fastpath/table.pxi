@@ -152,13 +152,18 @@ cdef Endpoint* _endpoint_in(Service* b, const Endpoint* e) noexcept nogil:
 
 cdef void _carry_endpoint(const Table* t, Endpoint* e, Endpoint* b) noexcept nogil:
     """Move what old endpoint `e` knows to `b`, the same address in table `t`: its
-    failure streak, its resumable session and its idle upstreams. Only those opened as
+    failure streak, its load (outstanding requests, latency estimate: the pairs still
+    on the old table report to both, _load_move), its resumable session and its idle
+    upstreams. Only those opened as
     an identity `t` still presents move (a session does not hold its ctx: compared
     against a ctx `t` holds, the pointer cannot be a freed one's reused address)."""
     cdef uint32_t x, kept = 0
     if e.fails > b.fails:
         b.fails = e.fails
         b.down_until_ns = e.down_until_ns
+    b.outstanding = e.outstanding
+    b.ewma_ns = e.ewma_ns
+    b.ewma_at_ns = e.ewma_at_ns
     if e.session != NULL and b.session == NULL and _table_has_ctx(t, e.session_ctx):
         b.session = e.session
         b.session_ctx = e.session_ctx
@@ -176,8 +181,9 @@ cdef void _carry_endpoint(const Table* t, Endpoint* e, Endpoint* b) noexcept nog
 cdef void _carry_endpoints(Table* old, Table* t) noexcept nogil:
     """Endpoint state outlives a config push: for each service `t` keeps as it was
     (name, SNI, peer IDs), each endpoint address it keeps gets the old one's failure
-    streak (a node that just failed is still passed over), resumable session and idle
-    upstreams (the next requests need no new handshake). What stays behind is closed
+    streak (a node that just failed is still passed over), load (the balancer weighs
+    it as before), resumable session and idle upstreams (the next requests need no new
+    handshake). What stays behind is closed
     with the old table. Services are looked up at the same index first: a push rarely
     reorders or inserts many, so a swap stays about linear in the endpoints."""
     cdef uint32_t i, j
@@ -194,7 +200,8 @@ cdef void _carry_endpoints(Table* old, Table* t) noexcept nogil:
         shift = k - <int64_t>i
         for j in range(a.n_endpoints):
             e = &a.endpoints[j]
-            if e.fails == 0 and e.session == NULL and e.n_idle == 0:
+            if (e.fails == 0 and e.session == NULL and e.n_idle == 0
+                    and e.outstanding == 0 and e.ewma_at_ns == 0):
                 continue
             b = _endpoint_in(&t.services[k], e)
             if b != NULL:
@@ -354,6 +361,11 @@ cdef int _up_ref(openssl.SSL_CTX* ctx) except -1:
     return 0
 
 
+BALANCERS = {"p2c-ewma": BALANCE_P2C_EWMA, "round-robin": BALANCE_ROUND_ROBIN,
+             "random": BALANCE_RANDOM, "least-request": BALANCE_LEAST_REQUEST}
+"""The balancers add_service() takes, by name (balancer.pxi)."""
+
+
 cdef class RouteTable:
     """What one worker's engine routes: a snapshot, compiled to C by Engine.install().
 
@@ -408,14 +420,24 @@ cdef class RouteTable:
         _nodelay(fd)
         return 0
 
-    def add_service(self, str name not None, str sni not None, identities, endpoints) -> int:
+    def add_service(self, str name not None, str sni not None, identities, endpoints,
+                    str balancer="p2c-ewma") -> int:
         """A destination service; returns its index for add_outbound_tcp().
 
         `sni`: the name sent in the ClientHello (the service as the inbound side routes
         it); `identities`: the SPIFFE IDs (str) the service may run as, at least one;
         `endpoints`: (IP address, port) of each node inbound port serving it (may be
-        empty: connections are then refused and counted as no_endpoint).
+        empty: connections are then refused and counted as no_endpoint). An address
+        given twice is one endpoint: a node's inbound port takes the service's
+        connections to one local app whatever number of workloads it fronts, and the
+        balancer must not weigh one node's load as two endpoints'.
+        `balancer`: how each new upstream picks its endpoint (BALANCERS): "p2c-ewma"
+        (Linkerd's peak-EWMA power of two choices), "round-robin", "random" or
+        "least-request" (power of two choices on outstanding requests, as Envoy's).
         """
+        if balancer not in BALANCERS:
+            raise ValueError("service %r: balancer %r is not one of %s"
+                             % (name, balancer, ", ".join(BALANCERS)))
         cdef net.sockaddr_storage addr
         cdef net.socklen_t length
         sni_b = _host_name(sni, "sni")
@@ -436,11 +458,15 @@ cdef class RouteTable:
         if not ids:
             raise ValueError("service %r: at least one identity is required" % name)
         eps = []
+        seen = set()
         for endpoint in endpoints:
             host, port = endpoint
             _sockaddr(host, port, &addr, &length)
-            eps.append((str(host), int(port)))
-        self._services.append((name, sni_b, ids, eps))
+            packed = (<char*>&addr)[:length]
+            if packed not in seen:
+                seen.add(packed)
+                eps.append((str(host), int(port)))
+        self._services.append((name, sni_b, ids, eps, BALANCERS[balancer]))
         return len(self._services) - 1
 
     def add_outbound_tcp(self, int fd, int service_index, TLSContext client_ctx,
@@ -731,8 +757,9 @@ cdef class RouteTable:
                 if t.services == NULL:
                     raise MemoryError()
                 t.n_services = len(self._services)
-            for i, (name, sni_b, ids, eps) in enumerate(self._services):
+            for i, (name, sni_b, ids, eps, balancer) in enumerate(self._services):
                 svc = &t.services[i]
+                svc.balancer = balancer
                 # Its chain: the upstream's identity checked on connection.
                 step.kind, step.phase, step.arg = FILTER_PEER_ID, PHASE_CONNECTION, 0
                 if _chain_set(&svc.chain, &step, 1) != 0:

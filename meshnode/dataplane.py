@@ -77,6 +77,9 @@ BUFFER_BYTES = 32768
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_IDLE_TIMEOUT_S = 300.0
 DEFAULT_DRAIN_S = 5.0
+# A service port whose snapshot names no balancer (an older control): the engine's and
+# config's default, peak-EWMA P2C (meshnode.config.destinationrule.DEFAULT_BALANCER).
+DEFAULT_BALANCER = "p2c-ewma"
 # Snapshot keys of the Mesh's limits before authentication: RouteTable.set_limits()'s
 # arguments by the same names.
 _LIMITS = ("max_handshakes", "max_connections_per_source", "max_handshakes_per_source",
@@ -228,7 +231,8 @@ class DataPlane:
                 endpoints = [self._endpoint(ep, nodes) for ep in svc["endpoints"]]
                 name = f"{svc['namespace']}/{svc['name']}:{port['name']}"
                 self.service_fqdn[name] = svc["fqdn"]
-                index = table.add_service(name, sni, svc["identities"], endpoints)
+                index = table.add_service(name, sni, svc["identities"], endpoints,
+                                          balancer=port.get("balancer", DEFAULT_BALANCER))
                 indexes.setdefault((f"{svc['namespace']}/{svc['name']}", int(port["port"])), index)
                 protocol = _protocol(port)
                 if port.get("outbound_port") and serving:

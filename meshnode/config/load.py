@@ -16,9 +16,10 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, ScalarNode
 
 from .durations import format_duration
+from .destinationruleparse import rule_to_dict
 from .errors import ConfigError, Problem
-from .model import (API_VERSION, HTTPRoute, Mesh, MeshSpec, Node, NodeSpec, Resource, Service, ServiceSpec,
-                    Workload, WorkloadSpec)
+from .model import (API_VERSION, DestinationRule, HTTPRoute, Mesh, MeshSpec, Node, NodeSpec, Resource,
+                    Service, ServiceSpec, Workload, WorkloadSpec)
 from .routeparse import route_to_dict
 from .validate import duplicate_problems, parse_document, validate_set
 
@@ -196,6 +197,8 @@ def to_dict(resource: Resource) -> dict[str, Any]:
     """The canonical form (camelCase, defaults filled in) that from_dict/parse_text read back equal."""
     if isinstance(resource, HTTPRoute):
         return route_to_dict(resource)  # an upstream kind, in its own apiVersion
+    if isinstance(resource, DestinationRule):
+        return rule_to_dict(resource)  # Istio's kind, in its own apiVersion
     metadata: dict[str, Any] = {"name": resource.name}
     if not resource.CLUSTER_SCOPED:
         metadata["namespace"] = resource.namespace

@@ -1,4 +1,5 @@
-"""The resource model: frozen dataclasses for Mesh, Node, Service, Workload and HTTPRoute, and their keys.
+"""The resource model: frozen dataclasses for Mesh, Node, Service, Workload, HTTPRoute and
+DestinationRule, and their keys.
 
 Objects here are already validated (see validate.py); nothing in this module checks input.
 Map-valued fields are plain dicts so callers can read them naturally: treat them as
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..ports import Ports
+from .destinationrule import DestinationRuleSpec
 from .errors import NotFound, Problem
 from .httproute import HTTPRouteSpec
 
@@ -200,10 +202,22 @@ class HTTPRoute(Resource):
     created: str = ""
 
 
-KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Node, Service, Workload, HTTPRoute)}
+@dataclass(frozen=True)
+class DestinationRule(Resource):
+    """An Istio DestinationRule for one Service; its spec: destinationrule.py."""
+
+    KIND: ClassVar[str] = "DestinationRule"
+    spec: DestinationRuleSpec
+    # metadata.creationTimestamp, as HTTPRoute's: of several rules for one host, the
+    # oldest's trafficPolicy wins (Istio's merge).
+    created: str = ""
+
+
+KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Node, Service, Workload, HTTPRoute,
+                                                              DestinationRule)}
 """Every kind, in the order resources are listed (mesh first, then what depends on it)."""
 
-_SHORT_NAMES = {"svc": "Service", "wl": "Workload"}
+_SHORT_NAMES = {"svc": "Service", "wl": "Workload", "dr": "DestinationRule"}
 
 
 def key_label(key: Key) -> str:

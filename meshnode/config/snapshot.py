@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .model import (DEFAULT_TRUST_DOMAIN, Node, Resource, Service, ServicePort, Workload,
-                    mesh_spec, selects)
+from .balancers import balancer_for, rules_by_service
+from .model import (DEFAULT_TRUST_DOMAIN, DestinationRule, Node, Resource, Service, ServicePort,
+                    Workload, mesh_spec, selects)
 from .routes import compile_routes
 
 
@@ -48,7 +49,8 @@ def _endpoint(service: Service, workload: Workload, node: str, trust_domain: str
     }
 
 
-def _service(service: Service, workloads: list[Workload], node: str, trust_domain: str) -> dict[str, Any]:
+def _service(service: Service, workloads: list[Workload], node: str, trust_domain: str,
+             rules: dict[str, DestinationRule]) -> dict[str, Any]:
     name, namespace = service.name, service.namespace
     endpoints = [_endpoint(service, w, node, trust_domain) for w in workloads if selects(service, w)]
     return {
@@ -57,7 +59,9 @@ def _service(service: Service, workloads: list[Workload], node: str, trust_domai
         "fqdn": f"{name}.{namespace}.svc",
         "hosts": [name, f"{name}.{namespace}", f"{name}.{namespace}.svc"],
         "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol,
-                   "target_port": p.target_port, "outbound_port": p.outbound_port}
+                   "target_port": p.target_port, "outbound_port": p.outbound_port,
+                   # How the port's connections pick an endpoint (DestinationRule).
+                   "balancer": balancer_for(service, p.port, rules)}
                   for p in sorted(service.spec.ports, key=lambda p: p.port)],
         "endpoints": endpoints,
         "identities": sorted({e["identity"] for e in endpoints}),
@@ -97,6 +101,7 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
     services = sorted((r for r in resources if isinstance(r, Service)), key=_by_name)
     workloads = sorted((r for r in resources if isinstance(r, Workload)), key=_by_name)
     td = root_domain or mesh.trust_domain or DEFAULT_TRUST_DOMAIN
+    rules = rules_by_service(resources)
     return {
         "version": version,
         "node": node,
@@ -118,7 +123,7 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
         },
         "nodes": {n.name: {"address": n.spec.address, "inbound_port": n.spec.inbound_port}
                   for n in sorted((r for r in resources if isinstance(r, Node)), key=_by_name)},
-        "services": [_service(s, workloads, node, td) for s in services],
+        "services": [_service(s, workloads, node, td, rules) for s in services],
         "local": [_local(w, services, td) for w in workloads if w.spec.node in (None, node)],
         "http_routes": compile_routes(resources),
     }

@@ -532,6 +532,11 @@ def parse_document(doc: object, file: str, index: int) -> tuple[Resource | None,
         # checks of this module, hence the import here.
         from .routeparse import parse_route
         return parse_route(doc, file, index)
+    if isinstance(doc, dict) and doc.get("kind") == "DestinationRule":
+        # Istio's kind, in its own apiVersion and fields; destinationruleparse builds
+        # on the checks of this module, hence the import here.
+        from .destinationruleparse import parse_destination_rule
+        return parse_destination_rule(doc, file, index)
     d = _Doc(file, document_label(doc, index))
     top = _fields(d, doc, "", ("apiVersion", "kind", "metadata", "spec"),
                   required=("apiVersion", "kind", "metadata"))

@@ -4,8 +4,10 @@ mesh's own PKI code, listeners made as a worker makes them, and bounded socket w
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from meshnode.identity import pki
@@ -66,3 +68,15 @@ def recv_all(s: socket.socket, limit: int = 1 << 26) -> bytes:
             break
         out += chunk
     return bytes(out)
+
+
+def http_server(handler: type[BaseHTTPRequestHandler], **attrs: object) -> ThreadingHTTPServer:
+    """A threaded HTTP app on a free loopback port, serving from a daemon thread;
+    `attrs` are set on the server, for its handler to read. Stop it with
+    server.shutdown() and server.server_close()."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    for name, value in attrs.items():
+        setattr(server, name, value)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

@@ -204,10 +204,11 @@ class Mesh:
 
     def outbound_table(self, identities: list[str] | None = None,
                        endpoints: list[tuple[str, int]] | None = None,
-                       creds: Creds | None = None) -> fe.RouteTable:
+                       creds: Creds | None = None, balancer: str = "p2c-ewma") -> fe.RouteTable:
         t = fe.RouteTable()
         svc = t.add_service("backend", SNI, identities or [BACKEND_ID],
-                            [("127.0.0.1", self.in_port)] if endpoints is None else endpoints)
+                            [("127.0.0.1", self.in_port)] if endpoints is None else endpoints,
+                            balancer=balancer)
         t.add_outbound_tcp(self.out_sock.fileno(), svc, client_ctx(self.pki, creds))
         return t
 

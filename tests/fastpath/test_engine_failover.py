@@ -1,7 +1,8 @@
 """Tests for the engine's endpoint failover: an outbound upstream whose setup fails on
 one endpoint (refused connect, handshake timeout, wrong peer identity) is set up on the
-service's next one, and the failed endpoint is passed over by the round robin for a
-while (1 s after a first failure, doubling with each one in a row, 30 s at most).
+service's next one, and the failed endpoint is passed over by the balancer for a
+while (1 s after a first failure, doubling with each one in a row, 30 s at most). The
+services here balance round robin, so which endpoint a connection tries is known.
 
 Real engines, sockets and handshakes as in test_engine.py, whose fixtures these use:
 a dead endpoint is a port nobody listens on, a silent one a listener that never speaks
@@ -39,7 +40,7 @@ def mesh_after(make_mesh: MakeMesh, first_port: int, connect_timeout_s: float = 
     robin tries it first) and the live backend node second."""
     m = make_mesh(out_options={"connect_timeout_s": connect_timeout_s}, install=False)
     m.in_node.install(m.inbound_table())
-    m.out_node.install(m.outbound_table(endpoints=[("127.0.0.1", first_port), live(m)]))
+    m.out_node.install(m.outbound_table(balancer="round-robin", endpoints=[("127.0.0.1", first_port), live(m)]))
     return m
 
 
@@ -58,7 +59,7 @@ def test_a_dead_endpoint_is_failed_over_then_passed_over(make_mesh: MakeMesh) ->
 
 
 def test_every_endpoint_dead_tries_three_then_closes(make_mesh: MakeMesh) -> None:
-    m = make_mesh(endpoints=[("127.0.0.1", dead_port()) for _ in range(4)])
+    m = make_mesh(balancer="round-robin", endpoints=[("127.0.0.1", dead_port()) for _ in range(4)])
     c = m.client()
     c.sendall(b"nobody will read this")
     assert closed_by_peer(c)            # after three endpoints were tried
@@ -69,7 +70,7 @@ def test_every_endpoint_dead_tries_three_then_closes(make_mesh: MakeMesh) -> Non
 
 
 def test_one_endpoint_is_tried_once(make_mesh: MakeMesh) -> None:
-    m = make_mesh(endpoints=[("127.0.0.1", dead_port())])
+    m = make_mesh(balancer="round-robin", endpoints=[("127.0.0.1", dead_port())])
     assert closed_by_peer(m.client())
     stats = settled(m.out_node)
     assert stats["outbound_connect_failures"] == 1
@@ -160,7 +161,7 @@ def test_a_failed_endpoint_stays_passed_over_across_a_table_swap(make_mesh: Make
     m = mesh_after(make_mesh, dead[1])
     assert roundtrip(m) == b"bye:app"
     assert m.out_node.stats()["outbound_connect_failures"] == 1
-    m.out_node.install(m.outbound_table(endpoints=[live(m), dead]))   # a config push
+    m.out_node.install(m.outbound_table(balancer="round-robin", endpoints=[live(m), dead]))   # a config push
     for _ in range(4):
         assert roundtrip(m) == b"bye:app"
     stats = settled(m.out_node)
@@ -197,12 +198,12 @@ def test_a_failure_found_on_the_old_table_passes_over_on_the_new_one(
         m = make_mesh(out_options={"connect_timeout_s": 0.5}, install=False)
         m.in_node.install(m.inbound_table())
         endpoints = [("127.0.0.1", port_of(silent)), live(m)]
-        m.out_node.install(m.outbound_table(endpoints=endpoints))
+        m.out_node.install(m.outbound_table(balancer="round-robin", endpoints=endpoints))
         first = m.client()                  # set up toward the silent endpoint ...
         first.sendall(b"early")
         wait_for(lambda: m.out_node.stats()["outbound_connections_opened"] == 1,
                  what="the first connection accepted")
-        m.out_node.install(m.outbound_table(endpoints=endpoints))   # ... across a push
+        m.out_node.install(m.outbound_table(balancer="round-robin", endpoints=endpoints))   # ... across a push
         first.shutdown(socket.SHUT_WR)
         assert recv_all(first) == b"earlybye:app"   # failed over after 0.5 s
         began = time.monotonic()

@@ -54,8 +54,10 @@ def test_snapshot_endpoints_identities_and_local() -> None:
     [api] = snap["services"]
     assert (api["fqdn"], api["hosts"]) == ("api.shop.svc", ["api", "api.shop", "api.shop.svc"])
     assert api["ports"] == [
-        {"name": "http", "port": 80, "protocol": "auto", "target_port": "web", "outbound_port": 0},
-        {"name": "grpc", "port": 9000, "protocol": "TCP", "target_port": 9000, "outbound_port": 0}]
+        {"name": "http", "port": 80, "protocol": "auto", "target_port": "web", "outbound_port": 0,
+         "balancer": "p2c-ewma"},
+        {"name": "grpc", "port": 9000, "protocol": "TCP", "target_port": 9000, "outbound_port": 0,
+         "balancer": "p2c-ewma"}]
     assert [(e["workload"], e["node"], e["ports"], e["weight"]) for e in api["endpoints"]] == [
         ("shop/api-v1", "n1", {"http": 8081, "grpc": 9001}, 1),  # unset node: beside this node
         ("shop/api-v2", "n2", {"http": 8082, "grpc": 9000}, 10),  # grpc falls back to targetPort

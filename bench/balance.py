@@ -1,0 +1,224 @@
+"""Balancers under the same load with one endpoint made slow: p99 and req/s of each.
+
+Why: issue 11 asks that peak-EWMA P2C (meshnode's default) keep a slow endpoint's latency
+out of the tail: p99 at least 3x lower than round robin's with one endpoint of two made
+~20 ms slower. Run by hand, not in CI::
+
+    python bench/balance.py                         # round robin, p2c-ewma, least request
+    python bench/balance.py --delay-ms 20 --duration 10 --warmup 20 --connections 16
+
+How: this process runs an outbound engine (the HTTP outbound listener) and one inbound
+engine per endpoint (each its own inbound port, so its own endpoint), each in front of
+its own app: a small asyncio HTTP/1.1 server in a process of its own, the first one
+answering `--delay-ms` late. wrk (`-H "Connection: close"`: a new client connection per
+request, so every request is balanced; a kept-alive client connection keeps the upstream
+its first request was given) loads the outbound listener. Each balancer gets a fresh
+outbound engine (no latency estimate carried from the run before), an unrecorded
+`--warmup` (peak EWMA learns with a 10 s decay: the estimates start at the 30 ms default
+RTT), then the recorded run. Each app counts what it served: the slow one's share is
+printed too. Traffic goes to 127.0.0.1 only; every port comes from the kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+TRUST_DOMAIN = "cluster.local"
+CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"
+APP_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/app"
+SNI = "http.app.bench.svc"
+BALANCERS = ("round-robin", "p2c-ewma", "least-request")
+
+
+# --- the apps: processes of their own ------------------------------------------------------
+
+
+def run_app(delay_s: float) -> None:
+    """Answer every request with a short body, `delay_s` late; GET /count (straight to
+    the app) answers how many requests it served. Prints its port, then serves."""
+    served = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"GET /count "):
+                    body = str(served).encode()
+                else:
+                    served += 1
+                    if delay_s:
+                        await asyncio.sleep(delay_s)
+                    body = b"ok\n"
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, backlog=1024)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def app_count(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET /count HTTP/1.1\r\nHost: app\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data or not data.split(b"\r\n\r\n", 1)[1]:
+            data += s.recv(4096)
+    return int(data.split(b"\r\n\r\n", 1)[1])
+
+
+# --- the engines: this process ------------------------------------------------------------
+
+
+class Mesh:
+    """The inbound engines (one per app) and their credentials; outbound engines are
+    made per balancer (fresh()."""
+
+    def __init__(self, app_ports: list[int]) -> None:
+        from fastpath import engine as fe
+        from fastpath import tls
+        from meshnode.identity import pki
+
+        self.fe = fe
+        root = pki.make_root("balance bench root", TRUST_DOMAIN)
+        issuer = pki.make_issuer(*root, "bench", 86400)
+        bundle = pki.cert_pem(root[0])
+        alpn = [fe.ALPN_TCP, b"http/1.1"]
+
+        def ctx(server: bool, identity: str):
+            key = pki.new_key()
+            csr, _ = pki.csr_identity(pki.make_csr(key, identity))
+            leaf = pki.sign_workload(csr, identity, issuer[0], issuer[1], 3600)
+            return tls.TLSContext.for_mesh(server, pki.cert_pem(leaf) + pki.cert_pem(issuer[0]),
+                                           pki.key_pem(key), bundle, alpn)
+
+        self.client_ctx = ctx(False, CLIENT_ID)
+        server_ctx = ctx(True, APP_ID)
+        self.running: list[tuple[object, threading.Thread]] = []
+        self.socks: list[socket.socket] = []
+        self.endpoints = []
+        for port in app_ports:
+            sock = self._listener()
+            table = fe.RouteTable()
+            table.set_inbound(sock.fileno())
+            table.add_inbound_route(SNI, server_ctx, "127.0.0.1", port, protocol="http")
+            self._start(table)
+            self.endpoints.append(("127.0.0.1", sock.getsockname()[1]))
+
+    def _listener(self) -> socket.socket:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(1024)
+        s.setblocking(False)
+        self.socks.append(s)
+        return s
+
+    def _start(self, table):
+        engine = self.fe.Engine()
+        thread = threading.Thread(target=engine.run, daemon=True)
+        thread.start()
+        generation = engine.install(table)
+        while engine.generation < generation:
+            time.sleep(0.001)
+        self.running.append((engine, thread))
+        return engine
+
+    def fresh(self, balancer: str) -> tuple[object, int]:
+        """A new outbound engine balancing the app service with `balancer`; its port."""
+        sock = self._listener()
+        table = self.fe.RouteTable()
+        svc = table.add_service("bench/app:http", SNI, [APP_ID], self.endpoints, balancer=balancer)
+        table.set_outbound_http(sock.fileno(), self.client_ctx)
+        table.add_host("app", svc, 80)
+        return self._start(table), sock.getsockname()[1]
+
+    def stop(self) -> None:
+        for engine, thread in self.running:
+            engine.stop()
+            thread.join(30)
+        for s in self.socks:
+            s.close()
+
+
+# --- the driver ---------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", "Host: app",
+         "-H", "Connection: close", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    for pct in ("50", "99"):
+        value, unit = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        figures[f"p{pct}_ms"] = float(value) * _UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    figures["errors"] = errors.group(0) if errors else ""
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--app", type=float, help=argparse.SUPPRESS)    # run an app (delay s)
+    ap.add_argument("--delay-ms", type=float, default=20.0, help="the slow app's added latency")
+    ap.add_argument("--endpoints", type=int, default=2, help="endpoints, the first one slow")
+    ap.add_argument("--duration", type=int, default=10, help="seconds of each recorded run")
+    ap.add_argument("--warmup", type=int, default=20, help="unrecorded seconds before each")
+    ap.add_argument("--connections", type=int, default=16, help="wrk -c")
+    ap.add_argument("--balancers", default=",".join(BALANCERS))
+    args = ap.parse_args(argv)
+    if args.app is not None:
+        run_app(args.app)
+        return 0
+    apps = [subprocess.Popen([sys.executable, __file__, "--app",
+                              str(args.delay_ms / 1000 if i == 0 else 0.0)],
+                             stdout=subprocess.PIPE, text=True)
+            for i in range(args.endpoints)]
+    mesh = None
+    try:
+        ports = [int(p.stdout.readline()) for p in apps]
+        mesh = Mesh(ports)
+        print(f"{args.endpoints} endpoints, the first +{args.delay_ms:g} ms; wrk -c{args.connections}, "
+              f"a connection per request; {args.warmup} s warm-up, {args.duration} s recorded")
+        print(f"{'balancer':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'slow share':>11}")
+        results = {}
+        for balancer in args.balancers.split(","):
+            _, port = mesh.fresh(balancer)
+            if args.warmup:
+                wrk(port, args.warmup, args.connections)
+            before = [app_count(p) for p in ports]
+            figures = wrk(port, args.duration, args.connections)
+            served = [app_count(p) - b for p, b in zip(ports, before)]
+            share = served[0] / max(1, sum(served))
+            results[balancer] = figures
+            print(f"{balancer:<14} {figures['rps']:>8.0f} {figures['p50_ms']:>8.2f} "
+                  f"{figures['p99_ms']:>8.2f} {share:>10.1%} {figures['errors']}", flush=True)
+        if "round-robin" in results and "p2c-ewma" in results:
+            rr, p2c = results["round-robin"], results["p2c-ewma"]
+            print(f"p99 round robin / p2c-ewma: {rr['p99_ms'] / p2c['p99_ms']:.1f}x; "
+                  f"req/s p2c-ewma / round robin: {p2c['rps'] / rr['rps']:.2f}")
+    finally:
+        if mesh is not None:
+            mesh.stop()
+        for p in apps:
+            p.terminate()
+            p.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

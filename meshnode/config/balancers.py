@@ -1,0 +1,40 @@
+"""Which balancer each service port gets: the DestinationRules compiled for the snapshot.
+
+A service port's balancer is its DestinationRule's portLevelSettings entry's
+loadBalancer, else the rule's trafficPolicy.loadBalancer, else meshnode's default
+(peak-EWMA P2C): Istio's order. A rule for a Service that does not exist is inert, as in
+Istio, and takes effect when the Service comes.
+
+Several rules for one host: Istio merges them, and of their top-level trafficPolicy the
+oldest rule's wins (creationTimestamp, then namespace and name, as Istio orders
+configs); the later ones' are dropped. Their subsets would be merged, but subsets are
+refused here (destinationrule.NOT_IMPLEMENTED), so a later rule changes nothing.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .destinationrule import DEFAULT_BALANCER
+from .model import DestinationRule, Resource, Service
+
+
+def _age(rule: DestinationRule) -> tuple[bool, str, str, str]:
+    # Not stored yet (no creation time): after every stored one, as it would be once applied.
+    return (not rule.created, rule.created, rule.namespace, rule.name)
+
+
+def rules_by_service(resources: Iterable[Resource]) -> dict[str, DestinationRule]:
+    """"namespace/name" -> the rule whose trafficPolicy governs that Service: the oldest
+    with one."""
+    out: dict[str, DestinationRule] = {}
+    rules = sorted((r for r in resources if isinstance(r, DestinationRule)), key=_age)
+    for rule in rules:
+        if rule.spec.has_policy:
+            out.setdefault(rule.spec.service, rule)
+    return out
+
+
+def balancer_for(service: Service, port: int, rules: dict[str, DestinationRule]) -> str:
+    """The engine balancer (fastpath RouteTable.add_service) for `service`'s port `port`."""
+    rule = rules.get(f"{service.namespace}/{service.name}")
+    return rule.spec.balancer(port) if rule is not None else DEFAULT_BALANCER

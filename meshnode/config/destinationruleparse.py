@@ -1,0 +1,165 @@
+"""Reading and writing Istio DestinationRule documents (the model: destinationrule.py).
+
+Checks Istio's schema for the fields meshnode implements, names each field it does not
+implement yet (destinationrule.NOT_IMPLEMENTED) as such, and resolves `host` to a Service
+as Istio does: relative to the rule's namespace. A host in another namespace (a rule
+that would govern only its own namespace's callers, Istio's client-side lookup) and
+wildcard hosts are refused by name too.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .destinationrule import (API_VERSIONS, BALANCERS, IMPLEMENTED, NOT_IMPLEMENTED, REFUSED_SIMPLE,
+                              DestinationRuleSpec, PortPolicy)
+from .errors import Problem
+from .model import DestinationRule, key_label
+from .routeparse import _metadata
+from .validate import _MISSING, _DNS_LABEL, _Doc, _describe, _fields, _port, _string, join
+
+_CLUSTER_DOMAIN = "cluster.local"
+
+
+def _known(d: _Doc, value: object, path: str, level: str,
+           required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The fields of a mapping at `level`: unknown ones and not implemented ones refused."""
+    fields = _fields(d, value, path, IMPLEMENTED[level] + NOT_IMPLEMENTED[level], required)
+    if fields is None:
+        return None
+    for key in NOT_IMPLEMENTED[level]:
+        if key in fields:
+            d.fail(join(path, key), f"{key} is not implemented yet (meshnode takes "
+                                    f"{', '.join(IMPLEMENTED[level])} here)")
+    return fields
+
+
+def _host(d: _Doc, value: object, path: str, namespace: str) -> str | None:
+    """The "namespace/name" of the Service `host` names, as Istio resolves it."""
+    text = _string(d, value, path)
+    if text is None:
+        return None
+    if "*" in text:
+        d.fail(path, f"{text!r}: wildcard hosts are not implemented yet; name one Service")
+        return None
+    labels = text.split(".")
+    if labels[2:] in ([], ["svc"], ["svc", *_CLUSTER_DOMAIN.split(".")]) and all(
+            _DNS_LABEL.fullmatch(label) for label in labels[:2]):
+        name, ns = labels[0], labels[1] if len(labels) > 1 else namespace
+        if ns != namespace:
+            d.fail(path, f"{text!r} is a Service of namespace {ns!r}: a rule in another "
+                         f"namespace than its Service's (it would govern only callers in "
+                         f"{namespace!r}) is not implemented yet; put it in {ns!r}")
+            return None
+        return f"{ns}/{name}"
+    d.fail(path, f"{text!r} does not name a Service: use name, name.namespace, "
+                 f"name.namespace.svc or name.namespace.svc.{_CLUSTER_DOMAIN}")
+    return None
+
+
+def _simple(d: _Doc, value: object, path: str) -> str | None:
+    lb = _known(d, value, path, "loadBalancer")
+    if lb is None or "simple" not in lb:
+        return None
+    simple, where = lb["simple"], join(path, "simple")
+    if simple in REFUSED_SIMPLE:
+        d.fail(where, f"{simple}: {REFUSED_SIMPLE[simple]}")
+    elif simple not in BALANCERS or not isinstance(simple, str):
+        d.fail(where, f"must be one of {', '.join(BALANCERS)}, got {_describe(simple)}")
+    else:
+        return simple
+    return None
+
+
+def _port_policies(d: _Doc, value: object, path: str) -> tuple[PortPolicy, ...]:
+    if not isinstance(value, list):
+        d.fail(path, f"must be a list, got {_describe(value)}")
+        return ()
+    out: list[PortPolicy] = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        entry = _known(d, item, where, "portLevelSettings", required=("port",))
+        if entry is None or "port" not in entry:
+            continue
+        selector = _fields(d, entry["port"], join(where, "port"), ("number",), required=("number",))
+        number = _port(d, selector["number"], join(where, "port.number")) if selector and \
+            "number" in selector else None
+        if number is None:
+            continue
+        if any(p.port == number for p in out):
+            d.fail(join(where, "port.number"), f"port {number} has settings already")
+            continue
+        simple = _simple(d, entry["loadBalancer"], join(where, "loadBalancer")) \
+            if "loadBalancer" in entry else None
+        out.append(PortPolicy(number, simple))
+    return tuple(out)
+
+
+def _spec(d: _Doc, value: object, namespace: str, api_version: str) -> DestinationRuleSpec | None:
+    if value is _MISSING:
+        d.fail("spec", "required")
+        return None
+    spec = _known(d, value, "spec", "spec", required=("host",))
+    if spec is None or "host" not in spec:
+        return None
+    service = _host(d, spec["host"], "spec.host", namespace)
+    simple, ports = None, ()
+    policy = spec.get("trafficPolicy")
+    if policy is not None:
+        fields = _known(d, policy, "spec.trafficPolicy", "trafficPolicy")
+        if fields is not None and "loadBalancer" in fields:
+            simple = _simple(d, fields["loadBalancer"], "spec.trafficPolicy.loadBalancer")
+        if fields is not None and "portLevelSettings" in fields:
+            ports = _port_policies(d, fields["portLevelSettings"],
+                                   "spec.trafficPolicy.portLevelSettings")
+    if d.problems or service is None:
+        return None
+    return DestinationRuleSpec(spec["host"], service, api_version, policy is not None, simple, ports)
+
+
+def parse_destination_rule(doc: dict[str, Any], file: str, index: int
+                           ) -> tuple[DestinationRule | None, list[Problem]]:
+    """A DestinationRule document (kind already known), or what is wrong with it."""
+    meta = doc.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    namespace = meta.get("namespace") if isinstance(meta, dict) else None
+    if not isinstance(namespace, str) or not namespace:
+        namespace = "default"
+    label = (key_label((DestinationRule.KIND, namespace, name)) if isinstance(name, str) and name
+             else f"document #{index}")
+    d = _Doc(file, label)
+    top = _fields(d, doc, "", ("apiVersion", "kind", "metadata", "spec"),
+                  required=("apiVersion", "kind", "metadata", "spec"))
+    if top is None:
+        return None, d.problems
+    api_version = top.get("apiVersion")
+    if "apiVersion" in top and api_version not in API_VERSIONS:
+        d.fail("apiVersion", f"must be one of {', '.join(API_VERSIONS)}, got {_describe(api_version)}")
+    # (metadata as an HTTPRoute's: a creationTimestamp is read, and replaced by the store's)
+    metadata, created = _metadata(d, top["metadata"]) if "metadata" in top else (None, "")
+    spec = _spec(d, top["spec"], metadata.namespace, api_version) \
+        if "spec" in top and metadata is not None else None
+    if d.problems or metadata is None or spec is None:
+        return None, d.problems
+    return DestinationRule(metadata=metadata, spec=spec, created=created, source=file), []
+
+
+def _load_balancer(simple: str | None) -> dict[str, Any]:
+    return {"loadBalancer": {"simple": simple}} if simple is not None else {}
+
+
+def rule_to_dict(rule: DestinationRule) -> dict[str, Any]:
+    """The rule as Istio writes it, in the apiVersion it was applied in; parsed back equal."""
+    meta = rule.metadata
+    metadata: dict[str, Any] = {"name": rule.name, "namespace": rule.namespace}
+    metadata.update((key, value) for key, value in (
+        ("creationTimestamp", rule.created), ("labels", dict(meta.labels)),
+        ("annotations", dict(meta.annotations))) if value)
+    spec: dict[str, Any] = {"host": rule.spec.host}
+    if rule.spec.has_policy:
+        policy = _load_balancer(rule.spec.simple)
+        if rule.spec.ports:
+            policy["portLevelSettings"] = [{"port": {"number": p.port}, **_load_balancer(p.simple)}
+                                           for p in rule.spec.ports]
+        spec["trafficPolicy"] = policy
+    return {"apiVersion": rule.spec.api_version, "kind": rule.KIND, "metadata": metadata,
+            "spec": spec}
