@@ -897,6 +897,11 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     and c.table.rules[c.pend_rule[c.pend_first]].n_response_edits > 0):
                 rc = _response_edits(core, c, &resp, start)
                 if rc < 0:
+                    core.counters.http_bad_response += 1
+                    if c.resp_fwd == 0:
+                        _http_reply(core, c, 502, b"response head cannot be rewritten for "
+                                    b"the client\n", -1)
+                        return STATUS_CLOSE
                     return STATUS_RESET
             c.resp_fwd += <uint32_t>rc
             if resp.status < 200 and resp.status != 101:

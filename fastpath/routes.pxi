@@ -195,8 +195,10 @@ cdef int64_t _route_edit(char* buf, uint32_t total, uint32_t cap, const HeaderEd
     """A rule's header edits on the head at buf[0:total] (the rest of the buffer up to
     `cap` is room): removals, then sets (the name's fields go, one line comes), then
     additions, each on the head as the previous one left it (parsed again). Returns the
-    head's change in length, or INT64_MAX when an addition does not fit (nothing is
-    sent with half its edits: the caller waits for room or refuses the request)."""
+    head's change in length, or INT64_MAX when an addition does not fit or the head it
+    makes is one the parser refuses (more field lines, or bytes, than its limits take:
+    the next hop would refuse it as well); nothing is sent with half its edits, the
+    caller waits for room or refuses the message."""
     cdef int64_t delta = 0
     cdef uint32_t i, cut, head_len
     cdef int added
@@ -226,10 +228,13 @@ cdef int64_t _route_edit(char* buf, uint32_t total, uint32_t cap, const HeaderEd
                     return INT64_MAX
                 total += <uint32_t>added
                 delta += added
+            # A refused parse leaves the head's length 0: the next edit would work at
+            # offset -2 (a client's 100 field lines and a rule adding two crashed the node).
             if response:
-                parse_response_head(buf, total, resp, limits, method)
-            else:
-                parse_request_head(buf, total, req, limits)
+                if parse_response_head(buf, total, resp, limits, method) <= 0:
+                    return INT64_MAX
+            elif parse_request_head(buf, total, req, limits) <= 0:
+                return INT64_MAX
     return delta
 
 
@@ -244,12 +249,14 @@ cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
     """The request rule's header edits on the head at d2u.buf + base (its earlier edits
     counted in `delta`, which this folds into a parse of the head as it stands).
     STATUS_OK; STATUS_AGAIN: no room yet (bytes before it are still to be sent); or
-    STATUS_RESET: no room will come (431)."""
+    STATUS_RESET: no room will come, or the edited head is over the parser's limits (431)."""
     cdef const RouteRule* r = &c.table.rules[c.req_rule]
     cdef Flow* f = &c.d2u
     cdef int64_t grow
     if delta[0] != 0:
-        parse_request_head(f.buf + base, f.tail - base, req, &core.http_limits)
+        # (An absolute-form head may have gained a Host line: one over the limit.)
+        if parse_request_head(f.buf + base, f.tail - base, req, &core.http_limits) <= 0:
+            return STATUS_RESET
         delta[0] = 0
     if f.tail + r.request_grow > core.buffer_bytes:
         # All or nothing: a head never goes on with half its edits, nor gets one twice.
@@ -260,7 +267,7 @@ cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
                        r.request_edits, r.n_request_edits, False, req, NULL,
                        &core.http_limits, METHOD_OTHER)
     if grow == INT64_MAX:
-        return STATUS_RESET             # (cannot happen: the room was checked)
+        return STATUS_RESET             # edited, it is over the parser's limits (431)
     f.tail = <uint32_t>(f.tail + grow)
     return STATUS_OK
 
@@ -268,12 +275,14 @@ cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
 cdef int _response_edits(Core* core, Conn* c, RespHead* resp, uint32_t start) noexcept nogil:
     """The answered request's rule's response edits on the final response head at
     u2d.buf + start (room for them was kept: _u2d_cap). The head's length after them,
-    or -1 when they did not fit."""
+    or -1 when they did not fit or made a head over the parser's limits."""
     cdef const RouteRule* r = &c.table.rules[c.pend_rule[c.pend_first]]
     cdef Flow* f = &c.u2d
     cdef Method method = <Method>c.pend_method[c.pend_first]
     cdef int64_t grow
-    parse_response_head(f.buf + start, f.tail - start, resp, &core.http_limits, method)
+    # (Its `Connection: close` may have made it one line over the limit.)
+    if parse_response_head(f.buf + start, f.tail - start, resp, &core.http_limits, method) <= 0:
+        return -1
     grow = _route_edit(f.buf + start, f.tail - start, core.buffer_bytes - start,
                        r.response_edits, r.n_response_edits, True, NULL, resp,
                        &core.http_limits, method)

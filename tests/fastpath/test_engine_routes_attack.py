@@ -1,0 +1,160 @@
+"""A second reader's attacks on the HTTPRoute stage (routes.pxi and its hooks in the
+router, the HTTP stream, the carry-over to a new table and the timers), each replayed
+over two real engines, mutual TLS and sockets on loopback, and named after the attack.
+
+The mesh is test_engine_routes.py's: the caller's node routes service "backend" to its
+versions by the test's routes; the app's node has one app per version. Where an app
+must answer what http.server will not (too many fields, a body until close), version
+v1's app is a raw one. A scenario that crashed the engine runs in a child interpreter,
+so that the crash fails its test rather than the whole session.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import pytest
+
+from fastpath import engine as fe
+
+from enginekit import TIMEOUT_S, port_of, recv_all
+from test_engine_header_holes import read_request
+from test_engine_http import RawApp
+from test_engine_routes import (BACKEND_ID, Mesh, client_ctx, mesh, mesh_pki,  # noqa: F401
+                                new_pki, request, routed_to, running_mesh, server_ctx)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def exchange(m: Mesh, raw: bytes) -> bytes:
+    """`raw` in one write to the caller's node; all it answers until it closes."""
+    c = socket.create_connection(("127.0.0.1", port_of(m.http_sock)), timeout=TIMEOUT_S)
+    with c:
+        c.sendall(raw)
+        return recv_all(c)
+
+
+def v1_is(m: Mesh, serve: Callable[[socket.socket], None]) -> RawApp:
+    """Version v1's app becomes a raw one that runs `serve(conn)` per connection."""
+    app = RawApp(serve)
+    t = fe.RouteTable()
+    t.set_inbound(m.in_sock.fileno())
+    t.add_inbound_route("http.backend-v1.demo.svc", server_ctx(m.pki), "127.0.0.1", app.port,
+                        service="demo/backend-v1:http", identity=BACKEND_ID, protocol="HTTP")
+    t.add_inbound_route("http.backend-v2.demo.svc", server_ctx(m.pki), "127.0.0.1",
+                        m.apps["v2"].port, service="demo/backend-v2:http", identity=BACKEND_ID,
+                        protocol="HTTP")
+    m.in_node.install(t)
+    return app
+
+
+def one_rule(m: Mesh, **rule: Any) -> None:
+    """Every request to "backend" takes one rule to v1 (`rule`: add_route_rule's options)."""
+    t, ix = m.outbound()
+    s = t.add_route_set(ix["backend"])
+    t.add_route_match(s, t.add_route_rule("demo/r#0", [(ix["v1"], 1)], **rule))
+    m.out_node.install(t)
+
+
+def in_child(scenario: Callable[[Mesh], Any]) -> Any:
+    """Run `scenario` on a mesh of its own in a child interpreter; what it returns
+    (JSON). An engine that crashes takes only the child down, and the test says so."""
+    code = ("import json, sys; sys.path[:0] = %r; import %s as t; "
+            "print(json.dumps(t.run_scenario(%r)))" % (sys.path, __name__, scenario.__name__))
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=50, stdin=subprocess.DEVNULL)
+    crashed = " (SIGSEGV: an engine crashed)" if child.returncode == -signal.SIGSEGV else ""
+    assert child.returncode == 0, f"the child ended with {child.returncode}{crashed}:\n" + (
+        child.stderr[-3000:])
+    return json.loads(child.stdout.splitlines()[-1])
+
+
+def run_scenario(name: str) -> Any:
+    """In the child: `name`'s scenario on a mesh started here."""
+    with running_mesh(new_pki()) as m:
+        return globals()[name](m)
+
+
+# --- header edits on a head at the parser's field limit ---------------------------------------
+
+# The client's own fields: with Host, the parser's limit of 100 lines; a rule's edits make
+# more of them. Each edit was followed by a parse of the head that was not checked: the
+# failed one zeroed the head's length, and the next added line went in at offset -2.
+MANY_FIELDS = b"".join(b"X-F%02d: v\r\n" % i for i in range(99))
+TWO_LINES = {"add": [("X-Route-A", "1"), ("X-Route-B", "2")]}
+
+
+def _refused_and_after(m: Mesh, head: bytes) -> dict[str, Any]:
+    one_rule(m, request_headers=TWO_LINES)
+    reply = exchange(m, head)
+    return {"reply": reply.split(b"\r\n")[0].decode(), "after": routed_to(m, "/after")}
+
+
+def _first_request_at_the_field_limit(m: Mesh) -> dict[str, Any]:
+    return _refused_and_after(m, b"GET / HTTP/1.1\r\nHost: backend\r\n" + MANY_FIELDS
+                              + b"\r\n")
+
+
+def _absolute_form_at_the_field_limit(m: Mesh) -> dict[str, Any]:
+    # HTTP/1.0 needs no Host: the node adds the target's, one line over the limit.
+    return _refused_and_after(m, b"GET http://backend/ HTTP/1.0\r\nX-G: v\r\n" + MANY_FIELDS
+                              + b"\r\n")
+
+
+def _second_request_at_the_field_limit(m: Mesh) -> dict[str, Any]:
+    one_rule(m, request_headers=TWO_LINES)
+    conn = m.http()
+    first = request(conn, "/first")[0]
+    conn.sock.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\n" + MANY_FIELDS + b"\r\n")
+    return {"first": first, "then": recv_all(conn.sock).decode(), "after": routed_to(m, "/after")}
+
+
+@pytest.mark.parametrize("scenario", [_first_request_at_the_field_limit,
+                                      _absolute_form_at_the_field_limit],
+                         ids=["origin-form", "absolute-form-gaining-host"])
+def test_a_head_at_the_field_limit_and_a_rule_adding_lines_is_refused_not_a_crash(
+        scenario: Callable[[Mesh], Any]) -> None:
+    """A local caller sends a head of 100 field lines to a service whose route adds two:
+    the node's worker died (SIGSEGV), every pair it carried with it."""
+    got = in_child(scenario)
+    assert got["reply"].startswith("HTTP/1.1 431 "), got
+    assert got["after"] == "v1"
+
+
+def test_the_same_head_behind_another_request_ends_the_connection_not_the_node() -> None:
+    got = in_child(_second_request_at_the_field_limit)
+    assert got["first"] == 200 and got["then"] == "", got     # (no answer out of turn)
+    assert got["after"] == "v1"
+
+
+def _answer_at_the_field_limit(m: Mesh) -> dict[str, Any]:
+    def serve(conn: socket.socket) -> None:
+        buf = bytearray()
+        while True:
+            read_request(conn, buf)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n" + MANY_FIELDS + b"Content-Length: 2\r\n\r\nok")
+
+    app = v1_is(m, serve)
+    try:
+        one_rule(m, response_headers=TWO_LINES)
+        reply = exchange(m, b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        return {"reply": reply.split(b"\r\n")[0].decode(), "after": routed_to(m, "/after")}
+    finally:
+        app.close()
+
+
+def test_an_answer_at_the_field_limit_and_a_rule_adding_lines_is_a_502_not_a_crash() -> None:
+    """The app's side of the same hole: an answer of 100 field lines and a route whose
+    response edits add two."""
+    got = in_child(_answer_at_the_field_limit)
+    assert got["reply"].startswith("HTTP/1.1 502 "), got
+    assert got["after"] == 502      # the node still answers
