@@ -12,6 +12,7 @@ so that the crash fails its test rather than the whole session.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -63,6 +64,11 @@ def one_rule(m: Mesh, **rule: Any) -> None:
     s = t.add_route_set(ix["backend"])
     t.add_route_match(s, t.add_route_rule("demo/r#0", [(ix["v1"], 1)], **rule))
     m.out_node.install(t)
+
+
+def route_tags(answers: bytes) -> list[bytes]:
+    """The x-route field of each answer, in order (a route's edits write names lowercase)."""
+    return re.findall(rb"\r\nx-route: ([^\r]*)\r\n", answers)
 
 
 def in_child(scenario: Callable[[Mesh], Any]) -> Any:
@@ -158,3 +164,37 @@ def test_an_answer_at_the_field_limit_and_a_rule_adding_lines_is_a_502_not_a_cra
     got = in_child(_answer_at_the_field_limit)
     assert got["reply"].startswith("HTTP/1.1 502 "), got
     assert got["after"] == 502      # the node still answers
+
+
+# --- a config push while requests are in flight -----------------------------------------------
+
+
+def _tagged_table(m: Mesh, ctx: Any, tag: str) -> fe.RouteTable:
+    """/a and anything else to v1, each rule's answers saying which table and rule."""
+    t, ix = m.outbound(ctx=ctx)
+    s = t.add_route_set(ix["backend"])
+    for rule, path in (("a", ("PathPrefix", "/a")), ("any", None)):
+        t.add_route_match(s, t.add_route_rule(
+            f"demo/{rule}", [(ix["v1"], 1)],
+            response_headers={"add": [("X-Route", f"{tag}-{rule}")]}), path=path)
+    return t
+
+
+def test_a_push_with_a_request_in_flight_leaves_its_answer_its_own_rules_edits(
+        mesh: Mesh) -> None:
+    """A request in flight when a push came, and one pipelined behind it: the pair moved
+    to the new table in place at the second head, and the first one's answer was then
+    edited by the new table's rule of the same index (an index past the new table's
+    rules read freed memory). In-flight requests finish on the table they were
+    routed by (DESIGN §3)."""
+    ctx = client_ctx(mesh.pki)          # one context across pushes, as a node keeps it
+    mesh.out_node.install(_tagged_table(mesh, ctx, "old"))
+    c = socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S)
+    with c:
+        c.sendall(b"GET /slow/800 HTTP/1.1\r\nHost: backend\r\n\r\n")
+        mesh.out_node.wait_stat("http_routed")
+        mesh.out_node.install(_tagged_table(mesh, ctx, "new"))
+        c.sendall(b"GET /a HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        answers = recv_all(c)
+    assert answers.count(b"HTTP/1.1 200 ") == 2, answers
+    assert route_tags(answers) == [b"old-any", b"new-a"]
