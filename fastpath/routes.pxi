@@ -304,9 +304,13 @@ cdef void _request_timed_out(Core* core, Conn* c) noexcept nogil:
     """A route's timeout came before the oldest pending request's answer was whole: 504
     when nothing of that answer went to the client yet (the upstream is dropped, it may
     still be answering), else the client's connection is cut (the answer began: a
-    status cannot be sent any more), as Envoy resets a stream it timed out."""
-    core.counters.route_timeouts += 1
+    status cannot be sent any more), as Envoy resets a stream it timed out. Behind an
+    answer that runs until the upstream closes (or a tunnel) nothing will be answered,
+    and that answer is another request's: it is not cut, the timeout is dropped."""
     c.req_deadline_ns = 0
+    if c.resp_phase == RESP_CLOSE or c.resp_phase == RESP_TUNNEL:
+        return
+    core.counters.route_timeouts += 1
     c.reusable = False
     if (c.resp_phase == RESP_HEAD and c.resp_fwd == 0
             and (c.u2d.buf == NULL or c.u2d.head == c.u2d.tail)):

@@ -198,3 +198,40 @@ def test_a_push_with_a_request_in_flight_leaves_its_answer_its_own_rules_edits(
         answers = recv_all(c)
     assert answers.count(b"HTTP/1.1 200 ") == 2, answers
     assert route_tags(answers) == [b"old-any", b"new-a"]
+
+
+# --- a route's timeout ------------------------------------------------------------------------
+
+
+def test_a_timeout_behind_an_answer_until_close_does_not_cut_that_answer(mesh: Mesh) -> None:
+    """An answer without a length runs until the upstream closes: the requests pipelined
+    behind it will never be answered. The one behind it had a route's timeout, whose
+    timer, filed when the answer's head came, reset the client's connection in the
+    middle of the answer before it: a whole answer lost to another request's timer."""
+    parts = [b"part-%d\n" % i for i in range(8)]
+
+    def serve(conn: socket.socket) -> None:
+        read_request(conn, bytearray())
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        for part in parts:
+            time.sleep(0.1)
+            conn.sendall(part)
+
+    app = v1_is(mesh, serve)
+    try:
+        t, ix = mesh.outbound()
+        s = t.add_route_set(ix["backend"])
+        t.add_route_match(s, t.add_route_rule("demo/stream", [(ix["v1"], 1)]),
+                          path=("Exact", "/stream"))
+        t.add_route_match(s, t.add_route_rule("demo/timed", [(ix["v1"], 1)], timeout_s=0.3))
+        mesh.out_node.install(t)
+        c = socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S)
+        with c:
+            c.sendall(b"GET /stream HTTP/1.1\r\nHost: backend\r\n\r\n"
+                      b"GET /timed HTTP/1.1\r\nHost: backend\r\n\r\n")
+            out = bytearray()
+            while chunk := c.recv(65536):   # a reset raises here: the answer was cut
+                out += chunk
+    finally:
+        app.close()
+    assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"".join(parts)), bytes(out)
