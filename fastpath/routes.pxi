@@ -165,6 +165,11 @@ cdef int _route_pick(Core* core, Conn* c, uint32_t parent, const char* head,
         query = mark + 1
         query_len = path_len - <size_t>(query - path)
         path_len = <size_t>(mark - path)
+    if path_len == 0:
+        # An absolute-form target without one ("http://h", "http://h?q"): it is sent
+        # on as "/" (_origin_form), and matched so.
+        path = b"/"
+        path_len = 1
     for i in range(s.first_entry, s.first_entry + s.n_entries):
         if _entry_holds(&t.entries[i], head, req, path, path_len, query, query_len):
             break

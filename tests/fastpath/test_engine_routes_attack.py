@@ -235,3 +235,23 @@ def test_a_timeout_behind_an_answer_until_close_does_not_cut_that_answer(mesh: M
     finally:
         app.close()
     assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"".join(parts)), bytes(out)
+
+
+# --- a request matched under one reading and sent under another -------------------------------
+
+
+@pytest.mark.parametrize("target", [b"http://backend", b"http://backend?q=1"])
+def test_an_absolute_form_target_without_a_path_is_matched_as_the_slash_it_is_sent_as(
+        mesh: Mesh, target: bytes) -> None:
+    """The node sends "http://backend" on as "/" (RFC 9112 §3.2.2), but matched the empty
+    path: an Exact "/" rule did not take it, and it went where "/" does not."""
+    t, ix = mesh.outbound()
+    s = t.add_route_set(ix["backend"])
+    t.add_route_match(s, t.add_route_rule("demo/root", [(ix["v2"], 1)]), path=("Exact", "/"))
+    t.add_route_match(s, t.add_route_rule("demo/rest", [(ix["v1"], 1)]))
+    mesh.out_node.install(t)
+    reply = exchange(mesh, b"GET " + target + b" HTTP/1.1\r\nHost: backend\r\n"
+                     b"Connection: close\r\n\r\n")
+    body = json.loads(reply.partition(b"\r\n\r\n")[2])
+    assert body["path"] == "/" + target.partition(b"backend")[2].decode()
+    assert body["version"] == "v2", body
