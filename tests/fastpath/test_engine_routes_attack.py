@@ -11,6 +11,7 @@ so that the crash fails its test rather than the whole session.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -255,3 +256,56 @@ def test_an_absolute_form_target_without_a_path_is_matched_as_the_slash_it_is_se
     body = json.loads(reply.partition(b"\r\n\r\n")[2])
     assert body["path"] == "/" + target.partition(b"backend")[2].decode()
     assert body["version"] == "v2", body
+
+
+# --- requests sent again -----------------------------------------------------------------------
+
+
+def test_requests_sent_again_after_a_pooled_upstream_failed_keep_their_own_rules(
+        mesh: Mesh) -> None:
+    """Two requests pipelined on a pooled upstream that the app's side closed without an
+    answer (the keep-alive race) are routed again, still whole; the first was then
+    edited again by the rule of the last one framed, so the app saw it with that rule's
+    fields (and its answer would have had that rule's edits and timeout)."""
+    dropped: list[bytes] = []
+
+    def serve(conn: socket.socket) -> None:
+        buf = bytearray()
+        while True:
+            got = read_request(conn, buf)
+            if got.startswith(b"GET /drop-once ") and not dropped:
+                dropped.append(got)         # read all that came, then a clean close
+                conn.settimeout(0.3)
+                with contextlib.suppress(OSError):
+                    while conn.recv(65536):
+                        pass
+                return
+            tenant = re.search(rb"\r\nx-tenant: ([^\r]*)\r\n", got, re.I)
+            body = got.split(b" ")[1] + b" " + (tenant.group(1) if tenant else b"-")
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    app = v1_is(mesh, serve)
+    try:
+        t, ix = mesh.outbound()
+        s = t.add_route_set(ix["backend"])
+        for tenant, path in (("a", ("PathPrefix", "/drop-once")), ("b", None)):
+            t.add_route_match(s, t.add_route_rule(
+                f"demo/{tenant}", [(ix["v1"], 1)],
+                request_headers={"set": [("X-Tenant", tenant)]}), path=path)
+        mesh.out_node.install(t)
+        assert exchange(mesh, b"GET /warm HTTP/1.1\r\nHost: backend\r\n\r\n"
+                        b"GET /warm HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n"
+                        ).endswith(b"/warm b")
+        mesh.out_node.wait_stat("http_upstream_pooled")
+        c = socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S)
+        with c:
+            c.sendall(b"GET /drop-once HTTP/1.1\r\nHost: backend\r\n\r\n"
+                      b"GET /other HTTP/1.1\r\nHost: backend\r\n\r\n")
+            answers = b""
+            while answers.count(b"HTTP/1.1 200 ") < 2 or not answers.endswith(b"/other b"):
+                answers += c.recv(65536) or b"(closed)"
+                assert not answers.endswith(b"(closed)"), answers
+    finally:
+        app.close()
+    assert dropped and mesh.out_node.stats()["http_upstream_retried"] == 1
+    assert re.findall(rb"\r\n\r\n(/[a-z-]+ [a-z-])", answers) == [b"/drop-once a", b"/other b"]
