@@ -79,7 +79,8 @@ def in_child(scenario: Callable[[Mesh], Any]) -> Any:
             "print(json.dumps(t.run_scenario(%r)))" % (sys.path, __name__, scenario.__name__))
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            timeout=50, stdin=subprocess.DEVNULL)
-    crashed = " (SIGSEGV: an engine crashed)" if child.returncode == -signal.SIGSEGV else ""
+    crashed = {-signal.SIGSEGV: " (SIGSEGV: an engine crashed)",
+               -signal.SIGABRT: " (SIGABRT: a debug build's check failed)"}.get(child.returncode, "")
     assert child.returncode == 0, f"the child ended with {child.returncode}{crashed}:\n" + (
         child.stderr[-3000:])
     return json.loads(child.stdout.splitlines()[-1])
@@ -309,3 +310,39 @@ def test_requests_sent_again_after_a_pooled_upstream_failed_keep_their_own_rules
         app.close()
     assert dropped and mesh.out_node.stats()["http_upstream_retried"] == 1
     assert re.findall(rb"\r\n\r\n(/[a-z-]+ [a-z-])", answers) == [b"/drop-once a", b"/other b"]
+
+
+# --- the room kept for edits ------------------------------------------------------------------
+
+
+def _large_answers_edited(m: Mesh) -> list[Any]:
+    body = b"z" * 100_000
+
+    def serve(conn: socket.socket) -> None:
+        buf = bytearray()
+        while True:
+            read_request(conn, buf)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    app = v1_is(m, serve)
+    try:
+        one_rule(m, response_headers={"add": [("X-Route", "r0")]})
+        out = []
+        for close in (b"", b"Connection: close\r\n"):
+            c = socket.create_connection(("127.0.0.1", port_of(m.http_sock)), timeout=TIMEOUT_S)
+            with c:
+                c.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\n" + close + b"\r\n")
+                resp = c.makefile("rb")
+                head = b"".join(iter(resp.readline, b"\r\n"))
+                out.append([[t.decode() for t in route_tags(b"\r\n" + head + b"\r\n")],
+                            resp.read(len(body)) == body])
+        return out
+    finally:
+        app.close()
+
+
+def test_a_large_answer_edited_by_a_rule_stays_in_the_room_kept_for_it() -> None:
+    """An answer whose first read fills the buffer up to the room kept for the node's
+    lines (`Connection: close`, a rule's response edits): the lines go in that room, and
+    the debug build's check that framing stays below the cap stopped the engine."""
+    assert in_child(_large_answers_edited) == [[["r0"], True], [["r0"], True]]
