@@ -52,12 +52,16 @@ cdef bint _path_holds(const RouteEntry* e, const char* path, size_t n) noexcept 
 
 cdef bint _header_holds(const RouteStr* m, const char* head, const ReqHead* req) noexcept nogil:
     """The request's fields named m.name (without case): none, no match; one, its
-    value; several, their values joined by ","."""
+    value; several, their values joined by ",". Host, of an absolute-form request, is
+    its target's authority: the Host it is sent on with (_absolute_form), not the one
+    the client wrote."""
     cdef char joined[_ROUTE_JOIN_MAX]
     cdef size_t used = 0
     cdef uint32_t i, seen = 0
     cdef const Field* f
     cdef const Field* first = NULL
+    if req.target_form == TARGET_ABSOLUTE and _name_eq(&m.name, b"host", 4):
+        return _str_holds(m, head + req.authority.off, req.authority.len)
     for i in range(req.header_count):
         f = &req.headers[i]
         if not _name_eq(&m.name, head + f.name.off, f.name.len):

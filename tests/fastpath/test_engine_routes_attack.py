@@ -346,3 +346,25 @@ def test_a_large_answer_edited_by_a_rule_stays_in_the_room_kept_for_it() -> None
     lines (`Connection: close`, a rule's response edits): the lines go in that room, and
     the debug build's check that framing stays below the cap stopped the engine."""
     assert in_child(_large_answers_edited) == [[["r0"], True], [["r0"], True]]
+
+
+def test_a_host_match_reads_the_host_an_absolute_form_request_is_sent_with(mesh: Mesh) -> None:
+    """An absolute-form request is sent on with its target's authority for Host (RFC 9112
+    §3.2.2), but a rule's Host match read the Host field the client wrote: matched as
+    one host, the app got it as another."""
+    t, ix = mesh.outbound()
+    s = t.add_route_set(ix["backend"])
+    t.add_route_match(s, t.add_route_rule("demo/long", [(ix["v2"], 1)]),
+                      headers=[("Exact", "Host", "backend.demo")])
+    t.add_route_match(s, t.add_route_rule("demo/rest", [(ix["v1"], 1)]))
+    mesh.out_node.install(t)
+    for target, host, sent, version in (
+            (b"http://backend/x", b"backend.demo", "backend", "v1"),
+            (b"http://backend.demo/x", b"backend", "backend.demo", "v2"),
+            (b"/x", b"backend.demo", "backend.demo", "v2"),
+            (b"/x", b"backend", "backend", "v1")):
+        reply = exchange(mesh, b"GET " + target + b" HTTP/1.1\r\nHost: " + host
+                         + b"\r\nConnection: close\r\n\r\n")
+        body = json.loads(reply.partition(b"\r\n\r\n")[2])
+        assert ["host", sent] in body["headers"], body
+        assert body["version"] == version, (target, host, body)
