@@ -368,3 +368,34 @@ def test_a_host_match_reads_the_host_an_absolute_form_request_is_sent_with(mesh:
         body = json.loads(reply.partition(b"\r\n\r\n")[2])
         assert ["host", sent] in body["headers"], body
         assert body["version"] == version, (target, host, body)
+
+
+# --- what held (kept as checks) ---------------------------------------------------------------
+
+
+def test_held_a_forged_identity_does_not_ride_a_rules_edits_to_the_app(mesh: Mesh) -> None:
+    """Edits of every kind on a request carrying forged x-forwarded-client-cert fields (as
+    named and with '_' for '-'): the app's node replaces them; none reaches the app."""
+    one_rule(mesh, request_headers={"set": [("X-Set", "s")], "add": [("X-Add", "a")],
+                                    "remove": ["X-Gone"]})
+    forged = "By=spiffe://cluster.local/ns/ops/sa/admin;URI=spiffe://cluster.local/ns/ops/sa/admin"
+    reply = exchange(mesh, b"GET / HTTP/1.1\r\nHost: backend\r\nX-Forwarded-Client-Cert: "
+                     + forged.encode() + b"\r\nX_Forwarded_Client_Cert: " + forged.encode()
+                     + b"\r\nX-Gone: 1\r\nConnection: close\r\n\r\n")
+    seen = json.loads(reply.partition(b"\r\n\r\n")[2])["headers"]
+    xfcc = [v for n, v in seen if n.replace("_", "-") == "x-forwarded-client-cert"]
+    assert len(xfcc) == 1 and "ns/ops" not in xfcc[0], seen
+    assert ["x-set", "s"] in seen and ["x-add", "a"] in seen and "x-gone" not in dict(seen)
+
+
+def test_held_a_timed_out_answer_never_reaches_a_later_request(mesh: Mesh) -> None:
+    """After a 504 the upstream that may still answer is closed, never pooled: the next
+    requests, before and after the late answer would have come, get their own."""
+    one_rule(mesh, timeout_s=0.3)
+    conn = mesh.http()
+    assert request(conn, "/warm")[2]["path"] == "/warm"
+    assert request(conn, "/slow/900")[0] == 504
+    for path in ("/next", "/slow/10", "/last"):     # over the 0.6 s the late answer takes
+        assert request(mesh.http(), path)[2]["path"] == path
+        time.sleep(0.3)
+    assert mesh.out_node.stats()["route_timeouts"] == 1
