@@ -67,6 +67,16 @@ def one_rule(m: Mesh, **rule: Any) -> None:
     m.out_node.install(t)
 
 
+def v2_when(m: Mesh, **match: Any) -> None:
+    """Requests to "backend" that `match` (add_route_match's options) holds for go to v2,
+    all others to v1."""
+    t, ix = m.outbound()
+    s = t.add_route_set(ix["backend"])
+    t.add_route_match(s, t.add_route_rule("demo/match", [(ix["v2"], 1)]), **match)
+    t.add_route_match(s, t.add_route_rule("demo/rest", [(ix["v1"], 1)]))
+    m.out_node.install(t)
+
+
 def route_tags(answers: bytes) -> list[bytes]:
     """The x-route field of each answer, in order (a route's edits write names lowercase)."""
     return re.findall(rb"\r\nx-route: ([^\r]*)\r\n", answers)
@@ -247,11 +257,7 @@ def test_an_absolute_form_target_without_a_path_is_matched_as_the_slash_it_is_se
         mesh: Mesh, target: bytes) -> None:
     """The node sends "http://backend" on as "/" (RFC 9112 §3.2.2), but matched the empty
     path: an Exact "/" rule did not take it, and it went where "/" does not."""
-    t, ix = mesh.outbound()
-    s = t.add_route_set(ix["backend"])
-    t.add_route_match(s, t.add_route_rule("demo/root", [(ix["v2"], 1)]), path=("Exact", "/"))
-    t.add_route_match(s, t.add_route_rule("demo/rest", [(ix["v1"], 1)]))
-    mesh.out_node.install(t)
+    v2_when(mesh, path=("Exact", "/"))
     reply = exchange(mesh, b"GET " + target + b" HTTP/1.1\r\nHost: backend\r\n"
                      b"Connection: close\r\n\r\n")
     body = json.loads(reply.partition(b"\r\n\r\n")[2])
@@ -352,12 +358,7 @@ def test_a_host_match_reads_the_host_an_absolute_form_request_is_sent_with(mesh:
     """An absolute-form request is sent on with its target's authority for Host (RFC 9112
     §3.2.2), but a rule's Host match read the Host field the client wrote: matched as
     one host, the app got it as another."""
-    t, ix = mesh.outbound()
-    s = t.add_route_set(ix["backend"])
-    t.add_route_match(s, t.add_route_rule("demo/long", [(ix["v2"], 1)]),
-                      headers=[("Exact", "Host", "backend.demo")])
-    t.add_route_match(s, t.add_route_rule("demo/rest", [(ix["v1"], 1)]))
-    mesh.out_node.install(t)
+    v2_when(mesh, headers=[("Exact", "Host", "backend.demo")])
     for target, host, sent, version in (
             (b"http://backend/x", b"backend.demo", "backend", "v1"),
             (b"http://backend.demo/x", b"backend", "backend.demo", "v2"),
