@@ -108,17 +108,30 @@ cdef bint _adopt(Core* core, Conn* c) noexcept nogil:
     return True
 
 
+cdef inline bint _rules_in_flight(const Conn* c) noexcept nogil:
+    """Is a request of the pair's still unanswered that a route's rule took? Its answer
+    is edited by that rule, which Conn.pend_rule names by its index in the pair's table."""
+    cdef uint32_t i
+    for i in range(c.n_pend):
+        if c.pend_rule[(c.pend_first + i) % ENGINE_HTTP_PIPELINE_MAX] >= 0:
+            return True
+    return False
+
+
 cdef bint _outbound_rebind(Core* core, Conn* c) noexcept nogil:
     """Outbound HTTP pair with an upstream: move it to the current table in place when
     that upstream is one the table would give it (same destination, same address, the
-    same identity); False when it is not."""
+    same identity); False when it is not, or when requests a rule took are in flight:
+    they finish on the table that routed them (the next one waits for their answers and
+    a switch), as an index of that table's rules would name another rule in `t`, or
+    none (a pipelined request after a push had the one before it edited so)."""
     cdef Table* t = core.table
     cdef Service* a = &c.table.services[c.service]
     cdef uint16_t principal = 0
     cdef int32_t ns = -1
     cdef int64_t k
     cdef Endpoint* ep
-    if c.up.ssl == NULL or c.u2d.eof or not c.reusable:
+    if c.up.ssl == NULL or c.u2d.eof or not c.reusable or _rules_in_flight(c):
         return False
     if _client_identity(core, c, t, &principal, &ns) != c.client_ctx:
         return False
@@ -128,14 +141,16 @@ cdef bint _outbound_rebind(Core* core, Conn* c) noexcept nogil:
     k = _service_in(t, a, c.service)
     if k < 0:
         return False
-    if c.flags & CONN_FIXED_SERVICE:
-        c.parent = _listener_in(t, c.lfd).service
     ep = _endpoint_in(&t.services[k], &a.endpoints[c.endpoint])
     if ep == NULL:
         return False
     if c.flags & CONN_EP_BOUND:
         # `ep` counts the pair already (carried over at the swap); the old one lets go.
         _load_add(core, c, &a.endpoints[c.endpoint], -<int32_t>c.ep_load, -1)
+    if c.flags & CONN_FIXED_SERVICE:
+        # (Only once the pair moves: an index of `t` on a pair left on its old table
+        # would name another service there.)
+        c.parent = _listener_in(t, c.lfd).service
     c.service = <uint32_t>k
     c.endpoint = <uint32_t>(ep - t.services[k].endpoints)
     c.local_principal = principal

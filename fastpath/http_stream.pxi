@@ -897,6 +897,11 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     and c.table.rules[c.pend_rule[c.pend_first]].n_response_edits > 0):
                 rc = _response_edits(core, c, &resp, start)
                 if rc < 0:
+                    core.counters.http_bad_response += 1
+                    if c.resp_fwd == 0:
+                        _http_reply(core, c, 502, b"response head cannot be rewritten for "
+                                    b"the client\n", -1)
+                        return STATUS_CLOSE
                     return STATUS_RESET
             c.resp_fwd += <uint32_t>rc
             if resp.status < 200 and resp.status != 101:
@@ -991,7 +996,10 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
         else:
             c.flags |= CONN_CLIENT_GONE
             return STATUS_RESET
-    _invariant(f.head + c.resp_fwd <= f.tail and f.tail <= cap, b"http response framing out of the buffer")
+    # (Reads stop at `cap`; the lines the node adds to a head, `Connection: close` and a
+    # route's response edits, go into the room kept above it.)
+    _invariant(f.head + c.resp_fwd <= f.tail and f.tail <= core.buffer_bytes,
+               b"http response framing out of the buffer")
     if f.buf != NULL and f.head == f.tail:
         _buf_put(core, f.buf)
         f.buf = NULL

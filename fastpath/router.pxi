@@ -152,10 +152,17 @@ cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
     cdef net.epoll_event ev
     # The head was edited for the first hop (hop-by-hop fields gone, an absolute-form
     # target made origin-form): routing it by its Host again could pick another service.
-    # The service stays; so does the first request's start, for its latency.
+    # The service stays; so do the first request's start, for its latency, and its
+    # rule (not the last framed request's: the head is edited again by it, its answer
+    # and timeout are that rule's). A route decided for a request behind it is decided
+    # again as that one is framed again.
     c.reroute_start_ns = c.pend_start_ns[c.pend_first] if c.n_pend > 0 else core.now_ns
+    if c.n_pend > 0:
+        c.req_rule = c.pend_rule[c.pend_first]
+    c.req_deadline_ns = 0
     c.flags |= CONN_REROUTED
-    c.flags &= ~(CONN_RETRYABLE | CONN_TICKET_WAIT | CONN_OFFERED_SESSION | CONN_SETTING_UP)
+    c.flags &= ~(CONN_RETRYABLE | CONN_TICKET_WAIT | CONN_OFFERED_SESSION | CONN_SETTING_UP
+                 | CONN_ROUTE_DECIDED)
     _load_release(core, c)
     _side_close(&c.up, False)
     c.up.readable = True

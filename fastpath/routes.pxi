@@ -52,12 +52,16 @@ cdef bint _path_holds(const RouteEntry* e, const char* path, size_t n) noexcept 
 
 cdef bint _header_holds(const RouteStr* m, const char* head, const ReqHead* req) noexcept nogil:
     """The request's fields named m.name (without case): none, no match; one, its
-    value; several, their values joined by ","."""
+    value; several, their values joined by ",". Host, of an absolute-form request, is
+    its target's authority: the Host it is sent on with (_absolute_form), not the one
+    the client wrote."""
     cdef char joined[_ROUTE_JOIN_MAX]
     cdef size_t used = 0
     cdef uint32_t i, seen = 0
     cdef const Field* f
     cdef const Field* first = NULL
+    if req.target_form == TARGET_ABSOLUTE and _name_eq(&m.name, b"host", 4):
+        return _str_holds(m, head + req.authority.off, req.authority.len)
     for i in range(req.header_count):
         f = &req.headers[i]
         if not _name_eq(&m.name, head + f.name.off, f.name.len):
@@ -165,6 +169,11 @@ cdef int _route_pick(Core* core, Conn* c, uint32_t parent, const char* head,
         query = mark + 1
         query_len = path_len - <size_t>(query - path)
         path_len = <size_t>(mark - path)
+    if path_len == 0:
+        # An absolute-form target without one ("http://h", "http://h?q"): it is sent
+        # on as "/" (_origin_form), and matched so.
+        path = b"/"
+        path_len = 1
     for i in range(s.first_entry, s.first_entry + s.n_entries):
         if _entry_holds(&t.entries[i], head, req, path, path_len, query, query_len):
             break
@@ -195,8 +204,10 @@ cdef int64_t _route_edit(char* buf, uint32_t total, uint32_t cap, const HeaderEd
     """A rule's header edits on the head at buf[0:total] (the rest of the buffer up to
     `cap` is room): removals, then sets (the name's fields go, one line comes), then
     additions, each on the head as the previous one left it (parsed again). Returns the
-    head's change in length, or INT64_MAX when an addition does not fit (nothing is
-    sent with half its edits: the caller waits for room or refuses the request)."""
+    head's change in length, or INT64_MAX when an addition does not fit or the head it
+    makes is one the parser refuses (more field lines, or bytes, than its limits take:
+    the next hop would refuse it as well); nothing is sent with half its edits, the
+    caller waits for room or refuses the message."""
     cdef int64_t delta = 0
     cdef uint32_t i, cut, head_len
     cdef int added
@@ -226,10 +237,13 @@ cdef int64_t _route_edit(char* buf, uint32_t total, uint32_t cap, const HeaderEd
                     return INT64_MAX
                 total += <uint32_t>added
                 delta += added
+            # A refused parse leaves the head's length 0: the next edit would work at
+            # offset -2 (a client's 100 field lines and a rule adding two crashed the node).
             if response:
-                parse_response_head(buf, total, resp, limits, method)
-            else:
-                parse_request_head(buf, total, req, limits)
+                if parse_response_head(buf, total, resp, limits, method) <= 0:
+                    return INT64_MAX
+            elif parse_request_head(buf, total, req, limits) <= 0:
+                return INT64_MAX
     return delta
 
 
@@ -244,12 +258,14 @@ cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
     """The request rule's header edits on the head at d2u.buf + base (its earlier edits
     counted in `delta`, which this folds into a parse of the head as it stands).
     STATUS_OK; STATUS_AGAIN: no room yet (bytes before it are still to be sent); or
-    STATUS_RESET: no room will come (431)."""
+    STATUS_RESET: no room will come, or the edited head is over the parser's limits (431)."""
     cdef const RouteRule* r = &c.table.rules[c.req_rule]
     cdef Flow* f = &c.d2u
     cdef int64_t grow
     if delta[0] != 0:
-        parse_request_head(f.buf + base, f.tail - base, req, &core.http_limits)
+        # (An absolute-form head may have gained a Host line: one over the limit.)
+        if parse_request_head(f.buf + base, f.tail - base, req, &core.http_limits) <= 0:
+            return STATUS_RESET
         delta[0] = 0
     if f.tail + r.request_grow > core.buffer_bytes:
         # All or nothing: a head never goes on with half its edits, nor gets one twice.
@@ -260,7 +276,7 @@ cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
                        r.request_edits, r.n_request_edits, False, req, NULL,
                        &core.http_limits, METHOD_OTHER)
     if grow == INT64_MAX:
-        return STATUS_RESET             # (cannot happen: the room was checked)
+        return STATUS_RESET             # edited, it is over the parser's limits (431)
     f.tail = <uint32_t>(f.tail + grow)
     return STATUS_OK
 
@@ -268,12 +284,14 @@ cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
 cdef int _response_edits(Core* core, Conn* c, RespHead* resp, uint32_t start) noexcept nogil:
     """The answered request's rule's response edits on the final response head at
     u2d.buf + start (room for them was kept: _u2d_cap). The head's length after them,
-    or -1 when they did not fit."""
+    or -1 when they did not fit or made a head over the parser's limits."""
     cdef const RouteRule* r = &c.table.rules[c.pend_rule[c.pend_first]]
     cdef Flow* f = &c.u2d
     cdef Method method = <Method>c.pend_method[c.pend_first]
     cdef int64_t grow
-    parse_response_head(f.buf + start, f.tail - start, resp, &core.http_limits, method)
+    # (Its `Connection: close` may have made it one line over the limit.)
+    if parse_response_head(f.buf + start, f.tail - start, resp, &core.http_limits, method) <= 0:
+        return -1
     grow = _route_edit(f.buf + start, f.tail - start, core.buffer_bytes - start,
                        r.response_edits, r.n_response_edits, True, NULL, resp,
                        &core.http_limits, method)
@@ -295,9 +313,13 @@ cdef void _request_timed_out(Core* core, Conn* c) noexcept nogil:
     """A route's timeout came before the oldest pending request's answer was whole: 504
     when nothing of that answer went to the client yet (the upstream is dropped, it may
     still be answering), else the client's connection is cut (the answer began: a
-    status cannot be sent any more), as Envoy resets a stream it timed out."""
-    core.counters.route_timeouts += 1
+    status cannot be sent any more), as Envoy resets a stream it timed out. Behind an
+    answer that runs until the upstream closes (or a tunnel) nothing will be answered,
+    and that answer is another request's: it is not cut, the timeout is dropped."""
     c.req_deadline_ns = 0
+    if c.resp_phase == RESP_CLOSE or c.resp_phase == RESP_TUNNEL:
+        return
+    core.counters.route_timeouts += 1
     c.reusable = False
     if (c.resp_phase == RESP_HEAD and c.resp_fwd == 0
             and (c.u2d.buf == NULL or c.u2d.head == c.u2d.tail)):

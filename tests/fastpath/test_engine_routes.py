@@ -11,6 +11,7 @@ certificates from meshnode.identity.pki; every wait has a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -46,12 +47,16 @@ class PKI:
     backend: Creds
 
 
-@pytest.fixture(scope="module")
-def mesh_pki() -> PKI:
+def new_pki() -> PKI:
     root = pki.make_root("engine routes test root", TRUST_DOMAIN)
     issuer = pki.make_issuer(*root, "node-a", 86400)
     return PKI(pki.cert_pem(root[0]), issue(issuer, FRONTEND_ID), issue(issuer, OTHER_NS_ID),
                issue(issuer, BACKEND_ID))
+
+
+@pytest.fixture(scope="module")
+def mesh_pki() -> PKI:
+    return new_pki()
 
 
 def client_ctx(p: PKI, creds: Creds | None = None) -> tls.TLSContext:
@@ -122,10 +127,13 @@ class Mesh:
                                 identity=BACKEND_ID, protocol="HTTP")
         return t
 
-    def outbound(self, callers: bool = False) -> tuple[fe.RouteTable, dict[str, int]]:
+    def outbound(self, callers: bool = False, ctx: tls.TLSContext | None = None,
+                 ) -> tuple[fe.RouteTable, dict[str, int]]:
         """A table with service "backend" (hosts backend, backend.demo[.svc], port 80)
         and its versions as services of their own; routes are the test's to add.
-        `callers`: tell callers apart by address (127.0.0.2: demo, 127.0.0.3: shop)."""
+        `callers`: tell callers apart by address (127.0.0.2: demo, 127.0.0.3: shop).
+        `ctx`: the frontend's client context (a node keeps one across pushes, and a
+        pair then moves to the next table in place); a new one when None."""
         t = fe.RouteTable()
         ep = [("127.0.0.1", port_of(self.in_sock))]
         index = {"backend": t.add_service("demo/backend:http", "http.backend-v1.demo.svc",
@@ -135,7 +143,8 @@ class Mesh:
                                      [BACKEND_ID], ep)
         for host in ("backend", "backend.demo", "backend.demo.svc"):
             t.add_host(host, index["backend"], 80)
-        t.set_outbound_http(self.http_sock.fileno(), None if callers else client_ctx(self.pki),
+        t.set_outbound_http(self.http_sock.fileno(),
+                            None if callers else ctx or client_ctx(self.pki),
                             None if callers else FRONTEND_ID)
         if callers:
             t.add_source("127.0.0.2", client_ctx(self.pki), FRONTEND_ID)
@@ -149,19 +158,28 @@ class Mesh:
         return conn
 
 
+@contextlib.contextmanager
+def running_mesh(p: PKI) -> Iterator[Mesh]:
+    """Both nodes running, the app's node routing to both versions' apps."""
+    m = Mesh(p, Node(), Node(), {v: App(v) for v in VERSIONS}, listener(), listener())
+    try:
+        m.in_node.install(m.inbound_table())
+        yield m
+    finally:
+        m.out_node.stop()
+        m.in_node.stop()
+        for c in m.clients:
+            c.close()
+        for app in m.apps.values():
+            app.close()
+        m.http_sock.close()
+        m.in_sock.close()
+
+
 @pytest.fixture
 def mesh(mesh_pki: PKI) -> Iterator[Mesh]:
-    m = Mesh(mesh_pki, Node(), Node(), {v: App(v) for v in VERSIONS}, listener(), listener())
-    m.in_node.install(m.inbound_table())
-    yield m
-    m.out_node.stop()
-    m.in_node.stop()
-    for c in m.clients:
-        c.close()
-    for app in m.apps.values():
-        app.close()
-    m.http_sock.close()
-    m.in_sock.close()
+    with running_mesh(mesh_pki) as m:
+        yield m
 
 
 def request(conn: http.client.HTTPConnection, path: str = "/", method: str = "GET",
