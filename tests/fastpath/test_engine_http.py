@@ -503,8 +503,11 @@ def test_a_failed_over_request_keeps_its_service_and_its_latency(mesh: Mesh) -> 
         t.set_timeouts(0.3, 60.0)
         backend = t.add_service("demo/backend:http", SNI, [BACKEND_ID],
                                 [("127.0.0.1", mesh.in_port)])
+        # Round robin: the silent endpoint is tried first (the default balancer picks
+        # either), so the request must fail over.
         other = t.add_service("demo/other:http", OTHER_SNI, [BACKEND_ID],
-                              [("127.0.0.1", port_of(silent)), ("127.0.0.1", mesh.in_port)])
+                              [("127.0.0.1", port_of(silent)), ("127.0.0.1", mesh.in_port)],
+                              balancer="round-robin")
         t.set_outbound_http(mesh.http_sock.fileno(), client_ctx(mesh.pki))
         t.add_host("backend", backend, 80)
         t.add_host("other", other, 80)
