@@ -211,18 +211,13 @@ http {{
 
 # --- meshnode -----------------------------------------------------------------------
 
-def meshnode_resources(app_port: int) -> str:
-    """Service app.bench (port 8080, HTTP) and its one Workload: the app nginx.
-
-    No Mesh resource: the defaults apply (trust domain cluster.local, STRICT mTLS).
-    """
+def _service(name: str) -> str:
+    """A Service `name` selecting the app's workload, port SERVICE_PORT declared HTTP."""
     return f"""\
-# The meshnode side of the sidecar-pair benchmark: one service, one workload (the app nginx).
-# Load goes to the node's outbound port (port-base+1) with `Host: {SNI}`.
 apiVersion: meshnode.io/v1alpha1
 kind: Service
 metadata:
-  name: {SERVICE}
+  name: {name}
   namespace: {NAMESPACE}
 spec:
   selector:
@@ -231,6 +226,18 @@ spec:
     - name: http
       port: {SERVICE_PORT}
       protocol: HTTP
+"""
+
+
+def meshnode_resources(app_port: int) -> str:
+    """Service app.bench (port 8080, HTTP) and its one Workload: the app nginx.
+
+    No Mesh resource: the defaults apply (trust domain cluster.local, STRICT mTLS).
+    """
+    return f"""\
+# The meshnode side of the sidecar-pair benchmark: one service, one workload (the app nginx).
+# Load goes to the node's outbound port (port-base+1) with `Host: {SNI}`.
+{_service(SERVICE)}\
 ---
 apiVersion: meshnode.io/v1alpha1
 kind: Workload
@@ -257,21 +264,7 @@ def meshnode_routes() -> str:
     HTTPRoute on app with ROUTE_RULES rules. The first ones match on a path and a header
     the load never sends, so each request is judged against all of them; the last one
     (every path) splits 90/10 between the version Services: the route's worst case."""
-    services = "".join(f"""\
----
-apiVersion: meshnode.io/v1alpha1
-kind: Service
-metadata:
-  name: {SERVICE}-{v}
-  namespace: {NAMESPACE}
-spec:
-  selector:
-    app: {SERVICE}
-  ports:
-    - name: http
-      port: {SERVICE_PORT}
-      protocol: HTTP
-""" for v in ("v1", "v2"))
+    services = "".join(f"---\n{_service(f'{SERVICE}-{v}')}" for v in ("v1", "v2"))
     rules = "".join(f"""\
     - matches:
         - path:
