@@ -210,7 +210,6 @@ cdef struct RouteEntry:            # one match of one rule
     Name path
     void* path_regex               # MATCH_REGEX: its compiled program (owned)
     int32_t method                 # http1 Method; -1: any
-    Name method_name               # METHOD_OTHER: the token (exact)
     RouteStr* headers
     uint32_t n_headers
     RouteStr* query

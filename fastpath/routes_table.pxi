@@ -17,6 +17,8 @@ _UNEDITABLE_RESPONSE = frozenset((
 
 _MATCH_KINDS = {"exact": MATCH_EXACT, "pathprefix": MATCH_PREFIX, "prefix": MATCH_PREFIX,
                 "regularexpression": MATCH_REGEX, "regex": MATCH_REGEX}
+_MATCH_NAMES = {MATCH_EXACT: "Exact", MATCH_PREFIX: "PathPrefix",
+                MATCH_REGEX: "RegularExpression"}
 _METHODS = {"GET": METHOD_GET, "HEAD": METHOD_HEAD, "POST": METHOD_POST, "PUT": METHOD_PUT,
             "DELETE": METHOD_DELETE, "CONNECT": METHOD_CONNECT, "OPTIONS": METHOD_OPTIONS,
             "TRACE": METHOD_TRACE, "PATCH": METHOD_PATCH}
@@ -47,7 +49,7 @@ cdef uint8_t _match_kind(object kind, tuple allowed, str what) except 255:
     k = _MATCH_KINDS.get(str(kind).lower())
     if k is None or k not in allowed:
         raise ValueError("%s: match type %r is not one of %s" % (what, kind, ", ".join(
-            name for name, v in _MATCH_KINDS.items() if v in allowed and name[0].isupper())))
+            _MATCH_NAMES[v] for v in allowed)))
     return k
 
 
@@ -258,13 +260,13 @@ cdef int _routes_build(Table* t, list sets, list rules) except -1:
             _strs_set(&e.headers, &e.n_headers, headers)
             _strs_set(&e.query, &e.n_query, query)
     for i in range(t.n_listeners):
-        t.listeners[i].ns = _namespace_of(t, &t.listeners[i].identity, ns_index)
+        t.listeners[i].ns = _namespace_of(&t.listeners[i].identity, ns_index)
     for i in range(t.n_sources):
-        t.sources[i].ns = _namespace_of(t, &t.sources[i].identity, ns_index)
+        t.sources[i].ns = _namespace_of(&t.sources[i].identity, ns_index)
     return 0
 
 
-cdef int32_t _namespace_of(Table* t, const Name* identity, dict ns_index):
+cdef int32_t _namespace_of(const Name* identity, dict ns_index):
     if identity.length == 0:
         return -1
     ns = _identity_namespace(identity.data[:identity.length])
