@@ -557,6 +557,15 @@ class Rep(Node):
         return "(?:" + self.body.render(dialect, flags) + ")" + self.op
 
 
+def _takes_from_alphabet(cls: Cls) -> bool:
+    """A class that takes no character of ALPHABET, with or without (?i), leaves nothing for
+    Hypothesis's from_regex to draw: it fails inside, with an internal assertion under (?i)
+    rather than InvalidArgument. The other generated-pattern tests keep such classes."""
+    py = cls.render("py", "")
+    return all(any(re.fullmatch(py, ch, re.ASCII | case) for ch in ALPHABET)
+               for case in (re.NOFLAG, re.IGNORECASE))
+
+
 chars = st.sampled_from(ALPHABET)
 leaves = st.one_of(
     st.builds(Lit, chars, st.booleans()),
@@ -583,6 +592,10 @@ def _extend(inner):
 
 
 patterns = st.recursive(leaves, _extend, max_leaves=8)
+# For drawing matching strings: classes that take no character of ALPHABET are left out.
+drawable_patterns = st.recursive(
+    leaves.filter(lambda leaf: not isinstance(leaf, Cls) or _takes_from_alphabet(leaf)),
+    _extend, max_leaves=8)
 
 
 def _both(node: Node) -> tuple[str, str]:
@@ -608,7 +621,7 @@ def test_agrees_with_python_re_on_generated_patterns(node, texts):
 
 @settings(max_examples=200, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(patterns, st.data())
+@given(drawable_patterns, st.data())
 def test_agrees_with_python_re_on_strings_its_pattern_matches(node, data):
     re2, py = _both(node)
     ref = re.compile(py, re.ASCII)
