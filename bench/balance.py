@@ -10,9 +10,9 @@ out of the tail: p99 at least 3x lower than round robin's with one endpoint of t
 How: this process runs an outbound engine (the HTTP outbound listener) and one inbound
 engine per endpoint (each its own inbound port, so its own endpoint), each in front of
 its own app: a small asyncio HTTP/1.1 server in a process of its own, the first one
-answering `--delay-ms` late. wrk (`-H "Connection: close"`: a new client connection per
-request, so every request is balanced; a kept-alive client connection keeps the upstream
-its first request was given) loads the outbound listener. Each balancer gets a fresh
+answering `--delay-ms` late. wrk loads the outbound listener, by default with
+`-H "Connection: close"` (a new client connection per request); `--keepalive` keeps its
+connections open, so the balancer's per-request choice on a kept upstream is measured. Each balancer gets a fresh
 outbound engine (no latency estimate carried from the run before), an unrecorded
 `--warmup` (peak EWMA learns with a 10 s decay: the estimates start at the 30 ms default
 RTT), then the recorded run. Each app counts what it served: the slow one's share is
@@ -157,10 +157,11 @@ class Mesh:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def wrk(port: int, seconds: int, connections: int) -> dict[str, float]:
+def wrk(port: int, seconds: int, connections: int, keepalive: bool) -> dict[str, float]:
+    close = [] if keepalive else ["-H", "Connection: close"]
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", "Host: app",
-         "-H", "Connection: close", f"http://127.0.0.1:{port}/"],
+         *close, f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     figures = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     for pct in ("50", "99"):
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=20, help="unrecorded seconds before each")
     ap.add_argument("--connections", type=int, default=16, help="wrk -c")
     ap.add_argument("--balancers", default=",".join(BALANCERS))
+    ap.add_argument("--keepalive", action="store_true",
+                    help="keep client connections open (balanced per request, not per connection)")
     args = ap.parse_args(argv)
     if args.app is not None:
         run_app(args.app)
@@ -193,15 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         ports = [int(p.stdout.readline()) for p in apps]
         mesh = Mesh(ports)
         print(f"{args.endpoints} endpoints, the first +{args.delay_ms:g} ms; wrk -c{args.connections}, "
-              f"a connection per request; {args.warmup} s warm-up, {args.duration} s recorded")
+              f"{'kept-alive connections' if args.keepalive else 'a connection per request'}; "
+              f"{args.warmup} s warm-up, {args.duration} s recorded")
         print(f"{'balancer':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'slow share':>11}")
         results = {}
         for balancer in args.balancers.split(","):
             _, port = mesh.fresh(balancer)
             if args.warmup:
-                wrk(port, args.warmup, args.connections)
+                wrk(port, args.warmup, args.connections, args.keepalive)
             before = [app_count(p) for p in ports]
-            figures = wrk(port, args.duration, args.connections)
+            figures = wrk(port, args.duration, args.connections, args.keepalive)
             served = [app_count(p) - b for p, b in zip(ports, before)]
             share = served[0] / max(1, sum(served))
             results[balancer] = figures

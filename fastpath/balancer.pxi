@@ -99,6 +99,34 @@ cdef uint32_t _pick_endpoint(Core* core, Service* svc, bint by_latency) noexcept
     return _pick_p2c(core, svc, by_latency)
 
 
+cdef bint _rebalance(Core* core, Conn* c) noexcept nogil:
+    """Whether the next request framed on c's kept upstream should go to another
+    endpoint instead. Linkerd balances each request; a client connection here holds one
+    upstream, and a keep-alive client would otherwise stay with the endpoint its first
+    request was given, however slow it became. So peak-EWMA P2C draws its two choices
+    again for each request, and the request leaves its upstream (a switch, as for
+    another backend: the upstream goes back to the pool) only when the pick costs less
+    than half of it, or its endpoint is passed over: the margin keeps endpoints of like
+    cost from trading the connection back and forth (each switch costs a few system
+    calls). Other balancers keep their per-connection choice; so does a pair on an
+    older table (it moves to the current one at a request boundary, carry.pxi)."""
+    cdef Service* svc = &c.table.services[c.service]
+    cdef Endpoint* cur
+    cdef uint32_t k
+    if (svc.n_endpoints < 2 or svc.balancer != BALANCE_P2C_EWMA
+            or not (c.flags & CONN_EP_BOUND) or c.table != core.table):
+        return False
+    cur = &svc.endpoints[c.endpoint]
+    k = _pick_p2c(core, svc, True)
+    if k == c.endpoint:
+        return False
+    if _endpoint_up(core, cur) and not (
+            2.0 * _p2c_cost(core, svc, &svc.endpoints[k], True) < _p2c_cost(core, svc, cur, True)):
+        return False
+    core.counters.http_rebalanced += 1
+    return True
+
+
 cdef void _load_add(Core* core, Conn* c, Endpoint* ep, int32_t delta,
                     double sample_ns) noexcept nogil:
     if delta < 0 and <uint32_t>(-delta) > ep.outstanding:

@@ -664,6 +664,9 @@ cdef struct Counters:
     # endpoints passed over by the round robin after a failure (ENGINE_EJECT_*).
     uint64_t upstream_failovers
     uint64_t endpoint_ejections
+    # Requests on a kept-alive client connection that the balancer moved to another
+    # endpoint than its upstream's (balancer.pxi _rebalance).
+    uint64_t http_rebalanced
     # Answers by class (index status // 100 - 1: 1xx is 101 only), the engine's own
     # replies included; latency: request framed → response framed to its end, upstream
     # answers only, log-linear microsecond buckets (Engine.latency_bounds_us()).

@@ -545,6 +545,7 @@ cdef class Engine:
         out["http_upstream_retried"] = snap.http_upstream_retried
         out["upstream_failovers"] = snap.upstream_failovers
         out["endpoint_ejections"] = snap.endpoint_ejections
+        out["http_rebalanced"] = snap.http_rebalanced
         for i in range(5):
             out["http_responses_%dxx" % (i + 1)] = snap.http_responses[i]
         out["http_latency_us"] = [snap.http_latency_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]

@@ -612,7 +612,8 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 # Outbound, each request is routed on its own: the shared listener's by
                 # the service its Host names (a service port's own listener: that
                 # service), then by that service's routes to a backend. One for another
-                # backend waits for a switch, its route decided (inbound: the SNI chose
+                # backend, or that its balancer moves to another endpoint (_rebalance),
+                # waits for a switch, its route decided (inbound: the SNI chose
                 # the one local service).
                 if c.flags & CONN_FIXED_SERVICE:
                     parent = c.parent
@@ -630,7 +631,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                         return STATUS_OK
                     parent = e.service
                 rst = _route_pick(core, c, parent, f.buf + start, &req, &backend, &rule)
-                if rst != 0 or backend != c.service:
+                if rst != 0 or backend != c.service or _rebalance(core, c):
                     c.flags |= CONN_ROUTE_DECIDED
                     c.decided_service, c.decided_rule, c.decided_status = backend, rule, rst
                     c.switching = True

@@ -3,8 +3,9 @@ service goes to, as a user of the mesh sees it.
 
 An outbound engine (the HTTP listener) and three inbound engines, each its own endpoint
 (its own inbound port) in front of its own app that answers with its name; one app can
-be made slow. Every request is its own client connection (Connection: close), so each
-is balanced; the tests count which app answered. Real engines, sockets and mTLS as in
+be made slow. Most requests are their own client connection (Connection: close), so each
+is balanced at setup; the kept-alive tests check the per-request choice on a kept
+upstream. The tests count which app answered. Real engines, sockets and mTLS as in
 test_engine_http.py, whose PKI and Node these use.
 """
 
@@ -239,6 +240,41 @@ def test_p2c_ewma_under_concurrent_load_spares_a_slow_endpoint(make_farm: MakeFa
     served = farm.spread(80, clients=8)
     # Latency and requests in flight both weigh against the slow one.
     assert served["app0"] <= 12, served
+
+
+def _kept_alive_tags(farm: Farm, slow_after_first: float, requests: int) -> list[str]:
+    """The apps that answered `requests` requests on one kept-alive client connection;
+    the app answering the first turns `slow_after_first` s slow from the second on."""
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(farm.http_sock), timeout=TIMEOUT_S)
+    tags = []
+    try:
+        for _ in range(requests):
+            conn.request("GET", "/", headers={"Host": "backend"})
+            resp = conn.getresponse()
+            assert resp.status == 200
+            tags.append(resp.read().decode())
+            if len(tags) == 1:
+                farm.endpoints[int(tags[0][3:])][2].server.delay_s = slow_after_first
+    finally:
+        conn.close()
+    return tags
+
+
+def test_p2c_ewma_moves_a_kept_alive_connection_off_an_endpoint_turned_slow(
+        make_farm: MakeFarm) -> None:
+    farm = make_farm("p2c-ewma", delays=(0.0, 0.0))
+    tags = _kept_alive_tags(farm, 0.2, 8)
+    # Its first slow answer makes the endpoint's estimate 200 ms, far above the other's:
+    # the next request leaves for the other endpoint, and the rest stay there.
+    assert tags[1] == tags[0] and set(tags[2:]) == {"app1" if tags[0] == "app0" else "app0"}, tags
+    assert farm.out_node.stats()["http_rebalanced"] == 1
+
+
+def test_round_robin_keeps_a_kept_alive_connection_where_it_was_sent(make_farm: MakeFarm) -> None:
+    farm = make_farm("round-robin", delays=(0.0, 0.0))
+    tags = _kept_alive_tags(farm, 0.05, 4)
+    assert set(tags) == {tags[0]}, tags
+    assert farm.out_node.stats()["http_rebalanced"] == 0
 
 
 def test_p2c_ewma_is_the_default(make_farm: MakeFarm, mesh_pki) -> None:  # noqa: F811
