@@ -6,6 +6,8 @@
 cdef inline SideCounters* _counters_of(Core* core, Conn* c) noexcept nogil:
     if c.flags & CONN_INBOUND:
         return &core.counters.inbound
+    if c.flags & CONN_MIRROR:
+        return &core.counters.mirror    # a request's copy (mirror.pxi)
     return &core.counters.outbound
 
 
@@ -33,7 +35,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
         _invariant(c.state == CONN_FREE and c.tw_list == 0,
                    b"free list holds a live connection, or one with a timer")
         core.free_head = c.next_free
-    elif core.n_slots < core.max_conns:
+    elif core.n_slots < core.max_conns + core.max_mirrors:
         c = &core.conns[core.n_slots]   # first use: zeroed by calloc (CONN_FREE, gen 0)
         c.index = core.n_slots
         core.n_slots += 1
@@ -89,6 +91,9 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.stat = -1
     c.head_reserve = 0
     c.filter_at = 0
+    c.n_mirroring = 0
+    c.mirror_skip = 0
+    c.mirror_state = 0
     c.state = CONN_CONNECTING      # callers set the real first state
     _timer_arm(core, c, c.deadline_ns)
     cdef SideCounters* sc = _counters_of(core, c)
@@ -150,6 +155,8 @@ cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
         _limits_release(core, c, CONN_SOURCE_HELD | CONN_HANDSHAKE_HELD)
     if c.n_pend > 0:
         _count_cut_off(core, c)
+    if c.n_mirroring > 0 or c.flags & CONN_MIRROR:
+        _mirror_closing(core, c)
     _load_release(core, c)
     _side_close(&c.down, reset)
     _side_close(&c.up, reset)

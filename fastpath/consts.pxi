@@ -167,3 +167,12 @@ cdef enum:
     # the loop this long (nginx disables accept events for its accept_mutex_delay,
     # 500 ms, on EMFILE), then come back and try again.
     ENGINE_ACCEPT_PAUSE_MS = 100
+    # RequestMirror (mirror.pxi): slots for copies of requests on their way to a mirror
+    # backend, one per this many connection slots (at least one), on top of them: a
+    # mirror never takes a slot a caller could have. A copy's whole life (connect,
+    # send, its answer read and dropped) is bounded by its rule's timeout, else this
+    # (Envoy's default route timeout, which its shadow requests keep).
+    ENGINE_MIRROR_SHARE = 8
+    ENGINE_MIRROR_TIMEOUT_MS = 15000
+    # "-shadow", added to a copy's Host (as Envoy names a shadow's authority).
+    ENGINE_SHADOW_SUFFIX_BYTES = 7

@@ -70,7 +70,7 @@ cdef int _tls_client_start(Core* core, Conn* c) noexcept nogil:
     if (openssl.SSL_set_fd(ssl, c.up.fd) != 1
             or openssl.SSL_set_tlsext_host_name(ssl, svc.sni.data) != 1
             or (openssl.SSL_set_alpn_protos(ssl, _ALPN_HTTP1_WIRE, _ALPN_HTTP1_WIRE_BYTES)
-                if c.flags & CONN_HTTP else
+                if c.flags & (CONN_HTTP | CONN_MIRROR) else
                 openssl.SSL_set_alpn_protos(ssl, _ALPN_TCP_WIRE, _ALPN_TCP_WIRE_BYTES)) != 0):
         sc.tls_failures_other += 1
         openssl.ERR_clear_error()
@@ -243,6 +243,8 @@ cdef int _setup_failed(Core* core, Conn* c) noexcept nogil:
 cdef int _fail_over(Core* core, Conn* c) noexcept nogil:
     cdef net.epoll_event ev
     _load_release(core, c)
+    if c.flags & CONN_MIRROR:
+        return _mirror_redial(core, c)
     if c.flags & CONN_HTTP:
         return _http_reroute(core, c)
     c.flags &= ~(CONN_TICKET_WAIT | CONN_OFFERED_SESSION)

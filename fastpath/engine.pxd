@@ -235,6 +235,14 @@ cdef struct RouteBackend:
     uint32_t weight
 
 
+# RequestMirror (mirror.pxi): a copy of each request the rule takes, chosen with
+# probability numerator/denominator, goes to `service` too; its answer is dropped.
+cdef struct RouteMirror:
+    uint32_t service               # index in Table.services
+    uint32_t numerator             # <= denominator
+    uint32_t denominator           # >= 1
+
+
 cdef struct RouteRule:
     Name name                      # "ns/route" and the rule's index or name: for figures
     RouteBackend* backends         # in order; none: every request is answered 500
@@ -251,6 +259,8 @@ cdef struct RouteRule:
     # timeouts.request / backendRequest, the sooner (0: none): from the request's
     # framing to its answer's head; expired before it, the engine answers 504.
     int64_t timeout_ns
+    RouteMirror* mirrors           # RequestMirror filters, in order (mirror.pxi)
+    uint32_t n_mirrors
 
 
 cdef struct RouteSet:
@@ -356,6 +366,9 @@ cdef enum:
     ENGINE_TIMER_LN_BITS = 6
     ENGINE_TIMER_LISTS = (1 << ENGINE_TIMER_L0_BITS) + 3 * (1 << ENGINE_TIMER_LN_BITS) + 1
     ENGINE_TIMER_WORDS = (ENGINE_TIMER_LISTS + 63) >> 6    # occupancy bitmap words
+    # RequestMirror filters one rule may have (Gateway API v1.1 allows several): the
+    # copies of one request that are fed its body as it passes (mirror.pxi).
+    ENGINE_MIRRORS_MAX = 4
 
 
 # Outbound: the owner of a local caller's socket, asked of the kernel at most once per
@@ -465,6 +478,9 @@ cdef enum ConnFlags:
     # Outbound: the pair holds an endpoint (c.endpoint, picked by the balancer) and
     # counts in its `outstanding` (Conn.ep_load) until it lets go (_load_release).
     CONN_EP_BOUND = 4194304
+    # A mirror's copy of a request (mirror.pxi): `up` only, no client; its answer is
+    # read and dropped.
+    CONN_MIRROR = 8388608
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -592,6 +608,17 @@ cdef struct Conn:
     uint32_t decided_service
     int32_t decided_rule
     uint16_t decided_status
+    # RequestMirror (mirror.pxi). A client pair: the copies of the request whose body is
+    # being framed (slot index and serial; fed as it passes), and how many requests
+    # framed again after a reroute were mirrored already. A copy (CONN_MIRROR): its
+    # serial, where it is (MirrorState), and when it is given up (0: not set).
+    uint32_t mirror_slot[ENGINE_MIRRORS_MAX]
+    uint32_t mirror_serial[ENGINE_MIRRORS_MAX]
+    uint8_t n_mirroring
+    uint8_t mirror_skip
+    uint8_t mirror_state
+    uint32_t serial
+    int64_t mirror_deadline_ns
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
@@ -711,6 +738,12 @@ cdef struct Counters:
     # Out of descriptors with no spare left: the listeners left the loop for
     # ENGINE_ACCEPT_PAUSE_MS instead of reporting the same backlog in a busy loop.
     uint64_t accept_paused
+    # RequestMirror (mirror.pxi): copies sent whole to a mirror backend, and copies given
+    # up (no slot, no endpoint, its buffer full, cannot connect, too slow); the copies'
+    # own connections, counted as a side (bytes_sent: request bytes to the mirror).
+    uint64_t http_mirrored
+    uint64_t http_mirror_dropped
+    SideCounters mirror
 
 
 # --- limits before authentication (limits.pxi) --------------------------------------------------
@@ -793,6 +826,11 @@ cdef struct Core:
     # Listeners out of the epoll set until then (EMFILE with no spare fd); 0: watched.
     int64_t accept_resume_ns
     Wheel wheel                    # every pair's timer (timers.pxi)
+    # RequestMirror copies (mirror.pxi) have slots of their own after the max_conns the
+    # budgets share out: at most max_mirrors at once; serials tell a copy's slot reused.
+    uint32_t max_mirrors
+    uint32_t mirrors_active
+    uint32_t mirror_serial
     Counters counters
     # Request figures (StatRecord) and the peer IDs they name. principals[0] is empty.
     StatRecord* stats
@@ -841,6 +879,7 @@ cdef class RouteTable:
                                    # None, [entry tuples]) (routes_table.pxi)
     cdef list _route_rules         # (name bytes, [(service index, weight)], request
                                    # edits, response edits, timeout s)
+    cdef list _route_mirrors       # (rule index, service index, numerator, denominator)
 
     cdef int _check_fd(self, int fd) except -1
     cdef int _add_caller(self, str address, object client_ctx, str identity,

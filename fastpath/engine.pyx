@@ -283,6 +283,7 @@ include "http_stream.pxi"   # HTTP/1.1 framing both ways, per-request state
 include "router.pxi"        # request -> service; switching a client between services
 include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, weights, edits
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
+include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
 include "endpoint.pxi"      # connect, mTLS client, pool, sessions, failover
 include "stats.pxi"         # request figures per (direction, service, peer)
@@ -358,6 +359,8 @@ cdef class Engine:
             raise MemoryError()
         self.core = core
         core.max_conns = <uint32_t>max_connections
+        # RequestMirror copies' own slots (and their buffers), after the callers' (mirror.pxi).
+        core.max_mirrors = <uint32_t>(max_connections // ENGINE_MIRROR_SHARE) or 1
         core.buffer_bytes = <uint32_t>buffer_bytes
         core.drain_max_bytes = <int64_t>drain_max_bytes
         core.connect_timeout_ns = <int64_t>(connect_timeout_s * 1e9)
@@ -367,7 +370,7 @@ cdef class Engine:
         # Zeroed pages nobody touched are not resident: only keys in use cost memory.
         core.stats = <StatRecord*>calloc(ENGINE_STAT_RECORDS, sizeof(StatRecord))
         core.n_principals = 1               # [0]: no peer / not known (empty)
-        core.conns = <Conn*>calloc(core.max_conns, sizeof(Conn))
+        core.conns = <Conn*>calloc(core.max_conns + core.max_mirrors, sizeof(Conn))
         # Limits before authentication (limits.pxi): the engine's own until a table's.
         core.max_inbound = _share(core.max_conns, ENGINE_INBOUND_PERMILLE)
         core.max_outbound = core.max_conns - core.max_inbound if core.max_conns > 1 else 1
@@ -385,10 +388,10 @@ cdef class Engine:
         seed = os.urandom(8)
         memcpy(&core.route_rng, <const char*>seed, 8)
         core.route_rng |= 1             # xorshift's state is never 0
-        core.ready = <uint32_t*>malloc(core.max_conns * sizeof(uint32_t))
-        core.ready_next = <uint32_t*>malloc(core.max_conns * sizeof(uint32_t))
+        core.ready = <uint32_t*>malloc((core.max_conns + core.max_mirrors) * sizeof(uint32_t))
+        core.ready_next = <uint32_t*>malloc((core.max_conns + core.max_mirrors) * sizeof(uint32_t))
         # Two blocks per slot: never short. Pages nobody touched are not resident.
-        n_bufs = 2 * <size_t>core.max_conns
+        n_bufs = 2 * (<size_t>core.max_conns + core.max_mirrors)
         core.pool = <char*>malloc(n_bufs * core.buffer_bytes)
         core.free_bufs = <char**>malloc(n_bufs * sizeof(char*))
         if (core.conns == NULL or core.stats == NULL or core.ready == NULL or core.ready_next == NULL
@@ -572,6 +575,14 @@ cdef class Engine:
         out["route_timeouts"] = snap.route_timeouts
         out["rejected_source_handshakes"] = snap.rejected_source_handshakes
         out["accept_paused"] = snap.accept_paused
+        # RequestMirror (mirror.pxi): copies sent whole, copies given up, the slots for
+        # them and those in use, and their connections as a side of their own.
+        out["http_mirrored"] = snap.http_mirrored
+        out["http_mirror_dropped"] = snap.http_mirror_dropped
+        out["mirror_slots"] = self.core.max_mirrors
+        out["mirrors_active"] = self.core.mirrors_active
+        for key, value in snap.mirror.items():
+            out["mirror_" + key] = value
         out["inbound_budget"] = self.core.max_inbound
         out["outbound_budget"] = self.core.max_outbound
         out["handshakes_active"] = self.core.handshakes

@@ -380,6 +380,9 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
         chunk_init(&c.chunk, &core.http_limits)
     else:
         c.req_phase = _after_request(c)
+    if c.req_rule >= 0 and c.table.rules[c.req_rule].n_mirrors > 0:
+        # RequestMirror: a copy of the head as edited; its body follows (mirror.pxi).
+        _mirror_begin(core, c, req, c.d2u.buf + base, <uint32_t>(req.head_len + delta))
     return STATUS_OK
 
 
@@ -557,6 +560,8 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
             n = avail if <int64_t>avail < c.req_left else <Py_ssize_t>c.req_left
             c.fwd += <uint32_t>n
             c.req_left -= n
+            if c.n_mirroring:
+                _mirror_feed(core, c, f.buf + start, <uint32_t>n, c.req_left == 0)
             if c.req_left == 0:
                 c.req_phase = _after_request(c)
         elif c.req_phase == REQ_CHUNKED:
@@ -568,6 +573,8 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 return STATUS_RESET
             c.fwd += <uint32_t>n
             f.tail -= <uint32_t>cut
+            if c.n_mirroring:
+                _mirror_feed(core, c, f.buf + start, <uint32_t>n, c.chunk.phase == CHUNK_DONE)
             if c.chunk.phase == CHUNK_DONE:
                 c.req_phase = _after_request(c)
             elif <uint32_t>n < avail:

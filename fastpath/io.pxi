@@ -166,6 +166,8 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
     cdef int st
     if c.flags & CONN_DRAINING:
         return _drain(core, c)
+    if c.flags & CONN_MIRROR:
+        return _mirror_pump(core, c)    # a request's copy (mirror.pxi)
     while True:
         if c.flags & CONN_HTTP:
             a = _http_d2u(core, c, &sc.bytes_received)

@@ -138,7 +138,7 @@ cdef void _dispatch(Core* core, uint64_t tag, uint32_t events) noexcept nogil:
     if kind == _TAG_LISTENER:
         _accept(core, index)
         return
-    if index >= core.max_conns:
+    if index >= core.max_conns + core.max_mirrors:
         return
     c = &core.conns[index]
     # A slot closed earlier in this batch (and maybe reused) is not this event's.

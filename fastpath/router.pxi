@@ -157,6 +157,7 @@ cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
     # and timeout are that rule's). A route decided for a request behind it is decided
     # again as that one is framed again.
     c.reroute_start_ns = c.pend_start_ns[c.pend_first] if c.n_pend > 0 else core.now_ns
+    _mirror_rerouted(core, c)           # each request is mirrored once (mirror.pxi)
     if c.n_pend > 0:
         c.req_rule = c.pend_rule[c.pend_first]
     c.req_deadline_ns = 0

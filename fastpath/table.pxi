@@ -77,6 +77,7 @@ cdef void _table_free(Table* t) noexcept nogil:
         for i in range(t.n_hosts):
             _name_free(&t.hosts[i].name)
         free(t.hosts)
+    _mirrors_free(t)
     _routes_free(t)
     if t.dispatch_ctx != NULL:
         openssl.SSL_CTX_free(t.dispatch_ctx)
@@ -394,6 +395,7 @@ cdef class RouteTable:
         self._limits = None
         self._route_sets = []
         self._route_rules = []
+        self._route_mirrors = []
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -634,6 +636,16 @@ cdef class RouteTable:
         self._route_rules.append((name.encode(), out, req, resp, timeout_s))
         return len(self._route_rules) - 1
 
+    def add_route_mirror(self, int rule_index, int service_index, long long numerator=100,
+                         long long denominator=100) -> None:
+        """A RequestMirror filter of rule `rule_index`: a copy of numerator/denominator of
+        its requests (chosen per request; Gateway API percent p is p/100) goes to service
+        `service_index` too, its answer dropped (mirror.pxi). At most ENGINE_MIRRORS_MAX
+        (4) per rule."""
+        self._route_mirrors.append(_mirror_checked(
+            self._route_rules, self._route_mirrors, self._services, rule_index,
+            service_index, numerator, denominator))
+
     def add_route_match(self, int set_index, int rule_index, path=None, str method=None,
                         headers=(), query=()) -> None:
         """The next match of set `set_index`, in precedence order: a request it holds
@@ -831,6 +843,7 @@ cdef class RouteTable:
                 t.hosts[i].service = service_index
 
             _routes_build(t, self._route_sets, self._route_rules)
+            _mirrors_build(t, self._route_mirrors)
 
             if self._routes:
                 t.routes = <InboundRoute*>calloc(len(self._routes), sizeof(InboundRoute))

@@ -175,6 +175,8 @@ cdef inline int64_t _conn_due_ns(Core* core, Conn* c) noexcept nogil:
     requests; a keep-alive client between requests (its upstream went) is idle, not
     late; any other state has its deadline."""
     cdef int64_t due, quiet
+    if c.flags & CONN_MIRROR:           # a request's copy (mirror.pxi): its own deadlines
+        return c.mirror_deadline_ns if c.state == CONN_PIPE else c.deadline_ns
     if c.state == CONN_PIPE:
         due = c.active_ns + core.idle_timeout_ns
         if c.flags & CONN_DRAINING and c.deadline_ns < due:
@@ -235,6 +237,9 @@ cdef void _conn_expired(Core* core, Conn* c) noexcept nogil:
     timer again. The order of the checks is _conn_due_ns's."""
     cdef SideCounters* sc = _counters_of(core, c)
     cdef int64_t now = core.now_ns
+    if c.flags & CONN_MIRROR:
+        _settle(core, c, _mirror_expired(core, c))
+        return
     if c.state == CONN_PIPE:
         if c.req_deadline_ns != 0 and now >= c.req_deadline_ns:
             _request_timed_out(core, c)

@@ -61,6 +61,12 @@ def install(table: RouteTable, route_sets: Iterable[dict[str, Any]],
                                               rule.get("request_headers"),
                                               rule.get("response_headers"),
                                               _timeout_s(rule)))
+            for mirror in rule.get("mirrors") or ():
+                # A mirror Service with no endpoints here: nothing to copy to.
+                index = services.get((mirror["service"], int(mirror["port"])))
+                if index is not None:
+                    table.add_route_mirror(rules[-1], index, int(mirror["numerator"]),
+                                           int(mirror["denominator"]))
         for entry in route_set["entries"]:
             table.add_route_match(set_index, rules[entry["rule"]], **_match_args(entry))
         added += 1

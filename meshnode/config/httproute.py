@@ -71,9 +71,21 @@ class HeaderModifier:
 
 
 @dataclass(frozen=True)
+class Mirror:
+    """HTTPRequestMirrorFilter: a copy of numerator/denominator of the rule's requests
+    goes to `backend` too (its answer dropped); `percent` p is p/100, neither is all."""
+
+    backend: BackendRef  # a Service and its port; weight unused
+    numerator: int = 100
+    denominator: int = 100
+    written: str = "none"  # which the document used: "percent", "fraction" or "none"
+
+
+@dataclass(frozen=True)
 class RouteFilter:
-    type: str  # RequestHeaderModifier | ResponseHeaderModifier
-    headers: HeaderModifier
+    type: str  # RequestHeaderModifier | ResponseHeaderModifier | RequestMirror
+    headers: HeaderModifier | None = None
+    mirror: Mirror | None = None  # RequestMirror
 
 
 @dataclass(frozen=True)

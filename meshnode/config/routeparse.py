@@ -21,7 +21,7 @@ from fastpath.regex import Regex
 from .durations import parse_duration
 from .errors import Problem
 from .httproute import (API_VERSIONS, CORE_GROUPS, GROUP, BackendRef, HeaderModifier, HTTPRouteSpec,
-                        ParentRef, PathMatch, RouteFilter, RouteMatch, RouteRule, Timeouts, ValueMatch)
+                        Mirror, ParentRef, PathMatch, RouteFilter, RouteMatch, RouteRule, Timeouts, ValueMatch)
 from .model import HTTPRoute, Metadata
 from .validate import (_annotations, _choice, _describe, _dns_label, _Doc, _fields, _int, _labels, _opt,
                        _port, _string, document_label, join)
@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 NOT_IMPLEMENTED: dict[str, tuple[str, ...]] = {
     # Filter types (spec.rules[].filters[].type): the data plane has no step for them yet.
-    "filter types": ("URLRewrite", "RequestRedirect", "RequestMirror", "ExtensionRef", "CORS",
+    "filter types": ("URLRewrite", "RequestRedirect", "ExtensionRef", "CORS",
                      "ExternalAuth"),
     # Fields of a rule (spec.rules[]).
     "rule fields": ("retry", "sessionPersistence"),
@@ -62,6 +62,9 @@ MAX_NAME = 253
 # config with it. The longest timeout; what a rule's set and add may add to a head.
 MAX_TIMEOUT_S = 86400.0
 MAX_HEADER_GROWTH = ROUTE_GROW_MAX
+# RequestMirror filters per rule: the spec lets the filter repeat (v1.1); the data plane
+# feeds at most this many copies of one request (fastpath ENGINE_MIRRORS_MAX).
+MAX_MIRRORS = 4
 PATH_TYPES = ("Exact", "PathPrefix", "RegularExpression")
 VALUE_TYPES = ("Exact", "RegularExpression")
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
@@ -480,8 +483,16 @@ def _value_matches(check_exact: Callable[[_Doc, object, str], str | None], max_l
 
 def _filters(d: _Doc, value: object, path: str) -> tuple[RouteFilter, ...] | None:
     filters = _items(d, value, path, MAX_FILTERS, _filter)
-    if filters is None or not _unrepeated(d, filters, path, "type", lambda item: item.type,
+    # RequestMirror is the one filter that may be repeated (HTTPRouteRule.filters).
+    if filters is None or not _unrepeated(d, filters, path, "type",
+                                          lambda item: None if item.type == "RequestMirror" else item.type,
                                           lambda kind: f"{kind} filter cannot be repeated"):
+        return None
+    mirrors = [i for i, item in enumerate(filters) if item.type == "RequestMirror"]
+    if len(mirrors) > MAX_MIRRORS:
+        d.fail(f"{path}[{mirrors[MAX_MIRRORS]}].type",
+               f"at most {MAX_MIRRORS} RequestMirror filters per rule (a request's copies are fed "
+               "its body as it passes, each with a buffer of its own)")
         return None
     return filters
 
@@ -506,9 +517,45 @@ def _filter(d: _Doc, value: object, path: str) -> RouteFilter | None:
     if member not in fields:
         d.fail(join(path, member), f"required when type is {kind}")
         return None
+    if kind == "RequestMirror":
+        mirror = _mirror(d, fields[member], join(path, member))
+        return RouteFilter(kind, mirror=mirror) if ok and mirror is not None else None
     headers = _header_modifier(d, fields[member], join(path, member),
                                request=kind == "RequestHeaderModifier")
     return RouteFilter(kind, headers) if ok and headers is not None else None
+
+
+def _mirror(d: _Doc, value: object, path: str) -> Mirror | None:
+    """HTTPRequestMirrorFilter: backendRef (a BackendObjectReference: no weight, no
+    filters), and at most one of percent (0..100) and fraction (numerator <= denominator,
+    denominator >= 1, 100 unless given)."""
+    fields = _fields(d, value, path, ("backendRef", "percent", "fraction"), required=("backendRef",))
+    if fields is None:
+        return None
+    at = join(path, "backendRef")
+    ref_fields = _fields(d, fields["backendRef"], at, ("group", "kind", "name", "namespace", "port"),
+                         required=("name",))
+    ref = _backend_ref(d, fields["backendRef"], at) if ref_fields is not None else None
+    if "percent" in fields and "fraction" in fields:
+        d.fail(path, "percent and fraction are exclusive: give one of them")
+        return None
+    if "percent" in fields:
+        percent = _int(d, fields["percent"], join(path, "percent"), 0, 100)
+        return None if ref is None or percent is None else Mirror(ref, percent, 100, "percent")
+    if "fraction" in fields:
+        at = join(path, "fraction")
+        part = _fields(d, fields["fraction"], at, ("numerator", "denominator"), required=("numerator",))
+        if part is None:
+            return None
+        numerator = _opt(d, part, at, "numerator", lambda d, v, p: _int(d, v, p, 0, 2**31 - 1), None)
+        denominator = _opt(d, part, at, "denominator", lambda d, v, p: _int(d, v, p, 1, 2**31 - 1), 100)
+        if numerator is None or denominator is None or ref is None:
+            return None
+        if numerator > denominator:
+            d.fail(at, f"numerator ({numerator}) must be less than or equal to denominator ({denominator})")
+            return None
+        return Mirror(ref, numerator, denominator, "fraction")
+    return None if ref is None else Mirror(ref)
 
 
 def _header_modifier(d: _Doc, value: object, path: str, request: bool) -> HeaderModifier | None:
@@ -643,8 +690,8 @@ def _rule_dict(rule: RouteRule) -> dict[str, Any]:
         out["name"] = rule.name
     out["matches"] = [_match_dict(m) for m in rule.matches]
     if rule.filters:
-        out["filters"] = [{"type": f.type, FILTER_FIELDS[f.type]: _modifier_dict(f.headers)}
-                          for f in rule.filters]
+        out["filters"] = [{"type": f.type, FILTER_FIELDS[f.type]: _mirror_dict(f.mirror) if f.mirror
+                           else _modifier_dict(f.headers or HeaderModifier())} for f in rule.filters]
     if rule.backend_refs:
         out["backendRefs"] = [_backend_dict(b) for b in rule.backend_refs]
     if rule.timeouts is not None:
@@ -661,6 +708,17 @@ def _match_dict(match: RouteMatch) -> dict[str, Any]:
         out["queryParams"] = [{"type": q.type, "name": q.name, "value": q.value} for q in match.query_params]
     if match.method is not None:
         out["method"] = match.method
+    return out
+
+
+def _mirror_dict(mirror: Mirror) -> dict[str, Any]:
+    ref = mirror.backend
+    out: dict[str, Any] = {"backendRef": _present(("group", ref.group), ("kind", ref.kind), ("name", ref.name),
+                                                  ("namespace", ref.namespace), ("port", ref.port))}
+    if mirror.written == "percent":
+        out["percent"] = mirror.numerator
+    elif mirror.written == "fraction":
+        out["fraction"] = {"numerator": mirror.numerator, "denominator": mirror.denominator}
     return out
 
 

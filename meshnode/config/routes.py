@@ -9,7 +9,9 @@ A route set governs requests to one port of one Service from one group of caller
                 "backends": [{"service": "NS/NAME" | None, "port": 8080 | None, "weight": 90}],
                 "request_headers": {"set": [[n, v]], "add": [[n, v]], "remove": [n]} | None,
                 "response_headers": ... | None,
-                "timeout_s": float | None, "backend_timeout_s": float | None}, ...]}
+                "timeout_s": float | None, "backend_timeout_s": float | None,
+                "mirrors": [{"service": "NS/NAME", "port": 8080, "numerator": 1,
+                             "denominator": 100}]}, ...]}
 
 The data plane takes the first entry whose match holds (none: 404); an entry's rule
 picks a backend by weight (none: 500, and an unresolved one's share is 500 too).
@@ -188,7 +190,21 @@ def _rule(route: HTTPRoute, index: int, rule: RouteRule, services: Services) -> 
             "request_headers": _modifier(rule, "RequestHeaderModifier"),
             "response_headers": _modifier(rule, "ResponseHeaderModifier"),
             "timeout_s": timeouts.request_s if timeouts else None,
-            "backend_timeout_s": timeouts.backend_request_s if timeouts else None}
+            "backend_timeout_s": timeouts.backend_request_s if timeouts else None,
+            "mirrors": _mirrors(route, rule, services)}
+
+
+def _mirrors(route: HTTPRoute, rule: RouteRule, services: Services) -> list[dict[str, Any]]:
+    """A rule's RequestMirror filters; one whose backendRef does not resolve is left out
+    (nothing is mirrored there; its route's status says why)."""
+    out = []
+    for f in rule.filters:
+        if f.mirror is not None:
+            service = resolve(f.mirror.backend, route.namespace, services).service
+            if service is not None:
+                out.append({"service": service, "port": f.mirror.backend.port,
+                            "numerator": f.mirror.numerator, "denominator": f.mirror.denominator})
+    return out
 
 
 def _route_set(service: str, port: int, consumer: str | None, members: list[HTTPRoute],

@@ -29,6 +29,9 @@ def _condition(kind: str, ok: bool, reason: str, message: str) -> dict[str, str]
 def _resolved_refs(route: HTTPRoute, services: Services) -> dict[str, str]:
     failed = [(f"spec.rules[{i}].backendRefs[{j}]", resolve(ref, route.namespace, services))
               for i, rule in enumerate(route.spec.rules) for j, ref in enumerate(rule.backend_refs)]
+    failed += [(f"spec.rules[{i}].filters[{k}].requestMirror.backendRef",
+                resolve(f.mirror.backend, route.namespace, services))
+               for i, rule in enumerate(route.spec.rules) for k, f in enumerate(rule.filters) if f.mirror]
     failed = [(at, r) for at, r in failed if r.service is None]
     if not failed:
         return _condition("ResolvedRefs", True, "ResolvedRefs", "every backendRef resolves to a Service port")

@@ -772,7 +772,7 @@ def test_engine_arguments_are_checked() -> None:
         fe.Engine(idle_timeout_s=-1)
     e = fe.Engine(max_connections=16, buffer_bytes=4096)
     assert e.max_connections == 16 and e.buffer_bytes == 4096 and e.generation == 0
-    assert e.stats()["buffers_total"] == 32
+    assert e.stats()["buffers_total"] == 2 * (16 + e.stats()["mirror_slots"])  # mirrors: own slots
 
 
 def test_route_table_checks_its_input(mesh_pki: PKI) -> None:

@@ -32,6 +32,8 @@ from urllib.parse import parse_qs, urlsplit
 IO_TIMEOUT_S = 20.0
 # The longest ?delay= a test may ask for: a slow answer, never a hung test.
 MAX_DELAY_S = 10.0
+# Requests a pod keeps a record of (EchoPod.seen): a test's worth.
+MAX_SEEN = 10000
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0}
 
@@ -68,6 +70,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             status = 500  # echo-basic answers a bad delay with 500
         pod = self.server.pod
+        if len(pod.seen) < MAX_SEEN:
+            # What the pod got, as echo-basic logs it: the RequestMirror tests read it.
+            pod.seen.append((self.command, self.path, self.headers.get("Host", ""), length))
         headers: dict[str, list[str]] = {}
         for name, value in self.headers.items():
             headers.setdefault(name.lower(), []).append(value)
@@ -110,6 +115,7 @@ class EchoPod:
 
     def __init__(self, name: str, namespace: str, address: str) -> None:
         self.name, self.namespace, self.address = name, namespace, address
+        self.seen: list[tuple[str, str, str, int]] = []  # (method, path, Host, body bytes)
         self._server = ThreadingHTTPServer((address, 0), _Handler)
         self._server.daemon_threads = False
         self._server.block_on_close = True  # server_close() joins the handler threads

@@ -103,13 +103,12 @@ def test_a_route_is_applied_shown_with_its_status_and_deleted(node: Node, resour
 
 def test_a_route_using_what_is_not_implemented_is_refused_by_name(node: Node, resource_dir: Path) -> None:
     path = resource_dir / "mirror.yaml"
-    mirror = ("    filters:\n    - type: RequestMirror\n      requestMirror:\n"
-              "        backendRef: {name: backend, port: 8080}\n    timeouts:\n")
+    mirror = "    filters:\n    - type: CORS\n      cors: {}\n    timeouts:\n"
     assert "\n    timeouts:\n" in ROUTE
     path.write_text(ROUTE.replace("    timeouts:\n", mirror, 1))
     before = node.versions()
     result = node.cli("apply", "-f", str(path))
     assert result.returncode == 78, (result.stdout, result.stderr)
-    assert (f"{path}: HTTPRoute demo/backend-split: spec.rules[0].filters[0].type: RequestMirror is not "
+    assert (f"{path}: HTTPRoute demo/backend-split: spec.rules[0].filters[0].type: CORS is not "
             "implemented yet") in result.stderr
     assert node.versions() == before
