@@ -531,7 +531,8 @@ cdef int _hash_add(RouteTable table, int index, str key, str name, str path, obj
     if key not in HASH_KEYS:
         raise ValueError("hash key %r is not one of %s" % (key, ", ".join(HASH_KEYS)))
     kind = HASH_KEYS[key]
-    name_b = (name or "").encode("ascii", "replace")
+    # (A query parameter's name is compared decoded: any bytes, UTF-8 as browsers send.)
+    name_b = (name or "").encode("utf-8" if kind == HASH_KEY_QUERY else "ascii", "replace")
     path_b = (path or "").encode("ascii", "replace")
     if kind == HASH_KEY_SOURCE_IP:
         if name or path or ttl_s is not None:
