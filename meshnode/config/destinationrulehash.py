@@ -160,27 +160,23 @@ def _size(d: _Doc, fields: dict[str, Any], path: str) -> tuple[str, int] | None:
         d.fail(join(path, given[1]), f"give one of ringHash, maglev and minimumRingSize "
                                      f"(deprecated), not {' and '.join(given)}")
         return None
-    if "maglev" in fields:
-        where = join(path, "maglev")
-        maglev = _fields(d, fields["maglev"], where, ("tableSize",))
-        if maglev is None:
+    table, size_field, default = (("maglev", "tableSize", MAGLEV_DEFAULT) if "maglev" in fields
+                                  else ("ringHash", "minimumRingSize", RING_DEFAULT))
+    if table in fields:
+        where = join(path, table)
+        inner = _fields(d, fields[table], where, (size_field,))
+        if inner is None:
             return None
-        size = maglev.get("tableSize", MAGLEV_DEFAULT)
-        if isinstance(size, bool) or not isinstance(size, int) or not (
-                _is_prime(size) and size <= MAGLEV_MAX):
-            d.fail(join(where, "tableSize"), f"must be a prime number up to {MAGLEV_MAX} "
-                                             f"(Istio's limit), got {_describe(size)}")
-            return None
-        return "maglev", size
-    if "ringHash" in fields:
-        where = join(path, "ringHash")
-        ring = _fields(d, fields["ringHash"], where, ("minimumRingSize",))
-        if ring is None:
-            return None
-        size = ring.get("minimumRingSize", RING_DEFAULT)
-        where = join(where, "minimumRingSize")
+        size, where = inner.get(size_field, default), join(where, size_field)
     else:
         size, where = fields.get("minimumRingSize", RING_DEFAULT), join(path, "minimumRingSize")
+    if table == "maglev":
+        if isinstance(size, bool) or not isinstance(size, int) or not (
+                _is_prime(size) and size <= MAGLEV_MAX):
+            d.fail(where, f"must be a prime number up to {MAGLEV_MAX} (Istio's limit), "
+                          f"got {_describe(size)}")
+            return None
+        return "maglev", size
     # 0 is protobuf's unset: the default.
     size = _int(d, size, where, 0, RING_MAX)
     return None if size is None else ("ring-hash", size or RING_DEFAULT)

@@ -56,12 +56,17 @@ def by_header(farm: Farm, keys: list[str] = KEYS) -> dict[str, str]:
     return {k: ask(farm, {"x-user": k})[0] for k in keys}
 
 
+def header_farm(make_farm: MakeFarm, balancer: str) -> tuple[Farm, dict[str, str]]:  # noqa: F811
+    """A farm hashing by x-user, and where each of KEYS goes."""
+    farm = make_farm("round-robin")
+    hashed(farm, balancer, key="header", name="X-User")
+    return farm, by_header(farm)
+
+
 @pytest.mark.parametrize("balancer", ["ring-hash", "maglev"])
 def test_one_header_value_goes_to_one_endpoint_and_values_spread(
         make_farm: MakeFarm, balancer: str) -> None:  # noqa: F811
-    farm = make_farm("round-robin")
-    hashed(farm, balancer, key="header", name="X-User")
-    first = by_header(farm)
+    farm, first = header_farm(make_farm, balancer)
     # Every connection with a key goes where the first went (round robin would not).
     assert by_header(farm) == first
     assert by_header(farm) == first
@@ -164,9 +169,7 @@ def test_a_query_parameter_is_a_key_compared_decoded(make_farm: MakeFarm) -> Non
 @pytest.mark.parametrize("balancer", ["ring-hash", "maglev"])
 def test_an_endpoint_going_down_moves_only_its_own_keys(
         make_farm: MakeFarm, balancer: str) -> None:  # noqa: F811
-    farm = make_farm("round-robin")
-    hashed(farm, balancer, key="header", name="x-user")
-    before = by_header(farm)
+    farm, before = header_farm(make_farm, balancer)
     # app2's node stops (its pooled upstreams end) and its port closes: connections
     # to it are refused, it is passed over.
     node, sock, _ = farm.endpoints[2]
@@ -181,9 +184,7 @@ def test_an_endpoint_going_down_moves_only_its_own_keys(
 @pytest.mark.parametrize("balancer", ["ring-hash", "maglev"])
 def test_an_endpoint_leaving_the_config_moves_few_other_keys(
         make_farm: MakeFarm, balancer: str) -> None:  # noqa: F811
-    farm = make_farm("round-robin")
-    hashed(farm, balancer, key="header", name="x-user")
-    before = by_header(farm)
+    farm, before = header_farm(make_farm, balancer)
     hashed(farm, balancer, farm.addresses()[:2], key="header", name="x-user")
     after = by_header(farm)
     # Both promise minimal disruption, not none: a ring of the least size gives each
