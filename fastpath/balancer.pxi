@@ -99,7 +99,7 @@ cdef uint32_t _pick_endpoint(Core* core, Service* svc, bint by_latency) noexcept
     return _pick_p2c(core, svc, by_latency)
 
 
-cdef bint _rebalance(Core* core, Conn* c) noexcept nogil:
+cdef bint _rebalance(Core* core, Conn* c, const char* head, const ReqHead* req) noexcept nogil:
     """Whether the next request framed on c's kept upstream should go to another
     endpoint instead. Linkerd balances each request; a client connection here holds one
     upstream, and a keep-alive client would otherwise stay with the endpoint its first
@@ -108,11 +108,15 @@ cdef bint _rebalance(Core* core, Conn* c) noexcept nogil:
     another backend: the upstream goes back to the pool) only when the pick costs less
     than half of it, or its endpoint is passed over: the margin keeps endpoints of like
     cost from trading the connection back and forth (each switch costs a few system
-    calls). Other balancers keep their per-connection choice; so does a pair on an
-    older table (it moves to the current one at a request boundary, carry.pxi)."""
+    calls). A hashing balancer sends each request (the head at `head`) where its key
+    says (hashing.pxi). Other balancers keep their per-connection choice; so does a
+    pair on an older table (it moves to the current one at a request boundary,
+    carry.pxi)."""
     cdef Service* svc = &c.table.services[c.service]
     cdef Endpoint* cur
     cdef uint32_t k
+    if svc.hash != NULL:
+        return _hash_rebalance(core, c, svc, head, req)
     if (svc.n_endpoints < 2 or svc.balancer != BALANCE_P2C_EWMA
             or not (c.flags & CONN_EP_BOUND) or c.table != core.table):
         return False
@@ -175,7 +179,10 @@ cdef void _bind_endpoint(Core* core, Conn* c, Service* svc) noexcept nogil:
     per-request path stays as it was); should a later table give the endpoint company,
     it starts from the default estimate and counts the pairs bound from then on."""
     _load_release(core, c)
-    c.endpoint = _pick_endpoint(core, svc, (c.flags & CONN_HTTP) != 0)
+    if svc.hash != NULL:
+        c.endpoint = _hash_pick(core, c, svc)   # the key of the request (hashing.pxi)
+    else:
+        c.endpoint = _pick_endpoint(core, svc, (c.flags & CONN_HTTP) != 0)
     if svc.n_endpoints < 2:
         return
     c.flags |= CONN_EP_BOUND

@@ -129,6 +129,29 @@ cdef enum BalancerKind:
     BALANCE_ROUND_ROBIN            # in turn
     BALANCE_RANDOM                 # uniformly
     BALANCE_LEAST_REQUEST          # two random picks, the fewer outstanding wins (Envoy)
+    BALANCE_RING_HASH              # consistent hash on a ring (hashing.pxi, Envoy's RING_HASH)
+    BALANCE_MAGLEV                 # consistent hash in a Maglev table (Envoy's MAGLEV)
+
+
+# DestinationRule consistentHash (hashing.pxi): what a request is hashed by, and the
+# service's ring or Maglev table, built at install and never changed after.
+cdef enum HashKeyKind:
+    HASH_KEY_NONE = 0              # no key: every request is a random pick (Envoy)
+    HASH_KEY_HEADER                # httpHeaderName: the field's value(s)
+    HASH_KEY_COOKIE                # httpCookie: the cookie's value (maybe generated)
+    HASH_KEY_SOURCE_IP             # useSourceIp: the caller's address
+    HASH_KEY_QUERY                 # httpQueryParameterName: the first value, decoded
+
+
+cdef struct HashPolicy:
+    uint8_t key                    # HashKeyKind
+    Name name                      # header (lowercase), cookie or query parameter name
+    Name path                      # httpCookie.path (empty: none)
+    int64_t ttl_s                  # httpCookie.ttl: -1 none (a missing cookie is no
+                                   # key), 0 a session cookie, else its Max-Age
+    uint64_t* points               # ring: the sorted points; Maglev: NULL
+    uint32_t* owners               # ring: each point's endpoint; Maglev: each slot's
+    uint32_t n_slots               # points on the ring, or the Maglev table's size
 
 
 cdef struct Service:
@@ -143,6 +166,7 @@ cdef struct Service:
     uint8_t balancer               # BalancerKind
     uint32_t first_set             # its route sets: Table.sets[first_set : + n_sets]
     uint32_t n_sets                # (0: no HTTPRoute: requests go to the service itself)
+    HashPolicy* hash               # BALANCE_RING_HASH / MAGLEV: owned (hashing.pxi)
 
 
 cdef struct OutboundListener:
@@ -338,7 +362,8 @@ cdef struct Table:
     Name* namespaces
     uint32_t n_namespaces
     uint32_t request_grow          # the most any rule's request edits add to a head
-    uint32_t response_grow         # ... and its response edits
+    uint32_t response_grow         # ... and its response edits (and a generated
+                                   # consistent-hash cookie's Set-Cookie line)
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -619,6 +644,14 @@ cdef struct Conn:
     uint8_t mirror_state
     uint32_t serial
     int64_t mirror_deadline_ns
+    # Consistent hashing (hashing.pxi), outbound: the key of the request being routed
+    # (hash_state: 0 none, 1 a key, 2 a key and a cookie generated for it), the
+    # cookie value generated for this client connection (0: none yet), and which
+    # pending requests' answers set it (bit per pipeline slot).
+    uint64_t hash_key
+    uint8_t hash_state
+    uint64_t hash_cookie
+    uint32_t pend_cookie
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
@@ -694,6 +727,10 @@ cdef struct Counters:
     # Requests on a kept-alive client connection that the balancer moved to another
     # endpoint than its upstream's (balancer.pxi _rebalance).
     uint64_t http_rebalanced
+    # Consistent hashing (hashing.pxi): requests with no hash key (a random pick), and
+    # cookies generated for requests without one (Set-Cookie on their answers).
+    uint64_t hash_no_key
+    uint64_t hash_cookies_set
     # Answers by class (index status // 100 - 1: 1xx is 101 only), the engine's own
     # replies included; latency: request framed → response framed to its end, upstream
     # answers only, log-linear microsecond buckets (Engine.latency_bounds_us()).
@@ -880,6 +917,8 @@ cdef class RouteTable:
     cdef list _route_rules         # (name bytes, [(service index, weight)], request
                                    # edits, response edits, timeout s)
     cdef list _route_mirrors       # (rule index, service index, numerator, denominator)
+    cdef dict _hashes              # service index -> (key kind, name bytes, path bytes,
+                                   # ttl s, slots) (hashing.pxi)
 
     cdef int _check_fd(self, int fd) except -1
     cdef int _add_caller(self, str address, object client_ctx, str identity,

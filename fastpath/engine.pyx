@@ -285,6 +285,7 @@ include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, we
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
 include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
+include "hashing.pxi"       # consistent hashing: a request's key, ring and Maglev tables
 include "endpoint.pxi"      # connect, mTLS client, pool, sessions, failover
 include "stats.pxi"         # request figures per (direction, service, peer)
 include "table.pxi"         # route tables: compile, swap, carry-over of endpoint state
@@ -549,6 +550,8 @@ cdef class Engine:
         out["upstream_failovers"] = snap.upstream_failovers
         out["endpoint_ejections"] = snap.endpoint_ejections
         out["http_rebalanced"] = snap.http_rebalanced
+        out["hash_no_key"] = snap.hash_no_key
+        out["hash_cookies_set"] = snap.hash_cookies_set
         for i in range(5):
             out["http_responses_%dxx" % (i + 1)] = snap.http_responses[i]
         out["http_latency_us"] = [snap.http_latency_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]

@@ -359,6 +359,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     c.pend_start_ns[i] = core.now_ns
     c.pend_method[i] = <uint8_t>req.method
     c.pend_rule[i] = c.req_rule         # its answer's edits (routes.pxi)
+    _hash_framed(c, i)                  # ... and a generated cookie (hashing.pxi)
     c.pend_deadline[i] = 0
     if c.req_rule >= 0 and c.table.rules[c.req_rule].timeout_ns > 0:
         c.pend_deadline[i] = core.now_ns + c.table.rules[c.req_rule].timeout_ns
@@ -638,7 +639,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                         return STATUS_OK
                     parent = e.service
                 rst = _route_pick(core, c, parent, f.buf + start, &req, &backend, &rule)
-                if rst != 0 or backend != c.service or _rebalance(core, c):
+                if rst != 0 or backend != c.service or _rebalance(core, c, f.buf + start, &req):
                     c.flags |= CONN_ROUTE_DECIDED
                     c.decided_service, c.decided_rule, c.decided_status = backend, rule, rst
                     c.switching = True
@@ -911,6 +912,11 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                                     b"the client\n", -1)
                         return STATUS_CLOSE
                     return STATUS_RESET
+            if resp.status >= 200 and c.pend_cookie != 0:
+                added = _hash_set_cookie(core, c, start, <uint32_t>rc)
+                if added < 0:
+                    return STATUS_RESET     # cannot happen: _u2d_cap keeps the room
+                rc += added
             c.resp_fwd += <uint32_t>rc
             if resp.status < 200 and resp.status != 101:
                 continue                    # interim (100 Continue): the request waits

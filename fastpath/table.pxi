@@ -49,6 +49,7 @@ cdef void _table_free(Table* t) noexcept nogil:
         for i in range(t.n_services):
             svc = &t.services[i]
             _chain_free(&svc.chain)
+            _hash_free(svc)
             _name_free(&svc.name)
             _name_free(&svc.sni)
             if svc.identities != NULL:
@@ -363,7 +364,8 @@ cdef int _up_ref(openssl.SSL_CTX* ctx) except -1:
 
 
 BALANCERS = {"p2c-ewma": BALANCE_P2C_EWMA, "round-robin": BALANCE_ROUND_ROBIN,
-             "random": BALANCE_RANDOM, "least-request": BALANCE_LEAST_REQUEST}
+             "random": BALANCE_RANDOM, "least-request": BALANCE_LEAST_REQUEST,
+             "ring-hash": BALANCE_RING_HASH, "maglev": BALANCE_MAGLEV}
 """The balancers add_service() takes, by name (balancer.pxi)."""
 
 
@@ -396,6 +398,7 @@ cdef class RouteTable:
         self._route_sets = []
         self._route_rules = []
         self._route_mirrors = []
+        self._hashes = {}
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -435,7 +438,9 @@ cdef class RouteTable:
         balancer must not weigh one node's load as two endpoints'.
         `balancer`: how each new upstream picks its endpoint (BALANCERS): "p2c-ewma"
         (Linkerd's peak-EWMA power of two choices), "round-robin", "random" or
-        "least-request" (power of two choices on outstanding requests, as Envoy's).
+        "least-request" (power of two choices on outstanding requests, as Envoy's),
+        "ring-hash" or "maglev" (consistent hashing by the key set_hash() names; none:
+        every request is a random pick).
         """
         if balancer not in BALANCERS:
             raise ValueError("service %r: balancer %r is not one of %s"
@@ -470,6 +475,16 @@ cdef class RouteTable:
                 eps.append((str(host), int(port)))
         self._services.append((name, sni_b, ids, eps, BALANCERS[balancer]))
         return len(self._services) - 1
+
+    def set_hash(self, int service_index, str key not None, str name=None, str path=None,
+                 ttl_s=None, int slots=0) -> None:
+        """What a "ring-hash" or "maglev" service's requests are hashed by (hashing.pxi):
+        `key` "header" (field `name`), "cookie" (cookie `name`; with `ttl_s` not None,
+        one is generated for a request without it, set on its answer with Max-Age
+        `ttl_s`, 0: a session cookie, and Path `path`), "query" (parameter `name`) or
+        "source-ip" (the caller's address; opaque TCP pairs too). `slots`: the ring's
+        least points, or the Maglev table's size (a prime); 0: Envoy's default."""
+        _hash_add(self, service_index, key, name, path, ttl_s, slots)
 
     def add_outbound_tcp(self, int fd, int service_index, TLSContext client_ctx,
                          str protocol="tcp") -> None:
@@ -844,6 +859,7 @@ cdef class RouteTable:
 
             _routes_build(t, self._route_sets, self._route_rules)
             _mirrors_build(t, self._route_mirrors)
+            _hash_build(t, self._hashes)
 
             if self._routes:
                 t.routes = <InboundRoute*>calloc(len(self._routes), sizeof(InboundRoute))

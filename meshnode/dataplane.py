@@ -233,6 +233,8 @@ class DataPlane:
                 self.service_fqdn[name] = svc["fqdn"]
                 index = table.add_service(name, sni, svc["identities"], endpoints,
                                           balancer=port.get("balancer", DEFAULT_BALANCER))
+                if port.get("hash"):
+                    table.set_hash(index, **port["hash"])   # consistentHash's key
                 indexes.setdefault((f"{svc['namespace']}/{svc['name']}", int(port["port"])), index)
                 protocol = _protocol(port)
                 if port.get("outbound_port") and serving:

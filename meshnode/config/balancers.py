@@ -7,12 +7,16 @@ Istio, and takes effect when the Service comes.
 
 Several rules for one host: Istio merges them, and of their top-level trafficPolicy the
 oldest rule's wins (creationTimestamp, then namespace and name, as Istio orders
-configs); the later ones' are dropped. Their subsets would be merged, but subsets are
-refused here (destinationrule.NOT_IMPLEMENTED), so a later rule changes nothing.
+configs); the later ones' are dropped. Istio merges their subsets too; subsets route
+nothing here (destinationrulehash.py), so a later rule's change nothing either.
+
+A port whose loadBalancer is consistentHash gets the engine's "ring-hash" or "maglev"
+balancer, and its hash policy (hash_for) goes into the snapshot beside it.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from .destinationrule import DEFAULT_BALANCER
 from .model import DestinationRule, Resource, Service
@@ -32,6 +36,14 @@ def rules_by_service(resources: Iterable[Resource]) -> dict[str, DestinationRule
         if rule.spec.has_policy:
             out.setdefault(rule.spec.service, rule)
     return out
+
+
+def hash_for(service: Service, port: int, rules: dict[str, DestinationRule]
+             ) -> dict[str, Any] | None:
+    """RouteTable.set_hash()'s arguments for `service`'s port `port`; None: it does not hash."""
+    rule = rules.get(f"{service.namespace}/{service.name}")
+    policy = rule.spec.hash_policy(port) if rule is not None else None
+    return policy.engine() if policy is not None else None     # (None: no key either)
 
 
 def balancer_for(service: Service, port: int, rules: dict[str, DestinationRule]) -> str:

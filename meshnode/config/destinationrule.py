@@ -1,8 +1,9 @@
 """Istio's DestinationRule as meshnode takes it: the spec model, and which fields are taken.
 
 A user's DestinationRule YAML applies unchanged (networking.istio.io v1, v1beta1 or
-v1alpha3). meshnode implements its load balancing (trafficPolicy.loadBalancer.simple,
-for the whole service and per port); every other field Istio defines is refused by name
+v1alpha3). meshnode implements its load balancing (trafficPolicy.loadBalancer simple
+or consistentHash, for the whole service and per port) and its subsets
+(destinationrulehash.py says what they do here); every other field Istio defines is refused by name
 (NOT_IMPLEMENTED) rather than accepted and ignored, so a rule never seems to do what it
 does not. The list shrinks as the data plane learns each field. Objects here are already
 validated (destinationruleparse.py).
@@ -10,6 +11,10 @@ validated (destinationruleparse.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # (it checks its fields with validate, which needs this module's model)
+    from .destinationrulehash import ConsistentHash, Subset
 
 API_GROUP = "networking.istio.io"
 API_VERSIONS = (f"{API_GROUP}/v1", f"{API_GROUP}/v1beta1", f"{API_GROUP}/v1alpha3")
@@ -34,17 +39,17 @@ REFUSED_SIMPLE = {
 
 # Istio's fields by where they stand, known but not implemented yet: refused by name.
 NOT_IMPLEMENTED: dict[str, tuple[str, ...]] = {
-    "spec": ("subsets", "exportTo", "workloadSelector"),
+    "spec": ("exportTo", "workloadSelector"),
     "trafficPolicy": ("connectionPool", "outlierDetection", "tls", "tunnel", "proxyProtocol",
                       "retryBudget"),
-    "loadBalancer": ("consistentHash", "localityLbSetting", "warmupDurationSecs", "warmup"),
+    "loadBalancer": ("localityLbSetting", "warmupDurationSecs", "warmup"),
     "portLevelSettings": ("connectionPool", "outlierDetection", "tls"),
 }
 
 IMPLEMENTED: dict[str, tuple[str, ...]] = {
-    "spec": ("host", "trafficPolicy"),
+    "spec": ("host", "trafficPolicy", "subsets"),
     "trafficPolicy": ("loadBalancer", "portLevelSettings"),
-    "loadBalancer": ("simple",),
+    "loadBalancer": ("simple", "consistentHash"),
     "portLevelSettings": ("port", "loadBalancer"),
 }
 
@@ -55,6 +60,7 @@ class PortPolicy:
 
     port: int
     simple: str | None = None       # loadBalancer.simple as written; None: not given
+    hash: ConsistentHash | None = None  # loadBalancer.consistentHash; None: not given
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,24 @@ class DestinationRuleSpec:
     has_policy: bool = False        # a trafficPolicy is given (several rules: the oldest's)
     simple: str | None = None       # trafficPolicy.loadBalancer.simple; None: not given
     ports: tuple[PortPolicy, ...] = ()
+    hash: ConsistentHash | None = None  # trafficPolicy.loadBalancer.consistentHash
+    subsets: tuple[Subset, ...] = ()
+
+    def _load_balancer(self, port: int) -> tuple[str | None, ConsistentHash | None]:
+        """Service port `port`'s loadBalancer (simple, consistentHash): its
+        portLevelSettings entry's when it has one, else the rule's."""
+        for policy in self.ports:
+            if policy.port == port and (policy.simple is not None or policy.hash is not None):
+                return policy.simple, policy.hash
+        return self.simple, self.hash
 
     def balancer(self, port: int) -> str:
-        """The engine balancer for service port `port`: its portLevelSettings entry's
-        loadBalancer when it has one, else the rule's, else the default."""
-        for policy in self.ports:
-            if policy.port == port and policy.simple is not None:
-                return BALANCERS[policy.simple]
-        return BALANCERS[self.simple] if self.simple is not None else DEFAULT_BALANCER
+        """The engine balancer for service port `port` (default: DEFAULT_BALANCER)."""
+        simple, hashed = self._load_balancer(port)
+        if hashed is not None:
+            return hashed.table
+        return BALANCERS[simple] if simple is not None else DEFAULT_BALANCER
+
+    def hash_policy(self, port: int) -> ConsistentHash | None:
+        """Service port `port`'s consistentHash, if its balancer hashes."""
+        return self._load_balancer(port)[1]

@@ -12,6 +12,7 @@ from typing import Any
 
 from .destinationrule import (API_VERSIONS, BALANCERS, IMPLEMENTED, NOT_IMPLEMENTED, REFUSED_SIMPLE,
                               DestinationRuleSpec, PortPolicy)
+from .destinationrulehash import ConsistentHash, parse_consistent_hash, parse_subsets
 from .errors import Problem
 from .model import DestinationRule, key_label
 from .routeparse import _metadata
@@ -56,8 +57,19 @@ def _host(d: _Doc, value: object, path: str, namespace: str) -> str | None:
     return None
 
 
-def _simple(d: _Doc, value: object, path: str) -> str | None:
+def _load_balancer(d: _Doc, value: object, path: str
+                   ) -> tuple[str | None, ConsistentHash | None]:
+    """loadBalancer: simple or consistentHash (Istio's oneof), each None when not given."""
     lb = _known(d, value, path, "loadBalancer")
+    if lb is not None and "simple" in lb and "consistentHash" in lb:
+        d.fail(join(path, "consistentHash"), "give simple or consistentHash, not both")
+        return None, None
+    if lb is not None and "consistentHash" in lb:
+        return None, parse_consistent_hash(d, lb["consistentHash"], join(path, "consistentHash"))
+    return _simple(d, lb, path), None
+
+
+def _simple(d: _Doc, lb: dict[str, Any] | None, path: str) -> str | None:
     if lb is None or "simple" not in lb:
         return None
     simple, where = lb["simple"], join(path, "simple")
@@ -88,9 +100,9 @@ def _port_policies(d: _Doc, value: object, path: str) -> tuple[PortPolicy, ...]:
         if any(p.port == number for p in out):
             d.fail(join(where, "port.number"), f"port {number} has settings already")
             continue
-        simple = _simple(d, entry["loadBalancer"], join(where, "loadBalancer")) \
-            if "loadBalancer" in entry else None
-        out.append(PortPolicy(number, simple))
+        simple, hashed = _load_balancer(d, entry["loadBalancer"], join(where, "loadBalancer")) \
+            if "loadBalancer" in entry else (None, None)
+        out.append(PortPolicy(number, simple, hashed))
     return tuple(out)
 
 
@@ -102,18 +114,21 @@ def _spec(d: _Doc, value: object, namespace: str, api_version: str) -> Destinati
     if spec is None or "host" not in spec:
         return None
     service = _host(d, spec["host"], "spec.host", namespace)
-    simple, ports = None, ()
+    simple, hashed, ports = None, None, ()
+    subsets = parse_subsets(d, spec["subsets"], "spec.subsets") if "subsets" in spec else ()
     policy = spec.get("trafficPolicy")
     if policy is not None:
         fields = _known(d, policy, "spec.trafficPolicy", "trafficPolicy")
         if fields is not None and "loadBalancer" in fields:
-            simple = _simple(d, fields["loadBalancer"], "spec.trafficPolicy.loadBalancer")
+            simple, hashed = _load_balancer(d, fields["loadBalancer"],
+                                            "spec.trafficPolicy.loadBalancer")
         if fields is not None and "portLevelSettings" in fields:
             ports = _port_policies(d, fields["portLevelSettings"],
                                    "spec.trafficPolicy.portLevelSettings")
     if d.problems or service is None:
         return None
-    return DestinationRuleSpec(spec["host"], service, api_version, policy is not None, simple, ports)
+    return DestinationRuleSpec(spec["host"], service, api_version, policy is not None, simple,
+                               ports, hashed, subsets)
 
 
 def parse_destination_rule(doc: dict[str, Any], file: str, index: int
@@ -143,7 +158,9 @@ def parse_destination_rule(doc: dict[str, Any], file: str, index: int
     return DestinationRule(metadata=metadata, spec=spec, created=created, source=file), []
 
 
-def _load_balancer(simple: str | None) -> dict[str, Any]:
+def _lb_dict(simple: str | None, hashed: ConsistentHash | None = None) -> dict[str, Any]:
+    if hashed is not None:
+        return {"loadBalancer": {"consistentHash": hashed.written}}
     return {"loadBalancer": {"simple": simple}} if simple is not None else {}
 
 
@@ -156,10 +173,12 @@ def rule_to_dict(rule: DestinationRule) -> dict[str, Any]:
         ("annotations", dict(meta.annotations))) if value)
     spec: dict[str, Any] = {"host": rule.spec.host}
     if rule.spec.has_policy:
-        policy = _load_balancer(rule.spec.simple)
+        policy = _lb_dict(rule.spec.simple, rule.spec.hash)
         if rule.spec.ports:
-            policy["portLevelSettings"] = [{"port": {"number": p.port}, **_load_balancer(p.simple)}
+            policy["portLevelSettings"] = [{"port": {"number": p.port}, **_lb_dict(p.simple, p.hash)}
                                            for p in rule.spec.ports]
         spec["trafficPolicy"] = policy
+    if rule.spec.subsets:
+        spec["subsets"] = [s.to_dict() for s in rule.spec.subsets]
     return {"apiVersion": rule.spec.api_version, "kind": rule.KIND, "metadata": metadata,
             "spec": spec}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .balancers import balancer_for, rules_by_service
+from .balancers import balancer_for, hash_for, rules_by_service
 from .model import (DEFAULT_TRUST_DOMAIN, DestinationRule, Node, Resource, Service, ServicePort,
                     Workload, mesh_spec, selects)
 from .routes import compile_routes
@@ -49,6 +49,10 @@ def _endpoint(service: Service, workload: Workload, node: str, trust_domain: str
     }
 
 
+def _hash_entry(policy: dict[str, Any] | None) -> dict[str, Any]:
+    return {"hash": policy} if policy is not None else {}
+
+
 def _service(service: Service, workloads: list[Workload], node: str, trust_domain: str,
              rules: dict[str, DestinationRule]) -> dict[str, Any]:
     name, namespace = service.name, service.namespace
@@ -61,7 +65,9 @@ def _service(service: Service, workloads: list[Workload], node: str, trust_domai
         "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol,
                    "target_port": p.target_port, "outbound_port": p.outbound_port,
                    # How the port's connections pick an endpoint (DestinationRule).
-                   "balancer": balancer_for(service, p.port, rules)}
+                   "balancer": balancer_for(service, p.port, rules),
+                   # What a hashing balancer hashes by (RouteTable.set_hash), if it does.
+                   **_hash_entry(hash_for(service, p.port, rules))}
                   for p in sorted(service.spec.ports, key=lambda p: p.port)],
         "endpoints": endpoints,
         "identities": sorted({e["identity"] for e in endpoints}),

@@ -318,6 +318,8 @@ def test_a_dead_endpoint_stays_passed_over_whatever_the_balancer(make_farm: Make
 
 def test_an_unknown_balancer_is_refused_by_name() -> None:
     t = fe.RouteTable()
-    with pytest.raises(ValueError, match="'LEAST_CONN'.*p2c-ewma, round-robin, random, least-request"):
+    with pytest.raises(ValueError, match="'LEAST_CONN'.*p2c-ewma, round-robin, random, "
+                                         "least-request, ring-hash, maglev"):
         t.add_service("demo/x:http", "http.x.demo.svc", [BACKEND_ID], [], balancer="LEAST_CONN")
-    assert sorted(fe.BALANCERS) == ["least-request", "p2c-ewma", "random", "round-robin"]
+    assert sorted(fe.BALANCERS) == ["least-request", "maglev", "p2c-ewma", "random",
+                                    "ring-hash", "round-robin"]

@@ -137,7 +137,6 @@ def test_an_unknown_simple_is_refused_with_the_choices() -> None:
 
 
 NOT_IMPLEMENTED_DOCS = {
-    ("spec", "subsets"): "subsets: [{name: v1, labels: {version: v1}}]",
     ("spec", "exportTo"): "exportTo: ['.']",
     ("spec", "workloadSelector"): "workloadSelector: {matchLabels: {app: x}}",
     ("trafficPolicy", "connectionPool"): "trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}",
@@ -146,8 +145,6 @@ NOT_IMPLEMENTED_DOCS = {
     ("trafficPolicy", "tunnel"): "trafficPolicy: {tunnel: {targetHost: x, targetPort: 1}}",
     ("trafficPolicy", "proxyProtocol"): "trafficPolicy: {proxyProtocol: {version: V1}}",
     ("trafficPolicy", "retryBudget"): "trafficPolicy: {retryBudget: {percent: {value: 20}}}",
-    ("loadBalancer", "consistentHash"):
-        "trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}",
     ("loadBalancer", "localityLbSetting"):
         "trafficPolicy: {loadBalancer: {localityLbSetting: {enabled: true}}}",
     ("loadBalancer", "warmupDurationSecs"):
