@@ -644,6 +644,9 @@ cdef class RouteTable:
         url = _url_filter(redirect, rewrite, name)
         out, refs = [], []
         for backend in backends:
+            if len(backend) not in (2, 4):
+                raise ValueError("rule %r: a backend is (service, weight) or (service, weight, "
+                                 "request_headers, response_headers), not %r" % (name, backend))
             service_index, weight = backend[0], backend[1]
             if service_index != -1 and not 0 <= service_index < len(self._services):
                 raise ValueError("rule %r: no service %d" % (name, service_index))
@@ -651,7 +654,7 @@ cdef class RouteTable:
                 raise ValueError("rule %r: weight must be 0..1000000, not %r" % (name, weight))
             if weight:
                 out.append([int(service_index), int(weight), -1])
-                refs.append(backend[2:4] if len(backend) > 2 else None)
+                refs.append(backend[2:] if len(backend) == 4 else None)
         req = _edits(request_headers, _UNEDITABLE_REQUEST, "rule %r request header" % name)
         resp = _edits(response_headers, _UNEDITABLE_RESPONSE, "rule %r response header" % name)
         variants = []
