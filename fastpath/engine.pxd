@@ -298,8 +298,10 @@ cdef struct RouteRule:
     HeaderEdit* request_edits      # RequestHeaderModifier: remove, then set, then add
     uint32_t n_request_edits
     uint32_t request_grow          # the most bytes its edits add to a head
-    bint request_adds              # an edit adds a line: a head it went through is not
-                                   # framed twice (its requests are not retried)
+    bint request_adds              # an edit adds a line, or a URLRewrite changes the
+                                   # target or Host the next requests were routed by: a
+                                   # head it went through is not framed twice (its
+                                   # requests are not retried)
     HeaderEdit* response_edits     # ResponseHeaderModifier
     uint32_t n_response_edits
     uint32_t response_grow

@@ -259,8 +259,9 @@ cdef inline bint _route_regex(const void* prog, const char* s, size_t n) noexcep
 
 cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
                         int64_t* delta) noexcept nogil:
-    """The request rule's header edits on the head at d2u.buf + base (its earlier edits
-    counted in `delta`, which this folds into a parse of the head as it stands).
+    """The request rule's URLRewrite (route_filters.pxi), then its header edits, on the
+    head at d2u.buf + base (its earlier edits counted in `delta`, which this folds into
+    a parse of the head as it stands).
     STATUS_OK; STATUS_AGAIN: no room yet (bytes before it are still to be sent); or
     STATUS_RESET: no room will come, or the edited head is over the parser's limits (431)."""
     cdef const RouteRule* r = &c.table.rules[c.req_rule]
