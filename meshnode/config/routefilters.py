@@ -14,7 +14,7 @@ from typing import Any
 
 from .httproute import (BackendRef, HeaderModifier, PathModifier, RequestRedirect, RouteFilter, RouteMatch, RouteRule,
                         URLRewrite)
-from .validate import _Doc, _fields, _opt, _port, _string, join
+from .validate import _Doc, _fields, _port, _string, join
 
 PATH_TYPES = ("ReplaceFullPath", "ReplacePrefixMatch")
 SCHEMES = ("http", "https")
@@ -78,33 +78,31 @@ def _status(d: _Doc, value: object, path: str) -> int | None:
     return int(value)  # type: ignore[call-overload]
 
 
-def parse_redirect(d: _Doc, value: object, path: str) -> RouteFilter | None:
-    fields = _fields(d, value, path, ("scheme", "hostname", "path", "port", "statusCode"))
+def _parts(d: _Doc, value: object, path: str, allowed: tuple[str, ...]) -> dict[str, Any] | None:
+    """A redirect's or rewrite's fields, each checked (hostname, path, and a redirect's
+    port and statusCode); None when any is wrong."""
+    fields = _fields(d, value, path, allowed)
     if fields is None:
         return None
-    scheme = fields.get("scheme")
-    if scheme is not None and scheme not in SCHEMES:
-        d.fail(join(path, "scheme"), f"must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    checks = {"hostname": _hostname, "path": _path_modifier, "port": _port, "statusCode": _status}
+    parts = {key: checks[key](d, fields[key], join(path, key)) for key in fields if key in checks}
+    if "scheme" in fields and fields["scheme"] not in SCHEMES:
+        d.fail(join(path, "scheme"), f"must be one of {', '.join(SCHEMES)}, got {fields['scheme']!r}")
         return None
-    hostname = _opt(d, fields, path, "hostname", _hostname, None)
-    modifier = _opt(d, fields, path, "path", _path_modifier, None)
-    port = _opt(d, fields, path, "port", _port, None)
-    status = _opt(d, fields, path, "statusCode", _status, 302)
-    if status is None or any(key in fields and got is None for key, got in (
-            ("hostname", hostname), ("path", modifier), ("port", port))):
+    return None if None in parts.values() else {**fields, **parts}
+
+
+def parse_redirect(d: _Doc, value: object, path: str) -> RouteFilter | None:
+    got = _parts(d, value, path, ("scheme", "hostname", "path", "port", "statusCode"))
+    if got is None:
         return None
-    return RouteFilter("RequestRedirect", redirect=RequestRedirect(scheme, hostname, modifier, port, status))
+    return RouteFilter("RequestRedirect", redirect=RequestRedirect(
+        got.get("scheme"), got.get("hostname"), got.get("path"), got.get("port"), got.get("statusCode", 302)))
 
 
 def parse_rewrite(d: _Doc, value: object, path: str) -> RouteFilter | None:
-    fields = _fields(d, value, path, ("hostname", "path"))
-    if fields is None:
-        return None
-    hostname = _opt(d, fields, path, "hostname", _hostname, None)
-    modifier = _opt(d, fields, path, "path", _path_modifier, None)
-    if any(key in fields and got is None for key, got in (("hostname", hostname), ("path", modifier))):
-        return None
-    return RouteFilter("URLRewrite", rewrite=URLRewrite(hostname, modifier))
+    got = _parts(d, value, path, ("hostname", "path"))
+    return None if got is None else RouteFilter("URLRewrite", rewrite=URLRewrite(got.get("hostname"), got.get("path")))
 
 
 def _growth(mod: HeaderModifier | None) -> int:
