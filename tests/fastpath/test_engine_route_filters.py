@@ -11,7 +11,7 @@ and the echo apps are test_engine_routes.py's.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -20,6 +20,7 @@ from fastpath import engine as fe
 from enginekit import TIMEOUT_S, listener, port_of, recv_all
 from test_engine_routes import (VERSIONS, Mesh, client_ctx, mesh, mesh_pki,  # noqa: F401
                                 request, routed_to, send)
+from test_engine_mirror import MIRROR_ANSWER, Mirrored, Recorder, mirrored, shadow, wait_for  # noqa: F401
 from test_engine_routes_attack import exchange
 
 pytestmark = pytest.mark.timeout(60)
@@ -252,3 +253,20 @@ def test_a_backend_refs_edits_of_fields_the_node_owns_are_refused(mesh: Mesh) ->
         t.add_route_rule("demo/r#0", [(ix["v1"], 1, {"set": [("Host", "x")]}, None)])
     with pytest.raises(ValueError, match="control characters"):
         t.add_route_rule("demo/r#0", [(ix["v1"], 1, None, {"set": [("X-A", "b\r\nc: d")]})])
+
+
+def test_a_request_to_a_backend_with_its_own_filters_is_mirrored_as_edited_for_it(
+        mirrored: Callable[..., Mirrored]) -> None:
+    """The rule as that backend is chosen is another compiled rule (its edits merged):
+    it carries the rule's RequestMirror filters too."""
+    m = mirrored(Recorder(MIRROR_ANSWER))
+    t = m.table
+    s = t.add_route_set(m.ix["backend"])
+    rule = t.add_route_rule("demo/r#0", [(m.ix["rec"], 1, {"set": [("x-backend", "rec")]}, None)])
+    t.add_route_mirror(rule, m.ix["mirror0"])
+    t.add_route_match(s, rule)
+    m.mesh.out_node.install(t)
+    assert request(m.mesh.http(), "/p")[:3:2] == (200, b"real")
+    wait_for(lambda: len(m.mirrors[0].requests) == 1, "the copy")
+    assert b"\r\nx-backend: rec\r\n" in m.real.requests[0]
+    assert [shadow(r) for r in m.real.requests] == m.mirrors[0].requests
