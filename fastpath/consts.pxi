@@ -113,6 +113,9 @@ cdef enum:
     # The longest absolute-form authority the engine edits into a Host field: a DNS name
     # (253) with a port and brackets; a longer one names no route anyway.
     ENGINE_AUTHORITY_MAX = 320
+    # The longest Location a RequestRedirect writes (route_filters.pxi): its path is
+    # the client's; a request whose Location would be longer is answered 414.
+    ENGINE_LOCATION_MAX = 8192
     # Engine(drain_max_bytes=) default: an HTTP client that leaves mid-answer leaves its
     # upstream to read the rest and drop it, when no more than this is owed
     # (Content-Length); a larger answer, or one still coming at the connect timeout,

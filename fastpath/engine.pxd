@@ -257,6 +257,29 @@ cdef struct RouteBackend:
     int32_t service                # index in Table.services; -1: an invalid backendRef
                                    # (its share of the requests is answered 500)
     uint32_t weight
+    int32_t rule                   # the backendRef's own filters: Table.rules index of the
+                                   # rule as this backend is chosen (its edits and the
+                                   # ref's merged); -1: the rule's own
+
+
+# URLRewrite and RequestRedirect compiled (route_filters.pxi). Every part the request
+# does not decide is settled at install: a redirect's scheme, and its port (0: none in
+# Location, the scheme's own); left to the request: the host (hostname empty) and the path.
+cdef enum PathOp:
+    PATH_KEEP = 0
+    PATH_FULL                      # ReplaceFullPath: the path (not the query) is `path`
+    PATH_PREFIX                    # ReplacePrefixMatch: `prefix` (whole segments) becomes
+                                   # `path`; both without a trailing "/" ("/": empty)
+
+
+cdef struct UrlFilter:
+    uint16_t redirect              # RequestRedirect's status (301..308); 0: URLRewrite
+    uint8_t path_op                # PathOp
+    Name scheme                    # redirect: "http" or "https"
+    Name hostname                  # empty: the request's own (redirect) or kept (rewrite)
+    uint16_t port                  # redirect: 0: none written
+    Name path
+    Name prefix
 
 
 # RequestMirror (mirror.pxi): a copy of each request the rule takes, chosen with
@@ -275,8 +298,10 @@ cdef struct RouteRule:
     HeaderEdit* request_edits      # RequestHeaderModifier: remove, then set, then add
     uint32_t n_request_edits
     uint32_t request_grow          # the most bytes its edits add to a head
-    bint request_adds              # an edit adds a line: a head it went through is not
-                                   # framed twice (its requests are not retried)
+    bint request_adds              # an edit adds a line, or a URLRewrite changes the
+                                   # target or Host the next requests were routed by: a
+                                   # head it went through is not framed twice (its
+                                   # requests are not retried)
     HeaderEdit* response_edits     # ResponseHeaderModifier
     uint32_t n_response_edits
     uint32_t response_grow
@@ -285,6 +310,8 @@ cdef struct RouteRule:
     int64_t timeout_ns
     RouteMirror* mirrors           # RequestMirror filters, in order (mirror.pxi)
     uint32_t n_mirrors
+    UrlFilter* url                 # URLRewrite or RequestRedirect (route_filters.pxi);
+                                   # NULL: neither
 
 
 cdef struct RouteSet:
@@ -772,6 +799,8 @@ cdef struct Counters:
     uint64_t route_no_match
     uint64_t route_no_backend
     uint64_t route_timeouts        # 504: a route's timeout came before the answer's head
+    uint64_t route_redirects       # answered by a RequestRedirect (route_filters.pxi)
+    uint64_t route_rewrites        # request heads a URLRewrite changed
     # Out of descriptors with no spare left: the listeners left the loop for
     # ENGINE_ACCEPT_PAUSE_MS instead of reporting the same backlog in a busy loop.
     uint64_t accept_paused
@@ -914,8 +943,9 @@ cdef class RouteTable:
                                    # per source, inbound permille); None: the engine's
     cdef list _route_sets          # (parent service index, consumer namespace bytes or
                                    # None, [entry tuples]) (routes_table.pxi)
-    cdef list _route_rules         # (name bytes, [(service index, weight)], request
-                                   # edits, response edits, timeout s)
+    cdef list _route_rules         # (name bytes, [[service index, weight, variant rule
+                                   # or -1]], request edits, response edits, timeout s,
+                                   # url filter tuple or None: route_filters_table.pxi)
     cdef list _route_mirrors       # (rule index, service index, numerator, denominator)
     cdef dict _hashes              # service index -> (key kind, name bytes, path bytes,
                                    # ttl s, slots) (hashing.pxi)

@@ -282,6 +282,7 @@ include "callers.pxi"       # which local workload is calling: socket owner, add
 include "http_stream.pxi"   # HTTP/1.1 framing both ways, per-request state
 include "router.pxi"        # request -> service; switching a client between services
 include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, weights, edits
+include "route_filters.pxi" # a route's URLRewrite and RequestRedirect
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
 include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
@@ -290,6 +291,7 @@ include "endpoint.pxi"      # connect, mTLS client, pool, sessions, failover
 include "stats.pxi"         # request figures per (direction, service, peer)
 include "table.pxi"         # route tables: compile, swap, carry-over of endpoint state
 include "routes_table.pxi"  # HTTPRoute's part of a table: checked, compiled
+include "route_filters_table.pxi"  # a rule's URLRewrite, RequestRedirect, backendRef filters
 include "carry.pxi"         # open pairs meet a newer table
 include "drain.pxi"         # graceful drain: stop accepting, finish, send clients away
 include "limits.pxi"        # limits before authentication: budgets, handshakes, sources
@@ -576,6 +578,8 @@ cdef class Engine:
         out["route_no_match"] = snap.route_no_match
         out["route_no_backend"] = snap.route_no_backend
         out["route_timeouts"] = snap.route_timeouts
+        out["route_redirects"] = snap.route_redirects
+        out["route_rewrites"] = snap.route_rewrites
         out["rejected_source_handshakes"] = snap.rejected_source_handshakes
         out["accept_paused"] = snap.accept_paused
         # RequestMirror (mirror.pxi): copies sent whole, copies given up, the slots for

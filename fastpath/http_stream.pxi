@@ -69,6 +69,16 @@ cdef int _drain(Core* core, Conn* c) noexcept nogil:
 
 
 cdef const char* _reason(int status) noexcept nogil:
+    if status == 301:
+        return b"Moved Permanently"
+    if status == 302:
+        return b"Found"
+    if status == 303:
+        return b"See Other"
+    if status == 307:
+        return b"Temporary Redirect"
+    if status == 308:
+        return b"Permanent Redirect"
     if status == 502:
         return b"Bad Gateway"
     if status == 400:
@@ -96,15 +106,21 @@ cdef const char* _reason(int status) noexcept nogil:
 
 cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
                       int body_len) noexcept nogil:
+    _http_reply_fields(core, c, status, body, body_len, NULL, 0)
+
+
+cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
+                             int body_len, const char* fields, int fields_len) noexcept nogil:
     """Answer the client ourselves (at most once per connection) before the pair closes:
     `status` with a text body (`body_len` bytes of `body`, all of a C string `body` when
-    -1, or the reason phrase when `body` is NULL), Connection: close.
+    -1, or the reason phrase when `body` is NULL), Connection: close, and the field
+    lines fields[0:fields_len] (each ending CRLF; a redirect's Location: route_filters.pxi).
 
     What the client sent and we did not read is drained first (bounded): closing a
     socket with unread bytes sends RST, which can make the client drop our answer
     (RFC 9112 §9.6 asks for a lingering close; this is the cheap part of one)."""
     cdef char sink[4096]
-    cdef char msg[1024]
+    cdef char msg[1024 + ENGINE_LOCATION_MAX]
     cdef const char* reason = _reason(status)
     cdef int n, i
     cdef Py_ssize_t r
@@ -126,7 +142,7 @@ cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
         core.counters.http_no_route += 1
     elif status == 503:
         core.counters.http_unavailable += 1
-    elif status != 408 and status != 403:   # (403: callers_refused)
+    elif status >= 400 and status != 408 and status != 403:   # (403: callers_refused)
         core.counters.http_bad_request += 1
     if c.down.ssl == NULL:
         for i in range(256):
@@ -139,11 +155,13 @@ cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
         body_len = <int>strlen(body)
     if body_len < 0 or body_len > 512:
         body_len = 0
+    if fields == NULL or fields_len < 0 or fields_len > ENGINE_LOCATION_MAX:
+        fields, fields_len = b"", 0
     n = snprintf(msg, sizeof(msg),
                  b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
-                 b"connection: close\r\n\r\n%.*s%s",
-                 status, reason, <int>(body_len + (1 if body == reason else 0)), body_len, body,
-                 b"\n" if body == reason else b"")
+                 b"connection: close\r\n%.*s\r\n%.*s%s",
+                 status, reason, <int>(body_len + (1 if body == reason else 0)), fields_len,
+                 fields, body_len, body, b"\n" if body == reason else b"")
     if n <= 0 or n >= <int>sizeof(msg):
         return
     if c.down.ssl != NULL:
@@ -344,7 +362,8 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
             if grow == INT64_MAX:
                 return STATUS_RESET
             delta += grow
-        if c.req_rule >= 0 and c.table.rules[c.req_rule].n_request_edits > 0:
+        if c.req_rule >= 0 and (c.table.rules[c.req_rule].n_request_edits > 0
+                                or c.table.rules[c.req_rule].url != NULL):
             st = _request_edits(core, c, req, base, &delta)
             if st != STATUS_OK:
                 return st

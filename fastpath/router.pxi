@@ -88,6 +88,9 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
             c.stat = -1
             if st == 404:
                 _http_reply(core, c, 404, b"no route matches the request\n", -1)
+            elif st < 400:
+                return _redirect_reply(core, c, c.d2u.buf + c.d2u.head, req,
+                                       c.table.rules[rule].url)
             else:
                 _http_reply(core, c, st, b"no valid backend for the request's route\n", -1)
             return STATUS_CLOSE

@@ -183,6 +183,8 @@ cdef int _route_pick(Core* core, Conn* c, uint32_t parent, const char* head,
     rule[0] = <int32_t>t.entries[i].rule
     r = &t.rules[t.entries[i].rule]
     core.counters.route_matched += 1
+    if r.url != NULL and r.url.redirect != 0:
+        return r.url.redirect           # answered by the node (route_filters.pxi)
     if r.total_weight == 0:
         core.counters.route_no_backend += 1
         return 500
@@ -195,6 +197,8 @@ cdef int _route_pick(Core* core, Conn* c, uint32_t parent, const char* head,
         core.counters.route_no_backend += 1     # an invalid backendRef's share
         return 500
     service[0] = <uint32_t>r.backends[i].service
+    if r.backends[i].rule >= 0:
+        rule[0] = r.backends[i].rule    # the backendRef's own filters with the rule's
     return 0
 
 
@@ -255,8 +259,9 @@ cdef inline bint _route_regex(const void* prog, const char* s, size_t n) noexcep
 
 cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
                         int64_t* delta) noexcept nogil:
-    """The request rule's header edits on the head at d2u.buf + base (its earlier edits
-    counted in `delta`, which this folds into a parse of the head as it stands).
+    """The request rule's URLRewrite (route_filters.pxi), then its header edits, on the
+    head at d2u.buf + base (its earlier edits counted in `delta`, which this folds into
+    a parse of the head as it stands).
     STATUS_OK; STATUS_AGAIN: no room yet (bytes before it are still to be sent); or
     STATUS_RESET: no room will come, or the edited head is over the parser's limits (431)."""
     cdef const RouteRule* r = &c.table.rules[c.req_rule]
@@ -272,6 +277,9 @@ cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
         return STATUS_AGAIN if base > 0 else STATUS_RESET
     if r.request_adds:
         c.flags &= ~CONN_RETRYABLE      # framed once only: an added line is not idempotent
+    if r.url != NULL:
+        if _url_rewrite(core, f, base, req, r.url) != STATUS_OK:
+            return STATUS_RESET         # (431)
     grow = _route_edit(f.buf + base, f.tail - base, core.buffer_bytes - base,
                        r.request_edits, r.n_request_edits, False, req, NULL,
                        &core.http_limits, METHOD_OTHER)

@@ -177,6 +177,7 @@ cdef void _routes_free(Table* t) noexcept nogil:
             free(t.rules[i].backends)
             _edits_free(t.rules[i].request_edits, t.rules[i].n_request_edits)
             _edits_free(t.rules[i].response_edits, t.rules[i].n_response_edits)
+            _url_free(t.rules[i].url)
         free(t.rules)
     if t.namespaces != NULL:
         for i in range(t.n_namespaces):
@@ -206,7 +207,7 @@ cdef int _routes_build(Table* t, list sets, list rules) except -1:
         if t.rules == NULL:
             raise MemoryError()
         t.n_rules = len(rules)
-    for i, (name_b, backends, req_edits, resp_edits, timeout_s) in enumerate(rules):
+    for i, (name_b, backends, req_edits, resp_edits, timeout_s, url) in enumerate(rules):
         r = &t.rules[i]
         _name_set(&r.name, name_b)
         r.timeout_ns = <int64_t>(timeout_s * 1e9)
@@ -215,13 +216,17 @@ cdef int _routes_build(Table* t, list sets, list rules) except -1:
             if r.backends == NULL:
                 raise MemoryError()
             r.n_backends = len(backends)
-        for j, (service_index, weight) in enumerate(backends):
+        for j, (service_index, weight, variant) in enumerate(backends):
             r.backends[j].service = service_index
             r.backends[j].weight = weight
+            r.backends[j].rule = variant
             r.total_weight += weight
         _edits_set(&r.request_edits, &r.n_request_edits, req_edits)
-        r.request_grow = _grow(req_edits)
-        r.request_adds = any(op == EDIT_ADD for op, _, _ in req_edits)
+        _url_set(r, url)
+        r.request_grow = _grow(req_edits) + _url_grow(url)
+        # (A rewritten target, or Host, is not the one the next requests were routed
+        # by: a head it went through is framed once only, as one with an added line.)
+        r.request_adds = any(op == EDIT_ADD for op, _, _ in req_edits) or url is not None
         _edits_set(&r.response_edits, &r.n_response_edits, resp_edits)
         r.response_grow = _grow(resp_edits)
         t.request_grow = max(t.request_grow, r.request_grow)

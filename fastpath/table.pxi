@@ -623,33 +623,61 @@ cdef class RouteTable:
         return len(self._route_sets) - 1
 
     def add_route_rule(self, str name not None, backends, request_headers=None,
-                       response_headers=None, double timeout_s=0.0) -> int:
+                       response_headers=None, double timeout_s=0.0, redirect=None,
+                       rewrite=None) -> int:
         """One rule of a route: `backends`, (service index or -1, weight) pairs, among
         which each request it takes is sent by weight (-1: an invalid backendRef: its
-        share is answered 500; no backend or all weights 0: every request 500);
+        share is answered 500; no backend or all weights 0: every request 500), or
+        (service index, weight, request_headers, response_headers): that backendRef's
+        own header modifiers, applied after the rule's when it is chosen;
         `request_headers` / `response_headers`: Gateway API header modifiers as
         {"set": [(name, value)], "add": [...], "remove": [name]}; `timeout_s`: from a
         request's framing to its answer's head, else 504 (0: none; Gateway API's
-        timeouts.request, or backendRequest when sooner). `name`: for figures.
+        timeouts.request, or backendRequest when sooner). `redirect`: the node answers
+        every request with it ({"status", "scheme", "hostname", "port", "path": (type,
+        value), "prefix"}: port 0 or None writes none; hostname None keeps the
+        request's); `rewrite`: {"hostname", "path", "prefix"} edits each request's Host
+        and path (route_filters_table.pxi). `name`: for figures.
         Returns the rule's index for add_route_match()."""
         if not 0 <= timeout_s <= 86400:
             raise ValueError("rule %r: timeout_s must be 0..86400, not %r" % (name, timeout_s))
-        out = []
-        for service_index, weight in backends:
+        url = _url_filter(redirect, rewrite, name)
+        out, refs = [], []
+        for backend in backends:
+            if len(backend) not in (2, 4):
+                raise ValueError("rule %r: a backend is (service, weight) or (service, weight, "
+                                 "request_headers, response_headers), not %r" % (name, backend))
+            service_index, weight = backend[0], backend[1]
             if service_index != -1 and not 0 <= service_index < len(self._services):
                 raise ValueError("rule %r: no service %d" % (name, service_index))
             if not 0 <= weight <= 1000000:
                 raise ValueError("rule %r: weight must be 0..1000000, not %r" % (name, weight))
             if weight:
-                out.append((int(service_index), int(weight)))
+                out.append([int(service_index), int(weight), -1])
+                refs.append(backend[2:] if len(backend) == 4 else None)
         req = _edits(request_headers, _UNEDITABLE_REQUEST, "rule %r request header" % name)
         resp = _edits(response_headers, _UNEDITABLE_RESPONSE, "rule %r response header" % name)
-        for edits, what in ((req, "request"), (resp, "response")):
-            if _grow(edits) > ROUTE_GROW_MAX:
-                raise ValueError("rule %r: its %s header edits add more than %d bytes"
-                                 % (name, what, ROUTE_GROW_MAX))
-        self._route_rules.append((name.encode(), out, req, resp, timeout_s))
-        return len(self._route_rules) - 1
+        variants = []
+        for j, ref in enumerate(refs):
+            if ref is not None and any(ref):
+                variants.append((j, _merged_edits(req, _edits(
+                    ref[0], _UNEDITABLE_REQUEST, "rule %r backend %d request header" % (name, j))),
+                    _merged_edits(resp, _edits(
+                        ref[1], _UNEDITABLE_RESPONSE, "rule %r backend %d response header"
+                        % (name, j)))))
+        for edits, what in ([(req, "request"), (resp, "response")]
+                            + [(v[1], "request") for v in variants]
+                            + [(v[2], "response") for v in variants]):
+            if _grow(edits) + (_url_grow(url) if what == "request" else 0) > ROUTE_GROW_MAX:
+                raise ValueError("rule %r: its %s header edits%s add more than %d bytes"
+                                 % (name, what, " and rewrite" if url else "", ROUTE_GROW_MAX))
+        self._route_rules.append((name.encode(), out, req, resp, timeout_s, url))
+        index = len(self._route_rules) - 1
+        for j, v_req, v_resp in variants:
+            # The rule as this backend is chosen (routes.pxi _route_pick): its own edits.
+            out[j][2] = len(self._route_rules)
+            self._route_rules.append((name.encode(), [], v_req, v_resp, timeout_s, url))
+        return index
 
     def add_route_mirror(self, int rule_index, int service_index, long long numerator=100,
                          long long denominator=100) -> None:
@@ -858,7 +886,7 @@ cdef class RouteTable:
                 t.hosts[i].service = service_index
 
             _routes_build(t, self._route_sets, self._route_rules)
-            _mirrors_build(t, self._route_mirrors)
+            _mirrors_build(t, _with_variants(self._route_rules, self._route_mirrors))
             _hash_build(t, self._hashes)
 
             if self._routes:

@@ -33,6 +33,14 @@ def _timeout_s(rule: dict[str, Any]) -> float:
     return float(min(set_)) if set_ else 0.0
 
 
+def _url(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A rule's redirect or rewrite as RouteTable.add_route_rule() takes it."""
+    if spec is None:
+        return None
+    path = spec.get("path")
+    return {**spec, "path": (path["type"], path["value"]) if path else None}
+
+
 def _rule_name(rule: dict[str, Any]) -> str:
     return f"{rule['route']}#{rule.get('name') or rule['index']}"
 
@@ -56,11 +64,13 @@ def install(table: RouteTable, route_sets: Iterable[dict[str, Any]],
                 index = -1
                 if ref is not None and backend.get("port") is not None:
                     index = services.get((ref, int(backend["port"])), -1)
-                backends.append((index, int(backend["weight"])))
+                backends.append((index, int(backend["weight"]), backend.get("request_headers"),
+                                 backend.get("response_headers")))
             rules.append(table.add_route_rule(_rule_name(rule), backends,
                                               rule.get("request_headers"),
                                               rule.get("response_headers"),
-                                              _timeout_s(rule)))
+                                              _timeout_s(rule), redirect=_url(rule.get("redirect")),
+                                              rewrite=_url(rule.get("rewrite"))))
             for mirror in rule.get("mirrors") or ():
                 # A mirror Service with no endpoints here: nothing to copy to.
                 index = services.get((mirror["service"], int(mirror["port"])))

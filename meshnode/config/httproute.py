@@ -82,10 +82,40 @@ class Mirror:
 
 
 @dataclass(frozen=True)
+class PathModifier:
+    """HTTPPathModifier: the value replaces the whole path, or the rule's PathPrefix."""
+
+    type: str  # ReplaceFullPath | ReplacePrefixMatch
+    value: str
+
+
+@dataclass(frozen=True)
+class RequestRedirect:
+    """HTTPRequestRedirectFilter; None: unset (the request's scheme, host and path; the
+    port by the spec's rules: routes.py)."""
+
+    scheme: str | None = None  # http | https
+    hostname: str | None = None
+    path: PathModifier | None = None
+    port: int | None = None
+    status_code: int = 302  # 301 | 302 | 303 | 307 | 308
+
+
+@dataclass(frozen=True)
+class URLRewrite:
+    """HTTPURLRewriteFilter: the Host and the path the backend gets."""
+
+    hostname: str | None = None
+    path: PathModifier | None = None
+
+
+@dataclass(frozen=True)
 class RouteFilter:
-    type: str  # RequestHeaderModifier | ResponseHeaderModifier | RequestMirror
+    type: str  # RequestHeaderModifier | ResponseHeaderModifier | RequestMirror | RequestRedirect | URLRewrite
     headers: HeaderModifier | None = None
     mirror: Mirror | None = None  # RequestMirror
+    redirect: RequestRedirect | None = None
+    rewrite: URLRewrite | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +126,9 @@ class BackendRef:
     namespace: str | None = None  # None: the route's own
     port: int | None = None  # the Service port, not the target port
     weight: int = 1  # 0..1000000; 0 sends nothing
+    # Applied only to the requests sent to this backend, after the rule's (header
+    # modifiers only: routeparse.py refuses the other types here by name).
+    filters: tuple[RouteFilter, ...] = ()
 
 
 @dataclass(frozen=True)

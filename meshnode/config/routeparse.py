@@ -23,6 +23,7 @@ from .errors import Problem
 from .httproute import (API_VERSIONS, CORE_GROUPS, GROUP, BackendRef, HeaderModifier, HTTPRouteSpec,
                         Mirror, ParentRef, PathMatch, RouteFilter, RouteMatch, RouteRule, Timeouts, ValueMatch)
 from .model import HTTPRoute, Metadata
+from .routefilters import check_rule, filter_dict, parse_redirect, parse_rewrite
 from .validate import (_annotations, _choice, _describe, _dns_label, _Doc, _fields, _int, _labels, _opt,
                        _port, _string, document_label, join)
 
@@ -30,12 +31,14 @@ T = TypeVar("T")
 
 NOT_IMPLEMENTED: dict[str, tuple[str, ...]] = {
     # Filter types (spec.rules[].filters[].type): the data plane has no step for them yet.
-    "filter types": ("URLRewrite", "RequestRedirect", "ExtensionRef", "CORS",
-                     "ExternalAuth"),
+    "filter types": ("ExtensionRef", "CORS", "ExternalAuth"),
     # Fields of a rule (spec.rules[]).
     "rule fields": ("retry", "sessionPersistence"),
-    # Fields of a backendRef (spec.rules[].backendRefs[]): per-backend filters.
-    "backendRef fields": ("filters",),
+    # Fields of a backendRef (spec.rules[].backendRefs[]).
+    "backendRef fields": (),
+    # Filter types of a backendRef's own filters (its header modifiers are implemented).
+    "backendRef filter types": ("URLRewrite", "RequestRedirect", "RequestMirror", "ExtensionRef",
+                                "CORS", "ExternalAuth"),
     # Match types of a path, header or query parameter (all three are implemented).
     "match types": (),
 }
@@ -390,6 +393,8 @@ def _rule(d: _Doc, value: object, path: str) -> RouteRule | None:
     if None in (matches, filters, backends) or ("name" in fields and name is None) \
             or ("timeouts" in fields and timeouts is None) or any(k in fields for k in not_yet):
         return None
+    if not check_rule(d, path, matches, filters, backends, MAX_HEADER_GROWTH):  # type: ignore[arg-type]
+        return None
     return RouteRule(name, matches, filters, backends, timeouts)  # type: ignore[arg-type]
 
 
@@ -481,8 +486,10 @@ def _value_matches(check_exact: Callable[[_Doc, object, str], str | None], max_l
     return check
 
 
-def _filters(d: _Doc, value: object, path: str) -> tuple[RouteFilter, ...] | None:
-    filters = _items(d, value, path, MAX_FILTERS, _filter)
+def _filters(d: _Doc, value: object, path: str, refused: str = "filter types") -> tuple[RouteFilter, ...] | None:
+    """A rule's filters, or a backendRef's (`refused`: the NOT_IMPLEMENTED list that says
+    which types it may not have yet)."""
+    filters = _items(d, value, path, MAX_FILTERS, lambda d, v, p: _filter(d, v, p, refused))
     # RequestMirror is the one filter that may be repeated (HTTPRouteRule.filters).
     if filters is None or not _unrepeated(d, filters, path, "type",
                                           lambda item: None if item.type == "RequestMirror" else item.type,
@@ -497,15 +504,15 @@ def _filters(d: _Doc, value: object, path: str) -> tuple[RouteFilter, ...] | Non
     return filters
 
 
-def _filter(d: _Doc, value: object, path: str) -> RouteFilter | None:
+def _filter(d: _Doc, value: object, path: str, refused: str) -> RouteFilter | None:
     fields = _fields(d, value, path, ("type", *FILTER_FIELDS.values()), required=("type",))
     if fields is None:
         return None
     kind = _opt(d, fields, path, "type", _choice(tuple(FILTER_FIELDS)), None)
     if kind is None:
         return None
-    if kind in NOT_IMPLEMENTED["filter types"]:
-        _not_yet(d, join(path, "type"), kind)
+    if kind in NOT_IMPLEMENTED[refused]:
+        _not_yet(d, join(path, "type"), kind if refused == "filter types" else f"{kind} on a backendRef")
         return None
     member = FILTER_FIELDS[kind]
     ok = True
@@ -520,9 +527,13 @@ def _filter(d: _Doc, value: object, path: str) -> RouteFilter | None:
     if kind == "RequestMirror":
         mirror = _mirror(d, fields[member], join(path, member))
         return RouteFilter(kind, mirror=mirror) if ok and mirror is not None else None
+    if kind in ("RequestRedirect", "URLRewrite"):
+        parse = parse_redirect if kind == "RequestRedirect" else parse_rewrite
+        parsed = parse(d, fields[member], join(path, member))
+        return parsed if ok else None
     headers = _header_modifier(d, fields[member], join(path, member),
                                request=kind == "RequestHeaderModifier")
-    return RouteFilter(kind, headers) if ok and headers is not None else None
+    return RouteFilter(kind, headers=headers) if ok and headers is not None else None
 
 
 def _mirror(d: _Doc, value: object, path: str) -> Mirror | None:
@@ -608,7 +619,8 @@ def _header_list(d: _Doc, value: object, path: str) -> tuple[tuple[str, str], ..
 
 def _backend_ref(d: _Doc, value: object, path: str) -> BackendRef | None:
     not_yet = NOT_IMPLEMENTED["backendRef fields"]
-    fields = _fields(d, value, path, ("group", "kind", "name", "namespace", "port", "weight", *not_yet),
+    fields = _fields(d, value, path, ("group", "kind", "name", "namespace", "port", "weight", "filters",
+                                      *not_yet),
                      required=("name",))
     if fields is None:
         return None
@@ -621,14 +633,16 @@ def _backend_ref(d: _Doc, value: object, path: str) -> BackendRef | None:
     namespace = _opt(d, fields, path, "namespace", _dns_label, None)
     port = _opt(d, fields, path, "port", _port, None)
     weight = _opt(d, fields, path, "weight", lambda d, v, p: _int(d, v, p, 0, MAX_WEIGHT), 1)
+    filters = _opt(d, fields, path, "filters",
+                   lambda d, v, p: _filters(d, v, p, "backendRef filter types"), ())
     if group in CORE_GROUPS and kind == "Service" and "port" not in fields:
         d.fail(join(path, "port"), "required for a Service backend (the Service's port, not its "
                                    "target port)")
         return None
-    if None in (group, kind, name, weight) or ("namespace" in fields and namespace is None) \
+    if None in (group, kind, name, weight, filters) or ("namespace" in fields and namespace is None) \
             or ("port" in fields and port is None) or any(k in fields for k in not_yet):
         return None
-    return BackendRef(name, group, kind, namespace, port, weight)  # type: ignore[arg-type]
+    return BackendRef(name, group, kind, namespace, port, weight, filters)  # type: ignore[arg-type]
 
 
 _gateway_duration = _patterned(_GATEWAY_DURATION, "a Gateway API duration (GEP-2257): 1 to 4 parts, each "
@@ -690,8 +704,7 @@ def _rule_dict(rule: RouteRule) -> dict[str, Any]:
         out["name"] = rule.name
     out["matches"] = [_match_dict(m) for m in rule.matches]
     if rule.filters:
-        out["filters"] = [{"type": f.type, FILTER_FIELDS[f.type]: _mirror_dict(f.mirror) if f.mirror
-                           else _modifier_dict(f.headers or HeaderModifier())} for f in rule.filters]
+        out["filters"] = [_filter_dict(f) for f in rule.filters]
     if rule.backend_refs:
         out["backendRefs"] = [_backend_dict(b) for b in rule.backend_refs]
     if rule.timeouts is not None:
@@ -722,6 +735,14 @@ def _mirror_dict(mirror: Mirror) -> dict[str, Any]:
     return out
 
 
+def _filter_dict(f: RouteFilter) -> dict[str, Any]:
+    out = filter_dict(f)
+    if out is None:
+        out = {"type": f.type, FILTER_FIELDS[f.type]: _mirror_dict(f.mirror) if f.mirror
+               else _modifier_dict(f.headers or HeaderModifier())}
+    return out
+
+
 def _modifier_dict(mod: HeaderModifier) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if mod.set:
@@ -735,4 +756,5 @@ def _modifier_dict(mod: HeaderModifier) -> dict[str, Any]:
 
 def _backend_dict(ref: BackendRef) -> dict[str, Any]:
     return _present(("group", ref.group), ("kind", ref.kind), ("name", ref.name),
-                    ("namespace", ref.namespace), ("port", ref.port), ("weight", ref.weight))
+                    ("namespace", ref.namespace), ("port", ref.port), ("weight", ref.weight),
+                    ("filters", [_filter_dict(f) for f in ref.filters] if ref.filters else None))

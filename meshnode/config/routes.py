@@ -6,15 +6,21 @@ A route set governs requests to one port of one Service from one group of caller
      "entries": [{"path": {"type", "value"}, "method": "GET" | None,
                   "headers": [{"type", "name", "value"}], "query": [...], "rule": 0}, ...],
      "rules": [{"route": "NS/NAME", "index": 0, "name": "rule" | None,
-                "backends": [{"service": "NS/NAME" | None, "port": 8080 | None, "weight": 90}],
+                "backends": [{"service": "NS/NAME" | None, "port": 8080 | None, "weight": 90,
+                              ("request_headers": ..., "response_headers": ...: a ref's own
+                               filters, only when it has some)}],
                 "request_headers": {"set": [[n, v]], "add": [[n, v]], "remove": [n]} | None,
                 "response_headers": ... | None,
+                "redirect": {"status", "scheme", "hostname", "port", "path", "prefix"} | None,
+                "rewrite": {"hostname", "path", "prefix"} | None,
                 "timeout_s": float | None, "backend_timeout_s": float | None,
                 "mirrors": [{"service": "NS/NAME", "port": 8080, "numerator": 1,
                              "denominator": 100}]}, ...]}
 
 The data plane takes the first entry whose match holds (none: 404); an entry's rule
-picks a backend by weight (none: 500, and an unresolved one's share is 500 too).
+picks a backend by weight (none: 500, and an unresolved one's share is 500 too), or
+answers with its redirect. A backend's header modifiers apply after the rule's when it is
+chosen. A redirect's port is settled here (routefilters.py, redirect_spec).
 
 Who a set governs (GAMMA, GEP-1294 "Namespace boundaries" and "Multiple routes for a
 Service"): a route in its parent Service's namespace is a producer route, and the
@@ -37,8 +43,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .httproute import CORE_GROUPS, BackendRef, HeaderModifier, ParentRef, RouteMatch, RouteRule, ValueMatch
+from .httproute import CORE_GROUPS, BackendRef, HeaderModifier, ParentRef, RouteFilter, RouteMatch, RouteRule, ValueMatch
 from .model import HTTPRoute, Resource, Service, ServicePort
+from .routefilters import redirect_spec, rewrite_spec
 
 _PATH_RANK = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}
 
@@ -167,28 +174,34 @@ def _entry(match: RouteMatch, rule: int) -> dict[str, Any]:
             "rule": rule}
 
 
-def _modifier(rule: RouteRule, kind: str) -> dict[str, Any] | None:
-    """A rule's header filter of `kind`; names as written (the data plane compares
-    them without case)."""
-    mod: HeaderModifier | None = next((f.headers for f in rule.filters if f.type == kind), None)
+def _modifier(filters: tuple[RouteFilter, ...], kind: str) -> dict[str, Any] | None:
+    """A rule's (or a backendRef's) header filter of `kind`; names as written (the data
+    plane compares them without case)."""
+    mod: HeaderModifier | None = next((f.headers for f in filters if f.type == kind), None)
     if mod is None:
         return None
     return {"set": [[n, v] for n, v in mod.set], "add": [[n, v] for n, v in mod.add],
             "remove": list(mod.remove)}
 
 
-def _rule(route: HTTPRoute, index: int, rule: RouteRule, services: Services) -> dict[str, Any]:
+def _rule(route: HTTPRoute, index: int, rule: RouteRule, services: Services, port: int) -> dict[str, Any]:
     backends = []
     for ref in rule.backend_refs:
         if ref.weight == 0:
             continue  # sends nothing (BackendRef.weight)
         service = resolve(ref, route.namespace, services).service
-        backends.append({"service": service, "port": ref.port if service else None, "weight": ref.weight})
+        backend: dict[str, Any] = {"service": service, "port": ref.port if service else None,
+                                   "weight": ref.weight}
+        if ref.filters:
+            backend["request_headers"] = _modifier(ref.filters, "RequestHeaderModifier")
+            backend["response_headers"] = _modifier(ref.filters, "ResponseHeaderModifier")
+        backends.append(backend)
     timeouts = rule.timeouts
     return {"route": f"{route.namespace}/{route.name}", "index": index, "name": rule.name,
             "backends": backends,
-            "request_headers": _modifier(rule, "RequestHeaderModifier"),
-            "response_headers": _modifier(rule, "ResponseHeaderModifier"),
+            "request_headers": _modifier(rule.filters, "RequestHeaderModifier"),
+            "response_headers": _modifier(rule.filters, "ResponseHeaderModifier"),
+            "redirect": redirect_spec(rule, port), "rewrite": rewrite_spec(rule),
             "timeout_s": timeouts.request_s if timeouts else None,
             "backend_timeout_s": timeouts.backend_request_s if timeouts else None,
             "mirrors": _mirrors(route, rule, services)}
@@ -214,7 +227,7 @@ def _route_set(service: str, port: int, consumer: str | None, members: list[HTTP
     for position, route in enumerate(members):  # oldest first, then by namespace/name
         for i, rule in enumerate(route.spec.rules):
             at = len(rules)
-            rules.append(_rule(route, i, rule, services))
+            rules.append(_rule(route, i, rule, services, port))
             for j, match in enumerate(rule.matches or (RouteMatch(),)):
                 ranked.append((_precedence(match), position, i, j, _entry(match, at)))
     ranked.sort(key=lambda item: item[:4])

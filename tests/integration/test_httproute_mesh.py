@@ -211,9 +211,6 @@ def test_mesh_http_route_request_header_modifier(gw: ConformanceMesh) -> None:
     check(gw, gw.caller(MESH_NS), header_modifier_cases())
 
 
-# Refused by name at apply until the data plane carries it (meshnode/config/routeparse.py
-# NOT_IMPLEMENTED); strict: the day it is built, this mark must go.
-@pytest.mark.xfail(strict=True, reason="filters on a backendRef: not implemented yet")
 def test_mesh_http_route_backend_request_header_modifier(gw: ConformanceMesh) -> None:
     """MeshHTTPRouteBackendRequestHeaderModifier: the same modifiers as filters of the
     backendRef instead of the rule; the same cases."""
@@ -264,9 +261,6 @@ REDIRECTS = {
 }
 
 
-# Refused by name at apply until the data plane carries it (meshnode/config/routeparse.py
-# NOT_IMPLEMENTED); strict: the day it is built, this mark must go.
-@pytest.mark.xfail(strict=True, reason="the RequestRedirect filter: not implemented yet")
 @pytest.mark.parametrize("upstream", list(REDIRECTS))
 def test_mesh_http_route_redirects(gw: ConformanceMesh, upstream: str) -> None:
     """MeshHTTPRoute303Redirect, MeshHTTPRoute307Redirect, MeshHTTPRoute308Redirect,
@@ -278,9 +272,6 @@ def test_mesh_http_route_redirects(gw: ConformanceMesh, upstream: str) -> None:
     check(gw, gw.caller(MESH_NS), cases)
 
 
-# Refused by name at apply until the data plane carries it (meshnode/config/routeparse.py
-# NOT_IMPLEMENTED); strict: the day it is built, this mark must go.
-@pytest.mark.xfail(strict=True, reason="the URLRewrite filter: not implemented yet")
 def test_mesh_http_route_rewrite_path(gw: ConformanceMesh) -> None:
     """MeshHTTPRouteRewritePath: URLRewrite ReplacePrefixMatch (segment-wise, "/" strips the
     prefix) and ReplaceFullPath, alone and with a RequestHeaderModifier."""

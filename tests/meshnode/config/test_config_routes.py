@@ -47,11 +47,11 @@ def test_a_route_set_has_exactly_the_contracts_shape() -> None:
                           {"service": None, "port": None, "weight": 5}],
              "request_headers": {"set": [["X-Route", "canary"]], "add": [], "remove": []},
              "response_headers": {"set": [], "add": [], "remove": ["Server"]},
-             "timeout_s": 10.0, "backend_timeout_s": None, "mirrors": []},
+             "redirect": None, "rewrite": None, "timeout_s": 10.0, "backend_timeout_s": None, "mirrors": []},
             {"route": "shop/api", "index": 1, "name": None,
              "backends": [{"service": "shop/api", "port": 80, "weight": 1}],
-             "request_headers": None, "response_headers": None, "timeout_s": None, "backend_timeout_s": None,
-             "mirrors": []},
+             "request_headers": None, "response_headers": None, "redirect": None, "rewrite": None,
+             "timeout_s": None, "backend_timeout_s": None, "mirrors": []},
         ],
     }]
     assert json.loads(json.dumps(snapshot)) == snapshot  # plain data, as it travels
