@@ -55,20 +55,25 @@ cdef inline uint16_t _principal_of(Core* core, const char* peer, uint32_t n) noe
     return _intern(core.principals, &core.n_principals, ENGINE_PRINCIPALS, peer, n, 0)
 
 
-cdef uint16_t _tag_of(Core* core, uint16_t* cache, const char* s, uint32_t n) noexcept nogil:
-    """The Core.tags index of a table entry's label value (0: it has none; _TAG_FULL:
-    no room), looked up at the entry's first answer and kept in `cache` (index + 1)."""
+cdef uint16_t _tag_lookup(Core* core, const char* s, uint32_t n) noexcept nogil:
+    """The Core.tags index of a label value (0: none; _TAG_FULL: no room for it)."""
+    if n == 0:
+        return 0
+    if n > ENGINE_TAG_MAX_BYTES:
+        return _TAG_FULL
+    return _intern(core.tags, &core.n_tags, ENGINE_TAGS, s, n, _TAG_FULL)
+
+
+cdef inline uint16_t _tag_of(Core* core, uint16_t* cache, const char* s, uint32_t n) noexcept nogil:
+    """The Core.tags index of a table entry's label value, looked up at the entry's
+    first answer and kept in `cache` (index + 1; 0: not yet)."""
     if cache[0] == 0:
-        if n == 0:
-            cache[0] = 1
-        elif n > ENGINE_TAG_MAX_BYTES:
-            cache[0] = _TAG_FULL + 1
-        else:
-            cache[0] = 1 + _intern(core.tags, &core.n_tags, ENGINE_TAGS, s, n, _TAG_FULL)
+        cache[0] = 1 + _tag_lookup(core, s, n)
     return cache[0] - 1
 
 
-cdef void _figure_tags(Core* core, Conn* c, uint16_t* route, uint16_t* version) noexcept nogil:
+cdef inline void _figure_tags(Core* core, Conn* c, uint16_t* route,
+                              uint16_t* version) noexcept nogil:
     """The route and destination version the answer being counted is figured under.
     Outbound: the rule of the request it answers (the oldest pending one; with none
     pending, the one being routed, c.req_rule) and the version of the endpoint whose
@@ -94,10 +99,9 @@ cdef void _figure_tags(Core* core, Conn* c, uint16_t* route, uint16_t* version) 
         if r.route_tag == 0:
             # The rule's name is "namespace/route#rule": the route is the part before "#".
             mark = <const char*>memchr(r.name.data, c'#', r.name.length) if r.name.length else NULL
-            route[0] = _tag_of(core, &r.route_tag, r.name.data,
-                               <uint32_t>(mark - r.name.data) if mark != NULL else r.name.length)
-        else:
-            route[0] = r.route_tag - 1
+            r.route_tag = 1 + _tag_lookup(core, r.name.data, <uint32_t>(mark - r.name.data)
+                                          if mark != NULL else r.name.length)
+        route[0] = r.route_tag - 1
     if c.peer_principal != 0 and c.flags & CONN_SERVICE_KNOWN and c.service < t.n_services:
         svc = &t.services[c.service]
         if c.endpoint < svc.n_endpoints:
