@@ -50,6 +50,12 @@ _COUNTS = (
      "Requests whose rule had no valid backend for them (answered 500)"),
     ("route_timeouts", "meshnode_route_timeouts",
      "Requests whose HTTPRoute timeout expired before the answer's head (answered 504)"),
+    ("http_rebalanced", "meshnode_rebalanced_requests",
+     "Requests on a kept-alive connection the balancer moved to a cheaper endpoint"),
+    ("http_mirrored", "meshnode_mirrored_requests",
+     "RequestMirror copies sent whole to their mirror backend"),
+    ("http_mirror_dropped", "meshnode_mirror_dropped_requests",
+     "RequestMirror copies given up before they were sent whole"),
     ("stats_overflow", "meshnode_request_figures_overflow",
      "Answers counted without their labels: the engine's label sets were used up"),
 )
