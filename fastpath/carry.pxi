@@ -33,6 +33,7 @@ cdef inline void _retable(Core* core, Conn* c, Table* t) noexcept nogil:
     _table_release(core, c.table)
     c.table = t
     c.stat = -1
+    c.req_rule = -1                     # an index into the old table's rules
     c.filter_at = 0                     # another table, other chains
     core.counters.pairs_moved += 1
 

@@ -72,6 +72,11 @@ cdef struct Endpoint:
     uint32_t outstanding
     double ewma_ns
     int64_t ewma_at_ns
+    # The `version` label of the workload serving here (empty: none), for request
+    # figures (destination_version), and its Core.tags index + 1 once looked up (0: not
+    # yet; stats.pxi _tag_of).
+    Name version
+    uint16_t version_tag
 
 
 # The filter chain (filters.pxi): a route's compiled steps, run at three points of a
@@ -312,6 +317,8 @@ cdef struct RouteRule:
     uint32_t n_mirrors
     UrlFilter* url                 # URLRewrite or RequestRedirect (route_filters.pxi);
                                    # NULL: neither
+    uint16_t route_tag             # Core.tags index + 1 of `name` up to its "#", the
+                                   # `route` of its requests' figures (0: not looked up)
 
 
 cdef struct RouteSet:
@@ -334,6 +341,8 @@ cdef struct InboundRoute:
     uint8_t protocol               # the app port's declared protocol (PROTO_*): HTTP is
                                    # framed whatever ALPN the peer offers, TCP is opaque,
                                    # AUTO is told by the first bytes
+    Name version                   # the local workload's `version` label, as Endpoint's
+    uint16_t version_tag
 
 
 # A service port's declared protocol (DESIGN §3: the declared protocol wins).
@@ -406,8 +415,13 @@ cdef enum:
     # Request figures are kept per (direction, service, peer SPIFFE ID): at most this
     # many such keys (more are counted in Counters.stats_overflow, not per key) ...
     ENGINE_STAT_RECORDS = 512
-    # ... and this many distinct peer IDs (index 0: none / not known; more are 0).
+    # ... and this many distinct peer IDs (index 0: none / not known; more are 0) ...
     ENGINE_PRINCIPALS = 256
+    # ... and this many distinct `route` and `destination_version` values (index 0:
+    # none), each at most ENGINE_TAG_MAX_BYTES long; an answer whose value finds no room
+    # is counted in Counters.stats_overflow, not under another key.
+    ENGINE_TAGS = 256
+    ENGINE_TAG_MAX_BYTES = 253
     # Status codes 100..599 counted one by one (index code - 100); anything else in
     # the last slot.
     ENGINE_STATUS_SLOTS = 501
@@ -688,6 +702,8 @@ cdef struct StatRecord:
     Name service                   # empty: the request named no known service (404, 400)
     uint16_t principal             # Core.principals index: the verified peer (0: none)
     uint16_t local                 # Core.principals index: this side's identity
+    uint16_t route                 # Core.tags index: the HTTPRoute that routed it (0: none)
+    uint16_t version               # Core.tags index: the destination's version (0: none)
     bint inbound                   # reported by the destination's side
     uint64_t codes[ENGINE_STATUS_SLOTS]
     uint64_t latency_us[ENGINE_LATENCY_BUCKETS]
@@ -763,7 +779,8 @@ cdef struct Counters:
     # answers only, log-linear microsecond buckets (Engine.latency_bounds_us()).
     uint64_t http_responses[5]
     uint64_t http_latency_us[ENGINE_LATENCY_BUCKETS]
-    uint64_t stats_overflow        # answers not kept per key: ENGINE_STAT_RECORDS used up
+    uint64_t stats_overflow        # answers not kept per key: ENGINE_STAT_RECORDS (or
+                                   # ENGINE_TAGS) used up
     uint64_t sniffed_http          # sniffing listeners' connections found to be HTTP/1.1
     uint64_t sniffed_tcp           # ... and taken for opaque TCP (other bytes, or silence)
     uint64_t http_upgrade_refused  # CONNECT or an Upgrade other than websocket: 403
@@ -903,6 +920,8 @@ cdef struct Core:
     uint32_t n_stats               # published with a release store (_publish)
     Name principals[ENGINE_PRINCIPALS]
     uint32_t n_principals          # likewise
+    Name tags[ENGINE_TAGS]         # `route` and `destination_version` values; [0] empty
+    uint32_t n_tags                # likewise
 
 
 # Engine's life: NEW ─run()─► RUNNING ─loop ends (stop())─► DONE. stop() before run()

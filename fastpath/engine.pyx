@@ -373,6 +373,7 @@ cdef class Engine:
         # Zeroed pages nobody touched are not resident: only keys in use cost memory.
         core.stats = <StatRecord*>calloc(ENGINE_STAT_RECORDS, sizeof(StatRecord))
         core.n_principals = 1               # [0]: no peer / not known (empty)
+        core.n_tags = 1                     # [0]: no route / version (empty)
         core.conns = <Conn*>calloc(core.max_conns + core.max_mirrors, sizeof(Conn))
         # Limits before authentication (limits.pxi): the engine's own until a table's.
         core.max_inbound = _share(core.max_conns, ENGINE_INBOUND_PERMILLE)
@@ -599,12 +600,16 @@ cdef class Engine:
         return out
 
     def request_stats(self) -> list[dict]:
-        """HTTP answers per (direction, service, peer), as counted so far: a list of
-        {"direction": "outbound" | "inbound", "service": the name given to add_service()
-        (outbound) or add_inbound_route() (inbound), "" when the request named none,
-        "peer": the verified SPIFFE ID of the other side ("" when there was none),
-        "local": the SPIFFE ID this side presented ("" when not given to the table),
-        "codes": {status: count}, "latency_us": counts per latency_bounds_us() bucket}.
+        """HTTP answers per (direction, service, peer, route, version), as counted so
+        far: a list of {"direction": "outbound" | "inbound", "service": the name given
+        to add_service() (outbound) or add_inbound_route() (inbound), "" when the
+        request named none, "peer": the verified SPIFFE ID of the other side ("" when
+        there was none), "local": the SPIFFE ID this side presented ("" when not given
+        to the table), "route": the name of the rule that routed it, up to its "#"
+        (add_route_rule(); "" when none did, and inbound), "version": the version given
+        for the endpoint that answered (add_service()) or the inbound route
+        (add_inbound_route()), "" when none was, "codes": {status: count},
+        "latency_us": counts per latency_bounds_us() bucket}.
         Outbound, the peer is the destination; inbound, the caller. Counts only grow."""
         cdef Core* core = self.core
         cdef uint32_t n = mn_acquire_u32(&core.n_stats)
@@ -626,6 +631,10 @@ cdef class Engine:
                          if r.principal else ""),
                 "local": (core.principals[r.local].data[:core.principals[r.local].length].decode()
                           if r.local else ""),
+                "route": core.tags[r.route].data[:core.tags[r.route].length].decode(
+                    "utf-8", "replace") if r.route else "",
+                "version": core.tags[r.version].data[:core.tags[r.version].length].decode(
+                    "utf-8", "replace") if r.version else "",
                 "codes": codes,
                 "latency_us": [r.latency_us[j] for j in range(ENGINE_LATENCY_BUCKETS)],
             })

@@ -797,6 +797,8 @@ cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
     c.flags &= ~CONN_DRAIN_HEAD_SEEN
     c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
     c.n_pend -= 1
+    if c.n_pend == 0:
+        c.req_rule = -1     # the next request is not routed yet: its 400/408 has no route
     # The next pending request's timeout, if it has one (its timer may fire early:
     # it then finds nothing due and files itself again).
     if c.req_deadline_ns != 0 or (c.n_pend > 0 and c.pend_deadline[c.pend_first] != 0):

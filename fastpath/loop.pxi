@@ -273,6 +273,8 @@ cdef void _core_free(Core* core) noexcept nogil:
         free(core.stats)
     for i in range(core.n_principals):
         _name_free(&core.principals[i])
+    for i in range(core.n_tags):
+        _name_free(&core.tags[i])
     free(core.conns)
     free(core.sources)
     free(core.ready)

@@ -84,6 +84,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
             st = _route_pick(core, c, parent, c.d2u.buf + c.d2u.head, req, &backend, &rule)
         if st != 0:
             c.service = parent          # counted for the service the request named
+            c.req_rule = rule           # ... and the route whose rule answers (500)
             c.flags |= CONN_SERVICE_KNOWN
             c.stat = -1
             if st == 404:

@@ -1,7 +1,17 @@
-# stats.pxi: Request figures: answers by code and latency per (direction, service, peer),
-# and the interned peer IDs they name.
+# stats.pxi: Request figures: answers by code and latency per (direction, service, peer,
+# route, destination version), and the interned peer IDs and label values they name.
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+#
+# A figure's `route` is the HTTPRoute ("namespace/name") whose rule sent the request on,
+# and its `version` the `version` label of the workload behind the endpoint that answered
+# (Istio's destination_version): both are indexes into Core.tags, looked up once per table
+# entry (a rule, an endpoint, an inbound route) and kept there, so an answer compares two
+# integers with the pair's cached record and looks up (a scan, no allocation) only when
+# its key differs from the last answer's.
+
+cdef enum:
+    _TAG_FULL = 0xFFFE              # no room in Core.tags: the answer is not kept per key
 
 cdef inline uint32_t _latency_bucket(int64_t ns) noexcept nogil:
     """Log-linear: [0,1) [1,2) [2,3) [3,4) µs, then 4 buckets per power of two."""
@@ -16,37 +26,105 @@ cdef inline uint32_t _latency_bucket(int64_t ns) noexcept nogil:
     return idx if idx < ENGINE_LATENCY_BUCKETS else ENGINE_LATENCY_BUCKETS - 1
 
 
-cdef uint16_t _principal_of(Core* core, const char* peer, uint32_t n) noexcept nogil:
-    """The Core.principals index of a verified peer ID, added when new; 0 when the
-    table is full. Called once per handshake, never per request."""
+cdef uint16_t _intern(Name* names, uint32_t* count, uint32_t cap, const char* s, uint32_t n,
+                      uint16_t full) noexcept nogil:
+    """The index of `s` in names[1:count], added when new (a copy, published after it is
+    whole); `full` when the array is (or no memory is left). Never per request."""
     cdef uint32_t i
-    cdef uint32_t have = core.n_principals
+    cdef uint32_t have = count[0]
     cdef Name* slot
     for i in range(1, have):
-        if core.principals[i].length == n and memcmp(core.principals[i].data, peer, n) == 0:
+        if names[i].length == n and memcmp(names[i].data, s, n) == 0:
             return <uint16_t>i
-    if have >= ENGINE_PRINCIPALS:
-        return 0
-    slot = &core.principals[have]
+    if have >= cap:
+        return full
+    slot = &names[have]
     slot.data = <char*>malloc(n + 1)
     if slot.data == NULL:
-        return 0
-    memcpy(slot.data, peer, n)
+        return full
+    memcpy(slot.data, s, n)
     slot.data[n] = 0
     slot.length = n
-    mn_publish_u32(&core.n_principals, have + 1)
+    mn_publish_u32(count, have + 1)
     return <uint16_t>have
 
 
+cdef inline uint16_t _principal_of(Core* core, const char* peer, uint32_t n) noexcept nogil:
+    """The Core.principals index of a verified peer ID, added when new; 0 when the
+    table is full. Called once per handshake, never per request."""
+    return _intern(core.principals, &core.n_principals, ENGINE_PRINCIPALS, peer, n, 0)
+
+
+cdef uint16_t _tag_lookup(Core* core, const char* s, uint32_t n) noexcept nogil:
+    """The Core.tags index of a label value (0: none; _TAG_FULL: no room for it)."""
+    if n == 0:
+        return 0
+    if n > ENGINE_TAG_MAX_BYTES:
+        return _TAG_FULL
+    return _intern(core.tags, &core.n_tags, ENGINE_TAGS, s, n, _TAG_FULL)
+
+
+cdef inline uint16_t _tag_of(Core* core, uint16_t* cache, const char* s, uint32_t n) noexcept nogil:
+    """The Core.tags index of a table entry's label value, looked up at the entry's
+    first answer and kept in `cache` (index + 1; 0: not yet)."""
+    if cache[0] == 0:
+        cache[0] = 1 + _tag_lookup(core, s, n)
+    return cache[0] - 1
+
+
+cdef inline void _figure_tags(Core* core, Conn* c, uint16_t* route,
+                              uint16_t* version) noexcept nogil:
+    """The route and destination version the answer being counted is figured under.
+    Outbound: the rule of the request it answers (the oldest pending one; with none
+    pending, the one being routed, c.req_rule) and the version of the endpoint whose
+    verified upstream answered (none yet: not known); inbound: no route (the caller
+    routed it), the local workload's version."""
+    cdef Table* t = c.table
+    cdef int32_t rule
+    cdef RouteRule* r
+    cdef const char* mark
+    cdef Service* svc
+    cdef Endpoint* ep
+    cdef InboundRoute* ir
+    route[0] = 0
+    version[0] = 0
+    if c.flags & CONN_INBOUND:
+        if c.flags & CONN_ROUTED and c.route < t.n_routes:
+            ir = &t.routes[c.route]
+            version[0] = _tag_of(core, &ir.version_tag, ir.version.data, ir.version.length)
+        return
+    rule = c.pend_rule[c.pend_first] if c.n_pend > 0 else c.req_rule
+    if 0 <= rule < <int32_t>t.n_rules:
+        r = &t.rules[rule]
+        if r.route_tag == 0:
+            # The rule's name is "namespace/route#rule": the route is the part before "#".
+            mark = <const char*>memchr(r.name.data, c'#', r.name.length) if r.name.length else NULL
+            r.route_tag = 1 + _tag_lookup(core, r.name.data, <uint32_t>(mark - r.name.data)
+                                          if mark != NULL else r.name.length)
+        route[0] = r.route_tag - 1
+    if c.peer_principal != 0 and c.flags & CONN_SERVICE_KNOWN and c.service < t.n_services:
+        svc = &t.services[c.service]
+        if c.endpoint < svc.n_endpoints:
+            ep = &svc.endpoints[c.endpoint]
+            version[0] = _tag_of(core, &ep.version_tag, ep.version.data, ep.version.length)
+
+
 cdef StatRecord* _stat_record(Core* core, Conn* c) noexcept nogil:
-    """The record the pair's answers count in now: looked up (or made) once per
-    service or peer change, then cached in c.stat. NULL when the records are used up."""
+    """The record the pair's answer counts in now: looked up (or made) once per
+    service, peer, route or version change, then cached in c.stat. NULL when the
+    records (or the label values) are used up."""
     cdef const Name* service = NULL
     cdef bint inbound = (c.flags & CONN_INBOUND) != 0
     cdef uint32_t i, n
+    cdef uint16_t route, version
     cdef StatRecord* r
+    _figure_tags(core, c, &route, &version)
+    if route == _TAG_FULL or version == _TAG_FULL:
+        return NULL
     if c.stat >= 0:
-        return &core.stats[c.stat]
+        r = &core.stats[c.stat]
+        if r.route == route and r.version == version:
+            return r
     if inbound:
         if c.flags & CONN_ROUTED:
             service = &c.table.routes[c.route].service
@@ -55,7 +133,8 @@ cdef StatRecord* _stat_record(Core* core, Conn* c) noexcept nogil:
     n = service.length if service != NULL else 0
     for i in range(core.n_stats):
         r = &core.stats[i]
-        if (r.inbound == inbound and r.principal == c.peer_principal
+        if (r.route == route and r.version == version
+                and r.inbound == inbound and r.principal == c.peer_principal
                 and r.local == c.local_principal and r.service.length == n
                 and (n == 0 or memcmp(r.service.data, service.data, n) == 0)):
             c.stat = <int32_t>i
@@ -70,6 +149,8 @@ cdef StatRecord* _stat_record(Core* core, Conn* c) noexcept nogil:
         memcpy(r.service.data, service.data, n + 1)
         r.service.length = n
     r.inbound = inbound
+    r.route = route
+    r.version = version
     r.principal = c.peer_principal
     r.local = c.local_principal
     c.stat = <int32_t>core.n_stats

@@ -58,6 +58,7 @@ cdef void _table_free(Table* t) noexcept nogil:
                 free(svc.identities)
             if svc.endpoints != NULL:
                 for j in range(svc.n_endpoints):
+                    _name_free(&svc.endpoints[j].version)
                     while svc.endpoints[j].n_idle > 0:
                         svc.endpoints[j].n_idle -= 1
                         _idle_close(&svc.endpoints[j].idle[svc.endpoints[j].n_idle])
@@ -71,6 +72,7 @@ cdef void _table_free(Table* t) noexcept nogil:
             _name_free(&t.routes[i].sni)
             _name_free(&t.routes[i].service)
             _name_free(&t.routes[i].identity)
+            _name_free(&t.routes[i].version)
             if t.routes[i].server_ctx != NULL:
                 openssl.SSL_CTX_free(t.routes[i].server_ctx)
         free(t.routes)
@@ -345,6 +347,17 @@ cdef bytes _spiffe_id(str identity):
     return b
 
 
+cdef bytes _label_value(object value, str what):
+    """A request figures' label value (a workload's version) as the engine keeps it:
+    UTF-8, b"" for None or ""; one longer than ENGINE_TAG_MAX_BYTES is not kept per
+    key (the engine counts its answers in stats_overflow)."""
+    if value is None:
+        return b""
+    if not isinstance(value, str):
+        raise TypeError("%s must be str, not %s" % (what, type(value).__name__))
+    return (<str>value).encode("utf-8", "replace")
+
+
 cdef Protocol _protocol(str protocol) except *:
     """A service port's declared protocol, as the config names it (any case)."""
     name = protocol.lower()
@@ -432,10 +445,13 @@ cdef class RouteTable:
         `sni`: the name sent in the ClientHello (the service as the inbound side routes
         it); `identities`: the SPIFFE IDs (str) the service may run as, at least one;
         `endpoints`: (IP address, port) of each node inbound port serving it (may be
-        empty: connections are then refused and counted as no_endpoint). An address
-        given twice is one endpoint: a node's inbound port takes the service's
-        connections to one local app whatever number of workloads it fronts, and the
-        balancer must not weigh one node's load as two endpoints'.
+        empty: connections are then refused and counted as no_endpoint), or (IP
+        address, port, version): the `version` label of the workload serving there, the
+        destination version of the answers it gives (request_stats()). An address
+        given twice is one endpoint (with the first one's version): a node's inbound
+        port takes the service's connections to one local app whatever number of
+        workloads it fronts, and the balancer must not weigh one node's load as two
+        endpoints'.
         `balancer`: how each new upstream picks its endpoint (BALANCERS): "p2c-ewma"
         (Linkerd's peak-EWMA power of two choices), "round-robin", "random" or
         "least-request" (power of two choices on outstanding requests, as Envoy's),
@@ -467,12 +483,16 @@ cdef class RouteTable:
         eps = []
         seen = set()
         for endpoint in endpoints:
-            host, port = endpoint
+            if len(endpoint) not in (2, 3):
+                raise ValueError("endpoint %r: (address, port) or (address, port, version)"
+                                 % (endpoint,))
+            host, port = endpoint[0], endpoint[1]
+            version_b = _label_value(endpoint[2] if len(endpoint) == 3 else None, "version")
             _sockaddr(host, port, &addr, &length)
             packed = (<char*>&addr)[:length]
             if packed not in seen:
                 seen.add(packed)
-                eps.append((str(host), int(port)))
+                eps.append((str(host), int(port), version_b))
         self._services.append((name, sni_b, ids, eps, BALANCERS[balancer]))
         return len(self._services) - 1
 
@@ -761,7 +781,7 @@ cdef class RouteTable:
 
     def add_inbound_route(self, str sni not None, TLSContext server_ctx not None,
                           str app_host not None, int app_port, str service=None,
-                          str identity=None, str protocol="auto") -> None:
+                          str identity=None, str protocol="auto", str version=None) -> None:
         """Inbound connections naming `sni` handshake with `server_ctx` (the local
         service's identity and trust) and go to the app at (app_host, app_port).
 
@@ -771,7 +791,8 @@ cdef class RouteTable:
         (a peer offering http/1.1 is refused), "auto" frames a connection whose first
         bytes begin a request line and relays anything else.
 
-        `service`: the name its request figures are kept under (request_stats());
+        `service`: the name its request figures are kept under (request_stats()), and
+        `version` the app's `version` label, their destination version;
         `identity`: the local service's SPIFFE ID, which HTTP requests handed to the
         app carry in x-forwarded-client-cert (By=) next to the caller's (URI=)."""
         cdef net.sockaddr_storage addr
@@ -784,7 +805,8 @@ cdef class RouteTable:
         identity_b = _spiffe_id(identity)
         _sockaddr(app_host, app_port, &addr, &length)
         self._routes.append((sni_b, server_ctx, app_host, app_port,
-                             (service or "").encode(), identity_b, _protocol(protocol)))
+                             (service or "").encode(), identity_b, _protocol(protocol),
+                             _label_value(version, "version")))
 
     cdef Table* _build(self) except NULL:
         cdef Table* t = <Table*>calloc(1, sizeof(Table))
@@ -832,8 +854,9 @@ cdef class RouteTable:
                     if svc.endpoints == NULL:
                         raise MemoryError()
                     svc.n_endpoints = len(eps)
-                for j, (host, port) in enumerate(eps):
+                for j, (host, port, version_b) in enumerate(eps):
                     _sockaddr(host, port, &svc.endpoints[j].addr, &svc.endpoints[j].addrlen)
+                    _name_set(&svc.endpoints[j].version, version_b)
 
             outbound = list(self._outbound)
             if self._http_fd >= 0:
@@ -894,7 +917,8 @@ cdef class RouteTable:
                 if t.routes == NULL:
                     raise MemoryError()
                 t.n_routes = len(self._routes)
-            for i, (sni_b, ctx, host, port, service_b, identity_b, proto) in enumerate(self._routes):
+            for i, (sni_b, ctx, host, port, service_b, identity_b, proto,
+                    version_b) in enumerate(self._routes):
                 route = &t.routes[i]
                 route.protocol = proto
                 # Its chain: the caller's identity on every request handed to the app.
@@ -904,6 +928,7 @@ cdef class RouteTable:
                 _name_set(&route.sni, sni_b)
                 _name_set(&route.service, service_b)
                 _name_set(&route.identity, identity_b)
+                _name_set(&route.version, version_b)
                 route.principal = -1
                 _up_ref(ctx.ctx)
                 route.server_ctx = ctx.ctx

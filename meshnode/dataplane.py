@@ -98,6 +98,12 @@ def _protocol(port: dict[str, Any]) -> str:
     return str(port.get("protocol") or "auto").lower()
 
 
+def _version(endpoint: dict[str, Any]) -> str:
+    """A workload's ``version`` label ("": none), as Istio's destination_version reads
+    the destination pod's."""
+    return str((endpoint.get("labels") or {}).get("version") or "")
+
+
 def _numeric(host: str) -> str:
     """The engine resolves no names: a hostname becomes an address here, at config time."""
     try:
@@ -228,7 +234,7 @@ class DataPlane:
                 continue  # no endpoints: nothing to route to
             for port in svc["ports"]:
                 sni = sni_for(port["name"], svc["fqdn"])
-                endpoints = [self._endpoint(ep, nodes) for ep in svc["endpoints"]]
+                endpoints = self._endpoints(svc, port, nodes)
                 name = f"{svc['namespace']}/{svc['name']}:{port['name']}"
                 self.service_fqdn[name] = svc["fqdn"]
                 index = table.add_service(name, sni, svc["identities"], endpoints,
@@ -291,6 +297,18 @@ class DataPlane:
             return (_numeric(node["address"]), int(node["inbound_port"]))
         return (_numeric(ep["address"]), DEFAULT_INBOUND_PORT)
 
+    def _endpoints(self, svc: dict[str, Any], port: dict[str, Any],
+                   nodes: dict[str, dict[str, Any]]) -> list[tuple[str, int, str]]:
+        """The service port's endpoints, each with the version of the workload that
+        serves there (request figures' destination_version): the first of the port's
+        workloads at that node, as that node's inbound side picks it (_inbound_route)."""
+        addresses = [self._endpoint(ep, nodes) for ep in svc["endpoints"]]
+        versions: dict[tuple[str, int], str] = {}
+        for ep, address in zip(svc["endpoints"], addresses):
+            if port["name"] in ep["ports"]:
+                versions.setdefault(address, _version(ep))
+        return [(*address, versions.get(address, "")) for address in addresses]
+
     def _inbound_route(self, table: RouteTable, svc: dict[str, Any], port: dict[str, Any],
                        sni: str) -> None:
         for ep in svc["endpoints"]:  # the first local endpoint with a certificate serves
@@ -301,7 +319,8 @@ class DataPlane:
                 table.add_inbound_route(sni, contexts.server, _numeric(ep["address"]),
                                         int(ep["ports"][port["name"]]),
                                         service=f"{svc['namespace']}/{svc['name']}:{port['name']}",
-                                        identity=ep["identity"], protocol=_protocol(port))
+                                        identity=ep["identity"], protocol=_protocol(port),
+                                        version=_version(ep))
                 return
 
     def install(self, snapshot: dict[str, Any]) -> dict[int, str]:
@@ -392,6 +411,10 @@ class DataPlane:
                 "source_principal": (rec["local"] if outbound else rec["peer"]) or "unknown",
                 "destination_principal": (rec["peer"] if outbound else rec["local"]) or "unknown",
                 "destination_service": service,
+                # The HTTPRoute that sent it ("namespace/name"; the serving side cannot
+                # tell) and the version label of the workload that answered (Istio's).
+                "route": rec["route"] or "unknown",
+                "destination_version": rec["version"] or "unknown",
                 # String keys: the bus's msgpack maps take no others.
                 "codes": {str(code): n for code, n in rec["codes"].items()},
                 "latency": {str(i): n for i, n in enumerate(rec["latency_us"]) if n},

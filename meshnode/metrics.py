@@ -33,13 +33,32 @@ _TCP = {"connections_opened": ("meshnode_tcp_connections_opened",
                        "Bytes sent to the accepted side of a connection"),
         "tls_handshakes": ("meshnode_tls_handshakes", "Completed mutual-TLS handshakes"),
         "tls_resumed": ("meshnode_tls_resumed_handshakes", "Handshakes that resumed a session")}
-# Node-wide data plane counters exported as families of their own (node, process).
-_COUNTS = {"upstream_failovers": ("meshnode_upstream_failovers",
-                                  "Outbound upstream setups that failed on one endpoint "
-                                  "and went on to the service's next"),
-           "endpoint_ejections": ("meshnode_endpoint_ejections",
-                                  "Times an endpoint was passed over by load balancing "
-                                  "after a failed setup")}
+# Engine counters (Engine.stats() keys) exported as a counter family of their own with
+# the labels node and process: one line each, (engine key, family name, help). The
+# requests they count are in meshnode_requests_total too, by route and code; these say
+# why, whatever the label values (Envoy's upstream_rq_* and Linkerd's route counters).
+_COUNTS = (
+    ("upstream_failovers", "meshnode_upstream_failovers",
+     "Outbound upstream setups that failed on one endpoint and went on to the service's next"),
+    ("endpoint_ejections", "meshnode_endpoint_ejections",
+     "Times an endpoint was passed over by load balancing after a failed setup"),
+    ("route_matched", "meshnode_route_matched_requests",
+     "Requests an HTTPRoute rule matched"),
+    ("route_no_match", "meshnode_route_unmatched_requests",
+     "Requests to a service with HTTPRoutes that no rule matched (answered 404)"),
+    ("route_no_backend", "meshnode_route_no_backend_requests",
+     "Requests whose rule had no valid backend for them (answered 500)"),
+    ("route_timeouts", "meshnode_route_timeouts",
+     "Requests whose HTTPRoute timeout expired before the answer's head (answered 504)"),
+    ("http_rebalanced", "meshnode_rebalanced_requests",
+     "Requests on a kept-alive connection the balancer moved to a cheaper endpoint"),
+    ("http_mirrored", "meshnode_mirrored_requests",
+     "RequestMirror copies sent whole to their mirror backend"),
+    ("http_mirror_dropped", "meshnode_mirror_dropped_requests",
+     "RequestMirror copies given up before they were sent whole"),
+    ("stats_overflow", "meshnode_request_figures_overflow",
+     "Answers counted without their labels: the engine's label sets were used up"),
+)
 # Per-side failure counters -> the `reason` label of meshnode_dataplane_failures_total.
 _SIDE_FAILURES = ("connect_failures", "connect_timeouts", "idle_timeouts", "aborted",
                   "rejected_limit", "accept_failures", "tls_failures_verify",
@@ -57,9 +76,12 @@ _INBOUND_FAILURES = frozenset({"tls_unknown_sni", "rejected_handshakes", "reject
 _DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000,
                         30000, 60000)
 _ENGINE_UPPER_US = latency_bounds_us()
-# Labels of the request metrics, after node and process (Istio's names).
+# Labels of the request metrics, after node and process (Istio's names; `route` is the
+# HTTPRoute "namespace/name" whose rule sent the request, "unknown" when none did and on
+# the serving side, which cannot tell; destination_version the serving workload's
+# `version` label, as Istio's). Each value set is bounded by the engine's tables.
 _REQUEST_LABELS = ("reporter", "source_principal", "destination_service",
-                   "destination_principal")
+                   "destination_principal", "destination_version", "route")
 _ENGINE_LOWER_US = [0, *_ENGINE_UPPER_US[:-1]]
 
 
@@ -110,7 +132,7 @@ class NodeCollector(Collector):
                                        "Connections the data plane refused or cut, by reason",
                                        labels=["node", "process", "direction", "reason"])
         counts = {key: CounterMetricFamily(name, text, labels=["node", "process"])
-                  for key, (name, text) in _COUNTS.items()}
+                  for key, name, text in _COUNTS}
         active = GaugeMetricFamily("meshnode_tcp_connections_active",
                                    "TCP connections open in the data plane",
                                    labels=["node", "process", "direction"])

@@ -25,12 +25,8 @@ SUITES = ["tests/fastpath/test_http1.py", "tests/fastpath/test_keys.py",
           "tests/fastpath/test_engine_review.py", "tests/fastpath/test_engine_smuggling.py",
           "tests/fastpath/test_engine_header_holes.py", "tests/fastpath/test_engine_limits.py",
           "tests/fastpath/test_engine_routes.py", "tests/fastpath/test_engine_routes_attack.py",
-<<<<<<< HEAD
-          "tests/fastpath/test_engine_mirror.py",
-          "tests/fastpath/test_engine_hash.py"]
-=======
-          "tests/fastpath/test_engine_mirror.py", "tests/fastpath/test_engine_route_filters.py"]
->>>>>>> 5977dd7 (engine: URLRewrite and RequestRedirect steps (route_filters.pxi) and a backendRef's own header modifiers, with byte-level tests)
+          "tests/fastpath/test_engine_mirror.py", "tests/fastpath/test_engine_route_filters.py",
+          "tests/fastpath/test_engine_hash.py", "tests/fastpath/test_engine_route_figures.py"]
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -124,13 +124,14 @@ class Mesh:
         for v in VERSIONS:
             t.add_inbound_route(f"http.backend-{v}.demo.svc", server_ctx(self.pki), "127.0.0.1",
                                 self.apps[v].port, service=f"demo/backend-{v}:http",
-                                identity=BACKEND_ID, protocol="HTTP")
+                                identity=BACKEND_ID, protocol="HTTP", version=v)
         return t
 
     def outbound(self, callers: bool = False, ctx: tls.TLSContext | None = None,
                  ) -> tuple[fe.RouteTable, dict[str, int]]:
         """A table with service "backend" (hosts backend, backend.demo[.svc], port 80)
-        and its versions as services of their own; routes are the test's to add.
+        and its versions as services of their own (their endpoint labelled with the
+        version); routes are the test's to add.
         `callers`: tell callers apart by address (127.0.0.2: demo, 127.0.0.3: shop).
         `ctx`: the frontend's client context (a node keeps one across pushes, and a
         pair then moves to the next table in place); a new one when None."""
@@ -140,7 +141,7 @@ class Mesh:
                                           [BACKEND_ID], ep)}
         for v in VERSIONS:
             index[v] = t.add_service(f"demo/backend-{v}:http", f"http.backend-{v}.demo.svc",
-                                     [BACKEND_ID], ep)
+                                     [BACKEND_ID], [(*ep[0], v)])
         for host in ("backend", "backend.demo", "backend.demo.svc"):
             t.add_host(host, index["backend"], 80)
         t.set_outbound_http(self.http_sock.fileno(),
