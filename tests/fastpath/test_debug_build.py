@@ -28,7 +28,7 @@ SUITES = ["tests/fastpath/test_http1.py", "tests/fastpath/test_keys.py",
           "tests/fastpath/test_engine_mirror.py", "tests/fastpath/test_engine_route_filters.py",
           "tests/fastpath/test_engine_hash.py", "tests/fastpath/test_engine_route_figures.py"]
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1800)
 
 
 @pytest.fixture(scope="module")
@@ -66,5 +66,5 @@ def test_the_parser_and_engine_suites_pass_with_checks_on(debug_build: Path) -> 
                           "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
                           *(str(ROOT / suite) for suite in SUITES)],
                          cwd=debug_build, env=_env(debug_build), capture_output=True, text=True,
-                         timeout=840, stdin=subprocess.DEVNULL)
+                         timeout=1500, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
