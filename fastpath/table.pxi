@@ -623,17 +623,21 @@ cdef class RouteTable:
         return len(self._route_sets) - 1
 
     def add_route_rule(self, str name not None, backends, request_headers=None,
-                       response_headers=None, double timeout_s=0.0) -> int:
+                       response_headers=None, double timeout_s=0.0,
+                       double backend_timeout_s=0.0, retry=None) -> int:
         """One rule of a route: `backends`, (service index or -1, weight) pairs, among
         which each request it takes is sent by weight (-1: an invalid backendRef: its
         share is answered 500; no backend or all weights 0: every request 500);
         `request_headers` / `response_headers`: Gateway API header modifiers as
         {"set": [(name, value)], "add": [...], "remove": [name]}; `timeout_s`: from a
-        request's framing to its answer's head, else 504 (0: none; Gateway API's
-        timeouts.request, or backendRequest when sooner). `name`: for figures.
-        Returns the rule's index for add_route_match()."""
-        if not 0 <= timeout_s <= 86400:
-            raise ValueError("rule %r: timeout_s must be 0..86400, not %r" % (name, timeout_s))
+        request's framing until its answer is whole, over all its tries, else 504 (0:
+        none; Gateway API's timeouts.request); `backend_timeout_s` likewise for each try
+        (backendRequest); `retry`: Gateway API's `retry` as a dict (retry.pxi's
+        _RETRY_DEFAULTS: attempts, codes, backoff_s, and the retry budget), None: no
+        retries. `name`: for figures. Returns the rule's index for add_route_match()."""
+        for what, value in (("timeout_s", timeout_s), ("backend_timeout_s", backend_timeout_s)):
+            if not 0 <= value <= 86400:
+                raise ValueError("rule %r: %s must be 0..86400, not %r" % (name, what, value))
         out = []
         for service_index, weight in backends:
             if service_index != -1 and not 0 <= service_index < len(self._services):
@@ -648,7 +652,8 @@ cdef class RouteTable:
             if _grow(edits) > ROUTE_GROW_MAX:
                 raise ValueError("rule %r: its %s header edits add more than %d bytes"
                                  % (name, what, ROUTE_GROW_MAX))
-        self._route_rules.append((name.encode(), out, req, resp, timeout_s))
+        self._route_rules.append((name.encode(), out, req, resp, timeout_s, backend_timeout_s,
+                                  _retry_args(retry, name)))
         return len(self._route_rules) - 1
 
     def add_route_mirror(self, int rule_index, int service_index, long long numerator=100,
