@@ -11,7 +11,8 @@ A route set governs requests to one port of one Service from one group of caller
                 "response_headers": ... | None,
                 "timeout_s": float | None, "backend_timeout_s": float | None,
                 "mirrors": [{"service": "NS/NAME", "port": 8080, "numerator": 1,
-                             "denominator": 100}]}, ...]}
+                             "denominator": 100}],
+                "retry": {"codes": [500], "attempts": 3, "backoff_s": 0.1} | None}, ...]}
 
 The data plane takes the first entry whose match holds (none: 404); an entry's rule
 picks a backend by weight (none: 500, and an unresolved one's share is 500 too).
@@ -39,6 +40,7 @@ from typing import Any
 
 from .httproute import CORE_GROUPS, BackendRef, HeaderModifier, ParentRef, RouteMatch, RouteRule, ValueMatch
 from .model import HTTPRoute, Resource, Service, ServicePort
+from .retryparse import retry_snapshot
 
 _PATH_RANK = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}
 
@@ -191,7 +193,8 @@ def _rule(route: HTTPRoute, index: int, rule: RouteRule, services: Services) -> 
             "response_headers": _modifier(rule, "ResponseHeaderModifier"),
             "timeout_s": timeouts.request_s if timeouts else None,
             "backend_timeout_s": timeouts.backend_request_s if timeouts else None,
-            "mirrors": _mirrors(route, rule, services)}
+            "mirrors": _mirrors(route, rule, services),
+            "retry": retry_snapshot(rule.retry)}
 
 
 def _mirrors(route: HTTPRoute, rule: RouteRule, services: Services) -> list[dict[str, Any]]:
