@@ -34,11 +34,12 @@
 # route_retries_over_budget counts it. Per rule and per engine (worker), reset when a new
 # table is installed.
 #
-# Timeouts (GEP-1742 with GEP-1731): timeouts.request spans every try (a retry whose
-# backoff would end past it is not made: the client gets the failed answer, or 504 at the
-# deadline); timeouts.backendRequest bounds each try on its own, and a try that times out
-# is retried like a connection that failed (GEP-1731: "Implementations SHOULD retry on
-# connection errors (disconnect, reset, timeout, TCP failure)").
+# Timeouts (GEP-1742 with GEP-1731): timeouts.request spans every try and the backoffs
+# between them: when it comes first, the client gets 504 then, whatever try or wait is
+# under way (GEP-1731: "the Gateway MUST immediately return a timeout error");
+# timeouts.backendRequest bounds each try on its own, and a try that times out is retried
+# like a connection that failed (GEP-1731: "Implementations SHOULD retry on connection
+# errors (disconnect, reset, timeout, TCP failure)").
 
 
 # --- the budget ------------------------------------------------------------------------------
@@ -125,12 +126,11 @@ cdef bint _retry_wanted(Core* core, Conn* c, int status) noexcept nogil:
     """The try of the kept request failed: answered `status` (0: its connection failed,
     ended before an answer, or the try timed out). Is it tried again? Yes when the rule
     retries that (every connection failure; the codes it lists), the request is whole
-    in the buffer and nothing of the answer was passed on, tries are left, the backoff
-    ends before the request's timeout, and the budget allows (counted: the caller goes
-    on to _retry_begin). No: the try's outcome is the client's."""
+    in the buffer and nothing of the answer was passed on, tries are left, the request's
+    timeout has not come, and the budget allows (counted: the caller goes on to
+    _retry_begin). No: the try's outcome is the client's."""
     cdef const RetryPolicy* p
     cdef const RouteRule* r
-    cdef int64_t start
     if not c.flags & CONN_KEPT or c.n_pend != 1:
         return False
     r = &c.table.rules[c.pend_rule[c.pend_first]]
@@ -142,8 +142,7 @@ cdef bint _retry_wanted(Core* core, Conn* c, int status) noexcept nogil:
             or c.flags & (CONN_CLIENT_GONE | CONN_DRAINING | CONN_HTTP_REPLIED)
             or c.tries >= p.attempts):
         return False
-    start = c.pend_start_ns[c.pend_first]
-    if r.timeout_ns > 0 and core.now_ns + _backoff_floor_ns(p, c.tries + 1) >= start + r.timeout_ns:
+    if r.timeout_ns > 0 and core.now_ns >= c.pend_start_ns[c.pend_first] + r.timeout_ns:
         return False
     if not _budget_withdraw(core, <RetryPolicy*>p):
         core.counters.route_retries_over_budget += 1
@@ -226,9 +225,11 @@ cdef int _retry_discard(Core* core, Conn* c) noexcept nogil:
 
 cdef int _retry_begin(Core* core, Conn* c) noexcept nogil:
     """The kept request's try failed and is made again (_retry_wanted said so): its
-    upstream and answer go, and the pair waits out the backoff (CONN_BACKOFF)."""
-    cdef const RetryPolicy* p = _kept_policy(c)
-    cdef int64_t wait, cap
+    upstream and answer go, and the pair waits out the backoff (CONN_BACKOFF), or
+    until the request's timeout when that comes first."""
+    cdef const RouteRule* r = &c.table.rules[c.pend_rule[c.pend_first]]
+    cdef const RetryPolicy* p = r.retry
+    cdef int64_t wait, cap, at
     cdef int st
     c.tries += 1
     c.failed_endpoint = c.endpoint
@@ -243,17 +244,25 @@ cdef int _retry_begin(Core* core, Conn* c) noexcept nogil:
         return st
     c.req_deadline_ns = 0
     c.state = CONN_BACKOFF
-    _deadline_at(core, c, core.now_ns + wait)
+    at = core.now_ns + wait
+    if r.timeout_ns > 0 and c.pend_start_ns[c.pend_first] + r.timeout_ns < at:
+        at = c.pend_start_ns[c.pend_first] + r.timeout_ns
+    _deadline_at(core, c, at)
     return STATUS_OK
 
 
 cdef int _retry_fire(Core* core, Conn* c) noexcept nogil:
     """The backoff is over: the kept request's next try, on its own backendRequest
-    timeout, to an endpoint other than the failed one when there is another."""
+    timeout, to an endpoint other than the failed one when there is another. Or the
+    request's timeout came during it: 504."""
     cdef uint32_t i = c.pend_first
+    cdef const RouteRule* r = &c.table.rules[c.pend_rule[i]]
+    if r.timeout_ns > 0 and core.now_ns >= c.pend_start_ns[i] + r.timeout_ns:
+        core.counters.route_timeouts += 1
+        _http_reply(core, c, 504, b"upstream request timeout\n", -1)
+        return STATUS_CLOSE
     c.setup_tries = 0
-    c.pend_deadline[i] = _try_deadline(&c.table.rules[c.pend_rule[i]], c.pend_start_ns[i],
-                                       core.now_ns)
+    c.pend_deadline[i] = _try_deadline(r, c.pend_start_ns[i], core.now_ns)
     c.req_deadline_ns = c.pend_deadline[i]
     return _http_upstream(core, c, <int64_t>c.failed_endpoint)
 

@@ -209,6 +209,17 @@ def test_the_request_timeout_spans_every_try(mesh: Mesh, app: FlakyApp) -> None:
     assert mesh.out_node.stats()["route_timeouts"] == 1
 
 
+def test_a_backoff_past_the_request_timeout_ends_in_504_then(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """GEP-1731: when timeouts.request comes during a retry's backoff, the client gets a
+    timeout error then, not the failed answer and not a late try."""
+    one_rule(mesh, timeout_s=0.3, retry={"attempts": 1, "codes": [500], "backoff_s": 2.0})
+    status, body = get(mesh, "/fail?code=500&n=1")
+    assert status == 504 and b"timeout" in body
+    assert app.count("/fail?code=500&n=1") == 1
+    stats = mesh.out_node.stats()
+    assert stats["route_retries"] == 1 and stats["route_timeouts"] == 1
+
+
 # --- the budget ------------------------------------------------------------------------------
 
 
