@@ -139,10 +139,14 @@ cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
         body_len = <int>strlen(body)
     if body_len < 0 or body_len > 512:
         body_len = 0
+    # (Inbound, a 502 says the app failed the request: the caller's node may retry it
+    # as the connection error it was, retry.pxi.)
     n = snprintf(msg, sizeof(msg),
-                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                 b"HTTP/1.1 %d %s\r\n%scontent-type: text/plain\r\ncontent-length: %d\r\n"
                  b"connection: close\r\n\r\n%.*s%s",
-                 status, reason, <int>(body_len + (1 if body == reason else 0)), body_len, body,
+                 status, reason,
+                 b"x-meshnode-failure: upstream\r\n" if c.down.ssl != NULL and status == 502 else b"",
+                 <int>(body_len + (1 if body == reason else 0)), body_len, body,
                  b"\n" if body == reason else b"")
     if n <= 0 or n >= <int>sizeof(msg):
         return
@@ -741,7 +745,7 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
             progress += r
         elif r == STATUS_AGAIN:
             break
-        elif not c.flags & CONN_RETRYABLE and _retry_wanted(core, c, 0):
+        elif _retry_wanted(core, c, 0):
             return STATUS_BACKOFF       # the upstream failed under the kept request
         else:
             return STATUS_RESET
@@ -864,7 +868,8 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     _http_reply(core, c, 502, b"bad response from upstream\n", -1)
                     return STATUS_CLOSE
                 return STATUS_RESET
-            if c.flags & CONN_KEPT and resp.status >= 200 and _retry_answer(core, c, resp.status):
+            if (c.flags & CONN_KEPT and resp.status >= 200
+                    and _retry_answer(core, c, _retry_status(f.buf + start, &resp))):
                 return STATUS_BACKOFF       # a code its route retries (retry.pxi)
             chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
                      else &c.table.services[c.service].chain)

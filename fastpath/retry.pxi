@@ -95,6 +95,34 @@ cdef bint _budget_withdraw(Core* core, RetryPolicy* p) noexcept nogil:
 
 # --- deciding ---------------------------------------------------------------------------------
 
+# The field an app's node adds to the 502 it answers for an app that failed a request
+# (closed or reset before answering, or answered what does not parse: _http_reply): to
+# the caller's node that answer is the connection error it stands for, retried whatever
+# the codes. (An app may send the field itself: it then gets the retries it could get
+# with a 5xx the rule lists, no more.)
+cdef enum:
+    _FAILURE_NAME_LEN = 18          # "x-meshnode-failure"
+
+
+cdef int _retry_status(const char* b, const RespHead* resp) noexcept nogil:
+    """The outcome of a try answered with the head at `b`: its status, or 0 (a
+    connection error) for a 502 its node answered for a failed app."""
+    cdef uint32_t i, k
+    cdef const char* name
+    if resp.status != 502:
+        return resp.status
+    for i in range(resp.header_count):
+        if resp.headers[i].name.len != _FAILURE_NAME_LEN:
+            continue
+        name = b + resp.headers[i].name.off
+        k = 0
+        while k < _FAILURE_NAME_LEN and _lower_is(<unsigned char>name[k],
+                                                  <unsigned char>(b"x-meshnode-failure"[k])):
+            k += 1
+        if k == _FAILURE_NAME_LEN:
+            return 0
+    return resp.status
+
 cdef inline const RetryPolicy* _kept_policy(const Conn* c) noexcept nogil:
     """The retry policy of the one request in flight (CONN_KEPT)."""
     return c.table.rules[c.pend_rule[c.pend_first]].retry
@@ -135,6 +163,8 @@ cdef bint _retry_wanted(Core* core, Conn* c, int status) noexcept nogil:
         return False
     r = &c.table.rules[c.pend_rule[c.pend_first]]
     p = r.retry
+    if p == NULL:
+        return False
     if status != 0 and (status < 400 or status > 599
                         or not (p.codes[(status - 400) >> 6] >> ((status - 400) & 63)) & 1):
         return False
@@ -163,9 +193,10 @@ cdef bint _retry_answer(Core* core, Conn* c, int status) noexcept nogil:
 cdef void _retry_keep(Core* core, Conn* c, const ReqHead* req, uint32_t base) noexcept nogil:
     """A request was just framed (its head at d2u.buf + base) on a rule with a retry
     policy: counted for the rule's budget, and kept for replay when it is the one
-    request in flight and the first bytes framed, asks for no upgrade, and its head and body (a
-    Content-Length's; a chunked body is let go if it outgrows the limit: _retry_grown)
-    fit replay_max_bytes and the buffer. Its bytes move to d2u offset 0."""
+    request in flight (its bytes the first framed), asks for no upgrade, and its head
+    and body fit replay_max_bytes and the buffer (a Content-Length body's size is known
+    now; a chunked one is let go when it outgrows them: _retry_grown, _http_d2u). Its
+    bytes move to d2u offset 0."""
     cdef RetryPolicy* p = c.table.rules[c.req_rule].retry
     cdef Flow* f = &c.d2u
     cdef int64_t whole = c.fwd

@@ -139,8 +139,9 @@ cdef int _http_upstream(Core* core, Conn* c, int64_t avoid) noexcept nogil:
     if _pool_take(core, c, &svc.endpoints[c.endpoint]):
         core.counters.http_upstream_reused += 1
         # Kept at d2u offset 0 until an answer starts: should the pooled upstream turn
-        # out closed (the keep-alive race), idempotent requests go again at once.
-        if _pend_idempotent(c):
+        # out closed (the keep-alive race), idempotent requests go again at once. (A
+        # request its route retries is retried by the route's policy alone, counted.)
+        if _pend_idempotent(c) and not c.flags & CONN_KEPT:
             c.flags |= CONN_RETRYABLE
         return _enter_pipe(core, c)
     # Setup (connect + handshake) gets its own connect_timeout from here.

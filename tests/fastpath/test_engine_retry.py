@@ -113,13 +113,29 @@ def test_the_failed_answers_never_reach_the_client(mesh: Mesh, app: FlakyApp) ->
     assert b"failed" not in answers
 
 
-def test_an_app_closing_before_answering_is_retried_as_its_nodes_502(
+def test_an_app_closing_before_answering_is_retried_without_codes(
         mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
-    """Behind the app's node, the app's connection error is that node's answer for it
-    (502: closed before answering), retried when the rule lists it."""
-    one_rule(mesh, retry={"attempts": 1, "codes": [502], **FAST})
+    """Behind the app's node, the app's connection error is that node's 502 for it, which
+    says so (x-meshnode-failure): the caller's node retries it as a connection error. A
+    502 of the app's own is an answer like any other: not retried unless listed."""
+    one_rule(mesh, retry={"attempts": 1, **FAST})
     assert get(mesh, "/fail?code=0&n=1") == (200, b"try 2 ok")
     assert app.count("/fail?code=0&n=1") == 2
+    assert get(mesh, "/fail?code=502&n=1") == (502, b"try 1 failed")
+    assert app.count("/fail?code=502&n=1") == 1
+
+
+def test_attempts_bound_the_tries_on_pooled_upstreams_too(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """A request its route retries is not also sent again as a pooled upstream's
+    keep-alive race: however its tries fail, the app sees 1 + attempts of them."""
+    one_rule(mesh, retry={"attempts": 2, **FAST})
+    # The upstream (and the app's connection behind it) is pooled once its client leaves.
+    assert request(mesh.http(), "/warm", headers={"Connection": "close"})[0] == 200
+    mesh.out_node.wait_stat("http_upstream_pooled")
+    assert request(mesh.http(), "/fail?code=0&n=9")[0] == 502
+    assert app.count("/fail?code=0&n=9") == 3
+    stats = mesh.out_node.stats()
+    assert stats["route_retries"] == 2 and stats["http_upstream_retried"] == 0
 
 
 def test_an_endpoint_refusing_connections_is_retried_without_codes(mesh: Mesh) -> None:  # noqa: F811

@@ -78,3 +78,17 @@ def test_http_route_retry_with_timeouts(gw: ConformanceMesh) -> None:
         simulated(gw, whole, 504, responseCode="500", succeedAfter="4", delayRetry="100ms"),
     ) if why]
     assert not failures, "\n".join(failures)
+
+
+def test_http_route_retry_connection_error(gw: ConformanceMesh) -> None:
+    """HTTPRouteRetryConnectionError: a backend that closes the connection unanswered is
+    retried with no codes listed, up to `attempts`. Past them the caller gets the 502 the
+    backend's node answered for it (upstream accepts 500 or 503 there: meshnode's nodes
+    answer 502 for an app that closed before answering, retried or not)."""
+    applied(gw, "httproute-retry-connection-error.yaml", "/retry/no-status-code-attempts-3")
+    path = "/retry/no-status-code-attempts-3"
+    failures = [why for why in (
+        simulated(gw, path, 200, succeedAfter="2"),
+        simulated(gw, path, 502, succeedAfter="4"),
+    ) if why]
+    assert not failures, "\n".join(failures)

@@ -99,6 +99,14 @@ M = "spec.rules.0.matches.0"
 F = "spec.rules.0.filters.0.requestHeaderModifier"
 B = "spec.rules.0.backendRefs.0"
 
+def _retry(field: str, value: object, message: str, at: str) -> tuple[str, Callable[[dict[str, Any]], None],
+                                                                     str, str]:
+    """A MISTAKES case: spec.rules[0].retry.`field` set to `value`, refused at that field
+    (`at`: an item of it) with `message`."""
+    return (f"retry {field} {value!r}", setter(f"{R}.retry.{field}", value), f"spec.rules[0].retry.{field}{at}",
+            message)
+
+
 # (case id, edit, field named, fragment of the message)
 MISTAKES: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
     ("apiVersion", setter("apiVersion", "gateway.networking.k8s.io/v1alpha2"), "apiVersion",
@@ -154,22 +162,12 @@ MISTAKES: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
     ("duplicate rule name", setter("spec.rules.1", {"name": "main"}), "spec.rules[1].name",
      "duplicate rule name 'main'"),
     # retry (HTTPRouteRetry's schema: GEP-1731)
-    ("retry attempts 0", setter(f"{R}.retry.attempts", 0), "spec.rules[0].retry.attempts", "between 1 and"),
-    ("retry attempts text", setter(f"{R}.retry.attempts", "3"), "spec.rules[0].retry.attempts",
-     "must be an integer"),
-    ("retry code 399", setter(f"{R}.retry.codes", [399]), "spec.rules[0].retry.codes[0]",
-     "between 400 and 599"),
-    ("retry code 600", setter(f"{R}.retry.codes", [500, 600]), "spec.rules[0].retry.codes[1]",
-     "between 400 and 599"),
-    ("retry codes a set", setter(f"{R}.retry.codes", [503, 500, 503]), "spec.rules[0].retry.codes[2]",
-     "duplicate code 503"),
-    ("retry codes a list", setter(f"{R}.retry.codes", 503), "spec.rules[0].retry.codes", "must be a list"),
-    ("retry backoff", setter(f"{R}.retry.backoff", "0.1s"), "spec.rules[0].retry.backoff",
-     "a Gateway API duration"),
-    ("retry backoff too long", setter(f"{R}.retry.backoff", "25h"), "spec.rules[0].retry.backoff",
-     "longest backoff"),
-    ("retry field", setter(f"{R}.retry.perTryTimeout", "1s"), "spec.rules[0].retry.perTryTimeout",
-     "unknown field"),
+    *(_retry(field, value, message, at) for field, value, at, message in (
+        ("attempts", 0, "", "between 1 and"), ("attempts", "3", "", "must be an integer"),
+        ("codes", [399], "[0]", "between 400 and 599"), ("codes", [500, 600], "[1]", "between 400 and 599"),
+        ("codes", [503, 500, 503], "[2]", "duplicate code 503"), ("codes", 503, "", "must be a list"),
+        ("backoff", "0.1s", "", "a Gateway API duration"), ("backoff", "25h", "", "longest backoff"),
+        ("perTryTimeout", "1s", "", "unknown field"))),
     ("sessionPersistence", setter(f"{R}.sessionPersistence", {"type": "Cookie"}),
      "spec.rules[0].sessionPersistence", "sessionPersistence is not implemented yet"),
     ("rule field", setter(f"{R}.timeout", "1s"), "spec.rules[0].timeout", "did you mean 'timeouts'"),
