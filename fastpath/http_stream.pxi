@@ -823,7 +823,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
     cdef Flow* f = &c.u2d
     cdef uint32_t start, avail
     cdef Py_ssize_t n
-    cdef int rc, added
+    cdef int rc, added, st
     cdef RespHead resp
     cdef FilterCall call
     cdef FilterVerdict v
@@ -868,9 +868,10 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     _http_reply(core, c, 502, b"bad response from upstream\n", -1)
                     return STATUS_CLOSE
                 return STATUS_RESET
-            if (c.flags & CONN_KEPT and resp.status >= 200
-                    and _retry_answer(core, c, _retry_status(f.buf + start, &resp))):
-                return STATUS_BACKOFF       # a code its route retries (retry.pxi)
+            if c.flags & CONN_KEPT and resp.status >= 200:
+                st = _retry_answer(core, c, _retry_status(f.buf + start, &resp))
+                if st != STATUS_OK:
+                    return st               # tried again, or timed out (retry.pxi)
             chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
                      else &c.table.services[c.service].chain)
             if _chain_at(chain, PHASE_RESPONSE):

@@ -180,14 +180,24 @@ cdef bint _retry_wanted(Core* core, Conn* c, int status) noexcept nogil:
     return True
 
 
-cdef bint _retry_answer(Core* core, Conn* c, int status) noexcept nogil:
-    """The kept request's final answer head came (`status`): True when its try is made
-    again (_retry_wanted); else it is the client's, and the request is let go (the
+cdef int _retry_answer(Core* core, Conn* c, int status) noexcept nogil:
+    """The kept request's final answer head came (`status`): STATUS_BACKOFF when its try
+    is made again (_retry_wanted); STATUS_CLOSE when it would be but the request's
+    timeout has come (its timer not run yet): 504 was answered, as at the timeout;
+    else STATUS_OK: the answer is the client's, and the request is let go (the
     requests behind it may be framed)."""
+    cdef const RouteRule* r = &c.table.rules[c.pend_rule[c.pend_first]]
     if _retry_wanted(core, c, status):
-        return True
+        return STATUS_BACKOFF
     c.flags &= ~CONN_KEPT
-    return False
+    if (r.timeout_ns > 0 and core.now_ns >= c.pend_start_ns[c.pend_first] + r.timeout_ns
+            and r.retry != NULL and c.tries < r.retry.attempts
+            and (status == 0 or (400 <= status <= 599 and (
+                r.retry.codes[(status - 400) >> 6] >> ((status - 400) & 63)) & 1))):
+        core.counters.route_timeouts += 1
+        _http_reply(core, c, 504, b"upstream request timeout\n", -1)
+        return STATUS_CLOSE
+    return STATUS_OK
 
 
 cdef void _retry_keep(Core* core, Conn* c, const ReqHead* req, uint32_t base) noexcept nogil:
