@@ -191,6 +191,10 @@ cdef inline void _settle(Core* core, Conn* c, int status) noexcept nogil:
         _limits_release(core, c, CONN_HANDSHAKE_HELD)
     if status == STATUS_CLOSE and c.flags & CONN_SETTING_UP:
         status = _setup_failed(core, c)
+    if (status == STATUS_CLOSE and c.flags & CONN_KEPT
+            and (c.state == CONN_CONNECTING or c.state == CONN_HANDSHAKING)
+            and _retry_wanted(core, c, 0)):
+        status = _retry_begin(core, c)  # no endpoint took the kept request: retried
     if status == STATUS_CLOSE:
         if (c.flags & CONN_HTTP and
                 (c.state == CONN_CONNECTING or c.state == CONN_HANDSHAKING)):

@@ -121,6 +121,10 @@ cdef enum:
     # (Content-Length); a larger answer, or one still coming at the connect timeout,
     # closes the upstream instead.
     ENGINE_DRAIN_MAX_BYTES = 1048576
+    # Engine(replay_max_bytes=) default: a request on a route with a retry policy is kept
+    # for replay (retry.pxi) when its head and body are no more than this and fit the
+    # pair's buffer: a larger request is sent as it streams, never held whole.
+    ENGINE_REPLAY_MAX_BYTES = 65536
     # How long an opaque TCP pair whose destination left the table (a config push)
     # goes on before it is closed, unless the table says (Mesh drainDuration; Istio's
     # terminationDrainDuration default).

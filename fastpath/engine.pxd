@@ -24,6 +24,7 @@ cdef enum Status:
     STATUS_ENOMEM = -5     # out of memory
     STATUS_ESYS = -6       # a system call failed; errno is in Core.saved_errno
     STATUS_RETRY = -7      # HTTP: a pooled upstream failed before answering: route again
+    STATUS_BACKOFF = -8    # HTTP: a try failed that its route retries: wait, then again
 
 
 # --- route table: what a snapshot of config says, in C -----------------------------------
@@ -295,6 +296,33 @@ cdef struct RouteMirror:
     uint32_t denominator           # >= 1
 
 
+# A rule's `retry` (Gateway API GEP-1731) and its retry budget (retry.pxi).
+cdef enum:
+    ENGINE_RETRY_SLOTS = 10        # the budget's window, in this many slots
+    ENGINE_RETRY_CODE_WORDS = 4    # codes 400..599, a bit each
+
+
+cdef struct RetryPolicy:
+    uint32_t attempts              # retries after the first try (>= 1)
+    uint64_t codes[ENGINE_RETRY_CODE_WORDS]   # bit (code - 400): retried
+    int64_t backoff_ns             # the least wait before a retry
+    # The budget (Linkerd's; Gateway API XBackendTrafficPolicy retryConstraint): a
+    # retry is allowed while the window's retries stay within `percent` of its
+    # requests, or while fewer than `min_count` were made in the current
+    # `min_interval_ns` (the floor for quiet routes).
+    uint32_t percent
+    int64_t window_ns
+    uint32_t min_count
+    int64_t min_interval_ns
+    # Engine thread only: requests and retries per slot of the window (a ring), the
+    # slot number (now / slot length) of the newest, and the floor's own window.
+    uint32_t requests[ENGINE_RETRY_SLOTS]
+    uint32_t retries[ENGINE_RETRY_SLOTS]
+    int64_t slot_at
+    int64_t min_since_ns
+    uint32_t min_used
+
+
 cdef struct RouteRule:
     Name name                      # "ns/route" and the rule's index or name: for figures
     RouteBackend* backends         # in order; none: every request is answered 500
@@ -303,15 +331,12 @@ cdef struct RouteRule:
     HeaderEdit* request_edits      # RequestHeaderModifier: remove, then set, then add
     uint32_t n_request_edits
     uint32_t request_grow          # the most bytes its edits add to a head
-    bint request_adds              # an edit adds a line, or a URLRewrite changes the
-                                   # target or Host the next requests were routed by: a
-                                   # head it went through is not framed twice (its
-                                   # requests are not retried)
     HeaderEdit* response_edits     # ResponseHeaderModifier
     uint32_t n_response_edits
     uint32_t response_grow
-    # timeouts.request / backendRequest, the sooner (0: none): from the request's
-    # framing to its answer's head; expired before it, the engine answers 504.
+    # timeouts.request (0: none), over all of a request's tries, and backendRequest
+    # (0: none), each try's: from the request's framing (a retry: its new try) until
+    # its answer is whole; expired before the answer's head, the engine answers 504.
     int64_t timeout_ns
     RouteMirror* mirrors           # RequestMirror filters, in order (mirror.pxi)
     uint32_t n_mirrors
@@ -319,6 +344,8 @@ cdef struct RouteRule:
                                    # NULL: neither
     uint16_t route_tag             # Core.tags index + 1 of `name` up to its "#", the
                                    # `route` of its requests' figures (0: not looked up)
+    int64_t try_timeout_ns
+    RetryPolicy* retry             # malloc'd; NULL: no retries (retry.pxi)
 
 
 cdef struct RouteSet:
@@ -465,6 +492,8 @@ cdef enum ConnState:
     CONN_PIPE
     CONN_HTTP_HEAD                 # HTTP outbound: reading the first request head
     CONN_SNIFFING                  # sniffing listener: HTTP request or opaque TCP?
+    CONN_BACKOFF                   # HTTP outbound: a try failed, its retry waits out its
+                                   # backoff (no upstream; the client's bytes wait)
 
 
 cdef struct Side:
@@ -522,9 +551,10 @@ cdef enum ConnFlags:
     # Outbound: the upstream is being set up (connect, TLS handshake, peer ID check);
     # a failure now moves the pair to the service's next endpoint (_setup_failed).
     CONN_SETTING_UP = 32768
-    # HTTP outbound: the requests are routed again (_http_reroute): same service, no
-    # Host lookup (the head was edited already), the first one's start kept.
-    CONN_REROUTED = 65536
+    # HTTP outbound: the one request in flight is kept for replay by its rule's retry
+    # (retry.pxi): its bytes, as edited for the hop, stay whole at d2u offset 0 until
+    # its answer's head passes, and no request behind it is framed until then.
+    CONN_KEPT = 65536
     # HTTP: the pair is going away (the engine drains, or its listener left the table):
     # the next request framed is its last (its answer says close), and between
     # requests the pair is closed (_going_away).
@@ -598,7 +628,8 @@ cdef struct Conn:
     uint32_t ep_load               # outbound, CONN_EP_BOUND: what the pair adds to its
                                    # endpoint's `outstanding` (balancer.pxi)
     uint32_t setup_tries           # outbound: endpoints tried for this setup (failover)
-    int64_t reroute_start_ns       # HTTP outbound: CONN_REROUTED's kept start
+    uint32_t tries                 # HTTP outbound, CONN_KEPT: retries made so far
+    uint32_t failed_endpoint       # ... and the endpoint of the last failed try
     uint32_t route                 # inbound: index in table.routes (servername callback)
     int lfd                        # outbound: the listener it was accepted on (a table may
                                    # move: found again by fd in the next one)
@@ -818,6 +849,8 @@ cdef struct Counters:
     uint64_t route_timeouts        # 504: a route's timeout came before the answer's head
     uint64_t route_redirects       # answered by a RequestRedirect (route_filters.pxi)
     uint64_t route_rewrites        # request heads a URLRewrite changed
+    uint64_t route_retries         # tries made again by a route's retry (retry.pxi)
+    uint64_t route_retries_over_budget  # failures passed on as they were: no budget left
     # Out of descriptors with no spare left: the listeners left the loop for
     # ENGINE_ACCEPT_PAUSE_MS instead of reporting the same backlog in a busy loop.
     uint64_t accept_paused
@@ -877,6 +910,7 @@ cdef struct Core:
     uint32_t n_free_bufs
     uint32_t n_bufs
     uint32_t buffer_bytes
+    uint32_t replay_max_bytes      # the most of a request (head and body) kept for replay
     int64_t drain_max_bytes        # an HTTP client gone mid-answer: its upstream is drained
                                    # and pooled when no more than this is owed
 
@@ -964,7 +998,8 @@ cdef class RouteTable:
                                    # None, [entry tuples]) (routes_table.pxi)
     cdef list _route_rules         # (name bytes, [[service index, weight, variant rule
                                    # or -1]], request edits, response edits, timeout s,
-                                   # url filter tuple or None: route_filters_table.pxi)
+                                   # url filter tuple or None (route_filters_table.pxi),
+                                   # backend timeout s, retry tuple or None)
     cdef list _route_mirrors       # (rule index, service index, numerator, denominator)
     cdef dict _hashes              # service index -> (key kind, name bytes, path bytes,
                                    # ttl s, slots) (hashing.pxi)

@@ -283,6 +283,7 @@ include "http_stream.pxi"   # HTTP/1.1 framing both ways, per-request state
 include "router.pxi"        # request -> service; switching a client between services
 include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, weights, edits
 include "route_filters.pxi" # a route's URLRewrite and RequestRedirect
+include "retry.pxi"         # a route's retries: kept requests, backoff, budget, replay
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
 include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
@@ -324,6 +325,8 @@ cdef class Engine:
     from its accept, `idle_timeout_s` closes a pair in which no byte moved that long.
     `drain_max_bytes`: an HTTP client that leaves mid-answer leaves its upstream to read
     the rest and be pooled when no more than this is owed (else the upstream is closed).
+    `replay_max_bytes`: a request on a route that retries is kept for replay when its
+    head and body are no more than this (and fit a buffer); a larger one is not retried.
 
     Thread use: run() on a thread of its own (it returns after stop()); install(),
     stop(), stats() and `generation` from any other thread.
@@ -331,7 +334,8 @@ cdef class Engine:
 
     def __cinit__(self, int max_connections=4096, int buffer_bytes=16384,
                   double connect_timeout_s=5.0, double idle_timeout_s=300.0,
-                  long long drain_max_bytes=ENGINE_DRAIN_MAX_BYTES):
+                  long long drain_max_bytes=ENGINE_DRAIN_MAX_BYTES,
+                  long long replay_max_bytes=ENGINE_REPLAY_MAX_BYTES):
         cdef Core* core
         cdef uint32_t i
         cdef size_t n_bufs, n_sources
@@ -348,6 +352,9 @@ cdef class Engine:
         _check_timeouts(connect_timeout_s, idle_timeout_s)
         if drain_max_bytes < 0:
             raise ValueError("drain_max_bytes must be at least 0, not %d" % drain_max_bytes)
+        if not 0 <= replay_max_bytes <= 0xFFFFFFFF:
+            raise ValueError("replay_max_bytes must be 0..%d, not %d"
+                             % (0xFFFFFFFF, replay_max_bytes))
 
         core = <Core*>calloc(1, sizeof(Core))
         if core == NULL:
@@ -366,6 +373,7 @@ cdef class Engine:
         core.max_mirrors = <uint32_t>(max_connections // ENGINE_MIRROR_SHARE) or 1
         core.buffer_bytes = <uint32_t>buffer_bytes
         core.drain_max_bytes = <int64_t>drain_max_bytes
+        core.replay_max_bytes = <uint32_t>replay_max_bytes
         core.connect_timeout_ns = <int64_t>(connect_timeout_s * 1e9)
         limits_init(&core.http_limits)
         core.idle_timeout_ns = <int64_t>(idle_timeout_s * 1e9)
@@ -581,6 +589,8 @@ cdef class Engine:
         out["route_timeouts"] = snap.route_timeouts
         out["route_redirects"] = snap.route_redirects
         out["route_rewrites"] = snap.route_rewrites
+        out["route_retries"] = snap.route_retries
+        out["route_retries_over_budget"] = snap.route_retries_over_budget
         out["rejected_source_handshakes"] = snap.rejected_source_handshakes
         out["accept_paused"] = snap.accept_paused
         # RequestMirror (mirror.pxi): copies sent whole, copies given up, the slots for

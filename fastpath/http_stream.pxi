@@ -19,7 +19,7 @@ cdef int _drain_start(Core* core, Conn* c) noexcept nogil:
     if c.d2u.buf != NULL:
         _buf_put(core, c.d2u.buf)
     memset(&c.d2u, 0, sizeof(Flow))
-    c.flags = (c.flags | CONN_DRAINING) & ~CONN_RETRYABLE
+    c.flags = (c.flags | CONN_DRAINING) & ~(CONN_RETRYABLE | CONN_KEPT)
     if c.resp_phase != RESP_HEAD:
         c.flags |= CONN_DRAIN_HEAD_SEEN
     _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
@@ -157,10 +157,14 @@ cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
         body_len = 0
     if fields == NULL or fields_len < 0 or fields_len > ENGINE_LOCATION_MAX:
         fields, fields_len = b"", 0
+    # (Inbound, a 502 says the app failed the request: the caller's node may retry it
+    # as the connection error it was, retry.pxi.)
     n = snprintf(msg, sizeof(msg),
-                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                 b"HTTP/1.1 %d %s\r\n%scontent-type: text/plain\r\ncontent-length: %d\r\n"
                  b"connection: close\r\n%.*s\r\n%.*s%s",
-                 status, reason, <int>(body_len + (1 if body == reason else 0)), fields_len,
+                 status, reason,
+                 b"x-meshnode-failure: upstream\r\n" if c.down.ssl != NULL and status == 502 else b"",
+                 <int>(body_len + (1 if body == reason else 0)), fields_len,
                  fields, body_len, body, b"\n" if body == reason else b"")
     if n <= 0 or n >= <int>sizeof(msg):
         return
@@ -380,9 +384,9 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     c.pend_rule[i] = c.req_rule         # its answer's edits (routes.pxi)
     _hash_framed(c, i)                  # ... and a generated cookie (hashing.pxi)
     c.pend_deadline[i] = 0
-    if c.req_rule >= 0 and c.table.rules[c.req_rule].timeout_ns > 0:
-        c.pend_deadline[i] = core.now_ns + c.table.rules[c.req_rule].timeout_ns
-        if c.n_pend == 0:
+    if c.req_rule >= 0:
+        c.pend_deadline[i] = _try_deadline(&c.table.rules[c.req_rule], core.now_ns, core.now_ns)
+        if c.n_pend == 0 and c.pend_deadline[i] != 0:
             _request_deadline(core, c, c.pend_deadline[i])
     c.n_pend += 1
     _load_move(core, c, 1, -1)          # (outbound, bound: one more outstanding there)
@@ -403,6 +407,8 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     if c.req_rule >= 0 and c.table.rules[c.req_rule].n_mirrors > 0:
         # RequestMirror: a copy of the head as edited; its body follows (mirror.pxi).
         _mirror_begin(core, c, req, c.d2u.buf + base, <uint32_t>(req.head_len + delta))
+    if c.req_rule >= 0 and c.table.rules[c.req_rule].retry != NULL:
+        _retry_keep(core, c, req, base)     # counted for its budget, kept for replay
     return STATUS_OK
 
 
@@ -605,8 +611,10 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                     return STATUS_RESET
                 return STATUS_OK
         else:
-            if c.n_pend == ENGINE_HTTP_PIPELINE_MAX:
-                return STATUS_OK        # deep enough: the rest waits for answers
+            if c.n_pend == ENGINE_HTTP_PIPELINE_MAX or c.flags & CONN_KEPT:
+                # Deep enough, or behind a request a retry may send again (retry.pxi):
+                # the rest waits for answers.
+                return STATUS_OK
             if (c.table != core.table and not c.flags & (CONN_GOING_AWAY | CONN_HOLD_TABLE)
                     and not _rebind(core, c)):
                 # Each request is routed on the table current when its head is framed:
@@ -722,9 +730,9 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
             if f.buf == NULL:
                 break
         if f.tail >= cap:
-            if f.head == 0:
-                break
-            c.flags &= ~CONN_RETRYABLE  # the sent bytes go: no retry from here
+            if f.head == 0 or (c.flags & CONN_KEPT and c.req_phase == REQ_HEAD):
+                break                   # (a kept request is whole: the rest waits)
+            c.flags &= ~(CONN_RETRYABLE | CONN_KEPT)  # the sent bytes go: no retry from here
             memmove(f.buf, f.buf + f.head, f.tail - f.head)
             f.tail -= f.head
             f.head = 0
@@ -746,6 +754,8 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
     st = _http_frame(core, c)
     if st != STATUS_OK:
         return STATUS_CLOSE if st == STATUS_CLOSE else STATUS_RESET
+    if c.flags & CONN_KEPT:
+        _retry_grown(core, c)
     while c.fwd > 0:
         r = _send(&c.up, f.buf + f.head, c.fwd)
         if r > 0:
@@ -754,11 +764,13 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
             progress += r
         elif r == STATUS_AGAIN:
             break
+        elif _retry_wanted(core, c, 0):
+            return STATUS_BACKOFF       # the upstream failed under the kept request
         else:
             return STATUS_RESET
     _invariant(f.head + c.fwd <= f.tail and f.tail <= core.buffer_bytes,
                b"http framing out of the buffer")
-    if f.buf != NULL and f.head == f.tail and not (c.flags & CONN_RETRYABLE):
+    if f.buf != NULL and f.head == f.tail and not (c.flags & (CONN_RETRYABLE | CONN_KEPT)):
         _buf_put(core, f.buf)
         f.buf = NULL
         f.head = 0
@@ -770,7 +782,7 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
     truncated = f.eof and (c.req_phase == REQ_LENGTH or c.req_phase == REQ_CHUNKED)
     if truncated:
         c.reusable = False
-        c.flags &= ~CONN_RETRYABLE
+        c.flags &= ~(CONN_RETRYABLE | CONN_KEPT)
     # The client's end goes upstream once its requests are answered (or cut short) and
     # the upstream cannot be pooled (_pump pools it otherwise).
     if (not f.shut and c.fwd == 0 and not c.switching and f.eof and f.buf == NULL
@@ -832,7 +844,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
     cdef Flow* f = &c.u2d
     cdef uint32_t start, avail
     cdef Py_ssize_t n
-    cdef int rc, added
+    cdef int rc, added, st
     cdef RespHead resp
     cdef FilterCall call
     cdef FilterVerdict v
@@ -877,6 +889,10 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     _http_reply(core, c, 502, b"bad response from upstream\n", -1)
                     return STATUS_CLOSE
                 return STATUS_RESET
+            if c.flags & CONN_KEPT and resp.status >= 200:
+                st = _retry_answer(core, c, _retry_status(f.buf + start, &resp))
+                if st != STATUS_OK:
+                    return st               # tried again, or timed out (retry.pxi)
             chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
                      else &c.table.services[c.service].chain)
             if _chain_at(chain, PHASE_RESPONSE):
@@ -961,6 +977,8 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
             core.counters.http_bad_response += 1    # ended mid-body: do not pass as whole
             return STATUS_RESET
         if c.resp_phase == RESP_HEAD and (c.n_pend > 0 or f.head < f.tail):
+            if _retry_wanted(core, c, 0):
+                return STATUS_BACKOFF       # ended before answering the kept request
             if c.flags & CONN_INBOUND and c.flags & CONN_ANSWERED:
                 # The app closed a connection it had kept alive as a request arrived
                 # (the keep-alive race): end the pair without an answer, so the
@@ -1011,6 +1029,8 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
             f.eof = True
             progress += 1
         else:
+            if _retry_wanted(core, c, 0):
+                return STATUS_BACKOFF       # failed before answering the kept request
             if c.resp_phase == RESP_HEAD and c.n_pend > 0 and c.resp_fwd == 0 and f.buf != NULL and f.head == f.tail:
                 core.counters.http_bad_response += 1
                 _http_reply(core, c, 502, b"upstream connection failed\n", -1)

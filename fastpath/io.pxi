@@ -173,6 +173,8 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             a = _http_d2u(core, c, &sc.bytes_received)
             if a == STATUS_CLOSE:
                 return STATUS_CLOSE     # answered 4xx (counted)
+            if a == STATUS_BACKOFF:
+                return _retry_begin(core, c)
             if a < 0 and c.flags & CONN_RETRYABLE:
                 return _http_retry(core, c)
         else:
@@ -188,6 +190,8 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
                 return STATUS_CLOSE     # answered 502 (counted)
             if b == STATUS_RETRY:
                 return _http_retry(core, c)
+            if b == STATUS_BACKOFF:
+                return _retry_begin(core, c)
         else:
             b = _flow(core, &c.up, &c.down, &c.u2d, NULL, &sc.bytes_sent, True)
         if b < 0:

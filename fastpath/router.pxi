@@ -50,55 +50,48 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     cdef HostEntry* e = NULL
     cdef Service* svc
     cdef int st
-    cdef uint32_t i, parent, backend
+    cdef uint32_t parent, backend
     cdef int32_t rule = -1
-    cdef bint rerouted = c.flags & CONN_REROUTED
-    c.flags &= ~CONN_REROUTED
-    if c.table != core.table and not rerouted and not c.flags & CONN_GOING_AWAY:
+    if c.table != core.table and not c.flags & CONN_GOING_AWAY:
         _adopt(core, c)                 # routed on the current table (carry.pxi)
     if c.client_ctx == NULL:
         return _caller_refused(core, c) # no local workload's caller (callers.pxi)
-    if rerouted:
-        # The same backend and rule: the head was edited for them already.
-        parent = backend = c.service
-        rule = c.req_rule
+    if c.flags & CONN_FIXED_SERVICE:
+        parent = c.parent
     else:
-        if c.flags & CONN_FIXED_SERVICE:
-            parent = c.parent
-        else:
-            if req.authority.len > 0:
-                hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off,
-                                    req.authority.len, host, sizeof(host), &port)
-            if hn > 0:
-                e = _host_lookup(c.table, host, hn, port)
-            if e == NULL:
-                n = snprintf(body, sizeof(body), b"no route to host \"%.*s\"\n", <int>hn, host)
-                _http_reply(core, c, 404, body, n)
-                return STATUS_CLOSE
-            parent = e.service
-        if c.flags & CONN_ROUTE_DECIDED:
-            # Decided as it was framed behind the requests before it (routes.pxi).
-            c.flags &= ~CONN_ROUTE_DECIDED
-            backend, rule, st = c.decided_service, c.decided_rule, c.decided_status
-        else:
-            st = _route_pick(core, c, parent, c.d2u.buf + c.d2u.head, req, &backend, &rule)
-        if st != 0:
-            c.service = parent          # counted for the service the request named
-            c.req_rule = rule           # ... and the route whose rule answers (500)
-            c.flags |= CONN_SERVICE_KNOWN
-            c.stat = -1
-            if st == 404:
-                _http_reply(core, c, 404, b"no route matches the request\n", -1)
-            elif st < 400:
-                return _redirect_reply(core, c, c.d2u.buf + c.d2u.head, req,
-                                       c.table.rules[rule].url)
-            else:
-                _http_reply(core, c, st, b"no valid backend for the request's route\n", -1)
+        if req.authority.len > 0:
+            hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off,
+                                req.authority.len, host, sizeof(host), &port)
+        if hn > 0:
+            e = _host_lookup(c.table, host, hn, port)
+        if e == NULL:
+            n = snprintf(body, sizeof(body), b"no route to host \"%.*s\"\n", <int>hn, host)
+            _http_reply(core, c, 404, body, n)
             return STATUS_CLOSE
+        parent = e.service
+    if c.flags & CONN_ROUTE_DECIDED:
+        # Decided as it was framed behind the requests before it (routes.pxi).
+        c.flags &= ~CONN_ROUTE_DECIDED
+        backend, rule, st = c.decided_service, c.decided_rule, c.decided_status
+    else:
+        st = _route_pick(core, c, parent, c.d2u.buf + c.d2u.head, req, &backend, &rule)
+    if st != 0:
+        c.service = parent              # counted for the service the request named
+        c.req_rule = rule               # ... and the route whose rule answers (500)
+        c.flags |= CONN_SERVICE_KNOWN
+        c.stat = -1
+        if st == 404:
+            _http_reply(core, c, 404, b"no route matches the request\n", -1)
+        elif st < 400:
+            return _redirect_reply(core, c, c.d2u.buf + c.d2u.head, req,
+                                   c.table.rules[rule].url)
+        else:
+            _http_reply(core, c, st, b"no valid backend for the request's route\n", -1)
+        return STATUS_CLOSE
     c.service = backend
     c.req_rule = rule
     svc = &c.table.services[c.service]
-    _hash_route(core, c, svc, c.d2u.buf + c.d2u.head, req, rerouted)   # (hashing.pxi)
+    _hash_route(core, c, svc, c.d2u.buf + c.d2u.head, req, False)   # (hashing.pxi)
     c.flags |= CONN_SERVICE_KNOWN
     c.peer_principal = 0            # until an upstream is verified (handshake or pool)
     c.stat = -1
@@ -118,21 +111,42 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     # (A first request's step that waits needs a timer to wake the pair: the first
     # such outbound step brings it; inbound pairs do not route here.)
     _invariant(st == STATUS_OK, b"a first request's step stopped")
-    if rerouted:
-        i = (c.pend_first + c.n_pend - 1) % ENGINE_HTTP_PIPELINE_MAX
-        c.pend_start_ns[i] = c.reroute_start_ns
+    core.counters.http_routed += 1
+    return _http_upstream(core, c, -1)
+
+
+cdef inline bint _pend_idempotent(const Conn* c) noexcept nogil:
+    """Are the requests in flight all of idempotent methods (RFC 9110 §9.2.2)?"""
+    cdef uint32_t k
+    cdef uint8_t m
+    for k in range(c.n_pend):
+        m = c.pend_method[(c.pend_first + k) % ENGINE_HTTP_PIPELINE_MAX]
+        if not (m == METHOD_GET or m == METHOD_HEAD or m == METHOD_PUT or m == METHOD_DELETE
+                or m == METHOD_OPTIONS or m == METHOD_TRACE):
+            return False
+    return True
+
+
+cdef int _http_upstream(Core* core, Conn* c, int64_t avoid) noexcept nogil:
+    """The requests framed for c.service, whole at d2u offset 0 as they were edited for
+    the hop, go to an endpoint the balancer picks (another than `avoid`, an endpoint
+    index, when the service has another; -1: any): on a pooled upstream of it, else on a
+    new one (connect; they wait in d2u)."""
+    cdef Service* svc = &c.table.services[c.service]
+    cdef int st
+    if avoid >= 0 and svc.n_endpoints > 1:
+        _bind_other(core, c, svc, <uint32_t>avoid)     # (retry.pxi)
     else:
-        core.counters.http_routed += 1
-    _bind_endpoint(core, c, svc)
+        _bind_endpoint(core, c, svc)
+    c.peer_principal = 0            # until an upstream is verified (handshake or pool)
+    c.stat = -1
     if _pool_take(core, c, &svc.endpoints[c.endpoint]):
         core.counters.http_upstream_reused += 1
-        # The head sits at d2u offset 0 (_http_head): kept there until an answer starts.
-        c.flags |= CONN_RETRYABLE
-        if not (req.method == METHOD_GET or req.method == METHOD_HEAD
-                or req.method == METHOD_PUT or req.method == METHOD_DELETE
-                or req.method == METHOD_OPTIONS or req.method == METHOD_TRACE) or (
-                    c.req_rule >= 0 and c.table.rules[c.req_rule].request_adds):
-            c.flags &= ~CONN_RETRYABLE
+        # Kept at d2u offset 0 until an answer starts: should the pooled upstream turn
+        # out closed (the keep-alive race), idempotent requests go again at once. (A
+        # request its route retries is retried by the route's policy alone, counted.)
+        if _pend_idempotent(c) and not c.flags & CONN_KEPT:
+            c.flags |= CONN_RETRYABLE
         return _enter_pipe(core, c)
     # Setup (connect + handshake) gets its own connect_timeout from here.
     _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
@@ -145,56 +159,23 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
 
 
 cdef int _http_retry(Core* core, Conn* c) noexcept nogil:
-    """A pooled upstream failed before a byte of answer: route again (_http_reroute)."""
+    """A pooled upstream failed before a byte of answer: its requests go again, at
+    once, to another upstream (_http_reroute)."""
     core.counters.http_upstream_retried += 1
     return _http_reroute(core, c)
 
 
 cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
-    """Drop the upstream and route the client's requests, still whole at d2u offset 0
-    (none of their bytes went to it, or it failed before a byte of answer), again:
-    another endpoint, pooled or new."""
-    cdef net.epoll_event ev
-    # The head was edited for the first hop (hop-by-hop fields gone, an absolute-form
-    # target made origin-form): routing it by its Host again could pick another service.
-    # The service stays; so do the first request's start, for its latency, and its
-    # rule (not the last framed request's: the head is edited again by it, its answer
-    # and timeout are that rule's). A route decided for a request behind it is decided
-    # again as that one is framed again.
-    c.reroute_start_ns = c.pend_start_ns[c.pend_first] if c.n_pend > 0 else core.now_ns
-    _mirror_rerouted(core, c)           # each request is mirrored once (mirror.pxi)
-    if c.n_pend > 0:
-        c.req_rule = c.pend_rule[c.pend_first]
-    c.req_deadline_ns = 0
-    c.flags |= CONN_REROUTED
-    c.flags &= ~(CONN_RETRYABLE | CONN_TICKET_WAIT | CONN_OFFERED_SESSION | CONN_SETTING_UP
-                 | CONN_ROUTE_DECIDED)
-    _load_release(core, c)
-    _side_close(&c.up, False)
-    c.up.readable = True
-    c.up.hup = False
-    if c.u2d.buf != NULL:
-        _buf_put(core, c.u2d.buf)
-    memset(&c.u2d, 0, sizeof(Flow))
-    c.d2u.head = 0
-    c.d2u.shut = False
-    c.switching = False
-    c.resp_phase = RESP_HEAD
-    c.resp_fwd = 0
-    c.n_pend = 0
-    c.fwd = 0
-    c.req_phase = REQ_HEAD
-    c.upgrade = UPGRADE_NONE
-    c.head_scan = 0
-    c.reusable = True
-    c.gen += 1
-    ev.events = _CONN_EVENTS
-    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
-    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
-        return STATUS_RESET
-    c.state = CONN_HTTP_HEAD
-    _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
-    return _http_head(core, c)
+    """Drop the upstream and send the client's requests framed for it again, as they
+    were edited for the hop (still whole at d2u offset 0: none of their bytes went to
+    it, or it failed before a byte of answer), to an endpoint of the same service,
+    pooled or new. Their rules, starts and timeouts stay theirs; requests not framed
+    yet are framed as they come, a route decided for one of them stays decided."""
+    cdef int st = _retry_discard(core, c)     # (retry.pxi)
+    if st != STATUS_OK:
+        return st
+    c.req_deadline_ns = c.pend_deadline[c.pend_first] if c.n_pend > 0 else 0
+    return _http_upstream(core, c, -1)
 
 
 cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
@@ -217,6 +198,7 @@ cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
     c.reusable = True
     c.setup_tries = 0
     c.filter_at = 0
+    c.flags &= ~CONN_KEPT
     # The next request names its own service: until it is routed, none is known (a
     # 404 then counts for no service, not for the one this client used before).
     if not (c.flags & CONN_FIXED_SERVICE):

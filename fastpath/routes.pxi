@@ -275,8 +275,6 @@ cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
     if f.tail + r.request_grow > core.buffer_bytes:
         # All or nothing: a head never goes on with half its edits, nor gets one twice.
         return STATUS_AGAIN if base > 0 else STATUS_RESET
-    if r.request_adds:
-        c.flags &= ~CONN_RETRYABLE      # framed once only: an added line is not idempotent
     if r.url != NULL:
         if _url_rewrite(core, f, base, req, r.url) != STATUS_OK:
             return STATUS_RESET         # (431)
@@ -326,6 +324,9 @@ cdef void _request_timed_out(Core* core, Conn* c) noexcept nogil:
     and that answer is another request's: it is not cut, the timeout is dropped."""
     c.req_deadline_ns = 0
     if c.resp_phase == RESP_CLOSE or c.resp_phase == RESP_TUNNEL:
+        return
+    if _retry_wanted(core, c, 0):
+        _settle(core, c, _retry_begin(core, c))     # a try's timeout (retry.pxi)
         return
     core.counters.route_timeouts += 1
     c.reusable = False

@@ -178,6 +178,7 @@ cdef void _routes_free(Table* t) noexcept nogil:
             _edits_free(t.rules[i].request_edits, t.rules[i].n_request_edits)
             _edits_free(t.rules[i].response_edits, t.rules[i].n_response_edits)
             _url_free(t.rules[i].url)
+            free(t.rules[i].retry)
         free(t.rules)
     if t.namespaces != NULL:
         for i in range(t.n_namespaces):
@@ -207,10 +208,13 @@ cdef int _routes_build(Table* t, list sets, list rules) except -1:
         if t.rules == NULL:
             raise MemoryError()
         t.n_rules = len(rules)
-    for i, (name_b, backends, req_edits, resp_edits, timeout_s, url) in enumerate(rules):
+    for i, (name_b, backends, req_edits, resp_edits, timeout_s, url, try_timeout_s,
+            retry) in enumerate(rules):
         r = &t.rules[i]
         _name_set(&r.name, name_b)
         r.timeout_ns = <int64_t>(timeout_s * 1e9)
+        r.try_timeout_ns = <int64_t>(try_timeout_s * 1e9)
+        r.retry = _retry_policy(retry)          # (retry.pxi)
         if backends:
             r.backends = <RouteBackend*>calloc(len(backends), sizeof(RouteBackend))
             if r.backends == NULL:
@@ -224,9 +228,6 @@ cdef int _routes_build(Table* t, list sets, list rules) except -1:
         _edits_set(&r.request_edits, &r.n_request_edits, req_edits)
         _url_set(r, url)
         r.request_grow = _grow(req_edits) + _url_grow(url)
-        # (A rewritten target, or Host, is not the one the next requests were routed
-        # by: a head it went through is framed once only, as one with an added line.)
-        r.request_adds = any(op == EDIT_ADD for op, _, _ in req_edits) or url is not None
         _edits_set(&r.response_edits, &r.n_response_edits, resp_edits)
         r.response_grow = _grow(resp_edits)
         t.request_grow = max(t.request_grow, r.request_grow)

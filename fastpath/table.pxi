@@ -644,7 +644,7 @@ cdef class RouteTable:
 
     def add_route_rule(self, str name not None, backends, request_headers=None,
                        response_headers=None, double timeout_s=0.0, redirect=None,
-                       rewrite=None) -> int:
+                       rewrite=None, double backend_timeout_s=0.0, retry=None) -> int:
         """One rule of a route: `backends`, (service index or -1, weight) pairs, among
         which each request it takes is sent by weight (-1: an invalid backendRef: its
         share is answered 500; no backend or all weights 0: every request 500), or
@@ -652,16 +652,20 @@ cdef class RouteTable:
         own header modifiers, applied after the rule's when it is chosen;
         `request_headers` / `response_headers`: Gateway API header modifiers as
         {"set": [(name, value)], "add": [...], "remove": [name]}; `timeout_s`: from a
-        request's framing to its answer's head, else 504 (0: none; Gateway API's
-        timeouts.request, or backendRequest when sooner). `redirect`: the node answers
-        every request with it ({"status", "scheme", "hostname", "port", "path": (type,
-        value), "prefix"}: port 0 or None writes none; hostname None keeps the
-        request's); `rewrite`: {"hostname", "path", "prefix"} edits each request's Host
-        and path (route_filters_table.pxi). `name`: for figures.
-        Returns the rule's index for add_route_match()."""
-        if not 0 <= timeout_s <= 86400:
-            raise ValueError("rule %r: timeout_s must be 0..86400, not %r" % (name, timeout_s))
+        request's framing until its answer is whole, over all its tries, else 504 (0:
+        none; Gateway API's timeouts.request); `backend_timeout_s` likewise for each try
+        (backendRequest); `retry`: Gateway API's `retry` as a dict (retry.pxi's
+        _RETRY_DEFAULTS: attempts, codes, backoff_s, and the retry budget), None: no
+        retries. `redirect`: the node answers every request with it ({"status", "scheme",
+        "hostname", "port", "path": (type, value), "prefix"}: port 0 or None writes none;
+        hostname None keeps the request's); `rewrite`: {"hostname", "path", "prefix"}
+        edits each request's Host and path (route_filters_table.pxi). `name`: for
+        figures. Returns the rule's index for add_route_match()."""
+        for what, value in (("timeout_s", timeout_s), ("backend_timeout_s", backend_timeout_s)):
+            if not 0 <= value <= 86400:
+                raise ValueError("rule %r: %s must be 0..86400, not %r" % (name, what, value))
         url = _url_filter(redirect, rewrite, name)
+        retry_args = _retry_args(retry, name)
         out, refs = [], []
         for backend in backends:
             if len(backend) not in (2, 4):
@@ -691,12 +695,14 @@ cdef class RouteTable:
             if _grow(edits) + (_url_grow(url) if what == "request" else 0) > ROUTE_GROW_MAX:
                 raise ValueError("rule %r: its %s header edits%s add more than %d bytes"
                                  % (name, what, " and rewrite" if url else "", ROUTE_GROW_MAX))
-        self._route_rules.append((name.encode(), out, req, resp, timeout_s, url))
+        self._route_rules.append((name.encode(), out, req, resp, timeout_s, url,
+                                  backend_timeout_s, retry_args))
         index = len(self._route_rules) - 1
         for j, v_req, v_resp in variants:
             # The rule as this backend is chosen (routes.pxi _route_pick): its own edits.
             out[j][2] = len(self._route_rules)
-            self._route_rules.append((name.encode(), [], v_req, v_resp, timeout_s, url))
+            self._route_rules.append((name.encode(), [], v_req, v_resp, timeout_s, url,
+                                      backend_timeout_s, retry_args))
         return index
 
     def add_route_mirror(self, int rule_index, int service_index, long long numerator=100,

@@ -255,6 +255,9 @@ cdef void _conn_expired(Core* core, Conn* c) noexcept nogil:
         elif _gone_quiet(core, c):
             core.counters.drain_closed += 1
             _settle(core, c, _end_gracefully(core, c))
+    elif c.state == CONN_BACKOFF:
+        if now >= c.deadline_ns:
+            _settle(core, c, _retry_fire(core, c))  # a route's retry (retry.pxi)
     elif _gone_quiet(core, c):
         core.counters.drain_closed += 1
         _conn_close(core, c, False)

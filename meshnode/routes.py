@@ -26,13 +26,6 @@ def _match_args(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _timeout_s(rule: dict[str, Any]) -> float:
-    """The sooner of timeouts.request and timeouts.backendRequest (0: none). With no
-    retries, a request's one try is its whole life: both bound the same wait."""
-    set_ = [t for t in (rule.get("timeout_s"), rule.get("backend_timeout_s")) if t]
-    return float(min(set_)) if set_ else 0.0
-
-
 def _url(spec: dict[str, Any] | None) -> dict[str, Any] | None:
     """A rule's redirect or rewrite as RouteTable.add_route_rule() takes it."""
     if spec is None:
@@ -66,11 +59,17 @@ def install(table: RouteTable, route_sets: Iterable[dict[str, Any]],
                     index = services.get((ref, int(backend["port"])), -1)
                 backends.append((index, int(backend["weight"]), backend.get("request_headers"),
                                  backend.get("response_headers")))
+            # timeouts.request spans a request's tries, backendRequest bounds each
+            # (0: none); `retry`: the rule's retry, the data plane's budget.
             rules.append(table.add_route_rule(_rule_name(rule), backends,
                                               rule.get("request_headers"),
                                               rule.get("response_headers"),
-                                              _timeout_s(rule), redirect=_url(rule.get("redirect")),
-                                              rewrite=_url(rule.get("rewrite"))))
+                                              float(rule.get("timeout_s") or 0.0),
+                                              redirect=_url(rule.get("redirect")),
+                                              rewrite=_url(rule.get("rewrite")),
+                                              backend_timeout_s=float(
+                                                  rule.get("backend_timeout_s") or 0.0),
+                                              retry=rule.get("retry")))
             for mirror in rule.get("mirrors") or ():
                 # A mirror Service with no endpoints here: nothing to copy to.
                 index = services.get((mirror["service"], int(mirror["port"])))

@@ -153,6 +153,21 @@ def _seconds(text: str | None) -> float | None:
 
 
 @dataclass(frozen=True)
+class Retry:
+    """HTTPRouteRetry (GEP-1731) as written; what is left out is the implementation's
+    to choose (meshnode: one retry, 25 ms, as Envoy's defaults; no codes: connection
+    errors only)."""
+
+    codes: tuple[int, ...] = ()
+    attempts: int | None = None
+    backoff: str | None = None
+
+    @property
+    def backoff_s(self) -> float | None:
+        return parse_duration(self.backoff) if self.backoff is not None else None
+
+
+@dataclass(frozen=True)
 class RouteRule:
     name: str | None = None
     # Several matches are alternatives (OR). An empty tuple (`matches: []`) matches
@@ -161,6 +176,7 @@ class RouteRule:
     filters: tuple[RouteFilter, ...] = ()
     backend_refs: tuple[BackendRef, ...] = ()
     timeouts: Timeouts | None = None
+    retry: Retry | None = None
 
 
 @dataclass(frozen=True)

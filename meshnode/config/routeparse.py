@@ -23,6 +23,7 @@ from .errors import Problem
 from .httproute import (API_VERSIONS, CORE_GROUPS, GROUP, BackendRef, HeaderModifier, HTTPRouteSpec,
                         Mirror, ParentRef, PathMatch, RouteFilter, RouteMatch, RouteRule, Timeouts, ValueMatch)
 from .model import HTTPRoute, Metadata
+from .retryparse import parse_retry, retry_dict
 from .routefilters import check_rule, filter_dict, parse_redirect, parse_rewrite
 from .validate import (_annotations, _choice, _describe, _dns_label, _Doc, _fields, _int, _labels, _opt,
                        _port, _string, document_label, join)
@@ -33,7 +34,7 @@ NOT_IMPLEMENTED: dict[str, tuple[str, ...]] = {
     # Filter types (spec.rules[].filters[].type): the data plane has no step for them yet.
     "filter types": ("ExtensionRef", "CORS", "ExternalAuth"),
     # Fields of a rule (spec.rules[]).
-    "rule fields": ("retry", "sessionPersistence"),
+    "rule fields": ("sessionPersistence",),
     # Fields of a backendRef (spec.rules[].backendRefs[]).
     "backendRef fields": (),
     # Filter types of a backendRef's own filters (its header modifiers are implemented).
@@ -377,7 +378,8 @@ def _rules(d: _Doc, value: object, path: str) -> tuple[RouteRule, ...] | None:
 
 def _rule(d: _Doc, value: object, path: str) -> RouteRule | None:
     not_yet = NOT_IMPLEMENTED["rule fields"]
-    fields = _fields(d, value, path, ("name", "matches", "filters", "backendRefs", "timeouts", *not_yet))
+    fields = _fields(d, value, path, ("name", "matches", "filters", "backendRefs", "timeouts", "retry",
+                                      *not_yet))
     if fields is None:
         return None
     for key in not_yet:
@@ -390,12 +392,14 @@ def _rule(d: _Doc, value: object, path: str) -> RouteRule | None:
     backends = _opt(d, fields, path, "backendRefs",
                     lambda d, v, p: _items(d, v, p, MAX_BACKEND_REFS, _backend_ref), ())
     timeouts = _opt(d, fields, path, "timeouts", _timeouts, None)
+    retry = _opt(d, fields, path, "retry", lambda d, v, p: parse_retry(d, v, p, _gateway_duration), None)
     if None in (matches, filters, backends) or ("name" in fields and name is None) \
-            or ("timeouts" in fields and timeouts is None) or any(k in fields for k in not_yet):
+            or ("timeouts" in fields and timeouts is None) or ("retry" in fields and retry is None) \
+            or any(k in fields for k in not_yet):
         return None
     if not check_rule(d, path, matches, filters, backends, MAX_HEADER_GROWTH):  # type: ignore[arg-type]
         return None
-    return RouteRule(name, matches, filters, backends, timeouts)  # type: ignore[arg-type]
+    return RouteRule(name, matches, filters, backends, timeouts, retry)  # type: ignore[arg-type]
 
 
 def _match(d: _Doc, value: object, path: str) -> RouteMatch | None:
@@ -710,6 +714,8 @@ def _rule_dict(rule: RouteRule) -> dict[str, Any]:
     if rule.timeouts is not None:
         out["timeouts"] = _present(("request", rule.timeouts.request),
                                    ("backendRequest", rule.timeouts.backend_request))
+    if rule.retry is not None:
+        out["retry"] = retry_dict(rule.retry)
     return out
 
 

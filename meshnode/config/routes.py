@@ -15,7 +15,8 @@ A route set governs requests to one port of one Service from one group of caller
                 "rewrite": {"hostname", "path", "prefix"} | None,
                 "timeout_s": float | None, "backend_timeout_s": float | None,
                 "mirrors": [{"service": "NS/NAME", "port": 8080, "numerator": 1,
-                             "denominator": 100}]}, ...]}
+                             "denominator": 100}],
+                "retry": {"codes": [500], "attempts": 3, "backoff_s": 0.1} | None}, ...]}
 
 The data plane takes the first entry whose match holds (none: 404); an entry's rule
 picks a backend by weight (none: 500, and an unresolved one's share is 500 too), or
@@ -45,6 +46,7 @@ from typing import Any
 
 from .httproute import CORE_GROUPS, BackendRef, HeaderModifier, ParentRef, RouteFilter, RouteMatch, RouteRule, ValueMatch
 from .model import HTTPRoute, Resource, Service, ServicePort
+from .retryparse import retry_snapshot
 from .routefilters import redirect_spec, rewrite_spec
 
 _PATH_RANK = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}
@@ -204,7 +206,8 @@ def _rule(route: HTTPRoute, index: int, rule: RouteRule, services: Services, por
             "redirect": redirect_spec(rule, port), "rewrite": rewrite_spec(rule),
             "timeout_s": timeouts.request_s if timeouts else None,
             "backend_timeout_s": timeouts.backend_request_s if timeouts else None,
-            "mirrors": _mirrors(route, rule, services)}
+            "mirrors": _mirrors(route, rule, services),
+            "retry": retry_snapshot(rule.retry)}
 
 
 def _mirrors(route: HTTPRoute, rule: RouteRule, services: Services) -> list[dict[str, Any]]:

@@ -13,6 +13,10 @@ with the two request controls the conformance tests use:
 - ``X-Echo-Set-Header: Name:value,Name2:value2`` puts those fields in the response
   (names as written, a repeated name's values joined by a comma): what the response
   header modifier tests start from.
+- ``?uuid=ID&succeedAfter=N[&responseCode=CODE][&delayRetry=DURATION]``: the retry
+  tests' simulation (their ``retrySimulationConfig``): the first N requests carrying ID
+  fail, each after DURATION, with CODE, or without one by closing the connection
+  unanswered; later ones are answered as any other.
 
 Every method is answered (a request body is read and dropped), so method matching can be
 judged by the backend that answers. Each pod listens on its own address (a Workload's
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,12 +69,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         query = parse_qs(urlsplit(self.path).query)
         status = 200
+        pod = self.server.pod
         try:
             if "delay" in query:
                 time.sleep(min(go_duration_s(query["delay"][0]), MAX_DELAY_S))
+            if "uuid" in query and "succeedAfter" in query and \
+                    pod.count_try(query["uuid"][0]) <= int(query["succeedAfter"][0]):
+                if "delayRetry" in query:
+                    time.sleep(min(go_duration_s(query["delayRetry"][0]), MAX_DELAY_S))
+                if "responseCode" not in query:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)  # no answer: a connection error
+                    return
+                status = int(query["responseCode"][0])
         except ValueError:
             status = 500  # echo-basic answers a bad delay with 500
-        pod = self.server.pod
         if len(pod.seen) < MAX_SEEN:
             # What the pod got, as echo-basic logs it: the RequestMirror tests read it.
             pod.seen.append((self.command, self.path, self.headers.get("Host", ""), length))
@@ -116,6 +130,8 @@ class EchoPod:
     def __init__(self, name: str, namespace: str, address: str) -> None:
         self.name, self.namespace, self.address = name, namespace, address
         self.seen: list[tuple[str, str, str, int]] = []  # (method, path, Host, body bytes)
+        self._tries: dict[str, int] = {}  # the retry simulation's count per uuid
+        self._tries_lock = threading.Lock()
         self._server = ThreadingHTTPServer((address, 0), _Handler)
         self._server.daemon_threads = False
         self._server.block_on_close = True  # server_close() joins the handler threads
@@ -125,6 +141,12 @@ class EchoPod:
                                         kwargs={"poll_interval": 0.1},
                                         name=f"echo-{name}", daemon=True)
         self._thread.start()
+
+    def count_try(self, uuid: str) -> int:
+        """One more request of the retry simulation's `uuid`: how many so far."""
+        with self._tries_lock:
+            self._tries[uuid] = self._tries.get(uuid, 0) + 1
+            return self._tries[uuid]
 
     def stop(self) -> None:
         """Close the listener; join the serving thread and every handler thread."""

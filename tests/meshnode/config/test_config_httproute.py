@@ -41,6 +41,7 @@ BASE: dict[str, Any] = {
             "backendRefs": [{"name": "web", "port": 8080, "weight": 90},
                             {"name": "web-v2", "namespace": "canary", "port": 8080, "weight": 10}],
             "timeouts": {"request": "10s", "backendRequest": "2s"},
+            "retry": {"codes": [500, 503], "attempts": 3, "backoff": "100ms"},
         }],
     },
 }
@@ -98,6 +99,14 @@ M = "spec.rules.0.matches.0"
 F = "spec.rules.0.filters.0.requestHeaderModifier"
 B = "spec.rules.0.backendRefs.0"
 
+def _retry(field: str, value: object, message: str, at: str) -> tuple[str, Callable[[dict[str, Any]], None],
+                                                                     str, str]:
+    """A MISTAKES case: spec.rules[0].retry.`field` set to `value`, refused at that field
+    (`at`: an item of it) with `message`."""
+    return (f"retry {field} {value!r}", setter(f"{R}.retry.{field}", value), f"spec.rules[0].retry.{field}{at}",
+            message)
+
+
 # (case id, edit, field named, fragment of the message)
 MISTAKES: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
     ("apiVersion", setter("apiVersion", "gateway.networking.k8s.io/v1alpha2"), "apiVersion",
@@ -152,7 +161,13 @@ MISTAKES: list[tuple[str, Callable[[dict[str, Any]], object], str, str]] = [
     ("rule name", setter(f"{R}.name", "Main"), "spec.rules[0].name", "not a DNS subdomain"),
     ("duplicate rule name", setter("spec.rules.1", {"name": "main"}), "spec.rules[1].name",
      "duplicate rule name 'main'"),
-    ("retry", setter(f"{R}.retry", {"attempts": 2}), "spec.rules[0].retry", "retry is not implemented yet"),
+    # retry (HTTPRouteRetry's schema: GEP-1731)
+    *(_retry(field, value, message, at) for field, value, at, message in (
+        ("attempts", 0, "", "between 1 and"), ("attempts", "3", "", "must be an integer"),
+        ("codes", [399], "[0]", "between 400 and 599"), ("codes", [500, 600], "[1]", "between 400 and 599"),
+        ("codes", [503, 500, 503], "[2]", "duplicate code 503"), ("codes", 503, "", "must be a list"),
+        ("backoff", "0.1s", "", "a Gateway API duration"), ("backoff", "25h", "", "longest backoff"),
+        ("perTryTimeout", "1s", "", "unknown field"))),
     ("sessionPersistence", setter(f"{R}.sessionPersistence", {"type": "Cookie"}),
      "spec.rules[0].sessionPersistence", "sessionPersistence is not implemented yet"),
     ("rule field", setter(f"{R}.timeout", "1s"), "spec.rules[0].timeout", "did you mean 'timeouts'"),
@@ -300,6 +315,8 @@ def test_the_base_route_is_valid_and_reads_back_equal() -> None:
                                        (ValueMatch("q", "v"),), "GET"),)
     assert rule.backend_refs[1] == BackendRef("web-v2", "", "Service", "canary", 8080, 10)
     assert rule.timeouts is not None and (rule.timeouts.request_s, rule.timeouts.backend_request_s) == (10.0, 2.0)
+    assert rule.retry is not None and (rule.retry.codes, rule.retry.attempts, rule.retry.backoff_s) == (
+        (500, 503), 3, 0.1)
     assert route.spec.hostnames == ("web.demo.svc", "*.example.com")
     again = from_dict(to_dict(route))
     assert again == route
@@ -337,6 +354,14 @@ def test_values_are_kept_as_written() -> None:
     assert route.spec.rules[0].timeouts.backend_request_s is None  # type: ignore[union-attr]  # 0s: off
 
 
+def test_a_retry_keeps_what_was_left_out_left_out() -> None:
+    # An empty retry is valid: the implementation's defaults (one retry on connection
+    # errors after 25 ms) apply, and the route reads back without inventing fields.
+    [route] = parse_text(edited(setter(f"{R}.retry", {})), "r.yaml")
+    assert to_dict(route)["spec"]["rules"][0]["retry"] == {}
+    assert from_dict(to_dict(route)) == route
+
+
 def test_a_zero_request_timeout_allows_any_backend_timeout() -> None:
     [route] = parse_text(edited(setter(f"{R}.timeouts", {"request": "0s", "backendRequest": "1h"})), "r.yaml")
     timeouts = route.spec.rules[0].timeouts
@@ -368,14 +393,15 @@ def test_accepted_beyond_what_meshnode_resolves() -> None:
 def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     def edit(doc: dict[str, Any]) -> None:
         match0(doc)["method"] = "FETCH"
-        rule0(doc)["retry"] = {}
+        rule0(doc)["retry"] = {"attempts": 0}
         rule0(doc)["backendRefs"][1]["weight"] = -5
     path = tmp_path / "bad.yaml"
     path.write_text(edited(edit))
     with pytest.raises(ConfigError) as info:
         load_file(path)
     assert sorted(p.field for p in info.value.problems) == [
-        "spec.rules[0].backendRefs[1].weight", "spec.rules[0].matches[0].method", "spec.rules[0].retry"]
+        "spec.rules[0].backendRefs[1].weight", "spec.rules[0].matches[0].method",
+        "spec.rules[0].retry.attempts"]
     assert all(p.file == str(path) and p.resource == LABEL for p in info.value.problems)
 
 

@@ -27,7 +27,8 @@ def test_a_route_set_has_exactly_the_contracts_shape() -> None:
                      {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"remove": ["Server"]}}],
          "backendRefs": [backend("api-v2", weight=90), backend(weight=10), backend("gone", weight=5),
                          backend(port=5432, weight=0)],
-         "timeouts": {"request": "10s", "backendRequest": "0s"}},
+         "timeouts": {"request": "10s", "backendRequest": "0s"},
+         "retry": {"codes": [503], "backoff": "50ms"}},
         {"backendRefs": [backend()]},
     ])
     snapshot = compile_snapshot(resources_with(text), "n1", 3)
@@ -47,11 +48,12 @@ def test_a_route_set_has_exactly_the_contracts_shape() -> None:
                           {"service": None, "port": None, "weight": 5}],
              "request_headers": {"set": [["X-Route", "canary"]], "add": [], "remove": []},
              "response_headers": {"set": [], "add": [], "remove": ["Server"]},
-             "redirect": None, "rewrite": None, "timeout_s": 10.0, "backend_timeout_s": None, "mirrors": []},
+             "redirect": None, "rewrite": None, "timeout_s": 10.0, "backend_timeout_s": None,
+             "mirrors": [], "retry": {"codes": [503], "backoff_s": 0.05}},
             {"route": "shop/api", "index": 1, "name": None,
              "backends": [{"service": "shop/api", "port": 80, "weight": 1}],
              "request_headers": None, "response_headers": None, "redirect": None, "rewrite": None,
-             "timeout_s": None, "backend_timeout_s": None, "mirrors": []},
+             "timeout_s": None, "backend_timeout_s": None, "mirrors": [], "retry": None},
         ],
     }]
     assert json.loads(json.dumps(snapshot)) == snapshot  # plain data, as it travels

@@ -54,7 +54,8 @@ def test_the_largest_route_validation_allows_installs() -> None:
             "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": edits},
                         {"type": "ResponseHeaderModifier", "responseHeaderModifier": edits}],
             "backendRefs": [backend(weight=1_000_000)] * 16,
-            "timeouts": {"request": "24h", "backendRequest": "24h"}}
+            "timeouts": {"request": "24h", "backendRequest": "24h"},
+            "retry": {"codes": list(range(400, 600)), "attempts": 2**31 - 1, "backoff": "24h"}}
     assert install(resources_with(route("big", [rule] * 16))) == 1
     one_more = route("big", [{**rule, "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
         **edits, "add": edits["add"][:-1] + [{"name": "x-31", "value": "v" * (width + 1)}]}}]}])

@@ -1,0 +1,380 @@
+# retry.pxi: A route's retries (Gateway API GEP-1731 `retry`): which requests are kept for
+# replay, when a failed try is tried again (its answer's code, a connection that failed or
+# ended before answering, a try's timeout), the backoff between tries, the retry budget
+# that keeps retries from multiplying an outage, and the replay itself.
+#
+# Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd
+# (RetryPolicy, Conn.tries, CONN_KEPT, CONN_BACKOFF).
+#
+# What a retry sends again is what the failed try was sent: the request's bytes as they
+# were edited for the hop (hop-by-hop fields gone, origin-form, the rule's header edits),
+# kept whole at d2u offset 0 in the pair's own buffer. Nothing is framed or edited twice,
+# so a rule that adds a header line may be retried too. A request is kept only when it is
+# the one request in flight on the pair and all of it (head and body) fits
+# Core.replay_max_bytes and the buffer; the requests a client pipelines behind a kept one
+# wait in the buffer until its answer's head passes, so a retry never sends again a
+# request that may have been answered already.
+#
+# The try's answer is judged at its head, before a byte of it reaches the client: a code
+# the rule retries, with tries and budget left, is dropped with its upstream, which is
+# closed (not pooled: the rest of that answer is never read); the pair waits out the
+# backoff (CONN_BACKOFF, on the timer wheel) and sends the kept bytes to an endpoint the
+# balancer picks, another than the failed one when the service has several. The last try's
+# answer, and any a retry may not follow, go to the client as they came.
+#
+# Backoff: as Envoy's, from the rule's `backoff` (25 ms when unset): the n-th retry waits
+# backoff x 2^(n-1) plus up to half that again at random, never more than 10 x backoff
+# (Envoy's default max_interval) and never less than backoff (GEP-1731: "not retried
+# before the configured minimum duration").
+#
+# Budget: as Linkerd's retry budget: a retry is allowed while the retries over the window
+# (10 s) stay within `percent` (20) of the rule's requests over it, or while fewer than
+# `min_count` (10) retries were made in the current `min_interval` (1 s), so that a quiet
+# route still retries. Over budget, the failed answer goes to the client as it came, and
+# route_retries_over_budget counts it. Per rule and per engine (worker), reset when a new
+# table is installed.
+#
+# Timeouts (GEP-1742 with GEP-1731): timeouts.request spans every try and the backoffs
+# between them: when it comes first, the client gets 504 then, whatever try or wait is
+# under way (GEP-1731: "the Gateway MUST immediately return a timeout error");
+# timeouts.backendRequest bounds each try on its own, and a try that times out is retried
+# like a connection that failed (GEP-1731: "Implementations SHOULD retry on connection
+# errors (disconnect, reset, timeout, TCP failure)").
+
+
+# --- the budget ------------------------------------------------------------------------------
+
+cdef void _budget_roll(Core* core, RetryPolicy* p) noexcept nogil:
+    """Move the budget's ring to the slot now falls in, emptying the slots it passes."""
+    cdef int64_t slot_ns = p.window_ns // ENGINE_RETRY_SLOTS
+    cdef int64_t now_slot = core.now_ns // slot_ns
+    cdef int64_t k
+    cdef uint32_t i
+    if now_slot == p.slot_at:
+        return
+    if now_slot - p.slot_at >= ENGINE_RETRY_SLOTS or p.slot_at == 0:
+        memset(p.requests, 0, sizeof(p.requests))
+        memset(p.retries, 0, sizeof(p.retries))
+    else:
+        for k in range(p.slot_at + 1, now_slot + 1):
+            i = <uint32_t>(k % ENGINE_RETRY_SLOTS)
+            p.requests[i] = 0
+            p.retries[i] = 0
+    p.slot_at = now_slot
+
+
+cdef inline void _budget_deposit(Core* core, RetryPolicy* p) noexcept nogil:
+    """One more request on the rule: room for percent / 100 of a retry."""
+    _budget_roll(core, p)
+    p.requests[p.slot_at % ENGINE_RETRY_SLOTS] += 1
+
+
+cdef bint _budget_withdraw(Core* core, RetryPolicy* p) noexcept nogil:
+    """May a retry be made now? If so it is counted (in the window, and in the floor's
+    interval when that is what allowed it)."""
+    cdef uint64_t requests = 0
+    cdef uint64_t retries = 0
+    cdef uint32_t i
+    cdef bint allowed
+    _budget_roll(core, p)
+    for i in range(ENGINE_RETRY_SLOTS):
+        requests += p.requests[i]
+        retries += p.retries[i]
+    allowed = (retries + 1) * 100 <= requests * p.percent
+    if not allowed:
+        if core.now_ns - p.min_since_ns >= p.min_interval_ns or p.min_since_ns == 0:
+            p.min_since_ns = core.now_ns
+            p.min_used = 0
+        allowed = p.min_used < p.min_count
+        if allowed:
+            p.min_used += 1
+    if allowed:
+        p.retries[p.slot_at % ENGINE_RETRY_SLOTS] += 1
+    return allowed
+
+
+# --- deciding ---------------------------------------------------------------------------------
+
+# The field an app's node adds to the 502 it answers for an app that failed a request
+# (closed or reset before answering, or answered what does not parse: _http_reply): to
+# the caller's node that answer is the connection error it stands for, retried whatever
+# the codes. (An app may send the field itself: it then gets the retries it could get
+# with a 5xx the rule lists, no more.)
+cdef enum:
+    _FAILURE_NAME_LEN = 18          # "x-meshnode-failure"
+
+
+cdef int _retry_status(const char* b, const RespHead* resp) noexcept nogil:
+    """The outcome of a try answered with the head at `b`: its status, or 0 (a
+    connection error) for a 502 its node answered for a failed app."""
+    cdef uint32_t i, k
+    cdef const char* name
+    if resp.status != 502:
+        return resp.status
+    for i in range(resp.header_count):
+        if resp.headers[i].name.len != _FAILURE_NAME_LEN:
+            continue
+        name = b + resp.headers[i].name.off
+        k = 0
+        while k < _FAILURE_NAME_LEN and _lower_is(<unsigned char>name[k],
+                                                  <unsigned char>(b"x-meshnode-failure"[k])):
+            k += 1
+        if k == _FAILURE_NAME_LEN:
+            return 0
+    return resp.status
+
+cdef inline const RetryPolicy* _kept_policy(const Conn* c) noexcept nogil:
+    """The retry policy of the one request in flight (CONN_KEPT)."""
+    return c.table.rules[c.pend_rule[c.pend_first]].retry
+
+
+cdef int64_t _backoff_floor_ns(const RetryPolicy* p, uint32_t retry) noexcept nogil:
+    """The least wait before retry number `retry` (1: the first): backoff x 2^(retry - 1),
+    at most 10 x backoff."""
+    cdef int64_t d = p.backoff_ns
+    cdef uint32_t k = 1
+    while k < retry and d < 10 * p.backoff_ns:
+        d *= 2
+        k += 1
+    return d if d < 10 * p.backoff_ns else 10 * p.backoff_ns
+
+
+cdef int64_t _try_deadline(const RouteRule* r, int64_t start_ns, int64_t try_ns) noexcept nogil:
+    """When a try begun at `try_ns` of a request framed at `start_ns` times out: the
+    sooner of the request's timeout and the try's own (0: neither is set)."""
+    cdef int64_t due = 0
+    if r.timeout_ns > 0:
+        due = start_ns + r.timeout_ns
+    if r.try_timeout_ns > 0 and (due == 0 or try_ns + r.try_timeout_ns < due):
+        due = try_ns + r.try_timeout_ns
+    return due
+
+
+cdef bint _retry_wanted(Core* core, Conn* c, int status) noexcept nogil:
+    """The try of the kept request failed: answered `status` (0: its connection failed,
+    ended before an answer, or the try timed out). Is it tried again? Yes when the rule
+    retries that (every connection failure; the codes it lists), the request is whole
+    in the buffer and nothing of the answer was passed on, tries are left, the request's
+    timeout has not come, and the budget allows (counted: the caller goes on to
+    _retry_begin). No: the try's outcome is the client's."""
+    cdef const RetryPolicy* p
+    cdef const RouteRule* r
+    if not c.flags & CONN_KEPT or c.n_pend != 1:
+        return False
+    r = &c.table.rules[c.pend_rule[c.pend_first]]
+    p = r.retry
+    if p == NULL:
+        return False
+    if status != 0 and (status < 400 or status > 599
+                        or not (p.codes[(status - 400) >> 6] >> ((status - 400) & 63)) & 1):
+        return False
+    if (c.req_phase != REQ_HEAD or c.resp_phase != RESP_HEAD or c.resp_fwd != 0
+            or c.flags & (CONN_CLIENT_GONE | CONN_DRAINING | CONN_HTTP_REPLIED)
+            or c.tries >= p.attempts):
+        return False
+    if r.timeout_ns > 0 and core.now_ns >= c.pend_start_ns[c.pend_first] + r.timeout_ns:
+        return False
+    if not _budget_withdraw(core, <RetryPolicy*>p):
+        core.counters.route_retries_over_budget += 1
+        return False
+    return True
+
+
+cdef int _retry_answer(Core* core, Conn* c, int status) noexcept nogil:
+    """The kept request's final answer head came (`status`): STATUS_BACKOFF when its try
+    is made again (_retry_wanted); STATUS_CLOSE when it would be but the request's
+    timeout has come (its timer not run yet): 504 was answered, as at the timeout;
+    else STATUS_OK: the answer is the client's, and the request is let go (the
+    requests behind it may be framed)."""
+    cdef const RouteRule* r = &c.table.rules[c.pend_rule[c.pend_first]]
+    if _retry_wanted(core, c, status):
+        return STATUS_BACKOFF
+    c.flags &= ~CONN_KEPT
+    if (r.timeout_ns > 0 and core.now_ns >= c.pend_start_ns[c.pend_first] + r.timeout_ns
+            and r.retry != NULL and c.tries < r.retry.attempts
+            and (status == 0 or (400 <= status <= 599 and (
+                r.retry.codes[(status - 400) >> 6] >> ((status - 400) & 63)) & 1))):
+        core.counters.route_timeouts += 1
+        _http_reply(core, c, 504, b"upstream request timeout\n", -1)
+        return STATUS_CLOSE
+    return STATUS_OK
+
+
+cdef void _retry_keep(Core* core, Conn* c, const ReqHead* req, uint32_t base) noexcept nogil:
+    """A request was just framed (its head at d2u.buf + base) on a rule with a retry
+    policy: counted for the rule's budget, and kept for replay when it is the one
+    request in flight (its bytes the first framed), asks for no upgrade, and its head
+    and body fit replay_max_bytes and the buffer (a Content-Length body's size is known
+    now; a chunked one is let go when it outgrows them: _retry_grown, _http_d2u). Its
+    bytes move to d2u offset 0."""
+    cdef RetryPolicy* p = c.table.rules[c.req_rule].retry
+    cdef Flow* f = &c.d2u
+    cdef int64_t whole = c.fwd
+    _budget_deposit(core, p)
+    c.tries = 0
+    if (c.n_pend != 1 or base != f.head or c.upgrade != UPGRADE_NONE
+            or c.flags & CONN_DRAINING):
+        return
+    if req.body == BODY_LENGTH:
+        whole += req.content_length
+    if whole > core.replay_max_bytes or whole > _d2u_cap(core, c):
+        return
+    if f.head > 0:
+        # Nothing before it is owed (it is the one in flight): what is before it went.
+        memmove(f.buf, f.buf + f.head, f.tail - f.head)
+        f.tail -= f.head
+        f.head = 0
+    c.flags |= CONN_KEPT
+
+
+cdef inline void _retry_grown(Core* core, Conn* c) noexcept nogil:
+    """A kept request whose framed bytes outgrew replay_max_bytes (a chunked body) is
+    let go: it will not be retried."""
+    if c.d2u.head + c.fwd > core.replay_max_bytes:
+        c.flags &= ~CONN_KEPT
+
+
+# --- acting -----------------------------------------------------------------------------------
+
+cdef int _retry_discard(Core* core, Conn* c) noexcept nogil:
+    """Drop the pair's upstream and whatever it answered, and rewind the client's
+    framed bytes: they are sent again, as they are, from d2u offset 0 (the caller
+    knows they are whole there). The framing of both ways goes on where it was."""
+    cdef net.epoll_event ev
+    _load_release(core, c)
+    _side_close(&c.up, False)
+    c.up.readable = True
+    c.up.hup = False
+    c.flags &= ~(CONN_RETRYABLE | CONN_TICKET_WAIT | CONN_OFFERED_SESSION | CONN_SETTING_UP)
+    if c.u2d.buf != NULL:
+        _buf_put(core, c.u2d.buf)
+    memset(&c.u2d, 0, sizeof(Flow))
+    c.resp_phase = RESP_HEAD
+    c.resp_fwd = 0
+    c.resp_left = 0
+    c.fwd += c.d2u.head
+    c.d2u.head = 0
+    c.d2u.shut = False
+    # New generation: events still queued for the closed upstream are not the next one's.
+    c.gen += 1
+    ev.events = _CONN_EVENTS
+    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
+    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
+        return STATUS_RESET
+    return STATUS_OK
+
+
+cdef int _retry_begin(Core* core, Conn* c) noexcept nogil:
+    """The kept request's try failed and is made again (_retry_wanted said so): its
+    upstream and answer go, and the pair waits out the backoff (CONN_BACKOFF), or
+    until the request's timeout when that comes first."""
+    cdef const RouteRule* r = &c.table.rules[c.pend_rule[c.pend_first]]
+    cdef const RetryPolicy* p = r.retry
+    cdef int64_t wait, cap, at
+    cdef int st
+    c.tries += 1
+    c.failed_endpoint = c.endpoint
+    core.counters.route_retries += 1
+    wait = _backoff_floor_ns(p, c.tries)
+    wait += <int64_t>(_route_random(core) % <uint64_t>(wait // 2 + 1))
+    cap = 10 * p.backoff_ns
+    if wait > cap:
+        wait = cap
+    st = _retry_discard(core, c)
+    if st != STATUS_OK:
+        return st
+    c.req_deadline_ns = 0
+    c.state = CONN_BACKOFF
+    at = core.now_ns + wait
+    if r.timeout_ns > 0 and c.pend_start_ns[c.pend_first] + r.timeout_ns < at:
+        at = c.pend_start_ns[c.pend_first] + r.timeout_ns
+    _deadline_at(core, c, at)
+    return STATUS_OK
+
+
+cdef int _retry_fire(Core* core, Conn* c) noexcept nogil:
+    """The backoff is over: the kept request's next try, on its own backendRequest
+    timeout, to an endpoint other than the failed one when there is another. Or the
+    request's timeout came during it: 504."""
+    cdef uint32_t i = c.pend_first
+    cdef const RouteRule* r = &c.table.rules[c.pend_rule[i]]
+    if r.timeout_ns > 0 and core.now_ns >= c.pend_start_ns[i] + r.timeout_ns:
+        core.counters.route_timeouts += 1
+        _http_reply(core, c, 504, b"upstream request timeout\n", -1)
+        return STATUS_CLOSE
+    c.setup_tries = 0
+    c.pend_deadline[i] = _try_deadline(r, c.pend_start_ns[i], core.now_ns)
+    c.req_deadline_ns = c.pend_deadline[i]
+    return _http_upstream(core, c, <int64_t>c.failed_endpoint)
+
+
+cdef void _bind_other(Core* core, Conn* c, Service* svc, uint32_t avoid) noexcept nogil:
+    """c was bound to `avoid`, the endpoint that just failed: the balancer picks again,
+    and should it keep to that one, the next endpoint not passed over is taken."""
+    cdef uint32_t k
+    _bind_endpoint(core, c, svc)
+    if c.endpoint != avoid:
+        return
+    k = _first_up(core, svc, (avoid + 1) % svc.n_endpoints)
+    if k == avoid:
+        k = (avoid + 1) % svc.n_endpoints
+    _load_release(core, c)
+    c.endpoint = k
+    c.flags |= CONN_EP_BOUND
+    _load_move(core, c, <int32_t>c.n_pend, -1)
+
+
+# --- the rule's policy, from RouteTable.add_route_rule(retry=) (GIL held) -----------------------
+
+_RETRY_DEFAULTS = {"attempts": 1, "codes": (), "backoff_s": 0.025, "budget_percent": 20,
+                   "budget_interval_s": 10.0, "min_retries": 10, "min_retry_interval_s": 1.0}
+
+
+cdef tuple _retry_args(object retry, str name):
+    """add_route_rule's `retry` checked: a dict of _RETRY_DEFAULTS' keys (any left out
+    take those defaults: Envoy's one retry and 25 ms, Linkerd's and Gateway API
+    XBackendTrafficPolicy's budget), as a tuple in that order; None stays None."""
+    if retry is None:
+        return None
+    unknown = set(retry) - set(_RETRY_DEFAULTS)
+    if unknown:
+        raise ValueError("rule %r retry: unknown %s" % (name, ", ".join(sorted(unknown))))
+    a = dict(_RETRY_DEFAULTS, **retry)
+    codes = tuple(sorted({int(code) for code in a["codes"]}))
+    if any(not 400 <= code <= 599 for code in codes):
+        raise ValueError("rule %r retry: codes must be 400..599, not %r" % (name, a["codes"]))
+    if not 1 <= int(a["attempts"]) <= 0xFFFFFFFF:
+        raise ValueError("rule %r retry: attempts must be at least 1, not %r" % (name, a["attempts"]))
+    if not 0 <= float(a["backoff_s"]) <= 86400:
+        raise ValueError("rule %r retry: backoff_s must be 0..86400, not %r" % (name, a["backoff_s"]))
+    if not 0 <= int(a["budget_percent"]) <= 100:
+        raise ValueError("rule %r retry: budget_percent must be 0..100" % name)
+    if not 1 <= float(a["budget_interval_s"]) <= 3600:
+        raise ValueError("rule %r retry: budget_interval_s must be 1..3600" % name)
+    if not 0 <= int(a["min_retries"]) <= 0xFFFFFFFF:
+        raise ValueError("rule %r retry: min_retries must be at least 0" % name)
+    if not 0.001 <= float(a["min_retry_interval_s"]) <= 3600:
+        raise ValueError("rule %r retry: min_retry_interval_s must be 0.001..3600" % name)
+    return (int(a["attempts"]), codes, float(a["backoff_s"]), int(a["budget_percent"]),
+            float(a["budget_interval_s"]), int(a["min_retries"]),
+            float(a["min_retry_interval_s"]))
+
+
+cdef RetryPolicy* _retry_policy(tuple args) except? NULL:
+    """The C policy of a checked `retry` (NULL: None), owned by its rule."""
+    cdef RetryPolicy* p
+    if args is None:
+        return NULL
+    p = <RetryPolicy*>calloc(1, sizeof(RetryPolicy))
+    if p == NULL:
+        raise MemoryError()
+    attempts, codes, backoff_s, percent, window_s, min_count, min_interval_s = args
+    p.attempts = attempts
+    for code in codes:
+        p.codes[(code - 400) >> 6] |= (<uint64_t>1) << ((code - 400) & 63)
+    p.backoff_ns = <int64_t>(backoff_s * 1e9)
+    p.percent = percent
+    p.window_ns = <int64_t>(window_s * 1e9)
+    p.min_count = min_count
+    p.min_interval_ns = <int64_t>(min_interval_s * 1e9)
+    return p

@@ -1,0 +1,286 @@
+"""Tests for fastpath.engine's route retries (retry.pxi, Gateway API GEP-1731): a rule's
+`retry` tries a request again on the codes it lists and on connections that fail before
+answering, after a backoff, within a retry budget; the replay is the bytes the failed
+try was sent; the failed tries' answers never reach the client; timeouts.request spans
+the tries and backendRequest bounds each.
+
+The two-node mesh of test_engine_routes (the caller's node routes "backend" to v1; the
+app's node serves it), v1's app a raw one that answers each request as its query says:
+the first `n` tries of a target get `code` (0: the connection closed without an answer)
+or, on /slow, an answer `ms` late; later tries get 200. Every try's bytes and arrival
+time are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from enginekit import TIMEOUT_S, port_of
+from test_engine_header_holes import read_request
+from test_engine_http import RawApp
+from test_engine_routes import BACKEND_ID, Mesh, mesh, mesh_pki, request  # noqa: F401
+from test_engine_routes_attack import exchange, one_rule, v1_is
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = {"backoff_s": 0.005}     # retries in tests wait no longer than they must
+
+
+@dataclass
+class FlakyApp:
+    """v1's app: fails the first tries of each target as its query asks (see the module)."""
+    tries: dict[bytes, list[tuple[float, bytes]]] = field(default_factory=lambda: defaultdict(list))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    raw: RawApp | None = None
+
+    def serve(self, conn: socket.socket) -> None:
+        buf = bytearray()
+        while True:
+            got = read_request(conn, buf)
+            target = got.split(b" ")[1]
+            path, _, query = target.partition(b"?")
+            q = dict(p.split(b"=", 1) for p in query.split(b"&") if b"=" in p)
+            with self.lock:
+                self.tries[target].append((time.monotonic(), got))
+                k = len(self.tries[target])
+            if k <= int(q.get(b"n", b"0")):
+                if path == b"/slow":
+                    time.sleep(int(q[b"ms"]) / 1000)
+                elif int(q.get(b"code", b"500")) == 0:
+                    return                  # closed without an answer
+                else:
+                    body = b"try %d failed" % k
+                    conn.sendall(b"HTTP/1.1 %s Failed\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (q.get(b"code", b"500"), len(body), body))
+                    continue
+            body = b"try %d ok" % k
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def count(self, target: str) -> int:
+        with self.lock:
+            return len(self.tries[target.encode()])
+
+    def raws(self, target: str) -> list[bytes]:
+        with self.lock:
+            return [raw for _, raw in self.tries[target.encode()]]
+
+    def times(self, target: str) -> list[float]:
+        with self.lock:
+            return [at for at, _ in self.tries[target.encode()]]
+
+
+@pytest.fixture
+def app(mesh: Mesh) -> Iterator[FlakyApp]:  # noqa: F811
+    a = FlakyApp()
+    a.raw = v1_is(mesh, a.serve)
+    yield a
+    a.raw.close()
+
+
+def get(m: Mesh, path: str, **kw: Any) -> tuple[int, bytes]:
+    status, _, body = request(m.http(), path, **kw)
+    return status, body
+
+
+# --- what is retried ---------------------------------------------------------------------------
+
+
+def test_a_listed_code_is_retried_until_an_answer_passes(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    one_rule(mesh, retry={"attempts": 3, "codes": [500], **FAST})
+    assert get(mesh, "/fail?code=500&n=2") == (200, b"try 3 ok")
+    assert app.count("/fail?code=500&n=2") == 3
+    assert get(mesh, "/fail?code=500&n=4") == (500, b"try 4 failed")  # the last try's, as it came
+    assert app.count("/fail?code=500&n=4") == 4
+    assert get(mesh, "/fail?code=503&n=1") == (503, b"try 1 failed")  # not listed: not retried
+    assert app.count("/fail?code=503&n=1") == 1
+    assert mesh.out_node.stats()["route_retries"] == 5
+
+
+def test_the_failed_answers_never_reach_the_client(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    one_rule(mesh, retry={"attempts": 2, "codes": [502, 503], **FAST})
+    answers = exchange(mesh, b"GET /fail?code=502&n=2 HTTP/1.1\r\nHost: backend\r\n"
+                             b"Connection: close\r\n\r\n")
+    assert answers.count(b"HTTP/1.1 ") == 1 and answers.endswith(b"\r\n\r\ntry 3 ok"), answers
+    assert b"failed" not in answers
+
+
+def test_an_app_closing_before_answering_is_retried_without_codes(
+        mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """Behind the app's node, the app's connection error is that node's 502 for it, which
+    says so (x-meshnode-failure): the caller's node retries it as a connection error. A
+    502 of the app's own is an answer like any other: not retried unless listed."""
+    one_rule(mesh, retry={"attempts": 1, **FAST})
+    assert get(mesh, "/fail?code=0&n=1") == (200, b"try 2 ok")
+    assert app.count("/fail?code=0&n=1") == 2
+    assert get(mesh, "/fail?code=502&n=1") == (502, b"try 1 failed")
+    assert app.count("/fail?code=502&n=1") == 1
+
+
+def test_attempts_bound_the_tries_on_pooled_upstreams_too(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """A request its route retries is not also sent again as a pooled upstream's
+    keep-alive race: however its tries fail, the app sees 1 + attempts of them."""
+    one_rule(mesh, retry={"attempts": 2, **FAST})
+    # The upstream (and the app's connection behind it) is pooled once its client leaves.
+    assert request(mesh.http(), "/warm", headers={"Connection": "close"})[0] == 200
+    mesh.out_node.wait_stat("http_upstream_pooled")
+    assert request(mesh.http(), "/fail?code=0&n=9")[0] == 502
+    assert app.count("/fail?code=0&n=9") == 3
+    stats = mesh.out_node.stats()
+    assert stats["route_retries"] == 2 and stats["http_upstream_retried"] == 0
+
+
+def test_an_endpoint_refusing_connections_is_retried_without_codes(mesh: Mesh) -> None:  # noqa: F811
+    """A connection error on the caller's node's own hop is retried whatever the codes:
+    every try's connect is refused, and after the last the client gets 503."""
+    dead = socket.create_server(("127.0.0.1", 0))
+    port = port_of(dead)
+    dead.close()
+    t, ix = mesh.outbound()
+    gone = t.add_service("demo/gone:http", "http.gone.demo.svc", [BACKEND_ID],
+                         [("127.0.0.1", port)])
+    s = t.add_route_set(ix["backend"])
+    t.add_route_match(s, t.add_route_rule("demo/r#0", [(gone, 1)],
+                                          retry={"attempts": 2, **FAST}))
+    mesh.out_node.install(t)
+    assert get(mesh, "/")[0] == 503
+    stats = mesh.out_node.stats()
+    assert stats["route_retries"] == 2 and stats["outbound_connect_failures"] == 3
+
+
+def test_no_retry_policy_no_retry(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    one_rule(mesh)
+    assert get(mesh, "/fail?code=500&n=1") == (500, b"try 1 failed")
+    assert app.count("/fail?code=500&n=1") == 1
+    assert mesh.out_node.stats()["route_retries"] == 0
+
+
+# --- what is sent again ------------------------------------------------------------------------
+
+
+def test_a_post_body_and_added_fields_are_replayed_byte_for_byte(
+        mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """The replay is the bytes the failed try was sent: the rule's added line once, the
+    body whole (a rule that adds lines was not retried at all before)."""
+    one_rule(mesh, retry={"attempts": 2, "codes": [503], **FAST},
+             request_headers={"add": [("X-Added", "once")]})
+    body = os.urandom(10_000)
+    assert get(mesh, "/fail?code=503&n=1", method="POST", body=body) == (200, b"try 2 ok")
+    first, second = app.raws("/fail?code=503&n=1")
+    assert first == second
+    assert first.lower().count(b"\r\nx-added: once\r\n") == 1 and first.endswith(body)
+
+
+def test_a_body_over_the_replay_limit_is_not_retried(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    one_rule(mesh, retry={"attempts": 2, "codes": [503], **FAST})
+    body = b"x" * 100_000                   # over Engine(replay_max_bytes=) 64 KiB
+    assert get(mesh, "/fail?code=503&n=1", method="POST", body=body) == (503, b"try 1 failed")
+    assert app.count("/fail?code=503&n=1") == 1
+    assert app.raws("/fail?code=503&n=1")[0].endswith(body)
+    assert mesh.out_node.stats()["route_retries"] == 0
+
+
+def test_requests_pipelined_behind_a_kept_one_wait_and_go_once(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """A request a retry may send again is the only one in flight: the POST behind it is
+    sent after its answer passed, once."""
+    one_rule(mesh, retry={"attempts": 1, "codes": [500], **FAST})
+    answers = exchange(mesh, b"GET /fail?code=500&n=1 HTTP/1.1\r\nHost: backend\r\n\r\n"
+                             b"POST /after HTTP/1.1\r\nHost: backend\r\nContent-Length: 2\r\n"
+                             b"Connection: close\r\n\r\nhi")
+    assert answers.count(b"HTTP/1.1 200 ") == 2 and b"try 2 ok" in answers, answers
+    assert answers.endswith(b"try 1 ok")
+    assert app.count("/fail?code=500&n=1") == 2 and app.count("/after") == 1
+    assert app.times("/after")[0] > app.times("/fail?code=500&n=1")[1]
+
+
+# --- when ------------------------------------------------------------------------------------
+
+
+def test_tries_are_spaced_by_at_least_the_backoff_doubling(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    one_rule(mesh, retry={"attempts": 2, "codes": [500], "backoff_s": 0.1})
+    assert get(mesh, "/fail?code=500&n=2") == (200, b"try 3 ok")
+    t0, t1, t2 = app.times("/fail?code=500&n=2")
+    assert t1 - t0 >= 0.1 and t2 - t1 >= 0.2
+
+
+def test_a_try_over_backend_request_is_retried(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    one_rule(mesh, backend_timeout_s=0.3, retry={"attempts": 1, **FAST})
+    assert get(mesh, "/slow?ms=2000&n=1") == (200, b"try 2 ok")
+    assert app.count("/slow?ms=2000&n=1") == 2
+
+
+def test_the_request_timeout_spans_every_try(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    one_rule(mesh, timeout_s=0.6, backend_timeout_s=0.25, retry={"attempts": 9, **FAST})
+    status, body = get(mesh, "/slow?ms=3000&n=99")
+    assert status == 504 and b"timeout" in body
+    assert 2 <= app.count("/slow?ms=3000&n=99") <= 3
+    assert mesh.out_node.stats()["route_timeouts"] == 1
+
+
+def test_a_backoff_past_the_request_timeout_ends_in_504_then(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """GEP-1731: when timeouts.request comes during a retry's backoff, the client gets a
+    timeout error then, not the failed answer and not a late try."""
+    one_rule(mesh, timeout_s=0.3, retry={"attempts": 1, "codes": [500], "backoff_s": 2.0})
+    status, body = get(mesh, "/fail?code=500&n=1")
+    assert status == 504 and b"timeout" in body
+    assert app.count("/fail?code=500&n=1") == 1
+    stats = mesh.out_node.stats()
+    assert stats["route_retries"] == 1 and stats["route_timeouts"] == 1
+
+
+# --- the budget ------------------------------------------------------------------------------
+
+
+def test_over_the_budget_the_failure_goes_to_the_client(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """No share of requests may be retried, two retries in the floor's interval: the
+    third failing request gets its first answer."""
+    one_rule(mesh, retry={"attempts": 1, "codes": [500], "budget_percent": 0,
+                          "min_retries": 2, "min_retry_interval_s": 3600, **FAST})
+    got = [get(mesh, f"/fail?code=500&n=1&i={i}") for i in range(4)]
+    assert got == [(200, b"try 2 ok")] * 2 + [(500, b"try 1 failed")] * 2
+    stats = mesh.out_node.stats()
+    assert stats["route_retries"] == 2 and stats["route_retries_over_budget"] == 2
+
+
+def test_the_budget_is_a_share_of_the_rules_requests(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """50 %, no floor: after two answered requests, the first two failing ones are retried
+    (1 of 3, 2 of 4), the third is not (3 of 5)."""
+    one_rule(mesh, retry={"attempts": 1, "codes": [500], "budget_percent": 50,
+                          "min_retries": 0, **FAST})
+    assert [get(mesh, f"/ok{i}")[0] for i in range(2)] == [200, 200]
+    got = [get(mesh, f"/fail?code=500&n=1&i={i}")[0] for i in range(3)]
+    assert got == [200, 200, 500]
+    assert mesh.out_node.stats()["route_retries_over_budget"] == 1
+
+
+def test_retry_arguments_are_checked(mesh: Mesh) -> None:  # noqa: F811
+    t, ix = mesh.outbound()
+    for bad in ({"attempts": 0}, {"codes": [200]}, {"codes": [600]}, {"backoff_s": -1},
+                {"budget_percent": 101}, {"budget_interval_s": 0.5}, {"tries": 2}):
+        with pytest.raises(ValueError):
+            t.add_route_rule("demo/r#0", [(ix["v1"], 1)], retry=bad)
+
+
+def test_a_client_gone_during_the_backoff_costs_nothing(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    one_rule(mesh, retry={"attempts": 1, "codes": [500], "backoff_s": 0.3})
+    c = socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S)
+    c.sendall(b"GET /fail?code=500&n=1 HTTP/1.1\r\nHost: backend\r\n\r\n")
+    deadline = time.monotonic() + TIMEOUT_S
+    while app.count("/fail?code=500&n=1") < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    c.close()
+    mesh.out_node.wait_stat("route_retries")
+    mesh.out_node.wait_stat("outbound_connections_closed")
+    deadline = time.monotonic() + TIMEOUT_S
+    while mesh.out_node.stats()["outbound_connections_active"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stats = mesh.out_node.stats()
+    assert stats["outbound_connections_active"] == 0 and stats["buffers_in_use"] == 0
