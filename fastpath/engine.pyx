@@ -283,6 +283,7 @@ include "http_stream.pxi"   # HTTP/1.1 framing both ways, per-request state
 include "router.pxi"        # request -> service; switching a client between services
 include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, weights, edits
 include "route_filters.pxi" # a route's URLRewrite and RequestRedirect
+include "fault.pxi"         # a route rule's fault injection: delay on the wheel, abort
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
 include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
@@ -581,6 +582,9 @@ cdef class Engine:
         out["route_timeouts"] = snap.route_timeouts
         out["route_redirects"] = snap.route_redirects
         out["route_rewrites"] = snap.route_rewrites
+        out["faults_delayed"] = snap.faults_delayed
+        out["faults_aborted"] = snap.faults_aborted
+        out["route_filter_unresolved"] = snap.route_filter_unresolved
         out["rejected_source_handshakes"] = snap.rejected_source_handshakes
         out["accept_paused"] = snap.accept_paused
         # RequestMirror (mirror.pxi): copies sent whole, copies given up, the slots for
