@@ -537,6 +537,10 @@ def parse_document(doc: object, file: str, index: int) -> tuple[Resource | None,
         # on the checks of this module, hence the import here.
         from .destinationruleparse import parse_destination_rule
         return parse_destination_rule(doc, file, index)
+    if isinstance(doc, dict) and doc.get("kind") == "FaultInjection":
+        # meshnode's kind with Istio's fields (fault.py), built on this module's checks.
+        from .faultparse import parse_fault_injection
+        return parse_fault_injection(doc, file, index)
     d = _Doc(file, document_label(doc, index))
     top = _fields(d, doc, "", ("apiVersion", "kind", "metadata", "spec"),
                   required=("apiVersion", "kind", "metadata"))
