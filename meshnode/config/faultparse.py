@@ -15,19 +15,12 @@ from .errors import Problem
 from .fault import (API_VERSION, IMPLEMENTED, MAX_DELAY_S, MIN_DELAY_S, MIN_PERCENTAGE, NOT_IMPLEMENTED,
                     Abort, Delay, FaultInjectionSpec)
 from .model import FaultInjection
-from .validate import _MISSING, _Doc, _describe, _fields, _int, _metadata, document_label, join
+from .validate import _MISSING, _Doc, _describe, _fields, _int, _known_fields, _metadata, document_label, join
 
 
 def _known(d: _Doc, value: object, path: str, level: str,
            required: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    fields = _fields(d, value, path, IMPLEMENTED[level] + NOT_IMPLEMENTED[level], required)
-    if fields is None:
-        return None
-    for key in NOT_IMPLEMENTED[level]:
-        if key in fields:
-            d.fail(join(path, key), f"{key} is not implemented (meshnode takes "
-                                    f"{', '.join(IMPLEMENTED[level])} here)")
-    return fields
+    return _known_fields(d, value, path, IMPLEMENTED[level], NOT_IMPLEMENTED[level], required)
 
 
 def _percentage(d: _Doc, value: object, path: str) -> float | None:

@@ -14,19 +14,12 @@ import yaml
 from meshnode.config import ConfigError, Store, compile_snapshot, parse_text, route_status, to_dict, validate_set
 from meshnode.config.fault import NOT_IMPLEMENTED
 
+from routekit import SERVICES
+
 pytestmark = pytest.mark.timeout(60)
 
-SERVICES = textwrap.dedent("""\
-    apiVersion: meshnode.io/v1alpha1
-    kind: Service
-    metadata: {name: ratings, namespace: prod}
-    spec:
-      selector: {app: ratings}
-      ports: [{name: http, port: 80, protocol: HTTP}]
-    """)
 
-
-def fault(body: str, name: str = "flaky", namespace: str = "prod") -> str:
+def fault(body: str, name: str = "flaky", namespace: str = "shop") -> str:
     return (f"apiVersion: meshnode.io/v1alpha1\nkind: FaultInjection\n"
             f"metadata: {{name: {name}, namespace: {namespace}}}\nspec:\n"
             + textwrap.indent(textwrap.dedent(body).rstrip("\n") + "\n", "  "))
@@ -51,16 +44,16 @@ def route(filter_ref: str = "{group: meshnode.io, kind: FaultInjection, name: fl
     return textwrap.dedent(f"""\
         apiVersion: gateway.networking.k8s.io/v1
         kind: HTTPRoute
-        metadata: {{name: ratings, namespace: prod}}
+        metadata: {{name: api, namespace: shop}}
         spec:
-          parentRefs: [{{group: "", kind: Service, name: ratings, port: 80}}]
+          parentRefs: [{{group: "", kind: Service, name: api, port: 80}}]
           rules:
           - filters:
             - type: ExtensionRef
               extensionRef: {filter_ref}
-            backendRefs: [{{name: ratings, port: 80}}]
+            backendRefs: [{{name: api, port: 80}}]
           - matches: [{{path: {{type: PathPrefix, value: /plain}}}}]
-            backendRefs: [{{name: ratings, port: 80}}]
+            backendRefs: [{{name: api, port: 80}}]
         """)
 
 
@@ -108,7 +101,7 @@ def test_a_rules_fault_compiles_to_what_the_data_plane_draws() -> None:
 
 @pytest.mark.parametrize("ref, reason, says", [
     ("{group: meshnode.io, kind: FaultInjection, name: missing}", "BackendNotFound",
-     "FaultInjection prod/missing does not exist"),
+     "FaultInjection shop/missing does not exist"),
     ("{group: example.com, kind: RateLimit, name: flaky}", "InvalidKind",
      "kind 'RateLimit' of group 'example.com' is not a filter meshnode has"),
     ("{group: '', kind: FaultInjection, name: flaky}", "InvalidKind", "of group ''")])
@@ -127,7 +120,7 @@ def test_a_filter_that_resolves_leaves_resolved_refs_true() -> None:
 
 
 def test_a_fault_in_another_namespace_is_not_the_routes() -> None:
-    elsewhere = fault("delay: {fixedDelay: 1s}", namespace="other")
+    elsewhere = fault("delay: {fixedDelay: 1s}", namespace="infra")
     assert compiled_faults(route(), elsewhere) == [{"unresolved": True}, None]
 
 
@@ -155,7 +148,7 @@ def test_every_field_not_implemented_has_a_case_here() -> None:
 @pytest.mark.parametrize("where", sorted(NOT_IMPLEMENTED_DOCS), ids="/".join)
 def test_fields_not_implemented_are_refused_by_name(where: tuple[str, str]) -> None:
     found = problems(fault(NOT_IMPLEMENTED_DOCS[where]))
-    assert any(p.startswith(f"f.yaml: FaultInjection prod/flaky: spec.{where[0]}.{where[1]}: "
+    assert any(p.startswith(f"f.yaml: FaultInjection shop/flaky: spec.{where[0]}.{where[1]}: "
                             f"{where[1]} is not implemented") for p in found), found
 
 
@@ -181,7 +174,7 @@ def test_fields_not_implemented_are_refused_by_name(where: tuple[str, str]) -> N
     ("abort: {httpStatus: 503}\nretries: 3", "spec.retries", "unknown field")])
 def test_bad_faults_are_refused_naming_the_field(body: str, field: str, says: str) -> None:
     found = problems(fault(body))
-    assert any(p.startswith(f"f.yaml: FaultInjection prod/flaky: {field}: ") and says in p
+    assert any(p.startswith(f"f.yaml: FaultInjection shop/flaky: {field}: ") and says in p
                for p in found), found
 
 
@@ -189,10 +182,10 @@ def test_an_extension_ref_names_group_kind_and_name_and_is_not_repeated_yet() ->
     [missing] = problems(route("{kind: FaultInjection, name: flaky}"))
     assert "spec.rules[0].filters[0].extensionRef.group: required" in missing
     twice = route().replace(
-        "    backendRefs: [{name: ratings, port: 80}]\n",
+        "    backendRefs: [{name: api, port: 80}]\n",
         "    - type: ExtensionRef\n"
         "      extensionRef: {group: meshnode.io, kind: FaultInjection, name: other}\n"
-        "    backendRefs: [{name: ratings, port: 80}]\n", 1)
+        "    backendRefs: [{name: api, port: 80}]\n", 1)
     [found] = problems(twice)
     assert "spec.rules[0].filters[1].type" in found
     assert "a second ExtensionRef filter in one rule is not implemented yet" in found
@@ -202,11 +195,11 @@ def test_the_store_applies_gets_and_deletes_faults(tmp_path: Path) -> None:
     store = Store(tmp_path / "state")
     version = store.apply(parse_text(ISTIO_DELAY + "---\n" + ISTIO_ABORT, "f.yaml"), "cli")
     reopened = Store(tmp_path / "state")        # read back from disk
-    got = reopened.get("faultinjections", namespace="prod")
+    got = reopened.get("faultinjections", namespace="shop")
     assert [r.name for r in got] == ["abort", "flaky"]
     assert to_dict(got[1]) == {
         "apiVersion": "meshnode.io/v1alpha1", "kind": "FaultInjection",
-        "metadata": {"name": "flaky", "namespace": "prod"},
+        "metadata": {"name": "flaky", "namespace": "shop"},
         "spec": {"delay": {"fixedDelay": "5s", "percentage": {"value": 0.1}}}}
-    assert reopened.delete("FaultInjection", "abort", "prod") == version + 1
+    assert reopened.delete("FaultInjection", "abort", "shop") == version + 1
     assert [r.name for r in reopened.get("FaultInjection")] == ["flaky"]
