@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastpath.engine import FAULT_DELAY_MAX_S
+
 from .durations import parse_duration
 
 GROUP = "meshnode.io"
@@ -44,8 +46,8 @@ IMPLEMENTED: dict[str, tuple[str, ...]] = {
 
 MIN_DELAY_S = 0.001
 """Istio: fixedDelay "MUST be >=1ms", in whole milliseconds."""
-MAX_DELAY_S = 86400.0
-"""The longest delay the data plane holds a request (fastpath FAULT_DELAY_MAX_S)."""
+MAX_DELAY_S = FAULT_DELAY_MAX_S
+"""The longest delay the data plane holds a request: a longer one would be NACKed."""
 MIN_PERCENTAGE = 0.0001
 """Istio's finest chance above 0 (parts per million, as Envoy takes it)."""
 
