@@ -31,6 +31,9 @@ cdef enum:
 
 # The longest fixedDelay a table takes (a day, as the longest route timeout).
 FAULT_DELAY_MAX_S = 86400.0
+# Statuses whose answer has no content (RFC 9110 §15.3.5, §15.3.6, §15.4.5): the engine's
+# own answers always carry a text body, so an abort with one of them is refused.
+FAULT_STATUSES_WITHOUT_CONTENT = (204, 205, 304)
 
 
 cdef inline bint _fault_draw(Core* core, uint32_t ppm) noexcept nogil:
@@ -112,6 +115,9 @@ cdef tuple _fault_spec(int rule_index, double delay_s, double delay_percent,
         raise ValueError("%s: delay_s must be 0..%g, not %r" % (what, FAULT_DELAY_MAX_S, delay_s))
     if abort_status != 0 and not 200 <= abort_status <= 599:
         raise ValueError("%s: abort_status must be 200..599, not %d" % (what, abort_status))
+    if abort_status in FAULT_STATUSES_WITHOUT_CONTENT:
+        raise ValueError("%s: an abort with %d (an answer without content) is not implemented"
+                         % (what, abort_status))
     return (<int64_t>(delay_s * 1e9), _fault_ppm(delay_percent, what + ": delay_percent"),
             abort_status, _fault_ppm(abort_percent, what + ": abort_percent"), unresolved)
 

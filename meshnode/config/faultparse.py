@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fastpath.engine import FAULT_STATUSES_WITHOUT_CONTENT
+
 from .durations import DurationError, parse_duration
 from .errors import Problem
 from .fault import (API_VERSION, IMPLEMENTED, MAX_DELAY_S, MIN_DELAY_S, MIN_PERCENTAGE, NOT_IMPLEMENTED,
@@ -71,6 +73,10 @@ def _abort(d: _Doc, value: object, path: str) -> Abort | None:
     if fields is None or "httpStatus" not in fields:
         return None
     status = _int(d, fields["httpStatus"], join(path, "httpStatus"), 200, 599)
+    if status in FAULT_STATUSES_WITHOUT_CONTENT:
+        d.fail(join(path, "httpStatus"), f"an abort with {status} (an answer without content) is "
+                                         "not implemented: the node's answers carry a text body")
+        status = None
     percentage = _percentage(d, fields["percentage"], join(path, "percentage")) \
         if "percentage" in fields else None
     if status is None or ("percentage" in fields and percentage is None):

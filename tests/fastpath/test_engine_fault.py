@@ -160,6 +160,8 @@ def test_bad_fault_input_is_refused_by_name(mesh: Mesh) -> None:
     rule = t.add_route_rule("demo/r#0", [(ix["v1"], 1)])
     with pytest.raises(ValueError, match="abort_status must be 200..599"):
         t.add_route_fault(rule, abort_status=99, abort_percent=100)
+    with pytest.raises(ValueError, match="an abort with 304 .* is not implemented"):
+        t.add_route_fault(rule, abort_status=304, abort_percent=100)
     with pytest.raises(ValueError, match="abort_percent must be 0..100"):
         t.add_route_fault(rule, abort_status=503, abort_percent=100.5)
     with pytest.raises(ValueError, match="delay_percent must be 0..100"):

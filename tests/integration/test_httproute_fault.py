@@ -13,8 +13,9 @@ import time
 import pytest
 import yaml
 
+from dataplanekit import metric_total
 from meshkit import MESH_NS, ConformanceMesh, conformance_mesh, gw
-from mnharness import parse_version
+from mnharness import parse_version, wait_for
 
 __all__ = ["conformance_mesh", "gw"]  # the fixtures these tests use, from meshkit
 
@@ -84,6 +85,11 @@ def test_a_fault_injection_applies_changes_and_goes_through_a_node(gw: Conforman
     assert time.monotonic() - started >= 0.4
     assert delayed.status == 200 and delayed.echo["pod"].startswith("echo-v1-"), delayed.describe()
     assert delayed.echo["path"] == "/fault/c?x=1"
+
+    # Counted by the workers, exported by telemetry.
+    for name, at_least in (("meshnode_faults_aborted_total", 3), ("meshnode_faults_delayed_total", 1),
+                           ("meshnode_route_filter_unresolved_total", 1)):
+        wait_for(lambda: metric_total(gw.node, name) >= at_least, 10.0, f"{name} >= {at_least}")
 
     got = gw.node.cli("get", "faultinjection", "echo-fault", "-n", MESH_NS, "-o", "yaml")
     assert got.returncode == 0, got.stderr

@@ -161,6 +161,8 @@ def test_fields_not_implemented_are_refused_by_name(where: tuple[str, str]) -> N
     ("delay: {fixedDelay: soon}", "spec.delay.fixedDelay", "is not a duration"),
     ("abort: {httpStatus: 199}", "spec.abort.httpStatus", "between 200 and 599"),
     ("abort: {httpStatus: 600}", "spec.abort.httpStatus", "between 200 and 599"),
+    ("abort: {httpStatus: 204}", "spec.abort.httpStatus", "an abort with 204 (an answer without "
+                                                          "content) is not implemented"),
     ("abort: {httpStatus: '503'}", "spec.abort.httpStatus", "must be an integer"),
     ("abort: {httpStatus: 503, percentage: {value: 100.5}}", "spec.abort.percentage.value",
      "neither 0 nor from 0.0001 to 100"),
