@@ -170,3 +170,17 @@ def test_bad_fault_input_is_refused_by_name(mesh: Mesh) -> None:
         t.add_route_fault(rule, delay_s=-1)
     with pytest.raises(ValueError, match="no route rule 7"):
         t.add_route_fault(7, delay_s=1)
+
+
+def test_a_delay_on_a_redirecting_rule_holds_then_redirects(mesh: Mesh) -> None:
+    t, ix = mesh.outbound()
+    s = t.add_route_set(ix["backend"])
+    rule = t.add_route_rule("demo/r#0", [], redirect={"hostname": "elsewhere.example"})
+    t.add_route_fault(rule, delay_s=0.3, delay_percent=100)
+    t.add_route_match(s, rule)
+    mesh.out_node.install(t)
+    started = time.monotonic()
+    status, heads, _ = send(mesh, "/p")
+    assert time.monotonic() - started >= 0.3
+    assert (status, heads["location"]) == (302, "http://elsewhere.example/p")
+    assert mesh.out_node.stats()["faults_delayed"] == 1 and backend_contacts(mesh) == 0
