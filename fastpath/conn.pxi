@@ -62,6 +62,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.hash_state = 0
     c.hash_cookie = 0
     c.pend_cookie = 0
+    c.fault_until_ns = 0
     c.down.fd = -1
     c.down.ssl = NULL
     c.down.readable = True

@@ -323,6 +323,18 @@ cdef struct RetryPolicy:
     uint32_t min_used
 
 
+# A rule's fault injection (fault.pxi): an ExtensionRef filter naming a meshnode.io
+# FaultInjection (Istio's HTTPFaultInjection). Chances are parts per million, drawn
+# independently (Istio: "delay and abort faults are independent of one another").
+cdef struct RouteFault:
+    int64_t delay_ns               # fixedDelay (0: no delay)
+    uint32_t delay_ppm             # the chance a request is held that long first
+    uint16_t abort_status          # httpStatus (0: no abort)
+    uint32_t abort_ppm             # the chance a request is answered it, at once
+    bint unresolved                # the filter names nothing meshnode has: every
+                                   # request the rule takes is answered 500
+
+
 cdef struct RouteRule:
     Name name                      # "ns/route" and the rule's index or name: for figures
     RouteBackend* backends         # in order; none: every request is answered 500
@@ -346,6 +358,7 @@ cdef struct RouteRule:
                                    # `route` of its requests' figures (0: not looked up)
     int64_t try_timeout_ns
     RetryPolicy* retry             # malloc'd; NULL: no retries (retry.pxi)
+    RouteFault* fault              # its FaultInjection (fault.pxi), owned; NULL: none
 
 
 cdef struct RouteSet:
@@ -724,6 +737,10 @@ cdef struct Conn:
     uint8_t hash_state
     uint64_t hash_cookie
     uint32_t pend_cookie
+    # HTTP outbound: the request at d2u offset 0 is held by its rule's fault delay until
+    # then (fault.pxi; 0: none): nothing more is read, its route is decided.
+    int64_t fault_until_ns
+    int64_t fault_delay_ns         # the delay a route pick drew, until it is held
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
@@ -851,6 +868,11 @@ cdef struct Counters:
     uint64_t route_rewrites        # request heads a URLRewrite changed
     uint64_t route_retries         # tries made again by a route's retry (retry.pxi)
     uint64_t route_retries_over_budget  # failures passed on as they were: no budget left
+    # Fault injection (fault.pxi): requests held by a fault delay, answered by a fault
+    # abort, and answered 500 because their rule's ExtensionRef filter did not resolve.
+    uint64_t faults_delayed
+    uint64_t faults_aborted
+    uint64_t route_filter_unresolved
     # Out of descriptors with no spare left: the listeners left the loop for
     # ENGINE_ACCEPT_PAUSE_MS instead of reporting the same backlog in a busy loop.
     uint64_t accept_paused
@@ -1003,6 +1025,7 @@ cdef class RouteTable:
     cdef list _route_mirrors       # (rule index, service index, numerator, denominator)
     cdef dict _hashes              # service index -> (key kind, name bytes, path bytes,
                                    # ttl s, slots) (hashing.pxi)
+    cdef list _route_faults        # (rule index, fault tuple) (fault.pxi)
 
     cdef int _check_fd(self, int fd) except -1
     cdef int _add_caller(self, str address, object client_ctx, str identity,

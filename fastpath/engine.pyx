@@ -284,6 +284,7 @@ include "router.pxi"        # request -> service; switching a client between ser
 include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, weights, edits
 include "route_filters.pxi" # a route's URLRewrite and RequestRedirect
 include "retry.pxi"         # a route's retries: kept requests, backoff, budget, replay
+include "fault.pxi"         # a route rule's fault injection: delay on the wheel, abort
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
 include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
@@ -591,6 +592,9 @@ cdef class Engine:
         out["route_rewrites"] = snap.route_rewrites
         out["route_retries"] = snap.route_retries
         out["route_retries_over_budget"] = snap.route_retries_over_budget
+        out["faults_delayed"] = snap.faults_delayed
+        out["faults_aborted"] = snap.faults_aborted
+        out["route_filter_unresolved"] = snap.route_filter_unresolved
         out["rejected_source_handshakes"] = snap.rejected_source_handshakes
         out["accept_paused"] = snap.accept_paused
         # RequestMirror (mirror.pxi): copies sent whole, copies given up, the slots for

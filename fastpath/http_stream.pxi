@@ -498,6 +498,8 @@ cdef int _http_head(Core* core, Conn* c) noexcept nogil:
     cdef bint fresh
     cdef bint buffered = f.buf != NULL and f.tail > f.head
     cdef ReqHead req
+    if c.fault_until_ns != 0:
+        return _fault_waiting(core, c)  # its request is held by a fault delay (fault.pxi)
     if buffered and f.head > 0:
         memmove(f.buf, f.buf + f.head, f.tail - f.head)
         f.tail -= f.head

@@ -75,6 +75,8 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         backend, rule, st = c.decided_service, c.decided_rule, c.decided_status
     else:
         st = _route_pick(core, c, parent, c.d2u.buf + c.d2u.head, req, &backend, &rule)
+    if st & _FAULT_HOLD:
+        return _fault_hold(core, c, backend, rule, st & ~_FAULT_HOLD)   # fault.pxi
     if st != 0:
         c.service = parent              # counted for the service the request named
         c.req_rule = rule               # ... and the route whose rule answers (500)
@@ -85,6 +87,8 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         elif st < 400:
             return _redirect_reply(core, c, c.d2u.buf + c.d2u.head, req,
                                    c.table.rules[rule].url)
+        elif st > _FAULT_STATUS:
+            _fault_answer(core, c, st)
         else:
             _http_reply(core, c, st, b"no valid backend for the request's route\n", -1)
         return STATUS_CLOSE

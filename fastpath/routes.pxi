@@ -144,7 +144,8 @@ cdef int _route_pick(Core* core, Conn* c, uint32_t parent, const char* head,
     """Where a request (its head at `head`, parsed into `req`) for service `parent`
     goes: 0 with the backend service and the rule (-1: the service has no routes for
     this caller, the request goes to it), or the status the engine answers: 404 (no
-    rule matches), 500 (its rule has no valid backend for it)."""
+    rule matches), 500 (its rule has no valid backend for it); or a fault's status
+    (fault.pxi: an abort, or the backend and rule with a delay first)."""
     cdef Table* t = c.table
     cdef const Service* svc = &t.services[parent]
     cdef const RouteSet* s
@@ -155,6 +156,7 @@ cdef int _route_pick(Core* core, Conn* c, uint32_t parent, const char* head,
     cdef const char* mark
     cdef uint32_t i
     cdef uint64_t pick
+    cdef int fault = 0
     service[0] = parent
     rule[0] = -1
     if svc.n_sets == 0:
@@ -183,8 +185,13 @@ cdef int _route_pick(Core* core, Conn* c, uint32_t parent, const char* head,
     rule[0] = <int32_t>t.entries[i].rule
     r = &t.rules[t.entries[i].rule]
     core.counters.route_matched += 1
+    if r.fault != NULL:
+        fault = _fault_pick(core, c, r.fault)
+        if fault != 0 and not fault & _FAULT_HOLD:
+            return fault                # answered at once, no backend (fault.pxi)
     if r.url != NULL and r.url.redirect != 0:
-        return r.url.redirect           # answered by the node (route_filters.pxi)
+        return fault | r.url.redirect   # answered by the node (route_filters.pxi), after
+                                        # a fault delay drawn (fault.pxi)
     if r.total_weight == 0:
         core.counters.route_no_backend += 1
         return 500
@@ -199,7 +206,7 @@ cdef int _route_pick(Core* core, Conn* c, uint32_t parent, const char* head,
     service[0] = <uint32_t>r.backends[i].service
     if r.backends[i].rule >= 0:
         rule[0] = r.backends[i].rule    # the backendRef's own filters with the rule's
-    return 0
+    return fault                        # 0, or held first (fault.pxi)
 
 
 cdef int64_t _route_edit(char* buf, uint32_t total, uint32_t cap, const HeaderEdit* edits,

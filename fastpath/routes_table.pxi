@@ -175,6 +175,7 @@ cdef void _routes_free(Table* t) noexcept nogil:
         for i in range(t.n_rules):
             _name_free(&t.rules[i].name)
             free(t.rules[i].backends)
+            free(t.rules[i].fault)
             _edits_free(t.rules[i].request_edits, t.rules[i].n_request_edits)
             _edits_free(t.rules[i].response_edits, t.rules[i].n_response_edits)
             _url_free(t.rules[i].url)

@@ -412,6 +412,7 @@ cdef class RouteTable:
         self._route_rules = []
         self._route_mirrors = []
         self._hashes = {}
+        self._route_faults = []
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -715,6 +716,20 @@ cdef class RouteTable:
             self._route_rules, self._route_mirrors, self._services, rule_index,
             service_index, numerator, denominator))
 
+    def add_route_fault(self, int rule_index, double delay_s=0.0, double delay_percent=0.0,
+                        int abort_status=0, double abort_percent=0.0,
+                        bint unresolved=False) -> None:
+        """Fault injection on rule `rule_index` (fault.pxi, Istio's HTTPFaultInjection):
+        each request it takes is held `delay_s` first with a chance of `delay_percent`,
+        and answered `abort_status` (200..599; 0: none) without a backend with a chance
+        of `abort_percent` (0..100 each, drawn independently; both drawn: the delay, then
+        the abort). `unresolved`: the rule's filter names nothing the node has: every
+        request it takes is answered 500. A later call for one rule replaces this one."""
+        if not 0 <= rule_index < len(self._route_rules):
+            raise ValueError("no route rule %d" % rule_index)
+        self._route_faults.append((rule_index, _fault_spec(
+            rule_index, delay_s, delay_percent, abort_status, abort_percent, unresolved)))
+
     def add_route_match(self, int set_index, int rule_index, path=None, str method=None,
                         headers=(), query=()) -> None:
         """The next match of set `set_index`, in precedence order: a request it holds
@@ -917,6 +932,7 @@ cdef class RouteTable:
             _routes_build(t, self._route_sets, self._route_rules)
             _mirrors_build(t, _with_variants(self._route_rules, self._route_mirrors))
             _hash_build(t, self._hashes)
+            _faults_build(t, self._route_faults)
 
             if self._routes:
                 t.routes = <InboundRoute*>calloc(len(self._routes), sizeof(InboundRoute))

@@ -273,6 +273,9 @@ cdef void _conn_expired(Core* core, Conn* c) noexcept nogil:
             # request line: HTTP (framed; its head has its own timeout), so that a
             # request sent in two parts, the second after the deadline, is not relayed.
             _settle(core, c, _sniffed(core, c, c.d2u.tail > 0))
+    elif c.fault_until_ns != 0:
+        if now >= c.fault_until_ns:
+            _settle(core, c, _fault_release(core, c))   # a fault delay is over (fault.pxi)
     elif now >= c.deadline_ns:
         if c.state == CONN_HTTP_HEAD:
             core.counters.http_head_timeouts += 1

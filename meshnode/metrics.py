@@ -56,6 +56,12 @@ _COUNTS = (
      "RequestMirror copies sent whole to their mirror backend"),
     ("http_mirror_dropped", "meshnode_mirror_dropped_requests",
      "RequestMirror copies given up before they were sent whole"),
+    ("faults_delayed", "meshnode_faults_delayed",
+     "Requests a route's FaultInjection held for its delay"),
+    ("faults_aborted", "meshnode_faults_aborted",
+     "Requests a route's FaultInjection answered itself, no backend contacted"),
+    ("route_filter_unresolved", "meshnode_route_filter_unresolved",
+     "Requests answered 500: their rule's ExtensionRef filter names nothing the node has"),
     ("stats_overflow", "meshnode_request_figures_overflow",
      "Answers counted without their labels: the engine's label sets were used up"),
 )

@@ -34,6 +34,14 @@ def _url(spec: dict[str, Any] | None) -> dict[str, Any] | None:
     return {**spec, "path": (path["type"], path["value"]) if path else None}
 
 
+def _fault_args(fault: dict[str, Any]) -> dict[str, Any]:
+    """A rule's FaultInjection (or unresolved ExtensionRef filter: every request 500)."""
+    if fault.get("unresolved"):
+        return {"unresolved": True}
+    return {"delay_s": float(fault["delay_s"]), "delay_percent": float(fault["delay_percent"]),
+            "abort_status": int(fault["abort_status"]), "abort_percent": float(fault["abort_percent"])}
+
+
 def _rule_name(rule: dict[str, Any]) -> str:
     return f"{rule['route']}#{rule.get('name') or rule['index']}"
 
@@ -76,6 +84,8 @@ def install(table: RouteTable, route_sets: Iterable[dict[str, Any]],
                 if index is not None:
                     table.add_route_mirror(rules[-1], index, int(mirror["numerator"]),
                                            int(mirror["denominator"]))
+            if rule.get("fault"):
+                table.add_route_fault(rules[-1], **_fault_args(rule["fault"]))
         for entry in route_set["entries"]:
             table.add_route_match(set_index, rules[entry["rule"]], **_match_args(entry))
         added += 1

@@ -16,7 +16,7 @@ from .destinationrulehash import ConsistentHash, parse_consistent_hash, parse_su
 from .errors import Problem
 from .model import DestinationRule, key_label
 from .routeparse import _metadata
-from .validate import _MISSING, _DNS_LABEL, _Doc, _describe, _fields, _port, _string, join
+from .validate import _MISSING, _DNS_LABEL, _Doc, _describe, _fields, _known_fields, _port, _string, join
 
 _CLUSTER_DOMAIN = "cluster.local"
 
@@ -24,14 +24,7 @@ _CLUSTER_DOMAIN = "cluster.local"
 def _known(d: _Doc, value: object, path: str, level: str,
            required: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """The fields of a mapping at `level`: unknown ones and not implemented ones refused."""
-    fields = _fields(d, value, path, IMPLEMENTED[level] + NOT_IMPLEMENTED[level], required)
-    if fields is None:
-        return None
-    for key in NOT_IMPLEMENTED[level]:
-        if key in fields:
-            d.fail(join(path, key), f"{key} is not implemented yet (meshnode takes "
-                                    f"{', '.join(IMPLEMENTED[level])} here)")
-    return fields
+    return _known_fields(d, value, path, IMPLEMENTED[level], NOT_IMPLEMENTED[level], required)
 
 
 def _host(d: _Doc, value: object, path: str, namespace: str) -> str | None:

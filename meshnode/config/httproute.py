@@ -110,12 +110,22 @@ class URLRewrite:
 
 
 @dataclass(frozen=True)
+class ExtensionRef:
+    """An ExtensionRef filter's object (LocalObjectReference: the route's namespace)."""
+
+    group: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
 class RouteFilter:
-    type: str  # RequestHeaderModifier | ResponseHeaderModifier | RequestMirror | RequestRedirect | URLRewrite
+    type: str  # an HTTPRouteFilter type (routeparse.FILTER_FIELDS); its field below
     headers: HeaderModifier | None = None
     mirror: Mirror | None = None  # RequestMirror
     redirect: RequestRedirect | None = None
     rewrite: URLRewrite | None = None
+    extension_ref: ExtensionRef | None = None  # ExtensionRef's (meshnode: a FaultInjection)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from yaml.nodes import MappingNode, ScalarNode
 
 from .durations import format_duration
 from .destinationruleparse import rule_to_dict
+from .faultparse import fault_to_dict
 from .errors import ConfigError, Problem
-from .model import (API_VERSION, DestinationRule, HTTPRoute, Mesh, MeshSpec, Node, NodeSpec, Resource,
-                    Service, ServiceSpec, Workload, WorkloadSpec)
+from .model import (API_VERSION, DestinationRule, FaultInjection, HTTPRoute, Mesh, MeshSpec, Node, NodeSpec,
+                    Resource, Service, ServiceSpec, Workload, WorkloadSpec)
 from .routeparse import route_to_dict
 from .validate import duplicate_problems, parse_document, validate_set
 
@@ -199,6 +200,8 @@ def to_dict(resource: Resource) -> dict[str, Any]:
         return route_to_dict(resource)  # an upstream kind, in its own apiVersion
     if isinstance(resource, DestinationRule):
         return rule_to_dict(resource)  # Istio's kind, in its own apiVersion
+    if isinstance(resource, FaultInjection):
+        return fault_to_dict(resource)  # Istio's fields, values as written
     metadata: dict[str, Any] = {"name": resource.name}
     if not resource.CLUSTER_SCOPED:
         metadata["namespace"] = resource.namespace

@@ -1,5 +1,5 @@
-"""The resource model: frozen dataclasses for Mesh, Node, Service, Workload, HTTPRoute and
-DestinationRule, and their keys.
+"""The resource model: frozen dataclasses for Mesh, Node, Service, Workload, HTTPRoute,
+DestinationRule and FaultInjection, and their keys.
 
 Objects here are already validated (see validate.py); nothing in this module checks input.
 Map-valued fields are plain dicts so callers can read them naturally: treat them as
@@ -15,6 +15,7 @@ from typing import ClassVar
 from ..ports import Ports
 from .destinationrule import DestinationRuleSpec
 from .errors import NotFound, Problem
+from .fault import FaultInjectionSpec
 from .httproute import HTTPRouteSpec
 
 API_VERSION = "meshnode.io/v1alpha1"
@@ -213,8 +214,16 @@ class DestinationRule(Resource):
     created: str = ""
 
 
+@dataclass(frozen=True)
+class FaultInjection(Resource):
+    """meshnode's fault injection, named by HTTPRoute ExtensionRef filters; its spec: fault.py."""
+
+    KIND: ClassVar[str] = "FaultInjection"
+    spec: FaultInjectionSpec
+
+
 KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Node, Service, Workload, HTTPRoute,
-                                                              DestinationRule)}
+                                                              DestinationRule, FaultInjection)}
 """Every kind, in the order resources are listed (mesh first, then what depends on it)."""
 
 _SHORT_NAMES = {"svc": "Service", "wl": "Workload", "dr": "DestinationRule"}

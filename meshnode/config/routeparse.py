@@ -20,8 +20,9 @@ from fastpath.regex import Regex
 
 from .durations import parse_duration
 from .errors import Problem
-from .httproute import (API_VERSIONS, CORE_GROUPS, GROUP, BackendRef, HeaderModifier, HTTPRouteSpec,
-                        Mirror, ParentRef, PathMatch, RouteFilter, RouteMatch, RouteRule, Timeouts, ValueMatch)
+from .httproute import (API_VERSIONS, CORE_GROUPS, GROUP, BackendRef, ExtensionRef, HeaderModifier,
+                        HTTPRouteSpec, Mirror, ParentRef, PathMatch, RouteFilter, RouteMatch, RouteRule,
+                        Timeouts, ValueMatch)
 from .model import HTTPRoute, Metadata
 from .retryparse import parse_retry, retry_dict
 from .routefilters import check_rule, filter_dict, parse_redirect, parse_rewrite
@@ -32,7 +33,7 @@ T = TypeVar("T")
 
 NOT_IMPLEMENTED: dict[str, tuple[str, ...]] = {
     # Filter types (spec.rules[].filters[].type): the data plane has no step for them yet.
-    "filter types": ("ExtensionRef", "CORS", "ExternalAuth"),
+    "filter types": ("CORS", "ExternalAuth"),
     # Fields of a rule (spec.rules[]).
     "rule fields": ("sessionPersistence",),
     # Fields of a backendRef (spec.rules[].backendRefs[]).
@@ -494,10 +495,12 @@ def _filters(d: _Doc, value: object, path: str, refused: str = "filter types") -
     """A rule's filters, or a backendRef's (`refused`: the NOT_IMPLEMENTED list that says
     which types it may not have yet)."""
     filters = _items(d, value, path, MAX_FILTERS, lambda d, v, p: _filter(d, v, p, refused))
-    # RequestMirror is the one filter that may be repeated (HTTPRouteRule.filters).
-    if filters is None or not _unrepeated(d, filters, path, "type",
-                                          lambda item: None if item.type == "RequestMirror" else item.type,
-                                          lambda kind: f"{kind} filter cannot be repeated"):
+    # RequestMirror and ExtensionRef may be repeated (HTTPRouteRule.filters); one rule
+    # running two ExtensionRefs is not implemented yet.
+    if filters is None or not _unrepeated(
+            d, filters, path, "type", lambda item: None if item.type == "RequestMirror" else item.type,
+            lambda kind: "a second ExtensionRef filter in one rule is not implemented yet"
+            if kind == "ExtensionRef" else f"{kind} filter cannot be repeated"):
         return None
     mirrors = [i for i, item in enumerate(filters) if item.type == "RequestMirror"]
     if len(mirrors) > MAX_MIRRORS:
@@ -535,6 +538,9 @@ def _filter(d: _Doc, value: object, path: str, refused: str) -> RouteFilter | No
         parse = parse_redirect if kind == "RequestRedirect" else parse_rewrite
         parsed = parse(d, fields[member], join(path, member))
         return parsed if ok else None
+    if kind == "ExtensionRef":
+        ref = _extension_ref(d, fields[member], join(path, member))
+        return RouteFilter(kind, extension_ref=ref) if ok and ref is not None else None
     headers = _header_modifier(d, fields[member], join(path, member),
                                request=kind == "RequestHeaderModifier")
     return RouteFilter(kind, headers=headers) if ok and headers is not None else None
@@ -571,6 +577,20 @@ def _mirror(d: _Doc, value: object, path: str) -> Mirror | None:
             return None
         return Mirror(ref, numerator, denominator, "fraction")
     return None if ref is None else Mirror(ref)
+
+
+def _extension_ref(d: _Doc, value: object, path: str) -> ExtensionRef | None:
+    """LocalObjectReference: group ("" is the core group), kind and name, all required;
+    what it names is resolved against the config in force (filters.py), not here."""
+    fields = _fields(d, value, path, ("group", "kind", "name"), required=("group", "kind", "name"))
+    if fields is None:
+        return None
+    group = _opt(d, fields, path, "group", _group, None)
+    kind = _opt(d, fields, path, "kind", _kind, None)
+    name = _opt(d, fields, path, "name", _object_name, None)
+    if None in (group, kind, name):
+        return None
+    return ExtensionRef(group, kind, name)  # type: ignore[arg-type]
 
 
 def _header_modifier(d: _Doc, value: object, path: str, request: bool) -> HeaderModifier | None:
@@ -742,6 +762,10 @@ def _mirror_dict(mirror: Mirror) -> dict[str, Any]:
 
 
 def _filter_dict(f: RouteFilter) -> dict[str, Any]:
+    if f.extension_ref is not None:
+        ref = f.extension_ref
+        return {"type": f.type, FILTER_FIELDS[f.type]: {"group": ref.group, "kind": ref.kind,
+                                                          "name": ref.name}}
     out = filter_dict(f)
     if out is None:
         out = {"type": f.type, FILTER_FIELDS[f.type]: _mirror_dict(f.mirror) if f.mirror

@@ -16,7 +16,9 @@ A route set governs requests to one port of one Service from one group of caller
                 "timeout_s": float | None, "backend_timeout_s": float | None,
                 "mirrors": [{"service": "NS/NAME", "port": 8080, "numerator": 1,
                              "denominator": 100}],
-                "retry": {"codes": [500], "attempts": 3, "backoff_s": 0.1} | None}, ...]}
+                "retry": {"codes": [500], "attempts": 3, "backoff_s": 0.1} | None,
+                "fault": None | {"delay_s", "delay_percent", "abort_status", "abort_percent",
+                                 "unresolved"} (filters.py)}, ...]}
 
 The data plane takes the first entry whose match holds (none: 404); an entry's rule
 picks a backend by weight (none: 500, and an unresolved one's share is 500 too), or
@@ -44,6 +46,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .filters import FaultInjections, faults_of, rule_fault
 from .httproute import CORE_GROUPS, BackendRef, HeaderModifier, ParentRef, RouteFilter, RouteMatch, RouteRule, ValueMatch
 from .model import HTTPRoute, Resource, Service, ServicePort
 from .retryparse import retry_snapshot
@@ -186,7 +189,8 @@ def _modifier(filters: tuple[RouteFilter, ...], kind: str) -> dict[str, Any] | N
             "remove": list(mod.remove)}
 
 
-def _rule(route: HTTPRoute, index: int, rule: RouteRule, services: Services, port: int) -> dict[str, Any]:
+def _rule(route: HTTPRoute, index: int, rule: RouteRule, services: Services, port: int,
+          faults: FaultInjections) -> dict[str, Any]:
     backends = []
     for ref in rule.backend_refs:
         if ref.weight == 0:
@@ -207,7 +211,8 @@ def _rule(route: HTTPRoute, index: int, rule: RouteRule, services: Services, por
             "timeout_s": timeouts.request_s if timeouts else None,
             "backend_timeout_s": timeouts.backend_request_s if timeouts else None,
             "mirrors": _mirrors(route, rule, services),
-            "retry": retry_snapshot(rule.retry)}
+            "retry": retry_snapshot(rule.retry),
+            "fault": rule_fault(rule, route.namespace, faults)}
 
 
 def _mirrors(route: HTTPRoute, rule: RouteRule, services: Services) -> list[dict[str, Any]]:
@@ -224,13 +229,13 @@ def _mirrors(route: HTTPRoute, rule: RouteRule, services: Services) -> list[dict
 
 
 def _route_set(service: str, port: int, consumer: str | None, members: list[HTTPRoute],
-               services: Services) -> dict[str, Any]:
+               services: Services, faults: FaultInjections) -> dict[str, Any]:
     rules: list[dict[str, Any]] = []
     ranked: list[tuple[tuple[int, int, bool, int, int], int, int, int, dict[str, Any]]] = []
     for position, route in enumerate(members):  # oldest first, then by namespace/name
         for i, rule in enumerate(route.spec.rules):
             at = len(rules)
-            rules.append(_rule(route, i, rule, services, port))
+            rules.append(_rule(route, i, rule, services, port, faults))
             for j, match in enumerate(rule.matches or (RouteMatch(),)):
                 ranked.append((_precedence(match), position, i, j, _entry(match, at)))
     ranked.sort(key=lambda item: item[:4])
@@ -251,5 +256,6 @@ def compile_routes(resources: Iterable[Resource]) -> list[dict[str, Any]]:
             for port in attachment.ports:
                 sets.setdefault((attachment.service, port, attachment.consumer_namespace), []).append(route)
     ordered = sorted(sets.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] is not None, kv[0][2] or ""))
-    return [_route_set(service, port, consumer, members, services)
+    faults = faults_of(resources)
+    return [_route_set(service, port, consumer, members, services, faults)
             for (service, port, consumer), members in ordered]

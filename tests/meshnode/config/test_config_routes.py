@@ -49,11 +49,12 @@ def test_a_route_set_has_exactly_the_contracts_shape() -> None:
              "request_headers": {"set": [["X-Route", "canary"]], "add": [], "remove": []},
              "response_headers": {"set": [], "add": [], "remove": ["Server"]},
              "redirect": None, "rewrite": None, "timeout_s": 10.0, "backend_timeout_s": None,
-             "mirrors": [], "retry": {"codes": [503], "backoff_s": 0.05}},
+             "mirrors": [], "retry": {"codes": [503], "backoff_s": 0.05}, "fault": None},
             {"route": "shop/api", "index": 1, "name": None,
              "backends": [{"service": "shop/api", "port": 80, "weight": 1}],
              "request_headers": None, "response_headers": None, "redirect": None, "rewrite": None,
-             "timeout_s": None, "backend_timeout_s": None, "mirrors": [], "retry": None},
+             "timeout_s": None, "backend_timeout_s": None, "mirrors": [], "retry": None,
+             "fault": None},
         ],
     }]
     assert json.loads(json.dumps(snapshot)) == snapshot  # plain data, as it travels
