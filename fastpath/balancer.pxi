@@ -128,6 +128,7 @@ cdef bint _rebalance(Core* core, Conn* c, const char* head, const ReqHead* req) 
             2.0 * _p2c_cost(core, svc, &svc.endpoints[k], True) < _p2c_cost(core, svc, cur, True)):
         return False
     core.counters.http_rebalanced += 1
+    c.rebalance_to = k + 1              # bound at the switch (_bind_endpoint)
     return True
 
 
@@ -178,9 +179,13 @@ cdef void _bind_endpoint(Core* core, Conn* c, Service* svc) noexcept nogil:
     has no choice to weigh: its pairs are not counted and take no latency samples (the
     per-request path stays as it was); should a later table give the endpoint company,
     it starts from the default estimate and counts the pairs bound from then on."""
+    cdef uint32_t k = c.rebalance_to
     _load_release(core, c)
+    c.rebalance_to = 0
     if svc.hash != NULL:
         c.endpoint = _hash_pick(core, c, svc)   # the key of the request (hashing.pxi)
+    elif 0 < k <= svc.n_endpoints and _endpoint_up(core, &svc.endpoints[k - 1]):
+        c.endpoint = k - 1              # where _rebalance moved the request
     else:
         c.endpoint = _pick_endpoint(core, svc, (c.flags & CONN_HTTP) != 0)
     if svc.n_endpoints < 2:

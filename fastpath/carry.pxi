@@ -96,6 +96,7 @@ cdef bint _adopt(Core* core, Conn* c) noexcept nogil:
     ctx = _listener_identity(core, c, t, l, &principal, &ns)
     c.caller_ns = ns
     c.flags &= ~CONN_ROUTE_DECIDED     # decided on the old table: routed again here
+    c.rebalance_to = 0
     if c.flags & CONN_FIXED_SERVICE:
         c.service = l.service
         c.parent = l.service

@@ -737,6 +737,9 @@ cdef struct Conn:
     uint8_t hash_state
     uint64_t hash_cookie
     uint32_t pend_cookie
+    # The endpoint index + 1 that _rebalance (balancer.pxi) moved the next request to,
+    # bound at its switch (0: none; cleared when the pair moves to a newer table).
+    uint32_t rebalance_to
     # HTTP outbound: the request at d2u offset 0 is held by its rule's fault delay until
     # then (fault.pxi; 0: none): nothing more is read, its route is decided.
     int64_t fault_until_ns

@@ -246,6 +246,9 @@ cdef int _retry_discard(Core* core, Conn* c) noexcept nogil:
     c.up.readable = True
     c.up.hup = False
     c.flags &= ~(CONN_RETRYABLE | CONN_TICKET_WAIT | CONN_OFFERED_SESSION | CONN_SETTING_UP)
+    free(c.peer_id)                     # the next try's upstream brings its own
+    c.peer_id = NULL
+    c.peer_id_length = 0
     if c.u2d.buf != NULL:
         _buf_put(core, c.u2d.buf)
     memset(&c.u2d, 0, sizeof(Flow))

@@ -190,8 +190,9 @@ cdef int _route_pick(Core* core, Conn* c, uint32_t parent, const char* head,
         if fault != 0 and not fault & _FAULT_HOLD:
             return fault                # answered at once, no backend (fault.pxi)
     if r.url != NULL and r.url.redirect != 0:
-        return fault | r.url.redirect   # answered by the node (route_filters.pxi), after
-                                        # a fault delay drawn (fault.pxi)
+        # Answered by the node (route_filters.pxi), after a fault delay drawn (fault.pxi);
+        # an abort drawn with the delay answers instead of the redirect.
+        return fault if fault & _FAULT_ANSWER else fault | r.url.redirect
     if r.total_weight == 0:
         core.counters.route_no_backend += 1
         return 500

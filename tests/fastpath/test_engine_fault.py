@@ -184,3 +184,18 @@ def test_a_delay_on_a_redirecting_rule_holds_then_redirects(mesh: Mesh) -> None:
     assert time.monotonic() - started >= 0.3
     assert (status, heads["location"]) == (302, "http://elsewhere.example/p")
     assert mesh.out_node.stats()["faults_delayed"] == 1 and backend_contacts(mesh) == 0
+
+
+def test_an_abort_drawn_with_a_delay_on_a_redirecting_rule_answers_the_abort(mesh: Mesh) -> None:
+    t, ix = mesh.outbound()
+    s = t.add_route_set(ix["backend"])
+    rule = t.add_route_rule("demo/r#0", [], redirect={"hostname": "elsewhere.example"})
+    t.add_route_fault(rule, delay_s=0.2, delay_percent=100, abort_status=503, abort_percent=100)
+    t.add_route_match(s, rule)
+    mesh.out_node.install(t)
+    started = time.monotonic()
+    status, heads, _ = send(mesh, "/p")
+    # Held first, then the abort: not the redirect, and not the two statuses mixed.
+    assert time.monotonic() - started >= 0.2
+    assert status == 503 and "location" not in heads
+    assert backend_contacts(mesh) == 0

@@ -187,12 +187,14 @@ def test_an_endpoint_leaving_the_config_moves_few_other_keys(
     farm, before = header_farm(make_farm, balancer)
     hashed(farm, balancer, farm.addresses()[:2], key="header", name="x-user")
     after = by_header(farm)
-    # Both promise minimal disruption, not none: a ring of the least size gives each
-    # endpoint left more points (Envoy's scaling), a Maglev table re-deals a few
-    # slots. Judged on counts: of the 40 or so others' keys, at most 6 move (a
-    # modulo hash would move two thirds of them).
+    # Both promise minimal disruption, not none. A Maglev table re-deals a few slots: of
+    # the 40 or so others' keys, at most 6 move. A ring of the least size gives each
+    # endpoint left more points (Envoy's scaling: 342 to 512 of 1024 here), and about
+    # a sixth of the ring changes hands between the two left: about 7 keys expected,
+    # where the ports the test got place the points; 16 is over 3.5 sd above that. A
+    # modulo hash would move two thirds of them (27).
     others = [k for k in KEYS if before[k] != "app2"]
-    assert sum(after[k] != before[k] for k in others) <= 6
+    assert sum(after[k] != before[k] for k in others) <= (6 if balancer == "maglev" else 16)
     assert "app2" not in after.values()
 
 
