@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .durations import DurationError, parse_duration
-from .validate import _Doc, _bool, _describe, _dns_label, _fields, _int, _labels, _string, join
+from .validate import (_Doc, _bool, _describe, _dns_label, _fields, _int, _known_fields, _labels,
+                       _string, join)
 
 RING_DEFAULT = 1024            # Istio's and Envoy's minimumRingSize
 RING_MAX = 1048576             # fastpath hashing.pxi HASH_RING_MAX: 12 MiB a service a worker
@@ -118,13 +119,9 @@ def _name(d: _Doc, value: object, path: str, token: bool) -> str | None:
 
 
 def _cookie(d: _Doc, value: object, path: str) -> tuple[str, str, int] | None:
-    cookie = _fields(d, value, path, COOKIE_FIELDS + NOT_IMPLEMENTED_COOKIE)
+    cookie = _known_fields(d, value, path, COOKIE_FIELDS, NOT_IMPLEMENTED_COOKIE)
     if cookie is None:
         return None
-    for key in NOT_IMPLEMENTED_COOKIE:
-        if key in cookie:
-            d.fail(join(path, key), f"{key} is not implemented yet (meshnode takes "
-                                    f"{', '.join(COOKIE_FIELDS)} here)")
     # Istio's own validation: both required ("name required for HttpCookie", "ttl ...").
     for key in ("name", "ttl"):
         if key not in cookie:
