@@ -16,7 +16,8 @@ from .backendtrafficpolicy import (API_VERSION, IMPLEMENTED, MAX_BUDGET_INTERVAL
 from .durations import parse_duration
 from .errors import Problem
 from .model import XBackendTrafficPolicy
-from .routeparse import _gateway_duration, _group, _items, _kind, _metadata, _object_name, _unrepeated
+from .routeparse import (_gateway_duration, _group, _items, _kind, _metadata, _object_name, _unrepeated,
+                         metadata_dict)
 from .validate import _Doc, _describe, _fields, _int, _known_fields, document_label, join
 
 
@@ -137,11 +138,7 @@ def _constraint_dict(c: RetryConstraint) -> dict[str, Any]:
 
 def policy_to_dict(policy: XBackendTrafficPolicy) -> dict[str, Any]:
     """The policy as written (fields left out stay out); parsed back equal."""
-    meta = policy.metadata
-    metadata: dict[str, Any] = {"name": policy.name, "namespace": policy.namespace}
-    metadata.update((key, value) for key, value in (
-        ("creationTimestamp", policy.created), ("labels", dict(meta.labels)),
-        ("annotations", dict(meta.annotations))) if value)
+    metadata = metadata_dict(policy.metadata, policy.created)
     spec: dict[str, Any] = {"targetRefs": [{"group": t.group, "kind": t.kind, "name": t.name}
                                            for t in policy.spec.target_refs]}
     if policy.spec.retry_constraint is not None:
