@@ -173,6 +173,7 @@ cdef struct Service:
     uint32_t first_set             # its route sets: Table.sets[first_set : + n_sets]
     uint32_t n_sets                # (0: no HTTPRoute: requests go to the service itself)
     HashPolicy* hash               # BALANCE_RING_HASH / MAGLEV: owned (hashing.pxi)
+    RetryBudget* budget            # in Table.budgets; shared by one Service's ports
 
 
 cdef struct OutboundListener:
@@ -296,7 +297,8 @@ cdef struct RouteMirror:
     uint32_t denominator           # >= 1
 
 
-# A rule's `retry` (Gateway API GEP-1731) and its retry budget (retry.pxi).
+# A rule's `retry` (Gateway API GEP-1731) (retry.pxi); the budget it draws on is its
+# backend service's (RetryBudget, budget.pxi).
 cdef enum:
     ENGINE_RETRY_SLOTS = 10        # the budget's window, in this many slots
     ENGINE_RETRY_CODE_WORDS = 4    # codes 400..599, a bit each
@@ -306,21 +308,31 @@ cdef struct RetryPolicy:
     uint32_t attempts              # retries after the first try (>= 1)
     uint64_t codes[ENGINE_RETRY_CODE_WORDS]   # bit (code - 400): retried
     int64_t backoff_ns             # the least wait before a retry
-    # The budget (Linkerd's; Gateway API XBackendTrafficPolicy retryConstraint): a
-    # retry is allowed while the window's retries stay within `percent` of its
-    # requests, or while fewer than `min_count` were made in the current
-    # `min_interval_ns` (the floor for quiet routes).
-    uint32_t percent
-    int64_t window_ns
-    uint32_t min_count
-    int64_t min_interval_ns
-    # Engine thread only: requests and retries per slot of the window (a ring), the
-    # slot number (now / slot length) of the newest, and the floor's own window.
+
+
+# A destination Service's retry budget (budget.pxi; Linkerd's, as Gateway API
+# XBackendTrafficPolicy retryConstraint sets it; GEP-3388: one per destination service,
+# across its routes): a retry toward the service is allowed while the window's retries
+# stay within `percent` of its requests, or while fewer than `min_count` were made in
+# the current `min_interval_ns` (the floor for quiet services). Shared by the service's
+# ports (Table.budgets); engine thread only past the build.
+cdef struct RetryBudget:
+    uint32_t percent               # 0..100
+    int64_t slot_ns                # the window (budget.interval) / ENGINE_RETRY_SLOTS
+    uint32_t min_count             # minRetryRate.count (0: no floor)
+    int64_t min_interval_ns        # minRetryRate.interval
+    # Requests and retries per slot of the window (a ring), the slot number (now /
+    # slot_ns) of the newest, its ring index and when it ends (0: never rolled): a
+    # request inside the current slot costs a compare and an add.
     uint32_t requests[ENGINE_RETRY_SLOTS]
     uint32_t retries[ENGINE_RETRY_SLOTS]
     int64_t slot_at
+    uint32_t slot
+    int64_t slot_end_ns
+    # The floor's own window: since when, and the retries it allowed in it.
     int64_t min_since_ns
     uint32_t min_used
+    bint carried                   # a swap gave it the previous table's counts
 
 
 # A rule's fault injection (fault.pxi): an ExtensionRef filter naming a meshnode.io
@@ -437,6 +449,8 @@ cdef struct Table:
     uint32_t n_rules
     Name* namespaces
     uint32_t n_namespaces
+    RetryBudget* budgets           # every service's retry budget (budget.pxi)
+    uint32_t n_budgets
     uint32_t request_grow          # the most any rule's request edits add to a head
     uint32_t response_grow         # ... and its response edits (and a generated
                                    # consistent-hash cookie's Set-Cookie line)
@@ -1029,6 +1043,7 @@ cdef class RouteTable:
     cdef dict _hashes              # service index -> (key kind, name bytes, path bytes,
                                    # ttl s, slots) (hashing.pxi)
     cdef list _route_faults        # (rule index, fault tuple) (fault.pxi)
+    cdef list _retry_budgets       # ((service index, ...), budget tuple) (budget.pxi)
 
     cdef int _check_fd(self, int fd) except -1
     cdef int _add_caller(self, str address, object client_ctx, str identity,

@@ -283,7 +283,8 @@ include "http_stream.pxi"   # HTTP/1.1 framing both ways, per-request state
 include "router.pxi"        # request -> service; switching a client between services
 include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, weights, edits
 include "route_filters.pxi" # a route's URLRewrite and RequestRedirect
-include "retry.pxi"         # a route's retries: kept requests, backoff, budget, replay
+include "retry.pxi"         # a route's retries: kept requests, backoff, replay
+include "budget.pxi"        # retry budgets per destination service (GEP-3388)
 include "fault.pxi"         # a route rule's fault injection: delay on the wheel, abort
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
 include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped

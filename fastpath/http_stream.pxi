@@ -407,8 +407,10 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     if c.req_rule >= 0 and c.table.rules[c.req_rule].n_mirrors > 0:
         # RequestMirror: a copy of the head as edited; its body follows (mirror.pxi).
         _mirror_begin(core, c, req, c.d2u.buf + base, <uint32_t>(req.head_len + delta))
+    if not c.flags & CONN_INBOUND:
+        _budget_deposit(core, c)            # its service's retry budget (budget.pxi)
     if c.req_rule >= 0 and c.table.rules[c.req_rule].retry != NULL:
-        _retry_keep(core, c, req, base)     # counted for its budget, kept for replay
+        _retry_keep(core, c, req, base)     # kept for replay
     return STATUS_OK
 
 

@@ -27,12 +27,10 @@
 # (Envoy's default max_interval) and never less than backoff (GEP-1731: "not retried
 # before the configured minimum duration").
 #
-# Budget: as Linkerd's retry budget: a retry is allowed while the retries over the window
-# (10 s) stay within `percent` (20) of the rule's requests over it, or while fewer than
-# `min_count` (10) retries were made in the current `min_interval` (1 s), so that a quiet
-# route still retries. Over budget, the failed answer goes to the client as it came, and
-# route_retries_over_budget counts it. Per rule and per engine (worker), reset when a new
-# table is installed.
+# Budget: a retry draws on its backend service's retry budget (budget.pxi: Linkerd's, as
+# Gateway API XBackendTrafficPolicy sets it; 20 % of the service's requests over 10 s plus
+# 10 retries a second unless a policy says otherwise). Over budget, the failed answer goes
+# to the client as it came, and route_retries_over_budget counts it.
 #
 # Timeouts (GEP-1742 with GEP-1731): timeouts.request spans every try and the backoffs
 # between them: when it comes first, the client gets 504 then, whatever try or wait is
@@ -40,57 +38,6 @@
 # timeouts.backendRequest bounds each try on its own, and a try that times out is retried
 # like a connection that failed (GEP-1731: "Implementations SHOULD retry on connection
 # errors (disconnect, reset, timeout, TCP failure)").
-
-
-# --- the budget ------------------------------------------------------------------------------
-
-cdef void _budget_roll(Core* core, RetryPolicy* p) noexcept nogil:
-    """Move the budget's ring to the slot now falls in, emptying the slots it passes."""
-    cdef int64_t slot_ns = p.window_ns // ENGINE_RETRY_SLOTS
-    cdef int64_t now_slot = core.now_ns // slot_ns
-    cdef int64_t k
-    cdef uint32_t i
-    if now_slot == p.slot_at:
-        return
-    if now_slot - p.slot_at >= ENGINE_RETRY_SLOTS or p.slot_at == 0:
-        memset(p.requests, 0, sizeof(p.requests))
-        memset(p.retries, 0, sizeof(p.retries))
-    else:
-        for k in range(p.slot_at + 1, now_slot + 1):
-            i = <uint32_t>(k % ENGINE_RETRY_SLOTS)
-            p.requests[i] = 0
-            p.retries[i] = 0
-    p.slot_at = now_slot
-
-
-cdef inline void _budget_deposit(Core* core, RetryPolicy* p) noexcept nogil:
-    """One more request on the rule: room for percent / 100 of a retry."""
-    _budget_roll(core, p)
-    p.requests[p.slot_at % ENGINE_RETRY_SLOTS] += 1
-
-
-cdef bint _budget_withdraw(Core* core, RetryPolicy* p) noexcept nogil:
-    """May a retry be made now? If so it is counted (in the window, and in the floor's
-    interval when that is what allowed it)."""
-    cdef uint64_t requests = 0
-    cdef uint64_t retries = 0
-    cdef uint32_t i
-    cdef bint allowed
-    _budget_roll(core, p)
-    for i in range(ENGINE_RETRY_SLOTS):
-        requests += p.requests[i]
-        retries += p.retries[i]
-    allowed = (retries + 1) * 100 <= requests * p.percent
-    if not allowed:
-        if core.now_ns - p.min_since_ns >= p.min_interval_ns or p.min_since_ns == 0:
-            p.min_since_ns = core.now_ns
-            p.min_used = 0
-        allowed = p.min_used < p.min_count
-        if allowed:
-            p.min_used += 1
-    if allowed:
-        p.retries[p.slot_at % ENGINE_RETRY_SLOTS] += 1
-    return allowed
 
 
 # --- deciding ---------------------------------------------------------------------------------
@@ -174,7 +121,7 @@ cdef bint _retry_wanted(Core* core, Conn* c, int status) noexcept nogil:
         return False
     if r.timeout_ns > 0 and core.now_ns >= c.pend_start_ns[c.pend_first] + r.timeout_ns:
         return False
-    if not _budget_withdraw(core, <RetryPolicy*>p):
+    if not _budget_withdraw(core, c):
         core.counters.route_retries_over_budget += 1
         return False
     return True
@@ -202,15 +149,13 @@ cdef int _retry_answer(Core* core, Conn* c, int status) noexcept nogil:
 
 cdef void _retry_keep(Core* core, Conn* c, const ReqHead* req, uint32_t base) noexcept nogil:
     """A request was just framed (its head at d2u.buf + base) on a rule with a retry
-    policy: counted for the rule's budget, and kept for replay when it is the one
+    policy (already counted for its service's budget: _http_framed): kept for replay when it is the one
     request in flight (its bytes the first framed), asks for no upgrade, and its head
     and body fit replay_max_bytes and the buffer (a Content-Length body's size is known
     now; a chunked one is let go when it outgrows them: _retry_grown, _http_d2u). Its
     bytes move to d2u offset 0."""
-    cdef RetryPolicy* p = c.table.rules[c.req_rule].retry
     cdef Flow* f = &c.d2u
     cdef int64_t whole = c.fwd
-    _budget_deposit(core, p)
     c.tries = 0
     if (c.n_pend != 1 or base != f.head or c.upgrade != UPGRADE_NONE
             or c.flags & CONN_DRAINING):
@@ -329,14 +274,13 @@ cdef void _bind_other(Core* core, Conn* c, Service* svc, uint32_t avoid) noexcep
 
 # --- the rule's policy, from RouteTable.add_route_rule(retry=) (GIL held) -----------------------
 
-_RETRY_DEFAULTS = {"attempts": 1, "codes": (), "backoff_s": 0.025, "budget_percent": 20,
-                   "budget_interval_s": 10.0, "min_retries": 10, "min_retry_interval_s": 1.0}
+_RETRY_DEFAULTS = {"attempts": 1, "codes": (), "backoff_s": 0.025}
 
 
 cdef tuple _retry_args(object retry, str name):
     """add_route_rule's `retry` checked: a dict of _RETRY_DEFAULTS' keys (any left out
-    take those defaults: Envoy's one retry and 25 ms, Linkerd's and Gateway API
-    XBackendTrafficPolicy's budget), as a tuple in that order; None stays None."""
+    take those defaults: Envoy's one retry and 25 ms), as a tuple in that order; None
+    stays None. (The budget is the backend service's: RouteTable.set_retry_budget.)"""
     if retry is None:
         return None
     unknown = set(retry) - set(_RETRY_DEFAULTS)
@@ -350,17 +294,7 @@ cdef tuple _retry_args(object retry, str name):
         raise ValueError("rule %r retry: attempts must be at least 1, not %r" % (name, a["attempts"]))
     if not 0 <= float(a["backoff_s"]) <= 86400:
         raise ValueError("rule %r retry: backoff_s must be 0..86400, not %r" % (name, a["backoff_s"]))
-    if not 0 <= int(a["budget_percent"]) <= 100:
-        raise ValueError("rule %r retry: budget_percent must be 0..100" % name)
-    if not 1 <= float(a["budget_interval_s"]) <= 3600:
-        raise ValueError("rule %r retry: budget_interval_s must be 1..3600" % name)
-    if not 0 <= int(a["min_retries"]) <= 0xFFFFFFFF:
-        raise ValueError("rule %r retry: min_retries must be at least 0" % name)
-    if not 0.001 <= float(a["min_retry_interval_s"]) <= 3600:
-        raise ValueError("rule %r retry: min_retry_interval_s must be 0.001..3600" % name)
-    return (int(a["attempts"]), codes, float(a["backoff_s"]), int(a["budget_percent"]),
-            float(a["budget_interval_s"]), int(a["min_retries"]),
-            float(a["min_retry_interval_s"]))
+    return (int(a["attempts"]), codes, float(a["backoff_s"]))
 
 
 cdef RetryPolicy* _retry_policy(tuple args) except? NULL:
@@ -371,13 +305,9 @@ cdef RetryPolicy* _retry_policy(tuple args) except? NULL:
     p = <RetryPolicy*>calloc(1, sizeof(RetryPolicy))
     if p == NULL:
         raise MemoryError()
-    attempts, codes, backoff_s, percent, window_s, min_count, min_interval_s = args
+    attempts, codes, backoff_s = args
     p.attempts = attempts
     for code in codes:
         p.codes[(code - 400) >> 6] |= (<uint64_t>1) << ((code - 400) & 63)
     p.backoff_ns = <int64_t>(backoff_s * 1e9)
-    p.percent = percent
-    p.window_ns = <int64_t>(window_s * 1e9)
-    p.min_count = min_count
-    p.min_interval_ns = <int64_t>(min_interval_s * 1e9)
     return p

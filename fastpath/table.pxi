@@ -66,6 +66,7 @@ cdef void _table_free(Table* t) noexcept nogil:
                         openssl.SSL_SESSION_free(svc.endpoints[j].session)
                 free(svc.endpoints)
         free(t.services)
+    free(t.budgets)
     if t.routes != NULL:
         for i in range(t.n_routes):
             _chain_free(&t.routes[i].chain)
@@ -237,6 +238,7 @@ cdef void _swap(Core* core, Table* t) noexcept nogil:
             # them and reused the numbers: a delete by fd could hit a pair's socket.)
             _listeners_unwatch(core, old)
         _carry_endpoints(old, t)
+        _budgets_carry(old, t)          # (budget.pxi)
         # What did not move belongs to endpoints that left: no request takes them now.
         core.counters.departed_idle_closed += _close_idle(old)
     core.table = t
@@ -413,6 +415,7 @@ cdef class RouteTable:
         self._route_mirrors = []
         self._hashes = {}
         self._route_faults = []
+        self._retry_budgets = []
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -496,6 +499,26 @@ cdef class RouteTable:
                 eps.append((str(host), int(port), version_b))
         self._services.append((name, sni_b, ids, eps, BALANCERS[balancer]))
         return len(self._services) - 1
+
+    def set_retry_budget(self, service_indexes, long long percent=20, double interval_s=10.0,
+                         long long min_retries=10, double min_retry_interval_s=1.0) -> None:
+        """The retry budget of one destination Service (budget.pxi; Gateway API
+        XBackendTrafficPolicy retryConstraint), shared by its ports `service_indexes`:
+        retries toward them may be up to `percent` of their requests over the last
+        `interval_s` (budget), and at least `min_retries` in each `min_retry_interval_s`
+        (minRetryRate; 0: no floor). A service no call names has a budget of its own
+        with these defaults (Linkerd's and Gateway API's)."""
+        indexes = tuple(int(i) for i in service_indexes)
+        if not indexes:
+            raise ValueError("retry budget: name at least one service")
+        taken = {i for named, _ in self._retry_budgets for i in named}
+        for i in indexes:
+            if not 0 <= i < len(self._services):
+                raise ValueError("retry budget: no service %d (add_service() first)" % i)
+            if i in taken or indexes.count(i) > 1:
+                raise ValueError("retry budget: service %d already has one" % i)
+        self._retry_budgets.append((indexes, _budget_args(percent, interval_s, min_retries,
+                                                          min_retry_interval_s)))
 
     def set_hash(self, int service_index, str key not None, str name=None, str path=None,
                  ttl_s=None, int slots=0) -> None:
@@ -656,8 +679,8 @@ cdef class RouteTable:
         request's framing until its answer is whole, over all its tries, else 504 (0:
         none; Gateway API's timeouts.request); `backend_timeout_s` likewise for each try
         (backendRequest); `retry`: Gateway API's `retry` as a dict (retry.pxi's
-        _RETRY_DEFAULTS: attempts, codes, backoff_s, and the retry budget), None: no
-        retries. `redirect`: the node answers every request with it ({"status", "scheme",
+        _RETRY_DEFAULTS: attempts, codes, backoff_s; the budget its retries draw on is
+        the backend service's, set_retry_budget()), None: no retries. `redirect`: the node answers every request with it ({"status", "scheme",
         "hostname", "port", "path": (type, value), "prefix"}: port 0 or None writes none;
         hostname None keeps the request's); `rewrite`: {"hostname", "path", "prefix"}
         edits each request's Host and path (route_filters_table.pxi). `name`: for
@@ -878,6 +901,8 @@ cdef class RouteTable:
                 for j, (host, port, version_b) in enumerate(eps):
                     _sockaddr(host, port, &svc.endpoints[j].addr, &svc.endpoints[j].addrlen)
                     _name_set(&svc.endpoints[j].version, version_b)
+
+            _budgets_build(t, self._retry_budgets)
 
             outbound = list(self._outbound)
             if self._http_fd >= 0:

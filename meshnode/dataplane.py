@@ -232,6 +232,7 @@ class DataPlane:
         for svc in services:
             if not svc["identities"]:
                 continue  # no endpoints: nothing to route to
+            ports: list[int] = []   # the engine services of its ports: one retry budget
             for port in svc["ports"]:
                 sni = sni_for(port["name"], svc["fqdn"])
                 endpoints = self._endpoints(svc, port, nodes)
@@ -239,6 +240,7 @@ class DataPlane:
                 self.service_fqdn[name] = svc["fqdn"]
                 index = table.add_service(name, sni, svc["identities"], endpoints,
                                           balancer=port.get("balancer", DEFAULT_BALANCER))
+                ports.append(index)
                 if port.get("hash"):
                     table.set_hash(index, **port["hash"])   # consistentHash's key
                 indexes.setdefault((f"{svc['namespace']}/{svc['name']}", int(port["port"])), index)
@@ -254,6 +256,9 @@ class DataPlane:
                         table.add_host(host, index, int(port["port"]))
                         http_hosts += 1
                 self._inbound_route(table, svc, port, sni)
+            if ports and svc.get("retry_budget"):
+                # XBackendTrafficPolicy: one budget for every port of the Service.
+                table.set_retry_budget(ports, **svc["retry_budget"])
         routes.install(table, snapshot.get("http_routes") or (), indexes)
         # Once bound, the HTTP listener stays in every table, with or without hosts: a
         # client of a service that was deleted gets its 404, not a connection nobody takes.

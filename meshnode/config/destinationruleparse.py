@@ -15,7 +15,7 @@ from .destinationrule import (API_VERSIONS, BALANCERS, IMPLEMENTED, NOT_IMPLEMEN
 from .destinationrulehash import ConsistentHash, parse_consistent_hash, parse_subsets
 from .errors import Problem
 from .model import DestinationRule, key_label
-from .routeparse import _metadata
+from .routeparse import _metadata, metadata_dict
 from .validate import _MISSING, _DNS_LABEL, _Doc, _describe, _fields, _known_fields, _port, _string, join
 
 _CLUSTER_DOMAIN = "cluster.local"
@@ -159,11 +159,7 @@ def _lb_dict(simple: str | None, hashed: ConsistentHash | None = None) -> dict[s
 
 def rule_to_dict(rule: DestinationRule) -> dict[str, Any]:
     """The rule as Istio writes it, in the apiVersion it was applied in; parsed back equal."""
-    meta = rule.metadata
-    metadata: dict[str, Any] = {"name": rule.name, "namespace": rule.namespace}
-    metadata.update((key, value) for key, value in (
-        ("creationTimestamp", rule.created), ("labels", dict(meta.labels)),
-        ("annotations", dict(meta.annotations))) if value)
+    metadata = metadata_dict(rule.metadata, rule.created)
     spec: dict[str, Any] = {"host": rule.spec.host}
     if rule.spec.has_policy:
         policy = _lb_dict(rule.spec.simple, rule.spec.hash)

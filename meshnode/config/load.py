@@ -18,9 +18,10 @@ from yaml.nodes import MappingNode, ScalarNode
 from .durations import format_duration
 from .destinationruleparse import rule_to_dict
 from .faultparse import fault_to_dict
+from .backendtrafficpolicyparse import policy_to_dict
 from .errors import ConfigError, Problem
 from .model import (API_VERSION, DestinationRule, FaultInjection, HTTPRoute, Mesh, MeshSpec, Node, NodeSpec,
-                    Resource, Service, ServiceSpec, Workload, WorkloadSpec)
+                    Resource, Service, ServiceSpec, Workload, WorkloadSpec, XBackendTrafficPolicy)
 from .routeparse import route_to_dict
 from .validate import duplicate_problems, parse_document, validate_set
 
@@ -202,6 +203,8 @@ def to_dict(resource: Resource) -> dict[str, Any]:
         return rule_to_dict(resource)  # Istio's kind, in its own apiVersion
     if isinstance(resource, FaultInjection):
         return fault_to_dict(resource)  # Istio's fields, values as written
+    if isinstance(resource, XBackendTrafficPolicy):
+        return policy_to_dict(resource)  # Gateway API's kind, in its own apiVersion
     metadata: dict[str, Any] = {"name": resource.name}
     if not resource.CLUSTER_SCOPED:
         metadata["namespace"] = resource.namespace

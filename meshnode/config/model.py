@@ -1,5 +1,5 @@
 """The resource model: frozen dataclasses for Mesh, Node, Service, Workload, HTTPRoute,
-DestinationRule and FaultInjection, and their keys.
+DestinationRule, FaultInjection and XBackendTrafficPolicy, and their keys.
 
 Objects here are already validated (see validate.py); nothing in this module checks input.
 Map-valued fields are plain dicts so callers can read them naturally: treat them as
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..ports import Ports
+from .backendtrafficpolicy import BackendTrafficPolicySpec
 from .destinationrule import DestinationRuleSpec
 from .errors import NotFound, Problem
 from .fault import FaultInjectionSpec
@@ -222,11 +223,27 @@ class FaultInjection(Resource):
     spec: FaultInjectionSpec
 
 
+@dataclass(frozen=True)
+class XBackendTrafficPolicy(Resource):
+    """A Gateway API XBackendTrafficPolicy: its Services' retry budget; its spec:
+    backendtrafficpolicy.py."""
+
+    KIND: ClassVar[str] = "XBackendTrafficPolicy"
+    spec: BackendTrafficPolicySpec
+    # metadata.creationTimestamp, as HTTPRoute's: of two policies for one Service, the
+    # oldest wins (Gateway API policy conflict resolution).
+    created: str = ""
+
+
 KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Node, Service, Workload, HTTPRoute,
-                                                              DestinationRule, FaultInjection)}
+                                                              DestinationRule, FaultInjection,
+                                                              XBackendTrafficPolicy)}
 """Every kind, in the order resources are listed (mesh first, then what depends on it)."""
 
-_SHORT_NAMES = {"svc": "Service", "wl": "Workload", "dr": "DestinationRule"}
+# Short names and irregular plurals (the CRD's shortNames and plural).
+_SHORT_NAMES = {"svc": "Service", "wl": "Workload", "dr": "DestinationRule",
+                "xbtrafficpolicy": "XBackendTrafficPolicy",
+                "xbackendtrafficpolicies": "XBackendTrafficPolicy"}
 
 
 def key_label(key: Key) -> str:

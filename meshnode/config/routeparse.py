@@ -269,6 +269,16 @@ def _metadata(d: _Doc, value: object) -> tuple[Metadata | None, str]:
     return Metadata(name, namespace, labels, annotations), created  # type: ignore[arg-type]
 
 
+def metadata_dict(meta: Metadata, created: str) -> dict[str, Any]:
+    """The metadata _metadata reads back: name, namespace, the store's creationTimestamp,
+    and labels and annotations when there are any."""
+    out: dict[str, Any] = {"name": meta.name, "namespace": meta.namespace}
+    out.update((key, value) for key, value in (
+        ("creationTimestamp", created), ("labels", dict(meta.labels)),
+        ("annotations", dict(meta.annotations))) if value)
+    return out
+
+
 def _spec(d: _Doc, value: object, namespace: str) -> HTTPRouteSpec | None:
     spec = _fields(d, value, "spec", ("parentRefs", "hostnames", "rules", "useDefaultGateways"))
     if spec is None:
@@ -698,13 +708,7 @@ def _timeouts(d: _Doc, value: object, path: str) -> Timeouts | None:
 def route_to_dict(route: HTTPRoute) -> dict[str, Any]:
     """The route as Kubernetes would show it: the user's values as written, the spec's
     defaults filled in; parse_route reads it back equal."""
-    metadata: dict[str, Any] = {"name": route.name, "namespace": route.namespace}
-    if route.created:
-        metadata["creationTimestamp"] = route.created
-    if route.metadata.labels:
-        metadata["labels"] = dict(route.metadata.labels)
-    if route.metadata.annotations:
-        metadata["annotations"] = dict(route.metadata.annotations)
+    metadata = metadata_dict(route.metadata, route.created)
     spec: dict[str, Any] = {"parentRefs": [parent_ref_dict(p) for p in route.spec.parent_refs]}
     if route.spec.hostnames:
         spec["hostnames"] = list(route.spec.hostnames)

@@ -11,6 +11,7 @@ from typing import Any
 from .balancers import balancer_for, hash_for, rules_by_service
 from .model import (DEFAULT_TRUST_DOMAIN, DestinationRule, Node, Resource, Service, ServicePort,
                     Workload, mesh_spec, selects)
+from .retrybudgets import retry_budgets
 from .routes import compile_routes
 
 
@@ -54,7 +55,7 @@ def _hash_entry(policy: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _service(service: Service, workloads: list[Workload], node: str, trust_domain: str,
-             rules: dict[str, DestinationRule]) -> dict[str, Any]:
+             rules: dict[str, DestinationRule], budget: dict[str, Any] | None) -> dict[str, Any]:
     name, namespace = service.name, service.namespace
     endpoints = [_endpoint(service, w, node, trust_domain) for w in workloads if selects(service, w)]
     return {
@@ -71,6 +72,9 @@ def _service(service: Service, workloads: list[Workload], node: str, trust_domai
                   for p in sorted(service.spec.ports, key=lambda p: p.port)],
         "endpoints": endpoints,
         "identities": sorted({e["identity"] for e in endpoints}),
+        # Its retry budget (RouteTable.set_retry_budget), when an XBackendTrafficPolicy
+        # sets one; left out, the data plane's defaults (the same as the CRD's).
+        **({"retry_budget": budget} if budget is not None else {}),
     }
 
 
@@ -108,6 +112,7 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
     workloads = sorted((r for r in resources if isinstance(r, Workload)), key=_by_name)
     td = root_domain or mesh.trust_domain or DEFAULT_TRUST_DOMAIN
     rules = rules_by_service(resources)
+    budgets = retry_budgets(resources)
     return {
         "version": version,
         "node": node,
@@ -129,7 +134,8 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
         },
         "nodes": {n.name: {"address": n.spec.address, "inbound_port": n.spec.inbound_port}
                   for n in sorted((r for r in resources if isinstance(r, Node)), key=_by_name)},
-        "services": [_service(s, workloads, node, td, rules) for s in services],
+        "services": [_service(s, workloads, node, td, rules, budgets.get(_by_name(s)))
+                     for s in services],
         "local": [_local(w, services, td) for w in workloads if w.spec.node in (None, node)],
         "http_routes": compile_routes(resources),
     }

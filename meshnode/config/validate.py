@@ -553,6 +553,10 @@ def parse_document(doc: object, file: str, index: int) -> tuple[Resource | None,
         # on the checks of this module, hence the import here.
         from .destinationruleparse import parse_destination_rule
         return parse_destination_rule(doc, file, index)
+    if isinstance(doc, dict) and doc.get("kind") == "XBackendTrafficPolicy":
+        # Gateway API's policy kind, in its own apiVersion and fields (backendtrafficpolicy.py).
+        from .backendtrafficpolicyparse import parse_backend_traffic_policy
+        return parse_backend_traffic_policy(doc, file, index)
     if isinstance(doc, dict) and doc.get("kind") == "FaultInjection":
         # meshnode's kind with Istio's fields (fault.py), built on this module's checks.
         from .faultparse import parse_fault_injection

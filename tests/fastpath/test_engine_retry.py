@@ -1,6 +1,6 @@
 """Tests for fastpath.engine's route retries (retry.pxi, Gateway API GEP-1731): a rule's
 `retry` tries a request again on the codes it lists and on connections that fail before
-answering, after a backoff, within a retry budget; the replay is the bytes the failed
+answering, after a backoff, within a retry budget (test_engine_retry_budget); the replay is the bytes the failed
 try was sent; the failed tries' answers never reach the client; timeouts.request spans
 the tries and backendRequest bounds each.
 
@@ -236,35 +236,13 @@ def test_a_backoff_past_the_request_timeout_ends_in_504_then(mesh: Mesh, app: Fl
     assert stats["route_retries"] == 1 and stats["route_timeouts"] == 1
 
 
-# --- the budget ------------------------------------------------------------------------------
-
-
-def test_over_the_budget_the_failure_goes_to_the_client(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
-    """No share of requests may be retried, two retries in the floor's interval: the
-    third failing request gets its first answer."""
-    one_rule(mesh, retry={"attempts": 1, "codes": [500], "budget_percent": 0,
-                          "min_retries": 2, "min_retry_interval_s": 3600, **FAST})
-    got = [get(mesh, f"/fail?code=500&n=1&i={i}") for i in range(4)]
-    assert got == [(200, b"try 2 ok")] * 2 + [(500, b"try 1 failed")] * 2
-    stats = mesh.out_node.stats()
-    assert stats["route_retries"] == 2 and stats["route_retries_over_budget"] == 2
-
-
-def test_the_budget_is_a_share_of_the_rules_requests(mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
-    """50 %, no floor: after two answered requests, the first two failing ones are retried
-    (1 of 3, 2 of 4), the third is not (3 of 5)."""
-    one_rule(mesh, retry={"attempts": 1, "codes": [500], "budget_percent": 50,
-                          "min_retries": 0, **FAST})
-    assert [get(mesh, f"/ok{i}")[0] for i in range(2)] == [200, 200]
-    got = [get(mesh, f"/fail?code=500&n=1&i={i}")[0] for i in range(3)]
-    assert got == [200, 200, 500]
-    assert mesh.out_node.stats()["route_retries_over_budget"] == 1
+# --- arguments and clean-up -------------------------------------------------------------------
 
 
 def test_retry_arguments_are_checked(mesh: Mesh) -> None:  # noqa: F811
     t, ix = mesh.outbound()
     for bad in ({"attempts": 0}, {"codes": [200]}, {"codes": [600]}, {"backoff_s": -1},
-                {"budget_percent": 101}, {"budget_interval_s": 0.5}, {"tries": 2}):
+                {"tries": 2}):
         with pytest.raises(ValueError):
             t.add_route_rule("demo/r#0", [(ix["v1"], 1)], retry=bad)
 
