@@ -241,6 +241,8 @@ class DataPlane:
                                           balancer=port.get("balancer", DEFAULT_BALANCER))
                 if port.get("hash"):
                     table.set_hash(index, **port["hash"])   # consistentHash's key
+                if port.get("outlier"):
+                    table.set_outlier(index, **port["outlier"])  # outlierDetection
                 indexes.setdefault((f"{svc['namespace']}/{svc['name']}", int(port["port"])), index)
                 protocol = _protocol(port)
                 if port.get("outbound_port") and serving:
