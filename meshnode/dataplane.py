@@ -398,7 +398,10 @@ class DataPlane:
 
     def health(self) -> dict[str, Any]:
         return {"dataplane": {**self.engine.stats(), "listener_failures": self.listener_failures},
-                "requests": self.request_figures(), "callers": self.callers.status()}
+                "requests": self.request_figures(), "callers": self.callers.status(),
+                # Outlier detection per endpoint, node-wide (the workers share it): the
+                # admin /stats shows it.
+                "outliers": self.engine.outliers()}
 
     def request_figures(self) -> list[dict[str, Any]]:
         """The engine's per-(direction, service, identities) HTTP figures in Istio's
