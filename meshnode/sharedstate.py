@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import mmap
 import os
-import stat
 from pathlib import Path
 
 from fastpath import engine as fe
+
+from .files import open_private, write_atomic
 
 RELATIVE_PATH = Path("state") / "outlier.shm"
 SLOTS = 4096  # endpoints of all services, node-wide (a power of two)
@@ -41,18 +42,9 @@ def make(runtime_dir: str | os.PathLike[str], slots: int = SLOTS) -> Path:
     path = path_in(runtime_dir)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    size = fe.shared_state_bytes(slots)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.ftruncate(fd, size)
-        with mmap.mmap(fd, size, mmap.MAP_SHARED) as region:
-            fe.shared_state_format(region, slots)
-            region.flush()
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    region = bytearray(fe.shared_state_bytes(slots))
+    fe.shared_state_format(region, slots)
+    write_atomic(path, bytes(region))
     return path
 
 
@@ -60,17 +52,11 @@ def attach(runtime_dir: str | os.PathLike[str]) -> mmap.mmap:
     """The node's region, mapped MAP_SHARED (for Engine.share_state, which checks its
     header); SharedStateError says why there is none to use."""
     path = path_in(runtime_dir)
+    fd = open_private(path, os.O_RDWR, SharedStateError)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise SharedStateError(f"{path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SharedStateError(f"{path}: mode {stat.S_IMODE(info.st_mode):o} lets others "
-                                   "read it; it must be 0600")
-        if info.st_size < 64:
-            raise SharedStateError(f"{path}: {info.st_size} bytes: not a shared region")
-        return mmap.mmap(fd, info.st_size, mmap.MAP_SHARED)
+        size = os.fstat(fd).st_size
+        if size < 64:
+            raise SharedStateError(f"{path}: {size} bytes: not a shared region")
+        return mmap.mmap(fd, size, mmap.MAP_SHARED)
     finally:
         os.close(fd)

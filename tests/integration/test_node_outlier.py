@@ -5,12 +5,10 @@ ejection through the node's state file), shown per endpoint in /stats and counte
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from dataplanekit import metric_total, settle, worker_reports
-from test_dataplane_http import (WORKLOAD_YAML, Mesh, app_says, get, mesh,  # noqa: F401
+from test_dataplane_http import (Mesh, app_says, dead_node_workload, get, mesh,  # noqa: F401
                                  start_app)
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,16 +31,8 @@ spec:
 def test_a_dead_endpoint_is_ejected_once_for_the_node(mesh: Mesh) -> None:  # noqa: F811
     node = mesh.node
     assert node.workers == 2
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]  # nobody listens there
-    dead_node = ("apiVersion: meshnode.io/v1alpha1\nkind: Node\nmetadata: {name: gone}\n"
-                 f"spec: {{address: 127.0.0.1, inboundPort: {dead_port}}}\n")
-    workload = WORKLOAD_YAML.format(app_port=mesh.app.port, extra_labels="", alt="")
-    workload = workload.replace("backend-v1", "backend-gone").replace(
-        "  serviceAccount: backend\n", "  serviceAccount: backend\n  node: gone\n")
-    node.wait_version(node.apply(mesh.write("gone.yaml", "---\n".join(
-        (dead_node, workload, RULE)))))
+    gone, dead_port = dead_node_workload(mesh)
+    node.wait_version(node.apply(mesh.write("gone.yaml", gone + "---\n" + RULE)))
     settle(node)
     before = metric_total(node, "meshnode_upstream_failovers_total")
     # Fresh connections, spread over both workers by the kernel (SO_REUSEPORT): the
