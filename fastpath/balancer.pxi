@@ -20,7 +20,7 @@ cdef double _EWMA_DECAY_NS = 10e9
 
 
 cdef inline bint _endpoint_up(Core* core, const Endpoint* ep) noexcept nogil:
-    return ep.down_until_ns <= core.now_ns
+    return ep.down_until_ns <= core.now_ns and not _outlier_ejected(core, ep)
 
 
 cdef uint32_t _first_up(Core* core, Service* svc, uint32_t start) noexcept nogil:
@@ -230,6 +230,7 @@ cdef void _endpoint_failed(Core* core, Conn* c) noexcept nogil:
     """A setup failed on c's endpoint: pass it over, in c's table and in the current
     one (new connections use that; c may have started before a config push)."""
     cdef Endpoint* current = _current_endpoint(core, c)
+    _outlier_status(core, c, 503)       # (a local-origin error: outlier.pxi)
     _pass_over(core, &c.table.services[c.service].endpoints[c.endpoint])
     if current != NULL:
         _pass_over(core, current)

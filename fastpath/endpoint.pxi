@@ -103,6 +103,8 @@ cdef bint _peer_allowed(Core* core, Conn* c, const char* peer, int n) noexcept n
     c.flags &= ~CONN_SETTING_UP
     if svc.endpoints[c.endpoint].fails != 0 or c.table != core.table:
         _endpoint_ok(core, c)
+    if not c.flags & (CONN_HTTP | CONN_MIRROR):
+        _outlier_status(core, c, 200)   # an opaque pair's setup is its answer
     return True
 
 

@@ -51,6 +51,38 @@ cdef enum:
     ENGINE_POOL_PER_ENDPOINT = 64
 
 
+# Outlier detection's state, shared by a node's workers (outlier.pxi): an endpoint of a
+# service (keyed by the service's name and the endpoint's address) has one slot in a
+# fixed-layout region every worker maps MAP_SHARED (Engine.share_state), so that an
+# ejection is the node's, not one worker's. Fields are read and written with atomics
+# (fastpath/includes/atomics.pxd) only; times are CLOCK_MONOTONIC, one clock for every
+# process of the host. One cache line per slot.
+cdef struct SharedSlot:
+    uint64_t key                   # 0: free; claimed once by compare-and-swap, never freed
+    int64_t ejected_until_ns       # ejected until then (0: never ejected)
+    uint32_t consecutive_5xx       # answers >= 500 (and failed setups) in a row
+    uint32_t consecutive_gateway   # 502/503/504 (and failed setups) in a row
+    uint32_t multiplier            # the ejection time's multiple of baseEjectionTime
+    uint32_t spare
+    uint64_t ejections             # ejections so far (node-wide, since `meshnode up`)
+    uint64_t reserved[3]
+
+
+# DestinationRule trafficPolicy.outlierDetection, compiled for one service (Envoy's
+# consecutive_5xx and consecutive_gateway_failure detectors, as Istio configures them).
+cdef struct OutlierPolicy:
+    uint32_t consecutive_5xx       # 0: that detector is off
+    uint32_t consecutive_gateway   # 0: off
+    int64_t interval_ns            # the sweep: ejections end on its ticks
+    int64_t base_ns                # baseEjectionTime
+    uint32_t max_percent           # maxEjectionPercent
+    uint32_t min_health_percent    # below it healthy, ejections are ignored (0: never)
+    SharedSlot** slots             # each endpoint's slot (NULL: the region is full)
+    uint32_t n_slots               # = the service's n_endpoints
+    int64_t panic_at_ns            # min_health_percent: when `panic` was last worked out
+    bint panic
+
+
 cdef struct Endpoint:
     net.sockaddr_storage addr      # the destination node's inbound port
     net.socklen_t addrlen
@@ -78,6 +110,10 @@ cdef struct Endpoint:
     # yet; stats.pxi _tag_of).
     Name version
     uint16_t version_tag
+    # Outlier detection (outlier.pxi): the service's policy (NULL: none) and this
+    # endpoint's shared slot (NULL: none, or no room), both set when the table is built.
+    OutlierPolicy* outlier
+    SharedSlot* shared
 
 
 # The filter chain (filters.pxi): a route's compiled steps, run at three points of a
@@ -174,6 +210,7 @@ cdef struct Service:
     uint32_t n_sets                # (0: no HTTPRoute: requests go to the service itself)
     HashPolicy* hash               # BALANCE_RING_HASH / MAGLEV: owned (hashing.pxi)
     RetryBudget* budget            # in Table.budgets; shared by one Service's ports
+    OutlierPolicy* outlier         # outlierDetection: owned (outlier.pxi); NULL: none
 
 
 cdef struct OutboundListener:
@@ -899,6 +936,12 @@ cdef struct Counters:
     uint64_t http_mirrored
     uint64_t http_mirror_dropped
     SideCounters mirror
+    # Outlier detection (outlier.pxi): endpoints this worker ejected for the node, and
+    # ejections maxEjectionPercent held back; endpoints left without a shared slot (the
+    # region is full: they are never ejected).
+    uint64_t outlier_ejections
+    uint64_t outlier_ejections_overflow
+    uint64_t outlier_no_slot
 
 
 # --- limits before authentication (limits.pxi) --------------------------------------------------
@@ -988,6 +1031,12 @@ cdef struct Core:
     uint32_t mirrors_active
     uint32_t mirror_serial
     Counters counters
+    # Outlier detection's shared region (outlier.pxi): a header, then `shared_slots`
+    # SharedSlots. The engine's own (calloc'd, `shared_owned`) until share_state() hands
+    # it the node's mapping; the Engine keeps that buffer alive.
+    char* shared
+    uint32_t shared_slots
+    bint shared_owned
     # Request figures (StatRecord) and the peer IDs they name. principals[0] is empty.
     StatRecord* stats
     uint32_t n_stats               # published with a release store (_publish)
@@ -1009,6 +1058,8 @@ cdef class Engine:
     cdef Core* core
     cdef EngineState state
     cdef uint64_t installs         # generations handed out by install()
+    cdef object _shared            # the buffer share_state() maps (kept alive), or None
+    cdef list _outlier_index       # the last table's outlier endpoints (outlier.pxi)
 
     cdef int _check(self, int status, str what) except -1
 
@@ -1044,6 +1095,7 @@ cdef class RouteTable:
                                    # ttl s, slots) (hashing.pxi)
     cdef list _route_faults        # (rule index, fault tuple) (fault.pxi)
     cdef list _retry_budgets       # ((service index, ...), budget tuple) (budget.pxi)
+    cdef dict _outliers            # service index -> outlier tuple (outlier.pxi)
 
     cdef int _check_fd(self, int fd) except -1
     cdef int _add_caller(self, str address, object client_ctx, str identity,

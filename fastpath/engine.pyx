@@ -211,6 +211,7 @@ from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, drop_n
                                 fold_response, make_close, strip_hop_fields)
 
 import os
+import socket
 
 from fastpath.errors import FastpathError
 
@@ -290,6 +291,7 @@ include "filters.pxi"       # per-request steps on the route (x-forwarded-client
 include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
 include "hashing.pxi"       # consistent hashing: a request's key, ring and Maglev tables
+include "outlier.pxi"       # outlier detection: ejections shared by the node's workers
 include "endpoint.pxi"      # connect, mTLS client, pool, sessions, failover
 include "stats.pxi"         # request figures per (direction, service, peer)
 include "table.pxi"         # route tables: compile, swap, carry-over of endpoint state
@@ -434,6 +436,15 @@ cdef class Engine:
         core.spare_fd = c_open(b"/dev/null", O_RDONLY | O_CLOEXEC)
         if core.spare_fd < 0:
             _raise_errno("open(/dev/null)")
+        # Outlier detection's region: the engine's own until share_state() (outlier.pxi).
+        self._shared = None
+        self._outlier_index = []
+        core.shared = <char*>calloc(1, shared_state_bytes())
+        if core.shared == NULL:
+            raise MemoryError()
+        core.shared_owned = True
+        shared_state_format(<char[:shared_state_bytes()]>core.shared)
+        core.shared_slots = SHARED_DEFAULT_SLOTS
 
     def __dealloc__(self):
         _core_free(self.core)
@@ -508,6 +519,8 @@ cdef class Engine:
         if self.state == ENGINE_DONE:
             raise RuntimeError("the engine has stopped")
         t = table._build()
+        _outlier_bind(self.core, t)     # (claims slots only: raises nothing)
+        self._outlier_index = _outlier_index(self.core, t)
         # No Python code runs from here to the unlock, so generations follow install order.
         self.installs += 1
         t.generation = self.installs
@@ -519,6 +532,22 @@ cdef class Engine:
         # Never seen by the loop: freeing it here races nothing.
         _table_free(replaced)
         return t.generation
+
+    def share_state(self, buffer not None) -> None:
+        """Keep outlier detection's state in `buffer` (writable, laid out by
+        shared_state_format(); the node's workers map one file MAP_SHARED), so that
+        every engine mapping it ejects an endpoint together. Before the first install().
+        The engine keeps a reference to `buffer`: it must stay mapped while it lives."""
+        if self.installs != 0:
+            raise RuntimeError("share_state() must come before the first install()")
+        _shared_take(self.core, buffer)
+        self._shared = buffer
+
+    def outliers(self) -> list[dict]:
+        """Outlier detection per endpoint of the last table installed: {"service",
+        "address", "port", "tracked" (it has a shared slot), "ejected", "ejected_for_s",
+        "ejections" (node-wide), "consecutive_5xx", "consecutive_gateway_errors"}."""
+        return _outlier_view(self.core, self._outlier_index)
 
     @property
     def generation(self) -> int:
@@ -598,6 +627,10 @@ cdef class Engine:
         out["route_filter_unresolved"] = snap.route_filter_unresolved
         out["rejected_source_handshakes"] = snap.rejected_source_handshakes
         out["accept_paused"] = snap.accept_paused
+        # Outlier detection (outlier.pxi): ejections this worker made for the node.
+        out["outlier_ejections"] = snap.outlier_ejections
+        out["outlier_ejections_overflow"] = snap.outlier_ejections_overflow
+        out["outlier_no_slot"] = snap.outlier_no_slot
         # RequestMirror (mirror.pxi): copies sent whole, copies given up, the slots for
         # them and those in use, and their connections as a side of their own.
         out["http_mirrored"] = snap.http_mirrored

@@ -893,6 +893,8 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     _http_reply(core, c, 502, b"bad response from upstream\n", -1)
                     return STATUS_CLOSE
                 return STATUS_RESET
+            if resp.status >= 200:
+                _outlier_status(core, c, resp.status)   # outlier.pxi (outbound only)
             if c.flags & CONN_KEPT and resp.status >= 200:
                 st = _retry_answer(core, c, _retry_status(f.buf + start, &resp))
                 if st != STATUS_OK:

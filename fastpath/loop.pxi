@@ -281,4 +281,6 @@ cdef void _core_free(Core* core) noexcept nogil:
     free(core.ready_next)
     free(core.pool)
     free(core.free_bufs)
+    if core.shared_owned:
+        free(core.shared)
     free(core)

@@ -50,6 +50,7 @@ cdef void _table_free(Table* t) noexcept nogil:
             svc = &t.services[i]
             _chain_free(&svc.chain)
             _hash_free(svc)
+            _outlier_free(svc)
             _name_free(&svc.name)
             _name_free(&svc.sni)
             if svc.identities != NULL:
@@ -416,6 +417,7 @@ cdef class RouteTable:
         self._hashes = {}
         self._route_faults = []
         self._retry_budgets = []
+        self._outliers = {}
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -529,6 +531,20 @@ cdef class RouteTable:
         "source-ip" (the caller's address; opaque TCP pairs too). `slots`: the ring's
         least points, or the Maglev table's size (a prime); 0: Envoy's default."""
         _hash_add(self, service_index, key, name, path, ttl_s, slots)
+
+    def set_outlier(self, int service_index, int consecutive_5xx=5, int consecutive_gateway=0,
+                    double interval_s=10.0, double base_ejection_s=30.0,
+                    int max_ejection_percent=10, int min_health_percent=0) -> None:
+        """Outlier detection for service `service_index` (outlier.pxi; Istio's
+        outlierDetection, its defaults): an endpoint is ejected after `consecutive_5xx`
+        answers >= 500 in a row, or `consecutive_gateway` 502/503/504 (0: that detector
+        off; a failed setup counts as a 503), for `base_ejection_s` x its ejections in
+        a row, ending on a tick of the `interval_s` sweep; at most
+        `max_ejection_percent` of the endpoints at once (one always may be); below
+        `min_health_percent` not ejected, ejections are ignored. Node-wide when the
+        engines share their state (Engine.share_state)."""
+        _outlier_add(self, service_index, consecutive_5xx, consecutive_gateway, interval_s,
+                     base_ejection_s, max_ejection_percent, min_health_percent)
 
     def add_outbound_tcp(self, int fd, int service_index, TLSContext client_ctx,
                          str protocol="tcp") -> None:
@@ -957,6 +973,7 @@ cdef class RouteTable:
             _routes_build(t, self._route_sets, self._route_rules)
             _mirrors_build(t, _with_variants(self._route_rules, self._route_mirrors))
             _hash_build(t, self._hashes)
+            _outlier_build(t, self._outliers)
             _faults_build(t, self._route_faults)
 
             if self._routes:

@@ -243,6 +243,8 @@ class DataPlane:
                 ports.append(index)
                 if port.get("hash"):
                     table.set_hash(index, **port["hash"])   # consistentHash's key
+                if port.get("outlier"):
+                    table.set_outlier(index, **port["outlier"])  # outlierDetection
                 indexes.setdefault((f"{svc['namespace']}/{svc['name']}", int(port["port"])), index)
                 protocol = _protocol(port)
                 if port.get("outbound_port") and serving:
@@ -401,7 +403,10 @@ class DataPlane:
 
     def health(self) -> dict[str, Any]:
         return {"dataplane": {**self.engine.stats(), "listener_failures": self.listener_failures},
-                "requests": self.request_figures(), "callers": self.callers.status()}
+                "requests": self.request_figures(), "callers": self.callers.status(),
+                # Outlier detection per endpoint, node-wide (the workers share it): the
+                # admin /stats shows it.
+                "outliers": self.engine.outliers()}
 
     def request_figures(self) -> list[dict[str, Any]]:
         """The engine's per-(direction, service, identities) HTTP figures in Istio's

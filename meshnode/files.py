@@ -9,6 +9,7 @@ fsynced, renamed over the old file, and the dir fsynced so the rename itself is 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -36,3 +37,17 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def open_private(path: Path, flags: int, error: type[Exception]) -> int:
+    """Open a node secret or shared state file (no symlink followed) and return its
+    descriptor; `error` says why not: missing, or readable by others than its owner."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise error(f"{path}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        os.close(fd)
+        raise error(f"{path}: mode {stat.S_IMODE(mode):o} lets others read it; it must be 0600")
+    return fd

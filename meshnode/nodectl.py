@@ -22,7 +22,7 @@ from bus.endpoints import Endpoints, prepare
 from bus.errors import BusError, RemoteError, RequestTimeout, ServiceUnavailable
 from bus.request import Client
 
-from . import localprobe, supervise, ticketkeys
+from . import localprobe, sharedstate, supervise, ticketkeys
 from .config import DEFAULT_CONFIG, check_root_domain, store_dir
 from .identity import pki
 from .identity.authority import ca_dir, planned_root
@@ -126,6 +126,7 @@ def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
         check_port_free(port, what)
     opts = replace(opts, trust_domain=root_domain(opts))
     ticketkeys.make(rd)  # fresh for this start, before any worker reads it
+    sharedstate.make(rd)  # no ejection outlives the node (outlier detection)
     migrate = migrate_queued_connections()
     try:
         supervise.start(opts)

@@ -36,7 +36,7 @@ from bus.envelope import Envelope
 
 import fastpath.tls
 
-from . import fdlimit, logs, ticketkeys
+from . import fdlimit, logs, sharedstate, ticketkeys
 from .busnames import ACK_TOPIC, BUNDLE_KEY, BUNDLE_TOPIC, CA, CONTROL, SNAPSHOT_TOPIC
 from .dataplane import BUFFER_BYTES, DataPlane
 from .identity.creds import WorkerIdentity
@@ -288,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
                    port=proc.ports.inbound, error=str(exc))
         proc.ctx.destroy(linger=0)
         return 78
+    try:
+        # Outlier detection's state, the node's (before any table is installed).
+        region = sharedstate.attach(proc.runtime_dir)
+        dataplane.engine.share_state(region)
+    except (sharedstate.SharedStateError, ValueError) as exc:
+        # Still serves; ejections are then this worker's own.
+        logs.event(proc.log, "outlier.state.unshared", logging.WARNING, reason=str(exc))
     agent = Agent(proc, str(args.worker), dataplane)
     proc.drain_on_stop(WorkerDrain(proc, dataplane))
     dataplane.start()

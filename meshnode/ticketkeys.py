@@ -26,8 +26,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 from pathlib import Path
+
+from .files import open_private
 
 KEYS_BYTES = 80  # fastpath.tls TLS_TICKET_KEYS_BYTES: name, HMAC key, AES key
 SECRET_BYTES = 32
@@ -62,15 +63,8 @@ def make(runtime_dir: str | os.PathLike[str]) -> Path:
 def load(runtime_dir: str | os.PathLike[str]) -> bytes:
     """The node secret; TicketKeysError says why there is none to use."""
     path = path_in(runtime_dir)
+    fd = open_private(path, os.O_RDONLY, TicketKeysError)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise TicketKeysError(f"{path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise TicketKeysError(f"{path}: mode {stat.S_IMODE(info.st_mode):o} lets others "
-                                  "read it; it must be 0600")
         data = os.read(fd, SECRET_BYTES + 1)
     finally:
         os.close(fd)

@@ -46,6 +46,14 @@ def hash_for(service: Service, port: int, rules: dict[str, DestinationRule]
     return policy.engine() if policy is not None else None     # (None: no key either)
 
 
+def outlier_for(service: Service, rules: dict[str, DestinationRule]) -> dict[str, Any] | None:
+    """RouteTable.set_outlier()'s arguments for each port of `service`; None: its rule
+    (the oldest with a trafficPolicy) detects no outliers."""
+    rule = rules.get(f"{service.namespace}/{service.name}")
+    outlier = rule.spec.outlier if rule is not None else None
+    return outlier.engine() if outlier is not None else None
+
+
 def balancer_for(service: Service, port: int, rules: dict[str, DestinationRule]) -> str:
     """The engine balancer (fastpath RouteTable.add_service) for `service`'s port `port`."""
     rule = rules.get(f"{service.namespace}/{service.name}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .balancers import balancer_for, hash_for, rules_by_service
+from .balancers import balancer_for, hash_for, outlier_for, rules_by_service
 from .model import (DEFAULT_TRUST_DOMAIN, DestinationRule, Node, Resource, Service, ServicePort,
                     Workload, mesh_spec, selects)
 from .retrybudgets import retry_budgets
@@ -54,6 +54,10 @@ def _hash_entry(policy: dict[str, Any] | None) -> dict[str, Any]:
     return {"hash": policy} if policy is not None else {}
 
 
+def _outlier_entry(policy: dict[str, Any] | None) -> dict[str, Any]:
+    return {"outlier": policy} if policy is not None else {}
+
+
 def _service(service: Service, workloads: list[Workload], node: str, trust_domain: str,
              rules: dict[str, DestinationRule], budget: dict[str, Any] | None) -> dict[str, Any]:
     name, namespace = service.name, service.namespace
@@ -68,7 +72,9 @@ def _service(service: Service, workloads: list[Workload], node: str, trust_domai
                    # How the port's connections pick an endpoint (DestinationRule).
                    "balancer": balancer_for(service, p.port, rules),
                    # What a hashing balancer hashes by (RouteTable.set_hash), if it does.
-                   **_hash_entry(hash_for(service, p.port, rules))}
+                   **_hash_entry(hash_for(service, p.port, rules)),
+                   # outlierDetection (RouteTable.set_outlier), if its rule has one.
+                   **_outlier_entry(outlier_for(service, rules))}
                   for p in sorted(service.spec.ports, key=lambda p: p.port)],
         "endpoints": endpoints,
         "identities": sorted({e["identity"] for e in endpoints}),

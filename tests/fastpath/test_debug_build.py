@@ -28,7 +28,8 @@ SUITES = ["tests/fastpath/test_http1.py", "tests/fastpath/test_keys.py",
           "tests/fastpath/test_engine_mirror.py", "tests/fastpath/test_engine_route_filters.py",
           "tests/fastpath/test_engine_hash.py", "tests/fastpath/test_engine_route_figures.py",
           "tests/fastpath/test_engine_retry.py", "tests/fastpath/test_engine_fault.py",
-          "tests/fastpath/test_engine_retry_budget.py"]
+          "tests/fastpath/test_engine_retry_budget.py",
+          "tests/fastpath/test_engine_outlier.py"]
 
 pytestmark = pytest.mark.timeout(1800)
 

@@ -802,21 +802,28 @@ def test_requests_total_counts_2xx_and_4xx(mesh: Mesh) -> None:
     assert delta() == expected
 
 
-def test_a_workload_on_a_dead_node_is_failed_over_and_counted(mesh: Mesh) -> None:
-    """A second backend workload on a node nobody runs: requests still all reach the
-    app (the setup moves on to the live endpoint), and /metrics says so."""
-    node = mesh.node
+def dead_node_workload(mesh: Mesh) -> tuple[str, int]:
+    """Resources of a second backend workload on a node nobody runs, and that node's
+    inbound port (nobody listens there)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]  # nobody listens there
+        dead_port = s.getsockname()[1]
     dead_node = ("apiVersion: meshnode.io/v1alpha1\nkind: Node\nmetadata: {name: gone}\n"
                  f"spec: {{address: 127.0.0.1, inboundPort: {dead_port}}}\n")
     workload = WORKLOAD_YAML.format(app_port=mesh.app.port, extra_labels="", alt="")
     workload = workload.replace("backend-v1", "backend-gone").replace(
         "  serviceAccount: backend\n", "  serviceAccount: backend\n  node: gone\n")
+    return dead_node + "---\n" + workload, dead_port
+
+
+def test_a_workload_on_a_dead_node_is_failed_over_and_counted(mesh: Mesh) -> None:
+    """A second backend workload on a node nobody runs: requests still all reach the
+    app (the setup moves on to the live endpoint), and /metrics says so."""
+    node = mesh.node
+    gone, _ = dead_node_workload(mesh)
     settle(node)
     before = metric_total(node, "meshnode_upstream_failovers_total")
-    node.wait_version(node.apply(mesh.write("gone.yaml", dead_node + "---\n" + workload)))
+    node.wait_version(node.apply(mesh.write("gone.yaml", gone)))
     for i in range(12):                 # fresh connections: each is routed afresh
         response = get(mesh.port, f"/failover/{i}")
         assert (response.status_code, response.content) == (200, app_says(f"/failover/{i}"))

@@ -140,7 +140,6 @@ NOT_IMPLEMENTED_DOCS = {
     ("spec", "exportTo"): "exportTo: ['.']",
     ("spec", "workloadSelector"): "workloadSelector: {matchLabels: {app: x}}",
     ("trafficPolicy", "connectionPool"): "trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}",
-    ("trafficPolicy", "outlierDetection"): "trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}",
     ("trafficPolicy", "tls"): "trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}",
     ("trafficPolicy", "tunnel"): "trafficPolicy: {tunnel: {targetHost: x, targetPort: 1}}",
     ("trafficPolicy", "proxyProtocol"): "trafficPolicy: {proxyProtocol: {version: V1}}",

@@ -1,0 +1,341 @@
+# outlier.pxi: Outlier detection (DestinationRule outlierDetection): an endpoint that
+# answers 5xx (or gateway errors) so many times in a row is ejected, for the whole node,
+# from its service's balancing for baseEjectionTime x its ejections in a row.
+#
+# Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+#
+# Semantics are Envoy's detectors as Istio configures them (Envoy: outlier_detection.proto,
+# "Outlier detection" in the architecture overview):
+# - consecutive_5xx: an answer >= 500 counts one, any other final answer resets; a setup
+#   that failed (connect, TLS, peer ID: Envoy's local-origin errors, not split from the
+#   answers as Istio leaves split_external_local_origin_errors off) counts as a 503;
+#   an opaque pair's setup that succeeded counts as a 200 (Envoy's tcp_proxy reports
+#   LocalOriginConnectSuccessFinal, which then counts as a success).
+# - consecutive_gateway_failure: 502, 503 and 504 count one, any other answer resets.
+# - Reaching a threshold ejects the endpoint at once, unless maxEjectionPercent of the
+#   service's endpoints are ejected already (one may always be: Envoy lets the first
+#   ejection through whatever the percentage), and resets its counts.
+# - The k-th ejection in a row lasts k x baseEjectionTime (at most max(300 s, base):
+#   Envoy's max_ejection_time default), and ends at the first tick of the `interval`
+#   sweep after that; each sweep that finds the endpoint not ejected lowers k by one.
+#   The sweep's ticks are multiples of the interval on CLOCK_MONOTONIC, the same for
+#   every worker, so the ejection ends at the same instant on all of them, and the
+#   decay of k is worked out when it is next needed instead of by a timer.
+# - minHealthPercent (Envoy's healthy_panic_threshold): with fewer endpoints than that
+#   percentage not ejected, ejections are ignored: every endpoint takes traffic.
+#
+# Node-wide: the counts and the ejection live in a SharedSlot per (service name,
+# endpoint address) in a region all of the node's workers map (Engine.share_state,
+# meshnode/sharedstate.py), updated with atomics, so that a failing endpoint is ejected
+# once for the node, from whichever worker's requests saw it fail.
+
+from fastpath.includes.atomics cimport (mn_add_u32, mn_add_u64, mn_cas_i64, mn_cas_u64,
+                                        mn_load_i64, mn_load_u32, mn_load_u64, mn_store_u32)
+
+# The region's header: magic, then the slot count (a power of two), then the slot size.
+cdef const char* _SHARED_MAGIC = b"MNOUTLR1"
+cdef enum:
+    SHARED_HEADER_BYTES = 64
+    SHARED_DEFAULT_SLOTS = 4096    # endpoints of all services, node-wide
+    SHARED_MAX_SLOTS = 1 << 20
+cdef int64_t _EJECT_MAX_NS = 300 * 1000000000LL     # Envoy's max_ejection_time default
+
+
+cdef inline SharedSlot* _shared_slots(Core* core) noexcept nogil:
+    return <SharedSlot*>(core.shared + SHARED_HEADER_BYTES)
+
+
+cdef SharedSlot* _shared_claim(Core* core, uint64_t key) noexcept nogil:
+    """The slot of `key` (nonzero), claimed when it has none; NULL: the region is full.
+    Open addressing, linear probing; slots are never freed (a service's endpoints change
+    seldom, and `meshnode up` starts the region afresh)."""
+    cdef SharedSlot* slots = _shared_slots(core)
+    cdef uint32_t mask = core.shared_slots - 1
+    cdef uint32_t i = <uint32_t>(key & mask)
+    cdef uint32_t n
+    cdef uint64_t k
+    for n in range(core.shared_slots):
+        k = mn_load_u64(&slots[i].key)
+        if k == key:
+            return &slots[i]
+        if k == 0:
+            if mn_cas_u64(&slots[i].key, 0, key):
+                return &slots[i]
+            if mn_load_u64(&slots[i].key) == key:   # another worker claimed it for `key`
+                return &slots[i]
+        i = (i + 1) & mask
+    return NULL
+
+
+cdef uint64_t _shared_key(const Service* svc, const Endpoint* ep) noexcept nogil:
+    cdef uint64_t h = _fnv_add(_FNV_OFFSET, svc.name.data, svc.name.length)
+    h = _fnv_add(h, b"\0", 1)
+    h = _fmix(_fnv_add(h, <const char*>&ep.addr, ep.addrlen))
+    return h if h != 0 else 1
+
+
+cdef int _outlier_bind(Core* core, Table* t) except -1:
+    """Give each endpoint of an outlier-detecting service of `t` its shared slot (at
+    install, before the loop sees `t`)."""
+    cdef uint32_t i, j
+    cdef Service* svc
+    cdef OutlierPolicy* od
+    for i in range(t.n_services):
+        svc = &t.services[i]
+        od = svc.outlier
+        if od == NULL:
+            continue
+        for j in range(svc.n_endpoints):
+            svc.endpoints[j].outlier = od
+            svc.endpoints[j].shared = _shared_claim(core, _shared_key(svc, &svc.endpoints[j]))
+            od.slots[j] = svc.endpoints[j].shared
+            if od.slots[j] == NULL:
+                core.counters.outlier_no_slot += 1
+    return 0
+
+
+cdef inline bint _slot_ejected(const SharedSlot* s, int64_t now_ns) noexcept nogil:
+    return s != NULL and mn_load_i64(&s.ejected_until_ns) > now_ns
+
+
+cdef uint32_t _outlier_ejected_count(Core* core, OutlierPolicy* od) noexcept nogil:
+    cdef uint32_t j, n = 0
+    for j in range(od.n_slots):
+        if _slot_ejected(od.slots[j], core.now_ns):
+            n += 1
+    return n
+
+
+cdef bint _outlier_panic(Core* core, OutlierPolicy* od) noexcept nogil:
+    """minHealthPercent: fewer endpoints than that percentage are not ejected (worked
+    out once per loop iteration)."""
+    cdef uint32_t healthy
+    if od.min_health_percent == 0:
+        return False
+    if od.panic_at_ns != core.now_ns:
+        healthy = od.n_slots - _outlier_ejected_count(core, od)
+        od.panic = <uint64_t>healthy * 100 < <uint64_t>od.min_health_percent * od.n_slots
+        od.panic_at_ns = core.now_ns
+    return od.panic
+
+
+cdef inline bint _outlier_ejected(Core* core, const Endpoint* ep) noexcept nogil:
+    """Is `ep` ejected by its service's outlier detection (and the service not below
+    minHealthPercent)? The balancer passes an ejected endpoint over (balancer.pxi)."""
+    if ep.shared == NULL or not _slot_ejected(ep.shared, core.now_ns):
+        return False
+    return not _outlier_panic(core, ep.outlier)
+
+
+cdef void _outlier_eject(Core* core, OutlierPolicy* od, SharedSlot* s) noexcept nogil:
+    cdef int64_t now = core.now_ns
+    cdef int64_t old = mn_load_i64(&s.ejected_until_ns)
+    cdef int64_t dur, until, cap
+    cdef uint32_t k, ejected
+    if old > now:
+        return                          # ejected already (by another worker, maybe)
+    ejected = _outlier_ejected_count(core, od)
+    if ejected > 0 and <uint64_t>(ejected + 1) * 100 > <uint64_t>od.max_percent * od.n_slots:
+        core.counters.outlier_ejections_overflow += 1
+        return
+    k = mn_load_u32(&s.multiplier)
+    if old > 0 and k > 0:
+        # A sweep that found it not ejected lowered k by one: the ticks since `old`.
+        if <uint64_t>((now - old) // od.interval_ns) >= k:
+            k = 0
+        else:
+            k -= <uint32_t>((now - old) // od.interval_ns)
+    k += 1
+    cap = _EJECT_MAX_NS if _EJECT_MAX_NS > od.base_ns else od.base_ns
+    dur = od.base_ns * k if od.base_ns * k < cap else cap
+    # Ends at the sweep's first tick after that (ticks: multiples of the interval).
+    until = ((now + dur + od.interval_ns - 1) // od.interval_ns) * od.interval_ns
+    if not mn_cas_i64(&s.ejected_until_ns, old, until):
+        return                          # another worker ejected it first
+    mn_store_u32(&s.multiplier, k)
+    mn_store_u32(&s.consecutive_5xx, 0)
+    mn_store_u32(&s.consecutive_gateway, 0)
+    mn_add_u64(&s.ejections, 1)
+    core.counters.outlier_ejections += 1
+
+
+cdef void _outlier_status(Core* core, Conn* c, int status) noexcept nogil:
+    """An outbound try on c's endpoint ended with `status` (a final answer's, 503 for a
+    setup that failed, 200 for an opaque pair's that succeeded): the detectors count it."""
+    cdef Service* svc
+    cdef Endpoint* ep
+    cdef SharedSlot* s
+    cdef OutlierPolicy* od
+    cdef uint32_t n5, ng = 0
+    cdef bint gateway
+    if c.flags & CONN_INBOUND or c.service >= c.table.n_services:
+        return
+    svc = &c.table.services[c.service]
+    if c.endpoint >= svc.n_endpoints:
+        return
+    ep = &svc.endpoints[c.endpoint]
+    s = ep.shared
+    od = ep.outlier
+    if s == NULL:
+        return
+    if status < 500:
+        # (A store only when there is something to reset: the line stays shared.)
+        if mn_load_u32(&s.consecutive_5xx) != 0:
+            mn_store_u32(&s.consecutive_5xx, 0)
+        if mn_load_u32(&s.consecutive_gateway) != 0:
+            mn_store_u32(&s.consecutive_gateway, 0)
+        return
+    if _slot_ejected(s, core.now_ns):
+        return                          # answers of tries sent before it was ejected
+    gateway = status == 502 or status == 503 or status == 504
+    if gateway:
+        ng = mn_add_u32(&s.consecutive_gateway, 1)
+    elif mn_load_u32(&s.consecutive_gateway) != 0:
+        mn_store_u32(&s.consecutive_gateway, 0)
+    n5 = mn_add_u32(&s.consecutive_5xx, 1)
+    if ((od.consecutive_5xx != 0 and n5 >= od.consecutive_5xx)
+            or (od.consecutive_gateway != 0 and gateway and ng >= od.consecutive_gateway)):
+        _outlier_eject(core, od, s)
+
+
+# --- at install (GIL held) ---------------------------------------------------------------
+
+cdef int _outlier_build(Table* t, dict outliers) except -1:
+    """Each outlier-detecting service's policy (RouteTable.set_outlier)."""
+    cdef Service* svc
+    cdef OutlierPolicy* od
+    for i, (c5, cg, interval_ns, base_ns, max_pct, min_health) in outliers.items():
+        svc = &t.services[<uint32_t>i]
+        od = <OutlierPolicy*>calloc(1, sizeof(OutlierPolicy))
+        if od == NULL:
+            raise MemoryError()
+        svc.outlier = od
+        od.consecutive_5xx = c5
+        od.consecutive_gateway = cg
+        od.interval_ns = interval_ns
+        od.base_ns = base_ns
+        od.max_percent = max_pct
+        od.min_health_percent = min_health
+        od.n_slots = svc.n_endpoints
+        if svc.n_endpoints > 0:
+            od.slots = <SharedSlot**>calloc(svc.n_endpoints, sizeof(SharedSlot*))
+            if od.slots == NULL:
+                raise MemoryError()
+    return 0
+
+
+cdef void _outlier_free(Service* svc) noexcept nogil:
+    if svc.outlier != NULL:
+        free(svc.outlier.slots)
+        free(svc.outlier)
+        svc.outlier = NULL
+
+
+cdef int _outlier_add(RouteTable table, int index, int consecutive_5xx,
+                      int consecutive_gateway, double interval_s, double base_ejection_s,
+                      int max_ejection_percent, int min_health_percent) except -1:
+    if not 0 <= index < len(table._services):
+        raise IndexError("service index %d out of range" % index)
+    if consecutive_5xx < 0 or consecutive_gateway < 0:
+        raise ValueError("consecutive error counts must be at least 0")
+    if not 0.001 <= interval_s <= 86400 or not 0.001 <= base_ejection_s <= 86400:
+        raise ValueError("interval_s and base_ejection_s must be 1 ms .. 1 day")
+    if not 0 <= max_ejection_percent <= 100 or not 0 <= min_health_percent <= 100:
+        raise ValueError("percentages must be 0..100")
+    table._outliers[index] = (consecutive_5xx, consecutive_gateway, <int64_t>(interval_s * 1e9),
+                              <int64_t>(base_ejection_s * 1e9), max_ejection_percent,
+                              min_health_percent)
+    return 0
+
+
+def shared_state_bytes(int slots=SHARED_DEFAULT_SLOTS) -> int:
+    """The size of a shared outlier region of `slots` slots (a power of two)."""
+    if slots < 1 or slots > SHARED_MAX_SLOTS or slots & (slots - 1):
+        raise ValueError("slots must be a power of two, 1..%d, not %d" % (SHARED_MAX_SLOTS, slots))
+    return SHARED_HEADER_BYTES + slots * sizeof(SharedSlot)
+
+
+def shared_state_format(buffer, int slots=SHARED_DEFAULT_SLOTS) -> None:
+    """Write an empty region of `slots` slots into `buffer` (writable, its size
+    shared_state_bytes(slots)): every slot free."""
+    cdef unsigned char[::1] view = buffer
+    cdef Py_ssize_t size = shared_state_bytes(slots)
+    if view.shape[0] != size:
+        raise ValueError("the buffer holds %d bytes, not %d" % (view.shape[0], size))
+    memset(&view[0], 0, size)
+    memcpy(&view[0], _SHARED_MAGIC, 8)
+    (<uint32_t*>&view[8])[0] = <uint32_t>slots
+    (<uint32_t*>&view[12])[0] = <uint32_t>sizeof(SharedSlot)
+
+
+cdef int _shared_take(Core* core, object buffer) except -1:
+    """Point the engine at the region in `buffer` (checked: a file another version of
+    the engine wrote is refused, not misread)."""
+    cdef unsigned char[::1] view = buffer
+    cdef uint32_t slots, slot_bytes
+    if view.shape[0] < SHARED_HEADER_BYTES or memcmp(&view[0], _SHARED_MAGIC, 8) != 0:
+        raise ValueError("not a shared outlier region (shared_state_format writes one)")
+    slots = (<uint32_t*>&view[8])[0]
+    slot_bytes = (<uint32_t*>&view[12])[0]
+    if (slot_bytes != sizeof(SharedSlot) or slots == 0 or slots & (slots - 1)
+            or slots > SHARED_MAX_SLOTS
+            or view.shape[0] != <Py_ssize_t>(SHARED_HEADER_BYTES + slots * sizeof(SharedSlot))):
+        raise ValueError("the shared outlier region's header does not match its size or "
+                         "this engine's slot layout")
+    if core.shared_owned:
+        free(core.shared)
+    core.shared = <char*>&view[0]
+    core.shared_slots = slots
+    core.shared_owned = False
+    return 0
+
+
+cdef tuple _endpoint_address(const Endpoint* ep):
+    """(host text, port) of an endpoint's sockaddr."""
+    raw = (<const char*>&ep.addr)[:ep.addrlen]
+    port = int.from_bytes(raw[2:4], "big")
+    if ep.addr.ss_family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+
+
+cdef list _outlier_index(Core* core, Table* t):
+    """(service name, host, port, slot index or -1) of each outlier-detecting endpoint of
+    `t`, worked out at install: the view (Engine.outliers) reads the shared slots by
+    index, never the table (the loop frees tables it is done with)."""
+    out = []
+    cdef uint32_t i, j
+    cdef Service* svc
+    cdef SharedSlot* s
+    for i in range(t.n_services):
+        svc = &t.services[i]
+        if svc.outlier == NULL:
+            continue
+        for j in range(svc.n_endpoints):
+            s = svc.endpoints[j].shared
+            host, port = _endpoint_address(&svc.endpoints[j])
+            out.append((svc.name.data[:svc.name.length].decode(), host, port,
+                        (s - _shared_slots(core)) if s != NULL else -1))
+    return out
+
+
+cdef list _outlier_view(Core* core, list index):
+    """Each outlier-detecting endpoint of the last table installed, as the node sees it."""
+    out = []
+    cdef SharedSlot* s
+    cdef int64_t now = _now_ns()
+    cdef int64_t until
+    for name, host, port, k in index:
+        entry = {"service": name, "address": host, "port": port, "tracked": k >= 0,
+                 "ejected": False, "ejected_for_s": 0.0, "ejections": 0,
+                 "consecutive_5xx": 0, "consecutive_gateway_errors": 0}
+        if k >= 0:
+            s = &_shared_slots(core)[<uint32_t>k]
+            until = mn_load_i64(&s.ejected_until_ns)
+            entry["ejected"] = until > now
+            entry["ejected_for_s"] = (until - now) / 1e9 if until > now else 0.0
+            entry["ejections"] = mn_load_u64(&s.ejections)
+            entry["consecutive_5xx"] = mn_load_u32(&s.consecutive_5xx)
+            entry["consecutive_gateway_errors"] = mn_load_u32(&s.consecutive_gateway)
+        out.append(entry)
+    return out

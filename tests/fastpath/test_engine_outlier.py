@@ -1,0 +1,282 @@
+"""Tests for outlier detection (outlier.pxi, DestinationRule outlierDetection): an
+endpoint that answers 5xx (or gateway errors) so many times in a row gets no requests
+for its ejection time, then is tried again; the bounds maxEjectionPercent and
+minHealthPercent put on that; and the ejection shared by engines that map one region,
+as a node's workers do.
+
+An outbound engine (the HTTP listener) and inbound engines, each its own endpoint in
+front of an app that answers with its name and the status it is told to give. Each
+request is its own client connection, so the balancer (round robin: the order is known)
+picks at every request. Durations are short (Istio's durations take milliseconds).
+"""
+
+from __future__ import annotations
+
+import http.client
+import mmap
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from fastpath import engine as fe
+
+from enginekit import http_server, listener, port_of, wait_for
+from test_engine_http import (BACKEND_ID, SNI, TIMEOUT_S, Node, client_ctx,  # noqa: F401
+                              mesh_pki, server_ctx)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        server = self.server
+        server.hits += 1                    # type: ignore[attr-defined]
+        body = server.tag                   # type: ignore[attr-defined]
+        self.send_response(server.status)   # type: ignore[attr-defined]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class App:
+    """An HTTP app answering every GET with its tag and `status`, counting them."""
+
+    def __init__(self, tag: str, status: int) -> None:
+        self.server = http_server(_Handler, tag=tag.encode(), status=status, hits=0)
+        self.port = self.server.server_address[1]
+
+    @property
+    def hits(self) -> int:
+        return self.server.hits             # type: ignore[attr-defined]
+
+    def answer(self, status: int) -> None:
+        self.server.status = status         # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Farm:
+    pki: object
+    outs: list[tuple[Node, socket.socket]] = field(default_factory=list)
+    endpoints: list[tuple[Node, socket.socket, App]] = field(default_factory=list)
+    dead: list[int] = field(default_factory=list)   # ports where nothing listens
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return ([("127.0.0.1", port_of(sock)) for _, sock, _ in self.endpoints]
+                + [("127.0.0.1", p) for p in self.dead])
+
+    def table(self, out: int = 0, **outlier: object) -> fe.RouteTable:
+        t = fe.RouteTable()
+        svc = t.add_service("demo/backend:http", SNI, [BACKEND_ID], self.addresses(),
+                            balancer="round-robin")
+        t.set_outlier(svc, **outlier)
+        t.set_outbound_http(self.outs[out][1].fileno(), client_ctx(self.pki))
+        t.add_host("backend", svc, 8080)
+        return t
+
+    def get(self, out: int = 0) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", port_of(self.outs[out][1]),
+                                          timeout=TIMEOUT_S)
+        try:
+            conn.request("GET", "/", headers={"Host": "backend", "Connection": "close"})
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    def spread(self, n: int, out: int = 0) -> Counter:
+        return Counter(self.get(out)[1] for _ in range(n))
+
+    def ejected(self, out: int = 0) -> dict[int, dict]:
+        """port -> its outlier entry, as engine `out` shows them."""
+        return {e["port"]: e for e in self.outs[out][0].engine.outliers()}
+
+    def port(self, i: int) -> int:
+        return port_of(self.endpoints[i][1])
+
+
+MakeFarm = Callable[..., Farm]
+
+
+@pytest.fixture
+def make_farm(mesh_pki, tmp_path: Path) -> Iterator[MakeFarm]:  # noqa: F811 (the fixture)
+    made: list[Farm] = []
+    maps: list[mmap.mmap] = []
+
+    def make(statuses: tuple[int, ...], outs: int = 1, dead: int = 0, shared: bool = False,
+             **outlier: object) -> Farm:
+        farm = Farm(mesh_pki)
+        made.append(farm)
+        for i, status in enumerate(statuses):
+            node, sock, app = Node(), listener(), App(f"app{i}", status)
+            farm.endpoints.append((node, sock, app))
+            t = fe.RouteTable()
+            t.set_inbound(sock.fileno())
+            t.add_inbound_route(SNI, server_ctx(mesh_pki), "127.0.0.1", app.port)
+            node.install(t)
+        for _ in range(dead):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            farm.dead.append(port_of(s))
+            s.close()                       # nothing listens there: connects are refused
+        region = None
+        if shared:                          # one file, mapped by every engine (proxy.py)
+            path = tmp_path / "outlier.state"
+            path.write_bytes(b"\0" * fe.shared_state_bytes(1024))
+            with path.open("r+b") as f:
+                region = mmap.mmap(f.fileno(), 0)
+            fe.shared_state_format(region, 1024)
+            maps.append(region)
+        for k in range(outs):
+            node = Node()
+            if region is not None:
+                node.engine.share_state(region)
+            farm.outs.append((node, listener()))
+            node.install(farm.table(k, **outlier))
+        return farm
+
+    yield make
+    for farm in made:
+        for node, sock in farm.outs:
+            node.stop()
+            sock.close()
+        for node, sock, app in farm.endpoints:
+            node.stop()
+            sock.close()
+            app.close()
+
+
+def test_an_endpoint_answering_5xx_is_ejected_after_n_in_a_row_then_tried_again(
+        make_farm: MakeFarm) -> None:
+    farm = make_farm((200, 500), consecutive_5xx=3, interval_s=0.02, base_ejection_s=1.0,
+                     max_ejection_percent=100)
+    bad = farm.endpoints[1][2]
+    answers = Counter(farm.get() for _ in range(6))     # round robin: 3 each
+    assert answers == {(200, "app0"): 3, (500, "app1"): 3}
+    entry = farm.ejected()[farm.port(1)]
+    assert entry["ejected"] and entry["ejections"] == 1, entry
+    assert farm.outs[0][0].stats()["outlier_ejections"] == 1
+    # Ejected: every request goes to the healthy one while the ejection lasts.
+    assert farm.spread(10) == {"app0": 10}
+    assert bad.hits == 3
+    assert farm.ejected()[farm.port(1)]["ejected"]
+    # Then it is tried again: now healthy, it takes its share.
+    bad.answer(200)
+    wait_for(lambda: not farm.ejected()[farm.port(1)]["ejected"], 3, "the ejection's end")
+    assert farm.spread(4) == {"app0": 2, "app1": 2}
+
+
+def test_the_second_ejection_in_a_row_lasts_twice_as_long(make_farm: MakeFarm) -> None:
+    # (A sweep that finds it back lowers the multiple: the second ejection comes
+    # within one interval of the first's end, so none does.)
+    farm = make_farm((200, 500), consecutive_5xx=1, interval_s=0.2, base_ejection_s=0.4,
+                     max_ejection_percent=100)
+    farm.spread(2)
+    first = farm.ejected()[farm.port(1)]
+    assert first["ejected"] and 0.2 < first["ejected_for_s"] <= 0.6, first
+    wait_for(lambda: not farm.ejected()[farm.port(1)]["ejected"], 3, "the first ejection's end")
+    while farm.endpoints[1][2].hits < 2:    # (bounded: round robin reaches it in 2)
+        farm.get()
+    second = farm.ejected()[farm.port(1)]
+    assert second["ejections"] == 2 and 0.6 < second["ejected_for_s"] <= 1.0, second
+
+
+def test_a_success_resets_the_count(make_farm: MakeFarm) -> None:
+    farm = make_farm((200, 500), consecutive_5xx=2, interval_s=0.02, base_ejection_s=1.0,
+                     max_ejection_percent=100)
+    bad = farm.endpoints[1][2]
+    farm.spread(2)                          # app1: one 500
+    bad.answer(200)
+    farm.spread(2)                          # app1: a success, the count starts over
+    bad.answer(500)
+    farm.spread(2)                          # app1: one 500 again: not two in a row
+    assert not farm.ejected()[farm.port(1)]["ejected"]
+    assert farm.ejected()[farm.port(1)]["consecutive_5xx"] == 1
+    farm.spread(2)
+    assert farm.ejected()[farm.port(1)]["ejected"]
+
+
+def test_gateway_errors_count_only_502_503_504(make_farm: MakeFarm) -> None:
+    farm = make_farm((200, 500), consecutive_5xx=0, consecutive_gateway=2, interval_s=0.02,
+                     base_ejection_s=1.0, max_ejection_percent=100)
+    bad = farm.endpoints[1][2]
+    farm.spread(8)                          # four 500s: not gateway errors, 5xx is off
+    assert not farm.ejected()[farm.port(1)]["ejected"]
+    bad.answer(503)
+    farm.spread(4)
+    assert farm.ejected()[farm.port(1)]["ejected"]
+    assert farm.spread(4) == {"app0": 4}
+
+
+def test_max_ejection_percent_keeps_endpoints_in_but_one_may_always_go(
+        make_farm: MakeFarm) -> None:
+    # Three endpoints all failing, 10 % at most: the first ejection goes through anyway
+    # (Envoy's rule), the others are held back and counted.
+    farm = make_farm((500, 500, 500), consecutive_5xx=1, interval_s=0.02, base_ejection_s=5.0)
+    statuses = Counter(farm.get()[0] for _ in range(9))
+    assert statuses == {500: 9}
+    assert sum(e["ejected"] for e in farm.ejected().values()) == 1
+    stats = farm.outs[0][0].stats()
+    assert stats["outlier_ejections"] == 1 and stats["outlier_ejections_overflow"] >= 6
+    # 60 %: two of three (2/3 = 67 % would be over it: held back).
+    farm2 = make_farm((500, 500, 500), consecutive_5xx=1, interval_s=0.02, base_ejection_s=5.0,
+                      max_ejection_percent=60)
+    for _ in range(9):
+        farm2.get()
+    assert sum(e["ejected"] for e in farm2.ejected().values()) == 1
+    farm3 = make_farm((500, 500, 500), consecutive_5xx=1, interval_s=0.02, base_ejection_s=5.0,
+                      max_ejection_percent=67)
+    for _ in range(9):
+        farm3.get()
+    assert sum(e["ejected"] for e in farm3.ejected().values()) == 2
+
+
+def test_below_min_health_percent_ejected_endpoints_take_traffic_again(
+        make_farm: MakeFarm) -> None:
+    farm = make_farm((200, 500), consecutive_5xx=1, interval_s=0.02, base_ejection_s=5.0,
+                     max_ejection_percent=100, min_health_percent=60)
+    farm.spread(2)
+    assert farm.ejected()[farm.port(1)]["ejected"]
+    # One of two healthy (50 % < 60 %): outlier detection stands aside, all are used.
+    assert farm.spread(4) == {"app0": 2, "app1": 2}
+    farm2 = make_farm((200, 500), consecutive_5xx=1, interval_s=0.02, base_ejection_s=5.0,
+                      max_ejection_percent=100, min_health_percent=50)
+    farm2.spread(2)
+    assert farm2.spread(4) == {"app0": 4}   # 50 % is not below 50 %
+
+
+def test_an_ejection_is_shared_by_engines_mapping_one_region(make_farm: MakeFarm) -> None:
+    # Two outbound engines (a node's two workers) and a dead endpoint besides two live
+    # ones; two errors in a row eject. Each worker's connect to it fails once: the two
+    # failures count together, so it is ejected for both, and neither tries it again.
+    farm = make_farm((200, 200), outs=2, dead=1, shared=True, consecutive_5xx=2,
+                     interval_s=0.02, base_ejection_s=5.0, max_ejection_percent=100)
+    dead = farm.dead[0]
+    assert [farm.get(0)[0] for _ in range(3)] == [200, 200, 200]   # failed over once
+    assert farm.ejected(1)[dead]["consecutive_5xx"] == 1             # seen by the other
+    assert not farm.ejected(1)[dead]["ejected"]
+    assert [farm.get(1)[0] for _ in range(3)] == [200, 200, 200]
+    for out in (0, 1):
+        entry = farm.ejected(out)[dead]
+        assert entry["ejected"] and entry["ejections"] == 1, entry
+    assert (farm.outs[0][0].stats()["outlier_ejections"]
+            + farm.outs[1][0].stats()["outlier_ejections"]) == 1
+    before = [farm.outs[k][0].stats()["upstream_failovers"] for k in (0, 1)]
+    assert before == [1, 1]
+    for out in (0, 1):
+        assert farm.spread(6, out=out) == {"app0": 3, "app1": 3}
+    assert [farm.outs[k][0].stats()["upstream_failovers"] for k in (0, 1)] == before
