@@ -102,13 +102,19 @@ cdef inline bint _requests_spent(const Service* svc, uint32_t requests) noexcept
             and requests >= svc.conn_pool.max_requests)
 
 
-cdef bint _upstream_spent(Core* core, Conn* c) noexcept nogil:
+cdef inline bint _upstream_spent(Core* core, Conn* c) noexcept nogil:
     """Has c's upstream carried its service's maxRequestsPerConnection (the next request
-    goes on another)? Counted once per upstream."""
-    if c.up.fd < 0 or not _requests_spent(&c.table.services[c.service], c.up.requests):
-        return False
-    core.counters.pool_spent += 1
-    return True
+    goes on another)? (Counted when it is closed instead of pooled: _pool_keep.)"""
+    return c.up.fd >= 0 and _requests_spent(&c.table.services[c.service], c.up.requests)
+
+
+cdef inline bint _spent_between(Core* core, Conn* c) noexcept nogil:
+    """Outbound HTTP between requests, its upstream spent: it goes now (_http_switch
+    closes it), not when the client's next request comes, so that a quiet keep-alive
+    client does not hold a connection maxConnections counts."""
+    return ((c.flags & (CONN_HTTP | CONN_INBOUND | CONN_MIRROR)) == CONN_HTTP
+            and not c.switching and not c.client_close and _http_idle(c)
+            and _upstream_spent(core, c))
 
 
 cdef bint _pool_keep(Core* core, Conn* c) noexcept nogil:

@@ -412,7 +412,10 @@ class DataPlane:
                 "requests": self.request_figures(), "callers": self.callers.status(),
                 # Outlier detection per endpoint, node-wide (the workers share it): the
                 # admin /stats shows it.
-                "outliers": self.engine.outliers()}
+                "outliers": self.engine.outliers(),
+                # Upstream connections and waiting requests per service, this worker's
+                # (connectionPool limits are per worker: destinationrulepool.worker_share).
+                "upstreams": self.engine.upstreams()}
 
     def request_figures(self) -> list[dict[str, Any]]:
         """The engine's per-(direction, service, identities) HTTP figures in Istio's
