@@ -136,13 +136,6 @@ def test_bad_values_are_refused_naming_the_field(body: str, where: str, says: st
                for p in found), found
 
 
-def test_port_level_connection_pool_stays_refused_by_name() -> None:
-    found = problems(rule("host: ratings\ntrafficPolicy: {portLevelSettings: "
-                          "[{port: {number: 80}, connectionPool: {}}]}"))
-    assert any("portLevelSettings[0].connectionPool: connectionPool is not implemented yet"
-               in p for p in found), found
-
-
 def test_the_store_gives_the_rule_back_as_written(tmp_path: Path) -> None:
     store = Store(tmp_path / "state")
     store.apply(parse_text(SERVICES + "---\n" + ISTIO_EXAMPLE, "c.yaml"), "cli")
