@@ -100,6 +100,16 @@ cdef uint32_t _pick_endpoint(Core* core, Service* svc, bint by_latency) noexcept
 
 
 cdef bint _rebalance(Core* core, Conn* c, const char* head, const ReqHead* req) noexcept nogil:
+    """Whether the next request framed on c's kept upstream goes on another: when the
+    upstream carried its service's maxRequestsPerConnection (pool.pxi), or the
+    balancer moves it (_rebalance_pick). A request that stays counts on the upstream."""
+    if _upstream_spent(core, c) or _rebalance_pick(core, c, head, req):
+        return True
+    c.up.requests += 1
+    return False
+
+
+cdef bint _rebalance_pick(Core* core, Conn* c, const char* head, const ReqHead* req) noexcept nogil:
     """Whether the next request framed on c's kept upstream should go to another
     endpoint instead. Linkerd balances each request; a client connection here holds one
     upstream, and a keep-alive client would otherwise stay with the endpoint its first

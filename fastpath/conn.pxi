@@ -109,6 +109,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
 
 cdef void _side_close(Side* s, bint reset) noexcept nogil:
     cdef net.linger lg
+    _pool_closed(&s.counted)            # an upstream leaves its service's count (pool.pxi)
     if s.ssl != NULL:
         if (not reset and openssl.SSL_is_init_finished(s.ssl)
                 and not openssl.SSL_get_shutdown(s.ssl) & openssl.SSL_SENT_SHUTDOWN):
@@ -162,6 +163,7 @@ cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
         _count_cut_off(core, c)
     if c.n_mirroring > 0 or c.flags & CONN_MIRROR:
         _mirror_closing(core, c)
+    _pool_unwait(core, c)               # a request waiting for an upstream (pool.pxi)
     _load_release(core, c)
     _side_close(&c.down, reset)
     _side_close(&c.up, reset)

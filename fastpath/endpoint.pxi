@@ -34,6 +34,8 @@ cdef int _connect(Core* core, Conn* c, const net.sockaddr_storage* addr,
     c.up.fd = fd
     c.up.readable = True
     c.up.hup = False
+    if not c.flags & (CONN_INBOUND | CONN_MIRROR):
+        _pool_opened(core, c)           # counts for its service until it closes (pool.pxi)
     _nodelay(fd)
     if _watch(core, fd, _tag(_TAG_UP, c.index, c.gen)) != 0:
         sc.connect_failures += 1
@@ -128,6 +130,7 @@ cdef int _connect_done(Core* core, Conn* c, uint32_t events) noexcept nogil:
 
 cdef void _idle_close(IdleUp* u) noexcept nogil:
     # Best effort close_notify, so the other node sees a clean end, not a truncation.
+    _pool_closed(&u.counted)
     openssl.ERR_clear_error()
     openssl.SSL_shutdown(u.ssl)
     openssl.ERR_clear_error()
@@ -160,7 +163,7 @@ cdef bint _pool_put(Core* core, Conn* c) noexcept nogil:
         if ep == NULL or not _table_has_ctx(core.table, c.client_ctx):
             core.counters.departed_idle_closed += 1     # closed by the caller
             return False
-    if ep.n_idle >= ENGINE_POOL_PER_ENDPOINT:
+    if ep.n_idle >= ENGINE_POOL_PER_ENDPOINT or not _pool_keep(core, c):
         return False
     # Out of the epoll set: its events must not reach this slot's next user.
     net.epoll_ctl(core.epfd, net.EPOLL_CTL_DEL, c.up.fd, NULL)
@@ -171,8 +174,11 @@ cdef bint _pool_put(Core* core, Conn* c) noexcept nogil:
     u.since_ns = core.now_ns
     u.principal = c.peer_principal
     u.client_ctx = c.client_ctx
+    u.counted = c.up.counted
+    u.requests = c.up.requests
     c.up.fd = -1
     c.up.ssl = NULL
+    c.up.counted = NULL
     core.counters.http_upstream_pooled += 1
     return True
 
@@ -197,7 +203,8 @@ cdef bint _pool_take(Core* core, Conn* c, Endpoint* ep) noexcept nogil:
         # Half the idle timeout: the other node (same defaults) closes an idle
         # connection at its full timeout, and one closed just as we write our request
         # would cost the client a 502.
-        if core.now_ns - u.since_ns < core.idle_timeout_ns // 2:
+        if (core.now_ns - u.since_ns < core.idle_timeout_ns // 2
+                and not _requests_spent(&c.table.services[c.service], u.requests)):
             openssl.ERR_clear_error()
             # Also reads a late session ticket; any application byte is a protocol error.
             r = openssl.SSL_read(u.ssl, &probe, 1)
@@ -213,6 +220,8 @@ cdef bint _pool_take(Core* core, Conn* c, Endpoint* ep) noexcept nogil:
                 c.peer_principal = u.principal
                 c.stat = -1
                 if _watch(core, u.fd, _tag(_TAG_UP, c.index, c.gen)) == 0:
+                    c.up.counted = u.counted
+                    c.up.requests = u.requests + c.n_pend
                     return True
                 c.up.fd = -1
                 c.up.ssl = NULL

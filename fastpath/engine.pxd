@@ -34,6 +34,16 @@ cdef struct Name:
     uint32_t length
 
 
+# One destination service port's upstream connections in this worker (pool.pxi), kept
+# in Core.upstream_counts by the service's name so that it outlives tables: an upstream
+# counts from its connect until its socket closes, in a pair, idle in a pool, carried
+# to a newer table or ending. Engine thread only, but for `key` (claimed at install).
+cdef struct UpstreamCount:
+    uint64_t key                   # 0: free
+    uint32_t conns                 # upstreams open (connecting, in use, idle, closing)
+    uint32_t pending               # HTTP requests waiting for one (CONN_POOL_WAIT)
+
+
 # An HTTP upstream connection (mTLS, peer identity verified) with no request on it,
 # kept by its endpoint for the next client connection routed there. Not in the epoll
 # set while idle: checked (SSL_read must say WANT_READ) and aged when taken.
@@ -44,11 +54,25 @@ cdef struct IdleUp:
     uint16_t principal             # the peer's SPIFFE ID (Core.principals index)
     openssl.SSL_CTX* client_ctx    # the identity it was opened as (compared only): a
                                    # connection is only reused by the same caller identity
+    UpstreamCount* counted         # its service's count it is in (pool.pxi; NULL: none)
+    uint32_t requests              # requests it carried (maxRequestsPerConnection)
 
 
 cdef enum:
     # Idle HTTP upstream connections kept per endpoint (LIFO; more are closed).
     ENGINE_POOL_PER_ENDPOINT = 64
+    # Destination service ports whose upstream connections a worker counts (pool.pxi):
+    # an open-addressed table keyed by the service's name, entries never freed.
+    ENGINE_UPSTREAM_COUNTS = 4096
+
+
+# DestinationRule trafficPolicy.connectionPool, compiled for one service port (Istio's
+# ConnectionPoolSettings, per worker: the node splits the limits, meshnode.dataplane).
+cdef struct ConnPoolPolicy:
+    uint32_t max_connections       # tcp.maxConnections (0: no limit)
+    uint32_t max_pending           # http.http1MaxPendingRequests
+    uint32_t max_requests          # http.maxRequestsPerConnection (0: no limit)
+    int64_t connect_timeout_ns     # tcp.connectTimeout (0: the engine's)
 
 
 # Outlier detection's state, shared by a node's workers (outlier.pxi): an endpoint of a
@@ -211,6 +235,8 @@ cdef struct Service:
     HashPolicy* hash               # BALANCE_RING_HASH / MAGLEV: owned (hashing.pxi)
     RetryBudget* budget            # in Table.budgets; shared by one Service's ports
     OutlierPolicy* outlier         # outlierDetection: owned (outlier.pxi); NULL: none
+    ConnPoolPolicy* conn_pool      # connectionPool: owned (pool.pxi); NULL: none
+    UpstreamCount* upstreams       # its count in Core.upstream_counts (NULL: no room)
 
 
 cdef struct OutboundListener:
@@ -558,6 +584,8 @@ cdef enum ConnState:
     CONN_SNIFFING                  # sniffing listener: HTTP request or opaque TCP?
     CONN_BACKOFF                   # HTTP outbound: a try failed, its retry waits out its
                                    # backoff (no upstream; the client's bytes wait)
+    CONN_POOL_WAIT                 # HTTP outbound: a request waits for an upstream of its
+                                   # service (connectionPool at maxConnections, pool.pxi)
 
 
 cdef struct Side:
@@ -569,6 +597,10 @@ cdef struct Side:
     bint readable
     bint hup                       # EPOLLRDHUP/HUP/ERR seen: an end is pending, so a
                                    # short read does not mean the socket is empty
+    # Outbound `up` (pool.pxi): the service count this socket is in until it closes
+    # (_side_close; NULL: none), and the requests it carried.
+    UpstreamCount* counted
+    uint32_t requests
 
 
 # Bytes moving one way, from one side to the other, through at most one pooled buffer.
@@ -795,6 +827,7 @@ cdef struct Conn:
     # then (fault.pxi; 0: none): nothing more is read, its route is decided.
     int64_t fault_until_ns
     int64_t fault_delay_ns         # the delay a route pick drew, until it is held
+    int64_t pool_wait_until_ns     # CONN_POOL_WAIT: given up then (503; pool.pxi)
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
@@ -942,6 +975,18 @@ cdef struct Counters:
     uint64_t outlier_ejections
     uint64_t outlier_ejections_overflow
     uint64_t outlier_no_slot
+    # connectionPool (pool.pxi): what was refused, by the limit met (an opaque pair closed
+    # or an HTTP request answered 503): maxConnections with no room to wait, the pending
+    # requests' limit, a wait that outlived connectTimeout; requests that waited; idle
+    # upstreams closed to make room under maxConnections; upstreams closed after
+    # maxRequestsPerConnection; services left uncounted (no room in the table).
+    uint64_t pool_overflow_connections
+    uint64_t pool_overflow_pending
+    uint64_t pool_overflow_wait
+    uint64_t pool_waited
+    uint64_t pool_idle_evicted
+    uint64_t pool_spent
+    uint64_t pool_no_slot
 
 
 # --- limits before authentication (limits.pxi) --------------------------------------------------
@@ -1037,6 +1082,7 @@ cdef struct Core:
     char* shared
     uint32_t shared_slots
     bint shared_owned
+    UpstreamCount* upstream_counts # ENGINE_UPSTREAM_COUNTS entries (pool.pxi)
     # Request figures (StatRecord) and the peer IDs they name. principals[0] is empty.
     StatRecord* stats
     uint32_t n_stats               # published with a release store (_publish)
@@ -1060,6 +1106,7 @@ cdef class Engine:
     cdef uint64_t installs         # generations handed out by install()
     cdef object _shared            # the buffer share_state() maps (kept alive), or None
     cdef list _outlier_index       # the last table's outlier endpoints (outlier.pxi)
+    cdef list _pool_index          # the last table's services' counts (pool.pxi)
 
     cdef int _check(self, int status, str what) except -1
 
@@ -1096,6 +1143,7 @@ cdef class RouteTable:
     cdef list _route_faults        # (rule index, fault tuple) (fault.pxi)
     cdef list _retry_budgets       # ((service index, ...), budget tuple) (budget.pxi)
     cdef dict _outliers            # service index -> outlier tuple (outlier.pxi)
+    cdef dict _conn_pools          # service index -> connectionPool tuple (pool.pxi)
 
     cdef int _check_fd(self, int fd) except -1
     cdef int _add_caller(self, str address, object client_ctx, str identity,

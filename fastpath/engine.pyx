@@ -292,6 +292,7 @@ include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its a
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
 include "hashing.pxi"       # consistent hashing: a request's key, ring and Maglev tables
 include "outlier.pxi"       # outlier detection: ejections shared by the node's workers
+include "pool.pxi"          # connectionPool: upstream counts, waiting requests, limits
 include "endpoint.pxi"      # connect, mTLS client, pool, sessions, failover
 include "stats.pxi"         # request figures per (direction, service, peer)
 include "table.pxi"         # route tables: compile, swap, carry-over of endpoint state
@@ -439,6 +440,10 @@ cdef class Engine:
         # Outlier detection's region: the engine's own until share_state() (outlier.pxi).
         self._shared = None
         self._outlier_index = []
+        self._pool_index = []
+        core.upstream_counts = <UpstreamCount*>calloc(ENGINE_UPSTREAM_COUNTS, sizeof(UpstreamCount))
+        if core.upstream_counts == NULL:
+            raise MemoryError()
         core.shared = <char*>calloc(1, shared_state_bytes())
         if core.shared == NULL:
             raise MemoryError()
@@ -521,6 +526,8 @@ cdef class Engine:
         t = table._build()
         _outlier_bind(self.core, t)     # (claims slots only: raises nothing)
         self._outlier_index = _outlier_index(self.core, t)
+        _pool_bind(self.core, t)        # (likewise)
+        self._pool_index = _pool_index(self.core, t)
         # No Python code runs from here to the unlock, so generations follow install order.
         self.installs += 1
         t.generation = self.installs
@@ -548,6 +555,13 @@ cdef class Engine:
         "address", "port", "tracked" (it has a shared slot), "ejected", "ejected_for_s",
         "ejections" (node-wide), "consecutive_5xx", "consecutive_gateway_errors"}."""
         return _outlier_view(self.core, self._outlier_index)
+
+    def upstreams(self) -> dict[str, dict]:
+        """This engine's upstream connections per service of the last table installed
+        (pool.pxi): {name: {"connections" (open: connecting, in use, idle, closing),
+        "pending" (HTTP requests waiting for one), "limited" (a connectionPool applies)}}.
+        Read without a lock while the loop runs: a moment's figures."""
+        return _pool_view(self.core, self._pool_index)
 
     @property
     def generation(self) -> int:
@@ -631,6 +645,14 @@ cdef class Engine:
         out["outlier_ejections"] = snap.outlier_ejections
         out["outlier_ejections_overflow"] = snap.outlier_ejections_overflow
         out["outlier_no_slot"] = snap.outlier_no_slot
+        # connectionPool (pool.pxi): refusals by the limit met, waits, closes.
+        out["pool_overflow_connections"] = snap.pool_overflow_connections
+        out["pool_overflow_pending"] = snap.pool_overflow_pending
+        out["pool_overflow_wait"] = snap.pool_overflow_wait
+        out["pool_waited"] = snap.pool_waited
+        out["pool_idle_evicted"] = snap.pool_idle_evicted
+        out["pool_spent"] = snap.pool_spent
+        out["pool_no_slot"] = snap.pool_no_slot
         # RequestMirror (mirror.pxi): copies sent whole, copies given up, the slots for
         # them and those in use, and their connections as a side of their own.
         out["http_mirrored"] = snap.http_mirrored

@@ -281,6 +281,7 @@ cdef void _core_free(Core* core) noexcept nogil:
     free(core.ready_next)
     free(core.pool)
     free(core.free_bufs)
+    free(core.upstream_counts)          # after the tables: their idle upstreams counted here
     if core.shared_owned:
         free(core.shared)
     free(core)

@@ -138,6 +138,7 @@ cdef int _http_upstream(Core* core, Conn* c, int64_t avoid) noexcept nogil:
     new one (connect; they wait in d2u)."""
     cdef Service* svc = &c.table.services[c.service]
     cdef int st
+    cdef bint waiting = _pool_unwait(core, c)     # (it waited for room: pool.pxi)
     if avoid >= 0 and svc.n_endpoints > 1:
         _bind_other(core, c, svc, <uint32_t>avoid)     # (retry.pxi)
     else:
@@ -152,8 +153,10 @@ cdef int _http_upstream(Core* core, Conn* c, int64_t avoid) noexcept nogil:
         if _pend_idempotent(c) and not c.flags & CONN_KEPT:
             c.flags |= CONN_RETRYABLE
         return _enter_pipe(core, c)
+    if not _pool_room(core, c, svc, waiting):
+        return _pool_full(core, c, svc, waiting)   # connectionPool (pool.pxi)
     # Setup (connect + handshake) gets its own connect_timeout from here.
-    _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
+    _deadline_at(core, c, core.now_ns + _setup_timeout_ns(core, svc))
     st = _connect(core, c, &svc.endpoints[c.endpoint].addr, svc.endpoints[c.endpoint].addrlen)
     if st == STATUS_OK:
         return _tls_client_start(core, c)
@@ -237,7 +240,9 @@ cdef int _tcp_start(Core* core, Conn* c) noexcept nogil:
     if svc.n_endpoints == 0:
         core.counters.no_endpoint += 1
         return STATUS_CLOSE
-    _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
+    if not _pool_room(core, c, svc, False):
+        return _pool_full(core, c, svc, False)     # connectionPool (pool.pxi)
+    _deadline_at(core, c, core.now_ns + _setup_timeout_ns(core, svc))
     _bind_endpoint(core, c, svc)
     st = _connect(core, c, &svc.endpoints[c.endpoint].addr, svc.endpoints[c.endpoint].addrlen)
     if st == STATUS_OK:

@@ -51,6 +51,7 @@ cdef void _table_free(Table* t) noexcept nogil:
             _chain_free(&svc.chain)
             _hash_free(svc)
             _outlier_free(svc)
+            free(svc.conn_pool)
             _name_free(&svc.name)
             _name_free(&svc.sni)
             if svc.identities != NULL:
@@ -418,6 +419,7 @@ cdef class RouteTable:
         self._route_faults = []
         self._retry_budgets = []
         self._outliers = {}
+        self._conn_pools = {}
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -545,6 +547,21 @@ cdef class RouteTable:
         engines share their state (Engine.share_state)."""
         _outlier_add(self, service_index, consecutive_5xx, consecutive_gateway, interval_s,
                      base_ejection_s, max_ejection_percent, min_health_percent)
+
+    def set_connection_pool(self, int service_index, long long max_connections=0,
+                            long long max_pending_requests=0xFFFFFFFF,
+                            long long max_requests_per_connection=0,
+                            double connect_timeout_s=0.0) -> None:
+        """connectionPool for service `service_index` (pool.pxi; Istio's
+        ConnectionPoolSettings, for this engine): at most `max_connections` upstream
+        connections (0: no limit; over it an idle one of the service is closed to make
+        room, else an opaque pair is closed and an HTTP request waits, while fewer than
+        `max_pending_requests` wait, until one closes or `connect_timeout_s` passes:
+        503); at most `max_requests_per_connection` requests per upstream (0: no limit);
+        each upstream's setup (TCP and the mTLS handshake) within `connect_timeout_s`
+        (0: the table's connect timeout)."""
+        _pool_add(self, service_index, max_connections, max_pending_requests,
+                  max_requests_per_connection, connect_timeout_s)
 
     def add_outbound_tcp(self, int fd, int service_index, TLSContext client_ctx,
                          str protocol="tcp") -> None:
@@ -974,6 +991,7 @@ cdef class RouteTable:
             _mirrors_build(t, _with_variants(self._route_rules, self._route_mirrors))
             _hash_build(t, self._hashes)
             _outlier_build(t, self._outliers)
+            _pool_build(t, self._conn_pools)
             _faults_build(t, self._route_faults)
 
             if self._routes:

@@ -258,6 +258,9 @@ cdef void _conn_expired(Core* core, Conn* c) noexcept nogil:
     elif c.state == CONN_BACKOFF:
         if now >= c.deadline_ns:
             _settle(core, c, _retry_fire(core, c))  # a route's retry (retry.pxi)
+    elif c.state == CONN_POOL_WAIT:
+        if now >= c.deadline_ns:
+            _settle(core, c, _pool_waited(core, c))  # room for an upstream? (pool.pxi)
     elif _gone_quiet(core, c):
         core.counters.drain_closed += 1
         _conn_close(core, c, False)

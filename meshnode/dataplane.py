@@ -57,6 +57,7 @@ from typing import Any, Callable
 from fastpath.engine import Engine, RouteTable
 
 from . import callers, logs, routes
+from .config.destinationrulepool import worker_share
 from .identity.creds import Contexts
 from .ports import Ports
 
@@ -127,8 +128,10 @@ def _listener(address: str, port: int) -> socket.socket:
 class DataPlane:
     def __init__(self, node: str, inbound_address: str, inbound_port: int,
                  contexts: Callable[[str], Contexts | None], http_port: int = 0,
-                 max_connections: int = 4096) -> None:
+                 max_connections: int = 4096, worker: int = 0, workers: int = 1) -> None:
         self.node, self.inbound_port = node, inbound_port
+        # This worker among the node's: connectionPool limits are split among them.
+        self.worker, self.workers = worker, max(workers, 1)
         self._contexts = contexts
         # Slots: a worker sizes them from its descriptor limit (meshnode.fdlimit).
         self.engine = Engine(max_connections=max_connections, buffer_bytes=BUFFER_BYTES)
@@ -245,6 +248,9 @@ class DataPlane:
                     table.set_hash(index, **port["hash"])   # consistentHash's key
                 if port.get("outlier"):
                     table.set_outlier(index, **port["outlier"])  # outlierDetection
+                if port.get("connection_pool"):    # connectionPool: this worker's share
+                    table.set_connection_pool(index, **worker_share(
+                        port["connection_pool"], self.worker, self.workers))
                 indexes.setdefault((f"{svc['namespace']}/{svc['name']}", int(port["port"])), index)
                 protocol = _protocol(port)
                 if port.get("outbound_port") and serving:
@@ -406,7 +412,10 @@ class DataPlane:
                 "requests": self.request_figures(), "callers": self.callers.status(),
                 # Outlier detection per endpoint, node-wide (the workers share it): the
                 # admin /stats shows it.
-                "outliers": self.engine.outliers()}
+                "outliers": self.engine.outliers(),
+                # Upstream connections and waiting requests per service, this worker's
+                # (connectionPool limits are per worker: destinationrulepool.worker_share).
+                "upstreams": self.engine.upstreams()}
 
     def request_figures(self) -> list[dict[str, Any]]:
         """The engine's per-(direction, service, identities) HTTP figures in Istio's

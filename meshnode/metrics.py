@@ -73,6 +73,12 @@ _COUNTS = (
     ("stats_overflow", "meshnode_request_figures_overflow",
      "Answers counted without their labels: the engine's label sets were used up"),
 )
+# connectionPool's refusals (fastpath pool.pxi) -> the `reason` label of
+# meshnode_pool_overflows_total (Envoy's upstream_cx_overflow, upstream_rq_pending_overflow
+# and a pending request's wait running out).
+_POOL_OVERFLOWS = {"pool_overflow_connections": "max_connections",
+                   "pool_overflow_pending": "max_pending_requests",
+                   "pool_overflow_wait": "connect_timeout"}
 # Per-side failure counters -> the `reason` label of meshnode_dataplane_failures_total.
 _SIDE_FAILURES = ("connect_failures", "connect_timeouts", "idle_timeouts", "aborted",
                   "rejected_limit", "accept_failures", "tls_failures_verify",
@@ -147,6 +153,9 @@ class NodeCollector(Collector):
                                        labels=["node", "process", "direction", "reason"])
         counts = {key: CounterMetricFamily(name, text, labels=["node", "process"])
                   for key, name, text in _COUNTS}
+        overflows = CounterMetricFamily(
+            "meshnode_pool_overflows", "Connections closed and requests answered 503 by a "
+            "DestinationRule connectionPool, by the limit met", labels=["node", "process", "reason"])
         active = GaugeMetricFamily("meshnode_tcp_connections_active",
                                    "TCP connections open in the data plane",
                                    labels=["node", "process", "direction"])
@@ -179,10 +188,20 @@ class NodeCollector(Collector):
                            renew_failed, bundle)
             self._dataplane(report.body.get("dataplane"), labels, tcp, counts, failures,
                             active)
+            self._overflows(report.body.get("dataplane"), labels, overflows)
             self._requests(report.body.get("requests"), labels, requests, duration)
         yield from (up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
-                    renew_failed, bundle, *tcp.values(), *counts.values(), failures, active,
-                    requests, duration)
+                    renew_failed, bundle, *tcp.values(), *counts.values(), overflows, failures,
+                    active, requests, duration)
+
+    @staticmethod
+    def _overflows(stats: object, labels: list[str], overflows: Metric) -> None:
+        if not isinstance(stats, dict):
+            return
+        for key, reason in _POOL_OVERFLOWS.items():
+            value = stats.get(key)
+            if isinstance(value, int):
+                overflows.add_metric([*labels, reason], value)
 
     @staticmethod
     def _requests(figures: object, labels: list[str], requests: Metric, duration: Metric) -> None:

@@ -271,6 +271,8 @@ class WorkerDrain:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("meshnode.proxy", "Run one proxy worker of the node.")
     parser.add_argument("--worker", type=int, default=0, help="this worker's index")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="the node's proxy workers (connectionPool limits are split among them)")
     parser.add_argument("--inbound-address", default="0.0.0.0",
                         help="address of the inbound mTLS listener (port-base+6)")
     args = parser.parse_args(argv)
@@ -282,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dataplane = DataPlane(proc.node, args.inbound_address, proc.ports.inbound,
                               lambda identity: agent.identity.contexts(identity),
-                              http_port=proc.ports.outbound, max_connections=slots)
+                              http_port=proc.ports.outbound, max_connections=slots,
+                              worker=args.worker, workers=args.workers)
     except OSError as exc:
         logs.event(proc.log, "listener.failed", logging.ERROR, name="inbound",
                    port=proc.ports.inbound, error=str(exc))

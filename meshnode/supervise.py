@@ -104,7 +104,8 @@ def render_conf(opts: NodeOptions) -> str:
                  [*(["--ca-root", str(opts.ca_root)] if opts.ca_root else []),
                   *(["--ca-issuer", str(opts.ca_issuer)] if opts.ca_issuer else [])]),
         _program("telemetry", "meshnode.telemetry", opts, 20, ["--expect", expect]),
-        _program(PROXY_GROUP, "meshnode.proxy", opts, 30, numprocs=opts.workers,
+        _program(PROXY_GROUP, "meshnode.proxy", opts, 30, ["--workers", str(opts.workers)],
+                 numprocs=opts.workers,
                  stop_wait_s=PROXY_STOP_WAIT_S),
     ])
 

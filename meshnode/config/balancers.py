@@ -54,6 +54,14 @@ def outlier_for(service: Service, rules: dict[str, DestinationRule]) -> dict[str
     return outlier.engine() if outlier is not None else None
 
 
+def pool_for(service: Service, rules: dict[str, DestinationRule]) -> dict[str, Any] | None:
+    """RouteTable.set_connection_pool()'s arguments (the node's, before a worker takes
+    its share) for each port of `service`; None: its rule sets no connectionPool."""
+    rule = rules.get(f"{service.namespace}/{service.name}")
+    pool = rule.spec.pool if rule is not None else None
+    return pool.engine() if pool is not None else None
+
+
 def balancer_for(service: Service, port: int, rules: dict[str, DestinationRule]) -> str:
     """The engine balancer (fastpath RouteTable.add_service) for `service`'s port `port`."""
     rule = rules.get(f"{service.namespace}/{service.name}")

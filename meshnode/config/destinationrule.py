@@ -3,7 +3,8 @@
 A user's DestinationRule YAML applies unchanged (networking.istio.io v1, v1beta1 or
 v1alpha3). meshnode implements its load balancing (trafficPolicy.loadBalancer simple
 or consistentHash, for the whole service and per port), its outlier detection
-(trafficPolicy.outlierDetection, destinationruleoutlier.py) and its subsets
+(trafficPolicy.outlierDetection, destinationruleoutlier.py), its connection pool limits
+(trafficPolicy.connectionPool, destinationrulepool.py) and its subsets
 (destinationrulehash.py says what they do here); every other field Istio defines is refused by name
 (NOT_IMPLEMENTED) rather than accepted and ignored, so a rule never seems to do what it
 does not. The list shrinks as the data plane learns each field. Objects here are already
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:   # (it checks its fields with validate, which needs this module's model)
     from .destinationrulehash import ConsistentHash, Subset
     from .destinationruleoutlier import OutlierDetection
+    from .destinationrulepool import ConnectionPool
 
 API_GROUP = "networking.istio.io"
 API_VERSIONS = (f"{API_GROUP}/v1", f"{API_GROUP}/v1beta1", f"{API_GROUP}/v1alpha3")
@@ -42,14 +44,14 @@ REFUSED_SIMPLE = {
 # Istio's fields by where they stand, known but not implemented yet: refused by name.
 NOT_IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "spec": ("exportTo", "workloadSelector"),
-    "trafficPolicy": ("connectionPool", "tls", "tunnel", "proxyProtocol", "retryBudget"),
+    "trafficPolicy": ("tls", "tunnel", "proxyProtocol", "retryBudget"),
     "loadBalancer": ("localityLbSetting", "warmupDurationSecs", "warmup"),
     "portLevelSettings": ("connectionPool", "outlierDetection", "tls"),
 }
 
 IMPLEMENTED: dict[str, tuple[str, ...]] = {
     "spec": ("host", "trafficPolicy", "subsets"),
-    "trafficPolicy": ("loadBalancer", "portLevelSettings", "outlierDetection"),
+    "trafficPolicy": ("loadBalancer", "portLevelSettings", "outlierDetection", "connectionPool"),
     "loadBalancer": ("simple", "consistentHash"),
     "portLevelSettings": ("port", "loadBalancer"),
 }
@@ -75,6 +77,7 @@ class DestinationRuleSpec:
     hash: ConsistentHash | None = None  # trafficPolicy.loadBalancer.consistentHash
     subsets: tuple[Subset, ...] = ()
     outlier: OutlierDetection | None = None  # trafficPolicy.outlierDetection (every port)
+    pool: ConnectionPool | None = None  # trafficPolicy.connectionPool (each port its own)
 
     def _load_balancer(self, port: int) -> tuple[str | None, ConsistentHash | None]:
         """Service port `port`'s loadBalancer (simple, consistentHash): its

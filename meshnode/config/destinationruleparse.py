@@ -14,6 +14,7 @@ from .destinationrule import (API_VERSIONS, BALANCERS, IMPLEMENTED, NOT_IMPLEMEN
                               DestinationRuleSpec, PortPolicy)
 from .destinationrulehash import ConsistentHash, parse_consistent_hash, parse_subsets
 from .destinationruleoutlier import parse_outlier_detection
+from .destinationrulepool import parse_connection_pool
 from .errors import Problem
 from .model import DestinationRule, key_label
 from .routeparse import _metadata, metadata_dict
@@ -108,7 +109,7 @@ def _spec(d: _Doc, value: object, namespace: str, api_version: str) -> Destinati
     if spec is None or "host" not in spec:
         return None
     service = _host(d, spec["host"], "spec.host", namespace)
-    simple, hashed, ports, outlier = None, None, (), None
+    simple, hashed, ports, outlier, pool = None, None, (), None, None
     subsets = parse_subsets(d, spec["subsets"], "spec.subsets") if "subsets" in spec else ()
     policy = spec.get("trafficPolicy")
     if policy is not None:
@@ -119,13 +120,16 @@ def _spec(d: _Doc, value: object, namespace: str, api_version: str) -> Destinati
         if fields is not None and "outlierDetection" in fields:
             outlier = parse_outlier_detection(d, fields["outlierDetection"],
                                               "spec.trafficPolicy.outlierDetection")
+        if fields is not None and "connectionPool" in fields:
+            pool = parse_connection_pool(d, fields["connectionPool"],
+                                         "spec.trafficPolicy.connectionPool")
         if fields is not None and "portLevelSettings" in fields:
             ports = _port_policies(d, fields["portLevelSettings"],
                                    "spec.trafficPolicy.portLevelSettings")
     if d.problems or service is None:
         return None
     return DestinationRuleSpec(spec["host"], service, api_version, policy is not None, simple,
-                               ports, hashed, subsets, outlier)
+                               ports, hashed, subsets, outlier, pool)
 
 
 def parse_destination_rule(doc: dict[str, Any], file: str, index: int
@@ -172,6 +176,8 @@ def rule_to_dict(rule: DestinationRule) -> dict[str, Any]:
                                            for p in rule.spec.ports]
         if rule.spec.outlier is not None:
             policy["outlierDetection"] = rule.spec.outlier.to_dict()
+        if rule.spec.pool is not None:
+            policy["connectionPool"] = rule.spec.pool.to_dict()
         spec["trafficPolicy"] = policy
     if rule.spec.subsets:
         spec["subsets"] = [s.to_dict() for s in rule.spec.subsets]

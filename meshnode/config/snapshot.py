@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .balancers import balancer_for, hash_for, outlier_for, rules_by_service
+from .balancers import balancer_for, hash_for, outlier_for, pool_for, rules_by_service
 from .model import (DEFAULT_TRUST_DOMAIN, DestinationRule, Node, Resource, Service, ServicePort,
                     Workload, mesh_spec, selects)
 from .retrybudgets import retry_budgets
@@ -58,6 +58,10 @@ def _outlier_entry(policy: dict[str, Any] | None) -> dict[str, Any]:
     return {"outlier": policy} if policy is not None else {}
 
 
+def _pool_entry(policy: dict[str, Any] | None) -> dict[str, Any]:
+    return {"connection_pool": policy} if policy is not None else {}
+
+
 def _service(service: Service, workloads: list[Workload], node: str, trust_domain: str,
              rules: dict[str, DestinationRule], budget: dict[str, Any] | None) -> dict[str, Any]:
     name, namespace = service.name, service.namespace
@@ -74,7 +78,9 @@ def _service(service: Service, workloads: list[Workload], node: str, trust_domai
                    # What a hashing balancer hashes by (RouteTable.set_hash), if it does.
                    **_hash_entry(hash_for(service, p.port, rules)),
                    # outlierDetection (RouteTable.set_outlier), if its rule has one.
-                   **_outlier_entry(outlier_for(service, rules))}
+                   **_outlier_entry(outlier_for(service, rules)),
+                   # connectionPool (RouteTable.set_connection_pool), if its rule has one.
+                   **_pool_entry(pool_for(service, rules))}
                   for p in sorted(service.spec.ports, key=lambda p: p.port)],
         "endpoints": endpoints,
         "identities": sorted({e["identity"] for e in endpoints}),

@@ -139,7 +139,6 @@ def test_an_unknown_simple_is_refused_with_the_choices() -> None:
 NOT_IMPLEMENTED_DOCS = {
     ("spec", "exportTo"): "exportTo: ['.']",
     ("spec", "workloadSelector"): "workloadSelector: {matchLabels: {app: x}}",
-    ("trafficPolicy", "connectionPool"): "trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}",
     ("trafficPolicy", "tls"): "trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}",
     ("trafficPolicy", "tunnel"): "trafficPolicy: {tunnel: {targetHost: x, targetPort: 1}}",
     ("trafficPolicy", "proxyProtocol"): "trafficPolicy: {proxyProtocol: {version: V1}}",

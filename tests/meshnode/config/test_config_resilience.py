@@ -1,4 +1,4 @@
-"""DestinationRule trafficPolicy.outlierDetection (and what of connectionPool is refused):
+"""DestinationRule trafficPolicy.outlierDetection (connectionPool: test_config_destinationrule_pool.py):
 Istio's YAML applied unchanged, Istio's defaults, what each port's snapshot entry gives
 the engine (RouteTable.set_outlier), bad values and fields not implemented refused by
 name, and the store's round trip."""
@@ -18,7 +18,7 @@ from test_config_destinationrule import SERVICES, problems, rule
 pytestmark = pytest.mark.timeout(60)
 
 # The outlierDetection of Istio's documentation example (DestinationRule reference; its
-# connectionPool, not implemented here, left out).
+# connectionPool is test_config_destinationrule_pool.py's).
 ISTIO_OUTLIER = textwrap.dedent("""\
     apiVersion: networking.istio.io/v1
     kind: DestinationRule
@@ -106,13 +106,6 @@ def test_port_level_outlier_detection_stays_refused_by_name() -> None:
                           "[{port: {number: 80}, outlierDetection: {}}]}"))
     assert any("portLevelSettings[0].outlierDetection: outlierDetection is not implemented yet"
                in p for p in found), found
-
-
-def test_connection_pool_is_refused_by_name() -> None:
-    found = problems(rule("host: ratings\ntrafficPolicy: {connectionPool: "
-                          "{http: {http1MaxPendingRequests: 1}}}"))
-    assert any("spec.trafficPolicy.connectionPool: connectionPool is not implemented yet" in p
-               for p in found), found
 
 
 def test_the_store_gives_the_rule_back_as_written(tmp_path: Path) -> None:

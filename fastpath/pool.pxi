@@ -1,0 +1,309 @@
+# pool.pxi: DestinationRule trafficPolicy.connectionPool: how many upstream connections a
+# destination service port may have (tcp.maxConnections), the requests that wait for one
+# (http.http1MaxPendingRequests), the requests one carries (http.maxRequestsPerConnection)
+# and its setup's own deadline (tcp.connectTimeout).
+#
+# Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd
+# (UpstreamCount, ConnPoolPolicy, Side.counted, IdleUp.counted, CONN_POOL_WAIT).
+#
+# Counting. Each service port has an UpstreamCount in Core.upstream_counts, keyed by its
+# name (the engine's service name "ns/name:port"), so the count outlives route tables: a
+# pair on an older table, an idle upstream carried to a newer one and one still closing
+# all count for the same service. An upstream enters the count when its connect begins
+# (_pool_opened, from _connect) and the socket carries the count with it: Side.counted
+# while a pair holds it, IdleUp.counted while it sits in an endpoint's pool; whichever
+# closes the socket (_side_close, _idle_close) leaves the count. No other path closes an
+# upstream socket, so no hook is needed where one is let go. Envoy counts per cluster,
+# and an Envoy cluster is a service port: so does this.
+#
+# Admission. A pair that needs a new upstream (none of its identity idle at the endpoint
+# the balancer picked) asks _pool_room first. At maxConnections, an idle upstream of the
+# service elsewhere (another endpoint, another caller identity) is closed to make room
+# (an idle connection is worth less than a waiting request); with none, an opaque pair is
+# closed, and an HTTP request waits (CONN_POOL_WAIT) if fewer than http1MaxPendingRequests
+# wait already, else it is answered 503. A waiting pair holds no upstream and no
+# outstanding load; its one timer polls each wheel tick (4.2 ms) and the request goes on
+# as soon as the count is under the limit again (an upstream of the service closed, or
+# went idle and can be closed for it), in the order the wheel fires them; a request
+# arriving while others wait queues behind them. It gives up at connectTimeout from its
+# wait's start (503) or at its route's timeout (504), whichever comes first, and a client
+# that leaves while waiting closes the pair at once (as a fault delay's, fault.pxi).
+# Envoy also counts as pending a request whose new connection is still being set up;
+# here only the requests over maxConnections wait, and count.
+#
+# maxRequestsPerConnection. Each upstream counts the requests sent on it (Side.requests,
+# kept in IdleUp.requests while pooled): one that carried that many is not pooled but
+# closed when its last answer is done, and a keep-alive client's next request switches to
+# another upstream (_rebalance asks _upstream_spent) as for another backend.
+
+cdef uint64_t _pool_key(const Service* svc) noexcept nogil:
+    cdef uint64_t h = _fmix(_fnv_add(_FNV_OFFSET, svc.name.data, svc.name.length))
+    return h if h != 0 else 1
+
+
+cdef UpstreamCount* _pool_claim(Core* core, uint64_t key) noexcept nogil:
+    """The entry of `key` in Core.upstream_counts, claimed if new; NULL when full."""
+    cdef uint32_t mask = ENGINE_UPSTREAM_COUNTS - 1
+    cdef uint32_t i = <uint32_t>key & mask
+    cdef uint32_t n
+    for n in range(ENGINE_UPSTREAM_COUNTS):
+        if core.upstream_counts[i].key == key:
+            return &core.upstream_counts[i]
+        if core.upstream_counts[i].key == 0:
+            core.upstream_counts[i].key = key
+            return &core.upstream_counts[i]
+        i = (i + 1) & mask
+    return NULL
+
+
+cdef int _pool_bind(Core* core, Table* t) except -1:
+    """Give each service of `t` its count (at install, before the loop sees `t`; only
+    `key` fields are written, which the loop never reads). Services with a policy first:
+    should the table fill up, the uncounted ones are those nobody limits."""
+    cdef uint32_t i
+    cdef int rnd
+    for rnd in range(2):
+        for i in range(t.n_services):
+            if (t.services[i].conn_pool != NULL) != (rnd == 0):
+                continue
+            t.services[i].upstreams = _pool_claim(core, _pool_key(&t.services[i]))
+            if t.services[i].upstreams == NULL and t.services[i].conn_pool != NULL:
+                core.counters.pool_no_slot += 1
+    return 0
+
+
+cdef inline void _pool_opened(Core* core, Conn* c) noexcept nogil:
+    """c's outbound upstream socket was just made: it counts for c's service until it
+    closes. An HTTP pair's requests framed already go on it."""
+    cdef UpstreamCount* u = c.table.services[c.service].upstreams
+    c.up.counted = u
+    c.up.requests = c.n_pend if c.flags & CONN_HTTP else 0
+    if u != NULL:
+        u.conns += 1
+
+
+cdef inline void _pool_closed(UpstreamCount** counted) noexcept nogil:
+    """A counted upstream socket is closing (_side_close, _idle_close)."""
+    if counted[0] != NULL:
+        _invariant(counted[0].conns > 0, b"upstream count below zero")
+        counted[0].conns -= 1
+        counted[0] = NULL
+
+
+cdef inline int64_t _setup_timeout_ns(Core* core, const Service* svc) noexcept nogil:
+    """tcp.connectTimeout: the service's own setup deadline, else the engine's."""
+    if svc.conn_pool != NULL and svc.conn_pool.connect_timeout_ns > 0:
+        return svc.conn_pool.connect_timeout_ns
+    return core.connect_timeout_ns
+
+
+cdef inline bint _requests_spent(const Service* svc, uint32_t requests) noexcept nogil:
+    return (svc.conn_pool != NULL and svc.conn_pool.max_requests != 0
+            and requests >= svc.conn_pool.max_requests)
+
+
+cdef inline bint _upstream_spent(Core* core, Conn* c) noexcept nogil:
+    """Has c's upstream carried its service's maxRequestsPerConnection (the next request
+    goes on another)? (Counted when it is closed instead of pooled: _pool_keep.)"""
+    return c.up.fd >= 0 and _requests_spent(&c.table.services[c.service], c.up.requests)
+
+
+cdef inline bint _spent_between(Core* core, Conn* c) noexcept nogil:
+    """Outbound HTTP between requests, its upstream spent: it goes now (_http_switch
+    closes it), not when the client's next request comes, so that a quiet keep-alive
+    client does not hold a connection maxConnections counts."""
+    return ((c.flags & (CONN_HTTP | CONN_INBOUND | CONN_MIRROR)) == CONN_HTTP
+            and not c.switching and not c.client_close and _http_idle(c)
+            and _upstream_spent(core, c))
+
+
+cdef bint _pool_keep(Core* core, Conn* c) noexcept nogil:
+    """May c's upstream go idle into its endpoint's pool (_pool_put)? Not when it carried
+    maxRequestsPerConnection (closed instead), nor when it was never counted (a mirror's
+    copy opens its own) and its service has no room for one more."""
+    cdef Service* svc = &c.table.services[c.service]
+    cdef UpstreamCount* u = svc.upstreams
+    if _requests_spent(svc, c.up.requests):
+        if not (c.flags & CONN_MIRROR):
+            core.counters.pool_spent += 1
+        return False
+    if c.up.counted == NULL and u != NULL:
+        if (svc.conn_pool != NULL and svc.conn_pool.max_connections != 0
+                and u.conns >= svc.conn_pool.max_connections):
+            return False
+        u.conns += 1
+        c.up.counted = u
+    return True
+
+
+cdef bint _pool_evict(Core* core, Conn* c, Service* svc) noexcept nogil:
+    """Close the oldest idle upstream of c's service (on the current table, where idle
+    upstreams are kept) to make room for c's; False when none is idle."""
+    cdef Service* s = svc
+    cdef Endpoint* ep
+    cdef IdleUp u
+    cdef int64_t k
+    cdef uint32_t j
+    cdef Endpoint* oldest = NULL
+    if c.table != core.table and core.table != NULL:
+        k = _service_in(core.table, svc, c.service)
+        if k < 0:
+            return False
+        s = &core.table.services[k]
+    for j in range(s.n_endpoints):
+        ep = &s.endpoints[j]
+        if ep.n_idle > 0 and (oldest == NULL or ep.idle[0].since_ns < oldest.idle[0].since_ns):
+            oldest = ep
+    if oldest == NULL:
+        return False
+    u = oldest.idle[0]
+    memmove(&oldest.idle[0], &oldest.idle[1], (oldest.n_idle - 1) * sizeof(IdleUp))
+    oldest.n_idle -= 1
+    _idle_close(&u)
+    core.counters.pool_idle_evicted += 1
+    return True
+
+
+cdef bint _pool_room(Core* core, Conn* c, Service* svc, bint waiting) noexcept nogil:
+    """May c open a new upstream to `svc` now (tcp.maxConnections)? Requests waiting
+    already go first (`waiting`: c is one of them)."""
+    cdef ConnPoolPolicy* p = svc.conn_pool
+    cdef UpstreamCount* u = svc.upstreams
+    if p == NULL or u == NULL or p.max_connections == 0:
+        return True
+    if u.pending > 0 and not waiting:
+        return False                    # behind those waiting
+    if u.conns < p.max_connections:
+        return True
+    return _pool_evict(core, c, svc) and u.conns < p.max_connections
+
+
+cdef inline void _pool_poll(Core* core, Conn* c) noexcept nogil:
+    """File a waiting pair's timer for the next tick (or its give-up time if sooner)."""
+    cdef int64_t at = core.now_ns + _TW_TICK_NS
+    if at > c.pool_wait_until_ns:
+        at = c.pool_wait_until_ns
+    if c.req_deadline_ns != 0 and at > c.req_deadline_ns:
+        at = c.req_deadline_ns
+    _deadline_at(core, c, at)
+
+
+cdef bint _pool_unwait(Core* core, Conn* c) noexcept nogil:
+    """The pair stops waiting (to go on, be answered or close): no longer pending. Was
+    it waiting? Its state becomes HTTP_HEAD (no upstream, the request not sent), which
+    the step that follows changes (_connect, _enter_pipe) or closes."""
+    cdef UpstreamCount* u = c.table.services[c.service].upstreams
+    if c.state != CONN_POOL_WAIT:
+        return False
+    if u != NULL and u.pending > 0:
+        u.pending -= 1
+    c.state = CONN_HTTP_HEAD
+    return True
+
+
+cdef int _pool_full(Core* core, Conn* c, Service* svc, bint waiting) noexcept nogil:
+    """c needs a new upstream and `svc` is at maxConnections: an opaque pair is closed;
+    an HTTP request waits for one (STATUS_OK, CONN_POOL_WAIT) or, with
+    http1MaxPendingRequests waiting already, is answered 503. `waiting`: c waited
+    already, and goes on waiting until the end it was given."""
+    cdef ConnPoolPolicy* p = svc.conn_pool
+    if not (c.flags & CONN_HTTP):
+        core.counters.pool_overflow_connections += 1
+        return STATUS_CLOSE
+    if waiting:
+        svc.upstreams.pending += 1
+        c.state = CONN_POOL_WAIT
+    else:
+        if svc.upstreams.pending >= p.max_pending:
+            if p.max_pending == 0:
+                core.counters.pool_overflow_connections += 1
+            else:
+                core.counters.pool_overflow_pending += 1
+            _http_reply(core, c, 503, b"upstream connection pool overflow: maxConnections "
+                                      b"reached and http1MaxPendingRequests waiting\n", -1)
+            return STATUS_CLOSE
+        _load_release(core, c)          # no endpoint yet: picked again when it goes on
+        svc.upstreams.pending += 1
+        core.counters.pool_waited += 1
+        c.state = CONN_POOL_WAIT
+        c.pool_wait_until_ns = core.now_ns + _setup_timeout_ns(core, svc)
+    _pool_poll(core, c)
+    return STATUS_OK
+
+
+cdef int _pool_waited(Core* core, Conn* c) noexcept nogil:
+    """A waiting pair's timer fired: go on when there is room, else give up at the
+    wait's end (503) or the route's timeout (504), else wait a tick more."""
+    cdef Service* svc = &c.table.services[c.service]
+    if c.down.hup:
+        _pool_unwait(core, c)
+        return STATUS_CLOSE             # the client left: nobody to answer
+    if c.req_deadline_ns != 0 and core.now_ns >= c.req_deadline_ns:
+        _pool_unwait(core, c)
+        core.counters.route_timeouts += 1
+        _http_reply(core, c, 504, b"upstream request timeout\n", -1)
+        return STATUS_CLOSE
+    if core.now_ns >= c.pool_wait_until_ns and not _pool_room(core, c, svc, True):
+        _pool_unwait(core, c)
+        core.counters.pool_overflow_wait += 1
+        _http_reply(core, c, 503, b"upstream connection pool overflow: no connection "
+                                  b"free within connectTimeout\n", -1)
+        return STATUS_CLOSE
+    return _http_upstream(core, c, -1)  # (waits on when there is no room yet)
+
+
+# --- install (GIL held): RouteTable.set_connection_pool() and the table's compile -------------
+
+cdef int _pool_add(RouteTable table, int index, long long max_connections,
+                   long long max_pending_requests, long long max_requests_per_connection,
+                   double connect_timeout_s) except -1:
+    if not 0 <= index < len(table._services):
+        raise IndexError("service index %d out of range" % index)
+    for name, value in (("max_connections", max_connections),
+                        ("max_pending_requests", max_pending_requests),
+                        ("max_requests_per_connection", max_requests_per_connection)):
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise ValueError("%s must be 0..%d, not %d" % (name, 0xFFFFFFFF, value))
+    if not 0 <= connect_timeout_s <= 86400:
+        raise ValueError("connect_timeout_s must be 0..86400, not %r" % connect_timeout_s)
+    table._conn_pools[index] = (max_connections, max_pending_requests,
+                                max_requests_per_connection, <int64_t>(connect_timeout_s * 1e9))
+    return 0
+
+
+cdef int _pool_build(Table* t, dict pools) except -1:
+    """Each limited service's policy (RouteTable.set_connection_pool); the service owns it."""
+    cdef ConnPoolPolicy* p
+    for i, (most, pending, per_conn, timeout_ns) in pools.items():
+        p = <ConnPoolPolicy*>calloc(1, sizeof(ConnPoolPolicy))
+        if p == NULL:
+            raise MemoryError()
+        t.services[<uint32_t>i].conn_pool = p
+        p.max_connections = most
+        p.max_pending = pending
+        p.max_requests = per_conn
+        p.connect_timeout_ns = timeout_ns
+    return 0
+
+
+cdef list _pool_index(Core* core, Table* t):
+    """(service name, count index) of each service of `t` with a count (the view reads
+    the counts by index, never the table)."""
+    out = []
+    cdef uint32_t i
+    for i in range(t.n_services):
+        if t.services[i].upstreams != NULL:
+            out.append((t.services[i].name.data[:t.services[i].name.length].decode(),
+                        t.services[i].upstreams - core.upstream_counts,
+                        t.services[i].conn_pool != NULL))
+    return out
+
+
+cdef dict _pool_view(Core* core, list index):
+    """Each service's upstream connections and waiting requests in this worker now."""
+    out = {}
+    for name, k, limited in index:
+        out[name] = {"connections": core.upstream_counts[<uint32_t>k].conns,
+                     "pending": core.upstream_counts[<uint32_t>k].pending,
+                     "limited": limited}
+    return out
