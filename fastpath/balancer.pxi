@@ -119,24 +119,33 @@ cdef bint _rebalance_pick(Core* core, Conn* c, const char* head, const ReqHead* 
     than half of it, or its endpoint is passed over: the margin keeps endpoints of like
     cost from trading the connection back and forth (each switch costs a few system
     calls). A hashing balancer sends each request (the head at `head`) where its key
-    says (hashing.pxi). Other balancers keep their per-connection choice; so does a
-    pair on an older table (it moves to the current one at a request boundary,
-    carry.pxi)."""
+    says (hashing.pxi). Other balancers keep their per-connection choice while its
+    endpoint is up: one passed over or ejected by outlier detection loses its kept
+    clients at their next request, as Envoy, which balances each request, sends none
+    there. A pair on an older table moves to the current one at a request boundary
+    (carry.pxi)."""
     cdef Service* svc = &c.table.services[c.service]
     cdef Endpoint* cur
     cdef uint32_t k
     if svc.hash != NULL:
         return _hash_rebalance(core, c, svc, head, req)
-    if (svc.n_endpoints < 2 or svc.balancer != BALANCE_P2C_EWMA
-            or not (c.flags & CONN_EP_BOUND) or c.table != core.table):
+    if svc.n_endpoints < 2 or not (c.flags & CONN_EP_BOUND) or c.table != core.table:
         return False
     cur = &svc.endpoints[c.endpoint]
-    k = _pick_p2c(core, svc, True)
-    if k == c.endpoint:
-        return False
-    if _endpoint_up(core, cur) and not (
-            2.0 * _p2c_cost(core, svc, &svc.endpoints[k], True) < _p2c_cost(core, svc, cur, True)):
-        return False
+    if svc.balancer != BALANCE_P2C_EWMA:
+        if _endpoint_up(core, cur):
+            return False
+        k = _pick_endpoint(core, svc, True)
+        if k == c.endpoint or not _endpoint_up(core, &svc.endpoints[k]):
+            return False                # none up: a try beats a certain 503
+    else:
+        k = _pick_p2c(core, svc, True)
+        if k == c.endpoint:
+            return False
+        if _endpoint_up(core, cur) and not (
+                2.0 * _p2c_cost(core, svc, &svc.endpoints[k], True)
+                < _p2c_cost(core, svc, cur, True)):
+            return False
     core.counters.http_rebalanced += 1
     c.rebalance_to = k + 1              # bound at the switch (_bind_endpoint)
     return True

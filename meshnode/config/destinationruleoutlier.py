@@ -69,6 +69,9 @@ def parse_outlier_detection(d: _Doc, value: object, path: str) -> OutlierDetecti
     interval = _opt(d, fields, path, "interval", _interval, default.interval_s)
     base = _opt(d, fields, path, "baseEjectionTime", _interval, default.base_ejection_s)
     most = _opt(d, fields, path, "maxEjectionPercent", _percent, default.max_ejection_percent)
+    if most == 0:
+        # Istio passes maxEjectionPercent to Envoy only when above 0: 0 leaves Envoy's 10.
+        most = default.max_ejection_percent
     least = _opt(d, fields, path, "minHealthPercent", _percent, default.min_health_percent)
     if len(d.problems) != before:
         return None

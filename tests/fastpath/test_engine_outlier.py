@@ -280,3 +280,24 @@ def test_an_ejection_is_shared_by_engines_mapping_one_region(make_farm: MakeFarm
     for out in (0, 1):
         assert farm.spread(6, out=out) == {"app0": 3, "app1": 3}
     assert [farm.outs[k][0].stats()["upstream_failovers"] for k in (0, 1)] == before
+
+
+def test_a_kept_alive_client_leaves_an_endpoint_once_it_is_ejected(make_farm: MakeFarm) -> None:
+    """Round robin keeps a client connection's endpoint from request to request; an
+    ejection still takes it off that endpoint at its next request (Envoy balances each
+    request, so an ejected host gets none)."""
+    farm = make_farm((500, 200), consecutive_5xx=2, interval_s=0.02, base_ejection_s=30.0,
+                     max_ejection_percent=100)
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(farm.outs[0][1]), timeout=TIMEOUT_S)
+    try:
+        answers = []
+        for _ in range(8):
+            conn.request("GET", "/", headers={"Host": "backend"})
+            resp = conn.getresponse()
+            answers.append((resp.status, resp.read().decode()))
+    finally:
+        conn.close()
+    assert answers[:2] == [(500, "app0")] * 2, answers      # round robin's first pick
+    assert answers[2:] == [(200, "app1")] * 6, answers
+    assert farm.endpoints[0][2].hits == 2
+    assert farm.outs[0][0].stats()["http_rebalanced"] >= 1

@@ -118,3 +118,10 @@ def test_the_store_gives_the_rule_back_as_written(tmp_path: Path) -> None:
     again = Store(tmp_path / "state")           # read back from disk
     [dr2] = [r for r in again.resources() if r.KIND == "DestinationRule"]
     assert dr2.spec.outlier == dr.spec.outlier
+
+
+def test_a_max_ejection_percent_of_zero_leaves_envoys_ten() -> None:
+    """Istio hands maxEjectionPercent to Envoy only when above 0: a rule that writes 0
+    gets Envoy's default of 10 %, not 'no ejections beyond the first'."""
+    got = outliers(rule("host: ratings\ntrafficPolicy: {outlierDetection: {maxEjectionPercent: 0}}"))
+    assert got[80]["max_ejection_percent"] == 10
