@@ -71,6 +71,8 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.up.ssl = NULL
     c.up.readable = True
     c.up.hup = False
+    c.up.counted = NULL                 # (a mirror's upstream is counted only when pooled)
+    c.up.requests = 0
     memset(&c.d2u, 0, sizeof(Flow))
     memset(&c.u2d, 0, sizeof(Flow))
     c.deadline_ns = core.now_ns + core.connect_timeout_ns

@@ -827,7 +827,6 @@ cdef struct Conn:
     # then (fault.pxi; 0: none): nothing more is read, its route is decided.
     int64_t fault_until_ns
     int64_t fault_delay_ns         # the delay a route pick drew, until it is held
-    int64_t pool_wait_until_ns     # CONN_POOL_WAIT: given up then (503; pool.pxi)
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
@@ -977,12 +976,11 @@ cdef struct Counters:
     uint64_t outlier_no_slot
     # connectionPool (pool.pxi): what was refused, by the limit met (an opaque pair closed
     # or an HTTP request answered 503): maxConnections with no room to wait, the pending
-    # requests' limit, a wait that outlived connectTimeout; requests that waited; idle
+    # requests' limit; requests that waited; idle
     # upstreams closed to make room under maxConnections; upstreams closed after
     # maxRequestsPerConnection; services left uncounted (no room in the table).
     uint64_t pool_overflow_connections
     uint64_t pool_overflow_pending
-    uint64_t pool_overflow_wait
     uint64_t pool_waited
     uint64_t pool_idle_evicted
     uint64_t pool_spent

@@ -648,7 +648,6 @@ cdef class Engine:
         # connectionPool (pool.pxi): refusals by the limit met, waits, closes.
         out["pool_overflow_connections"] = snap.pool_overflow_connections
         out["pool_overflow_pending"] = snap.pool_overflow_pending
-        out["pool_overflow_wait"] = snap.pool_overflow_wait
         out["pool_waited"] = snap.pool_waited
         out["pool_idle_evicted"] = snap.pool_idle_evicted
         out["pool_spent"] = snap.pool_spent

@@ -228,11 +228,11 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             # the endpoint's pool is full.
             _pool_put(core, c)
             return STATUS_CLOSE
-        if _up_left_between(c) or _spent_between(core, c):
+        if _up_left_between(c) or _pooled_between(core, c):
             # The upstream ended cleanly between answers that kept it alive (its node
             # drains, or its service moved), or carried maxRequestsPerConnection
-            # (pool.pxi): the client's connection goes on, and its next request gets
-            # another upstream.
+            # or its service limits connections (pool.pxi: back to the pool): the
+            # client's connection goes on, and its next request gets an upstream anew.
             return _http_switch(core, c)
         if (c.table != core.table and c.flags & CONN_HTTP
                 and not c.flags & (CONN_GOING_AWAY | CONN_HOLD_TABLE)

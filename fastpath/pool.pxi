@@ -25,11 +25,19 @@
 # outstanding load; its one timer polls each wheel tick (4.2 ms) and the request goes on
 # as soon as the count is under the limit again (an upstream of the service closed, or
 # went idle and can be closed for it), in the order the wheel fires them; a request
-# arriving while others wait queues behind them. It gives up at connectTimeout from its
-# wait's start (503) or at its route's timeout (504), whichever comes first, and a client
-# that leaves while waiting closes the pair at once (as a fault delay's, fault.pxi).
-# Envoy also counts as pending a request whose new connection is still being set up;
-# here only the requests over maxConnections wait, and count.
+# arriving while others wait queues behind them. As in Envoy, nothing but its route's
+# timeout (504) ends the wait: connectTimeout bounds a connection's setup, not a request's
+# turn (Istio's own example sets it to 30 ms). A client that leaves while waiting closes
+# the pair at once (as a fault delay's, fault.pxi). Envoy also counts as pending a
+# request whose new connection is still being set up; here only the requests over
+# maxConnections wait, and count.
+#
+# Upstreams belong to the service, not to a client. A keep-alive client holds its
+# upstream from request to request (no pool round trip per request); under a
+# maxConnections limit that would let a quiet client keep a connection others wait for,
+# so there each answer done sends the upstream back to the pool (_pooled_between): the
+# client's next request takes it again (it is the newest idle one at that endpoint) unless
+# requests waiting for a connection come first, as they do in Envoy's pool.
 #
 # maxRequestsPerConnection. Each upstream counts the requests sent on it (Side.requests,
 # kept in IdleUp.requests while pooled): one that carried that many is not pooled but
@@ -108,13 +116,17 @@ cdef inline bint _upstream_spent(Core* core, Conn* c) noexcept nogil:
     return c.up.fd >= 0 and _requests_spent(&c.table.services[c.service], c.up.requests)
 
 
-cdef inline bint _spent_between(Core* core, Conn* c) noexcept nogil:
-    """Outbound HTTP between requests, its upstream spent: it goes now (_http_switch
-    closes it), not when the client's next request comes, so that a quiet keep-alive
-    client does not hold a connection maxConnections counts."""
-    return ((c.flags & (CONN_HTTP | CONN_INBOUND | CONN_MIRROR)) == CONN_HTTP
-            and not c.switching and not c.client_close and _http_idle(c)
-            and _upstream_spent(core, c))
+cdef inline bint _pooled_between(Core* core, Conn* c) noexcept nogil:
+    """Outbound HTTP between requests, to a service that limits its connections: the
+    upstream goes now (_http_switch pools it, or closes it when it carried
+    maxRequestsPerConnection), not when the client's next request comes, so that a
+    quiet keep-alive client does not hold a connection maxConnections counts."""
+    cdef ConnPoolPolicy* p
+    if not ((c.flags & (CONN_HTTP | CONN_INBOUND | CONN_MIRROR)) == CONN_HTTP
+            and c.up.fd >= 0 and not c.switching and not c.client_close and _http_idle(c)):
+        return False
+    p = c.table.services[c.service].conn_pool
+    return p != NULL and (p.max_connections != 0 or _upstream_spent(core, c))
 
 
 cdef bint _pool_keep(Core* core, Conn* c) noexcept nogil:
@@ -179,10 +191,8 @@ cdef bint _pool_room(Core* core, Conn* c, Service* svc, bint waiting) noexcept n
 
 
 cdef inline void _pool_poll(Core* core, Conn* c) noexcept nogil:
-    """File a waiting pair's timer for the next tick (or its give-up time if sooner)."""
+    """File a waiting pair's timer for the next tick (or its route's timeout if sooner)."""
     cdef int64_t at = core.now_ns + _TW_TICK_NS
-    if at > c.pool_wait_until_ns:
-        at = c.pool_wait_until_ns
     if c.req_deadline_ns != 0 and at > c.req_deadline_ns:
         at = c.req_deadline_ns
     _deadline_at(core, c, at)
@@ -211,6 +221,7 @@ cdef int _pool_full(Core* core, Conn* c, Service* svc, bint waiting) noexcept no
         core.counters.pool_overflow_connections += 1
         return STATUS_CLOSE
     if waiting:
+        _load_release(core, c)          # (the endpoint it was given is picked again)
         svc.upstreams.pending += 1
         c.state = CONN_POOL_WAIT
     else:
@@ -226,7 +237,6 @@ cdef int _pool_full(Core* core, Conn* c, Service* svc, bint waiting) noexcept no
         svc.upstreams.pending += 1
         core.counters.pool_waited += 1
         c.state = CONN_POOL_WAIT
-        c.pool_wait_until_ns = core.now_ns + _setup_timeout_ns(core, svc)
     _pool_poll(core, c)
     return STATUS_OK
 
@@ -242,12 +252,6 @@ cdef int _pool_waited(Core* core, Conn* c) noexcept nogil:
         _pool_unwait(core, c)
         core.counters.route_timeouts += 1
         _http_reply(core, c, 504, b"upstream request timeout\n", -1)
-        return STATUS_CLOSE
-    if core.now_ns >= c.pool_wait_until_ns and not _pool_room(core, c, svc, True):
-        _pool_unwait(core, c)
-        core.counters.pool_overflow_wait += 1
-        _http_reply(core, c, 503, b"upstream connection pool overflow: no connection "
-                                  b"free within connectTimeout\n", -1)
         return STATUS_CLOSE
     return _http_upstream(core, c, -1)  # (waits on when there is no room yet)
 

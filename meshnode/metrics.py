@@ -74,11 +74,9 @@ _COUNTS = (
      "Answers counted without their labels: the engine's label sets were used up"),
 )
 # connectionPool's refusals (fastpath pool.pxi) -> the `reason` label of
-# meshnode_pool_overflows_total (Envoy's upstream_cx_overflow, upstream_rq_pending_overflow
-# and a pending request's wait running out).
+# meshnode_pool_overflows_total (Envoy's upstream_cx_overflow and upstream_rq_pending_overflow).
 _POOL_OVERFLOWS = {"pool_overflow_connections": "max_connections",
-                   "pool_overflow_pending": "max_pending_requests",
-                   "pool_overflow_wait": "connect_timeout"}
+                   "pool_overflow_pending": "max_pending_requests"}
 # Per-side failure counters -> the `reason` label of meshnode_dataplane_failures_total.
 _SIDE_FAILURES = ("connect_failures", "connect_timeouts", "idle_timeouts", "aborted",
                   "rejected_limit", "accept_failures", "tls_failures_verify",
