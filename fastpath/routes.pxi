@@ -333,6 +333,10 @@ cdef void _request_timed_out(Core* core, Conn* c) noexcept nogil:
     c.req_deadline_ns = 0
     if c.resp_phase == RESP_CLOSE or c.resp_phase == RESP_TUNNEL:
         return
+    if c.up.fd >= 0:
+        # The try's endpoint did not answer in time: to outlier detection that is the
+        # 504 Envoy counts for a timed-out upstream request (outlier.pxi).
+        _outlier_status(core, c, 504)
     if _retry_wanted(core, c, 0):
         _settle(core, c, _retry_begin(core, c))     # a try's timeout (retry.pxi)
         return

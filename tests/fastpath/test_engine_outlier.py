@@ -43,7 +43,9 @@ class _Handler(BaseHTTPRequestHandler):
         server = self.server
         server.hits += 1                    # type: ignore[attr-defined]
         body = server.tag                   # type: ignore[attr-defined]
-        self.send_response(server.status)   # type: ignore[attr-defined]
+        if server.status == 0:              # type: ignore[attr-defined]
+            time.sleep(0.4)                 # (a hung app: the route's timeout comes first)
+        self.send_response(server.status or 200)  # type: ignore[attr-defined]
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -301,3 +303,23 @@ def test_a_kept_alive_client_leaves_an_endpoint_once_it_is_ejected(make_farm: Ma
     assert answers[2:] == [(200, "app1")] * 6, answers
     assert farm.endpoints[0][2].hits == 2
     assert farm.outs[0][0].stats()["http_rebalanced"] >= 1
+
+
+def test_an_endpoint_whose_requests_time_out_is_ejected(make_farm: MakeFarm) -> None:
+    """A try the route's timeout ends counts as the 504 Envoy counts for it: an app that
+    hangs is ejected as one that answers 5xx is."""
+    farm = make_farm((200, 0), consecutive_5xx=2, interval_s=0.02, base_ejection_s=30.0,
+                     max_ejection_percent=100)
+    t = fe.RouteTable()
+    svc = t.add_service("demo/backend:http", SNI, [BACKEND_ID], farm.addresses(),
+                        balancer="round-robin")
+    t.set_outlier(svc, consecutive_5xx=2, interval_s=0.02, base_ejection_s=30.0,
+                  max_ejection_percent=100)
+    t.set_outbound_http(farm.outs[0][1].fileno(), client_ctx(farm.pki))
+    t.add_host("backend", svc, 8080)
+    t.add_route_match(t.add_route_set(svc), t.add_route_rule("demo/r#0", [(svc, 1)], timeout_s=0.1))
+    farm.outs[0][0].install(t)
+    answers = Counter(farm.get()[0] for _ in range(4))  # round robin: 2 each
+    assert answers == {200: 2, 504: 2}, answers
+    assert farm.ejected()[farm.port(1)]["ejected"]
+    assert farm.spread(6) == {"app0": 6}
