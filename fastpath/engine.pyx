@@ -548,7 +548,7 @@ cdef class Engine:
         if self.installs != 0:
             raise RuntimeError("share_state() must come before the first install()")
         _shared_take(self.core, buffer)
-        self._shared = buffer
+        self._shared = memoryview(buffer)   # an export: the mapping cannot be closed under us
 
     def outliers(self) -> list[dict]:
         """Outlier detection per endpoint of the last table installed: {"service",

@@ -41,12 +41,17 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 def open_private(path: Path, flags: int, error: type[Exception]) -> int:
     """Open a node secret or shared state file (no symlink followed) and return its
-    descriptor; `error` says why not: missing, or readable by others than its owner."""
+    descriptor; `error` says why not: missing, owned by another user (who could rewrite
+    it), or readable by others than its owner."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW)
     except OSError as exc:
         raise error(f"{path}: {exc.strerror}") from None
-    mode = os.fstat(fd).st_mode
+    st = os.fstat(fd)
+    mode = st.st_mode
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        raise error(f"{path}: owned by uid {st.st_uid}, not this node's user ({os.geteuid()})")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         os.close(fd)
         raise error(f"{path}: mode {stat.S_IMODE(mode):o} lets others read it; it must be 0600")

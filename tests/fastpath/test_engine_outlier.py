@@ -323,3 +323,20 @@ def test_an_endpoint_whose_requests_time_out_is_ejected(make_farm: MakeFarm) -> 
     assert answers == {200: 2, 504: 2}, answers
     assert farm.ejected()[farm.port(1)]["ejected"]
     assert farm.spread(6) == {"app0": 6}
+
+
+def test_a_shared_region_cannot_be_unmapped_under_its_engine(tmp_path: Path) -> None:
+    """The engine keeps an export of the mapping it was given: closing the mmap while the
+    engine may still touch it is refused (it would leave the engine pointing at nothing)."""
+    path = tmp_path / "outlier.state"
+    path.write_bytes(b"\0" * fe.shared_state_bytes(64))
+    with path.open("r+b") as f:
+        region = mmap.mmap(f.fileno(), 0)
+    fe.shared_state_format(region, 64)
+    node = Node()
+    try:
+        node.engine.share_state(region)
+        with pytest.raises(BufferError):
+            region.close()
+    finally:
+        node.stop()
