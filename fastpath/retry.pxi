@@ -240,12 +240,48 @@ cdef int _retry_begin(Core* core, Conn* c) noexcept nogil:
     return STATUS_OK
 
 
+cdef int _backoff_client_left(Core* core, Conn* c) noexcept nogil:
+    """The client of a pair waiting out a backoff reset its connection: nobody is left
+    to answer, so the kept request is not sent again. Counted as a client gone
+    mid-request (aborted; the request counts as 0, no answer, when the pair closes);
+    STATUS_RESET ends the pair (its upstream went already: _retry_discard)."""
+    c.flags |= CONN_CLIENT_GONE
+    _counters_of(core, c).aborted += 1
+    return STATUS_RESET
+
+
+cdef inline bint _client_reset(const Conn* c) noexcept nogil:
+    """Has the client's socket an error pending (a reset the pump did not read: it
+    came after the client's FIN, when its side is no longer read)?"""
+    cdef int err = 0
+    cdef net.socklen_t length = sizeof(err)
+    if c.down.fd < 0 or net.getsockopt(c.down.fd, net.SOL_SOCKET, net.SO_ERROR, &err,
+                                       &length) != 0:
+        return True
+    return err != 0
+
+
+cdef int _backoff_event(Core* core, Conn* c, uint32_t events) noexcept nogil:
+    """An event on the client of a pair waiting out a backoff (CONN_BACKOFF). A reset
+    (EPOLLERR, EPOLLHUP: we have not ended our side) ends the pair. A FIN alone does
+    not: a client that half-closes after its whole request (HTTP/1.0 clients, `nc -q`)
+    still waits for the answer, and TCP does not tell such a FIN from that of a client
+    that closed its socket (the retry is made; a send to a closed client fails then,
+    counted the same way). More bytes (pipelined requests) wait in the socket."""
+    if events & (net.EPOLLERR | net.EPOLLHUP):
+        return _backoff_client_left(core, c)
+    return STATUS_OK
+
+
 cdef int _retry_fire(Core* core, Conn* c) noexcept nogil:
     """The backoff is over: the kept request's next try, on its own backendRequest
     timeout, to an endpoint other than the failed one when there is another. Or the
-    request's timeout came during it: 504."""
+    request's timeout came during it: 504. Or its client reset (_backoff_event: a
+    reset that came while the pump no longer read the client): the pair ends."""
     cdef uint32_t i = c.pend_first
     cdef const RouteRule* r = &c.table.rules[c.pend_rule[i]]
+    if _client_reset(c):
+        return _backoff_client_left(core, c)
     if r.timeout_ns > 0 and core.now_ns >= c.pend_start_ns[i] + r.timeout_ns:
         core.counters.route_timeouts += 1
         _http_reply(core, c, 504, b"upstream request timeout\n", -1)

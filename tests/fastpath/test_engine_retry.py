@@ -262,3 +262,55 @@ def test_a_client_gone_during_the_backoff_costs_nothing(mesh: Mesh, app: FlakyAp
         time.sleep(0.02)
     stats = mesh.out_node.stats()
     assert stats["outbound_connections_active"] == 0 and stats["buffers_in_use"] == 0
+
+
+def _aborting(mesh: Mesh, app: FlakyApp, target: str, backoff_s: float) -> socket.socket:  # noqa: F811
+    """A client whose request's first try failed: it waits out a `backoff_s` backoff."""
+    one_rule(mesh, retry={"attempts": 1, "codes": [500], "backoff_s": backoff_s})
+    c = socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S)
+    c.sendall(b"GET %s HTTP/1.1\r\nHost: backend\r\n\r\n" % target.encode())
+    mesh.out_node.wait_stat("route_retries")
+    return c
+
+
+def test_a_client_that_resets_during_the_backoff_ends_its_request(
+        mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """Nobody is there to answer: the kept request is not sent again, the pair ends at
+    once (not at the backoff's end), counted as a client gone mid-request."""
+    target = "/fail?code=500&n=1&reset"
+    c = _aborting(mesh, app, target, backoff_s=0.8)
+    aborted = mesh.out_node.stats()["outbound_aborted"]
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()                                       # SO_LINGER 0: a reset
+    left = time.monotonic()
+    deadline = left + TIMEOUT_S
+    while mesh.out_node.stats()["outbound_connections_active"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert time.monotonic() - left < 0.4            # well before the backoff's end
+    time.sleep(max(0.0, left + 1.0 - time.monotonic()))    # past it: no second try
+    assert app.count(target) == 1
+    stats = mesh.out_node.stats()
+    assert stats["outbound_connections_active"] == 0 and stats["buffers_in_use"] == 0
+    assert stats["outbound_aborted"] == aborted + 1
+    codes = [r["codes"] for r in mesh.out_node.engine.request_stats() if r["route"] == "demo/r"]
+    assert codes == [{0: 1}]                        # no answer reached anybody
+
+
+def test_a_client_that_half_closes_during_the_backoff_gets_its_answer(
+        mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """FIN after a whole request (HTTP/1.0 clients, `nc -q`) is no abort: the retry is
+    made and its answer sent."""
+    target = "/fail?code=500&n=1&halfclose"
+    c = _aborting(mesh, app, target, backoff_s=0.3)
+    with c:
+        c.shutdown(socket.SHUT_WR)
+        answer = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+            if answer.endswith(b"try 2 ok"):
+                break
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"try 2 ok"), answer
+    assert app.count(target) == 2
