@@ -63,6 +63,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.hash_cookie = 0
     c.pend_cookie = 0
     c.fault_until_ns = 0
+    c.fault_kept = -1
     c.down.fd = -1
     c.down.ssl = NULL
     c.down.readable = True

@@ -827,6 +827,10 @@ cdef struct Conn:
     # then (fault.pxi; 0: none): nothing more is read, its route is decided.
     int64_t fault_until_ns
     int64_t fault_delay_ns         # the delay a route pick drew, until it is held
+    # The request at d2u offset 0 was held and released (fault.pxi): what its draw said
+    # follows the delay (0: forward; _FAULT_ANSWER | status: an abort) until it is
+    # routed, faults not drawn again; -1: no such request.
+    int32_t fault_kept
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
