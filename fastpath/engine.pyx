@@ -196,8 +196,8 @@ from posix.unistd cimport close, read, write
 
 from fastpath.includes cimport diag, net, openssl
 from fastpath.http1 cimport (BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL,
-                             BODY_UNTIL_CLOSE, CHUNK_DONE, GUARDED_EXACT, METHOD_CONNECT,
-                             METHOD_DELETE,
+                             BODY_UNTIL_CLOSE, CHUNK_DONE, GUARDED_EXACT, GUARDED_NONE,
+                             METHOD_CONNECT, METHOD_DELETE,
                              METHOD_GET, METHOD_HEAD, METHOD_OPTIONS, METHOD_OTHER, METHOD_PATCH,
                              METHOD_POST, METHOD_PUT,
                              METHOD_TRACE, Field, Method, ReqHead,
@@ -208,7 +208,7 @@ from fastpath.tls cimport (TLSContext, peer_spiffe_id, raise_tls_error, session_
                           session_offerable, ticket_policy_keep)
 from fastpath.regex cimport Regex, RegexProg, regex_copy, regex_free, regex_fullmatch
 from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, drop_named,
-                                fold_response, make_close, strip_hop_fields)
+                                drop_owned, fold_response, make_close, strip_hop_fields)
 
 import os
 import socket

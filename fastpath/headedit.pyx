@@ -246,6 +246,22 @@ cdef uint32_t drop_named(char* buf, uint32_t total, const Field* fields, uint32_
     return _remove_marked(buf, total, fields, count, act)
 
 
+cdef uint32_t drop_owned(char* buf, uint32_t total, const Field* fields, uint32_t count,
+                         const char* name, uint32_t name_len) noexcept nogil:
+    cdef uint32_t act[HTTP1_MAX_HEADERS]
+    cdef uint32_t i
+    cdef bint any_drop = False
+    for i in range(count):
+        if _ieq2(buf + fields[i].name.off, fields[i].name.len, name, name_len, True):
+            act[i] = _DROP
+            any_drop = True
+        else:
+            act[i] = _KEEP
+    if not any_drop:
+        return 0
+    return _remove_marked(buf, total, fields, count, act)
+
+
 cdef uint32_t fold_response(char* buf, uint32_t total, const RespHead* resp) noexcept nogil:
     cdef uint32_t act[HTTP1_MAX_HEADERS]
     if not resp.fold_length:

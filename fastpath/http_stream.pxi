@@ -158,7 +158,8 @@ cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
     if fields == NULL or fields_len < 0 or fields_len > ENGINE_LOCATION_MAX:
         fields, fields_len = b"", 0
     # (Inbound, a 502 says the app failed the request: the caller's node may retry it
-    # as the connection error it was, retry.pxi.)
+    # as the connection error it was. No answer of the app's carries the field: its
+    # node takes it out, retry.pxi _cut_owned.)
     n = snprintf(msg, sizeof(msg),
                  b"HTTP/1.1 %d %s\r\n%scontent-type: text/plain\r\ncontent-length: %d\r\n"
                  b"connection: close\r\n%.*s\r\n%.*s%s",
@@ -899,6 +900,9 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                 st = _retry_answer(core, c, _retry_status(f.buf + start, &resp))
                 if st != STATUS_OK:
                     return st               # tried again, or timed out (retry.pxi)
+            if _cut_owned(core, c, start, &resp, &rc) < 0:
+                core.counters.http_bad_response += 1
+                return STATUS_RESET         # (retry.pxi: the nodes' own field goes)
             chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
                      else &c.table.services[c.service].chain)
             if _chain_at(chain, PHASE_RESPONSE):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import threading
 import time
 from collections import defaultdict
@@ -314,3 +315,134 @@ def test_a_client_that_half_closes_during_the_backoff_gets_its_answer(
                 break
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"try 2 ok"), answer
     assert app.count(target) == 2
+
+
+# --- x-meshnode-failure is the nodes' own ----------------------------------------------------
+
+
+def _answers_with(head: bytes, fail_first: bool = False):
+    """v1's serve(): each request answered by `head` (a response head without its final
+    CRLF, an empty body). `fail_first`: the first connection closes unanswered."""
+    seen: list[bytes] = []
+
+    def serve(conn: socket.socket) -> None:
+        buf = bytearray()
+        while True:
+            seen.append(read_request(conn, buf))
+            if fail_first and len(seen) == 1:
+                return
+            conn.sendall(head + b"Content-Length: 0\r\n\r\n")
+    return serve, seen
+
+
+def test_an_apps_own_failure_field_is_no_connection_error_and_never_reaches_the_client(
+        mesh: Mesh) -> None:  # noqa: F811
+    """An app that sends x-meshnode-failure itself gets no retry a 502 of its own would
+    not get (the rule retries no codes), and the field reaches no client: the app's
+    node takes it out of what the app answers."""
+    serve, seen = _answers_with(b"HTTP/1.1 502 Bad Gateway\r\nX-Meshnode-Failure: upstream\r\n"
+                                b"x_meshnode_failure: upstream\r\nX-Other: 1\r\n")
+    raw = v1_is(mesh, serve)
+    try:
+        one_rule(mesh, retry={"attempts": 2, **FAST})
+        answer = exchange(mesh, b"GET /forged HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+    finally:
+        raw.close()
+    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and b"\r\nX-Other: 1\r\n" in answer
+    assert b"meshnode" not in answer.lower() and b"meshnode_failure" not in answer.lower(), answer
+    assert len(seen) == 1 and mesh.out_node.stats()["route_retries"] == 0
+
+
+def test_the_nodes_failure_field_is_read_then_taken_out(mesh: Mesh) -> None:  # noqa: F811
+    """The app's node's 502 for an app that failed says so to the caller's node, which
+    retries it as the connection error it was; the client sees neither the field nor, when
+    no retry follows, anything but the 502."""
+    serve, seen = _answers_with(b"HTTP/1.1 200 OK\r\nX-Meshnode-Failure: upstream\r\n",
+                                fail_first=True)
+    raw = v1_is(mesh, serve)
+    try:
+        one_rule(mesh, retry={"attempts": 1, **FAST})
+        retried = exchange(mesh, b"GET /a HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        one_rule(mesh)
+        seen.clear()
+        failed = exchange(mesh, b"GET /b HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+    finally:
+        raw.close()
+    assert retried.startswith(b"HTTP/1.1 200 OK\r\n"), retried
+    assert failed.startswith(b"HTTP/1.1 502 "), failed
+    for answer in (retried, failed):
+        assert b"meshnode" not in answer.lower(), answer
+    assert mesh.out_node.stats()["route_retries"] == 1
+
+
+class FakeNode:
+    """A TLS server with the backend's identity standing in for the app's node: answers
+    every request with `head` (no body), counting them."""
+
+    def __init__(self, m: Mesh, tmp: Any, head: bytes) -> None:  # noqa: F811
+        (tmp / "chain.pem").write_bytes(m.pki.backend.chain_pem)
+        (tmp / "key.pem").write_bytes(m.pki.backend.key_pem)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(tmp / "chain.pem", tmp / "key.pem")
+        self.ctx.set_alpn_protocols(["http/1.1"])
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = port_of(self.sock)
+        self.head = head
+        self.requests = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(TIMEOUT_S)
+        try:
+            with self.ctx.wrap_socket(conn, server_side=True) as t:
+                buf = bytearray()
+                while True:
+                    read_request(t, buf)
+                    self.requests += 1
+                    t.sendall(self.head + b"Content-Length: 0\r\n\r\n")
+        except (OSError, ssl.SSLError):
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("value, retried", [
+    (b"upstream", True), (b"Upstream", False), (b"upstream2", False), (b"", False),
+    (b"upstream, upstream", False)])
+def test_only_the_exact_failure_value_is_read(mesh: Mesh, tmp_path: Any, value: bytes,  # noqa: F811
+                                              retried: bool) -> None:
+    """The caller's node takes a 502 for a connection error only when its failure field
+    says exactly `upstream` (as the app's node writes it); any other is an answer, not
+    retried without its code, and the field never reaches the client."""
+    fake = FakeNode(mesh, tmp_path, b"HTTP/1.1 502 Bad Gateway\r\nx-meshnode-failure: %s\r\n" % value)
+    try:
+        t, ix = mesh.outbound()
+        node = t.add_service("demo/fake:http", "http.fake.demo.svc", [BACKEND_ID],
+                             [("127.0.0.1", fake.port)])
+        s = t.add_route_set(ix["backend"])
+        t.add_route_match(s, t.add_route_rule("demo/r#0", [(node, 1)],
+                                              retry={"attempts": 1, **FAST}))
+        mesh.out_node.install(t)
+        answer = exchange(mesh, b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+    finally:
+        fake.close()
+    assert answer.startswith(b"HTTP/1.1 502 ") and b"meshnode" not in answer.lower(), answer
+    assert fake.requests == (2 if retried else 1)
+
+
+@pytest.mark.parametrize("side", ["request_headers", "response_headers"])
+@pytest.mark.parametrize("op", ["set", "add", "remove"])
+def test_route_filters_may_not_write_the_failure_field(mesh: Mesh, side: str, op: str) -> None:  # noqa: F811
+    t, ix = mesh.outbound()
+    edit = {op: ["X-Meshnode-Failure"] if op == "remove" else [("X-Meshnode-Failure", "upstream")]}
+    with pytest.raises(ValueError, match="may not be edited"):
+        t.add_route_rule("demo/r#0", [(ix["v1"], 1)], **{side: edit})
