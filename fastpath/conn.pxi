@@ -88,6 +88,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.switching = False
     c.reusable = True
     c.client_close = False
+    c.up_refused = 0
     c.resp_phase = RESP_HEAD
     c.resp_fwd = 0
     c.resp_left = 0

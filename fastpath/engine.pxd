@@ -762,6 +762,8 @@ cdef struct Conn:
     bint reusable                  # no request or response on this upstream said close
     bint client_close              # the client's last request said close: no more are
                                    # read, its answer says close, then the client goes
+    uint8_t up_refused             # early.pxi UpRefused: a send to the upstream failed,
+                                   # what it answered goes on, then the pair ends
     uint8_t upgrade                # UpgradeState of the last request framed
     uint32_t head_scan             # the request head being read: searched this far
                                    # (from its start) for its end (_head_ended)

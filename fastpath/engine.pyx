@@ -286,6 +286,7 @@ include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, we
 include "route_filters.pxi" # a route's URLRewrite and RequestRedirect
 include "retry.pxi"         # a route's retries: kept requests, backoff, replay
 include "budget.pxi"        # retry budgets per destination service (GEP-3388)
+include "early.pxi"         # an answer sent before the upstream took the whole request
 include "fault.pxi"         # a route rule's fault injection: delay on the wheel, abort
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
 include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped

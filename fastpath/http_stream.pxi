@@ -772,7 +772,7 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
         elif _retry_wanted(core, c, 0):
             return STATUS_BACKOFF       # the upstream failed under the kept request
         else:
-            return STATUS_RESET
+            return _up_refused(core, c, progress)   # its early answer goes on (early.pxi)
     _invariant(f.head + c.fwd <= f.tail and f.tail <= core.buffer_bytes,
                b"http framing out of the buffer")
     if f.buf != NULL and f.head == f.tail and not (c.flags & (CONN_RETRYABLE | CONN_KEPT)):
@@ -1045,7 +1045,8 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
                 core.counters.http_bad_response += 1
                 _http_reply(core, c, 502, b"upstream connection failed\n", -1)
                 return STATUS_CLOSE
-            return STATUS_RESET
+            _up_failed(core, c)         # its end: what it sent before goes on (early.pxi)
+            progress += 1
     st = _http_rframe(core, c)
     if st != STATUS_OK:
         return st
@@ -1070,6 +1071,10 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
         f.buf = NULL
         f.head = 0
         f.tail = 0
+    if c.up_refused:
+        st = _up_refused_done(c)        # (early.pxi)
+        if st != STATUS_OK:
+            return st
     if (f.eof and f.buf == NULL and not f.shut and not c.switching
             and c.resp_phase != RESP_LENGTH and c.resp_phase != RESP_CHUNKED
             and not _up_left_between(c)):
