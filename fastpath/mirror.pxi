@@ -150,6 +150,7 @@ cdef void _mirror_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
     cdef const RouteMirror* mr
     cdef bint whole = c.req_phase != REQ_LENGTH and c.req_phase != REQ_CHUNKED
     cdef uint32_t k
+    cdef uint32_t n = rule.n_mirrors
     cdef Conn* m
     c.n_mirroring = 0
     if c.mirror_skip > 0:
@@ -157,7 +158,10 @@ cdef void _mirror_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
         return
     if req.upgrade or req.method == METHOD_CONNECT:
         return
-    for k in range(rule.n_mirrors):
+    if n > ENGINE_MIRRORS_MAX:
+        n = ENGINE_MIRRORS_MAX          # (the table's build refuses more: a pair has no
+                                        # more slots for copies, Conn.mirror_slot)
+    for k in range(n):
         mr = &rule.mirrors[k]
         if (mr.numerator < mr.denominator
                 and _route_random(core) % mr.denominator >= mr.numerator):
@@ -412,6 +416,10 @@ cdef int _mirrors_build(Table* t, list mirrors) except -1:
     for rule_index, service_index, numerator, denominator in mirrors:
         per_rule.setdefault(rule_index, []).append((service_index, numerator, denominator))
     for rule_index, items in per_rule.items():
+        if len(items) > ENGINE_MIRRORS_MAX:
+            # (add_route_mirror refuses them first: Conn.mirror_slot has this many slots)
+            raise ValueError("rule %d: more than %d RequestMirror filters"
+                             % (rule_index, ENGINE_MIRRORS_MAX))
         r = &t.rules[rule_index]
         r.mirrors = <RouteMirror*>calloc(len(items), sizeof(RouteMirror))
         if r.mirrors == NULL:
@@ -445,7 +453,19 @@ cdef tuple _mirror_checked(list rules, list mirrors, list services, int rule_ind
         raise ValueError("rule %r: a mirror's fraction is numerator/denominator with "
                          "0 <= numerator <= denominator and denominator >= 1, not %d/%d"
                          % (name, numerator, denominator))
-    if sum(1 for m in mirrors if m[0] == rule_index) >= ENGINE_MIRRORS_MAX:
-        raise ValueError("rule %r: at most %d RequestMirror filters per rule"
-                         % (name, ENGINE_MIRRORS_MAX))
-    return (rule_index, service_index, numerator, denominator)
+    entry = (rule_index, service_index, numerator, denominator)
+    if _mirrors_over(rules, mirrors + [entry]):
+        raise ValueError("rule %r: at most %d RequestMirror filters per rule (a backendRef "
+                         "with filters of its own makes a variant of its rule, which takes "
+                         "the rule's mirrors and its own)" % (name, ENGINE_MIRRORS_MAX))
+    return entry
+
+
+cdef list _mirrors_over(list rules, list mirrors):
+    """The rules that would start more than ENGINE_MIRRORS_MAX copies of a request:
+    counted as the table is built, each variant with its rule's mirrors
+    (_with_variants)."""
+    counts = {}
+    for m in _with_variants(rules, mirrors):
+        counts[m[0]] = counts.get(m[0], 0) + 1
+    return [r for r, n in counts.items() if n > ENGINE_MIRRORS_MAX]
