@@ -142,7 +142,14 @@ cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
         core.counters.http_no_route += 1
     elif status == 503:
         core.counters.http_unavailable += 1
-    elif status >= 400 and status != 408 and status != 403:   # (403: callers_refused)
+    elif (status == 400 or status == 413 or status == 414 or status == 431 or status == 501
+            or status == 505):
+        # What a request that does not parse or exceeds a limit is answered
+        # (http1.request_error_status), and the edits it cannot take. The engine's other
+        # answers count by their cause where they are made: 403 callers_refused or
+        # http_upgrade_refused, 408 http_head_timeouts, 500 route_no_backend or
+        # route_filter_unresolved, 502 http_bad_response, 504 route_timeouts, a fault's
+        # abort faults_aborted (one with these statuses counts here too).
         core.counters.http_bad_request += 1
     if c.down.ssl == NULL:
         for i in range(256):

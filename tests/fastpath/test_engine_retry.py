@@ -446,3 +446,20 @@ def test_route_filters_may_not_write_the_failure_field(mesh: Mesh, side: str, op
     edit = {op: ["X-Meshnode-Failure"] if op == "remove" else [("X-Meshnode-Failure", "upstream")]}
     with pytest.raises(ValueError, match="may not be edited"):
         t.add_route_rule("demo/r#0", [(ix["v1"], 1)], **{side: edit})
+
+
+def test_the_engines_own_500_502_and_504_are_not_counted_as_bad_requests(
+        mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """A route timeout (504), a rule without a valid backend (500) and an app that failed
+    (502) are counted by what they are, not as requests that were bad."""
+    one_rule(mesh, timeout_s=0.2)
+    assert get(mesh, "/slow?ms=1000&n=1")[0] == 504
+    assert get(mesh, "/fail?code=0&n=1")[0] == 502
+    t, ix = mesh.outbound()
+    s = t.add_route_set(ix["backend"])
+    t.add_route_match(s, t.add_route_rule("demo/none#0", [(-1, 1)]))
+    mesh.out_node.install(t)
+    assert get(mesh, "/")[0] == 500
+    stats = mesh.out_node.stats()
+    assert stats["route_timeouts"] == 1 and stats["route_no_backend"] == 1
+    assert stats["http_bad_request"] == 0
