@@ -101,7 +101,6 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.filter_at = 0
     c.n_mirroring = 0
     c.rebalance_to = 0
-    c.mirror_skip = 0
     c.mirror_state = 0
     c.state = CONN_CONNECTING      # callers set the real first state
     _timer_arm(core, c, c.deadline_ns)

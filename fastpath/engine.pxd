@@ -804,13 +804,11 @@ cdef struct Conn:
     int32_t decided_rule
     uint16_t decided_status
     # RequestMirror (mirror.pxi). A client pair: the copies of the request whose body is
-    # being framed (slot index and serial; fed as it passes), and how many requests
-    # framed again after a reroute were mirrored already. A copy (CONN_MIRROR): its
+    # being framed (slot index and serial; fed as it passes). A copy (CONN_MIRROR): its
     # serial, where it is (MirrorState), and when it is given up (0: not set).
     uint32_t mirror_slot[ENGINE_MIRRORS_MAX]
     uint32_t mirror_serial[ENGINE_MIRRORS_MAX]
     uint8_t n_mirroring
-    uint8_t mirror_skip
     uint8_t mirror_state
     uint32_t serial
     int64_t mirror_deadline_ns

@@ -153,9 +153,6 @@ cdef void _mirror_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
     cdef uint32_t n = rule.n_mirrors
     cdef Conn* m
     c.n_mirroring = 0
-    if c.mirror_skip > 0:
-        c.mirror_skip -= 1              # framed again after a reroute: mirrored before
-        return
     if req.upgrade or req.method == METHOD_CONNECT:
         return
     if n > ENGINE_MIRRORS_MAX:
@@ -216,8 +213,9 @@ cdef void _mirror_feed(Core* core, Conn* c, const char* p, uint32_t n, bint last
 
 
 cdef void _mirror_abort(Core* core, Conn* c) noexcept nogil:
-    """c's request will not be framed to its end (the client pair closes, or its
-    requests are routed again): its copies are given up, cut short (RST)."""
+    """c's request will not be framed to its end (the client pair closes): its copies
+    are given up, cut short (RST). (A request routed again, _http_reroute, is not
+    framed again: its copies go on.)"""
     cdef uint32_t k
     cdef Conn* m
     for k in range(c.n_mirroring):
@@ -225,20 +223,6 @@ cdef void _mirror_abort(Core* core, Conn* c) noexcept nogil:
         if m != NULL:
             _conn_close(core, m, True)
     c.n_mirroring = 0
-
-
-cdef void _mirror_rerouted(Core* core, Conn* c) noexcept nogil:
-    """c's pending requests are about to be framed again (router.pxi _http_reroute):
-    those whose rule mirrors were offered to their mirrors once, and are not again."""
-    cdef uint32_t k, i
-    cdef int32_t r
-    _mirror_abort(core, c)
-    c.mirror_skip = 0
-    for k in range(c.n_pend):
-        i = (c.pend_first + k) % ENGINE_HTTP_PIPELINE_MAX
-        r = c.pend_rule[i]
-        if r >= 0 and c.table.rules[r].n_mirrors > 0:
-            c.mirror_skip += 1
 
 
 cdef void _mirror_closing(Core* core, Conn* c) noexcept nogil:

@@ -98,7 +98,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     c.service = backend
     c.req_rule = rule
     svc = &c.table.services[c.service]
-    _hash_route(core, c, svc, c.d2u.buf + c.d2u.head, req, False)   # (hashing.pxi)
+    _hash_route(core, c, svc, c.d2u.buf + c.d2u.head, req)   # (hashing.pxi)
     c.flags |= CONN_SERVICE_KNOWN
     c.peer_principal = 0            # until an upstream is verified (handshake or pool)
     c.stat = -1
