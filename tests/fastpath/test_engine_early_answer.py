@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from enginekit import TIMEOUT_S, port_of
+from test_engine_http import _read_head as head
 from test_engine_routes import Mesh, mesh, mesh_pki  # noqa: F401
 from test_engine_routes_attack import one_rule, v1_is
 
@@ -29,12 +30,7 @@ def early(status: bytes, body: bytes, reads: int = 0) -> Callable[[socket.socket
     """v1's serve(): read the head (and `reads` bytes more), answer `status` with `body`
     and Connection: close, and close without reading the rest (the kernel resets)."""
     def serve(conn: socket.socket) -> None:
-        got = b""
-        while b"\r\n\r\n" not in got:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return
-            got += chunk
+        got = head(conn)
         left = reads - (len(got) - got.index(b"\r\n\r\n") - 4)
         while left > 0:
             chunk = conn.recv(min(left, 65536))
@@ -82,34 +78,32 @@ def upload_ended(m: Mesh, size: int = BIG) -> tuple[bytes, bool]:
     return answer, reset
 
 
+def upload_to(m: Mesh, serve: Callable[[socket.socket], None]) -> bytes:
+    """upload() to v1 served by `serve` (a raw app) through one rule."""
+    raw = v1_is(m, serve)
+    try:
+        one_rule(m)
+        return upload(m)
+    finally:
+        raw.close()
+
+
 @pytest.mark.parametrize("status, body, reads", [
     (b"413 Content Too Large", b"too large\n", 0),
     (b"503 Service Unavailable", b"try later\n", 100_000),
 ])
 def test_an_answer_sent_before_the_body_was_read_reaches_the_client(
         mesh: Mesh, status: bytes, body: bytes, reads: int) -> None:  # noqa: F811
-    raw = v1_is(mesh, early(status, body, reads))
-    try:
-        one_rule(mesh)
-        answer = upload(mesh)
-    finally:
-        raw.close()
+    answer = upload_to(mesh, early(status, body, reads))
     assert answer.startswith(b"HTTP/1.1 " + status + b"\r\n"), answer[:200]
     assert answer.endswith(b"\r\n\r\n" + body), answer[:200]
 
 
 def test_an_early_answer_cut_short_is_passed_on_as_far_as_it_came(mesh: Mesh) -> None:  # noqa: F811
     def serve(conn: socket.socket) -> None:
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += conn.recv(65536)
+        head(conn)
         conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 1000\r\n\r\npartial")
-    raw = v1_is(mesh, serve)
-    try:
-        one_rule(mesh)
-        answer = upload(mesh)
-    finally:
-        raw.close()
+    answer = upload_to(mesh, serve)
     assert answer.startswith(b"HTTP/1.1 413 ") and answer.endswith(b"\r\n\r\npartial"), answer
 
 
@@ -119,9 +113,7 @@ def test_an_answer_cut_short_by_a_reset_ends_in_a_reset(mesh: Mesh, framing: byt
     end): what came goes on, and the client's connection is reset after it, never ended
     as if the answer were whole."""
     def serve(conn: socket.socket) -> None:
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += conn.recv(65536)
+        head(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\n%s\r\npartial" % framing)
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     raw = v1_is(mesh, serve)
@@ -143,13 +135,6 @@ def test_an_answer_cut_short_by_a_reset_ends_in_a_reset(mesh: Mesh, framing: byt
 
 def test_an_upstream_that_resets_without_answering_is_a_502(mesh: Mesh) -> None:  # noqa: F811
     def serve(conn: socket.socket) -> None:
-        got = b""
-        while b"\r\n\r\n" not in got:
-            got += conn.recv(65536)
-    raw = v1_is(mesh, serve)
-    try:
-        one_rule(mesh)
-        answer = upload(mesh)
-    finally:
-        raw.close()
+        head(conn)
+    answer = upload_to(mesh, serve)
     assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]

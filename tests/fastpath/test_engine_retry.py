@@ -385,34 +385,21 @@ class FakeNode:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(tmp / "chain.pem", tmp / "key.pem")
         self.ctx.set_alpn_protocols(["http/1.1"])
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = port_of(self.sock)
         self.head = head
         self.requests = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self.raw = RawApp(self._serve)
+        self.port = self.raw.port
 
     def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(TIMEOUT_S)
-        try:
-            with self.ctx.wrap_socket(conn, server_side=True) as t:
-                buf = bytearray()
-                while True:
-                    read_request(t, buf)
-                    self.requests += 1
-                    t.sendall(self.head + b"Content-Length: 0\r\n\r\n")
-        except (OSError, ssl.SSLError):
-            pass
+        with self.ctx.wrap_socket(conn, server_side=True) as t:     # (errors: RawApp's)
+            buf = bytearray()
+            while True:
+                read_request(t, buf)
+                self.requests += 1
+                t.sendall(self.head + b"Content-Length: 0\r\n\r\n")
 
     def close(self) -> None:
-        self.sock.close()
+        self.raw.close()
 
 
 @pytest.mark.parametrize("value, retried", [
