@@ -63,6 +63,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.hash_cookie = 0
     c.pend_cookie = 0
     c.fault_until_ns = 0
+    c.fault_kept = -1
     c.down.fd = -1
     c.down.ssl = NULL
     c.down.readable = True
@@ -87,6 +88,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.switching = False
     c.reusable = True
     c.client_close = False
+    c.up_refused = 0
     c.resp_phase = RESP_HEAD
     c.resp_fwd = 0
     c.resp_left = 0
@@ -99,7 +101,6 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.filter_at = 0
     c.n_mirroring = 0
     c.rebalance_to = 0
-    c.mirror_skip = 0
     c.mirror_state = 0
     c.state = CONN_CONNECTING      # callers set the real first state
     _timer_arm(core, c, c.deadline_ns)

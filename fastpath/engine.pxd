@@ -762,6 +762,8 @@ cdef struct Conn:
     bint reusable                  # no request or response on this upstream said close
     bint client_close              # the client's last request said close: no more are
                                    # read, its answer says close, then the client goes
+    uint8_t up_refused             # early.pxi UpRefused: a send to the upstream failed,
+                                   # what it answered goes on, then the pair ends
     uint8_t upgrade                # UpgradeState of the last request framed
     uint32_t head_scan             # the request head being read: searched this far
                                    # (from its start) for its end (_head_ended)
@@ -802,13 +804,11 @@ cdef struct Conn:
     int32_t decided_rule
     uint16_t decided_status
     # RequestMirror (mirror.pxi). A client pair: the copies of the request whose body is
-    # being framed (slot index and serial; fed as it passes), and how many requests
-    # framed again after a reroute were mirrored already. A copy (CONN_MIRROR): its
+    # being framed (slot index and serial; fed as it passes). A copy (CONN_MIRROR): its
     # serial, where it is (MirrorState), and when it is given up (0: not set).
     uint32_t mirror_slot[ENGINE_MIRRORS_MAX]
     uint32_t mirror_serial[ENGINE_MIRRORS_MAX]
     uint8_t n_mirroring
-    uint8_t mirror_skip
     uint8_t mirror_state
     uint32_t serial
     int64_t mirror_deadline_ns
@@ -827,6 +827,10 @@ cdef struct Conn:
     # then (fault.pxi; 0: none): nothing more is read, its route is decided.
     int64_t fault_until_ns
     int64_t fault_delay_ns         # the delay a route pick drew, until it is held
+    # The request at d2u offset 0 was held and released (fault.pxi): what its draw said
+    # follows the delay (0: forward; _FAULT_ANSWER | status: an abort) until it is
+    # routed, faults not drawn again; -1: no such request.
+    int32_t fault_kept
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine

@@ -196,8 +196,8 @@ from posix.unistd cimport close, read, write
 
 from fastpath.includes cimport diag, net, openssl
 from fastpath.http1 cimport (BODY_CHUNKED, BODY_LENGTH, BODY_NONE, BODY_TUNNEL,
-                             BODY_UNTIL_CLOSE, CHUNK_DONE, GUARDED_EXACT, METHOD_CONNECT,
-                             METHOD_DELETE,
+                             BODY_UNTIL_CLOSE, CHUNK_DONE, GUARDED_EXACT, GUARDED_NONE,
+                             METHOD_CONNECT, METHOD_DELETE,
                              METHOD_GET, METHOD_HEAD, METHOD_OPTIONS, METHOD_OTHER, METHOD_PATCH,
                              METHOD_POST, METHOD_PUT,
                              METHOD_TRACE, Field, Method, ReqHead,
@@ -208,7 +208,7 @@ from fastpath.tls cimport (TLSContext, peer_spiffe_id, raise_tls_error, session_
                           session_offerable, ticket_policy_keep)
 from fastpath.regex cimport Regex, RegexProg, regex_copy, regex_free, regex_fullmatch
 from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, drop_named,
-                                fold_response, make_close, strip_hop_fields)
+                                drop_owned, fold_response, make_close, strip_hop_fields)
 
 import os
 import socket
@@ -286,6 +286,7 @@ include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, we
 include "route_filters.pxi" # a route's URLRewrite and RequestRedirect
 include "retry.pxi"         # a route's retries: kept requests, backoff, replay
 include "budget.pxi"        # retry budgets per destination service (GEP-3388)
+include "early.pxi"         # an answer sent before the upstream took the whole request
 include "fault.pxi"         # a route rule's fault injection: delay on the wheel, abort
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
 include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped

@@ -15,6 +15,10 @@
 # pair switches for it, so every held request waits in HTTP_HEAD with nothing owed before
 # it and no upstream: its head at d2u offset 0, nothing more read from the client, the
 # pair's one timer filed for the end of the delay while the worker serves other pairs.
+# A table pushed during the delay routes the request afresh when it is released (the
+# carry rule: a request is routed on the table current when its head is framed), but
+# its faults are not drawn again: it keeps the delay it served and the abort drawn with
+# it (Conn.fault_kept), so pushes neither restart nor add delays.
 # No allocation: the pair holds only the buffer its head is in. A client that leaves
 # while held (FIN or reset, as Envoy's HTTP/1 codec takes a downstream FIN) closes the
 # pair at once; slot, buffer and timer go back.
@@ -94,6 +98,9 @@ cdef int _fault_release(Core* core, Conn* c) noexcept nogil:
     c.fault_until_ns = 0
     if c.down.hup:
         return STATUS_CLOSE             # gone before its delay began: nobody to answer
+    # The request keeps what was drawn for it (routed again on a table pushed during the
+    # delay, its faults are not drawn again: the delay would start over, push by push).
+    c.fault_kept = c.decided_status
     _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
     return _http_head(core, c)
 

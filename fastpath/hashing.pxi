@@ -495,17 +495,15 @@ cdef bint _hash_rebalance(Core* core, Conn* c, Service* svc, const char* head,
 
 
 cdef void _hash_route(Core* core, Conn* c, const Service* svc, const char* head,
-                      const ReqHead* req, bint rerouted) noexcept nogil:
+                      const ReqHead* req) noexcept nogil:
     """A request routed to `svc` (router.pxi), before its head is edited for the next
-    hop: its key, for the bind that follows. Routed again (_http_reroute: the head was
-    edited already), the key it had stays, and so does whether its answer sets the
-    cookie."""
+    hop: its key, for the bind that follows. (A request routed again, _http_reroute, is
+    sent again as it was edited, not routed here: the key it had, left in c, picks its
+    endpoint again, and its answer sets the cookie as before, Conn.pend_cookie.)"""
     if svc.hash == NULL:
         c.hash_state = 0
-    elif not rerouted:
+    else:
         _hash_request(core, c, svc, head, req)
-    elif (c.pend_cookie >> c.pend_first) & 1:
-        c.hash_state = 2
 
 
 def _is_prime(n: int) -> bool:

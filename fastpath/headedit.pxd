@@ -63,6 +63,13 @@ cdef uint32_t fold_response(char* buf, uint32_t total, const RespHead* resp) noe
 cdef uint32_t drop_named(char* buf, uint32_t total, const Field* fields, uint32_t count,
                          const char* name, uint32_t name_len) noexcept nogil
 
+# Removes every field line of a head whose name is `name` as a CGI/WSGI server files
+# it (case, and '_' for '-', do not count), as drop_named does otherwise: a field the
+# nodes own (x-meshnode-failure) taken out of what an app answers, in every spelling
+# that could be read as it. Returns the bytes removed.
+cdef uint32_t drop_owned(char* buf, uint32_t total, const Field* fields, uint32_t count,
+                         const char* name, uint32_t name_len) noexcept nogil
+
 cdef enum:
     # len("Connection: close\r\n")
     CLOSE_LINE_BYTES = 19

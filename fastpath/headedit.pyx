@@ -230,13 +230,13 @@ cdef uint32_t drop_fields(char* buf, uint32_t total, const ReqHead* req,
     return _remove_marked(buf, total, req.headers, req.header_count, act)
 
 
-cdef uint32_t drop_named(char* buf, uint32_t total, const Field* fields, uint32_t count,
-                         const char* name, uint32_t name_len) noexcept nogil:
+cdef uint32_t _drop_by_name(char* buf, uint32_t total, const Field* fields, uint32_t count,
+                            const char* name, uint32_t name_len, bint cgi) noexcept nogil:
     cdef uint32_t act[HTTP1_MAX_HEADERS]
     cdef uint32_t i
     cdef bint any_drop = False
     for i in range(count):
-        if _ieq2(buf + fields[i].name.off, fields[i].name.len, name, name_len, False):
+        if _ieq2(buf + fields[i].name.off, fields[i].name.len, name, name_len, cgi):
             act[i] = _DROP
             any_drop = True
         else:
@@ -244,6 +244,16 @@ cdef uint32_t drop_named(char* buf, uint32_t total, const Field* fields, uint32_
     if not any_drop:
         return 0
     return _remove_marked(buf, total, fields, count, act)
+
+
+cdef uint32_t drop_named(char* buf, uint32_t total, const Field* fields, uint32_t count,
+                         const char* name, uint32_t name_len) noexcept nogil:
+    return _drop_by_name(buf, total, fields, count, name, name_len, False)
+
+
+cdef uint32_t drop_owned(char* buf, uint32_t total, const Field* fields, uint32_t count,
+                         const char* name, uint32_t name_len) noexcept nogil:
+    return _drop_by_name(buf, total, fields, count, name, name_len, True)
 
 
 cdef uint32_t fold_response(char* buf, uint32_t total, const RespHead* resp) noexcept nogil:

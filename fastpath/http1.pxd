@@ -291,7 +291,9 @@ cdef Py_ssize_t chunked_relay(ChunkState* st, char* buf, size_t len,
                               size_t* cut) noexcept nogil
 
 # Field names the proxy owns: what frames or routes a message (Host, Content-Length,
-# Transfer-Encoding) and the identity it vouches for (X-Forwarded-Client-Cert). A
+# Transfer-Encoding), the identity it vouches for (X-Forwarded-Client-Cert), and what
+# an app's node says of the app's failure to the caller's node (X-Meshnode-Failure, on
+# the 502 it answers itself: the caller's node retries it as a connection error). A
 # field name is compared ignoring case, and with '_' read as '-': CGI and WSGI servers
 # file X_Forwarded_Client_Cert and X-Forwarded-Client-Cert under one
 # HTTP_X_FORWARDED_CLIENT_CERT, so a client could forge the one through the other

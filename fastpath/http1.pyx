@@ -879,6 +879,8 @@ cdef Guarded guarded_name(const char* name, size_t n) noexcept nogil:
         return _guarded_as(name, n, b"content-length")
     if n == 17:
         return _guarded_as(name, n, b"transfer-encoding")
+    if n == 18:
+        return _guarded_as(name, n, b"x-meshnode-failure")
     if n == 23:
         return _guarded_as(name, n, b"x-forwarded-client-cert")
     return GUARDED_NONE

@@ -340,7 +340,8 @@ def chunked_frame(data: bytes, **overrides: int) -> tuple[int, bool, bytes]:
     return _chunked(data, limits(**overrides))[:3]
 
 
-GUARDED = (b"host", b"content-length", b"transfer-encoding", b"x-forwarded-client-cert")
+GUARDED = (b"host", b"content-length", b"transfer-encoding", b"x-forwarded-client-cert",
+           b"x-meshnode-failure")
 
 
 def guarded(name: bytes) -> bool:

@@ -142,7 +142,14 @@ cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
         core.counters.http_no_route += 1
     elif status == 503:
         core.counters.http_unavailable += 1
-    elif status >= 400 and status != 408 and status != 403:   # (403: callers_refused)
+    elif (status == 400 or status == 413 or status == 414 or status == 431 or status == 501
+            or status == 505):
+        # What a request that does not parse or exceeds a limit is answered
+        # (http1.request_error_status), and the edits it cannot take. The engine's other
+        # answers count by their cause where they are made: 403 callers_refused or
+        # http_upgrade_refused, 408 http_head_timeouts, 500 route_no_backend or
+        # route_filter_unresolved, 502 http_bad_response, 504 route_timeouts, a fault's
+        # abort faults_aborted (one with these statuses counts here too).
         core.counters.http_bad_request += 1
     if c.down.ssl == NULL:
         for i in range(256):
@@ -158,7 +165,8 @@ cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
     if fields == NULL or fields_len < 0 or fields_len > ENGINE_LOCATION_MAX:
         fields, fields_len = b"", 0
     # (Inbound, a 502 says the app failed the request: the caller's node may retry it
-    # as the connection error it was, retry.pxi.)
+    # as the connection error it was. No answer of the app's carries the field: its
+    # node takes it out, retry.pxi _cut_owned.)
     n = snprintf(msg, sizeof(msg),
                  b"HTTP/1.1 %d %s\r\n%scontent-type: text/plain\r\ncontent-length: %d\r\n"
                  b"connection: close\r\n%.*s\r\n%.*s%s",
@@ -771,7 +779,7 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
         elif _retry_wanted(core, c, 0):
             return STATUS_BACKOFF       # the upstream failed under the kept request
         else:
-            return STATUS_RESET
+            return _up_refused(core, c, progress)   # its early answer goes on (early.pxi)
     _invariant(f.head + c.fwd <= f.tail and f.tail <= core.buffer_bytes,
                b"http framing out of the buffer")
     if f.buf != NULL and f.head == f.tail and not (c.flags & (CONN_RETRYABLE | CONN_KEPT)):
@@ -899,6 +907,9 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                 st = _retry_answer(core, c, _retry_status(f.buf + start, &resp))
                 if st != STATUS_OK:
                     return st               # tried again, or timed out (retry.pxi)
+            if _cut_owned(core, c, start, &resp, &rc) < 0:
+                core.counters.http_bad_response += 1
+                return STATUS_RESET         # (retry.pxi: the nodes' own field goes)
             chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
                      else &c.table.services[c.service].chain)
             if _chain_at(chain, PHASE_RESPONSE):
@@ -1041,7 +1052,8 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
                 core.counters.http_bad_response += 1
                 _http_reply(core, c, 502, b"upstream connection failed\n", -1)
                 return STATUS_CLOSE
-            return STATUS_RESET
+            _up_failed(core, c)         # its end: what it sent before goes on (early.pxi)
+            progress += 1
     st = _http_rframe(core, c)
     if st != STATUS_OK:
         return st
@@ -1066,6 +1078,10 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
         f.buf = NULL
         f.head = 0
         f.tail = 0
+    if c.up_refused:
+        st = _up_refused_done(c)        # (early.pxi)
+        if st != STATUS_OK:
+            return st
     if (f.eof and f.buf == NULL and not f.shut and not c.switching
             and c.resp_phase != RESP_LENGTH and c.resp_phase != RESP_CHUNKED
             and not _up_left_between(c)):

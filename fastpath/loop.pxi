@@ -122,6 +122,8 @@ cdef int _conn_event(Core* core, Conn* c, uint32_t kind, uint32_t events) noexce
         return STATUS_OK
     if c.state == CONN_CONNECTING and kind == _TAG_UP:
         return _connect_done(core, c, events)
+    if c.state == CONN_BACKOFF and kind == _TAG_DOWN:
+        return _backoff_event(core, c, events)     # the client, while a retry waits
     return STATUS_OK
 
 

@@ -150,14 +150,15 @@ cdef void _mirror_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
     cdef const RouteMirror* mr
     cdef bint whole = c.req_phase != REQ_LENGTH and c.req_phase != REQ_CHUNKED
     cdef uint32_t k
+    cdef uint32_t n = rule.n_mirrors
     cdef Conn* m
     c.n_mirroring = 0
-    if c.mirror_skip > 0:
-        c.mirror_skip -= 1              # framed again after a reroute: mirrored before
-        return
     if req.upgrade or req.method == METHOD_CONNECT:
         return
-    for k in range(rule.n_mirrors):
+    if n > ENGINE_MIRRORS_MAX:
+        n = ENGINE_MIRRORS_MAX          # (the table's build refuses more: a pair has no
+                                        # more slots for copies, Conn.mirror_slot)
+    for k in range(n):
         mr = &rule.mirrors[k]
         if (mr.numerator < mr.denominator
                 and _route_random(core) % mr.denominator >= mr.numerator):
@@ -212,8 +213,9 @@ cdef void _mirror_feed(Core* core, Conn* c, const char* p, uint32_t n, bint last
 
 
 cdef void _mirror_abort(Core* core, Conn* c) noexcept nogil:
-    """c's request will not be framed to its end (the client pair closes, or its
-    requests are routed again): its copies are given up, cut short (RST)."""
+    """c's request will not be framed to its end (the client pair closes): its copies
+    are given up, cut short (RST). (A request routed again, _http_reroute, is not
+    framed again: its copies go on.)"""
     cdef uint32_t k
     cdef Conn* m
     for k in range(c.n_mirroring):
@@ -221,20 +223,6 @@ cdef void _mirror_abort(Core* core, Conn* c) noexcept nogil:
         if m != NULL:
             _conn_close(core, m, True)
     c.n_mirroring = 0
-
-
-cdef void _mirror_rerouted(Core* core, Conn* c) noexcept nogil:
-    """c's pending requests are about to be framed again (router.pxi _http_reroute):
-    those whose rule mirrors were offered to their mirrors once, and are not again."""
-    cdef uint32_t k, i
-    cdef int32_t r
-    _mirror_abort(core, c)
-    c.mirror_skip = 0
-    for k in range(c.n_pend):
-        i = (c.pend_first + k) % ENGINE_HTTP_PIPELINE_MAX
-        r = c.pend_rule[i]
-        if r >= 0 and c.table.rules[r].n_mirrors > 0:
-            c.mirror_skip += 1
 
 
 cdef void _mirror_closing(Core* core, Conn* c) noexcept nogil:
@@ -412,6 +400,10 @@ cdef int _mirrors_build(Table* t, list mirrors) except -1:
     for rule_index, service_index, numerator, denominator in mirrors:
         per_rule.setdefault(rule_index, []).append((service_index, numerator, denominator))
     for rule_index, items in per_rule.items():
+        if len(items) > ENGINE_MIRRORS_MAX:
+            # (add_route_mirror refuses them first: Conn.mirror_slot has this many slots)
+            raise ValueError("rule %d: more than %d RequestMirror filters"
+                             % (rule_index, ENGINE_MIRRORS_MAX))
         r = &t.rules[rule_index]
         r.mirrors = <RouteMirror*>calloc(len(items), sizeof(RouteMirror))
         if r.mirrors == NULL:
@@ -445,7 +437,19 @@ cdef tuple _mirror_checked(list rules, list mirrors, list services, int rule_ind
         raise ValueError("rule %r: a mirror's fraction is numerator/denominator with "
                          "0 <= numerator <= denominator and denominator >= 1, not %d/%d"
                          % (name, numerator, denominator))
-    if sum(1 for m in mirrors if m[0] == rule_index) >= ENGINE_MIRRORS_MAX:
-        raise ValueError("rule %r: at most %d RequestMirror filters per rule"
-                         % (name, ENGINE_MIRRORS_MAX))
-    return (rule_index, service_index, numerator, denominator)
+    entry = (rule_index, service_index, numerator, denominator)
+    if _mirrors_over(rules, mirrors + [entry]):
+        raise ValueError("rule %r: at most %d RequestMirror filters per rule (a backendRef "
+                         "with filters of its own makes a variant of its rule, which takes "
+                         "the rule's mirrors and its own)" % (name, ENGINE_MIRRORS_MAX))
+    return entry
+
+
+cdef list _mirrors_over(list rules, list mirrors):
+    """The rules that would start more than ENGINE_MIRRORS_MAX copies of a request:
+    counted as the table is built, each variant with its rule's mirrors
+    (_with_variants)."""
+    counts = {}
+    for m in _with_variants(rules, mirrors):
+        counts[m[0]] = counts.get(m[0], 0) + 1
+    return [r for r, n in counts.items() if n > ENGINE_MIRRORS_MAX]

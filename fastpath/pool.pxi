@@ -202,9 +202,12 @@ cdef bint _pool_unwait(Core* core, Conn* c) noexcept nogil:
     """The pair stops waiting (to go on, be answered or close): no longer pending. Was
     it waiting? Its state becomes HTTP_HEAD (no upstream, the request not sent), which
     the step that follows changes (_connect, _enter_pipe) or closes."""
-    cdef UpstreamCount* u = c.table.services[c.service].upstreams
+    cdef UpstreamCount* u
     if c.state != CONN_POOL_WAIT:
         return False
+    # (Only now: a pair that never waited may name no service of its table, an inbound
+    # one's has none at all.)
+    u = c.table.services[c.service].upstreams
     if u != NULL and u.pending > 0:
         u.pending -= 1
     c.state = CONN_HTTP_HEAD

@@ -42,33 +42,57 @@
 
 # --- deciding ---------------------------------------------------------------------------------
 
-# The field an app's node adds to the 502 it answers for an app that failed a request
-# (closed or reset before answering, or answered what does not parse: _http_reply): to
-# the caller's node that answer is the connection error it stands for, retried whatever
-# the codes. (An app may send the field itself: it then gets the retries it could get
-# with a 5xx the rule lists, no more.)
+# `x-meshnode-failure: upstream` is what an app's node adds to the 502 it answers for an
+# app that failed a request (closed or reset before answering, or answered what does not
+# parse: _http_reply): to the caller's node that answer is the connection error it
+# stands for, retried whatever the codes. The name is one the nodes own
+# (http1.guarded_name): an app's node takes it out of every head an app answers
+# (_cut_owned, in any spelling) before a byte of it leaves, a caller's node out of every
+# head it passes to its client once it has read it, and no route may write it
+# (routes_table.pxi). So only the app's node's own 502 carries it, and only the exact
+# name and value are read.
 cdef enum:
     _FAILURE_NAME_LEN = 18          # "x-meshnode-failure"
+    _FAILURE_VALUE_LEN = 8          # "upstream"
 
 
 cdef int _retry_status(const char* b, const RespHead* resp) noexcept nogil:
     """The outcome of a try answered with the head at `b`: its status, or 0 (a
     connection error) for a 502 its node answered for a failed app."""
-    cdef uint32_t i, k
-    cdef const char* name
+    cdef uint32_t i
     if resp.status != 502:
         return resp.status
     for i in range(resp.header_count):
-        if resp.headers[i].name.len != _FAILURE_NAME_LEN:
-            continue
-        name = b + resp.headers[i].name.off
-        k = 0
-        while k < _FAILURE_NAME_LEN and _lower_is(<unsigned char>name[k],
-                                                  <unsigned char>(b"x-meshnode-failure"[k])):
-            k += 1
-        if k == _FAILURE_NAME_LEN:
+        if (resp.headers[i].name.len == _FAILURE_NAME_LEN
+                and guarded_name(b + resp.headers[i].name.off, _FAILURE_NAME_LEN)
+                == GUARDED_EXACT
+                and resp.headers[i].value.len == _FAILURE_VALUE_LEN
+                and memcmp(b + resp.headers[i].value.off, b"upstream", _FAILURE_VALUE_LEN) == 0):
             return 0
     return resp.status
+
+
+cdef int _cut_owned(Core* core, Conn* c, uint32_t start, RespHead* resp,
+                    int* rc) noexcept nogil:
+    """A response head at u2d.buf + start (parsed into `resp`, `rc` bytes) loses its
+    x-meshnode-failure lines, whoever wrote them: inbound the app (it cannot pass for
+    its node), outbound the app's node (read already: _retry_status; it is not the
+    client's). -1 when the head no longer parses (it cannot happen: a field line less)."""
+    cdef Flow* f = &c.u2d
+    cdef uint32_t i, cut
+    for i in range(resp.header_count):
+        if (resp.headers[i].name.len == _FAILURE_NAME_LEN
+                and guarded_name(f.buf + start + resp.headers[i].name.off,
+                                 _FAILURE_NAME_LEN) != GUARDED_NONE):
+            break
+    else:
+        return 0                        # (the common case: one length test per field)
+    cut = drop_owned(f.buf + start, f.tail - start, resp.headers, resp.header_count,
+                     b"x-meshnode-failure", _FAILURE_NAME_LEN)
+    f.tail -= cut
+    rc[0] = parse_response_head(f.buf + start, f.tail - start, resp, &core.http_limits,
+                                <Method>c.pend_method[c.pend_first])
+    return 0 if rc[0] > 0 else -1
 
 cdef inline const RetryPolicy* _kept_policy(const Conn* c) noexcept nogil:
     """The retry policy of the one request in flight (CONN_KEPT)."""
@@ -240,12 +264,48 @@ cdef int _retry_begin(Core* core, Conn* c) noexcept nogil:
     return STATUS_OK
 
 
+cdef int _backoff_client_left(Core* core, Conn* c) noexcept nogil:
+    """The client of a pair waiting out a backoff reset its connection: nobody is left
+    to answer, so the kept request is not sent again. Counted as a client gone
+    mid-request (aborted; the request counts as 0, no answer, when the pair closes);
+    STATUS_RESET ends the pair (its upstream went already: _retry_discard)."""
+    c.flags |= CONN_CLIENT_GONE
+    _counters_of(core, c).aborted += 1
+    return STATUS_RESET
+
+
+cdef inline bint _client_reset(const Conn* c) noexcept nogil:
+    """Has the client's socket an error pending (a reset the pump did not read: it
+    came after the client's FIN, when its side is no longer read)?"""
+    cdef int err = 0
+    cdef net.socklen_t length = sizeof(err)
+    if c.down.fd < 0 or net.getsockopt(c.down.fd, net.SOL_SOCKET, net.SO_ERROR, &err,
+                                       &length) != 0:
+        return True
+    return err != 0
+
+
+cdef int _backoff_event(Core* core, Conn* c, uint32_t events) noexcept nogil:
+    """An event on the client of a pair waiting out a backoff (CONN_BACKOFF). A reset
+    (EPOLLERR, EPOLLHUP: we have not ended our side) ends the pair. A FIN alone does
+    not: a client that half-closes after its whole request (HTTP/1.0 clients, `nc -q`)
+    still waits for the answer, and TCP does not tell such a FIN from that of a client
+    that closed its socket (the retry is made; a send to a closed client fails then,
+    counted the same way). More bytes (pipelined requests) wait in the socket."""
+    if events & (net.EPOLLERR | net.EPOLLHUP):
+        return _backoff_client_left(core, c)
+    return STATUS_OK
+
+
 cdef int _retry_fire(Core* core, Conn* c) noexcept nogil:
     """The backoff is over: the kept request's next try, on its own backendRequest
     timeout, to an endpoint other than the failed one when there is another. Or the
-    request's timeout came during it: 504."""
+    request's timeout came during it: 504. Or its client reset (_backoff_event: a
+    reset that came while the pump no longer read the client): the pair ends."""
     cdef uint32_t i = c.pend_first
     cdef const RouteRule* r = &c.table.rules[c.pend_rule[i]]
+    if _client_reset(c):
+        return _backoff_client_left(core, c)
     if r.timeout_ns > 0 and core.now_ns >= c.pend_start_ns[i] + r.timeout_ns:
         core.counters.route_timeouts += 1
         _http_reply(core, c, 504, b"upstream request timeout\n", -1)

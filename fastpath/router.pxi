@@ -75,6 +75,9 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         backend, rule, st = c.decided_service, c.decided_rule, c.decided_status
     else:
         st = _route_pick(core, c, parent, c.d2u.buf + c.d2u.head, req, &backend, &rule)
+        if c.fault_kept > 0 and c.fault_kept & _FAULT_ANSWER:
+            st = c.fault_kept           # released under a newer table: its abort stands
+    c.fault_kept = -1                   # (faults were not drawn again for it: fault.pxi)
     if st & _FAULT_HOLD:
         return _fault_hold(core, c, backend, rule, st & ~_FAULT_HOLD)   # fault.pxi
     if st != 0:
@@ -95,7 +98,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     c.service = backend
     c.req_rule = rule
     svc = &c.table.services[c.service]
-    _hash_route(core, c, svc, c.d2u.buf + c.d2u.head, req, False)   # (hashing.pxi)
+    _hash_route(core, c, svc, c.d2u.buf + c.d2u.head, req)   # (hashing.pxi)
     c.flags |= CONN_SERVICE_KNOWN
     c.peer_principal = 0            # until an upstream is verified (handshake or pool)
     c.stat = -1

@@ -185,7 +185,7 @@ cdef int _route_pick(Core* core, Conn* c, uint32_t parent, const char* head,
     rule[0] = <int32_t>t.entries[i].rule
     r = &t.rules[t.entries[i].rule]
     core.counters.route_matched += 1
-    if r.fault != NULL:
+    if r.fault != NULL and c.fault_kept < 0:     # (drawn once per request: fault.pxi)
         fault = _fault_pick(core, c, r.fault)
         if fault != 0 and not fault & _FAULT_HOLD:
             return fault                # answered at once, no backend (fault.pxi)

@@ -6,14 +6,15 @@
 
 # Field names no route may edit: they frame the message or route it (a client-side edit
 # of them would desynchronise the node's framing from the app's), they are the hop's
-# own, or the node vouches for them (x-forwarded-client-cert is the inbound node's).
+# own, or the node vouches for them (x-forwarded-client-cert is the inbound node's;
+# x-meshnode-failure, either way, the nodes' word that an app failed: retry.pxi).
 _UNEDITABLE_REQUEST = frozenset((
     b"host", b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
     b"proxy-connection", b"upgrade", b"te", b"trailer", b"x-forwarded-client-cert",
-    b"expect"))
+    b"expect", b"x-meshnode-failure"))
 _UNEDITABLE_RESPONSE = frozenset((
     b"content-length", b"transfer-encoding", b"connection", b"keep-alive",
-    b"proxy-connection", b"upgrade", b"te", b"trailer"))
+    b"proxy-connection", b"upgrade", b"te", b"trailer", b"x-meshnode-failure"))
 
 _MATCH_KINDS = {"exact": MATCH_EXACT, "pathprefix": MATCH_PREFIX, "prefix": MATCH_PREFIX,
                 "regularexpression": MATCH_REGEX, "regex": MATCH_REGEX}

@@ -94,6 +94,10 @@ FILTER_FIELDS = {  # a filter's type -> the field that carries its settings
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
                               "proxy-connection", "te", "trailer", "upgrade"})
 _REQUEST_ONLY_HEADERS = frozenset({"host", "expect", "x-forwarded-client-cert"})
+# Either way: x-meshnode-failure is the nodes' word that an app failed a request (an app's
+# node adds it to the 502 it answers then, and the caller's node retries that as a
+# connection error): a route that wrote it could turn any answer into one.
+_NODE_HEADERS = frozenset({"x-meshnode-failure"})
 
 _SUBDOMAIN = re.compile(r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*")
 _HOSTNAME = re.compile(r"(?:\*\.)?" + _SUBDOMAIN.pattern)
@@ -614,7 +618,7 @@ def _header_modifier(d: _Doc, value: object, path: str, request: bool) -> Header
     if set_ is None or add is None or remove is None:
         return None
     # One action per header name, names compared without case (HTTPHeaderFilter).
-    managed = _FRAMING_HEADERS | (_REQUEST_ONLY_HEADERS if request else frozenset())
+    managed = _FRAMING_HEADERS | _NODE_HEADERS | (_REQUEST_ONLY_HEADERS if request else frozenset())
     acted: dict[str, str] = {}
     actions = [(f"{path}.set[{i}].name", name) for i, (name, _) in enumerate(set_)]
     actions += [(f"{path}.add[{i}].name", name) for i, (name, _) in enumerate(add)]
@@ -624,7 +628,8 @@ def _header_modifier(d: _Doc, value: object, path: str, request: bool) -> Header
         lowered = name.lower()
         if lowered in managed:
             d.fail(at, f"{name!r} is the node's to write (it frames the message, manages the "
-                       "connection or names the authority): a header filter may not change it")
+                       "connection, names the authority or carries a node's word): a header "
+                       "filter may not change it")
             ok = False
         elif lowered in acted:
             d.fail(at, f"header {name!r} already has an action ({acted[lowered]}): a filter takes "

@@ -147,6 +147,36 @@ def test_a_held_request_goes_on_under_a_config_pushed_during_its_delay(mesh: Mes
     assert answer.startswith(b"HTTP/1.1 200") and b'"version": "v2"' in answer
 
 
+def test_a_held_request_keeps_its_delay_and_deadline_across_config_pushes(mesh: Mesh) -> None:
+    """Pushes of the same faulty route during a delay neither draw the fault again nor
+    start the delay over: the request is released at the deadline it was given."""
+    faulted(mesh, delay_s=0.8, delay_percent=100)
+    with socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S) as c:
+        started = time.monotonic()
+        c.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        mesh.out_node.wait_stat("faults_delayed")
+        for _ in range(3):
+            faulted(mesh, delay_s=0.8, delay_percent=100)
+        answer = recv_all(c)
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert 0.8 <= took < 1.4, took
+    assert mesh.out_node.stats()["faults_delayed"] == 1
+
+
+def test_an_abort_drawn_with_a_delay_is_answered_after_a_push(mesh: Mesh) -> None:
+    """The decision is the request's: a push to a route without faults during the delay
+    still ends it with the abort drawn with it, and no backend is contacted."""
+    faulted(mesh, delay_s=0.4, delay_percent=100, abort_status=503, abort_percent=100)
+    with socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S) as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        mesh.out_node.wait_stat("faults_delayed")
+        faulted(mesh, delay_s=0.0)
+        answer = recv_all(c)
+    assert answer.startswith(b"HTTP/1.1 503") and answer.endswith(b"fault filter abort\n")
+    assert backend_contacts(mesh) == 0
+
+
 def test_a_filter_that_did_not_resolve_answers_500(mesh: Mesh) -> None:
     faulted(mesh, "/ext", unresolved=True)
     status, _, body = send(mesh, "/ext")

@@ -286,3 +286,34 @@ def test_mirror_slots_and_counters_are_reported() -> None:
     stats = e.stats()
     assert stats["mirror_slots"] == 2 and stats["buffers_total"] == 2 * (16 + 2)
     assert stats["http_mirrored"] == stats["http_mirror_dropped"] == stats["mirrors_active"] == 0
+
+
+def test_a_rule_and_its_backend_variant_start_at_most_four_copies(
+        mirrored: Callable[..., Mirrored]) -> None:
+    """A backendRef with filters of its own makes a variant of its rule (add_route_rule),
+    which mirrors as the rule does: mirrors added to the variant as well would make a
+    request start more copies than a rule may have (and than a pair has slots for)."""
+    m = mirrored(*(Recorder(MIRROR_ANSWER) for _ in range(4)))
+    t = m.table
+    rule = t.add_route_rule("demo/r#0", [(m.ix["rec"], 1, {"add": [("x-variant", "1")]}, None)])
+    variant = rule + 1
+    for i in range(4):
+        t.add_route_mirror(rule, m.ix[f"mirror{i}"])
+    with pytest.raises(ValueError, match="at most 4"):
+        t.add_route_mirror(variant, m.ix["mirror0"])
+    other = t.add_route_rule("demo/r#1", [(m.ix["rec"], 1, {"add": [("x-variant", "2")]}, None)])
+    t.add_route_mirror(other + 1, m.ix["mirror0"])      # its variant first, then the rule
+    for i in range(3):
+        t.add_route_mirror(other, m.ix[f"mirror{i}"])
+    with pytest.raises(ValueError, match="at most 4"):
+        t.add_route_mirror(other, m.ix["mirror3"])
+    s = t.add_route_set(m.ix["backend"])
+    t.add_route_match(s, rule)
+    m.mesh.out_node.install(t)
+    conn = m.mesh.http()
+    for i in range(3):
+        assert request(conn, f"/{i}", method="POST", body=b"v%d" % i)[2] == b"real"
+    wait_for(lambda: m.stats()["http_mirrored"] + m.stats()["http_mirror_dropped"] == 12,
+             "twelve copies")
+    assert [len(r.requests) for r in m.mirrors] == [3, 3, 3, 3]
+    assert all(b"\r\nx-variant: 1\r\n" in r for r in m.mirrors[0].requests)

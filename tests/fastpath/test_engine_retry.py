@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import threading
 import time
 from collections import defaultdict
@@ -262,3 +263,190 @@ def test_a_client_gone_during_the_backoff_costs_nothing(mesh: Mesh, app: FlakyAp
         time.sleep(0.02)
     stats = mesh.out_node.stats()
     assert stats["outbound_connections_active"] == 0 and stats["buffers_in_use"] == 0
+
+
+def _aborting(mesh: Mesh, app: FlakyApp, target: str, backoff_s: float) -> socket.socket:  # noqa: F811
+    """A client whose request's first try failed: it waits out a `backoff_s` backoff."""
+    one_rule(mesh, retry={"attempts": 1, "codes": [500], "backoff_s": backoff_s})
+    c = socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S)
+    c.sendall(b"GET %s HTTP/1.1\r\nHost: backend\r\n\r\n" % target.encode())
+    mesh.out_node.wait_stat("route_retries")
+    return c
+
+
+def test_a_client_that_resets_during_the_backoff_ends_its_request(
+        mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """Nobody is there to answer: the kept request is not sent again, the pair ends at
+    once (not at the backoff's end), counted as a client gone mid-request."""
+    target = "/fail?code=500&n=1&reset"
+    c = _aborting(mesh, app, target, backoff_s=0.8)
+    aborted = mesh.out_node.stats()["outbound_aborted"]
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()                                       # SO_LINGER 0: a reset
+    left = time.monotonic()
+    deadline = left + TIMEOUT_S
+    while mesh.out_node.stats()["outbound_connections_active"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert time.monotonic() - left < 0.4            # well before the backoff's end
+    time.sleep(max(0.0, left + 1.0 - time.monotonic()))    # past it: no second try
+    assert app.count(target) == 1
+    stats = mesh.out_node.stats()
+    assert stats["outbound_connections_active"] == 0 and stats["buffers_in_use"] == 0
+    assert stats["outbound_aborted"] == aborted + 1
+    codes = [r["codes"] for r in mesh.out_node.engine.request_stats() if r["route"] == "demo/r"]
+    assert codes == [{0: 1}]                        # no answer reached anybody
+
+
+def test_a_client_that_half_closes_during_the_backoff_gets_its_answer(
+        mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """FIN after a whole request (HTTP/1.0 clients, `nc -q`) is no abort: the retry is
+    made and its answer sent."""
+    target = "/fail?code=500&n=1&halfclose"
+    c = _aborting(mesh, app, target, backoff_s=0.3)
+    with c:
+        c.shutdown(socket.SHUT_WR)
+        answer = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+            if answer.endswith(b"try 2 ok"):
+                break
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"try 2 ok"), answer
+    assert app.count(target) == 2
+
+
+# --- x-meshnode-failure is the nodes' own ----------------------------------------------------
+
+
+def _answers_with(head: bytes, fail_first: bool = False):
+    """v1's serve(): each request answered by `head` (a response head without its final
+    CRLF, an empty body). `fail_first`: the first connection closes unanswered."""
+    seen: list[bytes] = []
+
+    def serve(conn: socket.socket) -> None:
+        buf = bytearray()
+        while True:
+            seen.append(read_request(conn, buf))
+            if fail_first and len(seen) == 1:
+                return
+            conn.sendall(head + b"Content-Length: 0\r\n\r\n")
+    return serve, seen
+
+
+def test_an_apps_own_failure_field_is_no_connection_error_and_never_reaches_the_client(
+        mesh: Mesh) -> None:  # noqa: F811
+    """An app that sends x-meshnode-failure itself gets no retry a 502 of its own would
+    not get (the rule retries no codes), and the field reaches no client: the app's
+    node takes it out of what the app answers."""
+    serve, seen = _answers_with(b"HTTP/1.1 502 Bad Gateway\r\nX-Meshnode-Failure: upstream\r\n"
+                                b"x_meshnode_failure: upstream\r\nX-Other: 1\r\n")
+    raw = v1_is(mesh, serve)
+    try:
+        one_rule(mesh, retry={"attempts": 2, **FAST})
+        answer = exchange(mesh, b"GET /forged HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+    finally:
+        raw.close()
+    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n") and b"\r\nX-Other: 1\r\n" in answer
+    assert b"meshnode" not in answer.lower() and b"meshnode_failure" not in answer.lower(), answer
+    assert len(seen) == 1 and mesh.out_node.stats()["route_retries"] == 0
+
+
+def test_the_nodes_failure_field_is_read_then_taken_out(mesh: Mesh) -> None:  # noqa: F811
+    """The app's node's 502 for an app that failed says so to the caller's node, which
+    retries it as the connection error it was; the client sees neither the field nor, when
+    no retry follows, anything but the 502."""
+    serve, seen = _answers_with(b"HTTP/1.1 200 OK\r\nX-Meshnode-Failure: upstream\r\n",
+                                fail_first=True)
+    raw = v1_is(mesh, serve)
+    try:
+        one_rule(mesh, retry={"attempts": 1, **FAST})
+        retried = exchange(mesh, b"GET /a HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        one_rule(mesh)
+        seen.clear()
+        failed = exchange(mesh, b"GET /b HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+    finally:
+        raw.close()
+    assert retried.startswith(b"HTTP/1.1 200 OK\r\n"), retried
+    assert failed.startswith(b"HTTP/1.1 502 "), failed
+    for answer in (retried, failed):
+        assert b"meshnode" not in answer.lower(), answer
+    assert mesh.out_node.stats()["route_retries"] == 1
+
+
+class FakeNode:
+    """A TLS server with the backend's identity standing in for the app's node: answers
+    every request with `head` (no body), counting them."""
+
+    def __init__(self, m: Mesh, tmp: Any, head: bytes) -> None:  # noqa: F811
+        (tmp / "chain.pem").write_bytes(m.pki.backend.chain_pem)
+        (tmp / "key.pem").write_bytes(m.pki.backend.key_pem)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(tmp / "chain.pem", tmp / "key.pem")
+        self.ctx.set_alpn_protocols(["http/1.1"])
+        self.head = head
+        self.requests = 0
+        self.raw = RawApp(self._serve)
+        self.port = self.raw.port
+
+    def _serve(self, conn: socket.socket) -> None:
+        with self.ctx.wrap_socket(conn, server_side=True) as t:     # (errors: RawApp's)
+            buf = bytearray()
+            while True:
+                read_request(t, buf)
+                self.requests += 1
+                t.sendall(self.head + b"Content-Length: 0\r\n\r\n")
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+@pytest.mark.parametrize("value, retried", [
+    (b"upstream", True), (b"Upstream", False), (b"upstream2", False), (b"", False),
+    (b"upstream, upstream", False)])
+def test_only_the_exact_failure_value_is_read(mesh: Mesh, tmp_path: Any, value: bytes,  # noqa: F811
+                                              retried: bool) -> None:
+    """The caller's node takes a 502 for a connection error only when its failure field
+    says exactly `upstream` (as the app's node writes it); any other is an answer, not
+    retried without its code, and the field never reaches the client."""
+    fake = FakeNode(mesh, tmp_path, b"HTTP/1.1 502 Bad Gateway\r\nx-meshnode-failure: %s\r\n" % value)
+    try:
+        t, ix = mesh.outbound()
+        node = t.add_service("demo/fake:http", "http.fake.demo.svc", [BACKEND_ID],
+                             [("127.0.0.1", fake.port)])
+        s = t.add_route_set(ix["backend"])
+        t.add_route_match(s, t.add_route_rule("demo/r#0", [(node, 1)],
+                                              retry={"attempts": 1, **FAST}))
+        mesh.out_node.install(t)
+        answer = exchange(mesh, b"GET / HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+    finally:
+        fake.close()
+    assert answer.startswith(b"HTTP/1.1 502 ") and b"meshnode" not in answer.lower(), answer
+    assert fake.requests == (2 if retried else 1)
+
+
+@pytest.mark.parametrize("side", ["request_headers", "response_headers"])
+@pytest.mark.parametrize("op", ["set", "add", "remove"])
+def test_route_filters_may_not_write_the_failure_field(mesh: Mesh, side: str, op: str) -> None:  # noqa: F811
+    t, ix = mesh.outbound()
+    edit = {op: ["X-Meshnode-Failure"] if op == "remove" else [("X-Meshnode-Failure", "upstream")]}
+    with pytest.raises(ValueError, match="may not be edited"):
+        t.add_route_rule("demo/r#0", [(ix["v1"], 1)], **{side: edit})
+
+
+def test_the_engines_own_500_502_and_504_are_not_counted_as_bad_requests(
+        mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """A route timeout (504), a rule without a valid backend (500) and an app that failed
+    (502) are counted by what they are, not as requests that were bad."""
+    one_rule(mesh, timeout_s=0.2)
+    assert get(mesh, "/slow?ms=1000&n=1")[0] == 504
+    assert get(mesh, "/fail?code=0&n=1")[0] == 502
+    t, ix = mesh.outbound()
+    s = t.add_route_set(ix["backend"])
+    t.add_route_match(s, t.add_route_rule("demo/none#0", [(-1, 1)]))
+    mesh.out_node.install(t)
+    assert get(mesh, "/")[0] == 500
+    stats = mesh.out_node.stats()
+    assert stats["route_timeouts"] == 1 and stats["route_no_backend"] == 1
+    assert stats["http_bad_request"] == 0

@@ -838,6 +838,8 @@ GUARDED_TRAILERS = [
     b"Content-Length: 99\r\n",
     b"Transfer_Encoding: chunked\r\n",
     b"host: elsewhere\r\n",
+    b"X-Meshnode-Failure: upstream\r\n",
+    b"x_meshnode-failure: upstream\r\n",
 ]
 
 
@@ -1110,7 +1112,8 @@ def test_reference_cross_check_chunked(data, limits):
 trailer_lines = st.lists(st.one_of(
     st.tuples(tokens, field_values),
     st.tuples(st.sampled_from([b"X-Forwarded-Client-Cert", b"x_forwarded_client_cert",
-                               b"Content-Length", b"HOST", b"transfer_encoding"]), field_values),
+                               b"Content-Length", b"HOST", b"transfer_encoding",
+                               b"X_Meshnode_Failure"]), field_values),
 ), max_size=5)
 
 
