@@ -897,6 +897,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     break
             if rc < 0:
                 core.counters.http_bad_response += 1
+                _outlier_status(core, c, 502)   # (outbound only: outlier.pxi)
                 if c.resp_fwd == 0:
                     _http_reply(core, c, 502, b"bad response from upstream\n", -1)
                     return STATUS_CLOSE
@@ -994,6 +995,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
             core.counters.http_bad_response += 1    # ended mid-body: do not pass as whole
             return STATUS_RESET
         if c.resp_phase == RESP_HEAD and (c.n_pend > 0 or f.head < f.tail):
+            _outlier_status(core, c, 502)   # closed unanswered: Envoy's 5xx for a reset
             if _retry_wanted(core, c, 0):
                 return STATUS_BACKOFF       # ended before answering the kept request
             if c.flags & CONN_INBOUND and c.flags & CONN_ANSWERED:
@@ -1046,6 +1048,8 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
             f.eof = True
             progress += 1
         else:
+            if c.n_pend > 0 and c.resp_phase == RESP_HEAD:
+                _outlier_status(core, c, 502)   # reset unanswered (outlier.pxi)
             if _retry_wanted(core, c, 0):
                 return STATUS_BACKOFF       # failed before answering the kept request
             if c.resp_phase == RESP_HEAD and c.n_pend > 0 and c.resp_fwd == 0 and f.buf != NULL and f.head == f.tail:
