@@ -57,8 +57,8 @@ from typing import Any, Callable
 from fastpath.engine import Engine, RouteTable
 
 from . import callers, logs, routes
-from .config.destinationrulepool import worker_share
 from .identity.creds import Contexts
+from .poolshare import worker_share
 from .ports import Ports
 
 log = logging.getLogger("meshnode.dataplane")
@@ -414,7 +414,7 @@ class DataPlane:
                 # admin /stats shows it.
                 "outliers": self.engine.outliers(),
                 # Upstream connections and waiting requests per service, this worker's
-                # (connectionPool limits are per worker: destinationrulepool.worker_share).
+                # (connectionPool limits are per worker: poolshare.worker_share).
                 "upstreams": self.engine.upstreams()}
 
     def request_figures(self) -> list[dict[str, Any]]:

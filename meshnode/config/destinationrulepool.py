@@ -9,13 +9,14 @@ an unset one, so 0 means the default, as in Istio. fastpath/pool.pxi says what e
 every other field of ConnectionPoolSettings is refused by name (NOT_IMPLEMENTED_*).
 
 The engine counts per worker process: a node's limits are split among its workers
-(worker_share), so that the node as a whole keeps to the number the rule gives.
+(meshnode.poolshare.worker_share), so that the node as a whole keeps to the number the rule gives.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from ..poolshare import UNLIMITED
 from .validate import _Doc, _duration, _int, _known_fields, _opt, join
 
 IMPLEMENTED = ("tcp", "http")
@@ -26,8 +27,6 @@ IMPLEMENTED_HTTP = ("http1MaxPendingRequests", "maxRequestsPerConnection")
 NOT_IMPLEMENTED_HTTP = ("http2MaxRequests", "maxRetries", "idleTimeout", "h2UpgradePolicy",
                         "useClientProtocol", "maxConcurrentStreams")
 
-UNLIMITED = 2**32 - 1
-"""Istio's default for maxConnections and http1MaxPendingRequests: no limit."""
 _INT32_MAX = 2**31 - 1          # the fields are int32 in Istio's proto
 _connect_timeout = _duration(0.001, 86400.0)    # Istio: at least 1ms (a day: the engine's most)
 
@@ -44,7 +43,7 @@ class ConnectionPool:
 
     def engine(self) -> dict[str, Any]:
         """RouteTable.set_connection_pool()'s arguments for the node as a whole (the
-        snapshot carries them; each worker takes its share, worker_share)."""
+        snapshot carries them; each worker takes its share: poolshare.worker_share)."""
         return {"max_connections": 0 if self.max_connections == UNLIMITED else self.max_connections,
                 "max_pending_requests": self.max_pending_requests,
                 "max_requests_per_connection": self.max_requests_per_connection,
@@ -52,31 +51,6 @@ class ConnectionPool:
 
     def to_dict(self) -> dict[str, Any]:
         return {key: dict(value) for key, value in self.written}
-
-
-def _share(total: int, worker: int, workers: int) -> int:
-    """Worker `worker`'s part of `total` among `workers`: the quotient, one more for the
-    first `total % workers` workers (the parts add up to `total`), and at least 1 (a
-    limit below the worker count: each worker may still make one)."""
-    part = total // workers + (1 if worker < total % workers else 0)
-    return max(part, 1)
-
-
-def worker_share(policy: dict[str, Any], worker: int, workers: int) -> dict[str, Any]:
-    """One worker's set_connection_pool() arguments from the node's (engine()): the
-    connection and pending limits divided among the node's workers, since each counts
-    only its own (a shared count would cost an atomic per connection across processes).
-    A limit given as no limit stays so; the per-connection limit and the timeout apply
-    to each connection as they are."""
-    out = dict(policy)
-    workers = max(workers, 1)
-    worker = min(max(worker, 0), workers - 1)
-    if out.get("max_connections"):
-        out["max_connections"] = _share(int(out["max_connections"]), worker, workers)
-    pending = int(out.get("max_pending_requests", UNLIMITED))
-    if pending != UNLIMITED:
-        out["max_pending_requests"] = _share(pending, worker, workers) if pending else 0
-    return out
 
 
 def _limit(d: _Doc, value: object, path: str) -> int | None:

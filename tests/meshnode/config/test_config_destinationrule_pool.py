@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from meshnode.config import Store, compile_snapshot, parse_text, to_dict, validate_set
-from meshnode.config.destinationrulepool import (NOT_IMPLEMENTED_HTTP, NOT_IMPLEMENTED_TCP,
-                                                 UNLIMITED, worker_share)
+from meshnode.config.destinationrulepool import NOT_IMPLEMENTED_HTTP, NOT_IMPLEMENTED_TCP
+from meshnode.poolshare import UNLIMITED, worker_share
 
 from test_config_destinationrule import SERVICES, problems, rule
 
