@@ -70,6 +70,15 @@ def recv_all(s: socket.socket, limit: int = 1 << 26) -> bytes:
     return bytes(out)
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """An HTTP/1.1 (keep-alive) handler that logs nothing: the base of the test apps'."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 def http_server(handler: type[BaseHTTPRequestHandler], **attrs: object) -> ThreadingHTTPServer:
     """A threaded HTTP app on a free loopback port, serving from a daemon thread;
     `attrs` are set on the server, for its handler to read. Stop it with

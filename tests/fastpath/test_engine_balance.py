@@ -17,24 +17,18 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Callable, Iterator
 
 import pytest
 
 from fastpath import engine as fe
 
-from enginekit import http_server, listener, port_of
+from enginekit import QuietHandler, http_server, listener, port_of
 from test_engine_http import (BACKEND_ID, SNI, TIMEOUT_S, Node, client_ctx,  # noqa: F401
                               mesh_pki, server_ctx)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         server = self.server
         time.sleep(server.delay_s)          # type: ignore[attr-defined]

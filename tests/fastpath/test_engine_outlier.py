@@ -18,7 +18,6 @@ import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,19 +25,14 @@ import pytest
 
 from fastpath import engine as fe
 
-from enginekit import http_server, listener, port_of, wait_for
+from enginekit import QuietHandler, http_server, listener, port_of, wait_for
 from test_engine_http import (BACKEND_ID, SNI, TIMEOUT_S, Node, client_ctx,  # noqa: F401
                               mesh_pki, server_ctx)
 
 pytestmark = pytest.mark.timeout(60)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         server = self.server
         server.hits += 1                    # type: ignore[attr-defined]

@@ -17,14 +17,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Callable, Iterator
 
 import pytest
 
 from fastpath import engine as fe
 
-from enginekit import http_server, listener, port_of, wait_for
+from enginekit import QuietHandler, http_server, listener, port_of, wait_for
 from test_engine_http import (BACKEND_ID, SNI, TIMEOUT_S, Node, client_ctx,  # noqa: F401
                               mesh_pki, server_ctx)
 
@@ -33,12 +32,7 @@ pytestmark = pytest.mark.timeout(60)
 SERVICE = "demo/backend:http"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         server = self.server
         server.peers.append(self.client_address[1])     # type: ignore[attr-defined]
