@@ -1,7 +1,6 @@
 # http_stream.pxi: HTTP/1.1 framing both ways on a pair: request heads and bodies from the
-# client, responses from the upstream, and a gone client's drain. (The engine's own
-# answers are http_reply.pxi's; a head's request-target and upgrade tokens,
-# http_target.pxi's.)
+# client, responses from the upstream, the engine's own answers, and a gone client's
+# drain.
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 
@@ -67,6 +66,239 @@ cdef int _drain(Core* core, Conn* c) noexcept nogil:
         _pool_put(core, c)
         return STATUS_CLOSE
     return STATUS_OK
+
+
+cdef const char* _reason(int status) noexcept nogil:
+    if status == 301:
+        return b"Moved Permanently"
+    if status == 302:
+        return b"Found"
+    if status == 303:
+        return b"See Other"
+    if status == 307:
+        return b"Temporary Redirect"
+    if status == 308:
+        return b"Permanent Redirect"
+    if status == 502:
+        return b"Bad Gateway"
+    if status == 400:
+        return b"Bad Request"
+    if status == 403:
+        return b"Forbidden"
+    if status == 404:
+        return b"Not Found"
+    if status == 408:
+        return b"Request Timeout"
+    if status == 413:
+        return b"Content Too Large"
+    if status == 414:
+        return b"URI Too Long"
+    if status == 431:
+        return b"Request Header Fields Too Large"
+    if status == 501:
+        return b"Not Implemented"
+    if status == 503:
+        return b"Service Unavailable"
+    if status == 505:
+        return b"HTTP Version Not Supported"
+    return b"Error"
+
+
+cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
+                      int body_len) noexcept nogil:
+    _http_reply_fields(core, c, status, body, body_len, NULL, 0)
+
+
+cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
+                             int body_len, const char* fields, int fields_len) noexcept nogil:
+    """Answer the client ourselves (at most once per connection) before the pair closes:
+    `status` with a text body (`body_len` bytes of `body`, all of a C string `body` when
+    -1, or the reason phrase when `body` is NULL), Connection: close, and the field
+    lines fields[0:fields_len] (each ending CRLF; a redirect's Location: route_filters.pxi).
+
+    What the client sent and we did not read is drained first (bounded): closing a
+    socket with unread bytes sends RST, which can make the client drop our answer
+    (RFC 9112 §9.6 asks for a lingering close; this is the cheap part of one)."""
+    cdef char sink[4096]
+    cdef char msg[1024 + ENGINE_LOCATION_MAX]
+    cdef const char* reason = _reason(status)
+    cdef int n, i
+    cdef Py_ssize_t r
+    if c.flags & CONN_HTTP_REPLIED or c.down.fd < 0 or c.u2d.shut:
+        return                          # (the client's side was ended already: no answer)
+    if (c.n_pend == 0 and c.flags & CONN_ANSWERED
+            and (c.d2u.buf == NULL or c.d2u.tail == c.d2u.head)):
+        return                          # nothing asked since the last answer: none owed
+    c.flags |= CONN_HTTP_REPLIED
+    _count_answer(core, c, status, -1)
+    if c.n_pend > 0:
+        # The answer to the oldest request sent on; any behind it are cut off, and
+        # counted so when the pair closes (_count_cut_off).
+        c.resp_phase = RESP_HEAD
+        c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
+        c.n_pend -= 1
+        _load_move(core, c, -1, -1)
+    if status == 404:
+        core.counters.http_no_route += 1
+    elif status == 503:
+        core.counters.http_unavailable += 1
+    elif (status == 400 or status == 413 or status == 414 or status == 431 or status == 501
+            or status == 505):
+        # What a request that does not parse or exceeds a limit is answered
+        # (http1.request_error_status), and the edits it cannot take. The engine's other
+        # answers count by their cause where they are made: 403 callers_refused or
+        # http_upgrade_refused, 408 http_head_timeouts, 500 route_no_backend or
+        # route_filter_unresolved, 502 http_bad_response, 504 route_timeouts, a fault's
+        # abort faults_aborted (one with these statuses counts here too).
+        core.counters.http_bad_request += 1
+    if c.down.ssl == NULL:
+        for i in range(256):
+            if net.recv(c.down.fd, sink, sizeof(sink), 0) <= 0:
+                break
+    if body == NULL:
+        body = reason
+        body_len = <int>strlen(reason)
+    elif body_len == -1:
+        body_len = <int>strlen(body)
+    if body_len < 0 or body_len > 512:
+        body_len = 0
+    if fields == NULL or fields_len < 0 or fields_len > ENGINE_LOCATION_MAX:
+        fields, fields_len = b"", 0
+    # (Inbound, a 502 says the app failed the request: the caller's node may retry it
+    # as the connection error it was. No answer of the app's carries the field: its
+    # node takes it out, retry.pxi _cut_owned.)
+    n = snprintf(msg, sizeof(msg),
+                 b"HTTP/1.1 %d %s\r\n%scontent-type: text/plain\r\ncontent-length: %d\r\n"
+                 b"connection: close\r\n%.*s\r\n%.*s%s",
+                 status, reason,
+                 b"x-meshnode-failure: upstream\r\n" if c.down.ssl != NULL and status == 502 else b"",
+                 <int>(body_len + (1 if body == reason else 0)), fields_len,
+                 fields, body_len, body, b"\n" if body == reason else b"")
+    if n <= 0 or n >= <int>sizeof(msg):
+        return
+    if c.down.ssl != NULL:
+        # Inbound: the peer node's outbound side reads this as the app's answer.
+        r = _send(&c.down, msg, <uint32_t>n)
+        if r > 0:
+            core.counters.inbound.bytes_sent += <uint64_t>r
+        _shut(&c.down)
+        return
+    r = net.send(c.down.fd, msg, <size_t>n, net.MSG_NOSIGNAL)
+    if r > 0:
+        core.counters.outbound.bytes_sent += <uint64_t>r
+    net.shutdown(c.down.fd, net.SHUT_WR)
+
+
+cdef uint32_t _origin_form(Flow* f, uint32_t base, ReqHead* req) noexcept nogil:
+    """Rewrite an absolute-form request-target ("http://host/p?q") parsed at
+    f.buf + base to origin-form ("/p?q") in the buffer: apps expect origin-form from a
+    proxy (RFC 9112 §3.2.2). Returns how many bytes the head lost."""
+    cdef char* b = f.buf + base
+    cdef uint32_t start = req.target.off
+    cdef uint32_t cut
+    if req.path.len > 0 and b[req.path.off] == c'/':
+        cut = req.path.off - start
+    else:
+        # Empty path or a bare query: "/" goes where the authority's last byte was.
+        b[req.path.off - 1] = c'/'
+        cut = req.path.off - 1 - start
+    memmove(b + start, b + start + cut, f.tail - base - start - cut)
+    f.tail -= cut
+    return cut
+
+
+cdef int64_t _absolute_form(Core* core, Flow* f, uint32_t base, ReqHead* req) noexcept nogil:
+    """An absolute-form request head at f.buf + base, routed by its target's authority:
+    the target becomes origin-form and the Host field that authority (RFC 9112 §3.2.2:
+    a proxy replaces the Host it got by the target's; added when there is none), so
+    the app sees the name the request was routed by. The bytes the head gained (< 0:
+    lost), or INT64_MAX when it cannot be edited (an authority longer than any host
+    name, or no room to add the field)."""
+    cdef char auth[ENGINE_AUTHORITY_MAX]
+    cdef uint32_t alen = req.authority.len
+    cdef uint32_t cut, voff, vlen
+    cdef char* b = f.buf + base
+    cdef int added
+    if alen > sizeof(auth):
+        return INT64_MAX
+    memcpy(auth, b + req.authority.off, alen)
+    cut = _origin_form(f, base, req)
+    if req.host_index < 0:
+        added = add_field(b, req.head_len - cut, f.tail - base, core.buffer_bytes - base,
+                          b"Host", 4, auth, alen)
+        if added < 0:
+            return INT64_MAX
+        f.tail += <uint32_t>added
+        return <int64_t>added - cut
+    # The field lines come after the target: moved back by the cut.
+    voff = req.headers[req.host_index].value.off - cut
+    vlen = req.headers[req.host_index].value.len
+    if alen > vlen and f.tail + (alen - vlen) > core.buffer_bytes:
+        return INT64_MAX
+    memmove(b + voff + alen, b + voff + vlen, f.tail - base - voff - vlen)
+    memcpy(b + voff, auth, alen)
+    f.tail = f.tail + alen - vlen
+    return <int64_t>alen - vlen - cut
+
+
+cdef inline bint _lower_is(unsigned char x, unsigned char lower) noexcept nogil:
+    return x == lower or (x >= c'A' and x <= c'Z' and x + 32 == lower)
+
+
+cdef bint _token_in(const char* v, uint32_t n, const char* token, uint32_t m) noexcept nogil:
+    """Is `token` (lowercase) an element of the comma list v[0:n], any case?"""
+    cdef uint32_t p = 0
+    cdef uint32_t e, t, k
+    while p <= n:
+        while p < n and (v[p] == c' ' or v[p] == c'\t'):
+            p += 1
+        e = p
+        while e < n and v[e] != c',':
+            e += 1
+        t = e
+        while t > p and (v[t - 1] == c' ' or v[t - 1] == c'\t'):
+            t -= 1
+        if t - p == m:
+            k = 0
+            while k < m and _lower_is(<unsigned char>v[p + k], <unsigned char>token[k]):
+                k += 1
+            if k == m:
+                return True
+        p = e + 1
+    return False
+
+
+cdef bint _asks_h2c(const char* b, const ReqHead* req) noexcept nogil:
+    """Does an Upgrade field of the request head at b list h2c (any of its lines, as
+    Go's h2c handler reads them)?"""
+    cdef uint32_t i, k
+    cdef const char* name
+    for i in range(req.header_count):
+        if req.headers[i].name.len != 7:
+            continue
+        name = b + req.headers[i].name.off
+        k = 0
+        while k < 7 and _lower_is(<unsigned char>name[k], <unsigned char>(b"upgrade"[k])):
+            k += 1
+        if k == 7 and _token_in(b + req.headers[i].value.off, req.headers[i].value.len,
+                                b"h2c", 3):
+            return True
+    return False
+
+
+cdef bint _leaves_http(const char* b, const ReqHead* req) noexcept nogil:
+    """Does the request head at b ask to leave HTTP for something the mesh does not
+    carry? Only WebSocket upgrades are (Istio's default upgrade_configs); CONNECT and
+    any other Upgrade are refused 403 before they reach an app, as Envoy answers an
+    upgrade it has no config for ("upgrade_failed"): an app that is no proxy may answer
+    CONNECT 2xx and go on reading requests, which a tunnel would hand it unframed. (h2c
+    is taken out of the request instead: _http_framed.)"""
+    if req.method == METHOD_CONNECT:
+        return True
+    if not req.upgrade:
+        return False
+    return not (_token_in(b + req.upgrade_value.off, req.upgrade_value.len, b"websocket", 9)
+                or _asks_h2c(b, req))
 
 
 cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept nogil:
