@@ -313,7 +313,9 @@ def test_a_rule_and_its_backend_variant_start_at_most_four_copies(
     conn = m.mesh.http()
     for i in range(3):
         assert request(conn, f"/{i}", method="POST", body=b"v%d" % i)[2] == b"real"
-    wait_for(lambda: m.stats()["http_mirrored"] + m.stats()["http_mirror_dropped"] == 12,
-             "twelve copies")
-    assert [len(r.requests) for r in m.mirrors] == [3, 3, 3, 3]
+    # Four copies of each of three requests: each reached its mirror or was given up
+    # (a slow machine may drop one: the bound, not delivery, is what is tested here).
+    wait_for(lambda: sum(len(r.requests) for r in m.mirrors)
+             + m.stats()["http_mirror_dropped"] == 12, "twelve copies")
+    assert all(len(r.requests) <= 3 for r in m.mirrors), [len(r.requests) for r in m.mirrors]
     assert all(b"\r\nx-variant: 1\r\n" in r for r in m.mirrors[0].requests)
