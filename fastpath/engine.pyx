@@ -280,6 +280,8 @@ include "io.pxi"            # socket and TLS reads and writes, the byte pump
 include "handshake.pxi"     # TLS handshakes both ways and the peer's verified ID
 include "detect.pxi"        # what an accepted connection is: SNI, ALPN, first bytes
 include "callers.pxi"       # which local workload is calling: socket owner, address
+include "http_reply.pxi"    # the answers the engine makes itself
+include "http_target.pxi"   # a request head's target form and upgrade tokens
 include "http_stream.pxi"   # HTTP/1.1 framing both ways, per-request state
 include "router.pxi"        # request -> service; switching a client between services
 include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, weights, edits
