@@ -228,7 +228,6 @@ cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     drains a removed filter chain): the caller's node may not have the push yet, and
     its next request on this pair is answered (saying close), not refused."""
     cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
-    cdef net.epoll_event ev
     cdef InboundRoute* route
     cdef int st
     c.switching = False
@@ -256,12 +255,7 @@ cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     c.fwd = 0
     c.n_pend = 0
     _inbound_take_route(core, c, <uint32_t>j)
-    # Events still queued for the old app socket are not the new one's.
-    c.gen += 1
-    ev.events = _CONN_EVENTS
-    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
-    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
-        return STATUS_RESET
+    _up_forget(c)                       # (the old app socket's events)
     route = &c.table.routes[c.route]
     # The new app connection's setup has connect_timeout from now (not from the accept).
     _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)

@@ -183,6 +183,7 @@ cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
     c.table = NULL
     c.state = CONN_FREE
     c.gen += 1
+    _up_forget(c)
     c.flags &= CONN_IN_READY
     c.next_free = core.free_head
     core.free_head = <int>c.index

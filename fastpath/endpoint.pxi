@@ -37,7 +37,7 @@ cdef int _connect(Core* core, Conn* c, const net.sockaddr_storage* addr,
     if not c.flags & (CONN_INBOUND | CONN_MIRROR):
         _pool_opened(core, c)           # counts for its service until it closes (pool.pxi)
     _nodelay(fd)
-    if _watch(core, fd, _tag(_TAG_UP, c.index, c.gen)) != 0:
+    if _watch(core, fd, _up_tag(core, c)) != 0:
         sc.connect_failures += 1
         return STATUS_CLOSE
     if not (c.flags & CONN_INBOUND):
@@ -165,8 +165,10 @@ cdef bint _pool_put(Core* core, Conn* c) noexcept nogil:
             return False
     if ep.n_idle >= ENGINE_POOL_PER_ENDPOINT or not _pool_keep(core, c):
         return False
-    # Out of the epoll set: its events must not reach this slot's next user.
-    net.epoll_ctl(core.epfd, net.EPOLL_CTL_DEL, c.up.fd, NULL)
+    # It stays in the epoll set (no system call): its tag's generation is the pair's
+    # no more, so its events, until a pair takes it again, reach nobody (loop.pxi
+    # _up_tag). Whether it closed meanwhile, _pool_take's probe finds out.
+    _up_forget(c)
     u = &ep.idle[ep.n_idle]
     ep.n_idle += 1
     u.fd = c.up.fd
@@ -219,7 +221,7 @@ cdef bint _pool_take(Core* core, Conn* c, Endpoint* ep) noexcept nogil:
                 c.up.hup = False
                 c.peer_principal = u.principal
                 c.stat = -1
-                if _watch(core, u.fd, _tag(_TAG_UP, c.index, c.gen)) == 0:
+                if _rewatch(core, u.fd, _up_tag(core, c)) == 0:
                     c.up.counted = u.counted
                     c.up.requests = u.requests + c.n_pend
                     return True
@@ -252,7 +254,6 @@ cdef int _setup_failed(Core* core, Conn* c) noexcept nogil:
 
 
 cdef int _fail_over(Core* core, Conn* c) noexcept nogil:
-    cdef net.epoll_event ev
     _load_release(core, c)
     if c.flags & CONN_MIRROR:
         return _mirror_redial(core, c)
@@ -262,10 +263,5 @@ cdef int _fail_over(Core* core, Conn* c) noexcept nogil:
     _side_close(&c.up, False)
     c.up.readable = True
     c.up.hup = False
-    # Events of the closed socket still in this batch must not reach the next one.
-    c.gen += 1
-    ev.events = _CONN_EVENTS
-    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
-    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
-        return STATUS_RESET
+    _up_forget(c)
     return _tcp_start(core, c)

@@ -716,6 +716,8 @@ cdef struct Conn:
     ConnState state
     uint32_t flags
     uint32_t gen                   # bumped on free: stale epoll tags are ignored
+    uint32_t up_tag                # the generation in the upstream socket's epoll tag
+                                   # (_up_tag; 0: none, its events are stale)
     uint32_t index
     int next_free
     Table* table                   # holds a reference: the config the pair started on
@@ -1017,6 +1019,7 @@ cdef struct Core:
     int64_t drain_for_ns           # Engine.drain() asked for a drain this long (0: not)
     bint woken                     # the eventfd fired: look at pending/stop
     int saved_errno
+    uint32_t up_seq                # the last upstream tag generation given (_up_tag)
 
     Table* table                   # the current table, or NULL
     uint64_t generation            # of the current table (read by other threads)

@@ -257,7 +257,8 @@ cdef long _SSL_MODES = (openssl.SSL_MODE_ENABLE_PARTIAL_WRITE
 
 cdef uint32_t _CONN_EVENTS = (net.EPOLLIN | net.EPOLLOUT | net.EPOLLRDHUP | net.EPOLLET)
 
-# epoll tags: bits 0-1 kind, 2-31 slot index, 32-63 slot generation.
+# epoll tags: bits 0-1 kind, 2-31 slot index, 32-63 a generation: the slot's (`gen`) for
+# its client side, the upstream socket's own (`up_tag`, loop.pxi _up_tag) for its upstream.
 cdef enum:
     _TAG_WAKE = 0
     _TAG_LISTENER = 1

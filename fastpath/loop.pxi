@@ -20,6 +20,35 @@ cdef inline int _watch(Core* core, int fd, uint64_t tag) noexcept nogil:
     return net.epoll_ctl(core.epfd, net.EPOLL_CTL_ADD, fd, &ev)
 
 
+cdef inline int _rewatch(Core* core, int fd, uint64_t tag) noexcept nogil:
+    """Give a socket in the epoll set another tag (its current readiness is reported
+    again, as _watch's is)."""
+    cdef net.epoll_event ev
+    ev.events = _CONN_EVENTS
+    ev.data.u64 = tag
+    return net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, fd, &ev)
+
+
+cdef inline uint64_t _up_tag(Core* core, Conn* c) noexcept nogil:
+    """A tag for the upstream socket c takes on now, of a generation no other socket
+    was given: an upstream has a generation of its own, apart from its pair's (`gen`,
+    the client's), so that changing upstreams (a switch, a retry, pooling) leaves the
+    client's registration alone and costs no epoll_ctl on it. Pooled upstreams stay in
+    the epoll set under the tag they had (endpoint.pxi _pool_put): their events are
+    stale from then on, and a generation used once keeps them so."""
+    core.up_seq += 1
+    if core.up_seq == 0:
+        core.up_seq = 1                 # 0 is no upstream's
+    c.up_tag = core.up_seq
+    return _tag(_TAG_UP, c.index, c.up_tag)
+
+
+cdef inline void _up_forget(Conn* c) noexcept nogil:
+    """c lets go of its upstream socket: events still queued for it are not the next
+    one's."""
+    c.up_tag = 0
+
+
 cdef void _wake(Core* core) noexcept nogil:
     cdef uint64_t one = 1
     # EAGAIN means the counter is already non-zero: the loop will wake anyway.
@@ -143,8 +172,10 @@ cdef void _dispatch(Core* core, uint64_t tag, uint32_t events) noexcept nogil:
     if index >= core.max_conns + core.max_mirrors:
         return
     c = &core.conns[index]
-    # A slot closed earlier in this batch (and maybe reused) is not this event's.
-    if c.gen != gen or c.state == CONN_FREE:
+    # A slot closed earlier in this batch (and maybe reused), or an upstream it let go
+    # of (closed, pooled, or left for another), is not this event's. (No upstream's
+    # tag has generation 0, the up_tag of a pair without one.)
+    if c.state == CONN_FREE or gen != (c.up_tag if kind == _TAG_UP else c.gen):
         return
     _settle(core, c, _conn_event(core, c, kind, events))
 

@@ -99,7 +99,7 @@ cdef int _mirror_redial(Core* core, Conn* m) noexcept nogil:
     _side_close(&m.up, False)
     m.up.readable = True
     m.up.hup = False
-    m.gen += 1                          # events of the closed socket are not the next's
+    _up_forget(m)                       # events of the closed socket are not the next's
     return _mirror_dial(core, m)
 
 

@@ -209,7 +209,6 @@ cdef int _retry_discard(Core* core, Conn* c) noexcept nogil:
     """Drop the pair's upstream and whatever it answered, and rewind the client's
     framed bytes: they are sent again, as they are, from d2u offset 0 (the caller
     knows they are whole there). The framing of both ways goes on where it was."""
-    cdef net.epoll_event ev
     _load_release(core, c)
     _side_close(&c.up, False)
     c.up.readable = True
@@ -227,12 +226,7 @@ cdef int _retry_discard(Core* core, Conn* c) noexcept nogil:
     c.fwd += c.d2u.head
     c.d2u.head = 0
     c.d2u.shut = False
-    # New generation: events still queued for the closed upstream are not the next one's.
-    c.gen += 1
-    ev.events = _CONN_EVENTS
-    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
-    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
-        return STATUS_RESET
+    _up_forget(c)
     return STATUS_OK
 
 

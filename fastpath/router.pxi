@@ -191,7 +191,6 @@ cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
 cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
     """The upstream ended after answering every request it got: drop it and route the
     client's next request (buffered in d2u) afresh, on the same client connection."""
-    cdef net.epoll_event ev
     _load_release(core, c)
     if not (_http_idle(c) and _pool_put(core, c)):
         _side_close(&c.up, False)
@@ -218,13 +217,7 @@ cdef int _http_switch(Core* core, Conn* c) noexcept nogil:
     free(c.peer_id)
     c.peer_id = NULL
     c.peer_id_length = 0
-    # New generation: events still queued for the old upstream socket are not the new
-    # one's. The client socket keeps its registration under the new tag.
-    c.gen += 1
-    ev.events = _CONN_EVENTS
-    ev.data.u64 = _tag(_TAG_DOWN, c.index, c.gen)
-    if net.epoll_ctl(core.epfd, net.EPOLL_CTL_MOD, c.down.fd, &ev) != 0:
-        return STATUS_RESET
+    _up_forget(c)
     c.state = CONN_HTTP_HEAD
     _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)
     return _http_head(core, c)
