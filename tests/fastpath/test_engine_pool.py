@@ -4,10 +4,10 @@ service's upstream connections limited (tcp.maxConnections) with requests over i
 carries (http.maxRequestsPerConnection), and a service's own setup deadline
 (tcp.connectTimeout).
 
-An outbound engine (the HTTP listener) in front of one inbound engine and its app; the
-app can hold its answers until the test lets them go, and says which of its own
-connections each request came on (the inbound side opens one app connection per
-upstream, so the app sees the engine's upstreams).
+An outbound engine (the HTTP listener, or for an opaque TCP port a listener of its own)
+in front of one inbound engine and its app; the app can hold its answers until the test
+lets them go, and says which of its own connections each request came on (the inbound
+side opens one app connection per upstream, so the app sees the engine's upstreams).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pytest
 from fastpath import engine as fe
 
 from enginekit import QuietHandler, http_server, listener, port_of, wait_for
+from test_engine import closed_by_peer
 from test_engine_http import (BACKEND_ID, SNI, TIMEOUT_S, Node, client_ctx,  # noqa: F401
                               mesh_pki, server_ctx)
 
@@ -54,6 +55,7 @@ class Pool:
     server: object
     ctx: object                 # the caller's identity: the same in every table, so
                                 # idle upstreams move to the next one (carry.pxi)
+    opaque: bool = False        # an opaque TCP port (both sides), not the HTTP listener
     made: list[threading.Thread] = field(default_factory=list)
 
     @property
@@ -67,13 +69,11 @@ class Pool:
     def client(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", port_of(self.out_sock), timeout=TIMEOUT_S)
 
-    def get(self, path: str = "/", close: bool = True) -> tuple[int, bytes]:
+    def get(self, path: str = "/") -> tuple[int, bytes]:
+        """One request on a client connection of its own."""
         conn = self.client()
         try:
-            conn.request("GET", path, headers={"Host": "backend",
-                                               **({"Connection": "close"} if close else {})})
-            resp = conn.getresponse()
-            return resp.status, resp.read()
+            return ask(conn, path, close=True)
         finally:
             conn.close()
 
@@ -94,13 +94,25 @@ class Pool:
 MakePool = Callable[..., Pool]
 
 
+def ask(conn: http.client.HTTPConnection, path: str = "/",
+        close: bool = False) -> tuple[int, bytes]:
+    """One request on `conn`, kept alive unless `close`."""
+    conn.request("GET", path, headers={"Host": "backend",
+                                       **({"Connection": "close"} if close else {})})
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
 def _table(p: Pool, addresses: list[tuple[str, int]], **pool: object) -> fe.RouteTable:
     t = fe.RouteTable()
     svc = t.add_service(SERVICE, SNI, [BACKEND_ID], addresses, balancer="round-robin")
     if pool:
         t.set_connection_pool(svc, **pool)
-    t.set_outbound_http(p.out_sock.fileno(), p.ctx)
-    t.add_host("backend", svc, 8080)
+    if p.opaque:
+        t.add_outbound_tcp(p.out_sock.fileno(), svc, p.ctx, protocol="tcp")
+    else:
+        t.set_outbound_http(p.out_sock.fileno(), p.ctx)
+        t.add_host("backend", svc, 8080)
     return t
 
 
@@ -109,14 +121,15 @@ def make_pool(mesh_pki) -> Iterator[MakePool]:  # noqa: F811 (the fixture)
     made: list[Pool] = []
     extra: list[socket.socket] = []
 
-    def make(dead: bool = False, **pool: object) -> Pool:
+    def make(dead: bool = False, opaque: bool = False, **pool: object) -> Pool:
         server = http_server(_Handler, peers=[], release=threading.Event())
         inbound, in_sock = Node(), listener()
         t = fe.RouteTable()
         t.set_inbound(in_sock.fileno())
-        t.add_inbound_route(SNI, server_ctx(mesh_pki), "127.0.0.1", server.server_address[1])
+        t.add_inbound_route(SNI, server_ctx(mesh_pki), "127.0.0.1", server.server_address[1],
+                            protocol="tcp" if opaque else "auto")
         inbound.install(t)
-        p = Pool(Node(), listener(), inbound, in_sock, server, client_ctx(mesh_pki))
+        p = Pool(Node(), listener(), inbound, in_sock, server, client_ctx(mesh_pki), opaque)
         made.append(p)
         address = ("127.0.0.1", port_of(in_sock))
         if dead:
@@ -170,6 +183,34 @@ def test_over_max_connections_a_request_is_answered_503_and_counted(make_pool: M
     wait_for(lambda: held, what="the held answer")
     assert held == [(200, b"ok")]
     assert p.get() == (200, b"ok")              # room again: the pooled upstream serves it
+
+
+def test_an_opaque_pair_over_max_connections_is_closed_and_counted(make_pool: MakePool) -> None:
+    """An opaque TCP port has no request to hold back: a pair over tcp.maxConnections is
+    closed at once and counted (Envoy's tcp_proxy: upstream_cx_overflow; the node's
+    meshnode_pool_overflows_total, reason max_connections), the pair that holds the
+    upstream goes on, and once it ends the next one gets through. (HTTP requests go
+    through the opaque pairs as bytes: the app tells their upstreams apart.)"""
+    p = make_pool(opaque=True, max_connections=1)
+    first = p.client()
+    try:
+        assert ask(first) == (200, b"ok")       # kept alive: its pair holds the upstream
+        with socket.create_connection(("127.0.0.1", port_of(p.out_sock)),
+                                      timeout=TIMEOUT_S) as second:
+            second.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n")
+            assert closed_by_peer(second)
+        stats = p.stats()
+        assert stats["pool_overflow_connections"] == 1
+        assert stats["outbound_connect_failures"] == stats["upstream_failovers"] == 0
+        assert p.upstreams() == {"connections": 1, "pending": 0, "limited": True}
+        assert ask(first) == (200, b"ok")       # the first pair goes on
+        assert len(p.peers) == 2 and p.peers[0] == p.peers[1]  # the second never got there
+    finally:
+        first.close()
+    wait_for(lambda: p.upstreams()["connections"] == 0, what="the first pair's upstream closed")
+    assert p.get() == (200, b"ok")
+    assert len(set(p.peers)) == 2
+    assert p.stats()["pool_overflow_connections"] == 1
 
 
 def test_a_pending_request_is_served_when_an_upstream_frees(make_pool: MakePool) -> None:
