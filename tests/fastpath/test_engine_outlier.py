@@ -1,13 +1,15 @@
 """Tests for outlier detection (outlier.pxi, DestinationRule outlierDetection): an
-endpoint that answers 5xx (or gateway errors) so many times in a row gets no requests
-for its ejection time, then is tried again; the bounds maxEjectionPercent and
-minHealthPercent put on that; and the ejection shared by engines that map one region,
-as a node's workers do.
+endpoint that answers 5xx (or gateway errors), or closes or resets its connections
+without answering, so many times in a row gets no requests for its ejection time, then
+is tried again; the bounds maxEjectionPercent and minHealthPercent put on that; and the
+ejection shared by engines that map one region, as a node's workers do.
 
 An outbound engine (the HTTP listener) and inbound engines, each its own endpoint in
-front of an app that answers with its name and the status it is told to give. Each
-request is its own client connection, so the balancer (round robin: the order is known)
-picks at every request. Durations are short (Istio's durations take milliseconds).
+front of an app that answers with its name and the status it is told to give (or
+answers nothing and closes or resets the connection: CLOSE, RESET); an endpoint may
+also be a node that does that itself (LeavingNode). Each request is its own client
+connection, so the balancer (round robin: the order is known) picks at every request.
+Durations are short (Istio's durations take milliseconds).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import http.client
 import mmap
 import socket
+import struct
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,18 +27,30 @@ from typing import Callable, Iterator
 import pytest
 
 from fastpath import engine as fe
+from fastpath import tls
 
 from enginekit import QuietHandler, http_server, listener, port_of, wait_for
-from test_engine_http import (BACKEND_ID, SNI, TIMEOUT_S, Node, client_ctx,  # noqa: F401
+from test_engine_http import (BACKEND_ID, SNI, TIMEOUT_S, Node, RawApp, client_ctx,  # noqa: F401
                               mesh_pki, server_ctx)
 
 pytestmark = pytest.mark.timeout(60)
+
+# What App.answer() takes besides a status: read the request, answer nothing, and close
+# the connection (FIN) or reset it (RST: SO_LINGER 0).
+CLOSE = -1
+RESET = -2
 
 
 class _Handler(QuietHandler):
     def do_GET(self) -> None:
         server = self.server
         server.hits += 1                    # type: ignore[attr-defined]
+        if server.status in (CLOSE, RESET):  # type: ignore[attr-defined]
+            self.close_connection = True
+            # (The descriptor goes once the handler's rfile lets go of it; the server's
+            # own shutdown of it then finds it closed.)
+            _leave(self.connection, server.status)  # type: ignore[attr-defined]
+            return
         body = server.tag                   # type: ignore[attr-defined]
         if server.status == 0:              # type: ignore[attr-defined]
             time.sleep(0.4)                 # (a hung app: the route's timeout comes first)
@@ -45,8 +60,16 @@ class _Handler(QuietHandler):
         self.wfile.write(body)
 
 
+def _leave(conn: socket.socket, how: int) -> None:
+    """Close `conn` without answering: FIN (CLOSE), or RST (RESET: linger 0)."""
+    if how == RESET:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+
+
 class App:
-    """An HTTP app answering every GET with its tag and `status`, counting them."""
+    """An HTTP app answering every GET with its tag and `status` (0: after 0.4 s; CLOSE,
+    RESET: no answer), counting them."""
 
     def __init__(self, tag: str, status: int) -> None:
         self.server = http_server(_Handler, tag=tag.encode(), status=status, hits=0)
@@ -64,15 +87,53 @@ class App:
         self.server.server_close()
 
 
+class LeavingNode:
+    """An endpoint's node (the inbound side's mutual TLS, with the backend's identity)
+    that reads each request and leaves without answering, as a node whose process dies
+    under a request does: close_notify and FIN (CLOSE), or RST (RESET). Counts the
+    requests."""
+
+    def __init__(self, pki: object, how: int) -> None:
+        self.ctx = server_ctx(pki)
+        self.how = how
+        self.hits = 0
+        self.raw = RawApp(self._serve)
+        self.port = self.raw.port
+
+    def _serve(self, conn: socket.socket) -> None:
+        # TLSSession blocks on the descriptor: bounded by socket options, not a timeout.
+        conn.settimeout(None)
+        bound = struct.pack("ll", int(TIMEOUT_S), 0)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
+        session = tls.TLSSession(self.ctx, conn.fileno())
+        session.handshake()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = session.read(65536)
+            if not chunk:
+                return                  # the caller left before its request was whole
+            head += chunk
+        self.hits += 1
+        if self.how == CLOSE:
+            session.shutdown()
+        _leave(conn, self.how)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
 @dataclass
 class Farm:
     pki: object
     outs: list[tuple[Node, socket.socket]] = field(default_factory=list)
     endpoints: list[tuple[Node, socket.socket, App]] = field(default_factory=list)
+    leaving: list[LeavingNode] = field(default_factory=list)
     dead: list[int] = field(default_factory=list)   # ports where nothing listens
 
     def addresses(self) -> list[tuple[str, int]]:
         return ([("127.0.0.1", port_of(sock)) for _, sock, _ in self.endpoints]
+                + [("127.0.0.1", node.port) for node in self.leaving]
                 + [("127.0.0.1", p) for p in self.dead])
 
     def table(self, out: int = 0, **outlier: object) -> fe.RouteTable:
@@ -114,9 +175,10 @@ def make_farm(mesh_pki, tmp_path: Path) -> Iterator[MakeFarm]:  # noqa: F811 (th
     maps: list[mmap.mmap] = []
 
     def make(statuses: tuple[int, ...], outs: int = 1, dead: int = 0, shared: bool = False,
-             **outlier: object) -> Farm:
+             leaving: tuple[int, ...] = (), **outlier: object) -> Farm:
         farm = Farm(mesh_pki)
         made.append(farm)
+        farm.leaving = [LeavingNode(mesh_pki, how) for how in leaving]
         for i, status in enumerate(statuses):
             node, sock, app = Node(), listener(), App(f"app{i}", status)
             farm.endpoints.append((node, sock, app))
@@ -154,6 +216,8 @@ def make_farm(mesh_pki, tmp_path: Path) -> Iterator[MakeFarm]:  # noqa: F811 (th
             node.stop()
             sock.close()
             app.close()
+        for leaving in farm.leaving:
+            leaving.close()
 
 
 def test_an_endpoint_answering_5xx_is_ejected_after_n_in_a_row_then_tried_again(
@@ -317,6 +381,39 @@ def test_an_endpoint_whose_requests_time_out_is_ejected(make_farm: MakeFarm) -> 
     assert answers == {200: 2, 504: 2}, answers
     assert farm.ejected()[farm.port(1)]["ejected"]
     assert farm.spread(6) == {"app0": 6}
+
+
+@pytest.mark.parametrize("where", ["app", "node"])
+@pytest.mark.parametrize("leaves", [CLOSE, RESET], ids=["close", "reset"])
+@pytest.mark.parametrize("detector", ["consecutive_5xx", "consecutive_gateway"])
+def test_an_endpoint_leaving_requests_unanswered_is_ejected(make_farm: MakeFarm, where: str,
+                                                           leaves: int, detector: str) -> None:
+    """An endpoint that closes or resets the connection under a request costs the client
+    a 502, which each detector counts (Envoy counts a reset before the response head as
+    a 5xx and a gateway error): whether its app does it (its node answers 502 for it) or
+    its node itself (the caller's node does)."""
+    policy = {"consecutive_5xx": 0, "consecutive_gateway": 0, detector: 3}
+    if where == "app":
+        farm = make_farm((200, leaves), **policy, interval_s=0.02, base_ejection_s=30.0,
+                         max_ejection_percent=100)
+        bad, port = farm.endpoints[1][2], farm.port(1)
+    else:
+        farm = make_farm((200,), leaving=(leaves,), **policy, interval_s=0.02,
+                         base_ejection_s=30.0, max_ejection_percent=100)
+        bad, port = farm.leaving[0], farm.leaving[0].port
+    said = {CLOSE: "upstream closed before responding\n", RESET: "upstream connection failed\n"}
+    failed = (502, said[leaves])
+    assert Counter(farm.get() for _ in range(4)) == {(200, "app0"): 2, failed: 2}  # round robin
+    entry = farm.ejected()[port]
+    assert not entry["ejected"], entry
+    assert entry["consecutive_5xx"] == entry["consecutive_gateway_errors"] == 2, entry
+    assert Counter(farm.get() for _ in range(2)) == {(200, "app0"): 1, failed: 1}
+    entry = farm.ejected()[port]
+    assert entry["ejected"] and entry["ejections"] == 1, entry
+    assert farm.outs[0][0].stats()["outlier_ejections"] == 1
+    # Ejected: the other endpoint takes every request.
+    assert farm.spread(6) == {"app0": 6}
+    assert bad.hits == 3
 
 
 def test_a_shared_region_cannot_be_unmapped_under_its_engine(tmp_path: Path) -> None:
