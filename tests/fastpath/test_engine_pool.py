@@ -84,6 +84,24 @@ class Pool:
         self.made.append(thread)
         return thread
 
+    def hold(self) -> list:
+        """A request the app holds until release(), keeping its upstream taken; its
+        answer is appended to the list returned."""
+        held: list = []
+        before = len(self.peers)
+        self.get_later("/hold", held)
+        wait_for(lambda: len(self.peers) > before, what="the held request at the app")
+        return held
+
+    def wait_in_line(self) -> list:
+        """A request that waits for an upstream (http1MaxPendingRequests); its answer is
+        appended to the list returned."""
+        waiting: list = []
+        before = self.upstreams()["pending"]
+        self.get_later("/", waiting)
+        wait_for(lambda: self.upstreams()["pending"] > before, what="the request waiting")
+        return waiting
+
     def upstreams(self) -> dict:
         return self.out.engine.upstreams()[SERVICE]
 
@@ -170,9 +188,7 @@ def test_under_max_connections_every_request_succeeds_on_the_few_upstreams(
 
 def test_over_max_connections_a_request_is_answered_503_and_counted(make_pool: MakePool) -> None:
     p = make_pool(max_connections=1, max_pending_requests=0)
-    held: list = []
-    p.get_later("/hold", held)
-    wait_for(lambda: len(p.peers) == 1, what="the first request at the app")
+    held = p.hold()
     status, body = p.get()
     assert status == 503
     assert b"connection pool overflow" in body
@@ -215,12 +231,8 @@ def test_an_opaque_pair_over_max_connections_is_closed_and_counted(make_pool: Ma
 
 def test_a_pending_request_is_served_when_an_upstream_frees(make_pool: MakePool) -> None:
     p = make_pool(max_connections=1, max_pending_requests=1)
-    held: list = []
-    waiting: list = []
-    p.get_later("/hold", held)
-    wait_for(lambda: len(p.peers) == 1, what="the first request at the app")
-    p.get_later("/", waiting)
-    wait_for(lambda: p.upstreams()["pending"] == 1, what="the second request waiting")
+    held = p.hold()
+    waiting = p.wait_in_line()
     # A third finds http1MaxPendingRequests waiting already: 503 at once.
     status, body = p.get()
     assert status == 503 and b"http1MaxPendingRequests" in body
@@ -237,12 +249,8 @@ def test_a_pending_request_waits_past_connect_timeout_for_its_turn(make_pool: Ma
     """connectTimeout bounds a connection's setup, not a request's wait for one (Envoy:
     only the route's timeout ends it; Istio's example sets connectTimeout to 30 ms)."""
     p = make_pool(max_connections=1, max_pending_requests=5, connect_timeout_s=0.05)
-    held: list = []
-    waiting: list = []
-    p.get_later("/hold", held)
-    wait_for(lambda: len(p.peers) == 1, what="the first request at the app")
-    p.get_later("/", waiting)
-    wait_for(lambda: p.upstreams()["pending"] == 1, what="the second request waiting")
+    held = p.hold()
+    waiting = p.wait_in_line()
     time.sleep(0.3)                                     # six connectTimeouts
     assert waiting == [] and p.upstreams()["pending"] == 1
     p.release()
@@ -258,10 +266,7 @@ def test_kept_alive_clients_take_turns_on_one_connection(make_pool: MakePool) ->
     a, b = p.client(), p.client()
     try:
         for k in range(6):
-            conn = (a, b)[k % 2]
-            conn.request("GET", "/", headers={"Host": "backend"})
-            resp = conn.getresponse()
-            assert (resp.status, resp.read()) == (200, b"ok"), k
+            assert ask((a, b)[k % 2]) == (200, b"ok"), k
     finally:
         a.close()
         b.close()
@@ -271,9 +276,7 @@ def test_kept_alive_clients_take_turns_on_one_connection(make_pool: MakePool) ->
 
 def test_a_client_leaving_while_pending_stops_waiting(make_pool: MakePool) -> None:
     p = make_pool(max_connections=1)
-    held: list = []
-    p.get_later("/hold", held)
-    wait_for(lambda: len(p.peers) == 1, what="the first request at the app")
+    held = p.hold()
     conn = p.client()
     conn.request("GET", "/", headers={"Host": "backend"})
     wait_for(lambda: p.upstreams()["pending"] == 1, what="the request waiting")
@@ -290,9 +293,7 @@ def test_max_requests_per_connection_closes_the_upstream_after_n(make_pool: Make
     # A keep-alive client: its third request goes on a new upstream.
     conn = p.client()
     for _ in range(5):
-        conn.request("GET", "/", headers={"Host": "backend"})
-        resp = conn.getresponse()
-        assert (resp.status, resp.read()) == (200, b"ok")
+        assert ask(conn) == (200, b"ok")
     conn.close()
     peers = p.peers
     assert peers[0] == peers[1] and peers[2] == peers[3] and peers[1] != peers[2]
@@ -328,9 +329,7 @@ def test_counts_follow_idle_upstreams_to_a_new_table(make_pool: MakePool) -> Non
     # limit holds across it; the same upstream serves on.
     p.out.install(make_pool.table(p, max_connections=1, max_pending_requests=0))
     assert p.upstreams()["connections"] == 1
-    held: list = []
-    p.get_later("/hold", held)
-    wait_for(lambda: len(p.peers) == 2, what="the held request at the app")
+    held = p.hold()
     assert p.peers[0] == p.peers[1]
     assert p.get()[0] == 503
     p.release()
