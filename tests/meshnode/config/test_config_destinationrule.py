@@ -4,6 +4,7 @@ snapshot, refusals by name of what is not implemented, and the store's round tri
 from __future__ import annotations
 
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -60,11 +61,16 @@ def rule(body: str, name: str = "ratings", namespace: str = "prod",
             + textwrap.indent(textwrap.dedent(body).rstrip("\n") + "\n", "  "))
 
 
-def balancers(*docs: str) -> dict[int, str]:
+def port_policy(key: str, *docs: str) -> dict[int, object]:
+    """Each port's snapshot entry `key` (None: not there) for the ratings service of
+    SERVICES under the resources `docs`."""
     resources = parse_text("---\n".join((SERVICES, *docs)), "c.yaml")
     validate_set(resources)
     [svc] = compile_snapshot(resources, "n1", 1)["services"]
-    return {p["port"]: p["balancer"] for p in svc["ports"]}
+    return {p["port"]: p.get(key) for p in svc["ports"]}
+
+
+balancers = partial(port_policy, "balancer")
 
 
 def problems(text: str) -> list[str]:

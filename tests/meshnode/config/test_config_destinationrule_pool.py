@@ -5,16 +5,17 @@ and the store's round trip."""
 from __future__ import annotations
 
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
 
-from meshnode.config import Store, compile_snapshot, parse_text, to_dict, validate_set
+from meshnode.config import Store, parse_text, to_dict
 from meshnode.config.destinationrulepool import NOT_IMPLEMENTED_HTTP, NOT_IMPLEMENTED_TCP
 from meshnode.poolshare import UNLIMITED, worker_share
 
-from test_config_destinationrule import SERVICES, problems, rule
+from test_config_destinationrule import SERVICES, port_policy, problems, rule
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,11 +44,7 @@ ISTIO_EXAMPLE = textwrap.dedent("""\
     """)
 
 
-def pools(*docs: str) -> dict[int, dict | None]:
-    resources = parse_text("---\n".join((SERVICES, *docs)), "c.yaml")
-    validate_set(resources)
-    [svc] = compile_snapshot(resources, "n1", 1)["services"]
-    return {p["port"]: p.get("connection_pool") for p in svc["ports"]}
+pools = partial(port_policy, "connection_pool")
 
 
 def test_no_rule_no_connection_pool() -> None:

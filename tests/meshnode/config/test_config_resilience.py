@@ -5,6 +5,7 @@ name, and the store's round trip."""
 from __future__ import annotations
 
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import yaml
 from meshnode.config import Store, parse_text, to_dict
 from meshnode.config.destinationruleoutlier import NOT_IMPLEMENTED
 
-from test_config_destinationrule import SERVICES, problems, rule
+from test_config_destinationrule import SERVICES, port_policy, problems, rule
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,12 +36,7 @@ ISTIO_OUTLIER = textwrap.dedent("""\
     """)
 
 
-def outliers(*docs: str) -> dict[int, dict | None]:
-    from meshnode.config import compile_snapshot, validate_set
-    resources = parse_text("---\n".join((SERVICES, *docs)), "c.yaml")
-    validate_set(resources)
-    [svc] = compile_snapshot(resources, "n1", 1)["services"]
-    return {p["port"]: p.get("outlier") for p in svc["ports"]}
+outliers = partial(port_policy, "outlier")
 
 
 def test_no_rule_no_outlier_detection() -> None:
