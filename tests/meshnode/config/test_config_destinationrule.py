@@ -54,6 +54,32 @@ ISTIO_EXAMPLE = textwrap.dedent("""\
     """)
 
 
+# Istio's documentation example (DestinationRule reference, "circuit breaker"), as
+# published: its connectionPool (test_config_destinationrule_pool.py) and
+# outlierDetection (test_config_resilience.py).
+ISTIO_CIRCUIT_BREAKER = textwrap.dedent("""\
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata:
+      name: reviews-cb-policy
+      namespace: prod
+    spec:
+      host: ratings.prod.svc.cluster.local
+      trafficPolicy:
+        connectionPool:
+          tcp:
+            maxConnections: 100
+            connectTimeout: 30ms
+          http:
+            http1MaxPendingRequests: 10
+            maxRequestsPerConnection: 5
+        outlierDetection:
+          consecutive5xxErrors: 7
+          interval: 5m
+          baseEjectionTime: 15m
+    """)
+
+
 def rule(body: str, name: str = "ratings", namespace: str = "prod",
          api_version: str = "networking.istio.io/v1") -> str:
     return (f"apiVersion: {api_version}\nkind: DestinationRule\n"
@@ -71,6 +97,19 @@ def port_policy(key: str, *docs: str) -> dict[int, object]:
 
 
 balancers = partial(port_policy, "balancer")
+
+
+def stored_and_read_back(state: Path, doc: str) -> tuple[object, object]:
+    """The one DestinationRule of `doc` as a store at `state` keeps it (after SERVICES),
+    checked to be shown back as written, and as a store reopened from disk reads it."""
+    store = Store(state)
+    store.apply(parse_text(SERVICES + "---\n" + doc, "c.yaml"), "cli")
+    [kept] = [r for r in store.resources() if r.KIND == "DestinationRule"]
+    shown = to_dict(kept)
+    shown["metadata"].pop("creationTimestamp")
+    assert shown == yaml.safe_load(doc)
+    [read] = [r for r in Store(state).resources() if r.KIND == "DestinationRule"]
+    return kept, read
 
 
 def problems(text: str) -> list[str]:

@@ -4,45 +4,18 @@ each worker's share of the limits, bad values and fields not implemented refused
 and the store's round trip."""
 from __future__ import annotations
 
-import textwrap
 from functools import partial
 from pathlib import Path
 
 import pytest
-import yaml
 
-from meshnode.config import Store, parse_text, to_dict
 from meshnode.config.destinationrulepool import NOT_IMPLEMENTED_HTTP, NOT_IMPLEMENTED_TCP
 from meshnode.poolshare import UNLIMITED, worker_share
 
-from test_config_destinationrule import SERVICES, port_policy, problems, rule
+from test_config_destinationrule import (ISTIO_CIRCUIT_BREAKER, port_policy, problems, rule,
+                                         stored_and_read_back)
 
 pytestmark = pytest.mark.timeout(60)
-
-# Istio's documentation example (DestinationRule reference, "circuit breaker"), as
-# published: its connectionPool and outlierDetection.
-ISTIO_EXAMPLE = textwrap.dedent("""\
-    apiVersion: networking.istio.io/v1
-    kind: DestinationRule
-    metadata:
-      name: reviews-cb-policy
-      namespace: prod
-    spec:
-      host: ratings.prod.svc.cluster.local
-      trafficPolicy:
-        connectionPool:
-          tcp:
-            maxConnections: 100
-            connectTimeout: 30ms
-          http:
-            http1MaxPendingRequests: 10
-            maxRequestsPerConnection: 5
-        outlierDetection:
-          consecutive5xxErrors: 7
-          interval: 5m
-          baseEjectionTime: 15m
-    """)
-
 
 pools = partial(port_policy, "connection_pool")
 
@@ -54,7 +27,7 @@ def test_no_rule_no_connection_pool() -> None:
 def test_istios_example_applies_unchanged() -> None:
     want = {"max_connections": 100, "max_pending_requests": 10,
             "max_requests_per_connection": 5, "connect_timeout_s": 0.03}
-    got = pools(ISTIO_EXAMPLE)
+    got = pools(ISTIO_CIRCUIT_BREAKER)
     assert got == {80: want, 9080: want}
 
 
@@ -134,12 +107,5 @@ def test_bad_values_are_refused_naming_the_field(body: str, where: str, says: st
 
 
 def test_the_store_gives_the_rule_back_as_written(tmp_path: Path) -> None:
-    store = Store(tmp_path / "state")
-    store.apply(parse_text(SERVICES + "---\n" + ISTIO_EXAMPLE, "c.yaml"), "cli")
-    [dr] = [r for r in store.resources() if r.KIND == "DestinationRule"]
-    shown = to_dict(dr)
-    shown["metadata"].pop("creationTimestamp")
-    assert shown == yaml.safe_load(ISTIO_EXAMPLE)
-    again = Store(tmp_path / "state")           # read back from disk
-    [dr2] = [r for r in again.resources() if r.KIND == "DestinationRule"]
-    assert dr2.spec.pool == dr.spec.pool
+    kept, read = stored_and_read_back(tmp_path / "state", ISTIO_CIRCUIT_BREAKER)
+    assert read.spec.pool == kept.spec.pool

@@ -4,37 +4,17 @@ the engine (RouteTable.set_outlier), bad values and fields not implemented refus
 name, and the store's round trip."""
 from __future__ import annotations
 
-import textwrap
 from functools import partial
 from pathlib import Path
 
 import pytest
-import yaml
 
-from meshnode.config import Store, parse_text, to_dict
 from meshnode.config.destinationruleoutlier import NOT_IMPLEMENTED
 
-from test_config_destinationrule import SERVICES, port_policy, problems, rule
+from test_config_destinationrule import (ISTIO_CIRCUIT_BREAKER, port_policy, problems, rule,
+                                         stored_and_read_back)
 
 pytestmark = pytest.mark.timeout(60)
-
-# The outlierDetection of Istio's documentation example (DestinationRule reference; its
-# connectionPool is test_config_destinationrule_pool.py's).
-ISTIO_OUTLIER = textwrap.dedent("""\
-    apiVersion: networking.istio.io/v1
-    kind: DestinationRule
-    metadata:
-      name: reviews-cb-policy
-      namespace: prod
-    spec:
-      host: ratings.prod.svc.cluster.local
-      trafficPolicy:
-        outlierDetection:
-          consecutive5xxErrors: 7
-          interval: 5m
-          baseEjectionTime: 15m
-    """)
-
 
 outliers = partial(port_policy, "outlier")
 
@@ -46,7 +26,7 @@ def test_no_rule_no_outlier_detection() -> None:
 def test_istios_example_applies_with_the_defaults_for_the_rest() -> None:
     want = {"consecutive_5xx": 7, "consecutive_gateway": 0, "interval_s": 300.0,
             "base_ejection_s": 900.0, "max_ejection_percent": 10, "min_health_percent": 0}
-    assert outliers(ISTIO_OUTLIER) == {80: want, 9080: want}
+    assert outliers(ISTIO_CIRCUIT_BREAKER) == {80: want, 9080: want}
 
 
 def test_an_empty_outlier_detection_takes_every_default() -> None:
@@ -105,15 +85,8 @@ def test_port_level_outlier_detection_stays_refused_by_name() -> None:
 
 
 def test_the_store_gives_the_rule_back_as_written(tmp_path: Path) -> None:
-    store = Store(tmp_path / "state")
-    store.apply(parse_text(SERVICES + "---\n" + ISTIO_OUTLIER, "c.yaml"), "cli")
-    [dr] = [r for r in store.resources() if r.KIND == "DestinationRule"]
-    shown = to_dict(dr)
-    shown["metadata"].pop("creationTimestamp")
-    assert shown == yaml.safe_load(ISTIO_OUTLIER)
-    again = Store(tmp_path / "state")           # read back from disk
-    [dr2] = [r for r in again.resources() if r.KIND == "DestinationRule"]
-    assert dr2.spec.outlier == dr.spec.outlier
+    kept, read = stored_and_read_back(tmp_path / "state", ISTIO_CIRCUIT_BREAKER)
+    assert read.spec.outlier == kept.spec.outlier
 
 
 def test_a_max_ejection_percent_of_zero_leaves_envoys_ten() -> None:
