@@ -591,9 +591,26 @@ class MeshnodeRoutes(Meshnode):
         return peers.meshnode_routes()
 
 
+class MeshnodeBaseRoutes(MeshnodeBase):
+    """The meshnode-routes pair on the --baseline build: what a data-plane change did
+    to routing's cost, against meshnode-routes in the same rounds."""
+    name = "meshnode-base-routes"
+    description = MeshnodeRoutes.description + ", the --baseline build"
+
+    def _extra_resources(self) -> str:
+        return peers.meshnode_routes()
+
+
 PAIR_CLASSES: dict[str, type[Pair]] = {c.name: c for c in (Direct, HAProxy, Nginx, Meshnode,
-                                                            MeshnodeBase, MeshnodeRoutes)}
+                                                            MeshnodeBase, MeshnodeRoutes,
+                                                            MeshnodeBaseRoutes)}
 BASELINE = MeshnodeBase.name
+# Pairs run on the --baseline build.
+ON_BASELINE = (BASELINE, MeshnodeBaseRoutes.name)
+# The comparisons reported (a / b), each when both pairs ran: a new build against the
+# baseline, routes against none, routes on the new build against the baseline's.
+COMPARISONS = (("meshnode", BASELINE), (MeshnodeRoutes.name, "meshnode"),
+               (MeshnodeRoutes.name, MeshnodeBaseRoutes.name))
 
 
 @dataclass
@@ -1005,17 +1022,15 @@ def format_report(results: dict[str, PairResult], rounds: int) -> str:
             out.append(_verdict(ratios(summaries["meshnode"], ref), summaries["meshnode"]))
         if BASELINE in summaries:
             out.append(_verdict(ratios(summaries[BASELINE], ref), summaries[BASELINE], BASELINE))
-    for other in (BASELINE, MeshnodeRoutes.name):
-        if other in results:
-            out += ["", _comparison(summaries, other)]
+    for a, b in COMPARISONS:
+        if a in results and b in results:
+            out += ["", _comparison(summaries, a, b)]
     return "\n".join(out)
 
 
-def _comparison(summaries: dict[str, dict[str, float | None]], other: str) -> str:
-    """The meshnode pair's medians against another meshnode pair's (meshnode-base: an
-    older build; meshnode-routes: the same build with routes, given as other / meshnode),
-    per metric, from the same interleaved rounds."""
-    a, b = ("meshnode", other) if other == BASELINE else (other, "meshnode")
+def _comparison(summaries: dict[str, dict[str, float | None]], a: str, b: str) -> str:
+    """Pair a's medians against pair b's (COMPARISONS), per metric, from the same
+    interleaved rounds."""
     title = f"{a} / {b}"
     if a not in summaries or b not in summaries:
         missing = [n for n in (a, b) if n not in summaries]
@@ -1149,8 +1164,10 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/sidecar_pair.py: --rounds >= 1, --duration > 0, --warmup >= 0, --wait-idle >= 0",
               file=sys.stderr)
         return EX_USAGE
-    if BASELINE in args.pairs and args.baseline is None:
-        print(f"bench/sidecar_pair.py: the pair {BASELINE} needs --baseline VENV", file=sys.stderr)
+    needing = [n for n in ON_BASELINE if n in args.pairs]
+    if needing and args.baseline is None:
+        print(f"bench/sidecar_pair.py: the pairs {', '.join(needing)} need --baseline VENV",
+              file=sys.stderr)
         return EX_USAGE
     if args.baseline is not None and BASELINE not in args.pairs:
         at = args.pairs.index("meshnode") + 1 if "meshnode" in args.pairs else len(args.pairs)
