@@ -144,6 +144,25 @@ cdef tuple _budget_args(long long percent, double interval_s, long long min_retr
             int(min_retries), int(round(min_retry_interval_s * 1e9)))
 
 
+cdef int _budget_add(RouteTable table, object service_indexes, long long percent,
+                     double interval_s, long long min_retries,
+                     double min_retry_interval_s) except -1:
+    """RouteTable.set_retry_budget(): a budget shared by the services it names (each in
+    one budget at most), kept for _budgets_build."""
+    indexes = tuple(int(i) for i in service_indexes)
+    if not indexes:
+        raise ValueError("retry budget: name at least one service")
+    taken = {i for named, _ in table._retry_budgets for i in named}
+    for i in indexes:
+        if not 0 <= i < len(table._services):
+            raise ValueError("retry budget: no service %d (add_service() first)" % i)
+        if i in taken or indexes.count(i) > 1:
+            raise ValueError("retry budget: service %d already has one" % i)
+    table._retry_budgets.append((indexes, _budget_args(percent, interval_s, min_retries,
+                                                       min_retry_interval_s)))
+    return 0
+
+
 cdef int _budgets_build(Table* t, list budgets) except -1:
     """Give every service of `t` its budget: those set_retry_budget() named share the
     one it set, each other service has one of its own on _BUDGET_DEFAULTS."""

@@ -189,3 +189,35 @@ cdef int _caller_refused(Core* core, Conn* c) noexcept nogil:
                      b"(give each its own spec.user or spec.address)\n")
     _http_reply(core, c, 403, body, n)
     return STATUS_CLOSE
+
+
+# --- install (GIL held): RouteTable.add_source() and add_user() -----------------------------
+
+cdef int _source_add(RouteTable table, str address, object client_ctx,
+                     str identity) except -1:
+    """RouteTable.add_source(): a caller told apart by its address."""
+    if any(entry[3] >= 0 for entry in table._sources):
+        raise ValueError("callers are told apart by user in this table (add_user)")
+    return _caller_add(table, address, client_ctx, identity, -1)
+
+
+cdef int _user_add(RouteTable table, long long uid, object client_ctx, str identity,
+                   str address) except -1:
+    """RouteTable.add_user(): a caller told apart by the OS user owning its socket."""
+    if not 0 <= uid <= 0xfffffffe:
+        raise ValueError("uid must be 0..4294967294, not %d" % uid)
+    if any(entry[3] < 0 for entry in table._sources):
+        raise ValueError("callers are told apart by address in this table (add_source)")
+    return _caller_add(table, address, client_ctx, identity, uid)
+
+
+cdef int _caller_add(RouteTable table, str address, object client_ctx, str identity,
+                     long long uid) except -1:
+    cdef net.sockaddr_storage addr
+    cdef net.socklen_t length
+    if (<TLSContext>client_ctx).server:
+        raise ValueError("outbound needs a client TLSContext")
+    if address is not None:
+        _sockaddr(address, 1, &addr, &length)   # the port is not compared
+    table._sources.append((address, client_ctx, _spiffe_id(identity), uid))
+    return 0

@@ -1151,6 +1151,4 @@ cdef class RouteTable:
     cdef dict _conn_pools          # service index -> connectionPool tuple (pool.pxi)
 
     cdef int _check_fd(self, int fd) except -1
-    cdef int _add_caller(self, str address, object client_ctx, str identity,
-                         long long uid) except -1
     cdef Table* _build(self) except NULL

@@ -129,6 +129,16 @@ cdef tuple _fault_spec(int rule_index, double delay_s, double delay_percent,
             abort_status, _fault_ppm(abort_percent, what + ": abort_percent"), unresolved)
 
 
+cdef int _fault_add(RouteTable table, int rule_index, double delay_s, double delay_percent,
+                    int abort_status, double abort_percent, bint unresolved) except -1:
+    """RouteTable.add_route_fault(): rule `rule_index`'s fault, kept for _faults_build."""
+    if not 0 <= rule_index < len(table._route_rules):
+        raise ValueError("no route rule %d" % rule_index)
+    table._route_faults.append((rule_index, _fault_spec(
+        rule_index, delay_s, delay_percent, abort_status, abort_percent, unresolved)))
+    return 0
+
+
 cdef int _faults_build(Table* t, list faults) except -1:
     """Each rule's RouteFault (after _routes_build: the rules exist); the rule owns it
     (_routes_free). A later fault for one rule replaces an earlier one."""

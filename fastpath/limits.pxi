@@ -169,6 +169,24 @@ cdef uint32_t _share(uint32_t total, uint32_t permille) noexcept nogil:
     return <uint32_t>n
 
 
+cdef int _limits_set(RouteTable table, int max_handshakes, int max_connections_per_source,
+                     int max_handshakes_per_source, double inbound_share) except -1:
+    """RouteTable.set_limits(): its limits checked, kept for the table's compile (and
+    _limits_take at its swap)."""
+    for name, value in (("max_handshakes", max_handshakes),
+                        ("max_connections_per_source", max_connections_per_source),
+                        ("max_handshakes_per_source", max_handshakes_per_source)):
+        if not 1 <= value <= ENGINE_MAX_CONNECTIONS:
+            raise ValueError("%s must be 1..%d, not %d"
+                             % (name, ENGINE_MAX_CONNECTIONS, value))
+    if not 0 < inbound_share < 1:
+        raise ValueError("inbound_share must be strictly between 0 and 1, not %r"
+                         % inbound_share)
+    table._limits = (max_handshakes, max_connections_per_source, max_handshakes_per_source,
+                     min(999, max(1, int(round(inbound_share * 1000)))))
+    return 0
+
+
 cdef void _limits_take(Core* core, const Table* t) noexcept nogil:
     """At a swap: the limits the table sets (0: keep the engine's). Connections already
     over a lowered limit stay; new ones wait below it."""

@@ -445,6 +445,16 @@ cdef tuple _mirror_checked(list rules, list mirrors, list services, int rule_ind
     return entry
 
 
+cdef int _mirror_add(RouteTable table, int rule_index, int service_index,
+                     long long numerator, long long denominator) except -1:
+    """RouteTable.add_route_mirror(): a mirror of rule `rule_index`, kept for
+    _mirrors_build."""
+    table._route_mirrors.append(_mirror_checked(
+        table._route_rules, table._route_mirrors, table._services, rule_index,
+        service_index, numerator, denominator))
+    return 0
+
+
 cdef list _mirrors_over(list rules, list mirrors):
     """The rules that would start more than ENGINE_MIRRORS_MAX copies of a request:
     counted as the table is built, each variant with its rule's mirrors

@@ -189,6 +189,109 @@ cdef void _routes_free(Table* t) noexcept nogil:
     free(t.sets)
 
 
+cdef int _route_set_add(RouteTable table, int service_index,
+                        str consumer_namespace) except -1:
+    """RouteTable.add_route_set(): a set of routes of a service port; its index."""
+    if not 0 <= service_index < len(table._services):
+        raise ValueError("no service %d (add_service() first)" % service_index)
+    ns = None if consumer_namespace is None else consumer_namespace.encode()
+    for parent, other, _ in table._route_sets:
+        if parent == service_index and other == ns:
+            raise ValueError("service %d already has a route set for %s" % (
+                service_index, "producers" if ns is None else consumer_namespace))
+    table._route_sets.append((service_index, ns, []))
+    return len(table._route_sets) - 1
+
+
+cdef int _route_rule_add(RouteTable table, str name, object backends, object request_headers,
+                         object response_headers, double timeout_s, object redirect,
+                         object rewrite, double backend_timeout_s, object retry) except -1:
+    """RouteTable.add_route_rule(): a rule checked and kept, with a variant per
+    backendRef with header modifiers of its own; the rule's index."""
+    for what, value in (("timeout_s", timeout_s), ("backend_timeout_s", backend_timeout_s)):
+        if not 0 <= value <= 86400:
+            raise ValueError("rule %r: %s must be 0..86400, not %r" % (name, what, value))
+    url = _url_filter(redirect, rewrite, name)
+    retry_args = _retry_args(retry, name)
+    out, refs = [], []
+    for backend in backends:
+        if len(backend) not in (2, 4):
+            raise ValueError("rule %r: a backend is (service, weight) or (service, weight, "
+                             "request_headers, response_headers), not %r" % (name, backend))
+        service_index, weight = backend[0], backend[1]
+        if service_index != -1 and not 0 <= service_index < len(table._services):
+            raise ValueError("rule %r: no service %d" % (name, service_index))
+        if not 0 <= weight <= 1000000:
+            raise ValueError("rule %r: weight must be 0..1000000, not %r" % (name, weight))
+        if weight:
+            out.append([int(service_index), int(weight), -1])
+            refs.append(backend[2:] if len(backend) == 4 else None)
+    req = _edits(request_headers, _UNEDITABLE_REQUEST, "rule %r request header" % name)
+    resp = _edits(response_headers, _UNEDITABLE_RESPONSE, "rule %r response header" % name)
+    variants = []
+    for j, ref in enumerate(refs):
+        if ref is not None and any(ref):
+            variants.append((j, _merged_edits(req, _edits(
+                ref[0], _UNEDITABLE_REQUEST, "rule %r backend %d request header" % (name, j))),
+                _merged_edits(resp, _edits(
+                    ref[1], _UNEDITABLE_RESPONSE, "rule %r backend %d response header"
+                    % (name, j)))))
+    for edits, what in ([(req, "request"), (resp, "response")]
+                        + [(v[1], "request") for v in variants]
+                        + [(v[2], "response") for v in variants]):
+        if _grow(edits) + (_url_grow(url) if what == "request" else 0) > ROUTE_GROW_MAX:
+            raise ValueError("rule %r: its %s header edits%s add more than %d bytes"
+                             % (name, what, " and rewrite" if url else "", ROUTE_GROW_MAX))
+    table._route_rules.append((name.encode(), out, req, resp, timeout_s, url,
+                               backend_timeout_s, retry_args))
+    index = len(table._route_rules) - 1
+    for j, v_req, v_resp in variants:
+        # The rule as this backend is chosen (routes.pxi _route_pick): its own edits.
+        out[j][2] = len(table._route_rules)
+        table._route_rules.append((name.encode(), [], v_req, v_resp, timeout_s, url,
+                                   backend_timeout_s, retry_args))
+    return index
+
+
+cdef int _route_match_add(RouteTable table, int set_index, int rule_index, object path,
+                          str method, object headers, object query) except -1:
+    """RouteTable.add_route_match(): the next match of a set, checked and compiled."""
+    if not 0 <= set_index < len(table._route_sets):
+        raise ValueError("no route set %d" % set_index)
+    if not 0 <= rule_index < len(table._route_rules):
+        raise ValueError("no route rule %d" % rule_index)
+    path_kind, path_b = MATCH_ANY, b""
+    if path is not None:
+        kind, value = path
+        path_kind = _match_kind(kind, (MATCH_EXACT, MATCH_PREFIX, MATCH_REGEX), "path")
+        path_b = _field_value(value, "path")
+        if path_kind != MATCH_REGEX and not path_b.startswith(b"/"):
+            raise ValueError("path %r must begin with /" % value)
+        if path_kind == MATCH_PREFIX and len(path_b) > 1:
+            path_b = path_b.rstrip(b"/") or b"/"    # "/v2/" holds as "/v2" does
+        if path_kind == MATCH_PREFIX and path_b == b"/":
+            path_kind, path_b = MATCH_ANY, b""
+    method_v = -1
+    if method is not None:
+        if method not in _METHODS:
+            raise ValueError("method %r is not one of %s" % (method, ", ".join(_METHODS)))
+        method_v = _METHODS[method]
+    hs, qs = [], []
+    for out, items, what in ((hs, headers, "header"), (qs, query, "query")):
+        for k, n, v in items:
+            kind = _match_kind(k, (MATCH_EXACT, MATCH_REGEX), "%s %r" % (what, n))
+            name_b = _field_name(n, what) if what == "header" else (<str>n).encode()
+            if not name_b:
+                raise ValueError("a query parameter match needs a name")
+            value_b = _field_value(v, "%s %r" % (what, n))
+            out.append((kind, name_b, value_b,
+                        _compiled(kind, value_b, "%s %r" % (what, n))))
+    table._route_sets[set_index][2].append(
+        (path_kind, path_b, _compiled(path_kind, path_b, "path"), method_v, hs, qs,
+         rule_index))
+    return 0
+
+
 cdef int _routes_build(Table* t, list sets, list rules) except -1:
     """Table.sets (sorted by parent service, each service's first_set/n_sets), their
     entries, the rules and the consumer namespaces; then each caller's namespace."""

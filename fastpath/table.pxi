@@ -2,6 +2,10 @@
 # and the swap that carries endpoint state over to the next table.
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+# A feature's setters (routes, mirrors, faults, retry budgets, hashing, outlier detection,
+# connectionPool, callers, limits) keep only their signature and docstring here: Cython
+# allows no include inside a class body, so their checks live in the feature's own file as
+# a cdef helper taking the RouteTable (_route_rule_add, _outlier_add, _pool_add...).
 
 cdef inline bint _name_eq(const Name* a, const char* b, size_t n) noexcept nogil:
     # Host names compare without regard to ASCII case (RFC 6066 §3, RFC 4343).
@@ -512,17 +516,8 @@ cdef class RouteTable:
         `interval_s` (budget), and at least `min_retries` in each `min_retry_interval_s`
         (minRetryRate; 0: no floor). A service no call names has a budget of its own
         with these defaults (Linkerd's and Gateway API's)."""
-        indexes = tuple(int(i) for i in service_indexes)
-        if not indexes:
-            raise ValueError("retry budget: name at least one service")
-        taken = {i for named, _ in self._retry_budgets for i in named}
-        for i in indexes:
-            if not 0 <= i < len(self._services):
-                raise ValueError("retry budget: no service %d (add_service() first)" % i)
-            if i in taken or indexes.count(i) > 1:
-                raise ValueError("retry budget: service %d already has one" % i)
-        self._retry_budgets.append((indexes, _budget_args(percent, interval_s, min_retries,
-                                                          min_retry_interval_s)))
+        _budget_add(self, service_indexes, percent, interval_s, min_retries,
+                    min_retry_interval_s)
 
     def set_hash(self, int service_index, str key not None, str name=None, str path=None,
                  ttl_s=None, int slots=0) -> None:
@@ -622,17 +617,8 @@ cdef class RouteTable:
         (strictly between 0 and 1; outbound has the rest). An inbound connection over
         one is closed at accept, before any TLS, and counted by the limit it met.
         Connections already open when a limit is lowered stay open."""
-        for name, value in (("max_handshakes", max_handshakes),
-                            ("max_connections_per_source", max_connections_per_source),
-                            ("max_handshakes_per_source", max_handshakes_per_source)):
-            if not 1 <= value <= ENGINE_MAX_CONNECTIONS:
-                raise ValueError("%s must be 1..%d, not %d"
-                                 % (name, ENGINE_MAX_CONNECTIONS, value))
-        if not 0 < inbound_share < 1:
-            raise ValueError("inbound_share must be strictly between 0 and 1, not %r"
-                             % inbound_share)
-        self._limits = (max_handshakes, max_connections_per_source, max_handshakes_per_source,
-                        min(999, max(1, int(round(inbound_share * 1000)))))
+        _limits_set(self, max_handshakes, max_connections_per_source,
+                    max_handshakes_per_source, inbound_share)
 
     def add_source(self, str address not None, TLSContext client_ctx not None,
                    str identity=None) -> None:
@@ -641,9 +627,7 @@ cdef class RouteTable:
         address no source names is refused (the listener's identity is then nobody's).
         The first added for an address wins. Any local process can bind any loopback
         address: use add_user() where workloads run as their own OS accounts."""
-        if any(entry[3] >= 0 for entry in self._sources):
-            raise ValueError("callers are told apart by user in this table (add_user)")
-        self._add_caller(address, client_ctx, identity, -1)
+        _source_add(self, address, client_ctx, identity)
 
     def add_user(self, long long uid, TLSContext client_ctx not None, str identity=None,
                  str address=None) -> None:
@@ -652,22 +636,7 @@ cdef class RouteTable:
         SPIFFE ID `identity`; with `address`, only those from that address (for
         workloads sharing an account). A caller no entry matches is refused. The first
         added that matches wins."""
-        if not 0 <= uid <= 0xfffffffe:
-            raise ValueError("uid must be 0..4294967294, not %d" % uid)
-        if any(entry[3] < 0 for entry in self._sources):
-            raise ValueError("callers are told apart by address in this table (add_source)")
-        self._add_caller(address, client_ctx, identity, uid)
-
-    cdef int _add_caller(self, str address, object client_ctx, str identity,
-                         long long uid) except -1:
-        cdef net.sockaddr_storage addr
-        cdef net.socklen_t length
-        if (<TLSContext>client_ctx).server:
-            raise ValueError("outbound needs a client TLSContext")
-        if address is not None:
-            _sockaddr(address, 1, &addr, &length)   # the port is not compared
-        self._sources.append((address, client_ctx, _spiffe_id(identity), uid))
-        return 0
+        _user_add(self, uid, client_ctx, identity, address)
 
     def add_host(self, str host not None, int service_index, int port) -> None:
         """HTTP requests for `host` (exact name, any case, no port: "svc", "svc.ns",
@@ -689,15 +658,7 @@ cdef class RouteTable:
         routes of callers in `consumer_namespace`, in place of the producer ones. The
         set's matches come from add_route_match(), in precedence order; a request none
         of them holds for is answered 404. Returns the set's index."""
-        if not 0 <= service_index < len(self._services):
-            raise ValueError("no service %d (add_service() first)" % service_index)
-        ns = None if consumer_namespace is None else consumer_namespace.encode()
-        for parent, other, _ in self._route_sets:
-            if parent == service_index and other == ns:
-                raise ValueError("service %d already has a route set for %s" % (
-                    service_index, "producers" if ns is None else consumer_namespace))
-        self._route_sets.append((service_index, ns, []))
-        return len(self._route_sets) - 1
+        return _route_set_add(self, service_index, consumer_namespace)
 
     def add_route_rule(self, str name not None, backends, request_headers=None,
                        response_headers=None, double timeout_s=0.0, redirect=None,
@@ -718,49 +679,8 @@ cdef class RouteTable:
         hostname None keeps the request's); `rewrite`: {"hostname", "path", "prefix"}
         edits each request's Host and path (route_filters_table.pxi). `name`: for
         figures. Returns the rule's index for add_route_match()."""
-        for what, value in (("timeout_s", timeout_s), ("backend_timeout_s", backend_timeout_s)):
-            if not 0 <= value <= 86400:
-                raise ValueError("rule %r: %s must be 0..86400, not %r" % (name, what, value))
-        url = _url_filter(redirect, rewrite, name)
-        retry_args = _retry_args(retry, name)
-        out, refs = [], []
-        for backend in backends:
-            if len(backend) not in (2, 4):
-                raise ValueError("rule %r: a backend is (service, weight) or (service, weight, "
-                                 "request_headers, response_headers), not %r" % (name, backend))
-            service_index, weight = backend[0], backend[1]
-            if service_index != -1 and not 0 <= service_index < len(self._services):
-                raise ValueError("rule %r: no service %d" % (name, service_index))
-            if not 0 <= weight <= 1000000:
-                raise ValueError("rule %r: weight must be 0..1000000, not %r" % (name, weight))
-            if weight:
-                out.append([int(service_index), int(weight), -1])
-                refs.append(backend[2:] if len(backend) == 4 else None)
-        req = _edits(request_headers, _UNEDITABLE_REQUEST, "rule %r request header" % name)
-        resp = _edits(response_headers, _UNEDITABLE_RESPONSE, "rule %r response header" % name)
-        variants = []
-        for j, ref in enumerate(refs):
-            if ref is not None and any(ref):
-                variants.append((j, _merged_edits(req, _edits(
-                    ref[0], _UNEDITABLE_REQUEST, "rule %r backend %d request header" % (name, j))),
-                    _merged_edits(resp, _edits(
-                        ref[1], _UNEDITABLE_RESPONSE, "rule %r backend %d response header"
-                        % (name, j)))))
-        for edits, what in ([(req, "request"), (resp, "response")]
-                            + [(v[1], "request") for v in variants]
-                            + [(v[2], "response") for v in variants]):
-            if _grow(edits) + (_url_grow(url) if what == "request" else 0) > ROUTE_GROW_MAX:
-                raise ValueError("rule %r: its %s header edits%s add more than %d bytes"
-                                 % (name, what, " and rewrite" if url else "", ROUTE_GROW_MAX))
-        self._route_rules.append((name.encode(), out, req, resp, timeout_s, url,
-                                  backend_timeout_s, retry_args))
-        index = len(self._route_rules) - 1
-        for j, v_req, v_resp in variants:
-            # The rule as this backend is chosen (routes.pxi _route_pick): its own edits.
-            out[j][2] = len(self._route_rules)
-            self._route_rules.append((name.encode(), [], v_req, v_resp, timeout_s, url,
-                                      backend_timeout_s, retry_args))
-        return index
+        return _route_rule_add(self, name, backends, request_headers, response_headers,
+                               timeout_s, redirect, rewrite, backend_timeout_s, retry)
 
     def add_route_mirror(self, int rule_index, int service_index, long long numerator=100,
                          long long denominator=100) -> None:
@@ -768,9 +688,7 @@ cdef class RouteTable:
         its requests (chosen per request; Gateway API percent p is p/100) goes to service
         `service_index` too, its answer dropped (mirror.pxi). At most ENGINE_MIRRORS_MAX
         (4) per rule."""
-        self._route_mirrors.append(_mirror_checked(
-            self._route_rules, self._route_mirrors, self._services, rule_index,
-            service_index, numerator, denominator))
+        _mirror_add(self, rule_index, service_index, numerator, denominator)
 
     def add_route_fault(self, int rule_index, double delay_s=0.0, double delay_percent=0.0,
                         int abort_status=0, double abort_percent=0.0,
@@ -781,10 +699,8 @@ cdef class RouteTable:
         of `abort_percent` (0..100 each, drawn independently; both drawn: the delay, then
         the abort). `unresolved`: the rule's filter names nothing the node has: every
         request it takes is answered 500. A later call for one rule replaces this one."""
-        if not 0 <= rule_index < len(self._route_rules):
-            raise ValueError("no route rule %d" % rule_index)
-        self._route_faults.append((rule_index, _fault_spec(
-            rule_index, delay_s, delay_percent, abort_status, abort_percent, unresolved)))
+        _fault_add(self, rule_index, delay_s, delay_percent, abort_status, abort_percent,
+                   unresolved)
 
     def add_route_match(self, int set_index, int rule_index, path=None, str method=None,
                         headers=(), query=()) -> None:
@@ -795,39 +711,7 @@ cdef class RouteTable:
         type "Exact" or "RegularExpression", all must hold (header names without case,
         query names exactly). A RegularExpression is RE2 syntax matched against the
         whole value (fastpath.regex); one it refuses raises ValueError naming the match."""
-        if not 0 <= set_index < len(self._route_sets):
-            raise ValueError("no route set %d" % set_index)
-        if not 0 <= rule_index < len(self._route_rules):
-            raise ValueError("no route rule %d" % rule_index)
-        path_kind, path_b = MATCH_ANY, b""
-        if path is not None:
-            kind, value = path
-            path_kind = _match_kind(kind, (MATCH_EXACT, MATCH_PREFIX, MATCH_REGEX), "path")
-            path_b = _field_value(value, "path")
-            if path_kind != MATCH_REGEX and not path_b.startswith(b"/"):
-                raise ValueError("path %r must begin with /" % value)
-            if path_kind == MATCH_PREFIX and len(path_b) > 1:
-                path_b = path_b.rstrip(b"/") or b"/"    # "/v2/" holds as "/v2" does
-            if path_kind == MATCH_PREFIX and path_b == b"/":
-                path_kind, path_b = MATCH_ANY, b""
-        method_v = -1
-        if method is not None:
-            if method not in _METHODS:
-                raise ValueError("method %r is not one of %s" % (method, ", ".join(_METHODS)))
-            method_v = _METHODS[method]
-        hs, qs = [], []
-        for out, items, what in ((hs, headers, "header"), (qs, query, "query")):
-            for k, n, v in items:
-                kind = _match_kind(k, (MATCH_EXACT, MATCH_REGEX), "%s %r" % (what, n))
-                name_b = _field_name(n, what) if what == "header" else (<str>n).encode()
-                if not name_b:
-                    raise ValueError("a query parameter match needs a name")
-                value_b = _field_value(v, "%s %r" % (what, n))
-                out.append((kind, name_b, value_b,
-                            _compiled(kind, value_b, "%s %r" % (what, n))))
-        self._route_sets[set_index][2].append(
-            (path_kind, path_b, _compiled(path_kind, path_b, "path"), method_v, hs, qs,
-             rule_index))
+        _route_match_add(self, set_index, rule_index, path, method, headers, query)
 
     def set_inbound(self, int fd, bytes ticket_keys=None,
                     long ticket_period_s=TLS_TICKET_PERIOD_S,
