@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import json
 import re
 import socket
 import subprocess
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 TRUST_DOMAIN = "cluster.local"
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"
@@ -191,6 +194,17 @@ def wrk(port: int, seconds: int, connections: int, keepalive: bool) -> dict[str,
     return figures
 
 
+def openloop(port: int, seconds: int, connections: int, keepalive: bool,
+             rate: float) -> dict[str, float]:
+    """bench/openloop.py in a process of its own: `rate` requests/s, each timed from when
+    it was due (no coordinated omission), percentiles over requests."""
+    argv = [sys.executable, str(Path(__file__).with_name("openloop.py")), "--port", str(port),
+            "--rate", str(rate), "--seconds", str(seconds), "--connections", str(connections)]
+    out = subprocess.run(argv + ([] if keepalive else ["--close"]), capture_output=True,
+                         text=True, timeout=seconds + 60, check=True).stdout
+    return json.loads(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--app", type=float, help=argparse.SUPPRESS)    # run an app (delay s)
@@ -198,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--endpoints", type=int, default=2, help="endpoints, the first one slow")
     ap.add_argument("--duration", type=int, default=10, help="seconds of each recorded run")
     ap.add_argument("--warmup", type=int, default=20, help="unrecorded seconds before each")
-    ap.add_argument("--connections", type=int, default=16, help="wrk -c")
+    ap.add_argument("--connections", type=int, default=16,
+                    help="wrk -c (with --rate: at most this many requests outstanding)")
+    ap.add_argument("--rate", type=float,
+                    help="offer this many requests/s open-loop (bench/openloop.py) instead of "
+                         "wrk's closed loop: both balancers judged at one load")
     ap.add_argument("--balancers", default=",".join(BALANCERS))
     ap.add_argument("--keepalive", action="store_true",
                     help="keep client connections open (balanced per request, not per connection)")
@@ -214,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ports = [int(p.stdout.readline()) for p in apps]
         mesh = Mesh(ports)
-        print(f"{args.endpoints} endpoints, the first +{args.delay_ms:g} ms; wrk -c{args.connections}, "
+        load = (f"open loop at {args.rate:g} req/s, at most {args.connections} outstanding"
+                if args.rate else f"wrk -c{args.connections}")
+        print(f"{args.endpoints} endpoints, the first +{args.delay_ms:g} ms; {load}, "
               f"{'kept-alive connections' if args.keepalive else 'a connection per request'}; "
               f"{args.warmup} s warm-up, {args.duration} s recorded")
         print(f"{'balancer':<14} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
@@ -222,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for balancer in args.balancers.split(","):
             _, port = mesh.fresh(balancer)
+            run = functools.partial(openloop, rate=args.rate) if args.rate else wrk
             if args.warmup:
-                wrk(port, args.warmup, args.connections, args.keepalive)
+                run(port, args.warmup, args.connections, args.keepalive)
             before = [app_count(p) for p in ports]
-            figures = wrk(port, args.duration, args.connections, args.keepalive)
+            figures = run(port, args.duration, args.connections, args.keepalive)
             served = [app_count(p) - b for p, b in zip(ports, before)]
             share = served[0] / max(1, sum(served))
             results[balancer] = figures
