@@ -249,6 +249,10 @@ cdef int _retry_begin(Core* core, Conn* c) noexcept nogil:
     st = _retry_discard(core, c)
     if st != STATUS_OK:
         return st
+    if c.down.hup and _client_reset(c):
+        # It reset before the backoff, after its FIN (its side no longer read): the
+        # event that said so went by during the try, and _backoff_event gets no other.
+        return _backoff_client_left(core, c)
     c.req_deadline_ns = 0
     c.state = CONN_BACKOFF
     at = core.now_ns + wait

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from enginekit import TIMEOUT_S, port_of
+from enginekit import TIMEOUT_S, port_of, wait_for
 from test_engine_header_holes import read_request
 from test_engine_http import RawApp
 from test_engine_routes import BACKEND_ID, Mesh, mesh, mesh_pki, request  # noqa: F401
@@ -293,6 +293,34 @@ def test_a_client_that_resets_during_the_backoff_ends_its_request(
     stats = mesh.out_node.stats()
     assert stats["outbound_connections_active"] == 0 and stats["buffers_in_use"] == 0
     assert stats["outbound_aborted"] == aborted + 1
+    codes = [r["codes"] for r in mesh.out_node.engine.request_stats() if r["route"] == "demo/r"]
+    assert codes == [{0: 1}]                        # no answer reached anybody
+
+
+def test_a_client_that_reset_before_the_backoff_ends_its_request_as_it_begins(
+        mesh: Mesh, app: FlakyApp) -> None:  # noqa: F811
+    """A client that half-closed after its request, then reset while the try was under
+    way: its side is no longer read, so the reset's one event passed while the try went
+    on, and none comes during the backoff. The pair still ends as the backoff begins,
+    not at its end, and the request is not sent again."""
+    target = "/slow?ms=2000&n=1"
+    one_rule(mesh, backend_timeout_s=0.5, retry={"attempts": 1, "backoff_s": 0.8})
+    c = socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S)
+    c.sendall(b"GET %s HTTP/1.1\r\nHost: backend\r\n\r\n" % target.encode())
+    c.shutdown(socket.SHUT_WR)
+    wait_for(lambda: app.count(target) == 1, what="the first try at the app")
+    aborted = mesh.out_node.stats()["outbound_aborted"]
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()                                       # SO_LINGER 0: a reset, before the backoff
+    mesh.out_node.wait_stat("route_retries")
+    began = time.monotonic()
+    wait_for(lambda: not mesh.out_node.stats()["outbound_connections_active"],
+             what="the pair closed")
+    assert time.monotonic() - began < 0.4           # well before the backoff's end
+    time.sleep(max(0.0, began + 1.0 - time.monotonic()))   # past it: no second try
+    assert app.count(target) == 1
+    stats = mesh.out_node.stats()
+    assert stats["buffers_in_use"] == 0 and stats["outbound_aborted"] == aborted + 1
     codes = [r["codes"] for r in mesh.out_node.engine.request_stats() if r["route"] == "demo/r"]
     assert codes == [{0: 1}]                        # no answer reached anybody
 
