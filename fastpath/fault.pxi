@@ -84,7 +84,9 @@ cdef int _fault_hold(Core* core, Conn* c, uint32_t backend, int32_t rule,
     c.fault_until_ns = core.now_ns + c.fault_delay_ns
     core.counters.faults_delayed += 1
     _deadline_at(core, c, c.fault_until_ns)
-    return STATUS_OK
+    # A client that left already (its FIN or reset read before this request was routed,
+    # as a pipelined one is after a switch) sends no event while held: looked at now.
+    return _fault_waiting(core, c)
 
 
 cdef inline int _fault_waiting(Core* core, Conn* c) noexcept nogil:
@@ -96,8 +98,6 @@ cdef inline int _fault_waiting(Core* core, Conn* c) noexcept nogil:
 cdef int _fault_release(Core* core, Conn* c) noexcept nogil:
     """The delay is over (the pair's timer fired): the head is routed as decided."""
     c.fault_until_ns = 0
-    if c.down.hup:
-        return STATUS_CLOSE             # gone before its delay began: nobody to answer
     # The request keeps what was drawn for it (routed again on a table pushed during the
     # delay, its faults are not drawn again: the delay would start over, push by push).
     c.fault_kept = c.decided_status

@@ -134,6 +134,25 @@ def test_a_client_gone_during_the_delay_frees_everything(mesh: Mesh) -> None:
     assert backend_contacts(mesh) == 0
 
 
+def test_a_client_gone_before_its_pipelined_request_is_held_frees_everything(
+        mesh: Mesh) -> None:
+    """A request pipelined behind another is held once the pair switches to it, after
+    the first one's answer; a client that half-closed after sending both left before
+    that (its FIN was read as the first went on: no event comes for it during the
+    delay). The pair closes as the hold begins, not at the delay's end."""
+    faulted(mesh, "/held", delay_s=60, delay_percent=100)
+    with socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S) as c:
+        c.sendall(b"GET /one HTTP/1.1\r\nHost: backend\r\n\r\n"
+                  b"GET /held HTTP/1.1\r\nHost: backend\r\n\r\n")
+        c.shutdown(socket.SHUT_WR)
+        mesh.out_node.wait_stat("faults_delayed")
+        wait_for(lambda: mesh.out_node.stats()["outbound_connections_active"] == 0,
+                 what="the held pair closed")
+        answers = recv_all(c)
+    assert answers.count(b"HTTP/1.1 ") == 1 and answers.startswith(b"HTTP/1.1 200 ")
+    assert mesh.out_node.stats()["buffers_in_use"] == 0
+
+
 def test_a_held_request_goes_on_under_a_config_pushed_during_its_delay(mesh: Mesh) -> None:
     faulted(mesh, delay_s=0.5, delay_percent=100)
     with socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S) as c:
