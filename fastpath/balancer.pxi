@@ -24,13 +24,20 @@ cdef inline bint _endpoint_up(Core* core, const Endpoint* ep) noexcept nogil:
 
 
 cdef uint32_t _first_up(Core* core, Service* svc, uint32_t start) noexcept nogil:
-    """The first endpoint from `start` on (wrapping) not passed over; `start` itself
-    when all are (a try beats a certain 503, as Envoy's panic threshold reasons)."""
+    """The first endpoint from `start` on (wrapping) not passed over; when all are, the
+    first not ejected by outlier detection (one only passed over after failed setups:
+    a try beats a certain 503, as Envoy's panic threshold reasons, and Envoy would
+    count it healthy), else `start` itself (the caller refused a service whose every
+    endpoint is ejected already, unless minHealthPercent ignores ejections)."""
     cdef uint32_t n = svc.n_endpoints
     cdef uint32_t i, k
     for i in range(n):
         k = (start + i) % n
         if _endpoint_up(core, &svc.endpoints[k]):
+            return k
+    for i in range(n):
+        k = (start + i) % n
+        if not _outlier_ejected(core, &svc.endpoints[k]):
             return k
     return start
 
@@ -123,10 +130,13 @@ cdef bint _rebalance_pick(Core* core, Conn* c, const char* head, const ReqHead* 
     endpoint is up: one passed over or ejected by outlier detection loses its kept
     clients at their next request, as Envoy, which balances each request, sends none
     there. A pair on an older table moves to the current one at a request boundary
-    (carry.pxi)."""
+    (carry.pxi). Every endpoint ejected (outlier.pxi): the request leaves its upstream
+    too, to be answered 503 when routed afresh (_http_upstream)."""
     cdef Service* svc = &c.table.services[c.service]
     cdef Endpoint* cur
     cdef uint32_t k
+    if _outlier_none_healthy(core, svc):
+        return True
     if svc.hash != NULL:
         return _hash_rebalance(core, c, svc, head, req)
     if svc.n_endpoints < 2 or not (c.flags & CONN_EP_BOUND) or c.table != core.table:

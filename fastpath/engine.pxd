@@ -969,17 +969,21 @@ cdef struct Counters:
     # ENGINE_ACCEPT_PAUSE_MS instead of reporting the same backlog in a busy loop.
     uint64_t accept_paused
     # RequestMirror (mirror.pxi): copies sent whole to a mirror backend, and copies given
-    # up (no slot, no endpoint, its buffer full, cannot connect, too slow); the copies'
-    # own connections, counted as a side (bytes_sent: request bytes to the mirror).
+    # up (no slot, no endpoint or every one ejected, its buffer full, cannot connect, too
+    # slow); the copies' own connections, counted as a side (bytes_sent: request bytes
+    # to the mirror).
     uint64_t http_mirrored
     uint64_t http_mirror_dropped
     SideCounters mirror
     # Outlier detection (outlier.pxi): endpoints this worker ejected for the node, and
     # ejections maxEjectionPercent held back; endpoints left without a shared slot (the
-    # region is full: they are never ejected).
+    # region is full: they are never ejected); requests answered 503 and opaque pairs
+    # closed because every endpoint of their service was ejected (Envoy's
+    # upstream_cx_none_healthy).
     uint64_t outlier_ejections
     uint64_t outlier_ejections_overflow
     uint64_t outlier_no_slot
+    uint64_t outlier_none_healthy
     # connectionPool (pool.pxi): what was refused, by the limit met (an opaque pair closed
     # or an HTTP request answered 503): maxConnections with no room to wait, the pending
     # requests' limit; requests that waited; idle

@@ -649,6 +649,7 @@ cdef class Engine:
         out["outlier_ejections"] = snap.outlier_ejections
         out["outlier_ejections_overflow"] = snap.outlier_ejections_overflow
         out["outlier_no_slot"] = snap.outlier_no_slot
+        out["outlier_none_healthy"] = snap.outlier_none_healthy
         # connectionPool (pool.pxi): refusals by the limit met, waits, closes.
         out["pool_overflow_connections"] = snap.pool_overflow_connections
         out["pool_overflow_pending"] = snap.pool_overflow_pending

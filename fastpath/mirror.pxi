@@ -111,7 +111,8 @@ cdef Conn* _mirror_open(Core* core, Conn* c, const RouteMirror* mr, const char* 
     cdef RouteRule* rule = &c.table.rules[c.req_rule]
     cdef Conn* m
     cdef int st
-    if (svc.n_endpoints == 0 or core.mirrors_active >= core.max_mirrors
+    if (svc.n_endpoints == 0 or _outlier_none_healthy(core, svc)
+            or core.mirrors_active >= core.max_mirrors
             or head_len + ENGINE_SHADOW_SUFFIX_BYTES > core.buffer_bytes
             or c.client_ctx == NULL):
         core.counters.http_mirror_dropped += 1

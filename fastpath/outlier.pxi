@@ -23,6 +23,13 @@
 #   decay of k is worked out when it is next needed instead of by a timer.
 # - minHealthPercent (Envoy's healthy_panic_threshold): with fewer endpoints than that
 #   percentage not ejected, ejections are ignored: every endpoint takes traffic.
+# - Every endpoint ejected (maxEjectionPercent 100 lets all go) and minHealthPercent 0
+#   (Istio's default, which turns Envoy's panic mode off): Envoy's balancer finds no
+#   host and answers 503 "no healthy upstream" (response flag UH, counted
+#   upstream_cx_none_healthy); so does the node (_outlier_none_healthy): the request is
+#   answered 503, an opaque pair closed, a mirror's copy given up, nothing sent to an
+#   ejected endpoint. Endpoints only passed over after failed setups (balancer.pxi) are
+#   no ejection of Envoy's: one of them is still tried.
 #
 # Node-wide: the counts and the ejection live in a SharedSlot per (service name,
 # endpoint address) in a region all of the node's workers map (Engine.share_state,
@@ -125,6 +132,31 @@ cdef inline bint _outlier_ejected(Core* core, const Endpoint* ep) noexcept nogil
     if ep.shared == NULL or not _slot_ejected(ep.shared, core.now_ns):
         return False
     return not _outlier_panic(core, ep.outlier)
+
+
+cdef bint _outlier_none_healthy(Core* core, Service* svc) noexcept nogil:
+    """Has outlier detection ejected every endpoint of `svc`, with minHealthPercent
+    not putting the service in panic? Then no endpoint may be picked (Envoy: no
+    healthy upstream). Stops at the first endpoint not ejected: one per request
+    mostly."""
+    cdef OutlierPolicy* od = svc.outlier
+    cdef uint32_t j
+    if od == NULL or od.n_slots == 0:
+        return False
+    for j in range(od.n_slots):
+        if not _slot_ejected(od.slots[j], core.now_ns):
+            return False
+    return not _outlier_panic(core, od)
+
+
+cdef int _outlier_refuse(Core* core, Conn* c) noexcept nogil:
+    """c's service has no endpoint outlier detection left in (_outlier_none_healthy):
+    an HTTP request is answered 503 as Envoy answers it, an opaque pair closed;
+    counted."""
+    core.counters.outlier_none_healthy += 1
+    if c.flags & CONN_HTTP:
+        _http_reply(core, c, 503, b"no healthy upstream\n", -1)
+    return STATUS_CLOSE
 
 
 cdef void _outlier_eject(Core* core, OutlierPolicy* od, SharedSlot* s) noexcept nogil:

@@ -142,6 +142,8 @@ cdef int _http_upstream(Core* core, Conn* c, int64_t avoid) noexcept nogil:
     cdef Service* svc = &c.table.services[c.service]
     cdef int st
     cdef bint waiting = _pool_unwait(core, c)     # (it waited for room: pool.pxi)
+    if _outlier_none_healthy(core, svc):
+        return _outlier_refuse(core, c)             # every endpoint ejected: 503
     if avoid >= 0 and svc.n_endpoints > 1:
         _bind_other(core, c, svc, <uint32_t>avoid)     # (retry.pxi)
     else:
@@ -236,6 +238,8 @@ cdef int _tcp_start(Core* core, Conn* c) noexcept nogil:
     if svc.n_endpoints == 0:
         core.counters.no_endpoint += 1
         return STATUS_CLOSE
+    if _outlier_none_healthy(core, svc):
+        return _outlier_refuse(core, c)
     if not _pool_room(core, c, svc, False):
         return _pool_full(core, c, svc, False)     # connectionPool (pool.pxi)
     _deadline_at(core, c, core.now_ns + _setup_timeout_ns(core, svc))

@@ -46,6 +46,9 @@ _COUNTS = (
      "Endpoints outlier detection ejected for the node (counted by the worker that did)"),
     ("outlier_ejections_overflow", "meshnode_outlier_ejections_overflow",
      "Ejections outlier detection held back: maxEjectionPercent of the endpoints were out"),
+    ("outlier_none_healthy", "meshnode_outlier_none_healthy",
+     "Requests answered 503 (opaque connections closed): outlier detection had ejected every "
+     "endpoint of their service"),
     ("route_matched", "meshnode_route_matched_requests",
      "Requests an HTTPRoute rule matched"),
     ("route_no_match", "meshnode_route_unmatched_requests",

@@ -155,6 +155,20 @@ class Farm:
         finally:
             conn.close()
 
+    def kept_alive(self, n: int, out: int = 0) -> list[tuple[int, str]]:
+        """n requests on one kept-alive client connection: (status, body) of each."""
+        conn = http.client.HTTPConnection("127.0.0.1", port_of(self.outs[out][1]),
+                                          timeout=TIMEOUT_S)
+        try:
+            answers = []
+            for _ in range(n):
+                conn.request("GET", "/", headers={"Host": "backend"})
+                resp = conn.getresponse()
+                answers.append((resp.status, resp.read().decode()))
+            return answers
+        finally:
+            conn.close()
+
     def spread(self, n: int, out: int = 0) -> Counter:
         return Counter(self.get(out)[1] for _ in range(n))
 
@@ -319,6 +333,56 @@ def test_below_min_health_percent_ejected_endpoints_take_traffic_again(
     assert farm2.spread(4) == {"app0": 4}   # 50 % is not below 50 %
 
 
+def test_a_service_whose_every_endpoint_is_ejected_is_answered_503(make_farm: MakeFarm) -> None:
+    """maxEjectionPercent 100 lets every endpoint go; with minHealthPercent 0 (Envoy's
+    panic mode off) Envoy then has no healthy host: 503 "no healthy upstream", nothing
+    sent to an ejected endpoint, counted."""
+    farm = make_farm((500, 500), consecutive_5xx=1, interval_s=0.02, base_ejection_s=30.0,
+                     max_ejection_percent=100)
+    assert [farm.get()[0] for _ in range(2)] == [500, 500]     # round robin: one each
+    assert all(e["ejected"] for e in farm.ejected().values())
+    assert [farm.get() for _ in range(3)] == [(503, "no healthy upstream\n")] * 3
+    assert [app.hits for _, _, app in farm.endpoints] == [1, 1]
+    assert farm.outs[0][0].stats()["outlier_none_healthy"] == 3
+
+
+def test_every_endpoint_ejected_below_min_health_percent_all_take_traffic(
+        make_farm: MakeFarm) -> None:
+    """Below minHealthPercent (Envoy's panic threshold) ejections are ignored: with all
+    ejected, every endpoint takes traffic again."""
+    farm = make_farm((500, 500), consecutive_5xx=1, interval_s=0.02, base_ejection_s=30.0,
+                     max_ejection_percent=100, min_health_percent=50)
+    farm.spread(2)
+    assert all(e["ejected"] for e in farm.ejected().values())
+    assert farm.spread(4) == {"app0": 2, "app1": 2}
+    assert farm.outs[0][0].stats()["outlier_none_healthy"] == 0
+
+
+def test_with_every_endpoint_down_one_only_passed_over_is_tried_before_an_ejected_one(
+        make_farm: MakeFarm) -> None:
+    """app0 ejected; the dead endpoint's ejection held back by maxEjectionPercent, so it
+    is only passed over after its failed setup. Envoy counts it healthy and sends there
+    (its connect fails: 503), never to the ejected one."""
+    farm = make_farm((500,), dead=1, consecutive_5xx=1, interval_s=0.02, base_ejection_s=30.0,
+                     max_ejection_percent=50)
+    assert farm.get()[0] == 500                         # app0: ejected
+    assert farm.get()[0] == 503                         # dead: passed over, not ejected
+    entries = farm.ejected()
+    assert entries[farm.port(0)]["ejected"] and not entries[farm.dead[0]]["ejected"]
+    assert [farm.get()[0] for _ in range(4)] == [503] * 4
+    assert farm.endpoints[0][2].hits == 1
+
+
+def test_a_kept_alive_client_is_answered_503_once_every_endpoint_is_ejected(
+        make_farm: MakeFarm) -> None:
+    farm = make_farm((500, 500), consecutive_5xx=1, interval_s=0.02, base_ejection_s=30.0,
+                     max_ejection_percent=100)
+    answers = farm.kept_alive(3)
+    assert answers[:2] == [(500, "app0"), (500, "app1")], answers   # moved off app0
+    assert answers[2] == (503, "no healthy upstream\n"), answers
+    assert [app.hits for _, _, app in farm.endpoints] == [1, 1]
+
+
 def test_an_ejection_is_shared_by_engines_mapping_one_region(make_farm: MakeFarm) -> None:
     # Two outbound engines (a node's two workers) and a dead endpoint besides two live
     # ones; two errors in a row eject. Each worker's connect to it fails once: the two
@@ -348,15 +412,7 @@ def test_a_kept_alive_client_leaves_an_endpoint_once_it_is_ejected(make_farm: Ma
     request, so an ejected host gets none)."""
     farm = make_farm((500, 200), consecutive_5xx=2, interval_s=0.02, base_ejection_s=30.0,
                      max_ejection_percent=100)
-    conn = http.client.HTTPConnection("127.0.0.1", port_of(farm.outs[0][1]), timeout=TIMEOUT_S)
-    try:
-        answers = []
-        for _ in range(8):
-            conn.request("GET", "/", headers={"Host": "backend"})
-            resp = conn.getresponse()
-            answers.append((resp.status, resp.read().decode()))
-    finally:
-        conn.close()
+    answers = farm.kept_alive(8)
     assert answers[:2] == [(500, "app0")] * 2, answers      # round robin's first pick
     assert answers[2:] == [(200, "app1")] * 6, answers
     assert farm.endpoints[0][2].hits == 2
