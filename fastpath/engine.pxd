@@ -78,7 +78,8 @@ cdef struct ConnPoolPolicy:
 # Outlier detection's state, shared by a node's workers (outlier.pxi): an endpoint of a
 # service (keyed by the service's name and the endpoint's address) has one slot in a
 # fixed-layout region every worker maps MAP_SHARED (Engine.share_state), so that an
-# ejection is the node's, not one worker's. Fields are read and written with atomics
+# ejection is the node's, not one worker's; so does each outlier-detecting service
+# (keyed by its name alone: its `ejecting`). Fields are read and written with atomics
 # (fastpath/includes/atomics.pxd) only; times are CLOCK_MONOTONIC, one clock for every
 # process of the host. One cache line per slot.
 cdef struct SharedSlot:
@@ -87,7 +88,9 @@ cdef struct SharedSlot:
     uint32_t consecutive_5xx       # answers >= 500 (and failed setups) in a row
     uint32_t consecutive_gateway   # 502/503/504 (and failed setups) in a row
     uint32_t multiplier            # the ejection time's multiple of baseEjectionTime
-    uint32_t spare
+    uint32_t ejecting              # a service's own slot (keyed by its name alone): the
+                                   # ejections of its endpoints being decided now, by any
+                                   # worker (outlier.pxi _outlier_eject)
     uint64_t ejections             # ejections so far (node-wide, since `meshnode up`)
     uint64_t reserved[3]
 
@@ -102,6 +105,7 @@ cdef struct OutlierPolicy:
     uint32_t max_percent           # maxEjectionPercent
     uint32_t min_health_percent    # below it healthy, ejections are ignored (0: never)
     SharedSlot** slots             # each endpoint's slot (NULL: the region is full)
+    SharedSlot* guard              # the service's own slot (NULL: the region is full)
     uint32_t n_slots               # = the service's n_endpoints
     int64_t panic_at_ns            # min_health_percent: when `panic` was last worked out
     bint panic
@@ -977,9 +981,10 @@ cdef struct Counters:
     SideCounters mirror
     # Outlier detection (outlier.pxi): endpoints this worker ejected for the node, and
     # ejections maxEjectionPercent held back; endpoints left without a shared slot (the
-    # region is full: they are never ejected); requests answered 503 and opaque pairs
-    # closed because every endpoint of their service was ejected (Envoy's
-    # upstream_cx_none_healthy).
+    # region is full: they are never ejected) and services left without theirs (their
+    # ejections are then judged by this worker's count alone); requests answered 503
+    # and opaque pairs closed because every endpoint of their service was ejected
+    # (Envoy's upstream_cx_none_healthy).
     uint64_t outlier_ejections
     uint64_t outlier_ejections_overflow
     uint64_t outlier_no_slot

@@ -14,7 +14,11 @@
 # - consecutive_gateway_failure: 502, 503 and 504 count one, any other answer resets.
 # - Reaching a threshold ejects the endpoint at once, unless maxEjectionPercent of the
 #   service's endpoints are ejected already (one may always be: Envoy lets the first
-#   ejection through whatever the percentage), and resets its counts.
+#   ejection through whatever the percentage), and resets its counts. Envoy decides on
+#   its main thread, one ejection after another; the node's workers decide at once, so
+#   each ejection being decided is announced first (the service's own slot, `ejecting`)
+#   and counted by every other decision as if made: the check and the ejection are then
+#   one step for the node (_outlier_eject).
 # - The k-th ejection in a row lasts k x baseEjectionTime (at most max(300 s, base):
 #   Envoy's max_ejection_time default), and ends at the first tick of the `interval`
 #   sweep after that; each sweep that finds the endpoint not ejected lowers k by one.
@@ -37,13 +41,14 @@
 # once for the node, from whichever worker's requests saw it fail.
 
 from fastpath.includes.atomics cimport (mn_add_u32, mn_add_u64, mn_cas_i64, mn_cas_u64,
-                                        mn_load_i64, mn_load_u32, mn_load_u64, mn_store_u32)
+                                        mn_load_i64, mn_load_u32, mn_load_u64, mn_store_u32,
+                                        mn_sub_u32)
 
 # The region's header: magic, then the slot count (a power of two), then the slot size.
 cdef const char* _SHARED_MAGIC = b"MNOUTLR1"
 cdef enum:
     SHARED_HEADER_BYTES = 64
-    SHARED_DEFAULT_SLOTS = 4096    # endpoints of all services, node-wide
+    SHARED_DEFAULT_SLOTS = 4096    # endpoints and services, node-wide
     SHARED_MAX_SLOTS = 1 << 20
 cdef int64_t _EJECT_MAX_NS = 300 * 1000000000LL     # Envoy's max_ejection_time default
 
@@ -75,9 +80,12 @@ cdef SharedSlot* _shared_claim(Core* core, uint64_t key) noexcept nogil:
 
 
 cdef uint64_t _shared_key(const Service* svc, const Endpoint* ep) noexcept nogil:
+    """The slot key of endpoint `ep` of `svc`; `ep` NULL: the service's own slot's."""
     cdef uint64_t h = _fnv_add(_FNV_OFFSET, svc.name.data, svc.name.length)
     h = _fnv_add(h, b"\0", 1)
-    h = _fmix(_fnv_add(h, <const char*>&ep.addr, ep.addrlen))
+    if ep != NULL:
+        h = _fnv_add(h, <const char*>&ep.addr, ep.addrlen)
+    h = _fmix(h)
     return h if h != 0 else 1
 
 
@@ -92,6 +100,9 @@ cdef int _outlier_bind(Core* core, Table* t) except -1:
         od = svc.outlier
         if od == NULL:
             continue
+        od.guard = _shared_claim(core, _shared_key(svc, NULL))
+        if od.guard == NULL:
+            core.counters.outlier_no_slot += 1
         for j in range(svc.n_endpoints):
             svc.endpoints[j].outlier = od
             svc.endpoints[j].shared = _shared_claim(core, _shared_key(svc, &svc.endpoints[j]))
@@ -160,13 +171,36 @@ cdef int _outlier_refuse(Core* core, Conn* c) noexcept nogil:
 
 
 cdef void _outlier_eject(Core* core, OutlierPolicy* od, SharedSlot* s) noexcept nogil:
+    """Eject `s`'s endpoint, unless maxEjectionPercent of the service's endpoints are
+    out. Two workers deciding at once must not both let one more out: each announces
+    its decision (`ejecting`, sequentially consistent) before it counts, and counts the
+    others announced as ejected. Of two, the later to announce sees the earlier one,
+    announced still or its ejection done (made before it withdrew the announcement), so
+    the last decision always sees every other; both may hold back (the next failure
+    decides again), never both go over. A worker that dies while deciding leaves its
+    announcement until `meshnode up` makes the region afresh: one ejection fewer for
+    that service, never one more. Without the service's slot (the region is full)
+    this worker's count is all there is."""
+    cdef uint32_t others = 0
+    if mn_load_i64(&s.ejected_until_ns) > core.now_ns:
+        return                          # ejected already (by another worker, maybe)
+    if od.guard != NULL:
+        others = mn_add_u32(&od.guard.ejecting, 1) - 1
+    _outlier_eject_within(core, od, s, others)
+    if od.guard != NULL:
+        mn_sub_u32(&od.guard.ejecting, 1)
+
+
+cdef void _outlier_eject_within(Core* core, OutlierPolicy* od, SharedSlot* s,
+                                uint32_t others) noexcept nogil:
+    """_outlier_eject's decision, `others` ejections being decided elsewhere."""
     cdef int64_t now = core.now_ns
     cdef int64_t old = mn_load_i64(&s.ejected_until_ns)
     cdef int64_t dur, until, cap
     cdef uint32_t k, ejected
     if old > now:
         return                          # ejected already (by another worker, maybe)
-    ejected = _outlier_ejected_count(core, od)
+    ejected = _outlier_ejected_count(core, od) + others
     if ejected > 0 and <uint64_t>(ejected + 1) * 100 > <uint64_t>od.max_percent * od.n_slots:
         core.counters.outlier_ejections_overflow += 1
         return

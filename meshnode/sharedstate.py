@@ -25,7 +25,7 @@ from fastpath import engine as fe
 from .files import open_private, write_atomic
 
 RELATIVE_PATH = Path("state") / "outlier.shm"
-SLOTS = 4096  # endpoints of all services, node-wide (a power of two)
+SLOTS = 4096  # endpoints, and services, that detect outliers, node-wide (a power of two)
 
 
 class SharedStateError(Exception):

@@ -130,6 +130,7 @@ class Farm:
     endpoints: list[tuple[Node, socket.socket, App]] = field(default_factory=list)
     leaving: list[LeavingNode] = field(default_factory=list)
     dead: list[int] = field(default_factory=list)   # ports where nothing listens
+    region: mmap.mmap | None = None                 # the shared state (shared=True)
 
     def addresses(self) -> list[tuple[str, int]]:
         return ([("127.0.0.1", port_of(sock)) for _, sock, _ in self.endpoints]
@@ -213,6 +214,7 @@ def make_farm(mesh_pki, tmp_path: Path) -> Iterator[MakeFarm]:  # noqa: F811 (th
                 region = mmap.mmap(f.fileno(), 0)
             fe.shared_state_format(region, 1024)
             maps.append(region)
+            farm.region = region
         for k in range(outs):
             node = Node()
             if region is not None:
@@ -381,6 +383,45 @@ def test_a_kept_alive_client_is_answered_503_once_every_endpoint_is_ejected(
     assert answers[:2] == [(500, "app0"), (500, "app1")], answers   # moved off app0
     assert answers[2] == (503, "no healthy upstream\n"), answers
     assert [app.hits for _, _, app in farm.endpoints] == [1, 1]
+
+
+# The region's layout (fastpath engine.pxd SharedSlot; its magic changes with it): a
+# 64-byte header, then 64-byte slots, each its key first; a service's own slot is keyed
+# by its name and a NUL, and holds at this offset the ejections being decided for it.
+_HEADER_BYTES = _SLOT_BYTES = 64
+_EJECTING_AT = 28
+
+
+def _ejecting_at(region: mmap.mmap, service: bytes) -> int:
+    """The offset of `service`'s `ejecting` count in the region (linear probing)."""
+    slots = (len(region) - _HEADER_BYTES) // _SLOT_BYTES
+    key = fe.hash_key(service + b"\0") or 1
+    for n in range(slots):
+        at = _HEADER_BYTES + ((key + n) % slots) * _SLOT_BYTES
+        if struct.unpack_from("<Q", region, at)[0] == key:
+            return at + _EJECTING_AT
+    raise AssertionError("the service has no slot of its own")
+
+
+def test_an_ejection_decided_by_another_worker_counts_toward_max_ejection_percent(
+        make_farm: MakeFarm) -> None:
+    """Workers eject concurrently: a decision under way in another worker (announced in
+    the service's slot, not made yet) counts as an ejection, so the two cannot both let
+    one more out. With Istio's 10 %, that one goes and this one is held back; once the
+    other's decision is over (here: it held back), this one's next failure ejects."""
+    farm = make_farm((500, 200), shared=True, consecutive_5xx=1, interval_s=0.02,
+                     base_ejection_s=30.0)
+    assert farm.region is not None
+    ejecting = _ejecting_at(farm.region, b"demo/backend:http")
+    struct.pack_into("<I", farm.region, ejecting, 1)    # another worker, deciding
+    assert farm.get() == (500, "app0")
+    assert not farm.ejected()[farm.port(0)]["ejected"]
+    assert farm.outs[0][0].stats()["outlier_ejections_overflow"] == 1
+    assert struct.unpack_from("<I", farm.region, ejecting)[0] == 1  # this one's withdrawn
+    struct.pack_into("<I", farm.region, ejecting, 0)    # the other one's done
+    farm.get()                                          # app1 (round robin)
+    assert farm.get() == (500, "app0")
+    assert farm.ejected()[farm.port(0)]["ejected"]
 
 
 def test_an_ejection_is_shared_by_engines_mapping_one_region(make_farm: MakeFarm) -> None:
