@@ -176,10 +176,22 @@ cdef bint _pool_evict(Core* core, Conn* c, Service* svc) noexcept nogil:
     return True
 
 
+cdef ConnPoolPolicy* _pool_policy(Core* core, Conn* c, Service* svc) noexcept nogil:
+    """The connectionPool that judges c's new upstream to `svc` (of c's table): the
+    current table's for the same destination, so that a config push changes the limits
+    for the requests waiting already too (they hold their table until they go on);
+    `svc`'s own when the current table has it no more."""
+    cdef int64_t k
+    if c.table == core.table or core.table == NULL:
+        return svc.conn_pool
+    k = _service_in(core.table, svc, c.service)
+    return svc.conn_pool if k < 0 else core.table.services[k].conn_pool
+
+
 cdef bint _pool_room(Core* core, Conn* c, Service* svc, bint waiting) noexcept nogil:
     """May c open a new upstream to `svc` now (tcp.maxConnections)? Requests waiting
     already go first (`waiting`: c is one of them)."""
-    cdef ConnPoolPolicy* p = svc.conn_pool
+    cdef ConnPoolPolicy* p = _pool_policy(core, c, svc)
     cdef UpstreamCount* u = svc.upstreams
     if p == NULL or u == NULL or p.max_connections == 0:
         return True
@@ -219,7 +231,7 @@ cdef int _pool_full(Core* core, Conn* c, Service* svc, bint waiting) noexcept no
     an HTTP request waits for one (STATUS_OK, CONN_POOL_WAIT) or, with
     http1MaxPendingRequests waiting already, is answered 503. `waiting`: c waited
     already, and goes on waiting until the end it was given."""
-    cdef ConnPoolPolicy* p = svc.conn_pool
+    cdef ConnPoolPolicy* p = _pool_policy(core, c, svc)
     if not (c.flags & CONN_HTTP):
         core.counters.pool_overflow_connections += 1
         return STATUS_CLOSE

@@ -245,6 +245,19 @@ def test_a_pending_request_is_served_when_an_upstream_frees(make_pool: MakePool)
     assert p.upstreams() == {"connections": 1, "pending": 0, "limited": True}
 
 
+def test_a_pending_request_is_judged_by_the_limits_of_a_config_pushed_while_it_waits(
+        make_pool: MakePool) -> None:
+    """maxConnections raised by a push: the request waiting under the old limit goes
+    on at once, as new ones do, not when an upstream frees."""
+    p = make_pool(max_connections=1, max_pending_requests=1)
+    held = p.hold()
+    waiting = p.wait_in_line()
+    p.out.install(make_pool.table(p, max_connections=2, max_pending_requests=1))
+    wait_for(lambda: waiting, what="the waiting request's answer")
+    assert waiting == [(200, b"ok")] and held == []
+    assert p.upstreams()["pending"] == 0 and p.upstreams()["connections"] == 2
+
+
 def test_a_pending_request_waits_past_connect_timeout_for_its_turn(make_pool: MakePool) -> None:
     """connectTimeout bounds a connection's setup, not a request's wait for one (Envoy:
     only the route's timeout ends it; Istio's example sets connectTimeout to 30 ms)."""
