@@ -19,9 +19,12 @@
 # carry rule: a request is routed on the table current when its head is framed), but
 # its faults are not drawn again: it keeps the delay it served and the abort drawn with
 # it (Conn.fault_kept), so pushes neither restart nor add delays.
-# No allocation: the pair holds only the buffer its head is in. A client that leaves
-# while held (FIN or reset, as Envoy's HTTP/1 codec takes a downstream FIN) closes the
-# pair at once; slot, buffer and timer go back.
+# No allocation: the pair holds only the buffer its head is in. A client that resets
+# while held closes the pair at once; slot, buffer and timer go back. One that only
+# half-closed after its whole request (a FIN: HTTP/1.0 clients, `nc -q`) gets its answer
+# after the delay, as it does from the path without one and from a retry's backoff: TCP
+# does not tell that FIN from a closed socket's, and answering a client that closed
+# costs one send that fails.
 
 cdef enum:
     # _route_pick's status bits for a fault (a plain status is below 0x1000).
@@ -84,20 +87,30 @@ cdef int _fault_hold(Core* core, Conn* c, uint32_t backend, int32_t rule,
     c.fault_until_ns = core.now_ns + c.fault_delay_ns
     core.counters.faults_delayed += 1
     _deadline_at(core, c, c.fault_until_ns)
-    # A client that left already (its FIN or reset read before this request was routed,
+    # A client that reset already (after its FIN, read before this request was routed,
     # as a pipelined one is after a switch) sends no event while held: looked at now.
     return _fault_waiting(core, c)
 
 
+cdef inline bint _waiting_client_left(const Conn* c) noexcept nogil:
+    """Has the client of a request held here (a fault delay) or waiting for pool room
+    (pool.pxi) reset? A FIN alone is a client that half-closed after its whole request,
+    as HTTP/1.1 allows: it still waits for its answer, as on the path that does not
+    wait (retry.pxi _client_reset, _backoff_event)."""
+    return c.down.hup and _client_reset(c)
+
+
 cdef inline int _fault_waiting(Core* core, Conn* c) noexcept nogil:
-    """An event on a held pair's client: it left (FIN or reset), or sent more, which
-    stays in the socket until the held request is on its way."""
-    return STATUS_CLOSE if c.down.hup else STATUS_OK
+    """An event on a held pair's client: it left (a reset), or sent more, or ended its
+    side, which stays in the socket until the held request is on its way."""
+    return STATUS_CLOSE if _waiting_client_left(c) else STATUS_OK
 
 
 cdef int _fault_release(Core* core, Conn* c) noexcept nogil:
     """The delay is over (the pair's timer fired): the head is routed as decided."""
     c.fault_until_ns = 0
+    if _waiting_client_left(c):
+        return STATUS_CLOSE             # gone before its delay ended: nobody to answer
     # The request keeps what was drawn for it (routed again on a table pushed during the
     # delay, its faults are not drawn again: the delay would start over, push by push).
     c.fault_kept = c.decided_status

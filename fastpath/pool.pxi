@@ -27,8 +27,10 @@
 # went idle and can be closed for it), in the order the wheel fires them; a request
 # arriving while others wait queues behind them. As in Envoy, nothing but its route's
 # timeout (504) ends the wait: connectTimeout bounds a connection's setup, not a request's
-# turn (Istio's own example sets it to 30 ms). A client that leaves while waiting closes
-# the pair at once (as a fault delay's, fault.pxi). Envoy also counts as pending a
+# turn (Istio's own example sets it to 30 ms). A client that resets while waiting closes
+# the pair at its next tick (as a fault delay's, fault.pxi); one that only half-closed
+# after its request waits on for its answer, as it would get it on the path that does
+# not wait (a FIN is no abort: retry.pxi _backoff_event). Envoy also counts as pending a
 # request whose new connection is still being set up; here only the requests over
 # maxConnections wait, and count.
 #
@@ -260,7 +262,7 @@ cdef int _pool_waited(Core* core, Conn* c) noexcept nogil:
     """A waiting pair's timer fired: go on when there is room, else give up at the
     wait's end (503) or the route's timeout (504), else wait a tick more."""
     cdef Service* svc = &c.table.services[c.service]
-    if c.down.hup:
+    if _waiting_client_left(c):       # (fault.pxi)
         _pool_unwait(core, c)
         return STATUS_CLOSE             # the client left: nobody to answer
     if c.req_deadline_ns != 0 and core.now_ns >= c.req_deadline_ns:

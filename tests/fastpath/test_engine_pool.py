@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import pytest
 
 from fastpath import engine as fe
 
-from enginekit import QuietHandler, http_server, listener, port_of, wait_for
+from enginekit import QuietHandler, http_server, listener, port_of, recv_all, wait_for
 from test_engine import closed_by_peer
 from test_engine_http import (BACKEND_ID, SNI, TIMEOUT_S, Node, client_ctx,  # noqa: F401
                               mesh_pki, server_ctx)
@@ -293,12 +294,29 @@ def test_a_client_leaving_while_pending_stops_waiting(make_pool: MakePool) -> No
     conn = p.client()
     conn.request("GET", "/", headers={"Host": "backend"})
     wait_for(lambda: p.upstreams()["pending"] == 1, what="the request waiting")
-    conn.sock.shutdown(socket.SHUT_RDWR)
-    conn.close()
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()                                # SO_LINGER 0: a reset
     wait_for(lambda: p.upstreams()["pending"] == 0, what="the wait ended")
     p.release()
     wait_for(lambda: held, what="the held answer")
     assert len(p.peers) == 1                    # the one that left never reached the app
+
+
+def test_a_client_that_half_closes_while_pending_gets_its_answer(make_pool: MakePool) -> None:
+    """A FIN after a whole request (HTTP/1.0 clients, `nc -q`) is no abort: the request
+    goes on when its turn comes, as it would have without waiting."""
+    p = make_pool(max_connections=1)
+    p.hold()
+    with socket.create_connection(("127.0.0.1", port_of(p.out_sock)), timeout=TIMEOUT_S) as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n")
+        wait_for(lambda: p.upstreams()["pending"] == 1, what="the request waiting")
+        c.shutdown(socket.SHUT_WR)
+        time.sleep(0.05)                        # a dozen ticks of the wait
+        assert p.upstreams()["pending"] == 1
+        p.release()
+        answer = recv_all(c)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nok"), answer
+    assert len(p.peers) == 2
 
 
 def test_max_requests_per_connection_closes_the_upstream_after_n(make_pool: MakePool) -> None:
