@@ -259,9 +259,8 @@ cdef int _pool_full(Core* core, Conn* c, Service* svc, bint waiting) noexcept no
 
 
 cdef int _pool_waited(Core* core, Conn* c) noexcept nogil:
-    """A waiting pair's timer fired: go on when there is room, else give up at the
-    wait's end (503) or the route's timeout (504), else wait a tick more."""
-    cdef Service* svc = &c.table.services[c.service]
+    """A waiting pair's timer fired: go on when there is room, else end at the route's
+    timeout (504) or the client's reset, else wait a tick more."""
     if _waiting_client_left(c):       # (fault.pxi)
         _pool_unwait(core, c)
         return STATUS_CLOSE             # the client left: nobody to answer
