@@ -624,6 +624,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
     cdef Flow* f = &c.u2d
     cdef uint32_t start, avail
     cdef Py_ssize_t n
+    cdef size_t cut
     cdef int rc, added, st
     cdef RespHead resp
     cdef FilterCall call
@@ -644,14 +645,23 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                 _http_answered(core, c)
                 c.resp_phase = RESP_HEAD
         elif c.resp_phase == RESP_CHUNKED:
-            n = chunked_advance(&c.resp_chunk, f.buf + start, avail, NULL, NULL)
+            # As a request's: its trailer section is held until whole, and leaves without
+            # the fields the mesh owns (http1.pxd chunked_relay), which a client that
+            # merges trailers into the head (RFC 9110 §6.5.1) would take for the node's.
+            n = chunked_relay(&c.resp_chunk, f.buf + start, avail, &cut)
             if n < 0:
                 core.counters.http_bad_response += 1
                 return STATUS_RESET
             c.resp_fwd += <uint32_t>n
+            f.tail -= <uint32_t>cut
             if c.resp_chunk.phase == CHUNK_DONE:
                 _http_answered(core, c)
                 c.resp_phase = RESP_HEAD
+            elif <uint32_t>n < avail:
+                if start == 0 and f.tail >= _u2d_cap(core, c):
+                    core.counters.http_bad_response += 1    # a section over a buffer
+                    return STATUS_RESET
+                break                       # the rest of the section is to come
         else:
             if c.n_pend == 0:
                 core.counters.http_bad_response += 1    # bytes nobody asked for

@@ -253,6 +253,49 @@ def test_a_trailer_section_over_a_buffer_is_refused(mesh: Mesh) -> None:
         m.http_sock.close()
 
 
+# --- 2b. ... and in an answer's: the app's node and the client's both clean it ---------------
+
+
+ANSWER_TRAILERS = (b"X-Meshnode-Failure: upstream\r\n" + TRAILERS.replace(
+    b"X-Last: z", b"x_meshnode_failure: upstream\r\nTransfer-Encoding: chunked\r\nX-Last: z"))
+
+
+def _chunked_answer(trailers: bytes, trickle: bool = False) -> RawApp:
+    """An app answering each request chunked, with `trailers` (one byte a write when
+    `trickle`), routed to by the app's node."""
+
+    def serve(conn: socket.socket) -> None:
+        buf = bytearray()
+        while True:
+            read_request(conn, buf)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n6\r\n world\r\n0\r\n")
+            for k in range(0, len(trailers), 1 if trickle else len(trailers)):
+                conn.sendall(trailers[k:k + 1] if trickle else trailers)
+                if trickle:
+                    time.sleep(0.001)
+
+    return RawApp(serve)
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+def test_owned_fields_in_an_answers_trailers_do_not_reach_the_client(mesh: Mesh,
+                                                                     trickle: bool) -> None:
+    """x-meshnode-failure is the nodes' word (retry.pxi), the framing fields the node's:
+    a client that merges trailers into the head would take an app's for theirs. The
+    section is judged whole, however it arrives."""
+    app = _chunked_answer(ANSWER_TRAILERS, trickle)
+    try:
+        _route_to(mesh, app.port)
+        reply = exchange(mesh, b"GET /t HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+    finally:
+        app.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), reply[:200]
+    assert body == (b"5\r\nhello\r\n6\r\n world\r\n0\r\n"
+                    b"X-Checksum: abc\r\nX-Last: z\r\n\r\n"), body
+
+
 # --- 3. a repeated Content-Length --------------------------------------------------------------
 
 
