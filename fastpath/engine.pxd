@@ -90,7 +90,9 @@ cdef struct SharedSlot:
     uint32_t multiplier            # the ejection time's multiple of baseEjectionTime
     uint32_t ejecting              # a service's own slot (keyed by its name alone): the
                                    # ejections of its endpoints being decided now, by any
-                                   # worker (outlier.pxi _outlier_eject)
+                                   # worker (low 8 bits), and since when (the rest: the
+                                   # oldest one's monotonic milliseconds, wrapping;
+                                   # outlier.pxi _outlier_announce)
     uint64_t ejections             # ejections so far (node-wide, since `meshnode up`)
     uint64_t reserved[3]
 

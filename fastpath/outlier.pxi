@@ -40,9 +40,9 @@
 # meshnode/sharedstate.py), updated with atomics, so that a failing endpoint is ejected
 # once for the node, from whichever worker's requests saw it fail.
 
-from fastpath.includes.atomics cimport (mn_add_u32, mn_add_u64, mn_cas_i64, mn_cas_u64,
-                                        mn_load_i64, mn_load_u32, mn_load_u64, mn_store_u32,
-                                        mn_sub_u32)
+from fastpath.includes.atomics cimport (mn_add_u32, mn_add_u64, mn_cas_i64, mn_cas_u32,
+                                        mn_cas_u64, mn_load_i64, mn_load_u32, mn_load_u64,
+                                        mn_store_u32)
 
 # The region's header: magic, then the slot count (a power of two), then the slot size.
 cdef const char* _SHARED_MAGIC = b"MNOUTLR1"
@@ -51,6 +51,14 @@ cdef enum:
     SHARED_DEFAULT_SLOTS = 4096    # endpoints and services, node-wide
     SHARED_MAX_SLOTS = 1 << 20
 cdef int64_t _EJECT_MAX_NS = 300 * 1000000000LL     # Envoy's max_ejection_time default
+# A service's announced ejections (SharedSlot.ejecting): how many, in the low bits, and
+# since when, in the others. A decision takes microseconds: announcements older than
+# _ANNOUNCED_STALE_MS are those of a worker that died deciding.
+cdef enum:
+    _ANNOUNCED_COUNT_BITS = 8      # (a node has fewer workers deciding at once)
+    _ANNOUNCED_COUNT_MASK = (1 << _ANNOUNCED_COUNT_BITS) - 1
+    _ANNOUNCED_MS_MASK = (1 << (32 - _ANNOUNCED_COUNT_BITS)) - 1
+    _ANNOUNCED_STALE_MS = 10000
 
 
 cdef inline SharedSlot* _shared_slots(Core* core) noexcept nogil:
@@ -177,18 +185,46 @@ cdef void _outlier_eject(Core* core, OutlierPolicy* od, SharedSlot* s) noexcept 
     others announced as ejected. Of two, the later to announce sees the earlier one,
     announced still or its ejection done (made before it withdrew the announcement), so
     the last decision always sees every other; both may hold back (the next failure
-    decides again), never both go over. A worker that dies while deciding leaves its
-    announcement until `meshnode up` makes the region afresh: one ejection fewer for
-    that service, never one more. Without the service's slot (the region is full)
+    decides again), never both go over. Without the service's slot (the region is full)
     this worker's count is all there is."""
     cdef uint32_t others = 0
     if mn_load_i64(&s.ejected_until_ns) > core.now_ns:
         return                          # ejected already (by another worker, maybe)
     if od.guard != NULL:
-        others = mn_add_u32(&od.guard.ejecting, 1) - 1
+        others = _outlier_announce(od.guard, core.now_ns)
     _outlier_eject_within(core, od, s, others)
     if od.guard != NULL:
-        mn_sub_u32(&od.guard.ejecting, 1)
+        _outlier_withdraw(od.guard)
+
+
+cdef uint32_t _outlier_announce(SharedSlot* g, int64_t now_ns) noexcept nogil:
+    """Announce an ejection being decided in service slot `g`; the others announced.
+    A worker killed while deciding never withdraws its announcement, which would count
+    as an ejection for good and, with Envoy's one-always-goes rule, hold back every
+    ejection of a service of fewer endpoints than 2 x 100 / maxEjectionPercent (Istio's
+    10 %: under 20): announcements older than _ANNOUNCED_STALE_MS, kept since the
+    oldest of them, are dropped by the next one."""
+    cdef uint32_t ms = <uint32_t>(now_ns // 1000000) & _ANNOUNCED_MS_MASK
+    cdef uint32_t v, n, since
+    while True:
+        v = mn_load_u32(&g.ejecting)
+        n = v & _ANNOUNCED_COUNT_MASK
+        since = v >> _ANNOUNCED_COUNT_BITS
+        if n == 0 or ((ms - since) & _ANNOUNCED_MS_MASK) > _ANNOUNCED_STALE_MS:
+            n = 0
+            since = ms
+        if mn_cas_u32(&g.ejecting, v, (since << _ANNOUNCED_COUNT_BITS) | (n + 1)):
+            return n
+
+
+cdef void _outlier_withdraw(SharedSlot* g) noexcept nogil:
+    """This worker's announcement is over (dropped already if it was kept past
+    _ANNOUNCED_STALE_MS: then another's goes, counted one fewer)."""
+    cdef uint32_t v
+    while True:
+        v = mn_load_u32(&g.ejecting)
+        if (v & _ANNOUNCED_COUNT_MASK) == 0 or mn_cas_u32(&g.ejecting, v, v - 1):
+            return
 
 
 cdef void _outlier_eject_within(Core* core, OutlierPolicy* od, SharedSlot* s,
