@@ -99,7 +99,9 @@ cdef uint64_t _shared_key(const Service* svc, const Endpoint* ep) noexcept nogil
 
 cdef int _outlier_bind(Core* core, Table* t) except -1:
     """Give each endpoint of an outlier-detecting service of `t` its shared slot (at
-    install, before the loop sees `t`)."""
+    install, before the loop sees `t`), then the service its own. Endpoints first:
+    should the region fill up, an endpoint without a slot is never ejected, while a
+    service without one only has its ejections judged by this worker's count."""
     cdef uint32_t i, j
     cdef Service* svc
     cdef OutlierPolicy* od
@@ -108,15 +110,19 @@ cdef int _outlier_bind(Core* core, Table* t) except -1:
         od = svc.outlier
         if od == NULL:
             continue
-        od.guard = _shared_claim(core, _shared_key(svc, NULL))
-        if od.guard == NULL:
-            core.counters.outlier_no_slot += 1
         for j in range(svc.n_endpoints):
             svc.endpoints[j].outlier = od
             svc.endpoints[j].shared = _shared_claim(core, _shared_key(svc, &svc.endpoints[j]))
             od.slots[j] = svc.endpoints[j].shared
             if od.slots[j] == NULL:
                 core.counters.outlier_no_slot += 1
+    for i in range(t.n_services):
+        od = t.services[i].outlier
+        if od == NULL:
+            continue
+        od.guard = _shared_claim(core, _shared_key(&t.services[i], NULL))
+        if od.guard == NULL:
+            core.counters.outlier_no_slot += 1
     return 0
 
 

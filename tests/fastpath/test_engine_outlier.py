@@ -190,7 +190,7 @@ def make_farm(mesh_pki, tmp_path: Path) -> Iterator[MakeFarm]:  # noqa: F811 (th
     maps: list[mmap.mmap] = []
 
     def make(statuses: tuple[int, ...], outs: int = 1, dead: int = 0, shared: bool = False,
-             leaving: tuple[int, ...] = (), **outlier: object) -> Farm:
+             leaving: tuple[int, ...] = (), slots: int = 1024, **outlier: object) -> Farm:
         farm = Farm(mesh_pki)
         made.append(farm)
         farm.leaving = [LeavingNode(mesh_pki, how) for how in leaving]
@@ -209,10 +209,10 @@ def make_farm(mesh_pki, tmp_path: Path) -> Iterator[MakeFarm]:  # noqa: F811 (th
         region = None
         if shared:                          # one file, mapped by every engine (proxy.py)
             path = tmp_path / "outlier.state"
-            path.write_bytes(b"\0" * fe.shared_state_bytes(1024))
+            path.write_bytes(b"\0" * fe.shared_state_bytes(slots))
             with path.open("r+b") as f:
                 region = mmap.mmap(f.fileno(), 0)
-            fe.shared_state_format(region, 1024)
+            fe.shared_state_format(region, slots)
             maps.append(region)
             farm.region = region
         for k in range(outs):
@@ -448,6 +448,19 @@ def test_an_announcement_left_by_a_worker_killed_while_deciding_expires(
     assert farm.ejected()[farm.port(0)]["ejected"]
     assert farm.outs[0][0].stats()["outlier_ejections_overflow"] == 0
     assert struct.unpack_from("<I", farm.region, ejecting)[0] & 0xFF == 0   # none left
+
+
+def test_a_full_region_leaves_the_service_without_its_slot_before_an_endpoint(
+        make_farm: MakeFarm) -> None:
+    """Two slots for two endpoints and their service: the endpoints keep theirs and
+    are ejected; the service goes without (its ejections judged by this worker's
+    count), counted."""
+    farm = make_farm((500, 500), shared=True, slots=2, consecutive_5xx=1, interval_s=0.02,
+                     base_ejection_s=30.0, max_ejection_percent=100)
+    assert all(e["tracked"] for e in farm.ejected().values())
+    assert farm.outs[0][0].stats()["outlier_no_slot"] == 1
+    farm.spread(2)
+    assert all(e["ejected"] for e in farm.ejected().values())
 
 
 def test_an_ejection_is_shared_by_engines_mapping_one_region(make_farm: MakeFarm) -> None:
