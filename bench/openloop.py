@@ -35,7 +35,9 @@ class _Load:
                         + ("" if keepalive else "Connection: close\r\n") + "\r\n").encode()
         self.keepalive = keepalive
         self.latencies: list[float] = []
-        self.errors = 0
+        self.errors = 0         # answered, not 2xx
+        self.failed = 0         # no answer: the connection failed under it
+        self.answered = 0
 
     async def _exchange(self, conn) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         """One request and its whole answer on `conn` (opened when None); the connection
@@ -68,7 +70,7 @@ class _Load:
                 conn = await self._exchange(conn)
                 self.latencies.append(time.monotonic() - at)
             except (OSError, asyncio.IncompleteReadError, ValueError):
-                self.errors += 1
+                self.failed += 1
                 conn = None
 
     async def run(self, rate: float, seconds: float, connections: int) -> None:
@@ -87,10 +89,11 @@ class _Load:
         done, pending = await asyncio.wait(workers, timeout=GRACE_S)
         for task in pending:
             task.cancel()
-        unanswered = total - len(self.latencies) - self.errors
-        self.errors += max(0, unanswered)
+        self.answered = len(self.latencies)
+        unanswered = max(0, total - self.answered - self.failed)
+        self.failed += unanswered
         # What was never answered counts as at least as slow as the wait it got.
-        self.latencies += [time.monotonic() - start - seconds] * max(0, unanswered)
+        self.latencies += [time.monotonic() - start - seconds] * unanswered
 
 
 def measure(port: int, host: str, rate: float, seconds: float, connections: int,
@@ -104,9 +107,10 @@ def measure(port: int, host: str, rate: float, seconds: float, connections: int,
     def pct(p: float) -> float:
         return ms[min(len(ms) - 1, int(p / 100 * len(ms)))]
 
-    return {"rps": len(load.latencies) / elapsed, "p50_ms": pct(50), "p90_ms": pct(90),
+    return {"rps": load.answered / elapsed, "p50_ms": pct(50), "p90_ms": pct(90),
             "p99_ms": pct(99), "p999_ms": pct(99.9),
-            "errors": f"errors: {load.errors}" if load.errors else ""}
+            "errors": (f"not 2xx: {load.errors}, unanswered: {load.failed}"
+                       if load.errors or load.failed else "")}
 
 
 def main(argv: list[str] | None = None) -> int:
