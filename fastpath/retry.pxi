@@ -205,7 +205,7 @@ cdef inline void _retry_grown(Core* core, Conn* c) noexcept nogil:
 
 # --- acting -----------------------------------------------------------------------------------
 
-cdef int _retry_discard(Core* core, Conn* c) noexcept nogil:
+cdef void _retry_discard(Core* core, Conn* c) noexcept nogil:
     """Drop the pair's upstream and whatever it answered, and rewind the client's
     framed bytes: they are sent again, as they are, from d2u offset 0 (the caller
     knows they are whole there). The framing of both ways goes on where it was."""
@@ -227,7 +227,6 @@ cdef int _retry_discard(Core* core, Conn* c) noexcept nogil:
     c.d2u.head = 0
     c.d2u.shut = False
     _up_forget(c)
-    return STATUS_OK
 
 
 cdef int _retry_begin(Core* core, Conn* c) noexcept nogil:
@@ -237,7 +236,6 @@ cdef int _retry_begin(Core* core, Conn* c) noexcept nogil:
     cdef const RouteRule* r = &c.table.rules[c.pend_rule[c.pend_first]]
     cdef const RetryPolicy* p = r.retry
     cdef int64_t wait, cap, at
-    cdef int st
     c.tries += 1
     c.failed_endpoint = c.endpoint
     core.counters.route_retries += 1
@@ -246,10 +244,8 @@ cdef int _retry_begin(Core* core, Conn* c) noexcept nogil:
     cap = 10 * p.backoff_ns
     if wait > cap:
         wait = cap
-    st = _retry_discard(core, c)
-    if st != STATUS_OK:
-        return st
-    if c.down.hup and _client_reset(c):
+    _retry_discard(core, c)
+    if _waiting_client_left(c):         # (fault.pxi)
         # It reset before the backoff, after its FIN (its side no longer read): the
         # event that said so went by during the try, and _backoff_event gets no other.
         return _backoff_client_left(core, c)

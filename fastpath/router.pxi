@@ -183,9 +183,7 @@ cdef int _http_reroute(Core* core, Conn* c) noexcept nogil:
     it, or it failed before a byte of answer), to an endpoint of the same service,
     pooled or new. Their rules, starts and timeouts stay theirs; requests not framed
     yet are framed as they come, a route decided for one of them stays decided."""
-    cdef int st = _retry_discard(core, c)     # (retry.pxi)
-    if st != STATUS_OK:
-        return st
+    _retry_discard(core, c)             # (retry.pxi)
     c.req_deadline_ns = c.pend_deadline[c.pend_first] if c.n_pend > 0 else 0
     return _http_upstream(core, c, -1)
 
