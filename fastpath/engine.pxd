@@ -37,11 +37,15 @@ cdef struct Name:
 # One destination service port's upstream connections in this worker (pool.pxi), kept
 # in Core.upstream_counts by the service's name so that it outlives tables: an upstream
 # counts from its connect until its socket closes, in a pair, idle in a pool, carried
-# to a newer table or ending. Engine thread only, but for `key` (claimed at install).
+# to a newer table or ending. Engine thread only, but for `key` (claimed at install,
+# when `tables` and `conns` are read to find an entry nobody uses any more) and `tables`.
 cdef struct UpstreamCount:
-    uint64_t key                   # 0: free
+    uint64_t key                   # 0: never claimed; else its service's, or of one gone
     uint32_t conns                 # upstreams open (connecting, in use, idle, closing)
     uint32_t pending               # HTTP requests waiting for one (CONN_POOL_WAIT)
+    uint32_t tables                # tables built that point at it (atomic: bound at
+                                   # install, let go when the table is freed, by either
+                                   # thread); 0 with `conns` 0: free to take for another key
 
 
 # An HTTP upstream connection (mTLS, peer identity verified) with no request on it,
@@ -81,9 +85,11 @@ cdef struct ConnPoolPolicy:
 # ejection is the node's, not one worker's; so does each outlier-detecting service
 # (keyed by its name alone: its `ejecting`). Fields are read and written with atomics
 # (fastpath/includes/atomics.pxd) only; times are CLOCK_MONOTONIC, one clock for every
-# process of the host. One cache line per slot.
+# process of the host. One cache line per slot. Claimed, kept and taken over as
+# shared_slots.pxi says.
 cdef struct SharedSlot:
-    uint64_t key                   # 0: free; claimed once by compare-and-swap, never freed
+    uint64_t key                   # 0: never claimed; claimed by compare-and-swap, taken
+                                   # over in place once unseen for the region's lease
     int64_t ejected_until_ns       # ejected until then (0: never ejected)
     uint32_t consecutive_5xx       # answers >= 500 (and failed setups) in a row
     uint32_t consecutive_gateway   # 502/503/504 (and failed setups) in a row
@@ -93,8 +99,12 @@ cdef struct SharedSlot:
                                    # worker (low 8 bits), and since when (the rest: the
                                    # oldest one's monotonic milliseconds, wrapping;
                                    # outlier.pxi _outlier_announce)
-    uint64_t ejections             # ejections so far (node-wide, since `meshnode up`)
-    uint64_t reserved[3]
+    uint64_t ejections             # ejections so far (node-wide, since its key's claim)
+    int64_t seen_ns                # when a worker last had it in a table (0: just claimed)
+    uint64_t reserved[2]
+
+
+cdef struct Endpoint
 
 
 # DestinationRule trafficPolicy.outlierDetection, compiled for one service (Envoy's
@@ -106,8 +116,9 @@ cdef struct OutlierPolicy:
     int64_t base_ns                # baseEjectionTime
     uint32_t max_percent           # maxEjectionPercent
     uint32_t min_health_percent    # below it healthy, ejections are ignored (0: never)
-    SharedSlot** slots             # each endpoint's slot (NULL: the region is full)
+    Endpoint* endpoints            # the service's (each with its slot: Endpoint.shared)
     SharedSlot* guard              # the service's own slot (NULL: the region is full)
+    uint64_t guard_key             # its key (the slot is the service's while it holds it)
     uint32_t n_slots               # = the service's n_endpoints
     int64_t panic_at_ns            # min_health_percent: when `panic` was last worked out
     bint panic
@@ -144,6 +155,7 @@ cdef struct Endpoint:
     # endpoint's shared slot (NULL: none, or no room), both set when the table is built.
     OutlierPolicy* outlier
     SharedSlot* shared
+    uint64_t shared_key            # its key: the slot is this endpoint's while it holds it
 
 
 # The filter chain (filters.pxi): a route's compiled steps, run at three points of a
@@ -986,22 +998,26 @@ cdef struct Counters:
     # region is full: they are never ejected) and services left without theirs (their
     # ejections are then judged by this worker's count alone); requests answered 503
     # and opaque pairs closed because every endpoint of their service was ejected
-    # (Envoy's upstream_cx_none_healthy).
+    # (Envoy's upstream_cx_none_healthy); slots taken over from endpoints and services
+    # no worker had seen for the region's lease.
     uint64_t outlier_ejections
     uint64_t outlier_ejections_overflow
     uint64_t outlier_no_slot
     uint64_t outlier_none_healthy
+    uint64_t outlier_slots_reclaimed
     # connectionPool (pool.pxi): what was refused, by the limit met (an opaque pair closed
     # or an HTTP request answered 503): maxConnections with no room to wait, the pending
     # requests' limit; requests that waited; idle
     # upstreams closed to make room under maxConnections; upstreams closed after
-    # maxRequestsPerConnection; services left uncounted (no room in the table).
+    # maxRequestsPerConnection; services left uncounted (no room in the table); counts
+    # taken over from services no table names any more.
     uint64_t pool_overflow_connections
     uint64_t pool_overflow_pending
     uint64_t pool_waited
     uint64_t pool_idle_evicted
     uint64_t pool_spent
     uint64_t pool_no_slot
+    uint64_t pool_counts_reused
 
 
 # --- limits before authentication (limits.pxi) --------------------------------------------------
@@ -1098,6 +1114,7 @@ cdef struct Core:
     char* shared
     uint32_t shared_slots
     bint shared_owned
+    int64_t shared_keep_ns         # when the loop next marks its table's slots seen
     UpstreamCount* upstream_counts # ENGINE_UPSTREAM_COUNTS entries (pool.pxi)
     # Request figures (StatRecord) and the peer IDs they name. principals[0] is empty.
     StatRecord* stats

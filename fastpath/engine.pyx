@@ -296,6 +296,7 @@ include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its a
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
 include "hashing.pxi"       # consistent hashing: a request's key, ring and Maglev tables
 include "outlier.pxi"       # outlier detection: ejections shared by the node's workers
+include "shared_slots.pxi"  # the shared region's slots: claimed, kept, taken over
 include "pool.pxi"          # connectionPool: upstream counts, waiting requests, limits
 include "endpoint.pxi"      # connect, mTLS client, pool, sessions, failover
 include "stats.pxi"         # request figures per (direction, service, peer)
@@ -650,6 +651,7 @@ cdef class Engine:
         out["outlier_ejections_overflow"] = snap.outlier_ejections_overflow
         out["outlier_no_slot"] = snap.outlier_no_slot
         out["outlier_none_healthy"] = snap.outlier_none_healthy
+        out["outlier_slots_reclaimed"] = snap.outlier_slots_reclaimed
         # connectionPool (pool.pxi): refusals by the limit met, waits, closes.
         out["pool_overflow_connections"] = snap.pool_overflow_connections
         out["pool_overflow_pending"] = snap.pool_overflow_pending
@@ -657,6 +659,7 @@ cdef class Engine:
         out["pool_idle_evicted"] = snap.pool_idle_evicted
         out["pool_spent"] = snap.pool_spent
         out["pool_no_slot"] = snap.pool_no_slot
+        out["pool_counts_reused"] = snap.pool_counts_reused
         # RequestMirror (mirror.pxi): copies sent whole, copies given up, the slots for
         # them and those in use, and their connections as a side of their own.
         out["http_mirrored"] = snap.http_mirrored

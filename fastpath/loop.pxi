@@ -274,6 +274,8 @@ cdef int _loop(Core* core) noexcept nogil:
         if core.n_ready_next > 0:
             _serve_ready(core)
         _timers_run(core)
+        if core.now_ns >= core.shared_keep_ns:
+            _shared_keep(core)          # (shared_slots.pxi: each quarter lease)
         if core.accept_resume_ns != 0 and core.now_ns >= core.accept_resume_ns:
             _accept_resume(core)
         busy = _now_ns() - core.now_ns

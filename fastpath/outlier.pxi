@@ -42,14 +42,8 @@
 
 from fastpath.includes.atomics cimport (mn_add_u32, mn_add_u64, mn_cas_i64, mn_cas_u32,
                                         mn_cas_u64, mn_load_i64, mn_load_u32, mn_load_u64,
-                                        mn_store_u32)
+                                        mn_store_i64, mn_store_u32, mn_store_u64)
 
-# The region's header: magic, then the slot count (a power of two), then the slot size.
-cdef const char* _SHARED_MAGIC = b"MNOUTLR1"
-cdef enum:
-    SHARED_HEADER_BYTES = 64
-    SHARED_DEFAULT_SLOTS = 4096    # endpoints and services, node-wide
-    SHARED_MAX_SLOTS = 1 << 20
 cdef int64_t _EJECT_MAX_NS = 300 * 1000000000LL     # Envoy's max_ejection_time default
 # A service's announced ejections (SharedSlot.ejecting): how many, in the low bits, and
 # since when, in the others. A decision takes microseconds: announcements older than
@@ -61,66 +55,51 @@ cdef enum:
     _ANNOUNCED_STALE_MS = 10000
 
 
-cdef inline SharedSlot* _shared_slots(Core* core) noexcept nogil:
-    return <SharedSlot*>(core.shared + SHARED_HEADER_BYTES)
-
-
-cdef SharedSlot* _shared_claim(Core* core, uint64_t key) noexcept nogil:
-    """The slot of `key` (nonzero), claimed when it has none; NULL: the region is full.
-    Open addressing, linear probing; slots are never freed (a service's endpoints change
-    seldom, and `meshnode up` starts the region afresh)."""
-    cdef SharedSlot* slots = _shared_slots(core)
-    cdef uint32_t mask = core.shared_slots - 1
-    cdef uint32_t i = <uint32_t>(key & mask)
-    cdef uint32_t n
-    cdef uint64_t k
-    for n in range(core.shared_slots):
-        k = mn_load_u64(&slots[i].key)
-        if k == key:
-            return &slots[i]
-        if k == 0:
-            if mn_cas_u64(&slots[i].key, 0, key):
-                return &slots[i]
-            if mn_load_u64(&slots[i].key) == key:   # another worker claimed it for `key`
-                return &slots[i]
-        i = (i + 1) & mask
+cdef inline SharedSlot* _slot_of(const Endpoint* ep) noexcept nogil:
+    """ep's slot while it holds ep's key (shared_slots.pxi: a slot no worker used for
+    the lease may have been taken over); NULL: none."""
+    cdef SharedSlot* s = ep.shared
+    if s != NULL and mn_load_u64(&s.key) == ep.shared_key:
+        return s
     return NULL
 
 
-cdef uint64_t _shared_key(const Service* svc, const Endpoint* ep) noexcept nogil:
-    """The slot key of endpoint `ep` of `svc`; `ep` NULL: the service's own slot's."""
-    cdef uint64_t h = _fnv_add(_FNV_OFFSET, svc.name.data, svc.name.length)
-    h = _fnv_add(h, b"\0", 1)
-    if ep != NULL:
-        h = _fnv_add(h, <const char*>&ep.addr, ep.addrlen)
-    h = _fmix(h)
-    return h if h != 0 else 1
+cdef inline SharedSlot* _guard_of(const OutlierPolicy* od) noexcept nogil:
+    """The service's own slot while it holds the service's key; NULL: none."""
+    cdef SharedSlot* s = od.guard
+    if s != NULL and mn_load_u64(&s.key) == od.guard_key:
+        return s
+    return NULL
 
 
 cdef int _outlier_bind(Core* core, Table* t) except -1:
     """Give each endpoint of an outlier-detecting service of `t` its shared slot (at
-    install, before the loop sees `t`), then the service its own. Endpoints first:
-    should the region fill up, an endpoint without a slot is never ejected, while a
-    service without one only has its ejections judged by this worker's count."""
+    install, before the loop sees `t`), then the service its own, each marked seen
+    (shared_slots.pxi). Endpoints first: should the region fill up, an endpoint without
+    a slot is never ejected, while a service without one only has its ejections judged
+    by this worker's count. The loop claims again what got none at its next keep."""
     cdef uint32_t i, j
     cdef Service* svc
     cdef OutlierPolicy* od
+    cdef int64_t now = _now_ns()
     for i in range(t.n_services):
         svc = &t.services[i]
         od = svc.outlier
         if od == NULL:
             continue
+        od.endpoints = svc.endpoints
         for j in range(svc.n_endpoints):
             svc.endpoints[j].outlier = od
-            svc.endpoints[j].shared = _shared_claim(core, _shared_key(svc, &svc.endpoints[j]))
-            od.slots[j] = svc.endpoints[j].shared
-            if od.slots[j] == NULL:
+            svc.endpoints[j].shared_key = _shared_key(svc, &svc.endpoints[j])
+            _slot_keep(core, &svc.endpoints[j].shared, svc.endpoints[j].shared_key, now)
+            if svc.endpoints[j].shared == NULL:
                 core.counters.outlier_no_slot += 1
     for i in range(t.n_services):
         od = t.services[i].outlier
         if od == NULL:
             continue
-        od.guard = _shared_claim(core, _shared_key(&t.services[i], NULL))
+        od.guard_key = _shared_key(&t.services[i], NULL)
+        _slot_keep(core, &od.guard, od.guard_key, now)
         if od.guard == NULL:
             core.counters.outlier_no_slot += 1
     return 0
@@ -133,7 +112,7 @@ cdef inline bint _slot_ejected(const SharedSlot* s, int64_t now_ns) noexcept nog
 cdef uint32_t _outlier_ejected_count(Core* core, OutlierPolicy* od) noexcept nogil:
     cdef uint32_t j, n = 0
     for j in range(od.n_slots):
-        if _slot_ejected(od.slots[j], core.now_ns):
+        if _slot_ejected(_slot_of(&od.endpoints[j]), core.now_ns):
             n += 1
     return n
 
@@ -154,7 +133,7 @@ cdef bint _outlier_panic(Core* core, OutlierPolicy* od) noexcept nogil:
 cdef inline bint _outlier_ejected(Core* core, const Endpoint* ep) noexcept nogil:
     """Is `ep` ejected by its service's outlier detection (and the service not below
     minHealthPercent)? The balancer passes an ejected endpoint over (balancer.pxi)."""
-    if ep.shared == NULL or not _slot_ejected(ep.shared, core.now_ns):
+    if not _slot_ejected(_slot_of(ep), core.now_ns):
         return False
     return not _outlier_panic(core, ep.outlier)
 
@@ -169,7 +148,7 @@ cdef bint _outlier_none_healthy(Core* core, Service* svc) noexcept nogil:
     if od == NULL or od.n_slots == 0:
         return False
     for j in range(od.n_slots):
-        if not _slot_ejected(od.slots[j], core.now_ns):
+        if not _slot_ejected(_slot_of(&od.endpoints[j]), core.now_ns):
             return False
     return not _outlier_panic(core, od)
 
@@ -194,13 +173,14 @@ cdef void _outlier_eject(Core* core, OutlierPolicy* od, SharedSlot* s) noexcept 
     decides again), never both go over. Without the service's slot (the region is full)
     this worker's count is all there is."""
     cdef uint32_t others = 0
+    cdef SharedSlot* guard = _guard_of(od)
     if mn_load_i64(&s.ejected_until_ns) > core.now_ns:
         return                          # ejected already (by another worker, maybe)
-    if od.guard != NULL:
-        others = _outlier_announce(od.guard, core.now_ns)
+    if guard != NULL:
+        others = _outlier_announce(guard, core.now_ns)
     _outlier_eject_within(core, od, s, others)
-    if od.guard != NULL:
-        _outlier_withdraw(od.guard)
+    if guard != NULL:
+        _outlier_withdraw(guard)
 
 
 cdef uint32_t _outlier_announce(SharedSlot* g, int64_t now_ns) noexcept nogil:
@@ -282,7 +262,7 @@ cdef void _outlier_status(Core* core, Conn* c, int status) noexcept nogil:
     if c.endpoint >= svc.n_endpoints:
         return
     ep = &svc.endpoints[c.endpoint]
-    s = ep.shared
+    s = _slot_of(ep)
     od = ep.outlier
     if s == NULL:
         return
@@ -325,16 +305,11 @@ cdef int _outlier_build(Table* t, dict outliers) except -1:
         od.max_percent = max_pct
         od.min_health_percent = min_health
         od.n_slots = svc.n_endpoints
-        if svc.n_endpoints > 0:
-            od.slots = <SharedSlot**>calloc(svc.n_endpoints, sizeof(SharedSlot*))
-            if od.slots == NULL:
-                raise MemoryError()
     return 0
 
 
 cdef void _outlier_free(Service* svc) noexcept nogil:
     if svc.outlier != NULL:
-        free(svc.outlier.slots)
         free(svc.outlier)
         svc.outlier = NULL
 
@@ -356,48 +331,6 @@ cdef int _outlier_add(RouteTable table, int index, int consecutive_5xx,
     return 0
 
 
-def shared_state_bytes(int slots=SHARED_DEFAULT_SLOTS) -> int:
-    """The size of a shared outlier region of `slots` slots (a power of two)."""
-    if slots < 1 or slots > SHARED_MAX_SLOTS or slots & (slots - 1):
-        raise ValueError("slots must be a power of two, 1..%d, not %d" % (SHARED_MAX_SLOTS, slots))
-    return SHARED_HEADER_BYTES + slots * sizeof(SharedSlot)
-
-
-def shared_state_format(buffer, int slots=SHARED_DEFAULT_SLOTS) -> None:
-    """Write an empty region of `slots` slots into `buffer` (writable, its size
-    shared_state_bytes(slots)): every slot free."""
-    cdef unsigned char[::1] view = buffer
-    cdef Py_ssize_t size = shared_state_bytes(slots)
-    if view.shape[0] != size:
-        raise ValueError("the buffer holds %d bytes, not %d" % (view.shape[0], size))
-    memset(&view[0], 0, size)
-    memcpy(&view[0], _SHARED_MAGIC, 8)
-    (<uint32_t*>&view[8])[0] = <uint32_t>slots
-    (<uint32_t*>&view[12])[0] = <uint32_t>sizeof(SharedSlot)
-
-
-cdef int _shared_take(Core* core, object buffer) except -1:
-    """Point the engine at the region in `buffer` (checked: a file another version of
-    the engine wrote is refused, not misread)."""
-    cdef unsigned char[::1] view = buffer
-    cdef uint32_t slots, slot_bytes
-    if view.shape[0] < SHARED_HEADER_BYTES or memcmp(&view[0], _SHARED_MAGIC, 8) != 0:
-        raise ValueError("not a shared outlier region (shared_state_format writes one)")
-    slots = (<uint32_t*>&view[8])[0]
-    slot_bytes = (<uint32_t*>&view[12])[0]
-    if (slot_bytes != sizeof(SharedSlot) or slots == 0 or slots & (slots - 1)
-            or slots > SHARED_MAX_SLOTS
-            or view.shape[0] != <Py_ssize_t>(SHARED_HEADER_BYTES + slots * sizeof(SharedSlot))):
-        raise ValueError("the shared outlier region's header does not match its size or "
-                         "this engine's slot layout")
-    if core.shared_owned:
-        free(core.shared)
-    core.shared = <char*>&view[0]
-    core.shared_slots = slots
-    core.shared_owned = False
-    return 0
-
-
 cdef tuple _endpoint_address(const Endpoint* ep):
     """(host text, port) of an endpoint's sockaddr."""
     raw = (<const char*>&ep.addr)[:ep.addrlen]
@@ -408,22 +341,21 @@ cdef tuple _endpoint_address(const Endpoint* ep):
 
 
 cdef list _outlier_index(Core* core, Table* t):
-    """(service name, host, port, slot index or -1) of each outlier-detecting endpoint of
-    `t`, worked out at install: the view (Engine.outliers) reads the shared slots by
-    index, never the table (the loop frees tables it is done with)."""
+    """(service name, host, port, slot key) of each outlier-detecting endpoint of `t`,
+    worked out at install: the view (Engine.outliers) finds the shared slots by key,
+    never through the table (the loop frees tables it is done with, and moves an
+    endpoint to another slot when its own was taken over)."""
     out = []
     cdef uint32_t i, j
     cdef Service* svc
-    cdef SharedSlot* s
     for i in range(t.n_services):
         svc = &t.services[i]
         if svc.outlier == NULL:
             continue
         for j in range(svc.n_endpoints):
-            s = svc.endpoints[j].shared
             host, port = _endpoint_address(&svc.endpoints[j])
             out.append((svc.name.data[:svc.name.length].decode(), host, port,
-                        (s - _shared_slots(core)) if s != NULL else -1))
+                        svc.endpoints[j].shared_key))
     return out
 
 
@@ -433,12 +365,12 @@ cdef list _outlier_view(Core* core, list index):
     cdef SharedSlot* s
     cdef int64_t now = _now_ns()
     cdef int64_t until
-    for name, host, port, k in index:
-        entry = {"service": name, "address": host, "port": port, "tracked": k >= 0,
+    for name, host, port, key in index:
+        s = _shared_find(core, key, False)
+        entry = {"service": name, "address": host, "port": port, "tracked": s != NULL,
                  "ejected": False, "ejected_for_s": 0.0, "ejections": 0,
                  "consecutive_5xx": 0, "consecutive_gateway_errors": 0}
-        if k >= 0:
-            s = &_shared_slots(core)[<uint32_t>k]
+        if s != NULL:
             until = mn_load_i64(&s.ejected_until_ns)
             entry["ejected"] = until > now
             entry["ejected_for_s"] = (until - now) / 1e9 if until > now else 0.0

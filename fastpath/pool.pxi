@@ -46,40 +46,80 @@
 # closed when its last answer is done, and a keep-alive client's next request switches to
 # another upstream (_rebalance asks _upstream_spent) as for another backend.
 
+# The services a worker counts at once (Core.upstream_counts), for tests and views.
+UPSTREAM_COUNTS = ENGINE_UPSTREAM_COUNTS
+
+
 cdef uint64_t _pool_key(const Service* svc) noexcept nogil:
     cdef uint64_t h = _fmix(_fnv_add(_FNV_OFFSET, svc.name.data, svc.name.length))
     return h if h != 0 else 1
 
 
+cdef inline bint _count_unused(UpstreamCount* u) noexcept nogil:
+    """No table points at `u` and no socket counts in it: nothing can reach it again
+    (only a table's services lead to an entry, and a counted socket's pair or pool holds
+    its table), so it may be taken for another key."""
+    return mn_load_u32(&u.tables) == 0 and mn_load_u32(&u.conns) == 0
+
+
 cdef UpstreamCount* _pool_claim(Core* core, uint64_t key) noexcept nogil:
-    """The entry of `key` in Core.upstream_counts, claimed if new; NULL when full."""
+    """The entry of `key` in Core.upstream_counts, claimed if new; NULL when full. Open
+    addressing, linear probing: the probe for `key` runs to its entry or to a never
+    claimed one; an entry of a service no table names any more (_count_unused) is taken
+    for `key` in place (its old key stays until then, so no probe chain is cut), the
+    first such on the way when `key` has none. The loop never writes `key`: only
+    install claims (GIL held: one at a time)."""
     cdef uint32_t mask = ENGINE_UPSTREAM_COUNTS - 1
     cdef uint32_t i = <uint32_t>key & mask
     cdef uint32_t n
+    cdef UpstreamCount* u
+    cdef UpstreamCount* unused = NULL
     for n in range(ENGINE_UPSTREAM_COUNTS):
-        if core.upstream_counts[i].key == key:
-            return &core.upstream_counts[i]
-        if core.upstream_counts[i].key == 0:
-            core.upstream_counts[i].key = key
-            return &core.upstream_counts[i]
+        u = &core.upstream_counts[i]
+        if u.key == key:
+            return u
+        if u.key == 0:
+            if unused == NULL:
+                u.key = key
+                return u
+            break
+        if unused == NULL and _count_unused(u):
+            unused = u
         i = (i + 1) & mask
-    return NULL
+    if unused != NULL:
+        unused.key = key
+        unused.pending = 0
+        core.counters.pool_counts_reused += 1
+    return unused
 
 
 cdef int _pool_bind(Core* core, Table* t) except -1:
     """Give each service of `t` its count (at install, before the loop sees `t`; only
-    `key` fields are written, which the loop never reads). Services with a policy first:
-    should the table fill up, the uncounted ones are those nobody limits."""
+    `key` and `tables` are written, `tables` atomically), held until the table is freed
+    (_pool_unbind). Services with a policy first: should the table fill up, the
+    uncounted ones are those nobody limits."""
     cdef uint32_t i
     cdef int rnd
+    cdef UpstreamCount* u
     for rnd in range(2):
         for i in range(t.n_services):
             if (t.services[i].conn_pool != NULL) != (rnd == 0):
                 continue
-            t.services[i].upstreams = _pool_claim(core, _pool_key(&t.services[i]))
-            if t.services[i].upstreams == NULL and t.services[i].conn_pool != NULL:
+            u = _pool_claim(core, _pool_key(&t.services[i]))
+            t.services[i].upstreams = u
+            if u != NULL:
+                mn_add_u32(&u.tables, 1)
+            elif t.services[i].conn_pool != NULL:
                 core.counters.pool_no_slot += 1
     return 0
+
+
+cdef inline void _pool_unbind(Service* svc) noexcept nogil:
+    """svc's table is being freed (by the loop, or by install for a table the loop never
+    took), after its idle upstreams were closed: its count is one table freer."""
+    if svc.upstreams != NULL:
+        mn_add_u32(&svc.upstreams.tables, <uint32_t>-1)
+        svc.upstreams = NULL
 
 
 cdef inline void _pool_opened(Core* core, Conn* c) noexcept nogil:

@@ -71,6 +71,7 @@ cdef void _table_free(Table* t) noexcept nogil:
                     if svc.endpoints[j].session != NULL:
                         openssl.SSL_SESSION_free(svc.endpoints[j].session)
                 free(svc.endpoints)
+            _pool_unbind(svc)           # (after its idle upstreams left the count)
         free(t.services)
     free(t.budgets)
     if t.routes != NULL:

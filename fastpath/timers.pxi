@@ -349,9 +349,10 @@ cdef inline void _timers_run(Core* core) noexcept nogil:
 
 
 cdef int _timers_wait_ms(Core* core) noexcept nogil:
-    """How long epoll_wait may sleep: until the next tick with work, or a draining
-    engine's deadline, rounded up to a whole millisecond (an early wake would find
-    nothing due and spin), at most ENGINE_WAIT_MAX_MS."""
+    """How long epoll_wait may sleep: until the next tick with work, a draining
+    engine's deadline or the next keep of the outlier region's slots, rounded up to a
+    whole millisecond (an early wake would find nothing due and spin), at most
+    ENGINE_WAIT_MAX_MS."""
     cdef int64_t next_tick, wait
     cdef int64_t due = INT64_MAX
     if core.wheel.n_armed > 0:
@@ -360,6 +361,8 @@ cdef int _timers_wait_ms(Core* core) noexcept nogil:
             due = next_tick << ENGINE_TIMER_TICK_SHIFT
     if core.draining and core.drain_deadline_ns < due:
         due = core.drain_deadline_ns
+    if core.shared_keep_ns < due:
+        due = core.shared_keep_ns      # the outlier region's slots kept (shared_slots.pxi)
     if due == INT64_MAX:
         return ENGINE_WAIT_MAX_MS
     wait = (due - core.now_ns + 999999) // 1000000

@@ -137,9 +137,13 @@ class Farm:
                 + [("127.0.0.1", node.port) for node in self.leaving]
                 + [("127.0.0.1", p) for p in self.dead])
 
-    def table(self, out: int = 0, **outlier: object) -> fe.RouteTable:
+    def table(self, out: int = 0, addresses: list[tuple[str, int]] | None = None,
+              **outlier: object) -> fe.RouteTable:
+        """The outbound table of engine `out`: the backend at `addresses` (default: the
+        farm's own endpoints), with outlier detection as `outlier` says."""
         t = fe.RouteTable()
-        svc = t.add_service("demo/backend:http", SNI, [BACKEND_ID], self.addresses(),
+        svc = t.add_service("demo/backend:http", SNI, [BACKEND_ID],
+                            self.addresses() if addresses is None else addresses,
                             balancer="round-robin")
         t.set_outlier(svc, **outlier)
         t.set_outbound_http(self.outs[out][1].fileno(), client_ctx(self.pki))
@@ -190,7 +194,8 @@ def make_farm(mesh_pki, tmp_path: Path) -> Iterator[MakeFarm]:  # noqa: F811 (th
     maps: list[mmap.mmap] = []
 
     def make(statuses: tuple[int, ...], outs: int = 1, dead: int = 0, shared: bool = False,
-             leaving: tuple[int, ...] = (), slots: int = 1024, **outlier: object) -> Farm:
+             leaving: tuple[int, ...] = (), slots: int = 1024, lease_s: float = 180.0,
+             install: bool = True, **outlier: object) -> Farm:
         farm = Farm(mesh_pki)
         made.append(farm)
         farm.leaving = [LeavingNode(mesh_pki, how) for how in leaving]
@@ -212,7 +217,7 @@ def make_farm(mesh_pki, tmp_path: Path) -> Iterator[MakeFarm]:  # noqa: F811 (th
             path.write_bytes(b"\0" * fe.shared_state_bytes(slots))
             with path.open("r+b") as f:
                 region = mmap.mmap(f.fileno(), 0)
-            fe.shared_state_format(region, slots)
+            fe.shared_state_format(region, slots, lease_s)
             maps.append(region)
             farm.region = region
         for k in range(outs):
@@ -220,7 +225,8 @@ def make_farm(mesh_pki, tmp_path: Path) -> Iterator[MakeFarm]:  # noqa: F811 (th
             if region is not None:
                 node.engine.share_state(region)
             farm.outs.append((node, listener()))
-            node.install(farm.table(k, **outlier))
+            if install:
+                node.install(farm.table(k, **outlier))
         return farm
 
     yield make

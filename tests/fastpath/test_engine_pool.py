@@ -370,6 +370,42 @@ def test_counts_follow_idle_upstreams_to_a_new_table(make_pool: MakePool) -> Non
     assert p.upstreams() == {"connections": 1, "pending": 0, "limited": False}
 
 
+def test_counts_of_services_no_table_names_any_more_go_to_new_services(
+        make_pool: MakePool) -> None:
+    """A worker counts upstreams for UPSTREAM_COUNTS services at once. Services come and
+    go with config pushes: the count of one no table names any more (its last table
+    freed, its last upstream closed) is taken by a new one, so a node that has seen
+    more services over its life than that still limits every one of them."""
+    p = make_pool(max_connections=1, max_pending_requests=0)
+
+    def table(others: str) -> fe.RouteTable:
+        t = make_pool.table(p, max_connections=1, max_pending_requests=0)  # type: ignore[attr-defined]
+        for i in range(fe.UPSTREAM_COUNTS - 1):
+            svc = t.add_service(f"demo/{others}{i}:http", SNI, [BACKEND_ID],
+                                [("127.0.0.1", port_of(p.in_sock))])
+            t.set_connection_pool(svc, max_connections=1, max_pending_requests=0)
+        return t
+
+    assert p.get() == (200, b"ok")
+    p.out.install(table("first"))               # every count taken
+    assert p.stats()["pool_no_slot"] == 0
+    p.out.install(make_pool.table(p, max_connections=1,   # type: ignore[attr-defined]
+                                  max_pending_requests=0))
+    p.out.install(table("second"))              # the first ones' counts, taken over
+    assert p.stats()["pool_no_slot"] == 0
+    assert p.stats()["pool_counts_reused"] == fe.UPSTREAM_COUNTS - 1
+    counts = p.out.engine.upstreams()
+    assert len(counts) == fe.UPSTREAM_COUNTS
+    assert all(c["connections"] == 0 and c["limited"] for name, c in counts.items()
+               if name != SERVICE)
+    # The service that stayed kept its count (its pooled upstream) and its limit.
+    assert p.upstreams()["connections"] == 1
+    held = p.hold()
+    assert p.get()[0] == 503
+    p.release()
+    wait_for(lambda: held, what="the held answer")
+
+
 def test_bad_arguments_are_refused(make_pool: MakePool) -> None:
     t = fe.RouteTable()
     svc = t.add_service(SERVICE, SNI, [BACKEND_ID], [("127.0.0.1", 1)])
