@@ -19,9 +19,12 @@ from .durations import format_duration
 from .destinationruleparse import rule_to_dict
 from .faultparse import fault_to_dict
 from .backendtrafficpolicyparse import policy_to_dict
+from .authzparse import policy_to_dict as authorization_policy_to_dict
+from .peerauthparse import peer_authentication_to_dict
 from .errors import ConfigError, Problem
-from .model import (API_VERSION, DestinationRule, FaultInjection, HTTPRoute, Mesh, MeshSpec, Node, NodeSpec,
-                    Resource, Service, ServiceSpec, Workload, WorkloadSpec, XBackendTrafficPolicy)
+from .model import (API_VERSION, AuthorizationPolicy, DestinationRule, FaultInjection, HTTPRoute, Mesh, MeshSpec,
+                    Node, NodeSpec, PeerAuthentication, Resource, Service, ServiceSpec, Workload, WorkloadSpec,
+                    XBackendTrafficPolicy)
 from .routeparse import route_to_dict
 from .validate import duplicate_problems, parse_document, validate_set
 
@@ -149,6 +152,8 @@ def from_dict(data: object, file: str = "") -> Resource:
 def _mesh_spec(spec: MeshSpec) -> dict[str, Any]:
     return {
         **({"trustDomain": spec.trust_domain} if spec.trust_domain else {}),
+        **({"trustDomainAliases": list(spec.trust_domain_aliases)} if spec.trust_domain_aliases else {}),
+        "rootNamespace": spec.root_namespace,
         "mtls": {"mode": spec.mtls_mode},
         "certificates": {
             "workloadTTL": format_duration(spec.workload_ttl_s),
@@ -205,6 +210,10 @@ def to_dict(resource: Resource) -> dict[str, Any]:
         return fault_to_dict(resource)  # Istio's fields, values as written
     if isinstance(resource, XBackendTrafficPolicy):
         return policy_to_dict(resource)  # Gateway API's kind, in its own apiVersion
+    if isinstance(resource, AuthorizationPolicy):
+        return authorization_policy_to_dict(resource)  # Istio's kinds, as written
+    if isinstance(resource, PeerAuthentication):
+        return peer_authentication_to_dict(resource)
     metadata: dict[str, Any] = {"name": resource.name}
     if not resource.CLUSTER_SCOPED:
         metadata["namespace"] = resource.namespace

@@ -1,5 +1,6 @@
 """The resource model: frozen dataclasses for Mesh, Node, Service, Workload, HTTPRoute,
-DestinationRule, FaultInjection and XBackendTrafficPolicy, and their keys.
+DestinationRule, FaultInjection, XBackendTrafficPolicy, AuthorizationPolicy and
+PeerAuthentication, and their keys.
 
 Objects here are already validated (see validate.py); nothing in this module checks input.
 Map-valued fields are plain dicts so callers can read them naturally: treat them as
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..ports import Ports
+from .authz import DEFAULT_ROOT_NAMESPACE, AuthorizationPolicySpec, PeerAuthenticationSpec
 from .backendtrafficpolicy import BackendTrafficPolicySpec
 from .destinationrule import DestinationRuleSpec
 from .errors import NotFound, Problem
@@ -43,7 +45,16 @@ class MeshSpec:
     # None (not named): the mesh root's, or DEFAULT_TRUST_DOMAIN under a root that names
     # none. A Mesh may name only its root's (DESIGN §4: the trust domain is the root's).
     trust_domain: str | None = None
-    mtls_mode: str = "STRICT"  # STRICT | PERMISSIVE, the default for every service
+    # Other trust domains whose identities are this one's (Istio's meshConfig
+    # trustDomainAliases): an AuthorizationPolicy naming a principal of one of them, or of
+    # "cluster.local", matches the same service account in each (authzprogram.py).
+    trust_domain_aliases: tuple[str, ...] = ()
+    # Where mesh-wide security policies live (Istio's meshConfig.rootNamespace): an
+    # AuthorizationPolicy or PeerAuthentication there without a selector is mesh-wide.
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    # STRICT | PERMISSIVE: every port's mode where no PeerAuthentication says otherwise
+    # (Istio's default is PERMISSIVE; meshnode's, DESIGN §4, STRICT).
+    mtls_mode: str = "STRICT"
     workload_ttl_s: float = 86400.0  # lifetime of a workload certificate
     rotate_at: float = 0.5  # renew when this fraction of workload_ttl_s has passed
     issuer_ttl_s: float = 31536000.0  # lifetime of a node's issuer (intermediate) cert
@@ -235,15 +246,39 @@ class XBackendTrafficPolicy(Resource):
     created: str = ""
 
 
+@dataclass(frozen=True)
+class AuthorizationPolicy(Resource):
+    """An Istio AuthorizationPolicy; its spec: authz.py."""
+
+    KIND: ClassVar[str] = "AuthorizationPolicy"
+    spec: AuthorizationPolicySpec
+    # metadata.creationTimestamp, as HTTPRoute's (kept for `get`; no order hangs on it).
+    created: str = ""
+
+
+@dataclass(frozen=True)
+class PeerAuthentication(Resource):
+    """An Istio PeerAuthentication; its spec: authz.py."""
+
+    KIND: ClassVar[str] = "PeerAuthentication"
+    spec: PeerAuthenticationSpec
+    # metadata.creationTimestamp, as HTTPRoute's: of two policies of one scope for a
+    # workload, the oldest decides (Istio's ComposePeerAuthentication).
+    created: str = ""
+
+
 KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Node, Service, Workload, HTTPRoute,
                                                               DestinationRule, FaultInjection,
-                                                              XBackendTrafficPolicy)}
+                                                              XBackendTrafficPolicy, AuthorizationPolicy,
+                                                              PeerAuthentication)}
 """Every kind, in the order resources are listed (mesh first, then what depends on it)."""
 
 # Short names and irregular plurals (the CRD's shortNames and plural).
 _SHORT_NAMES = {"svc": "Service", "wl": "Workload", "dr": "DestinationRule",
                 "xbtrafficpolicy": "XBackendTrafficPolicy",
-                "xbackendtrafficpolicies": "XBackendTrafficPolicy"}
+                "xbackendtrafficpolicies": "XBackendTrafficPolicy",
+                "ap": "AuthorizationPolicy", "authorizationpolicies": "AuthorizationPolicy",
+                "pa": "PeerAuthentication"}
 
 
 def key_label(key: Key) -> str:

@@ -11,11 +11,12 @@ they were. A store opened with the mesh root's trust domain also refuses a Mesh 
 names another (trust_domain_problems), whether applied, seeded or already stored. One
 process (control) owns a state dir; the lock only guards its threads.
 
-The store stamps each HTTPRoute, DestinationRule and XBackendTrafficPolicy with its
-creation time when it is first created and keeps it through later applies (Kubernetes'
-creationTimestamp: the route precedence orders equal matches oldest first; of several
-DestinationRules for one host, the oldest's trafficPolicy wins; so does the oldest of
-several policies for one Service).
+The store stamps each HTTPRoute, DestinationRule, XBackendTrafficPolicy,
+AuthorizationPolicy and PeerAuthentication with its creation time when it is first
+created and keeps it through later applies (Kubernetes' creationTimestamp: the route
+precedence orders equal matches oldest first; of several DestinationRules for one host,
+the oldest's trafficPolicy wins; so does the oldest of several policies for one Service,
+and of several PeerAuthentications of one scope for a workload).
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from typing import Any
 from ..files import write_atomic
 from .errors import ConfigError, NotFound, Problem
 from .load import load_path, to_dict
-from .model import (KINDS, DestinationRule, HTTPRoute, Key, Resource, XBackendTrafficPolicy, key_label,
-                    resolve_kind, sort_key)
+from .model import (KINDS, AuthorizationPolicy, DestinationRule, HTTPRoute, Key, PeerAuthentication, Resource,
+                    XBackendTrafficPolicy, key_label, resolve_kind, sort_key)
 from .routeparse import format_timestamp
 from .validate import duplicate_problems, parse_document, trust_domain_problems, validate_set
 
@@ -115,7 +116,8 @@ def _created(resource: Resource, previous: Resource | None, now: str) -> Resourc
     """`resource` with the creation time the store gives it: its previous version's, or
     `now` for a new one. What an applied document says there is replaced, as the API
     server ignores a creationTimestamp sent to it."""
-    if not isinstance(resource, (HTTPRoute, DestinationRule, XBackendTrafficPolicy)):
+    if not isinstance(resource, (HTTPRoute, DestinationRule, XBackendTrafficPolicy, AuthorizationPolicy,
+                                 PeerAuthentication)):
         return resource
     return replace(resource, created=previous.created if isinstance(previous, type(resource)) else now)
 

@@ -336,11 +336,13 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     base = MeshSpec()
     if value is _MISSING:
         return base
-    spec = _fields(d, value, "spec", ("trustDomain", "mtls", "certificates", "telemetry",
-                                      "connections"))
+    spec = _fields(d, value, "spec", ("trustDomain", "trustDomainAliases", "rootNamespace", "mtls",
+                                      "certificates", "telemetry", "connections"))
     if spec is None:
         return None
     trust_domain = _opt(d, spec, "spec", "trustDomain", _trust_domain, "")  # "": not named
+    aliases = _opt(d, spec, "spec", "trustDomainAliases", _trust_domains, ())
+    root_namespace = _opt(d, spec, "spec", "rootNamespace", _dns_label, base.root_namespace)
     mtls = _fields(d, spec.get("mtls", {}), "spec.mtls", ("mode",)) or {}
     mode = _opt(d, mtls, "spec.mtls", "mode", _choice(_MTLS_MODES), base.mtls_mode)
     certs = _fields(d, spec.get("certificates", {}), "spec.certificates",
@@ -366,11 +368,26 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     drain = _opt(d, conns, path, "drainDuration", _duration(0.1, MAX_DRAIN_DURATION_S),
                  base.drain_duration_s)
     limits = _connection_limits(d, conns, path, base)
-    if None in (trust_domain, mode, workload_ttl, rotate_at, issuer_ttl, access_log, connect, idle,
-                drain) or limits is None:
+    if None in (trust_domain, aliases, root_namespace, mode, workload_ttl, rotate_at, issuer_ttl,
+                access_log, connect, idle, drain) or limits is None:
         return None
-    return MeshSpec(trust_domain or None, mode, workload_ttl, rotate_at, issuer_ttl, access_log,  # type: ignore[arg-type]
-                    connect, idle, drain, **limits)  # type: ignore[arg-type]
+    return MeshSpec(trust_domain or None, aliases, root_namespace, mode, workload_ttl,  # type: ignore[arg-type]
+                    rotate_at, issuer_ttl, access_log, connect, idle, drain, **limits)  # type: ignore[arg-type]
+
+
+def _trust_domains(d: _Doc, value: object, path: str) -> tuple[str, ...] | None:
+    """trustDomainAliases: a list of distinct trust domains."""
+    if not isinstance(value, list):
+        d.fail(path, f"must be a list of trust domains, got {_describe(value)}")
+        return None
+    domains = [_trust_domain(d, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if None in domains:
+        return None
+    for i, domain in enumerate(domains):
+        if domain in domains[:i]:
+            d.fail(f"{path}[{i}]", f"{domain!r} is listed twice")
+            return None
+    return tuple(domains)  # type: ignore[arg-type]
 
 
 def _limit(d: _Doc, value: object, path: str) -> int | None:
@@ -557,6 +574,13 @@ def parse_document(doc: object, file: str, index: int) -> tuple[Resource | None,
         # Gateway API's policy kind, in its own apiVersion and fields (backendtrafficpolicy.py).
         from .backendtrafficpolicyparse import parse_backend_traffic_policy
         return parse_backend_traffic_policy(doc, file, index)
+    if isinstance(doc, dict) and doc.get("kind") == "AuthorizationPolicy":
+        # Istio's kinds, in their own apiVersion and fields (authz.py).
+        from .authzparse import parse_authorization_policy
+        return parse_authorization_policy(doc, file, index)
+    if isinstance(doc, dict) and doc.get("kind") == "PeerAuthentication":
+        from .peerauthparse import parse_peer_authentication
+        return parse_peer_authentication(doc, file, index)
     if isinstance(doc, dict) and doc.get("kind") == "FaultInjection":
         # meshnode's kind with Istio's fields (fault.py), built on this module's checks.
         from .faultparse import parse_fault_injection
