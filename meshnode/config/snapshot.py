@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .balancers import balancer_for, hash_for, outlier_for, pool_for, rules_by_service
+from .inbound import Inbound
 from .model import (DEFAULT_TRUST_DOMAIN, DestinationRule, Node, Resource, Service, ServicePort,
                     Workload, mesh_spec, selects)
 from .retrybudgets import retry_budgets
@@ -63,9 +64,11 @@ def _pool_entry(policy: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _service(service: Service, workloads: list[Workload], node: str, trust_domain: str,
-             rules: dict[str, DestinationRule], budget: dict[str, Any] | None) -> dict[str, Any]:
+             rules: dict[str, DestinationRule], budget: dict[str, Any] | None,
+             inbound: Inbound) -> dict[str, Any]:
     name, namespace = service.name, service.namespace
     endpoints = [_endpoint(service, w, node, trust_domain) for w in workloads if selects(service, w)]
+    local = [w for w in workloads if w.spec.node in (None, node)]
     return {
         "name": name,
         "namespace": namespace,
@@ -80,7 +83,11 @@ def _service(service: Service, workloads: list[Workload], node: str, trust_domai
                    # outlierDetection (RouteTable.set_outlier), if its rule has one.
                    **_outlier_entry(outlier_for(service, rules)),
                    # connectionPool (RouteTable.set_connection_pool), if its rule has one.
-                   **_pool_entry(pool_for(service, rules))}
+                   **_pool_entry(pool_for(service, rules)),
+                   # Per local workload serving it: the authorization program and the
+                   # mTLS mode its inbound route enforces (inbound.py).
+                   **({"inbound": inbound.entries(service, local, lambda w, p=p: resolve_port(p, w))}
+                      if inbound.active else {})}
                   for p in sorted(service.spec.ports, key=lambda p: p.port)],
         "endpoints": endpoints,
         "identities": sorted({e["identity"] for e in endpoints}),
@@ -116,7 +123,9 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
     `nodes` tells where the other nodes' inbound listeners are (the Node resources).
     Identities are in `root_domain`, the mesh root's trust domain, when it names one
     (a Mesh may name no other: trust_domain_problems), else in the Mesh's.
-    `http_routes` holds the route sets of the HTTPRoutes (routes.py).
+    `http_routes` holds the route sets of the HTTPRoutes (routes.py); each service
+    port's `inbound`, what its inbound route enforces for each local workload
+    (AuthorizationPolicy, PeerAuthentication: inbound.py).
     """
     resources = list(resources)
     mesh = mesh_spec(resources)
@@ -125,6 +134,7 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
     td = root_domain or mesh.trust_domain or DEFAULT_TRUST_DOMAIN
     rules = rules_by_service(resources)
     budgets = retry_budgets(resources)
+    inbound = Inbound(resources, mesh, td)
     return {
         "version": version,
         "node": node,
@@ -146,7 +156,7 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
         },
         "nodes": {n.name: {"address": n.spec.address, "inbound_port": n.spec.inbound_port}
                   for n in sorted((r for r in resources if isinstance(r, Node)), key=_by_name)},
-        "services": [_service(s, workloads, node, td, rules, budgets.get(_by_name(s)))
+        "services": [_service(s, workloads, node, td, rules, budgets.get(_by_name(s)), inbound)
                      for s in services],
         "local": [_local(w, services, td) for w in workloads if w.spec.node in (None, node)],
         "http_routes": compile_routes(resources),
