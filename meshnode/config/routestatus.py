@@ -19,7 +19,8 @@ from typing import Any
 from .filters import FaultInjections, faults_of, resolve_filter
 from .httproute import CONTROLLER_NAME
 from .load import to_dict
-from .model import HTTPRoute, Resource, XBackendTrafficPolicy
+from .authzstatus import authorization_status, peer_status
+from .model import AuthorizationPolicy, HTTPRoute, PeerAuthentication, Resource, XBackendTrafficPolicy
 from .retrybudgets import policy_status
 from .routeparse import parent_ref_dict
 from .routes import Services, attach, resolve, services_of
@@ -62,11 +63,15 @@ def route_status(route: HTTPRoute, resources: Sequence[Resource]) -> dict[str, A
 
 
 def with_status(resource: Resource, resources: Sequence[Resource]) -> dict[str, Any]:
-    """to_dict of `resource`, with the status of an HTTPRoute or an XBackendTrafficPolicy
-    under the config `resources`."""
+    """to_dict of `resource`, with the status of an HTTPRoute, an XBackendTrafficPolicy,
+    an AuthorizationPolicy or a PeerAuthentication under the config `resources`."""
     out = to_dict(resource)
     if isinstance(resource, HTTPRoute):
         out["status"] = route_status(resource, resources)
     elif isinstance(resource, XBackendTrafficPolicy):
         out["status"] = policy_status(resource, resources)
+    elif isinstance(resource, AuthorizationPolicy):
+        out["status"] = authorization_status(resource, resources)
+    elif isinstance(resource, PeerAuthentication):
+        out["status"] = peer_status(resource, resources)
     return out
