@@ -269,7 +269,7 @@ def _optional_list(d: _Doc, rule: dict[str, Any], path: str, field: str,
     """A rule's `from`, `to` or `when`: None when left out, False when wrong."""
     if field not in rule:
         return None
-    items = _items(d, rule[field], join(path, field), MAX_RULES, check, min_items=field != "when")
+    items = _items(d, rule[field], join(path, field), MAX_RULES, check, min_items=int(field != "when"))
     return False if items is None else items
 
 
