@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .backendtrafficpolicy import TargetRef  # Istio's PolicyTargetReference is Gateway API's
+
 GROUP = "security.istio.io"
 API_VERSIONS = (f"{GROUP}/v1", f"{GROUP}/v1beta1")
 """v1 first (what to_dict writes back): Istio serves both with one schema, and its own
@@ -36,15 +38,6 @@ NEEDS_JWT = ("requestPrincipals", "notRequestPrincipals")
 MAX_RULES = 512         # the CRD's maxItems for rules and for a rule's `from`
 MAX_TARGET_REFS = 16
 MAX_SERVICE_ACCOUNTS = 16
-
-
-@dataclass(frozen=True)
-class TargetRef:
-    """A PolicyTargetReference to a Service of the policy's namespace."""
-
-    group: str          # ""
-    kind: str           # "Service"
-    name: str
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any
 from .authz import (ACTIONS, API_VERSIONS, MAX_RULES, MAX_SERVICE_ACCOUNTS, MAX_TARGET_REFS, NEEDS_JWT,
                     OPERATION_FIELDS, SOURCE_FIELDS, AuthorizationPolicySpec, Condition, Rule, TargetRef)
 from .errors import Problem
-from .model import AuthorizationPolicy
+from .model import AuthorizationPolicy, Metadata
 from .routeparse import _group, _items, _kind, _metadata, _object_name, metadata_dict
 from .validate import _Doc, _describe, _fields, _labels, _string, document_label, join
 
@@ -359,17 +359,29 @@ def _spec(d: _Doc, value: object) -> AuthorizationPolicySpec | None:
     return AuthorizationPolicySpec(selector, targets[0], targets[1], action, rules)
 
 
-def parse_authorization_policy(doc: dict[str, Any], file: str, index: int
-                               ) -> tuple[AuthorizationPolicy | None, list[Problem]]:
-    """An AuthorizationPolicy document (kind already known), or what is wrong with it."""
+def read_document(doc: dict[str, Any], file: str, index: int, kind: str
+                  ) -> tuple[_Doc, dict[str, Any] | None, Metadata | None, str]:
+    """The parts of a security.istio.io document of `kind`: its problems so far, its
+    top-level fields (None: not a mapping), its metadata and creationTimestamp."""
     d = _Doc(file, document_label(doc, index))
     # `status` is the controller's: a document's own is ignored, as the API server does.
     top = _fields(d, doc, "", ("apiVersion", "kind", "metadata", "spec", "status"),
                   required=("apiVersion", "kind", "metadata"))
     if top is None:
-        return None, d.problems
-    check_api_version(d, top, "AuthorizationPolicy")
+        return d, None, None, ""
+    if "apiVersion" in top and top["apiVersion"] not in API_VERSIONS:
+        d.fail("apiVersion", f"must be {' or '.join(map(repr, API_VERSIONS))} for kind {kind}, "
+                             f"got {_describe(top['apiVersion'])}")
     metadata, created = _metadata(d, top["metadata"]) if "metadata" in top else (None, "")
+    return d, top, metadata, created
+
+
+def parse_authorization_policy(doc: dict[str, Any], file: str, index: int
+                               ) -> tuple[AuthorizationPolicy | None, list[Problem]]:
+    """An AuthorizationPolicy document (kind already known), or what is wrong with it."""
+    d, top, metadata, created = read_document(doc, file, index, "AuthorizationPolicy")
+    if top is None:
+        return None, d.problems
     if metadata is not None and metadata.annotations.get(DRY_RUN, "").lower() == "true":
         d.fail(f'metadata.annotations["{DRY_RUN}"]', "dry-run policies are not implemented "
                                                      "(use action AUDIT to count without enforcing)")
@@ -378,12 +390,6 @@ def parse_authorization_policy(doc: dict[str, Any], file: str, index: int
     if d.problems or metadata is None or spec is None:
         return None, d.problems
     return AuthorizationPolicy(metadata=metadata, spec=spec, created=created, source=file), []
-
-
-def check_api_version(d: _Doc, top: dict[str, Any], kind: str) -> None:
-    if "apiVersion" in top and top["apiVersion"] not in API_VERSIONS:
-        d.fail("apiVersion", f"must be {' or '.join(map(repr, API_VERSIONS))} for kind {kind}, "
-                             f"got {_describe(top['apiVersion'])}")
 
 
 def _rule_dict(rule: Rule) -> dict[str, Any]:

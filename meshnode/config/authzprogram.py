@@ -13,7 +13,10 @@ Strings become leaves as Istio's matchers read them (pilot/pkg/security/authz/ma
 StringMatcherWithPrefix, HostMatcher): "*" any (for a caller's identity Istio's regex
 ".+": any caller that has one), "*x" a suffix, "x*" a prefix, else exact; a path with
 {*} or {**} is a template. Addresses become CIDRs with their host bits cleared (Envoy
-masks them too), a lone address a /32 or /128; ports numbers.
+masks them too), a lone address a /32 or /128; ports numbers. A port (`ports`,
+`destination.port`) is the one the workload listens on, as Istio's "destination.port"
+at a sidecar's inbound listener: Istio's own tests write (.To.PortForName ...).
+WorkloadPort, the Service's targetPort, not its port.
 
 The caller's identity, as Istio compiles it (pilot/pkg/security/authz/model/model.go
 MigrateTrustDomain, trustdomain/bundle.go):

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from .authz import API_VERSIONS, MTLS_MODES, PeerAuthenticationSpec
-from .authzparse import _selector, check_api_version
+from .authzparse import _selector, read_document
 from .errors import Problem
 from .model import PeerAuthentication
-from .routeparse import _metadata, metadata_dict
-from .validate import _Doc, _choice, _fields, _opt, document_label, join
+from .routeparse import metadata_dict
+from .validate import _Doc, _choice, _fields, _opt, join
 
 _mode = _choice(MTLS_MODES)
 
@@ -72,13 +72,9 @@ def _spec(d: _Doc, value: object) -> PeerAuthenticationSpec | None:
 def parse_peer_authentication(doc: dict[str, Any], file: str, index: int
                               ) -> tuple[PeerAuthentication | None, list[Problem]]:
     """A PeerAuthentication document (kind already known), or what is wrong with it."""
-    d = _Doc(file, document_label(doc, index))
-    top = _fields(d, doc, "", ("apiVersion", "kind", "metadata", "spec", "status"),
-                  required=("apiVersion", "kind", "metadata"))
+    d, top, metadata, created = read_document(doc, file, index, "PeerAuthentication")
     if top is None:
         return None, d.problems
-    check_api_version(d, top, "PeerAuthentication")
-    metadata, created = _metadata(d, top["metadata"]) if "metadata" in top else (None, "")
     spec = _spec(d, top["spec"]) if "spec" in top else PeerAuthenticationSpec()
     if d.problems or metadata is None or spec is None:
         return None, d.problems
