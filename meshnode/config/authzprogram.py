@@ -1,5 +1,5 @@
-"""An AuthorizationPolicy compiled into the engine's match program (the contract:
-/work/shared authz spec, summed up here).
+"""An AuthorizationPolicy compiled into the match program fastpath's authorization step
+runs (the contract between control and the engine, summed up here).
 
     POLICY = {"name": "NAMESPACE/NAME", "action": "ALLOW" | "DENY" | "AUDIT", "rules": [RULE]}
     RULE   = {"from": [SOURCE] | None, "to": [OPERATION] | None, "when": [CONDITION],
