@@ -194,13 +194,19 @@ cdef uint32_t _outlier_announce(SharedSlot* g, int64_t now_ns) noexcept nogil:
     cdef uint32_t v, n, since
     while True:
         v = mn_load_u32(&g.ejecting)
-        n = v & _ANNOUNCED_COUNT_MASK
-        since = v >> _ANNOUNCED_COUNT_BITS
-        if n == 0 or ((ms - since) & _ANNOUNCED_MS_MASK) > _ANNOUNCED_STALE_MS:
-            n = 0
-            since = ms
+        n = _announced(v, now_ns)
+        since = v >> _ANNOUNCED_COUNT_BITS if n != 0 else ms
         if mn_cas_u32(&g.ejecting, v, (since << _ANNOUNCED_COUNT_BITS) | (n + 1)):
             return n
+
+
+cdef inline uint32_t _announced(uint32_t v, int64_t now_ns) noexcept nogil:
+    """The ejections announced in `v` (SharedSlot.ejecting) still being decided: none
+    once the oldest is _ANNOUNCED_STALE_MS old (its worker died deciding)."""
+    cdef uint32_t ms = <uint32_t>(now_ns // 1000000) & _ANNOUNCED_MS_MASK
+    if ((ms - (v >> _ANNOUNCED_COUNT_BITS)) & _ANNOUNCED_MS_MASK) > _ANNOUNCED_STALE_MS:
+        return 0
+    return v & _ANNOUNCED_COUNT_MASK
 
 
 cdef void _outlier_withdraw(SharedSlot* g) noexcept nogil:

@@ -112,7 +112,8 @@ cdef SharedSlot* _shared_claim(Core* core, uint64_t key) noexcept nogil:
 
 cdef SharedSlot* _shared_stale(Core* core, uint64_t key) noexcept nogil:
     """The first slot on `key`'s probe path that no worker has seen in use for the
-    lease, is not ejected and has no ejection being decided. Under the lock."""
+    lease, is not ejected and has no ejection being decided (announcements of workers
+    that died deciding do not count: outlier.pxi _announced). Under the lock."""
     cdef SharedSlot* slots = _shared_slots(core)
     cdef uint32_t mask = core.shared_slots - 1
     cdef uint32_t i = <uint32_t>(key & mask)
@@ -124,7 +125,7 @@ cdef SharedSlot* _shared_stale(Core* core, uint64_t key) noexcept nogil:
         seen = mn_load_i64(&slots[i].seen_ns)
         if (seen != 0 and now - seen > lease
                 and mn_load_i64(&slots[i].ejected_until_ns) <= now
-                and mn_load_u32(&slots[i].ejecting) & _ANNOUNCED_COUNT_MASK == 0):
+                and _announced(mn_load_u32(&slots[i].ejecting), now) == 0):
             return &slots[i]
         i = (i + 1) & mask
     return NULL

@@ -138,11 +138,11 @@ class Farm:
                 + [("127.0.0.1", p) for p in self.dead])
 
     def table(self, out: int = 0, addresses: list[tuple[str, int]] | None = None,
-              **outlier: object) -> fe.RouteTable:
+              service: str = "demo/backend:http", **outlier: object) -> fe.RouteTable:
         """The outbound table of engine `out`: the backend at `addresses` (default: the
-        farm's own endpoints), with outlier detection as `outlier` says."""
+        farm's own endpoints), named `service`, with outlier detection as `outlier` says."""
         t = fe.RouteTable()
-        svc = t.add_service("demo/backend:http", SNI, [BACKEND_ID],
+        svc = t.add_service(service, SNI, [BACKEND_ID],
                             self.addresses() if addresses is None else addresses,
                             balancer="round-robin")
         t.set_outlier(svc, **outlier)

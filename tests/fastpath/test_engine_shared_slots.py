@@ -10,6 +10,7 @@ region are ports where nothing listens: no request is sent while they are in a t
 
 from __future__ import annotations
 
+import mmap
 import socket
 import struct
 import time
@@ -27,6 +28,13 @@ LEASE_S = 0.3
 DETECT = dict(consecutive_5xx=1, interval_s=0.02, max_ejection_percent=100)
 # The region's lock in its header: the holder's CLOCK_MONOTONIC nanoseconds (shared_slots.pxi).
 LOCK_AT = 16
+# The region's layout (shared_slots.pxi, SharedSlot in engine.pxd): a header, then slots of
+# 64 bytes with a slot's key, a service's announced ejections and when it was last seen.
+HEADER_BYTES = SLOT_BYTES = 64
+KEY_AT, EJECTING_AT, SEEN_AT = 0, 28, 40
+ANNOUNCED_COUNT_BITS = 8                    # (outlier.pxi: the count, then since when in ms)
+ANNOUNCED_MS_MASK = (1 << (32 - ANNOUNCED_COUNT_BITS)) - 1
+MASK64 = (1 << 64) - 1
 
 
 def unused_addresses(n: int) -> list[tuple[str, int]]:
@@ -43,9 +51,26 @@ def tracked(farm: Farm, out: int = 0) -> list[bool]:
 
 
 def install(farm: Farm, addresses: list[tuple[str, int]], out: int = 0,
-            base_ejection_s: float = 30.0) -> None:
-    farm.outs[out][0].install(farm.table(out, addresses, base_ejection_s=base_ejection_s,
-                                         **DETECT))
+            base_ejection_s: float = 30.0, service: str = "demo/backend:http") -> None:
+    farm.outs[out][0].install(farm.table(out, addresses, service,
+                                         base_ejection_s=base_ejection_s, **DETECT))
+
+
+def slot_keys(region: mmap.mmap) -> list[int]:
+    slots = struct.unpack_from("<I", region, 8)[0]
+    return [struct.unpack_from("<Q", region, HEADER_BYTES + i * SLOT_BYTES + KEY_AT)[0]
+            for i in range(slots)]
+
+
+def service_key(name: str) -> int:
+    """The key of a service's own slot (shared_slots.pxi _shared_key: FNV-1a over the
+    name and a NUL, then MurmurHash3's finalizer)."""
+    h = 0xCBF29CE484222325
+    for byte in name.encode() + b"\0":
+        h = ((h ^ byte) * 0x100000001B3) & MASK64
+    for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        h = ((h ^ (h >> 33)) * multiplier) & MASK64
+    return (h ^ (h >> 33)) or 1
 
 
 def test_slots_of_endpoints_no_table_has_any_more_go_to_new_endpoints(
@@ -122,6 +147,26 @@ def test_a_slot_is_not_taken_under_another_workers_lock_until_the_lock_is_stale(
     wait_for(lambda: tracked(farm) == [True, True], 5, "the slots after the lock went stale")
     assert time.monotonic() - locked_at >= 1.0
     assert struct.unpack_from("<q", region, LOCK_AT)[0] == 0     # given back
+
+
+def test_a_service_slot_a_killed_worker_left_announcing_in_is_taken_over(
+        make_farm: MakeFarm) -> None:  # noqa: F811 (the fixture)
+    """A worker killed while it decided an ejection leaves its announcement in its
+    service's own slot (outlier.pxi _outlier_announce), which later decisions drop once
+    it is _ANNOUNCED_STALE_MS (10 s) old. Once the service has left every table, its
+    slot is taken over like any other: read as a decision still being made, the dead
+    announcement would keep the slot the service's for good."""
+    farm = make_farm((), shared=True, slots=4, lease_s=LEASE_S, install=False)
+    region = farm.region
+    assert region is not None
+    install(farm, unused_addresses(2), service="demo/gone:http")    # 3 slots of 4
+    guard = slot_keys(region).index(service_key("demo/gone:http"))
+    since_ms = (time.monotonic_ns() // 1000000 - 11000) & ANNOUNCED_MS_MASK
+    struct.pack_into("<I", region, HEADER_BYTES + guard * SLOT_BYTES + EJECTING_AT,
+                     since_ms << ANNOUNCED_COUNT_BITS | 1)          # one, 11 s ago
+    install(farm, unused_addresses(4))          # the free slot, then the gone service's
+    wait_for(lambda: tracked(farm) == [True] * 4, 5, "the gone service's slots")
+    assert service_key("demo/gone:http") not in slot_keys(region)
 
 
 def test_a_region_of_an_older_layout_is_refused(tmp_path) -> None:
