@@ -21,7 +21,9 @@
 # being decided. Taking over happens under the region's lock (header): claims that find
 # their key or a never-claimed slot stay lock-free, and no two workers can take two
 # slots for one key. The lock holds a monotonic time: a worker killed holding it (a
-# scan of the region: microseconds) leaves it to be broken a second later.
+# scan of the region: microseconds) leaves it to be broken a second later; one killed
+# elsewhere (between a claim's key and its stamp, deciding an ejection, taking over)
+# leaves a slot that still ages out (_shared_stale).
 #
 # Who still holds a slot taken over: an older table's pair whose endpoint left every
 # table more than a lease ago (pairs of a table move on at their next request, opaque
@@ -83,7 +85,7 @@ cdef SharedSlot* _shared_find(Core* core, uint64_t key, bint claim) noexcept nog
                 return NULL
             if mn_cas_u64(&slots[i].key, 0, key):
                 # Marked seen at once: a claim that has never been seen is no one's
-                # leftover (_shared_stale passes over seen_ns 0 too).
+                # leftover (_shared_stale stamps a slot never seen, never takes it).
                 mn_store_i64(&slots[i].seen_ns, _now_ns())
                 return &slots[i]
             if mn_load_u64(&slots[i].key) == key:   # another worker claimed it for `key`
@@ -113,7 +115,11 @@ cdef SharedSlot* _shared_claim(Core* core, uint64_t key) noexcept nogil:
 cdef SharedSlot* _shared_stale(Core* core, uint64_t key) noexcept nogil:
     """The first slot on `key`'s probe path that no worker has seen in use for the
     lease, is not ejected and has no ejection being decided (announcements of workers
-    that died deciding do not count: outlier.pxi _announced). Under the lock."""
+    that died deciding do not count: outlier.pxi _announced). Under the lock.
+
+    A slot never seen is stamped now: its claim is under way (its claimer stamps it
+    again) or its claimer died between the key and the stamp, and then it ages from
+    here like any other instead of being nobody's for good."""
     cdef SharedSlot* slots = _shared_slots(core)
     cdef uint32_t mask = core.shared_slots - 1
     cdef uint32_t i = <uint32_t>(key & mask)
@@ -123,7 +129,9 @@ cdef SharedSlot* _shared_stale(Core* core, uint64_t key) noexcept nogil:
     cdef int64_t lease = mn_load_i64(_shared_word(core, _SHARED_LEASE_AT))
     for n in range(core.shared_slots):
         seen = mn_load_i64(&slots[i].seen_ns)
-        if (seen != 0 and now - seen > lease
+        if seen == 0:
+            mn_cas_i64(&slots[i].seen_ns, 0, now)
+        elif (now - seen > lease
                 and mn_load_i64(&slots[i].ejected_until_ns) <= now
                 and _announced(mn_load_u32(&slots[i].ejecting), now) == 0):
             return &slots[i]

@@ -169,6 +169,22 @@ def test_a_service_slot_a_killed_worker_left_announcing_in_is_taken_over(
     assert service_key("demo/gone:http") not in slot_keys(region)
 
 
+def test_a_slot_a_killed_worker_claimed_but_never_marked_seen_is_taken_over(
+        make_farm: MakeFarm) -> None:  # noqa: F811 (the fixture)
+    """A claim sets a slot's key, then marks it seen. A worker killed between the two
+    leaves a slot never seen; the lease ages it from when a claim looking for a slot to
+    take over first meets it: passed over as a claim still under way, it would be
+    nobody's slot for good."""
+    farm = make_farm((), shared=True, slots=4, lease_s=LEASE_S, install=False)
+    region = farm.region
+    assert region is not None
+    struct.pack_into("<Q", region, HEADER_BYTES + KEY_AT, 0x5EED)   # its seen_ns stays 0
+    install(farm, unused_addresses(2))          # two endpoints and their service: full
+    install(farm, unused_addresses(3))
+    wait_for(lambda: tracked(farm) == [True] * 3, 5, "the slot never seen")
+    assert 0x5EED not in slot_keys(region)
+
+
 def test_a_region_of_an_older_layout_is_refused(tmp_path) -> None:
     from fastpath import engine as fe
     region = bytearray(fe.shared_state_bytes(64))
