@@ -82,6 +82,7 @@ cdef int _outlier_bind(Core* core, Table* t) except -1:
     cdef Service* svc
     cdef OutlierPolicy* od
     cdef int64_t now = _now_ns()
+    cdef bint may_claim = True
     for i in range(t.n_services):
         svc = &t.services[i]
         od = svc.outlier
@@ -91,7 +92,8 @@ cdef int _outlier_bind(Core* core, Table* t) except -1:
         for j in range(svc.n_endpoints):
             svc.endpoints[j].outlier = od
             svc.endpoints[j].shared_key = _shared_key(svc, &svc.endpoints[j])
-            _slot_keep(core, &svc.endpoints[j].shared, svc.endpoints[j].shared_key, now)
+            _slot_keep(core, &svc.endpoints[j].shared, svc.endpoints[j].shared_key, now,
+                       &may_claim)
             if svc.endpoints[j].shared == NULL:
                 core.counters.outlier_no_slot += 1
     for i in range(t.n_services):
@@ -99,7 +101,7 @@ cdef int _outlier_bind(Core* core, Table* t) except -1:
         if od == NULL:
             continue
         od.guard_key = _shared_key(&t.services[i], NULL)
-        _slot_keep(core, &od.guard, od.guard_key, now)
+        _slot_keep(core, &od.guard, od.guard_key, now, &may_claim)
         if od.guard == NULL:
             core.counters.outlier_no_slot += 1
     return 0

@@ -21,9 +21,10 @@
 # being decided. Taking over happens under the region's lock (header): claims that find
 # their key or a never-claimed slot stay lock-free, and no two workers can take two
 # slots for one key. The lock holds a monotonic time: a worker killed holding it (a
-# scan of the region: microseconds) leaves it to be broken a second later; one killed
-# elsewhere (between a claim's key and its stamp, deciding an ejection, taking over)
-# leaves a slot that still ages out (_shared_stale).
+# scan of the region: microseconds) leaves it to be broken a second later, and a claim
+# that could not have it gives the pass it is in (a keep, an install) no more waits. A
+# worker killed elsewhere (between a claim's key and its stamp, deciding an ejection,
+# taking over) leaves a slot that still ages out (_shared_stale).
 #
 # Who still holds a slot taken over: an older table's pair whose endpoint left every
 # table more than a lease ago (pairs of a table move on at their next request, opaque
@@ -173,12 +174,21 @@ cdef inline void _shared_unlock(Core* core) noexcept nogil:
     mn_store_i64(_shared_word(core, _SHARED_LOCK_AT), 0)
 
 
-cdef inline void _slot_keep(Core* core, SharedSlot** at, uint64_t key, int64_t now) noexcept nogil:
+cdef inline void _slot_keep(Core* core, SharedSlot** at, uint64_t key, int64_t now,
+                            bint* may_claim) noexcept nogil:
     """Mark the slot at `at` seen for `key`; a slot taken over from it (or none: the
-    region was full) is claimed again first."""
+    region was full) is found again first, claimed while `may_claim`. A claim that
+    fails clears it: the region is full (each probe path is then all of it) with
+    nothing to take over, or its lock stays held, so the other claims of the same pass
+    would fail too, each after its own scans or wait for the lock (a dead worker's
+    holds it for a second): they only look their keys up until the next pass."""
     cdef SharedSlot* s = at[0]
     if s == NULL or mn_load_u64(&s.key) != key:
-        s = _shared_claim(core, key)
+        if may_claim[0]:
+            s = _shared_claim(core, key)
+            may_claim[0] = s != NULL
+        else:
+            s = _shared_find(core, key, False)
         at[0] = s
         if s == NULL:
             return
@@ -193,6 +203,7 @@ cdef void _shared_keep(Core* core) noexcept nogil:
     cdef uint32_t i, j
     cdef Service* svc
     cdef int64_t now = core.now_ns
+    cdef bint may_claim = True
     core.shared_keep_ns = now + mn_load_i64(_shared_word(core, _SHARED_LEASE_AT)) // 4
     if t == NULL:
         return
@@ -201,8 +212,9 @@ cdef void _shared_keep(Core* core) noexcept nogil:
         if svc.outlier == NULL:
             continue
         for j in range(svc.n_endpoints):
-            _slot_keep(core, &svc.endpoints[j].shared, svc.endpoints[j].shared_key, now)
-        _slot_keep(core, &svc.outlier.guard, svc.outlier.guard_key, now)
+            _slot_keep(core, &svc.endpoints[j].shared, svc.endpoints[j].shared_key, now,
+                       &may_claim)
+        _slot_keep(core, &svc.outlier.guard, svc.outlier.guard_key, now, &may_claim)
 
 
 # --- at install (GIL held) ---------------------------------------------------------------

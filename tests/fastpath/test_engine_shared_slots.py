@@ -185,6 +185,30 @@ def test_a_slot_a_killed_worker_claimed_but_never_marked_seen_is_taken_over(
     assert 0x5EED not in slot_keys(region)
 
 
+def test_a_lock_a_killed_worker_holds_costs_a_keep_one_wait_not_one_per_endpoint(
+        make_farm: MakeFarm) -> None:  # noqa: F811 (the fixture)
+    """A claim that needs a slot taken over waits for the region's lock a while
+    (_SHARED_LOCK_TRIES), then gives up until the next keep. A lock held by a worker
+    killed under it stays held for a second: were each endpoint without a slot to wait
+    on its own, a keep would hold the loop, and every request of the worker, that many
+    waits long. A full region that could not give one endpoint a slot gives none of the
+    others one in the same keep either: they only look their keys up."""
+    farm = make_farm((), shared=True, slots=4, lease_s=LEASE_S, install=False)
+    region = farm.region
+    assert region is not None
+    out = farm.outs[0][0]
+    install(farm, unused_addresses(3))          # full
+    install(farm, unused_addresses(400))
+    busy_before_us = out.stats()["loop_busy_max_us"]
+    struct.pack_into("<q", region, LOCK_AT, time.monotonic_ns())   # its holder killed
+    # Kept each quarter lease, by waits that give up, until the lock is a second old.
+    wait_for(lambda: struct.unpack_from("<q", region, LOCK_AT)[0] == 0, 5,
+             "the stale lock broken and given back")
+    busy_us = out.stats()["loop_busy_max_us"]
+    assert busy_us < busy_before_us + 200000, (busy_before_us, busy_us)
+    assert sum(tracked(farm)) == 3              # the first ones' slots, taken over
+
+
 def test_a_region_of_an_older_layout_is_refused(tmp_path) -> None:
     from fastpath import engine as fe
     region = bytearray(fe.shared_state_bytes(64))
