@@ -209,6 +209,24 @@ def test_a_lock_a_killed_worker_holds_costs_a_keep_one_wait_not_one_per_endpoint
     assert sum(tracked(farm)) == 3              # the first ones' slots, taken over
 
 
+def test_a_slot_a_worker_was_killed_taking_over_is_taken_again(
+        make_farm: MakeFarm) -> None:  # noqa: F811 (the fixture)
+    """A worker killed taking a slot over leaves the region's lock held and the slot
+    keyed _SHARED_TAKING, no key's: once the lock is broken, the slot ages out by the
+    lease as any other, and is not lost."""
+    farm = make_farm((), shared=True, slots=4, lease_s=LEASE_S, install=False)
+    region = farm.region
+    assert region is not None
+    install(farm, unused_addresses(3))          # full
+    guard = slot_keys(region).index(service_key("demo/backend:http"))
+    taken = (guard + 1) % 4                     # an endpoint's slot
+    struct.pack_into("<Q", region, HEADER_BYTES + taken * SLOT_BYTES + KEY_AT, MASK64)
+    struct.pack_into("<q", region, LOCK_AT, time.monotonic_ns())
+    install(farm, unused_addresses(3))          # the two others', then the one left taking
+    wait_for(lambda: tracked(farm) == [True] * 3, 5, "the slot left being taken over")
+    assert MASK64 not in slot_keys(region)
+
+
 def test_a_region_of_an_older_layout_is_refused(tmp_path) -> None:
     from fastpath import engine as fe
     region = bytearray(fe.shared_state_bytes(64))
