@@ -1115,6 +1115,8 @@ cdef struct Core:
     uint32_t shared_slots
     bint shared_owned
     int64_t shared_keep_ns         # when the loop next marks its table's slots seen
+    int64_t shared_lease_ns        # the region's lease (its header's, copied: the loop
+                                   # reads no region before it has a table)
     UpstreamCount* upstream_counts # ENGINE_UPSTREAM_COUNTS entries (pool.pxi)
     # Request figures (StatRecord) and the peer IDs they name. principals[0] is empty.
     StatRecord* stats

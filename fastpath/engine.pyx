@@ -455,6 +455,7 @@ cdef class Engine:
         core.shared_owned = True
         shared_state_format(<char[:shared_state_bytes()]>core.shared)
         core.shared_slots = SHARED_DEFAULT_SLOTS
+        core.shared_lease_ns = <int64_t>(SHARED_DEFAULT_LEASE_S * 1e9)
 
     def __dealloc__(self):
         _core_free(self.core)

@@ -99,9 +99,11 @@ cdef SharedSlot* _shared_claim(Core* core, uint64_t key) noexcept nogil:
     """The slot of `key`, claimed when it has none; once the region is full, a slot no
     worker has used for the lease, taken over; NULL: none of those either."""
     cdef SharedSlot* s = _shared_find(core, key, True)
+    cdef int64_t held
     if s != NULL:
         return s
-    if not _shared_lock(core):
+    held = _shared_lock(core)
+    if held == 0:
         return NULL
     s = _shared_find(core, key, True)   # another took one over for `key` meanwhile
     if s == NULL:
@@ -109,7 +111,7 @@ cdef SharedSlot* _shared_claim(Core* core, uint64_t key) noexcept nogil:
         if s != NULL:
             _shared_take_over(s, key)
             core.counters.outlier_slots_reclaimed += 1
-    _shared_unlock(core)
+    _shared_unlock(core, held)
     return s
 
 
@@ -127,7 +129,7 @@ cdef SharedSlot* _shared_stale(Core* core, uint64_t key) noexcept nogil:
     cdef uint32_t n
     cdef int64_t now = _now_ns()
     cdef int64_t seen
-    cdef int64_t lease = mn_load_i64(_shared_word(core, _SHARED_LEASE_AT))
+    cdef int64_t lease = core.shared_lease_ns
     for n in range(core.shared_slots):
         seen = mn_load_i64(&slots[i].seen_ns)
         if seen == 0:
@@ -155,9 +157,10 @@ cdef void _shared_take_over(SharedSlot* s, uint64_t key) noexcept nogil:
     mn_store_u64(&s.key, key)
 
 
-cdef bint _shared_lock(Core* core) noexcept nogil:
-    """Take the region's lock (for taking a slot over); False after _SHARED_LOCK_TRIES
-    spins. A lock held over _SHARED_LOCK_STALE_NS is a dead worker's: broken."""
+cdef int64_t _shared_lock(Core* core) noexcept nogil:
+    """Take the region's lock (for taking a slot over): the value it holds, for
+    _shared_unlock; 0 after _SHARED_LOCK_TRIES spins. A lock held over
+    _SHARED_LOCK_STALE_NS is a dead worker's: broken."""
     cdef int64_t* word = _shared_word(core, _SHARED_LOCK_AT)
     cdef int64_t held, now
     cdef int n
@@ -166,12 +169,15 @@ cdef bint _shared_lock(Core* core) noexcept nogil:
         now = _now_ns()
         if held == 0 or now - held > _SHARED_LOCK_STALE_NS:
             if mn_cas_i64(word, held, now):
-                return True
-    return False
+                return now
+    return 0
 
 
-cdef inline void _shared_unlock(Core* core) noexcept nogil:
-    mn_store_i64(_shared_word(core, _SHARED_LOCK_AT), 0)
+cdef inline void _shared_unlock(Core* core, int64_t held) noexcept nogil:
+    """Give the lock back if it is still ours (`held`: what _shared_lock put in it): a
+    holder stalled past _SHARED_LOCK_STALE_NS had it broken, and must not free the
+    lock of the worker that broke it."""
+    mn_cas_i64(_shared_word(core, _SHARED_LOCK_AT), held, 0)
 
 
 cdef inline void _slot_keep(Core* core, SharedSlot** at, uint64_t key, int64_t now,
@@ -204,9 +210,9 @@ cdef void _shared_keep(Core* core) noexcept nogil:
     cdef Service* svc
     cdef int64_t now = core.now_ns
     cdef bint may_claim = True
-    core.shared_keep_ns = now + mn_load_i64(_shared_word(core, _SHARED_LEASE_AT)) // 4
+    core.shared_keep_ns = now + core.shared_lease_ns // 4
     if t == NULL:
-        return
+        return                          # (the region may still be changing: share_state)
     for i in range(t.n_services):
         svc = &t.services[i]
         if svc.outlier == NULL:
@@ -264,6 +270,7 @@ cdef int _shared_take(Core* core, object buffer) except -1:
     core.shared = <char*>&view[0]
     core.shared_slots = slots
     core.shared_owned = False
+    core.shared_lease_ns = (<int64_t*>&view[_SHARED_LEASE_AT])[0]
     # Kept by the region's own lease from the loop's next iteration on, not by the one it
     # scheduled for the engine's own region (share_state comes before the first install,
     # whose lock and wakeup hand this to the loop).

@@ -391,6 +391,8 @@ def test_counts_of_services_no_table_names_any_more_go_to_new_services(
     assert p.stats()["pool_no_slot"] == 0
     p.out.install(make_pool.table(p, max_connections=1,   # type: ignore[attr-defined]
                                   max_pending_requests=0))
+    # (The loop frees the first table right after it made the new one current.)
+    wait_for(lambda: p.stats()["tables_live"] == 1, what="the first table freed")
     p.out.install(table("second"))              # the first ones' counts, taken over
     assert p.stats()["pool_no_slot"] == 0
     assert p.stats()["pool_counts_reused"] == fe.UPSTREAM_COUNTS - 1
