@@ -189,10 +189,12 @@ cdef void _inbound_take_route(Core* core, Conn* c, uint32_t j) noexcept nogil:
 
 cdef bint _inbound_rebind(Core* core, Conn* c) noexcept nogil:
     """Inbound pair: move it to the current table in place when the route for its SNI
-    still leads to the same app address; False when it does not."""
+    still leads to the same app address and takes it (plaintext: not STRICT); False
+    when it does not."""
     cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
     cdef uint32_t room
-    if j < 0 or not _same_app(&c.table.routes[c.route], &core.table.routes[j]):
+    if (j < 0 or not _same_app(&c.table.routes[c.route], &core.table.routes[j])
+            or not _takes_pair(&core.table.routes[j], c)):
         return False
     if c.flags & CONN_HTTP:
         room = (_xfcc_value_len(&core.table.routes[j], c.peer_id_length)
@@ -226,11 +228,16 @@ cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     table's route for its SNI, to the app's new address on a new app connection. When
     the service left this node the pair stays on its table, going away (as Envoy
     drains a removed filter chain): the caller's node may not have the push yet, and
-    its next request on this pair is answered (saying close), not refused."""
+    its next request on this pair is answered (saying close), not refused. A plaintext
+    pair whose route is STRICT now is closed, its waiting request unanswered
+    (plaintext.pxi)."""
     cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
     cdef InboundRoute* route
     cdef int st
     c.switching = False
+    if j >= 0 and not _takes_pair(&core.table.routes[j], c):
+        core.counters.plaintext_refused += 1
+        return _end_gracefully(core, c)
     if j < 0 or core.table.routes[j].protocol == PROTO_TCP:
         # (A port now declared TCP takes no framed pair: new connections will be opaque.)
         c.flags |= CONN_GOING_AWAY
@@ -316,7 +323,8 @@ cdef void _opaque_check(Core* core, Conn* c) noexcept nogil:
     cdef int64_t j
     if c.flags & CONN_INBOUND:
         j = _route_in(core.table, &c.table.routes[c.route])
-        kept = j >= 0 and _same_app(&c.table.routes[c.route], &core.table.routes[j])
+        kept = (j >= 0 and _same_app(&c.table.routes[c.route], &core.table.routes[j])
+                and _takes_pair(&core.table.routes[j], c))
     else:
         kept = _current_endpoint(core, c) != NULL
     if kept:

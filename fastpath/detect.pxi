@@ -60,6 +60,46 @@ cdef int _on_servername(openssl.SSL* ssl, int* alert, void* arg) noexcept nogil:
 
 
 cdef int _inbound_start(Core* core, Conn* c) noexcept nogil:
+    """Inbound, accepted: its TLS handshake begins; on a table where some route takes
+    plaintext (PeerAuthentication PERMISSIVE, DISABLE) its first byte says first
+    whether it is TLS at all (_inbound_first_byte). A table with none costs this test."""
+    c.state = CONN_HANDSHAKING
+    if c.table.plaintext:
+        c.flags |= CONN_FIRST_BYTE
+        return _inbound_first_byte(core, c)
+    return _inbound_tls(core, c)
+
+
+cdef int _inbound_first_byte(Core* core, Conn* c) noexcept nogil:
+    """CONN_FIRST_BYTE: a TLS record begins with its content type, 22 (handshake) for a
+    ClientHello (RFC 8446 §5.1), where an HTTP request begins with a token character:
+    the byte is peeked, not read, so that OpenSSL reads the ClientHello whole. Plaintext
+    goes on to the first-bytes sniff as an auto port's does (_sniff), and then to its
+    route by Host (plaintext.pxi). The pair stays HANDSHAKING until the byte comes: it
+    counts among the handshakes under way and has the handshake's deadline."""
+    cdef unsigned char first
+    cdef Py_ssize_t r
+    while True:
+        r = net.recv(c.down.fd, &first, 1, net.MSG_PEEK)
+        if r >= 0 or errno != EINTR:
+            break
+    if r < 0:
+        if errno == EAGAIN:
+            c.down.readable = False
+            return STATUS_OK
+        return STATUS_RESET
+    if r == 0:
+        return STATUS_CLOSE             # gone before a byte: nothing to refuse
+    c.flags &= ~CONN_FIRST_BYTE
+    if first == 22:
+        return _inbound_tls(core, c)
+    c.flags |= CONN_PLAINTEXT
+    c.state = CONN_SNIFFING
+    _deadline_at(core, c, core.now_ns + ENGINE_SNIFF_TIMEOUT_MS * 1000000)
+    return _sniff(core, c)
+
+
+cdef int _inbound_tls(Core* core, Conn* c) noexcept nogil:
     cdef openssl.SSL* ssl
     openssl.ERR_clear_error()
     ssl = openssl.SSL_new(c.table.dispatch_ctx)
@@ -75,7 +115,6 @@ cdef int _inbound_start(Core* core, Conn* c) noexcept nogil:
         return STATUS_CLOSE
     openssl.SSL_set_accept_state(ssl)
     _ssl_tune(ssl)
-    c.state = CONN_HANDSHAKING
     return _handshake(core, c)
 
 
@@ -243,7 +282,8 @@ cdef int _sniff(Core* core, Conn* c) noexcept nogil:
 cdef int _sniffed(Core* core, Conn* c, bint http) noexcept nogil:
     """CONN_SNIFFING decided (or timed out: not HTTP): go on as HTTP or opaque TCP;
     a port that a push declared while its first bytes were awaited goes on as
-    declared."""
+    declared. Inbound plaintext has no route yet: HTTP goes on to be routed by its
+    Host (plaintext.pxi), anything else is refused (it cannot name a route)."""
     cdef OutboundListener* l
     if not c.flags & CONN_INBOUND and c.table != core.table and c.lfd >= 0:
         l = _listener_in(core.table, c.lfd)
@@ -255,11 +295,16 @@ cdef int _sniffed(Core* core, Conn* c, bint http) noexcept nogil:
         core.counters.sniffed_http += 1
     else:
         core.counters.sniffed_tcp += 1
-    if c.flags & CONN_INBOUND:
+    if c.flags & CONN_PLAINTEXT:
+        if not http:
+            return _plaintext_refused(core, c)  # opaque: it names no route (plaintext.pxi)
+    elif c.flags & CONN_INBOUND:
         return _inbound_open(core, c, http)
-    if not http:
+    elif not http:
         return _tcp_start(core, c)
-    c.flags |= CONN_HTTP | CONN_FIXED_SERVICE
+    else:
+        c.flags |= CONN_FIXED_SERVICE
+    c.flags |= CONN_HTTP
     c.state = CONN_HTTP_HEAD
     # The head has connect_timeout from here, as on the HTTP listener.
     _deadline_at(core, c, core.now_ns + core.connect_timeout_ns)

@@ -476,6 +476,15 @@ cdef struct InboundRoute:
                                    # AUTO is told by the first bytes
     Name version                   # the local workload's `version` label, as Endpoint's
     uint16_t version_tag
+    uint8_t mtls                   # MtlsMode: does it take plaintext too (plaintext.pxi)
+
+
+# PeerAuthentication's mtls.mode of an inbound route (Istio's): STRICT takes mutual TLS
+# only; PERMISSIVE and DISABLE take plaintext HTTP too, routed by its Host (plaintext.pxi).
+cdef enum MtlsMode:
+    MTLS_STRICT = 0
+    MTLS_PERMISSIVE
+    MTLS_DISABLE
 
 
 # A service port's declared protocol (DESIGN §3: the declared protocol wins).
@@ -535,6 +544,13 @@ cdef struct Table:
     uint32_t request_grow          # the most any rule's request edits add to a head
     uint32_t response_grow         # ... and its response edits (and a generated
                                    # consistent-hash cookie's Set-Cookie line)
+    # PeerAuthentication (plaintext.pxi): some inbound route takes plaintext (else an
+    # accepted connection goes straight to its TLS handshake, as with none), and the
+    # Host names a plaintext request may give, sorted as `hosts`, each naming its route
+    # (HostEntry.service: an index in `routes`).
+    bint plaintext
+    HostEntry* plain_hosts
+    uint32_t n_plain_hosts
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -691,6 +707,12 @@ cdef enum ConnFlags:
     # A mirror's copy of a request (mirror.pxi): `up` only, no client; its answer is
     # read and dropped.
     CONN_MIRROR = 8388608
+    # Inbound, on a table with a route that takes plaintext (plaintext.pxi): in
+    # HANDSHAKING, no SSL yet, until the first byte says TLS (a handshake record) or not.
+    CONN_FIRST_BYTE = 16777216
+    # Inbound without TLS (PeerAuthentication PERMISSIVE or DISABLE): no peer ID, HTTP
+    # only, on the route its first request's Host named.
+    CONN_PLAINTEXT = 33554432
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -863,6 +885,7 @@ cdef struct StatRecord:
     uint16_t route                 # Core.tags index: the HTTPRoute that routed it (0: none)
     uint16_t version               # Core.tags index: the destination's version (0: none)
     bint inbound                   # reported by the destination's side
+    bint plaintext                 # inbound without TLS (connection_security_policy none)
     uint64_t codes[ENGINE_STATUS_SLOTS]
     uint64_t latency_us[ENGINE_LATENCY_BUCKETS]
 
@@ -944,6 +967,12 @@ cdef struct Counters:
     uint64_t http_upgrade_refused  # CONNECT or an Upgrade other than websocket: 403
     uint64_t inbound_protocol_mismatch  # inbound: the peer's ALPN is not the port's
                                    # declared protocol (refused after the handshake)
+    # Inbound plaintext (PeerAuthentication, plaintext.pxi): connections whose first
+    # request's Host named a route that takes plaintext, and those refused (reset): a
+    # Host naming a STRICT route or none, bytes that are no HTTP request, or a pair a
+    # newer table's STRICT mode reached between requests.
+    uint64_t plaintext_accepted
+    uint64_t plaintext_refused
     # The loop's own health (Envoy's dispatcher loop_duration_us): time from epoll_wait
     # returning to the next call, log-linear µs buckets as http_latency_us, and the most.
     uint64_t loop_busy_us[ENGINE_LATENCY_BUCKETS]
@@ -1179,6 +1208,8 @@ cdef class RouteTable:
     cdef list _retry_budgets       # ((service index, ...), budget tuple) (budget.pxi)
     cdef dict _outliers            # service index -> outlier tuple (outlier.pxi)
     cdef dict _conn_pools          # service index -> connectionPool tuple (pool.pxi)
+    cdef dict _mtls                # inbound route sni bytes -> (MtlsMode, [host bytes],
+                                   # service port) (plaintext.pxi); absent: STRICT
 
     cdef int _check_fd(self, int fd) except -1
     cdef Table* _build(self) except NULL

@@ -280,6 +280,7 @@ include "conn.pxi"          # connection slots and the buffer pool
 include "io.pxi"            # socket and TLS reads and writes, the byte pump
 include "handshake.pxi"     # TLS handshakes both ways and the peer's verified ID
 include "detect.pxi"        # what an accepted connection is: SNI, ALPN, first bytes
+include "plaintext.pxi"     # PeerAuthentication: plaintext HTTP beside mTLS, by Host
 include "callers.pxi"       # which local workload is calling: socket owner, address
 include "http_reply.pxi"    # the answers the engine makes itself
 include "http_target.pxi"   # a request head's target form and upgrade tokens
@@ -621,6 +622,9 @@ cdef class Engine:
         out["sniffed_http"] = snap.sniffed_http
         out["sniffed_tcp"] = snap.sniffed_tcp
         out["inbound_protocol_mismatch"] = snap.inbound_protocol_mismatch
+        # PeerAuthentication (plaintext.pxi): inbound plaintext served, and refused.
+        out["plaintext_accepted"] = snap.plaintext_accepted
+        out["plaintext_refused"] = snap.plaintext_refused
         out["http_upgrade_refused"] = snap.http_upgrade_refused
         out["loop_busy_us"] = [snap.loop_busy_us[i] for i in range(ENGINE_LATENCY_BUCKETS)]
         out["loop_busy_max_us"] = snap.loop_busy_max_ns // 1000
@@ -686,7 +690,9 @@ cdef class Engine:
         to the table), "route": the name of the rule that routed it, up to its "#"
         (add_route_rule(); "" when none did, and inbound), "version": the version given
         for the endpoint that answered (add_service()) or the inbound route
-        (add_inbound_route()), "" when none was, "codes": {status: count},
+        (add_inbound_route()), "" when none was, "plaintext": True for inbound
+        requests that came without TLS (set_inbound_mtls: Istio's
+        connection_security_policy "none"), "codes": {status: count},
         "latency_us": counts per latency_bounds_us() bucket}.
         Outbound, the peer is the destination; inbound, the caller. Counts only grow."""
         cdef Core* core = self.core
@@ -713,6 +719,7 @@ cdef class Engine:
                     "utf-8", "replace") if r.route else "",
                 "version": core.tags[r.version].data[:core.tags[r.version].length].decode(
                     "utf-8", "replace") if r.version else "",
+                "plaintext": bool(r.plaintext),
                 "codes": codes,
                 "latency_us": [r.latency_us[j] for j in range(ENGINE_LATENCY_BUCKETS)],
             })
@@ -736,7 +743,7 @@ def bench_route_lookup(RouteTable table not None, bytes authority not None,
         with nogil:
             for k in range(n):
                 hn = authority_host(a, alen, host, sizeof(host), &port)
-                e = _host_lookup(t, host, hn, port) if hn > 0 else NULL
+                e = _host_lookup(t.hosts, t.n_hosts, host, hn, port) if hn > 0 else NULL
         return <int>e.service if e != NULL else -1
     finally:
         _table_free(t)

@@ -20,7 +20,8 @@ cdef inline uint32_t _xfcc_value_len(const InboundRoute* route, uint32_t peer_le
 cdef FilterVerdict _xfcc_step(Core* core, Conn* c, FilterCall* call) noexcept nogil:
     """Inbound request: replace whatever x-forwarded-client-cert the head carries by
     `By=<local ID>;URI=<caller's verified ID>`. Stops (nothing changed) while the buffer
-    has no room for it."""
+    has no room for it. A plaintext caller (plaintext.pxi) has no verified ID: the
+    field goes and none comes, as Envoy's SANITIZE_SET does without mutual TLS."""
     cdef Flow* f = &c.d2u
     cdef const InboundRoute* route = &c.table.routes[c.route]
     cdef uint32_t base = call.base
@@ -28,6 +29,11 @@ cdef FilterVerdict _xfcc_step(Core* core, Conn* c, FilterCall* call) noexcept no
     cdef uint32_t n = 0
     cdef uint32_t cut
     cdef int added
+    if c.flags & CONN_PLAINTEXT:
+        cut = drop_fields(f.buf + base, f.tail - base, call.req, _XFCC, _XFCC_BYTES)
+        f.tail -= cut
+        call.delta -= <int64_t>cut
+        return FILTER_CONTINUE
     if f.tail + _XFCC_BYTES + 4 + _xfcc_value_len(route, c.peer_id_length) > core.buffer_bytes:
         return FILTER_STOP
     if route.identity.length > 0:
@@ -107,7 +113,8 @@ cdef uint32_t _request_room(const FilterChain* chain, Conn* c) noexcept nogil:
     cdef uint32_t i
     cdef uint32_t room = 0
     for i in range(chain.n):
-        if chain.steps[i].phase == PHASE_REQUEST and chain.steps[i].kind == FILTER_XFCC:
+        if (chain.steps[i].phase == PHASE_REQUEST and chain.steps[i].kind == FILTER_XFCC
+                and not c.flags & CONN_PLAINTEXT):     # (plaintext: the field only goes)
             room += (_xfcc_value_len(&c.table.routes[c.route], c.peer_id_length)
                      + _XFCC_BYTES + 4)
     return room

@@ -3,19 +3,32 @@
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 
-cdef bint _peer_refused(openssl.SSL* ssl) noexcept nogil:
-    """Did this handshake fail because the peer's certificate was missing or bad?"""
+# Why a handshake failed (_failure_of).
+cdef enum HandshakeFailure:
+    FAILED_OTHER = 0
+    FAILED_VERIFY                       # the peer's certificate was missing or bad
+    FAILED_PLAINTEXT                    # the peer sent a plaintext HTTP request
+
+
+cdef HandshakeFailure _failure_of(openssl.SSL* ssl) noexcept nogil:
+    """Why this handshake failed, as OpenSSL's error queue says (drained as it looks)."""
     cdef unsigned long e
-    cdef bint refused = openssl.SSL_get_verify_result(ssl) != openssl.X509_V_OK
+    cdef int reason
+    cdef HandshakeFailure failure = (FAILED_VERIFY if openssl.SSL_get_verify_result(ssl)
+                                     != openssl.X509_V_OK else FAILED_OTHER)
     while True:
-        e = openssl.ERR_get_error()       # drains the queue as it looks
+        e = openssl.ERR_get_error()
         if e == 0:
             break
         if openssl.ERR_GET_LIB(e) == openssl.ERR_LIB_SSL:
-            if (openssl.ERR_GET_REASON(e) == openssl.SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
-                    or openssl.ERR_GET_REASON(e) == openssl.SSL_R_CERTIFICATE_VERIFY_FAILED):
-                refused = True
-    return refused
+            reason = openssl.ERR_GET_REASON(e)
+            if (reason == openssl.SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
+                    or reason == openssl.SSL_R_CERTIFICATE_VERIFY_FAILED):
+                failure = FAILED_VERIFY
+            elif (reason == openssl.SSL_R_HTTP_REQUEST
+                    or reason == openssl.SSL_R_HTTPS_PROXY_REQUEST):
+                failure = FAILED_PLAINTEXT
+    return failure
 
 
 cdef int _refuse_unknown_name(int preverify_ok, openssl.X509_STORE_CTX* store) noexcept nogil:
@@ -79,6 +92,7 @@ cdef int _handshake(Core* core, Conn* c) noexcept nogil:
     cdef Side* s = _tls_side(c)
     cdef SideCounters* sc = _counters_of(core, c)
     cdef int r, err
+    cdef HandshakeFailure failure
     cdef Endpoint* ep
     openssl.ERR_clear_error()
     r = openssl.SSL_do_handshake(s.ssl)
@@ -90,11 +104,17 @@ cdef int _handshake(Core* core, Conn* c) noexcept nogil:
     if c.flags & CONN_UNKNOWN_SNI:
         core.counters.tls_unknown_sni += 1
         openssl.ERR_clear_error()
-    elif _peer_refused(s.ssl):
-        sc.tls_failures_verify += 1
     else:
-        sc.tls_failures_other += 1
-        openssl.ERR_clear_error()
+        failure = _failure_of(s.ssl)
+        if failure == FAILED_VERIFY:
+            sc.tls_failures_verify += 1
+        elif failure == FAILED_PLAINTEXT and c.flags & CONN_INBOUND:
+            # A table with no route that takes plaintext does not look at the first
+            # byte (detect.pxi): plaintext HTTP is known by OpenSSL's refusal, and
+            # refused as a STRICT route's is on a table that looks (plaintext.pxi).
+            return _plaintext_refused(core, c)
+        else:
+            sc.tls_failures_other += 1
     if c.flags & CONN_OFFERED_SESSION:
         # The session we offered may be what broke the handshake: do not offer it again.
         ep = &c.table.services[c.service].endpoints[c.endpoint]

@@ -300,7 +300,7 @@ cdef int _http_head(Core* core, Conn* c) noexcept nogil:
                 return STATUS_CLOSE     # gone before a whole head: nothing to answer
             if r < 0:
                 return STATUS_RESET
-            core.counters.outbound.bytes_received += <uint64_t>r
+            _counters_of(core, c).bytes_received += <uint64_t>r   # (inbound: plaintext)
             fresh = f.tail == 0 and c.flags & CONN_ANSWERED
             f.tail += <uint32_t>r
             c.active_ns = core.now_ns
@@ -440,7 +440,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                         hn = authority_host(f.buf + start + req.authority.off,
                                             req.authority.len, host, sizeof(host), &port)
                     if hn > 0:
-                        e = _host_lookup(c.table, host, hn, port)
+                        e = _host_lookup(c.table.hosts, c.table.n_hosts, host, hn, port)
                     if e == NULL:
                         c.switching = True      # _http_route answers 404
                         return STATUS_OK

@@ -147,6 +147,8 @@ cdef int _conn_event(Core* core, Conn* c, uint32_t kind, uint32_t events) noexce
         return _sniff(core, c) if kind == _TAG_DOWN else STATUS_OK
     if c.state == CONN_HANDSHAKING:
         if kind == <uint32_t>(_TAG_DOWN if c.flags & CONN_INBOUND else _TAG_UP):
+            if c.flags & CONN_FIRST_BYTE:
+                return _inbound_first_byte(core, c)    # TLS or plaintext? (detect.pxi)
             return _handshake(core, c)
         return STATUS_OK
     if c.state == CONN_CONNECTING and kind == _TAG_UP:

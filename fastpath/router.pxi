@@ -14,27 +14,29 @@ cdef int _name_cmp(const Name* a, const char* b, size_t n) noexcept nogil:
     return -1 if a.length < n else 1
 
 
-cdef HostEntry* _host_lookup(Table* t, const char* host, size_t n, int port) noexcept nogil:
-    """The entry for a (lowercase, portless) host name: the one for `port` when the
-    request named a port that the service has, else the name's first entry."""
+cdef HostEntry* _host_lookup(HostEntry* hosts, uint32_t count, const char* host, size_t n,
+                             int port) noexcept nogil:
+    """The entry of `hosts` (sorted: Table.hosts, Table.plain_hosts) for a (lowercase,
+    portless) host name: the one for `port` when the request named a port that the
+    service has, else the name's first entry."""
     cdef uint32_t lo = 0
-    cdef uint32_t hi = t.n_hosts
+    cdef uint32_t hi = count
     cdef uint32_t mid, i
     while lo < hi:
         mid = lo + (hi - lo) // 2
-        if _name_cmp(&t.hosts[mid].name, host, n) < 0:
+        if _name_cmp(&hosts[mid].name, host, n) < 0:
             lo = mid + 1
         else:
             hi = mid
-    if lo >= t.n_hosts or _name_cmp(&t.hosts[lo].name, host, n) != 0:
+    if lo >= count or _name_cmp(&hosts[lo].name, host, n) != 0:
         return NULL
     if port >= 0:
         i = lo
-        while i < t.n_hosts and _name_cmp(&t.hosts[i].name, host, n) == 0:
-            if t.hosts[i].port == port:
-                return &t.hosts[i]
+        while i < count and _name_cmp(&hosts[i].name, host, n) == 0:
+            if hosts[i].port == port:
+                return &hosts[i]
             i += 1
-    return &t.hosts[lo]
+    return &hosts[lo]
 
 
 cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
@@ -52,6 +54,8 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     cdef int st
     cdef uint32_t parent, backend
     cdef int32_t rule = -1
+    if c.flags & CONN_INBOUND:
+        return _plaintext_route(core, c, req)   # inbound plaintext (plaintext.pxi)
     if c.table != core.table and not c.flags & CONN_GOING_AWAY:
         _adopt(core, c)                 # routed on the current table (carry.pxi)
     if c.client_ctx == NULL:
@@ -63,7 +67,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
             hn = authority_host(c.d2u.buf + c.d2u.head + req.authority.off,
                                 req.authority.len, host, sizeof(host), &port)
         if hn > 0:
-            e = _host_lookup(c.table, host, hn, port)
+            e = _host_lookup(c.table.hosts, c.table.n_hosts, host, hn, port)
         if e == NULL:
             n = snprintf(body, sizeof(body), b"no route to host \"%.*s\"\n", <int>hn, host)
             _http_reply(core, c, 404, body, n)

@@ -1,5 +1,6 @@
 # stats.pxi: Request figures: answers by code and latency per (direction, service, peer,
-# route, destination version), and the interned peer IDs and label values they name.
+# route, destination version, plaintext or not), and the interned peer IDs and label
+# values they name.
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 #
@@ -115,6 +116,7 @@ cdef StatRecord* _stat_record(Core* core, Conn* c) noexcept nogil:
     records (or the label values) are used up."""
     cdef const Name* service = NULL
     cdef bint inbound = (c.flags & CONN_INBOUND) != 0
+    cdef bint plaintext = (c.flags & CONN_PLAINTEXT) != 0
     cdef uint32_t i, n
     cdef uint16_t route, version
     cdef StatRecord* r
@@ -134,7 +136,8 @@ cdef StatRecord* _stat_record(Core* core, Conn* c) noexcept nogil:
     for i in range(core.n_stats):
         r = &core.stats[i]
         if (r.route == route and r.version == version
-                and r.inbound == inbound and r.principal == c.peer_principal
+                and r.inbound == inbound and r.plaintext == plaintext
+                and r.principal == c.peer_principal
                 and r.local == c.local_principal and r.service.length == n
                 and (n == 0 or memcmp(r.service.data, service.data, n) == 0)):
             c.stat = <int32_t>i
@@ -149,6 +152,7 @@ cdef StatRecord* _stat_record(Core* core, Conn* c) noexcept nogil:
         memcpy(r.service.data, service.data, n + 1)
         r.service.length = n
     r.inbound = inbound
+    r.plaintext = plaintext
     r.route = route
     r.version = version
     r.principal = c.peer_principal

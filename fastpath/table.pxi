@@ -84,15 +84,21 @@ cdef void _table_free(Table* t) noexcept nogil:
             if t.routes[i].server_ctx != NULL:
                 openssl.SSL_CTX_free(t.routes[i].server_ctx)
         free(t.routes)
-    if t.hosts != NULL:
-        for i in range(t.n_hosts):
-            _name_free(&t.hosts[i].name)
-        free(t.hosts)
+    _hosts_free(t.hosts, t.n_hosts)
+    _hosts_free(t.plain_hosts, t.n_plain_hosts)
     _mirrors_free(t)
     _routes_free(t)
     if t.dispatch_ctx != NULL:
         openssl.SSL_CTX_free(t.dispatch_ctx)
     free(t)
+
+
+cdef void _hosts_free(HostEntry* hosts, uint32_t n) noexcept nogil:
+    cdef uint32_t i
+    if hosts != NULL:
+        for i in range(n):
+            _name_free(&hosts[i].name)
+        free(hosts)
 
 
 cdef inline void _table_release(Core* core, Table* t) noexcept nogil:
@@ -299,6 +305,33 @@ cdef bytes _host_name(str name, str what):
     return b.lower()
 
 
+cdef bytes _request_host(str host):
+    """A name an HTTP request's Host may give, as the tables keep it: lowercase, no
+    port, no trailing dot."""
+    host_b = _host_name(host, "host")
+    if b":" in host_b and not host_b.startswith(b"["):
+        raise ValueError("host %r: give the name without a port" % host)
+    return host_b.rstrip(b".") or host_b
+
+
+cdef int _hosts_fill(HostEntry** out, uint32_t* n, list entries) except -1:
+    """A sorted HostEntry array from (name bytes, port, index) entries: a stable sort,
+    so that a name's entries keep the order they were added in (_host_lookup)."""
+    cdef uint32_t i
+    entries = sorted(entries, key=lambda entry: entry[0])
+    if not entries:
+        return 0
+    out[0] = <HostEntry*>calloc(len(entries), sizeof(HostEntry))
+    if out[0] == NULL:
+        raise MemoryError()
+    n[0] = len(entries)
+    for i, (host_b, port, index) in enumerate(entries):
+        _name_set(&out[0][i].name, host_b)
+        out[0][i].port = port
+        out[0][i].service = index
+    return 0
+
+
 cdef int _sockaddr(str host, int port, net.sockaddr_storage* out,
                    net.socklen_t* length) except -1:
     """Numeric IPv4/IPv6 address and port into a sockaddr: the engine resolves no names."""
@@ -425,6 +458,7 @@ cdef class RouteTable:
         self._retry_budgets = []
         self._outliers = {}
         self._conn_pools = {}
+        self._mtls = {}
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -644,14 +678,12 @@ cdef class RouteTable:
         "svc.ns.svc") go to service `service_index`, the service port `port`. A name
         given for several ports: the request's port picks, else the first one added.
         The same (host, port) added twice: the first wins."""
-        host_b = _host_name(host, "host")
-        if b":" in host_b and not host_b.startswith(b"["):
-            raise ValueError("host %r: give the name without a port" % host)
+        host_b = _request_host(host)
         if not 0 <= service_index < len(self._services):
             raise ValueError("no service %d (add_service() first)" % service_index)
         if not 1 <= port <= 65535:
             raise ValueError("port must be 1..65535, not %d" % port)
-        self._hosts.append((host_b.rstrip(b".") or host_b, port, service_index))
+        self._hosts.append((host_b, port, service_index))
 
     def add_route_set(self, int service_index, str consumer_namespace=None) -> int:
         """HTTPRoutes govern requests to service port `service_index` (routes.pxi): the
@@ -770,6 +802,18 @@ cdef class RouteTable:
                              (service or "").encode(), identity_b, _protocol(protocol),
                              _label_value(version, "version")))
 
+    def set_inbound_mtls(self, str sni not None, str mode not None, hosts=(),
+                         int port=80) -> None:
+        """PeerAuthentication's mtls.mode for the inbound route of `sni` (plaintext.pxi;
+        MTLS_MODES): "STRICT" (the default) takes mutual TLS only; "PERMISSIVE" and
+        "DISABLE" take plaintext HTTP too, a request whose Host is one of `hosts`
+        (names as add_host() takes them) framed and handed to the app with no
+        principal, its port picking among the routes of one name by their service
+        `port` (else the name's first). Plaintext to a route declared TCP, or naming
+        none that takes it, is reset and counted (plaintext_refused). A later call for
+        one route replaces this one."""
+        _mtls_add(self, sni, mode, hosts, port)
+
     cdef Table* _build(self) except NULL:
         cdef Table* t = <Table*>calloc(1, sizeof(Table))
         cdef Source* src
@@ -860,17 +904,7 @@ cdef class RouteTable:
                 _up_ref(ctx.ctx)
                 src.client_ctx = ctx.ctx
 
-            # Stable sort: a name's entries keep the order they were added in.
-            hosts = sorted(self._hosts, key=lambda entry: entry[0])
-            if hosts:
-                t.hosts = <HostEntry*>calloc(len(hosts), sizeof(HostEntry))
-                if t.hosts == NULL:
-                    raise MemoryError()
-                t.n_hosts = len(hosts)
-            for i, (host_b, port, service_index) in enumerate(hosts):
-                _name_set(&t.hosts[i].name, host_b)
-                t.hosts[i].port = port
-                t.hosts[i].service = service_index
+            _hosts_fill(&t.hosts, &t.n_hosts, self._hosts)
 
             _routes_build(t, self._route_sets, self._route_rules)
             _mirrors_build(t, _with_variants(self._route_rules, self._route_mirrors))
@@ -900,6 +934,7 @@ cdef class RouteTable:
                 _up_ref(ctx.ctx)
                 route.server_ctx = ctx.ctx
                 _sockaddr(host, port, &route.app_addr, &route.app_addrlen)
+            _plaintext_build(t, self._routes, self._mtls)
 
             if self._inbound_fd >= 0:
                 t.inbound_fd = self._inbound_fd

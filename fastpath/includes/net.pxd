@@ -38,6 +38,8 @@ cdef extern from "<sys/socket.h>" nogil:
     const int SHUT_WR
     # send() flag: EPIPE instead of SIGPIPE on a socket whose peer is gone.
     const int MSG_NOSIGNAL
+    # recv() flag: look at bytes without taking them (the inbound port's first byte).
+    const int MSG_PEEK
 
     int socket(int domain, int type, int protocol)
     int connect(int fd, const sockaddr* addr, socklen_t length)

@@ -330,6 +330,9 @@ cdef extern from "openssl/ssl.h" nogil:
     # sslerr.h reasons the engine counts as "the peer's certificate was refused".
     const int SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
     const int SSL_R_CERTIFICATE_VERIFY_FAILED
+    # A server's first record began like a plaintext HTTP request (or a proxy's CONNECT).
+    const int SSL_R_HTTP_REQUEST
+    const int SSL_R_HTTPS_PROXY_REQUEST
 
     # SSL_set_mode() bits.
     void SSL_set_read_ahead(SSL* ssl, int yes)

@@ -1,0 +1,277 @@
+"""PeerAuthentication on the inbound port (fastpath plaintext.pxi, Istio's mtls.mode):
+a PERMISSIVE route takes plaintext HTTP beside mutual TLS, routed by its Host, served
+with no principal and no x-forwarded-client-cert but the removal of the client's own;
+plaintext for a STRICT route, for no route, or that is no HTTP at all is reset and
+counted; TLS goes on as before on both; a mode pushed while pairs are open reaches them.
+
+One engine (the destination node) on its thread, its inbound listener, a threaded
+http.server app; the TLS caller is Python's ssl with a workload certificate from the
+mesh's own PKI code, the plaintext caller a bare socket. Real sockets, real OpenSSL.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from fastpath import engine as fe
+from fastpath import tls
+from meshnode.identity import pki
+
+from enginekit import (TIMEOUT_S, Creds, QuietHandler, http_server, issue, listener,
+                       port_of, recv_all, wait_for)
+
+pytestmark = pytest.mark.timeout(60)
+
+TRUST_DOMAIN = "cluster.local"
+FRONTEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/frontend"
+BACKEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/backend"
+OPEN_SNI = "http.backend.demo.svc"        # the route made PERMISSIVE
+STRICT_SNI = "http.ledger.demo.svc"       # a STRICT route beside it
+TCP_SNI = "db.backend.demo.svc"           # a PERMISSIVE route declared TCP
+OPEN_HOSTS = ["backend", "backend.demo", "backend.demo.svc"]
+STRICT_HOSTS = ["ledger", "ledger.demo", "ledger.demo.svc"]
+ALPN = [fe.ALPN_TCP, b"http/1.1"]
+FORGED = "By=spiffe://cluster.local/ns/demo/sa/ledger;URI=spiffe://cluster.local/ns/demo/sa/admin"
+
+
+class Fields(QuietHandler):
+    """Answers every GET with the request's fields as the app got them, one a line."""
+
+    def do_GET(self) -> None:
+        body = "".join(f"{k.lower()}: {v}\n" for k, v in self.headers.items()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@dataclass
+class Node:
+    engine: fe.Engine
+    thread: threading.Thread
+    inbound: socket.socket
+    server: tls.TLSContext
+    app_port: int
+    client_dir: Path
+    pki_bundle: bytes
+    frontend: Creds
+
+    @property
+    def port(self) -> int:
+        return port_of(self.inbound)
+
+    def table(self, mode: str, tcp_mode: str = "PERMISSIVE") -> fe.RouteTable:
+        """The routes: OPEN_SNI in `mode`, STRICT_SNI strict, TCP_SNI in `tcp_mode`."""
+        t = fe.RouteTable()
+        t.set_inbound(self.inbound.fileno())
+        t.add_inbound_route(OPEN_SNI, self.server, "127.0.0.1", self.app_port,
+                            service="demo/backend:http", identity=BACKEND_ID, protocol="http")
+        t.add_inbound_route(STRICT_SNI, self.server, "127.0.0.1", self.app_port,
+                            service="demo/ledger:http", identity=BACKEND_ID, protocol="http")
+        t.add_inbound_route(TCP_SNI, self.server, "127.0.0.1", self.app_port,
+                            service="demo/backend:db", identity=BACKEND_ID, protocol="tcp")
+        t.set_inbound_mtls(OPEN_SNI, mode, hosts=OPEN_HOSTS, port=8080)
+        t.set_inbound_mtls(STRICT_SNI, "STRICT", hosts=STRICT_HOSTS, port=8080)
+        t.set_inbound_mtls(TCP_SNI, tcp_mode, hosts=OPEN_HOSTS, port=5432)
+        return t
+
+    def install(self, mode: str, tcp_mode: str = "PERMISSIVE") -> None:
+        generation = self.engine.install(self.table(mode, tcp_mode))
+        wait_for(lambda: self.engine.generation >= generation, what="table swap")
+
+    def tls_client(self, sni: str) -> ssl.SSLSocket:
+        """A mesh caller: the frontend's certificate, the bundle's trust, ALPN http/1.1."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.check_hostname = False      # a workload certificate names a SPIFFE ID only
+        ctx.load_verify_locations(cadata=self.pki_bundle.decode())
+        (self.client_dir / "chain.pem").write_bytes(self.frontend.chain_pem)
+        (self.client_dir / "key.pem").write_bytes(self.frontend.key_pem)
+        ctx.load_cert_chain(self.client_dir / "chain.pem", self.client_dir / "key.pem")
+        ctx.set_alpn_protocols(["http/1.1"])
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT_S)
+        return ctx.wrap_socket(raw, server_hostname=sni)
+
+    def plain(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT_S)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    root = pki.make_root("plaintext test root", TRUST_DOMAIN)
+    issuer = pki.make_issuer(*root, "node-a", 86400)
+    bundle = pki.cert_pem(root[0])
+    backend = issue(issuer, BACKEND_ID)
+    server = tls.TLSContext.for_mesh(True, backend.chain_pem, backend.key_pem, bundle, ALPN)
+    app = http_server(Fields)
+    engine = fe.Engine(max_connections=64, buffer_bytes=16384)
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    n = Node(engine, thread, listener(), server, app.server_address[1], tmp_path, bundle,
+             issue(issuer, FRONTEND_ID))
+    try:
+        n.install("PERMISSIVE")
+        yield n
+    finally:
+        engine.stop()
+        thread.join(TIMEOUT_S)
+        n.inbound.close()
+        app.shutdown()
+        app.server_close()
+    assert not thread.is_alive()
+
+
+def request(host: str, extra: str = "") -> bytes:
+    return f"GET /fields HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
+
+
+def answer(s: socket.socket) -> tuple[int, list[str]]:
+    """One answer on a keep-alive connection: its status and the body's lines."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += s.recv(65536)
+    return int(head.split()[1]), body.decode().splitlines()
+
+
+def refused(s: socket.socket) -> bool:
+    """Did the node reset the connection (or end it) without a byte of answer?"""
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def xfcc(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("x-forwarded-client-cert:")]
+
+
+def test_plaintext_to_a_permissive_route_is_served_by_host_with_no_principal(node: Node) -> None:
+    with node.plain() as s:
+        s.sendall(request("backend.demo:8080", f"X-Forwarded-Client-Cert: {FORGED}\r\n"))
+        status, lines = answer(s)
+        assert status == 200
+        assert xfcc(lines) == []        # the client's goes, none comes: it has no principal
+        s.sendall(request("backend", f"x-forwarded-client-cert: {FORGED}\r\n"))
+        status, lines = answer(s)       # keep-alive: the next request framed as well
+        assert (status, xfcc(lines)) == (200, [])
+    stats = node.engine.stats()
+    assert (stats["plaintext_accepted"], stats["plaintext_refused"]) == (1, 0)
+    figures = [r for r in node.engine.request_stats() if r["service"] == "demo/backend:http"]
+    assert [(r["plaintext"], r["peer"], r["codes"]) for r in figures] == [(True, "", {200: 2})]
+
+
+def test_tls_still_works_on_permissive_and_strict_routes(node: Node) -> None:
+    for sni in (OPEN_SNI, STRICT_SNI):
+        with node.tls_client(sni) as s:
+            s.sendall(request("backend", f"X-Forwarded-Client-Cert: {FORGED}\r\n"))
+            status, lines = answer(s)
+            assert (status, xfcc(lines)) == (
+                200, [f"x-forwarded-client-cert: By={BACKEND_ID};URI={FRONTEND_ID}"])
+    assert {(r["service"], r["plaintext"], r["peer"]) for r in node.engine.request_stats()} == {
+        ("demo/backend:http", False, FRONTEND_ID), ("demo/ledger:http", False, FRONTEND_ID)}
+    stats = node.engine.stats()
+    assert (stats["plaintext_accepted"], stats["plaintext_refused"]) == (0, 0)
+
+
+@pytest.mark.parametrize("sent", [
+    request("ledger.demo"),                       # a STRICT route's Host
+    request("payments.prod"),                     # a Host naming no route
+    b"\x00\x01binary protocol hello\r\n\r\n",     # opaque: no Host to route it by
+], ids=["strict", "unknown-host", "opaque"])
+def test_plaintext_the_node_does_not_take_is_reset_and_counted(node: Node, sent: bytes) -> None:
+    with node.plain() as s:
+        s.sendall(sent)
+        assert refused(s)
+    stats = wait_for(lambda: (st := node.engine.stats())["plaintext_refused"] == 1 and st,
+                     what="the refusal counted")
+    assert stats["plaintext_accepted"] == 0
+    assert not [r for r in node.engine.request_stats() if r["codes"]]   # the app saw nothing
+
+
+@pytest.mark.parametrize("sent", [
+    b"GET /fields HTTP/1.1\r\nHost: backend\r\nno colon here\r\n\r\n",
+    b"GET /fields HTTP/1.1\r\n\r\n",            # HTTP/1.1 without Host (RFC 9112 3.2)
+], ids=["bad-field", "no-host"])
+def test_plaintext_that_does_not_parse_gets_a_4xx(node: Node, sent: bytes) -> None:
+    """Framed as HTTP, a head that does not parse is answered 400 by the node, never
+    handed to an app as it came."""
+    with node.plain() as s:
+        s.sendall(sent)
+        assert recv_all(s).startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_strict_table_does_not_look_at_the_first_byte(node: Node) -> None:
+    """With no route that takes plaintext, a connection goes straight to its handshake:
+    plaintext HTTP is refused by OpenSSL, and then reset and counted as a STRICT route's
+    plaintext is; other bytes are a handshake that failed, as before PeerAuthentication."""
+    node.install("STRICT", tcp_mode="STRICT")
+    before = node.engine.stats()["inbound_tls_failures_other"]
+    with node.plain() as s:
+        s.sendall(request("backend"))
+        assert refused(s)
+    wait_for(lambda: node.engine.stats()["plaintext_refused"] == 1, what="the refusal counted")
+    with node.plain() as s:
+        s.sendall(b"\x00\x01binary protocol hello\r\n\r\n")
+        assert refused(s)
+    wait_for(lambda: node.engine.stats()["inbound_tls_failures_other"] == before + 1,
+             what="a failed handshake")
+    assert node.engine.stats()["plaintext_refused"] == 1
+
+
+def test_a_mode_pushed_while_pairs_are_open_reaches_them(node: Node) -> None:
+    """STRICT pushed: an open plaintext pair is closed (between requests; its next
+    request is not served), new plaintext is refused, an open TLS pair goes on.
+    PERMISSIVE again: plaintext is served again."""
+    plain, secure = node.plain(), node.tls_client(OPEN_SNI)
+    try:
+        plain.sendall(request("backend"))
+        assert answer(plain)[0] == 200
+        secure.sendall(request("backend"))
+        assert answer(secure)[0] == 200
+        node.install("STRICT")
+        assert refused(plain)
+        secure.sendall(request("backend"))
+        assert answer(secure)[0] == 200
+    finally:
+        plain.close()
+        secure.close()
+    with node.plain() as s:
+        s.sendall(request("backend"))
+        assert refused(s)
+    assert wait_for(lambda: node.engine.stats()["plaintext_refused"] == 2,
+                    what="both refusals counted")
+    node.install("DISABLE")
+    with node.plain() as s:
+        s.sendall(request("backend"))
+        assert answer(s)[0] == 200
+
+
+def test_the_mode_is_checked_as_the_other_setters_check() -> None:
+    t = fe.RouteTable()
+    ctx = tls.TLSContext(True)
+    with pytest.raises(ValueError, match="add_inbound_route"):
+        t.set_inbound_mtls(OPEN_SNI, "PERMISSIVE", hosts=OPEN_HOSTS)
+    t.add_inbound_route(OPEN_SNI, ctx, "127.0.0.1", 8080)
+    with pytest.raises(ValueError, match="STRICT, PERMISSIVE, DISABLE"):
+        t.set_inbound_mtls(OPEN_SNI, "permissive")
+    with pytest.raises(ValueError, match="without a port"):
+        t.set_inbound_mtls(OPEN_SNI, "PERMISSIVE", hosts=["backend:8080"])
+    with pytest.raises(TypeError, match="list of names"):
+        t.set_inbound_mtls(OPEN_SNI, "PERMISSIVE", hosts="backend")
+    with pytest.raises(ValueError, match="port must be"):
+        t.set_inbound_mtls(OPEN_SNI, "PERMISSIVE", hosts=OPEN_HOSTS, port=0)
+    t.set_inbound_mtls(OPEN_SNI, "DISABLE", hosts=OPEN_HOSTS)
