@@ -81,6 +81,9 @@ DEFAULT_DRAIN_S = 5.0
 # A service port whose snapshot names no balancer (an older control): the engine's and
 # config's default, peak-EWMA P2C (meshnode.config.destinationrule.DEFAULT_BALANCER).
 DEFAULT_BALANCER = "p2c-ewma"
+# The Mesh's spec.mtls.mode default (meshnode.config.model.MeshSpec), for a snapshot
+# that names none.
+DEFAULT_MTLS_MODE = "STRICT"
 # Snapshot keys of the Mesh's limits before authentication: RouteTable.set_limits()'s
 # arguments by the same names.
 _LIMITS = ("max_handshakes", "max_connections_per_source", "max_handshakes_per_source",
@@ -231,6 +234,9 @@ class DataPlane:
         local_ns = {w.get("namespace") for w in snapshot["local"]}
         services = sorted(snapshot["services"], key=lambda s: s["namespace"] not in local_ns)
         nodes = snapshot.get("nodes") or {}
+        # PeerAuthentication's mode where a port names none for its workload (a config
+        # without any): the Mesh's.
+        mesh_mtls = str(mesh.get("mtls_mode") or DEFAULT_MTLS_MODE)
         indexes: dict[tuple[str, int], int] = {}  # ("ns/name", port) -> engine service
         for svc in services:
             if not svc["identities"]:
@@ -263,7 +269,7 @@ class DataPlane:
                     for host in svc.get("hosts", ()):
                         table.add_host(host, index, int(port["port"]))
                         http_hosts += 1
-                self._inbound_route(table, svc, port, sni)
+                self._inbound_route(table, svc, port, sni, mesh_mtls)
             if ports and svc.get("retry_budget"):
                 # XBackendTrafficPolicy: one budget for every port of the Service.
                 table.set_retry_budget(ports, **svc["retry_budget"])
@@ -323,8 +329,12 @@ class DataPlane:
         return [(*address, versions.get(address, "")) for address in addresses]
 
     def _inbound_route(self, table: RouteTable, svc: dict[str, Any], port: dict[str, Any],
-                       sni: str) -> None:
-        for ep in svc["endpoints"]:  # the first local endpoint with a certificate serves
+                       sni: str, mesh_mtls: str) -> None:
+        """The port's inbound route to its first local endpoint with a certificate, in
+        the mTLS mode PeerAuthentication leaves that workload's port (the snapshot's
+        port["inbound"], else the Mesh's): PERMISSIVE and DISABLE take plaintext HTTP
+        too, named by the service's Host names and this port (fastpath plaintext.pxi)."""
+        for ep in svc["endpoints"]:
             if ep["node"] != self.node or port["name"] not in ep["ports"]:
                 continue
             contexts = self._contexts(ep["identity"])
@@ -334,6 +344,9 @@ class DataPlane:
                                         service=f"{svc['namespace']}/{svc['name']}:{port['name']}",
                                         identity=ep["identity"], protocol=_protocol(port),
                                         version=_version(ep))
+                mode = (port.get("inbound") or {}).get(ep.get("workload"), {}).get("mtls", mesh_mtls)
+                table.set_inbound_mtls(sni, mode, hosts=svc.get("hosts", ()),
+                                       port=int(port["port"]))
                 return
 
     def install(self, snapshot: dict[str, Any]) -> dict[int, str]:
@@ -434,6 +447,10 @@ class DataPlane:
                 # tell) and the version label of the workload that answered (Istio's).
                 "route": rec["route"] or "unknown",
                 "destination_version": rec["version"] or "unknown",
+                # Istio's: the destination tells mutual TLS from plaintext (PERMISSIVE,
+                # DISABLE); the source does not say.
+                "connection_security_policy": ("unknown" if outbound else
+                                               "none" if rec["plaintext"] else "mutual_tls"),
                 # String keys: the bus's msgpack maps take no others.
                 "codes": {str(code): n for code, n in rec["codes"].items()},
                 "latency": {str(i): n for i, n in enumerate(rec["latency_us"]) if n},

@@ -73,6 +73,12 @@ _COUNTS = (
      "Requests a route's FaultInjection answered itself, no backend contacted"),
     ("route_filter_unresolved", "meshnode_route_filter_unresolved",
      "Requests answered 500: their rule's ExtensionRef filter names nothing the node has"),
+    ("plaintext_accepted", "meshnode_plaintext_accepted_connections",
+     "Inbound plaintext connections a PERMISSIVE or DISABLE PeerAuthentication took, "
+     "routed by their first request's Host"),
+    ("plaintext_refused", "meshnode_plaintext_refused_connections",
+     "Inbound plaintext connections reset: for a STRICT port, for no port, or not HTTP; "
+     "and plaintext connections a push making their port STRICT closed"),
     ("stats_overflow", "meshnode_request_figures_overflow",
      "Answers counted without their labels: the engine's label sets were used up"),
 )
@@ -100,9 +106,13 @@ _ENGINE_UPPER_US = latency_bounds_us()
 # Labels of the request metrics, after node and process (Istio's names; `route` is the
 # HTTPRoute "namespace/name" whose rule sent the request, "unknown" when none did and on
 # the serving side, which cannot tell; destination_version the serving workload's
-# `version` label, as Istio's). Each value set is bounded by the engine's tables.
+# `version` label, as Istio's; connection_security_policy, as Istio's, "mutual_tls" or
+# "none" (plaintext a PERMISSIVE or DISABLE PeerAuthentication took) where the
+# destination reports, "unknown" where the source does). Each value set is bounded by
+# the engine's tables.
 _REQUEST_LABELS = ("reporter", "source_principal", "destination_service",
-                   "destination_principal", "destination_version", "route")
+                   "destination_principal", "destination_version", "route",
+                   "connection_security_policy")
 _ENGINE_LOWER_US = [0, *_ENGINE_UPPER_US[:-1]]
 
 
