@@ -547,7 +547,7 @@ cdef struct Table:
     # PeerAuthentication (plaintext.pxi): some inbound route takes plaintext (else an
     # accepted connection goes straight to its TLS handshake, as with none), and the
     # Host names a plaintext request may give, sorted as `hosts`, each naming its route
-    # (HostEntry.service: an index in `routes`).
+    # (HostEntry.service: an index in `routes`; a STRICT one refuses it).
     bint plaintext
     HostEntry* plain_hosts
     uint32_t n_plain_hosts

@@ -33,7 +33,9 @@ cdef int _plaintext_refused(Core* core, Conn* c) noexcept nogil:
 
 cdef int _plaintext_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     """Inbound plaintext, its first request head parsed at d2u.buf: the route its Host
-    names among those that take plaintext on the current table, then on to the app as a
+    names on the current table (its port picks among the service's, as an mTLS caller's
+    would: a port STRICT under portLevelMtls is refused, not served by another port's
+    app), when that route takes plaintext, then on to the app as a
     TLS pair goes (_inbound_open), framed; no peer ID, so no principal and no
     x-forwarded-client-cert but the removal of the caller's (filters.pxi)."""
     cdef char host[256]
@@ -48,7 +50,7 @@ cdef int _plaintext_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
                             host, sizeof(host), &port)
     if hn > 0:
         e = _host_lookup(c.table.plain_hosts, c.table.n_plain_hosts, host, hn, port)
-    if e == NULL:
+    if e == NULL or c.table.routes[e.service].mtls == MTLS_STRICT:
         return _plaintext_refused(core, c)
     core.counters.plaintext_accepted += 1
     c.route = e.service
@@ -88,16 +90,15 @@ cdef int _mtls_add(RouteTable table, str sni, str mode, object hosts, int port) 
 
 cdef int _plaintext_build(Table* t, list routes, dict mtls) except -1:
     """Each inbound route's mode (STRICT unless set), whether the table takes plaintext
-    at all, and the Host names of the routes that do, sorted for _host_lookup. A route
-    declared TCP gets no names: plaintext is routed by an HTTP request's Host only (its
-    plaintext is refused, and counted, as any that names no route)."""
+    at all, and the Host names of its routes, sorted for _host_lookup (STRICT ones too:
+    a Host that names one is refused, not sent to another port). A route declared TCP
+    gets no names: plaintext is routed by an HTTP request's Host only (its plaintext is
+    refused, and counted, as any that names no route)."""
     entries = []
     for i, route in enumerate(routes):
         mode, names, port = mtls.get(route[0], (MTLS_STRICT, (), 0))
         t.routes[i].mtls = mode
-        if mode == MTLS_STRICT:
-            continue
-        t.plaintext = True
+        t.plaintext = t.plaintext or mode != MTLS_STRICT
         if t.routes[i].protocol != PROTO_TCP:
             entries.extend((name, port, i) for name in names)
     _hosts_fill(&t.plain_hosts, &t.n_plain_hosts, entries)

@@ -809,9 +809,10 @@ cdef class RouteTable:
         "DISABLE" take plaintext HTTP too, a request whose Host is one of `hosts`
         (names as add_host() takes them) framed and handed to the app with no
         principal, its port picking among the routes of one name by their service
-        `port` (else the name's first). Plaintext to a route declared TCP, or naming
-        none that takes it, is reset and counted (plaintext_refused). A later call for
-        one route replaces this one."""
+        `port` (else the name's first). Plaintext whose Host picks a STRICT route
+        (give its `hosts` too: under portLevelMtls, a STRICT port is not served by
+        another port's app), or none, or to a route declared TCP, is reset and counted
+        (plaintext_refused). A later call for one route replaces this one."""
         _mtls_add(self, sni, mode, hosts, port)
 
     cdef Table* _build(self) except NULL:

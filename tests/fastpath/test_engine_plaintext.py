@@ -34,6 +34,7 @@ FRONTEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/frontend"
 BACKEND_ID = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/backend"
 OPEN_SNI = "http.backend.demo.svc"        # the route made PERMISSIVE
 STRICT_SNI = "http.ledger.demo.svc"       # a STRICT route beside it
+ADMIN_SNI = "admin.backend.demo.svc"      # the open service's STRICT port (portLevelMtls)
 TCP_SNI = "db.backend.demo.svc"           # a PERMISSIVE route declared TCP
 OPEN_HOSTS = ["backend", "backend.demo", "backend.demo.svc"]
 STRICT_HOSTS = ["ledger", "ledger.demo", "ledger.demo.svc"]
@@ -68,17 +69,22 @@ class Node:
         return port_of(self.inbound)
 
     def table(self, mode: str, tcp_mode: str = "PERMISSIVE") -> fe.RouteTable:
-        """The routes: OPEN_SNI in `mode`, STRICT_SNI strict, TCP_SNI in `tcp_mode`."""
+        """The routes: OPEN_SNI (port 8080) in `mode`, ADMIN_SNI (its service's port
+        9090) and STRICT_SNI strict, TCP_SNI in `tcp_mode`."""
         t = fe.RouteTable()
         t.set_inbound(self.inbound.fileno())
         t.add_inbound_route(OPEN_SNI, self.server, "127.0.0.1", self.app_port,
                             service="demo/backend:http", identity=BACKEND_ID, protocol="http")
         t.add_inbound_route(STRICT_SNI, self.server, "127.0.0.1", self.app_port,
                             service="demo/ledger:http", identity=BACKEND_ID, protocol="http")
+        t.add_inbound_route(ADMIN_SNI, self.server, "127.0.0.1", self.app_port,
+                            service="demo/backend:admin", identity=BACKEND_ID,
+                            protocol="http")
         t.add_inbound_route(TCP_SNI, self.server, "127.0.0.1", self.app_port,
                             service="demo/backend:db", identity=BACKEND_ID, protocol="tcp")
         t.set_inbound_mtls(OPEN_SNI, mode, hosts=OPEN_HOSTS, port=8080)
         t.set_inbound_mtls(STRICT_SNI, "STRICT", hosts=STRICT_HOSTS, port=8080)
+        t.set_inbound_mtls(ADMIN_SNI, "STRICT", hosts=OPEN_HOSTS, port=9090)
         t.set_inbound_mtls(TCP_SNI, tcp_mode, hosts=OPEN_HOSTS, port=5432)
         return t
 
@@ -174,6 +180,17 @@ def test_plaintext_to_a_permissive_route_is_served_by_host_with_no_principal(nod
     assert [(r["plaintext"], r["peer"], r["codes"]) for r in figures] == [(True, "", {200: 2})]
 
 
+def test_plaintext_sent_a_byte_at_a_time_is_served(node: Node) -> None:
+    """The first byte alone (peeked, then waited past), then the request line and the
+    head in pieces: told, sniffed and framed as they come."""
+    with node.plain() as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for byte in request("backend.demo.svc"):
+            s.sendall(bytes([byte]))
+        assert answer(s)[0] == 200
+    assert node.engine.stats()["plaintext_accepted"] == 1
+
+
 def test_tls_still_works_on_permissive_and_strict_routes(node: Node) -> None:
     for sni in (OPEN_SNI, STRICT_SNI):
         with node.tls_client(sni) as s:
@@ -189,9 +206,10 @@ def test_tls_still_works_on_permissive_and_strict_routes(node: Node) -> None:
 
 @pytest.mark.parametrize("sent", [
     request("ledger.demo"),                       # a STRICT route's Host
+    request("backend.demo:9090"),                 # the open service's STRICT port
     request("payments.prod"),                     # a Host naming no route
     b"\x00\x01binary protocol hello\r\n\r\n",     # opaque: no Host to route it by
-], ids=["strict", "unknown-host", "opaque"])
+], ids=["strict", "strict-port", "unknown-host", "opaque"])
 def test_plaintext_the_node_does_not_take_is_reset_and_counted(node: Node, sent: bytes) -> None:
     with node.plain() as s:
         s.sendall(sent)
@@ -254,8 +272,11 @@ def test_a_mode_pushed_while_pairs_are_open_reaches_them(node: Node) -> None:
         assert refused(s)
     assert wait_for(lambda: node.engine.stats()["plaintext_refused"] == 2,
                     what="both refusals counted")
-    node.install("DISABLE")
+    node.install("DISABLE")             # plaintext again, and mutual TLS still
     with node.plain() as s:
+        s.sendall(request("backend"))
+        assert answer(s)[0] == 200
+    with node.tls_client(OPEN_SNI) as s:
         s.sendall(request("backend"))
         assert answer(s)[0] == 200
 
