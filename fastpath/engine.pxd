@@ -607,6 +607,11 @@ cdef enum CallerState:
 #                  wait for its end, responses flushed) ─► HTTP_HEAD (same client)
 #   outbound: FREE ─accept─► CONNECTING ─TCP up─► HANDSHAKING ─TLS done, peer ID allowed─► PIPE
 #   inbound:  FREE ─accept─► HANDSHAKING ─TLS done (SNI route)─► CONNECTING ─TCP up─► PIPE
+#   inbound plaintext (a table with a PERMISSIVE or DISABLE route, plaintext.pxi):
+#             FREE ─accept─► HANDSHAKING (CONN_FIRST_BYTE) ─first byte 22─► (TLS, as above)
+#             HANDSHAKING ─another byte─► SNIFFING ─a request line─► HTTP_HEAD ─head parsed,
+#             Host names a route that takes plaintext─► CONNECTING ─TCP up─► PIPE
+#             SNIFFING ─not HTTP─►, HTTP_HEAD ─no such route─► (reset) ─► FREE
 #   PIPE ─both directions closed (FIN / close_notify passed on)─► FREE
 #   any ─error, timeout, stop()─► FREE      (sockets closed, buffers returned, counted)
 cdef enum ConnState:

@@ -24,6 +24,11 @@ reads stats() (DESIGN.md §3). This version carries opaque TCP and HTTP/1.1:
   picks the local service by SNI (its own server SSL_CTX: the identity the service
   runs as), keeps the peer's SPIFFE ID with the connection, and relays in plaintext
   to the service's local app address.
+- PeerAuthentication (plaintext.pxi, RouteTable.set_inbound_mtls): an inbound route
+  PERMISSIVE or DISABLE takes plaintext HTTP too: on a table with one, the inbound
+  side peeks at each connection's first byte (a TLS handshake record, or not), frames
+  plaintext, routes it by its first request's Host and hands it to the app with no
+  peer ID; plaintext for a STRICT route, for none, or not HTTP, is reset and counted.
 - HTTP outbound (local app → another service, RouteTable.set_outbound_http: the one
   listener on 127.0.0.1:port-base+1): each request is routed by its Host, or by its
   absolute-form target (HTTP_PROXY clients), through the table's host names
