@@ -178,6 +178,8 @@ cdef int _inbound_open(Core* core, Conn* c, bint http) noexcept nogil:
         c.head_reserve = _request_room(&route.chain, c)
     else:
         c.head_reserve = 0
+        if _pair_limited(core, c, &route.chain):
+            return STATUS_CLOSE         # over a rate limit (ratelimit.pxi)
     st = _connect(core, c, &route.app_addr, route.app_addrlen)
     if st == STATUS_OK:
         return _enter_pipe(core, c)

@@ -166,6 +166,8 @@ cdef enum FilterPhase:
     PHASE_CONNECTION = 0           # the pair is set up: the peer's verified ID is known
     PHASE_REQUEST = 1              # a request head is framed, before it goes on
     PHASE_RESPONSE = 2             # a response head is framed, before it goes on
+    PHASE_ACCEPT = 3               # an opaque pair is about to be carried (inbound: its
+                                   # handshake done; outbound: before its upstream)
 
 
 cdef enum FilterVerdict:
@@ -180,6 +182,9 @@ cdef enum FilterKind:
     # Inbound, on request: x-forwarded-client-cert set to the route's and the caller's
     # verified IDs, whatever the caller sent under that name (Envoy's SANITIZE_SET).
     FILTER_XFCC = 2
+    # Either side, on request or on an opaque pair's accept: a RateLimitPolicy's token
+    # bucket (ratelimit.pxi); `arg` is its Table.limits index.
+    FILTER_RATE_LIMIT = 3
 
 
 cdef struct Filter:
@@ -494,6 +499,32 @@ cdef enum Protocol:
     PROTO_TCP                      # opaque
 
 
+# RateLimitPolicy (ratelimit.pxi): one limit's token bucket(s), GCRA on a theoretical
+# arrival time per bucket in a region the node's workers map together.
+cdef enum RateKey:
+    RATE_BY_NONE = 0               # one bucket: the service's, or the route rule's
+    RATE_BY_PRINCIPAL              # a bucket per caller SPIFFE ID
+    RATE_BY_SOURCE_IP              # a bucket per caller address
+
+
+cdef struct RateBucket:            # in the shared region
+    uint64_t key                   # whose (0: never claimed)
+    int64_t tat                    # GCRA's theoretical arrival time, CLOCK_MONOTONIC ns
+
+
+cdef struct RateLimit:
+    int64_t emission_ns            # one token's worth of time (fillInterval / tokensPerFill)
+    int64_t burst_ns               # maxTokens x emission_ns: how far ahead tat may run
+    uint64_t key                   # the policy's own (name and limit): its buckets' seed
+    uint8_t by                     # RateKey
+    int32_t rule                   # outbound: the Table.rules index it limits (-1: any)
+    uint32_t first                 # its window in the region: its own (or overflow)
+    uint32_t n_keys                # bucket, then n_keys buckets for distinct keys
+    uint16_t stat                  # Core.rate_stats index (0: names over the bound)
+    Name policy_field              # "ratelimit-policy: ...\r\n" of its 429s
+    Name policy                    # the policy's id in the RateLimit field
+
+
 # A compiled RouteTable. Built by Python (GIL held) in RouteTable._build(), handed to
 # the engine by Engine.install(); from then on only the engine thread touches it.
 # `refs` counts the engine's "current table" reference plus one per connection that
@@ -541,6 +572,8 @@ cdef struct Table:
     uint32_t n_namespaces
     RetryBudget* budgets           # every service's retry budget (budget.pxi)
     uint32_t n_budgets
+    RateLimit* limits              # RateLimitPolicy limits (ratelimit.pxi), Filter.arg
+    uint32_t n_limits
     uint32_t request_grow          # the most any rule's request edits add to a head
     uint32_t response_grow         # ... and its response edits (and a generated
                                    # consistent-hash cookie's Set-Cookie line)
@@ -573,6 +606,8 @@ cdef enum:
     # is counted in Counters.stats_overflow, not under another key.
     ENGINE_TAGS = 256
     ENGINE_TAG_MAX_BYTES = 253
+    # RateLimitPolicy names counted apart (ratelimit.pxi); more are counted under "".
+    ENGINE_RATE_POLICIES = 64
     # Status codes 100..599 counted one by one (index code - 100); anything else in
     # the last slot.
     ENGINE_STATUS_SLOTS = 501
@@ -1067,6 +1102,16 @@ cdef struct SourceCount:
 
 # --- the engine's state ------------------------------------------------------------------------
 
+# A RateLimitPolicy's counts (ratelimit.pxi), kept by policy name across tables.
+cdef struct RateStat:
+    Name policy
+    uint64_t allowed               # requests and opaque pairs let through
+    uint64_t limited               # requests answered 429
+    uint64_t refused               # opaque pairs closed over the rate
+    uint64_t overflow              # decisions on the overflow bucket (keys over the bound)
+    uint64_t no_slot               # let through: no bucket free in the region
+
+
 cdef struct Core:
     int epfd
     int wakefd                     # eventfd: stop() and install() wake the loop
@@ -1152,6 +1197,13 @@ cdef struct Core:
     int64_t shared_lease_ns        # the region's lease (its header's, copied: the loop
                                    # reads no region before it has a table)
     UpstreamCount* upstream_counts # ENGINE_UPSTREAM_COUNTS entries (pool.pxi)
+    # RateLimitPolicy's region (ratelimit.pxi): a header, then `rate_slots` RateBuckets;
+    # the engine's own (`rate_owned`) until share_rate_limits() hands it the node's.
+    char* rate_region
+    uint32_t rate_slots
+    bint rate_owned
+    RateStat rate_stats[ENGINE_RATE_POLICIES]   # [0]: policies over the bound
+    uint32_t n_rate_stats          # published with a release store
     # Request figures (StatRecord) and the peer IDs they name. principals[0] is empty.
     StatRecord* stats
     uint32_t n_stats               # published with a release store (_publish)
@@ -1176,6 +1228,7 @@ cdef class Engine:
     cdef object _shared            # the buffer share_state() maps (kept alive), or None
     cdef list _outlier_index       # the last table's outlier endpoints (outlier.pxi)
     cdef list _pool_index          # the last table's services' counts (pool.pxi)
+    cdef object _rate_shared       # the buffer share_rate_limits() maps, or None
 
     cdef int _check(self, int status, str what) except -1
 
@@ -1215,6 +1268,7 @@ cdef class RouteTable:
     cdef dict _conn_pools          # service index -> connectionPool tuple (pool.pxi)
     cdef dict _mtls                # inbound route sni bytes -> (MtlsMode, [host bytes],
                                    # service port) (plaintext.pxi); absent: STRICT
+    cdef list _rate_limits         # (limit tuple, inbound snis, service indexes) (ratelimit.pxi)
 
     cdef int _check_fd(self, int fd) except -1
     cdef Table* _build(self) except NULL

@@ -312,6 +312,7 @@ include "route_filters_table.pxi"  # a rule's URLRewrite, RequestRedirect, backe
 include "carry.pxi"         # open pairs meet a newer table
 include "drain.pxi"         # graceful drain: stop accepting, finish, send clients away
 include "limits.pxi"        # limits before authentication: budgets, handshakes, sources
+include "ratelimit.pxi"     # RateLimitPolicy: node-wide token buckets, 429, refused pairs
 
 
 
@@ -462,6 +463,8 @@ cdef class Engine:
         shared_state_format(<char[:shared_state_bytes()]>core.shared)
         core.shared_slots = SHARED_DEFAULT_SLOTS
         core.shared_lease_ns = <int64_t>(SHARED_DEFAULT_LEASE_S * 1e9)
+        self._rate_shared = None
+        _rate_region_own(core)          # RateLimitPolicy's buckets (ratelimit.pxi)
 
     def __dealloc__(self):
         _core_free(self.core)
@@ -539,6 +542,7 @@ cdef class Engine:
         _outlier_bind(self.core, t)     # (claims slots only: raises nothing)
         self._outlier_index = _outlier_index(self.core, t)
         _pool_bind(self.core, t)        # (likewise)
+        _ratelimit_bind(self.core, t)   # (only names a new policy's counts: cannot fail)
         self._pool_index = _pool_index(self.core, t)
         # No Python code runs from here to the unlock, so generations follow install order.
         self.installs += 1
@@ -561,6 +565,24 @@ cdef class Engine:
             raise RuntimeError("share_state() must come before the first install()")
         _shared_take(self.core, buffer)
         self._shared = memoryview(buffer)   # an export: the mapping cannot be closed under us
+
+    def share_rate_limits(self, buffer not None) -> None:
+        """Keep RateLimitPolicy's buckets in `buffer` (writable, laid out by
+        rate_region_format(); the node's workers map one file MAP_SHARED), so that every
+        engine mapping it enforces one limit together. Before the first install(); the
+        engine keeps a reference to `buffer`."""
+        if self.installs != 0:
+            raise RuntimeError("share_rate_limits() must come before the first install()")
+        _rate_region_take(self.core, buffer)
+        self._rate_shared = memoryview(buffer)
+
+    def rate_limits(self) -> list[dict]:
+        """RateLimitPolicy's counts by policy name, since the engine started: {"policy",
+        "allowed" (requests and opaque pairs let through), "limited" (answered 429),
+        "refused" (opaque pairs closed), "overflow" (decided on a limit's overflow
+        bucket: more callers than its max_keys), "no_slot" (let through: no bucket in
+        the region)}; policy "" counts names past the engine's bound."""
+        return _rate_view(self.core)
 
     def outliers(self) -> list[dict]:
         """Outlier detection per endpoint of the last table installed: {"service",

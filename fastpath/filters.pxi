@@ -76,6 +76,8 @@ cdef inline FilterVerdict _filter_step(Core* core, Conn* c, const Filter* f,
         return _xfcc_step(core, c, call)
     if f.kind == FILTER_PEER_ID:
         return _peer_id_step(core, c, call)
+    if f.kind == FILTER_RATE_LIMIT:
+        return _ratelimit_step(core, c, f, call)   # ratelimit.pxi
     return FILTER_CONTINUE
 
 

@@ -31,6 +31,8 @@ cdef const char* _reason(int status) noexcept nogil:
         return b"Content Too Large"
     if status == 414:
         return b"URI Too Long"
+    if status == 429:
+        return b"Too Many Requests"
     if status == 431:
         return b"Request Header Fields Too Large"
     if status == 501:

@@ -72,8 +72,9 @@ cdef int _drain(Core* core, Conn* c) noexcept nogil:
 cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept nogil:
     """A request head at d2u.buf + base, for the current upstream: edit it for the
     next hop, count it as framed, and expect its body. STATUS_OK, STATUS_AGAIN
-    (inbound: no room for x-forwarded-client-cert until earlier bytes are sent), or
-    STATUS_RESET (outbound: an absolute-form head that cannot be edited; 431).
+    (inbound: no room for x-forwarded-client-cert until earlier bytes are sent; a
+    step waits for earlier answers), STATUS_CLOSE (a step answered it: a rate limit's
+    429), or STATUS_RESET (outbound: an absolute-form head that cannot be edited; 431).
 
     Outbound, the client's hop-by-hop fields go and an absolute-form target becomes
     origin-form, its authority the Host. The client's `Connection: close` is about the
@@ -86,6 +87,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     cdef int st
     cdef bint h2c
     cdef FilterCall call
+    cdef FilterVerdict v
     cdef const FilterChain* chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
                                      else &c.table.services[c.service].chain)
     if core.draining:
@@ -111,9 +113,14 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
         call.base = base
         call.delta = 0
         call.status = 0
-        if _filters_run(core, c, chain, &call) == FILTER_STOP:
+        v = _filters_run(core, c, chain, &call)
+        if v == FILTER_STOP:
             return STATUS_AGAIN
-        _invariant(c.filter_at == 0, b"a request step answered: none does yet")
+        if v == FILTER_ANSWER:
+            # A step answered the request itself (a rate limit's 429): the pair ends
+            # after that answer, as after the engine's others.
+            c.filter_at = 0
+            return STATUS_CLOSE
         delta = call.delta
     c.flags &= ~CONN_HOLD_TABLE
     if c.flags & CONN_INBOUND:
@@ -466,9 +473,11 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
             if rc == STATUS_RESET:
                 core.counters.http_bad_request += 1
                 return STATUS_RESET
+            if rc == STATUS_CLOSE:
+                return STATUS_CLOSE     # answered by a step (ratelimit.pxi)
             if rc == STATUS_AGAIN:
                 if f.head == 0:
-                    if c.fwd == 0 and c.n_pend == 0:
+                    if not _answer_owed(c):
                         # Nothing framed is left to send: no room will ever come.
                         core.counters.http_bad_request += 1
                         return STATUS_RESET

@@ -319,6 +319,7 @@ cdef void _core_free(Core* core) noexcept nogil:
     free(core.pool)
     free(core.free_bufs)
     free(core.upstream_counts)          # after the tables: their idle upstreams counted here
+    _rate_region_free(core)
     if core.shared_owned:
         free(core.shared)
     free(core)

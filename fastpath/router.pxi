@@ -119,6 +119,8 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     if st == STATUS_RESET:
         _http_reply(core, c, 431, b"request head cannot be rewritten for the upstream\n", -1)
         return STATUS_CLOSE
+    if st == STATUS_CLOSE:
+        return STATUS_CLOSE             # a step answered it (a rate limit: ratelimit.pxi)
     # (A first request's step that waits needs a timer to wake the pair: the first
     # such outbound step brings it; inbound pairs do not route here.)
     _invariant(st == STATUS_OK, b"a first request's step stopped")
@@ -242,6 +244,9 @@ cdef int _tcp_start(Core* core, Conn* c) noexcept nogil:
         return STATUS_CLOSE
     if _outlier_none_healthy(core, svc):
         return _outlier_refuse(core, c)
+    if c.setup_tries == 0 and _pair_limited(core, c, &svc.chain):
+        return STATUS_CLOSE             # over a rate limit (ratelimit.pxi; a failover's
+                                        # next try is the same pair: taken once)
     if not _pool_room(core, c, svc, False):
         return _pool_full(core, c, svc, False)     # connectionPool (pool.pxi)
     _deadline_at(core, c, core.now_ns + _setup_timeout_ns(core, svc))

@@ -74,6 +74,7 @@ cdef void _table_free(Table* t) noexcept nogil:
             _pool_unbind(svc)           # (after its idle upstreams left the count)
         free(t.services)
     free(t.budgets)
+    _limits_free(t)
     if t.routes != NULL:
         for i in range(t.n_routes):
             _chain_free(&t.routes[i].chain)
@@ -459,6 +460,7 @@ cdef class RouteTable:
         self._outliers = {}
         self._conn_pools = {}
         self._mtls = {}
+        self._rate_limits = []
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -735,6 +737,22 @@ cdef class RouteTable:
         _fault_add(self, rule_index, delay_s, delay_percent, abort_status, abort_percent,
                    unresolved)
 
+    def add_rate_limit(self, str policy not None, long long tokens, double interval_s,
+                       long long burst, str by="none", long long max_keys=1024,
+                       inbound=(), services=(), int rule=-1, str key=None) -> int:
+        """A RateLimitPolicy's token bucket (ratelimit.pxi): `tokens` every `interval_s`
+        seconds, at most `burst` at once; one bucket (`by` "none"), or one per caller
+        "principal" or "source_ip" for up to `max_keys` callers (more share one
+        overflow bucket, counted). It limits the requests and new opaque pairs of the
+        inbound routes named by SNI in `inbound` and of the services (indexes) in
+        `services`, outbound only those a route rule `rule` takes (-1: any).
+
+        `policy` names it in 429s' RateLimit-Policy and RateLimit fields and in
+        rate_limits(); `key` (default: `policy`) keys its buckets in the node's region:
+        the same key on every worker, a new one starts full. Its index."""
+        return _rate_limit_add(self, policy, tokens, interval_s, burst, by, max_keys,
+                               inbound, services, rule, key)
+
     def add_route_match(self, int set_index, int rule_index, path=None, str method=None,
                         headers=(), query=()) -> None:
         """The next match of set `set_index`, in precedence order: a request it holds
@@ -845,9 +863,9 @@ cdef class RouteTable:
                 svc = &t.services[i]
                 svc.balancer = balancer
                 # Its chain: the upstream's identity checked on connection.
-                step.kind, step.phase, step.arg = FILTER_PEER_ID, PHASE_CONNECTION, 0
-                if _chain_set(&svc.chain, &step, 1) != 0:
-                    raise MemoryError()
+                # (And the rate limits that name it: ratelimit.pxi.)
+                _chain_build(&svc.chain, [(FILTER_PEER_ID, PHASE_CONNECTION, 0)]
+                             + _limit_steps(self._rate_limits, None, i))
                 _name_set(&svc.name, (<str>name).encode())
                 _name_set(&svc.sni, sni_b)
                 svc.identities = <Name*>calloc(len(ids), sizeof(Name))
@@ -913,6 +931,7 @@ cdef class RouteTable:
             _outlier_build(t, self._outliers)
             _pool_build(t, self._conn_pools)
             _faults_build(t, self._route_faults)
+            _limits_build(t, self._rate_limits)
 
             if self._routes:
                 t.routes = <InboundRoute*>calloc(len(self._routes), sizeof(InboundRoute))
@@ -923,10 +942,10 @@ cdef class RouteTable:
                     version_b) in enumerate(self._routes):
                 route = &t.routes[i]
                 route.protocol = proto
-                # Its chain: the caller's identity on every request handed to the app.
-                step.kind, step.phase, step.arg = FILTER_XFCC, PHASE_REQUEST, 0
-                if _chain_set(&route.chain, &step, 1) != 0:
-                    raise MemoryError()
+                # Its chain: the rate limits that name it (ratelimit.pxi), then the
+                # caller's identity on every request handed to the app.
+                _chain_build(&route.chain, _limit_steps(self._rate_limits, sni_b, None)
+                             + [(FILTER_XFCC, PHASE_REQUEST, 0)])
                 _name_set(&route.sni, sni_b)
                 _name_set(&route.service, service_b)
                 _name_set(&route.identity, identity_b)
