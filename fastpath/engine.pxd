@@ -517,7 +517,8 @@ cdef struct RateLimit:
     int64_t burst_ns               # maxTokens x emission_ns: how far ahead tat may run
     uint64_t key                   # the policy's own (name and limit): its buckets' seed
     uint8_t by                     # RateKey
-    int32_t rule                   # outbound: the Table.rules index it limits (-1: any)
+    int32_t* rules                 # outbound: the Table.rules indexes it limits (malloc'd;
+    uint32_t n_rules               # none: any request)
     uint32_t first                 # its window in the region: its own (or overflow)
     uint32_t n_keys                # bucket, then n_keys buckets for distinct keys
     uint16_t stat                  # Core.rate_stats index (0: names over the bound)

@@ -141,6 +141,14 @@ cdef inline bint _answer_owed(const Conn* c) noexcept nogil:
     return c.resp_fwd > 0 or (c.u2d.buf != NULL and c.u2d.head != c.u2d.tail)
 
 
+cdef inline bint _rate_rule_in(const RateLimit* lim, int32_t rule) noexcept nogil:
+    cdef uint32_t i
+    for i in range(lim.n_rules):
+        if lim.rules[i] == rule:
+            return True
+    return False
+
+
 cdef FilterVerdict _ratelimit_step(Core* core, Conn* c, const Filter* f,
                                    FilterCall* call) noexcept nogil:
     """A request (PHASE_REQUEST) or a new opaque pair (PHASE_ACCEPT) takes a token from
@@ -151,8 +159,10 @@ cdef FilterVerdict _ratelimit_step(Core* core, Conn* c, const Filter* f,
     cdef RateBucket* b
     cdef bint overflow = False
     cdef int64_t now, wait
+    if call.phase == PHASE_ACCEPT and lim.n_rules > 0:
+        return FILTER_CONTINUE          # a route rule's limit: its requests only
     if call.phase == PHASE_REQUEST:
-        if lim.rule >= 0 and c.req_rule != lim.rule:
+        if lim.n_rules > 0 and not _rate_rule_in(lim, c.req_rule):
             return FILTER_CONTINUE
         if _answer_owed(c):
             return FILTER_STOP
@@ -366,17 +376,23 @@ cdef tuple _rate_limit_spec(str policy, long long tokens, double interval_s, lon
 cdef int _limits_build(Table* t, list limits) except -1:
     """The table's RateLimit array (Filter.arg indexes it)."""
     cdef RateLimit* lim
-    cdef uint32_t i
+    cdef uint32_t i, j
     if not limits:
         return 0
     t.limits = <RateLimit*>calloc(len(limits), sizeof(RateLimit))
     if t.limits == NULL:
         raise MemoryError()
     t.n_limits = len(limits)
-    for i, (spec, rule, _, _) in enumerate(limits):
+    for i, (spec, rules, _, _) in enumerate(limits):
         lim = &t.limits[i]
         (lim.emission_ns, lim.burst_ns, lim.key, lim.by, lim.n_keys, policy_b, field_b) = spec
-        lim.rule = rule
+        if rules:
+            lim.rules = <int32_t*>malloc(len(rules) * sizeof(int32_t))
+            if lim.rules == NULL:
+                raise MemoryError()
+            for j, rule in enumerate(rules):
+                lim.rules[j] = rule
+            lim.n_rules = len(rules)
         _name_set(&lim.policy, policy_b)
         _name_set(&lim.policy_field, field_b)
     return 0
@@ -387,6 +403,7 @@ cdef void _limits_free(Table* t) noexcept nogil:
     for i in range(t.n_limits):
         _name_free(&t.limits[i].policy)
         _name_free(&t.limits[i].policy_field)
+        free(t.limits[i].rules)
     free(t.limits)
     t.limits = NULL
     t.n_limits = 0
@@ -419,7 +436,7 @@ cdef int _chain_build(FilterChain* chain, list steps) except -1:
 
 cdef int _rate_limit_add(RouteTable table, str policy, long long tokens, double interval_s,
                          long long burst, str by, long long max_keys, object inbound,
-                         object services, int rule, str key) except -1:
+                         object services, object rules, str key) except -1:
     """RouteTable.add_rate_limit(): checked, kept for _limits_build and the chains."""
     snis = tuple(_host_name(sni, "sni") for sni in inbound)
     for sni_b in snis:
@@ -430,13 +447,15 @@ cdef int _rate_limit_add(RouteTable table, str policy, long long tokens, double 
     for i in indexes:
         if not 0 <= i < len(table._services):
             raise ValueError("rate limit %r: no service %d (add_service() first)" % (policy, i))
-    if rule != -1 and not 0 <= rule < len(table._route_rules):
-        raise ValueError("rate limit %r: no route rule %d" % (policy, rule))
-    if rule != -1 and snis:
+    rules = tuple(int(i) for i in rules)
+    for i in rules:
+        if not 0 <= i < len(table._route_rules):
+            raise ValueError("rate limit %r: no route rule %d" % (policy, i))
+    if rules and snis:
         raise ValueError("rate limit %r: a route rule's limit is outbound: no inbound route"
                          % policy)
     if not snis and not indexes:
         raise ValueError("rate limit %r: name an inbound route or a service" % policy)
     table._rate_limits.append((_rate_limit_spec(policy, tokens, interval_s, burst, by,
-                                                max_keys, key), rule, snis, indexes))
+                                                max_keys, key), rules, snis, indexes))
     return len(table._rate_limits) - 1

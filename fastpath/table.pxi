@@ -739,19 +739,20 @@ cdef class RouteTable:
 
     def add_rate_limit(self, str policy not None, long long tokens, double interval_s,
                        long long burst, str by="none", long long max_keys=1024,
-                       inbound=(), services=(), int rule=-1, str key=None) -> int:
+                       inbound=(), services=(), rules=(), str key=None) -> int:
         """A RateLimitPolicy's token bucket (ratelimit.pxi): `tokens` every `interval_s`
         seconds, at most `burst` at once; one bucket (`by` "none"), or one per caller
         "principal" or "source_ip" for up to `max_keys` callers (more share one
         overflow bucket, counted). It limits the requests and new opaque pairs of the
         inbound routes named by SNI in `inbound` and of the services (indexes) in
-        `services`, outbound only those a route rule `rule` takes (-1: any).
+        `services`; with `rules` (route rule indexes), outbound requests those rules
+        take only (an HTTPRoute's limit: no opaque pair).
 
         `policy` names it in 429s' RateLimit-Policy and RateLimit fields and in
         rate_limits(); `key` (default: `policy`) keys its buckets in the node's region:
         the same key on every worker, a new one starts full. Its index."""
         return _rate_limit_add(self, policy, tokens, interval_s, burst, by, max_keys,
-                               inbound, services, rule, key)
+                               inbound, services, rules, key)
 
     def add_route_match(self, int set_index, int rule_index, path=None, str method=None,
                         headers=(), query=()) -> None:

@@ -123,19 +123,21 @@ class Farm:
             t.add_rate_limit(POLICY, services=[svc], **limit)
         return t
 
-    def get(self, out: int = 0, source: str = "127.0.0.1") -> http.client.HTTPResponse:
+    def get(self, out: int = 0, source: str = "127.0.0.1",
+            path: str = "/") -> http.client.HTTPResponse:
         conn = http.client.HTTPConnection("127.0.0.1", port_of(self.outs[out][1]),
                                           timeout=TIMEOUT_S, source_address=(source, 0))
         try:
-            conn.request("GET", "/", headers={"Host": "backend", "Connection": "close"})
+            conn.request("GET", path, headers={"Host": "backend", "Connection": "close"})
             resp = conn.getresponse()
             resp.body = resp.read()
             return resp
         finally:
             conn.close()
 
-    def statuses(self, n: int, out: int = 0, source: str = "127.0.0.1") -> list[int]:
-        return [self.get(out, source).status for _ in range(n)]
+    def statuses(self, n: int, out: int = 0, source: str = "127.0.0.1",
+                 path: str = "/") -> list[int]:
+        return [self.get(out, source, path).status for _ in range(n)]
 
     def echo(self, out: int = 0) -> bytes:
         """One opaque pair through engine `out`: what comes back for b"ping"."""
@@ -301,6 +303,24 @@ def test_a_policy_change_keeps_the_bucket_and_a_removed_one_limits_no_more(
     assert farm.statuses(1) == [429]
     node.install(farm.outbound_table(0))
     assert farm.statuses(2) == [200, 200]
+
+
+def test_a_route_rules_limit_takes_only_the_requests_its_rules_take(
+        make_farm: MakeFarm) -> None:
+    farm = make_farm()
+    t = farm.outbound_table()
+    routes = t.add_route_set(0)
+    limited = [t.add_route_rule(f"demo/r#{name}", [(0, 1)]) for name in ("a", "a2")]
+    free = t.add_route_rule("demo/r#b", [(0, 1)])
+    t.add_route_match(routes, limited[0], path=("PathPrefix", "/a"))
+    t.add_route_match(routes, limited[1], path=("PathPrefix", "/other-a"))
+    t.add_route_match(routes, free, path=("PathPrefix", "/b"))
+    t.add_rate_limit(POLICY, services=[0], rules=limited, **SLOW, burst=2)
+    farm.outs[0][0].install(t)
+    assert farm.statuses(1, path="/a") + farm.statuses(2, path="/other-a") == [200, 200, 429]
+    assert farm.statuses(3, path="/b") == [200, 200, 200]
+    counts = farm.counts(farm.outs[0][0].engine)
+    assert (counts["allowed"], counts["limited"]) == (2, 1)
 
 
 @pytest.mark.parametrize("where", ["outbound", "inbound"])
