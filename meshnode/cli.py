@@ -100,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("get", help="show resources")
     _add_runtime_dir(p)
     p.add_argument("kind", help="Mesh, Node, Service, Workload, HTTPRoute, DestinationRule, "
-                   "FaultInjection, XBackendTrafficPolicy, AuthorizationPolicy, PeerAuthentication "
-                   "(plural and short forms work); an HTTPRoute, an XBackendTrafficPolicy, an "
-                   "AuthorizationPolicy and a PeerAuthentication show their status")
+                   "FaultInjection, XBackendTrafficPolicy, AuthorizationPolicy, PeerAuthentication, "
+                   "RateLimitPolicy (plural and short forms work); an HTTPRoute, an "
+                   "XBackendTrafficPolicy, an AuthorizationPolicy, a PeerAuthentication and a "
+                   "RateLimitPolicy show their status")
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default=None, help="only this namespace")
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")

@@ -21,10 +21,11 @@ from .faultparse import fault_to_dict
 from .backendtrafficpolicyparse import policy_to_dict
 from .authzparse import policy_to_dict as authorization_policy_to_dict
 from .peerauthparse import peer_authentication_to_dict
+from .ratelimitparse import policy_to_dict as rate_limit_policy_to_dict
 from .errors import ConfigError, Problem
 from .model import (API_VERSION, AuthorizationPolicy, DestinationRule, FaultInjection, HTTPRoute, Mesh, MeshSpec,
-                    Node, NodeSpec, PeerAuthentication, Resource, Service, ServiceSpec, Workload, WorkloadSpec,
-                    XBackendTrafficPolicy)
+                    Node, NodeSpec, PeerAuthentication, RateLimitPolicy, Resource, Service, ServiceSpec, Workload,
+                    WorkloadSpec, XBackendTrafficPolicy)
 from .routeparse import route_to_dict
 from .validate import duplicate_problems, parse_document, validate_set
 
@@ -214,6 +215,8 @@ def to_dict(resource: Resource) -> dict[str, Any]:
         return authorization_policy_to_dict(resource)  # Istio's kinds, as written
     if isinstance(resource, PeerAuthentication):
         return peer_authentication_to_dict(resource)
+    if isinstance(resource, RateLimitPolicy):
+        return rate_limit_policy_to_dict(resource)  # its fields as written
     metadata: dict[str, Any] = {"name": resource.name}
     if not resource.CLUSTER_SCOPED:
         metadata["namespace"] = resource.namespace

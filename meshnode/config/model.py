@@ -16,6 +16,7 @@ from typing import ClassVar
 from ..ports import Ports
 from .authz import DEFAULT_ROOT_NAMESPACE, AuthorizationPolicySpec, PeerAuthenticationSpec
 from .backendtrafficpolicy import BackendTrafficPolicySpec
+from .ratelimit import RateLimitPolicySpec
 from .destinationrule import DestinationRuleSpec
 from .errors import NotFound, Problem
 from .fault import FaultInjectionSpec
@@ -267,10 +268,20 @@ class PeerAuthentication(Resource):
     created: str = ""
 
 
+@dataclass(frozen=True)
+class RateLimitPolicy(Resource):
+    """meshnode's token-bucket rate limits on Services and HTTPRoutes; its spec: ratelimit.py."""
+
+    KIND: ClassVar[str] = "RateLimitPolicy"
+    spec: RateLimitPolicySpec
+    # metadata.creationTimestamp, as HTTPRoute's (kept for `get`; no order hangs on it).
+    created: str = ""
+
+
 KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Node, Service, Workload, HTTPRoute,
                                                               DestinationRule, FaultInjection,
                                                               XBackendTrafficPolicy, AuthorizationPolicy,
-                                                              PeerAuthentication)}
+                                                              PeerAuthentication, RateLimitPolicy)}
 """Every kind, in the order resources are listed (mesh first, then what depends on it)."""
 
 # Short names and irregular plurals (the CRD's shortNames and plural).
@@ -278,7 +289,8 @@ _SHORT_NAMES = {"svc": "Service", "wl": "Workload", "dr": "DestinationRule",
                 "xbtrafficpolicy": "XBackendTrafficPolicy",
                 "xbackendtrafficpolicies": "XBackendTrafficPolicy",
                 "ap": "AuthorizationPolicy", "authorizationpolicies": "AuthorizationPolicy",
-                "pa": "PeerAuthentication"}
+                "pa": "PeerAuthentication", "rlp": "RateLimitPolicy",
+                "ratelimitpolicies": "RateLimitPolicy"}
 
 
 def key_label(key: Key) -> str:

@@ -20,7 +20,8 @@ from .filters import FaultInjections, faults_of, resolve_filter
 from .httproute import CONTROLLER_NAME
 from .load import to_dict
 from .authzstatus import authorization_status, peer_status
-from .model import AuthorizationPolicy, HTTPRoute, PeerAuthentication, Resource, XBackendTrafficPolicy
+from .model import AuthorizationPolicy, HTTPRoute, PeerAuthentication, RateLimitPolicy, Resource, XBackendTrafficPolicy
+from .ratelimitcompile import rate_limit_status
 from .retrybudgets import policy_status
 from .routeparse import parent_ref_dict
 from .routes import Services, attach, resolve, services_of
@@ -64,7 +65,8 @@ def route_status(route: HTTPRoute, resources: Sequence[Resource]) -> dict[str, A
 
 def with_status(resource: Resource, resources: Sequence[Resource]) -> dict[str, Any]:
     """to_dict of `resource`, with the status of an HTTPRoute, an XBackendTrafficPolicy,
-    an AuthorizationPolicy or a PeerAuthentication under the config `resources`."""
+    an AuthorizationPolicy, a PeerAuthentication or a RateLimitPolicy under the config
+    `resources`."""
     out = to_dict(resource)
     if isinstance(resource, HTTPRoute):
         out["status"] = route_status(resource, resources)
@@ -74,4 +76,6 @@ def with_status(resource: Resource, resources: Sequence[Resource]) -> dict[str, 
         out["status"] = authorization_status(resource, resources)
     elif isinstance(resource, PeerAuthentication):
         out["status"] = peer_status(resource, resources)
+    elif isinstance(resource, RateLimitPolicy):
+        out["status"] = rate_limit_status(resource, resources)
     return out

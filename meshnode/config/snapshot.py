@@ -12,6 +12,7 @@ from .balancers import balancer_for, hash_for, outlier_for, pool_for, rules_by_s
 from .inbound import Inbound
 from .model import (DEFAULT_TRUST_DOMAIN, DestinationRule, Node, Resource, Service, ServicePort,
                     Workload, mesh_spec, selects)
+from .ratelimitcompile import rate_limits
 from .retrybudgets import retry_budgets
 from .routes import compile_routes
 
@@ -160,4 +161,7 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
                      for s in services],
         "local": [_local(w, services, td) for w in workloads if w.spec.node in (None, node)],
         "http_routes": compile_routes(resources),
+        # RateLimitPolicy limits by target (ratelimitcompile.py); every node gets them
+        # all, and applies those whose target it serves (inbound) or calls (outbound).
+        "rate_limits": rate_limits(resources),
     }

@@ -581,6 +581,10 @@ def parse_document(doc: object, file: str, index: int) -> tuple[Resource | None,
     if isinstance(doc, dict) and doc.get("kind") == "PeerAuthentication":
         from .peerauthparse import parse_peer_authentication
         return parse_peer_authentication(doc, file, index)
+    if isinstance(doc, dict) and doc.get("kind") == "RateLimitPolicy":
+        # meshnode's kind with Envoy's token bucket and Gateway API's targetRefs (ratelimit.py).
+        from .ratelimitparse import parse_rate_limit_policy
+        return parse_rate_limit_policy(doc, file, index)
     if isinstance(doc, dict) and doc.get("kind") == "FaultInjection":
         # meshnode's kind with Istio's fields (fault.py), built on this module's checks.
         from .faultparse import parse_fault_injection
