@@ -209,6 +209,7 @@ cdef struct FilterCall:
     const char* peer               # PHASE_CONNECTION: the peer's verified ID (or NULL)
     int peer_len
     int status                     # FILTER_ANSWER: the engine's answer (0: refuse)
+    bint kept                      # ... sent in place: the pair goes on (ratelimit.pxi)
 
 
 # How a service picks an endpoint for a new upstream (balancer.pxi).

@@ -71,10 +71,11 @@ cdef int _drain(Core* core, Conn* c) noexcept nogil:
 
 cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept nogil:
     """A request head at d2u.buf + base, for the current upstream: edit it for the
-    next hop, count it as framed, and expect its body. STATUS_OK, STATUS_AGAIN
-    (inbound: no room for x-forwarded-client-cert until earlier bytes are sent; a
-    step waits for earlier answers), STATUS_CLOSE (a step answered it: a rate limit's
-    429), or STATUS_RESET (outbound: an absolute-form head that cannot be edited; 431).
+    next hop, count it as framed, and expect its body. STATUS_OK (also: a step answered
+    it in place and dropped it: ratelimit.pxi), STATUS_AGAIN (inbound: no room for
+    x-forwarded-client-cert until earlier bytes are sent; a step waits for earlier
+    answers), STATUS_CLOSE (a step answered it, the pair ends: a rate limit's 429), or
+    STATUS_RESET (outbound: an absolute-form head that cannot be edited; 431).
 
     Outbound, the client's hop-by-hop fields go and an absolute-form target becomes
     origin-form, its authority the Host. The client's `Connection: close` is about the
@@ -113,14 +114,16 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
         call.base = base
         call.delta = 0
         call.status = 0
+        call.kept = False
         v = _filters_run(core, c, chain, &call)
         if v == FILTER_STOP:
             return STATUS_AGAIN
         if v == FILTER_ANSWER:
-            # A step answered the request itself (a rate limit's 429): the pair ends
-            # after that answer, as after the engine's others.
+            # A step answered the request itself (a rate limit's 429): in place, its
+            # head dropped and the pair going on to the next request, or as the
+            # engine's other answers, the pair ending after it.
             c.filter_at = 0
-            return STATUS_CLOSE
+            return STATUS_OK if call.kept else STATUS_CLOSE
         delta = call.delta
     c.flags &= ~CONN_HOLD_TABLE
     if c.flags & CONN_INBOUND:

@@ -31,8 +31,13 @@
 #
 # A request's limit is decided when nothing is owed before it on its pair (an answer
 # cannot overtake an earlier one): behind pipelined requests the step stops, taking no
-# token, and runs again once they are answered. A 429 ends the pair (Connection: close),
-# as the engine's other answers do.
+# token, and runs again once they are answered. The 429 of a kept-alive request without
+# a body, on a pair past its first request, is answered in place (Envoy's local rate
+# limit keeps the connection): written to the client as the next answer, the request's
+# head dropped, and the pair goes on, so a caller over the rate costs no new connection
+# (inbound: no new mTLS handshake for the caller's node). Any other 429 ends the pair
+# (Connection: close), as the engine's other answers do: a body would have to be read
+# and dropped first, and a first request's pair has no stream to go on with yet.
 
 from fastpath.includes.atomics cimport mn_cas_i64, mn_cas_u64, mn_load_i64, mn_load_u64
 
@@ -181,17 +186,18 @@ cdef FilterVerdict _ratelimit_step(Core* core, Conn* c, const Filter* f,
     if call.phase == PHASE_REQUEST:
         stat.limited += 1
         call.status = 429
-        _ratelimit_reply(core, c, lim, wait)
+        call.kept = _ratelimit_reply(core, c, lim, wait, call)
     else:
         stat.refused += 1
     return FILTER_ANSWER
 
 
-cdef void _ratelimit_reply(Core* core, Conn* c, const RateLimit* lim,
-                           int64_t wait_ns) noexcept nogil:
+cdef bint _ratelimit_reply(Core* core, Conn* c, const RateLimit* lim, int64_t wait_ns,
+                           const FilterCall* call) noexcept nogil:
     """429, with the seconds until a token is back (rounded up, RFC 9110 §10.2.3) in
     Retry-After and in the RateLimit field's `t`, its `r` 0, and the limit's
-    RateLimit-Policy (draft-ietf-httpapi-ratelimit-headers)."""
+    RateLimit-Policy (draft-ietf-httpapi-ratelimit-headers): in place when it may be
+    (True: the pair goes on), else as the engine's closing answer."""
     cdef char fields[_RATE_FIELDS_MAX]
     cdef long long secs = (wait_ns + 999999999) // 1000000000
     cdef int n = snprintf(fields, sizeof(fields),
@@ -199,7 +205,43 @@ cdef void _ratelimit_reply(Core* core, Conn* c, const RateLimit* lim,
                           secs, lim.policy_field.data, lim.policy.data, secs)
     if n <= 0 or n >= <int>sizeof(fields):
         n = 0
+    if _answer_in_place(core, c, call, fields, n):
+        return True
     _http_reply_fields(core, c, 429, b"rate limit exceeded\n", -1, fields, n)
+    return False
+
+
+cdef bint _answer_in_place(Core* core, Conn* c, const FilterCall* call, const char* fields,
+                           int fields_len) noexcept nogil:
+    """Answer the request being framed 429 as the pair's next answer and drop its head,
+    the pair going on (module comment); False when it may not be: not past its first
+    request (CONN_PIPE), a body, an upgrade, HEAD (no body may follow), or the request
+    or the node's drain ending the pair anyway. Nothing is owed before it
+    (_answer_owed), so the client's side of u2d is empty."""
+    cdef Flow* u = &c.u2d
+    cdef const ReqHead* req = call.req
+    cdef int n
+    if (c.state != CONN_PIPE or req.body != BODY_NONE or req.upgrade
+            or req.method == METHOD_HEAD or req.method == METHOD_CONNECT or not req.keep_alive
+            or c.client_close or c.flags & CONN_GOING_AWAY or core.draining
+            or call.base != c.d2u.head or c.fwd != 0):
+        return False
+    if u.buf == NULL:
+        u.buf = _buf_get(core)
+        if u.buf == NULL:
+            return False
+    n = snprintf(u.buf, core.buffer_bytes,
+                 b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain\r\n"
+                 b"content-length: 20\r\n%.*s\r\nrate limit exceeded\n", fields_len, fields)
+    if n <= 0 or n >= <int>core.buffer_bytes:
+        return False
+    u.head = 0
+    u.tail = <uint32_t>n
+    c.resp_fwd = <uint32_t>n            # framed: the client's next bytes (_http_u2d)
+    c.d2u.head += req.head_len          # the request goes no further
+    c.flags |= CONN_ANSWERED
+    _count_answer(core, c, 429, -1)
+    return True
 
 
 cdef bint _pair_limited(Core* core, Conn* c, const FilterChain* chain) noexcept nogil:

@@ -233,6 +233,28 @@ def test_the_429_is_exact_with_retry_after_and_the_ratelimit_fields(make_farm: M
                       b"\r\nrate limit exceeded\n")
 
 
+@pytest.mark.parametrize("where", ["outbound", "inbound"])
+def test_a_kept_alive_client_is_answered_429_in_place_and_goes_on(make_farm: MakeFarm,
+                                                                   where: str) -> None:
+    """Past a pair's first request, a 429 is its next answer and the pair stays: the
+    client keeps its connection (inbound: the caller's node keeps its mTLS one)."""
+    farm = make_farm(**{f"{where}_limit": {"tokens": 1, "interval_s": 0.4, "burst": 2}})
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(farm.outs[0][1]), timeout=TIMEOUT_S)
+    answers = []
+    for path in ("/1", "/2", "/3", "/4", "wait", "/5", "/6"):
+        if path == "wait":
+            time.sleep(0.45)
+            continue
+        conn.request("GET", path, headers={"Host": "backend"})
+        resp = conn.getresponse()
+        answers.append((resp.status, resp.read(), resp.will_close))
+    conn.close()
+    ok, limited = (200, b"ok", False), (429, b"rate limit exceeded\n", False)
+    assert answers == [ok, ok, limited, limited, ok, limited]
+    stats = farm.inbound[0].engine.stats()
+    assert stats["inbound_tls_handshakes"] == 1       # one mTLS connection throughout
+
+
 def test_a_sub_second_fill_is_advertised_per_second_and_passed_on_from_the_destination(
         make_farm: MakeFarm) -> None:
     farm = make_farm(inbound_limit={"tokens": 1, "interval_s": 0.25, "burst": 1})
@@ -280,18 +302,21 @@ def test_engines_with_regions_of_their_own_limit_apart(make_farm: MakeFarm) -> N
     assert farm.statuses(3, out=1) == [200, 200, 429]
 
 
-def test_a_request_pipelined_behind_another_is_answered_429_after_it(
+def test_requests_pipelined_behind_another_are_answered_429_after_it(
         make_farm: MakeFarm) -> None:
     farm = make_farm(inbound_limit={**SLOW, "burst": 1})
     with socket.create_connection(("127.0.0.1", port_of(farm.outs[0][1])),
                                   timeout=TIMEOUT_S) as s:
         s.sendall(b"GET /1 HTTP/1.1\r\nHost: backend\r\n\r\n"
-                  b"GET /2 HTTP/1.1\r\nHost: backend\r\n\r\n")
+                  b"GET /2 HTTP/1.1\r\nHost: backend\r\n\r\n"
+                  b"GET /3 HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
         answer = recv_all(s)
-    first, _, rest = answer.partition(b"\r\n\r\nok")
-    assert first.startswith(b"HTTP/1.1 200 ")
-    assert rest.startswith(b"HTTP/1.1 429 Too Many Requests\r\n")
-    assert rest.endswith(b"rate limit exceeded\n")
+    first, second, third = answer.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 ") and first.endswith(b"\r\n\r\nok")
+    # In place (the pair goes on), then the last, closing one.
+    assert second.startswith(b"429 Too Many Requests\r\n") and b"connection" not in second
+    assert third.startswith(b"429 Too Many Requests\r\n") and b"connection: close" in third.lower()
+    assert second.endswith(b"rate limit exceeded\n") and third.endswith(b"rate limit exceeded\n")
 
 
 def test_a_policy_change_keeps_the_bucket_and_a_removed_one_limits_no_more(
