@@ -137,8 +137,9 @@ class Mesh:
         self.socks.append(s)
         return s
 
-    def _start(self, table):
-        engine = self.fe.Engine()
+    def _start(self, table, engine=None):
+        """Run `engine` (a new one when None) on a thread of its own with `table`."""
+        engine = engine or self.fe.Engine()
         thread = threading.Thread(target=engine.run, daemon=True)
         thread.start()
         generation = engine.install(table)

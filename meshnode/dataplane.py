@@ -56,7 +56,7 @@ from typing import Any, Callable
 
 from fastpath.engine import Engine, RouteTable
 
-from . import callers, logs, routes
+from . import callers, logs, ratelimits, routes
 from .identity.creds import Contexts
 from .poolshare import worker_share
 from .ports import Ports
@@ -238,6 +238,10 @@ class DataPlane:
         # without any): the Mesh's.
         mesh_mtls = str(mesh.get("mtls_mode") or DEFAULT_MTLS_MODE)
         indexes: dict[tuple[str, int], int] = {}  # ("ns/name", port) -> engine service
+        # What a RateLimitPolicy may limit here (meshnode.ratelimits), by "ns/name": the
+        # inbound routes of the service's ports, and its engine services.
+        inbound_snis: dict[str, list[str]] = {}
+        service_ports: dict[str, list[int]] = {}
         for svc in services:
             if not svc["identities"]:
                 continue  # no endpoints: nothing to route to
@@ -269,11 +273,16 @@ class DataPlane:
                     for host in svc.get("hosts", ()):
                         table.add_host(host, index, int(port["port"]))
                         http_hosts += 1
-                self._inbound_route(table, svc, port, sni, mesh_mtls)
+                if self._inbound_route(table, svc, port, sni, mesh_mtls):
+                    inbound_snis.setdefault(f"{svc['namespace']}/{svc['name']}", []).append(sni)
+            service_ports[f"{svc['namespace']}/{svc['name']}"] = ports
             if ports and svc.get("retry_budget"):
                 # XBackendTrafficPolicy: one budget for every port of the Service.
                 table.set_retry_budget(ports, **svc["retry_budget"])
-        routes.install(table, snapshot.get("http_routes") or (), indexes)
+        added_rules: dict[str, list[routes.RuleAdded]] = {}
+        routes.install(table, snapshot.get("http_routes") or (), indexes, added_rules)
+        ratelimits.install(table, snapshot.get("rate_limits") or (), inbound_snis, service_ports,
+                           added_rules)
         # Once bound, the HTTP listener stays in every table, with or without hosts: a
         # client of a service that was deleted gets its 404, not a connection nobody takes.
         if (http_hosts or self._http is not None) and serving:
@@ -329,11 +338,12 @@ class DataPlane:
         return [(*address, versions.get(address, "")) for address in addresses]
 
     def _inbound_route(self, table: RouteTable, svc: dict[str, Any], port: dict[str, Any],
-                       sni: str, mesh_mtls: str) -> None:
+                       sni: str, mesh_mtls: str) -> bool:
         """The port's inbound route to its first local endpoint with a certificate, in
         the mTLS mode PeerAuthentication leaves that workload's port (the snapshot's
         port["inbound"], else the Mesh's): PERMISSIVE and DISABLE take plaintext HTTP
-        too, named by the service's Host names and this port (fastpath plaintext.pxi)."""
+        too, named by the service's Host names and this port (fastpath plaintext.pxi).
+        False: this node serves the port on no workload."""
         for ep in svc["endpoints"]:
             if ep["node"] != self.node or port["name"] not in ep["ports"]:
                 continue
@@ -347,7 +357,8 @@ class DataPlane:
                 mode = (port.get("inbound") or {}).get(ep.get("workload"), {}).get("mtls", mesh_mtls)
                 table.set_inbound_mtls(sni, mode, hosts=svc.get("hosts", ()),
                                        port=int(port["port"]))
-                return
+                return True
+        return False
 
     def install(self, snapshot: dict[str, Any]) -> dict[int, str]:
         """update(), and the listeners its table names but could not bind (port -> why;
@@ -428,7 +439,10 @@ class DataPlane:
                 "outliers": self.engine.outliers(),
                 # Upstream connections and waiting requests per service, this worker's
                 # (connectionPool limits are per worker: poolshare.worker_share).
-                "upstreams": self.engine.upstreams()}
+                "upstreams": self.engine.upstreams(),
+                # RateLimitPolicy decisions by limit, this worker's (the buckets are the
+                # node's: meshnode.sharedstate).
+                "rate_limits": self.engine.rate_limits()}
 
     def request_figures(self) -> list[dict[str, Any]]:
         """The engine's per-(direction, service, identities) HTTP figures in Istio's

@@ -114,6 +114,9 @@ _REQUEST_LABELS = ("reporter", "source_principal", "destination_service",
                    "destination_principal", "destination_version", "route",
                    "connection_security_policy")
 _ENGINE_LOWER_US = [0, *_ENGINE_UPPER_US[:-1]]
+# RateLimitPolicy's counts (fastpath Engine.rate_limits()) -> the `result` label of
+# meshnode_ratelimit_decisions_total: let through, answered 429, opaque pair closed.
+_RATE_RESULTS = {"allowed": "allowed", "limited": "limited", "refused": "refused"}
 
 
 class NodeCollector(Collector):
@@ -177,6 +180,18 @@ class NodeCollector(Collector):
             "meshnode_request_duration_milliseconds",
             "Time from a request's head to its response's end, as the reporter saw it",
             labels=["node", "process", *_REQUEST_LABELS])
+        rate = {"decisions": CounterMetricFamily(
+                    "meshnode_ratelimit_decisions", "Requests and new opaque connections a "
+                    "RateLimitPolicy limit decided on, by result (allowed; limited: answered 429; "
+                    "refused: an opaque connection closed)",
+                    labels=["node", "process", "policy", "limit", "result"]),
+                "overflow": CounterMetricFamily(
+                    "meshnode_ratelimit_overflow", "Decisions made on a per-caller limit's "
+                    "shared overflow bucket: more callers than its maxKeys",
+                    labels=["node", "process", "policy", "limit"]),
+                "no_slot": CounterMetricFamily(
+                    "meshnode_ratelimit_unlimited", "Requests let through unlimited: the node's "
+                    "rate-limit region had no bucket for them", labels=["node", "process", "policy", "limit"])}
         for name in self._book.names():
             report = self._book.get(name)
             labels = [self._node, name]
@@ -201,9 +216,29 @@ class NodeCollector(Collector):
                             active)
             self._overflows(report.body.get("dataplane"), labels, overflows)
             self._requests(report.body.get("requests"), labels, requests, duration)
+            self._rate_limits(report.body.get("rate_limits"), labels, rate)
         yield from (up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
                     renew_failed, bundle, *tcp.values(), *counts.values(), overflows, failures,
-                    active, requests, duration)
+                    active, requests, duration, *rate.values())
+
+    @staticmethod
+    def _rate_limits(entries: object, labels: list[str], rate: dict[str, Metric]) -> None:
+        """A worker's RateLimitPolicy counts (DataPlane.health()["rate_limits"]), by
+        policy ("namespace/name") and limit (its name or index): the engine counts each
+        limit under "namespace/name/limit", at most 64 of them ("" past that)."""
+        if not isinstance(entries, list):
+            return
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            policy, _, limit = str(entry.get("policy", "")).rpartition("/")
+            names = [*labels, policy or "unknown", limit or "unknown"]
+            for key, result in _RATE_RESULTS.items():
+                if isinstance(entry.get(key), int):
+                    rate["decisions"].add_metric([*names, result], entry[key])
+            for key in ("overflow", "no_slot"):
+                if isinstance(entry.get(key), int):
+                    rate[key].add_metric(names, entry[key])
 
     @staticmethod
     def _overflows(stats: object, labels: list[str], overflows: Metric) -> None:

@@ -298,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     except (sharedstate.SharedStateError, ValueError) as exc:
         # Still serves; ejections are then this worker's own.
         logs.event(proc.log, "outlier.state.unshared", logging.WARNING, reason=str(exc))
+    try:
+        # RateLimitPolicy's buckets, the node's: a limit whatever the number of workers.
+        dataplane.engine.share_rate_limits(sharedstate.attach(proc.runtime_dir,
+                                                              sharedstate.RATE_LIMITS))
+    except (sharedstate.SharedStateError, ValueError) as exc:
+        # Still serves; each worker then enforces every limit on its own.
+        logs.event(proc.log, "ratelimit.state.unshared", logging.WARNING, reason=str(exc))
     agent = Agent(proc, str(args.worker), dataplane)
     proc.drain_on_stop(WorkerDrain(proc, dataplane))
     dataplane.start()

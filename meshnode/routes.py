@@ -11,9 +11,18 @@ API asks for a backendRef that cannot be used.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastpath.engine import RouteTable
+
+
+class RuleAdded(NamedTuple):
+    """A route rule as the table has it: its name (None: none), its index, and the
+    indexes of the services its valid backends are."""
+
+    name: str | None
+    index: int
+    backends: tuple[int, ...]
 
 
 def _match_args(entry: dict[str, Any]) -> dict[str, Any]:
@@ -47,10 +56,13 @@ def _rule_name(rule: dict[str, Any]) -> str:
 
 
 def install(table: RouteTable, route_sets: Iterable[dict[str, Any]],
-            services: dict[tuple[str, int], int]) -> int:
+            services: dict[tuple[str, int], int],
+            added_rules: dict[str, list[RuleAdded]] | None = None) -> int:
     """Add every route set whose parent service port the table has; returns how many.
 
-    `services`: ("namespace/name", port) -> the table's index of that service port."""
+    `services`: ("namespace/name", port) -> the table's index of that service port;
+    `added_rules`, when given, gets each rule added under its route's "namespace/name"
+    (what a RateLimitPolicy on the route limits: meshnode.ratelimits)."""
     added = 0
     for route_set in route_sets:
         parent = services.get((route_set["service"], int(route_set["port"])))
@@ -86,6 +98,9 @@ def install(table: RouteTable, route_sets: Iterable[dict[str, Any]],
                                            int(mirror["denominator"]))
             if rule.get("fault"):
                 table.add_route_fault(rules[-1], **_fault_args(rule["fault"]))
+            if added_rules is not None:
+                added_rules.setdefault(rule["route"], []).append(RuleAdded(
+                    rule.get("name"), rules[-1], tuple(b[0] for b in backends if b[0] >= 0)))
         for entry in route_set["entries"]:
             table.add_route_match(set_index, rules[entry["rule"]], **_match_args(entry))
         added += 1

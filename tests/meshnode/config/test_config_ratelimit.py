@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fastpath.engine import RouteTable
+from meshnode import ratelimits, routes
 from meshnode.config import ConfigError, Store, compile_snapshot, parse_text, to_dict, with_status
 
 from routekit import SERVICES, backend, resources_with, route, store_with
@@ -178,3 +180,30 @@ def test_the_store_applies_gets_and_deletes_policies(tmp_path: Path) -> None:
     assert parse_text(yaml.safe_dump(to_dict(got)), "again.yaml") == [got]
     assert reopened.delete("rlp", "limits", "shop") == version + 1
     assert reopened.get("RateLimitPolicy") == []
+
+
+def test_a_worker_puts_each_limit_where_its_direction_says() -> None:
+    """meshnode.ratelimits: inbound on a Service needs an inbound route here; outbound on
+    a Service, its ports' services; outbound on a route, that route's rules, with their
+    backends' services."""
+    snapshot = compile_snapshot(resources_with(EXAMPLE, ROUTE, policy(
+        "direction: Outbound\nlimits: [{rate: {requests: 1, unit: Second}}]", name="out"),
+        policy("direction: Outbound\nlimits: [{rate: {requests: 1, unit: Second}}]", name="on-route",
+               targets=ROUTE_TARGET)), "node-a", 1)
+    table = RouteTable()
+    ids = ["spiffe://cluster.local/ns/shop/sa/api"]
+    api = table.add_service("shop/api:http", "http.api.shop.svc", ids, [])
+    v2 = table.add_service("shop/api-v2:http", "http.api-v2.shop.svc", ids, [])
+    added: dict = {}
+    routes.install(table, snapshot["http_routes"], {("shop/api", 80): api, ("shop/api-v2", 80): v2}, added)
+    assert [(r.name, r.backends) for r in added["shop/search"]] == [("find", (v2,)), (None, (api,))]
+    find = added["shop/search"][0].index
+    services = {"shop/api": [api], "shop/api-v2": [v2]}
+    by_id = {e["id"]: e for e in snapshot["rate_limits"]}
+    where = {i: ratelimits.placement(e, {}, services, added) for i, e in by_id.items()}
+    assert where == {"shop/limits/per-caller": None, "shop/limits/1": None,     # no inbound route here
+                     "shop/out/0": {"services": [api]},
+                     "shop/on-route/0": {"services": [v2], "rules": [find]}}
+    assert ratelimits.placement(by_id["shop/limits/1"], {"shop/api": ["http.api.shop.svc"]}, services,
+                                added) == {"inbound": ["http.api.shop.svc"]}
+    assert ratelimits.install(table, snapshot["rate_limits"], {}, services, added) == 2
