@@ -16,9 +16,9 @@ from .backendtrafficpolicy import (API_VERSION, IMPLEMENTED, MAX_BUDGET_INTERVAL
 from .durations import parse_duration
 from .errors import Problem
 from .model import XBackendTrafficPolicy
-from .routeparse import (_gateway_duration, _group, _items, _kind, _metadata, _object_name, _unrepeated,
-                         metadata_dict)
-from .validate import _Doc, _describe, _fields, _int, _known_fields, document_label, join
+from .routeparse import (_gateway_duration, _group, _items, _kind, _object_name, _unrepeated, metadata_dict,
+                         parse_policy)
+from .validate import _Doc, _fields, _int, _known_fields, join
 
 
 def _known(d: _Doc, value: object, path: str, level: str,
@@ -107,22 +107,7 @@ def _spec(d: _Doc, value: object) -> BackendTrafficPolicySpec | None:
 def parse_backend_traffic_policy(doc: dict[str, Any], file: str, index: int
                                  ) -> tuple[XBackendTrafficPolicy | None, list[Problem]]:
     """An XBackendTrafficPolicy document (kind already known), or what is wrong with it."""
-    d = _Doc(file, document_label(doc, index))
-    # `status` is the controller's to write: a document's own is ignored, as the API
-    # server ignores it (so `meshnode get -o yaml` output applies again).
-    top = _fields(d, doc, "", ("apiVersion", "kind", "metadata", "spec", "status"),
-                  required=("apiVersion", "kind", "metadata", "spec"))
-    if top is None:
-        return None, d.problems
-    if "apiVersion" in top and top["apiVersion"] != API_VERSION:
-        d.fail("apiVersion", f"must be {API_VERSION!r} for kind XBackendTrafficPolicy, "
-                             f"got {_describe(top['apiVersion'])}")
-    # (metadata as an HTTPRoute's: a creationTimestamp is read, and replaced by the store's)
-    metadata, created = _metadata(d, top["metadata"]) if "metadata" in top else (None, "")
-    spec = _spec(d, top["spec"]) if "spec" in top else None
-    if d.problems or metadata is None or spec is None:
-        return None, d.problems
-    return XBackendTrafficPolicy(metadata=metadata, spec=spec, created=created, source=file), []
+    return parse_policy(doc, file, index, XBackendTrafficPolicy, API_VERSION, _spec)
 
 
 def _constraint_dict(c: RetryConstraint) -> dict[str, Any]:

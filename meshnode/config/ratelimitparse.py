@@ -18,9 +18,9 @@ from .model import RateLimitPolicy
 from .ratelimit import (API_VERSION, DIRECTIONS, KEYS, KIND, MAX_FILL_S, MAX_KEYS, MAX_LIMITS,
                         MAX_TARGET_REFS, MAX_TOKENS, MIN_FILL_S, ROUTE_GROUP, TARGET_KINDS, UNITS, Limit,
                         RateLimitPolicySpec, RateTargetRef)
-from .routeparse import (_gateway_duration, _group, _items, _kind, _metadata, _object_name, _subdomain,
-                         _unrepeated, metadata_dict)
-from .validate import _Doc, _describe, _fields, _int, _opt, _string, document_label, join
+from .routeparse import (_gateway_duration, _group, _items, _kind, _object_name, _subdomain, _unrepeated,
+                         metadata_dict, parse_policy)
+from .validate import _Doc, _fields, _int, _opt, _string, join
 
 
 def _one_of(d: _Doc, value: object, path: str, choices: tuple[str, ...] | list[str]) -> str | None:
@@ -144,20 +144,7 @@ def _spec(d: _Doc, value: object) -> RateLimitPolicySpec | None:
 def parse_rate_limit_policy(doc: dict[str, Any], file: str, index: int
                             ) -> tuple[RateLimitPolicy | None, list[Problem]]:
     """A RateLimitPolicy document (kind already known), or what is wrong with it."""
-    d = _Doc(file, document_label(doc, index))
-    # `status` is the controller's to write: a document's own is ignored (so `meshnode get
-    # -o yaml` output applies again).
-    top = _fields(d, doc, "", ("apiVersion", "kind", "metadata", "spec", "status"),
-                  required=("apiVersion", "kind", "metadata", "spec"))
-    if top is None:
-        return None, d.problems
-    if "apiVersion" in top and top["apiVersion"] != API_VERSION:
-        d.fail("apiVersion", f"must be {API_VERSION!r} for kind {KIND}, got {_describe(top['apiVersion'])}")
-    metadata, created = _metadata(d, top["metadata"]) if "metadata" in top else (None, "")
-    spec = _spec(d, top["spec"]) if "spec" in top else None
-    if d.problems or metadata is None or spec is None:
-        return None, d.problems
-    return RateLimitPolicy(metadata=metadata, spec=spec, created=created, source=file), []
+    return parse_policy(doc, file, index, RateLimitPolicy, API_VERSION, _spec)
 
 
 def _limit_dict(limit: Limit) -> dict[str, Any]:

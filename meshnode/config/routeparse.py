@@ -256,6 +256,31 @@ def parse_route(doc: dict[str, Any], file: str, index: int) -> tuple[HTTPRoute |
     return HTTPRoute(metadata=metadata, spec=spec, created=created, source=file), []
 
 
+P = TypeVar("P")
+
+
+def parse_policy(doc: dict[str, Any], file: str, index: int, cls: Callable[..., P], api_version: str,
+                 spec: Callable[[_Doc, object], Any]) -> tuple[P | None, list[Problem]]:
+    """A policy document of kind `cls` (a spec required, as a policy CRD's; `spec` reads
+    it), or what is wrong with it. Its metadata and creationTimestamp are read as an
+    HTTPRoute's (the store replaces the latter)."""
+    d = _Doc(file, document_label(doc, index))
+    # `status` is the controller's to write: a document's own is ignored, as the API
+    # server ignores it (so `meshnode get -o yaml` output applies again).
+    top = _fields(d, doc, "", ("apiVersion", "kind", "metadata", "spec", "status"),
+                  required=("apiVersion", "kind", "metadata", "spec"))
+    if top is None:
+        return None, d.problems
+    if "apiVersion" in top and top["apiVersion"] != api_version:
+        d.fail("apiVersion", f"must be {api_version!r} for kind {cls.KIND}, "  # type: ignore[attr-defined]
+                             f"got {_describe(top['apiVersion'])}")
+    metadata, created = _metadata(d, top["metadata"]) if "metadata" in top else (None, "")
+    parsed = spec(d, top["spec"]) if "spec" in top else None
+    if d.problems or metadata is None or parsed is None:
+        return None, d.problems
+    return cls(metadata=metadata, spec=parsed, created=created, source=file), []
+
+
 def _metadata(d: _Doc, value: object) -> tuple[Metadata | None, str]:
     # creationTimestamp is read (the store keeps it this way) but a user's is replaced
     # by the store's, as the API server does (Store.apply).

@@ -27,7 +27,7 @@ from fastpath import engine as fe
 from fastpath import tls
 from meshnode.identity import pki
 
-from enginekit import QuietHandler, http_server, issue, listener, port_of, recv_all, wait_for
+from enginekit import QuietHandler, http_server, issue, listener, port_of, recv_all
 from test_engine_http import ALPN, BACKEND_ID, FRONTEND_ID, OTHER_ID, SNI, TIMEOUT_S, Node
 
 pytestmark = pytest.mark.timeout(60)

@@ -5,10 +5,12 @@ RateLimit fields; a policy applied, changed and deleted takes effect on a runnin
 without dropping a kept-alive client; the decisions are in /metrics by policy and limit.
 
 The node fronts the backend app (tests.integration.httpapps) as test_dataplane_http's
-mesh does; the limit is Inbound (the default): the node's inbound side holds the bucket.
-The load is a bounded, paced loop on loopback (a few hundred requests a second, four
-kept-alive clients), so that it measures the limit and not the machine: each run takes
-about 11 s of load.
+mesh does. The load is a bounded, paced loop on loopback (200 requests a second from four
+clients), so that it measures the limit and not the machine: each run takes about 11 s of
+load. For the measurement the limit is Outbound and every request a new client
+connection, so that the kernel spreads the requests over the workers (SO_REUSEPORT) and
+each worker decides on its share: an Inbound limit is decided by whichever worker
+accepted the caller node's kept-alive mTLS connection, which may be one for all.
 """
 
 from __future__ import annotations
@@ -39,14 +41,16 @@ kind: RateLimitPolicy
 metadata: {{name: backend-limit, namespace: demo}}
 spec:
   targetRefs: [{{group: "", kind: Service, name: backend}}]
+  direction: {direction}
   limits:
   - name: whole
     tokenBucket: {{maxTokens: {burst}, tokensPerFill: {tokens}, fillInterval: {interval}}}
 """
 
 
-def policy(burst: int = 10, tokens: int = 10, interval: str = "200ms") -> str:
-    return POLICY.format(burst=burst, tokens=tokens, interval=interval)
+def policy(burst: int = 10, tokens: int = 10, interval: str = "200ms",
+           direction: str = "Inbound") -> str:
+    return POLICY.format(burst=burst, tokens=tokens, interval=interval, direction=direction)
 
 
 def start_node(make_node: Callable[..., Node], start_app: Callable[..., HTTPApp],
@@ -69,9 +73,9 @@ def apply(node: Node, resource_dir: Path, text: str) -> None:
 
 
 class PacedLoad:
-    """CLIENTS threads, each a kept-alive client sending GETs at OFFERED / CLIENTS a
-    second (reconnecting when an answer says close) for `duration_s`; every answer's
-    (time since start, status) kept, and one 429's fields."""
+    """CLIENTS threads, each sending GETs at OFFERED / CLIENTS a second for
+    `duration_s`, each on a new connection; every answer's (time since start, status)
+    kept, and one 429's fields."""
 
     def __init__(self, port: int, duration_s: float) -> None:
         self.port, self.duration_s = port, duration_s
@@ -89,27 +93,24 @@ class PacedLoad:
     def _client(self, index: int) -> None:
         period = CLIENTS / OFFERED
         due = self.start + index * period / CLIENTS
-        conn = None
         while due < self.start + self.duration_s:
             time.sleep(max(0.0, due - time.monotonic()))
             due += period
             try:
-                conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                conn.request("GET", "/limited", headers={"Host": HOST})
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", "/limited", headers={"Host": HOST, "Connection": "close"})
                 resp = conn.getresponse()
                 resp.read()
             except (OSError, http.client.HTTPException) as exc:
                 with self._lock:
                     self.failures.append(repr(exc))
-                conn = None
                 continue
+            finally:
+                conn.close()
             with self._lock:
                 self.answers.append((time.monotonic() - self.start, resp.status))
                 if resp.status == 429 and not self.limited_headers:
                     self.limited_headers = {k.lower(): v for k, v in resp.getheaders()}
-            if resp.will_close:
-                conn.close()
-                conn = None
 
     def served(self, since_s: float, until_s: float) -> int:
         return sum(1 for at, status in self.answers if status == 200 and since_s <= at < until_s)
@@ -120,7 +121,7 @@ def test_a_limit_is_the_nodes_whatever_the_number_of_workers(
         make_node: Callable[..., Node], start_app: Callable[..., HTTPApp], resource_dir: Path,
         workers: int) -> None:
     node = start_node(make_node, start_app, resource_dir, workers)
-    apply(node, resource_dir, policy())                      # 50 a second, 10 at once
+    apply(node, resource_dir, policy(direction="Outbound"))  # 50 a second, 10 at once
     load = PacedLoad(node.port_base + 1, WARMUP_S + WINDOW_S + 0.5)
     assert len(load.failures) <= len(load.answers) // 100, load.failures[:5]
     statuses = {status for _, status in load.answers}
@@ -136,7 +137,7 @@ def test_a_limit_is_the_nodes_whatever_the_number_of_workers(
     decided = {name: {e["policy"]: e for e in r.get("rate_limits") or ()} for name, r in reports.items()}
     allowed = [d["demo/backend-limit/whole"]["allowed"] for d in decided.values()
                if "demo/backend-limit/whole" in d]
-    # Each worker that took requests decided on the one bucket of the node.
+    # Each worker decided on its share of the requests, on the one bucket of the node.
     assert len(allowed) == workers and all(allowed), decided
     limited = metric_total(node, "meshnode_ratelimit_decisions_total", policy="demo/backend-limit",
                            limit="whole", result="limited")
