@@ -215,15 +215,17 @@ cdef bint _answer_in_place(Core* core, Conn* c, const FilterCall* call, const ch
                            int fields_len) noexcept nogil:
     """Answer the request being framed 429 as the pair's next answer and drop its head,
     the pair going on (module comment); False when it may not be: not past its first
-    request (CONN_PIPE), a body, an upgrade, HEAD (no body may follow), or the request
-    or the node's drain ending the pair anyway. Nothing is owed before it
-    (_answer_owed), so the client's side of u2d is empty."""
+    request (CONN_PIPE), a body, an upgrade, HEAD (no body may follow), the request or
+    the node's drain ending the pair anyway, or requests kept in the buffer for a replay
+    (CONN_RETRYABLE, CONN_KEPT: the dropped head would be sent with them). Nothing is
+    owed before it (_answer_owed), so the client's side of u2d is empty."""
     cdef Flow* u = &c.u2d
     cdef const ReqHead* req = call.req
     cdef int n
     if (c.state != CONN_PIPE or req.body != BODY_NONE or req.upgrade
             or req.method == METHOD_HEAD or req.method == METHOD_CONNECT or not req.keep_alive
-            or c.client_close or c.flags & CONN_GOING_AWAY or core.draining
+            or c.client_close or c.flags & (CONN_GOING_AWAY | CONN_RETRYABLE | CONN_KEPT)
+            or core.draining
             or call.base != c.d2u.head or c.fwd != 0):
         return False
     if u.buf == NULL:
