@@ -2,7 +2,8 @@
 ratelimits, meshnode.sharedstate): a limit is the node's whatever `--workers` is, measured
 over 10 s with one and with two proxy workers; its 429s carry Retry-After and the
 RateLimit fields; a policy applied, changed and deleted takes effect on a running node
-without dropping a kept-alive client; the decisions are in /metrics by policy and limit.
+without dropping a kept-alive client; a limit on an HTTPRoute's rule takes that rule's
+requests only; the decisions are in /metrics by policy and limit.
 
 The node fronts the backend app (tests.integration.httpapps) as test_dataplane_http's
 mesh does. The load is a bounded, paced loop on loopback (200 requests a second from four
@@ -169,4 +170,45 @@ def test_a_policy_applied_changed_and_deleted_on_a_running_node_keeps_the_client
     assert deleted.returncode == 0, deleted.stderr
     node.wait_version(parse_version(deleted.stdout))
     assert statuses(3) == [200] * 3
+    conn.close()
+
+
+ROUTE = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: backend-routes, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: backend, port: 8080}]
+  rules:
+  - name: search
+    matches: [{path: {type: PathPrefix, value: /search}}]
+    backendRefs: [{name: backend, port: 8080}]
+  - backendRefs: [{name: backend, port: 8080}]
+---
+apiVersion: meshnode.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: search-limit, namespace: demo}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: backend-routes,
+                sectionName: search}]
+  direction: Outbound
+  limits: [{rate: {requests: 2, unit: Hour}}]
+"""
+
+
+def test_a_limit_on_an_http_routes_rule_takes_that_rules_requests_only(
+        make_node: Callable[..., Node], start_app: Callable[..., HTTPApp],
+        resource_dir: Path) -> None:
+    node = start_node(make_node, start_app, resource_dir, 1)
+    apply(node, resource_dir, ROUTE)
+    conn = http.client.HTTPConnection("127.0.0.1", node.port_base + 1, timeout=10)
+
+    def status(path: str) -> int:
+        conn.request("GET", path, headers={"Host": HOST})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+
+    assert [status(p) for p in ("/search/1", "/other", "/search/2", "/search/3", "/other")] == [
+        200, 200, 200, 429, 200]
     conn.close()
