@@ -178,8 +178,10 @@ cdef int _inbound_open(Core* core, Conn* c, bint http) noexcept nogil:
         c.head_reserve = _request_room(&route.chain, c)
     else:
         c.head_reserve = 0
-        if _pair_limited(core, c, &route.chain):
-            return STATUS_CLOSE         # over a rate limit (ratelimit.pxi)
+        if _pair_refused(core, c, &route.chain):
+            # Over a rate limit (ratelimit.pxi) or refused by authorization (authz.pxi):
+            # closed before its app is connected, so nothing of the caller's reaches it.
+            return STATUS_CLOSE
     st = _connect(core, c, &route.app_addr, route.app_addrlen)
     if st == STATUS_OK:
         return _enter_pipe(core, c)

@@ -185,6 +185,9 @@ cdef enum FilterKind:
     # Either side, on request or on an opaque pair's accept: a RateLimitPolicy's token
     # bucket (ratelimit.pxi); `arg` is its Table.limits index.
     FILTER_RATE_LIMIT = 3
+    # Inbound, on request (HTTP) and at accept (an opaque pair): the route's
+    # AuthorizationPolicy program (authz.pxi); denied: 403, or the pair closed.
+    FILTER_AUTHZ = 4
 
 
 cdef struct Filter:
@@ -210,6 +213,123 @@ cdef struct FilterCall:
     int peer_len
     int status                     # FILTER_ANSWER: the engine's answer (0: refuse)
     bint kept                      # ... sent in place: the pair goes on (ratelimit.pxi)
+
+
+# AuthorizationPolicy (authz.pxi, Istio's semantics): an inbound route's program as the
+# control side compiles it (fastpath/authz_table.pxi checks it), flattened into arrays
+# the program owns: policies -> rules -> clauses (a SOURCE or an OPERATION: all its
+# matches hold) and `when` matches -> leaves. Indexes, not pointers: one malloc per
+# array, freed with the table.
+cdef enum AuthzAction:
+    AUTHZ_ALLOW = 0
+    AUTHZ_DENY
+    AUTHZ_AUDIT
+    AUTHZ_NONE                     # figures only: no ALLOW policy, no DENY matched
+
+
+cdef enum AuthzField:
+    AZ_PRINCIPAL = 0               # the peer's SPIFFE ID without "spiffe://"
+    AZ_NAMESPACE                   # the namespace in it
+    AZ_SOURCE_IP                   # the calling workload's address (Conn.source_ip)
+    AZ_REMOTE_IP                   # the first X-Forwarded-For entry, else AZ_SOURCE_IP
+    AZ_DEST_IP                     # the local app's address
+    AZ_DEST_PORT                   # the local app's port
+    AZ_SNI                         # the route's SNI
+    AZ_HOST                        # HTTP only (Istio's forTCP errors): Host, no case
+    AZ_METHOD                      # HTTP only
+    AZ_PATH                        # HTTP only: normalized, query stripped
+    AZ_HEADER                      # HTTP only: request.headers[NAME]
+
+
+cdef enum AuthzLeafKind:
+    AZ_EXACT = 0
+    AZ_PREFIX
+    AZ_SUFFIX
+    AZ_ANY                         # present (an absent value matches no leaf)
+    AZ_TEMPLATE                    # Istio path template: {*} one segment, {**} the rest
+    AZ_CIDR
+    AZ_PORT
+
+
+# Istio's meshConfig.pathNormalization (Envoy's normalize_path, merge_slashes,
+# path_with_escaped_slashes_action).
+cdef enum PathNormalization:
+    PATH_NORM_NONE = 0
+    PATH_NORM_BASE                 # RFC 3986 §5.2.4 dot segments, unreserved %XX decoded
+    PATH_NORM_MERGE_SLASHES        # BASE, then "//" -> "/"
+    PATH_NORM_DECODE_AND_MERGE     # %2F, %5C decoded first, then MERGE_SLASHES
+
+
+cdef struct AuthzLeaf:
+    uint8_t kind                   # AuthzLeafKind
+    uint8_t bits                   # AZ_CIDR: prefix length over the 16-byte address
+    uint32_t off                   # strings: AuthzProgram.text[off : off + length]
+    uint32_t length
+    uint8_t addr[16]               # AZ_CIDR: the network (IPv4 as ::ffff:a.b.c.d)
+    uint32_t port                  # AZ_PORT
+
+
+cdef struct AuthzMatch:
+    uint8_t field                  # AuthzField
+    uint32_t name_off              # AZ_HEADER: the field's name (lowercase) in text
+    uint32_t name_len
+    bint has_values                # values given: one of them must match
+    uint32_t first_value           # AuthzProgram.leaves
+    uint32_t n_values
+    uint32_t first_not             # ... none of these may match
+    uint32_t n_not
+
+
+cdef struct AuthzClause:           # a SOURCE or an OPERATION: every match holds
+    uint32_t first_match
+    uint32_t n_matches
+
+
+cdef struct AuthzRule:
+    bint any_from                  # `from` absent: any source
+    uint32_t first_from            # AuthzProgram.clauses: one of them holds
+    uint32_t n_from
+    bint any_to
+    uint32_t first_to
+    uint32_t n_to
+    uint32_t first_when            # AuthzProgram.matches: every one holds
+    uint32_t n_when
+    bint http_only                 # it names an HTTP-only field (AZ_HOST and after)
+
+
+cdef struct AuthzPolicy:
+    uint8_t action                 # AuthzAction
+    uint32_t name_off              # "namespace/name" in text
+    uint32_t name_len
+    uint32_t first_rule
+    uint32_t n_rules               # 0: matches nothing
+    uint16_t figure                # Core.authz index + 1 (0: not looked up yet)
+
+
+cdef struct AuthzProgram:
+    AuthzPolicy* policies
+    uint32_t n_policies
+    AuthzRule* rules
+    AuthzClause* clauses
+    AuthzMatch* matches
+    AuthzLeaf* leaves
+    char* text
+    uint8_t normalization          # PathNormalization
+    bint has_allow                 # an ALLOW policy: a request must match one
+    uint32_t want                  # bit (1 << AuthzField) per field some match names
+    uint16_t figure_none           # figures of the decisions no policy made (index + 1)
+    uint16_t figure_unmatched
+
+
+# Authorization decisions per (policy, action), node-lifetime (Core.authz): created by
+# the engine thread at a policy's first decision, published with n_authz, counts read
+# without a lock like Counters.
+cdef struct AuthzFigure:
+    Name policy                    # "namespace/name"; empty: no policy decided
+    uint8_t action                 # AuthzAction
+    uint64_t allowed
+    uint64_t denied
+    uint64_t audited
 
 
 # How a service picks an endpoint for a new upstream (balancer.pxi).
@@ -482,6 +602,7 @@ cdef struct InboundRoute:
                                    # AUTO is told by the first bytes
     Name version                   # the local workload's `version` label, as Endpoint's
     uint16_t version_tag
+    AuthzProgram* authz            # its AuthorizationPolicies (authz.pxi), owned; NULL: none
     uint8_t mtls                   # MtlsMode: does it take plaintext too (plaintext.pxi)
 
 
@@ -623,6 +744,9 @@ cdef enum:
     # RequestMirror filters one rule may have (Gateway API v1.1 allows several): the
     # copies of one request that are fed its body as it passes (mirror.pxi).
     ENGINE_MIRRORS_MAX = 4
+    # Authorization figures (Core.authz): distinct (policy, action) pairs counted; more
+    # go to Counters.stats_overflow.
+    ENGINE_AUTHZ_FIGURES = 1024
 
 
 # Outbound: the owner of a local caller's socket, asked of the kernel at most once per
@@ -815,6 +939,9 @@ cdef struct Conn:
                                    # move: found again by fd in the next one)
     net.sockaddr_storage peer_addr # outbound: the client's address (its identity);
                                    # inbound: the source its limits are counted for
+    uint8_t source_ip[16]          # inbound: the calling workload's address (IPv4 as
+                                   # ::ffff:a.b.c.d), what authorization judges by
+                                   # (source.ip, ipBlocks); set at accept (limits.pxi)
     CallerState caller             # outbound: what the kernel said of the caller's socket
     uint32_t caller_uid            # ... its owner, when CALLER_KNOWN (asked once a pair)
     int64_t close_at_ns            # opaque: its destination left the table; closed then
@@ -1089,6 +1216,12 @@ cdef struct Counters:
     uint64_t pool_spent
     uint64_t pool_no_slot
     uint64_t pool_counts_reused
+    # AuthorizationPolicy (authz.pxi): decisions that let a request or an opaque pair
+    # through, HTTP requests answered 403 and opaque pairs closed, AUDIT matches.
+    uint64_t authz_allowed
+    uint64_t authz_denied_http
+    uint64_t authz_denied_tcp
+    uint64_t authz_audited
 
 
 # --- limits before authentication (limits.pxi) --------------------------------------------------
@@ -1213,6 +1346,9 @@ cdef struct Core:
     uint32_t n_principals          # likewise
     Name tags[ENGINE_TAGS]         # `route` and `destination_version` values; [0] empty
     uint32_t n_tags                # likewise
+    char* scratch                  # buffer_bytes: a request path normalized (authz.pxi)
+    AuthzFigure* authz             # ENGINE_AUTHZ_FIGURES (authz.pxi)
+    uint32_t n_authz               # likewise
 
 
 # Engine's life: NEW ─run()─► RUNNING ─loop ends (stop())─► DONE. stop() before run()
@@ -1271,6 +1407,8 @@ cdef class RouteTable:
     cdef dict _mtls                # inbound route sni bytes -> (MtlsMode, [host bytes],
                                    # service port) (plaintext.pxi); absent: STRICT
     cdef list _rate_limits         # (limit tuple, inbound snis, service indexes) (ratelimit.pxi)
+    cdef dict _authz               # inbound route index -> compiled program tuple
+                                   # (authz_table.pxi)
 
     cdef int _check_fd(self, int fd) except -1
     cdef Table* _build(self) except NULL

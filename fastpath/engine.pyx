@@ -100,7 +100,8 @@ Choices, and why:
   deadline.
 - The filter chain (filters.pxi): per service and per inbound route, compiled steps
   run on connection, on request head and on response head (the upstream's identity
-  check, x-forwarded-client-cert); new per-request behaviour is a new step.
+  check, x-forwarded-client-cert, an inbound route's AuthorizationPolicy: authz.pxi);
+  new per-request behaviour is a new step.
 - No Python on the loop path: connection state is C structs in one preallocated
   array (max_connections) with a free list; epoll tags carry (slot, generation,
   side), so an event for a slot closed earlier in the same batch is ignored.
@@ -298,6 +299,7 @@ include "budget.pxi"        # retry budgets per destination service (GEP-3388)
 include "early.pxi"         # an answer sent before the upstream took the whole request
 include "fault.pxi"         # a route rule's fault injection: delay on the wheel, abort
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
+include "authz.pxi"         # AuthorizationPolicy: a route's program judged, paths normalized
 include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
 include "hashing.pxi"       # consistent hashing: a request's key, ring and Maglev tables
@@ -309,6 +311,7 @@ include "stats.pxi"         # request figures per (direction, service, peer)
 include "table.pxi"         # route tables: compile, swap, carry-over of endpoint state
 include "routes_table.pxi"  # HTTPRoute's part of a table: checked, compiled
 include "route_filters_table.pxi"  # a rule's URLRewrite, RequestRedirect, backendRef filters
+include "authz_table.pxi"   # AuthorizationPolicy's part of a table: checked, compiled
 include "carry.pxi"         # open pairs meet a newer table
 include "drain.pxi"         # graceful drain: stop accepting, finish, send clients away
 include "limits.pxi"        # limits before authentication: budgets, handshakes, sources
@@ -397,6 +400,8 @@ cdef class Engine:
 
         # Zeroed pages nobody touched are not resident: only keys in use cost memory.
         core.stats = <StatRecord*>calloc(ENGINE_STAT_RECORDS, sizeof(StatRecord))
+        core.authz = <AuthzFigure*>calloc(ENGINE_AUTHZ_FIGURES, sizeof(AuthzFigure))
+        core.scratch = <char*>malloc(<size_t>buffer_bytes)
         core.n_principals = 1               # [0]: no peer / not known (empty)
         core.n_tags = 1                     # [0]: no route / version (empty)
         core.conns = <Conn*>calloc(core.max_conns + core.max_mirrors, sizeof(Conn))
@@ -423,7 +428,8 @@ cdef class Engine:
         n_bufs = 2 * (<size_t>core.max_conns + core.max_mirrors)
         core.pool = <char*>malloc(n_bufs * core.buffer_bytes)
         core.free_bufs = <char**>malloc(n_bufs * sizeof(char*))
-        if (core.conns == NULL or core.stats == NULL or core.ready == NULL or core.ready_next == NULL
+        if (core.conns == NULL or core.stats == NULL or core.authz == NULL
+                or core.scratch == NULL or core.ready == NULL or core.ready_next == NULL
                 or core.pool == NULL or core.free_bufs == NULL or core.sources == NULL):
             raise MemoryError()
         # Slots are taken as needed (_conn_new): the array's pages stay untouched, and
@@ -692,6 +698,11 @@ cdef class Engine:
         out["pool_spent"] = snap.pool_spent
         out["pool_no_slot"] = snap.pool_no_slot
         out["pool_counts_reused"] = snap.pool_counts_reused
+        # AuthorizationPolicy (authz.pxi): decisions; per policy: authz_stats().
+        out["authz_allowed"] = snap.authz_allowed
+        out["authz_denied_http"] = snap.authz_denied_http
+        out["authz_denied_tcp"] = snap.authz_denied_tcp
+        out["authz_audited"] = snap.authz_audited
         # RequestMirror (mirror.pxi): copies sent whole, copies given up, the slots for
         # them and those in use, and their connections as a side of their own.
         out["http_mirrored"] = snap.http_mirrored
@@ -750,6 +761,27 @@ cdef class Engine:
                 "codes": codes,
                 "latency_us": [r.latency_us[j] for j in range(ENGINE_LATENCY_BUCKETS)],
             })
+        return out
+
+    def authz_stats(self) -> list[dict]:
+        """Authorization decisions per (policy, action), counted so far across tables:
+        a list of {"policy": "namespace/name" ("" when no policy decided: with
+        "action" "ALLOW", no ALLOW policy matched; with "NONE", none applied), "action":
+        "ALLOW" | "DENY" | "AUDIT" | "NONE", "allowed", "denied", "audited": counts}.
+        A decision counts under the policy that made it; an AUDIT policy counts each
+        request or connection it matches. Counts only grow."""
+        cdef Core* core = self.core
+        cdef uint32_t n = mn_acquire_u32(&core.n_authz)
+        cdef uint32_t i
+        cdef AuthzFigure* f
+        names = ("ALLOW", "DENY", "AUDIT", "NONE")
+        out = []
+        for i in range(n):
+            f = &core.authz[i]
+            out.append({"policy": f.policy.data[:f.policy.length].decode("utf-8", "replace")
+                        if f.policy.length else "",
+                        "action": names[f.action], "allowed": f.allowed, "denied": f.denied,
+                        "audited": f.audited})
         return out
 
 

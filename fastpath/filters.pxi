@@ -1,6 +1,7 @@
 # filters.pxi: The filter chain: a route's compiled steps on connection (with the peer's
 # verified identity), on request head and on response head, each returning continue,
-# stop or answer; the steps themselves (the upstream's identity, the identity header).
+# stop or answer; the steps themselves (the upstream's identity, the identity header;
+# authorization's is authz.pxi's).
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 #
@@ -78,7 +79,70 @@ cdef inline FilterVerdict _filter_step(Core* core, Conn* c, const Filter* f,
         return _peer_id_step(core, c, call)
     if f.kind == FILTER_RATE_LIMIT:
         return _ratelimit_step(core, c, f, call)   # ratelimit.pxi
+    if f.kind == FILTER_AUTHZ:
+        return _authz_step(core, c, call)       # (authz.pxi)
     return FILTER_CONTINUE
+
+
+cdef inline bint _answer_owed(const Conn* c) noexcept nogil:
+    """Is an answer owed on pair c before one the engine would make for the request
+    being framed? (Then that answer must wait: it cannot overtake.) A first request's
+    (CONN_HTTP_HEAD) comes with nothing owed, as the router's own answers."""
+    if c.n_pend > 0 or c.fwd > 0:
+        return True
+    if c.state == CONN_HTTP_HEAD:
+        return False
+    return c.resp_fwd > 0 or (c.u2d.buf != NULL and c.u2d.head != c.u2d.tail)
+
+
+cdef bint _answer_in_place(Core* core, Conn* c, const FilterCall* call, int status,
+                           const char* body, const char* fields, int fields_len) noexcept nogil:
+    """Answer the request being framed `status` with text `body` (and the field lines
+    fields[0:fields_len]) as the pair's next answer and drop its head, the pair going on
+    as Envoy's local replies (a rate limit's, RBAC's) keep the connection; False when it
+    may not be: not past its first request (CONN_PIPE), a body, an upgrade, the request
+    or the node's drain ending the pair anyway, or requests kept in the buffer for a
+    replay (CONN_RETRYABLE, CONN_KEPT: the dropped head would be sent with them). An
+    answer to HEAD has the body's length and no body (RFC 9110 §9.3.2: the caller's
+    node frames it so). Nothing is owed before it (_answer_owed), so the client's side
+    of u2d is empty."""
+    cdef Flow* u = &c.u2d
+    cdef const ReqHead* req = call.req
+    cdef int n
+    if (c.state != CONN_PIPE or req.body != BODY_NONE or req.upgrade
+            or req.method == METHOD_CONNECT or not req.keep_alive
+            or c.client_close or c.flags & (CONN_GOING_AWAY | CONN_RETRYABLE | CONN_KEPT)
+            or core.draining
+            or call.base != c.d2u.head or c.fwd != 0):
+        return False
+    if u.buf == NULL:
+        u.buf = _buf_get(core)
+        if u.buf == NULL:
+            return False
+    n = snprintf(u.buf, core.buffer_bytes,
+                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%.*s\r\n%s",
+                 status, _reason(status), <int>strlen(body), fields_len, fields,
+                 <const char*>b"" if req.method == METHOD_HEAD else body)
+    if n <= 0 or n >= <int>core.buffer_bytes:
+        return False
+    u.head = 0
+    u.tail = <uint32_t>n
+    c.resp_fwd = <uint32_t>n            # framed: the client's next bytes (_http_u2d)
+    c.d2u.head += req.head_len          # the request goes no further
+    c.flags |= CONN_ANSWERED
+    _count_answer(core, c, status, -1)
+    return True
+
+
+cdef bint _pair_refused(Core* core, Conn* c, const FilterChain* chain) noexcept nogil:
+    """A new opaque pair (PHASE_ACCEPT): does a step of its chain refuse it (over a rate
+    limit, refused by authorization)? Then the caller closes it."""
+    cdef FilterCall call
+    if not _chain_at(chain, PHASE_ACCEPT):
+        return False
+    memset(&call, 0, sizeof(FilterCall))
+    call.phase = PHASE_ACCEPT
+    return _filters_run(core, c, chain, &call) != FILTER_CONTINUE
 
 
 cdef inline bint _chain_at(const FilterChain* chain, FilterPhase phase) noexcept nogil:

@@ -74,7 +74,8 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     next hop, count it as framed, and expect its body. STATUS_OK (also: a step answered
     it in place and dropped it: ratelimit.pxi), STATUS_AGAIN (inbound: no room for
     x-forwarded-client-cert until earlier bytes are sent; a step waits for earlier
-    answers), STATUS_CLOSE (a step answered it, the pair ends: a rate limit's 429), or
+    answers), STATUS_CLOSE (a step answered it, the pair ends: a rate limit's 429, an
+    authorization's 403), or
     STATUS_RESET (outbound: an absolute-form head that cannot be edited; 431).
 
     Outbound, the client's hop-by-hop fields go and an absolute-form target becomes
@@ -119,9 +120,9 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
         if v == FILTER_STOP:
             return STATUS_AGAIN
         if v == FILTER_ANSWER:
-            # A step answered the request itself (a rate limit's 429): in place, its
-            # head dropped and the pair going on to the next request, or as the
-            # engine's other answers, the pair ending after it.
+            # A step answered the request itself (a rate limit's 429, an
+            # authorization's 403): in place, its head dropped and the pair going on to
+            # the next request, or as the engine's other answers, the pair ending after.
             c.filter_at = 0
             return STATUS_OK if call.kept else STATUS_CLOSE
         delta = call.delta
@@ -477,7 +478,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 core.counters.http_bad_request += 1
                 return STATUS_RESET
             if rc == STATUS_CLOSE:
-                return STATUS_CLOSE     # answered by a step (ratelimit.pxi)
+                return STATUS_CLOSE     # answered by a step (ratelimit.pxi, authz.pxi)
             if rc == STATUS_AGAIN:
                 if f.head == 0:
                     if not _answer_owed(c):

@@ -312,6 +312,11 @@ cdef void _core_free(Core* core) noexcept nogil:
         _name_free(&core.principals[i])
     for i in range(core.n_tags):
         _name_free(&core.tags[i])
+    if core.authz != NULL:
+        for i in range(core.n_authz):
+            _name_free(&core.authz[i].policy)
+        free(core.authz)
+    free(core.scratch)
     free(core.conns)
     free(core.sources)
     free(core.ready)

@@ -135,17 +135,6 @@ cdef uint64_t _rate_key(Core* core, const Conn* c, const RateLimit* lim) noexcep
     return h if h != 0 else 1
 
 
-cdef inline bint _answer_owed(const Conn* c) noexcept nogil:
-    """Is an answer owed on pair c before one the engine would make for the request
-    being framed? (Then that answer must wait: it cannot overtake.) A first request's
-    (CONN_HTTP_HEAD) comes with nothing owed, as the router's own answers."""
-    if c.n_pend > 0 or c.fwd > 0:
-        return True
-    if c.state == CONN_HTTP_HEAD:
-        return False
-    return c.resp_fwd > 0 or (c.u2d.buf != NULL and c.u2d.head != c.u2d.tail)
-
-
 cdef inline bint _rate_rule_in(const RateLimit* lim, int32_t rule) noexcept nogil:
     cdef uint32_t i
     for i in range(lim.n_rules):
@@ -205,56 +194,10 @@ cdef bint _ratelimit_reply(Core* core, Conn* c, const RateLimit* lim, int64_t wa
                           secs, lim.policy_field.data, lim.policy.data, secs)
     if n <= 0 or n >= <int>sizeof(fields):
         n = 0
-    if _answer_in_place(core, c, call, fields, n):
+    if _answer_in_place(core, c, call, 429, b"rate limit exceeded\n", fields, n):
         return True
     _http_reply_fields(core, c, 429, b"rate limit exceeded\n", -1, fields, n)
     return False
-
-
-cdef bint _answer_in_place(Core* core, Conn* c, const FilterCall* call, const char* fields,
-                           int fields_len) noexcept nogil:
-    """Answer the request being framed 429 as the pair's next answer and drop its head,
-    the pair going on (module comment); False when it may not be: not past its first
-    request (CONN_PIPE), a body, an upgrade, HEAD (no body may follow), the request or
-    the node's drain ending the pair anyway, or requests kept in the buffer for a replay
-    (CONN_RETRYABLE, CONN_KEPT: the dropped head would be sent with them). Nothing is
-    owed before it (_answer_owed), so the client's side of u2d is empty."""
-    cdef Flow* u = &c.u2d
-    cdef const ReqHead* req = call.req
-    cdef int n
-    if (c.state != CONN_PIPE or req.body != BODY_NONE or req.upgrade
-            or req.method == METHOD_HEAD or req.method == METHOD_CONNECT or not req.keep_alive
-            or c.client_close or c.flags & (CONN_GOING_AWAY | CONN_RETRYABLE | CONN_KEPT)
-            or core.draining
-            or call.base != c.d2u.head or c.fwd != 0):
-        return False
-    if u.buf == NULL:
-        u.buf = _buf_get(core)
-        if u.buf == NULL:
-            return False
-    n = snprintf(u.buf, core.buffer_bytes,
-                 b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain\r\n"
-                 b"content-length: 20\r\n%.*s\r\nrate limit exceeded\n", fields_len, fields)
-    if n <= 0 or n >= <int>core.buffer_bytes:
-        return False
-    u.head = 0
-    u.tail = <uint32_t>n
-    c.resp_fwd = <uint32_t>n            # framed: the client's next bytes (_http_u2d)
-    c.d2u.head += req.head_len          # the request goes no further
-    c.flags |= CONN_ANSWERED
-    _count_answer(core, c, 429, -1)
-    return True
-
-
-cdef bint _pair_limited(Core* core, Conn* c, const FilterChain* chain) noexcept nogil:
-    """A new opaque pair (PHASE_ACCEPT): is it over a rate its chain limits? Then the
-    caller closes it."""
-    cdef FilterCall call
-    if not _chain_at(chain, PHASE_ACCEPT):
-        return False
-    memset(&call, 0, sizeof(FilterCall))
-    call.phase = PHASE_ACCEPT
-    return _filters_run(core, c, chain, &call) != FILTER_CONTINUE
 
 
 # --- the region (GIL held) -----------------------------------------------------------------

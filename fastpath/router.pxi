@@ -244,7 +244,7 @@ cdef int _tcp_start(Core* core, Conn* c) noexcept nogil:
         return STATUS_CLOSE
     if _outlier_none_healthy(core, svc):
         return _outlier_refuse(core, c)
-    if c.setup_tries == 0 and _pair_limited(core, c, &svc.chain):
+    if c.setup_tries == 0 and _pair_refused(core, c, &svc.chain):
         return STATUS_CLOSE             # over a rate limit (ratelimit.pxi; a failover's
                                         # next try is the same pair: taken once)
     if not _pool_room(core, c, svc, False):

@@ -82,6 +82,7 @@ cdef void _table_free(Table* t) noexcept nogil:
             _name_free(&t.routes[i].service)
             _name_free(&t.routes[i].identity)
             _name_free(&t.routes[i].version)
+            _authz_free(t.routes[i].authz)
             if t.routes[i].server_ctx != NULL:
                 openssl.SSL_CTX_free(t.routes[i].server_ctx)
         free(t.routes)
@@ -461,6 +462,7 @@ cdef class RouteTable:
         self._conn_pools = {}
         self._mtls = {}
         self._rate_limits = []
+        self._authz = {}
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -834,6 +836,19 @@ cdef class RouteTable:
         (plaintext_refused). A later call for one route replaces this one."""
         _mtls_add(self, sni, mode, hosts, port)
 
+    def set_inbound_authz(self, str sni not None, program,
+                          str path_normalization="BASE") -> None:
+        """The AuthorizationPolicies that apply to inbound route `sni` (authz.pxi,
+        Istio's semantics), as control compiles them: `program` is
+        {"policies": [...]} (the authorization program's contract), checked whole (a
+        ValueError names what is wrong; nothing is installed). Each HTTP request is
+        judged on its head, its path normalized first by `path_normalization` (Istio's
+        meshConfig.pathNormalization: "NONE", "BASE", "MERGE_SLASHES",
+        "DECODE_AND_MERGE_SLASHES") and forwarded so; an opaque connection once, before
+        its app is connected. Denied: 403 `RBAC: access denied`, or the connection
+        closed. None removes the route's program. A later call replaces this one."""
+        _authz_add(self, sni, program, path_normalization)
+
     cdef Table* _build(self) except NULL:
         cdef Table* t = <Table*>calloc(1, sizeof(Table))
         cdef Source* src
@@ -943,9 +958,15 @@ cdef class RouteTable:
                     version_b) in enumerate(self._routes):
                 route = &t.routes[i]
                 route.protocol = proto
-                # Its chain: the rate limits that name it (ratelimit.pxi), then the
-                # caller's identity on every request handed to the app.
-                _chain_build(&route.chain, _limit_steps(self._rate_limits, sni_b, None)
+                # Its chain: authorization first (a request it refuses takes no token
+                # and is not edited), at accept (opaque pairs) and on request; the rate
+                # limits that name it (ratelimit.pxi); then the caller's identity on
+                # every request handed to the app.
+                steps = []
+                if i in self._authz:
+                    route.authz = _authz_program(self._authz[i])
+                    steps = [(FILTER_AUTHZ, PHASE_ACCEPT, 0), (FILTER_AUTHZ, PHASE_REQUEST, 0)]
+                _chain_build(&route.chain, steps + _limit_steps(self._rate_limits, sni_b, None)
                              + [(FILTER_XFCC, PHASE_REQUEST, 0)])
                 _name_set(&route.sni, sni_b)
                 _name_set(&route.service, service_b)

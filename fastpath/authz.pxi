@@ -1,0 +1,618 @@
+# authz.pxi: AuthorizationPolicy at the destination: an inbound route's compiled program
+# judged on each request head (HTTP) or once per opaque connection, in Istio's order
+# (any matching DENY denies; else, with an ALLOW policy, one must match; AUDIT only
+# counted), the request path normalized first (Istio's pathNormalization), and the
+# decisions counted per (policy, action, result).
+#
+# Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd;
+# the program's checks and compile are authz_table.pxi's.
+#
+# Nothing here allocates on a request (a policy's figure is made at its first decision,
+# once per node) or takes the GIL: the normalized path goes to Core.scratch, a request's
+# fields are read where they lie in the head.
+
+cdef enum:
+    _AUTHZ_PEER_MAX = SPIFFE_ID_MAX_BYTES
+    _AUTHZ_IP_TEXT_MAX = 64         # the longest address text X-Forwarded-For may give
+
+
+cdef const char* _AUTHZ_DENIED = b"RBAC: access denied"   # Envoy's RBAC filter's body
+
+
+# What a decision looks at: the caller, the connection, and on HTTP the request.
+cdef struct AuthzInput:
+    bint http
+    const char* principal           # the peer's ID without "spiffe://" (NULL: none)
+    uint32_t principal_len
+    const char* ns                  # the namespace in it (NULL: none)
+    uint32_t ns_len
+    const uint8_t* source_ip        # 16 bytes
+    uint8_t remote_ip[16]
+    uint8_t dest_ip[16]
+    uint32_t dest_port
+    const char* sni
+    uint32_t sni_len
+    const char* head                # HTTP: the head, parsed into req
+    const ReqHead* req
+    const char* path                # HTTP: normalized, query stripped
+    uint32_t path_len
+
+
+# --- the request path ----------------------------------------------------------------------
+
+cdef inline int _hex_value(char x) noexcept nogil:
+    if x >= c'0' and x <= c'9':
+        return x - c'0'
+    if x >= c'a' and x <= c'f':
+        return x - c'a' + 10
+    if x >= c'A' and x <= c'F':
+        return x - c'A' + 10
+    return -1
+
+
+cdef inline bint _unreserved(int x) noexcept nogil:
+    """RFC 3986 §2.3: what percent-decoding may give back as is (§6.2.2.2)."""
+    return ((x >= c'a' and x <= c'z') or (x >= c'A' and x <= c'Z') or (x >= c'0' and x <= c'9')
+            or x == c'-' or x == c'.' or x == c'_' or x == c'~')
+
+
+cdef int64_t _path_decode(const char* p, uint32_t n, char* out, uint8_t mode) noexcept nogil:
+    """Percent-decoding as Istio's normalizations do it (once, no double decoding):
+    unreserved characters always, %2F and %5C under DECODE_AND_MERGE_SLASHES only; a
+    backslash is a slash (Envoy's normalize_path). The length written, or -1 for %00
+    (Istio: always refused, 400)."""
+    cdef uint32_t i = 0
+    cdef uint32_t k = 0
+    cdef int hi, lo, v
+    while i < n:
+        if p[i] == c'%' and i + 2 < n:
+            hi = _hex_value(p[i + 1])
+            lo = _hex_value(p[i + 2])
+            if hi >= 0 and lo >= 0:
+                v = hi * 16 + lo
+                if v == 0:
+                    return -1
+                if _unreserved(v):
+                    out[k] = <char>v
+                    k += 1
+                    i += 3
+                    continue
+                if mode == PATH_NORM_DECODE_AND_MERGE and (v == c'/' or v == c'\\'):
+                    out[k] = c'/'
+                    k += 1
+                    i += 3
+                    continue
+        out[k] = c'/' if p[i] == c'\\' else p[i]
+        k += 1
+        i += 1
+    return k
+
+
+cdef uint32_t _dot_segments(char* p, uint32_t n) noexcept nogil:
+    """RFC 3986 §5.2.4 on an absolute path, in place (the output never overtakes the
+    input): "." goes, ".." takes the segment before it with it; a last "." or ".."
+    leaves the path ending in "/". The new length (at least 1: "/")."""
+    cdef uint32_t i = 1
+    cdef uint32_t j
+    cdef uint32_t k = 0
+    cdef uint32_t seg
+    cdef bint last
+    while True:
+        j = i
+        while j < n and p[j] != c'/':
+            j += 1
+        seg = j - i
+        last = j >= n
+        if seg == 1 and p[i] == c'.':
+            if last:
+                p[k] = c'/'
+                k += 1
+        elif seg == 2 and p[i] == c'.' and p[i + 1] == c'.':
+            while k > 0 and p[k - 1] != c'/':
+                k -= 1
+            if k > 0:
+                k -= 1
+            if last:
+                p[k] = c'/'
+                k += 1
+        else:
+            p[k] = c'/'
+            memmove(p + k + 1, p + i, seg)
+            k += 1 + seg
+        if last:
+            break
+        i = j + 1
+    if k == 0:
+        p[0] = c'/'
+        k = 1
+    return k
+
+
+cdef uint32_t _merge_slashes(char* p, uint32_t n) noexcept nogil:
+    cdef uint32_t i
+    cdef uint32_t k = 0
+    for i in range(n):
+        if p[i] == c'/' and k > 0 and p[k - 1] == c'/':
+            continue
+        p[k] = p[i]
+        k += 1
+    return k
+
+
+cdef int64_t _path_normalize(const char* p, uint32_t n, char* out, uint8_t mode) noexcept nogil:
+    """The path a request is judged (and forwarded) by: p[0:n] (no query) normalized
+    into `out` (room for n bytes: nothing here makes a path longer), in Istio's order:
+    decode, RFC 3986 normalization, merge slashes. A path that is not absolute (an
+    asterisk-form target) is kept as it is. Its length, or -1: refused (%00)."""
+    cdef int64_t k
+    if mode == PATH_NORM_NONE or n == 0 or (p[0] != c'/' and p[0] != c'\\'):
+        memcpy(out, p, n)
+        return n
+    k = _path_decode(p, n, out, mode)
+    if k < 0:
+        return -1
+    k = _dot_segments(out, <uint32_t>k)
+    if mode == PATH_NORM_MERGE_SLASHES or mode == PATH_NORM_DECODE_AND_MERGE:
+        k = _merge_slashes(out, <uint32_t>k)
+    return k
+
+
+cdef bint _template_holds(const char* t, uint32_t tn, const char* p, uint32_t pn) noexcept nogil:
+    """An Istio path template (checked at install: "{*}" and "{**}" only as whole
+    segments, "{**}" last): "{*}" is one non-empty segment, "{**}" the rest of the path
+    (maybe empty); any other segment is compared as it is."""
+    cdef uint32_t i = 0
+    cdef uint32_t j = 0
+    cdef uint32_t ti, pj
+    while i < tn:
+        if tn - i >= 4 and memcmp(t + i, b"{**}", 4) == 0:
+            return True
+        if tn - i >= 3 and memcmp(t + i, b"{*}", 3) == 0:
+            pj = j
+            while j < pn and p[j] != c'/':
+                j += 1
+            if j == pj:
+                return False
+            i += 3
+            continue
+        ti = i
+        while i < tn and t[i] != c'{':
+            i += 1
+        if pn - j < i - ti or memcmp(t + ti, p + j, i - ti) != 0:
+            return False
+        j += i - ti
+    return j == pn
+
+
+# --- leaves and matches --------------------------------------------------------------------
+
+cdef inline bint _lower_eq(const char* a, const char* lower, uint32_t n) noexcept nogil:
+    """a[0:n] equals `lower` (lowercase already) without regard to ASCII case."""
+    cdef uint32_t i
+    cdef unsigned char x
+    for i in range(n):
+        x = <unsigned char>a[i]
+        if x >= c'A' and x <= c'Z':
+            x += 32
+        if x != <unsigned char>lower[i]:
+            return False
+    return True
+
+
+cdef inline bint _bytes_at(const char* v, const char* s, uint32_t n, bint nocase) noexcept nogil:
+    return _lower_eq(v, s, n) if nocase else memcmp(v, s, n) == 0
+
+
+cdef bint _string_leaf(const AuthzProgram* prog, const AuthzLeaf* leaf, const char* v,
+                       uint32_t n, bint nocase) noexcept nogil:
+    cdef const char* s = prog.text + leaf.off
+    if leaf.kind == AZ_ANY:
+        return True
+    if leaf.kind == AZ_EXACT:
+        return n == leaf.length and _bytes_at(v, s, n, nocase)
+    if leaf.kind == AZ_PREFIX:
+        return n >= leaf.length and _bytes_at(v, s, leaf.length, nocase)
+    if leaf.kind == AZ_SUFFIX:
+        return n >= leaf.length and _bytes_at(v + n - leaf.length, s, leaf.length, nocase)
+    if leaf.kind == AZ_TEMPLATE:
+        return _template_holds(s, leaf.length, v, n)
+    return False
+
+
+cdef bint _ip_leaf(const AuthzLeaf* leaf, const uint8_t* ip) noexcept nogil:
+    cdef uint32_t whole = leaf.bits >> 3
+    cdef uint32_t rest = leaf.bits & 7
+    cdef uint8_t mask
+    if leaf.kind != AZ_CIDR or memcmp(ip, leaf.addr, whole) != 0:
+        return False
+    if rest == 0:
+        return True
+    mask = <uint8_t>(0xFF << (8 - rest))
+    return (ip[whole] & mask) == leaf.addr[whole]
+
+
+cdef bint _field_joined(const char* name, uint32_t name_len, const char* head,
+                        const ReqHead* req, char* joined, size_t cap, const char** value,
+                        size_t* n) noexcept nogil:
+    """The value of the request's fields `name` (lowercase): one, where it lies; several,
+    joined by "," into `joined` (RFC 9110 §5.3, as Envoy's matchers see them). False when
+    there is none, or when joined they are over `cap`."""
+    cdef uint32_t i, seen = 0
+    cdef size_t used = 0
+    cdef const Field* f
+    cdef const Field* first = NULL
+    for i in range(req.header_count):
+        f = &req.headers[i]
+        if f.name.len != name_len or not _lower_eq(head + f.name.off, name, name_len):
+            continue
+        seen += 1
+        if seen == 1:
+            first = f
+            continue
+        if seen == 2:
+            if first.value.len > cap:
+                return False
+            memcpy(joined, head + first.value.off, first.value.len)
+            used = first.value.len
+        if used + 1 + f.value.len > cap:
+            return False
+        joined[used] = c','
+        memcpy(joined + used + 1, head + f.value.off, f.value.len)
+        used += 1 + f.value.len
+    if seen == 0:
+        return False
+    if seen == 1:
+        value[0] = head + first.value.off
+        n[0] = first.value.len
+    else:
+        value[0] = joined
+        n[0] = used
+    return True
+
+
+cdef bint _match_holds(const AuthzProgram* prog, const AuthzMatch* m,
+                       const AuthzInput* x) noexcept nogil:
+    """One field's values (one must match, when given) and not-values (none may): a
+    value the request or connection does not have matches no leaf."""
+    cdef const char* s = NULL
+    cdef size_t n = 0
+    cdef const uint8_t* ip = NULL
+    cdef bint present = True
+    cdef bint nocase = False
+    cdef bint hit
+    cdef uint32_t i, k, first, count
+    cdef const AuthzLeaf* leaf
+    cdef char joined[_ROUTE_JOIN_MAX]
+    if m.field == AZ_PRINCIPAL:
+        s, n, present = x.principal, x.principal_len, x.principal != NULL
+    elif m.field == AZ_NAMESPACE:
+        s, n, present = x.ns, x.ns_len, x.ns != NULL
+    elif m.field == AZ_SOURCE_IP:
+        ip = x.source_ip
+    elif m.field == AZ_REMOTE_IP:
+        ip = &x.remote_ip[0]
+    elif m.field == AZ_DEST_IP:
+        ip = &x.dest_ip[0]
+    elif m.field == AZ_SNI:
+        s, n, present = x.sni, x.sni_len, x.sni_len > 0
+    elif m.field == AZ_HOST:
+        s, n, present, nocase = x.head + x.req.authority.off, x.req.authority.len, True, True
+    elif m.field == AZ_METHOD:
+        s, n = x.head + x.req.method_span.off, x.req.method_span.len
+    elif m.field == AZ_PATH:
+        s, n = x.path, x.path_len
+    elif m.field == AZ_HEADER:
+        present = _field_joined(prog.text + m.name_off, m.name_len, x.head, x.req, joined,
+                                sizeof(joined), &s, &n)
+    for k in range(2):
+        if k == 0:
+            if not m.has_values:
+                continue
+            first, count = m.first_value, m.n_values
+        else:
+            first, count = m.first_not, m.n_not
+        hit = False
+        if present:
+            for i in range(first, first + count):
+                leaf = &prog.leaves[i]
+                if m.field == AZ_DEST_PORT:
+                    hit = leaf.kind == AZ_PORT and leaf.port == x.dest_port
+                elif ip != NULL:
+                    hit = _ip_leaf(leaf, ip)
+                else:
+                    hit = _string_leaf(prog, leaf, s, <uint32_t>n, nocase)
+                if hit:
+                    break
+        if hit != (k == 0):
+            return False
+    return True
+
+
+cdef inline bint _http_field(uint8_t field) noexcept nogil:
+    """Istio's HTTP-only fields (pilot/pkg/security/authz/model/generator.go: their
+    generators fail forTCP)."""
+    return field >= AZ_HOST
+
+
+cdef bint _matches_hold(const AuthzProgram* prog, uint32_t first, uint32_t n,
+                        const AuthzInput* x) noexcept nogil:
+    """Every match holds. On an opaque connection a match of an HTTP-only field is left
+    out, as Istio builds a DENY or AUDIT rule for TCP (model.go checkError: the field is
+    ignored, the rule wider); an ALLOW rule naming one never gets here on TCP."""
+    cdef uint32_t i
+    for i in range(first, first + n):
+        if not x.http and _http_field(prog.matches[i].field):
+            continue
+        if not _match_holds(prog, &prog.matches[i], x):
+            return False
+    return True
+
+
+cdef bint _clauses_hold(const AuthzProgram* prog, bint any, uint32_t first, uint32_t n,
+                        const AuthzInput* x) noexcept nogil:
+    """`from` or `to`: absent, or one of its sources / operations holds."""
+    cdef uint32_t i
+    if any:
+        return True
+    for i in range(first, first + n):
+        if _matches_hold(prog, prog.clauses[i].first_match, prog.clauses[i].n_matches, x):
+            return True
+    return False
+
+
+cdef bint _policy_matches(const AuthzProgram* prog, const AuthzPolicy* p,
+                          const AuthzInput* x) noexcept nogil:
+    """One of its rules holds (none: `{}` matches nothing). On TCP an ALLOW rule that
+    names an HTTP-only field matches nothing (Istio: the rule is dropped for TCP)."""
+    cdef uint32_t i
+    cdef const AuthzRule* r
+    for i in range(p.first_rule, p.first_rule + p.n_rules):
+        r = &prog.rules[i]
+        if r.http_only and not x.http and p.action == AUTHZ_ALLOW:
+            continue
+        if (_clauses_hold(prog, r.any_from, r.first_from, r.n_from, x)
+                and _clauses_hold(prog, r.any_to, r.first_to, r.n_to, x)
+                and _matches_hold(prog, r.first_when, r.n_when, x)):
+            return True
+    return False
+
+
+cdef int32_t _authz_decide(const AuthzProgram* prog, const AuthzInput* x,
+                           bint* allowed) noexcept nogil:
+    """Istio's order: a DENY that matches denies; else, when an ALLOW policy exists, one
+    must match; else allowed. The deciding policy's index, or -1 (no policy decided:
+    none applied, or no ALLOW matched)."""
+    cdef uint32_t i
+    for i in range(prog.n_policies):
+        if prog.policies[i].action == AUTHZ_DENY and _policy_matches(prog, &prog.policies[i], x):
+            allowed[0] = False
+            return <int32_t>i
+    allowed[0] = not prog.has_allow
+    for i in range(prog.n_policies):
+        if prog.policies[i].action == AUTHZ_ALLOW and _policy_matches(prog, &prog.policies[i], x):
+            allowed[0] = True
+            return <int32_t>i
+    return -1
+
+
+# --- figures -------------------------------------------------------------------------------
+
+cdef AuthzFigure* _authz_figure(Core* core, uint16_t* cache, const char* name, uint32_t n,
+                                uint8_t action) noexcept nogil:
+    """The node-lifetime figure of (policy `name`, action), looked up at a program
+    entry's first decision and kept in `cache` (index + 1); made when new (its name
+    copied once). NULL when Core.authz is full (counted as stats_overflow)."""
+    cdef uint32_t i
+    cdef AuthzFigure* f
+    if cache[0] != 0:
+        return &core.authz[cache[0] - 1]
+    for i in range(core.n_authz):
+        f = &core.authz[i]
+        if (f.action == action and f.policy.length == n
+                and (n == 0 or memcmp(f.policy.data, name, n) == 0)):
+            cache[0] = <uint16_t>(i + 1)
+            return f
+    if core.n_authz >= ENGINE_AUTHZ_FIGURES:
+        return NULL
+    f = &core.authz[core.n_authz]
+    if n > 0:
+        f.policy.data = <char*>malloc(n + 1)
+        if f.policy.data == NULL:
+            return NULL
+        memcpy(f.policy.data, name, n)
+        f.policy.data[n] = 0
+        f.policy.length = n
+    f.action = action
+    cache[0] = <uint16_t>(core.n_authz + 1)
+    mn_publish_u32(&core.n_authz, core.n_authz + 1)
+    return f
+
+
+cdef void _authz_count(Core* core, AuthzProgram* prog, const AuthzInput* x, int32_t decider,
+                       bint allowed) noexcept nogil:
+    """Count a decision acted on: under the policy that made it (none: ALLOW policies
+    that did not match, or no policy that applies), and each AUDIT policy it matches."""
+    cdef AuthzFigure* f
+    cdef AuthzPolicy* p
+    cdef uint32_t i
+    if decider >= 0:
+        p = &prog.policies[decider]
+        f = _authz_figure(core, &p.figure, prog.text + p.name_off, p.name_len, p.action)
+    elif prog.has_allow:
+        f = _authz_figure(core, &prog.figure_unmatched, NULL, 0, AUTHZ_ALLOW)
+    else:
+        f = _authz_figure(core, &prog.figure_none, NULL, 0, AUTHZ_NONE)
+    if f == NULL:
+        core.counters.stats_overflow += 1
+    elif allowed:
+        f.allowed += 1
+    else:
+        f.denied += 1
+    if allowed:
+        core.counters.authz_allowed += 1
+    for i in range(prog.n_policies):
+        p = &prog.policies[i]
+        if p.action == AUTHZ_AUDIT and _policy_matches(prog, p, x):
+            core.counters.authz_audited += 1
+            f = _authz_figure(core, &p.figure, prog.text + p.name_off, p.name_len, AUTHZ_AUDIT)
+            if f == NULL:
+                core.counters.stats_overflow += 1
+            else:
+                f.audited += 1
+
+
+# --- the step ------------------------------------------------------------------------------
+
+cdef void _authz_connection(Conn* c, const InboundRoute* route, AuthzInput* x) noexcept nogil:
+    """What a connection has: the caller's verified ID (and the namespace in it), its
+    address, and the route's app address, port and SNI."""
+    cdef const char* p = c.peer_id
+    cdef uint32_t n = c.peer_id_length
+    cdef const char* at
+    cdef const char* end
+    cdef const uint8_t* port
+    memset(x, 0, sizeof(AuthzInput))
+    if p != NULL and n > 0:
+        if n >= 9 and memcmp(p, b"spiffe://", 9) == 0:
+            p += 9
+            n -= 9
+        x.principal, x.principal_len = p, n
+        # <trust domain>/ns/<namespace>/sa/<account>
+        at = <const char*>memchr(p, c'/', n)
+        if at != NULL and (p + n) - at > 4 and memcmp(at, b"/ns/", 4) == 0:
+            at += 4
+            end = <const char*>memchr(at, c'/', (p + n) - at)
+            x.ns = at
+            x.ns_len = <uint32_t>((end if end != NULL else p + n) - at)
+    x.source_ip = c.source_ip
+    memcpy(x.remote_ip, c.source_ip, 16)
+    _source_key(&route.app_addr, <uint64_t*>x.dest_ip)
+    port = <const uint8_t*>&(<net.sockaddr_in*>&route.app_addr).sin_port
+    x.dest_port = (<uint32_t>port[0] << 8) | port[1]   # (sin6_port lies at the same offset)
+    x.sni, x.sni_len = route.sni.data, route.sni.length
+
+
+cdef void _remote_ip(const char* head, const ReqHead* req, AuthzInput* x) noexcept nogil:
+    """remote.ip: the first X-Forwarded-For entry, when it is an address; else the
+    calling workload's (already in x.remote_ip)."""
+    cdef char text[_AUTHZ_IP_TEXT_MAX]
+    cdef uint8_t v4[4]
+    cdef uint32_t i, n, k
+    cdef const char* v
+    cdef const Field* f
+    for i in range(req.header_count):
+        f = &req.headers[i]
+        if f.name.len != 15 or not _lower_eq(head + f.name.off, b"x-forwarded-for", 15):
+            continue
+        v = head + f.value.off
+        n = f.value.len
+        k = 0
+        while k < n and v[k] != c',':
+            k += 1
+        while k > 0 and (v[k - 1] == c' ' or v[k - 1] == c'\t'):
+            k -= 1
+        if k == 0 or k >= _AUTHZ_IP_TEXT_MAX:
+            return
+        memcpy(text, v, k)
+        text[k] = 0
+        if net.inet_pton(net.AF_INET, text, v4) == 1:
+            memset(x.remote_ip, 0, 10)
+            x.remote_ip[10] = 0xFF
+            x.remote_ip[11] = 0xFF
+            memcpy(x.remote_ip + 12, v4, 4)
+        elif net.inet_pton(net.AF_INET6, text, x.remote_ip) != 1:
+            memcpy(x.remote_ip, x.source_ip, 16)
+        return
+
+
+cdef void _path_forward(Core* core, Conn* c, FilterCall* call, const char* path,
+                        uint32_t n) noexcept nogil:
+    """The request goes on with its normalized path (Istio: what was judged is what the
+    app gets; Envoy's normalize_path rewrites :path): path[0:n] replaces the target's
+    path (its query stays), the bytes after it move up, and the head is parsed again."""
+    cdef Flow* f = &c.d2u
+    cdef char* head = f.buf + call.base
+    cdef const ReqHead* req = call.req
+    cdef const char* q = <const char*>memchr(head + req.target.off, c'?', req.target.len)
+    cdef uint32_t old = (<uint32_t>(q - (head + req.target.off)) if q != NULL
+                         else req.target.len)
+    cdef uint32_t cut = old - n
+    if cut == 0 and memcmp(head + req.target.off, path, n) == 0:
+        return
+    memcpy(head + req.target.off, path, n)
+    memmove(head + req.target.off + n, head + req.target.off + old,
+            f.tail - (call.base + req.target.off + old))
+    f.tail -= cut
+    # (The head is shorter, no more: it parses as it did. call.delta counts from the
+    # parse steps see; this step runs first, so there is none before it.)
+    parse_request_head(head, f.tail - call.base, call.req, &core.http_limits)
+
+
+cdef FilterVerdict _authz_request(Core* core, Conn* c, const InboundRoute* route,
+                                  FilterCall* call) noexcept nogil:
+    """A request head: judged with its normalized path, which it goes on with when
+    allowed. Denied: answered 403 `RBAC: access denied` once every answer owed before it
+    has gone (FILTER_STOP until then, the decision made again: a push may come between),
+    in place when it may be (_answer_in_place: the pair goes on, as Envoy's RBAC local
+    reply keeps the connection), else with the pair's end; a path with %00 is answered
+    400 and the pair ends, as Istio's normalization refuses it."""
+    cdef AuthzProgram* prog = route.authz
+    cdef AuthzInput x
+    cdef const ReqHead* req = call.req
+    cdef const char* head = c.d2u.buf + call.base
+    cdef const char* q
+    cdef uint32_t raw
+    cdef int64_t n
+    cdef int32_t decider
+    cdef bint allowed
+    _authz_connection(c, route, &x)
+    x.http = True
+    x.head = head
+    x.req = req
+    q = <const char*>memchr(head + req.path.off, c'?', req.path.len)
+    raw = <uint32_t>(q - (head + req.path.off)) if q != NULL else req.path.len
+    n = _path_normalize(head + req.path.off, raw, core.scratch, prog.normalization)
+    if n < 0:
+        if _answer_owed(c):
+            return FILTER_STOP
+        core.counters.authz_denied_http += 1
+        call.status = 400
+        _http_reply(core, c, 400, NULL, 0)
+        return FILTER_ANSWER
+    x.path, x.path_len = core.scratch, <uint32_t>n
+    if prog.want & (1u << AZ_REMOTE_IP):
+        _remote_ip(head, req, &x)
+    decider = _authz_decide(prog, &x, &allowed)
+    if not allowed and _answer_owed(c):
+        return FILTER_STOP
+    _authz_count(core, prog, &x, decider, allowed)
+    if not allowed:
+        core.counters.authz_denied_http += 1
+        call.status = 403
+        call.kept = _answer_in_place(core, c, call, 403, _AUTHZ_DENIED, NULL, 0)
+        if not call.kept:
+            _http_reply(core, c, 403, _AUTHZ_DENIED, -1)
+        return FILTER_ANSWER
+    if req.target_form != TARGET_ABSOLUTE:
+        _path_forward(core, c, call, core.scratch, <uint32_t>n)
+    return FILTER_CONTINUE
+
+
+cdef FilterVerdict _authz_step(Core* core, Conn* c, FilterCall* call) noexcept nogil:
+    """Inbound: the route's AuthorizationPolicies, on each request head (HTTP) or once
+    on an opaque pair at accept, before its app is connected (denied: call.status 0,
+    the pair is closed and no byte reaches the app)."""
+    cdef const InboundRoute* route = &c.table.routes[c.route]
+    cdef AuthzInput x
+    cdef int32_t decider
+    cdef bint allowed
+    if call.phase == PHASE_REQUEST:
+        return _authz_request(core, c, route, call)
+    _authz_connection(c, route, &x)
+    decider = _authz_decide(route.authz, &x, &allowed)
+    _authz_count(core, route.authz, &x, decider, allowed)
+    if allowed:
+        return FILTER_CONTINUE
+    core.counters.authz_denied_tcp += 1
+    call.status = 0
+    return FILTER_ANSWER
