@@ -442,7 +442,9 @@ class DataPlane:
                 "upstreams": self.engine.upstreams(),
                 # RateLimitPolicy decisions by limit, this worker's (the buckets are the
                 # node's: meshnode.sharedstate).
-                "rate_limits": self.engine.rate_limits()}
+                "rate_limits": self.engine.rate_limits(),
+                # Authorization decisions per (policy, action) (meshnode_authz_decisions).
+                "authz": self.engine.authz_stats()}
 
     def request_figures(self) -> list[dict[str, Any]]:
         """The engine's per-(direction, service, identities) HTTP figures in Istio's

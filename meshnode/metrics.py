@@ -176,6 +176,10 @@ class NodeCollector(Collector):
         requests = CounterMetricFamily(
             "meshnode_requests", "HTTP requests answered through the data plane (Istio's labels)",
             labels=["node", "process", *_REQUEST_LABELS, "response_code", "response_class"])
+        authz = CounterMetricFamily(
+            "meshnode_authz_decisions", "AuthorizationPolicy decisions at the destination, by "
+            "the policy that made them (\"\": none did) and its action, and AUDIT matches",
+            labels=["node", "process", "action", "policy", "result"])
         duration = HistogramMetricFamily(
             "meshnode_request_duration_milliseconds",
             "Time from a request's head to its response's end, as the reporter saw it",
@@ -217,9 +221,10 @@ class NodeCollector(Collector):
             self._overflows(report.body.get("dataplane"), labels, overflows)
             self._requests(report.body.get("requests"), labels, requests, duration)
             self._rate_limits(report.body.get("rate_limits"), labels, rate)
+            self._authz(report.body.get("authz"), labels, authz)
         yield from (up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
                     renew_failed, bundle, *tcp.values(), *counts.values(), overflows, failures,
-                    active, requests, duration, *rate.values())
+                    active, requests, duration, *rate.values(), authz)
 
     @staticmethod
     def _rate_limits(entries: object, labels: list[str], rate: dict[str, Metric]) -> None:
@@ -248,6 +253,21 @@ class NodeCollector(Collector):
             value = stats.get(key)
             if isinstance(value, int):
                 overflows.add_metric([*labels, reason], value)
+
+    @staticmethod
+    def _authz(figures: object, labels: list[str], authz: Metric) -> None:
+        """A worker's Engine.authz_stats(): per (policy, action), its counts by result
+        (the label set is bounded by the policies that apply to the node's workloads)."""
+        if not isinstance(figures, list):
+            return
+        for fig in figures:
+            if not isinstance(fig, dict):
+                continue
+            for result in ("allowed", "denied", "audited"):
+                value = fig.get(result)
+                if isinstance(value, int) and value:
+                    authz.add_metric([*labels, str(fig.get("action", "")),
+                                      str(fig.get("policy", "")), result], value)
 
     @staticmethod
     def _requests(figures: object, labels: list[str], requests: Metric, duration: Metric) -> None:
