@@ -186,19 +186,6 @@ cdef bint _template_holds(const char* t, uint32_t tn, const char* p, uint32_t pn
 
 # --- leaves and matches --------------------------------------------------------------------
 
-cdef inline bint _lower_eq(const char* a, const char* lower, uint32_t n) noexcept nogil:
-    """a[0:n] equals `lower` (lowercase already) without regard to ASCII case."""
-    cdef uint32_t i
-    cdef unsigned char x
-    for i in range(n):
-        x = <unsigned char>a[i]
-        if x >= c'A' and x <= c'Z':
-            x += 32
-        if x != <unsigned char>lower[i]:
-            return False
-    return True
-
-
 cdef inline bint _bytes_at(const char* v, const char* s, uint32_t n, bint nocase) noexcept nogil:
     return _lower_eq(v, s, n) if nocase else memcmp(v, s, n) == 0
 
@@ -229,45 +216,6 @@ cdef bint _ip_leaf(const AuthzLeaf* leaf, const uint8_t* ip) noexcept nogil:
         return True
     mask = <uint8_t>(0xFF << (8 - rest))
     return (ip[whole] & mask) == leaf.addr[whole]
-
-
-cdef bint _field_joined(const char* name, uint32_t name_len, const char* head,
-                        const ReqHead* req, char* joined, size_t cap, const char** value,
-                        size_t* n) noexcept nogil:
-    """The value of the request's fields `name` (lowercase): one, where it lies; several,
-    joined by "," into `joined` (RFC 9110 §5.3, as Envoy's matchers see them). False when
-    there is none, or when joined they are over `cap`."""
-    cdef uint32_t i, seen = 0
-    cdef size_t used = 0
-    cdef const Field* f
-    cdef const Field* first = NULL
-    for i in range(req.header_count):
-        f = &req.headers[i]
-        if f.name.len != name_len or not _lower_eq(head + f.name.off, name, name_len):
-            continue
-        seen += 1
-        if seen == 1:
-            first = f
-            continue
-        if seen == 2:
-            if first.value.len > cap:
-                return False
-            memcpy(joined, head + first.value.off, first.value.len)
-            used = first.value.len
-        if used + 1 + f.value.len > cap:
-            return False
-        joined[used] = c','
-        memcpy(joined + used + 1, head + f.value.off, f.value.len)
-        used += 1 + f.value.len
-    if seen == 0:
-        return False
-    if seen == 1:
-        value[0] = head + first.value.off
-        n[0] = first.value.len
-    else:
-        value[0] = joined
-        n[0] = used
-    return True
 
 
 cdef bint _match_holds(const AuthzProgram* prog, const AuthzMatch* m,

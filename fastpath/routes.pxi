@@ -50,32 +50,43 @@ cdef bint _path_holds(const RouteEntry* e, const char* path, size_t n) noexcept 
     return _route_regex(e.path_regex, path, n)
 
 
-cdef bint _header_holds(const RouteStr* m, const char* head, const ReqHead* req) noexcept nogil:
-    """The request's fields named m.name (without case): none, no match; one, its
-    value; several, their values joined by ",". Host, of an absolute-form request, is
-    its target's authority: the Host it is sent on with (_absolute_form), not the one
-    the client wrote."""
-    cdef char joined[_ROUTE_JOIN_MAX]
-    cdef size_t used = 0
+cdef inline bint _lower_eq(const char* a, const char* lower, uint32_t n) noexcept nogil:
+    """a[0:n] equals `lower` (lowercase already) without regard to ASCII case."""
+    cdef uint32_t i
+    cdef unsigned char x
+    for i in range(n):
+        x = <unsigned char>a[i]
+        if x >= c'A' and x <= c'Z':
+            x += 32
+        if x != <unsigned char>lower[i]:
+            return False
+    return True
+
+
+cdef bint _field_joined(const char* name, uint32_t name_len, const char* head,
+                        const ReqHead* req, char* joined, size_t cap, const char** value,
+                        size_t* n) noexcept nogil:
+    """The value of the request's fields `name` (lowercase): one, where it lies; several,
+    joined by "," into `joined` (RFC 9110 §5.3, as Envoy's matchers see them). False when
+    there is none, or when joined they are over `cap`."""
     cdef uint32_t i, seen = 0
+    cdef size_t used = 0
     cdef const Field* f
     cdef const Field* first = NULL
-    if req.target_form == TARGET_ABSOLUTE and _name_eq(&m.name, b"host", 4):
-        return _str_holds(m, head + req.authority.off, req.authority.len)
     for i in range(req.header_count):
         f = &req.headers[i]
-        if not _name_eq(&m.name, head + f.name.off, f.name.len):
+        if f.name.len != name_len or not _lower_eq(head + f.name.off, name, name_len):
             continue
         seen += 1
         if seen == 1:
             first = f
             continue
         if seen == 2:
-            if first.value.len > _ROUTE_JOIN_MAX:
+            if first.value.len > cap:
                 return False
             memcpy(joined, head + first.value.off, first.value.len)
             used = first.value.len
-        if used + 1 + f.value.len > _ROUTE_JOIN_MAX:
+        if used + 1 + f.value.len > cap:
             return False
         joined[used] = c','
         memcpy(joined + used + 1, head + f.value.off, f.value.len)
@@ -83,8 +94,26 @@ cdef bint _header_holds(const RouteStr* m, const char* head, const ReqHead* req)
     if seen == 0:
         return False
     if seen == 1:
-        return _str_holds(m, head + first.value.off, first.value.len)
-    return _str_holds(m, joined, used)
+        value[0] = head + first.value.off
+        n[0] = first.value.len
+    else:
+        value[0] = joined
+        n[0] = used
+    return True
+
+
+cdef bint _header_holds(const RouteStr* m, const char* head, const ReqHead* req) noexcept nogil:
+    """The request's fields named m.name (without case): none, no match; one, its
+    value; several, their values joined by ",". Host, of an absolute-form request, is
+    its target's authority: the Host it is sent on with (_absolute_form), not the one
+    the client wrote."""
+    cdef char joined[_ROUTE_JOIN_MAX]
+    cdef const char* v
+    cdef size_t n
+    if req.target_form == TARGET_ABSOLUTE and _name_eq(&m.name, b"host", 4):
+        return _str_holds(m, head + req.authority.off, req.authority.len)
+    return (_field_joined(m.name.data, m.name.length, head, req, joined, sizeof(joined), &v, &n)
+            and _str_holds(m, v, n))
 
 
 cdef bint _query_holds(const RouteStr* m, const char* q, size_t n) noexcept nogil:
