@@ -159,14 +159,16 @@ cdef int64_t _path_normalize(const char* p, uint32_t n, char* out, uint8_t mode)
 
 cdef bint _template_holds(const char* t, uint32_t tn, const char* p, uint32_t pn) noexcept nogil:
     """An Istio path template (checked at install: "{*}" and "{**}" only as whole
-    segments, "{**}" last): "{*}" is one non-empty segment, "{**}" the rest of the path
-    (maybe empty); any other segment is compared as it is."""
+    segments, no operator after "{**}"), as Envoy's uri_template matches it: "{*}" is
+    one non-empty segment, "{**}" any run of characters, "/" included, maybe empty (so
+    "/a/{**}" wants "/a/" at least); the rest is compared as it is."""
     cdef uint32_t i = 0
     cdef uint32_t j = 0
-    cdef uint32_t ti, pj
+    cdef uint32_t ti, pj, rest
     while i < tn:
         if tn - i >= 4 and memcmp(t + i, b"{**}", 4) == 0:
-            return True
+            rest = tn - i - 4           # a literal tail: the path must end with it
+            return pn - j >= rest and memcmp(t + tn - rest, p + pn - rest, rest) == 0
         if tn - i >= 3 and memcmp(t + i, b"{*}", 3) == 0:
             pj = j
             while j < pn and p[j] != c'/':

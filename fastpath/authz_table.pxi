@@ -192,16 +192,15 @@ cdef class _AuthzCompiler:
 
 
 cdef int _check_template(str value, str what) except -1:
-    """Istio's path templates: "{*}" and "{**}" as whole segments only, "{**}" last."""
-    segments = value.split("/")
-    for i, segment in enumerate(segments):
-        if "{" not in segment and "}" not in segment:
-            continue
-        if segment == "{**}" and i == len(segments) - 1:
-            continue
-        if segment != "{*}":
+    """Istio's path templates (pkg/config/security CheckValidPathTemplate): "{*}" and
+    "{**}" as whole segments only, no operator after "{**}"."""
+    seen_any = False
+    for segment in value.split("/"):
+        if segment in ("{*}", "{**}") and not seen_any:
+            seen_any = segment == "{**}"
+        elif "{" in segment or "}" in segment:
             raise ValueError(f"{what}: template {value!r}: '{{*}}' and '{{**}}' must be whole "
-                             "segments, '{**}' the last")
+                             "segments, none after '{**}'")
     return 0
 
 
