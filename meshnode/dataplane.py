@@ -354,9 +354,14 @@ class DataPlane:
                                         service=f"{svc['namespace']}/{svc['name']}:{port['name']}",
                                         identity=ep["identity"], protocol=_protocol(port),
                                         version=_version(ep))
-                mode = (port.get("inbound") or {}).get(ep.get("workload"), {}).get("mtls", mesh_mtls)
-                table.set_inbound_mtls(sni, mode, hosts=svc.get("hosts", ()),
-                                       port=int(port["port"]))
+                inbound = (port.get("inbound") or {}).get(ep.get("workload")) or {}
+                table.set_inbound_mtls(sni, inbound.get("mtls", mesh_mtls),
+                                       hosts=svc.get("hosts", ()), port=int(port["port"]))
+                # The AuthorizationPolicies that reach this workload's port, as control
+                # compiled them (config/inbound.py); a program the engine refuses
+                # refuses the snapshot.
+                if inbound.get("authz") is not None:
+                    table.set_inbound_authz(sni, inbound["authz"])
                 return True
         return False
 
