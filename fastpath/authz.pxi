@@ -12,7 +12,6 @@
 # fields are read where they lie in the head.
 
 cdef enum:
-    _AUTHZ_PEER_MAX = SPIFFE_ID_MAX_BYTES
     _AUTHZ_IP_TEXT_MAX = 64         # the longest address text X-Forwarded-For may give
 
 
@@ -246,7 +245,8 @@ cdef bint _match_holds(const AuthzProgram* prog, const AuthzMatch* m,
     elif m.field == AZ_SNI:
         s, n, present = x.sni, x.sni_len, x.sni_len > 0
     elif m.field == AZ_HOST:
-        s, n, present, nocase = x.head + x.req.authority.off, x.req.authority.len, True, True
+        s, n, nocase = x.head + x.req.authority.off, x.req.authority.len, True
+        present = n > 0 or x.req.has_host
     elif m.field == AZ_METHOD:
         s, n = x.head + x.req.method_span.off, x.req.method_span.len
     elif m.field == AZ_PATH:

@@ -482,7 +482,8 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
             if rc == STATUS_AGAIN:
                 if f.head == 0:
                     if not _answer_owed(c):
-                        # Nothing framed is left to send: no room will ever come.
+                        # Nothing framed is left to send nor any answer owed: no room
+                        # (nor the turn a step's answer waits for) will come.
                         core.counters.http_bad_request += 1
                         return STATUS_RESET
                     return STATUS_OK    # room comes once the framed bytes are sent
