@@ -178,6 +178,28 @@ def test_a_header_named_twice_is_matched_on_its_values_joined(mesh: Mesh) -> Non
         assert recv_all(c).startswith(b"HTTP/1.1 200")
 
 
+def test_a_plaintext_caller_has_no_principal_so_an_allow_by_principal_refuses_it(
+        mesh: Mesh) -> None:
+    t = mesh.inbound_table()
+    t.set_inbound_mtls(V1, "PERMISSIVE", hosts=["backend"])
+    t.set_inbound_authz(V1, {"policies": [policy(
+        "demo/callers", "ALLOW", rule({"principals": values(["any"])}),
+        rule(operation={"paths": values(["exact", "/health"])}))]})
+    mesh.in_node.install(t)
+
+    def plain(path: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", port_of(mesh.in_sock)), timeout=TIMEOUT_S) as c:
+            c.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: backend\r\n"
+                      b"Connection: close\r\n\r\n")
+            return recv_all(c)
+
+    assert plain("/").startswith(b"HTTP/1.1 403") and plain("/").endswith(DENIED)
+    assert plain("/health").startswith(b"HTTP/1.1 200")
+    out, _ = mesh.outbound(callers=True)
+    mesh.out_node.install(out)
+    assert status_of(mesh) == 200                   # over mutual TLS: a principal
+
+
 # --- evaluation ------------------------------------------------------------------------------
 
 
