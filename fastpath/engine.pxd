@@ -212,7 +212,8 @@ cdef struct FilterCall:
     const char* peer               # PHASE_CONNECTION: the peer's verified ID (or NULL)
     int peer_len
     int status                     # FILTER_ANSWER: the engine's answer (0: refuse)
-    bint kept                      # ... sent in place: the pair goes on (ratelimit.pxi)
+    bint kept                      # ... sent in place: the pair goes on (filters.pxi
+                                   # _answer_in_place)
 
 
 # AuthorizationPolicy (authz.pxi, Istio's semantics): an inbound route's program as the
