@@ -195,7 +195,7 @@ cdef inline void _settle(Core* core, Conn* c, int status) noexcept nogil:
     """The one place a step's status closes a pair (after trying the service's other
     endpoints when an outbound upstream's setup failed); and where an inbound pair's
     handshake, once over, stops counting against the limits (limits.pxi)."""
-    if c.flags & CONN_HANDSHAKE_HELD and c.state != CONN_HANDSHAKING:
+    if c.flags & CONN_HANDSHAKE_HELD and not _handshaking(c):
         _limits_release(core, c, CONN_HANDSHAKE_HELD)
     if status == STATUS_CLOSE and c.flags & CONN_SETTING_UP:
         status = _setup_failed(core, c)

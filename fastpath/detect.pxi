@@ -75,8 +75,9 @@ cdef int _inbound_first_byte(Core* core, Conn* c) noexcept nogil:
     ClientHello (RFC 8446 §5.1), where an HTTP request begins with a token character:
     the byte is peeked, not read, so that OpenSSL reads the ClientHello whole. Plaintext
     goes on to the first-bytes sniff as an auto port's does (_sniff), and then to its
-    route by Host (plaintext.pxi). The pair stays HANDSHAKING until the byte comes: it
-    counts among the handshakes under way and has the handshake's deadline."""
+    route by Host (plaintext.pxi). The pair stays HANDSHAKING until the byte comes,
+    with the handshake's deadline; it counts among the handshakes under way until its
+    Host routes it (limits.pxi _handshaking)."""
     cdef unsigned char first
     cdef Py_ssize_t r
     while True:

@@ -820,6 +820,7 @@ cdef enum ConnFlags:
     CONN_OFFERED_SESSION = 8       # outbound: the handshake offered the endpoint's session
     CONN_IN_READY = 16             # on a ready list (pump budget used up)
     CONN_ROUTED = 32               # inbound: the servername callback chose `route`
+                                   # (plaintext: its first request's Host did)
     CONN_HTTP = 64                 # accepted on the HTTP outbound listener
     CONN_HTTP_REPLIED = 128        # HTTP: the engine answered the client itself
     # HTTP: the upstream came from the pool, no byte of it was read yet, the requests

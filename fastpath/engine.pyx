@@ -129,8 +129,9 @@ Choices, and why:
   (SO_LINGER 0) so a truncated stream cannot pass for a complete one.
 - Limits before authentication (limits.pxi): the slots are split into an inbound and an
   outbound budget, so a flood at the inbound port cannot take local callers' slots; on
-  the inbound side, handshakes under way (in all and per source address) and
-  connections per source address are capped. Checked at accept, from a small
+  the inbound side, handshakes under way (in all and per source address; a plaintext
+  pair counts as one until its Host routes it) and connections per source address are
+  capped. Checked at accept, from a small
   open-addressed table keyed by the source address (entries freed at zero); a
   connection over a limit is closed there with RST before SSL_new, and counted by the
   limit (stats: inbound_rejected_limit, rejected_handshakes, rejected_source_*). Out of

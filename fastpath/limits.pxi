@@ -1,6 +1,7 @@
 # limits.pxi: Limits before authentication: each side's budget of connection slots, the
-# inbound TLS handshakes under way (in all and per source address), connections per
-# source address, and a pause of the listeners when descriptors run out.
+# inbound TLS handshakes under way (in all and per source address; plaintext not yet
+# routed counts as one), connections per source address, and a pause of the listeners
+# when descriptors run out.
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd
 # (Core's limit fields, SourceCount; Conn.peer_addr and the CONN_*_HELD flags).
@@ -135,6 +136,17 @@ cdef void _inbound_hold(Core* core, Conn* c, const net.sockaddr_storage* peer,
     e.handshakes += 1
     core.handshakes += 1
     c.flags |= CONN_SOURCE_HELD | CONN_HANDSHAKE_HELD
+
+
+cdef inline bint _handshaking(const Conn* c) noexcept nogil:
+    """Does inbound pair c count as a handshake under way: its TLS handshake, or, in
+    plaintext (plaintext.pxi), everything before its first request's Host named a
+    route that takes it (the first-bytes sniff, the head)? Such a pair is no more
+    authenticated than a handshake, and as cheap for its peer to hold open: counted
+    as one, a source's slow plaintext heads stay within its handshakes, and all
+    sources' within max_handshakes, as under STRICT."""
+    return (c.state == CONN_HANDSHAKING
+            or (c.flags & (CONN_PLAINTEXT | CONN_ROUTED)) == CONN_PLAINTEXT)
 
 
 cdef void _limits_release(Core* core, Conn* c, uint32_t held) noexcept nogil:

@@ -234,6 +234,41 @@ def test_plaintext_that_does_not_parse_gets_a_4xx(node: Node, sent: bytes) -> No
         assert recv_all(s).startswith(b"HTTP/1.1 400 ")
 
 
+def test_plaintext_counts_as_a_handshake_until_its_host_routes_it(node: Node) -> None:
+    """Limits before authentication: until its Host names a route that takes it, a
+    plaintext connection is no more authenticated than a TLS handshake, and as cheap
+    to hold open, so its sniff and its head count against the handshake caps: slow
+    plaintext heads from one source hold no more than its handshakes (2 here), the
+    next connection from it is refused at accept; routed, they count no more."""
+    table = node.table("PERMISSIVE")
+    table.set_limits(max_handshakes=64, max_connections_per_source=64,
+                     max_handshakes_per_source=2, inbound_share=0.5)
+    generation = node.engine.install(table)
+    wait_for(lambda: node.engine.generation >= generation, what="table swap")
+    slow = [node.plain(), node.plain()]
+    try:
+        for s in slow:
+            s.sendall(b"GET /fields HTTP/1.1\r\nHost: backend\r\n")   # its end to come
+        wait_for(lambda: node.engine.stats()["sniffed_http"] == 2, what="both sniffed")
+        assert node.engine.stats()["handshakes_active"] == 2
+        try:
+            node.plain().close()
+        except ConnectionResetError:
+            pass                        # refused before connect() returned
+        wait_for(lambda: node.engine.stats()["rejected_source_handshakes"] == 1,
+                 what="a third connection refused")
+        for s in slow:
+            s.sendall(b"\r\n")
+            assert answer(s)[0] == 200
+        assert node.engine.stats()["handshakes_active"] == 0
+    finally:
+        for s in slow:
+            s.close()
+    with node.plain() as s:
+        s.sendall(request("backend"))
+        assert answer(s)[0] == 200
+
+
 def test_a_strict_table_does_not_look_at_the_first_byte(node: Node) -> None:
     """With no route that takes plaintext, a connection goes straight to its handshake:
     plaintext HTTP is refused by OpenSSL, and then reset and counted as a STRICT route's
