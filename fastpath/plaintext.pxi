@@ -21,12 +21,18 @@ cdef inline bint _takes_pair(const InboundRoute* route, const Conn* c) noexcept 
     return not (c.flags & CONN_PLAINTEXT) or route.mtls != MTLS_STRICT
 
 
+cdef inline bint _serves_plaintext(const InboundRoute* route) noexcept nogil:
+    """Does `route` serve a plaintext request whose Host names it: not STRICT, and not
+    declared TCP (plaintext is taken as framed HTTP only)."""
+    return route.mtls != MTLS_STRICT and route.protocol != PROTO_TCP
+
+
 cdef int _plaintext_refused(Core* core, Conn* c) noexcept nogil:
     """Plaintext the node does not take: counted, and reset, as Istio's sidecar resets a
     connection no filter chain takes (a plaintext client of a STRICT workload sees
-    "connection reset by peer"). The same for a Host naming a STRICT route as for one
-    naming none, so that a plaintext client cannot list the node's services (as with an
-    unknown SNI, detect.pxi _on_servername)."""
+    "connection reset by peer"). The same for a Host naming a STRICT or TCP route as
+    for one naming none, so that a plaintext client cannot list the node's services (as
+    with an unknown SNI, detect.pxi _on_servername)."""
     core.counters.plaintext_refused += 1
     return STATUS_RESET
 
@@ -34,8 +40,8 @@ cdef int _plaintext_refused(Core* core, Conn* c) noexcept nogil:
 cdef int _plaintext_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
     """Inbound plaintext, its first request head parsed at d2u.buf: the route its Host
     names on the current table (its port picks among the service's, as an mTLS caller's
-    would: a port STRICT under portLevelMtls is refused, not served by another port's
-    app), when that route takes plaintext, then on to the app as a
+    would: a port STRICT under portLevelMtls, or declared TCP, is refused, not served by
+    another port's app), when that route serves plaintext, then on to the app as a
     TLS pair goes (_inbound_open), framed; no peer ID, so no principal and no
     x-forwarded-client-cert but the removal of the caller's (filters.pxi)."""
     cdef char host[256]
@@ -50,7 +56,7 @@ cdef int _plaintext_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
                             host, sizeof(host), &port)
     if hn > 0:
         e = _host_lookup(c.table.plain_hosts, c.table.n_plain_hosts, host, hn, port)
-    if e == NULL or c.table.routes[e.service].mtls == MTLS_STRICT:
+    if e == NULL or not _serves_plaintext(&c.table.routes[e.service]):
         return _plaintext_refused(core, c)
     core.counters.plaintext_accepted += 1
     c.route = e.service
@@ -90,16 +96,18 @@ cdef int _mtls_add(RouteTable table, str sni, str mode, object hosts, int port) 
 
 cdef int _plaintext_build(Table* t, list routes, dict mtls) except -1:
     """Each inbound route's mode (STRICT unless set), whether the table takes plaintext
-    at all, and the Host names of its routes, sorted for _host_lookup (STRICT ones too:
-    a Host that names one is refused, not sent to another port). A route declared TCP
-    gets no names: plaintext is routed by an HTTP request's Host only (its plaintext is
-    refused, and counted, as any that names no route)."""
+    at all, and the Host names of its routes, sorted for _host_lookup (STRICT and TCP
+    ones too: a Host whose port names one is refused, not sent to another port's app).
+    A name's TCP ports come after its others: plaintext is HTTP only, so a Host with no
+    port (or one the service lacks) never means a TCP one when the service has
+    another."""
     entries = []
+    opaque = []
     for i, route in enumerate(routes):
         mode, names, port = mtls.get(route[0], (MTLS_STRICT, (), 0))
         t.routes[i].mtls = mode
         t.plaintext = t.plaintext or mode != MTLS_STRICT
-        if t.routes[i].protocol != PROTO_TCP:
-            entries.extend((name, port, i) for name in names)
-    _hosts_fill(&t.plain_hosts, &t.n_plain_hosts, entries)
+        (opaque if t.routes[i].protocol == PROTO_TCP else entries).extend(
+            (name, port, i) for name in names)
+    _hosts_fill(&t.plain_hosts, &t.n_plain_hosts, entries + opaque)   # (a stable sort)
     return 0

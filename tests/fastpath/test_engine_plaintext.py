@@ -209,9 +209,10 @@ def test_tls_still_works_on_permissive_and_strict_routes(node: Node) -> None:
 @pytest.mark.parametrize("sent", [
     request("ledger.demo"),                       # a STRICT route's Host
     request("backend.demo:9090"),                 # the open service's STRICT port
+    request("backend.demo:5432"),                 # its PERMISSIVE port declared TCP
     request("payments.prod"),                     # a Host naming no route
     b"\x00\x01binary protocol hello\r\n\r\n",     # opaque: no Host to route it by
-], ids=["strict", "strict-port", "unknown-host", "opaque"])
+], ids=["strict", "strict-port", "tcp-port", "unknown-host", "opaque"])
 def test_plaintext_the_node_does_not_take_is_reset_and_counted(node: Node, sent: bytes) -> None:
     with node.plain() as s:
         s.sendall(sent)
@@ -220,6 +221,28 @@ def test_plaintext_the_node_does_not_take_is_reset_and_counted(node: Node, sent:
                      what="the refusal counted")
     assert stats["plaintext_accepted"] == 0
     assert not [r for r in node.engine.request_stats() if r["codes"]]   # the app saw nothing
+
+
+def test_a_host_with_no_port_never_means_a_tcp_port(node: Node) -> None:
+    """The service's port declared TCP listed first: a Host naming its port is refused,
+    one naming no port (or a port the service lacks) goes to its HTTP port, as a TCP
+    port never takes plaintext."""
+    t = fe.RouteTable()
+    t.set_inbound(node.inbound.fileno())
+    for sni, protocol, port in ((TCP_SNI, "tcp", 5432), (OPEN_SNI, "http", 8080)):
+        t.add_inbound_route(sni, node.server, "127.0.0.1", node.app_port,
+                            service=f"demo/backend:{port}", identity=BACKEND_ID,
+                            protocol=protocol)
+        t.set_inbound_mtls(sni, "PERMISSIVE", hosts=OPEN_HOSTS, port=port)
+    generation = node.engine.install(t)
+    wait_for(lambda: node.engine.generation >= generation, what="table swap")
+    for host in ("backend.demo", "backend.demo:1234"):
+        with node.plain() as s:
+            s.sendall(request(host))
+            assert answer(s)[0] == 200
+    with node.plain() as s:
+        s.sendall(request("backend.demo:5432"))
+        assert refused(s)
 
 
 @pytest.mark.parametrize("sent", [
