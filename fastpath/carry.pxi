@@ -235,9 +235,8 @@ cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     cdef InboundRoute* route
     cdef int st
     c.switching = False
-    if j >= 0 and not _takes_pair(&core.table.routes[j], c):
-        core.counters.plaintext_refused += 1
-        return _end_gracefully(core, c)
+    if _plaintext_revoked(core, c):
+        return _plaintext_revoke(core, c)
     if j < 0 or core.table.routes[j].protocol == PROTO_TCP:
         # (A port now declared TCP takes no framed pair: new connections will be opaque.)
         c.flags |= CONN_GOING_AWAY
@@ -323,8 +322,7 @@ cdef void _opaque_check(Core* core, Conn* c) noexcept nogil:
     cdef int64_t j
     if c.flags & CONN_INBOUND:
         j = _route_in(core.table, &c.table.routes[c.route])
-        kept = (j >= 0 and _same_app(&c.table.routes[c.route], &core.table.routes[j])
-                and _takes_pair(&core.table.routes[j], c))
+        kept = j >= 0 and _same_app(&c.table.routes[c.route], &core.table.routes[j])
     else:
         kept = _current_endpoint(core, c) != NULL
     if kept:
@@ -337,8 +335,9 @@ cdef void _opaque_check(Core* core, Conn* c) noexcept nogil:
 
 cdef void _reach_open_pairs(Core* core) noexcept nogil:
     """A table was just swapped in: HTTP pairs between requests move to it now, opaque
-    pairs learn whether their destination is still there. Once per swap, over the
-    slots in use."""
+    pairs learn whether their destination is still there, plaintext pairs in the
+    middle of a message to a route made STRICT are cut (plaintext.pxi). Once per swap,
+    over the slots in use."""
     cdef uint32_t i
     cdef Conn* c
     for i in range(core.n_slots):
@@ -355,7 +354,9 @@ cdef void _reach_open_pairs(Core* core) noexcept nogil:
                 _timer_arm(core, c, _conn_due_ns(core, c))  # quiet: due sooner
         if c.state != CONN_PIPE:
             continue
-        if (not (c.flags & CONN_HTTP) or c.req_phase == REQ_TUNNEL
+        if c.req_phase != REQ_HEAD and _plaintext_revoked(core, c):
+            _settle(core, c, _plaintext_revoke(core, c))
+        elif (not (c.flags & CONN_HTTP) or c.req_phase == REQ_TUNNEL
                 or c.resp_phase == RESP_TUNNEL):
             _opaque_check(core, c)          # (an upgraded or CONNECT tunnel is opaque)
         elif _between_requests(c) and not c.flags & (CONN_GOING_AWAY | CONN_HOLD_TABLE):

@@ -13,7 +13,8 @@
 # A plaintext pair keeps the route its first request named, as a TLS pair keeps its
 # SNI's, until a table that makes that route STRICT reaches it (carry.pxi): then it is
 # closed, not drained as Envoy drains a removed filter chain, since the mode is a
-# security decision and the next request would pass unauthenticated.
+# security decision and the next request would pass unauthenticated; in the middle of
+# a request's body or of an upgraded tunnel, at once, as no request boundary may come.
 
 
 cdef inline bint _takes_pair(const InboundRoute* route, const Conn* c) noexcept nogil:
@@ -34,6 +35,28 @@ cdef int _plaintext_refused(Core* core, Conn* c) noexcept nogil:
     for one naming none, so that a plaintext client cannot list the node's services (as
     with an unknown SNI, detect.pxi _on_servername)."""
     core.counters.plaintext_refused += 1
+    return STATUS_RESET
+
+
+cdef bint _plaintext_revoked(Core* core, Conn* c) noexcept nogil:
+    """Is c a plaintext pair whose route the current table (newer than the pair's)
+    makes STRICT?"""
+    cdef int64_t j
+    if not c.flags & CONN_PLAINTEXT:
+        return False
+    j = _route_in(core.table, &c.table.routes[c.route])
+    return j >= 0 and not _takes_pair(&core.table.routes[j], c)
+
+
+cdef int _plaintext_revoke(Core* core, Conn* c) noexcept nogil:
+    """Plaintext pair c, its route made STRICT by a push (_plaintext_revoked): closed,
+    counted with the refused. Between requests (carry.pxi _inbound_move) with a clean
+    end, its next request unserved; in the middle of a message (a request's body, an
+    upgraded tunnel: no boundary may ever come) at once, with a reset, as the rest of
+    the message will not reach the app (carry.pxi _reach_open_pairs)."""
+    core.counters.plaintext_refused += 1
+    if c.req_phase == REQ_HEAD:
+        return _end_gracefully(core, c)
     return STATUS_RESET
 
 

@@ -43,10 +43,28 @@ FORGED = "By=spiffe://cluster.local/ns/demo/sa/ledger;URI=spiffe://cluster.local
 
 
 class Fields(QuietHandler):
-    """Answers every GET with the request's fields as the app got them, one a line."""
+    """Answers every GET with the request's fields as the app got them, one a line; a
+    POST with its body's length (after a 100 Continue when asked); grants a WebSocket
+    upgrade and echoes the tunnel's bytes."""
 
     def do_GET(self) -> None:
+        if self.headers.get("Upgrade") == "websocket":
+            self.send_response(101)
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Upgrade", "websocket")
+            self.end_headers()
+            while chunk := self.rfile.read1(65536):
+                self.wfile.write(chunk)
+            self.close_connection = True
+            return
         body = "".join(f"{k.lower()}: {v}\n" for k, v in self.headers.items()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        body = str(len(self.rfile.read(int(self.headers["Content-Length"])))).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -339,6 +357,43 @@ def test_a_mode_pushed_while_pairs_are_open_reaches_them(node: Node) -> None:
     with node.tls_client(OPEN_SNI) as s:
         s.sendall(request("backend"))
         assert answer(s)[0] == 200
+
+
+def interim(s: socket.socket) -> bytes:
+    """A head that has no body to follow (101, 100): read up to its empty line."""
+    data = b""
+    while not data.endswith(b"\r\n\r\n"):
+        byte = s.recv(1)
+        assert byte, f"closed in a head: {data!r}"
+        data += byte
+    return data
+
+
+def test_a_mode_pushed_cuts_plaintext_in_the_middle_of_a_message(node: Node) -> None:
+    """STRICT pushed while a plaintext request's body is under way, and over a WebSocket
+    tunnel, where no request boundary may ever come: both are reset as it lands, so no
+    byte the client sends after it reaches the app, and counted."""
+    tunnel, upload = node.plain(), node.plain()
+    try:
+        tunnel.sendall(b"GET /ws HTTP/1.1\r\nHost: backend\r\nConnection: Upgrade\r\n"
+                       b"Upgrade: websocket\r\n\r\n")
+        assert interim(tunnel).startswith(b"HTTP/1.1 101 ")
+        tunnel.sendall(b"ping")
+        assert tunnel.recv(4) == b"ping"
+        upload.sendall(b"POST /upload HTTP/1.1\r\nHost: backend\r\nContent-Length: 4\r\n"
+                       b"Expect: 100-continue\r\n\r\n")
+        assert interim(upload).startswith(b"HTTP/1.1 100 ")    # the app awaits the body
+        node.install("STRICT")
+        for s in (tunnel, upload):
+            try:
+                s.sendall(b"late")
+            except OSError:
+                pass                    # (reset already)
+            assert refused(s)
+    finally:
+        tunnel.close()
+        upload.close()
+    assert node.engine.stats()["plaintext_refused"] == 2
 
 
 def test_the_mode_is_checked_as_the_other_setters_check() -> None:
