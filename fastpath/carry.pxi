@@ -184,23 +184,23 @@ cdef void _inbound_take_route(Core* core, Conn* c, uint32_t j) noexcept nogil:
     route = &c.table.routes[j]
     c.local_principal = _interned(core, &route.principal, &route.identity)
     if c.flags & CONN_HTTP:
-        c.head_reserve = _request_room(&route.chain, c)
+        c.head_reserve = _request_room(route, c)
 
 
 cdef bint _inbound_rebind(Core* core, Conn* c) noexcept nogil:
     """Inbound pair: move it to the current table in place when the route for its SNI
     still leads to the same app address and takes it (plaintext: not STRICT); False
-    when it does not."""
+    when it does not. The room checked is what the pair's heads need there: none in
+    plaintext, so a plaintext pair is never held on its table past a push
+    (_inbound_move, CONN_HOLD_TABLE), where a later push's STRICT would not reach its
+    next request."""
     cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
-    cdef uint32_t room
     if (j < 0 or not _same_app(&c.table.routes[c.route], &core.table.routes[j])
             or not _takes_pair(&core.table.routes[j], c)):
         return False
-    if c.flags & CONN_HTTP:
-        room = (_xfcc_value_len(&core.table.routes[j], c.peer_id_length)
-                + _XFCC_BYTES + 4)
-        if c.d2u.tail + room > core.buffer_bytes:
-            return False                # no room for its fields: moved between requests
+    if (c.flags & CONN_HTTP
+            and c.d2u.tail + _request_room(&core.table.routes[j], c) > core.buffer_bytes):
+        return False                    # no room for its fields: moved between requests
     _inbound_take_route(core, c, <uint32_t>j)
     return True
 

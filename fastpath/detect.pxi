@@ -152,7 +152,7 @@ cdef int _inbound_detect(Core* core, Conn* c, Side* s) noexcept nogil:
     if _alpn_is(alpn, alpn_len, b"http/1.1", 8):
         return _inbound_open(core, c, True)
     # Told by the first bytes; room is kept in d2u for the fields a request gets.
-    c.head_reserve = _request_room(&route.chain, c)
+    c.head_reserve = _request_room(route, c)
     c.state = CONN_SNIFFING
     _deadline_at(core, c, core.now_ns + ENGINE_SNIFF_TIMEOUT_MS * 1000000)
     return _sniff(core, c)
@@ -176,7 +176,7 @@ cdef int _inbound_open(Core* core, Conn* c, bint http) noexcept nogil:
         http = False
     if http:
         c.flags |= CONN_HTTP
-        c.head_reserve = _request_room(&route.chain, c)
+        c.head_reserve = _request_room(route, c)
     else:
         c.head_reserve = 0
         if _pair_refused(core, c, &route.chain):

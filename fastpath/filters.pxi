@@ -173,16 +173,17 @@ cdef FilterVerdict _filters_run(Core* core, Conn* c, const FilterChain* chain,
     return FILTER_CONTINUE
 
 
-cdef uint32_t _request_room(const FilterChain* chain, Conn* c) noexcept nogil:
-    """Bytes the chain's request steps may add to one head of pair c: kept free at the
-    end of its request buffer (Conn.head_reserve)."""
+cdef uint32_t _request_room(const InboundRoute* route, const Conn* c) noexcept nogil:
+    """Bytes the request steps of `route`'s chain may add to one head of pair c: kept
+    free at the end of its request buffer (Conn.head_reserve), and what a pair moving
+    to `route` needs free (carry.pxi)."""
+    cdef const FilterChain* chain = &route.chain
     cdef uint32_t i
     cdef uint32_t room = 0
     for i in range(chain.n):
         if (chain.steps[i].phase == PHASE_REQUEST and chain.steps[i].kind == FILTER_XFCC
                 and not c.flags & CONN_PLAINTEXT):     # (plaintext: the field only goes)
-            room += (_xfcc_value_len(&c.table.routes[c.route], c.peer_id_length)
-                     + _XFCC_BYTES + 4)
+            room += _xfcc_value_len(route, c.peer_id_length) + _XFCC_BYTES + 4
     return room
 
 

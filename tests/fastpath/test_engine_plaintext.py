@@ -396,6 +396,32 @@ def test_a_mode_pushed_cuts_plaintext_in_the_middle_of_a_message(node: Node) -> 
     assert node.engine.stats()["plaintext_refused"] == 2
 
 
+def test_a_mode_pushed_reaches_a_plaintext_head_that_nearly_fills_the_buffer(node: Node) -> None:
+    """A plaintext pair between requests whose next head, not whole yet, nearly fills
+    its buffer meets a push that keeps its route, then one that makes it STRICT: the
+    head, once whole, is not served (plaintext makes no room for an identity field, so
+    the first push moves the pair in place, and the second reaches it)."""
+    with node.plain() as s:
+        s.sendall(request("backend"))
+        assert answer(s)[0] == 200
+        before = node.engine.stats()["inbound_bytes_received"]
+        # 16370 bytes (of the 16384 the buffer holds) in two fields under the parser's
+        # limit for one; all but its last 4 bytes sent.
+        size = (16370 - len(request("backend"))) // 2 - len("X-Filler-0: \r\n")
+        head = request("backend", "".join(f"X-Filler-{i}: {'f' * size}\r\n" for i in range(2)))
+        s.sendall(head[:-4])
+        wait_for(lambda: node.engine.stats()["inbound_bytes_received"] == before + len(head) - 4,
+                 what="the head's bytes read")
+        node.install("PERMISSIVE")
+        node.install("STRICT")
+        try:
+            s.sendall(head[-4:])
+        except OSError:
+            pass                        # (closed already)
+        assert refused(s)
+    assert node.engine.stats()["plaintext_refused"] == 1
+
+
 def test_the_mode_is_checked_as_the_other_setters_check() -> None:
     t = fe.RouteTable()
     ctx = tls.TLSContext(True)
