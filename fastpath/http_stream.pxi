@@ -406,10 +406,14 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 # Deep enough, or behind a request a retry may send again (retry.pxi):
                 # the rest waits for answers.
                 return STATUS_OK
-            if (c.table != core.table and not c.flags & (CONN_GOING_AWAY | CONN_HOLD_TABLE)
-                    and not _rebind(core, c)):
+            if c.table != core.table and (
+                    _plaintext_revoked(core, c)
+                    or (not c.flags & (CONN_GOING_AWAY | CONN_HOLD_TABLE)
+                        and not _rebind(core, c))):
                 # Each request is routed on the table current when its head is framed:
-                # this one waits until the earlier ones are answered (carry.pxi).
+                # this one waits until the earlier ones are answered (carry.pxi). A
+                # plaintext pair's route made STRICT reaches it even going away (its
+                # service left, then came back): it is closed instead (plaintext.pxi).
                 c.switching = True
                 return STATUS_OK
             if (c.head_scan > 0 and not _head_ended(f.buf + start, avail, &c.head_scan)

@@ -359,6 +359,27 @@ def test_a_mode_pushed_while_pairs_are_open_reaches_them(node: Node) -> None:
         assert answer(s)[0] == 200
 
 
+def test_a_plaintext_pair_whose_service_left_is_not_served_once_it_is_back_strict(
+        node: Node) -> None:
+    """A push takes the open service off the node (the pair goes away, on its table, as
+    a TLS pair does), the next brings it back STRICT: the pair's next request is not
+    served by the table it went away on."""
+    with node.plain() as s:
+        s.sendall(request("backend"))
+        assert answer(s)[0] == 200
+        gone = fe.RouteTable()
+        gone.set_inbound(node.inbound.fileno())
+        gone.add_inbound_route(STRICT_SNI, node.server, "127.0.0.1", node.app_port,
+                               service="demo/ledger:http", identity=BACKEND_ID,
+                               protocol="http")
+        generation = node.engine.install(gone)
+        wait_for(lambda: node.engine.generation >= generation, what="table swap")
+        node.install("STRICT")
+        s.sendall(request("backend"))
+        assert refused(s)
+    assert node.engine.stats()["plaintext_refused"] == 1
+
+
 def interim(s: socket.socket) -> bytes:
     """A head that has no body to follow (101, 100): read up to its empty line."""
     data = b""
