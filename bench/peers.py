@@ -302,6 +302,57 @@ spec:
 """
 
 
+AUTHZ_RULES = 20
+
+
+def meshnode_authz() -> str:
+    """The meshnode-authz pair's extra resources: AUTHZ_RULES AuthorizationPolicy rules on
+    the app's workload, half DENY, half ALLOW (Istio's YAML). The DENY rules and all but the
+    last ALLOW rule name paths, methods, headers and callers the load never has, so each
+    request is judged against every rule; the last ALLOW rule lets the load's caller (the
+    node's one workload, calling itself) GET any path: the policy's worst case."""
+    half = AUTHZ_RULES // 2
+    deny = "".join(f"""    - to:
+        - operation:
+            methods: ["DELETE", "PUT"]
+            paths: ["/admin/{i}/*", "*/secret-{i}"]
+      when:
+        - key: request.headers[x-block]
+          values: ["block-{i}"]
+""" for i in range(half))
+    allow = "".join(f"""    - from:
+        - source:
+            principals: ["cluster.local/ns/tenant-{i}/sa/client"]
+      to:
+        - operation:
+            paths: ["/tenant-{i}/*"]
+""" for i in range(half - 1))
+    head = f"""---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  namespace: {NAMESPACE}
+"""
+    return (head + f"""  name: {SERVICE}-deny
+spec:
+  selector: {{matchLabels: {{app: {SERVICE}}}}}
+  action: DENY
+  rules:
+{deny}""" + head + f"""  name: {SERVICE}-allow
+spec:
+  selector: {{matchLabels: {{app: {SERVICE}}}}}
+  action: ALLOW
+  rules:
+{allow}    - from:
+        - source:
+            principals: ["cluster.local/ns/{NAMESPACE}/sa/{SERVICE}"]
+      to:
+        - operation:
+            methods: ["GET"]
+            paths: ["/*"]
+""")
+
+
 MESHNODE_BLOCK = 100  # a node's ports are port-base+0 .. port-base+90 (meshnode/ports.py)
 
 

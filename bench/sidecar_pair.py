@@ -601,16 +601,29 @@ class MeshnodeBaseRoutes(MeshnodeBase):
         return peers.meshnode_routes()
 
 
+class MeshnodeAuthz(Meshnode):
+    """The meshnode pair with peers.AUTHZ_RULES AuthorizationPolicy rules (ALLOW and
+    DENY) on the destination workload, the load allowed by the last one: what
+    authorization costs, against the meshnode pair in the same rounds."""
+    name = "meshnode-authz"
+    description = (f"meshnode, the workload under {peers.AUTHZ_RULES} AuthorizationPolicy "
+                   "rules (DENY and ALLOW; the load allowed by the last)")
+
+    def _extra_resources(self) -> str:
+        return peers.meshnode_authz()
+
+
 PAIR_CLASSES: dict[str, type[Pair]] = {c.name: c for c in (Direct, HAProxy, Nginx, Meshnode,
                                                             MeshnodeBase, MeshnodeRoutes,
-                                                            MeshnodeBaseRoutes)}
+                                                            MeshnodeBaseRoutes, MeshnodeAuthz)}
 BASELINE = MeshnodeBase.name
 # Pairs run on the --baseline build.
 ON_BASELINE = (BASELINE, MeshnodeBaseRoutes.name)
 # The comparisons reported (a / b), each when both pairs ran: a new build against the
-# baseline, routes against none, routes on the new build against the baseline's.
+# baseline, routes against none, routes on the new build against the baseline's,
+# authorization against none.
 COMPARISONS = (("meshnode", BASELINE), (MeshnodeRoutes.name, "meshnode"),
-               (MeshnodeRoutes.name, MeshnodeBaseRoutes.name))
+               (MeshnodeRoutes.name, MeshnodeBaseRoutes.name), (MeshnodeAuthz.name, "meshnode"))
 
 
 @dataclass
