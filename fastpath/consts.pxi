@@ -183,3 +183,6 @@ cdef enum:
     ENGINE_MIRROR_TIMEOUT_MS = 15000
     # "-shadow", added to a copy's Host (as Envoy names a shadow's authority).
     ENGINE_SHADOW_SUFFIX_BYTES = 7
+    # The TLS extension type of the caller's address in a node's ClientHello
+    # (caller_ext.pxi): private use (RFC 8446 §4.2; 0xFF01 is renegotiation_info).
+    ENGINE_CALLER_EXT_TYPE = 0xFF4D

@@ -70,6 +70,10 @@ cdef int _tls_client_start(Core* core, Conn* c) noexcept nogil:
         return STATUS_CLOSE
     c.up.ssl = ssl
     if (openssl.SSL_set_fd(ssl, c.up.fd) != 1
+            # The ClientHello says the pair's client's address (caller_ext.pxi); read
+            # only while this handshake runs (TLS 1.3 sends no second ClientHello on
+            # a connection, pooled or not, but after a HelloRetryRequest).
+            or openssl.SSL_set_ex_data(ssl, _conn_ex_index, c) != 1
             or openssl.SSL_set_tlsext_host_name(ssl, svc.sni.data) != 1
             or (openssl.SSL_set_alpn_protos(ssl, _ALPN_HTTP1_WIRE, _ALPN_HTTP1_WIRE_BYTES)
                 if c.flags & (CONN_HTTP | CONN_MIRROR) else
@@ -176,6 +180,7 @@ cdef bint _pool_put(Core* core, Conn* c) noexcept nogil:
     u.since_ns = core.now_ns
     u.principal = c.peer_principal
     u.client_ctx = c.client_ctx
+    _source_key(&c.peer_addr, u.caller)
     u.counted = c.up.counted
     u.requests = c.up.requests
     c.up.fd = -1
@@ -187,16 +192,20 @@ cdef bint _pool_put(Core* core, Conn* c) noexcept nogil:
 
 cdef bint _pool_take(Core* core, Conn* c, Endpoint* ep) noexcept nogil:
     """Give the pair the newest live idle upstream of `ep` opened as the pair's own
-    identity (c.client_ctx); False when there is none. A pooled one the other node
-    closed (or that sat longer than idle_timeout_s) is closed here: it is only ever
-    looked at when a pair of its identity wants one."""
+    identity (c.client_ctx) for a client at the pair's client's address (its ClientHello
+    told the other node that caller: caller_ext.pxi); False when there is none. A pooled
+    one the other node closed (or that sat longer than idle_timeout_s) is closed here:
+    it is only ever looked at when a pair of its identity and address wants one."""
     cdef IdleUp u
     cdef char probe
     cdef int r, err
     cdef uint32_t i = ep.n_idle
+    cdef uint64_t caller[2]
+    _source_key(&c.peer_addr, caller)
     while i > 0:
         i -= 1
-        if ep.idle[i].client_ctx != c.client_ctx:
+        if (ep.idle[i].client_ctx != c.client_ctx or ep.idle[i].caller[0] != caller[0]
+                or ep.idle[i].caller[1] != caller[1]):
             continue
         u = ep.idle[i]
         # Out of the pool, newer entries moving down: the order stays newest last.

@@ -4,9 +4,9 @@
 # Everything below the classes' Python-facing methods is plain C touched only by the
 # engine thread (the one inside Engine.run(), GIL released), except where a field says
 # otherwise. The reasoning is in engine.pyx's docstring; the implementation in the stage
-# files it includes (loop, timers, conn, io, handshake, detect, http_stream, router,
-# filters, balancer, endpoint, stats, table: *.pxi), one stage of a connection's path
-# each.
+# files it includes (loop, timers, conn, io, handshake, caller_ext, detect, http_stream,
+# router, filters, balancer, endpoint, stats, table: *.pxi), one stage of a connection's
+# path each.
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -60,6 +60,10 @@ cdef struct IdleUp:
                                    # connection is only reused by the same caller identity
     UpstreamCount* counted         # its service's count it is in (pool.pxi; NULL: none)
     uint32_t requests              # requests it carried (maxRequestsPerConnection)
+    uint64_t caller[2]             # the address of the client it was opened for, as
+                                   # limits.pxi _source_key: its ClientHello told the
+                                   # other node that caller (caller_ext.pxi), so only a
+                                   # client at the same address reuses it
 
 
 cdef enum:
@@ -714,6 +718,9 @@ cdef struct Table:
 
 # Array sizes in the structs below (a .pxd cannot include consts.pxi).
 cdef enum:
+    # The caller's address as a ClientHello carries it (caller_ext.pxi): a family byte
+    # (4 or 6), then the 4 or 16 bytes of the address.
+    ENGINE_CALLER_WIRE_MAX = 17
     # HTTP outbound: requests one client connection may have sent upstream and not yet
     # seen answered (pipelining depth); further requests wait in the client's buffer.
     ENGINE_HTTP_PIPELINE_MAX = 16
@@ -881,6 +888,9 @@ cdef enum ConnFlags:
     # Inbound without TLS (PeerAuthentication PERMISSIVE or DISABLE): no peer ID, HTTP
     # only, on the route its first request's Host named.
     CONN_PLAINTEXT = 33554432
+    # Inbound: the ClientHello carried a caller address that is not one (caller_ext.pxi):
+    # the handshake failed on it, counted as caller_addr_malformed.
+    CONN_CALLER_MALFORMED = 67108864
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -941,11 +951,21 @@ cdef struct Conn:
                                    # move: found again by fd in the next one)
     net.sockaddr_storage peer_addr # outbound: the client's address (its identity);
                                    # inbound: the source its limits are counted for
-    uint8_t source_ip[16]          # inbound: the calling workload's address (IPv4 as
-                                   # ::ffff:a.b.c.d), what authorization judges by
-                                   # (source.ip, ipBlocks); set at accept (limits.pxi)
+    # Inbound: the calling workload's own address (16 bytes, IPv4 as ::ffff:a.b.c.d),
+    # what authorization (source.ip, ipBlocks) and a rate limit by source address judge:
+    # the address the caller's node carried in its ClientHello (caller_ext.pxi; that
+    # node accepted the workload's connection), else the connected peer's, set at accept
+    # (limits.pxi): a node that carries none (an older version), a plaintext caller
+    # (PeerAuthentication PERMISSIVE, DISABLE). Written while the handshake runs, before
+    # the peer is verified: it is the caller's only once the handshake completed (the
+    # pair is past CONN_HANDSHAKING), the transcript both Finished messages sign covering
+    # it. Nothing sent after the handshake (no request header) changes it.
+    uint8_t source_ip[16]
     CallerState caller             # outbound: what the kernel said of the caller's socket
     uint32_t caller_uid            # ... its owner, when CALLER_KNOWN (asked once a pair)
+    # Outbound: the extension body the ClientHello carries, built from peer_addr by the
+    # add callback; OpenSSL copies it only after the callback returns.
+    uint8_t caller_wire[ENGINE_CALLER_WIRE_MAX]
     int64_t close_at_ns            # opaque: its destination left the table; closed then
                                    # (0: not due)
     openssl.SSL_CTX* client_ctx    # outbound: borrowed from the table
@@ -1100,6 +1120,8 @@ cdef struct Counters:
     uint64_t no_endpoint           # outbound service without endpoints
     uint64_t identity_mismatch     # outbound peer's SPIFFE ID not one the service runs as
     uint64_t tls_unknown_sni       # inbound ClientHello named no route (or no SNI)
+    uint64_t caller_addr_malformed # inbound ClientHello whose caller address extension
+                                   # was malformed: handshake refused (caller_ext.pxi)
     uint64_t buffers_in_use
     uint64_t buffers_peak
     uint64_t tables_installed      # swaps done by the loop

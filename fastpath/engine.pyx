@@ -179,6 +179,10 @@ Choices, and why:
   socket (the kernel's sock_diag, asked once per connection) or by its address, or the
   listener's when the table tells no callers apart; one that matches no workload is
   refused (HTTP 403, opaque closed; callers_refused), never given another's identity.
+- The calling workload's address crosses the hop (caller_ext.pxi): the caller's node
+  says its client's address in a private-use ClientHello extension; the destination
+  keeps it (else the connected node's address) in Conn.source_ip, the source.ip of
+  authorization. Pooled upstreams are reused only by clients at the same address.
 - Counters are plain uint64 fields written by the engine thread; stats() copies them
   without a lock (aligned 64-bit loads do not tear on x86-64 and aarch64).
 - Debug builds (MESHNODE_DEBUG=1) check the pool, refcount and slot invariants and
@@ -286,6 +290,7 @@ include "timers.pxi"        # the timer wheel: each pair's one timer, its timeou
 include "conn.pxi"          # connection slots and the buffer pool
 include "io.pxi"            # socket and TLS reads and writes, the byte pump
 include "handshake.pxi"     # TLS handshakes both ways and the peer's verified ID
+include "caller_ext.pxi"    # the calling workload's address, carried in the ClientHello
 include "detect.pxi"        # what an accepted connection is: SNI, ALPN, first bytes
 include "plaintext.pxi"     # PeerAuthentication: plaintext HTTP beside mTLS, by Host
 include "callers.pxi"       # which local workload is calling: socket owner, address
@@ -604,6 +609,13 @@ cdef class Engine:
         Read without a lock while the loop runs: a moment's figures."""
         return _pool_view(self.core, self._pool_index)
 
+    def inbound_callers(self) -> dict[str, int]:
+        """The calling workloads' addresses of this engine's inbound pairs open now
+        and past their handshake (Conn.source_ip: as the caller's node carried it,
+        else the connected node's), with how many pairs each. Read without a lock
+        while the loop runs: a moment's figures."""
+        return _callers_view(self.core)
+
     @property
     def generation(self) -> int:
         """The generation of the table the loop uses (install()'s result); 0 before any."""
@@ -629,6 +641,7 @@ cdef class Engine:
         out["no_endpoint"] = snap.no_endpoint
         out["identity_mismatch"] = snap.identity_mismatch
         out["tls_unknown_sni"] = snap.tls_unknown_sni
+        out["caller_addr_malformed"] = snap.caller_addr_malformed
         out["buffers_in_use"] = snap.buffers_in_use
         out["buffers_peak"] = snap.buffers_peak
         out["buffers_total"] = self.core.n_bufs

@@ -101,7 +101,10 @@ cdef int _handshake(Core* core, Conn* c) noexcept nogil:
     err = openssl.SSL_get_error(s.ssl, r)
     if err == openssl.SSL_ERROR_WANT_READ or err == openssl.SSL_ERROR_WANT_WRITE:
         return STATUS_OK
-    if c.flags & CONN_UNKNOWN_SNI:
+    if c.flags & CONN_CALLER_MALFORMED:
+        core.counters.caller_addr_malformed += 1
+        openssl.ERR_clear_error()
+    elif c.flags & CONN_UNKNOWN_SNI:
         core.counters.tls_unknown_sni += 1
         openssl.ERR_clear_error()
     else:

@@ -126,8 +126,8 @@ cdef void _inbound_hold(Core* core, Conn* c, const net.sockaddr_storage* peer,
     cdef SourceCount* e = &core.sources[at]
     memcpy(&c.peer_addr, peer, sizeof(net.sockaddr_storage))
     # The calling workload's address, as authorization judges it (source.ip, ipBlocks):
-    # for now the node that connected; the caller's own address, carried across the
-    # hop by its node, is to replace it (DESIGN §4: the mTLS connection vouches for it).
+    # the peer that connected, until its ClientHello carries the caller's own address
+    # (caller_ext.pxi: its node vouches for it, and the handshake for the node).
     _source_key(peer, <uint64_t*>c.source_ip)
     if e.conns == 0:
         _source_key(peer, e.key)

@@ -129,6 +129,9 @@ cdef Conn* _mirror_open(Core* core, Conn* c, const RouteMirror* mr, const char* 
                                           <int64_t>ENGINE_MIRROR_TIMEOUT_MS * 1000000)
     m.service = mr.service
     m.client_ctx = c.client_ctx
+    # Its ClientHello says the client's address, as the request's own upstream's does,
+    # and it pools (and reuses) upstreams as that client's (caller_ext.pxi).
+    memcpy(&m.peer_addr, &c.peer_addr, sizeof(net.sockaddr_storage))
     m.pend_method[0] = method
     m.d2u.buf = _buf_get(core)
     if m.d2u.buf == NULL:

@@ -920,6 +920,7 @@ cdef class RouteTable:
                 l.principal = -1
                 _name_set(&l.identity, identity_b)
                 if ctx is not None:
+                    _caller_ext_register(ctx.ctx)
                     _up_ref(ctx.ctx)
                     l.client_ctx = ctx.ctx
 
@@ -936,6 +937,7 @@ cdef class RouteTable:
                 t.callers_by_user = uid >= 0
                 src.principal = -1
                 _name_set(&src.identity, identity_b)
+                _caller_ext_register(ctx.ctx)
                 _up_ref(ctx.ctx)
                 src.client_ctx = ctx.ctx
 
@@ -1002,6 +1004,7 @@ cdef class RouteTable:
                                          self._ticket_period_s)
                 openssl.SSL_CTX_set_tlsext_servername_callback(dispatch.ctx, _on_servername)
                 openssl.SSL_CTX_set_tlsext_servername_arg(dispatch.ctx, t)
+                _caller_ext_register(dispatch.ctx)
                 _up_ref(dispatch.ctx)
                 t.dispatch_ctx = dispatch.ctx
         except BaseException:

@@ -93,10 +93,11 @@ _SIDE_FAILURES = ("connect_failures", "connect_timeouts", "idle_timeouts", "abor
 _NODE_FAILURES = ("no_endpoint", "identity_mismatch", "tls_unknown_sni", "http_no_route",
                   "http_bad_request", "http_unavailable", "http_head_timeouts",
                   "http_bad_response", "callers_refused", "caller_lookup_failures",
-                  "rejected_handshakes", "rejected_source_conns", "rejected_source_handshakes")
+                  "rejected_handshakes", "rejected_source_conns", "rejected_source_handshakes",
+                  "caller_addr_malformed")
 # Those of the inbound side (the rest are the outbound side's).
 _INBOUND_FAILURES = frozenset({"tls_unknown_sni", "rejected_handshakes", "rejected_source_conns",
-                               "rejected_source_handshakes"})
+                               "rejected_source_handshakes", "caller_addr_malformed"})
 # Istio's default request-duration buckets (ms). The engine keeps finer log-linear
 # microsecond buckets (fastpath.engine.latency_bounds_us); each exported bucket counts
 # the engine buckets that lie wholly below its bound.

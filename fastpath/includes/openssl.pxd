@@ -381,6 +381,25 @@ cdef extern from "openssl/ssl.h" nogil:
     SSL_SESSION* SSL_get0_session(const SSL* ssl)        # no new reference
     int SSL_SESSION_up_ref(SSL_SESSION* session)
 
+    # Custom TLS extensions (the calling workload's address in the ClientHello,
+    # caller_ext.pxi). Registered per SSL_CTX before its first SSL; SSL_new copies them.
+    const unsigned int SSL_EXT_CLIENT_HELLO
+    const int SSL_AD_DECODE_ERROR
+    ctypedef int (*SSL_custom_ext_add_cb_ex)(
+        SSL* s, unsigned int ext_type, unsigned int context, const unsigned char** out,
+        size_t* outlen, X509* x, size_t chainidx, int* al, void* add_arg) noexcept
+    ctypedef void (*SSL_custom_ext_free_cb_ex)(
+        SSL* s, unsigned int ext_type, unsigned int context, const unsigned char* out,
+        void* add_arg) noexcept
+    ctypedef int (*SSL_custom_ext_parse_cb_ex)(
+        SSL* s, unsigned int ext_type, unsigned int context, const unsigned char* data,
+        size_t inlen, X509* x, size_t chainidx, int* al, void* parse_arg) noexcept
+    int SSL_CTX_add_custom_ext(SSL_CTX* ctx, unsigned int ext_type, unsigned int context,
+                               SSL_custom_ext_add_cb_ex add_cb,
+                               SSL_custom_ext_free_cb_ex free_cb, void* add_arg,
+                               SSL_custom_ext_parse_cb_ex parse_cb, void* parse_arg)
+    int SSL_CTX_has_client_custom_ext(const SSL_CTX* ctx, unsigned int ext_type)
+
 
 # --- session life and ticket key rotation (fastpath/tls) -----------------------------
 # A session lives a bounded time from its full handshake: the server keeps that time in

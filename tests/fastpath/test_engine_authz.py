@@ -89,14 +89,17 @@ def test_allow_by_principal_and_namespace_refuses_the_others_403(mesh: Mesh) -> 
 
 
 def test_ip_blocks_judge_the_calling_workloads_address(mesh: Mesh) -> None:
-    # (For now the address of the node that connected: 127.0.0.1 on loopback.)
+    # Its own address, carried by its node in the ClientHello (caller_ext.pxi), not the
+    # address of the node that connected (127.0.0.1).
     install(mesh, policy("demo/ips", "ALLOW", rule({"ipBlocks": values(["cidr", "10.0.0.0/8"],
                                                                          ["cidr", "::1/128"])})))
     assert status_of(mesh) == 403
-    install(mesh, policy("demo/ips", "ALLOW", rule({"ipBlocks": values(["cidr", "127.0.0.0/30"])})))
-    assert status_of(mesh) == 200
+    install(mesh, policy("demo/ips", "ALLOW", rule({"ipBlocks": values(["cidr", "127.0.0.2/32"])})))
+    assert status_of(mesh, source=FRONTEND) == 200 and status_of(mesh, source=CART) == 403
     install(mesh, policy("demo/ips", "DENY", rule({"ipBlocks": values(["cidr", "127.0.0.1/32"])})))
-    assert status_of(mesh) == 403
+    assert status_of(mesh, source=FRONTEND) == 200 and status_of(mesh, source=CART) == 200
+    install(mesh, policy("demo/ips", "DENY", rule({"ipBlocks": values(["cidr", "127.0.0.3/32"])})))
+    assert status_of(mesh, source=FRONTEND) == 200 and status_of(mesh, source=CART) == 403
 
 
 def test_remote_ip_blocks_take_the_first_forwarded_for_entry(mesh: Mesh) -> None:

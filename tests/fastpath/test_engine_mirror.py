@@ -319,3 +319,15 @@ def test_a_rule_and_its_backend_variant_start_at_most_four_copies(
              + m.stats()["http_mirror_dropped"] == 12, "twelve copies")
     assert all(len(r.requests) <= 3 for r in m.mirrors), [len(r.requests) for r in m.mirrors]
     assert all(b"\r\nx-variant: 1\r\n" in r for r in m.mirrors[0].requests)
+
+
+def test_a_copy_tells_the_mirror_its_client_s_address(mirrored: Callable[..., Mirrored]) -> None:
+    """The copy's ClientHello says the client's address, as the real request's does
+    (caller_ext.pxi), not the node's own: both upstreams are the client's at the
+    destination."""
+    m = mirrored(Recorder(MIRROR_ANSWER))
+    m.route()
+    assert request(m.mesh.http("127.0.0.2"), "/p")[::2] == (200, b"real")
+    wait_for(lambda: m.stats()["http_mirrored"] == 1, "the copy sent")
+    wait_for(lambda: m.mesh.in_node.engine.inbound_callers() == {"127.0.0.2": 2},
+             "the real request's upstream and the copy's, both the client's")

@@ -200,6 +200,18 @@ def test_plaintext_to_a_permissive_route_is_served_by_host_with_no_principal(nod
     assert [(r["plaintext"], r["peer"], r["codes"]) for r in figures] == [(True, "", {200: 2})]
 
 
+def test_a_plaintext_caller_is_judged_at_its_own_address(node: Node) -> None:
+    """No node vouches for a plaintext caller: Conn.caller_addr (source.ip) is the
+    address it connected from (caller_ext.pxi)."""
+    with socket.socket() as s:
+        s.settimeout(TIMEOUT_S)
+        s.bind(("127.0.0.6", 0))
+        s.connect(("127.0.0.1", node.port))
+        s.sendall(request("backend"))
+        assert answer(s)[0] == 200
+        assert node.engine.inbound_callers() == {"127.0.0.6": 1}
+
+
 def test_plaintext_sent_a_byte_at_a_time_is_served(node: Node) -> None:
     """The first byte alone (peeked, then waited past), then the request line and the
     head in pieces: told, sniffed and framed as they come."""
