@@ -118,7 +118,8 @@ cdef int64_t _gcra_take(RateBucket* b, const RateLimit* lim, int64_t now) noexce
 
 cdef uint64_t _rate_key(Core* core, const Conn* c, const RateLimit* lim) noexcept nogil:
     """The key of pair c's caller under `lim`: its verified SPIFFE ID (inbound) or its
-    local workload's (outbound), or its address; never 0."""
+    local workload's (outbound), or its address (inbound: the calling workload's, as its
+    node carried it, caller_ext.pxi; outbound: the local client's); never 0."""
     cdef uint64_t h = lim.key
     cdef const Name* p
     cdef uint64_t addr[2]
@@ -129,7 +130,10 @@ cdef uint64_t _rate_key(Core* core, const Conn* c, const RateLimit* lim) noexcep
             p = &core.principals[c.local_principal]
             h = _fnv_add(h, p.data, p.length)
     elif lim.by == RATE_BY_SOURCE_IP:
-        _source_key(&c.peer_addr, addr)
+        if c.flags & CONN_INBOUND:
+            memcpy(addr, c.source_ip, 16)
+        else:
+            _source_key(&c.peer_addr, addr)
         h = _fnv_add(h, <const char*>addr, 16)
     h = _fmix(h)
     return h if h != 0 else 1

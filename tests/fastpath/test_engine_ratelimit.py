@@ -278,6 +278,17 @@ def test_a_bucket_per_source_address_and_an_overflow_bucket_past_the_bound(
     assert (counts["allowed"], counts["limited"], counts["overflow"]) == (6, 4, 4)
 
 
+def test_at_the_destination_the_source_address_is_the_calling_workload_s(
+        make_farm: MakeFarm) -> None:
+    """Inbound, source_ip is the address the caller's node carried (caller_ext.pxi),
+    not the node's own: two clients behind one node have a bucket each."""
+    farm = make_farm(inbound_limit={**SLOW, "burst": 2, "by": "source_ip", "max_keys": 4})
+    assert farm.statuses(3, source="127.0.0.2") == [200, 200, 429]
+    assert farm.statuses(3, source="127.0.0.3") == [200, 200, 429]
+    counts = farm.counts(farm.inbound[0].engine)
+    assert (counts["allowed"], counts["limited"], counts["overflow"]) == (4, 2, 0)
+
+
 def test_a_bucket_per_caller_principal_at_the_destination(make_farm: MakeFarm) -> None:
     farm = make_farm(outs=2, inbound_limit={**SLOW, "burst": 2, "by": "principal"})
     farm.outs[1][0].install(farm.outbound_table(1, identity=OTHER_ID))
