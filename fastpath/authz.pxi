@@ -35,6 +35,8 @@ cdef struct AuthzInput:
     const ReqHead* req
     const char* path                # HTTP: normalized, query stripped
     uint32_t path_len
+    char* joined                    # HTTP: room for a field named twice, its values joined
+    uint32_t joined_cap
 
 
 # --- the request path ----------------------------------------------------------------------
@@ -231,7 +233,6 @@ cdef bint _match_holds(const AuthzProgram* prog, const AuthzMatch* m,
     cdef bint hit
     cdef uint32_t i, k, first, count
     cdef const AuthzLeaf* leaf
-    cdef char joined[_ROUTE_JOIN_MAX]
     if m.field == AZ_PRINCIPAL:
         s, n, present = x.principal, x.principal_len, x.principal != NULL
     elif m.field == AZ_NAMESPACE:
@@ -252,8 +253,8 @@ cdef bint _match_holds(const AuthzProgram* prog, const AuthzMatch* m,
     elif m.field == AZ_PATH:
         s, n = x.path, x.path_len
     elif m.field == AZ_HEADER:
-        present = _field_joined(prog.text + m.name_off, m.name_len, x.head, x.req, joined,
-                                sizeof(joined), &s, &n)
+        present = _field_joined(prog.text + m.name_off, m.name_len, x.head, x.req, x.joined,
+                                x.joined_cap, &s, &n)
     for k in range(2):
         if k == 0:
             if not m.has_values:
@@ -530,6 +531,10 @@ cdef FilterVerdict _authz_request(Core* core, Conn* c, const InboundRoute* route
         _http_reply(core, c, 400, NULL, 0)
         return FILTER_ANSWER
     x.path, x.path_len = core.scratch, <uint32_t>n
+    # The rest of scratch holds any field's values joined, whole (Envoy's matchers see
+    # them so): they and the path are less than the head, which fits a buffer. A
+    # smaller room would make a long field absent, and its DENY pass it by.
+    x.joined, x.joined_cap = core.scratch + n, core.buffer_bytes - <uint32_t>n
     if prog.want & (1u << AZ_REMOTE_IP):
         _remote_ip(head, req, &x)
     decider = _authz_decide(prog, &x, &allowed)

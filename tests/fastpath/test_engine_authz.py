@@ -181,6 +181,34 @@ def test_a_header_named_twice_is_matched_on_its_values_joined(mesh: Mesh) -> Non
         assert recv_all(c).startswith(b"HTTP/1.1 200")
 
 
+def test_a_header_named_twice_past_eight_kib_joined_is_still_judged(mesh: Mesh) -> None:
+    """Envoy's matchers see every field joined, however long: a DENY by prefix matches
+    "admin,<long>", and an ALLOW by notValues refuses it; the field is not taken as
+    absent (which lets the caller past both)."""
+    long = b"x-user: " + b"a" * 4200 + b"\r\n"
+
+    def send() -> bytes:
+        with socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)),
+                                      timeout=TIMEOUT_S, source_address=(FRONTEND, 0)) as c:
+            c.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\nx-user: admin\r\n" + long + long
+                      + b"Connection: close\r\n\r\n")
+            return recv_all(c)
+
+    install(mesh, policy("demo/no-admin", "DENY", rule(when=[
+        {"key": "request.headers[x-user]", "values": [["prefix", "admin"]], "not": None}])))
+    assert send().startswith(b"HTTP/1.1 403")
+    install(mesh, policy("demo/not-admin", "ALLOW", rule(when=[
+        {"key": "request.headers[x-user]", "values": None, "not": [["prefix", "admin"]]}])))
+    assert send().startswith(b"HTTP/1.1 403")
+
+
+def _plain(m: Mesh, target: bytes) -> bytes:
+    """GET `target` from the app's node itself, in plaintext (its route PERMISSIVE)."""
+    with socket.create_connection(("127.0.0.1", port_of(m.in_sock)), timeout=TIMEOUT_S) as c:
+        c.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        return recv_all(c)
+
+
 def test_a_plaintext_caller_has_no_principal_so_an_allow_by_principal_refuses_it(
         mesh: Mesh) -> None:
     t = mesh.inbound_table()
@@ -189,15 +217,8 @@ def test_a_plaintext_caller_has_no_principal_so_an_allow_by_principal_refuses_it
         "demo/callers", "ALLOW", rule({"principals": values(["any"])}),
         rule(operation={"paths": values(["exact", "/health"])}))]})
     mesh.in_node.install(t)
-
-    def plain(path: str) -> bytes:
-        with socket.create_connection(("127.0.0.1", port_of(mesh.in_sock)), timeout=TIMEOUT_S) as c:
-            c.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: backend\r\n"
-                      b"Connection: close\r\n\r\n")
-            return recv_all(c)
-
-    assert plain("/").startswith(b"HTTP/1.1 403") and plain("/").endswith(DENIED)
-    assert plain("/health").startswith(b"HTTP/1.1 200")
+    assert _plain(mesh, b"/").startswith(b"HTTP/1.1 403") and _plain(mesh, b"/").endswith(DENIED)
+    assert _plain(mesh, b"/health").startswith(b"HTTP/1.1 200")
     out, _ = mesh.outbound(callers=True)
     mesh.out_node.install(out)
     assert status_of(mesh) == 200                   # over mutual TLS: a principal
