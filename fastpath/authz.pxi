@@ -522,7 +522,11 @@ cdef FilterVerdict _authz_request(Core* core, Conn* c, const InboundRoute* route
     x.req = req
     q = <const char*>memchr(head + req.path.off, c'?', req.path.len)
     raw = <uint32_t>(q - (head + req.path.off)) if q != NULL else req.path.len
-    n = _path_normalize(head + req.path.off, raw, core.scratch, prog.normalization)
+    if raw == 0 and req.target_form == TARGET_ABSOLUTE:
+        # "http://host" or "http://host?q" asks for "/" (RFC 9110 §4.2.3), Envoy's :path.
+        n = _path_normalize(b"/", 1, core.scratch, prog.normalization)
+    else:
+        n = _path_normalize(head + req.path.off, raw, core.scratch, prog.normalization)
     if n < 0:
         if _answer_owed(c):
             return FILTER_STOP

@@ -322,6 +322,20 @@ def test_paths_are_judged_and_forwarded_normalized(mesh: Mesh) -> None:
     assert _raw(mesh, b"/x/%00").startswith(b"HTTP/1.1 400")
 
 
+def test_an_absolute_form_target_with_no_path_is_judged_as_slash(mesh: Mesh) -> None:
+    """`GET http://backend HTTP/1.1` (sent straight to the app's node, as a plaintext
+    caller may) asks for "/" (RFC 9110 §4.2.3; Envoy's :path is "/"): a DENY of "/"
+    holds for it, not only for the origin form."""
+    t = mesh.inbound_table()
+    t.set_inbound_mtls(V1, "PERMISSIVE", hosts=["backend"])
+    t.set_inbound_authz(V1, {"policies": [policy(
+        "demo/no-root", "DENY", rule(operation={"paths": values(["exact", "/"])}))]})
+    mesh.in_node.install(t)
+    for target in (b"/", b"http://backend", b"http://backend?x=1"):
+        assert _plain(mesh, target).startswith(b"HTTP/1.1 403"), target
+    assert _plain(mesh, b"http://backend/x").startswith(b"HTTP/1.1 200")
+
+
 def test_merge_slashes_and_decode_and_merge_slashes(mesh: Mesh) -> None:
     no_private = policy("demo/no-private", "DENY",
                         rule(operation={"paths": values(["exact", "/private"])}))
