@@ -8,8 +8,8 @@
 # the program's checks and compile are authz_table.pxi's.
 #
 # Nothing here allocates on a request (a policy's figure is made at its first decision,
-# once per node) or takes the GIL: the normalized path goes to Core.scratch, a request's
-# fields are read where they lie in the head.
+# once per node) or takes the GIL: the normalized path, and the values of a field named
+# twice joined, go to Core.scratch; a request's other fields are read where they lie.
 
 cdef enum:
     _AUTHZ_IP_TEXT_MAX = 64         # the longest address text X-Forwarded-For may give
@@ -499,6 +499,18 @@ cdef void _path_forward(Core* core, Conn* c, FilterCall* call, const char* path,
     parse_request_head(head, f.tail - call.base, call.req, &core.http_limits)
 
 
+cdef bint _origin_forward(Core* core, Conn* c, FilterCall* call) noexcept nogil:
+    """An absolute-form request goes on in origin form, its Host the target's authority
+    (Envoy's :authority and :path), so the app reads the host and path that were
+    judged, not a Host field the caller wrote beside them; then its path is normalized
+    as an origin-form one's. False when the head cannot be edited."""
+    if _absolute_form(core, &c.d2u, call.base, call.req) == INT64_MAX:
+        return False
+    parse_request_head(c.d2u.buf + call.base, c.d2u.tail - call.base, call.req,
+                       &core.http_limits)
+    return True
+
+
 cdef FilterVerdict _authz_request(Core* core, Conn* c, const InboundRoute* route,
                                   FilterCall* call) noexcept nogil:
     """A request head: judged with its normalized path, which it goes on with when
@@ -552,8 +564,13 @@ cdef FilterVerdict _authz_request(Core* core, Conn* c, const InboundRoute* route
         if not call.kept:
             _http_reply(core, c, 403, _AUTHZ_DENIED, -1)
         return FILTER_ANSWER
-    if req.target_form != TARGET_ABSOLUTE:
-        _path_forward(core, c, call, core.scratch, <uint32_t>n)
+    if req.target_form == TARGET_ABSOLUTE and not _origin_forward(core, c, call):
+        # The head cannot be edited (an authority past any host name's length, or no
+        # room for a Host field): it does not go on as something other than judged.
+        core.counters.http_bad_request += 1
+        call.status = 0
+        return FILTER_ANSWER
+    _path_forward(core, c, call, core.scratch, <uint32_t>n)
     return FILTER_CONTINUE
 
 

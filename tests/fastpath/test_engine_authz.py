@@ -13,6 +13,7 @@ app's node judges them by the program set on the v1 route. Real engines and sock
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from typing import Any
@@ -202,10 +203,11 @@ def test_a_header_named_twice_past_eight_kib_joined_is_still_judged(mesh: Mesh) 
     assert send().startswith(b"HTTP/1.1 403")
 
 
-def _plain(m: Mesh, target: bytes) -> bytes:
+def _plain(m: Mesh, target: bytes, host: bytes = b"backend") -> bytes:
     """GET `target` from the app's node itself, in plaintext (its route PERMISSIVE)."""
     with socket.create_connection(("127.0.0.1", port_of(m.in_sock)), timeout=TIMEOUT_S) as c:
-        c.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+        c.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: " + host
+                  + b"\r\nConnection: close\r\n\r\n")
         return recv_all(c)
 
 
@@ -334,6 +336,24 @@ def test_an_absolute_form_target_with_no_path_is_judged_as_slash(mesh: Mesh) -> 
     for target in (b"/", b"http://backend", b"http://backend?x=1"):
         assert _plain(mesh, target).startswith(b"HTTP/1.1 403"), target
     assert _plain(mesh, b"http://backend/x").startswith(b"HTTP/1.1 200")
+
+
+def test_an_absolute_form_target_reaches_the_app_as_judged(mesh: Mesh) -> None:
+    """Judged by its target's authority and normalized path, an absolute-form request
+    goes on in origin form with that path and Host (as Envoy's :authority and :path):
+    an app reading the Host the caller wrote, or the raw path, would serve a host or
+    path the policy denies."""
+    t = mesh.inbound_table()
+    t.set_inbound_mtls(V1, "PERMISSIVE", hosts=["backend"])
+    t.set_inbound_authz(V1, {"policies": [policy(
+        "demo/no-admin", "DENY", rule(operation={"hosts": values(["exact", "admin.backend"])}),
+        rule(operation={"paths": values(["prefix", "/admin"])}))]})
+    mesh.in_node.install(t)
+    answer = _plain(mesh, b"http://Backend/x/../a?q=1", host=b"admin.backend")
+    assert answer.startswith(b"HTTP/1.1 200")
+    seen = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert seen["path"] == "/a?q=1" and ["host", "Backend"] in seen["headers"]
+    assert _plain(mesh, b"http://backend/x/../admin").startswith(b"HTTP/1.1 403")
 
 
 def test_merge_slashes_and_decode_and_merge_slashes(mesh: Mesh) -> None:
