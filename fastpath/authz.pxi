@@ -209,11 +209,19 @@ cdef bint _string_leaf(const AuthzProgram* prog, const AuthzLeaf* leaf, const ch
     return False
 
 
+cdef inline bint _ipv4(const uint8_t* ip) noexcept nogil:
+    """Is the 16-byte address an IPv4 one (kept as ::ffff:a.b.c.d)?"""
+    return memcmp(ip, b"\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0
+
+
 cdef bint _ip_leaf(const AuthzLeaf* leaf, const uint8_t* ip) noexcept nogil:
+    """Envoy's CIDR range: only an address of the block's version is in it (an IPv4
+    caller is in no IPv6 block, "::/0" and "::ffff:0:0/96" neither)."""
     cdef uint32_t whole = leaf.bits >> 3
     cdef uint32_t rest = leaf.bits & 7
     cdef uint8_t mask
-    if leaf.kind != AZ_CIDR or memcmp(ip, leaf.addr, whole) != 0:
+    if (leaf.kind != AZ_CIDR or leaf.v6 == _ipv4(ip)
+            or memcmp(ip, leaf.addr, whole) != 0):
         return False
     if rest == 0:
         return True

@@ -43,7 +43,7 @@ cdef class _AuthzCompiler:
         return (len(self.text) - len(b), len(b))
 
     cdef tuple _leaf(self, object leaf, str kind, str what):
-        """(AuthzLeafKind, bits, off, length, addr bytes, port)."""
+        """(AuthzLeafKind, bits, off, length, addr bytes, port, v6)."""
         if not isinstance(leaf, (list, tuple)) or not leaf or not isinstance(leaf[0], str):
             raise ValueError(f"{what}: a leaf is [kind, value], not {leaf!r}")
         name = leaf[0]
@@ -56,27 +56,28 @@ cdef class _AuthzCompiler:
                 raise ValueError(f"{what}: {leaf[1]!r} is not a CIDR block ({e})") from None
             if net.version == 4:
                 return (AZ_CIDR, net.prefixlen + 96, 0, 0,
-                        b"\0" * 10 + b"\xff\xff" + net.network_address.packed, 0)
-            return (AZ_CIDR, net.prefixlen, 0, 0, net.network_address.packed, 0)
+                        b"\0" * 10 + b"\xff\xff" + net.network_address.packed, 0, False)
+            return (AZ_CIDR, net.prefixlen, 0, 0, net.network_address.packed, 0, True)
         if kind == "port":
             if (name != "port" or len(leaf) != 2 or type(leaf[1]) is not int
                     or not 1 <= leaf[1] <= 65535):
                 raise ValueError(f"{what}: a port leaf is ['port', 1..65535], not {leaf!r}")
-            return (AZ_PORT, 0, 0, 0, b"", leaf[1])
+            return (AZ_PORT, 0, 0, 0, b"", leaf[1], False)
         if name == "any" and len(leaf) == 1:
-            return (AZ_ANY, 0, 0, 0, b"", 0)
+            return (AZ_ANY, 0, 0, 0, b"", 0, False)
         if len(leaf) != 2 or not isinstance(leaf[1], str):
             raise ValueError(f"{what}: a string leaf is [kind, str] or ['any'], not {leaf!r}")
         value = leaf[1]
         if name == "template" and kind == "path":
             _check_template(value, what)
-            return (AZ_TEMPLATE, 0, *self._string(value.encode()), b"", 0)
+            return (AZ_TEMPLATE, 0, *self._string(value.encode()), b"", 0, False)
         if name not in _AUTHZ_STRING_KINDS:
             raise ValueError(f"{what}: leaf kind {name!r} is not one of "
                              f"{sorted(_AUTHZ_STRING_KINDS) + ['any'] + (['template'] if kind == 'path' else [])}")
         # Hosts compare without case (the request's side is lowered as it is read).
         return (_AUTHZ_STRING_KINDS[name], 0,
-                *self._string((value.lower() if kind == "host" else value).encode()), b"", 0)
+                *self._string((value.lower() if kind == "host" else value).encode()), b"", 0,
+                False)
 
     cdef tuple _leaves(self, object leaves, str kind, str what):
         """(first, count, given) of `leaves` (None, or [] as Istio takes it: not given)."""
@@ -271,11 +272,12 @@ cdef AuthzProgram* _authz_program(tuple compiled) except NULL:
             (prog.matches[i].field, prog.matches[i].name_off, prog.matches[i].name_len,
              prog.matches[i].has_values, prog.matches[i].first_value, prog.matches[i].n_values,
              prog.matches[i].first_not, prog.matches[i].n_not) = m
-        for i, (kind, bits, off, length, addr, port) in enumerate(leaves):
+        for i, (kind, bits, off, length, addr, port, v6) in enumerate(leaves):
             prog.leaves[i].kind, prog.leaves[i].bits = kind, bits
             prog.leaves[i].off, prog.leaves[i].length = off, length
             memcpy(prog.leaves[i].addr, <const char*>addr, len(addr))
             prog.leaves[i].port = port
+            prog.leaves[i].v6 = v6
     except BaseException:
         _authz_free(prog)
         raise

@@ -271,6 +271,7 @@ cdef struct AuthzLeaf:
     uint32_t off                   # strings: AuthzProgram.text[off : off + length]
     uint32_t length
     uint8_t addr[16]               # AZ_CIDR: the network (IPv4 as ::ffff:a.b.c.d)
+    bint v6                        # AZ_CIDR: an IPv6 block (holds no IPv4 address)
     uint32_t port                  # AZ_PORT
 
 

@@ -103,6 +103,19 @@ def test_ip_blocks_judge_the_calling_workloads_address(mesh: Mesh) -> None:
     assert status_of(mesh, source=FRONTEND) == 200 and status_of(mesh, source=CART) == 403
 
 
+def test_an_ipv6_block_holds_no_ipv4_caller(mesh: Mesh) -> None:
+    """As Envoy's CIDR ranges: an address and a block of another version never match,
+    not even "::/0" (all IPv6) or "::ffff:0:0/96" an IPv4 caller, which the engine keeps
+    as ::ffff:a.b.c.d; so a DENY of every caller outside IPv6 refuses IPv4 ones."""
+    for block in ("::/0", "::ffff:0:0/96"):
+        install(mesh, policy("demo/v6-only", "DENY", rule({"ipBlocks": nots(["cidr", block])})))
+        assert status_of(mesh) == 403, block
+        install(mesh, policy("demo/v6", "ALLOW", rule({"ipBlocks": values(["cidr", block])})))
+        assert status_of(mesh) == 403, block
+    install(mesh, policy("demo/v4", "ALLOW", rule({"ipBlocks": values(["cidr", "0.0.0.0/0"])})))
+    assert status_of(mesh) == 200
+
+
 def test_remote_ip_blocks_take_the_first_forwarded_for_entry(mesh: Mesh) -> None:
     install(mesh, policy("demo/remote", "DENY",
                          rule({"remoteIpBlocks": values(["cidr", "203.0.113.0/24"],
