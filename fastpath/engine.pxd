@@ -647,7 +647,7 @@ cdef struct RateLimit:
     uint8_t by                     # RateKey
     int32_t* rules                 # outbound: the Table.rules indexes it limits (malloc'd;
     uint32_t n_rules               # none: any request)
-    uint32_t first                 # its window in the region: its own (or overflow)
+    uint32_t first                 # its window in the region (by its key): its own (or overflow)
     uint32_t n_keys                # bucket, then n_keys buckets for distinct keys
     uint16_t stat                  # Core.rate_stats index (0: names over the bound)
     Name policy_field              # "ratelimit-policy: ...\r\n" of its 429s

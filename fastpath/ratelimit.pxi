@@ -25,10 +25,13 @@
 # stay whole. Two workers taking two buckets for one new key at once give it one burst
 # too many once: a bounded error, in the callers' favour.
 #
-# Windows are laid out in install order from the region's start (every worker builds the
-# same snapshot, so the same layout); a window that would run past the end starts again
-# at 0, and a bucket whose key is another limit's is skipped as any other key's.
-#
+# Windows are placed by the limit's key alone (its bits under the region's size), so a
+# push that adds, drops or resizes another limit moves none: a limit keeps its spent
+# buckets across tables, and workers on different tables of a push share them. Windows
+# may overlap (they wrap at the region's end): a bucket whose key is another limit's is
+# skipped as any other key's, and so is one in the limit's own place, its own bucket
+# then being the first free one past it (RATE_OWN_PROBE buckets at most).
+
 # A request's limit is decided when nothing is owed before it on its pair (an answer
 # cannot overtake an earlier one): behind pipelined requests the step stops, taking no
 # token, and runs again once they are answered. The 429 of a kept-alive request without
@@ -47,6 +50,7 @@ cdef enum:
     RATE_DEFAULT_SLOTS = 16384     # buckets, node-wide (16 bytes each)
     RATE_MAX_SLOTS = 1 << 22
     RATE_MAX_KEYS = 65536          # distinct keys one limit tells apart
+    RATE_OWN_PROBE = 64            # buckets a limit's own one may be looked for in
     _RATE_FIELDS_MAX = 1024        # a 429's rate-limit field lines
 
 RATE_LIMIT_KEYS = {"none": RATE_BY_NONE, "principal": RATE_BY_PRINCIPAL,
@@ -74,33 +78,42 @@ cdef RateBucket* _rate_claim(RateBucket* b, uint64_t key, int64_t now) noexcept 
     return b if mn_load_u64(&b.key) == key else NULL
 
 
+cdef RateBucket* _rate_find(Core* core, uint32_t start, uint32_t span, uint32_t at,
+                            uint64_t key, int64_t now) noexcept nogil:
+    """The bucket of `key` on its probe path through the `span` buckets from `start`
+    (wrapping at the region's end), from `at` along them (module comment: Keys); NULL:
+    it holds none and none is free."""
+    cdef RateBucket* buckets = _rate_buckets(core)
+    cdef uint32_t mask = core.rate_slots - 1
+    cdef RateBucket* spare = NULL
+    cdef RateBucket* b
+    cdef uint32_t n
+    cdef uint64_t k
+    for n in range(span):
+        b = &buckets[(start + at) & mask]
+        k = mn_load_u64(&b.key)
+        if k == key:
+            return b
+        if spare == NULL and _rate_takeable(b, k, now):
+            spare = b
+        if k == 0:
+            break                   # the end of every probe path through here
+        at = at + 1 if at + 1 < span else 0
+    return _rate_claim(spare, key, now) if spare != NULL else NULL
+
+
 cdef RateBucket* _rate_bucket(Core* core, const RateLimit* lim, uint64_t key, int64_t now,
                               bint* overflow) noexcept nogil:
     """The bucket of `key` under `lim` (module comment: Keys); NULL: none in the region
     (the request goes through, counted no_slot)."""
-    cdef RateBucket* window = _rate_buckets(core) + lim.first
-    cdef RateBucket* spare = NULL
     cdef RateBucket* b
-    cdef uint32_t i, n
-    cdef uint64_t k
     if lim.by != RATE_BY_NONE and lim.n_keys > 0:
-        i = <uint32_t>(key % lim.n_keys)
-        for n in range(lim.n_keys):
-            b = &window[1 + i]
-            k = mn_load_u64(&b.key)
-            if k == key:
-                return b
-            if spare == NULL and _rate_takeable(b, k, now):
-                spare = b
-            if k == 0:
-                break                   # the end of every probe path through here
-            i = i + 1 if i + 1 < lim.n_keys else 0
-        if spare != NULL:
-            b = _rate_claim(spare, key, now)
-            if b != NULL:
-                return b
+        b = _rate_find(core, lim.first + 1, lim.n_keys, <uint32_t>(key % lim.n_keys), key, now)
+        if b != NULL:
+            return b
         overflow[0] = True
-    return _rate_claim(&window[0], lim.key, now)
+    return _rate_find(core, lim.first, min(<uint32_t>RATE_OWN_PROBE, core.rate_slots), 0,
+                      lim.key, now)
 
 
 cdef int64_t _gcra_take(RateBucket* b, const RateLimit* lim, int64_t now) noexcept nogil:
@@ -288,8 +301,7 @@ cdef uint16_t _rate_stat(Core* core, const char* policy, uint32_t length) except
 cdef int _ratelimit_bind(Core* core, Table* t) except -1:
     """At install: each limit's window in the region (module comment: Windows) and
     the index its counts go to."""
-    cdef uint32_t i, span
-    cdef uint32_t at = 0
+    cdef uint32_t i
     cdef RateLimit* lim
     for i in range(t.n_limits):
         lim = &t.limits[i]
@@ -297,11 +309,7 @@ cdef int _ratelimit_bind(Core* core, Table* t) except -1:
             lim.n_keys = 0
         elif lim.n_keys > core.rate_slots - 1:
             lim.n_keys = core.rate_slots - 1
-        span = 1 + lim.n_keys
-        if at + span > core.rate_slots:
-            at = 0
-        lim.first = at
-        at += span
+        lim.first = <uint32_t>(lim.key & (core.rate_slots - 1))
         # (Counted by the policy's name: its id in the RateLimit field, unquoted.)
         lim.stat = _rate_stat(core, lim.policy.data + 1, lim.policy.length - 2)
     return 0

@@ -341,6 +341,21 @@ def test_a_policy_change_keeps_the_bucket_and_a_removed_one_limits_no_more(
     assert farm.statuses(2) == [200, 200]
 
 
+def test_a_push_adding_another_limit_before_it_neither_refills_nor_frees_the_bucket(
+        make_farm: MakeFarm) -> None:
+    """A limit's buckets stay where they were whatever else a new table holds: a new
+    limit ahead of it (here a per-caller one, with a window of its own) must not hand
+    it a full bucket elsewhere in the region."""
+    farm = make_farm(outbound_limit={**SLOW, "burst": 2})
+    assert farm.statuses(3) == [200, 200, 429]
+    t = farm.outbound_table(0)
+    t.add_rate_limit("a-new-limit", services=[0], by="source_ip", max_keys=64,
+                     tokens=1000, interval_s=1.0, burst=1000)
+    t.add_rate_limit(POLICY, services=[0], **SLOW, burst=2)
+    farm.outs[0][0].install(t)
+    assert farm.statuses(2) == [429, 429]
+
+
 def test_a_route_rules_limit_takes_only_the_requests_its_rules_take(
         make_farm: MakeFarm) -> None:
     farm = make_farm()
