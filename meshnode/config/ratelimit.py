@@ -52,6 +52,10 @@ MAX_TOKENS = 1_000_000_000
 DEFAULT_MAX_KEYS = 1024
 MAX_KEYS = 65536                       # the engine's RATE_MAX_KEYS
 MIN_FILL_S, MAX_FILL_S = 0.001, 86400.0
+# The longest an emptied bucket may take to fill again (maxTokens tokens at the rate):
+# the engine keeps it as nanoseconds ahead of a CLOCK_MONOTONIC time in an int64, whose
+# bound (RATE_MAX_REFILL_NS, 2^62 ns: about 146 years) this keeps well under.
+MAX_REFILL_S = 100 * 365 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,13 @@ class RateTargetRef:
         return self.kind == "HTTPRoute"
 
 
+def fill_tokens(max_tokens: int, per_fill: int | None) -> int:
+    """The tokens a fill interval really brings: Envoy's bucket holds at most maxTokens,
+    so a fill of more tokensPerFill than that is cut to maxTokens (maxTokens 1 with
+    tokensPerFill 10 every second lets one request a second through, not ten)."""
+    return min(per_fill or 1, max_tokens)
+
+
 @dataclass(frozen=True)
 class Limit:
     """One limit as written: `token_bucket` (maxTokens, tokensPerFill or None, the
@@ -84,7 +95,7 @@ class Limit:
         """RouteTable.add_rate_limit's tokens, interval_s and burst."""
         if self.token_bucket is not None:
             max_tokens, per_fill, interval = self.token_bucket
-            return {"tokens": per_fill or 1, "interval_s": parse_duration(interval),
+            return {"tokens": fill_tokens(max_tokens, per_fill), "interval_s": parse_duration(interval),
                     "burst": max_tokens}
         requests, unit = self.rate  # type: ignore[misc]
         return {"tokens": requests, "interval_s": UNITS[unit], "burst": requests}

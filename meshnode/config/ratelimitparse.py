@@ -4,8 +4,8 @@ Checks: targetRefs 1 to 16 (group, kind, name required, sectionName only on an
 HTTPRoute; no two alike), Services and HTTPRoutes only; direction Inbound or Outbound,
 Outbound for an HTTPRoute target; limits 1 to 16, names unique, each with exactly one of
 tokenBucket (maxTokens 1..1e9 required, tokensPerFill 1..1e9, fillInterval a GEP-2257
-duration of 1ms..24h required) and rate (requests 1..1e9, unit Second, Minute, Hour or
-Day); `key` Service or Route only over targets of that kind; maxKeys 1..65536 only with
+duration of 1ms..24h required; an emptied bucket full again within 100 years) and rate
+(requests 1..1e9, unit Second, Minute, Hour or Day); `key` Service or Route only over targets of that kind; maxKeys 1..65536 only with
 a per-caller key. Every field not listed is refused by name.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from .durations import parse_duration
 from .errors import Problem
 from .model import RateLimitPolicy
 from .ratelimit import (API_VERSION, DIRECTIONS, KEYS, KIND, MAX_FILL_S, MAX_KEYS, MAX_LIMITS,
-                        MAX_TARGET_REFS, MAX_TOKENS, MIN_FILL_S, ROUTE_GROUP, TARGET_KINDS, UNITS, Limit,
-                        RateLimitPolicySpec, RateTargetRef)
+                        MAX_REFILL_S, MAX_TARGET_REFS, MAX_TOKENS, MIN_FILL_S, ROUTE_GROUP, TARGET_KINDS,
+                        UNITS, Limit, RateLimitPolicySpec, RateTargetRef, fill_tokens)
 from .routeparse import (_gateway_duration, _group, _items, _kind, _object_name, _subdomain, _unrepeated,
                          metadata_dict, parse_policy)
 from .validate import _Doc, _fields, _int, _opt, _string, join
@@ -66,6 +66,11 @@ def _token_bucket(d: _Doc, value: object, path: str) -> tuple[int, int | None, s
         d.fail(join(path, "fillInterval"), f"{interval!r}: must be from 1ms to 24h")
         return None
     if max_tokens is None or interval is None or ("tokensPerFill" in fields and per_fill is None):
+        return None
+    refill_s = max_tokens * parse_duration(interval) / fill_tokens(max_tokens, per_fill)
+    if refill_s > MAX_REFILL_S:
+        d.fail(join(path, "maxTokens"), f"{max_tokens} tokens take {refill_s / 86400 / 365:.0f} "
+                                        f"years to fill again at this rate: at most 100")
         return None
     return max_tokens, per_fill, interval
 

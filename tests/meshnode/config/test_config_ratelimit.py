@@ -69,6 +69,8 @@ def test_the_example_compiles_to_one_entry_per_limit_and_target() -> None:
     ("rate: {requests: 3, unit: Second}", (3, 1.0, 3)),
     ("rate: {requests: 100, unit: Hour}", (100, 3600.0, 100)),
     ("rate: {requests: 1, unit: Day}", (1, 86400.0, 1)),
+    # Envoy's bucket holds maxTokens at most: a bigger fill is cut to it (one a second).
+    ("tokenBucket: {maxTokens: 1, tokensPerFill: 10, fillInterval: 1s}", (1, 1.0, 1)),
 ])
 def test_each_way_of_writing_a_bucket(limit: str, bucket: tuple) -> None:
     [entry] = limits_of(policy(f"limits: [{{{limit}}}]"))
@@ -96,6 +98,9 @@ def test_keys_direction_and_an_http_routes_rule() -> None:
      "spec.limits[0].tokenBucket.tokensPerFill", "between 1 and"),
     ("limits: [{tokenBucket: {maxTokens: 1, fillInterval: 25h}}]", "spec.limits[0].tokenBucket.fillInterval",
      "from 1ms to 24h"),
+    # An emptied bucket must fill again in a time the engine's int64 nanoseconds hold.
+    ("limits: [{tokenBucket: {maxTokens: 1000000000, fillInterval: 24h}}]",
+     "spec.limits[0].tokenBucket.maxTokens", "years to fill again at this rate: at most 100"),
     ("limits: [{tokenBucket: {maxTokens: 1, fillInterval: 1}}]", "spec.limits[0].tokenBucket.fillInterval",
      "must be a string"),
     ("limits: [{tokenBucket: {maxTokens: 1, fillInterval: 1s, fillRate: 2}}]",
