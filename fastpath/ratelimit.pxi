@@ -51,7 +51,13 @@ cdef enum:
     RATE_MAX_SLOTS = 1 << 22
     RATE_MAX_KEYS = 65536          # distinct keys one limit tells apart
     RATE_OWN_PROBE = 64            # buckets a limit's own one may be looked for in
-    _RATE_FIELDS_MAX = 1024        # a 429's rate-limit field lines
+    RATE_NAME_MAX = 600            # a limit's id: the config's NS/NAME/LIMIT is at most 571
+    _RATE_FIELDS_MAX = 2048        # a 429's rate-limit field lines (two ids, numbers)
+
+# The longest an emptied bucket may take to fill again (burst x emission): tat runs at
+# most this far ahead of CLOCK_MONOTONIC's now, so now + it + a token's time stays an
+# int64 for the first 146 years of a host's uptime (2^62 ns each).
+cdef int64_t RATE_MAX_REFILL_NS = (<int64_t>1) << 62
 
 RATE_LIMIT_KEYS = {"none": RATE_BY_NONE, "principal": RATE_BY_PRINCIPAL,
                    "source_ip": RATE_BY_SOURCE_IP}
@@ -348,10 +354,10 @@ cdef tuple _rate_limit_spec(str policy, long long tokens, double interval_s, lon
                             str by, long long max_keys, str key):
     """add_rate_limit()'s arguments checked, as _limits_build takes them."""
     what = "rate limit %r" % policy
-    if not policy or len(policy) > 200 or any(ch in policy for ch in '"\\\r\n') \
+    if not policy or len(policy) > RATE_NAME_MAX or any(ch in policy for ch in '"\\\r\n') \
             or not policy.isprintable():
-        raise ValueError("%s: the name must be 1..200 printable characters, no quote or "
-                         "backslash" % what)
+        raise ValueError("%s: the name must be 1..%d printable characters, no quote or "
+                         "backslash" % (what, RATE_NAME_MAX))
     if not 1 <= tokens <= 1000000000:
         raise ValueError("%s: tokens must be 1..1e9, not %d" % (what, tokens))
     if not 0.001 <= interval_s <= 86400.0:
@@ -365,6 +371,9 @@ cdef tuple _rate_limit_spec(str policy, long long tokens, double interval_s, lon
     emission = int(round(interval_s * 1e9)) // tokens
     if emission < 1:
         raise ValueError("%s: more than one token a nanosecond" % what)
+    if emission * burst > RATE_MAX_REFILL_NS:
+        raise ValueError("%s: burst x interval_s / tokens (the time to fill the bucket "
+                         "again) must be at most %d s" % (what, RATE_MAX_REFILL_NS // 10**9))
     q, w = _policy_window(tokens, interval_s)
     key_b = (key or policy).encode()
     return (emission, emission * burst, _fmix(_fnv_add(_FNV_OFFSET, key_b, len(key_b))) or 1,

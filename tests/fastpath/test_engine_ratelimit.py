@@ -255,6 +255,21 @@ def test_a_kept_alive_client_is_answered_429_in_place_and_goes_on(make_farm: Mak
     assert stats["inbound_tls_handshakes"] == 1       # one mTLS connection throughout
 
 
+def test_the_longest_id_the_config_makes_is_taken_and_sent_whole(make_farm: MakeFarm) -> None:
+    """A limit's id is its policy's NS/NAME/LIMIT: up to 63 + 253 + 253 characters and
+    two slashes (Kubernetes names); both 429 fields carry it whole."""
+    policy = "/".join(("n" * 63, "p" * 253, "l" * 253))
+    farm = make_farm()
+    t = farm.outbound_table(0)
+    t.add_rate_limit(policy, services=[0], **SLOW, burst=1)
+    farm.outs[0][0].install(t)
+    assert farm.get().status == 200
+    resp = farm.get()
+    assert resp.status == 429
+    assert resp.getheader("ratelimit-policy") == '"%s";q=1;w=30' % policy
+    assert resp.getheader("ratelimit") == '"%s";r=0;t=30' % policy
+
+
 def test_a_sub_second_fill_is_advertised_per_second_and_passed_on_from_the_destination(
         make_farm: MakeFarm) -> None:
     farm = make_farm(inbound_limit={"tokens": 1, "interval_s": 0.25, "burst": 1})
@@ -398,5 +413,8 @@ def test_bad_limits_are_refused_by_name() -> None:
         t.add_rate_limit(POLICY, 1, 1.0, 1)
     with pytest.raises(ValueError, match="no quote"):
         t.add_rate_limit('a"b', 1, 1.0, 1, services=[svc])
+    # A bucket whose refill time (burst x interval_s / tokens) its int64 ns cannot hold.
+    with pytest.raises(ValueError, match="the time to fill the bucket again"):
+        t.add_rate_limit(POLICY, 1, 86400.0, 10**9, services=[svc])
     with pytest.raises(ValueError, match="not a rate-limit region"):
         fe.Engine().share_rate_limits(bytearray(fe.rate_region_bytes(1024)))
