@@ -123,10 +123,19 @@ cdef RateBucket* _rate_bucket(Core* core, const RateLimit* lim, uint64_t key, in
 
 
 cdef int64_t _gcra_take(RateBucket* b, const RateLimit* lim, int64_t now) noexcept nogil:
-    """Take a token from `b`: 0 when taken, else the nanoseconds until one will be."""
+    """Take a token from `b`: 0 when taken, else the nanoseconds until one will be.
+
+    A tat further ahead than this limit's burst was set under an earlier, slower or
+    deeper, limit of the same key (a push keeps the buckets): it is brought back to an
+    empty bucket of this one, from which time refills it, not kept as the old limit's
+    debt (a limit raised from one a day to a thousand a second would otherwise refuse
+    its spent callers for the rest of the day)."""
     cdef int64_t tat, start, after
     while True:
         tat = mn_load_i64(&b.tat)
+        if tat - now > lim.burst_ns:
+            mn_cas_i64(&b.tat, tat, now + lim.burst_ns)
+            continue                # (lost to another worker: its value is read again)
         start = tat if tat > now else now
         after = start + lim.emission_ns
         if after - now > lim.burst_ns:

@@ -356,6 +356,20 @@ def test_a_policy_change_keeps_the_bucket_and_a_removed_one_limits_no_more(
     assert farm.statuses(2) == [200, 200]
 
 
+def test_a_push_raising_the_rate_frees_the_spent_callers_at_the_new_rate(
+        make_farm: MakeFarm) -> None:
+    """The bucket is kept across a push, but what was spent under the old, slower rate
+    is no debt under the new one: at most an empty bucket of the new limit, refilled at
+    its rate (not in the old limit's 30 s)."""
+    farm = make_farm(outbound_limit={**SLOW, "burst": 1})
+    assert farm.statuses(2) == [200, 429]
+    farm.outs[0][0].install(farm.outbound_table(0, tokens=100, interval_s=1.0, burst=100))
+    resp = farm.get()
+    assert (resp.status, resp.getheader("retry-after")) == (429, "1")   # 10 ms, rounded up
+    time.sleep(0.2)                 # 20 tokens at the new rate
+    assert farm.statuses(3) == [200, 200, 200]
+
+
 def test_a_push_adding_another_limit_before_it_neither_refills_nor_frees_the_bucket(
         make_farm: MakeFarm) -> None:
     """A limit's buckets stay where they were whatever else a new table holds: a new
