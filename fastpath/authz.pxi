@@ -452,36 +452,42 @@ cdef void _authz_connection(Conn* c, const InboundRoute* route, AuthzInput* x) n
 
 
 cdef void _remote_ip(const char* head, const ReqHead* req, AuthzInput* x) noexcept nogil:
-    """remote.ip: the first X-Forwarded-For entry, when it is an address; else the
-    calling workload's (already in x.remote_ip)."""
+    """remote.ip: the last X-Forwarded-For entry (of the last such field), when it is an
+    address; else the calling workload's (already in x.remote_ip). Envoy's rule for a
+    proxy that trusts no hop in front of it (a sidecar: use_remote_address false,
+    xff_num_trusted_hops 0): the rightmost entry is the one the nearest proxy appended,
+    the leftmost whatever the client wrote, which anybody may forge."""
     cdef char text[_AUTHZ_IP_TEXT_MAX]
     cdef uint8_t v4[4]
-    cdef uint32_t i, n, k
-    cdef const char* v
+    cdef uint32_t i, n, k, start
+    cdef const char* v = NULL
     cdef const Field* f
     for i in range(req.header_count):
         f = &req.headers[i]
-        if f.name.len != 15 or not _lower_eq(head + f.name.off, b"x-forwarded-for", 15):
-            continue
-        v = head + f.value.off
-        n = f.value.len
-        k = 0
-        while k < n and v[k] != c',':
-            k += 1
-        while k > 0 and (v[k - 1] == c' ' or v[k - 1] == c'\t'):
-            k -= 1
-        if k == 0 or k >= _AUTHZ_IP_TEXT_MAX:
-            return
-        memcpy(text, v, k)
-        text[k] = 0
-        if net.inet_pton(net.AF_INET, text, v4) == 1:
-            memset(x.remote_ip, 0, 10)
-            x.remote_ip[10] = 0xFF
-            x.remote_ip[11] = 0xFF
-            memcpy(x.remote_ip + 12, v4, 4)
-        elif net.inet_pton(net.AF_INET6, text, x.remote_ip) != 1:
-            memcpy(x.remote_ip, x.source_ip, 16)
+        if f.name.len == 15 and _lower_eq(head + f.name.off, b"x-forwarded-for", 15):
+            v = head + f.value.off
+            n = f.value.len
+    if v == NULL:
         return
+    start = n
+    while start > 0 and v[start - 1] != c',':
+        start -= 1
+    while start < n and (v[start] == c' ' or v[start] == c'\t'):
+        start += 1
+    k = n
+    while k > start and (v[k - 1] == c' ' or v[k - 1] == c'\t'):
+        k -= 1
+    if k == start or k - start >= _AUTHZ_IP_TEXT_MAX:
+        return
+    memcpy(text, v + start, k - start)
+    text[k - start] = 0
+    if net.inet_pton(net.AF_INET, text, v4) == 1:
+        memset(x.remote_ip, 0, 10)
+        x.remote_ip[10] = 0xFF
+        x.remote_ip[11] = 0xFF
+        memcpy(x.remote_ip + 12, v4, 4)
+    elif net.inet_pton(net.AF_INET6, text, x.remote_ip) != 1:
+        memcpy(x.remote_ip, x.source_ip, 16)
 
 
 cdef void _path_forward(Core* core, Conn* c, FilterCall* call, const char* path,

@@ -116,13 +116,17 @@ def test_an_ipv6_block_holds_no_ipv4_caller(mesh: Mesh) -> None:
     assert status_of(mesh) == 200
 
 
-def test_remote_ip_blocks_take_the_first_forwarded_for_entry(mesh: Mesh) -> None:
+def test_remote_ip_blocks_take_the_last_forwarded_for_entry(mesh: Mesh) -> None:
+    """Envoy's rule at a proxy trusting no hop in front of it: the rightmost entry, the
+    one the nearest proxy appended; the ones left of it are the client's to write, so a
+    caller cannot slip past a DENY by putting another address first."""
     install(mesh, policy("demo/remote", "DENY",
                          rule({"remoteIpBlocks": values(["cidr", "203.0.113.0/24"],
                                                         ["cidr", "2001:db8::/32"])})))
-    assert status_of(mesh, headers={"X-Forwarded-For": "203.0.113.9, 10.1.1.1"}) == 403
-    assert status_of(mesh, headers={"X-Forwarded-For": "2001:db8::5"}) == 403
-    assert status_of(mesh, headers={"X-Forwarded-For": "10.1.1.1, 203.0.113.9"}) == 200
+    assert status_of(mesh, headers={"X-Forwarded-For": "10.1.1.1, 203.0.113.9"}) == 403
+    assert status_of(mesh, headers={"X-Forwarded-For": " 2001:db8::5 "}) == 403
+    assert status_of(mesh, headers={"X-Forwarded-For": "203.0.113.9, 10.1.1.1"}) == 200
+    assert status_of(mesh, headers={"X-Forwarded-For": "203.0.113.9,"}) == 200  # no address
     assert status_of(mesh) == 200                   # none: the caller's own address
 
 
