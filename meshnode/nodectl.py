@@ -170,6 +170,10 @@ def _fail(rd: Path, names: list[str], why: str, said: str = "") -> None:
     for name in names:
         log = rd / "logs" / f"{name}.log"
         tails.append(f"--- {log} (last lines)\n{_tail(log, 8)}")
+    # How each ended (exit status or signal): a process that died before it could log
+    # says so only there.
+    log = rd / "logs" / "supervisord.log"
+    tails.append(f"--- {log} (last lines)\n{_tail(log, 8)}")
     down(rd)
     raise NodeError(f"node failed to start: {', '.join(names)} {why}; the node was stopped."
                     f"{said}\n" + "\n".join(tails))
