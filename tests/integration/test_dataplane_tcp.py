@@ -585,9 +585,11 @@ def test_workload_port_change_moves_new_connections_and_ends_old_ones_after_the_
     new_app = start_app(echo)
 
     moved = mesh.write("moved.yaml", workload_yaml(new_app.port))
+    # The drain runs from the swap on the streamer's worker: after this, and before the
+    # last worker's ACK, which a loaded host may report seconds after the swap.
+    applied = time.monotonic()
     version = mesh.node.apply(moved)
     mesh.node.wait_version(version)  # every worker ACKed: its engine has the new table
-    acked = time.monotonic()
     streamer.advance(20, "after every worker runs the new config")   # not cut at once
 
     old_count, new_count = old_app.accepted, new_app.accepted
@@ -598,7 +600,7 @@ def test_workload_port_change_moves_new_connections_and_ends_old_ones_after_the_
     assert old_app.accepted == old_count, "a new connection reached the old app"
     wait_for(lambda: streamer.error is not None, DEFAULT_DRAIN_S + 3.0,
              "the connection to the old place closed after the drain period")
-    assert time.monotonic() - acked >= DEFAULT_DRAIN_S * 0.8 - 1.0
+    assert time.monotonic() - applied >= DEFAULT_DRAIN_S * 0.8
     assert isinstance(streamer.error, ConnectionError), repr(streamer.error)
     assert not new_app.errors, new_app.errors
 
