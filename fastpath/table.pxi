@@ -1,5 +1,5 @@
 # table.pxi: Route tables: the Python RouteTable description, its compile to a C Table,
-# and the swap that carries endpoint state over to the next table.
+# and the swap to the next table (what it carries over: carry.pxi).
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 # A feature's setters (routes, mirrors, faults, retry budgets, hashing, outlier detection,
@@ -131,116 +131,6 @@ cdef bint _table_has_ctx(const Table* t, const openssl.SSL_CTX* ctx) noexcept no
         if t.sources[i].client_ctx == ctx:
             return True
     return False
-
-
-cdef bint _same_destination(const Service* a, const Service* b) noexcept nogil:
-    """Same service name, SNI and allowed peer IDs: a connection verified for one is
-    good for the other."""
-    cdef uint32_t i
-    if (not _name_eq(&b.name, a.name.data, a.name.length)
-            or not _name_eq(&b.sni, a.sni.data, a.sni.length)
-            or a.n_identities != b.n_identities):
-        return False
-    for i in range(a.n_identities):         # exactly, as _handshake_done checks them
-        if (a.identities[i].length != b.identities[i].length
-                or memcmp(a.identities[i].data, b.identities[i].data, a.identities[i].length) != 0):
-            return False
-    return True
-
-
-cdef int64_t _service_in(const Table* t, const Service* a, int64_t guess) noexcept nogil:
-    """The index in `t` of the service that is `a`'s destination (_same_destination),
-    looked for at `guess` first; -1 when `t` has none."""
-    cdef uint32_t k
-    if 0 <= guess < t.n_services and _same_destination(a, &t.services[guess]):
-        return guess
-    for k in range(t.n_services):
-        if _same_destination(a, &t.services[k]):
-            return k
-    return -1
-
-
-cdef Endpoint* _endpoint_in(Service* b, const Endpoint* e) noexcept nogil:
-    """`b`'s endpoint at `e`'s address, or NULL."""
-    cdef uint32_t m
-    for m in range(b.n_endpoints):
-        if (b.endpoints[m].addrlen == e.addrlen
-                and memcmp(&b.endpoints[m].addr, &e.addr, e.addrlen) == 0):
-            return &b.endpoints[m]
-    return NULL
-
-
-cdef void _carry_endpoint(const Table* t, Endpoint* e, Endpoint* b) noexcept nogil:
-    """Move what old endpoint `e` knows to `b`, the same address in table `t`: its
-    failure streak, its load (outstanding requests, latency estimate: the pairs still
-    on the old table report to both, _load_move), its resumable session and its idle
-    upstreams. Only those opened as
-    an identity `t` still presents move (a session does not hold its ctx: compared
-    against a ctx `t` holds, the pointer cannot be a freed one's reused address)."""
-    cdef uint32_t x, kept = 0
-    if e.fails > b.fails:
-        b.fails = e.fails
-        b.down_until_ns = e.down_until_ns
-    b.outstanding = e.outstanding
-    b.ewma_ns = e.ewma_ns
-    b.ewma_at_ns = e.ewma_at_ns
-    if e.session != NULL and b.session == NULL and _table_has_ctx(t, e.session_ctx):
-        b.session = e.session
-        b.session_ctx = e.session_ctx
-        e.session = NULL
-    for x in range(e.n_idle):
-        if b.n_idle < ENGINE_POOL_PER_ENDPOINT and _table_has_ctx(t, e.idle[x].client_ctx):
-            b.idle[b.n_idle] = e.idle[x]
-            b.n_idle += 1
-        else:
-            e.idle[kept] = e.idle[x]
-            kept += 1
-    e.n_idle = kept
-
-
-cdef void _carry_endpoints(Table* old, Table* t) noexcept nogil:
-    """Endpoint state outlives a config push: for each service `t` keeps as it was
-    (name, SNI, peer IDs), each endpoint address it keeps gets the old one's failure
-    streak (a node that just failed is still passed over), load (the balancer weighs
-    it as before), resumable session and idle upstreams (the next requests need no new
-    handshake). What stays behind is closed
-    with the old table. Services are looked up at the same index first: a push rarely
-    reorders or inserts many, so a swap stays about linear in the endpoints."""
-    cdef uint32_t i, j
-    cdef int64_t k
-    cdef int64_t shift = 0           # where the last service moved to, relative
-    cdef Service* a
-    cdef Endpoint* e
-    cdef Endpoint* b
-    for i in range(old.n_services):
-        a = &old.services[i]
-        k = _service_in(t, a, <int64_t>i + shift)
-        if k < 0:
-            continue
-        shift = k - <int64_t>i
-        for j in range(a.n_endpoints):
-            e = &a.endpoints[j]
-            if (e.fails == 0 and e.session == NULL and e.n_idle == 0
-                    and e.outstanding == 0 and e.ewma_at_ns == 0):
-                continue
-            b = _endpoint_in(&t.services[k], e)
-            if b != NULL:
-                _carry_endpoint(t, e, b)
-
-
-cdef uint64_t _close_idle(Table* t) noexcept nogil:
-    """Close every idle upstream `t`'s endpoints still hold; how many."""
-    cdef uint32_t i, j
-    cdef uint64_t n = 0
-    cdef Endpoint* ep
-    for i in range(t.n_services):
-        for j in range(t.services[i].n_endpoints):
-            ep = &t.services[i].endpoints[j]
-            while ep.n_idle > 0:
-                ep.n_idle -= 1
-                _idle_close(&ep.idle[ep.n_idle])
-                n += 1
-    return n
 
 
 cdef void _swap(Core* core, Table* t) noexcept nogil:
