@@ -424,7 +424,8 @@ cdef void _authz_count(Core* core, AuthzProgram* prog, const AuthzInput* x, int3
 
 cdef void _authz_connection(Conn* c, const InboundRoute* route, AuthzInput* x) noexcept nogil:
     """What a connection has: the caller's verified ID (and the namespace in it), its
-    address, and the route's app address, port and SNI."""
+    address, the route's app address and port, and the SNI its ClientHello named (the
+    route's; a plaintext caller named none, though its Host picked the route)."""
     cdef const char* p = c.peer_id
     cdef uint32_t n = c.peer_id_length
     cdef const char* at
@@ -448,7 +449,8 @@ cdef void _authz_connection(Conn* c, const InboundRoute* route, AuthzInput* x) n
     _source_key(&route.app_addr, <uint64_t*>x.dest_ip)
     port = <const uint8_t*>&(<net.sockaddr_in*>&route.app_addr).sin_port
     x.dest_port = (<uint32_t>port[0] << 8) | port[1]   # (sin6_port lies at the same offset)
-    x.sni, x.sni_len = route.sni.data, route.sni.length
+    if c.down.ssl != NULL:
+        x.sni, x.sni_len = route.sni.data, route.sni.length
 
 
 cdef void _remote_ip(const char* head, const ReqHead* req, AuthzInput* x) noexcept nogil:

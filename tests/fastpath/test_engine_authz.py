@@ -243,6 +243,23 @@ def test_a_plaintext_caller_has_no_principal_so_an_allow_by_principal_refuses_it
     assert status_of(mesh) == 200                   # over mutual TLS: a principal
 
 
+def test_a_plaintext_caller_named_no_sni(mesh: Mesh) -> None:
+    """connection.sni is the name the caller's ClientHello gave (Envoy's
+    requested_server_name): a plaintext caller gave none, though its Host picked the
+    route, so an ALLOW by SNI refuses it as Istio's sidecar does, and a DENY of every
+    other SNI holds for it."""
+    by_sni = {"key": "connection.sni", "values": [["exact", V1]], "not": None}
+    for action, when in (("ALLOW", by_sni), ("DENY", {**by_sni, "values": None, "not": by_sni["values"]})):
+        t = mesh.inbound_table()
+        t.set_inbound_mtls(V1, "PERMISSIVE", hosts=["backend"])
+        t.set_inbound_authz(V1, {"policies": [policy("demo/sni", action, rule(when=[when]))]})
+        mesh.in_node.install(t)
+        assert _plain(mesh, b"/").startswith(b"HTTP/1.1 403"), action
+        out, _ = mesh.outbound(callers=True)
+        mesh.out_node.install(out)
+        assert status_of(mesh) == 200, action      # over mutual TLS: the route's SNI
+
+
 # --- evaluation ------------------------------------------------------------------------------
 
 
