@@ -6,7 +6,10 @@ expect of them (authz_test.go). Those that need a JWT or an external authorizer 
 refused by name."""
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,48 +33,93 @@ APPS = {"a": ("echo1", "10.10.0.1"), "b": ("echo1", "10.10.0.2"), "c": ("echo2",
         "istio-ingressgateway": (SYSTEM, "10.10.9.1")}
 
 
-def _world() -> str:
+@dataclass(frozen=True)
+class Echo:
+    """One of Istio's echo apps as the templates name it: its service (and service
+    account), namespace, workload address, and its namespace's Prefix (Istio names a
+    test namespace PREFIX-<random>)."""
+
+    service: str
+    namespace: str
+    address: str
+    prefix: str
+
+    @property
+    def spiffe(self) -> str:
+        return f"cluster.local/ns/{self.namespace}/sa/{self.service}"
+
+    @property
+    def name(self) -> str:
+        """As Istio's test output names it: "a.echo1"."""
+        return f"{self.service}.{self.namespace}"
+
+
+def world(apps: Iterable[Echo], outbound: dict[str, int] | None = None,
+          labels: dict[str, dict[str, str]] | None = None) -> str:
+    """The Services and Workloads of `apps`: each one's Service with Istio's echo ports,
+    its Workload SERVICE-v1 labelled app=SERVICE (and with its `labels`) under service
+    account SERVICE. `outbound` and `labels` are by app name ("SERVICE.NAMESPACE"); an
+    app in `outbound` takes its tcp port's traffic from local apps at that port."""
+    outbound, labels = outbound or {}, labels or {}
     docs = []
-    for app, (namespace, address) in APPS.items():
+    for app in apps:
         ports = [{"name": n, "port": p, "targetPort": w, "protocol": proto} for n, (p, w, proto) in PORTS.items()]
+        if app.name in outbound:
+            next(p for p in ports if p["name"] == "tcp")["outboundPort"] = outbound[app.name]
         docs.append({"apiVersion": "meshnode.io/v1alpha1", "kind": "Service",
-                     "metadata": {"name": app, "namespace": namespace},
-                     "spec": {"selector": {"app": app}, "ports": ports}})
+                     "metadata": {"name": app.service, "namespace": app.namespace},
+                     "spec": {"selector": {"app": app.service}, "ports": ports}})
         docs.append({"apiVersion": "meshnode.io/v1alpha1", "kind": "Workload",
-                     "metadata": {"name": f"{app}-v1", "namespace": namespace},
-                     "spec": {"address": address, "labels": {"app": app}, "serviceAccount": app}})
+                     "metadata": {"name": f"{app.service}-v1", "namespace": app.namespace},
+                     "spec": {"address": app.address, "serviceAccount": app.service,
+                              "labels": {"app": app.service, **labels.get(app.name, {})}}})
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
-WORLD = _world()
+WORLD = world(Echo(app, namespace, address, namespace) for app, (namespace, address) in APPS.items())
 
 
-def values(mtls: str = "STRICT", override: str = "PERMISSIVE") -> dict[str, str]:
-    """Each template expression, as written, and what Istio's framework renders it to."""
-    out = {".To.ServiceName": "b", ".To.NamespaceName": "echo1", ".To.ClusterLocalFQDN": "b.echo1.svc.cluster.local",
-           ".Allowed.NamespaceName": "echo1", ".Denied.NamespaceName": "echo2",
-           ".Allowed.SpiffeIdentity": "cluster.local/ns/echo1/sa/a",
-           ".Denied.SpiffeIdentity": "cluster.local/ns/echo2/sa/c", ".Allowed.NamespacedName": "echo1/a",
-           ".To.MustWorkloads.Addresses | toJson": '["10.10.0.2"]',
-           ".Allowed.MustWorkloads.Addresses | toJson": '["10.10.0.1"]',
-           ".Denied.MustWorkloads.Addresses | toJson": '["10.10.1.1"]',
-           ".To.Config.Namespace.Prefix": "echo", ".Namespace.Prefix": "echo",
+def expressions(to: Echo, allowed: Echo, denied: Echo, namespace_prefix: str, mtls: str = "STRICT",
+                override: str = "PERMISSIVE") -> dict[str, str]:
+    """Each template expression, as written, and what Istio's framework renders it to when
+    the policy is for `to`, `allowed` and `denied` are the callers the test tells apart,
+    and the file is applied in the namespace whose Prefix is `namespace_prefix`."""
+    fqdn = f"{to.service}.{to.namespace}.svc.cluster.local"
+    out = {".To.ServiceName": to.service, ".To.NamespaceName": to.namespace, ".To.ClusterLocalFQDN": fqdn,
+           ".Allowed.NamespaceName": allowed.namespace, ".Denied.NamespaceName": denied.namespace,
+           ".Allowed.SpiffeIdentity": allowed.spiffe, ".Denied.SpiffeIdentity": denied.spiffe,
+           ".Allowed.NamespacedName": f"{allowed.namespace}/{allowed.service}",
+           ".To.MustWorkloads.Addresses | toJson": json.dumps([to.address]),
+           ".Allowed.MustWorkloads.Addresses | toJson": json.dumps([allowed.address]),
+           ".Denied.MustWorkloads.Addresses | toJson": json.dumps([denied.address]),
+           ".To.Config.Namespace.Prefix": to.prefix, ".Namespace.Prefix": namespace_prefix,
            ".JWTServer.JwksURI": "http://jwt-server.istio-system.svc:8000/jwks",
            '.GatewayIstioLabel | default "istio-ingressgateway"': "istio-ingressgateway",
            '.GatewayIstioLabel | default "ingressgateway"': "ingressgateway",
            ".SystemNamespace.Name": SYSTEM, ".Provider.Name": "ext-authz",
-           '(.To.PortForName "http").ServicePort': "80", ".MTLSMode": mtls, ".MTLSModeOverride": override}
+           '(.To.PortForName "http").ServicePort': str(PORTS["http"][0]), ".MTLSMode": mtls,
+           ".MTLSModeOverride": override}
     for name, (_, workload_port, _) in PORTS.items():
         out[f"(.To.PortForName `{name}`).WorkloadPort"] = str(workload_port)
         out[f"( .To.PortForName `{name}` ).WorkloadPort"] = str(workload_port)
     return out
 
 
-def render(name: str, **given: str) -> str:
-    """The template, each {{ expression }} replaced (an unknown one fails the test)."""
-    table = values(**given)
+def values(mtls: str = "STRICT", override: str = "PERMISSIVE") -> dict[str, str]:
+    """The expressions for this file's world: b called, a allowed, c denied."""
+    return expressions(Echo("b", "echo1", "10.10.0.2", "echo"), Echo("a", "echo1", "10.10.0.1", "echo"),
+                       Echo("c", "echo2", "10.10.1.1", "echo"), "echo", mtls, override)
+
+
+def render_with(name: str, table: dict[str, str]) -> str:
+    """The template, each {{ expression }} replaced by its value in `table` (an unknown
+    one fails the test)."""
     return re.sub(r"\{\{-?\s*(.*?)\s*-?\}\}", lambda m: table[m.group(1)],
                   (TESTDATA / f"{name}.yaml.tmpl").read_text())
+
+
+def render(name: str, **given: str) -> str:
+    return render_with(name, values(**given))
 
 
 # Where Istio's tests apply each file: the called app's namespace, or the system one.
@@ -79,13 +127,17 @@ IN_SYSTEM = {"deny-global", "workload-system-ns", "global-peer-authn"}
 
 
 def security_docs(name: str, **given: str) -> str:
-    """The file's AuthorizationPolicy and PeerAuthentication documents (its Gateways,
-    VirtualServices and DestinationRules are other kinds' business), each in the
-    namespace Istio's framework applies it to when it names none (kubectl apply -n)."""
+    return security_only(render(name, **given), SYSTEM if name in IN_SYSTEM else "echo1")
+
+
+def security_only(text: str, namespace: str) -> str:
+    """A rendered file's AuthorizationPolicy and PeerAuthentication documents (its
+    Gateways, VirtualServices and DestinationRules are other kinds' business), each in
+    `namespace`, where Istio's framework applies it (kubectl apply -n), when it names none."""
     docs = []
-    for item in yaml.safe_load_all(render(name, **given)):
+    for item in yaml.safe_load_all(text):
         if item and item["kind"] in ("AuthorizationPolicy", "PeerAuthentication"):
-            item["metadata"].setdefault("namespace", SYSTEM if name in IN_SYSTEM else "echo1")
+            item["metadata"].setdefault("namespace", namespace)
             docs.append(item)
     return yaml.safe_dump_all(docs, sort_keys=False)
 
