@@ -1,5 +1,6 @@
 # authz.pxi: AuthorizationPolicy at the destination: an inbound route's compiled program
-# judged on each request head (HTTP) or once per opaque connection, in Istio's order
+# judged on each request head (HTTP) or once per opaque connection (and again on an open
+# one when a newer table is swapped in: carry.pxi _opaque_denied), in Istio's order
 # (any matching DENY denies; else, with an ALLOW policy, one must match; AUDIT only
 # counted), the request path normalized first (Istio's pathNormalization), and the
 # decisions counted per (policy, action, result).
@@ -608,3 +609,26 @@ cdef FilterVerdict _authz_step(Core* core, Conn* c, FilterCall* call) noexcept n
     core.counters.authz_denied_tcp += 1
     call.status = 0
     return FILTER_ANSWER
+
+
+cdef bint _authz_revoked(Core* core, Conn* c, InboundRoute* now) noexcept nogil:
+    """Opaque pair c, allowed at accept on an older table, meets `now`: the current
+    table's route for its SNI. Does `now`'s program deny it? Judged on what the pair
+    kept of its decision (its caller's verified ID and address, its SNI, the app address
+    it is connected to; an opaque pair has no request), with no allocation. A denial is
+    counted as one at accept is (under its deciding policy, authz_denied_tcp), and in
+    authz_revoked_tcp; a pair still allowed is not counted (its decision stands), so a
+    push does not add the open pairs to the figures."""
+    cdef AuthzInput x
+    cdef int32_t decider
+    cdef bint allowed
+    if now.authz == NULL:
+        return False
+    _authz_connection(c, &c.table.routes[c.route], &x)
+    decider = _authz_decide(now.authz, &x, &allowed)
+    if allowed:
+        return False
+    _authz_count(core, now.authz, &x, decider, False)
+    core.counters.authz_denied_tcp += 1
+    core.counters.authz_revoked_tcp += 1
+    return True

@@ -1,8 +1,9 @@
 # carry.pxi: Open pairs meet a newer route table (Envoy's rule): each HTTP request is
 # routed on the table current when its head is framed, an upstream to an endpoint that
-# left takes no new request, and an opaque pair whose destination left is closed after
-# the drain period; endpoints that stay keep their state (sessions, idle upstreams,
-# balancer figures) across the swap.
+# left takes no new request, an opaque pair whose destination left is closed after the
+# drain period (an inbound one the new table's AuthorizationPolicies deny, at once);
+# endpoints that stay keep their state (sessions, idle upstreams, balancer figures)
+# across the swap.
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 #
@@ -334,16 +335,39 @@ cdef void _opaque_check(Core* core, Conn* c) noexcept nogil:
         _timer_arm(core, c, _conn_due_ns(core, c))
 
 
+cdef bint _opaque_denied(Core* core, Conn* c) noexcept nogil:
+    """Inbound opaque pair c, past its decision (connecting to its app, or relaying), on
+    an older table: do the AuthorizationPolicies of the current table's route for its
+    SNI deny it now (authz.pxi _authz_revoked)? An opaque pair has no next request to
+    judge, so without this a caller whose access was taken back would keep its open
+    pairs for as long as they last. (Envoy drains every connection of a changed filter
+    chain; here only the denied ones end.) A route that left judges nothing: the pair
+    is closed after the drain period (_opaque_check). An upgraded HTTP tunnel keeps its
+    decision: it was made on a request head that is gone."""
+    cdef int64_t j
+    if ((c.flags & (CONN_INBOUND | CONN_HTTP)) != CONN_INBOUND
+            or (c.state != CONN_PIPE and c.state != CONN_CONNECTING)):
+        return False
+    j = _route_in(core.table, &c.table.routes[c.route])
+    return j >= 0 and _authz_revoked(core, c, &core.table.routes[j])
+
+
 cdef void _reach_open_pairs(Core* core) noexcept nogil:
     """A table was just swapped in: HTTP pairs between requests move to it now, opaque
-    pairs learn whether their destination is still there, plaintext pairs in the
-    middle of a message to a route made STRICT are cut (plaintext.pxi). Once per swap,
-    over the slots in use."""
+    pairs learn whether their destination is still there, inbound opaque pairs its
+    policies deny are cut, as are plaintext pairs in the middle of a message to a
+    route made STRICT (plaintext.pxi). Once per swap, over the slots in use: a decision
+    per open inbound opaque pair, nothing for the others."""
     cdef uint32_t i
     cdef Conn* c
     for i in range(core.n_slots):
         c = &core.conns[i]
         if c.state == CONN_FREE or c.table == core.table:
+            continue
+        if _opaque_denied(core, c):
+            # At once, with a reset: its caller may not send a byte more, and neither
+            # end may take the cut for the stream's end.
+            _settle(core, c, STATUS_RESET)
             continue
         if c.lfd >= 0 and _listener_in(core.table, c.lfd) == NULL:
             # Its listener left: the caller may close that fd now and open another

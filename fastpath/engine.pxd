@@ -1242,10 +1242,13 @@ cdef struct Counters:
     uint64_t pool_no_slot
     uint64_t pool_counts_reused
     # AuthorizationPolicy (authz.pxi): decisions that let a request or an opaque pair
-    # through, HTTP requests answered 403 and opaque pairs closed, AUDIT matches.
+    # through, HTTP requests answered 403 and opaque pairs closed (at accept, or open
+    # when a newer table's policies denied them: authz_revoked_tcp, carry.pxi), AUDIT
+    # matches.
     uint64_t authz_allowed
     uint64_t authz_denied_http
     uint64_t authz_denied_tcp
+    uint64_t authz_revoked_tcp
     uint64_t authz_audited
 
 

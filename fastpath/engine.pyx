@@ -716,6 +716,7 @@ cdef class Engine:
         out["authz_allowed"] = snap.authz_allowed
         out["authz_denied_http"] = snap.authz_denied_http
         out["authz_denied_tcp"] = snap.authz_denied_tcp
+        out["authz_revoked_tcp"] = snap.authz_revoked_tcp
         out["authz_audited"] = snap.authz_audited
         # RequestMirror (mirror.pxi): copies sent whole, copies given up, the slots for
         # them and those in use, and their connections as a side of their own.

@@ -79,6 +79,9 @@ _COUNTS = (
     ("plaintext_refused", "meshnode_plaintext_refused_connections",
      "Inbound plaintext connections reset: for a STRICT port, for no port, or not HTTP; "
      "and plaintext connections a push making their port STRICT closed"),
+    ("authz_revoked_tcp", "meshnode_authz_revoked_connections",
+     "Open opaque TCP connections a pushed AuthorizationPolicy denied, closed as it took "
+     "effect (also counted, by policy, in meshnode_authz_decisions_total)"),
     ("stats_overflow", "meshnode_request_figures_overflow",
      "Answers counted without their labels: the engine's label sets were used up"),
 )

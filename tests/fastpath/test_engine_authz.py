@@ -2,8 +2,9 @@
 inbound route's program judged at the destination in Istio's order, every field and
 condition, the request path normalized (and forwarded so), 403 `RBAC: access denied`
 with the connection kept, opaque TCP pairs closed before the app sees a byte, a policy
-pushed under open keep-alive connections, the decisions' figures, and malformed programs
-refused whole.
+pushed under open keep-alive connections and open TCP pairs (those it denies closed at
+the swap, the others untouched), the decisions' figures, and malformed programs refused
+whole.
 
 The mesh is test_engine_routes.py's: the caller's node tells its local callers apart by
 address (127.0.0.2 runs as spiffe://cluster.local/ns/demo/sa/frontend, 127.0.0.3 as
@@ -14,15 +15,17 @@ app's node judges them by the program set on the v1 route. Real engines and sock
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import threading
 from typing import Any
 
 import pytest
 
 from fastpath import engine as fe
 
-from enginekit import TIMEOUT_S, port_of, recv_all
+from enginekit import TIMEOUT_S, port_of, recv_all, wait_for
 from test_engine import App as EchoApp
 from test_engine_routes import (BACKEND_ID, Mesh, client_ctx, mesh, mesh_pki,  # noqa: F401
                                 request, server_ctx)
@@ -422,17 +425,23 @@ class TcpPair:
             s.setblocking(False)
 
     def install(self, *policies: dict[str, Any]) -> None:
-        t = self.m.inbound_table()
-        t.add_inbound_route(self.SNI, server_ctx(self.m.pki), "127.0.0.1", self.app.port,
-                            service="demo/echo:tcp", identity=BACKEND_ID, protocol="tcp")
-        t.set_inbound_authz(self.SNI, {"policies": list(policies)})
-        self.m.in_node.install(t)
+        self.judge(*policies)
         out = fe.RouteTable()
         svc = out.add_service("demo/echo:tcp", self.SNI, [BACKEND_ID],
                               [("127.0.0.1", port_of(self.m.in_sock))])
         out.add_outbound_tcp(self.front.fileno(), svc, client_ctx(self.m.pki))
         out.add_outbound_tcp(self.cart.fileno(), svc, client_ctx(self.m.pki, self.m.pki.other_ns))
         self.m.out_node.install(out)
+
+    def judge(self, *policies: dict[str, Any]) -> None:
+        """The app's node alone gets a table whose route judges by `policies` (none: no
+        program, as when the last policy is deleted)."""
+        t = self.m.inbound_table()
+        t.add_inbound_route(self.SNI, server_ctx(self.m.pki), "127.0.0.1", self.app.port,
+                            service="demo/echo:tcp", identity=BACKEND_ID, protocol="tcp")
+        if policies:
+            t.set_inbound_authz(self.SNI, {"policies": list(policies)})
+        self.m.in_node.install(t)
 
     def exchange(self, caller: socket.socket) -> bytes:
         with socket.create_connection(("127.0.0.1", port_of(caller)), timeout=TIMEOUT_S) as c:
@@ -501,6 +510,138 @@ def test_a_new_policy_judges_the_next_request_on_open_connections(mesh: Mesh) ->
     stats = mesh.in_node.stats()
     assert stats["inbound_connections_opened"] == opened      # none dropped, none new
     assert stats["pairs_moved"] >= 6
+
+
+class Flowing:
+    """An open opaque pair through one caller's listener, its echo read on a thread of its
+    own, so that bytes can be in flight across a push without backing up."""
+
+    def __init__(self, caller: socket.socket) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port_of(caller)), timeout=TIMEOUT_S)
+        self.sent = bytearray()
+        self.got = bytearray()
+        self.end: str | None = None     # how the reading ended: "eof", "reset", "timeout"
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                self.end = "reset"
+                return
+            except socket.timeout:
+                self.end = "timeout"
+                return
+            if not chunk:
+                self.end = "eof"
+                return
+            self.got += chunk
+
+    def send(self, n: int) -> None:
+        data = os.urandom(n)
+        self.sock.sendall(data)
+        self.sent += data
+
+    def echoed(self) -> None:
+        """Everything sent so far came back: the pair is judged and relaying."""
+        wait_for(lambda: len(self.got) >= len(self.sent), what="the echo")
+
+    def cut(self) -> bool:
+        """Did the pair end from the node's side, nothing of the caller's wanted?"""
+        self.reader.join(TIMEOUT_S)
+        return self.end in ("eof", "reset")
+
+    def finish(self) -> bytes:
+        """The caller's end: all that came back (the echo, then the app's goodbye)."""
+        self.sock.shutdown(socket.SHUT_WR)
+        self.reader.join(TIMEOUT_S)
+        assert self.end == "eof", self.end
+        return bytes(self.got)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.reader.join(TIMEOUT_S)
+
+
+@pytest.fixture
+def flowing() -> Any:
+    """Open pairs, by caller listener; closed after the test."""
+    pairs: list[Flowing] = []
+
+    def open_on(caller: socket.socket) -> Flowing:
+        pair = Flowing(caller)
+        pairs.append(pair)
+        pair.send(5000)
+        pair.echoed()
+        return pair
+
+    yield open_on
+    for pair in pairs:
+        pair.close()
+
+
+NOT_SHOP = policy("demo/no-shop", "DENY", rule({"namespaces": values(["exact", "shop"])}))
+CALLERS = policy("demo/callers", "ALLOW", rule({"namespaces": values(["exact", "demo"],
+                                                                      ["exact", "shop"])}))
+
+
+def test_a_deny_pushed_closes_the_open_tcp_pairs_of_the_callers_it_names(
+        mesh: Mesh, tcp: TcpPair, flowing: Any) -> None:
+    """An opaque pair is judged at accept and has no next request: a DENY pushed after
+    it closes it at the swap (the app sees a reset, not an end), counted under the
+    policy; the pair of a caller it does not name goes on, byte-exact across the push."""
+    tcp.install(CALLERS)
+    front, cart = flowing(tcp.front), flowing(tcp.cart)
+    front.send(256 * 1024)              # (in flight as the table is swapped)
+    tcp.judge(CALLERS, NOT_SHOP)
+    assert cart.cut()
+    front.send(256 * 1024)
+    assert front.finish() == bytes(front.sent) + b"bye:app"
+    stats = mesh.in_node.wait_stat("authz_revoked_tcp")
+    assert stats["authz_revoked_tcp"] == 1 and stats["authz_denied_tcp"] == 1
+    figures = {(f["policy"], f["action"]): f for f in mesh.in_node.engine.authz_stats()}
+    assert figures[("demo/no-shop", "DENY")]["denied"] == 1
+    assert wait_for(lambda: tcp.app.resets == 1, what="the app's side reset")
+    assert tcp.app.eofs == 1                        # the frontend's, at its finish
+    assert tcp.exchange(tcp.cart) == b""            # and refused at accept from now on
+    assert tcp.app.connections == 2
+
+
+def test_an_allow_narrowed_closes_the_open_tcp_pairs_it_no_longer_names(
+        mesh: Mesh, tcp: TcpPair, flowing: Any) -> None:
+    tcp.install(CALLERS)
+    front, cart = flowing(tcp.front), flowing(tcp.cart)
+    tcp.judge(policy("demo/callers", "ALLOW", rule({"namespaces": values(["exact", "demo"])})))
+    assert cart.cut()
+    front.send(64 * 1024)
+    assert front.finish() == bytes(front.sent) + b"bye:app"
+    figures = {(f["policy"], f["action"]): f for f in mesh.in_node.engine.authz_stats()}
+    assert figures[("", "ALLOW")]["denied"] == 1   # no ALLOW matched it
+    assert mesh.in_node.stats()["authz_revoked_tcp"] == 1
+
+
+def test_a_policy_removed_or_pushed_again_closes_no_tcp_pair(
+        mesh: Mesh, tcp: TcpPair, flowing: Any) -> None:
+    """Pairs still allowed are untouched and not counted again (their decision was
+    made at accept), whether the policy goes or comes back unchanged."""
+    tcp.install(NOT_SHOP)
+    assert tcp.exchange(tcp.cart) == b""            # refused at accept: not open
+    front = flowing(tcp.front)
+    allowed = mesh.in_node.stats()["authz_allowed"]
+    tcp.judge()                                     # no policy: nothing to judge by
+    front.send(64 * 1024)
+    cart = flowing(tcp.cart)                        # allowed now
+    tcp.judge(CALLERS)                              # both still allowed
+    tcp.judge(CALLERS)
+    for pair in (front, cart):
+        pair.send(64 * 1024)
+        assert pair.finish() == bytes(pair.sent) + b"bye:app"
+    stats = mesh.in_node.stats()
+    assert stats["authz_revoked_tcp"] == 0 and stats["authz_denied_tcp"] == 1
+    assert stats["authz_allowed"] == allowed        # the cart's accept had no program
+    assert tcp.app.resets == 0
 
 
 # --- programs refused ------------------------------------------------------------------------
