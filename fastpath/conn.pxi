@@ -64,6 +64,9 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.pend_cookie = 0
     c.fault_until_ns = 0
     c.fault_kept = -1
+    c.held_inflight = 0
+    c.held_source = 0
+    c.slow_phase = SLOW_NONE
     c.down.fd = -1
     c.down.ssl = NULL
     c.down.readable = True
@@ -160,6 +163,8 @@ cdef void _count_cut_off(Core* core, Conn* c) noexcept nogil:
 cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
     cdef SideCounters* sc = _counters_of(core, c)
     _invariant(c.state != CONN_FREE, b"connection closed twice")
+    if c.held_inflight | c.held_source:
+        _overload_release(core, c, c.held_inflight, c.held_source)   # (before its source goes)
     if c.flags & (CONN_SOURCE_HELD | CONN_HANDSHAKE_HELD):
         _limits_release(core, c, CONN_SOURCE_HELD | CONN_HANDSHAKE_HELD)
     if c.n_pend > 0:

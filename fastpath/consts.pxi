@@ -174,6 +174,10 @@ cdef enum:
     # the loop this long (nginx disables accept events for its accept_mutex_delay,
     # 500 ms, on EMFILE), then come back and try again.
     ENGINE_ACCEPT_PAUSE_MS = 100
+    # Overload defence (overload.pxi): the slow-client defaults (Apache
+    # mod_reqtimeout's: a head or body must come at 500 bytes a second after 20 s).
+    ENGINE_SLOW_GRACE_MS = 20000
+    ENGINE_SLOW_MIN_RATE = 500
     # RequestMirror (mirror.pxi): slots for copies of requests on their way to a mirror
     # backend, one per this many connection slots (at least one), on top of them: a
     # mirror never takes a slot a caller could have. A copy's whole life (connect,

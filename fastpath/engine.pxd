@@ -689,6 +689,15 @@ cdef struct Table:
     uint32_t max_source_conns
     uint32_t max_source_handshakes
     uint32_t inbound_permille
+    # Overload defence the engine takes on at the swap (overload.pxi; only when
+    # overload_set: each 0 means off): HTTP requests in flight node-wide, concurrent
+    # requests from one inbound source address, and a slow client's grace period and
+    # the least bytes per second its request head or body must come at after it.
+    bint overload_set
+    uint32_t max_inflight
+    uint32_t max_source_requests
+    int64_t slow_grace_ns
+    uint32_t slow_min_rate
     # HTTPRoute (routes.pxi): route sets sorted by parent service, their entries and
     # rules, and the namespaces consumer routes name (callers' namespaces are indexes).
     RouteSet* sets
@@ -743,6 +752,9 @@ cdef enum:
     # Status codes 100..599 counted one by one (index code - 100); anything else in
     # the last slot.
     ENGINE_STATUS_SLOTS = 501
+    # Worker slots in the node's region of requests in flight (overload.pxi): a node
+    # runs a worker per core.
+    ENGINE_OVERLOAD_WORKERS = 256
     # The timer wheel's lists (geometry and the reasons for it: timers.pxi): level 0
     # has 2^8 slots of one tick, levels 1..3 have 2^6 slots each, every level's slot 64
     # times as long as the one below; one more list holds the timers being fired.
@@ -1065,6 +1077,14 @@ cdef struct Conn:
     # follows the delay (0: forward; _FAULT_ANSWER | status: an abort) until it is
     # routed, faults not drawn again; -1: no such request.
     int32_t fault_kept
+    # Overload defence (overload.pxi): requests of this pair counted in the node's
+    # requests in flight and in its source's; and the part of a request the client is
+    # sending (SlowPhase), since when, and how many bytes of it came since then.
+    uint16_t held_inflight
+    uint16_t held_source
+    uint8_t slow_phase
+    int64_t slow_start_ns
+    uint64_t slow_bytes
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
@@ -1080,6 +1100,7 @@ cdef struct StatRecord:
     bint plaintext                 # inbound without TLS (connection_security_policy none)
     uint64_t codes[ENGINE_STATUS_SLOTS]
     uint64_t latency_us[ENGINE_LATENCY_BUCKETS]
+    uint64_t shed                  # of its 503s, those overload answered (flag "OM")
 
 
 # The timer wheel (timers.pxi): each list is a doubly-linked list through its Conns'
@@ -1191,6 +1212,13 @@ cdef struct Counters:
     uint64_t rejected_handshakes
     uint64_t rejected_source_conns
     uint64_t rejected_source_handshakes
+    # Overload defence (overload.pxi): requests answered 503 at once for the node's
+    # requests in flight or their source's; request heads and bodies cut for coming
+    # slower than the least rate (a head answered 408, a body's pair closed).
+    uint64_t overload_shed
+    uint64_t overload_source_shed
+    uint64_t slow_heads_cut
+    uint64_t slow_bodies_cut
     # HTTPRoute (routes.pxi): requests a route set governed, those no entry matched
     # (404), and those whose rule had no valid backend for them (500).
     uint64_t route_matched
@@ -1252,6 +1280,28 @@ cdef struct Counters:
     uint64_t authz_audited
 
 
+# --- overload defence (overload.pxi) ------------------------------------------------------------
+
+# The node's requests in flight: a region its workers map together (meshnode.sharedstate),
+# laid out by overload_region_format. `total` is what every admission adds to and compares;
+# each worker's own share of it is in its slot, so that a worker killed with requests in
+# flight has its share given back (Engine.overload_reap) instead of holding the cap down.
+cdef struct OverloadSlot:
+    uint32_t pid                   # the worker's; 0: free; OVERLOAD_REAPING: being given back
+    uint32_t _pad
+    int64_t count                  # its requests in the total (written by it alone)
+    char _line[48]                 # a slot a cache line: workers do not share lines
+
+cdef struct OverloadRegion:
+    char magic[8]
+    uint32_t workers               # slots
+    uint32_t slot_bytes
+    char _head[48]
+    int64_t total                  # node-wide, atomic; may read -1 after a reap (see reap)
+    char _line[56]
+    OverloadSlot slots[ENGINE_OVERLOAD_WORKERS]
+
+
 # --- limits before authentication (limits.pxi) --------------------------------------------------
 
 # Inbound connections and handshakes under way from one source address: an entry of
@@ -1261,6 +1311,7 @@ cdef struct SourceCount:
     uint64_t key[2]                # the IPv6 address; IPv4 as ::ffff:a.b.c.d
     uint32_t conns                 # 0: the entry is empty
     uint32_t handshakes
+    uint32_t requests              # HTTP requests in flight from it (overload.pxi)
 
 
 # --- the engine's state ------------------------------------------------------------------------
@@ -1340,6 +1391,16 @@ cdef struct Core:
     uint32_t sources_mask          # entries - 1
     uint32_t n_sources             # entries in use
     uint64_t source_seed[2]        # random: where an address hashes cannot be aimed at
+    # Overload defence (overload.pxi): the node's count of requests in flight (a region
+    # the workers share; the engine's own until Engine.share_overload), this engine's
+    # slot in it, and the caps and slow-client rate the current table set (0: off).
+    OverloadRegion* overload
+    bint overload_owned
+    uint32_t overload_slot
+    uint32_t max_inflight
+    uint32_t max_source_requests
+    int64_t slow_grace_ns
+    uint32_t slow_min_rate
     uint64_t route_rng             # xorshift state: a route's weighted backend choice
     # Listeners out of the epoll set until then (EMFILE with no spare fd); 0: watched.
     int64_t accept_resume_ns
@@ -1392,6 +1453,7 @@ cdef class Engine:
     cdef EngineState state
     cdef uint64_t installs         # generations handed out by install()
     cdef object _shared            # the buffer share_state() maps (kept alive), or None
+    cdef object _overload          # the buffer share_overload() maps (kept alive), or None
     cdef list _outlier_index       # the last table's outlier endpoints (outlier.pxi)
     cdef list _pool_index          # the last table's services' counts (pool.pxi)
     cdef object _rate_shared       # the buffer share_rate_limits() maps, or None
@@ -1419,6 +1481,8 @@ cdef class RouteTable:
     cdef long _session_life_s      # an inbound session's life from its full handshake
     cdef tuple _limits             # set_limits(): (handshakes, per source, handshakes
                                    # per source, inbound permille); None: the engine's
+    cdef tuple _overload           # set_overload(): (in flight, per source, slow grace
+                                   # ns, slow rate); None: the engine's
     cdef list _route_sets          # (parent service index, consumer namespace bytes or
                                    # None, [entry tuples]) (routes_table.pxi)
     cdef list _route_rules         # (name bytes, [[service index, weight, variant rule

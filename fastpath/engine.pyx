@@ -194,7 +194,7 @@ Choices, and why:
   without it was swapped in (install() returns that table's generation).
 """
 
-from libc.errno cimport (EAGAIN, ECONNABORTED, EINPROGRESS, EINTR, EMFILE, ENFILE,
+from libc.errno cimport (EAGAIN, ECONNABORTED, EINPROGRESS, EINTR, EMFILE, ENFILE, ESRCH,
                          errno)
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport fprintf, snprintf, stderr
@@ -202,6 +202,7 @@ from libc.stdlib cimport abort, calloc, free, malloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strchr, strlen
 from posix.fcntl cimport F_GETFL, O_CLOEXEC, O_NONBLOCK, O_RDONLY, fcntl
 from posix.fcntl cimport open as c_open
+from posix.signal cimport kill
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, write
 
@@ -322,6 +323,7 @@ include "carry.pxi"         # open pairs meet a newer table
 include "drain.pxi"         # graceful drain: stop accepting, finish, send clients away
 include "limits.pxi"        # limits before authentication: budgets, handshakes, sources
 include "ratelimit.pxi"     # RateLimitPolicy: node-wide token buckets, 429, refused pairs
+include "overload.pxi"      # overload: requests in flight node-wide and per source, slow clients
 
 
 
@@ -474,6 +476,7 @@ cdef class Engine:
         core.shared_owned = True
         shared_state_format(<char[:shared_state_bytes()]>core.shared)
         core.shared_slots = SHARED_DEFAULT_SLOTS
+        _overload_init(core)                # requests in flight: the engine's own region
         core.shared_lease_ns = <int64_t>(SHARED_DEFAULT_LEASE_S * 1e9)
         self._rate_shared = None
         _rate_region_own(core)          # RateLimitPolicy's buckets (ratelimit.pxi)
@@ -595,6 +598,34 @@ cdef class Engine:
         bucket: more callers than its max_keys), "no_slot" (let through: no bucket in
         the region)}; policy "" counts names past the engine's bound."""
         return _rate_view(self.core)
+    def share_overload(self, buffer not None) -> None:
+        """Count requests in flight in `buffer` (writable, laid out by
+        overload_region_format(); the node's workers map one file MAP_SHARED), so that
+        a table's max_requests_in_flight is the node's whatever the number of workers.
+        Before the first install(). The engine keeps a reference to `buffer`."""
+        if self.installs != 0:
+            raise RuntimeError("share_overload() must come before the first install()")
+        _overload_share(self.core, buffer)
+        self._overload = memoryview(buffer)  # an export: the mapping cannot be closed under us
+
+    def overload_reap(self) -> int:
+        """Give back the requests in flight of the region's workers whose process is
+        gone (killed mid-request); the number of workers reaped. From any thread
+        (a worker's agent calls it each beat)."""
+        cdef uint32_t n
+        cdef uint32_t pid = <uint32_t>os.getpid()
+        with nogil:
+            n = _overload_reap(self.core.overload, pid)
+        return n
+
+    def overload(self) -> dict[str, int]:
+        """Requests in flight now: "node" (every worker sharing the region) and
+        "engine" (this one's share), and the caps the current table set (0: off)."""
+        cdef OverloadRegion* r = self.core.overload
+        return {"node": max(0, mn_load_i64(&r.total)),
+                "engine": mn_load_i64(&r.slots[self.core.overload_slot].count),
+                "max_requests_in_flight": self.core.max_inflight,
+                "max_requests_per_source": self.core.max_source_requests}
 
     def outliers(self) -> list[dict]:
         """Outlier detection per endpoint of the last table installed: {"service",
@@ -698,6 +729,12 @@ cdef class Engine:
         out["route_filter_unresolved"] = snap.route_filter_unresolved
         out["rejected_source_handshakes"] = snap.rejected_source_handshakes
         out["accept_paused"] = snap.accept_paused
+        # Overload defence (overload.pxi): requests shed (503 "OM") by the cap they met,
+        # slow heads and bodies cut.
+        out["overload_shed"] = snap.overload_shed
+        out["overload_source_shed"] = snap.overload_source_shed
+        out["slow_heads_cut"] = snap.slow_heads_cut
+        out["slow_bodies_cut"] = snap.slow_bodies_cut
         # Outlier detection (outlier.pxi): ejections this worker made for the node.
         out["outlier_ejections"] = snap.outlier_ejections
         out["outlier_ejections_overflow"] = snap.outlier_ejections_overflow
@@ -745,7 +782,8 @@ cdef class Engine:
         for the endpoint that answered (add_service()) or the inbound route
         (add_inbound_route()), "" when none was, "plaintext": True for inbound
         requests that came without TLS (set_inbound_mtls: Istio's
-        connection_security_policy "none"), "codes": {status: count},
+        connection_security_policy "none"), "codes": {status: count}, "shed": of the
+        503s, those overload answered (Envoy's response flag "OM"),
         "latency_us": counts per latency_bounds_us() bucket}.
         Outbound, the peer is the destination; inbound, the caller. Counts only grow."""
         cdef Core* core = self.core
@@ -774,6 +812,7 @@ cdef class Engine:
                     "utf-8", "replace") if r.version else "",
                 "plaintext": bool(r.plaintext),
                 "codes": codes,
+                "shed": r.shed,
                 "latency_us": [r.latency_us[j] for j in range(ENGINE_LATENCY_BUCKETS)],
             })
         return out

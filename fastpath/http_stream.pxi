@@ -75,7 +75,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     it in place and dropped it: ratelimit.pxi), STATUS_AGAIN (inbound: no room for
     x-forwarded-client-cert until earlier bytes are sent; a step waits for earlier
     answers), STATUS_CLOSE (a step answered it, the pair ends: a rate limit's 429, an
-    authorization's 403), or
+    authorization's 403; or overload answered 503 over a cap: overload.pxi), or
     STATUS_RESET (outbound: an absolute-form head that cannot be edited; 431).
 
     Outbound, the client's hop-by-hop fields go and an absolute-form target becomes
@@ -126,6 +126,8 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
             c.filter_at = 0
             return STATUS_OK if call.kept else STATUS_CLOSE
         delta = call.delta
+    if not _overload_admit(core, c):
+        return STATUS_CLOSE             # answered 503: over a cap (overload.pxi)
     c.flags &= ~CONN_HOLD_TABLE
     if c.flags & CONN_INBOUND:
         if c.flags & CONN_GOING_AWAY:
@@ -482,7 +484,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 core.counters.http_bad_request += 1
                 return STATUS_RESET
             if rc == STATUS_CLOSE:
-                return STATUS_CLOSE     # answered by a step (ratelimit.pxi, authz.pxi)
+                return STATUS_CLOSE     # answered by a step (ratelimit.pxi, authz.pxi) or overload
             if rc == STATUS_AGAIN:
                 if f.head == 0:
                     if not _answer_owed(c):
@@ -522,6 +524,7 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
     cdef Py_ssize_t r
     cdef uint32_t cap = _d2u_cap(core, c)
     cdef bint truncated
+    cdef uint64_t got = 0
     while not f.eof and not c.switching:
         if f.buf == NULL:
             f.buf = _buf_get(core)
@@ -540,6 +543,7 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
         if r > 0:
             f.tail += <uint32_t>r
             progress += r
+            got += <uint64_t>r
             received[0] += <uint64_t>r
         elif r == STATUS_EOF:
             f.eof = True
@@ -552,6 +556,7 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
     st = _http_frame(core, c)
     if st != STATUS_OK:
         return STATUS_CLOSE if st == STATUS_CLOSE else STATUS_RESET
+    _slow_track(core, c, got)           # a slow client's head or body (overload.pxi)
     if c.flags & CONN_KEPT:
         _retry_grown(core, c)
     while c.fwd > 0:
@@ -604,6 +609,7 @@ cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
                   core.now_ns - c.pend_start_ns[c.pend_first])
     # Its endpoint's load: one fewer outstanding, and the latency as a sample.
     _load_move(core, c, -1, <double>(core.now_ns - c.pend_start_ns[c.pend_first]))
+    _overload_done(core, c)             # no longer in flight (overload.pxi)
     c.flags &= ~CONN_DRAIN_HEAD_SEEN
     c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
     c.n_pend -= 1

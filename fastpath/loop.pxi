@@ -325,6 +325,7 @@ cdef void _core_free(Core* core) noexcept nogil:
     free(core.free_bufs)
     free(core.upstream_counts)          # after the tables: their idle upstreams counted here
     _rate_region_free(core)
+    _overload_leave(core)               # its slot in the node's region freed
     if core.shared_owned:
         free(core.shared)
     free(core)

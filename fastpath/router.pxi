@@ -120,7 +120,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         _http_reply(core, c, 431, b"request head cannot be rewritten for the upstream\n", -1)
         return STATUS_CLOSE
     if st == STATUS_CLOSE:
-        return STATUS_CLOSE             # a step answered it (a rate limit: ratelimit.pxi)
+        return STATUS_CLOSE             # answered: a step's (ratelimit.pxi), or overload's 503
     # (A first request's step that waits needs a timer to wake the pair: the first
     # such outbound step brings it; inbound pairs do not route here.)
     _invariant(st == STATUS_OK, b"a first request's step stopped")

@@ -156,6 +156,8 @@ cdef void _swap(Core* core, Table* t) noexcept nogil:
     if t.drain_ns > 0:
         core.drain_ns = t.drain_ns
     _limits_take(core, t)
+    if _overload_take(core, t):
+        shorter = True                  # slow clients' deadlines may be sooner now
     core.generation = t.generation
     core.counters.tables_installed += 1
     core.counters.tables_live += 1
@@ -342,6 +344,7 @@ cdef class RouteTable:
         self._ticket_period_s = TLS_TICKET_PERIOD_S
         self._session_life_s = TLS_SESSION_LIFE_S
         self._limits = None
+        self._overload = None
         self._route_sets = []
         self._route_rules = []
         self._route_mirrors = []
@@ -548,6 +551,20 @@ cdef class RouteTable:
         Connections already open when a limit is lowered stay open."""
         _limits_set(self, max_handshakes, max_connections_per_source,
                     max_handshakes_per_source, inbound_share)
+
+    def set_overload(self, long max_requests_in_flight=0, long max_requests_per_source=0,
+                     double slow_grace_s=ENGINE_SLOW_GRACE_MS / 1000.0,
+                     long slow_min_rate=ENGINE_SLOW_MIN_RATE) -> None:
+        """Overload defence from this table on (overload.pxi; until a table sets it, no
+        caps and the ENGINE_SLOW_* defaults). `max_requests_in_flight`: HTTP requests
+        in flight at once in every engine sharing the region (Engine.share_overload;
+        else this engine's); `max_requests_per_source`: at once from one inbound source
+        address, per engine. A request over either is answered 503 at once (flagged
+        "OM") and its connection closed; 0: no cap. A request head or body must come
+        at `slow_min_rate` bytes a second once `slow_grace_s` has passed, else it is
+        cut (a head answered 408); 0: no least rate."""
+        _overload_set(self, max_requests_in_flight, max_requests_per_source, slow_grace_s,
+                      slow_min_rate)
 
     def add_source(self, str address not None, TLSContext client_ctx not None,
                    str identity=None) -> None:
@@ -759,6 +776,7 @@ cdef class RouteTable:
         if self._limits is not None:
             (t.max_handshakes, t.max_source_conns, t.max_source_handshakes,
              t.inbound_permille) = self._limits
+        _overload_compile(t, self._overload)
         try:
             if self._services:
                 t.services = <Service*>calloc(len(self._services), sizeof(Service))

@@ -185,6 +185,8 @@ cdef inline int64_t _conn_due_ns(Core* core, Conn* c) noexcept nogil:
             due = c.req_deadline_ns     # a route's request timeout (routes.pxi)
         if c.close_at_ns != 0 and c.close_at_ns < due:
             due = c.close_at_ns
+        if c.slow_phase != SLOW_NONE and _slow_due(core, c) < due:
+            due = _slow_due(core, c)    # a slow client's head or body (overload.pxi)
     elif (c.state == CONN_HTTP_HEAD and c.flags & CONN_ANSWERED
             and (c.d2u.buf == NULL or c.d2u.tail == c.d2u.head)):
         due = c.active_ns + core.idle_timeout_ns
@@ -243,6 +245,8 @@ cdef void _conn_expired(Core* core, Conn* c) noexcept nogil:
     if c.state == CONN_PIPE:
         if c.req_deadline_ns != 0 and now >= c.req_deadline_ns:
             _request_timed_out(core, c)
+        elif c.slow_phase != SLOW_NONE and now >= _slow_due(core, c):
+            _slow_expired(core, c)      # a head or body too slow (overload.pxi)
         elif c.flags & CONN_DRAINING and now >= c.deadline_ns:
             sc.idle_timeouts += 1       # answers nobody waits for: not for long
             _conn_close(core, c, True)

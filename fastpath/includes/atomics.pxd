@@ -23,6 +23,7 @@ cdef extern from *:
         return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     }
     static inline int64_t mn_load_i64(const int64_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    static inline int64_t mn_add_i64(int64_t* p, int64_t v) { return __atomic_add_fetch(p, v, __ATOMIC_SEQ_CST); }
     static inline void mn_store_i64(int64_t* p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
     static inline int mn_cas_i64(int64_t* p, int64_t expected, int64_t desired) {
         return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
@@ -37,5 +38,6 @@ cdef extern from *:
     uint64_t mn_add_u64(uint64_t* p, uint64_t v) nogil
     bint mn_cas_u64(uint64_t* p, uint64_t expected, uint64_t desired) nogil
     int64_t mn_load_i64(const int64_t* p) nogil
+    int64_t mn_add_i64(int64_t* p, int64_t v) nogil
     void mn_store_i64(int64_t* p, int64_t v) nogil
     bint mn_cas_i64(int64_t* p, int64_t expected, int64_t desired) nogil
