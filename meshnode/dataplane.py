@@ -88,6 +88,9 @@ DEFAULT_MTLS_MODE = "STRICT"
 # arguments by the same names.
 _LIMITS = ("max_handshakes", "max_connections_per_source", "max_handshakes_per_source",
            "inbound_share")
+# ... and of its overload defence: RouteTable.set_overload()'s.
+_OVERLOAD = ("max_requests_in_flight", "max_requests_per_source", "slow_grace_s",
+             "slow_min_rate")
 
 
 def sni_for(port_name: str, fqdn: str) -> str:
@@ -216,6 +219,9 @@ class DataPlane:
         if all(key in mesh for key in _LIMITS):
             # Limits before authentication (Mesh spec.connections); else the engine's.
             table.set_limits(**{key: mesh[key] for key in _LIMITS})
+        if all(key in mesh for key in _OVERLOAD):
+            # Overload defence (Mesh spec.overload); else the engine's.
+            table.set_overload(**{key: mesh[key] for key in _OVERLOAD})
         # The outbound side presents the calling workload's identity (meshnode.callers):
         # the listeners' own only with a single local workload; otherwise each caller's,
         # told apart by user or address, and a caller that is no workload is refused.
@@ -442,6 +448,8 @@ class DataPlane:
                 # Outlier detection per endpoint, node-wide (the workers share it): the
                 # admin /stats shows it.
                 "outliers": self.engine.outliers(),
+                # Requests in flight (this worker's share, the node's) and the caps.
+                "overload": self.engine.overload(),
                 # Upstream connections and waiting requests per service, this worker's
                 # (connectionPool limits are per worker: poolshare.worker_share).
                 "upstreams": self.engine.upstreams(),
@@ -474,6 +482,8 @@ class DataPlane:
                                                "none" if rec["plaintext"] else "mutual_tls"),
                 # String keys: the bus's msgpack maps take no others.
                 "codes": {str(code): n for code, n in rec["codes"].items()},
+                # Envoy's response flags: "OM", the 503s overload answered at once.
+                "response_flags": {"OM": rec["shed"]} if rec["shed"] else {},
                 "latency": {str(i): n for i, n in enumerate(rec["latency_us"]) if n},
             })
         return out

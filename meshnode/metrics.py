@@ -82,6 +82,18 @@ _COUNTS = (
     ("authz_revoked_tcp", "meshnode_authz_revoked_connections",
      "Open opaque TCP connections a pushed AuthorizationPolicy denied, closed as it took "
      "effect (also counted, by policy, in meshnode_authz_decisions_total)"),
+    ("overload_shed", "meshnode_overload_shed_requests",
+     "Requests answered 503 at once (response flag OM): the node's requests in flight were "
+     "at the Mesh's spec.overload.maxRequestsInFlight"),
+    ("overload_source_shed", "meshnode_overload_source_shed_requests",
+     "Requests answered 503 at once (response flag OM): their source address's requests in "
+     "flight were at spec.overload.maxRequestsPerSource"),
+    ("slow_heads_cut", "meshnode_slow_request_heads_cut",
+     "Request heads that came slower than spec.overload.slowClients allows (answered 408, "
+     "or the connection closed behind pipelined requests)"),
+    ("slow_bodies_cut", "meshnode_slow_request_bodies_cut",
+     "Request bodies that came slower than spec.overload.slowClients allows (the connection "
+     "closed)"),
     ("stats_overflow", "meshnode_request_figures_overflow",
      "Answers counted without their labels: the engine's label sets were used up"),
 )
@@ -177,9 +189,15 @@ class NodeCollector(Collector):
         active = GaugeMetricFamily("meshnode_tcp_connections_active",
                                    "TCP connections open in the data plane",
                                    labels=["node", "process", "direction"])
+        in_flight = GaugeMetricFamily(
+            "meshnode_requests_in_flight", "HTTP requests the worker admitted and has not "
+            "answered yet (its share of the node's count that spec.overload caps)",
+            labels=["node", "process"])
         requests = CounterMetricFamily(
-            "meshnode_requests", "HTTP requests answered through the data plane (Istio's labels)",
-            labels=["node", "process", *_REQUEST_LABELS, "response_code", "response_class"])
+            "meshnode_requests", "HTTP requests answered through the data plane (Istio's labels; "
+            "response_flags OM: answered 503 at once by overload defence, else -)",
+            labels=["node", "process", *_REQUEST_LABELS, "response_code", "response_class",
+                    "response_flags"])
         authz = CounterMetricFamily(
             "meshnode_authz_decisions", "AuthorizationPolicy decisions at the destination, by "
             "the policy that made them (\"\": none did) and its action, and AUDIT matches",
@@ -223,12 +241,15 @@ class NodeCollector(Collector):
             self._dataplane(report.body.get("dataplane"), labels, tcp, counts, failures,
                             active)
             self._overflows(report.body.get("dataplane"), labels, overflows)
+            overload = report.body.get("overload")
+            if isinstance(overload, dict) and isinstance(overload.get("engine"), int):
+                in_flight.add_metric(labels, overload["engine"])
             self._requests(report.body.get("requests"), labels, requests, duration)
             self._rate_limits(report.body.get("rate_limits"), labels, rate)
             self._authz(report.body.get("authz"), labels, authz)
         yield from (up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
                     renew_failed, bundle, *tcp.values(), *counts.values(), overflows, failures,
-                    active, requests, duration, *rate.values(), authz)
+                    active, in_flight, requests, duration, *rate.values(), authz)
 
     @staticmethod
     def _rate_limits(entries: object, labels: list[str], rate: dict[str, Metric]) -> None:
@@ -285,16 +306,23 @@ class NodeCollector(Collector):
             if not isinstance(fig, dict):
                 continue
             key = tuple(str(fig.get(label, "unknown")) for label in _REQUEST_LABELS)
+            shed = (fig.get("response_flags") or {}).get("OM", 0)
             for code, n in (fig.get("codes") or {}).items():
-                if isinstance(n, int):  # several engine records can share one label set
-                    codes[(*key, str(code))] = codes.get((*key, str(code)), 0) + n
+                if not isinstance(n, int):
+                    continue
+                # Several engine records can share one label set. Overload's 503s are
+                # told apart by Envoy's response flag, as Istio's metrics do.
+                flagged = min(n, shed) if str(code) == "503" and isinstance(shed, int) else 0
+                for flags, count in (("-", n - flagged), ("OM", flagged)):
+                    if count:
+                        codes[(*key, str(code), flags)] = codes.get((*key, str(code), flags), 0) + count
             counts = latency.setdefault(key, [0] * len(_ENGINE_UPPER_US))
             for index, n in (fig.get("latency") or {}).items():
                 if str(index).isdigit() and int(index) < len(counts) and isinstance(n, int):
                     counts[int(index)] += n
-        for (*key, code), n in sorted(codes.items()):
+        for (*key, code, flags), n in sorted(codes.items()):
             cls = f"{code[0]}xx" if code[:1] in "12345" and len(code) == 3 else "unknown"
-            requests.add_metric([*labels, *key, code, cls], n)
+            requests.add_metric([*labels, *key, code, cls, flags], n)
         for key, counts in sorted(latency.items()):
             if not any(counts):
                 continue

@@ -128,6 +128,7 @@ def up(opts: NodeOptions, timeout_s: float = 60.0) -> str:
     ticketkeys.make(rd)  # fresh for this start, before any worker reads it
     sharedstate.make(rd)  # no ejection outlives the node (outlier detection)
     sharedstate.make(rd, sharedstate.RATE_LIMITS)  # nor a spent token bucket
+    sharedstate.make(rd, sharedstate.OVERLOAD)  # nor a request counted in flight
     migrate = migrate_queued_connections()
     try:
         supervise.start(opts)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from bus.clone import StateClient
 from bus.envelope import Envelope
@@ -48,6 +48,8 @@ from .process import Process, base_parser
 DRAIN_MARGIN_S = 2.0
 # How often a listener that could not bind is tried again (one bind() each: cheap).
 REBIND_EVERY_S = 1.0
+# How often a worker looks for sibling workers that died with requests in flight.
+REAP_EVERY_S = 1.0
 # How often the worker says its answer for the version it was given again: an ACK or a
 # NACK is an event, and may miss a control that is restarting.
 REANSWER_EVERY_S = 5.0
@@ -106,6 +108,9 @@ class Agent:
         proc.loop.every(0.2, self.refresh_routes)
         proc.loop.every(REANSWER_EVERY_S, self.reanswer, first_in_s=REANSWER_EVERY_S)
         proc.loop.every(REBIND_EVERY_S, self.rebind, first_in_s=REBIND_EVERY_S)
+        # A sibling worker killed mid-request leaves its requests in the node's count
+        # until one of the workers gives them back (fastpath overload.pxi).
+        proc.loop.every(REAP_EVERY_S, self.dataplane.engine.overload_reap)
 
     @property
     def version(self) -> int | None:
@@ -268,6 +273,15 @@ class WorkerDrain:
         self.dataplane.engine.stop()
 
 
+def _share(proc: Process, region: sharedstate.Region, share: Callable[[Any], None],
+           event: str) -> None:
+    """Hand the engine the node's `region`; say why not in the log when it cannot."""
+    try:
+        share(sharedstate.attach(proc.runtime_dir, region))
+    except (sharedstate.SharedStateError, ValueError) as exc:
+        logs.event(proc.log, event, logging.WARNING, reason=str(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser("meshnode.proxy", "Run one proxy worker of the node.")
     parser.add_argument("--worker", type=int, default=0, help="this worker's index")
@@ -291,20 +305,13 @@ def main(argv: list[str] | None = None) -> int:
                    port=proc.ports.inbound, error=str(exc))
         proc.ctx.destroy(linger=0)
         return 78
-    try:
-        # Outlier detection's state, the node's (before any table is installed).
-        region = sharedstate.attach(proc.runtime_dir)
-        dataplane.engine.share_state(region)
-    except (sharedstate.SharedStateError, ValueError) as exc:
-        # Still serves; ejections are then this worker's own.
-        logs.event(proc.log, "outlier.state.unshared", logging.WARNING, reason=str(exc))
-    try:
-        # RateLimitPolicy's buckets, the node's: a limit whatever the number of workers.
-        dataplane.engine.share_rate_limits(sharedstate.attach(proc.runtime_dir,
-                                                              sharedstate.RATE_LIMITS))
-    except (sharedstate.SharedStateError, ValueError) as exc:
-        # Still serves; each worker then enforces every limit on its own.
-        logs.event(proc.log, "ratelimit.state.unshared", logging.WARNING, reason=str(exc))
+    # The node's shared state (before any table is installed). Without it a worker still
+    # serves, on state of its own: ejections, rate limits and the cap on requests in
+    # flight are then each worker's.
+    engine = dataplane.engine
+    _share(proc, sharedstate.OUTLIER, engine.share_state, "outlier.state.unshared")
+    _share(proc, sharedstate.RATE_LIMITS, engine.share_rate_limits, "ratelimit.state.unshared")
+    _share(proc, sharedstate.OVERLOAD, engine.share_overload, "overload.state.unshared")
     agent = Agent(proc, str(args.worker), dataplane)
     proc.drain_on_stop(WorkerDrain(proc, dataplane))
     dataplane.start()

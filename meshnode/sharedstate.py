@@ -4,16 +4,18 @@ Why: some decisions are the node's, not a worker's. Outlier detection (Destinati
 outlierDetection) ejects an endpoint for the node: were the counts and ejections each
 worker's own, a dead endpoint would be learned N times over (each worker sending it its
 own failing requests) and ejected at N different moments. A RateLimitPolicy's limit is
-the node's: 100 requests a second must stay 100 whatever `--workers` is. So every
-worker maps one fixed-layout file per feature MAP_SHARED and hands the mapping to its
-engine (fastpath Engine.share_state, Engine.share_rate_limits), whose slots and buckets
-are updated with atomics (fastpath/outlier.pxi, fastpath/ratelimit.pxi), as HAProxy's
-stick tables or nginx's shared zones keep state for several processes.
+the node's: 100 requests a second must stay 100 whatever `--workers` is; so is the
+Mesh's cap on requests in flight (spec.overload). So every worker maps one fixed-layout
+file per feature MAP_SHARED and hands the mapping to its engine (fastpath
+Engine.share_state, Engine.share_rate_limits, Engine.share_overload), whose slots,
+buckets and counts are updated with atomics (fastpath/outlier.pxi, fastpath/ratelimit.pxi,
+fastpath/overload.pxi), as HAProxy's stick tables or nginx's shared zones keep state for
+several processes.
 
 `meshnode up` writes them afresh (mode 0600, in the runtime dir, itself 0700) before it
-starts the workers, so neither ejections nor spent buckets outlive the node. A worker
-that finds no usable file keeps its own state (outlier detection, rate limits per
-worker) and says so in its log.
+starts the workers, so neither ejections, spent buckets nor counts outlive the node. A
+worker that finds no usable file keeps its own state (outlier detection, rate limits,
+the cap on requests in flight per worker) and says so in its log.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ OUTLIER = Region(Path("state") / "outlier.shm", 4096,  # endpoints and services,
                  fe.shared_state_bytes, fe.shared_state_format)
 RATE_LIMITS = Region(Path("state") / "ratelimit.shm", 16384,  # token buckets, node-wide
                      fe.rate_region_bytes, fe.rate_region_format)
+# Requests in flight, node-wide: a slot per worker, whatever `slots` says.
+OVERLOAD = Region(Path("state") / "overload.shm", 1,
+                  lambda slots: fe.overload_region_bytes(),
+                  lambda data, slots: fe.overload_region_format(data))
 
 
 class SharedStateError(Exception):

@@ -169,6 +169,10 @@ def _mesh_spec(spec: MeshSpec) -> dict[str, Any]:
                         "maxHandshakesPerSource": spec.max_handshakes_per_source,
                         "maxConnectionsPerSource": spec.max_connections_per_source,
                         "inboundShare": spec.inbound_share},
+        "overload": {"maxRequestsInFlight": spec.max_requests_in_flight,
+                     "maxRequestsPerSource": spec.max_requests_per_source,
+                     "slowClients": {"gracePeriod": format_duration(spec.slow_grace_s),
+                                     "minBytesPerSecond": spec.slow_min_rate}},
     }
 
 

@@ -79,10 +79,27 @@ class MeshSpec:
     max_handshakes_per_source: int = 512
     max_connections_per_source: int = 2048
     inbound_share: float = 0.5
+    # Overload defence (spec.overload; fastpath overload.pxi). HTTP requests in flight
+    # at once node-wide (every worker together), and from one inbound source address
+    # per worker; over either, a new request is answered 503 at once (response flag
+    # "OM"). 0: no cap, the default: what is too many depends on the apps behind the
+    # node, which a default cannot know (Envoy's overload manager likewise acts only on
+    # thresholds it is given). A request head or body must come at slow_min_rate bytes
+    # a second once slow_grace_s has passed (0: no least rate), else it is cut:
+    # Apache mod_reqtimeout's defaults, on by default, since no healthy client sends
+    # that slowly and a trickling one holds a slot, a buffer and an app connection.
+    max_requests_in_flight: int = 0
+    max_requests_per_source: int = 0
+    slow_grace_s: float = 20.0
+    slow_min_rate: int = 500
 
 
 MAX_LIMIT = 1048576
 """The most any of the connection limits may be (the engine's most slots)."""
+
+
+MAX_CAP = 0xFFFFFFFF
+"""The most an overload cap or rate may be (the engine's counters are 32 bits)."""
 
 
 MAX_DRAIN_DURATION_S = 30.0

@@ -154,6 +154,11 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
             "max_connections_per_source": mesh.max_connections_per_source,
             "max_handshakes_per_source": mesh.max_handshakes_per_source,
             "inbound_share": mesh.inbound_share,
+            # Overload defence: RouteTable.set_overload() by these names.
+            "max_requests_in_flight": mesh.max_requests_in_flight,
+            "max_requests_per_source": mesh.max_requests_per_source,
+            "slow_grace_s": mesh.slow_grace_s,
+            "slow_min_rate": mesh.slow_min_rate,
         },
         "nodes": {n.name: {"address": n.spec.address, "inbound_port": n.spec.inbound_port}
                   for n in sorted((r for r in resources if isinstance(r, Node)), key=_by_name)},

@@ -19,6 +19,7 @@ from .model import (
     KINDS,
     HTTPRoute,
     MAX_DRAIN_DURATION_S,
+    MAX_CAP,
     MAX_LIMIT,
     Key,
     Mesh,
@@ -337,7 +338,7 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     if value is _MISSING:
         return base
     spec = _fields(d, value, "spec", ("trustDomain", "trustDomainAliases", "rootNamespace", "mtls",
-                                      "certificates", "telemetry", "connections"))
+                                      "certificates", "telemetry", "connections", "overload"))
     if spec is None:
         return None
     trust_domain = _opt(d, spec, "spec", "trustDomain", _trust_domain, "")  # "": not named
@@ -368,11 +369,13 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     drain = _opt(d, conns, path, "drainDuration", _duration(0.1, MAX_DRAIN_DURATION_S),
                  base.drain_duration_s)
     limits = _connection_limits(d, conns, path, base)
+    overload = _overload(d, spec.get("overload", {}), base)
     if None in (trust_domain, aliases, root_namespace, mode, workload_ttl, rotate_at, issuer_ttl,
-                access_log, connect, idle, drain) or limits is None:
+                access_log, connect, idle, drain) or limits is None or overload is None:
         return None
     return MeshSpec(trust_domain or None, aliases, root_namespace, mode, workload_ttl,  # type: ignore[arg-type]
-                    rotate_at, issuer_ttl, access_log, connect, idle, drain, **limits)  # type: ignore[arg-type]
+                    rotate_at, issuer_ttl, access_log, connect, idle, drain, **limits,  # type: ignore[arg-type]
+                    **overload)
 
 
 def _trust_domains(d: _Doc, value: object, path: str) -> tuple[str, ...] | None:
@@ -409,6 +412,35 @@ def _connection_limits(d: _Doc, conns: dict[str, Any], path: str,
         "inbound_share": _opt(d, conns, path, "inboundShare", _fraction, base.inbound_share),
     }
     return None if None in limits.values() else limits
+
+
+def _cap(d: _Doc, value: object, path: str) -> int | None:
+    return _int(d, value, path, 0, MAX_CAP)
+
+
+def _overload(d: _Doc, value: object, base: MeshSpec) -> dict[str, Any] | None:
+    """spec.overload as MeshSpec fields: the caps on requests in flight (0: none) and
+    the least rate of a slow client's head or body (fastpath overload.pxi)."""
+    path = "spec.overload"
+    fields = _fields(d, value, path, ("maxRequestsInFlight", "maxRequestsPerSource",
+                                      "slowClients"))
+    if fields is None:
+        return None
+    slow_path = join(path, "slowClients")
+    slow = _fields(d, fields.get("slowClients", {}), slow_path,
+                   ("gracePeriod", "minBytesPerSecond"))
+    if slow is None:
+        return None
+    out = {
+        "max_requests_in_flight": _opt(d, fields, path, "maxRequestsInFlight", _cap,
+                                       base.max_requests_in_flight),
+        "max_requests_per_source": _opt(d, fields, path, "maxRequestsPerSource", _cap,
+                                        base.max_requests_per_source),
+        "slow_grace_s": _opt(d, slow, slow_path, "gracePeriod", _duration(0.001, 3600.0),
+                             base.slow_grace_s),
+        "slow_min_rate": _opt(d, slow, slow_path, "minBytesPerSecond", _cap, base.slow_min_rate),
+    }
+    return None if None in out.values() else out
 
 
 def _node_spec(d: _Doc, value: object) -> NodeSpec | None:

@@ -721,7 +721,7 @@ def test_dataplane_serves_http_hosts_of_a_snapshot(mesh_pki: PKI) -> None:
             "destination_service": "backend.demo.svc", "destination_principal": BACKEND_ID,
             "route": "unknown", "destination_version": "unknown",
             "connection_security_policy": "unknown",
-            "codes": {"200": 1}, "latency": figures["source"]["latency"]}
+            "codes": {"200": 1}, "response_flags": {}, "latency": figures["source"]["latency"]}
         assert figures["destination"]["connection_security_policy"] == "mutual_tls"
         assert figures["destination"]["codes"] == {"200": 1}
         assert sum(figures["destination"]["latency"].values()) == 1

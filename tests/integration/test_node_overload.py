@@ -1,0 +1,200 @@
+"""Overload defence on a real node (Mesh spec.overload; fastpath overload.pxi): idle and
+slow connections from one source do not take a well-behaved caller's throughput, and a
+burst over the node's cap on requests in flight is shed 503 at once, flagged "OM".
+
+A node with two proxy workers, a ``backend`` Service (HTTP) and its Workload: the
+tests.integration.httpapps server. Local calls go through the node's HTTP outbound
+listener, over mutual TLS to the node's own inbound port, and to the app. The idle and
+slow connections come from 127.0.0.2. Every flood is bounded in count, every loop in
+time, every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import requests
+
+from dataplanekit import metric_total, settle, worker_reports
+from httpapps import HTTPApp
+from mnharness import Node, wait_for
+from test_dataplane_http import service_yaml, workload_yaml
+
+from meshnode.ports import Ports
+
+pytestmark = pytest.mark.timeout(240)
+
+ATTACKER = "127.0.0.2"
+HOST = "backend.demo:8080"
+IO_TIMEOUT_S = 20.0
+WINDOW_S = 3.0          # each throughput window: a few seconds of sequential requests
+IDLE = 300              # connections from ATTACKER that send nothing at all
+SLOW = 40               # connections from ATTACKER that trickle a second request's head
+
+MESH = """\
+apiVersion: meshnode.io/v1alpha1
+kind: Mesh
+metadata: {{name: default}}
+spec:
+  overload:
+    maxRequestsInFlight: {cap}
+    slowClients: {{gracePeriod: 1s, minBytesPerSecond: 200}}
+"""
+
+
+def total(node: Node, key: str) -> int:
+    return sum(int((r.get("dataplane") or {}).get(key, 0)) for r in worker_reports(node).values())
+
+
+def start(make_node: Callable[..., Node], resource_dir: Path, app: HTTPApp,
+          cap: int) -> tuple[Node, int]:
+    """The node up with the backend and the Mesh's overload settings; its HTTP port."""
+    config = resource_dir / "config"
+    config.mkdir()
+    (config / "backend.yaml").write_text(service_yaml() + "---\n" + workload_yaml(app.port))
+    (config / "mesh.yaml").write_text(MESH.format(cap=cap))
+    node = make_node()
+    result = node.up("--config", str(config))
+    assert result.returncode == 0, f"up failed:\n{result.stdout}\n{result.stderr}"
+    port = Ports(node.port_base).outbound
+    wait_for(lambda: all(served(port, "/warm") for _ in range(6)), 30.0, "the node serving")
+    return node, port
+
+
+def served(port: int, path: str) -> bool:
+    try:
+        with requests.Session() as s:
+            s.trust_env = False
+            r = s.get(f"http://127.0.0.1:{port}{path}", headers={"Host": HOST},
+                      timeout=IO_TIMEOUT_S)
+    except requests.RequestException:
+        return False
+    return r.status_code == 200
+
+
+def completed_in_window(port: int) -> int:
+    """Sequential keep-alive requests answered 200 within WINDOW_S: the caller's count."""
+    done = 0
+    with requests.Session() as s:
+        s.trust_env = False
+        deadline = time.monotonic() + WINDOW_S
+        while time.monotonic() < deadline:
+            r = s.get(f"http://127.0.0.1:{port}/ok{done}", headers={"Host": HOST},
+                      timeout=IO_TIMEOUT_S)
+            assert r.status_code == 200, r.text
+            done += 1
+    return done
+
+
+def idle(port: int) -> socket.socket:
+    s = socket.socket()
+    s.bind((ATTACKER, 0))
+    s.settimeout(IO_TIMEOUT_S)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def slow(port: int) -> socket.socket:
+    """A client whose first request went well and whose next head then trickles."""
+    s = idle(port)
+    s.sendall(f"GET /first HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    reply = b""
+    while b"GET /first" not in reply:
+        chunk = s.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    s.sendall(b"GET /never-whole HTTP/1.1\r\n")
+    s.setblocking(False)
+    return s
+
+
+def trickle(socks: list[socket.socket], stop: threading.Event) -> None:
+    """A header byte on each slow connection every half second: far below 200 B/s."""
+    while not stop.wait(0.5):
+        for s in socks:
+            try:
+                s.send(b"X")
+            except OSError:
+                pass                    # cut by the node: what the test waits for
+
+
+def test_idle_and_slow_connections_from_one_source_leave_a_callers_throughput(
+        make_node: Callable[..., Node], resource_dir: Path) -> None:
+    app = HTTPApp()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    try:
+        node, port = start(make_node, resource_dir, app, cap=0)
+        before = completed_in_window(port)
+        held += [idle(port) for _ in range(IDLE)]
+        slow_socks = [slow(port) for _ in range(SLOW)]
+        held += slow_socks
+        pump = threading.Thread(target=trickle, args=(slow_socks, stop), daemon=True)
+        pump.start()
+        during = completed_in_window(port)
+        stop.set()
+        pump.join(IO_TIMEOUT_S)
+        after = completed_in_window(port)
+        baseline = (before + after) / 2
+        assert during >= 0.95 * baseline, (before, during, after)
+        # The slow heads were cut (408) at their deadline, well before the idle timeout.
+        for s in slow_socks:
+            s.setblocking(True)
+            s.settimeout(IO_TIMEOUT_S)
+            reply = b""
+            try:
+                while chunk := s.recv(65536):
+                    reply += chunk
+            except ConnectionResetError:
+                pass
+            assert reply.startswith(b"HTTP/1.1 408"), reply
+    finally:
+        stop.set()
+        for s in held:
+            s.close()
+        app.stop()
+
+
+def test_a_burst_over_the_cap_is_shed_at_once_and_counted(
+        make_node: Callable[..., Node], resource_dir: Path) -> None:
+    app = HTTPApp()
+    try:
+        node, port = start(make_node, resource_dir, app, cap=8)
+        burst = 40
+
+        def call(i: int) -> tuple[int, str, float]:
+            began = time.monotonic()
+            with requests.Session() as s:
+                s.trust_env = False
+                r = s.get(f"http://127.0.0.1:{port}/slow/1500/10", headers={"Host": HOST},
+                          timeout=IO_TIMEOUT_S)
+            return r.status_code, r.text, time.monotonic() - began
+
+        with ThreadPoolExecutor(burst) as pool:
+            answers = list(pool.map(call, range(burst)))
+        shed = [a for a in answers if a[0] == 503]
+        ok = [a for a in answers if a[0] == 200]
+        assert len(shed) + len(ok) == burst, answers
+        assert shed and ok, answers
+        # Shed at once, with the reason; those admitted waited for the app and were served.
+        assert all(a[1].startswith("overloaded: too many requests in flight") for a in shed)
+        assert all(a[2] < 1.0 for a in shed), [a[2] for a in shed]
+        assert all(a[2] >= 1.4 for a in ok)
+        # Counted, and flagged in the request metrics as Envoy's overload manager does.
+        settle(node)
+        assert total(node, "overload_shed") == len(shed)
+        wait_for(lambda: metric_total(node, "meshnode_requests_total", response_code="503",
+                                      response_flags="OM") == len(shed), 20.0, "the OM flag")
+        assert metric_total(node, "meshnode_overload_shed_requests_total") == len(shed)
+        # Everything given back: the node serves again.
+        wait_for(lambda: settle(node) or metric_total(node, "meshnode_requests_in_flight") == 0,
+                 20.0, "nothing in flight")
+        assert served(port, "/after")
+    finally:
+        app.stop()
