@@ -83,6 +83,7 @@ cdef void _source_free(Core* core, uint32_t i) noexcept nogil:
             i = j
     t[i].conns = 0
     t[i].handshakes = 0
+    t[i].requests = 0                   # (a moved entry's copy: overload.pxi)
     core.n_sources -= 1
 
 
