@@ -33,7 +33,9 @@ pytestmark = pytest.mark.timeout(240)
 ATTACKER = "127.0.0.2"
 HOST = "backend.demo:8080"
 IO_TIMEOUT_S = 20.0
-WINDOW_S = 3.0          # each throughput window: a few seconds of sequential requests
+WINDOW_S = 1.0          # a throughput window: a second of sequential requests ...
+WINDOWS = 3             # ... the best of three (the host is shared: a window may lose
+                        # time to other processes, the best of three rarely does)
 IDLE = 300              # connections from ATTACKER that send nothing at all
 SLOW = 40               # connections from ATTACKER that trickle a second request's head
 
@@ -78,18 +80,22 @@ def served(port: int, path: str) -> bool:
     return r.status_code == 200
 
 
-def completed_in_window(port: int) -> int:
-    """Sequential keep-alive requests answered 200 within WINDOW_S: the caller's count."""
-    done = 0
+def throughput(port: int) -> int:
+    """The well-behaved caller: sequential keep-alive requests, each answered 200; how
+    many went through in the best of WINDOWS windows of WINDOW_S (a bounded loop)."""
+    best = 0
     with requests.Session() as s:
         s.trust_env = False
-        deadline = time.monotonic() + WINDOW_S
-        while time.monotonic() < deadline:
-            r = s.get(f"http://127.0.0.1:{port}/ok{done}", headers={"Host": HOST},
-                      timeout=IO_TIMEOUT_S)
-            assert r.status_code == 200, r.text
-            done += 1
-    return done
+        for _ in range(WINDOWS):
+            done = 0
+            deadline = time.monotonic() + WINDOW_S
+            while time.monotonic() < deadline:
+                r = s.get(f"http://127.0.0.1:{port}/ok{done}", headers={"Host": HOST},
+                          timeout=IO_TIMEOUT_S)
+                assert r.status_code == 200, r.text
+                done += 1
+            best = max(best, done)
+    return best
 
 
 def idle(port: int) -> socket.socket:
@@ -131,18 +137,17 @@ def test_idle_and_slow_connections_from_one_source_leave_a_callers_throughput(
     stop = threading.Event()
     try:
         node, port = start(make_node, resource_dir, app, cap=0)
-        before = completed_in_window(port)
+        throughput(port)                # warm: the first window after start is slow
+        baseline = throughput(port)
         held += [idle(port) for _ in range(IDLE)]
         slow_socks = [slow(port) for _ in range(SLOW)]
         held += slow_socks
         pump = threading.Thread(target=trickle, args=(slow_socks, stop), daemon=True)
         pump.start()
-        during = completed_in_window(port)
+        during = throughput(port)
         stop.set()
         pump.join(IO_TIMEOUT_S)
-        after = completed_in_window(port)
-        baseline = (before + after) / 2
-        assert during >= 0.95 * baseline, (before, during, after)
+        assert during >= 0.95 * baseline, (baseline, during)
         # The slow heads were cut (408) at their deadline, well before the idle timeout.
         for s in slow_socks:
             s.setblocking(True)
