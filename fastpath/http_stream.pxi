@@ -126,8 +126,6 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
             c.filter_at = 0
             return STATUS_OK if call.kept else STATUS_CLOSE
         delta = call.delta
-    if not _overload_admit(core, c):
-        return STATUS_CLOSE             # answered 503: over a cap (overload.pxi)
     c.flags &= ~CONN_HOLD_TABLE
     if c.flags & CONN_INBOUND:
         if c.flags & CONN_GOING_AWAY:
@@ -160,6 +158,9 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
             st = _request_edits(core, c, req, base, &delta)
             if st != STATUS_OK:
                 return st
+    # Counted in flight here, past the last wait (a head framed again is counted once).
+    if not _overload_admit(core, c):
+        return STATUS_CLOSE             # answered 503: over a cap (overload.pxi)
     c.fwd = <uint32_t>(c.fwd + req.head_len + delta)
     if not (req.method == METHOD_GET or req.method == METHOD_HEAD or req.method == METHOD_PUT
             or req.method == METHOD_DELETE or req.method == METHOD_OPTIONS

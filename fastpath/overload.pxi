@@ -17,7 +17,8 @@
 # (overload_shed, overload_source_shed) and flagged "OM" in its figures (StatRecord.shed);
 # requests admitted before go on. One pipelined behind others on its pair cannot be
 # answered out of order: it is admitted (at most ENGINE_HTTP_PIPELINE_MAX a pair, and the
-# pairs of one source are capped).
+# pairs of one source are capped). It is counted once framed past its last wait
+# (_http_framed: a head that waits for room for its route's edits is framed again).
 #
 # Node-wide. The cap is the node's whatever --workers is: its count is the `total` of a
 # region the workers map together (meshnode.sharedstate), and an admission is one atomic

@@ -98,15 +98,20 @@ class Site:
         node.install(t)
         return node, port_of(in_sock)
 
-    def outbound(self, in_port: int, region: object = None, **overload) -> tuple[Node, int]:
+    def outbound(self, in_port: int, region: object = None, request_headers: dict | None = None,
+                 **overload) -> tuple[Node, int]:
         """An engine with an HTTP outbound listener for the backend's hosts, its
-        requests in flight counted in `region` (else its own)."""
+        requests in flight counted in `region` (else its own), and with
+        `request_headers` a route whose rule edits every request so."""
         http_sock = self.sock(listener())
         t = fe.RouteTable()
         svc = t.add_service("demo/backend:http", SNI, [BACKEND_ID], [("127.0.0.1", in_port)])
         t.set_outbound_http(http_sock.fileno(), client_ctx(self.pki))
         for host in HOSTS:
             t.add_host(host, svc, 8080)
+        if request_headers is not None:
+            t.add_route_match(t.add_route_set(svc), t.add_route_rule(
+                "demo/r#0", [(svc, 1)], request_headers=request_headers))
         t.set_overload(**overload)
         node = Node()
         self.nodes.append(node)
@@ -195,6 +200,31 @@ def test_a_pair_closed_mid_request_gives_its_request_back(site: Site) -> None:
     wait_for(lambda: out.engine.overload()["node"] == 0, what="its request given back")
     site.gate.set()
     assert status_of(recv_all(send_get(port, "/x"))) == 200
+
+
+def test_a_pipelined_head_waiting_for_room_for_its_edits_is_counted_once(site: Site) -> None:
+    """A route's request edits wait for room when the heads before them filled the buffer
+    (routes.pxi _request_edits): the head is framed again then, and counted only then."""
+    _, in_port = site.inbound()
+    pad = 1000
+    out, port = site.outbound(in_port, request_headers={"add": [("X-Pad", "p" * pad)]},
+                              max_requests_in_flight=100)
+    c = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+    # Two heads in one read, within the room kept for one head's edits (16 KiB buffer),
+    # but not for both heads' edits: the second waits until the first is sent.
+    fill = (16384 - 2 * pad) // 2 - 20
+    for _ in range(3):
+        c.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: backend\r\nX-Fill: %s\r\n\r\n"
+                           % (i, b"f" * fill) for i in range(2)))
+        reply = b""
+        while b"GET /1\n" not in reply:
+            chunk = c.recv(65536)
+            assert chunk, reply
+            reply += chunk
+        assert reply.count(b"HTTP/1.1 200 ") == 2
+    # Answered, on a connection still open: nothing of them is left in flight.
+    wait_for(lambda: out.engine.overload()["node"] == 0, what="every request given back")
+    c.close()
 
 
 CHILD = """
