@@ -74,8 +74,9 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     next hop, count it as framed, and expect its body. STATUS_OK (also: a step answered
     it in place and dropped it: ratelimit.pxi), STATUS_AGAIN (inbound: no room for
     x-forwarded-client-cert until earlier bytes are sent; a step waits for earlier
-    answers), STATUS_CLOSE (a step answered it, the pair ends: a rate limit's 429, an
-    authorization's 403; or overload answered 503 over a cap: overload.pxi), or
+    answers; overload's caps wait for them too), STATUS_CLOSE (a step answered it, the
+    pair ends: a rate limit's 429, an authorization's 403; or overload answered 503 over
+    a cap: overload.pxi), or
     STATUS_RESET (outbound: an absolute-form head that cannot be edited; 431).
 
     Outbound, the client's hop-by-hop fields go and an absolute-form target becomes
@@ -109,6 +110,8 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     h2c = req.upgrade and _asks_h2c(c.d2u.buf + base, req)
     if h2c:
         req.upgrade = False
+    if _overload_wait(core, c):
+        return STATUS_AGAIN             # over a cap, behind answers owed (overload.pxi)
     if _chain_at(chain, PHASE_REQUEST):
         call.phase = PHASE_REQUEST
         call.req = req

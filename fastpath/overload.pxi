@@ -16,9 +16,11 @@
 # `Connection: close`: a caller that keeps sending is also the one to slow down), counted
 # (overload_shed, overload_source_shed) and flagged "OM" in its figures (StatRecord.shed);
 # requests admitted before go on. One pipelined behind others on its pair cannot be
-# answered out of order: it is admitted (at most ENGINE_HTTP_PIPELINE_MAX a pair, and the
-# pairs of one source are capped). It is counted once framed past its last wait
-# (_http_framed: a head that waits for room for its route's edits is framed again).
+# answered out of order: over a cap, it waits unframed until the answers before it have
+# gone (as a rate limit's or authorization's refusal does), and is then admitted or shed
+# as any other (admitted at once, each pair could hold ENGINE_HTTP_PIPELINE_MAX requests
+# past the cap). It is counted once framed past its last wait (_http_framed: a head that
+# waits for room for its route's edits is framed again).
 #
 # Node-wide. The cap is the node's whatever --workers is: its count is the `total` of a
 # region the workers map together (meshnode.sharedstate), and an admission is one atomic
@@ -230,10 +232,24 @@ cdef void _overload_shed(Core* core, Conn* c, const char* why) noexcept nogil:
         r.shed += 1
 
 
+cdef bint _overload_wait(Core* core, const Conn* c) noexcept nogil:
+    """Must the request being framed on c wait before it is framed: over a cap, with
+    answers owed before it (its 503 cannot overtake them)? Checked before the steps run
+    and the head is edited, so that it is framed afresh once they have gone."""
+    if not _answer_owed(c):
+        return False
+    if (core.max_source_requests != 0 and c.flags & CONN_SOURCE_HELD
+            and _source_of(core, c).requests >= core.max_source_requests):
+        return True
+    return (core.max_inflight != 0
+            and mn_load_i64(&core.overload.total) >= <int64_t>core.max_inflight)
+
+
 cdef bint _overload_admit(Core* core, Conn* c) noexcept nogil:
     """May the request being framed on c go on? Yes: it is counted in flight (the
     node's, its source's) until _overload_done. No: it was answered 503 and counted;
-    the pair is to close."""
+    the pair is to close. (With answers owed before it, it waited while over a cap:
+    _overload_wait; put over since by another worker's requests, it goes on.)"""
     cdef SourceCount* e = NULL
     cdef OverloadSlot* own
     if core.max_source_requests != 0 and c.flags & CONN_SOURCE_HELD:

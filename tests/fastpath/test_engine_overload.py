@@ -202,6 +202,30 @@ def test_a_pair_closed_mid_request_gives_its_request_back(site: Site) -> None:
     assert status_of(recv_all(send_get(port, "/x"))) == 200
 
 
+def test_pipelined_requests_over_the_cap_wait_for_the_answers_before_them(site: Site) -> None:
+    """A request behind others on its connection cannot be answered 503 before them: it
+    waits, unframed, until they are answered, then is counted (or shed) as any other. Were
+    it admitted, each connection could hold ENGINE_HTTP_PIPELINE_MAX requests past the cap."""
+    _, in_port = site.inbound()
+    out, port = site.outbound(in_port, max_requests_in_flight=2)
+    c = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+    c.sendall(b"".join(b"GET /hold HTTP/1.1\r\nHost: backend\r\nX-N: %d\r\n\r\n" % i
+                       for i in range(4)))
+    # The app has the first: every request that came with it was framed before it left.
+    wait_for(lambda: site.held() == 1, what="the first request at the app")
+    assert out.engine.overload()["node"] == 2
+    site.gate.set()
+    reply = b""
+    while reply.count(b"GET /hold\n") < 4:
+        chunk = c.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    assert reply.count(b"HTTP/1.1 200 ") == 4
+    wait_for(lambda: out.engine.overload()["node"] == 0, what="every request given back")
+    assert out.stats()["overload_shed"] == 0
+    c.close()
+
+
 def test_a_pipelined_head_waiting_for_room_for_its_edits_is_counted_once(site: Site) -> None:
     """A route's request edits wait for room when the heads before them filled the buffer
     (routes.pxi _request_edits): the head is framed again then, and counted only then."""
