@@ -164,7 +164,7 @@ cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
     cdef SideCounters* sc = _counters_of(core, c)
     _invariant(c.state != CONN_FREE, b"connection closed twice")
     if c.held_inflight | c.held_source:
-        _overload_release(core, c, c.held_inflight, c.held_source)   # (before its source goes)
+        _overload_release(core, c, c.held_inflight, c.held_source)   # (overload.pxi)
     if c.flags & (CONN_SOURCE_HELD | CONN_HANDSHAKE_HELD):
         _limits_release(core, c, CONN_SOURCE_HELD | CONN_HANDSHAKE_HELD)
     if c.n_pend > 0:

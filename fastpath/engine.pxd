@@ -1304,14 +1304,16 @@ cdef struct OverloadRegion:
 
 # --- limits before authentication (limits.pxi) --------------------------------------------------
 
-# Inbound connections and handshakes under way from one source address: an entry of
-# Core.sources, an open-addressed table (linear probing, backward-shift deletion, no
-# tombstones) keyed by the address, its entry freed when `conns` drops to 0.
+# Inbound connections and handshakes under way from one source address, and requests in
+# flight from callers at it: an entry of Core.sources, an open-addressed table (linear
+# probing, backward-shift deletion, no tombstones) keyed by the address, its entry freed
+# when `conns` and `requests` are both 0.
 cdef struct SourceCount:
     uint64_t key[2]                # the IPv6 address; IPv4 as ::ffff:a.b.c.d
-    uint32_t conns                 # 0: the entry is empty
+    uint32_t conns                 # connections from it (both 0: the entry is empty)
     uint32_t handshakes
-    uint32_t requests              # HTTP requests in flight from it (overload.pxi)
+    uint32_t requests              # HTTP requests in flight whose calling workload is
+                                   # there (Conn.source_ip: overload.pxi)
 
 
 # --- the engine's state ------------------------------------------------------------------------

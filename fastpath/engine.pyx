@@ -419,9 +419,10 @@ cdef class Engine:
         core.max_handshakes = ENGINE_MAX_HANDSHAKES
         core.max_source_conns = ENGINE_SOURCE_CONNECTIONS
         core.max_source_handshakes = ENGINE_SOURCE_HANDSHAKES
-        # Per source: never more than half full (an entry per inbound slot at most).
+        # Per source: never more than half full (two entries per inbound slot at most:
+        # its connected address's, its calling workload's: limits.pxi).
         n_sources = 2
-        while n_sources < 2 * <size_t>core.max_conns:
+        while n_sources < 4 * <size_t>core.max_conns:
             n_sources *= 2
         core.sources = <SourceCount*>calloc(n_sources, sizeof(SourceCount))
         core.sources_mask = <uint32_t>(n_sources - 1)

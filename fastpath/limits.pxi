@@ -16,9 +16,11 @@
 # maxsslconn and nginx's limit_conn by $binary_remote_addr, done at accept.)
 #
 # Per source: an open-addressed table (linear probing) keyed by the address, with at least
-# twice the entries of slots, so it is never more than half full and a lookup probes a
-# few entries; an entry is freed (backward-shift deletion: no tombstones, probe runs stay
-# short) when its last connection closes. The hash is keyed with a per-engine random seed
+# four times the entries of slots (an inbound pair may hold two: its connected address's
+# and, for overload.pxi's requests in flight, its calling workload's), so it is never more
+# than half full and a lookup probes a few entries; an entry is freed (backward-shift
+# deletion: no tombstones, probe runs stay short) when its last connection closes and its
+# last request in flight ends. The hash is keyed with a per-engine random seed
 # so that addresses an attacker picks (an IPv6 prefix holds many) cannot be aimed at one
 # probe run. A connection costs one lookup at accept, one when its handshake ends, one at
 # close; nothing per read or per request.
@@ -53,16 +55,31 @@ cdef inline uint32_t _source_home(const Core* core, const uint64_t* key) noexcep
                       & core.sources_mask)
 
 
+cdef inline bint _source_empty(const SourceCount* e) noexcept nogil:
+    """Does nothing hold entry e: no connection from its address, no request in flight
+    from a caller there (overload.pxi)?"""
+    return e.conns == 0 and e.requests == 0
+
+
 cdef uint32_t _source_at(const Core* core, const uint64_t* key) noexcept nogil:
     """The entry holding `key`, else the empty one where it goes (one always is: the
-    table has more entries than there are slots)."""
+    table has more entries than pairs can hold)."""
     cdef uint32_t i = _source_home(core, key)
     cdef const SourceCount* e
     while True:
         e = &core.sources[i]
-        if e.conns == 0 or (e.key[0] == key[0] and e.key[1] == key[1]):
+        if _source_empty(e) or (e.key[0] == key[0] and e.key[1] == key[1]):
             return i
         i = (i + 1) & core.sources_mask
+
+
+cdef inline void _source_take(Core* core, SourceCount* e, const uint64_t* key) noexcept nogil:
+    """Entry e (_source_at's for `key`) is to hold something of key's: taken for it if it
+    was empty."""
+    if _source_empty(e):
+        e.key[0] = key[0]
+        e.key[1] = key[1]
+        core.n_sources += 1
 
 
 cdef void _source_free(Core* core, uint32_t i) noexcept nogil:
@@ -74,7 +91,7 @@ cdef void _source_free(Core* core, uint32_t i) noexcept nogil:
     cdef uint32_t home
     while True:
         j = (j + 1) & mask
-        if t[j].conns == 0:
+        if _source_empty(&t[j]):
             break
         home = _source_home(core, t[j].key)
         # Entry j may fill hole i when i lies on its probe path: from home up to j.
@@ -130,9 +147,7 @@ cdef void _inbound_hold(Core* core, Conn* c, const net.sockaddr_storage* peer,
     # the peer that connected, until its ClientHello carries the caller's own address
     # (caller_ext.pxi: its node vouches for it, and the handshake for the node).
     _source_key(peer, <uint64_t*>c.source_ip)
-    if e.conns == 0:
-        _source_key(peer, e.key)
-        core.n_sources += 1
+    _source_take(core, e, <const uint64_t*>c.source_ip)
     e.conns += 1
     e.handshakes += 1
     core.handshakes += 1
@@ -170,7 +185,7 @@ cdef void _limits_release(Core* core, Conn* c, uint32_t held) noexcept nogil:
         core.handshakes -= 1
     if held & CONN_SOURCE_HELD:
         e.conns -= 1
-        if e.conns == 0:
+        if _source_empty(e):
             _source_free(core, i)
 
 

@@ -1,6 +1,6 @@
 # overload.pxi: Overload defence for HTTP requests: a node-wide cap on requests in flight,
-# a cap on one inbound source address's concurrent requests, and slow clients (a request
-# head or body trickled below a least rate) cut at a deadline.
+# a cap on one inbound calling workload's concurrent requests (by its address), and slow
+# clients (a request head or body trickled below a least rate) cut at a deadline.
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd
 # (OverloadRegion; Core's, Conn's and Table's overload fields; SourceCount.requests).
@@ -31,8 +31,13 @@
 # two adds are ordered for that window: the slot first on admission, the total first on
 # release, so a reap gives back at most one request more than the dead worker held, never
 # fewer (the total may then read -1: the cap one request loose, never tightened).
-# Per source: the counts live in the source's entry of limits.pxi's table (inbound pairs
-# hold one), per worker as the connection caps are.
+# Per source: the source is the calling workload's address, as authorization's source.ip
+# and a rate limit by source IP take it (Conn.source_ip: between nodes, the one the
+# caller's node carries in its ClientHello, caller_ext.pxi; a plaintext caller's own). The
+# connected address is the caller's node, whose callers all share it: counted by it, one
+# caller's requests in flight got every other caller on its node shed. Its counts live in
+# that address's entry of limits.pxi's table (made for them if no connection holds one),
+# per worker as the connection caps are.
 #
 # Slow clients (slowloris, slow POST). A pair's first request head has the head timeout
 # (CONN_HTTP_HEAD: connect_timeout); the heads after it, every head of an inbound pair and
@@ -216,11 +221,12 @@ cdef bint _overload_take(Core* core, const Table* t) noexcept nogil:
 
 # --- requests in flight ---------------------------------------------------------------------------
 
-cdef inline SourceCount* _source_of(Core* core, const Conn* c) noexcept nogil:
-    """The entry of an inbound pair's source (it holds one: CONN_SOURCE_HELD)."""
-    cdef uint64_t key[2]
-    _source_key(&c.peer_addr, key)
-    return &core.sources[_source_at(core, key)]
+cdef inline uint32_t _caller_at(const Core* core, const Conn* c, uint64_t* key) noexcept nogil:
+    """The entry of the source an inbound pair's requests count for (`key`: its calling
+    workload's address, Conn.source_ip: the one the caller's node carried, else the
+    connected one), or the empty entry where it goes."""
+    memcpy(key, c.source_ip, 16)
+    return _source_at(core, key)
 
 
 cdef void _overload_shed(Core* core, Conn* c, const char* why) noexcept nogil:
@@ -236,10 +242,11 @@ cdef bint _overload_wait(Core* core, const Conn* c) noexcept nogil:
     """Must the request being framed on c wait before it is framed: over a cap, with
     answers owed before it (its 503 cannot overtake them)? Checked before the steps run
     and the head is edited, so that it is framed afresh once they have gone."""
+    cdef uint64_t key[2]
     if not _answer_owed(c):
         return False
-    if (core.max_source_requests != 0 and c.flags & CONN_SOURCE_HELD
-            and _source_of(core, c).requests >= core.max_source_requests):
+    if (core.max_source_requests != 0 and c.flags & CONN_INBOUND
+            and core.sources[_caller_at(core, c, key)].requests >= core.max_source_requests):
         return True
     return (core.max_inflight != 0
             and mn_load_i64(&core.overload.total) >= <int64_t>core.max_inflight)
@@ -252,8 +259,9 @@ cdef bint _overload_admit(Core* core, Conn* c) noexcept nogil:
     _overload_wait; put over since by another worker's requests, it goes on.)"""
     cdef SourceCount* e = NULL
     cdef OverloadSlot* own
-    if core.max_source_requests != 0 and c.flags & CONN_SOURCE_HELD:
-        e = _source_of(core, c)
+    cdef uint64_t key[2]
+    if core.max_source_requests != 0 and c.flags & CONN_INBOUND:
+        e = &core.sources[_caller_at(core, c, key)]
         if e.requests >= core.max_source_requests and not _answer_owed(c):
             core.counters.overload_source_shed += 1
             _overload_shed(core, c, b"overloaded: too many requests in flight from one "
@@ -271,6 +279,7 @@ cdef bint _overload_admit(Core* core, Conn* c) noexcept nogil:
             return False
         c.held_inflight += 1
     if e != NULL:
+        _source_take(core, e, key)
         e.requests += 1
         c.held_source += 1
     return True
@@ -282,6 +291,8 @@ cdef void _overload_release(Core* core, Conn* c, uint16_t inflight,
     source's (no more than it holds)."""
     cdef OverloadSlot* own
     cdef SourceCount* e
+    cdef uint32_t at
+    cdef uint64_t key[2]
     if inflight > c.held_inflight:
         inflight = c.held_inflight
     if source > c.held_source:
@@ -291,11 +302,14 @@ cdef void _overload_release(Core* core, Conn* c, uint16_t inflight,
         _total_add(core.overload, -<int64_t>inflight)
         mn_store_i64(&own.count, own.count - inflight)
         c.held_inflight -= inflight
-    if source and c.flags & CONN_SOURCE_HELD:
-        e = _source_of(core, c)
+    if source:
+        at = _caller_at(core, c, key)
+        e = &core.sources[at]
         _invariant(e.requests >= source, b"a source's requests miscounted")
         e.requests -= source
         c.held_source -= source
+        if _source_empty(e):
+            _source_free(core, at)
 
 
 cdef inline void _overload_done(Core* core, Conn* c) noexcept nogil:

@@ -558,8 +558,8 @@ cdef class RouteTable:
         """Overload defence from this table on (overload.pxi; until a table sets it, no
         caps and the ENGINE_SLOW_* defaults). `max_requests_in_flight`: HTTP requests
         in flight at once in every engine sharing the region (Engine.share_overload;
-        else this engine's); `max_requests_per_source`: at once from one inbound source
-        address, per engine. A request over either is answered 503 at once (flagged
+        else this engine's); `max_requests_per_source`: inbound, at once from one
+        calling workload's address (Conn.source_ip: its node carries it), per engine. A request over either is answered 503 at once (flagged
         "OM") and its connection closed; 0: no cap. A request head or body must come
         at `slow_min_rate` bytes a second once `slow_grace_s` has passed, else it is
         cut (a head answered 408); 0: no least rate."""

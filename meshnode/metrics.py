@@ -86,8 +86,8 @@ _COUNTS = (
      "Requests answered 503 at once (response flag OM): the node's requests in flight were "
      "at the Mesh's spec.overload.maxRequestsInFlight"),
     ("overload_source_shed", "meshnode_overload_source_shed_requests",
-     "Requests answered 503 at once (response flag OM): their source address's requests in "
-     "flight were at spec.overload.maxRequestsPerSource"),
+     "Requests answered 503 at once (response flag OM): their calling workload's address's "
+     "requests in flight were at spec.overload.maxRequestsPerSource"),
     ("slow_heads_cut", "meshnode_slow_request_heads_cut",
      "Request heads that came slower than spec.overload.slowClients allows (answered 408, "
      "or the connection closed behind pipelined requests)"),

@@ -80,8 +80,8 @@ class MeshSpec:
     max_connections_per_source: int = 2048
     inbound_share: float = 0.5
     # Overload defence (spec.overload; fastpath overload.pxi). HTTP requests in flight
-    # at once node-wide (every worker together), and from one inbound source address
-    # per worker; over either, a new request is answered 503 at once (response flag
+    # at once node-wide (every worker together), and inbound from one calling workload's
+    # address (its node carries it: source.ip) per worker; over either, a new request is answered 503 at once (response flag
     # "OM"). 0: no cap, the default: what is too many depends on the apps behind the
     # node, which a default cannot know (Envoy's overload manager likewise acts only on
     # thresholds it is given). A request head or body must come at slow_min_rate bytes

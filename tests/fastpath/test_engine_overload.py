@@ -1,7 +1,7 @@
 """Tests for fastpath.engine's overload defence (overload.pxi): the node-wide cap on HTTP
 requests in flight (engines sharing one region, a killed worker's share given back), the
-cap on one inbound source address's concurrent requests, and slow clients' heads and
-bodies cut at their deadline.
+cap on one inbound caller's concurrent requests (by its address), and slow clients'
+heads and bodies cut at their deadline.
 
 Real engines on threads of their own (and one in a child process, killed), real sockets on
 loopback, real OpenSSL; an HTTP/1.1 app whose /hold requests wait until the test lets
@@ -385,6 +385,36 @@ def test_one_source_gets_only_its_concurrent_requests_inbound(site: Site) -> Non
     s.close()
     for s, _ in held:
         s.close()
+
+
+def get_from(port: int, source: str, path: str) -> socket.socket:
+    """A local client at `source` sends a GET through an outbound port."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S,
+                                 source_address=(source, 0))
+    c.sendall(f"GET {path} HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n".encode())
+    return c
+
+
+def test_callers_behind_one_node_each_have_their_own_count(site: Site) -> None:
+    """Between nodes the connected address is the caller's node: the source a request
+    counts for is the calling workload's own address its node carries (caller_ext.pxi),
+    as authorization's source.ip and a rate limit by source IP take it. Counted by the
+    node's address, one caller's requests in flight got every other caller on its node
+    shed."""
+    node, in_port = site.inbound(max_requests_per_source=2)
+    _, port = site.outbound(in_port)
+    held = [get_from(port, ATTACKER, "/hold") for _ in range(2)]
+    wait_for(lambda: site.held() == 2, what="two requests from one caller at the app")
+    # Another caller behind the same node goes on; the first one's next is shed.
+    assert status_of(recv_all(get_from(port, OTHER, "/x"))) == 200
+    reply = recv_all(get_from(port, ATTACKER, "/x"))
+    assert status_of(reply) == 503 and b"from one source" in reply
+    assert node.stats()["overload_source_shed"] == 1
+    site.gate.set()
+    assert [status_of(recv_all(c)) for c in held] == [200, 200]
+    # The callers' entries go with their last request; the node's pooled connections'
+    # entry stays.
+    wait_for(lambda: node.stats()["sources_active"] == 1, what="the callers' entries freed")
 
 
 # --- slow clients ---------------------------------------------------------------------------------
