@@ -737,6 +737,10 @@ cdef enum:
     # Request latency histogram: log-linear, 4 buckets per power of two microseconds
     # (bounds: fastpath.engine.latency_bounds_us()); the last one takes the rest.
     ENGINE_LATENCY_BUCKETS = 160
+    # A request figure keeps a latency histogram for each of its first
+    # ENGINE_LATENCY_CODES - 1 status codes (Istio's request_duration carries
+    # response_code); the answers of any further code share the last one, code 0.
+    ENGINE_LATENCY_CODES = 6
     # Request figures are kept per (direction, service, peer SPIFFE ID): at most this
     # many such keys (more are counted in Counters.stats_overflow, not per key) ...
     ENGINE_STAT_RECORDS = 512
@@ -1099,7 +1103,8 @@ cdef struct StatRecord:
     bint inbound                   # reported by the destination's side
     bint plaintext                 # inbound without TLS (connection_security_policy none)
     uint64_t codes[ENGINE_STATUS_SLOTS]
-    uint64_t latency_us[ENGINE_LATENCY_BUCKETS]
+    uint16_t latency_codes[ENGINE_LATENCY_CODES]   # each histogram's status (0: unclaimed)
+    uint64_t latency_us[ENGINE_LATENCY_CODES][ENGINE_LATENCY_BUCKETS]
     uint64_t shed                  # of its 503s, those overload answered (flag "OM")
 
 

@@ -340,6 +340,21 @@ _STATUS_TEXT = {
 }
 
 
+cdef dict _latencies(StatRecord* r):
+    """A record's latency histograms by status (request_stats()), the claimed ones and
+    the shared last one when it has counts."""
+    cdef uint32_t k, j
+    cdef uint32_t shared = ENGINE_LATENCY_CODES - 1     # never claimed: its code stays 0
+    out = {}
+    for k in range(ENGINE_LATENCY_CODES):
+        if r.latency_codes[k] == 0 and k != shared:
+            continue
+        counts = [r.latency_us[k][j] for j in range(ENGINE_LATENCY_BUCKETS)]
+        if k != shared or any(counts):
+            out[r.latency_codes[k]] = counts
+    return out
+
+
 cdef class Engine:
     """One worker's data plane: an epoll loop over connection pairs, run by one thread.
 
@@ -785,7 +800,9 @@ cdef class Engine:
         requests that came without TLS (set_inbound_mtls: Istio's
         connection_security_policy "none"), "codes": {status: count}, "shed": of the
         503s, those overload answered (Envoy's response flag "OM"),
-        "latency_us": counts per latency_bounds_us() bucket}.
+        "latency_us": {status: counts per latency_bounds_us() bucket} for the answers
+        the engine timed (its own answers it does not): a code each for the first
+        ENGINE_LATENCY_CODES - 1 codes, the others together under 0}.
         Outbound, the peer is the destination; inbound, the caller. Counts only grow."""
         cdef Core* core = self.core
         cdef uint32_t n = mn_acquire_u32(&core.n_stats)
@@ -814,7 +831,7 @@ cdef class Engine:
                 "plaintext": bool(r.plaintext),
                 "codes": codes,
                 "shed": r.shed,
-                "latency_us": [r.latency_us[j] for j in range(ENGINE_LATENCY_BUCKETS)],
+                "latency_us": _latencies(r),
             })
         return out
 

@@ -162,6 +162,23 @@ cdef StatRecord* _stat_record(Core* core, Conn* c) noexcept nogil:
     return r
 
 
+cdef inline uint64_t* _latency_of(StatRecord* r, int status) noexcept nogil:
+    """The record's latency histogram for `status`: its own, claimed at the code's first
+    timed answer, or the shared last one (code 0) once the others are claimed (and for
+    a status outside 100..599). A reader skips a histogram it sees unclaimed: counts
+    stored before the code became visible to it show at its next read."""
+    cdef uint32_t j
+    if not 100 <= status < 600:
+        return r.latency_us[ENGINE_LATENCY_CODES - 1]
+    for j in range(ENGINE_LATENCY_CODES - 1):
+        if r.latency_codes[j] == status:
+            return r.latency_us[j]
+        if r.latency_codes[j] == 0:
+            r.latency_codes[j] = <uint16_t>status
+            return r.latency_us[j]
+    return r.latency_us[ENGINE_LATENCY_CODES - 1]
+
+
 cdef void _count_answer(Core* core, Conn* c, int status, int64_t latency_ns) noexcept nogil:
     """One answer to a client: by code (and latency, unless < 0: the engine's own
     answers have none worth a histogram) in the pair's record; outbound answers also in
@@ -178,7 +195,7 @@ cdef void _count_answer(Core* core, Conn* c, int status, int64_t latency_ns) noe
         return
     r.codes[status - 100 if 100 <= status < 600 else ENGINE_STATUS_SLOTS - 1] += 1
     if latency_ns >= 0:
-        r.latency_us[_latency_bucket(latency_ns)] += 1
+        _latency_of(r, status)[_latency_bucket(latency_ns)] += 1
 
 
 cdef uint16_t _interned(Core* core, int32_t* cache, const Name* identity) noexcept nogil:

@@ -462,7 +462,8 @@ class DataPlane:
     def request_figures(self) -> list[dict[str, Any]]:
         """The engine's per-(direction, service, identities) HTTP figures in Istio's
         terms: reporter "source" (this node sent) or "destination" (this node's app
-        answered), source/destination principal and service; latency buckets sparse."""
+        answered), source/destination principal and service; latency buckets by
+        status, sparse."""
         out = []
         for rec in self.engine.request_stats():
             outbound = rec["direction"] == "outbound"
@@ -484,6 +485,8 @@ class DataPlane:
                 "codes": {str(code): n for code, n in rec["codes"].items()},
                 # Envoy's response flags: "OM", the 503s overload answered at once.
                 "response_flags": {"OM": rec["shed"]} if rec["shed"] else {},
-                "latency": {str(i): n for i, n in enumerate(rec["latency_us"]) if n},
+                # Per status ("0": codes past the engine's few timed apart), sparse.
+                "latency": {str(code): {str(i): n for i, n in enumerate(counts) if n}
+                            for code, counts in rec["latency_us"].items()},
             })
         return out

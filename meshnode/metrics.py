@@ -10,7 +10,7 @@ process that restarts simply starts its counters again (Prometheus handles reset
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                    HistogramMetricFamily, Metric)
@@ -18,7 +18,10 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from fastpath.engine import latency_bounds_us
 from prometheus_client.registry import Collector
 
+from .config.model import METRIC_NAMES
 from .health import HealthBook
+from .istiolabels import LABELS as ISTIO_LABELS
+from .istiolabels import Peers
 
 
 # Engine counters (fastpath.engine Engine.stats()) by side, as Istio's TCP metrics.
@@ -136,13 +139,19 @@ _RATE_RESULTS = {"allowed": "allowed", "limited": "limited", "refused": "refused
 
 
 class NodeCollector(Collector):
-    """Samples from the node's health book at scrape time."""
+    """Samples from the node's health book at scrape time; `snapshot` gives the config
+    the node runs (None before the first), which names the request metrics' peers and
+    says which names they are exported under (Mesh spec.telemetry.metricNames)."""
 
-    def __init__(self, book: HealthBook, node: str) -> None:
-        self._book, self._node = book, node
+    def __init__(self, book: HealthBook, node: str,
+                 snapshot: Callable[[], Mapping[str, Any] | None] = lambda: None) -> None:
+        self._book, self._node, self._snapshot = book, node, snapshot
 
     def collect(self) -> Iterator[Metric]:
         now = time.monotonic()
+        snapshot = self._snapshot()
+        names = (snapshot or {}).get("mesh", {}).get("metric_names", METRIC_NAMES)
+        istio = IstioRequests(Peers(snapshot))
         up = GaugeMetricFamily("meshnode_process_up",
                                "1 if the process reported healthy within the readiness window",
                                labels=["node", "process"])
@@ -245,11 +254,16 @@ class NodeCollector(Collector):
             if isinstance(overload, dict) and isinstance(overload.get("engine"), int):
                 in_flight.add_metric(labels, overload["engine"])
             self._requests(report.body.get("requests"), labels, requests, duration)
+            istio.add(report.body.get("requests"))
             self._rate_limits(report.body.get("rate_limits"), labels, rate)
             self._authz(report.body.get("authz"), labels, authz)
         yield from (up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
                     renew_failed, bundle, *tcp.values(), *counts.values(), overflows, failures,
-                    active, in_flight, requests, duration, *rate.values(), authz)
+                    active, in_flight, *rate.values(), authz)
+        if "meshnode" in names:
+            yield from (requests, duration)
+        if "istio" in names:
+            yield from istio.families()
 
     @staticmethod
     def _rate_limits(entries: object, labels: list[str], rate: dict[str, Metric]) -> None:
@@ -297,45 +311,21 @@ class NodeCollector(Collector):
     @staticmethod
     def _requests(figures: object, labels: list[str], requests: Metric, duration: Metric) -> None:
         """HTTP answers per reporter, principals and destination service (the worker's
-        DataPlane.request_figures()), by code, and their durations."""
-        if not isinstance(figures, list):
-            return
+        DataPlane.request_figures()), by code, and their durations (of every code)."""
         codes: dict[tuple[str, ...], int] = {}
         latency: dict[tuple[str, ...], list[int]] = {}
-        for fig in figures:
-            if not isinstance(fig, dict):
-                continue
+        for fig in _figures(figures):
             key = tuple(str(fig.get(label, "unknown")) for label in _REQUEST_LABELS)
-            shed = (fig.get("response_flags") or {}).get("OM", 0)
-            for code, n in (fig.get("codes") or {}).items():
-                if not isinstance(n, int):
-                    continue
-                # Several engine records can share one label set. Overload's 503s are
-                # told apart by Envoy's response flag, as Istio's metrics do.
-                flagged = min(n, shed) if str(code) == "503" and isinstance(shed, int) else 0
-                for flags, count in (("-", n - flagged), ("OM", flagged)):
-                    if count:
-                        codes[(*key, str(code), flags)] = codes.get((*key, str(code), flags), 0) + count
-            counts = latency.setdefault(key, [0] * len(_ENGINE_UPPER_US))
-            for index, n in (fig.get("latency") or {}).items():
-                if str(index).isdigit() and int(index) < len(counts) and isinstance(n, int):
-                    counts[int(index)] += n
+            # Several engine records can share one label set.
+            for code, flags, n in _answers(fig):
+                codes[(*key, code, flags)] = codes.get((*key, code, flags), 0) + n
+            for counts in _latencies(fig).values():
+                _add(latency.setdefault(key, [0] * len(_ENGINE_UPPER_US)), counts)
         for (*key, code, flags), n in sorted(codes.items()):
-            cls = f"{code[0]}xx" if code[:1] in "12345" and len(code) == 3 else "unknown"
-            requests.add_metric([*labels, *key, code, cls, flags], n)
+            requests.add_metric([*labels, *key, code, _code_class(code), flags], n)
         for key, counts in sorted(latency.items()):
-            if not any(counts):
-                continue
-            buckets = []
-            for bound_ms in _DURATION_BUCKETS_MS:
-                below = sum(n for n, upper in zip(counts, _ENGINE_UPPER_US)
-                            if upper <= bound_ms * 1000)
-                buckets.append((str(bound_ms), below))
-            buckets.append(("+Inf", sum(counts)))
-            # The engine keeps no exact sum; the buckets' lower bounds give a close lower
-            # estimate.
-            total_ms = sum(n * lower for n, lower in zip(counts, _ENGINE_LOWER_US)) / 1000
-            duration.add_metric([*labels, *key], buckets, total_ms)
+            if any(counts):
+                duration.add_metric([*labels, *key], *_histogram(counts))
 
     @staticmethod
     def _dataplane(stats: object, labels: list[str], tcp: dict[str, Metric],
@@ -383,3 +373,96 @@ class NodeCollector(Collector):
             renew_failed.add_metric(labels, body["cert_renewal_failures"])
         if isinstance(body.get("bundle_generation"), int):
             bundle.add_metric(labels, body["bundle_generation"])
+
+
+class IstioRequests:
+    """Istio's istio_requests_total and istio_request_duration_milliseconds for the node:
+    every worker's figures summed per label set (one series per label set, none per
+    worker, as an Envoy sidecar exports them), with Istio's whole label set (Peers)."""
+
+    def __init__(self, peers: Peers) -> None:
+        self._peers = peers
+        self._codes: dict[tuple[str, ...], int] = {}
+        self._latency: dict[tuple[str, ...], list[int]] = {}
+
+    def add(self, figures: object) -> None:
+        """One worker's DataPlane.request_figures()."""
+        for fig in _figures(figures):
+            key = self._peers.labels(fig)
+            for code, flags, n in _answers(fig):
+                self._codes[(*key, code, flags)] = self._codes.get((*key, code, flags), 0) + n
+            for code, counts in _latencies(fig).items():
+                # Only answers the engine timed are here, and it times none it answered
+                # itself: their flags are "-". Code "0" holds a record's codes past the
+                # engine's few timed apart.
+                label = (*key, code if code != "0" else "unknown", "-")
+                _add(self._latency.setdefault(label, [0] * len(_ENGINE_UPPER_US)), counts)
+
+    def families(self) -> tuple[Metric, Metric]:
+        requests = CounterMetricFamily(
+            "istio_requests", "Requests answered, as Istio's standard metric (response_flags "
+            "OM: answered 503 at once by overload defence, else -)",
+            labels=[*ISTIO_LABELS, "response_code", "response_flags"])
+        duration = HistogramMetricFamily(
+            "istio_request_duration_milliseconds", "Time from a request's head to its "
+            "response's end, as the reporter saw it (Istio's standard metric)",
+            labels=[*ISTIO_LABELS, "response_code", "response_flags"])
+        for key, n in sorted(self._codes.items()):
+            requests.add_metric(list(key), n)
+        for key, counts in sorted(self._latency.items()):
+            if any(counts):
+                duration.add_metric(list(key), *_histogram(counts))
+        return requests, duration
+
+
+def _figures(figures: object) -> Iterator[dict[str, Any]]:
+    """The well-formed figures of a health beat's "requests" (others are skipped)."""
+    if isinstance(figures, list):
+        yield from (fig for fig in figures if isinstance(fig, dict))
+
+
+def _answers(fig: Mapping[str, Any]) -> Iterator[tuple[str, str, int]]:
+    """(code, response flags, count) of a figure's answers. Overload's 503s are told
+    apart by Envoy's response flag, as Istio's metrics do."""
+    shed = (fig.get("response_flags") or {}).get("OM", 0)
+    for code, n in (fig.get("codes") or {}).items():
+        if not isinstance(n, int):
+            continue
+        flagged = min(n, shed) if str(code) == "503" and isinstance(shed, int) else 0
+        for flags, count in (("-", n - flagged), ("OM", flagged)):
+            if count:
+                yield str(code), flags, count
+
+
+def _latencies(fig: Mapping[str, Any]) -> dict[str, list[int]]:
+    """A figure's sparse latency buckets, by status, as full engine bucket lists."""
+    out: dict[str, list[int]] = {}
+    by_code = fig.get("latency")
+    for code, sparse in (by_code.items() if isinstance(by_code, dict) else ()):
+        if not isinstance(sparse, dict):
+            continue
+        counts = out.setdefault(str(code), [0] * len(_ENGINE_UPPER_US))
+        for index, n in sparse.items():
+            if str(index).isdigit() and int(index) < len(counts) and isinstance(n, int):
+                counts[int(index)] += n
+    return out
+
+
+def _add(into: list[int], counts: list[int]) -> None:
+    for i, n in enumerate(counts):
+        into[i] += n
+
+
+def _code_class(code: str) -> str:
+    return f"{code[0]}xx" if code[:1] in "12345" and len(code) == 3 else "unknown"
+
+
+def _histogram(counts: list[int]) -> tuple[list[tuple[str, int]], float]:
+    """Engine latency buckets as Istio's (_DURATION_BUCKETS_MS) and an estimated sum."""
+    buckets = []
+    for bound_ms in _DURATION_BUCKETS_MS:
+        below = sum(n for n, upper in zip(counts, _ENGINE_UPPER_US) if upper <= bound_ms * 1000)
+        buckets.append((str(bound_ms), below))
+    buckets.append(("+Inf", sum(counts)))
+    # The engine keeps no exact sum; the buckets' lower bounds give a close lower estimate.
+    return buckets, sum(n * lower for n, lower in zip(counts, _ENGINE_LOWER_US)) / 1000

@@ -83,7 +83,7 @@ class Telemetry:
         srv.register("processes", lambda req: {"processes": self.book.view(),
                                                "not_ready": self.book.not_ready()})
         self.registry = CollectorRegistry()
-        self.registry.register(NodeCollector(self.book, proc.node))
+        self.registry.register(NodeCollector(self.book, proc.node, self.current_snapshot))
 
     def on_health(self, topic: str, env: Envelope) -> None:
         body = env.body if isinstance(env.body, dict) else None
@@ -97,6 +97,10 @@ class Telemetry:
         with self._snapshot_lock:
             self.snapshot = items.get(self.proc.node)
 
+    def current_snapshot(self) -> dict[str, Any] | None:
+        with self._snapshot_lock:
+            return self.snapshot
+
     def ready(self) -> tuple[int, str, bytes]:
         body = self.book.readiness()
         return _json(200 if body["ready"] else 503, body)
@@ -105,8 +109,7 @@ class Telemetry:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
 
     def config_dump(self) -> tuple[int, str, bytes]:
-        with self._snapshot_lock:
-            snapshot = self.snapshot
+        snapshot = self.current_snapshot()
         if snapshot is None:
             return _json(503, {"error": "no config snapshot received yet"})
         return _json(200, snapshot)

@@ -16,12 +16,9 @@ from .destinationrulehash import ConsistentHash, parse_consistent_hash, parse_su
 from .destinationruleoutlier import parse_outlier_detection
 from .destinationrulepool import parse_connection_pool
 from .errors import Problem
-from .model import DestinationRule, key_label
+from .model import CLUSTER_DOMAIN, DestinationRule, key_label
 from .routeparse import _metadata, metadata_dict
 from .validate import _MISSING, _DNS_LABEL, _Doc, _describe, _fields, _known_fields, _port, _string, join
-
-_CLUSTER_DOMAIN = "cluster.local"
-
 
 def _known(d: _Doc, value: object, path: str, level: str,
            required: tuple[str, ...] = ()) -> dict[str, Any] | None:
@@ -38,7 +35,7 @@ def _host(d: _Doc, value: object, path: str, namespace: str) -> str | None:
         d.fail(path, f"{text!r}: wildcard hosts are not implemented yet; name one Service")
         return None
     labels = text.split(".")
-    if labels[2:] in ([], ["svc"], ["svc", *_CLUSTER_DOMAIN.split(".")]) and all(
+    if labels[2:] in ([], ["svc"], ["svc", *CLUSTER_DOMAIN.split(".")]) and all(
             _DNS_LABEL.fullmatch(label) for label in labels[:2]):
         name, ns = labels[0], labels[1] if len(labels) > 1 else namespace
         if ns != namespace:
@@ -48,7 +45,7 @@ def _host(d: _Doc, value: object, path: str, namespace: str) -> str | None:
             return None
         return f"{ns}/{name}"
     d.fail(path, f"{text!r} does not name a Service: use name, name.namespace, "
-                 f"name.namespace.svc or name.namespace.svc.{_CLUSTER_DOMAIN}")
+                 f"name.namespace.svc or name.namespace.svc.{CLUSTER_DOMAIN}")
     return None
 
 

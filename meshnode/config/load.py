@@ -161,7 +161,7 @@ def _mesh_spec(spec: MeshSpec) -> dict[str, Any]:
             "rotateAt": spec.rotate_at,
             "issuerTTL": format_duration(spec.issuer_ttl_s),
         },
-        "telemetry": {"accessLog": spec.access_log},
+        "telemetry": {"accessLog": spec.access_log, "metricNames": list(spec.metric_names)},
         "connections": {"connectTimeout": format_duration(spec.connect_timeout_s),
                         "idleTimeout": format_duration(spec.idle_timeout_s),
                         "drainDuration": format_duration(spec.drain_duration_s),

@@ -25,6 +25,12 @@ from .httproute import HTTPRouteSpec
 API_VERSION = "meshnode.io/v1alpha1"
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
+
+CLUSTER_DOMAIN = "cluster.local"
+"""The DNS domain a Service's FQDN ends in, as Kubernetes' default: name.ns.svc.cluster.local."""
+
+METRIC_NAMES = ("istio", "meshnode")
+"""The names request metrics may be exported under (Mesh spec.telemetry.metricNames)."""
 """The trust domain of a mesh whose Mesh names none under a root that names none."""
 
 Key = tuple[str, str, str]
@@ -60,6 +66,13 @@ class MeshSpec:
     rotate_at: float = 0.5  # renew when this fraction of workload_ttl_s has passed
     issuer_ttl_s: float = 31536000.0  # lifetime of a node's issuer (intermediate) cert
     access_log: bool = True
+    # Which names the node's request metrics are exported under (spec.telemetry.
+    # metricNames): "istio" (istio_requests_total… with Istio's whole label set, one
+    # series per label set per node, so Istio's dashboards and Flagger's and Kiali's
+    # queries work unchanged), "meshnode" (meshnode_requests_total… per worker, with
+    # `route`), or both, the default. Metrics with no Istio counterpart are always
+    # meshnode's.
+    metric_names: tuple[str, ...] = METRIC_NAMES
     # The data plane's connections (spec.connections): the time a new connection has
     # to connect and finish its TLS handshake, and an HTTP client to send a whole
     # request head; and how long a connection may idle before it is closed.

@@ -112,6 +112,12 @@ def _local(workload: Workload, services: list[Service], trust_domain: str) -> di
     }
 
 
+def _peer(workload: Workload, trust_domain: str) -> dict[str, Any]:
+    return {"workload": _workload_ref(workload),
+            "identity": identity_for(trust_domain, workload.namespace, workload.spec.service_account),
+            "labels": dict(sorted(workload.spec.labels.items()))}
+
+
 def _by_name(resource: Resource) -> tuple[str, str]:
     return (resource.namespace, resource.name)
 
@@ -146,6 +152,7 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
             "rotate_at": mesh.rotate_at,
             "issuer_ttl_s": mesh.issuer_ttl_s,
             "access_log": mesh.access_log,
+            "metric_names": list(mesh.metric_names),
             "connect_timeout_s": mesh.connect_timeout_s,
             "idle_timeout_s": mesh.idle_timeout_s,
             "drain_duration_s": mesh.drain_duration_s,
@@ -165,6 +172,9 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
         "services": [_service(s, workloads, node, td, rules, budgets.get(_by_name(s)), inbound)
                      for s in services],
         "local": [_local(w, services, td) for w in workloads if w.spec.node in (None, node)],
+        # Every workload's identity and labels: telemetry names a request's source and
+        # destination workloads from the principals it counts them under (metrics.py).
+        "workloads": [_peer(w, td) for w in workloads],
         "http_routes": compile_routes(resources),
         # RateLimitPolicy limits by target (ratelimitcompile.py); every node gets them
         # all, and applies those whose target it serves (inbound) or calls (outbound).

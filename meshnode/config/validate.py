@@ -21,6 +21,7 @@ from .model import (
     MAX_DRAIN_DURATION_S,
     MAX_CAP,
     MAX_LIMIT,
+    METRIC_NAMES,
     Key,
     Mesh,
     MeshSpec,
@@ -356,8 +357,11 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
         d.fail(join(path, "workloadTTL"),
                f"must be shorter than issuerTTL ({format_duration(issuer_ttl)}): a "
                "certificate cannot outlive its issuer")
-    telemetry = _fields(d, spec.get("telemetry", {}), "spec.telemetry", ("accessLog",)) or {}
+    telemetry = _fields(d, spec.get("telemetry", {}), "spec.telemetry",
+                        ("accessLog", "metricNames")) or {}
     access_log = _opt(d, telemetry, "spec.telemetry", "accessLog", _bool, base.access_log)
+    metric_names = _opt(d, telemetry, "spec.telemetry", "metricNames", _metric_names,
+                        base.metric_names)
     path = "spec.connections"
     conns = _fields(d, spec.get("connections", {}), path,
                     ("connectTimeout", "idleTimeout", "drainDuration", "maxHandshakes",
@@ -371,11 +375,29 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     limits = _connection_limits(d, conns, path, base)
     overload = _overload(d, spec.get("overload", {}), base)
     if None in (trust_domain, aliases, root_namespace, mode, workload_ttl, rotate_at, issuer_ttl,
-                access_log, connect, idle, drain) or limits is None or overload is None:
+                access_log, metric_names, connect, idle,
+                drain) or limits is None or overload is None:
         return None
     return MeshSpec(trust_domain or None, aliases, root_namespace, mode, workload_ttl,  # type: ignore[arg-type]
-                    rotate_at, issuer_ttl, access_log, connect, idle, drain, **limits,  # type: ignore[arg-type]
-                    **overload)
+                    rotate_at, issuer_ttl, access_log, metric_names, connect, idle,  # type: ignore[arg-type]
+                    drain, **limits, **overload)  # type: ignore[arg-type]
+
+
+def _metric_names(d: _Doc, value: object, path: str) -> tuple[str, ...] | None:
+    """telemetry.metricNames: "istio", "meshnode" or both, each once (none would export
+    no request metrics at all, which is never what is meant)."""
+    if not isinstance(value, list) or not value:
+        d.fail(path, f"must be a list of one or both of {', '.join(METRIC_NAMES)}, "
+                     f"got {_describe(value)}")
+        return None
+    names = [_choice(METRIC_NAMES)(d, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if None in names:
+        return None
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            d.fail(f"{path}[{i}]", f"{name!r} is listed twice")
+            return None
+    return tuple(names)  # type: ignore[arg-type]
 
 
 def _trust_domains(d: _Doc, value: object, path: str) -> tuple[str, ...] | None:

@@ -1,0 +1,85 @@
+"""Istio's standard request metrics on a real node's /metrics: after traffic between two
+workloads of different namespaces, istio_requests_total and
+istio_request_duration_milliseconds carry Istio's whole label set, one series per label
+set (the node's two workers summed), and `promtool check metrics` passes on the page.
+
+Why: issue 13 asks that Istio's dashboards and Flagger's and Kiali's queries work on a
+node unchanged, which needs Istio's names and labels exactly, and a page Prometheus
+itself calls well-formed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conformance import Expect, check
+from dataplanekit import metric_total, settle
+from identityharness import metric_samples
+from meshkit import CONSUMER_NS, MESH_NS, ConformanceMesh, conformance_mesh, gw
+from mnharness import http_get
+
+__all__ = ["conformance_mesh", "gw"]  # the fixtures these tests use, from meshkit
+
+pytestmark = pytest.mark.timeout(120)
+
+REQUESTS = "istio_requests_total"
+CALLS = 12
+# echo-v2's one pod answers; the caller is the consumer namespace's one pod.
+SOURCE = {"source_workload": "echo-v1-7c4d8b6f95-w2n5r",
+          "source_workload_namespace": CONSUMER_NS,
+          "source_principal": f"spiffe://cluster.local/ns/{CONSUMER_NS}/sa/default",
+          "source_app": "echo", "source_version": "v1"}
+DESTINATION = {"destination_workload": "echo-v2-5d8c6f9b77-h4k9t",
+               "destination_workload_namespace": MESH_NS,
+               "destination_principal": f"spiffe://cluster.local/ns/{MESH_NS}/sa/default",
+               "destination_app": "echo", "destination_version": "v2",
+               "destination_service": f"echo-v2.{MESH_NS}.svc.cluster.local",
+               "destination_service_name": "echo-v2",
+               "destination_service_namespace": MESH_NS}
+
+
+def _promtool() -> str:
+    """promtool's path; outside CI a machine without it skips (Debian's `prometheus`)."""
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool is missing in CI: deploy/install.sh --test installs it")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    return path
+
+
+def test_requests_show_under_istio_names_and_labels_one_series_per_label_set(
+        gw: ConformanceMesh) -> None:
+    promtool = _promtool()
+    caller = gw.caller(CONSUMER_NS)
+    check(gw, caller, [Expect(host="echo-v2", path="/istio", backend="echo-v2")])
+    settle(gw.node)
+    before = {reporter: metric_total(gw.node, REQUESTS, reporter=reporter, response_code="200",
+                                     **SOURCE, **DESTINATION)
+              for reporter in ("source", "destination")}
+    for _ in range(CALLS):                 # a fresh connection each: both workers take some
+        got = gw.send(caller, "echo-v2", "/istio")
+        assert got.status == 200, got.describe()
+    settle(gw.node)
+    for reporter, policy in (("source", "unknown"), ("destination", "mutual_tls")):
+        series = [labels for labels, _ in metric_samples(gw.node.metrics_url, REQUESTS)
+                  if labels["reporter"] == reporter and labels["response_code"] == "200"
+                  and labels["destination_service_name"] == "echo-v2"
+                  and labels["source_workload_namespace"] == CONSUMER_NS]
+        assert series == [{"reporter": reporter, **SOURCE, **DESTINATION,
+                           "request_protocol": "http", "connection_security_policy": policy,
+                           "response_code": "200", "response_flags": "-"}]
+        counted = metric_total(gw.node, REQUESTS, reporter=reporter, response_code="200",
+                               **SOURCE, **DESTINATION)
+        assert counted - before[reporter] == CALLS, reporter
+        assert metric_total(gw.node, "istio_request_duration_milliseconds_count",
+                            reporter=reporter, response_code="200", **DESTINATION) >= CALLS
+    status, page = http_get(gw.node.metrics_url)
+    assert status == 200
+    result = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True,
+                            timeout=30)
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
