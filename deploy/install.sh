@@ -19,6 +19,10 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$include/Python.h" ] || missing+=(python3-dev)
+# The tests check the node's /metrics page with Prometheus' own promtool.
+if [ "${1:-}" = "--test" ]; then
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install.sh: missing system packages: ${missing[*]}; run as root or install them" >&2

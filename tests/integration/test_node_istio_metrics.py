@@ -41,6 +41,9 @@ DESTINATION = {"destination_workload": "echo-v2-5d8c6f9b77-h4k9t",
                "destination_service_name": "echo-v2",
                "destination_service_namespace": MESH_NS}
 
+DURATION_LINT = {f'{name} use base unit "seconds" instead of "milliseconds"' for name in
+                 ("istio_request_duration_milliseconds", "meshnode_request_duration_milliseconds")}
+
 
 def _promtool() -> str:
     """promtool's path; outside CI a machine without it skips (Debian's `prometheus`)."""
@@ -82,4 +85,8 @@ def test_requests_show_under_istio_names_and_labels_one_series_per_label_set(
     assert status == 200
     result = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True,
                             timeout=30)
-    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    # Exit 1 is a page Prometheus cannot parse; 3 only lint findings, of which one is
+    # expected: Istio's name (and DESIGN's meshnode_ twin) is in milliseconds, which
+    # promtool's lint would have in seconds (an Envoy sidecar's page gets it too).
+    findings = set((result.stdout + result.stderr).decode().splitlines()) - DURATION_LINT
+    assert result.returncode in (0, 3) and not findings, (result.returncode, findings)
