@@ -386,33 +386,32 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
 def _metric_names(d: _Doc, value: object, path: str) -> tuple[str, ...] | None:
     """telemetry.metricNames: "istio", "meshnode" or both, each once (none would export
     no request metrics at all, which is never what is meant)."""
-    if not isinstance(value, list) or not value:
-        d.fail(path, f"must be a list of one or both of {', '.join(METRIC_NAMES)}, "
-                     f"got {_describe(value)}")
+    what = f"one or both of {', '.join(METRIC_NAMES)}"
+    if value == []:
+        d.fail(path, f"must be a list of {what}, got an empty list")
         return None
-    names = [_choice(METRIC_NAMES)(d, item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if None in names:
-        return None
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            d.fail(f"{path}[{i}]", f"{name!r} is listed twice")
-            return None
-    return tuple(names)  # type: ignore[arg-type]
+    return _distinct(d, value, path, _choice(METRIC_NAMES), what)
 
 
 def _trust_domains(d: _Doc, value: object, path: str) -> tuple[str, ...] | None:
     """trustDomainAliases: a list of distinct trust domains."""
+    return _distinct(d, value, path, _trust_domain, "trust domains")
+
+
+def _distinct(d: _Doc, value: object, path: str,
+              check: Callable[[_Doc, Any, str], str | None], what: str) -> tuple[str, ...] | None:
+    """A list of `what`, each checked by `check` and listed once."""
     if not isinstance(value, list):
-        d.fail(path, f"must be a list of trust domains, got {_describe(value)}")
+        d.fail(path, f"must be a list of {what}, got {_describe(value)}")
         return None
-    domains = [_trust_domain(d, item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if None in domains:
+    items = [check(d, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if None in items:
         return None
-    for i, domain in enumerate(domains):
-        if domain in domains[:i]:
-            d.fail(f"{path}[{i}]", f"{domain!r} is listed twice")
+    for i, item in enumerate(items):
+        if item in items[:i]:
+            d.fail(f"{path}[{i}]", f"{item!r} is listed twice")
             return None
-    return tuple(domains)  # type: ignore[arg-type]
+    return tuple(items)  # type: ignore[arg-type]
 
 
 def _limit(d: _Doc, value: object, path: str) -> int | None:

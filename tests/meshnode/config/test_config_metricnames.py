@@ -26,7 +26,7 @@ def test_metric_names_default_to_both() -> None:
 
 
 @pytest.mark.parametrize("value, problem", [
-    ("[]", "must be a list of one or both of istio, meshnode"),
+    ("[]", "must be a list of one or both of istio, meshnode, got an empty list"),
     ("istio", "must be a list of one or both of istio, meshnode"),
     ("[istio, envoy]", "spec.telemetry.metricNames[1]: must be one of istio, meshnode"),
     ("[meshnode, meshnode]", "spec.telemetry.metricNames[1]: 'meshnode' is listed twice"),
