@@ -2,15 +2,15 @@
 # judged on each request head (HTTP) or once per opaque connection (and again on an open
 # one when a newer table is swapped in: carry.pxi _opaque_denied), in Istio's order
 # (any matching DENY denies; else, with an ALLOW policy, one must match; AUDIT only
-# counted), the request path normalized first (Istio's pathNormalization), and the
-# decisions counted per (policy, action, result).
+# counted), on the request path as normalize.pxi left it (Istio's pathNormalization),
+# and the decisions counted per (policy, action, result).
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd;
 # the program's checks and compile are authz_table.pxi's.
 #
 # Nothing here allocates on a request (a policy's figure is made at its first decision,
-# once per node) or takes the GIL: the normalized path, and the values of a field named
-# twice joined, go to Core.scratch; a request's other fields are read where they lie.
+# once per node) or takes the GIL: the values of a field named twice, joined, go to
+# Core.scratch; a request's other fields are read where they lie.
 
 cdef enum:
     _AUTHZ_IP_TEXT_MAX = 64         # the longest address text X-Forwarded-For may give
@@ -34,130 +34,13 @@ cdef struct AuthzInput:
     uint32_t sni_len
     const char* head                # HTTP: the head, parsed into req
     const ReqHead* req
-    const char* path                # HTTP: normalized, query stripped
+    const char* path                # HTTP: as normalized (normalize.pxi), query stripped
     uint32_t path_len
     char* joined                    # HTTP: room for a field named twice, its values joined
     uint32_t joined_cap
 
 
-# --- the request path ----------------------------------------------------------------------
-
-cdef inline int _hex_value(char x) noexcept nogil:
-    if x >= c'0' and x <= c'9':
-        return x - c'0'
-    if x >= c'a' and x <= c'f':
-        return x - c'a' + 10
-    if x >= c'A' and x <= c'F':
-        return x - c'A' + 10
-    return -1
-
-
-cdef inline bint _unreserved(int x) noexcept nogil:
-    """RFC 3986 §2.3: what percent-decoding may give back as is (§6.2.2.2)."""
-    return ((x >= c'a' and x <= c'z') or (x >= c'A' and x <= c'Z') or (x >= c'0' and x <= c'9')
-            or x == c'-' or x == c'.' or x == c'_' or x == c'~')
-
-
-cdef int64_t _path_decode(const char* p, uint32_t n, char* out, uint8_t mode) noexcept nogil:
-    """Percent-decoding as Istio's normalizations do it (once, no double decoding):
-    unreserved characters always, %2F and %5C under DECODE_AND_MERGE_SLASHES only; a
-    backslash is a slash (Envoy's normalize_path). The length written, or -1 for %00
-    (Istio: always refused, 400)."""
-    cdef uint32_t i = 0
-    cdef uint32_t k = 0
-    cdef int hi, lo, v
-    while i < n:
-        if p[i] == c'%' and i + 2 < n:
-            hi = _hex_value(p[i + 1])
-            lo = _hex_value(p[i + 2])
-            if hi >= 0 and lo >= 0:
-                v = hi * 16 + lo
-                if v == 0:
-                    return -1
-                if _unreserved(v):
-                    out[k] = <char>v
-                    k += 1
-                    i += 3
-                    continue
-                if mode == PATH_NORM_DECODE_AND_MERGE and (v == c'/' or v == c'\\'):
-                    out[k] = c'/'
-                    k += 1
-                    i += 3
-                    continue
-        out[k] = c'/' if p[i] == c'\\' else p[i]
-        k += 1
-        i += 1
-    return k
-
-
-cdef uint32_t _dot_segments(char* p, uint32_t n) noexcept nogil:
-    """RFC 3986 §5.2.4 on an absolute path, in place (the output never overtakes the
-    input): "." goes, ".." takes the segment before it with it; a last "." or ".."
-    leaves the path ending in "/". The new length (at least 1: "/")."""
-    cdef uint32_t i = 1
-    cdef uint32_t j
-    cdef uint32_t k = 0
-    cdef uint32_t seg
-    cdef bint last
-    while True:
-        j = i
-        while j < n and p[j] != c'/':
-            j += 1
-        seg = j - i
-        last = j >= n
-        if seg == 1 and p[i] == c'.':
-            if last:
-                p[k] = c'/'
-                k += 1
-        elif seg == 2 and p[i] == c'.' and p[i + 1] == c'.':
-            while k > 0 and p[k - 1] != c'/':
-                k -= 1
-            if k > 0:
-                k -= 1
-            if last:
-                p[k] = c'/'
-                k += 1
-        else:
-            p[k] = c'/'
-            memmove(p + k + 1, p + i, seg)
-            k += 1 + seg
-        if last:
-            break
-        i = j + 1
-    if k == 0:
-        p[0] = c'/'
-        k = 1
-    return k
-
-
-cdef uint32_t _merge_slashes(char* p, uint32_t n) noexcept nogil:
-    cdef uint32_t i
-    cdef uint32_t k = 0
-    for i in range(n):
-        if p[i] == c'/' and k > 0 and p[k - 1] == c'/':
-            continue
-        p[k] = p[i]
-        k += 1
-    return k
-
-
-cdef int64_t _path_normalize(const char* p, uint32_t n, char* out, uint8_t mode) noexcept nogil:
-    """The path a request is judged (and forwarded) by: p[0:n] (no query) normalized
-    into `out` (room for n bytes: nothing here makes a path longer), in Istio's order:
-    decode, RFC 3986 normalization, merge slashes. A path that is not absolute (an
-    asterisk-form target) is kept as it is. Its length, or -1: refused (%00)."""
-    cdef int64_t k
-    if mode == PATH_NORM_NONE or n == 0 or (p[0] != c'/' and p[0] != c'\\'):
-        memcpy(out, p, n)
-        return n
-    k = _path_decode(p, n, out, mode)
-    if k < 0:
-        return -1
-    k = _dot_segments(out, <uint32_t>k)
-    if mode == PATH_NORM_MERGE_SLASHES or mode == PATH_NORM_DECODE_AND_MERGE:
-        k = _merge_slashes(out, <uint32_t>k)
-    return k
-
+# --- path templates ------------------------------------------------------------------------
 
 cdef bint _template_holds(const char* t, uint32_t tn, const char* p, uint32_t pn) noexcept nogil:
     """An Istio path template (checked at install: "{*}" and "{**}" only as whole
@@ -493,34 +376,11 @@ cdef void _remote_ip(const char* head, const ReqHead* req, AuthzInput* x) noexce
         memcpy(x.remote_ip, x.source_ip, 16)
 
 
-cdef void _path_forward(Core* core, Conn* c, FilterCall* call, const char* path,
-                        uint32_t n) noexcept nogil:
-    """The request goes on with its normalized path (Istio: what was judged is what the
-    app gets; Envoy's normalize_path rewrites :path): path[0:n] replaces the target's
-    path (its query stays), the bytes after it move up, and the head is parsed again."""
-    cdef Flow* f = &c.d2u
-    cdef char* head = f.buf + call.base
-    cdef const ReqHead* req = call.req
-    cdef const char* q = <const char*>memchr(head + req.target.off, c'?', req.target.len)
-    cdef uint32_t old = (<uint32_t>(q - (head + req.target.off)) if q != NULL
-                         else req.target.len)
-    cdef uint32_t cut = old - n
-    if cut == 0 and memcmp(head + req.target.off, path, n) == 0:
-        return
-    memcpy(head + req.target.off, path, n)
-    memmove(head + req.target.off + n, head + req.target.off + old,
-            f.tail - (call.base + req.target.off + old))
-    f.tail -= cut
-    # (The head is shorter, no more: it parses as it did. call.delta counts from the
-    # parse steps see; this step runs first, so there is none before it.)
-    parse_request_head(head, f.tail - call.base, call.req, &core.http_limits)
-
-
 cdef bint _origin_forward(Core* core, Conn* c, FilterCall* call) noexcept nogil:
     """An absolute-form request goes on in origin form, its Host the target's authority
     (Envoy's :authority and :path), so the app reads the host and path that were
-    judged, not a Host field the caller wrote beside them; then its path is normalized
-    as an origin-form one's. False when the head cannot be edited."""
+    judged, not a Host field the caller wrote beside them. False when the head cannot
+    be edited."""
     if _absolute_form(core, &c.d2u, call.base, call.req) == INT64_MAX:
         return False
     parse_request_head(c.d2u.buf + call.base, c.d2u.tail - call.base, call.req,
@@ -530,19 +390,16 @@ cdef bint _origin_forward(Core* core, Conn* c, FilterCall* call) noexcept nogil:
 
 cdef FilterVerdict _authz_request(Core* core, Conn* c, const InboundRoute* route,
                                   FilterCall* call) noexcept nogil:
-    """A request head: judged with its normalized path, which it goes on with when
-    allowed. Denied: answered 403 `RBAC: access denied` once every answer owed before it
-    has gone (FILTER_STOP until then, the decision made again: a push may come between),
-    in place when it may be (_answer_in_place: the pair goes on, as Envoy's RBAC local
-    reply keeps the connection), else with the pair's end; a path with %00 is answered
-    400 and the pair ends, as Istio's normalization refuses it."""
+    """A request head, its path normalized already (normalize.pxi: the path judged is
+    the path the app gets). Denied: answered 403 `RBAC: access denied` once every answer
+    owed before it has gone (FILTER_STOP until then, the decision made again: a push
+    may come between), in place when it may be (_answer_in_place: the pair goes on, as
+    Envoy's RBAC local reply keeps the connection), else with the pair's end."""
     cdef AuthzProgram* prog = route.authz
     cdef AuthzInput x
     cdef const ReqHead* req = call.req
     cdef const char* head = c.d2u.buf + call.base
     cdef const char* q
-    cdef uint32_t raw
-    cdef int64_t n
     cdef int32_t decider
     cdef bint allowed
     _authz_connection(c, route, &x)
@@ -550,24 +407,15 @@ cdef FilterVerdict _authz_request(Core* core, Conn* c, const InboundRoute* route
     x.head = head
     x.req = req
     q = <const char*>memchr(head + req.path.off, c'?', req.path.len)
-    raw = <uint32_t>(q - (head + req.path.off)) if q != NULL else req.path.len
-    if raw == 0 and req.target_form == TARGET_ABSOLUTE:
+    x.path = head + req.path.off
+    x.path_len = <uint32_t>(q - x.path) if q != NULL else req.path.len
+    if x.path_len == 0 and req.target_form == TARGET_ABSOLUTE:
         # "http://host" or "http://host?q" asks for "/" (RFC 9110 §4.2.3), Envoy's :path.
-        n = _path_normalize(b"/", 1, core.scratch, prog.normalization)
-    else:
-        n = _path_normalize(head + req.path.off, raw, core.scratch, prog.normalization)
-    if n < 0:
-        if _answer_owed(c):
-            return FILTER_STOP
-        core.counters.authz_denied_http += 1
-        call.status = 400
-        _http_reply(core, c, 400, NULL, 0)
-        return FILTER_ANSWER
-    x.path, x.path_len = core.scratch, <uint32_t>n
-    # The rest of scratch holds any field's values joined, whole (Envoy's matchers see
-    # them so): they and the path are less than the head, which fits a buffer. A
-    # smaller room would make a long field absent, and its DENY pass it by.
-    x.joined, x.joined_cap = core.scratch + n, core.buffer_bytes - <uint32_t>n
+        x.path, x.path_len = b"/", 1
+    # Scratch holds any field's values joined, whole (Envoy's matchers see them so):
+    # they are less than the head, which fits a buffer. A smaller room would make a
+    # long field absent, and its DENY pass it by.
+    x.joined, x.joined_cap = core.scratch, core.buffer_bytes
     if prog.want & (1u << AZ_REMOTE_IP):
         _remote_ip(head, req, &x)
     decider = _authz_decide(prog, &x, &allowed)
@@ -587,7 +435,6 @@ cdef FilterVerdict _authz_request(Core* core, Conn* c, const InboundRoute* route
         core.counters.http_bad_request += 1
         call.status = 0
         return FILTER_ANSWER
-    _path_forward(core, c, call, core.scratch, <uint32_t>n)
     return FILTER_CONTINUE
 
 

@@ -10,9 +10,6 @@
 import ipaddress
 
 _AUTHZ_ACTIONS = {"ALLOW": AUTHZ_ALLOW, "DENY": AUTHZ_DENY, "AUDIT": AUTHZ_AUDIT}
-_PATH_NORMALIZATIONS = {"NONE": PATH_NORM_NONE, "BASE": PATH_NORM_BASE,
-                        "MERGE_SLASHES": PATH_NORM_MERGE_SLASHES,
-                        "DECODE_AND_MERGE_SLASHES": PATH_NORM_DECODE_AND_MERGE}
 # Field -> (AuthzField, leaf type): a SOURCE's, an OPERATION's, a CONDITION's keys.
 _AUTHZ_SOURCE = {"principals": (AZ_PRINCIPAL, "str"), "namespaces": (AZ_NAMESPACE, "str"),
                  "ipBlocks": (AZ_SOURCE_IP, "ip"), "remoteIpBlocks": (AZ_REMOTE_IP, "ip")}
@@ -205,13 +202,10 @@ cdef int _check_template(str value, str what) except -1:
     return 0
 
 
-cdef tuple _authz_compile(object program, str path_normalization):
+cdef tuple _authz_compile(object program):
     """The checked, flattened program: (policies, rules, clauses, matches, leaves, text,
-    normalization, has_allow, want)."""
+    has_allow, want)."""
     cdef _AuthzCompiler out = _AuthzCompiler()
-    if path_normalization not in _PATH_NORMALIZATIONS:
-        raise ValueError(f"path_normalization: one of {sorted(_PATH_NORMALIZATIONS)}, "
-                         f"not {path_normalization!r}")
     if not isinstance(program, dict) or set(program) != {"policies"}:
         raise ValueError(f"program: a dict with 'policies' only, not {program!r}")
     if not isinstance(program["policies"], list):
@@ -221,7 +215,6 @@ cdef tuple _authz_compile(object program, str path_normalization):
     if len(out.leaves) >= 0xFFFFFFFF or len(out.text) >= 0xFFFFFFFF:
         raise ValueError("program: too large")
     return (out.policies, out.rules, out.clauses, out.matches, out.leaves, bytes(out.text),
-            _PATH_NORMALIZATIONS[path_normalization],
             any(p[0] == AUTHZ_ALLOW for p in out.policies), out.want)
 
 
@@ -243,7 +236,7 @@ cdef AuthzProgram* _authz_program(tuple compiled) except NULL:
     cdef bytes addr
     if prog == NULL:
         raise MemoryError()
-    policies, rules, clauses, matches, leaves, text, normalization, has_allow, want = compiled
+    policies, rules, clauses, matches, leaves, text, has_allow, want = compiled
     try:
         prog.policies = <AuthzPolicy*>_authz_array(policies, sizeof(AuthzPolicy))
         prog.rules = <AuthzRule*>_authz_array(rules, sizeof(AuthzRule))
@@ -255,7 +248,6 @@ cdef AuthzProgram* _authz_program(tuple compiled) except NULL:
             raise MemoryError()
         memcpy(prog.text, <const char*>text, len(text))
         prog.n_policies = len(policies)
-        prog.normalization = normalization
         prog.has_allow = has_allow
         prog.want = want
         for i, (action, off, length, first, n) in enumerate(policies):
@@ -296,8 +288,7 @@ cdef void _authz_free(AuthzProgram* prog) noexcept nogil:
     free(prog)
 
 
-cdef int _authz_add(RouteTable table, str sni, object program,
-                    str path_normalization) except -1:
+cdef int _authz_add(RouteTable table, str sni, object program) except -1:
     """RouteTable.set_inbound_authz's checks: the route exists, the program is whole."""
     sni_b = _host_name(sni, "sni")
     for i, entry in enumerate(table._routes):
@@ -308,5 +299,5 @@ cdef int _authz_add(RouteTable table, str sni, object program,
     if program is None:
         table._authz.pop(i, None)
     else:
-        table._authz[i] = _authz_compile(program, path_normalization)
+        table._authz[i] = _authz_compile(program)
     return 0

@@ -242,7 +242,7 @@ cdef enum AuthzField:
     AZ_SNI                         # the route's SNI
     AZ_HOST                        # HTTP only (Istio's forTCP errors): Host, no case
     AZ_METHOD                      # HTTP only
-    AZ_PATH                        # HTTP only: normalized, query stripped
+    AZ_PATH                        # HTTP only: as normalized, query stripped
     AZ_HEADER                      # HTTP only: request.headers[NAME]
 
 
@@ -257,7 +257,7 @@ cdef enum AuthzLeafKind:
 
 
 # Istio's meshConfig.pathNormalization (Envoy's normalize_path, merge_slashes,
-# path_with_escaped_slashes_action).
+# path_with_escaped_slashes_action): a table's, for every HTTP request (normalize.pxi).
 cdef enum PathNormalization:
     PATH_NORM_NONE = 0
     PATH_NORM_BASE                 # RFC 3986 §5.2.4 dot segments, unreserved %XX decoded
@@ -320,7 +320,6 @@ cdef struct AuthzProgram:
     AuthzMatch* matches
     AuthzLeaf* leaves
     char* text
-    uint8_t normalization          # PathNormalization
     bint has_allow                 # an ALLOW policy: a request must match one
     uint32_t want                  # bit (1 << AuthzField) per field some match names
     uint16_t figure_none           # figures of the decisions no policy made (index + 1)
@@ -682,6 +681,8 @@ cdef struct Table:
     # How long an opaque TCP pair whose destination left with this table may go on
     # before it is closed (0: keep the engine's; Mesh drainDuration).
     int64_t drain_ns
+    # PathNormalization of every HTTP request's path, both ways (normalize.pxi).
+    uint8_t path_normalization
     # Limits before authentication the engine takes on at the swap (limits.pxi; 0:
     # keep its own): inbound TLS handshakes under way, connections and handshakes per
     # source address, and the inbound side's share of the slots (thousandths).
@@ -1442,7 +1443,7 @@ cdef struct Core:
     uint32_t n_principals          # likewise
     Name tags[ENGINE_TAGS]         # `route` and `destination_version` values; [0] empty
     uint32_t n_tags                # likewise
-    char* scratch                  # buffer_bytes: a request path normalized (authz.pxi)
+    char* scratch                  # buffer_bytes: a field's values joined (authz.pxi)
     AuthzFigure* authz             # ENGINE_AUTHZ_FIGURES (authz.pxi)
     uint32_t n_authz               # likewise
 
@@ -1508,6 +1509,7 @@ cdef class RouteTable:
     cdef list _rate_limits         # (limit tuple, inbound snis, service indexes) (ratelimit.pxi)
     cdef dict _authz               # inbound route index -> compiled program tuple
                                    # (authz_table.pxi)
+    cdef uint8_t _path_normalization   # PathNormalization (normalize.pxi)
 
     cdef int _check_fd(self, int fd) except -1
     cdef Table* _build(self) except NULL

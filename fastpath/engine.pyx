@@ -297,6 +297,7 @@ include "plaintext.pxi"     # PeerAuthentication: plaintext HTTP beside mTLS, by
 include "callers.pxi"       # which local workload is calling: socket owner, address
 include "http_reply.pxi"    # the answers the engine makes itself
 include "http_target.pxi"   # a request head's target form and upgrade tokens
+include "normalize.pxi"     # every request's path normalized (Istio's pathNormalization)
 include "http_stream.pxi"   # HTTP/1.1 framing both ways, per-request state
 include "router.pxi"        # request -> service; switching a client between services
 include "routes.pxi"        # request -> route -> backend: HTTPRoute matches, weights, edits
@@ -306,7 +307,7 @@ include "budget.pxi"        # retry budgets per destination service (GEP-3388)
 include "early.pxi"         # an answer sent before the upstream took the whole request
 include "fault.pxi"         # a route rule's fault injection: delay on the wheel, abort
 include "filters.pxi"       # per-request steps on the route (x-forwarded-client-cert)
-include "authz.pxi"         # AuthorizationPolicy: a route's program judged, paths normalized
+include "authz.pxi"         # AuthorizationPolicy: a route's program judged
 include "mirror.pxi"        # RequestMirror: a request's copy to a mirror, its answer dropped
 include "balancer.pxi"      # service -> endpoint, passing over failed endpoints
 include "hashing.pxi"       # consistent hashing: a request's key, ring and Maglev tables

@@ -444,6 +444,14 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                     return STATUS_CLOSE
                 core.counters.http_bad_request += 1
                 return STATUS_RESET
+            if _path_normalized(core, c, &req, start) < 0:
+                # (Before anything reads its path: the route match, authorization.)
+                rst = _path_refused(core, c, &req, start)
+                if rst == STATUS_AGAIN:
+                    return STATUS_OK    # its turn comes once the answers before it went
+                if rst != STATUS_OK:
+                    return rst
+                continue                # answered in place: on to the next request
             if not (c.flags & CONN_INBOUND):
                 # Outbound, each request is routed on its own: the shared listener's by
                 # the service its Host names (a service port's own listener: that

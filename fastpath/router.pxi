@@ -60,6 +60,10 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         _adopt(core, c)                 # routed on the current table (carry.pxi)
     if c.client_ctx == NULL:
         return _caller_refused(core, c) # no local workload's caller (callers.pxi)
+    if _path_normalized(core, c, req, c.d2u.head) < 0:
+        # Before the route match sees its path (normalize.pxi); nothing is owed before it.
+        _http_reply(core, c, 400, b"", 0)
+        return STATUS_CLOSE
     if c.flags & CONN_FIXED_SERVICE:
         parent = c.parent
     else:

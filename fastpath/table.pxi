@@ -356,6 +356,7 @@ cdef class RouteTable:
         self._mtls = {}
         self._rate_limits = []
         self._authz = {}
+        self._path_normalization = PATH_NORM_BASE
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -743,18 +744,26 @@ cdef class RouteTable:
         (plaintext_refused). A later call for one route replaces this one."""
         _mtls_add(self, sni, mode, hosts, port)
 
-    def set_inbound_authz(self, str sni not None, program,
-                          str path_normalization="BASE") -> None:
+    def set_inbound_authz(self, str sni not None, program) -> None:
         """The AuthorizationPolicies that apply to inbound route `sni` (authz.pxi,
         Istio's semantics), as control compiles them: `program` is
         {"policies": [...]} (the authorization program's contract), checked whole (a
         ValueError names what is wrong; nothing is installed). Each HTTP request is
-        judged on its head, its path normalized first by `path_normalization` (Istio's
-        meshConfig.pathNormalization: "NONE", "BASE", "MERGE_SLASHES",
-        "DECODE_AND_MERGE_SLASHES") and forwarded so; an opaque connection once, before
-        its app is connected. Denied: 403 `RBAC: access denied`, or the connection
-        closed. None removes the route's program. A later call replaces this one."""
-        _authz_add(self, sni, program, path_normalization)
+        judged on its head, its path as set_path_normalization() left it; an opaque
+        connection once, before its app is connected. Denied: 403 `RBAC: access
+        denied`, or the connection closed. None removes the route's program. A later
+        call replaces this one."""
+        _authz_add(self, sni, program)
+
+    def set_path_normalization(self, str mode not None) -> None:
+        """How every HTTP request's path is normalized in its head, both ways, before
+        the route match, authorization and the app see it (normalize.pxi; Istio's
+        meshConfig.pathNormalization, whose DEFAULT is "BASE", the table's until set):
+        "NONE", "BASE" (RFC 3986 dot segments, unreserved characters decoded, a
+        backslash a slash), "MERGE_SLASHES" (BASE, then "//" merged) or
+        "DECODE_AND_MERGE_SLASHES" (%2F and %5C decoded first). Under any but NONE a
+        path with %00 is answered 400."""
+        self._path_normalization = _path_mode(mode)
 
     cdef Table* _build(self) except NULL:
         cdef Table* t = <Table*>calloc(1, sizeof(Table))
@@ -773,6 +782,7 @@ cdef class RouteTable:
         t.connect_timeout_ns = <int64_t>(self._connect_timeout_s * 1e9)
         t.idle_timeout_ns = <int64_t>(self._idle_timeout_s * 1e9)
         t.drain_ns = <int64_t>(self._drain_s * 1e9)
+        t.path_normalization = self._path_normalization
         if self._limits is not None:
             (t.max_handshakes, t.max_source_conns, t.max_source_handshakes,
              t.inbound_permille) = self._limits

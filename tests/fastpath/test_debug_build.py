@@ -32,7 +32,8 @@ SUITES = ["tests/fastpath/test_http1.py", "tests/fastpath/test_keys.py",
           "tests/fastpath/test_engine_outlier.py", "tests/fastpath/test_engine_pool.py",
           "tests/fastpath/test_engine_early_answer.py", "tests/fastpath/test_engine_plaintext.py",
           "tests/fastpath/test_engine_ratelimit.py", "tests/fastpath/test_engine_authz.py",
-          "tests/fastpath/test_engine_caller_addr.py", "tests/fastpath/test_engine_overload.py"]
+          "tests/fastpath/test_engine_caller_addr.py", "tests/fastpath/test_engine_overload.py",
+          "tests/fastpath/test_engine_normalize.py"]
 
 pytestmark = pytest.mark.timeout(1800)
 
