@@ -84,6 +84,9 @@ DEFAULT_BALANCER = "p2c-ewma"
 # The Mesh's spec.mtls.mode default (meshnode.config.model.MeshSpec), for a snapshot
 # that names none.
 DEFAULT_MTLS_MODE = "STRICT"
+# The Mesh's spec.pathNormalization default (Istio's DEFAULT), for a snapshot that
+# names none.
+DEFAULT_PATH_NORMALIZATION = "BASE"
 # Snapshot keys of the Mesh's limits before authentication: RouteTable.set_limits()'s
 # arguments by the same names.
 _LIMITS = ("max_handshakes", "max_connections_per_source", "max_handshakes_per_source",
@@ -222,6 +225,9 @@ class DataPlane:
         if all(key in mesh for key in _OVERLOAD):
             # Overload defence (Mesh spec.overload); else the engine's.
             table.set_overload(**{key: mesh[key] for key in _OVERLOAD})
+        # Every HTTP request's path, inbound and outbound (Mesh spec.pathNormalization).
+        table.set_path_normalization(str(mesh.get("path_normalization")
+                                         or DEFAULT_PATH_NORMALIZATION))
         # The outbound side presents the calling workload's identity (meshnode.callers):
         # the listeners' own only with a single local workload; otherwise each caller's,
         # told apart by user or address, and a caller that is no workload is refused.

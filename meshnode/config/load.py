@@ -173,6 +173,7 @@ def _mesh_spec(spec: MeshSpec) -> dict[str, Any]:
                      "maxRequestsPerSource": spec.max_requests_per_source,
                      "slowClients": {"gracePeriod": format_duration(spec.slow_grace_s),
                                      "minBytesPerSecond": spec.slow_min_rate}},
+        "pathNormalization": {"normalization": spec.path_normalization},
     }
 
 

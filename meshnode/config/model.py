@@ -105,6 +105,15 @@ class MeshSpec:
     max_requests_per_source: int = 0
     slow_grace_s: float = 20.0
     slow_min_rate: int = 500
+    # How every HTTP request's path is normalized, by the caller's node and by the
+    # app's, before routes, AuthorizationPolicies and the app see it (Istio's
+    # meshConfig.pathNormalization.normalization, in its names; DEFAULT is BASE).
+    path_normalization: str = "DEFAULT"
+
+    @property
+    def path_normalization_mode(self) -> str:
+        """The engine's mode: Istio's DEFAULT named for what it is, BASE."""
+        return "BASE" if self.path_normalization == "DEFAULT" else self.path_normalization
 
 
 MAX_LIMIT = 1048576

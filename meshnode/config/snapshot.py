@@ -166,6 +166,8 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
             "max_requests_per_source": mesh.max_requests_per_source,
             "slow_grace_s": mesh.slow_grace_s,
             "slow_min_rate": mesh.slow_min_rate,
+            # RouteTable.set_path_normalization()'s mode, on both sides of every node.
+            "path_normalization": mesh.path_normalization_mode,
         },
         "nodes": {n.name: {"address": n.spec.address, "inbound_port": n.spec.inbound_port}
                   for n in sorted((r for r in resources if isinstance(r, Node)), key=_by_name)},

@@ -55,6 +55,8 @@ _PROTOCOLS = ("HTTP", "TCP", "auto")
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,30}[A-Za-z0-9_.$-]?")
 MAX_UID = 4294967294  # uid_t's largest; (uid_t)-1 means "no user"
 _MTLS_MODES = ("STRICT", "PERMISSIVE")
+# Istio's MeshConfig.ProxyPathNormalization.NormalizationType values.
+_PATH_NORMALIZATIONS = ("DEFAULT", "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
 MAX_WEIGHT = 1_000_000
 
 
@@ -339,7 +341,8 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     if value is _MISSING:
         return base
     spec = _fields(d, value, "spec", ("trustDomain", "trustDomainAliases", "rootNamespace", "mtls",
-                                      "certificates", "telemetry", "connections", "overload"))
+                                      "certificates", "telemetry", "connections", "overload",
+                                      "pathNormalization"))
     if spec is None:
         return None
     trust_domain = _opt(d, spec, "spec", "trustDomain", _trust_domain, "")  # "": not named
@@ -374,13 +377,18 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
                  base.drain_duration_s)
     limits = _connection_limits(d, conns, path, base)
     overload = _overload(d, spec.get("overload", {}), base)
+    path = "spec.pathNormalization"
+    paths = _fields(d, spec.get("pathNormalization", {}), path, ("normalization",)) or {}
+    normalization = _opt(d, paths, path, "normalization", _choice(_PATH_NORMALIZATIONS),
+                         base.path_normalization)
     if None in (trust_domain, aliases, root_namespace, mode, workload_ttl, rotate_at, issuer_ttl,
                 access_log, metric_names, connect, idle,
-                drain) or limits is None or overload is None:
+                drain, normalization) or limits is None or overload is None:
         return None
     return MeshSpec(trust_domain or None, aliases, root_namespace, mode, workload_ttl,  # type: ignore[arg-type]
                     rotate_at, issuer_ttl, access_log, metric_names, connect, idle,  # type: ignore[arg-type]
-                    drain, **limits, **overload)  # type: ignore[arg-type]
+                    drain, **limits, **overload,  # type: ignore[arg-type]
+                    path_normalization=normalization)
 
 
 def _metric_names(d: _Doc, value: object, path: str) -> tuple[str, ...] | None:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from test_dataplane_http import HOST, IO_TIMEOUT_S, Mesh, mesh, start_app  # noqa: F401
+from test_dataplane_http import HOST, IO_TIMEOUT_S, Mesh, app_says, mesh, start_app  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -74,6 +74,29 @@ def test_an_applied_policy_is_enforced_and_its_change_reaches_open_connections(m
         assert ask(conn, "/public")[0] == 200
         node.wait_version(node.apply(mesh.write("nobody.yaml", ALLOW_NOBODY)))
         assert ask(conn, "/public")[0] == 403                 # ALLOW {} denies all
+    finally:
+        conn.close()
+
+
+MERGE_SLASHES = """\
+apiVersion: meshnode.io/v1alpha1
+kind: Mesh
+metadata: {name: default}
+spec:
+  pathNormalization: {normalization: MERGE_SLASHES}
+"""
+
+
+def test_the_meshs_path_normalization_reaches_every_request(mesh: Mesh) -> None:
+    """With no policy at all, every request's path is normalized by the Mesh's mode
+    (Istio's default BASE until one is set) before the app gets it."""
+    node = mesh.node
+    conn = http.client.HTTPConnection("127.0.0.1", mesh.port, timeout=IO_TIMEOUT_S)
+    try:
+        assert ask(conn, "/a/./b/../c//d") == (200, app_says("/a/c//d"))
+        node.wait_version(node.apply(mesh.write("mesh.yaml", MERGE_SLASHES)))
+        assert ask(conn, "/a/./b/../c//d") == (200, app_says("/a/c/d"))
+        assert ask(conn, "/a/%00")[0] == 400
     finally:
         conn.close()
 
