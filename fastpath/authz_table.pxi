@@ -9,6 +9,16 @@
 
 import ipaddress
 
+# The most one program may hold: what the control side may hand a worker for one
+# inbound route (the AuthorizationPolicies reaching one workload's port), checked
+# before the engine allocates it. Generous for real meshes (thousands of rules of a few
+# values each; a value takes 36 bytes of a worker's table, a match 32), and far below
+# what the program's uint32 offsets could index. meshnode's control side refuses
+# a config over them by name (meshnode.config.authzsize).
+AUTHZ_MAX_POLICIES = 4096           # policies
+AUTHZ_MAX_LEAVES = 65536            # values, and each of: matches, clauses, rules
+AUTHZ_MAX_TEXT_BYTES = 4194304      # names and string values, in bytes
+
 _AUTHZ_ACTIONS = {"ALLOW": AUTHZ_ALLOW, "DENY": AUTHZ_DENY, "AUDIT": AUTHZ_AUDIT}
 # Field -> (AuthzField, leaf type): a SOURCE's, an OPERATION's, a CONDITION's keys.
 _AUTHZ_SOURCE = {"principals": (AZ_PRINCIPAL, "str"), "namespaces": (AZ_NAMESPACE, "str"),
@@ -202,6 +212,21 @@ cdef int _check_template(str value, str what) except -1:
     return 0
 
 
+cdef int _authz_bounded(_AuthzCompiler out) except -1:
+    """The program is within AUTHZ_MAX_*: else a ValueError naming the count and limit."""
+    for count, what, limit, name in (
+            (len(out.policies), "policies", AUTHZ_MAX_POLICIES, "AUTHZ_MAX_POLICIES"),
+            (len(out.rules), "rules", AUTHZ_MAX_LEAVES, "AUTHZ_MAX_LEAVES"),
+            (len(out.clauses), "sources and operations", AUTHZ_MAX_LEAVES, "AUTHZ_MAX_LEAVES"),
+            (len(out.matches), "field matches", AUTHZ_MAX_LEAVES, "AUTHZ_MAX_LEAVES"),
+            (len(out.leaves), "values", AUTHZ_MAX_LEAVES, "AUTHZ_MAX_LEAVES"),
+            (len(out.text), "bytes of names and values", AUTHZ_MAX_TEXT_BYTES,
+             "AUTHZ_MAX_TEXT_BYTES")):
+        if count > limit:
+            raise ValueError(f"program: {count} {what}, over the limit of {limit} ({name})")
+    return 0
+
+
 cdef tuple _authz_compile(object program):
     """The checked, flattened program: (policies, rules, clauses, matches, leaves, text,
     has_allow, want)."""
@@ -210,12 +235,22 @@ cdef tuple _authz_compile(object program):
         raise ValueError(f"program: a dict with 'policies' only, not {program!r}")
     if not isinstance(program["policies"], list):
         raise ValueError(f"program.policies: a list, not {program['policies']!r}")
+    if len(program["policies"]) > AUTHZ_MAX_POLICIES:
+        # (Refused before compiling: the other bounds are checked once compiled.)
+        raise ValueError(f"program: {len(program['policies'])} policies, over the limit of "
+                         f"{AUTHZ_MAX_POLICIES} (AUTHZ_MAX_POLICIES)")
     for i, policy in enumerate(program["policies"]):
         out.policy(policy, f"policies[{i}]")
-    if len(out.leaves) >= 0xFFFFFFFF or len(out.text) >= 0xFFFFFFFF:
-        raise ValueError("program: too large")
+    _authz_bounded(out)
     return (out.policies, out.rules, out.clauses, out.matches, out.leaves, bytes(out.text),
             any(p[0] == AUTHZ_ALLOW for p in out.policies), out.want)
+
+
+def check_authz_program(program) -> None:
+    """RouteTable.set_inbound_authz()'s checks of `program` alone, AUTHZ_MAX_* included:
+    a ValueError names what is wrong. For the control side, to refuse a config whose
+    program a worker would refuse."""
+    _authz_compile(program)
 
 
 cdef void* _authz_array(list items, size_t size) except? NULL:

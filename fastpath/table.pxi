@@ -747,12 +747,12 @@ cdef class RouteTable:
     def set_inbound_authz(self, str sni not None, program) -> None:
         """The AuthorizationPolicies that apply to inbound route `sni` (authz.pxi,
         Istio's semantics), as control compiles them: `program` is
-        {"policies": [...]} (the authorization program's contract), checked whole (a
-        ValueError names what is wrong; nothing is installed). Each HTTP request is
-        judged on its head, its path as set_path_normalization() left it; an opaque
-        connection once, before its app is connected. Denied: 403 `RBAC: access
-        denied`, or the connection closed. None removes the route's program. A later
-        call replaces this one."""
+        {"policies": [...]} (the authorization program's contract), checked whole,
+        AUTHZ_MAX_* included (a ValueError names what is wrong; nothing is installed).
+        Each HTTP request is judged on its head, its path as set_path_normalization()
+        left it; an opaque connection once, before its app is connected. Denied: 403
+        `RBAC: access denied`, or the connection closed. None removes the route's
+        program. A later call replaces this one."""
         _authz_add(self, sni, program)
 
     def set_path_normalization(self, str mode not None) -> None:

@@ -109,9 +109,13 @@ class Inbound:
         # A config without either kind leaves `inbound` out: no policy, the Mesh's mode.
         self.active = bool(self._policies) or any(isinstance(r, PeerAuthentication) for r in resources)
 
+    def reaching(self, workload: Workload, service: Service) -> list[tuple[AuthorizationPolicy, dict[str, Any]]]:
+        """The policies that reach `workload` serving `service`, each with its POLICY."""
+        return [(policy, compiled) for policy, compiled in self._policies
+                if reaches(policy, workload, service, self._root)]
+
     def program(self, workload: Workload, service: Service) -> dict[str, Any]:
-        return {"policies": [compiled for policy, compiled in self._policies
-                             if reaches(policy, workload, service, self._root)]}
+        return {"policies": [compiled for _, compiled in self.reaching(workload, service)]}
 
     def entries(self, service: Service, local: Sequence[Workload],
                 workload_port: Callable[[Workload], int]) -> dict[str, dict[str, Any]]:

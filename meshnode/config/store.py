@@ -8,8 +8,10 @@ Layout under state_dir (mode 0700; files 0600):
 Every change is validated as a whole set (validate_set) before anything is written, and
 memory is updated only after the disk is, so a refused or failed change leaves both as
 they were. A store opened with the mesh root's trust domain also refuses a Mesh that
-names another (trust_domain_problems), whether applied, seeded or already stored. One
-process (control) owns a state dir; the lock only guards its threads.
+names another (trust_domain_problems), whether applied, seeded or already stored. A
+change whose AuthorizationPolicies make some workload an authorization program over the
+data plane's limits is refused too (authz_size_problems). One process (control) owns a
+state dir; the lock only guards its threads.
 
 The store stamps each HTTPRoute, DestinationRule, XBackendTrafficPolicy,
 AuthorizationPolicy and PeerAuthentication with its creation time when it is first
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomic
+from .authzsize import authz_size_problems
 from .errors import ConfigError, NotFound, Problem
 from .load import load_path, to_dict
 from .model import (KINDS, AuthorizationPolicy, DestinationRule, HTTPRoute, Key, PeerAuthentication,
@@ -170,6 +173,8 @@ class Store:
     def _validate(self, resources: list[Resource]) -> None:
         validate_set(resources)
         problems = trust_domain_problems(resources, self.root_domain)
+        # (In the trust domain the snapshots are compiled in, once it is known good.)
+        problems = problems or authz_size_problems(resources, self.root_domain)
         if problems:
             raise ConfigError(problems)
 

@@ -689,3 +689,47 @@ def test_a_route_not_known_is_refused(mesh: Mesh) -> None:
     t = mesh.inbound_table()
     with pytest.raises(ValueError, match="no inbound route"):
         t.set_inbound_authz("nowhere.demo.svc", {"policies": []})
+
+
+def _paths(n: int, length: int = 8) -> dict[str, Any]:
+    """A policy denying `n` distinct paths of `length` bytes each."""
+    return policy("demo/many", "DENY", rule(operation={"paths": values(
+        *(["exact", f"/{i:0{length - 1}d}"] for i in range(n)))}))
+
+
+@pytest.mark.parametrize("program, limit", [
+    ({"policies": [policy(f"demo/p{i}", "AUDIT") for i in range(fe.AUTHZ_MAX_POLICIES + 1)]},
+     "4097 policies, over the limit of 4096 (AUTHZ_MAX_POLICIES)"),
+    ({"policies": [_paths(fe.AUTHZ_MAX_LEAVES + 1)]},
+     "65537 values, over the limit of 65536 (AUTHZ_MAX_LEAVES)"),
+    ({"policies": [policy("demo/rules", "DENY", *[rule() for _ in range(fe.AUTHZ_MAX_LEAVES + 1)])]},
+     "65537 rules, over the limit of 65536 (AUTHZ_MAX_LEAVES)"),
+    ({"policies": [_paths(1100, 4000)]},
+     "bytes of names and values, over the limit of 4194304 (AUTHZ_MAX_TEXT_BYTES)"),
+])
+def test_a_program_over_its_bounds_is_refused_and_the_route_keeps_its_own(
+        mesh: Mesh, program: dict[str, Any], limit: str) -> None:
+    """What control may hand the engine is bounded (AUTHZ_MAX_*): a program over a bound
+    is refused by name, as a malformed one, and the route keeps the program it had."""
+    t = mesh.inbound_table()
+    t.set_inbound_authz(V1, {"policies": [_paths(1)]})
+    with pytest.raises(ValueError, match=re.escape(limit)):
+        t.set_inbound_authz(V1, program)
+    with pytest.raises(ValueError, match=re.escape(limit)):
+        fe.check_authz_program(program)
+    mesh.in_node.install(t)
+    out, _ = mesh.outbound(callers=True)
+    mesh.out_node.install(out)
+    assert status_of(mesh, "/0000000") == 403 and status_of(mesh, "/0000001") == 200
+
+
+def test_a_program_at_its_bounds_is_taken(mesh: Mesh) -> None:
+    fe.check_authz_program({"policies": [policy(f"demo/p{i}", "AUDIT")
+                                         for i in range(fe.AUTHZ_MAX_POLICIES)]})
+    t = mesh.inbound_table()
+    t.set_inbound_authz(V1, {"policies": [_paths(fe.AUTHZ_MAX_LEAVES)]})
+    mesh.in_node.install(t)
+    out, _ = mesh.outbound(callers=True)
+    mesh.out_node.install(out)
+    assert status_of(mesh, f"/{fe.AUTHZ_MAX_LEAVES - 1:07d}") == 403
+    assert status_of(mesh, f"/{fe.AUTHZ_MAX_LEAVES:07d}") == 200
