@@ -309,12 +309,14 @@ cdef void _authz_count(Core* core, AuthzProgram* prog, const AuthzInput* x, int3
 cdef void _authz_connection(Conn* c, const InboundRoute* route, AuthzInput* x) noexcept nogil:
     """What a connection has: the caller's verified ID (and the namespace in it), its
     address, the route's app address and port, and the SNI its ClientHello named (the
-    route's; a plaintext caller named none, though its Host picked the route)."""
+    route's, or the alias it answers to as well; a plaintext caller named none, though
+    its Host picked the route)."""
     cdef const char* p = c.peer_id
     cdef uint32_t n = c.peer_id_length
     cdef const char* at
     cdef const char* end
     cdef const uint8_t* port
+    cdef const Name* sni
     memset(x, 0, sizeof(AuthzInput))
     if p != NULL and n > 0:
         if n >= 9 and memcmp(p, b"spiffe://", 9) == 0:
@@ -334,7 +336,8 @@ cdef void _authz_connection(Conn* c, const InboundRoute* route, AuthzInput* x) n
     port = <const uint8_t*>&(<net.sockaddr_in*>&route.app_addr).sin_port
     x.dest_port = (<uint32_t>port[0] << 8) | port[1]   # (sin6_port lies at the same offset)
     if c.down.ssl != NULL:
-        x.sni, x.sni_len = route.sni.data, route.sni.length
+        sni = _sni_sent(c, route)
+        x.sni, x.sni_len = sni.data, sni.length
 
 
 cdef void _remote_ip(const char* head, const ReqHead* req, AuthzInput* x) noexcept nogil:

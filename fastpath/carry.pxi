@@ -163,13 +163,12 @@ cdef bint _outbound_rebind(Core* core, Conn* c) noexcept nogil:
     return True
 
 
-cdef int64_t _route_in(const Table* t, const InboundRoute* r) noexcept nogil:
-    """The index of `t`'s inbound route for `r`'s SNI; -1 when it has none."""
-    cdef uint32_t j
-    for j in range(t.n_routes):
-        if _name_eq(&t.routes[j].sni, r.sni.data, r.sni.length):
-            return j
-    return -1
+cdef int64_t _route_in(const Table* t, const Conn* c) noexcept nogil:
+    """The index of `t`'s inbound route for the SNI inbound pair `c` came by (its
+    route's own name for a plaintext pair); -1 when it has none."""
+    cdef const Name* sni = _sni_sent(c, &c.table.routes[c.route])
+    cdef bint alias
+    return _route_named(t, sni.data, sni.length, &alias)
 
 
 cdef inline bint _same_app(const InboundRoute* a, const InboundRoute* b) noexcept nogil:
@@ -180,10 +179,16 @@ cdef inline bint _same_app(const InboundRoute* a, const InboundRoute* b) noexcep
 
 
 cdef void _inbound_take_route(Core* core, Conn* c, uint32_t j) noexcept nogil:
-    cdef InboundRoute* route
+    cdef InboundRoute* route = &core.table.routes[j]
+    cdef const Name* sni = _sni_sent(c, &c.table.routes[c.route])
+    # The name it came by may be the alias of route j where it was the old route's SNI,
+    # or the other way round (before _retable: the old table may go with it).
+    if _name_eq(&route.alias, sni.data, sni.length):
+        c.flags |= CONN_SNI_ALIAS
+    else:
+        c.flags &= ~CONN_SNI_ALIAS
     _retable(core, c, core.table)
     c.route = j
-    route = &c.table.routes[j]
     c.local_principal = _interned(core, &route.principal, &route.identity)
     if c.flags & CONN_HTTP:
         c.head_reserve = _request_room(route, c)
@@ -196,7 +201,7 @@ cdef bint _inbound_rebind(Core* core, Conn* c) noexcept nogil:
     plaintext, so a plaintext pair is never held on its table past a push
     (_inbound_move, CONN_HOLD_TABLE), where a later push's STRICT would not reach its
     next request."""
-    cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
+    cdef int64_t j = _route_in(core.table, c)
     if (j < 0 or not _same_app(&c.table.routes[c.route], &core.table.routes[j])
             or not _takes_pair(&core.table.routes[j], c)):
         return False
@@ -233,7 +238,7 @@ cdef int _inbound_move(Core* core, Conn* c) noexcept nogil:
     its next request on this pair is answered (saying close), not refused. A plaintext
     pair whose route is STRICT now is closed, its waiting request unanswered
     (plaintext.pxi)."""
-    cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
+    cdef int64_t j = _route_in(core.table, c)
     cdef InboundRoute* route
     cdef int st
     c.switching = False
@@ -305,7 +310,7 @@ cdef void _inbound_current(Core* core, Conn* c) noexcept nogil:
     """Inbound pair whose handshake ended after a config push: carried by the current
     table's route for its SNI; when there is none the pair stays on its route, going
     away (HTTP) or closed after the drain period (opaque)."""
-    cdef int64_t j = _route_in(core.table, &c.table.routes[c.route])
+    cdef int64_t j = _route_in(core.table, c)
     if j >= 0:
         _inbound_take_route(core, c, <uint32_t>j)
     elif c.flags & CONN_HTTP:
@@ -323,7 +328,7 @@ cdef void _opaque_check(Core* core, Conn* c) noexcept nogil:
     cdef bint kept
     cdef int64_t j
     if c.flags & CONN_INBOUND:
-        j = _route_in(core.table, &c.table.routes[c.route])
+        j = _route_in(core.table, c)
         kept = j >= 0 and _same_app(&c.table.routes[c.route], &core.table.routes[j])
     else:
         kept = _current_endpoint(core, c) != NULL
@@ -348,7 +353,7 @@ cdef bint _opaque_denied(Core* core, Conn* c) noexcept nogil:
     if ((c.flags & (CONN_INBOUND | CONN_HTTP)) != CONN_INBOUND
             or (c.state != CONN_PIPE and c.state != CONN_CONNECTING)):
         return False
-    j = _route_in(core.table, &c.table.routes[c.route])
+    j = _route_in(core.table, c)
     return j >= 0 and _authz_revoked(core, c, &core.table.routes[j])
 
 

@@ -4,6 +4,26 @@
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 
+cdef int64_t _route_named(const Table* t, const char* name, size_t n,
+                          bint* alias) noexcept nogil:
+    """The index of `t`'s inbound route that answers to `name`, by its SNI or its alias
+    (`alias` says which); -1 when none does."""
+    cdef uint32_t i
+    for i in range(t.n_routes):
+        if _name_eq(&t.routes[i].sni, name, n):
+            alias[0] = False
+            return i
+        if _name_eq(&t.routes[i].alias, name, n):
+            alias[0] = True
+            return i
+    return -1
+
+
+cdef inline const Name* _sni_sent(const Conn* c, const InboundRoute* route) noexcept nogil:
+    """The name inbound pair `c`'s ClientHello gave, as `route` (its route) keeps it."""
+    return &route.alias if c.flags & CONN_SNI_ALIAS else &route.sni
+
+
 cdef int _on_servername(openssl.SSL* ssl, int* alert, void* arg) noexcept nogil:
     """Inbound ClientHello: switch the SSL to the SSL_CTX of the service it names.
 
@@ -18,9 +38,10 @@ cdef int _on_servername(openssl.SSL* ssl, int* alert, void* arg) noexcept nogil:
     cdef Conn* c = <Conn*>openssl.SSL_get_ex_data(ssl, _conn_ex_index)
     cdef const char* name = openssl.SSL_get_servername(ssl, openssl.TLSEXT_NAMETYPE_host_name)
     cdef size_t n = 0
+    cdef int64_t found = -1
     cdef uint32_t i
     cdef uint32_t pick = 2166136261u      # FNV-1a over the name
-    cdef bint known = False
+    cdef bint known, alias = False
     cdef openssl.SSL_CTX* ctx
     cdef openssl.SSL_verify_cb verify
     if c == NULL:
@@ -28,11 +49,11 @@ cdef int _on_servername(openssl.SSL* ssl, int* alert, void* arg) noexcept nogil:
         return openssl.SSL_TLSEXT_ERR_ALERT_FATAL
     if name != NULL:
         n = strlen(name)
-        for i in range(t.n_routes):
-            if _name_eq(&t.routes[i].sni, name, n):
-                known = True
-                break
-    if not known:
+        found = _route_named(t, name, n, &alias)
+    known = found >= 0
+    if known:
+        i = <uint32_t>found
+    else:
         c.flags |= CONN_UNKNOWN_SNI
         if t.n_routes == 0:
             alert[0] = openssl.SSL_AD_UNRECOGNIZED_NAME    # nothing here to list
@@ -55,7 +76,7 @@ cdef int _on_servername(openssl.SSL* ssl, int* alert, void* arg) noexcept nogil:
     openssl.SSL_set_options(ssl, openssl.SSL_CTX_get_options(ctx))
     if known:
         c.route = i
-        c.flags |= CONN_ROUTED
+        c.flags |= CONN_ROUTED | (CONN_SNI_ALIAS if alias else 0)
     return openssl.SSL_TLSEXT_ERR_OK
 
 

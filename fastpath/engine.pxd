@@ -596,6 +596,8 @@ cdef struct RouteSet:
 cdef struct InboundRoute:
     FilterChain chain              # its steps (on request: x-forwarded-client-cert)
     Name sni
+    Name alias                     # the other name it answers to, for callers that send
+                                   # another form (older nodes); empty: none
     Name service                   # the local service, as named for request figures
     Name identity                  # the local service's SPIFFE ID (empty: not given)
     int32_t principal              # as in OutboundListener
@@ -909,6 +911,9 @@ cdef enum ConnFlags:
     # Inbound: the ClientHello carried a caller address that is not one (caller_ext.pxi):
     # the handshake failed on it, counted as caller_addr_malformed.
     CONN_CALLER_MALFORMED = 67108864
+    # Inbound: the ClientHello named the route's alias, not its SNI: connection.sni
+    # is the alias (authz.pxi), and a newer table's route is found by it (carry.pxi).
+    CONN_SNI_ALIAS = 134217728
 
 
 # HTTP outbound, in PIPE: where the client's bytes (d2u) are in their request.
@@ -1474,7 +1479,8 @@ cdef class RouteTable:
     cdef list _services            # (name, sni bytes, [id bytes], [(host, port)] distinct,
                                    # BalancerKind)
     cdef list _outbound            # (fd, service index, TLSContext)
-    cdef list _routes              # (sni bytes, TLSContext, app host, app port)
+    cdef list _routes              # (sni bytes, TLSContext, app host, app port, service,
+                                   # identity, Protocol, version, alias bytes or b"")
     cdef list _hosts               # (host bytes, port, service index)
     cdef int _http_fd              # -1: no HTTP outbound listener
     cdef object _http_ctx          # its client TLSContext

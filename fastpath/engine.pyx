@@ -21,9 +21,9 @@ reads stats() (DESIGN.md §3). This version carries opaque TCP and HTTP/1.1:
   on an older table marks the current one's endpoint too. A request routed again
   keeps its service (its head was edited for the first hop) and its start time.
 - inbound (another node → local app): the inbound listener terminates mutual TLS,
-  picks the local service by SNI (its own server SSL_CTX: the identity the service
-  runs as), keeps the peer's SPIFFE ID with the connection, and relays in plaintext
-  to the service's local app address.
+  picks the local service by SNI, the route's own name or its one alias (its own
+  server SSL_CTX: the identity the service runs as), keeps the peer's SPIFFE ID with
+  the connection, and relays in plaintext to the service's local app address.
 - PeerAuthentication (plaintext.pxi, RouteTable.set_inbound_mtls): an inbound route
   PERMISSIVE or DISABLE takes plaintext HTTP too: on a table with one, the inbound
   side peeks at each connection's first byte (a TLS handshake record, or not), frames

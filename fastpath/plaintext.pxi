@@ -44,7 +44,7 @@ cdef bint _plaintext_revoked(Core* core, Conn* c) noexcept nogil:
     cdef int64_t j
     if not c.flags & CONN_PLAINTEXT:
         return False
-    j = _route_in(core.table, &c.table.routes[c.route])
+    j = _route_in(core.table, c)
     return j >= 0 and not _takes_pair(&core.table.routes[j], c)
 
 

@@ -79,6 +79,7 @@ cdef void _table_free(Table* t) noexcept nogil:
         for i in range(t.n_routes):
             _chain_free(&t.routes[i].chain)
             _name_free(&t.routes[i].sni)
+            _name_free(&t.routes[i].alias)
             _name_free(&t.routes[i].service)
             _name_free(&t.routes[i].identity)
             _name_free(&t.routes[i].version)
@@ -704,9 +705,16 @@ cdef class RouteTable:
 
     def add_inbound_route(self, str sni not None, TLSContext server_ctx not None,
                           str app_host not None, int app_port, str service=None,
-                          str identity=None, str protocol="auto", str version=None) -> None:
+                          str identity=None, str protocol="auto", str version=None,
+                          str alias=None) -> None:
         """Inbound connections naming `sni` handshake with `server_ctx` (the local
         service's identity and trust) and go to the app at (app_host, app_port).
+
+        `alias`: a second name the route answers to, as callers of another version
+        name the same service port: a connection naming it is this route's in every
+        respect (set_inbound_mtls, set_inbound_authz and rate limits name the route by
+        `sni` only), except that its connection.sni is the alias. One alias at most,
+        so the ClientHello's lookup compares at most two names per route.
 
         `protocol`: the app port's declared protocol, which decides whatever ALPN the
         peer offers: "http" frames every connection (a peer offering the opaque
@@ -721,15 +729,20 @@ cdef class RouteTable:
         cdef net.sockaddr_storage addr
         cdef net.socklen_t length
         sni_b = _host_name(sni, "sni")
+        alias_b = _host_name(alias, "alias") if alias is not None else b""
         if not server_ctx.server:
             raise ValueError("inbound routes need a server TLSContext")
-        if any(sni_b == entry[0] for entry in self._routes):
-            raise ValueError("sni %r already has a route" % sni)
+        if alias_b == sni_b:
+            raise ValueError("alias %r is the route's sni" % alias)
+        taken = {name for entry in self._routes for name in (entry[0], entry[8]) if name}
+        for name in (sni_b, alias_b):
+            if name in taken:
+                raise ValueError("%r already names a route" % name.decode())
         identity_b = _spiffe_id(identity)
         _sockaddr(app_host, app_port, &addr, &length)
         self._routes.append((sni_b, server_ctx, app_host, app_port,
                              (service or "").encode(), identity_b, _protocol(protocol),
-                             _label_value(version, "version")))
+                             _label_value(version, "version"), alias_b))
 
     def set_inbound_mtls(self, str sni not None, str mode not None, hosts=(),
                          int port=80) -> None:
@@ -875,7 +888,7 @@ cdef class RouteTable:
                     raise MemoryError()
                 t.n_routes = len(self._routes)
             for i, (sni_b, ctx, host, port, service_b, identity_b, proto,
-                    version_b) in enumerate(self._routes):
+                    version_b, alias_b) in enumerate(self._routes):
                 route = &t.routes[i]
                 route.protocol = proto
                 # Its chain: authorization first (a request it refuses takes no token
@@ -889,6 +902,7 @@ cdef class RouteTable:
                 _chain_build(&route.chain, steps + _limit_steps(self._rate_limits, sni_b, None)
                              + [(FILTER_XFCC, PHASE_REQUEST, 0)])
                 _name_set(&route.sni, sni_b)
+                _name_set(&route.alias, alias_b)
                 _name_set(&route.service, service_b)
                 _name_set(&route.identity, identity_b)
                 _name_set(&route.version, version_b)

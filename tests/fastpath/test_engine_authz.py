@@ -27,12 +27,13 @@ from fastpath import engine as fe
 
 from enginekit import TIMEOUT_S, port_of, recv_all, wait_for
 from test_engine import App as EchoApp
-from test_engine_routes import (BACKEND_ID, Mesh, client_ctx, mesh, mesh_pki,  # noqa: F401
-                                request, server_ctx)
+from test_engine_routes import (BACKEND_ID, FRONTEND_ID, OTHER_NS_ID, Mesh, client_ctx,  # noqa: F401
+                                mesh, mesh_pki, request, server_ctx)
 
 pytestmark = pytest.mark.timeout(120)
 
 V1 = "http.backend-v1.demo.svc"
+ISTIO_V1 = "outbound_.80_._.backend-v1.demo.svc.cluster.local"   # Istio's form of v1's name
 FRONTEND = "127.0.0.2"      # cluster.local/ns/demo/sa/frontend
 CART = "127.0.0.3"          # cluster.local/ns/shop/sa/cart
 DENIED = b"RBAC: access denied"
@@ -263,6 +264,94 @@ def test_a_plaintext_caller_named_no_sni(mesh: Mesh) -> None:
         out, _ = mesh.outbound(callers=True)
         mesh.out_node.install(out)
         assert status_of(mesh) == 200, action      # over mutual TLS: the route's SNI
+
+
+# --- a route's two names --------------------------------------------------------------------
+
+
+def named_twice(m: Mesh, sni: str, alias: str, *policies: dict[str, Any]) -> fe.RouteTable:
+    """The app's node: route v1 named `sni` and answering to `alias` too (the name older
+    nodes send), judged by `policies`."""
+    t = fe.RouteTable()
+    t.set_inbound(m.in_sock.fileno())
+    t.add_inbound_route(sni, server_ctx(m.pki), "127.0.0.1", m.apps["v1"].port,
+                        service="demo/backend-v1:http", identity=BACKEND_ID, protocol="HTTP",
+                        version="v1", alias=alias)
+    t.set_inbound_authz(sni, {"policies": list(policies)})
+    return t
+
+
+def calling_by(m: Mesh, sni: str) -> fe.RouteTable:
+    """The caller's node, naming service "backend" `sni` in its ClientHello."""
+    t = fe.RouteTable()
+    backend = t.add_service("demo/backend:http", sni, [BACKEND_ID],
+                            [("127.0.0.1", port_of(m.in_sock))])
+    t.add_host("backend", backend, 80)
+    t.set_outbound_http(m.http_sock.fileno(), None, None)
+    t.add_source(FRONTEND, client_ctx(m.pki), FRONTEND_ID)
+    t.add_source(CART, client_ctx(m.pki, m.pki.other_ns), OTHER_NS_ID)
+    return t
+
+
+def test_either_name_reaches_the_one_route_and_its_one_program(mesh: Mesh) -> None:
+    """A node of the older version (V1) and a newer one (Istio's form) reach the same
+    app and are judged by the same program, compiled once: its figures count both."""
+    mesh.in_node.install(named_twice(mesh, ISTIO_V1, V1, policy(
+        "demo/frontend", "ALLOW", rule({"namespaces": values(["exact", "demo"])}))))
+    for sni in (ISTIO_V1, V1):
+        mesh.out_node.install(calling_by(mesh, sni))
+        status, body = call(mesh, source=FRONTEND)
+        assert status == 200 and body["version"] == "v1", sni
+        assert call(mesh, source=CART) == (403, DENIED), sni
+    figures = {(f["policy"], f["action"]): f for f in mesh.in_node.engine.authz_stats()}
+    assert figures[("demo/frontend", "ALLOW")]["allowed"] == 2
+    assert figures[("", "ALLOW")]["denied"] == 2
+    assert mesh.in_node.stats()["tls_unknown_sni"] == 0
+
+
+def test_connection_sni_is_the_name_the_caller_sent(mesh: Mesh) -> None:
+    """Envoy's requested_server_name: an ALLOW of Istio's names lets in the caller that
+    sent one, not the one that sent the route's other name, and the other way round."""
+    istio = rule(when=[{"key": "connection.sni", "values": [["suffix", ".backend-v1.demo.svc.cluster.local"]],
+                        "not": None}])
+    older = rule(when=[{"key": "connection.sni", "values": [["exact", V1]], "not": None}])
+    for when, allowed in ((istio, ISTIO_V1), (older, V1)):
+        mesh.in_node.install(named_twice(mesh, ISTIO_V1, V1, policy("demo/sni", "ALLOW", when)))
+        for sni in (ISTIO_V1, V1):
+            mesh.out_node.install(calling_by(mesh, sni))
+            assert status_of(mesh) == (200 if sni == allowed else 403), (allowed, sni)
+
+
+def test_an_open_connection_keeps_the_name_it_came_by_across_pushes(mesh: Mesh) -> None:
+    """A kept-alive pair that came by the alias is carried to the next table's route
+    by that name, and its connection.sni stays that name: also when the push makes it
+    the route's own name, and the other the alias."""
+    by_older = policy("demo/sni", "ALLOW", rule(when=[
+        {"key": "connection.sni", "values": [["exact", V1]], "not": None}]))
+    mesh.in_node.install(named_twice(mesh, ISTIO_V1, V1))
+    mesh.out_node.install(calling_by(mesh, V1))
+    conn = mesh.http(FRONTEND)
+    assert request(conn, "/")[0] == 200
+    opened = mesh.in_node.stats()["inbound_connections_opened"]
+    for sni, alias in ((ISTIO_V1, V1), (V1, ISTIO_V1), (ISTIO_V1, V1)):
+        mesh.in_node.install(named_twice(mesh, sni, alias, by_older))
+        assert request(conn, "/")[0] == 200, (sni, alias)
+    mesh.in_node.install(named_twice(mesh, ISTIO_V1, V1, policy("demo/sni", "ALLOW", rule(when=[
+        {"key": "connection.sni", "values": [["exact", ISTIO_V1]], "not": None}]))))
+    assert request(conn, "/")[0] == 403
+    assert mesh.in_node.stats()["inbound_connections_opened"] == opened    # the same pair
+
+
+def test_a_name_names_one_route_and_settings_take_the_route_by_its_sni(mesh: Mesh) -> None:
+    t = named_twice(mesh, ISTIO_V1, V1)
+    ctx = server_ctx(mesh.pki)
+    with pytest.raises(ValueError, match="is the route's sni"):
+        t.add_inbound_route("other.demo.svc", ctx, "127.0.0.1", 1, alias="Other.demo.svc")
+    for sni, alias in ((V1, None), ("other.demo.svc", ISTIO_V1), ("other.demo.svc", V1.upper())):
+        with pytest.raises(ValueError, match="already names a route"):
+            t.add_inbound_route(sni, ctx, "127.0.0.1", 1, alias=alias)
+    with pytest.raises(ValueError, match="no inbound route"):
+        t.set_inbound_authz(V1, {"policies": []})
 
 
 # --- evaluation ------------------------------------------------------------------------------
