@@ -26,10 +26,15 @@ if __package__ in (None, ""):  # run as `python bench/peers.py`
 
 from bench.pki import TestPKI, make_pki  # noqa: E402
 
-SNI = "app.bench.svc"  # the destination service, as a mesh puts it in SNI (DESIGN §3)
+# The destination service's name: the Host the load sends, and the name of the peers'
+# server certificate, which their outbound side sends in SNI and checks.
+SNI = "app.bench.svc"
 NAMESPACE = "bench"
 SERVICE = "app"
 SERVICE_PORT = 8080
+# The name a meshnode node sends in SNI for the service's port, its inbound route's
+# (meshnode.dataplane.sni_for: Istio's form).
+MESH_SNI = f"outbound_.{SERVICE_PORT}_._.{SERVICE}.{NAMESPACE}.svc.cluster.local"
 BODY_64K_BYTES = 64 * 1024
 
 

@@ -488,7 +488,7 @@ class Meshnode(Pair):
             raise Unavailable(f"no 200 through the outbound port 127.0.0.1:{outbound} "
                               f"(port-base+1) with Host: {peers.SNI}: {why}")
         check_path(ctx.launcher, outbound, peers.SNI, f"{self.name} outbound")
-        info.update(check_mtls(inbound, None, peers.SNI))
+        info.update(check_mtls(inbound, None, peers.MESH_SNI))
         return Target(outbound, peers.SNI, info)
 
     def _check_build(self, engines: dict[str, str | None]) -> None:

@@ -96,9 +96,27 @@ _OVERLOAD = ("max_requests_in_flight", "max_requests_per_source", "slow_grace_s"
              "slow_min_rate")
 
 
-def sni_for(port_name: str, fqdn: str) -> str:
-    """The SNI naming one port of one service between nodes (a DNS name, like Istio's
-    ``outbound_.PORT_._.FQDN``): the inbound side picks the local app by it."""
+# The DNS suffix of Services' names in the SNI between nodes: Kubernetes' and Istio's
+# default. Istio takes another from istiod's --domain flag (DOMAIN_SUFFIX), not from
+# MeshConfig or ProxyConfig; meshnode's Services are its own, with no cluster DNS
+# behind them, so only a policy written for an Istio mesh with another domain would
+# need a setting, and none is made.
+CLUSTER_DOMAIN = "cluster.local"
+
+
+def sni_for(port: int, fqdn: str) -> str:
+    """The SNI naming one port of one service between nodes, in Istio's form
+    ``outbound_.PORT_.SUBSET_.FQDN``, so that AuthorizationPolicies' connection.sni
+    values written for Istio (``*.NAME.NAMESPACE.svc.cluster.local``) match it; the
+    inbound side picks the local app by it. The subset is always empty ("_"): subsets
+    route nothing here (config/destinationrulehash.py: an HTTPRoute names Services),
+    so a connection always reaches the service port, never a subset of it."""
+    return f"outbound_.{port}_._.{fqdn}.{CLUSTER_DOMAIN}"
+
+
+def legacy_sni_for(port_name: str, fqdn: str) -> str:
+    """The SNI nodes before Istio's form sent (PORT-NAME.NAME.NAMESPACE.svc): each
+    inbound route answers to it too, for callers not yet upgraded."""
     return f"{port_name}.{fqdn}"
 
 
@@ -259,7 +277,7 @@ class DataPlane:
                 continue  # no endpoints: nothing to route to
             ports: list[int] = []   # the engine services of its ports: one retry budget
             for port in svc["ports"]:
-                sni = sni_for(port["name"], svc["fqdn"])
+                sni = sni_for(int(port["port"]), svc["fqdn"])
                 endpoints = self._endpoints(svc, port, nodes)
                 name = f"{svc['namespace']}/{svc['name']}:{port['name']}"
                 self.service_fqdn[name] = svc["fqdn"]
@@ -351,8 +369,9 @@ class DataPlane:
 
     def _inbound_route(self, table: RouteTable, svc: dict[str, Any], port: dict[str, Any],
                        sni: str, mesh_mtls: str) -> bool:
-        """The port's inbound route to its first local endpoint with a certificate, in
-        the mTLS mode PeerAuthentication leaves that workload's port (the snapshot's
+        """The port's inbound route to its first local endpoint with a certificate, named
+        by `sni` and, as its alias, by the name older nodes send (legacy_sni_for), in the
+        mTLS mode PeerAuthentication leaves that workload's port (the snapshot's
         port["inbound"], else the Mesh's): PERMISSIVE and DISABLE take plaintext HTTP
         too, named by the service's Host names and this port (fastpath plaintext.pxi).
         False: this node serves the port on no workload."""
@@ -365,7 +384,8 @@ class DataPlane:
                                         int(ep["ports"][port["name"]]),
                                         service=f"{svc['namespace']}/{svc['name']}:{port['name']}",
                                         identity=ep["identity"], protocol=_protocol(port),
-                                        version=_version(ep))
+                                        version=_version(ep),
+                                        alias=legacy_sni_for(port["name"], svc["fqdn"]))
                 inbound = (port.get("inbound") or {}).get(ep.get("workload")) or {}
                 table.set_inbound_mtls(sni, inbound.get("mtls", mesh_mtls),
                                        hosts=svc.get("hosts", ()), port=int(port["port"]))

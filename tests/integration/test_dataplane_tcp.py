@@ -30,7 +30,8 @@ from mnharness import CLI, Node, wait_for
 pytestmark = pytest.mark.timeout(60)
 
 ECHO_ID = "spiffe://cluster.local/ns/demo/sa/echo"
-SNI = "tcp.echo.demo.svc"
+SNI = "outbound_.7000_._.echo.demo.svc.cluster.local"   # Istio's name of echo's port 7000
+LEGACY_SNI = "tcp.echo.demo.svc"                          # the one older nodes send
 IO_TIMEOUT_S = 20.0
 READY_TIMEOUT_S = 20.0
 CHUNK_BYTES = 64 * 1024
@@ -506,6 +507,8 @@ def failures(node: Node, reason: str) -> float:
 
 
 def test_inbound_refuses_a_client_without_certificate_and_an_unknown_sni(mesh: Mesh) -> None:
+    """By either name of the port's route (Istio's, and the one older nodes send) the
+    route's certificate check refuses it (tls_failures_verify, not tls_unknown_sni)."""
     node = mesh.node
     inbound = node.port_base + 6
     settle(node)
@@ -513,11 +516,12 @@ def test_inbound_refuses_a_client_without_certificate_and_an_unknown_sni(mesh: M
     verify_before = failures(node, "tls_failures_verify")
     sni_before = failures(node, "tls_unknown_sni")
 
-    result = s_client(inbound, SNI)
-    # TLS 1.3 (RFC 8446 §4.4.2.4): the server answers an empty Certificate with this alert.
-    assert "certificate required" in result.stderr, result.stdout + result.stderr
-    wait_for(lambda: failures(node, "tls_failures_verify") > verify_before, 10.0,
-             "the verify failure of a client without certificate in /metrics")
+    for k, name in enumerate((SNI, LEGACY_SNI), 1):
+        result = s_client(inbound, name)
+        # TLS 1.3 (RFC 8446 §4.4.2.4): the server answers an empty Certificate with this alert.
+        assert "certificate required" in result.stderr, result.stdout + result.stderr
+        wait_for(lambda k=k: failures(node, "tls_failures_verify") >= verify_before + k, 10.0,
+                 f"the verify failure of a client without certificate naming {name} in /metrics")
 
     # An unknown name gets the same answer (not unrecognized_name, which would list the
     # node's services to a caller without a certificate), and is counted as before.
@@ -528,7 +532,7 @@ def test_inbound_refuses_a_client_without_certificate_and_an_unknown_sni(mesh: M
 
     settle(node)  # every worker has reported since: no connection is still being set up
     assert mesh.app.accepted == accepted, "a refused client reached the app"
-    assert failures(node, "tls_failures_verify") == verify_before + 1
+    assert failures(node, "tls_failures_verify") == verify_before + 2
     assert failures(node, "tls_unknown_sni") == sni_before + 1
     # The mesh itself still gets through.
     assert echoes(mesh.outbound_port)

@@ -29,9 +29,8 @@ Where meshnode knowingly differs, the case says so (`differs`, a pytest mark):
 - The templates' DestinationRules (tls ISTIO_MUTUAL) are not applied: meshnode refuses
   their tls, and between nodes it is always mutual TLS.
 
-Where meshnode fails a case knowingly, the case is xfail(strict=True) with the reason:
-TestAuthz_Conditions' connection.sni cases, as the SNI between nodes is not Istio's
-(README, AuthorizationPolicy).
+TestAuthz_Conditions' connection.sni cases run as Istio's: a node sends Istio's SNI
+(outbound_.PORT_._.NAME.NAMESPACE.svc.cluster.local, meshnode.dataplane.sni_for).
 """
 
 from __future__ import annotations
@@ -57,9 +56,7 @@ GRPC_H1 = "gRPC called as its unary request's head over HTTP/1.1: meshnode carri
 PLAINTEXT = ("the plaintext caller is a client without a node (meshnode refuses DestinationRule tls: "
              "nodes always speak mutual TLS)")
 PLAINTEXT_TCP = PLAINTEXT + "; its plaintext TCP is refused whatever the mode (README: PeerAuthentication)"
-SNI = ("the SNI between nodes is PORT-NAME.NAME.NAMESPACE.svc (meshnode.dataplane.sni_for), not Istio's "
-       "outbound_.PORT_._.NAME.NAMESPACE.svc.cluster.local, so the policy's *.b.echo1.svc.cluster.local "
-       "matches no connection")
+
 
 
 @dataclass(frozen=True)
@@ -95,7 +92,6 @@ class Case:
     headers: tuple[tuple[str, str], ...] = ()
     plaintext: bool = False
     differs: tuple[str, ...] = ()  # how meshnode runs it otherwise than Istio, and why
-    xfail: str = ""                 # why meshnode fails it, knowingly (strict)
 
 
 def allow_text(allow: bool) -> str:
@@ -246,8 +242,7 @@ def conditions() -> Iterator[Case]:
             query = f"?x-foo={xfoo}" if xfoo is not None else ""
             yield Case(f"TestAuthz_Conditions/{caller}->{B1}/{path}{query}({allow_text(bool(allow))})/http",
                        config, caller, B1, "http", bool(allow), path,
-                       headers=(("x-foo", xfoo),) if xfoo is not None else (),
-                       xfail=SNI if path in ("/connection-sni-good", "/connection-sni-notValues") else "")
+                       headers=(("x-foo", xfoo),) if xfoo is not None else ())
 
 
 CASES = [*principal(), *trust_domain(), *deny_principal(), *namespace(), *not_method_and_port(),
@@ -256,8 +251,6 @@ CASES = [*principal(), *trust_domain(), *deny_principal(), *namespace(), *not_me
 
 def _param(case: Case) -> object:
     marks = [pytest.mark.differs(reason) for reason in case.differs]
-    if case.xfail:
-        marks.append(pytest.mark.xfail(strict=True, reason=case.xfail))
     return pytest.param(case, id=case.name, marks=marks)
 
 
