@@ -57,6 +57,7 @@ from typing import Any, Callable
 from fastpath.engine import Engine, RouteTable
 
 from . import callers, logs, ratelimits, routes
+from .config.model import CLUSTER_DOMAIN
 from .identity.creds import Contexts
 from .poolshare import worker_share
 from .ports import Ports
@@ -96,12 +97,6 @@ _OVERLOAD = ("max_requests_in_flight", "max_requests_per_source", "slow_grace_s"
              "slow_min_rate")
 
 
-# The DNS suffix of Services' names in the SNI between nodes: Kubernetes' and Istio's
-# default. Istio takes another from istiod's --domain flag (DOMAIN_SUFFIX), not from
-# MeshConfig or ProxyConfig; meshnode's Services are its own, with no cluster DNS
-# behind them, so only a policy written for an Istio mesh with another domain would
-# need a setting, and none is made.
-CLUSTER_DOMAIN = "cluster.local"
 
 
 def sni_for(port: int, fqdn: str) -> str:

@@ -27,7 +27,11 @@ API_VERSION = "meshnode.io/v1alpha1"
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 
 CLUSTER_DOMAIN = "cluster.local"
-"""The DNS domain a Service's FQDN ends in, as Kubernetes' default: name.ns.svc.cluster.local."""
+"""The DNS domain a Service's FQDN ends in, as Kubernetes' default: name.ns.svc.cluster.local
+(in Istio's destination_service label and in the SNI between nodes). Istio takes another
+from istiod's --domain flag, not from MeshConfig; meshnode's Services have no cluster DNS
+behind them, so only a policy written for an Istio mesh with another domain would need a
+setting, and none is made."""
 
 METRIC_NAMES = ("istio", "meshnode")
 """The names request metrics may be exported under (Mesh spec.telemetry.metricNames)."""
