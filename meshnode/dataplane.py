@@ -57,7 +57,7 @@ from typing import Any, Callable
 from fastpath.engine import Engine, RouteTable
 
 from . import callers, logs, ratelimits, routes
-from .config.model import CLUSTER_DOMAIN
+from .clusterdomain import CLUSTER_DOMAIN
 from .identity.creds import Contexts
 from .poolshare import worker_share
 from .ports import Ports

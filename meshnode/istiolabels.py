@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from .config.model import CLUSTER_DOMAIN
+from .clusterdomain import CLUSTER_DOMAIN
 
 # Istio's label names, in the order Istio's own exposition has them (response_code and
 # response_flags follow, per answer).

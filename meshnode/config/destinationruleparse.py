@@ -16,7 +16,8 @@ from .destinationrulehash import ConsistentHash, parse_consistent_hash, parse_su
 from .destinationruleoutlier import parse_outlier_detection
 from .destinationrulepool import parse_connection_pool
 from .errors import Problem
-from .model import CLUSTER_DOMAIN, DestinationRule, key_label
+from ..clusterdomain import CLUSTER_DOMAIN
+from .model import DestinationRule, key_label
 from .routeparse import _metadata, metadata_dict
 from .validate import _MISSING, _DNS_LABEL, _Doc, _describe, _fields, _known_fields, _port, _string, join
 

@@ -25,17 +25,10 @@ from .httproute import HTTPRouteSpec
 API_VERSION = "meshnode.io/v1alpha1"
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
-
-CLUSTER_DOMAIN = "cluster.local"
-"""The DNS domain a Service's FQDN ends in, as Kubernetes' default: name.ns.svc.cluster.local
-(in Istio's destination_service label and in the SNI between nodes). Istio takes another
-from istiod's --domain flag, not from MeshConfig; meshnode's Services have no cluster DNS
-behind them, so only a policy written for an Istio mesh with another domain would need a
-setting, and none is made."""
+"""The trust domain of a mesh whose Mesh names none under a root that names none."""
 
 METRIC_NAMES = ("istio", "meshnode")
 """The names request metrics may be exported under (Mesh spec.telemetry.metricNames)."""
-"""The trust domain of a mesh whose Mesh names none under a root that names none."""
 
 Key = tuple[str, str, str]
 """(kind, namespace, name); the namespace of a cluster-scoped kind (Mesh) is ""."""
