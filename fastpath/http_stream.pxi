@@ -73,8 +73,10 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     """A request head at d2u.buf + base, for the current upstream: edit it for the
     next hop, count it as framed, and expect its body. STATUS_OK (also: a step answered
     it in place and dropped it: ratelimit.pxi), STATUS_AGAIN (inbound: no room for
-    x-forwarded-client-cert until earlier bytes are sent; a step waits for earlier
-    answers; overload's caps wait for them too), STATUS_CLOSE (a step answered it, the
+    x-forwarded-client-cert until earlier bytes are sent; outbound: none for its
+    route's request edits; a step waits for earlier answers; overload's caps wait for
+    them too: every wait comes before anything of the head is taken, the caller
+    frames it again), STATUS_CLOSE (a step answered it, the
     pair ends: a rate limit's 429, an authorization's 403; or overload answered 503 over
     a cap: overload.pxi), or
     STATUS_RESET (outbound: an absolute-form head that cannot be edited; 431).
@@ -112,6 +114,8 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
         req.upgrade = False
     if _overload_wait(core, c):
         return STATUS_AGAIN             # over a cap, behind answers owed (overload.pxi)
+    if _edits_wait(core, c, req, base):
+        return STATUS_AGAIN             # no room for its route's edits yet (routes.pxi)
     if _chain_at(chain, PHASE_REQUEST):
         call.phase = PHASE_REQUEST
         call.req = req
@@ -156,8 +160,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
             if grow == INT64_MAX:
                 return STATUS_RESET
             delta += grow
-        if c.req_rule >= 0 and (c.table.rules[c.req_rule].n_request_edits > 0
-                                or c.table.rules[c.req_rule].url != NULL):
+        if _edits_request(c):
             st = _request_edits(core, c, req, base, &delta)
             if st != STATUS_OK:
                 return st

@@ -6,6 +6,12 @@
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 
+# The most an absolute-form head gains (_absolute_form): a Host field added ("Host: " +
+# authority + CRLF) where "http://" + authority went, less the "/" an empty path gets.
+cdef enum:
+    _ABSOLUTE_FORM_GROW_MAX = 2
+
+
 cdef uint32_t _origin_form(Flow* f, uint32_t base, ReqHead* req) noexcept nogil:
     """Rewrite an absolute-form request-target ("http://host/p?q") parsed at
     f.buf + base to origin-form ("/p?q") in the buffer: apps expect origin-form from a

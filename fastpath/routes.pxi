@@ -294,13 +294,37 @@ cdef inline bint _route_regex(const void* prog, const char* s, size_t n) noexcep
     return regex_fullmatch(<const RegexProg*>prog, s, n)
 
 
+cdef inline bint _edits_request(const Conn* c) noexcept nogil:
+    """Has the outbound request's rule a URLRewrite or request header edits?"""
+    return c.req_rule >= 0 and (c.table.rules[c.req_rule].n_request_edits > 0
+                                or c.table.rules[c.req_rule].url != NULL)
+
+
+cdef bint _edits_wait(Core* core, const Conn* c, const ReqHead* req, uint32_t base) noexcept nogil:
+    """Must the outbound head at d2u.buf + base wait for room for its rule's request
+    edits (_request_edits) until the bytes before it are sent and moved away? Asked
+    before its steps run or anything of it is edited (_http_framed), so that the head,
+    framed again after the wait, has taken nothing yet: a step runs once per request (a
+    rate limit's token), its `Connection: close` is read once. The room counted is what
+    the edits need after the engine's own (hop-by-hop fields only go; an absolute-form
+    target may gain _ABSOLUTE_FORM_GROW_MAX bytes). A head at the buffer's start never
+    waits: no more room will come (_request_edits refuses it)."""
+    cdef uint32_t room
+    if base == 0 or c.flags & CONN_INBOUND or not _edits_request(c):
+        return False
+    room = c.table.rules[c.req_rule].request_grow
+    if req.target_form == TARGET_ABSOLUTE:
+        room += _ABSOLUTE_FORM_GROW_MAX
+    return c.d2u.tail + room > core.buffer_bytes
+
+
 cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
                         int64_t* delta) noexcept nogil:
     """The request rule's URLRewrite (route_filters.pxi), then its header edits, on the
     head at d2u.buf + base (its earlier edits counted in `delta`, which this folds into
-    a parse of the head as it stands).
-    STATUS_OK; STATUS_AGAIN: no room yet (bytes before it are still to be sent); or
-    STATUS_RESET: no room will come, or the edited head is over the parser's limits (431)."""
+    a parse of the head as it stands), with room for them (_edits_wait).
+    STATUS_OK; or STATUS_RESET: no room will come, or the edited head is over the
+    parser's limits (431)."""
     cdef const RouteRule* r = &c.table.rules[c.req_rule]
     cdef Flow* f = &c.d2u
     cdef int64_t grow
@@ -311,7 +335,8 @@ cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
         delta[0] = 0
     if f.tail + r.request_grow > core.buffer_bytes:
         # All or nothing: a head never goes on with half its edits, nor gets one twice.
-        return STATUS_AGAIN if base > 0 else STATUS_RESET
+        _invariant(base == 0, b"no room for a head's edits past _edits_wait")
+        return STATUS_RESET
     if r.url != NULL:
         if _url_rewrite(core, f, base, req, r.url) != STATUS_OK:
             return STATUS_RESET         # (431)

@@ -163,7 +163,8 @@ def make_farm(keys: Keys, tmp_path: Path) -> Iterator[MakeFarm]:
     closing: list = []
 
     def make(outs: int = 1, protocol: str = "http", shared: bool = False,
-             inbound_limit: dict | None = None, outbound_limit: dict | None = None) -> Farm:
+             inbound_limit: dict | None = None, outbound_limit: dict | None = None,
+             buffer_bytes: int = 16384) -> Farm:
         if protocol == "http":
             app = http_server(_Handler)
             closing.append(lambda: (app.shutdown(), app.server_close()))
@@ -186,7 +187,7 @@ def make_farm(keys: Keys, tmp_path: Path) -> Iterator[MakeFarm]:
                 region = mmap.mmap(f.fileno(), 0)
             fe.rate_region_format(region, 1024)
         for k in range(outs):
-            node = Node()
+            node = Node(buffer_bytes=buffer_bytes)
             nodes.append(node)
             if region is not None:
                 node.engine.share_rate_limits(region)
@@ -432,3 +433,48 @@ def test_bad_limits_are_refused_by_name() -> None:
         t.add_rate_limit(POLICY, 1, 86400.0, 10**9, services=[svc])
     with pytest.raises(ValueError, match="not a rate-limit region"):
         fe.Engine().share_rate_limits(bytearray(fe.rate_region_bytes(1024)))
+
+
+@pytest.mark.parametrize("close", [False, True], ids=["kept-alive", "closing"])
+def test_a_head_waiting_for_room_for_its_edits_is_decided_once(make_farm: MakeFarm,
+                                                              close: bool) -> None:
+    """A route's request edits need room after the head: one that has it only at the
+    buffer's start waits there until the bytes before it are moved away (routes.pxi
+    _edits_wait), before anything of it is taken. Framed again then, it takes one token,
+    not two (the second a 429), and its `Connection: close` is read once (read before
+    the wait, the head was dropped as if it came after a request that said close)."""
+    buffer = 4096
+    pads = [("X-Pad-%d" % k, "p" * 1000) for k in range(3)]   # over half the buffer
+    edits = sum(len(n) + len(v) + 4 for n, v in pads)        # a line each
+    farm = make_farm(buffer_bytes=buffer)
+    t = farm.outbound_table()
+    routes = t.add_route_set(0)
+    t.add_route_match(routes, t.add_route_rule("demo/r#a", [(0, 1)]), path=("PathPrefix", "/a"))
+    t.add_route_match(routes, t.add_route_rule("demo/r#b", [(0, 1)], request_headers={
+        "add": pads}), path=("PathPrefix", "/b"))
+    t.add_rate_limit(POLICY, services=[0], **SLOW, burst=2)
+    farm.outs[0][0].install(t)
+    first = b"GET /a HTTP/1.1\r\nHost: backend\r\n\r\n"
+    second = b"GET /b HTTP/1.1\r\nHost: backend\r\n%sX-Fill: %%s\r\n\r\n" % (
+        b"Connection: close\r\n" if close else b"")
+    # Behind the first, 30 bytes short of its edits' room (11 once `Connection: close`
+    # goes); at the buffer's start, within it.
+    fill = buffer - edits + 30 - len(first) - (len(second) - 2)
+    second %= b"f" * fill
+    with socket.create_connection(("127.0.0.1", port_of(farm.outs[0][1])),
+                                  timeout=TIMEOUT_S) as s:
+        # The second head's end comes once the first is answered: it is whole with
+        # nothing owed before it, the first's bytes sent but still before it.
+        s.sendall(first + second[:-30])
+        answer = b""
+        while not answer.endswith(b"\r\n\r\nok"):
+            chunk = s.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        s.sendall(second[-30:])
+        if not close:
+            s.shutdown(socket.SHUT_WR)
+        answer += recv_all(s)
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer
+    counts = farm.counts(farm.outs[0][0].engine)
+    assert (counts["allowed"], counts["limited"]) == (2, 0)
