@@ -86,6 +86,7 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.req_phase = REQ_HEAD
     c.upgrade = UPGRADE_NONE
     c.head_scan = 0
+    c.head_method = METHOD_OTHER
     c.fwd = 0
     c.req_left = 0
     c.switching = False

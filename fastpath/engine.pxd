@@ -1023,6 +1023,9 @@ cdef struct Conn:
     uint8_t upgrade                # UpgradeState of the last request framed
     uint32_t head_scan             # the request head being read: searched this far
                                    # (from its start) for its end (_head_ended)
+    uint8_t head_method            # Method of the head being read, once it parsed (else
+                                   # METHOD_OTHER): an engine's answer to it before it
+                                   # is pending (_http_reply_fields) has no body if HEAD
     ChunkState chunk               # REQ_CHUNKED
     # u2d.buf[u2d.head : u2d.head + resp_fwd] is framed response bytes: only those go on.
     RespPhase resp_phase

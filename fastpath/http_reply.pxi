@@ -55,6 +55,9 @@ cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
     `status` with a text body (`body_len` bytes of `body`, all of a C string `body` when
     -1, or the reason phrase when `body` is NULL), Connection: close, and the field
     lines fields[0:fields_len] (each ending CRLF; a redirect's Location: route_filters.pxi).
+    The request answered is the oldest pending one, else the head being framed (one
+    that did not parse has no method): to HEAD, the body's length and no body (RFC 9110
+    §9.3.2; the caller's node frames it so when the answer is inbound).
 
     What the client sent and we did not read is drained first (bounded): closing a
     socket with unread bytes sends RST, which can make the client drop our answer
@@ -64,6 +67,7 @@ cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
     cdef const char* reason = _reason(status)
     cdef int n, i
     cdef Py_ssize_t r
+    cdef bint bodiless
     if c.flags & CONN_HTTP_REPLIED or c.down.fd < 0 or c.u2d.shut:
         return                          # (the client's side was ended already: no answer)
     if (c.n_pend == 0 and c.flags & CONN_ANSWERED
@@ -71,6 +75,8 @@ cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
         return                          # nothing asked since the last answer: none owed
     c.flags |= CONN_HTTP_REPLIED
     _count_answer(core, c, status, -1)
+    bodiless = (c.pend_method[c.pend_first] if c.n_pend > 0
+                else c.head_method) == METHOD_HEAD
     if c.n_pend > 0:
         # The answer to the oldest request sent on; any behind it are cut off, and
         # counted so when the pair closes (_count_cut_off).
@@ -113,7 +119,8 @@ cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
                  status, reason,
                  b"x-meshnode-failure: upstream\r\n" if c.down.ssl != NULL and status == 502 else b"",
                  <int>(body_len + (1 if body == reason else 0)), fields_len,
-                 fields, body_len, body, b"\n" if body == reason else b"")
+                 fields, 0 if bodiless else body_len, body,
+                 b"\n" if body == reason and not bodiless else b"")
     if n <= 0 or n >= <int>sizeof(msg):
         return
     if c.down.ssl != NULL:

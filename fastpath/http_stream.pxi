@@ -334,6 +334,7 @@ cdef int _http_head(Core* core, Conn* c) noexcept nogil:
         if c.head_scan > 0 and not _head_ended(f.buf, f.tail, &c.head_scan) and f.tail < cap:
             continue
         rc = parse_request_head(f.buf, f.tail, &req, &core.http_limits)
+        c.head_method = <uint8_t>req.method if rc > 0 else METHOD_OTHER
         if rc > 0:
             c.head_scan = 0
             return _http_route(core, c, &req)
@@ -429,6 +430,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                     and not f.eof and f.tail < _d2u_cap(core, c)):
                 return STATUS_OK        # its end is not here yet: nothing to parse
             rc = parse_request_head(f.buf + start, avail, &req, &core.http_limits)
+            c.head_method = <uint8_t>req.method if rc > 0 else METHOD_OTHER
             if rc > 0:
                 c.head_scan = 0
             if rc == 0:

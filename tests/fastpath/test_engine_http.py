@@ -637,6 +637,40 @@ def test_head_204_and_304_have_no_body(mesh: Mesh) -> None:
     conn.close()
 
 
+def _bodiless(reply: bytes, status: int) -> None:
+    """The engine's own answer to a HEAD: its status, its body's length, no body."""
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), reply
+    assert b"\r\ncontent-length: 0\r\n" not in head + b"\r\n", reply
+    assert b"\r\ncontent-length: " in head and rest == b"", reply
+
+
+def test_the_engines_own_answers_to_head_have_no_body(mesh: Mesh) -> None:
+    """RFC 9110 §9.3.2: the answers the engine makes itself (http_reply.pxi), as the app's,
+    carry the body's length and no body when the request answered is a HEAD: a first
+    request, one framed on a kept-alive connection, or one pending upstream."""
+    _bodiless(exchange(mesh, b"HEAD / HTTP/1.1\r\nHost: nowhere\r\n\r\n"), 404)
+    c = mesh.client()
+    c.sendall(b"HEAD /x HTTP/1.1\r\nHost: backend\r\n\r\n")
+    recv_until(c, b"\r\n\r\n")
+    c.sendall(b"HEAD / HTTP/1.1\r\nHost: backend\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
+    _bodiless(recv_all(c), 403)
+    t = mesh.outbound_table()
+    t.add_route_match(t.add_route_set(0), t.add_route_rule("demo/r#0", [(0, 1)], timeout_s=0.1))
+    mesh.out_node.install(t)
+    _bodiless(exchange(mesh, b"HEAD /sleep HTTP/1.1\r\nHost: backend\r\n\r\n"), 504)
+
+
+def test_a_head_that_did_not_parse_after_a_head_is_answered_with_a_body(mesh: Mesh) -> None:
+    """What does not parse has no method, whatever the request before it was."""
+    c = mesh.client()
+    c.sendall(b"HEAD /x HTTP/1.1\r\nHost: backend\r\n\r\n")
+    recv_until(c, b"\r\n\r\n")
+    c.sendall(b"GARBAGE\r\n\r\n")
+    reply = recv_all(c)
+    assert reply.startswith(b"HTTP/1.1 400 ") and reply.endswith(b"\r\n\r\nBad Request\n")
+
+
 def test_expect_100_continue(mesh: Mesh) -> None:
     c = mesh.client()
     c.sendall(b"POST /e HTTP/1.1\r\nHost: backend\r\nContent-Length: 5\r\n"

@@ -178,6 +178,21 @@ def test_requests_over_the_node_cap_are_shed_503_om_across_engines(site: Site) -
     assert status_of(recv_all(send_get(b_port, "/x"))) == 200
 
 
+def test_a_shed_head_request_gets_no_body(site: Site) -> None:
+    """The 503 answers the request being framed (nothing pending on its pair): to HEAD,
+    its body's length and no body (RFC 9110 §9.3.2)."""
+    _, port = site.outbound(site.inbound()[1], max_requests_in_flight=1)
+    held = send_get(port, "/hold")
+    wait_for(lambda: site.held() == 1, what="the request at the app")
+    c = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+    c.sendall(b"HEAD /x HTTP/1.1\r\nHost: backend\r\n\r\n")
+    head, _, body = recv_all(c).partition(b"\r\n\r\n")
+    assert status_of(head) == 503 and b"\r\ncontent-length: 40\r\n" in head, head
+    assert body == b""
+    site.gate.set()
+    assert status_of(recv_all(held)) == 200
+
+
 def test_without_a_cap_nothing_is_counted_or_shed(site: Site) -> None:
     _, in_port = site.inbound()
     out, port = site.outbound(in_port)
