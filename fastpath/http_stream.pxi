@@ -724,7 +724,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
             if resp.status >= 200:
                 _outlier_status(core, c, resp.status)   # outlier.pxi (outbound only)
             if c.flags & CONN_KEPT and resp.status >= 200:
-                st = _retry_answer(core, c, _retry_status(f.buf + start, &resp))
+                st = _retry_answer(core, c, _retry_status(c, f.buf + start, &resp))
                 if st != STATUS_OK:
                     return st               # tried again, or timed out (retry.pxi)
             if _cut_owned(core, c, start, &resp, &rc) < 0:

@@ -13,7 +13,8 @@
 # resource is requests in flight. A request counts from the moment its head is framed
 # (routed, its filters passed) until its answer is framed to its end or its pair closes.
 # Over the node's cap or its source's, a request is answered 503 at once (with
-# `Connection: close`: a caller that keeps sending is also the one to slow down), counted
+# `Connection: close`: a caller that keeps sending is also the one to slow down, and
+# `x-envoy-overloaded: true`: a caller's node does not retry it), counted
 # (overload_shed, overload_source_shed) and flagged "OM" in its figures (StatRecord.shed);
 # requests admitted before go on. One pipelined behind others on its pair cannot be
 # answered out of order: over a cap, it waits unframed until the answers before it have
@@ -65,6 +66,9 @@ cdef enum SlowPhase:
 
 cdef enum:
     _OVERLOAD_REAPING = 0xFFFFFFFF  # a slot's pid while its share is being given back
+    _OVERLOADED_FIELD_BYTES = 26    # len(_OVERLOADED_FIELD)
+
+cdef const char* _OVERLOADED_FIELD = b"x-envoy-overloaded: true\r\n"
 
 _OVERLOAD_MAGIC = b"MNOVLD01"
 
@@ -230,9 +234,11 @@ cdef inline uint32_t _caller_at(const Core* core, const Conn* c, uint64_t* key) 
 
 
 cdef void _overload_shed(Core* core, Conn* c, const char* why) noexcept nogil:
-    """Answer the request 503 now, flagged as overload's in its figures."""
+    """Answer the request 503 now, flagged as overload's in its figures and, as Envoy's
+    overload manager marks its local replies, by `x-envoy-overloaded: true`: a caller's
+    node does not retry it into the overload (retry.pxi _retry_status)."""
     cdef StatRecord* r
-    _http_reply(core, c, 503, why, -1)
+    _http_reply_fields(core, c, 503, why, -1, _OVERLOADED_FIELD, _OVERLOADED_FIELD_BYTES)
     r = _stat_record(core, c)
     if r != NULL:
         r.shed += 1

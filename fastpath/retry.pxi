@@ -51,24 +51,48 @@
 # head it passes to its client once it has read it, and no route may write it
 # (routes_table.pxi). So only the app's node's own 502 carries it, and only the exact
 # name and value are read.
+#
+# `x-envoy-overloaded` marks an answer its server made because it is overloaded: a node's
+# overload defence sheds a request with it (overload.pxi), as Envoy's overload manager and
+# circuit breakers mark their local replies. A retry would send the request back into the
+# overload, so, as Envoy's router (RetryPolicy wouldRetryFromHeaders: any value, whoever
+# wrote it), a try answered with the field is not retried, whatever its code. The name is
+# not the nodes' own: an app may say it is overloaded too and is believed (it can stop
+# only its own requests' retries), and its answer reaches the client with the field.
 cdef enum:
     _FAILURE_NAME_LEN = 18          # "x-meshnode-failure"
     _FAILURE_VALUE_LEN = 8          # "upstream"
+    _OVERLOADED_NAME_LEN = 18       # "x-envoy-overloaded"
 
 
-cdef int _retry_status(const char* b, const RespHead* resp) noexcept nogil:
-    """The outcome of a try answered with the head at `b`: its status, or 0 (a
-    connection error) for a 502 its node answered for a failed app."""
+cdef inline bint _retry_code(const RetryPolicy* p, int status) noexcept nogil:
+    """Does `p` retry answers with `status`?"""
+    return 400 <= status <= 599 and (p.codes[(status - 400) >> 6] >> ((status - 400) & 63)) & 1
+
+
+cdef int _retry_status(const Conn* c, const char* b, const RespHead* resp) noexcept nogil:
+    """The outcome of the kept request's try answered with the head at `b`: its status;
+    0 (a connection error) for a 502 its node answered for a failed app; or -1 (never
+    retried) for a code its rule retries on an answer that says its server is
+    overloaded. The fields are read only in those two cases: other answers cost no look
+    at them."""
+    cdef const RetryPolicy* p = _kept_policy(c)
     cdef uint32_t i
-    if resp.status != 502:
-        return resp.status
-    for i in range(resp.header_count):
-        if (resp.headers[i].name.len == _FAILURE_NAME_LEN
-                and guarded_name(b + resp.headers[i].name.off, _FAILURE_NAME_LEN)
-                == GUARDED_EXACT
-                and resp.headers[i].value.len == _FAILURE_VALUE_LEN
-                and memcmp(b + resp.headers[i].value.off, b"upstream", _FAILURE_VALUE_LEN) == 0):
-            return 0
+    if resp.status == 502:
+        for i in range(resp.header_count):
+            if (resp.headers[i].name.len == _FAILURE_NAME_LEN
+                    and guarded_name(b + resp.headers[i].name.off, _FAILURE_NAME_LEN)
+                    == GUARDED_EXACT
+                    and resp.headers[i].value.len == _FAILURE_VALUE_LEN
+                    and memcmp(b + resp.headers[i].value.off, b"upstream",
+                               _FAILURE_VALUE_LEN) == 0):
+                return 0
+    if p != NULL and _retry_code(p, resp.status):
+        for i in range(resp.header_count):
+            if (resp.headers[i].name.len == _OVERLOADED_NAME_LEN
+                    and _lower_eq(b + resp.headers[i].name.off, b"x-envoy-overloaded",
+                                  _OVERLOADED_NAME_LEN)):
+                return -1
     return resp.status
 
 
@@ -123,7 +147,8 @@ cdef int64_t _try_deadline(const RouteRule* r, int64_t start_ns, int64_t try_ns)
 
 cdef bint _retry_wanted(Core* core, Conn* c, int status) noexcept nogil:
     """The try of the kept request failed: answered `status` (0: its connection failed,
-    ended before an answer, or the try timed out). Is it tried again? Yes when the rule
+    ended before an answer, or the try timed out; -1: an overloaded server's answer,
+    _retry_status). Is it tried again? Yes when the rule
     retries that (every connection failure; the codes it lists), the request is whole
     in the buffer and nothing of the answer was passed on, tries are left, the request's
     timeout has not come, and the budget allows (counted: the caller goes on to
@@ -136,8 +161,7 @@ cdef bint _retry_wanted(Core* core, Conn* c, int status) noexcept nogil:
     p = r.retry
     if p == NULL:
         return False
-    if status != 0 and (status < 400 or status > 599
-                        or not (p.codes[(status - 400) >> 6] >> ((status - 400) & 63)) & 1):
+    if status != 0 and not _retry_code(p, status):
         return False
     if (c.req_phase != REQ_HEAD or c.resp_phase != RESP_HEAD or c.resp_fwd != 0
             or c.flags & (CONN_CLIENT_GONE | CONN_DRAINING | CONN_HTTP_REPLIED)
@@ -163,8 +187,7 @@ cdef int _retry_answer(Core* core, Conn* c, int status) noexcept nogil:
     c.flags &= ~CONN_KEPT
     if (r.timeout_ns > 0 and core.now_ns >= c.pend_start_ns[c.pend_first] + r.timeout_ns
             and r.retry != NULL and c.tries < r.retry.attempts
-            and (status == 0 or (400 <= status <= 599 and (
-                r.retry.codes[(status - 400) >> 6] >> ((status - 400) & 63)) & 1))):
+            and (status == 0 or _retry_code(r.retry, status))):
         core.counters.route_timeouts += 1
         _http_reply(core, c, 504, b"upstream request timeout\n", -1)
         return STATUS_CLOSE

@@ -99,19 +99,20 @@ class Site:
         return node, port_of(in_sock)
 
     def outbound(self, in_port: int, region: object = None, request_headers: dict | None = None,
-                 **overload) -> tuple[Node, int]:
+                 retry: dict | None = None, **overload) -> tuple[Node, int]:
         """An engine with an HTTP outbound listener for the backend's hosts, its
         requests in flight counted in `region` (else its own), and with
-        `request_headers` a route whose rule edits every request so."""
+        `request_headers` or `retry` a route whose rule edits or retries every request
+        so."""
         http_sock = self.sock(listener())
         t = fe.RouteTable()
         svc = t.add_service("demo/backend:http", SNI, [BACKEND_ID], [("127.0.0.1", in_port)])
         t.set_outbound_http(http_sock.fileno(), client_ctx(self.pki))
         for host in HOSTS:
             t.add_host(host, svc, 8080)
-        if request_headers is not None:
+        if request_headers is not None or retry is not None:
             t.add_route_match(t.add_route_set(svc), t.add_route_rule(
-                "demo/r#0", [(svc, 1)], request_headers=request_headers))
+                "demo/r#0", [(svc, 1)], request_headers=request_headers, retry=retry))
         t.set_overload(**overload)
         node = Node()
         self.nodes.append(node)
@@ -176,6 +177,23 @@ def test_requests_over_the_node_cap_are_shed_503_om_across_engines(site: Site) -
         assert status_of(recv_all(c)) == 200
     wait_for(lambda: a.engine.overload()["node"] == 0, what="every request given back")
     assert status_of(recv_all(send_get(b_port, "/x"))) == 200
+
+
+def test_a_shed_request_says_overloaded_and_its_callers_node_does_not_retry_it(
+        site: Site) -> None:
+    """The 503 of a node's overload says so (`x-envoy-overloaded: true`, as Envoy's overload
+    manager marks its local replies): the caller's node, whose route retries 503, does
+    not send the request back into the overload (retry.pxi); its client gets the 503."""
+    node, in_port = site.inbound(max_requests_in_flight=1)
+    out, port = site.outbound(in_port, retry={"attempts": 2, "codes": [503], "backoff_s": 0.005})
+    held = send_get(port, "/hold")
+    wait_for(lambda: site.held() == 1, what="the request at the app")
+    reply = recv_all(send_get(port, "/x"))
+    assert status_of(reply) == 503 and b"\r\nx-envoy-overloaded: true\r\n" in reply, reply
+    assert node.stats()["overload_shed"] == 1
+    assert out.stats()["route_retries"] == 0
+    site.gate.set()
+    assert status_of(recv_all(held)) == 200
 
 
 def test_a_shed_head_request_gets_no_body(site: Site) -> None:

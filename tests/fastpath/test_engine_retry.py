@@ -403,6 +403,28 @@ def test_the_nodes_failure_field_is_read_then_taken_out(mesh: Mesh) -> None:  # 
     assert mesh.out_node.stats()["route_retries"] == 1
 
 
+# --- x-envoy-overloaded: an overloaded server's answer is not retried -------------------------
+
+
+@pytest.mark.parametrize("field, tries", [
+    (b"x-envoy-overloaded: true", 1), (b"X-Envoy-Overloaded: anything", 1),
+    (b"x-envoy-overloaded:", 1), (b"x-envoy-overloaded-not: true", 3)])
+def test_an_answer_that_says_overloaded_is_not_retried_and_reaches_the_client(
+        mesh: Mesh, field: bytes, tries: int) -> None:  # noqa: F811
+    """As Envoy's router: a code the rule retries, answered with x-envoy-overloaded (any
+    value, any case; a node's overload writes it on its 503, and an app may say so
+    too), is the client's answer, the field with it. Another field is no such word."""
+    serve, seen = _answers_with(b"HTTP/1.1 503 Service Unavailable\r\n%s\r\n" % field)
+    raw = v1_is(mesh, serve)
+    try:
+        one_rule(mesh, retry={"attempts": 2, "codes": [503], **FAST})
+        answer = exchange(mesh, b"GET /o HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n")
+    finally:
+        raw.close()
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"\r\n%s\r\n" % field in answer, answer
+    assert len(seen) == tries and mesh.out_node.stats()["route_retries"] == tries - 1
+
+
 class FakeNode:
     """A TLS server with the backend's identity standing in for the app's node: answers
     every request with `head` (no body), counting them."""
