@@ -49,6 +49,15 @@ cdef void _http_reply(Core* core, Conn* c, int status, const char* body,
     _http_reply_fields(core, c, status, body, body_len, NULL, 0)
 
 
+cdef inline bint _reply_owed(const Conn* c) noexcept nogil:
+    """Would _http_reply_fields answer on c now? Not when it answered already or the
+    client's side was ended, nor when nothing was asked since the last answer."""
+    if c.flags & CONN_HTTP_REPLIED or c.down.fd < 0 or c.u2d.shut:
+        return False
+    return not (c.n_pend == 0 and c.flags & CONN_ANSWERED
+                and (c.d2u.buf == NULL or c.d2u.tail == c.d2u.head))
+
+
 cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
                              int body_len, const char* fields, int fields_len) noexcept nogil:
     """Answer the client ourselves (at most once per connection) before the pair closes:
@@ -68,11 +77,8 @@ cdef void _http_reply_fields(Core* core, Conn* c, int status, const char* body,
     cdef int n, i
     cdef Py_ssize_t r
     cdef bint bodiless
-    if c.flags & CONN_HTTP_REPLIED or c.down.fd < 0 or c.u2d.shut:
-        return                          # (the client's side was ended already: no answer)
-    if (c.n_pend == 0 and c.flags & CONN_ANSWERED
-            and (c.d2u.buf == NULL or c.d2u.tail == c.d2u.head)):
-        return                          # nothing asked since the last answer: none owed
+    if not _reply_owed(c):
+        return
     c.flags |= CONN_HTTP_REPLIED
     _count_answer(core, c, status, -1)
     bodiless = (c.pend_method[c.pend_first] if c.n_pend > 0

@@ -238,10 +238,13 @@ cdef void _overload_shed(Core* core, Conn* c, const char* why) noexcept nogil:
     overload manager marks its local replies, by `x-envoy-overloaded: true`: a caller's
     node does not retry it into the overload (retry.pxi _retry_status)."""
     cdef StatRecord* r
+    if _reply_owed(c):
+        # Flagged before the answer is written: a caller reading the figures once it has
+        # the 503 finds both its code and its flag.
+        r = _stat_record(core, c)
+        if r != NULL:
+            r.shed += 1
     _http_reply_fields(core, c, 503, why, -1, _OVERLOADED_FIELD, _OVERLOADED_FIELD_BYTES)
-    r = _stat_record(core, c)
-    if r != NULL:
-        r.shed += 1
 
 
 cdef bint _overload_wait(Core* core, const Conn* c) noexcept nogil:
