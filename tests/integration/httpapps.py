@@ -17,6 +17,7 @@ and a free port, one thread per connection, whose paths cover what the node must
 - ``GET /slow/MS/N``: waits MS milliseconds, then answers N bytes (``stream_bytes(N)``,
   Content-Length): a long request. ``GET /trickle/MS/N``: the head at once, then the
   same body in ten parts over MS milliseconds: an answer under way.
+- ``GET /status/CODE``: answers CODE with a short body: an app's own error answer.
 
 Every request is recorded (method, target as the app received it, headers), and
 ``stop()`` closes the listener and every connection and joins every thread.
@@ -84,6 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._die()
         elif self.path.startswith("/stream/"):
             self._stream(int(self.path.rsplit("/", 1)[1]))
+        elif self.path.startswith("/status/"):
+            self._text(int(self.path.rsplit("/", 1)[1]), b"status")
         elif self.path.startswith(("/slow/", "/trickle/")):
             _, kind, ms, size = self.path.split("/")
             self._slow(int(ms) / 1000, int(size), trickle=kind == "trickle")
