@@ -3,6 +3,7 @@
     meshnode up | down | status | logs        the node under supervisord
     meshnode apply | get | delete             resources, through control on the bus
     meshnode demo                             two apps through a fresh node, and a report
+    meshnode check | proxy-config             preflight and node checks; what a worker runs
 
 Exit codes follow STYLE.md: 0 done, 1 failed, 3 no node running, 64 usage error,
 69 a node process is unavailable, 78 the configuration was refused. `apply` waits for
@@ -23,7 +24,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from . import nodectl, rotation
+from . import cli_check, cli_proxyconfig, nodectl, rotation
 from .demo import run as demo
 from .config import ConfigError, load_path, parse_duration
 from .identity import pki
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind")
     p.add_argument("name")
     p.add_argument("-n", "--namespace", default="default")
+
+    cli_check.add_parser(sub, _add_runtime_dir)
+    cli_proxyconfig.add_parser(sub, _add_runtime_dir)
     return parser
 
 
@@ -386,7 +390,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs,
             "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "ca": cmd_ca,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "check": cli_check.cmd_check,
+            "proxy-config": cli_proxyconfig.cmd_proxy_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -478,7 +478,27 @@ class DataPlane:
                 # node's: meshnode.sharedstate).
                 "rate_limits": self.engine.rate_limits(),
                 # Authorization decisions per (policy, action) (meshnode_authz_decisions).
-                "authz": self.engine.authz_stats()}
+                "authz": self.engine.authz_stats(),
+                # What this worker listens on (`meshnode proxy-config listeners`).
+                "listeners": self.listeners()}
+
+    def listeners(self) -> list[dict[str, Any]]:
+        """The sockets this worker listens on now, and those its table names that it
+        could not bind (with why): the sockets are the truth, not the snapshot."""
+        if self.listeners_closed:
+            return []
+        bound = [("inbound", "mTLS", self._inbound)]
+        if self._http is not None:
+            bound.append(("outbound", "HTTP", self._http))
+        bound += [("outbound", "TCP", sock) for _, sock in sorted(self._outbound.items())]
+        out: list[dict[str, Any]] = []
+        for direction, protocol, sock in bound:
+            address, port = sock.getsockname()[:2]
+            out.append({"direction": direction, "protocol": protocol, "address": address,
+                        "port": port, "bound": True})
+        out += [{"direction": "outbound", "protocol": "-", "address": "-", "port": port,
+                 "bound": False, "problem": why} for port, why in sorted(self.unbound.items())]
+        return out
 
     def request_figures(self) -> list[dict[str, Any]]:
         """The engine's per-(direction, service, identities) HTTP figures in Istio's

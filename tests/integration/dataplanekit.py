@@ -3,12 +3,19 @@ the workers' last health beats (/stats) and the Prometheus samples (/metrics).""
 
 from __future__ import annotations
 
+import http.client
 import json
+import shutil
+import tempfile
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
 
+from httpapps import BACKEND_HOST, HTTPApp, backend_config
 from identityharness import metric_samples
-from mnharness import Node, http_get, wait_for
+from mnharness import Node, free_port_base, http_get, kill_leftovers, wait_for
 
 
 def worker_reports(node: Node) -> dict[str, dict[str, Any]]:
@@ -50,3 +57,56 @@ def certs_issued(node: Node, identity: str) -> bool:
     reports = worker_reports(node)
     return len(reports) == node.workers and all(cert_of(r, identity).get("issued")
                                                 for r in reports.values())
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> int:
+    conn.request("GET", path, headers={"Host": BACKEND_HOST})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def send(port: int, path: str, count: int, parallel: int = 1) -> list[int]:
+    """`count` GETs of `path` to demo/backend through the node's HTTP listener `port`,
+    on `parallel` kept-alive connections; their status codes."""
+    def run(n: int) -> list[int]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            return [_get(conn, path) for _ in range(n)]
+        finally:
+            conn.close()
+    shares = [count // parallel + (i < count % parallel) for i in range(parallel)]
+    with ThreadPoolExecutor(parallel) as pool:
+        return [code for codes in pool.map(run, shares) for code in codes]
+
+
+def _serving(port: int) -> bool:
+    try:
+        return send(port, "/ready-probe", 4) == [200] * 4
+    except OSError:
+        return False
+
+
+@contextmanager
+def backend_node(*up_args: str) -> Iterator[Node]:
+    """One node (one worker) fronting an HTTPApp as Service demo/backend, serving; then
+    stopped, its app too, and checked gone (for a module's fixture)."""
+    work = Path(tempfile.mkdtemp(prefix="mn-bn-", dir="/tmp"))
+    app = HTTPApp()
+    node = Node(work / "node", free_port_base(), workers=1)
+    try:
+        (work / "config").mkdir()
+        (work / "config" / "backend.yaml").write_text(backend_config(app.port))
+        node.runtime_dir.mkdir()
+        result = node.up("--config", str(work / "config"), *up_args)
+        assert result.returncode == 0, f"up failed:\n{result.stdout}\n{result.stderr}"
+        wait_for(lambda: certs_issued(node, "spiffe://cluster.local/ns/demo/sa/backend"),
+                 20.0, "the worker to hold the backend's certificate")
+        wait_for(lambda: _serving(node.port_base + 1), 20.0, "GETs through the node")
+        yield node
+    finally:
+        node.down()
+        leftovers = kill_leftovers(node.runtime_dir)
+        app.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        assert not leftovers, f"processes survived `meshnode down`: {leftovers}"

@@ -186,6 +186,33 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True  # and http.server closes the socket: a FIN mid-body
 
 
+BACKEND_HOST = "backend.demo:8080"
+BACKEND_CONFIG = """\
+apiVersion: meshnode.io/v1alpha1
+kind: Service
+metadata: {name: backend, namespace: demo}
+spec:
+  selector: {app: backend}
+  ports:
+    - {name: http, port: 8080, protocol: HTTP}
+---
+apiVersion: meshnode.io/v1alpha1
+kind: Workload
+metadata: {name: backend-v1, namespace: demo}
+spec:
+  address: 127.0.0.1
+  ports: {http: APP_PORT}
+  labels: {app: backend, version: v1}
+  serviceAccount: backend
+"""
+
+
+def backend_config(app_port: int) -> str:
+    """A node's seed config putting an app on `app_port` behind Service demo/backend
+    (HTTP port 8080, reached as ``Host: backend.demo:8080``)."""
+    return BACKEND_CONFIG.replace("APP_PORT", str(app_port))
+
+
 def stream_bytes(size: int) -> bytes:
     """The body of ``GET /stream/<size>``: reproducible, so a test can check its digest."""
     return random.Random(f"stream-{size}").randbytes(size)

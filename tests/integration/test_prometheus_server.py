@@ -16,53 +16,28 @@ at most that millisecond, so rate × window is the request count.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
-import shutil
 import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from dataplanekit import certs_issued, metric_total, settle
-from httpapps import HTTPApp
-from mnharness import Node, free_port_base, kill_leftovers, wait_for
+from dataplanekit import backend_node, metric_total, send, settle
+from mnharness import Node, wait_for
 from promkit import DASHBOARD, SCRAPE_CONFIG, Prometheus, tool
 
 pytestmark = pytest.mark.timeout(60)
 
 NODE = "prom-node"
 SERVICE = "backend.demo.svc.cluster.local"
-HOST = "backend.demo:8080"
 REQUESTS = "istio_requests_total"
 DURATION = "istio_request_duration_milliseconds"
 # The traffic: path -> (requests, the answer's code). The slow ones take SLOW_MS at the
 # app, inside Istio's (250, 500] ms bucket; everything else well under 250 ms.
 SLOW_MS, SLOW_BUCKET = 300, (250.0, 500.0)
 FAST, SLOW, ERRORS_500, ERRORS_404 = 90, 10, 6, 4
-CONFIG = f"""\
-apiVersion: meshnode.io/v1alpha1
-kind: Service
-metadata: {{name: backend, namespace: demo}}
-spec:
-  selector: {{app: backend}}
-  ports:
-    - {{name: http, port: 8080, protocol: HTTP}}
----
-apiVersion: meshnode.io/v1alpha1
-kind: Workload
-metadata: {{name: backend-v1, namespace: demo}}
-spec:
-  address: 127.0.0.1
-  ports: {{http: {{port}}}}
-  labels: {{app: backend, version: v1}}
-  serviceAccount: backend
-"""
 
 
 @dataclass
@@ -75,61 +50,17 @@ class Scraped:
         return self.node.port_base + 1
 
 
-def _get(conn: http.client.HTTPConnection, path: str) -> int:
-    conn.request("GET", path, headers={"Host": HOST})
-    response = conn.getresponse()
-    response.read()
-    return response.status
-
-
-def send(port: int, path: str, count: int, parallel: int = 1) -> list[int]:
-    """`count` GETs of `path` through the node, on `parallel` kept-alive connections."""
-    def run(n: int) -> list[int]:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            return [_get(conn, path) for _ in range(n)]
-        finally:
-            conn.close()
-    shares = [count // parallel + (i < count % parallel) for i in range(parallel)]
-    with ThreadPoolExecutor(parallel) as pool:
-        return [code for codes in pool.map(run, shares) for code in codes]
-
-
-def _serving(port: int) -> bool:
-    try:
-        return send(port, "/ready-probe", 4) == [200] * 4
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def scraped() -> Iterator[Scraped]:
     """One node (one worker) fronting an app, scraped by one Prometheus server."""
     tool("prometheus")
-    work = Path(tempfile.mkdtemp(prefix="mn-pt-", dir="/tmp"))
-    app = HTTPApp()
-    node = Node(work / "node", free_port_base(), workers=1)
-    prometheus = None
-    try:
-        (work / "config").mkdir()
-        (work / "config" / "backend.yaml").write_text(CONFIG.replace("{port}", str(app.port)))
-        node.runtime_dir.mkdir()
-        result = node.up("--config", str(work / "config"), "--node", NODE)
-        assert result.returncode == 0, f"up failed:\n{result.stdout}\n{result.stderr}"
-        wait_for(lambda: certs_issued(node, "spiffe://cluster.local/ns/demo/sa/backend"),
-                 20.0, "the worker to hold the backend's certificate")
-        wait_for(lambda: _serving(node.port_base + 1), 20.0, "GETs through the node")
+    with backend_node("--node", NODE) as node:
         prometheus = Prometheus(f"127.0.0.1:{node.port_base + 90}", NODE)
-        prometheus.wait_scraping()
-        yield Scraped(node, prometheus)
-    finally:
-        if prometheus is not None:
+        try:
+            prometheus.wait_scraping()
+            yield Scraped(node, prometheus)
+        finally:
             prometheus.stop()
-        node.down()
-        leftovers = kill_leftovers(node.runtime_dir)
-        app.stop()
-        shutil.rmtree(work, ignore_errors=True)
-        assert not leftovers, f"processes survived `meshnode down`: {leftovers}"
 
 
 def _series(code: str) -> dict[str, str]:
