@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
+import re
 import stat
 import sys
 import time
@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 import zmq
 
+import fastpath.tls
 from bus.endpoints import Endpoints
 
 from . import nodectl, supervise
@@ -32,7 +33,7 @@ from .ports import DEFAULT_BASE, Ports
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 MIN_PYTHON = (3, 11)          # pyproject's requires-python
-MIN_OPENSSL = 0x10101000      # 1.1.1: TLS 1.3 (DESIGN §3)
+MIN_OPENSSL = (1, 1, 1)       # TLS 1.3 (DESIGN §3)
 MIN_PYZMQ = (25,)             # pyproject's pyzmq>=25
 MIN_LIBZMQ = (4, 3)           # CURVE and the socket options the bus sets
 # A root or issuer this close to its end should be replaced now (`ca rotate-root`).
@@ -53,7 +54,8 @@ class Result:
 
 
 def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
+    """(1, 1, 1) of "1.1.1w", "1.1.1" or "1.1": the leading digits of each part."""
+    return tuple(int(re.match(r"\d*", p)[0] or 0) for p in text.split(".")[:3])
 
 
 # --- preflight: the host --------------------------------------------------------------------
@@ -64,10 +66,10 @@ def versions() -> list[Result]:
     out = [Result("preflight", "python", OK if py >= MIN_PYTHON else FAIL,
                   f"Python {'.'.join(map(str, py))}",
                   "" if py >= MIN_PYTHON else f"install Python {'.'.join(map(str, MIN_PYTHON))} or newer")]
-    # The engine links the OpenSSL the ssl module reports on Debian; fastpath's own
-    # report (in every worker's health) is what the check of a running node shows.
-    out.append(Result("preflight", "openssl", OK if ssl.OPENSSL_VERSION_NUMBER >= MIN_OPENSSL else FAIL,
-                      ssl.OPENSSL_VERSION, "" if ssl.OPENSSL_VERSION_NUMBER >= MIN_OPENSSL else
+    # The OpenSSL the data plane links (fastpath.tls), which may not be the ssl module's.
+    linked = fastpath.tls.openssl_version()
+    ok = _version(linked.split()[1] if len(linked.split()) > 1 else "") >= MIN_OPENSSL
+    out.append(Result("preflight", "openssl", OK if ok else FAIL, linked, "" if ok else
                       "install OpenSSL 1.1.1 or newer (TLS 1.3), then reinstall meshnode"))
     good = _version(zmq.pyzmq_version()) >= MIN_PYZMQ and _version(zmq.zmq_version()) >= MIN_LIBZMQ
     curve = zmq.has("curve")
