@@ -2,6 +2,7 @@
 
     meshnode up | down | status | logs        the node under supervisord
     meshnode apply | get | delete             resources, through control on the bus
+    meshnode stat                             golden metrics per workload, service, edge
     meshnode demo                             two apps through a fresh node, and a report
     meshnode check | proxy-config             preflight and node checks; what a worker runs
 
@@ -24,7 +25,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from . import cli_check, cli_proxyconfig, nodectl, rotation
+from . import cli_check, cli_proxyconfig, cli_stat, nodectl, rotation
 from .demo import run as demo
 from .config import ConfigError, load_path, parse_duration
 from .identity import pki
@@ -151,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run backend v1 and v2 and move 0, 10, 50, then 100 %% of its traffic "
                         "to v2 by HTTPRoute weights, checking each step's split")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node")
+
+    cli_stat.add_parser(sub, _add_runtime_dir)
 
     p = sub.add_parser("delete", help="delete a resource")
     _add_runtime_dir(p)
@@ -391,7 +394,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs,
             "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "ca": cmd_ca,
             "demo": cmd_demo, "check": cli_check.cmd_check,
-            "proxy-config": cli_proxyconfig.cmd_proxy_config}
+            "proxy-config": cli_proxyconfig.cmd_proxy_config, "stat": cli_stat.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

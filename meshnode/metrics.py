@@ -129,7 +129,7 @@ _ENGINE_UPPER_US = latency_bounds_us()
 # "none" (plaintext a PERMISSIVE or DISABLE PeerAuthentication took) where the
 # destination reports, "unknown" where the source does). Each value set is bounded by
 # the engine's tables.
-_REQUEST_LABELS = ("reporter", "source_principal", "destination_service",
+REQUEST_LABELS = ("reporter", "source_principal", "destination_service",
                    "destination_principal", "destination_version", "route",
                    "connection_security_policy")
 _ENGINE_LOWER_US = [0, *_ENGINE_UPPER_US[:-1]]
@@ -205,7 +205,7 @@ class NodeCollector(Collector):
         requests = CounterMetricFamily(
             "meshnode_requests", "HTTP requests answered through the data plane (Istio's labels; "
             "response_flags OM: answered 503 at once by overload defence, else -)",
-            labels=["node", "process", *_REQUEST_LABELS, "response_code", "response_class",
+            labels=["node", "process", *REQUEST_LABELS, "response_code", "response_class",
                     "response_flags"])
         authz = CounterMetricFamily(
             "meshnode_authz_decisions", "AuthorizationPolicy decisions at the destination, by "
@@ -214,7 +214,7 @@ class NodeCollector(Collector):
         duration = HistogramMetricFamily(
             "meshnode_request_duration_milliseconds",
             "Time from a request's head to its response's end, as the reporter saw it",
-            labels=["node", "process", *_REQUEST_LABELS])
+            labels=["node", "process", *REQUEST_LABELS])
         rate = {"decisions": CounterMetricFamily(
                     "meshnode_ratelimit_decisions", "Requests and new opaque connections a "
                     "RateLimitPolicy limit decided on, by result (allowed; limited: answered 429; "
@@ -315,11 +315,11 @@ class NodeCollector(Collector):
         codes: dict[tuple[str, ...], int] = {}
         latency: dict[tuple[str, ...], list[int]] = {}
         for fig in _figures(figures):
-            key = tuple(str(fig.get(label, "unknown")) for label in _REQUEST_LABELS)
+            key = tuple(str(fig.get(label, "unknown")) for label in REQUEST_LABELS)
             # Several engine records can share one label set.
-            for code, flags, n in _answers(fig):
+            for code, flags, n in answers(fig):
                 codes[(*key, code, flags)] = codes.get((*key, code, flags), 0) + n
-            for counts in _latencies(fig).values():
+            for counts in latencies(fig).values():
                 _add(latency.setdefault(key, [0] * len(_ENGINE_UPPER_US)), counts)
         for (*key, code, flags), n in sorted(codes.items()):
             requests.add_metric([*labels, *key, code, _code_class(code), flags], n)
@@ -389,9 +389,9 @@ class IstioRequests:
         """One worker's DataPlane.request_figures()."""
         for fig in _figures(figures):
             key = self._peers.labels(fig)
-            for code, flags, n in _answers(fig):
+            for code, flags, n in answers(fig):
                 self._codes[(*key, code, flags)] = self._codes.get((*key, code, flags), 0) + n
-            for code, counts in _latencies(fig).items():
+            for code, counts in latencies(fig).items():
                 # Only answers the engine timed are here, and it times none it answered
                 # itself: their flags are "-". Code "0" holds a record's codes past the
                 # engine's few timed apart.
@@ -421,7 +421,7 @@ def _figures(figures: object) -> Iterator[dict[str, Any]]:
         yield from (fig for fig in figures if isinstance(fig, dict))
 
 
-def _answers(fig: Mapping[str, Any]) -> Iterator[tuple[str, str, int]]:
+def answers(fig: Mapping[str, Any]) -> Iterator[tuple[str, str, int]]:
     """(code, response flags, count) of a figure's answers. Overload's 503s are told
     apart by Envoy's response flag, as Istio's metrics do."""
     shed = (fig.get("response_flags") or {}).get("OM", 0)
@@ -434,7 +434,7 @@ def _answers(fig: Mapping[str, Any]) -> Iterator[tuple[str, str, int]]:
                 yield str(code), flags, count
 
 
-def _latencies(fig: Mapping[str, Any]) -> dict[str, list[int]]:
+def latencies(fig: Mapping[str, Any]) -> dict[str, list[int]]:
     """A figure's sparse latency buckets, by status, as full engine bucket lists."""
     out: dict[str, list[int]] = {}
     by_code = fig.get("latency")

@@ -3,7 +3,9 @@
 It collects every process's health beat from the bus and serves, on loopback unless
 told otherwise, Prometheus ``/metrics`` (port-base+90) and the admin endpoints
 (port-base+0): ``/ready`` (200 only when every expected process is healthy), ``/live``,
-``/stats`` (the health book as JSON) and ``/config_dump`` (the snapshot this node runs).
+``/stats`` (the health book as JSON), ``/config_dump`` (the snapshot this node runs) and
+the dashboard (``/dashboard``, fed by ``/dashboard.json``: meshnode.dashboard). It keeps
+a ring of the workers' figures (meshnode.golden) and answers ``stat`` on the bus from it.
 HTTP is served from threads so a slow scraper never stalls the bus loop.
 """
 
@@ -22,7 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from bus.clone import StateClient
 from bus.envelope import Envelope
 
-from . import logs
+from . import dashboard, golden, logs
 from .busnames import CONTROL, SNAPSHOT_TOPIC
 from .health import HealthBook
 from .metrics import NodeCollector
@@ -84,6 +86,9 @@ class Telemetry:
                                                "not_ready": self.book.not_ready()})
         self.registry = CollectorRegistry()
         self.registry.register(NodeCollector(self.book, proc.node, self.current_snapshot))
+        self.history = golden.History(self.book)
+        proc.loop.every(golden.SAMPLE_INTERVAL_S, self.history.sample)
+        srv.register("stat", self.on_stat)
 
     def on_health(self, topic: str, env: Envelope) -> None:
         body = env.body if isinstance(env.body, dict) else None
@@ -100,6 +105,14 @@ class Telemetry:
     def current_snapshot(self) -> dict[str, Any] | None:
         with self._snapshot_lock:
             return self.snapshot
+
+    def on_stat(self, req: Envelope) -> dict[str, Any]:
+        """`meshnode stat`: golden rows of a kind over a window (meshnode.cli_stat)."""
+        return golden.stat_request(self.history, self.current_snapshot(), req.body)
+
+    def dashboard_json(self) -> tuple[int, str, bytes]:
+        return _json(200, dashboard.view(self.history, self.current_snapshot(),
+                                         dashboard.rollouts(self.proc.client)))
 
     def ready(self) -> tuple[int, str, bytes]:
         body = self.book.readiness()
@@ -135,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             "/live": lambda: _json(200, {"live": True}),
             "/stats": lambda: _json(200, telemetry.book.view()),
             "/config_dump": telemetry.config_dump,
+            "/dashboard": lambda: (200, "text/html; charset=utf-8", dashboard.PAGE),
+            "/dashboard.json": telemetry.dashboard_json,
         }, proc.log, "admin"))
     except OSError as exc:
         logs.event(proc.log, "listener.failed", logging.ERROR, error=str(exc))
