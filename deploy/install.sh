@@ -19,10 +19,12 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$include/Python.h" ] || missing+=(python3-dev)
-# The tests check the node's /metrics page with Prometheus' own promtool, and scrape a
-# node with a real Prometheus server (both from Debian's prometheus package).
+# The tests check the node's /metrics page with Prometheus' own promtool, scrape a node
+# with a real Prometheus server (both from Debian's prometheus package), and check its
+# dashboard in a headless Chromium.
 if [ "${1:-}" = "--test" ]; then
   { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -23,6 +23,7 @@ import http.client
 import json
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -238,11 +239,12 @@ def _serving(mesh: ConformanceMesh, caller: Caller, host: str, pod_prefix: str) 
                for a in answers)
 
 
-@pytest.fixture(scope="module")
-def conformance_mesh() -> Iterator[ConformanceMesh]:
-    """One node and the echo pods for a test module; everything stopped after it."""
-    base = [d for d in yaml.safe_load_all((DATA / "base.yaml").read_text()) if d]
-    workdir = Path(tempfile.mkdtemp(prefix="mn-gw-", dir="/tmp"))
+@contextmanager
+def running_mesh(base: list[dict[str, Any]], prefix: str) -> Iterator[ConformanceMesh]:
+    """A node seeded with `base` (its Workloads' "$port" the ports of their echo pods,
+    started first), yielded once every worker holds each base workload's certificate;
+    the node, then the pods, stopped after."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     node = Node(workdir / "node", 0, WORKERS)
     mesh = ConformanceMesh(node, {}, workdir)
     started = False
@@ -258,10 +260,6 @@ def conformance_mesh() -> Iterator[ConformanceMesh]:
         for identity in sorted(base_identities(base)):
             wait_for(lambda: certs_issued(node, identity), READY_TIMEOUT_S,
                      f"every worker to hold the certificate of {identity}")
-        for namespace in (MESH_NS, CONSUMER_NS):
-            caller = mesh.caller(namespace)
-            wait_for(lambda: _serving(mesh, caller, f"echo-v1.{MESH_NS}", "echo-v1-"),
-                     READY_TIMEOUT_S, f"requests from {caller.pod} through the node")
         yield mesh
     except BaseException:
         if started:
@@ -269,6 +267,18 @@ def conformance_mesh() -> Iterator[ConformanceMesh]:
         raise
     finally:
         _stop(mesh, started)
+
+
+@pytest.fixture(scope="module")
+def conformance_mesh() -> Iterator[ConformanceMesh]:
+    """One node and the echo pods for a test module; everything stopped after it."""
+    base = [d for d in yaml.safe_load_all((DATA / "base.yaml").read_text()) if d]
+    with running_mesh(base, "mn-gw-") as mesh:
+        for namespace in (MESH_NS, CONSUMER_NS):
+            caller = mesh.caller(namespace)
+            wait_for(lambda: _serving(mesh, caller, f"echo-v1.{MESH_NS}", "echo-v1-"),
+                     READY_TIMEOUT_S, f"requests from {caller.pod} through the node")
+        yield mesh
 
 
 def _stop(mesh: ConformanceMesh, started: bool) -> None:
