@@ -78,30 +78,35 @@ def histogram_quantile(q: float, counts: Sequence[int],
 @dataclass
 class Traffic:
     """Requests of one row over a window: answers, those that were 5xx, and their
-    latency buckets (the answers the engine timed; it times none it answered itself)."""
+    latency by engine bucket (the answers the engine timed; it times none it answered
+    itself), sparse: the ring holds minutes of these."""
 
     requests: int = 0
     failures: int = 0
-    latency: list[int] = field(default_factory=lambda: [0] * len(_UPPER_US))
+    latency: dict[int, int] = field(default_factory=dict)
 
     def add(self, other: "Traffic") -> None:
         self.requests += other.requests
         self.failures += other.failures
-        for i, n in enumerate(other.latency):
-            self.latency[i] += n
+        for i, n in other.latency.items():
+            self.latency[i] = self.latency.get(i, 0) + n
 
     def minus(self, older: "Traffic") -> "Traffic":
         """What was added since `older` (the same worker's earlier reading)."""
         return Traffic(max(self.requests - older.requests, 0),
                        max(self.failures - older.failures, 0),
-                       [max(a - b, 0) for a, b in zip(self.latency, older.latency)])
+                       {i: n - older.latency.get(i, 0) for i, n in self.latency.items()
+                        if n > older.latency.get(i, 0)})
 
     def golden(self, seconds: float) -> dict[str, Any]:
         """The row's figures; None where there is nothing to tell (no answer timed)."""
+        counts = [0] * len(_UPPER_US)
+        for i, n in self.latency.items():
+            counts[i] = n
         return {"requests": self.requests,
                 "success_rate": (1 - self.failures / self.requests) if self.requests else None,
                 "rps": self.requests / seconds if seconds > 0 else None,
-                **{f"latency_ms_p{round(q * 100)}": _ms(histogram_quantile(q, self.latency))
+                **{f"latency_ms_p{round(q * 100)}": _ms(histogram_quantile(q, counts))
                    for q in QUANTILES}}
 
 
@@ -117,7 +122,8 @@ def _traffic(fig: Mapping[str, Any]) -> Traffic:
         out.failures += n if code.startswith("5") and len(code) == 3 else 0
     for counts in latencies(fig).values():
         for i, n in enumerate(counts):
-            out.latency[i] += n
+            if n:
+                out.latency[i] = out.latency.get(i, 0) + n
     return out
 
 
