@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from bus.clone import StateClient
 from bus.envelope import Envelope
+from bus.request import Client
 
 from . import dashboard, golden, logs
 from .busnames import CONTROL, SNAPSHOT_TOPIC
@@ -112,7 +113,12 @@ class Telemetry:
 
     def dashboard_json(self) -> tuple[int, str, bytes]:
         return _json(200, dashboard.view(self.history, self.current_snapshot(),
-                                         dashboard.rollouts(self.proc.client)))
+                                         dashboard.rollouts(self._http_client)))
+
+    def _http_client(self) -> Client:
+        """A bus client for an HTTP thread: sockets are one thread's, and so are the
+        process's bus counters (the loop's), which this one leaves alone."""
+        return Client(self.proc.ctx, self.proc.endpoints, node=self.proc.node, src=NAME)
 
     def ready(self) -> tuple[int, str, bytes]:
         body = self.book.readiness()

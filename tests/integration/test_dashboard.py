@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 from html.parser import HTMLParser
@@ -25,6 +24,7 @@ import yaml
 
 from dataplanekit import settle
 from meshkit import PORT_PLACEHOLDER, Caller, ConformanceMesh, running_mesh
+from systemtools import tool
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -67,18 +67,11 @@ BASE = [*(_service(n) for n in ("frontend", "backend", "ledger")),
                             {"backendRefs": [{"name": "ledger", "port": 8080}]}]}}]
 
 
-def _chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.fail("chromium is missing: deploy/install.sh --test installs Debian's chromium")
-    return path
-
-
 def _browse(url: str, *what: str) -> subprocess.CompletedProcess[str]:
     """Chromium on `url` once its script has run (virtual time: the polls are fetches of
     the node, which virtual time waits for), in a profile of its own."""
     with tempfile.TemporaryDirectory(prefix="mn-chromium-") as profile:
-        result = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+        result = subprocess.run([tool("chromium", "chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                                  "--virtual-time-budget=3000", "--window-size=1280,1500",
                                  *what, url], capture_output=True, text=True, timeout=30,
                                 stdin=subprocess.DEVNULL)

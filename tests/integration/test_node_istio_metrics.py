@@ -10,8 +10,6 @@ itself calls well-formed.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 
 import pytest
@@ -21,6 +19,7 @@ from dataplanekit import metric_total, settle
 from identityharness import metric_samples
 from meshkit import CONSUMER_NS, MESH_NS, ConformanceMesh, conformance_mesh, gw
 from mnharness import http_get
+from systemtools import tool
 
 __all__ = ["conformance_mesh", "gw"]  # the fixtures these tests use, from meshkit
 
@@ -45,19 +44,9 @@ DURATION_LINT = {f'{name} use base unit "seconds" instead of "milliseconds"' for
                  ("istio_request_duration_milliseconds", "meshnode_request_duration_milliseconds")}
 
 
-def _promtool() -> str:
-    """promtool's path; outside CI a machine without it skips (Debian's `prometheus`)."""
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is missing in CI: deploy/install.sh --test installs it")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return path
-
-
 def test_requests_show_under_istio_names_and_labels_one_series_per_label_set(
         gw: ConformanceMesh) -> None:
-    promtool = _promtool()
+    promtool = tool("promtool", "prometheus")
     caller = gw.caller(CONSUMER_NS)
     check(gw, caller, [Expect(host="echo-v2", path="/istio", backend="echo-v2")])
     settle(gw.node)

@@ -11,9 +11,7 @@ each request once though both sides of a node may have counted it.
 from __future__ import annotations
 
 import math
-import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from meshnode.config.load import parse_text
 from meshnode.config.snapshot import compile_snapshot
 from meshnode.golden import History, histogram_quantile, rows
 from meshnode.health import HealthBook
+from systemtools import tool
 
 TD = "cluster.local"
 FRONTEND = f"spiffe://{TD}/ns/demo/sa/frontend"
@@ -79,19 +78,10 @@ def test_quantiles_interpolate_within_the_bucket_the_rank_falls_in() -> None:
     assert histogram_quantile(0.5, [0, 0, 0, 0], upper) is None
 
 
-def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is missing in CI: deploy/install.sh --test installs it")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return path
-
-
 def test_quantiles_are_what_prometheus_histogram_quantile_gives(tmp_path: Path) -> None:
     """Random histograms over the engine's buckets, as cumulative `le` series, evaluated
     by Prometheus's own PromQL engine (promtool's rule tests compare exactly)."""
-    promtool = _promtool()
+    promtool = tool("promtool", "prometheus")
     rng = random.Random(13)
     series, checks = [], []
     for case in range(6):
