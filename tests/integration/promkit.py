@@ -9,7 +9,6 @@ config shipped to users (its relabelling, honor_labels) is what the test exercis
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -19,9 +18,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
+import systemtools
 from mnharness import http_get, wait_for
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
@@ -33,14 +32,8 @@ STOP_TIMEOUT_S = 10.0
 
 
 def tool(name: str) -> str:
-    """A Prometheus binary's path; outside CI a machine without it skips (CI runs
-    deploy/install.sh --test, which installs Debian's `prometheus`)."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is missing in CI: deploy/install.sh --test installs it")
-        pytest.skip(f"{name} not installed (apt-get install prometheus)")
-    return path
+    """A Prometheus binary's path (Debian's `prometheus` has both the server and promtool)."""
+    return systemtools.tool(name, "prometheus")
 
 
 def _free_port() -> int:
