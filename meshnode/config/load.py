@@ -22,10 +22,11 @@ from .backendtrafficpolicyparse import policy_to_dict
 from .authzparse import policy_to_dict as authorization_policy_to_dict
 from .peerauthparse import peer_authentication_to_dict
 from .ratelimitparse import policy_to_dict as rate_limit_policy_to_dict
+from .rolloutparse import rollout_to_dict
 from .errors import ConfigError, Problem
 from .model import (API_VERSION, AuthorizationPolicy, DestinationRule, FaultInjection, HTTPRoute, Mesh, MeshSpec,
-                    Node, NodeSpec, PeerAuthentication, RateLimitPolicy, Resource, Service, ServiceSpec, Workload,
-                    WorkloadSpec, XBackendTrafficPolicy)
+                    Node, NodeSpec, PeerAuthentication, RateLimitPolicy, Resource, Rollout, Service, ServiceSpec,
+                    Workload, WorkloadSpec, XBackendTrafficPolicy)
 from .routeparse import route_to_dict
 from .validate import duplicate_problems, parse_document, validate_set
 
@@ -222,6 +223,8 @@ def to_dict(resource: Resource) -> dict[str, Any]:
         return peer_authentication_to_dict(resource)
     if isinstance(resource, RateLimitPolicy):
         return rate_limit_policy_to_dict(resource)  # its fields as written
+    if isinstance(resource, Rollout):
+        return rollout_to_dict(resource)  # its defaults filled in
     metadata: dict[str, Any] = {"name": resource.name}
     if not resource.CLUSTER_SCOPED:
         metadata["namespace"] = resource.namespace

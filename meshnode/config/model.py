@@ -1,6 +1,6 @@
 """The resource model: frozen dataclasses for Mesh, Node, Service, Workload, HTTPRoute,
 DestinationRule, FaultInjection, XBackendTrafficPolicy, AuthorizationPolicy and
-PeerAuthentication, and their keys.
+PeerAuthentication, RateLimitPolicy and Rollout, and their keys.
 
 Objects here are already validated (see validate.py); nothing in this module checks input.
 Map-valued fields are plain dicts so callers can read them naturally: treat them as
@@ -17,6 +17,7 @@ from ..ports import Ports
 from .authz import DEFAULT_ROOT_NAMESPACE, AuthorizationPolicySpec, PeerAuthenticationSpec
 from .backendtrafficpolicy import BackendTrafficPolicySpec
 from .ratelimit import RateLimitPolicySpec
+from .rollout import RolloutSpec
 from .destinationrule import DestinationRuleSpec
 from .errors import NotFound, Problem
 from .fault import FaultInjectionSpec
@@ -314,10 +315,21 @@ class RateLimitPolicy(Resource):
     created: str = ""
 
 
+@dataclass(frozen=True)
+class Rollout(Resource):
+    """meshnode's progressive rollout of a Service, in Flagger Canary's analysis shape;
+    its spec: rollout.py. Its status is its controller's (meshnode.rollout)."""
+
+    KIND: ClassVar[str] = "Rollout"
+    spec: RolloutSpec
+    # metadata.creationTimestamp, as HTTPRoute's (kept for `get`; no order hangs on it).
+    created: str = ""
+
+
 KINDS: dict[str, type[Resource]] = {cls.KIND: cls for cls in (Mesh, Node, Service, Workload, HTTPRoute,
                                                               DestinationRule, FaultInjection,
                                                               XBackendTrafficPolicy, AuthorizationPolicy,
-                                                              PeerAuthentication, RateLimitPolicy)}
+                                                              PeerAuthentication, RateLimitPolicy, Rollout)}
 """Every kind, in the order resources are listed (mesh first, then what depends on it)."""
 
 # Short names and irregular plurals (the CRD's shortNames and plural).
@@ -326,7 +338,7 @@ _SHORT_NAMES = {"svc": "Service", "wl": "Workload", "dr": "DestinationRule",
                 "xbackendtrafficpolicies": "XBackendTrafficPolicy",
                 "ap": "AuthorizationPolicy", "authorizationpolicies": "AuthorizationPolicy",
                 "pa": "PeerAuthentication", "rlp": "RateLimitPolicy",
-                "ratelimitpolicies": "RateLimitPolicy"}
+                "ratelimitpolicies": "RateLimitPolicy", "ro": "Rollout"}
 
 
 def key_label(key: Key) -> str:

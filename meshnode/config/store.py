@@ -36,7 +36,7 @@ from .authzsize import authz_size_problems
 from .errors import ConfigError, NotFound, Problem
 from .load import load_path, to_dict
 from .model import (KINDS, AuthorizationPolicy, DestinationRule, HTTPRoute, Key, PeerAuthentication,
-                    RateLimitPolicy, Resource, XBackendTrafficPolicy, key_label, resolve_kind, sort_key)
+                    RateLimitPolicy, Resource, Rollout, XBackendTrafficPolicy, key_label, resolve_kind, sort_key)
 from .routeparse import format_timestamp
 from .validate import duplicate_problems, parse_document, trust_domain_problems, validate_set
 
@@ -120,7 +120,7 @@ def _created(resource: Resource, previous: Resource | None, now: str) -> Resourc
     `now` for a new one. What an applied document says there is replaced, as the API
     server ignores a creationTimestamp sent to it."""
     if not isinstance(resource, (HTTPRoute, DestinationRule, XBackendTrafficPolicy, AuthorizationPolicy,
-                                 PeerAuthentication, RateLimitPolicy)):
+                                 PeerAuthentication, RateLimitPolicy, Rollout)):
         return resource
     return replace(resource, created=previous.created if isinstance(previous, type(resource)) else now)
 

@@ -646,6 +646,10 @@ def parse_document(doc: object, file: str, index: int) -> tuple[Resource | None,
         # meshnode's kind with Envoy's token bucket and Gateway API's targetRefs (ratelimit.py).
         from .ratelimitparse import parse_rate_limit_policy
         return parse_rate_limit_policy(doc, file, index)
+    if isinstance(doc, dict) and doc.get("kind") == "Rollout":
+        # meshnode's kind in Flagger Canary's shape (rollout.py).
+        from .rolloutparse import parse_rollout
+        return parse_rollout(doc, file, index)
     if isinstance(doc, dict) and doc.get("kind") == "FaultInjection":
         # meshnode's kind with Istio's fields (fault.py), built on this module's checks.
         from .faultparse import parse_fault_injection
@@ -693,6 +697,7 @@ def duplicate_problems(resources: Iterable[Resource]) -> list[Problem]:
 
 def set_problems(resources: Sequence[Resource]) -> list[Problem]:
     """Every problem of a whole configuration: duplicates, meshes and cross-references."""
+    from .rolloutparse import rollout_problems  # built on this module's checks
     problems = duplicate_problems(resources)
     first: dict[Key, Resource] = {}
     for resource in resources:
@@ -740,7 +745,7 @@ def set_problems(resources: Sequence[Resource]) -> list[Problem]:
                         service.source, service.label, f"spec.ports[{i}].targetPort",
                         f"port name {port.target_port!r} is not in the ports of "
                         f"{workload.label}{where}"))
-    return problems
+    return problems + rollout_problems(unique)
 
 
 def _node_problems(nodes: Sequence[Node]) -> list[Problem]:
