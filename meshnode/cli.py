@@ -103,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_dir(p)
     p.add_argument("kind", help="Mesh, Node, Service, Workload, HTTPRoute, DestinationRule, "
                    "FaultInjection, XBackendTrafficPolicy, AuthorizationPolicy, PeerAuthentication, "
-                   "RateLimitPolicy (plural and short forms work); an HTTPRoute, an "
-                   "XBackendTrafficPolicy, an AuthorizationPolicy, a PeerAuthentication and a "
-                   "RateLimitPolicy show their status")
+                   "RateLimitPolicy, Rollout (plural and short forms work); an HTTPRoute, an "
+                   "XBackendTrafficPolicy, an AuthorizationPolicy, a PeerAuthentication, a "
+                   "RateLimitPolicy and a Rollout show their status")
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--namespace", default=None, help="only this namespace")
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
@@ -154,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node")
 
     cli_stat.add_parser(sub, _add_runtime_dir)
+
+    p = sub.add_parser("rollout", help="a Rollout under way: its status, or promote, abort, "
+                       "pause or resume it")
+    _add_runtime_dir(p)
+    p.add_argument("action", choices=ROLLOUT_ACTIONS)
+    p.add_argument("name")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-o", "--output", choices=["text", "yaml", "json"], default="text")
 
     p = sub.add_parser("delete", help="delete a resource")
     _add_runtime_dir(p)
@@ -288,6 +296,34 @@ def _table(items: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)
 
 
+ROLLOUT_ACTIONS = ("status", "promote", "abort", "pause", "resume")
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    status = nodectl.call(args.runtime_dir.resolve(), "control", "rollout",
+                          {"action": args.action, "name": args.name, "namespace": args.namespace})
+    if args.output == "json":
+        print(json.dumps(status, indent=2))
+    elif args.output == "yaml":
+        print(yaml.safe_dump(status, sort_keys=False), end="")
+    else:
+        print(_rollout_text(status))
+    return 0
+
+
+def _rollout_text(status: dict[str, Any]) -> str:
+    """A rollout's state, its last checks and its recent events, for people."""
+    condition = status["conditions"][0]
+    lines = [f"{status['route']}: {status['phase']}{' (paused)' if status['paused'] else ''}, "
+             f"canary {status['canary']} at {status['canaryWeight']}%, stable {status['stable']}, "
+             f"failed checks {status['failedChecks']}",
+             f"  {condition['reason']}: {condition['message']}"]
+    lines += [f"  check {c['name']}: {'ok' if c['ok'] else 'FAILED'}: {c['message']}"
+              for c in status["lastChecks"]]
+    lines += [f"  {e['time']} {e['type']} {e['reason']}: {e['message']}" for e in status["events"][-10:]]
+    return "\n".join(lines)
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     reply = nodectl.call(args.runtime_dir.resolve(), "control", "delete",
                          {"kind": args.kind, "name": args.name, "namespace": args.namespace})
@@ -394,7 +430,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs,
             "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "ca": cmd_ca,
             "demo": cmd_demo, "check": cli_check.cmd_check,
-            "proxy-config": cli_proxyconfig.cmd_proxy_config, "stat": cli_stat.run}
+            "proxy-config": cli_proxyconfig.cmd_proxy_config, "stat": cli_stat.run, "rollout": cmd_rollout}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

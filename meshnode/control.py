@@ -9,6 +9,10 @@ serving the last snapshot they installed.
 Identities are in the mesh root's trust domain (``--trust-domain``, which ``meshnode up``
 reads from the root the ca runs under): a Mesh that names another is refused, one that
 names none takes the root's (DESIGN §4).
+
+It also runs the node's rollouts (meshnode.rollout): each Rollout's HTTPRoute is written
+through the same store, its analysis reads the workers' health beats, and the CLI's
+`meshnode rollout ...` is answered here.
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ from .config import (DEFAULT_CONFIG, ConfigError, NotFound, Store, compile_snaps
 from .busnames import ACK_TOPIC, SNAPSHOT_TOPIC
 from .busnames import CONTROL as NAME
 from .process import Process, base_parser
+from .rollout import Controller
 
 # One request carries at most this much YAML: a config, not a data dump.
 MAX_APPLY_BYTES = 8 * 1024 * 1024
+# How often rollouts are looked at: a check is due at most this late, and the canary's
+# figures are sampled this often (an interval's window is read from these samples).
+ROLLOUT_TICK_S = 0.25
 
 
 def config_error(exc: ConfigError) -> RemoteError:
@@ -52,10 +60,16 @@ class Control:
         srv.register("get", self.on_get)
         srv.register("delete", self.on_delete)
         srv.register("status", self.on_status)
+        srv.register("rollout", self.on_rollout)
         proc.subscriber([ACK_TOPIC], self.on_ack)
         proc.loop.every(0.2, self.state.tick)
         proc.add_health(lambda: {"config_version": self.store.version})
         self.publish()
+        self.rollouts = Controller(store, Path(proc.runtime_dir) / "state" / "rollouts",
+                                   self.publish, proc.publisher, proc.log)
+        proc.subscriber(["health.proxy-"], self.rollouts.on_beat)
+        proc.loop.every(ROLLOUT_TICK_S, self.rollouts.tick)
+        proc.add_health(self.rollouts.health)
 
     def publish(self) -> None:
         snapshot = compile_snapshot(self.store.resources(), self.proc.node, self.store.version,
@@ -95,6 +109,7 @@ class Control:
             logs.event(self.proc.log, "config.applied", version=version,
                        resources=[r.label for r in resources])
             self.publish()
+            self.rollouts.sync()
         return {"version": version, "changed": version != before,
                 "resources": [r.label for r in resources]}
 
@@ -112,7 +127,11 @@ class Control:
                               kind="not-found")
         # An HTTPRoute's status is computed from the config in force (routestatus).
         everything = self.store.resources()
-        return {"version": self.store.version, "items": [with_status(r, everything) for r in found]}
+        items = [with_status(r, everything) for r in found]
+        for resource, item in zip(found, items):
+            if resource.kind == "Rollout":  # its status is its controller's
+                item["status"] = self.rollouts.status(resource.namespace, resource.name)
+        return {"version": self.store.version, "items": items}
 
     def on_delete(self, req: Envelope) -> dict[str, Any]:
         body = req.body if isinstance(req.body, dict) else {}
@@ -124,7 +143,19 @@ class Control:
         logs.event(self.proc.log, "config.deleted", version=version, kind=body.get("kind"),
                    name=body.get("name"))
         self.publish()
+        self.rollouts.sync()
         return {"version": version}
+
+    def on_rollout(self, req: Envelope) -> dict[str, Any]:
+        """`meshnode rollout status|promote|abort|pause|resume NAME`."""
+        body = req.body if isinstance(req.body, dict) else {}
+        try:
+            return self.rollouts.act(str(body.get("action", "")), str(body.get("namespace") or "default"),
+                                     str(body.get("name", "")))
+        except KeyError as exc:
+            raise RemoteError(exc.args[0], kind="not-found") from None
+        except ValueError as exc:
+            raise RemoteError(str(exc), kind="usage") from None
 
     def on_status(self, req: Envelope) -> dict[str, Any]:
         return {"version": self.store.version, "acks": self.acks}
@@ -162,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         return 78
     logs.event(proc.log, "config.loaded", version=store.version, seed=str(seed),
                resources=len(store.resources()), root_trust_domain=args.trust_domain)
-    Control(proc, store)
-    return proc.run()
+    control = Control(proc, store)
+    try:
+        return proc.run()
+    finally:
+        control.rollouts.close()
 
 
 if __name__ == "__main__":

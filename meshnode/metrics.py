@@ -227,6 +227,12 @@ class NodeCollector(Collector):
                 "no_slot": CounterMetricFamily(
                     "meshnode_ratelimit_unlimited", "Requests let through unlimited: the node's "
                     "rate-limit region had no bucket for them", labels=["node", "process", "policy", "limit"])}
+        rollout_weight = GaugeMetricFamily(
+            "meshnode_rollout_weight", "The canary's share of its target Service's traffic, in %, "
+            "as its Rollout's route sends it", labels=["node", "rollout", "phase"])
+        rollout_status = GaugeMetricFamily(
+            "meshnode_rollout_status", "A Rollout's state as Flagger's flagger_canary_status: "
+            "0 running, 1 succeeded (promoted), 2 failed (rolled back)", labels=["node", "rollout"])
         for name in self._book.names():
             report = self._book.get(name)
             labels = [self._node, name]
@@ -257,7 +263,8 @@ class NodeCollector(Collector):
             istio.add(report.body.get("requests"))
             self._rate_limits(report.body.get("rate_limits"), labels, rate)
             self._authz(report.body.get("authz"), labels, authz)
-        yield from (up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
+            self._rollouts(report.body.get("rollouts"), rollout_weight, rollout_status)
+        yield from (rollout_weight, rollout_status, up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
                     renew_failed, bundle, *tcp.values(), *counts.values(), overflows, failures,
                     active, in_flight, *rate.values(), authz)
         if "meshnode" in names:
@@ -283,6 +290,15 @@ class NodeCollector(Collector):
             for key in ("overflow", "no_slot"):
                 if isinstance(entry.get(key), int):
                     rate[key].add_metric(names, entry[key])
+
+    def _rollouts(self, entries: object, weight: Metric, status: Metric) -> None:
+        """Control's rollouts (meshnode.rollout Controller.health())."""
+        for entry in (entries if isinstance(entries, list) else ()):
+            if isinstance(entry, dict) and isinstance(entry.get("weight"), int) \
+                    and isinstance(entry.get("status"), int):
+                rollout = str(entry.get("rollout", "unknown"))
+                weight.add_metric([self._node, rollout, str(entry.get("phase", ""))], entry["weight"])
+                status.add_metric([self._node, rollout], entry["status"])
 
     @staticmethod
     def _overflows(stats: object, labels: list[str], overflows: Metric) -> None:
