@@ -430,7 +430,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs,
             "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "ca": cmd_ca,
             "demo": cmd_demo, "check": cli_check.cmd_check,
-            "proxy-config": cli_proxyconfig.cmd_proxy_config, "stat": cli_stat.run, "rollout": cmd_rollout}
+            "proxy-config": cli_proxyconfig.cmd_proxy_config, "stat": cli_stat.run,
+            "rollout": cmd_rollout}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
