@@ -18,17 +18,17 @@ its rules match away from the rollout, unseen by the analysis).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from .durations import DurationError, parse_duration
 from .errors import Problem
 from .model import HTTPRoute, Resource, Rollout, Service
 from .rollout import (API_VERSION, DEFAULT_MAX_WEIGHT, DURATION, KIND, METRICS, OWNER_LABEL,
                       WEBHOOK_TYPES, Analysis, MetricCheck, RolloutSpec, Webhook, route_name)
 from .routeparse import _items, _object_name, _unrepeated, metadata_dict, parse_policy
-from .validate import _Doc, _annotations, _bool, _describe, _fields, _int, _opt, _port, _string, join
+from .validate import (_Doc, _annotations, _bool, _describe, _duration, _fields, _int, _opt, _port, _string,
+                       join)
 
 NOT_IMPLEMENTED: dict[str, dict[str, str]] = {
     "spec": {
@@ -109,18 +109,12 @@ def _fields_refusing(d: _Doc, value: object, path: str, allowed: Sequence[str], 
     return fields
 
 
-def _duration_text(low_s: float, high_s: float):  # type: ignore[no-untyped-def]
-    """A duration kept as written, within [low_s, high_s]."""
+def _duration_text(low_s: float, high_s: float) -> Callable[[_Doc, object, str], str | None]:
+    """A duration within [low_s, high_s], kept as written (GEP-2257: never rewritten)."""
+    seconds = _duration(low_s, high_s)
+
     def check(d: _Doc, value: object, path: str) -> str | None:
-        try:
-            seconds = parse_duration(value)
-        except DurationError as exc:
-            d.fail(path, str(exc))
-            return None
-        if not low_s <= seconds <= high_s:
-            d.fail(path, f"must be from {low_s:g}s to {high_s:g}s, got {value!r}")
-            return None
-        return value  # type: ignore[return-value]
+        return value if seconds(d, value, path) is not None else None  # type: ignore[return-value]
     return check
 
 

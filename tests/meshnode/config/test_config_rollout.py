@@ -83,7 +83,7 @@ def test_a_rollout_is_read_with_its_steps_and_written_back_equal() -> None:
     ("spec.analysis.stepWeights", [10, 5], "spec.analysis.stepWeights: must rise step by step"),
     ("spec.analysis.stepWeight", 60, "spec.analysis.stepWeight: 60 is above maxWeight (50)"),
     ("spec.analysis.maxWeight", 101, "spec.analysis.maxWeight: must be between 1 and 100"),
-    ("spec.analysis.interval", "10ms", "spec.analysis.interval: must be from 0.1s to 86400s"),
+    ("spec.analysis.interval", "10ms", "spec.analysis.interval: must be between 100ms and 24h"),
     ("spec.analysis.metrics", [{"name": "request-success-rate", "thresholdRange": {"min": 120}}],
      "spec.analysis.metrics[0].thresholdRange: a success rate is a percentage"),
     ("spec.targetRef", {"kind": "Deployment", "name": "backend"}, "spec.targetRef.kind: must be Service"),
