@@ -119,18 +119,20 @@ def _config(apps: dict[str, ThreadingHTTPServer]) -> str:
 
 
 class Load:
-    """A paced client of one target Service through the node, until stopped."""
+    """Paced clients of one target Service through the node, until stopped (several, so
+    that a slow canary still answers minRequests an interval)."""
 
-    def __init__(self, node: Node, target: str) -> None:
+    def __init__(self, node: Node, target: str, clients: int = 3) -> None:
         self.node, self.target = node, target
         self.statuses: list[int] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for thread in self._threads:
+            thread.start()
 
     def _run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.node.port_base + 1, timeout=10)
-        while not self._stop.wait(0.02):
+        while not self._stop.wait(0.05):
             try:
                 conn.request("GET", "/", headers={"Host": f"{self.target}.demo:{PORT}"})
                 resp = conn.getresponse()
@@ -143,7 +145,8 @@ class Load:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(15)
+        for thread in self._threads:
+            thread.join(15)
 
 
 @pytest.fixture(scope="module")
