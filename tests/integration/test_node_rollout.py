@@ -36,7 +36,7 @@ pytestmark = pytest.mark.timeout(60)
 
 BACKEND_ID = "spiffe://cluster.local/ns/demo/sa/backend"
 PORT = 8080
-SLOW_S = 0.2
+SLOW_S = 0.3
 TARGETS = {"good": "ok", "bad": "error", "slow": "slow", "hold": "ok", "kill": "ok"}
 SERVICE = """\
 apiVersion: meshnode.io/v1alpha1
@@ -74,7 +74,7 @@ spec:
     - name: request-success-rate
       thresholdRange: {{min: 99}}
     - name: request-duration
-      thresholdRange: {{max: 100}}
+      thresholdRange: {{max: 250}}
       interval: 2s
 """
 
@@ -216,7 +216,8 @@ def test_a_good_canary_is_promoted_step_by_step(rollout_node: Node) -> None:
     advanced = [e["message"] for e in done["events"] if e["reason"] == "Advanced"]
     assert [m.split(" weight ")[1].split(" ")[0] for m in advanced] == ["20", "50"], advanced
     assert "success rate 100.00%" in advanced[1], advanced
-    assert (done["canaryWeight"], done["stable"], done["failedChecks"]) == (100, "good-v2", 0)
+    assert (done["canaryWeight"], done["stable"], done["failedChecks"]) == (100, "good-v2", 0), \
+        done["events"]
     assert done["conditions"][0]["type"] == "Promoted"
     assert (done["conditions"][0]["status"], done["conditions"][0]["reason"]) == ("True", "Succeeded")
     assert route_weights(rollout_node, "good") == [0, 100]
@@ -252,7 +253,8 @@ def test_a_bad_canary_is_rolled_back(rollout_node: Node, target: str, why: str) 
     assert all(why in m or "no values found" in m for m in halted), halted
     assert failed["conditions"][0]["status"] == "False"
     assert route_weights(rollout_node, target) == [100, 0]
-    assert metric(rollout_node, "meshnode_rollout_status", f"demo/{target}") in (2.0, None)
+    wait_for(lambda: metric(rollout_node, "meshnode_rollout_status", f"demo/{target}") == 2.0,
+             5, "meshnode_rollout_status 2")
 
 
 def test_a_rollout_paused_holds_its_weight_resumes_and_is_aborted(rollout_node: Node) -> None:
