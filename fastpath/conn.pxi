@@ -101,6 +101,9 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.n_pend = 0
     c.peer_principal = 0
     c.stat = -1
+    c.tcp_stat = -1
+    c.resp_bytes = 0
+    c.open_size_stat = -1
     c.head_reserve = 0
     c.filter_at = 0
     c.n_mirroring = 0
@@ -154,7 +157,8 @@ cdef void _count_cut_off(Core* core, Conn* c) noexcept nogil:
         if (c.resp_phase != RESP_HEAD
                 and (not c.flags & CONN_DRAINING or c.flags & CONN_DRAIN_HEAD_SEEN)):
             status = c.resp_status
-        _count_answer(core, c, status, core.now_ns - c.pend_start_ns[c.pend_first])
+        _count_sizes(core, c, _count_answer(core, c, status,
+                                            core.now_ns - c.pend_start_ns[c.pend_first]), False)
         c.resp_phase = RESP_HEAD
         c.flags &= ~CONN_DRAIN_HEAD_SEEN
         c.pend_first = (c.pend_first + 1) % ENGINE_HTTP_PIPELINE_MAX
@@ -168,8 +172,10 @@ cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
         _overload_release(core, c, c.held_inflight, c.held_source)   # (overload.pxi)
     if c.flags & (CONN_SOURCE_HELD | CONN_HANDSHAKE_HELD):
         _limits_release(core, c, CONN_SOURCE_HELD | CONN_HANDSHAKE_HELD)
+    _count_open_sizes(core, c)          # (before the cut-off answers: stats.pxi)
     if c.n_pend > 0:
         _count_cut_off(core, c)
+    _tcp_closed(core, c)
     if c.n_mirroring > 0 or c.flags & CONN_MIRROR:
         _mirror_closing(core, c)
     _pool_unwait(core, c)               # a request waiting for an upstream (pool.pxi)

@@ -744,6 +744,11 @@ cdef enum:
     # ENGINE_LATENCY_CODES - 1 status codes (Istio's request_duration carries
     # response_code); the answers of any further code share the last one, code 0.
     ENGINE_LATENCY_CODES = 6
+    # Request and response size histograms (Istio's request_bytes / response_bytes):
+    # one bucket per bound of Envoy's default histogram buckets, which Istio's
+    # istio_request_bytes and istio_response_bytes use (stats.pxi _SIZE_BOUNDS), and
+    # one for what is over the last bound.
+    ENGINE_SIZE_BUCKETS = 20
     # Request figures are kept per (direction, service, peer SPIFFE ID): at most this
     # many such keys (more are counted in Counters.stats_overflow, not per key) ...
     ENGINE_STAT_RECORDS = 512
@@ -1039,11 +1044,28 @@ cdef struct Conn:
     uint8_t pend_method[ENGINE_HTTP_PIPELINE_MAX]
     uint32_t pend_first
     uint32_t n_pend
+    # Sizes (stats.pxi, Istio's request_bytes and response_bytes, what Envoy's stats
+    # filter takes from the downstream bytes meter): each pending request's bytes as
+    # received from the client, head and body (set as its head is framed, grown as its
+    # body is; final once its body is framed, or at its answer if that comes first),
+    # and the bytes of the answer being framed as sent to the client, every head
+    # (interim ones too) and its body (final at its answer, _http_answered; for a body
+    # that runs until the upstream's end, at that end or the pair's close:
+    # open_size_stat). _count_sizes takes both, and zeroes resp_bytes.
+    uint64_t pend_req_bytes[ENGINE_HTTP_PIPELINE_MAX]
+    uint64_t resp_bytes
+    # A body running until the upstream's end (RESP_CLOSE): the StatRecord its sizes go
+    # to at that end (-1: none), the record's code slot, its request's bytes.
+    int32_t open_size_stat
+    uint8_t open_size_slot
+    uint64_t open_req_bytes
     # Request figures: the peer's ID as a Core.principals index, and the StatRecord the
     # pair's answers go to (-1: look it up at the next answer).
     uint16_t peer_principal
     uint16_t local_principal       # the identity this node presents for the pair
     int32_t stat
+    int32_t tcp_stat               # an opaque pair's record (Istio's istio_tcp_*): set
+                                   # as it starts relaying (-1: not relaying, or none left)
     # Bytes kept free at the end of the request buffer for the fields the filter chain
     # adds to each request head (inbound: x-forwarded-client-cert).
     uint32_t head_reserve
@@ -1115,6 +1137,19 @@ cdef struct StatRecord:
     uint16_t latency_codes[ENGINE_LATENCY_CODES]   # each histogram's status (0: unclaimed)
     uint64_t latency_us[ENGINE_LATENCY_CODES][ENGINE_LATENCY_BUCKETS]
     uint64_t shed                  # of its 503s, those overload answered (flag "OM")
+    # Timed answers' request and response sizes by code, in the latency histograms'
+    # code slots (latency_codes): counts per _size_bucket and exact sums of bytes.
+    uint64_t req_bytes[ENGINE_LATENCY_CODES][ENGINE_SIZE_BUCKETS]
+    uint64_t resp_bytes[ENGINE_LATENCY_CODES][ENGINE_SIZE_BUCKETS]
+    uint64_t req_bytes_sum[ENGINE_LATENCY_CODES]
+    uint64_t resp_bytes_sum[ENGINE_LATENCY_CODES]
+    # Opaque TCP pairs under this key (Istio's istio_tcp_*, as its TCP stats filter
+    # counts connections through tcp_proxy only, none of HTTP's): pairs that began
+    # relaying and closed, and bytes received from and sent to the accepted side.
+    uint64_t tcp_opened
+    uint64_t tcp_closed
+    uint64_t tcp_received
+    uint64_t tcp_sent
 
 
 # The timer wheel (timers.pxi): each list is a doubly-linked list through its Conns'

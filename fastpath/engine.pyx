@@ -356,6 +356,23 @@ cdef dict _latencies(StatRecord* r):
     return out
 
 
+cdef dict _sizes(StatRecord* r, bint response):
+    """A record's request (or response) size histograms by status (request_stats()),
+    in the latency histograms' code slots: {status: {"counts": per size_bounds()
+    bucket, "sum": bytes}} for the slots with counts."""
+    cdef uint32_t k, j
+    cdef uint64_t* hist
+    out = {}
+    for k in range(ENGINE_LATENCY_CODES):
+        hist = &r.resp_bytes[k][0] if response else &r.req_bytes[k][0]
+        counts = [hist[j] for j in range(ENGINE_SIZE_BUCKETS)]
+        if any(counts) and (r.latency_codes[k] != 0 or k == ENGINE_LATENCY_CODES - 1):
+            out[r.latency_codes[k]] = {
+                "counts": counts,
+                "sum": r.resp_bytes_sum[k] if response else r.req_bytes_sum[k]}
+    return out
+
+
 cdef class Engine:
     """One worker's data plane: an epoll loop over connection pairs, run by one thread.
 
@@ -803,7 +820,12 @@ cdef class Engine:
         503s, those overload answered (Envoy's response flag "OM"),
         "latency_us": {status: counts per latency_bounds_us() bucket} for the answers
         the engine timed (its own answers it does not): a code each for the first
-        ENGINE_LATENCY_CODES - 1 codes, the others together under 0}.
+        ENGINE_LATENCY_CODES - 1 codes, the others together under 0,
+        "request_bytes" and "response_bytes": the same answers' sizes, {status:
+        {"counts": per size_bounds() bucket, "sum": bytes}} (a request as received
+        from the client, its answer as sent to it: heads and bodies), "tcp": opaque
+        pairs under this key, {"opened", "closed", "received", "sent"} (bytes from and
+        to the accepted side), all 0 when none}.
         Outbound, the peer is the destination; inbound, the caller. Counts only grow."""
         cdef Core* core = self.core
         cdef uint32_t n = mn_acquire_u32(&core.n_stats)
@@ -833,6 +855,10 @@ cdef class Engine:
                 "codes": codes,
                 "shed": r.shed,
                 "latency_us": _latencies(r),
+                "request_bytes": _sizes(r, False),
+                "response_bytes": _sizes(r, True),
+                "tcp": {"opened": r.tcp_opened, "closed": r.tcp_closed,
+                        "received": r.tcp_received, "sent": r.tcp_sent},
             })
         return out
 
@@ -905,6 +931,12 @@ def bench_buffer_pool(Engine engine not None, Py_ssize_t n, int depth=2) -> int:
 DEBUG_BUILD = bool(MESHNODE_DEBUG)
 """Compiled with MESHNODE_DEBUG=1: bounds checks and invariants on (tests/fastpath/
 test_debug_build.py runs the suites against such a build)."""
+
+
+def size_bounds() -> list[int]:
+    """Inclusive upper bounds (bytes) of request_stats()' size buckets (Envoy's default
+    histogram buckets, 0.5 read as 0); one more bucket takes everything above the last."""
+    return [_SIZE_BOUNDS[i] for i in range(ENGINE_SIZE_BUCKETS - 1)]
 
 
 def latency_bounds_us() -> list[int]:

@@ -95,6 +95,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     cdef FilterVerdict v
     cdef const FilterChain* chain = (&c.table.routes[c.route].chain if c.flags & CONN_INBOUND
                                      else &c.table.services[c.service].chain)
+    cdef uint32_t received = req.head_len   # as the client sent it (Conn.pend_req_bytes)
     if core.draining:
         c.flags |= CONN_GOING_AWAY      # (it became HTTP after the drain began)
     if req.method_span.off > 0:
@@ -177,6 +178,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     i = (c.pend_first + c.n_pend) % ENGINE_HTTP_PIPELINE_MAX
     c.pend_start_ns[i] = core.now_ns
     c.pend_method[i] = <uint8_t>req.method
+    c.pend_req_bytes[i] = received      # its body's come as it is framed (_req_body_bytes)
     c.pend_rule[i] = c.req_rule         # its answer's edits (routes.pxi)
     _hash_framed(c, i)                  # ... and a generated cookie (hashing.pxi)
     c.pend_deadline[i] = 0
@@ -208,6 +210,13 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     if c.req_rule >= 0 and c.table.rules[c.req_rule].retry != NULL:
         _retry_keep(core, c, req, base)     # kept for replay
     return STATUS_OK
+
+
+cdef inline void _req_body_bytes(Conn* c, uint64_t n) noexcept nogil:
+    """Body bytes of the request being framed, for its size: the newest pending
+    request's (none is when its answer came first: its size was counted then)."""
+    if c.n_pend > 0:
+        c.pend_req_bytes[(c.pend_first + c.n_pend - 1) % ENGINE_HTTP_PIPELINE_MAX] += n
 
 
 cdef inline ReqPhase _after_request(Conn* c) noexcept nogil:
@@ -387,6 +396,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
             n = avail if <int64_t>avail < c.req_left else <Py_ssize_t>c.req_left
             c.fwd += <uint32_t>n
             c.req_left -= n
+            _req_body_bytes(c, <uint64_t>n)
             if c.n_mirroring:
                 _mirror_feed(core, c, f.buf + start, <uint32_t>n, c.req_left == 0)
             if c.req_left == 0:
@@ -400,6 +410,7 @@ cdef int _http_frame(Core* core, Conn* c) noexcept nogil:
                 return STATUS_RESET
             c.fwd += <uint32_t>n
             f.tail -= <uint32_t>cut
+            _req_body_bytes(c, <uint64_t>n + cut)   # (the trailer fields cut came too)
             if c.n_mirroring:
                 _mirror_feed(core, c, f.buf + start, <uint32_t>n, c.chunk.phase == CHUNK_DONE)
             if c.chunk.phase == CHUNK_DONE:
@@ -616,14 +627,17 @@ cdef int64_t _http_d2u(Core* core, Conn* c, uint64_t* received) noexcept nogil:
     return progress
 
 
-cdef void _http_answered(Core* core, Conn* c) noexcept nogil:
-    """The oldest pending request got its final response (framed to its end)."""
+cdef void _http_answered(Core* core, Conn* c, bint until_close) noexcept nogil:
+    """The oldest pending request got its final response (framed to its end; or to
+    its head, `until_close`: its body runs until the upstream's end, its size is known
+    then)."""
     _invariant(c.n_pend > 0, b"a response without a request")
     c.flags |= CONN_ANSWERED
     # An answer nobody received counts as code 0 (Envoy's "downstream disconnected").
-    _count_answer(core, c, c.resp_status if not c.flags & CONN_DRAINING
-                  or c.flags & CONN_DRAIN_HEAD_SEEN else 0,
-                  core.now_ns - c.pend_start_ns[c.pend_first])
+    _count_sizes(core, c, _count_answer(core, c, c.resp_status if not c.flags & CONN_DRAINING
+                                        or c.flags & CONN_DRAIN_HEAD_SEEN else 0,
+                                        core.now_ns - c.pend_start_ns[c.pend_first]),
+                 until_close)
     # Its endpoint's load: one fewer outstanding, and the latency as a sample.
     _load_move(core, c, -1, <double>(core.now_ns - c.pend_start_ns[c.pend_first]))
     _overload_done(core, c)             # no longer in flight (overload.pxi)
@@ -678,12 +692,15 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
             break
         if c.resp_phase == RESP_TUNNEL or c.resp_phase == RESP_CLOSE:
             c.resp_fwd += avail
+            if c.resp_phase == RESP_CLOSE:
+                c.resp_bytes += avail   # (a tunnel's bytes are no answer's)
         elif c.resp_phase == RESP_LENGTH:
             n = avail if <int64_t>avail < c.resp_left else <Py_ssize_t>c.resp_left
             c.resp_fwd += <uint32_t>n
+            c.resp_bytes += <uint64_t>n
             c.resp_left -= n
             if c.resp_left == 0:
-                _http_answered(core, c)
+                _http_answered(core, c, False)
                 c.resp_phase = RESP_HEAD
         elif c.resp_phase == RESP_CHUNKED:
             # As a request's: its trailer section is held until whole, and leaves without
@@ -694,9 +711,10 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                 core.counters.http_bad_response += 1
                 return STATUS_RESET
             c.resp_fwd += <uint32_t>n
+            c.resp_bytes += <uint64_t>n
             f.tail -= <uint32_t>cut
             if c.resp_chunk.phase == CHUNK_DONE:
-                _http_answered(core, c)
+                _http_answered(core, c, False)
                 c.resp_phase = RESP_HEAD
             elif <uint32_t>n < avail:
                 if start == 0 and f.tail >= _u2d_cap(core, c):
@@ -792,6 +810,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                     return STATUS_RESET     # cannot happen: _u2d_cap keeps the room
                 rc += added
             c.resp_fwd += <uint32_t>rc
+            c.resp_bytes += <uint32_t>rc
             if resp.status < 200 and resp.status != 101:
                 continue                    # interim (100 Continue): the request waits
             if not resp.keep_alive:
@@ -804,7 +823,7 @@ cdef int _http_rframe(Core* core, Conn* c) noexcept nogil:
                 chunk_init(&c.resp_chunk, &core.http_limits)
             else:
                 # No body, or one until close / a tunnel: answered as of its head.
-                _http_answered(core, c)
+                _http_answered(core, c, resp.body == BODY_UNTIL_CLOSE)
                 if resp.body == BODY_UNTIL_CLOSE:
                     c.resp_phase = RESP_CLOSE
                 elif resp.body == BODY_TUNNEL:
@@ -880,6 +899,8 @@ cdef int64_t _http_u2d(Core* core, Conn* c, uint64_t* sent) noexcept nogil:
     st = _http_rframe(core, c)
     if st != STATUS_OK:
         return st
+    if f.eof:
+        _count_open_sizes(core, c)      # a body until the upstream's end is whole
     while c.resp_fwd > 0:
         r = _send(&c.down, f.buf + f.head, c.resp_fwd)
         if r > 0:

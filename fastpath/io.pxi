@@ -163,6 +163,7 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
     cdef SideCounters* sc = _counters_of(core, c)
     cdef int64_t a, b
     cdef int64_t moved = 0
+    cdef uint64_t moved_in, moved_out
     cdef int st
     if c.flags & CONN_DRAINING:
         return _drain(core, c)
@@ -178,7 +179,10 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             if a < 0 and c.flags & CONN_RETRYABLE:
                 return _http_retry(core, c)
         else:
-            a = _flow(core, &c.down, &c.up, &c.d2u, &sc.bytes_received, NULL, True)
+            moved_in = 0
+            a = _flow(core, &c.down, &c.up, &c.d2u, &moved_in, NULL, True)
+            sc.bytes_received += moved_in
+            _tcp_moved(core, c, moved_in, 0)    # (stats.pxi: Istio's istio_tcp_*)
         if a < 0:
             sc.aborted += 1
             if c.flags & CONN_CLIENT_GONE:
@@ -193,7 +197,10 @@ cdef int _pump(Core* core, Conn* c) noexcept nogil:
             if b == STATUS_BACKOFF:
                 return _retry_begin(core, c)
         else:
-            b = _flow(core, &c.up, &c.down, &c.u2d, NULL, &sc.bytes_sent, True)
+            moved_out = 0
+            b = _flow(core, &c.up, &c.down, &c.u2d, NULL, &moved_out, True)
+            sc.bytes_sent += moved_out
+            _tcp_moved(core, c, 0, moved_out)
         if b < 0:
             sc.aborted += 1
             if c.flags & CONN_CLIENT_GONE:
@@ -262,6 +269,7 @@ cdef inline int _enter_pipe(Core* core, Conn* c) noexcept nogil:
     c.state = CONN_PIPE
     c.active_ns = core.now_ns
     _timer_arm(core, c, _conn_due_ns(core, c))     # from here the idle timeout
+    _tcp_opened(core, c)                # an opaque pair, counted by its peer (stats.pxi)
     if c.table != core.table and not (c.flags & CONN_HTTP):
         # Set up across a config push: is its destination still there? (carry.pxi)
         _opaque_check(core, c)

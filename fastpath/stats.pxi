@@ -1,6 +1,6 @@
-# stats.pxi: Request figures: answers by code and latency per (direction, service, peer,
-# route, destination version, plaintext or not), and the interned peer IDs and label
-# values they name.
+# stats.pxi: Request figures: answers by code, latency and sizes per (direction, service,
+# peer, route, destination version, plaintext or not), opaque TCP pairs and their bytes
+# under the same keys, and the interned peer IDs and label values they name.
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 #
@@ -14,6 +14,14 @@
 cdef enum:
     _TAG_FULL = 0xFFFE              # no room in Core.tags: the answer is not kept per key
 
+# Size histograms' bounds in bytes: Envoy's default histogram buckets (0.5, 1, 5, 10 ...
+# 3600000), which Istio leaves istio_request_bytes and istio_response_bytes on. A size
+# counts in the first bucket whose bound it does not pass (sizes are whole: 0.5 is 0),
+# the last bucket takes what passes them all (size_bounds()).
+cdef uint64_t _SIZE_BOUNDS[ENGINE_SIZE_BUCKETS - 1]
+_SIZE_BOUNDS[:] = [0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+                   300000, 600000, 1800000, 3600000]
+
 cdef inline uint32_t _latency_bucket(int64_t ns) noexcept nogil:
     """Log-linear: [0,1) [1,2) [2,3) [3,4) µs, then 4 buckets per power of two."""
     cdef uint64_t us = <uint64_t>(ns // 1000) if ns > 0 else 0
@@ -25,6 +33,20 @@ cdef inline uint32_t _latency_bucket(int64_t ns) noexcept nogil:
         e += 1                      # e = floor(log2(us)) >= 2
     idx = 4 * (e - 1) + <uint32_t>((us >> (e - 2)) & 3)
     return idx if idx < ENGINE_LATENCY_BUCKETS else ENGINE_LATENCY_BUCKETS - 1
+
+
+cdef inline uint32_t _size_bucket(uint64_t n) noexcept nogil:
+    """The size histogram bucket of n bytes (a binary search: five compares)."""
+    cdef uint32_t lo = 0
+    cdef uint32_t hi = ENGINE_SIZE_BUCKETS - 1
+    cdef uint32_t mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if n <= _SIZE_BOUNDS[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 cdef uint16_t _intern(Name* names, uint32_t* count, uint32_t cap, const char* s, uint32_t n,
@@ -162,29 +184,32 @@ cdef StatRecord* _stat_record(Core* core, Conn* c) noexcept nogil:
     return r
 
 
-cdef inline uint64_t* _latency_of(StatRecord* r, int status) noexcept nogil:
-    """The record's latency histogram for `status`: its own, claimed at the code's first
-    timed answer, or the shared last one (code 0) once the others are claimed (and for
-    a status outside 100..599). A reader skips a histogram it sees unclaimed: counts
-    stored before the code became visible to it show at its next read."""
+cdef inline uint32_t _code_slot(StatRecord* r, int status) noexcept nogil:
+    """The record's histograms (latency, sizes) for `status`: its own slot, claimed at
+    the code's first timed answer, or the shared last one (code 0) once the others are
+    claimed (and for a status outside 100..599). A reader skips a slot it sees
+    unclaimed: counts stored before the code became visible to it show at its next
+    read."""
     cdef uint32_t j
     if not 100 <= status < 600:
-        return r.latency_us[ENGINE_LATENCY_CODES - 1]
+        return ENGINE_LATENCY_CODES - 1
     for j in range(ENGINE_LATENCY_CODES - 1):
         if r.latency_codes[j] == status:
-            return r.latency_us[j]
+            return j
         if r.latency_codes[j] == 0:
             r.latency_codes[j] = <uint16_t>status
-            return r.latency_us[j]
-    return r.latency_us[ENGINE_LATENCY_CODES - 1]
+            return j
+    return ENGINE_LATENCY_CODES - 1
 
 
-cdef void _count_answer(Core* core, Conn* c, int status, int64_t latency_ns) noexcept nogil:
+cdef int _count_answer(Core* core, Conn* c, int status, int64_t latency_ns) noexcept nogil:
     """One answer to a client: by code (and latency, unless < 0: the engine's own
     answers have none worth a histogram) in the pair's record; outbound answers also in
-    the engine-wide class and latency counters."""
+    the engine-wide class and latency counters. The code slot of its histograms in
+    core.stats[c.stat] when it was timed (its sizes go there: _count_sizes), else -1."""
     cdef StatRecord* r = _stat_record(core, c)
     cdef uint32_t cls = <uint32_t>status // 100
+    cdef uint32_t j
     if not (c.flags & CONN_INBOUND):
         if 1 <= cls <= 5:
             core.counters.http_responses[cls - 1] += 1
@@ -192,10 +217,79 @@ cdef void _count_answer(Core* core, Conn* c, int status, int64_t latency_ns) noe
             core.counters.http_latency_us[_latency_bucket(latency_ns)] += 1
     if r == NULL:
         core.counters.stats_overflow += 1
-        return
+        return -1
     r.codes[status - 100 if 100 <= status < 600 else ENGINE_STATUS_SLOTS - 1] += 1
-    if latency_ns >= 0:
-        _latency_of(r, status)[_latency_bucket(latency_ns)] += 1
+    if latency_ns < 0:
+        return -1
+    j = _code_slot(r, status)
+    r.latency_us[j][_latency_bucket(latency_ns)] += 1
+    return <int>j
+
+
+cdef inline void _sizes_add(StatRecord* r, uint32_t slot, uint64_t req,
+                            uint64_t resp) noexcept nogil:
+    r.req_bytes[slot][_size_bucket(req)] += 1
+    r.req_bytes_sum[slot] += req
+    r.resp_bytes[slot][_size_bucket(resp)] += 1
+    r.resp_bytes_sum[slot] += resp
+
+
+cdef void _count_sizes(Core* core, Conn* c, int slot, bint until_close) noexcept nogil:
+    """The sizes of the oldest pending request and of its answer, just counted by
+    _count_answer (`slot`: its code slot, -1 when it was not kept or not timed), as
+    Istio's request_bytes and response_bytes: final now, or, for an answer whose body
+    runs until the upstream's end, at the pair's close (_count_open_sizes)."""
+    if slot >= 0 and until_close:
+        c.open_size_stat = c.stat
+        c.open_size_slot = <uint8_t>slot
+        c.open_req_bytes = c.pend_req_bytes[c.pend_first]
+        return                          # c.resp_bytes grows with the body until then
+    if slot >= 0:
+        _sizes_add(&core.stats[c.stat], <uint32_t>slot, c.pend_req_bytes[c.pend_first],
+                   c.resp_bytes)
+    c.resp_bytes = 0                    # the next answer's count starts
+
+
+cdef void _count_open_sizes(Core* core, Conn* c) noexcept nogil:
+    """The upstream ended (or the pair closes): an answer whose body ran until then
+    has its sizes now."""
+    if c.open_size_stat >= 0:
+        _sizes_add(&core.stats[c.open_size_stat], c.open_size_slot, c.open_req_bytes,
+                   c.resp_bytes)
+        c.open_size_stat = -1
+        c.resp_bytes = 0
+
+
+cdef void _tcp_opened(Core* core, Conn* c) noexcept nogil:
+    """An opaque pair starts relaying, its peer known: counted opened in its record
+    (Istio's istio_tcp_connections_opened_total), with the bytes read from the client
+    before (a sniffing listener's first bytes); once per pair."""
+    cdef StatRecord* r
+    if c.tcp_stat >= 0 or c.flags & (CONN_HTTP | CONN_MIRROR):
+        return
+    r = _stat_record(core, c)
+    if r == NULL:
+        core.counters.stats_overflow += 1
+        return
+    c.tcp_stat = c.stat
+    r.tcp_opened += 1
+    if c.d2u.buf != NULL:
+        r.tcp_received += c.d2u.tail - c.d2u.head
+
+
+cdef inline void _tcp_moved(Core* core, Conn* c, uint64_t received, uint64_t sent) noexcept nogil:
+    """Bytes an opaque pair relayed from (received) and to (sent) its accepted side."""
+    cdef StatRecord* r
+    if c.tcp_stat >= 0:
+        r = &core.stats[c.tcp_stat]
+        r.tcp_received += received
+        r.tcp_sent += sent
+
+
+cdef inline void _tcp_closed(Core* core, Conn* c) noexcept nogil:
+    if c.tcp_stat >= 0:
+        core.stats[c.tcp_stat].tcp_closed += 1
+        c.tcp_stat = -1
 
 
 cdef uint16_t _interned(Core* core, int32_t* cache, const Name* identity) noexcept nogil:
