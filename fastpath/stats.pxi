@@ -95,6 +95,12 @@ cdef inline uint16_t _tag_of(Core* core, uint16_t* cache, const char* s, uint32_
     return cache[0] - 1
 
 
+cdef inline bint _service_known(const Conn* c) noexcept nogil:
+    """Outbound: is c.service the pair's (HTTP: once a request named it; an opaque
+    pair's is its listener's from the start)?"""
+    return (c.flags & CONN_SERVICE_KNOWN) != 0 or not c.flags & CONN_HTTP
+
+
 cdef inline void _figure_tags(Core* core, Conn* c, uint16_t* route,
                               uint16_t* version) noexcept nogil:
     """The route and destination version the answer being counted is figured under.
@@ -125,7 +131,7 @@ cdef inline void _figure_tags(Core* core, Conn* c, uint16_t* route,
             r.route_tag = 1 + _tag_lookup(core, r.name.data, <uint32_t>(mark - r.name.data)
                                           if mark != NULL else r.name.length)
         route[0] = r.route_tag - 1
-    if c.peer_principal != 0 and c.flags & CONN_SERVICE_KNOWN and c.service < t.n_services:
+    if c.peer_principal != 0 and _service_known(c) and c.service < t.n_services:
         svc = &t.services[c.service]
         if c.endpoint < svc.n_endpoints:
             ep = &svc.endpoints[c.endpoint]
@@ -152,7 +158,7 @@ cdef StatRecord* _stat_record(Core* core, Conn* c) noexcept nogil:
     if inbound:
         if c.flags & CONN_ROUTED:
             service = &c.table.routes[c.route].service
-    elif c.flags & CONN_SERVICE_KNOWN:
+    elif _service_known(c):
         service = &c.table.services[c.service].name
     n = service.length if service != NULL else 0
     for i in range(core.n_stats):

@@ -300,6 +300,24 @@ def test_bytes_round_trip_outbound_mtls_inbound_app(make_mesh) -> None:
     assert m.app.connections == 1 and m.app.eofs == 1
 
 
+def test_opaque_pairs_are_counted_in_their_figure_with_their_bytes(make_mesh) -> None:
+    """Istio's istio_tcp_*: each opaque pair, opened and closed, and its bytes from and
+    to the accepted side, under its figure's key (direction, service, peer) on both
+    sides; no request is counted for them."""
+    m = make_mesh()
+    assert roundtrip(m) == b"bye:app"
+    assert roundtrip(m, b"x" * 50000) == b"bye:app"
+    settled(m.out_node), settled(m.in_node)
+    (out,) = m.out_node.engine.request_stats()
+    assert (out["direction"], out["service"], out["peer"]) == ("outbound", "backend", BACKEND_ID)
+    n = len(b"hello through the mesh") + 50000
+    assert out["tcp"] == {"opened": 2, "closed": 2, "received": n, "sent": n + 2 * len(b"bye:app")}
+    assert out["codes"] == {} and out["request_bytes"] == out["response_bytes"] == {}
+    (inn,) = m.in_node.engine.request_stats()
+    assert (inn["direction"], inn["peer"]) == ("inbound", FRONTEND_ID)
+    assert inn["tcp"] == out["tcp"]
+
+
 def test_one_engine_is_both_nodes(mesh_pki: PKI) -> None:
     """A node calling a service it hosts: outbound and inbound in one table, one loop."""
     node = Node()

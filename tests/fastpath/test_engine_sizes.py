@@ -73,6 +73,7 @@ def test_keep_alive_requests_and_answers_are_sized_by_status_exactly(mesh: Mesh)
     want_resp = {200: histogram(len(answers[0]), len(answers[1])), 404: histogram(len(answers[2]))}
     wait_for(lambda: sizes(mesh, "outbound", "response_bytes") == want_resp, what="sizes counted")
     assert sizes(mesh, "outbound", "request_bytes") == want_req
+    assert sizes(mesh, "outbound", "tcp")["opened"] == 0     # an HTTP pair is no TCP one
     # The serving side: the same answers (nothing edits them on the way back).
     wait_for(lambda: sizes(mesh, "inbound", "response_bytes") == want_resp, what="inbound sizes")
     assert {code: h["counts"] for code, h in sizes(mesh, "inbound", "request_bytes").items()} == {
