@@ -127,6 +127,13 @@ def _version(endpoint: dict[str, Any]) -> str:
     return str((endpoint.get("labels") or {}).get("version") or "")
 
 
+def _sizes(by_code: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Engine size histograms by status as a beat carries them: string keys (msgpack),
+    sparse counts."""
+    return {str(code): {"counts": {str(i): n for i, n in enumerate(h["counts"]) if n},
+                        "sum": h["sum"]} for code, h in by_code.items()}
+
+
 def _numeric(host: str) -> str:
     """The engine resolves no names: a hostname becomes an address here, at config time."""
     try:
@@ -529,5 +536,11 @@ class DataPlane:
                 # Per status ("0": codes past the engine's few timed apart), sparse.
                 "latency": {str(code): {str(i): n for i, n in enumerate(counts) if n}
                             for code, counts in rec["latency_us"].items()},
+                # The same answers' sizes (Istio's request_bytes, response_bytes): per
+                # status, sparse counts per fastpath size bucket and the bytes' sum.
+                "request_bytes": _sizes(rec["request_bytes"]),
+                "response_bytes": _sizes(rec["response_bytes"]),
+                # Opaque TCP pairs under this key (Istio's istio_tcp_*), when any.
+                "tcp": rec["tcp"] if any(rec["tcp"].values()) else {},
             })
         return out

@@ -71,8 +71,9 @@ class Peers:
         self._serving = {str(s["fqdn"]): {str(e["workload"]) for e in s.get("endpoints") or ()}
                          for s in snapshot.get("services") or ()}
 
-    def labels(self, fig: Mapping[str, Any]) -> tuple[str, ...]:
-        """LABELS' values for a figure (each the figure's own where it has one)."""
+    def labels(self, fig: Mapping[str, Any], protocol: str = "http") -> tuple[str, ...]:
+        """LABELS' values for a figure (each the figure's own where it has one), its
+        requests' `protocol` ("tcp" for its opaque connections)."""
         reporter = str(fig.get("reporter", UNKNOWN))
         service = str(fig.get("destination_service", UNKNOWN))
         source_id = str(fig.get("source_principal", UNKNOWN))
@@ -87,7 +88,7 @@ class Peers:
                 source.version, dest.workload, dest.namespace, dest_id, dest.app,
                 version if version != UNKNOWN else dest.version,
                 f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}" if name != UNKNOWN else UNKNOWN,
-                name, namespace, "http", str(fig.get("connection_security_policy", UNKNOWN)))
+                name, namespace, protocol, str(fig.get("connection_security_policy", UNKNOWN)))
 
     def peer(self, principal: str, local: bool, serving: set[str] | None = None,
              version: str = UNKNOWN) -> Peer:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Mapping
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                    HistogramMetricFamily, Metric)
 
-from fastpath.engine import latency_bounds_us
+from fastpath.engine import latency_bounds_us, size_bounds
 from prometheus_client.registry import Collector
 
 from .config.model import METRIC_NAMES
@@ -122,6 +122,22 @@ _INBOUND_FAILURES = frozenset({"tls_unknown_sni", "rejected_handshakes", "reject
 _DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000,
                         30000, 60000)
 _ENGINE_UPPER_US = latency_bounds_us()
+# Istio's request and response size buckets (bytes): Envoy's default histogram buckets,
+# which Istio sets no others for. The engine counts on the same bounds (whole bytes:
+# its first bound is 0), one engine bucket per exported one.
+_SIZE_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+                 300000, 600000, 1800000, 3600000)
+_ENGINE_SIZE_BUCKETS = len(size_bounds()) + 1
+# Istio's TCP families: the figure's opaque pairs' counts ("tcp" in a request figure),
+# by their key there, (family name, help).
+_TCP_ISTIO = {"sent": ("istio_tcp_sent_bytes", "Bytes sent to the accepted side of opaque TCP "
+                       "connections (Istio's standard metric: the response's direction)"),
+              "received": ("istio_tcp_received_bytes", "Bytes received from the accepted side "
+                           "of opaque TCP connections (Istio's standard metric)"),
+              "opened": ("istio_tcp_connections_opened", "Opaque TCP connections that began "
+                         "relaying, their peer known (Istio's standard metric)"),
+              "closed": ("istio_tcp_connections_closed", "Opaque TCP connections closed "
+                         "(Istio's standard metric)")}
 # Labels of the request metrics, after node and process (Istio's names; `route` is the
 # HTTPRoute "namespace/name" whose rule sent the request, "unknown" when none did and on
 # the serving side, which cannot tell; destination_version the serving workload's
@@ -392,14 +408,21 @@ class NodeCollector(Collector):
 
 
 class IstioRequests:
-    """Istio's istio_requests_total and istio_request_duration_milliseconds for the node:
-    every worker's figures summed per label set (one series per label set, none per
-    worker, as an Envoy sidecar exports them), with Istio's whole label set (Peers)."""
+    """Istio's standard metrics for the node: istio_requests_total,
+    istio_request_duration_milliseconds, istio_request_bytes, istio_response_bytes and
+    the istio_tcp_* of opaque connections (as Istio's TCP stats filter, which sits on
+    tcp_proxy only, counts none of HTTP's); every worker's figures summed per label set
+    (one series per label set, none per worker, as an Envoy sidecar exports them), with
+    Istio's whole label set (Peers)."""
 
     def __init__(self, peers: Peers) -> None:
         self._peers = peers
         self._codes: dict[tuple[str, ...], int] = {}
         self._latency: dict[tuple[str, ...], list[int]] = {}
+        # "request_bytes" / "response_bytes" -> label set -> [engine bucket counts, sum].
+        self._sizes: dict[str, dict[tuple[str, ...], list[Any]]] = {
+            "request_bytes": {}, "response_bytes": {}}
+        self._tcp: dict[tuple[str, ...], dict[str, int]] = {}
 
     def add(self, figures: object) -> None:
         """One worker's DataPlane.request_figures()."""
@@ -413,8 +436,22 @@ class IstioRequests:
                 # engine's few timed apart.
                 label = (*key, code if code != "0" else "unknown", "-")
                 _add(self._latency.setdefault(label, [0] * len(_ENGINE_UPPER_US)), counts)
+            for which, by_label in self._sizes.items():
+                # The same answers as the duration's: timed ones, flags "-".
+                for code, (counts, total) in _sizes(fig, which).items():
+                    into = by_label.setdefault((*key, code if code != "0" else "unknown", "-"),
+                                               [[0] * _ENGINE_SIZE_BUCKETS, 0])
+                    _add(into[0], counts)
+                    into[1] += total
+            tcp = fig.get("tcp")
+            if isinstance(tcp, dict) and tcp:
+                into_tcp = self._tcp.setdefault((*self._peers.labels(fig, protocol="tcp"), "-"),
+                                                dict.fromkeys(_TCP_ISTIO, 0))
+                for name in _TCP_ISTIO:
+                    if isinstance(tcp.get(name), int):
+                        into_tcp[name] += tcp[name]
 
-    def families(self) -> tuple[Metric, Metric]:
+    def families(self) -> tuple[Metric, ...]:
         requests = CounterMetricFamily(
             "istio_requests", "Requests answered, as Istio's standard metric (response_flags "
             "OM: answered 503 at once by overload defence, else -)",
@@ -428,7 +465,21 @@ class IstioRequests:
         for key, counts in sorted(self._latency.items()):
             if any(counts):
                 duration.add_metric(list(key), *_histogram(counts))
-        return requests, duration
+        sizes = {which: HistogramMetricFamily(
+            f"istio_{which}", f"{text} as Istio's standard metric counts it: head and body, "
+            "the bytes Envoy's downstream meter sees", labels=[*ISTIO_LABELS, "response_code",
+                                                             "response_flags"])
+            for which, text in (("request_bytes", "Size of requests as received from the client"),
+                                ("response_bytes", "Size of answers as sent to the client"))}
+        for which, by_label in self._sizes.items():
+            for key, (counts, total) in sorted(by_label.items()):
+                sizes[which].add_metric(list(key), _size_buckets(counts), total)
+        tcp = {name: CounterMetricFamily(family, text, labels=[*ISTIO_LABELS, "response_flags"])
+               for name, (family, text) in _TCP_ISTIO.items()}
+        for key, counts in sorted(self._tcp.items()):
+            for name, family in tcp.items():
+                family.add_metric(list(key), counts[name])
+        return requests, duration, *sizes.values(), *tcp.values()
 
 
 def _figures(figures: object) -> Iterator[dict[str, Any]]:
@@ -455,13 +506,42 @@ def latencies(fig: Mapping[str, Any]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     by_code = fig.get("latency")
     for code, sparse in (by_code.items() if isinstance(by_code, dict) else ()):
-        if not isinstance(sparse, dict):
-            continue
-        counts = out.setdefault(str(code), [0] * len(_ENGINE_UPPER_US))
-        for index, n in sparse.items():
-            if str(index).isdigit() and int(index) < len(counts) and isinstance(n, int):
-                counts[int(index)] += n
+        if isinstance(sparse, dict):
+            _add(out.setdefault(str(code), [0] * len(_ENGINE_UPPER_US)),
+                 _dense(sparse, len(_ENGINE_UPPER_US)))
     return out
+
+
+def _sizes(fig: Mapping[str, Any], which: str) -> dict[str, tuple[list[int], int]]:
+    """A figure's request_bytes or response_bytes: by status, (full engine bucket
+    counts, sum of bytes)."""
+    out: dict[str, tuple[list[int], int]] = {}
+    by_code = fig.get(which)
+    for code, h in (by_code.items() if isinstance(by_code, dict) else ()):
+        if isinstance(h, dict) and isinstance(h.get("counts"), dict):
+            total = h.get("sum")
+            out[str(code)] = (_dense(h["counts"], _ENGINE_SIZE_BUCKETS),
+                              total if isinstance(total, int) else 0)
+    return out
+
+
+def _dense(sparse: Mapping[Any, Any], n: int) -> list[int]:
+    """Sparse bucket counts ({"index": count}) as a list of n (bad entries skipped)."""
+    counts = [0] * n
+    for index, value in sparse.items():
+        if str(index).isdigit() and int(index) < n and isinstance(value, int):
+            counts[int(index)] += value
+    return counts
+
+
+def _size_buckets(counts: list[int]) -> list[tuple[str, int]]:
+    """Engine size buckets as Istio's cumulative ones (one engine bucket per bound)."""
+    buckets, below = [], 0
+    for bound, n in zip(_SIZE_BUCKETS, counts):
+        below += n
+        buckets.append((str(bound), below))
+    buckets.append(("+Inf", sum(counts)))
+    return buckets
 
 
 def _add(into: list[int], counts: list[int]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fastpath.engine import latency_bounds_us
+from fastpath.engine import latency_bounds_us, size_bounds
 from meshnode.config.load import parse_text
 from meshnode.config.snapshot import compile_snapshot
 from meshnode.health import HealthBook
@@ -165,6 +165,64 @@ def test_the_serving_side_names_its_local_workload_and_an_unknown_caller_as_isti
         "destination_workload_namespace", "destination_service", "destination_service_name",
         "destination_service_namespace", "destination_app", "destination_version")} == {"unknown"}
     assert "istio_request_duration_milliseconds_count" not in samples   # nothing timed
+
+
+def _size(*sizes: int) -> dict[str, Any]:
+    """A beat's histogram of these sizes (DataPlane.request_figures()' shape: sparse
+    counts per engine size bucket, and the sum)."""
+    counts: dict[str, int] = {}
+    for n in sizes:
+        index = str(next((i for i, b in enumerate(size_bounds()) if n <= b), len(size_bounds())))
+        counts[index] = counts.get(index, 0) + 1
+    return {"counts": counts, "sum": sum(sizes)}
+
+
+def test_sizes_are_summed_per_label_set_and_code_on_istios_buckets() -> None:
+    one = {**_sent({"200": 2, "404": 1}, {}), "request_bytes": {"200": _size(80, 3000),
+                                                               "404": _size(70)},
+           "response_bytes": {"200": _size(200, 40_000), "404": _size(150)}}
+    two = {**_sent({"200": 1}, {}), "request_bytes": {"200": _size(90)},
+           "response_bytes": {"200": _size(4_000_000)}}
+    samples = _scrape({"proxy-1": [one], "proxy-2": [two]})
+    count = {(s.labels["response_code"], s.labels["response_flags"]): s.value
+             for s in samples["istio_request_bytes_count"]}
+    assert count == {("200", "-"): 3.0, ("404", "-"): 1.0}
+    assert {s.labels["response_code"]: s.value for s in samples["istio_request_bytes_sum"]} == {
+        "200": 3170.0, "404": 70.0}
+    resp = {s.labels["le"]: s.value for s in samples["istio_response_bytes_bucket"]
+            if s.labels["response_code"] == "200"}
+    # Envoy's default buckets; 4 MB is past the last bound.
+    assert list(resp)[:3] == ["0.5", "1", "5"] and len(resp) == 20
+    assert (resp["250"], resp["60000"], resp["3600000"], resp["+Inf"]) == (1.0, 2.0, 2.0, 3.0)
+    (labels,) = {tuple(sorted(s.labels.items())) for s in samples["istio_response_bytes_count"]
+                 if s.labels["response_code"] == "404"}
+    assert dict(labels)["destination_workload"] == "backend-v1"
+    assert dict(labels)["request_protocol"] == "http"
+
+
+def test_opaque_connections_are_istios_tcp_metrics_with_its_labels() -> None:
+    tcp = {**_sent({}, {}), "tcp": {"opened": 3, "closed": 2, "received": 500, "sent": 7000}}
+    samples = _scrape({"proxy-1": [tcp], "proxy-2": [{**tcp, "tcp": {
+        "opened": 1, "closed": 1, "received": 5, "sent": 6}}]})
+    values = {name: [(s.labels, s.value) for s in samples[name]] for name in (
+        "istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
+        "istio_tcp_received_bytes_total", "istio_tcp_sent_bytes_total")}
+    assert {name: [v for _, v in got] for name, got in values.items()} == {
+        "istio_tcp_connections_opened_total": [4.0], "istio_tcp_connections_closed_total": [3.0],
+        "istio_tcp_received_bytes_total": [505.0], "istio_tcp_sent_bytes_total": [7006.0]}
+    (labels, _), = values["istio_tcp_sent_bytes_total"]
+    assert labels == {
+        "reporter": "source",
+        "source_workload": "frontend-v1", "source_workload_namespace": "demo",
+        "source_principal": FRONTEND, "source_app": "frontend", "source_version": "v1",
+        "destination_workload": "backend-v1", "destination_workload_namespace": "demo",
+        "destination_principal": BACKEND, "destination_app": "backend",
+        "destination_version": "v1",
+        "destination_service": "backend.demo.svc.cluster.local",
+        "destination_service_name": "backend", "destination_service_namespace": "demo",
+        "request_protocol": "tcp", "connection_security_policy": "unknown",
+        "response_flags": "-"}
+    assert "istio_requests_total" not in samples                # no request was counted
 
 
 MESH = """
