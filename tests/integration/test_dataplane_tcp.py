@@ -33,6 +33,12 @@ ECHO_ID = "spiffe://cluster.local/ns/demo/sa/echo"
 SNI = "outbound_.7000_._.echo.demo.svc.cluster.local"   # Istio's name of echo's port 7000
 LEGACY_SNI = "tcp.echo.demo.svc"                          # the one older nodes send
 IO_TIMEOUT_S = 20.0
+# Istio's TCP families and the labels an echo connection has in them.
+ISTIO_TCP_NAMES = ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total",
+                   "istio_tcp_received_bytes_total", "istio_tcp_sent_bytes_total")
+ISTIO_TCP = {"request_protocol": "tcp", "response_flags": "-",
+             "destination_service": "echo.demo.svc.cluster.local",
+             "destination_principal": ECHO_ID, "destination_workload": "echo-1"}
 READY_TIMEOUT_S = 20.0
 CHUNK_BYTES = 64 * 1024
 
@@ -340,6 +346,8 @@ def test_bytes_round_trip_through_the_mesh_and_are_counted(mesh: Mesh) -> None:
              "meshnode_tcp_received_bytes_total", "meshnode_tcp_sent_bytes_total")
     before = {(name, side): metric_total(node, name, direction=side)
               for name in names for side in ("outbound", "inbound")}
+    istio_before = {(name, reporter): metric_total(node, name, reporter=reporter, **ISTIO_TCP)
+                    for name in ISTIO_TCP_NAMES for reporter in ("source", "destination")}
     accepted = mesh.app.accepted
 
     payload = os.urandom(256 * 1024)
@@ -365,6 +373,14 @@ def test_bytes_round_trip_through_the_mesh_and_are_counted(mesh: Mesh) -> None:
     wait_for(lambda: all(metric_total(node, "meshnode_tcp_connections_active", direction=side)
                          == 0 for side in ("outbound", "inbound")),
              10.0, "no active data plane connections")
+    # Istio's names, by both reporters, with its labels: this one pair, its bytes exactly
+    # (the echo answers each byte; nothing else is sent on it).
+    settle(node)
+    istio = {key: metric_total(node, key[0], reporter=key[1], **ISTIO_TCP) - value
+             for key, value in istio_before.items()}
+    for reporter in ("source", "destination"):
+        assert [istio[name, reporter] for name in ISTIO_TCP_NAMES] == [
+            1, 1, len(payload), len(payload)], reporter
 
 
 # --- 2. volume and backpressure -----------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Istio's standard request metrics on a real node's /metrics: after traffic between two
-workloads of different namespaces, istio_requests_total and
-istio_request_duration_milliseconds carry Istio's whole label set, one series per label
-set (the node's two workers summed), and `promtool check metrics` passes on the page.
+workloads of different namespaces, istio_requests_total,
+istio_request_duration_milliseconds, istio_request_bytes and istio_response_bytes carry
+Istio's whole label set, one series per label set (the node's two workers summed), and
+`promtool check metrics` passes on the page. (Opaque TCP's istio_tcp_* are checked on
+test_dataplane_tcp's node.)
 
 Why: issue 13 asks that Istio's dashboards and Flagger's and Kiali's queries work on a
 node unchanged, which needs Istio's names and labels exactly, and a page Prometheus
@@ -26,6 +28,7 @@ __all__ = ["conformance_mesh", "gw"]  # the fixtures these tests use, from meshk
 pytestmark = pytest.mark.timeout(120)
 
 REQUESTS = "istio_requests_total"
+SIZES = ("istio_request_bytes", "istio_response_bytes")
 CALLS = 12
 # echo-v2's one pod answers; the caller is the consumer namespace's one pod.
 SOURCE = {"source_workload": "echo-v1-7c4d8b6f95-w2n5r",
@@ -50,8 +53,10 @@ def test_requests_show_under_istio_names_and_labels_one_series_per_label_set(
     caller = gw.caller(CONSUMER_NS)
     check(gw, caller, [Expect(host="echo-v2", path="/istio", backend="echo-v2")])
     settle(gw.node)
-    before = {reporter: metric_total(gw.node, REQUESTS, reporter=reporter, response_code="200",
-                                     **SOURCE, **DESTINATION)
+    before = {(name, reporter): metric_total(gw.node, name, reporter=reporter,
+                                             response_code="200", **SOURCE, **DESTINATION)
+              for name in (REQUESTS, *(f"{size}_{part}" for size in SIZES
+                                       for part in ("count", "sum")))
               for reporter in ("source", "destination")}
     for _ in range(CALLS):                 # a fresh connection each: both workers take some
         got = gw.send(caller, "echo-v2", "/istio")
@@ -65,11 +70,22 @@ def test_requests_show_under_istio_names_and_labels_one_series_per_label_set(
         assert series == [{"reporter": reporter, **SOURCE, **DESTINATION,
                            "request_protocol": "http", "connection_security_policy": policy,
                            "response_code": "200", "response_flags": "-"}]
-        counted = metric_total(gw.node, REQUESTS, reporter=reporter, response_code="200",
-                               **SOURCE, **DESTINATION)
-        assert counted - before[reporter] == CALLS, reporter
+        grown = {name: metric_total(gw.node, name, reporter=reporter, response_code="200",
+                                    **SOURCE, **DESTINATION) - before[name, reporter]
+                 for name, side in before if side == reporter}
+        assert grown[REQUESTS] == CALLS, reporter
         assert metric_total(gw.node, "istio_request_duration_milliseconds_count",
                             reporter=reporter, response_code="200", **DESTINATION) >= CALLS
+        # Each request and answer sized once, under the request's labels: at least a
+        # request line and a status line each.
+        assert [grown[f"{size}_count"] for size in SIZES] == [CALLS, CALLS], reporter
+        assert grown["istio_request_bytes_sum"] >= CALLS * len(b"GET /istio HTTP/1.1\r\n")
+        assert grown["istio_response_bytes_sum"] >= CALLS * len(b"HTTP/1.1 200 OK\r\n")
+        assert [labels for labels, _ in metric_samples(gw.node.metrics_url,
+                                                       "istio_response_bytes_count")
+                if labels["reporter"] == reporter and labels["response_code"] == "200"
+                and labels["destination_service_name"] == "echo-v2"
+                and labels["source_workload_namespace"] == CONSUMER_NS] == series
     status, page = http_get(gw.node.metrics_url)
     assert status == 200
     result = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True,
