@@ -1224,8 +1224,8 @@ cdef struct Counters:
     # answers only, log-linear microsecond buckets (Engine.latency_bounds_us()).
     uint64_t http_responses[5]
     uint64_t http_latency_us[ENGINE_LATENCY_BUCKETS]
-    uint64_t stats_overflow        # answers not kept per key: ENGINE_STAT_RECORDS (or
-                                   # ENGINE_TAGS) used up
+    uint64_t stats_overflow        # answers (and opaque pairs) not kept per key:
+                                   # ENGINE_STAT_RECORDS (or ENGINE_TAGS) used up
     uint64_t sniffed_http          # sniffing listeners' connections found to be HTTP/1.1
     uint64_t sniffed_tcp           # ... and taken for opaque TCP (other bytes, or silence)
     uint64_t http_upgrade_refused  # CONNECT or an Upgrade other than websocket: 403

@@ -98,7 +98,8 @@ _COUNTS = (
      "Request bodies that came slower than spec.overload.slowClients allows (the connection "
      "closed)"),
     ("stats_overflow", "meshnode_request_figures_overflow",
-     "Answers counted without their labels: the engine's label sets were used up"),
+     "Answers and opaque TCP connections counted without their labels: the engine's label "
+     "sets were used up"),
 )
 # connectionPool's refusals (fastpath pool.pxi) -> the `reason` label of
 # meshnode_pool_overflows_total (Envoy's upstream_cx_overflow and upstream_rq_pending_overflow).
