@@ -758,7 +758,10 @@ def test_dataplane_serves_http_hosts_of_a_snapshot(mesh_pki: PKI) -> None:
             "destination_service": "backend.demo.svc", "destination_principal": BACKEND_ID,
             "route": "unknown", "destination_version": "unknown",
             "connection_security_policy": "unknown",
-            "codes": {"200": 1}, "response_flags": {}, "latency": figures["source"]["latency"]}
+            "codes": {"200": 1}, "response_flags": {}, "latency": figures["source"]["latency"],
+            # http.client's 72-byte request (in the (50, 100] bucket), its answer as sent.
+            "request_bytes": {"200": {"counts": {"6": 1}, "sum": 72}},
+            "response_bytes": figures["destination"]["response_bytes"], "tcp": {}}
         assert figures["destination"]["connection_security_policy"] == "mutual_tls"
         assert figures["destination"]["codes"] == {"200": 1}
         assert sum(figures["destination"]["latency"]["200"].values()) == 1
