@@ -67,6 +67,21 @@ spec:
 """
 
 
+# Istio's labels of _sent()'s figure, but for request_protocol and the answer's.
+SENT_LABELS = {
+    "reporter": "source",
+    "source_workload": "frontend-v1", "source_workload_namespace": "demo",
+    "source_principal": FRONTEND, "source_app": "frontend", "source_version": "v1",
+    # Two workloads share backend's service account: the one that answered is the
+    # one with the version the engine saw; its app from app.kubernetes.io/name.
+    "destination_workload": "backend-v1", "destination_workload_namespace": "demo",
+    "destination_principal": BACKEND, "destination_app": "backend",
+    "destination_version": "v1",
+    "destination_service": "backend.demo.svc.cluster.local",
+    "destination_service_name": "backend", "destination_service_namespace": "demo",
+    "connection_security_policy": "unknown"}
+
+
 def _bucket(us: int) -> str:
     """The engine latency bucket (a request figure's sparse key) that holds `us`."""
     return str(next(i for i, upper in enumerate(latency_bounds_us()) if us < upper))
@@ -108,19 +123,8 @@ def test_workers_figures_are_summed_into_one_series_per_istio_label_set() -> Non
     requests = {(s.labels["response_code"], s.labels["response_flags"]): s
                 for s in samples["istio_requests_total"]}
     assert {k: s.value for k, s in requests.items()} == {("200", "-"): 7.0, ("503", "OM"): 2.0}
-    assert requests["200", "-"].labels == {
-        "reporter": "source",
-        "source_workload": "frontend-v1", "source_workload_namespace": "demo",
-        "source_principal": FRONTEND, "source_app": "frontend", "source_version": "v1",
-        # Two workloads share backend's service account: the one that answered is the
-        # one with the version the engine saw; its app from app.kubernetes.io/name.
-        "destination_workload": "backend-v1", "destination_workload_namespace": "demo",
-        "destination_principal": BACKEND, "destination_app": "backend",
-        "destination_version": "v1",
-        "destination_service": "backend.demo.svc.cluster.local",
-        "destination_service_name": "backend", "destination_service_namespace": "demo",
-        "request_protocol": "http", "connection_security_policy": "unknown",
-        "response_code": "200", "response_flags": "-"}
+    assert requests["200", "-"].labels == {**SENT_LABELS, "request_protocol": "http",
+                                           "response_code": "200", "response_flags": "-"}
     assert not any("node" in s.labels or "process" in s.labels or "route" in s.labels
                    for s in samples["istio_requests_total"])
     buckets = {s.labels["le"]: s.value for s in samples["istio_request_duration_milliseconds_bucket"]
@@ -211,17 +215,7 @@ def test_opaque_connections_are_istios_tcp_metrics_with_its_labels() -> None:
         "istio_tcp_connections_opened_total": [4.0], "istio_tcp_connections_closed_total": [3.0],
         "istio_tcp_received_bytes_total": [505.0], "istio_tcp_sent_bytes_total": [7006.0]}
     (labels, _), = values["istio_tcp_sent_bytes_total"]
-    assert labels == {
-        "reporter": "source",
-        "source_workload": "frontend-v1", "source_workload_namespace": "demo",
-        "source_principal": FRONTEND, "source_app": "frontend", "source_version": "v1",
-        "destination_workload": "backend-v1", "destination_workload_namespace": "demo",
-        "destination_principal": BACKEND, "destination_app": "backend",
-        "destination_version": "v1",
-        "destination_service": "backend.demo.svc.cluster.local",
-        "destination_service_name": "backend", "destination_service_namespace": "demo",
-        "request_protocol": "tcp", "connection_security_policy": "unknown",
-        "response_flags": "-"}
+    assert labels == {**SENT_LABELS, "request_protocol": "tcp", "response_flags": "-"}
     assert "istio_requests_total" not in samples                # no request was counted
 
 
