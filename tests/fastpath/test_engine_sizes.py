@@ -1,8 +1,9 @@
 """Tests for the engine's request and response sizes (Istio's istio_request_bytes and
 istio_response_bytes): per figure and status, a request's bytes as the client sent
 them (head and body) and its answer's as the client got them, exact, on keep-alive,
-chunked, pipelined and until-close exchanges. The two nodes, the app and the client
-are test_engine_http's (real engines, sockets and OpenSSL)."""
+chunked, pipelined and until-close exchanges; and an opaque pair a sniffing listener
+took, its first bytes counted. The two nodes, the app and the client are
+test_engine_http's (real engines, sockets and OpenSSL)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import socket
 
 from fastpath import engine as fe
 
-from enginekit import recv_all, wait_for
-from test_engine_http import Mesh, _record, mesh, mesh_pki  # noqa: F401 (fixtures)
+from enginekit import port_of, recv_all, wait_for
+from test_engine_http import (TIMEOUT_S, Mesh, _record, _sniffing, _with_raw_app,  # noqa: F401
+                              mesh, mesh_pki, recv_until)
 
 SERVICE = "demo/backend:http"
 
@@ -114,3 +116,23 @@ def test_the_engines_own_answers_are_not_sized(mesh: Mesh) -> None:
     rec = _record(mesh.out_node.engine.request_stats(), "outbound", "demo/nobody:http")
     assert rec["codes"] == {503: 1}
     assert rec["request_bytes"] == rec["response_bytes"] == {}
+
+
+def test_a_sniffed_opaque_pair_counts_the_bytes_read_to_tell_what_it_is(mesh: Mesh) -> None:
+    def echo(conn: socket.socket) -> None:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+    app = _with_raw_app(mesh, echo)
+    try:
+        c = socket.create_connection(("127.0.0.1", port_of(_sniffing(mesh))), timeout=TIMEOUT_S)
+        c.sendall(b"PING\r\n")           # read by the listener before it knew it was TCP
+        assert recv_until(c, b"PING\r\n") == b"PING\r\n"
+        c.sendall(b"more")
+        assert recv_until(c, b"more") == b"more"
+        c.close()
+        wait_for(lambda: _record(mesh.out_node.engine.request_stats(), "outbound",
+                                 "demo/backend:http-own")["tcp"] == {
+                     "opened": 1, "closed": 1, "received": 10, "sent": 10}, what="pair counted")
+    finally:
+        app.close()
