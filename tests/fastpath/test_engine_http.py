@@ -1382,6 +1382,12 @@ def test_a_client_ending_mid_request_passes_its_end_on_and_gets_the_apps_answer(
 # --- a service port's own listener: HTTP/1.1 or opaque TCP, told by the first bytes ----------
 
 
+def _echo(conn: socket.socket) -> None:
+    """A raw app that sends back what it gets."""
+    while data := conn.recv(65536):
+        conn.sendall(data)
+
+
 def _sniffing(mesh: Mesh) -> socket.socket:
     """The outbound table plus a sniffing listener for demo/backend's http port."""
     sock = listener()
@@ -1410,11 +1416,7 @@ def test_a_sniffing_listener_takes_http_requests_as_http_whatever_their_host(mes
 @pytest.mark.parametrize("first", [b"\x16\x03\x01\x00\x05hello", b"PING\r\n",
                                    b"SSH-2.0-OpenSSH_9.6\r\n", b"get /\r\n"])
 def test_a_sniffing_listener_relays_anything_else_as_opaque_tcp(mesh: Mesh, first: bytes) -> None:
-    def echo(conn: socket.socket) -> None:
-        while data := conn.recv(65536):
-            conn.sendall(data)
-
-    app = _with_raw_app(mesh, echo)
+    app = _with_raw_app(mesh, _echo)
     try:
         c = socket.create_connection(("127.0.0.1", port_of(_sniffing(mesh))), timeout=TIMEOUT_S)
         mesh.clients.append(c)

@@ -12,8 +12,8 @@ import socket
 from fastpath import engine as fe
 
 from enginekit import port_of, recv_all, wait_for
-from test_engine_http import (TIMEOUT_S, Mesh, _record, _sniffing, _with_raw_app,  # noqa: F401
-                              mesh, mesh_pki, recv_until)
+from test_engine_http import (TIMEOUT_S, Mesh, _echo, _record, _sniffing,  # noqa: F401
+                              _with_raw_app, mesh, mesh_pki, recv_until)
 
 SERVICE = "demo/backend:http"
 
@@ -119,13 +119,10 @@ def test_the_engines_own_answers_are_not_sized(mesh: Mesh) -> None:
 
 
 def test_a_sniffed_opaque_pair_counts_the_bytes_read_to_tell_what_it_is(mesh: Mesh) -> None:
-    def echo(conn: socket.socket) -> None:
-        while data := conn.recv(65536):
-            conn.sendall(data)
-
-    app = _with_raw_app(mesh, echo)
+    app = _with_raw_app(mesh, _echo)
     try:
-        c = socket.create_connection(("127.0.0.1", port_of(_sniffing(mesh))), timeout=TIMEOUT_S)
+        port = port_of(_sniffing(mesh))
+        c = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
         c.sendall(b"PING\r\n")           # read by the listener before it knew it was TCP
         assert recv_until(c, b"PING\r\n") == b"PING\r\n"
         c.sendall(b"more")
