@@ -271,13 +271,16 @@ cdef AuthzFigure* _authz_figure(Core* core, uint16_t* cache, const char* name, u
     return f
 
 
-cdef void _authz_count(Core* core, AuthzProgram* prog, const AuthzInput* x, int32_t decider,
-                       bint allowed) noexcept nogil:
+cdef void _authz_count(Core* core, Conn* c, AuthzProgram* prog, const AuthzInput* x,
+                       int32_t decider, bint allowed) noexcept nogil:
     """Count a decision acted on: under the policy that made it (none: ALLOW policies
-    that did not match, or no policy that applies), and each AUDIT policy it matches."""
+    that did not match, or no policy that applies), and each AUDIT policy it matches;
+    the deciding figure names the policy in the request's (or pair's) access record."""
     cdef AuthzFigure* f
+    cdef AuthzFigure* decided
     cdef AuthzPolicy* p
     cdef uint32_t i
+    cdef bint audited = False
     if decider >= 0:
         p = &prog.policies[decider]
         f = _authz_figure(core, &p.figure, prog.text + p.name_off, p.name_len, p.action)
@@ -285,6 +288,7 @@ cdef void _authz_count(Core* core, AuthzProgram* prog, const AuthzInput* x, int3
         f = _authz_figure(core, &prog.figure_unmatched, NULL, 0, AUTHZ_ALLOW)
     else:
         f = _authz_figure(core, &prog.figure_none, NULL, 0, AUTHZ_NONE)
+    decided = f
     if f == NULL:
         core.counters.stats_overflow += 1
     elif allowed:
@@ -296,12 +300,14 @@ cdef void _authz_count(Core* core, AuthzProgram* prog, const AuthzInput* x, int3
     for i in range(prog.n_policies):
         p = &prog.policies[i]
         if p.action == AUTHZ_AUDIT and _policy_matches(prog, p, x):
+            audited = True
             core.counters.authz_audited += 1
             f = _authz_figure(core, &p.figure, prog.text + p.name_off, p.name_len, AUTHZ_AUDIT)
             if f == NULL:
                 core.counters.stats_overflow += 1
             else:
                 f.audited += 1
+    _access_judged(core, c, decided, allowed, audited)
 
 
 # --- the step ------------------------------------------------------------------------------
@@ -424,7 +430,7 @@ cdef FilterVerdict _authz_request(Core* core, Conn* c, const InboundRoute* route
     decider = _authz_decide(prog, &x, &allowed)
     if not allowed and _answer_owed(c):
         return FILTER_STOP
-    _authz_count(core, prog, &x, decider, allowed)
+    _authz_count(core, c, prog, &x, decider, allowed)
     if not allowed:
         core.counters.authz_denied_http += 1
         call.status = 403
@@ -453,7 +459,7 @@ cdef FilterVerdict _authz_step(Core* core, Conn* c, FilterCall* call) noexcept n
         return _authz_request(core, c, route, call)
     _authz_connection(c, route, &x)
     decider = _authz_decide(route.authz, &x, &allowed)
-    _authz_count(core, route.authz, &x, decider, allowed)
+    _authz_count(core, c, route.authz, &x, decider, allowed)
     if allowed:
         return FILTER_CONTINUE
     core.counters.authz_denied_tcp += 1
@@ -478,7 +484,7 @@ cdef bint _authz_revoked(Core* core, Conn* c, InboundRoute* now) noexcept nogil:
     decider = _authz_decide(now.authz, &x, &allowed)
     if allowed:
         return False
-    _authz_count(core, now.authz, &x, decider, False)
+    _authz_count(core, c, now.authz, &x, decider, False)
     core.counters.authz_denied_tcp += 1
     core.counters.authz_revoked_tcp += 1
     return True

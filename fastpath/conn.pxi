@@ -109,6 +109,14 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.n_mirroring = 0
     c.rebalance_to = 0
     c.mirror_state = 0
+    c.received = 0
+    c.sent = 0
+    c.opened_ns = core.now_ns
+    c.acc_head = 0
+    c.acc_flags = 0
+    c.acc_policy = 0
+    c.acc_result = ACCESS_NOT_JUDGED
+    c.acc_audited = 0
     c.state = CONN_CONNECTING      # callers set the real first state
     _timer_arm(core, c, c.deadline_ns)
     cdef SideCounters* sc = _counters_of(core, c)
@@ -176,6 +184,7 @@ cdef void _conn_close(Core* core, Conn* c, bint reset) noexcept nogil:
     if c.n_pend > 0:
         _count_cut_off(core, c)
     _tcp_closed(core, c)
+    _access_closing(core, c)            # (accesslog.pxi)
     if c.n_mirroring > 0 or c.flags & CONN_MIRROR:
         _mirror_closing(core, c)
     _pool_unwait(core, c)               # a request waiting for an upstream (pool.pxi)

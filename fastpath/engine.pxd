@@ -372,6 +372,7 @@ cdef struct HashPolicy:
 cdef struct Service:
     FilterChain chain              # its steps (on connection: the upstream's ID)
     Name name                      # as RouteTable.add_service() got it: request figures' key
+    uint16_t name_tag              # Core.tags index + 1 of `name` (0: not looked up yet)
     Name sni                       # sent in the ClientHello: the destination service
     Name* identities               # SPIFFE IDs the destination may present (>= 1)
     uint32_t n_identities
@@ -609,6 +610,7 @@ cdef struct InboundRoute:
                                    # AUTO is told by the first bytes
     Name version                   # the local workload's `version` label, as Endpoint's
     uint16_t version_tag
+    uint16_t service_tag           # Core.tags index + 1 of `service` (0: not looked up yet)
     AuthzProgram* authz            # its AuthorizationPolicies (authz.pxi), owned; NULL: none
     uint8_t mtls                   # MtlsMode: does it take plaintext too (plaintext.pxi)
 
@@ -685,6 +687,12 @@ cdef struct Table:
     int64_t drain_ns
     # PathNormalization of every HTTP request's path, both ways (normalize.pxi).
     uint8_t path_normalization
+    # Access records (accesslog.pxi): kept at all, the share of requests and pairs
+    # sampled (per 10000), and the least status a request's record needs (0: any; a
+    # pair's, a response flag).
+    bint access_on
+    uint32_t access_sample
+    uint16_t access_min_status
     # Limits before authentication the engine takes on at the swap (limits.pxi; 0:
     # keep its own): inbound TLS handshakes under way, connections and handshakes per
     # source address, and the inbound side's share of the slots (thousandths).
@@ -759,6 +767,16 @@ cdef enum:
     # is counted in Counters.stats_overflow, not under another key.
     ENGINE_TAGS = 256
     ENGINE_TAG_MAX_BYTES = 253
+    # Access records (accesslog.pxi): the ring the worker drains (the default size), the
+    # heads kept for requests awaiting their answers, and the most of each text a
+    # record keeps (a longer one is cut there and flagged).
+    ENGINE_ACCESS_RING = 4096
+    ENGINE_ACCESS_HEADS = 1024
+    ENGINE_ACCESS_PATH_MAX = 256
+    ENGINE_ACCESS_METHOD_MAX = 16
+    ENGINE_ACCESS_AUTHORITY_MAX = 128
+    ENGINE_ACCESS_ID_MAX = 64      # x-request-id (a UUID is 36)
+    ENGINE_ACCESS_TRACE_MAX = 64   # traceparent (version 00 is 55)
     # RateLimitPolicy names counted apart (ratelimit.pxi); more are counted under "".
     ENGINE_RATE_POLICIES = 64
     # Status codes 100..599 counted one by one (index code - 100); anything else in
@@ -1120,6 +1138,19 @@ cdef struct Conn:
     uint8_t slow_phase
     int64_t slow_start_ns
     uint64_t slow_bytes
+    # Access records (accesslog.pxi): the pair's bytes from and to its client and when it
+    # began; the Core.access_heads entry of the head being framed (-1: none; -2: not
+    # sampled) and of each pending request; what authorization decided on the request
+    # (or pair) being judged, and the response flags its answer is to carry.
+    uint64_t received
+    uint64_t sent
+    int64_t opened_ns
+    int32_t acc_head               # index + 1; 0: none yet; -1: not recorded
+    int32_t pend_acc[ENGINE_HTTP_PIPELINE_MAX]     # likewise
+    uint16_t acc_flags
+    uint16_t acc_policy            # an opaque pair's decision (a request's is in its head)
+    uint8_t acc_result
+    uint8_t acc_audited
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
@@ -1150,6 +1181,78 @@ cdef struct StatRecord:
     uint64_t tcp_closed
     uint64_t tcp_received
     uint64_t tcp_sent
+
+
+# Access records (accesslog.pxi). What a request's head said, kept from its framing to
+# its answer in one of Core.access_heads (a free list: none free, the request is not
+# recorded, counted), and the record an answer (or an opaque pair's close) copies into
+# Core.access_ring: fixed fields and fixed-size texts, no pointer, so the worker's
+# thread reads a slot as it is and nothing is formatted on the engine's thread.
+cdef struct AccessHead:
+    int64_t start_ns               # CLOCK_MONOTONIC: the head framed / the pair accepted
+    uint64_t received0             # the pair's bytes each way when it began (a request's
+    uint64_t sent0                 # own are the difference at its answer)
+    int32_t next_free
+    uint16_t path_len
+    uint16_t authority_len
+    uint8_t id_len
+    uint8_t trace_len
+    uint8_t method_len
+    uint8_t version_minor
+    uint8_t cut                    # ACCESS_CUT_* of the texts cut at their maximum
+    uint16_t authz_policy          # Core.authz index + 1 of the deciding figure (0: none)
+    uint8_t authz_result           # AccessJudged
+    uint8_t audited                # an AUDIT policy matched
+    char method[ENGINE_ACCESS_METHOD_MAX]
+    char path[ENGINE_ACCESS_PATH_MAX]
+    char authority[ENGINE_ACCESS_AUTHORITY_MAX]
+    char request_id[ENGINE_ACCESS_ID_MAX]
+    char traceparent[ENGINE_ACCESS_TRACE_MAX]
+
+cdef enum AccessCut:
+    ACCESS_CUT_PATH = 1
+    ACCESS_CUT_AUTHORITY = 2
+    ACCESS_CUT_ID = 4
+    ACCESS_CUT_TRACE = 8
+
+cdef enum AccessJudged:
+    ACCESS_NOT_JUDGED = 0          # no AuthorizationPolicy on its route
+    ACCESS_ALLOWED = 1
+    ACCESS_DENIED = 2
+
+cdef enum AccessKind:
+    ACCESS_HTTP = 0                # one request and its answer
+    ACCESS_TCP = 1                 # one opaque pair, from accept to close
+
+# Envoy's response flags (%RESPONSE_FLAGS%) the engine can tell, a bit each.
+cdef enum AccessFlag:
+    AFLAG_NR = 1                   # no route: the engine's 404
+    AFLAG_UF = 2                   # upstream connect failure: the engine's 503
+    AFLAG_UT = 4                   # upstream request timeout: the engine's 504
+    AFLAG_UC = 8                   # upstream connection termination: the engine's 502
+    AFLAG_DC = 16                  # downstream connection termination: no answer (0)
+    AFLAG_RL = 32                  # rate limited (429, or a pair refused)
+    AFLAG_FI = 64                  # fault injection abort
+    AFLAG_OM = 128                 # overload manager: shed 503
+    AFLAG_DPE = 256                # downstream protocol error: a head that does not parse
+
+cdef struct AccessRecord:
+    AccessHead head                # HTTP: what its head said; TCP: start and bytes only
+    uint64_t received              # bytes from the client (plaintext)
+    uint64_t sent                  # bytes to the client
+    int64_t duration_ns
+    uint16_t status                # HTTP: the code answered (0: none reached the client)
+    uint16_t flags                 # AccessFlag bits
+    uint16_t principal             # Core.principals: the verified peer (0: none)
+    uint16_t local                 # Core.principals: this side's identity
+    uint16_t route                 # Core.tags: the HTTPRoute that routed it (0: none)
+    uint16_t service               # Core.tags: the destination service (0: not known)
+    uint8_t kind                   # AccessKind
+    uint8_t inbound
+    uint8_t plaintext              # inbound without TLS
+    uint8_t upstream_family        # 0: no upstream host; 4 or 6
+    uint16_t upstream_port
+    uint8_t upstream_addr[16]
 
 
 # The timer wheel (timers.pxi): each list is a doubly-linked list through its Conns'
@@ -1489,6 +1592,20 @@ cdef struct Core:
     char* scratch                  # buffer_bytes: a field's values joined (authz.pxi)
     AuthzFigure* authz             # ENGINE_AUTHZ_FIGURES (authz.pxi)
     uint32_t n_authz               # likewise
+    # Access records (accesslog.pxi): a single-producer single-consumer ring (the engine
+    # thread writes at access_in, the worker's reader at access_out; each index only
+    # grows, published with a release store), the heads kept for pending requests, and
+    # records not kept: the ring full, or no head free.
+    AccessRecord* access_ring      # access_ring_size (a power of two; ENGINE_ACCESS_RING
+    uint32_t access_ring_size      # unless Engine(access_records=) says)
+    uint64_t access_in
+    uint64_t access_out
+    AccessHead* access_heads       # ENGINE_ACCESS_HEADS
+    int32_t access_free            # the first free head + 1 (0: none)
+    uint32_t access_fresh          # heads [0, access_fresh) were handed out once (the
+                                   # rest are untouched calloc'd pages, not resident)
+    uint64_t access_ring_full
+    uint64_t access_no_head
 
 
 # Engine's life: NEW ─run()─► RUNNING ─loop ends (stop())─► DONE. stop() before run()
@@ -1533,6 +1650,8 @@ cdef class RouteTable:
     cdef long _session_life_s      # an inbound session's life from its full handshake
     cdef tuple _limits             # set_limits(): (handshakes, per source, handshakes
                                    # per source, inbound permille); None: the engine's
+    cdef tuple _access             # set_access_log(): (sample per 10000, least status);
+                                   # None: no records
     cdef tuple _overload           # set_overload(): (in flight, per source, slow grace
                                    # ns, slow rate); None: the engine's
     cdef list _route_sets          # (parent service index, consumer namespace bytes or

@@ -224,6 +224,7 @@ from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, drop_n
 
 import os
 import socket
+import time
 
 from fastpath.errors import FastpathError
 
@@ -325,6 +326,7 @@ include "drain.pxi"         # graceful drain: stop accepting, finish, send clien
 include "limits.pxi"        # limits before authentication: budgets, handshakes, sources
 include "ratelimit.pxi"     # RateLimitPolicy: node-wide token buckets, 429, refused pairs
 include "overload.pxi"      # overload: requests in flight node-wide and per source, slow clients
+include "accesslog.pxi"     # access records: one per request and per opaque pair, in a ring
 
 
 
@@ -388,6 +390,8 @@ cdef class Engine:
     the rest and be pooled when no more than this is owed (else the upstream is closed).
     `replay_max_bytes`: a request on a route that retries is kept for replay when its
     head and body are no more than this (and fit a buffer); a larger one is not retried.
+    `access_records`: the access records the ring holds until the worker reads them (a
+    power of two; more are dropped and counted: access_dropped()).
 
     Thread use: run() on a thread of its own (it returns after stop()); install(),
     stop(), stats() and `generation` from any other thread.
@@ -396,7 +400,8 @@ cdef class Engine:
     def __cinit__(self, int max_connections=4096, int buffer_bytes=16384,
                   double connect_timeout_s=5.0, double idle_timeout_s=300.0,
                   long long drain_max_bytes=ENGINE_DRAIN_MAX_BYTES,
-                  long long replay_max_bytes=ENGINE_REPLAY_MAX_BYTES):
+                  long long replay_max_bytes=ENGINE_REPLAY_MAX_BYTES,
+                  int access_records=ENGINE_ACCESS_RING):
         cdef Core* core
         cdef uint32_t i
         cdef size_t n_bufs, n_sources
@@ -411,6 +416,8 @@ cdef class Engine:
             raise ValueError("buffer_bytes must be %d..%d, not %d"
                              % (ENGINE_MIN_BUFFER_BYTES, ENGINE_MAX_BUFFER_BYTES, buffer_bytes))
         _check_timeouts(connect_timeout_s, idle_timeout_s)
+        if access_records < 1 or access_records & (access_records - 1):
+            raise ValueError("access_records must be a power of two, not %d" % access_records)
         if drain_max_bytes < 0:
             raise ValueError("drain_max_bytes must be at least 0, not %d" % drain_max_bytes)
         if not 0 <= replay_max_bytes <= 0xFFFFFFFF:
@@ -442,6 +449,9 @@ cdef class Engine:
         # Zeroed pages nobody touched are not resident: only keys in use cost memory.
         core.stats = <StatRecord*>calloc(ENGINE_STAT_RECORDS, sizeof(StatRecord))
         core.authz = <AuthzFigure*>calloc(ENGINE_AUTHZ_FIGURES, sizeof(AuthzFigure))
+        core.access_ring = <AccessRecord*>calloc(access_records, sizeof(AccessRecord))
+        core.access_ring_size = <uint32_t>access_records
+        core.access_heads = <AccessHead*>calloc(ENGINE_ACCESS_HEADS, sizeof(AccessHead))
         core.scratch = <char*>malloc(<size_t>buffer_bytes)
         core.n_principals = 1               # [0]: no peer / not known (empty)
         core.n_tags = 1                     # [0]: no route / version (empty)
@@ -471,6 +481,7 @@ cdef class Engine:
         core.pool = <char*>malloc(n_bufs * core.buffer_bytes)
         core.free_bufs = <char**>malloc(n_bufs * sizeof(char*))
         if (core.conns == NULL or core.stats == NULL or core.authz == NULL
+                or core.access_ring == NULL or core.access_heads == NULL
                 or core.scratch == NULL or core.ready == NULL or core.ready_next == NULL
                 or core.pool == NULL or core.free_bufs == NULL or core.sources == NULL):
             raise MemoryError()
@@ -861,6 +872,31 @@ cdef class Engine:
                         "received": r.tcp_received, "sent": r.tcp_sent},
             })
         return out
+
+    def access_records(self, int limit=ENGINE_ACCESS_RING) -> list[dict]:
+        """Take up to `limit` access records from the ring, oldest first, as dicts in
+        Envoy's JSON access log names (accesslog.pxi _access_dict): one per HTTP answer
+        and per opaque pair closed, those its table's set_access_log() keeps. One
+        reader at a time (the ring has a single consumer); the slots read are the
+        engine's to write again once this returns."""
+        cdef Core* core = self.core
+        cdef uint64_t out = core.access_out
+        cdef uint64_t end = mn_load_u64(&core.access_in)
+        cdef int64_t offset = time.time_ns() - time.monotonic_ns()
+        if end - out > <uint64_t>max(limit, 0):
+            end = out + <uint64_t>max(limit, 0)
+        records = []
+        while out < end:
+            records.append(_access_dict(core, &core.access_ring[out & (core.access_ring_size - 1)],
+                                        offset))
+            out += 1
+        mn_store_u64(&core.access_out, out)
+        return records
+
+    def access_dropped(self) -> dict[str, int]:
+        """Access records not kept, by reason: "ring_full" (the reader was behind),
+        "no_head" (more requests awaited answers than heads are kept for). Only grow."""
+        return {"ring_full": self.core.access_ring_full, "no_head": self.core.access_no_head}
 
     def authz_stats(self) -> list[dict]:
         """Authorization decisions per (policy, action), counted so far across tables:

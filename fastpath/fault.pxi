@@ -73,6 +73,7 @@ cdef void _fault_answer(Core* core, Conn* c, int st) noexcept nogil:
         _http_reply(core, c, st & _FAULT_STATUS, b"route filter not resolved\n", -1)
     else:
         core.counters.faults_aborted += 1
+        c.acc_flags |= AFLAG_FI
         _http_reply(core, c, st & _FAULT_STATUS, b"fault filter abort\n", -1)
 
 

@@ -117,6 +117,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
         return STATUS_AGAIN             # over a cap, behind answers owed (overload.pxi)
     if _edits_wait(core, c, req, base):
         return STATUS_AGAIN             # no room for its route's edits yet (routes.pxi)
+    _access_begin(core, c, req, c.d2u.buf + base)   # what its record says (accesslog.pxi)
     if _chain_at(chain, PHASE_REQUEST):
         call.phase = PHASE_REQUEST
         call.req = req
@@ -179,6 +180,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     c.pend_start_ns[i] = core.now_ns
     c.pend_method[i] = <uint8_t>req.method
     c.pend_req_bytes[i] = received      # its body's come as it is framed (_req_body_bytes)
+    _access_pending(c, i)
     c.pend_rule[i] = c.req_rule         # its answer's edits (routes.pxi)
     _hash_framed(c, i)                  # ... and a generated cookie (hashing.pxi)
     c.pend_deadline[i] = 0

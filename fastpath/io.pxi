@@ -159,6 +159,18 @@ cdef int64_t _flow(Core* core, Side* src, Side* dst, Flow* f,
 
 
 cdef int _pump(Core* core, Conn* c) noexcept nogil:
+    """Move bytes both ways (_pump_moves), and count what moved for the pair too: its
+    access records' bytes."""
+    cdef SideCounters* sc = _counters_of(core, c)
+    cdef uint64_t received = sc.bytes_received
+    cdef uint64_t sent = sc.bytes_sent
+    cdef int st = _pump_moves(core, c)
+    c.received += sc.bytes_received - received
+    c.sent += sc.bytes_sent - sent
+    return st
+
+
+cdef int _pump_moves(Core* core, Conn* c) noexcept nogil:
     """Move bytes both ways until neither direction moves or the turn's budget is used."""
     cdef SideCounters* sc = _counters_of(core, c)
     cdef int64_t a, b

@@ -316,6 +316,8 @@ cdef void _core_free(Core* core) noexcept nogil:
         for i in range(core.n_authz):
             _name_free(&core.authz[i].policy)
         free(core.authz)
+        free(core.access_ring)
+        free(core.access_heads)
     free(core.scratch)
     free(core.conns)
     free(core.sources)

@@ -238,6 +238,7 @@ cdef void _overload_shed(Core* core, Conn* c, const char* why) noexcept nogil:
     overload manager marks its local replies, by `x-envoy-overloaded: true`: a caller's
     node does not retry it into the overload (retry.pxi _retry_status)."""
     cdef StatRecord* r
+    c.acc_flags |= AFLAG_OM
     if _reply_owed(c):
         # Flagged before the answer is written: a caller reading the figures once it has
         # the 503 finds both its code and its flag.

@@ -204,6 +204,7 @@ cdef FilterVerdict _ratelimit_step(Core* core, Conn* c, const Filter* f,
         stat.allowed += 1
         return FILTER_CONTINUE
     call.status = 0
+    c.acc_flags |= AFLAG_RL             # its access record says why (accesslog.pxi)
     if call.phase == PHASE_REQUEST:
         stat.limited += 1
         call.status = 429

@@ -64,6 +64,7 @@ cdef int _http_route(Core* core, Conn* c, ReqHead* req) noexcept nogil:
         # Before the route match sees its path (normalize.pxi); nothing is owed before it.
         _http_reply(core, c, 400, b"", 0)
         return STATUS_CLOSE
+    _access_begin(core, c, req, c.d2u.buf + c.d2u.head)  # its record, even if 404 (accesslog.pxi)
     if c.flags & CONN_FIXED_SERVICE:
         parent = c.parent
     else:

@@ -216,6 +216,7 @@ cdef int _count_answer(Core* core, Conn* c, int status, int64_t latency_ns) noex
     cdef StatRecord* r = _stat_record(core, c)
     cdef uint32_t cls = <uint32_t>status // 100
     cdef uint32_t j
+    _access_answer(core, c, status, latency_ns < 0)     # its record (accesslog.pxi)
     if not (c.flags & CONN_INBOUND):
         if 1 <= cls <= 5:
             core.counters.http_responses[cls - 1] += 1

@@ -778,6 +778,17 @@ cdef class RouteTable:
         path with %00 is answered 400."""
         self._path_normalization = _path_mode(mode)
 
+    def set_access_log(self, bint on, double sample_percent=100.0, int min_status=0) -> None:
+        """Access records (accesslog.pxi, read with Engine.access_records()): none unless
+        `on`; then `sample_percent` of requests and opaque pairs, drawn at random, and
+        of those only the requests answered `min_status` or above or with a response
+        flag (and pairs with a flag or refused) when min_status is not 0. Off until set."""
+        if not 0.0 <= sample_percent <= 100.0:
+            raise ValueError("sample_percent must be 0..100, not %r" % sample_percent)
+        if not 0 <= min_status <= 599:
+            raise ValueError("min_status must be 0..599, not %d" % min_status)
+        self._access = (<uint32_t>(sample_percent * 100 + 0.5), min_status) if on else None
+
     cdef Table* _build(self) except NULL:
         cdef Table* t = <Table*>calloc(1, sizeof(Table))
         cdef Source* src
@@ -796,6 +807,9 @@ cdef class RouteTable:
         t.idle_timeout_ns = <int64_t>(self._idle_timeout_s * 1e9)
         t.drain_ns = <int64_t>(self._drain_s * 1e9)
         t.path_normalization = self._path_normalization
+        if self._access is not None:
+            t.access_on = True
+            t.access_sample, t.access_min_status = self._access
         if self._limits is not None:
             (t.max_handshakes, t.max_source_conns, t.max_source_handshakes,
              t.inbound_permille) = self._limits

@@ -1,0 +1,350 @@
+# accesslog.pxi: Access records: what each HTTP request and each opaque pair was, written
+# into a ring the worker drains (one record per answer, or per pair at its close).
+#
+# Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
+#
+# The engine thread is the ring's only producer and the worker's reader its only
+# consumer (Engine.access_records): a record is whole before access_in moves past it
+# (a release store), and a slot is written again only after access_out moved past it.
+# Per request the cost is a draw, copies of a few texts of the head into a head kept
+# from Core.access_heads, and at the answer one memcpy into the ring: no allocation,
+# no lock, nothing formatted. Full (or no head free), the record is dropped and counted,
+# never waited for. Bytes are the pair's plaintext bytes from and to its client since
+# the request's head was framed (_pump counts them per pair); the engine's own closing
+# answers are not in them.
+
+cdef inline bint _access_drawn(Core* core, const Table* t) noexcept nogil:
+    """Is the next request (or pair) one the table's sampling keeps?"""
+    if t == NULL or not t.access_on:
+        return False
+    return t.access_sample >= 10000 or _route_random(core) % 10000 < t.access_sample
+
+
+cdef inline AccessHead* _access_head(Core* core, int32_t slot) noexcept nogil:
+    return &core.access_heads[slot - 1] if slot > 0 else NULL
+
+
+cdef inline void _access_put(Core* core, int32_t slot) noexcept nogil:
+    """Give a head (index + 1; 0 or -1: none) back to the free list."""
+    if slot > 0:
+        core.access_heads[slot - 1].next_free = core.access_free
+        core.access_free = slot
+
+
+cdef uint8_t _access_text(char* dst, uint8_t cap, const char* src, uint32_t n,
+                          uint8_t* cut, uint8_t bit) noexcept nogil:
+    """Copy at most `cap` bytes of src; flag `bit` in cut when more was there."""
+    if n > cap:
+        n = cap
+        cut[0] |= bit
+    memcpy(dst, src, n)
+    return <uint8_t>n
+
+
+cdef void _access_fields(AccessHead* h, const char* head, const ReqHead* req) noexcept nogil:
+    """x-request-id and traceparent, as the client sent them (the first of each)."""
+    cdef uint32_t i
+    cdef const Field* f
+    cdef bint got_id = False
+    cdef bint got_trace = False
+    for i in range(req.header_count):
+        f = &req.headers[i]
+        if not got_id and f.name.len == 12 and _lower_eq(head + f.name.off, b"x-request-id", 12):
+            h.id_len = _access_text(h.request_id, ENGINE_ACCESS_ID_MAX, head + f.value.off,
+                                    f.value.len, &h.cut, ACCESS_CUT_ID)
+            got_id = True
+        elif not got_trace and f.name.len == 11 and _lower_eq(head + f.name.off, b"traceparent", 11):
+            h.trace_len = _access_text(h.traceparent, ENGINE_ACCESS_TRACE_MAX, head + f.value.off,
+                                       f.value.len, &h.cut, ACCESS_CUT_TRACE)
+            got_trace = True
+
+
+cdef void _access_begin(Core* core, Conn* c, const ReqHead* req, const char* head) noexcept nogil:
+    """A request head is being framed (its path normalized, before its steps): keep what
+    it says for its answer's record, if it is drawn. A head framed again after a wait
+    keeps what it had."""
+    cdef AccessHead* h
+    cdef int32_t slot
+    cdef uint32_t n
+    if c.acc_head != 0:
+        return
+    c.acc_head = -1
+    if not _access_drawn(core, c.table):
+        return
+    slot = core.access_free
+    if slot != 0:
+        core.access_free = core.access_heads[slot - 1].next_free
+    elif core.access_fresh < ENGINE_ACCESS_HEADS:
+        core.access_fresh += 1
+        slot = <int32_t>core.access_fresh
+    else:
+        core.access_no_head += 1
+        return
+    h = &core.access_heads[slot - 1]
+    c.acc_head = slot
+    h.start_ns = core.now_ns
+    h.received0 = c.received
+    h.sent0 = c.sent
+    h.cut = 0
+    h.authz_policy = 0
+    h.authz_result = ACCESS_NOT_JUDGED
+    h.audited = 0
+    h.version_minor = req.version_minor
+    h.method_len = _access_text(h.method, ENGINE_ACCESS_METHOD_MAX, head + req.method_span.off,
+                                req.method_span.len, &h.cut, 0)
+    n = req.path.len if req.path.len <= ENGINE_ACCESS_PATH_MAX else ENGINE_ACCESS_PATH_MAX
+    if req.path.len > n:
+        h.cut |= ACCESS_CUT_PATH
+    memcpy(h.path, head + req.path.off, n)
+    h.path_len = <uint16_t>n
+    n = req.authority.len
+    if n > ENGINE_ACCESS_AUTHORITY_MAX:
+        n = ENGINE_ACCESS_AUTHORITY_MAX
+        h.cut |= ACCESS_CUT_AUTHORITY
+    memcpy(h.authority, head + req.authority.off, n)
+    h.authority_len = <uint16_t>n
+    h.id_len = 0
+    h.trace_len = 0
+    _access_fields(h, head, req)
+
+
+cdef inline void _access_pending(Conn* c, uint32_t i) noexcept nogil:
+    """The head being framed went upstream as pending request i: its record waits there."""
+    c.pend_acc[i] = c.acc_head
+    c.acc_head = 0
+
+
+cdef void _access_judged(Core* core, Conn* c, AuthzFigure* f, bint allowed,
+                         bint audited) noexcept nogil:
+    """Authorization decided on the request being framed (or the opaque pair): the
+    figure it was counted under names the policy for the record."""
+    cdef AccessHead* h = _access_head(core, c.acc_head)
+    cdef uint16_t policy = <uint16_t>(f - core.authz + 1) if f != NULL else 0
+    cdef uint8_t result = ACCESS_ALLOWED if allowed else ACCESS_DENIED
+    if h != NULL:
+        h.authz_policy, h.authz_result, h.audited = policy, result, audited
+    else:
+        c.acc_policy, c.acc_result, c.acc_audited = policy, result, audited
+
+
+cdef AccessRecord* _access_slot(Core* core) noexcept nogil:
+    """The ring's next slot, or NULL when the reader has not freed one (counted)."""
+    if core.access_in - mn_load_u64(&core.access_out) >= core.access_ring_size:
+        core.access_ring_full += 1
+        return NULL
+    return &core.access_ring[core.access_in & (core.access_ring_size - 1)]
+
+
+cdef void _access_where(Core* core, Conn* c, AccessRecord* rec, bint own) noexcept nogil:
+    """Who and where: the principals, the destination service and route, and the host
+    the pair's upstream side is connected to (an endpoint node, or inbound the app),
+    unless the engine answered itself (`own`: nothing of the request went there)."""
+    cdef Table* t = c.table
+    cdef const net.sockaddr_storage* addr = NULL
+    cdef Service* svc
+    cdef InboundRoute* ir
+    cdef uint16_t route, version
+    rec.principal = c.peer_principal
+    rec.local = c.local_principal
+    rec.inbound = (c.flags & CONN_INBOUND) != 0
+    rec.plaintext = (c.flags & CONN_PLAINTEXT) != 0
+    _figure_tags(core, c, &route, &version)
+    rec.route = route if route != _TAG_FULL else 0
+    rec.service = 0
+    if c.flags & CONN_INBOUND:
+        if c.flags & CONN_ROUTED and c.route < t.n_routes:
+            ir = &t.routes[c.route]
+            rec.service = _tag_of(core, &ir.service_tag, ir.service.data, ir.service.length)
+            addr = &ir.app_addr
+    elif (c.flags & CONN_SERVICE_KNOWN or not c.flags & CONN_HTTP) and c.service < t.n_services:
+        svc = &t.services[c.service]
+        rec.service = _tag_of(core, &svc.name_tag, svc.name.data, svc.name.length)
+        if c.endpoint < svc.n_endpoints:
+            addr = &svc.endpoints[c.endpoint].addr
+    if rec.service == _TAG_FULL:
+        rec.service = 0
+    rec.upstream_family = 0
+    if addr == NULL or c.up.fd < 0 or own:
+        return
+    if addr.ss_family == net.AF_INET:
+        rec.upstream_family = 4
+        memcpy(rec.upstream_addr, &(<net.sockaddr_in*>addr).sin_addr, 4)
+        rec.upstream_port = net.htons((<net.sockaddr_in*>addr).sin_port)
+    elif addr.ss_family == net.AF_INET6:
+        rec.upstream_family = 6
+        memcpy(rec.upstream_addr, &(<net.sockaddr_in6*>addr).sin6_addr, 16)
+        rec.upstream_port = net.htons((<net.sockaddr_in6*>addr).sin6_port)
+
+
+cdef inline uint16_t _own_answer_flags(int status) noexcept nogil:
+    """Envoy's flag for an answer the engine made itself, by its code (a step that
+    answers with a code of its own flags the pair before: Conn.acc_flags)."""
+    if status == 404:
+        return AFLAG_NR
+    if status == 503:
+        return AFLAG_UF
+    if status == 504:
+        return AFLAG_UT
+    if status == 502:
+        return AFLAG_UC
+    if status == 400 or status == 413 or status == 414 or status == 431 or status == 501 or status == 505:
+        return AFLAG_DPE
+    return 0
+
+
+cdef void _access_answer(Core* core, Conn* c, int status, bint own) noexcept nogil:
+    """The request the pair answers now (the oldest pending one, else the head being
+    framed) got its answer, `status` (0: none reached the client), made by the engine
+    when `own`: its record goes into the ring, if it was drawn and passes the filter."""
+    cdef int32_t slot
+    cdef AccessHead* h
+    cdef AccessRecord* rec
+    cdef uint16_t flags = c.acc_flags
+    c.acc_flags = 0
+    if c.n_pend > 0:
+        slot = c.pend_acc[c.pend_first]
+        c.pend_acc[c.pend_first] = 0
+    else:
+        slot = c.acc_head
+        c.acc_head = 0
+    if slot < 0 or (slot == 0 and not _access_drawn(core, c.table)):
+        return                          # not drawn (or no head was free: counted)
+    if status == 0:
+        flags |= AFLAG_DC
+    elif own and flags == 0:
+        flags = _own_answer_flags(status)
+    h = _access_head(core, slot)
+    if status < c.table.access_min_status and flags == 0:
+        _access_put(core, slot)
+        return
+    rec = _access_slot(core)
+    if rec == NULL:
+        _access_put(core, slot)
+        return
+    if h != NULL:
+        memcpy(&rec.head, h, sizeof(AccessHead))
+    else:
+        # A head that did not parse (400, 431 …) or never came whole (408): its answer only.
+        memset(&rec.head, 0, sizeof(AccessHead))
+        rec.head.start_ns = core.now_ns
+        rec.head.received0 = c.received
+        rec.head.sent0 = c.sent
+    _access_put(core, slot)
+    rec.kind = ACCESS_HTTP
+    rec.status = <uint16_t>status
+    rec.flags = flags
+    rec.duration_ns = core.now_ns - rec.head.start_ns
+    rec.received = c.received - rec.head.received0
+    rec.sent = c.sent - rec.head.sent0
+    _access_where(core, c, rec, own)
+    mn_store_u64(&core.access_in, core.access_in + 1)
+
+
+cdef void _access_closing(Core* core, Conn* c) noexcept nogil:
+    """A pair closes: an opaque one's record (HTTP pairs had one per request); the head
+    it was framing goes back."""
+    cdef AccessRecord* rec
+    cdef uint16_t flags = c.acc_flags
+    _access_put(core, c.acc_head)
+    c.acc_head = 0
+    c.acc_flags = 0
+    if c.flags & (CONN_HTTP | CONN_MIRROR) or not _access_drawn(core, c.table):
+        return
+    if c.table.access_min_status != 0 and flags == 0 and c.acc_result != ACCESS_DENIED:
+        return                          # errors only: a pair refused or flagged
+    rec = _access_slot(core)
+    if rec == NULL:
+        return
+    memset(&rec.head, 0, sizeof(AccessHead))
+    rec.head.start_ns = c.opened_ns
+    rec.head.authz_policy = c.acc_policy
+    rec.head.authz_result = c.acc_result
+    rec.head.audited = c.acc_audited
+    rec.kind = ACCESS_TCP
+    rec.status = 0
+    rec.flags = flags
+    rec.duration_ns = core.now_ns - c.opened_ns
+    rec.received = c.received
+    rec.sent = c.sent
+    _access_where(core, c, rec, False)
+    mn_store_u64(&core.access_in, core.access_in + 1)
+
+
+# --- the reader (the worker's thread, with the GIL) --------------------------------------------
+
+_ACCESS_FLAG_NAMES = ((AFLAG_NR, "NR"), (AFLAG_UF, "UF"), (AFLAG_UT, "UT"), (AFLAG_UC, "UC"),
+                      (AFLAG_DC, "DC"), (AFLAG_RL, "RL"), (AFLAG_FI, "FI"), (AFLAG_OM, "OM"),
+                      (AFLAG_DPE, "DPE"))
+_ACCESS_CUT_NAMES = ((ACCESS_CUT_PATH, "path"), (ACCESS_CUT_AUTHORITY, "authority"),
+                     (ACCESS_CUT_ID, "request_id"), (ACCESS_CUT_TRACE, "traceparent"))
+
+
+cdef inline object _access_str(const char* s, uint32_t n):
+    return s[:n].decode("utf-8", "replace") if n else None
+
+
+cdef inline object _access_name(const Name* names, uint32_t count, uint16_t i):
+    return _access_str(names[i].data, names[i].length) if 0 < i < count else None
+
+
+cdef dict _access_dict(Core* core, const AccessRecord* r, int64_t wall_offset_ns):
+    """A record as Envoy's default JSON access log names its fields (Istio's
+    meshConfig accessLogEncoding JSON), times in wall-clock terms; fields the record
+    has no value for are None."""
+    cdef const AccessHead* h = &r.head
+    cdef uint32_t n_principals = mn_acquire_u32(&core.n_principals)
+    cdef uint32_t n_tags = mn_acquire_u32(&core.n_tags)
+    cdef uint32_t n_authz = mn_acquire_u32(&core.n_authz)
+    cdef const AuthzFigure* f
+    cdef int64_t start = h.start_ns + wall_offset_ns
+    http = r.kind == ACCESS_HTTP
+    peer = _access_name(core.principals, n_principals, r.principal)
+    local = _access_name(core.principals, n_principals, r.local)
+    service = _access_name(core.tags, n_tags, r.service)
+    out = {
+        "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start // 1000000000))
+                      + ".%03dZ" % (start // 1000000 % 1000),
+        "method": _access_str(h.method, h.method_len),
+        "path": _access_str(h.path, h.path_len),
+        "protocol": ("HTTP/1.%d" % h.version_minor if h.method_len else None) if http else None,
+        "response_code": r.status,
+        "response_flags": ",".join([name for bit, name in _ACCESS_FLAG_NAMES
+                                    if r.flags & bit]) or "-",
+        "bytes_received": r.received,
+        "bytes_sent": r.sent,
+        "duration": r.duration_ns // 1000000,
+        "upstream_host": None,
+        "upstream_cluster": ("%s|||%s" % ("inbound" if r.inbound else "outbound", service)
+                             if service is not None else None),
+        "authority": _access_str(h.authority, h.authority_len),
+        "request_id": _access_str(h.request_id, h.id_len),
+        "traceparent": _access_str(h.traceparent, h.trace_len),
+        "route_name": _access_name(core.tags, n_tags, r.route),
+        # Envoy's %DOWNSTREAM_PEER_URI_SAN% and friends: inbound, the caller is the
+        # downstream peer; outbound, the destination is the upstream peer.
+        "downstream_peer_uri_san": peer if r.inbound else None,
+        "downstream_local_uri_san": local if r.inbound else None,
+        "upstream_peer_uri_san": None if r.inbound else peer,
+        "upstream_local_uri_san": None if r.inbound else local,
+        "reporter": "destination" if r.inbound else "source",
+        "connection_security_policy": ("none" if r.plaintext else "mutual_tls") if r.inbound else None,
+        "authorization_policy": None,
+        "authorization_result": None,
+    }
+    if r.upstream_family == 4:
+        out["upstream_host"] = "%d.%d.%d.%d:%d" % (r.upstream_addr[0], r.upstream_addr[1],
+                                                   r.upstream_addr[2], r.upstream_addr[3],
+                                                   r.upstream_port)
+    elif r.upstream_family == 6:
+        out["upstream_host"] = "[%s]:%d" % (socket.inet_ntop(socket.AF_INET6,
+                                                             r.upstream_addr[:16]), r.upstream_port)
+    if h.authz_result != ACCESS_NOT_JUDGED:
+        out["authorization_result"] = "allow" if h.authz_result == ACCESS_ALLOWED else "deny"
+        if 0 < h.authz_policy <= n_authz:
+            f = &core.authz[h.authz_policy - 1]
+            out["authorization_policy"] = _access_str(f.policy.data, f.policy.length)
+        if h.audited:
+            out["authorization_audited"] = True
+    if h.cut:
+        out["truncated"] = [name for bit, name in _ACCESS_CUT_NAMES if h.cut & bit]
+    return out
