@@ -24,17 +24,34 @@ class Publisher:
     """Publishes ``[topic, envelope]`` frames as one named source of one node."""
 
     def __init__(self, ctx: zmq.Context, endpoints: Endpoints, *, node: str, src: str,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None, sndhwm: int | None = None) -> None:
         self.node, self.src = node, src
         self.counters = counters or Counters()
         self._sock = ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 200)
+        if sndhwm is not None:
+            # At the mark a send says so (offer() returns False) instead of dropping
+            # silently, so that the sender can count what it lost.
+            self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+            self._sock.setsockopt(zmq.XPUB_NODROP, 1)
         self._sock.connect(endpoints.events_in)
 
     def publish(self, topic: str, kind: str, body: Any = None, *, seq: int = 0) -> None:
         env = Envelope(kind=kind, body=body, node=self.node, src=self.src, seq=seq,
                        ts=time.time())
         self.send_raw([topic.encode(), pack(env)])
+
+    def offer(self, topic: str, kind: str, body: Any = None, *, seq: int = 0) -> bool:
+        """publish() that never waits: False when the send high-water mark is reached
+        (with ``sndhwm``; the frame is not sent)."""
+        env = Envelope(kind=kind, body=body, node=self.node, src=self.src, seq=seq,
+                       ts=time.time())
+        try:
+            self._sock.send_multipart([topic.encode(), pack(env)], zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        self.counters.frames_out += 1
+        return True
 
     def send_raw(self, frames: list[bytes]) -> None:
         """Send frames as they are (tests use it to send garbage on purpose)."""

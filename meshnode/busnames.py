@@ -11,3 +11,4 @@ ACK_TOPIC = "config.ack"          # workers → control: ACK/NACK of a snapshot 
 CA = "ca"                         # the certificate authority's request service
 BUNDLE_TOPIC = "cert.bundle"      # ca → everyone: the trust bundle (Clone state)
 BUNDLE_KEY = "bundle"             # the bundle's key in that state
+ACCESS_TOPIC = "access."          # workers → telemetry: access records, "access.<worker>"

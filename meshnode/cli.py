@@ -87,8 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("logs", help="print a process's log (JSON lines)")
     _add_runtime_dir(p)
-    p.add_argument("process", help="bus, control, ca, telemetry, proxy-N or supervisord")
+    p.add_argument("process", help="bus, control, ca, telemetry, proxy-N, supervisord, "
+                   "or access (the access log: a JSON line per request and TCP connection)")
     p.add_argument("-n", "--lines", type=int, default=50, help="last N lines (0: all)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="then print lines as they are written (across rotations) until ^C")
 
     p = sub.add_parser("apply", help="create or update resources from YAML, and wait "
                        "until every proxy worker has carried them out (ACK) or said why "
@@ -244,7 +247,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    sys.stdout.write(nodectl.read_log(args.runtime_dir.resolve(), args.process, args.lines))
+    rd = args.runtime_dir.resolve()
+    sys.stdout.write(nodectl.read_log(rd, args.process, args.lines))
+    if args.follow:
+        sys.stdout.flush()
+        try:
+            for line in nodectl.follow_log(rd, args.process):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
     return 0
 
 

@@ -248,6 +248,10 @@ class DataPlane:
         # Every HTTP request's path, inbound and outbound (Mesh spec.pathNormalization).
         table.set_path_normalization(str(mesh.get("path_normalization")
                                          or DEFAULT_PATH_NORMALIZATION))
+        # Access records, both ways (Mesh spec.telemetry; read by meshnode.accesslog).
+        table.set_access_log(bool(mesh.get("access_log", False)),
+                             float(mesh.get("access_log_sampling_percent", 100.0)),
+                             int(mesh.get("access_log_min_status", 0)))
         # The outbound side presents the calling workload's identity (meshnode.callers):
         # the listeners' own only with a single local workload; otherwise each caller's,
         # told apart by user or address, and a caller that is no workload is refused.

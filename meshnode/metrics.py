@@ -181,6 +181,11 @@ class NodeCollector(Collector):
         dropped = CounterMetricFamily("meshnode_bus_dropped_frames",
                                       "Bus frames the process dropped, by reason",
                                       labels=["node", "process", "reason"])
+        access_dropped = CounterMetricFamily(
+            "meshnode_accesslog_dropped", "Access log records lost, by reason: a worker's "
+            "ring_full (its shipper behind), no_head (requests awaiting answers past the "
+            "engine's heads), send_hwm (the bus behind); telemetry's bus (lost between them)",
+            labels=["node", "process", "reason"])
         version = GaugeMetricFamily("meshnode_config_version",
                                     "Config snapshot version the process runs (workers) "
                                     "or holds (control)", labels=["node", "process"])
@@ -265,6 +270,9 @@ class NodeCollector(Collector):
             for reason, value in (bus.get("dropped") or {}).items():
                 if isinstance(value, int):
                     dropped.add_metric([*labels, str(reason)], value)
+            for reason, value in (report.body.get("accesslog_dropped") or {}).items():
+                if isinstance(value, int):
+                    access_dropped.add_metric([*labels, str(reason)], value)
             config_version = report.body.get("config_version")
             if isinstance(config_version, int):
                 version.add_metric(labels, config_version)
@@ -281,7 +289,7 @@ class NodeCollector(Collector):
             self._rate_limits(report.body.get("rate_limits"), labels, rate)
             self._authz(report.body.get("authz"), labels, authz)
             self._rollouts(report.body.get("rollouts"), rollout_weight, rollout_status)
-        yield from (rollout_weight, rollout_status, up, seen, frames, dropped, version, issued, refused, ca_expiry, expiry,
+        yield from (rollout_weight, rollout_status, up, seen, frames, dropped, access_dropped, version, issued, refused, ca_expiry, expiry,
                     renew_failed, bundle, *tcp.values(), *counts.values(), overflows, failures,
                     active, in_flight, *rate.values(), authz)
         if "meshnode" in names:

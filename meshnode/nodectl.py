@@ -14,7 +14,7 @@ import time
 import xmlrpc.client
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import zmq
 
@@ -357,12 +357,45 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def read_log(rd: Path, process: str, lines: int) -> str:
+def log_path(rd: Path, process: str) -> Path:
+    """RUNTIME_DIR/logs/PROCESS.log (PROCESS "access": the access log)."""
     if "/" in process or process.startswith("."):
         raise NodeError(f"no such process {process!r}")
     path = rd / "logs" / f"{process}.log"
     if not path.exists():
         known = sorted(p.stem for p in (rd / "logs").glob("*.log")) if (rd / "logs").is_dir() else []
         raise NodeError(f"no log for {process!r} in {rd / 'logs'}; known: {', '.join(known) or 'none'}")
-    text = _tail(path, lines)
+    return path
+
+
+def read_log(rd: Path, process: str, lines: int) -> str:
+    text = _tail(log_path(rd, process), lines)
     return text if text.endswith("\n") or not text else text + "\n"
+
+
+FOLLOW_POLL_S = 0.2
+
+
+def follow_log(rd: Path, process: str) -> Iterator[str]:
+    """The log's lines from its end on, as they are written, across rotations (as
+    `tail -F`: a file renamed away is read to its end, then the new one from its start).
+    Never ends by itself."""
+    path = log_path(rd, process)
+    f = path.open("rb")
+    f.seek(0, os.SEEK_END)
+    partial = b""
+    while True:
+        try:
+            rotated = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            rotated = False             # between the rename and the new file
+        # Read before switching: the old file may have had lines added since the last read.
+        partial += f.read()
+        *whole, partial = partial.split(b"\n")
+        for line in whole:
+            yield line.decode(errors="replace") + "\n"
+        if rotated:
+            f.close()
+            f = path.open("rb")
+        elif not whole:
+            time.sleep(FOLLOW_POLL_S)

@@ -37,6 +37,7 @@ from bus.envelope import Envelope
 import fastpath.tls
 
 from . import fdlimit, logs, sharedstate, ticketkeys
+from .accesslog import Shipper
 from .busnames import ACK_TOPIC, BUNDLE_KEY, BUNDLE_TOPIC, CA, CONTROL, SNAPSHOT_TOPIC
 from .dataplane import BUFFER_BYTES, DataPlane
 from .identity.creds import WorkerIdentity
@@ -314,11 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     _share(proc, sharedstate.OVERLOAD, engine.share_overload, "overload.state.unshared")
     agent = Agent(proc, str(args.worker), dataplane)
     proc.drain_on_stop(WorkerDrain(proc, dataplane))
+    shipper = Shipper(proc.endpoints, proc.node, proc.name, engine)
+    proc.add_health(lambda: {"accesslog_dropped": shipper.dropped()})
     dataplane.start()
+    shipper.start()
     try:
         return proc.run()
     finally:
         dataplane.stop()
+        shipper.stop()                  # (after the engine: its last records go too)
 
 
 if __name__ == "__main__":

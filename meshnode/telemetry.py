@@ -16,6 +16,7 @@ import logging
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
@@ -26,7 +27,9 @@ from bus.envelope import Envelope
 from bus.request import Client
 
 from . import dashboard, golden, logs
-from .busnames import CONTROL, SNAPSHOT_TOPIC
+from .accesslog import AccessLog, Collector
+from .busnames import ACCESS_TOPIC, CONTROL, SNAPSHOT_TOPIC
+from .config.model import MeshSpec
 from .health import HealthBook
 from .metrics import NodeCollector
 from .process import Process, base_parser
@@ -82,6 +85,12 @@ class Telemetry:
         self.config = StateClient(proc.client(), CONTROL, SNAPSHOT_TOPIC, self.on_config)
         proc.subscriber([SNAPSHOT_TOPIC], lambda topic, env: self.config.feed(env))
         proc.loop.every(0.5, self.config.tick)
+        # Access logs (meshnode.accesslog): the workers' records, written as they come.
+        self.access = Collector(AccessLog(Path(proc.runtime_dir) / "logs" / "access.log",
+                                          MeshSpec.access_log_max_bytes,
+                                          MeshSpec.access_log_backups))
+        proc.subscriber([ACCESS_TOPIC], self.access.on_access)
+        proc.add_health(lambda: {"accesslog_dropped": {"bus": self.access.lost}})
         srv = proc.server(NAME)
         srv.register("processes", lambda req: {"processes": self.book.view(),
                                                "not_ready": self.book.not_ready()})
@@ -102,6 +111,8 @@ class Telemetry:
     def on_config(self, items: dict[str, Any]) -> None:
         with self._snapshot_lock:
             self.snapshot = items.get(self.proc.node)
+        if self.snapshot is not None:
+            self.access.configure(self.snapshot.get("mesh") or {})
 
     def current_snapshot(self) -> dict[str, Any] | None:
         with self._snapshot_lock:

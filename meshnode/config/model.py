@@ -63,7 +63,7 @@ class MeshSpec:
     workload_ttl_s: float = 86400.0  # lifetime of a workload certificate
     rotate_at: float = 0.5  # renew when this fraction of workload_ttl_s has passed
     issuer_ttl_s: float = 31536000.0  # lifetime of a node's issuer (intermediate) cert
-    access_log: bool = True
+    access_log: bool = True  # (and the access_log_* fields below)
     # Which names the node's request metrics are exported under (spec.telemetry.
     # metricNames): "istio" (istio_requests_total… with Istio's whole label set, one
     # series per label set per node, so Istio's dashboards and Flagger's and Kiali's
@@ -107,6 +107,19 @@ class MeshSpec:
     # app's, before routes, AuthorizationPolicies and the app see it (Istio's
     # meshConfig.pathNormalization.normalization, in its names; DEFAULT is BASE).
     path_normalization: str = "DEFAULT"
+    # Access logs (spec.telemetry; access_log above turns them on or off): one JSON line
+    # per HTTP request and per TCP connection, on by default (DESIGN §1: the node reports
+    # them; Istio's default profile leaves them off, but a mesh that must be asked for
+    # its logs is first asked after the incident, and the file is bounded by its
+    # rotation). `access_log_sampling_percent` of requests and connections are drawn;
+    # with `access_log_min_status` (accessLogFilter "response.code >= N"; 0: no filter)
+    # only requests answered N or above or with a response flag, and connections
+    # refused or flagged, are written. The file, RUNTIME_DIR/logs/access.log, is rotated
+    # at access_log_max_bytes, keeping access_log_backups older files.
+    access_log_sampling_percent: float = 100.0
+    access_log_min_status: int = 0
+    access_log_max_bytes: int = 104857600
+    access_log_backups: int = 5
 
     @property
     def path_normalization_mode(self) -> str:

@@ -152,6 +152,12 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
             "rotate_at": mesh.rotate_at,
             "issuer_ttl_s": mesh.issuer_ttl_s,
             "access_log": mesh.access_log,
+            # RouteTable.set_access_log()'s, on both sides of every node; the writer's
+            # rotation (telemetry).
+            "access_log_sampling_percent": mesh.access_log_sampling_percent,
+            "access_log_min_status": mesh.access_log_min_status,
+            "access_log_max_bytes": mesh.access_log_max_bytes,
+            "access_log_backups": mesh.access_log_backups,
             "metric_names": list(mesh.metric_names),
             "connect_timeout_s": mesh.connect_timeout_s,
             "idle_timeout_s": mesh.idle_timeout_s,

@@ -361,8 +361,10 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
                f"must be shorter than issuerTTL ({format_duration(issuer_ttl)}): a "
                "certificate cannot outlive its issuer")
     telemetry = _fields(d, spec.get("telemetry", {}), "spec.telemetry",
-                        ("accessLog", "metricNames")) or {}
+                        ("accessLog", "accessLogSampling", "accessLogFilter", "accessLogRotation",
+                         "metricNames")) or {}
     access_log = _opt(d, telemetry, "spec.telemetry", "accessLog", _bool, base.access_log)
+    access = _access_log(d, telemetry, base)
     metric_names = _opt(d, telemetry, "spec.telemetry", "metricNames", _metric_names,
                         base.metric_names)
     path = "spec.connections"
@@ -383,12 +385,57 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
                          base.path_normalization)
     if None in (trust_domain, aliases, root_namespace, mode, workload_ttl, rotate_at, issuer_ttl,
                 access_log, metric_names, connect, idle,
-                drain, normalization) or limits is None or overload is None:
+                drain, normalization) or limits is None or overload is None or access is None:
         return None
     return MeshSpec(trust_domain or None, aliases, root_namespace, mode, workload_ttl,  # type: ignore[arg-type]
                     rotate_at, issuer_ttl, access_log, metric_names, connect, idle,  # type: ignore[arg-type]
-                    drain, **limits, **overload,  # type: ignore[arg-type]
+                    drain, **limits, **overload, **access,  # type: ignore[arg-type]
                     path_normalization=normalization)
+
+
+_STATUS_FILTER = re.compile(r"\s*response\.code\s*>=\s*([0-9]{1,3})\s*")
+
+
+def _access_log(d: _Doc, telemetry: dict[str, Any], base: MeshSpec) -> dict[str, Any] | None:
+    """spec.telemetry's access log settings as MeshSpec fields: accessLogSampling (a
+    percentage, as Istio's randomSamplingPercentage), accessLogFilter (the Telemetry
+    API's filter shape; of its CEL, the one expression meshnode implements, `response.code
+    >= N`, anything else refused by name) and accessLogRotation (as Python's
+    RotatingFileHandler names them: maxBytes, backupCount)."""
+    path = "spec.telemetry"
+    out: dict[str, Any] = {
+        "access_log_sampling_percent": _opt(d, telemetry, path, "accessLogSampling", _percent,
+                                            base.access_log_sampling_percent),
+        "access_log_min_status": base.access_log_min_status,
+        "access_log_max_bytes": base.access_log_max_bytes,
+        "access_log_backups": base.access_log_backups,
+    }
+    if "accessLogFilter" in telemetry:
+        fpath = join(path, "accessLogFilter")
+        filt = _fields(d, telemetry["accessLogFilter"], fpath, ("expression",), ("expression",))
+        expression = _opt(d, filt or {}, fpath, "expression", _string, None)
+        match = _STATUS_FILTER.fullmatch(expression) if expression is not None else None
+        if expression is not None and (match is None or not 100 <= int(match[1]) <= 599):
+            d.fail(join(fpath, "expression"), f"{expression!r} is not implemented: meshnode "
+                   "takes only `response.code >= N` (N a status, 100..599)")
+        out["access_log_min_status"] = int(match[1]) if match else None
+    if "accessLogRotation" in telemetry:
+        rpath = join(path, "accessLogRotation")
+        rot = _fields(d, telemetry["accessLogRotation"], rpath, ("maxBytes", "backupCount")) or {}
+        out["access_log_max_bytes"] = _opt(d, rot, rpath, "maxBytes",
+                                           lambda d, v, p: _int(d, v, p, 1024, 1 << 40),
+                                           base.access_log_max_bytes)
+        out["access_log_backups"] = _opt(d, rot, rpath, "backupCount",
+                                         lambda d, v, p: _int(d, v, p, 0, 100),
+                                         base.access_log_backups)
+    return None if None in out.values() else out
+
+
+def _percent(d: _Doc, value: object, path: str) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        d.fail(path, f"must be a percentage, 0 to 100, got {_describe(value)}")
+        return None
+    return float(value)
 
 
 def _metric_names(d: _Doc, value: object, path: str) -> tuple[str, ...] | None:

@@ -1,0 +1,161 @@
+"""Access logs: a worker's shipper (its engine's records onto the bus) and telemetry's file.
+
+The engine writes a record per HTTP answer and per opaque TCP connection into a ring
+(fastpath accesslog.pxi); a worker's shipper thread drains it and publishes the records
+in batches on ``access.<worker>``, through a socket of its own whose high-water mark
+makes a send fail rather than wait: a slow telemetry costs records (counted), never the
+worker's time. Telemetry writes them as JSON lines in Envoy's field names to
+RUNTIME_DIR/logs/access.log (mode 0600), rotated by size as Python's
+RotatingFileHandler does (access.log.1 is the newest old file), and counts the batches
+the bus lost on the way from the running totals each batch carries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+import zmq
+
+from bus.endpoints import Endpoints
+from bus.envelope import Envelope
+from bus.pubsub import Publisher
+
+from .busnames import ACCESS_TOPIC
+
+SHIP_INTERVAL_S = 0.05
+"""How often a shipper looks at its ring: at 50 ms a 4096-record ring holds a worker's
+records up to ~80,000 requests a second."""
+
+BATCH_RECORDS = 256
+"""Records per bus message: one envelope's cost spread over many requests."""
+
+SEND_HWM = 64
+"""Batches the shipper's socket holds for the broker; past them a batch is dropped."""
+
+
+class Ring(Protocol):
+    """What a shipper reads: fastpath's Engine."""
+
+    def access_records(self, limit: int = ...) -> list[dict[str, Any]]: ...
+
+    def access_dropped(self) -> dict[str, int]: ...
+
+
+class Shipper:
+    """A worker's thread moving its engine's access records onto the bus."""
+
+    def __init__(self, endpoints: Endpoints, node: str, name: str, ring: Ring) -> None:
+        self.topic = ACCESS_TOPIC + name
+        self._ring = ring
+        # A context of its own: the process's is destroyed as its loop ends, which
+        # must not close this thread's socket under it.
+        self._ctx = zmq.Context(io_threads=1)
+        self._pub = Publisher(self._ctx, endpoints, node=node, src=name, sndhwm=SEND_HWM)
+        self._stop = threading.Event()
+        self.sent = 0                   # records published, a running total each batch says
+        self.unsent = 0                 # records dropped at the send high-water mark
+        self._thread = threading.Thread(target=self._run, name="access-shipper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ship what is left and close the socket (its thread's, joined first)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._pub.close()
+        self._ctx.term()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SHIP_INTERVAL_S):
+            self.ship()
+        self.ship()
+
+    def ship(self) -> None:
+        """Publish what the ring holds, a batch at a time."""
+        while True:
+            records = self._ring.access_records(BATCH_RECORDS)
+            if not records:
+                return
+            body = {"records": records, "sent": self.sent + len(records)}
+            if self._pub.offer(self.topic, "access", body):
+                self.sent += len(records)
+            else:
+                self.unsent += len(records)
+            if len(records) < BATCH_RECORDS:
+                return
+
+    def dropped(self) -> dict[str, int]:
+        """Records lost by reason: the engine's ring full, no head free, the send mark."""
+        return {**self._ring.access_dropped(), "send_hwm": self.unsent}
+
+
+class AccessLog:
+    """RUNTIME_DIR/logs/access.log: JSON lines, mode 0600, rotated past `max_bytes`
+    keeping `backups` older files (0: the file is cut, none kept)."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)            # an older file made with another mode
+        return fd
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
+            if self._size > 0 and self._size + len(line) > self.max_bytes:
+                self._rotate()
+            os.write(self._fd, line)
+            self._size += len(line)
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        if self.backups == 0:
+            self.path.unlink(missing_ok=True)
+        for i in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self.backups > 0:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._fd = self._open()
+        self._size = 0
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class Collector:
+    """Telemetry's side: each batch written, and the records the bus lost counted per
+    worker from the running total a batch carries (the first batch seen from a worker
+    is its baseline: telemetry may start after it)."""
+
+    def __init__(self, log: AccessLog) -> None:
+        self.log = log
+        self._seen: dict[str, int] = {}     # worker -> records it had sent, as last seen
+        self.lost = 0
+
+    def on_access(self, topic: str, env: Envelope) -> None:
+        body = env.body if isinstance(env.body, dict) else {}
+        records, sent = body.get("records"), body.get("sent")
+        if not isinstance(records, list) or not isinstance(sent, int):
+            return
+        before = self._seen.get(env.src)
+        if before is not None and sent - len(records) > before:
+            self.lost += sent - len(records) - before
+        self._seen[env.src] = sent
+        self.log.write(records)
+
+    def configure(self, mesh: dict[str, Any]) -> None:
+        """The snapshot's rotation (Mesh spec.telemetry.accessLogRotation)."""
+        self.log.max_bytes = int(mesh.get("access_log_max_bytes", self.log.max_bytes))
+        self.log.backups = int(mesh.get("access_log_backups", self.log.backups))
