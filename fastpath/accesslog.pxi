@@ -9,9 +9,11 @@
 # Per request the cost is a draw, copies of a few texts of the head into a head kept
 # from Core.access_heads, and at the answer one memcpy into the ring: no allocation,
 # no lock, nothing formatted. Full (or no head free), the record is dropped and counted,
-# never waited for. Bytes are the pair's plaintext bytes from and to its client since
-# the request's head was framed (_pump counts them per pair); the engine's own closing
-# answers are not in them.
+# never waited for. A request's bytes are those of its head and body as read from the
+# client, and those written to the client (or framed for it, not yet written) from its
+# head's framing to its answer: with pipelining, an earlier answer's tail or a later
+# request's bytes may count in; the engine's closing answers to a plaintext client are
+# not in them. An opaque pair's are all its client's, both ways.
 
 cdef inline bint _access_drawn(Core* core, const Table* t) noexcept nogil:
     """Is the next request (or pair) one the table's sampling keeps?"""
@@ -83,8 +85,10 @@ cdef void _access_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
     h = &core.access_heads[slot - 1]
     c.acc_head = slot
     h.start_ns = core.now_ns
-    h.received0 = c.received
-    h.sent0 = c.sent
+    # What of the client's bytes came from this head on was read already.
+    n = c.d2u.tail - <uint32_t>(head - c.d2u.buf) if c.d2u.buf != NULL else 0
+    h.received0 = c.down.bytes_in - n if c.down.bytes_in >= n else 0
+    h.sent0 = c.down.bytes_out
     h.cut = 0
     h.authz_policy = 0
     h.authz_result = ACCESS_NOT_JUDGED
@@ -227,15 +231,17 @@ cdef void _access_answer(Core* core, Conn* c, int status, bint own) noexcept nog
         # A head that did not parse (400, 431 …) or never came whole (408): its answer only.
         memset(&rec.head, 0, sizeof(AccessHead))
         rec.head.start_ns = core.now_ns
-        rec.head.received0 = c.received
-        rec.head.sent0 = c.sent
+        rec.head.received0 = c.down.bytes_in
+        rec.head.sent0 = c.down.bytes_out
     _access_put(core, slot)
     rec.kind = ACCESS_HTTP
     rec.status = <uint16_t>status
     rec.flags = flags
     rec.duration_ns = core.now_ns - rec.head.start_ns
-    rec.received = c.received - rec.head.received0
-    rec.sent = c.sent - rec.head.sent0
+    rec.received = c.down.bytes_in - rec.head.received0
+    # The answer is framed: what of it is not written yet is in u2d.
+    rec.sent = (c.down.bytes_out - rec.head.sent0
+                + (c.u2d.tail - c.u2d.head if c.u2d.buf != NULL else 0))
     _access_where(core, c, rec, own)
     mn_store_u64(&core.access_in, core.access_in + 1)
 
@@ -264,8 +270,8 @@ cdef void _access_closing(Core* core, Conn* c) noexcept nogil:
     rec.status = 0
     rec.flags = flags
     rec.duration_ns = core.now_ns - c.opened_ns
-    rec.received = c.received
-    rec.sent = c.sent
+    rec.received = c.down.bytes_in
+    rec.sent = c.down.bytes_out
     _access_where(core, c, rec, False)
     mn_store_u64(&core.access_in, core.access_in + 1)
 

@@ -71,6 +71,8 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.down.ssl = NULL
     c.down.readable = True
     c.down.hup = False
+    c.down.bytes_in = 0
+    c.down.bytes_out = 0
     c.up.fd = -1
     c.up.ssl = NULL
     c.up.readable = True
@@ -109,8 +111,6 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.n_mirroring = 0
     c.rebalance_to = 0
     c.mirror_state = 0
-    c.received = 0
-    c.sent = 0
     c.opened_ns = core.now_ns
     c.acc_head = 0
     c.acc_flags = 0

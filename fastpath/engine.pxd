@@ -852,6 +852,10 @@ cdef struct Side:
     # (_side_close; NULL: none), and the requests it carried.
     UpstreamCount* counted
     uint32_t requests
+    # Plaintext bytes read from and written to this socket (_recv, _send): a client's
+    # side gives its pair's and its requests' bytes to their access records.
+    uint64_t bytes_in
+    uint64_t bytes_out
 
 
 # Bytes moving one way, from one side to the other, through at most one pooled buffer.
@@ -1138,12 +1142,9 @@ cdef struct Conn:
     uint8_t slow_phase
     int64_t slow_start_ns
     uint64_t slow_bytes
-    # Access records (accesslog.pxi): the pair's bytes from and to its client and when it
-    # began; the Core.access_heads entry of the head being framed (-1: none; -2: not
+    # Access records (accesslog.pxi): when the pair began; the Core.access_heads entry of the head being framed (-1: none; -2: not
     # sampled) and of each pending request; what authorization decided on the request
     # (or pair) being judged, and the response flags its answer is to carry.
-    uint64_t received
-    uint64_t sent
     int64_t opened_ns
     int32_t acc_head               # index + 1; 0: none yet; -1: not recorded
     int32_t pend_acc[ENGINE_HTTP_PIPELINE_MAX]     # likewise

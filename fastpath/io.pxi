@@ -21,6 +21,7 @@ cdef Py_ssize_t _recv(Side* s, char* p, uint32_t n) noexcept nogil:
             if r > 0:
                 if r < n and not s.hup:
                     s.readable = False  # drained: the next arrival brings an EPOLLIN
+                s.bytes_in += <uint64_t>r
                 return r
             if r == 0:
                 return STATUS_EOF
@@ -39,6 +40,7 @@ cdef Py_ssize_t _recv(Side* s, char* p, uint32_t n) noexcept nogil:
     r = openssl.SSL_read(s.ssl, p, <int>n)
     openssl.BIO_set_callback_arg(rbio, NULL)
     if r > 0:
+        s.bytes_in += <uint64_t>r
         return r
     err = openssl.SSL_get_error(s.ssl, <int>r)
     if err == openssl.SSL_ERROR_WANT_READ:
@@ -60,6 +62,7 @@ cdef Py_ssize_t _send(Side* s, const char* p, uint32_t n) noexcept nogil:
         while True:
             r = net.send(s.fd, p, n, net.MSG_NOSIGNAL)
             if r >= 0:
+                s.bytes_out += <uint64_t>r
                 return r if r > 0 else STATUS_AGAIN
             if errno == EINTR:
                 continue
@@ -71,6 +74,7 @@ cdef Py_ssize_t _send(Side* s, const char* p, uint32_t n) noexcept nogil:
     # more of them): what SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER and partial writes allow.
     r = openssl.SSL_write(s.ssl, p, <int>n)
     if r > 0:
+        s.bytes_out += <uint64_t>r
         return r
     err = openssl.SSL_get_error(s.ssl, <int>r)
     if err == openssl.SSL_ERROR_WANT_READ or err == openssl.SSL_ERROR_WANT_WRITE:
@@ -159,18 +163,6 @@ cdef int64_t _flow(Core* core, Side* src, Side* dst, Flow* f,
 
 
 cdef int _pump(Core* core, Conn* c) noexcept nogil:
-    """Move bytes both ways (_pump_moves), and count what moved for the pair too: its
-    access records' bytes."""
-    cdef SideCounters* sc = _counters_of(core, c)
-    cdef uint64_t received = sc.bytes_received
-    cdef uint64_t sent = sc.bytes_sent
-    cdef int st = _pump_moves(core, c)
-    c.received += sc.bytes_received - received
-    c.sent += sc.bytes_sent - sent
-    return st
-
-
-cdef int _pump_moves(Core* core, Conn* c) noexcept nogil:
     """Move bytes both ways until neither direction moves or the turn's budget is used."""
     cdef SideCounters* sc = _counters_of(core, c)
     cdef int64_t a, b
