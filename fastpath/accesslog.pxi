@@ -33,14 +33,15 @@ cdef inline void _access_put(Core* core, int32_t slot) noexcept nogil:
         core.access_free = slot
 
 
-cdef uint8_t _access_text(char* dst, uint8_t cap, const char* src, uint32_t n,
-                          uint8_t* cut, uint8_t bit) noexcept nogil:
-    """Copy at most `cap` bytes of src; flag `bit` in cut when more was there."""
+cdef uint32_t _access_text(char* dst, uint32_t cap, const char* src, uint32_t n,
+                           uint8_t* cut, uint8_t bit) noexcept nogil:
+    """Copy at most `cap` bytes of src; flag `bit` in cut when more was there. The
+    length copied."""
     if n > cap:
         n = cap
         cut[0] |= bit
     memcpy(dst, src, n)
-    return <uint8_t>n
+    return n
 
 
 cdef void _access_fields(AccessHead* h, const char* head, const ReqHead* req) noexcept nogil:
@@ -52,11 +53,11 @@ cdef void _access_fields(AccessHead* h, const char* head, const ReqHead* req) no
     for i in range(req.header_count):
         f = &req.headers[i]
         if not got_id and f.name.len == 12 and _lower_eq(head + f.name.off, b"x-request-id", 12):
-            h.id_len = _access_text(h.request_id, ENGINE_ACCESS_ID_MAX, head + f.value.off,
+            h.id_len = <uint8_t>_access_text(h.request_id, ENGINE_ACCESS_ID_MAX, head + f.value.off,
                                     f.value.len, &h.cut, ACCESS_CUT_ID)
             got_id = True
         elif not got_trace and f.name.len == 11 and _lower_eq(head + f.name.off, b"traceparent", 11):
-            h.trace_len = _access_text(h.traceparent, ENGINE_ACCESS_TRACE_MAX, head + f.value.off,
+            h.trace_len = <uint8_t>_access_text(h.traceparent, ENGINE_ACCESS_TRACE_MAX, head + f.value.off,
                                        f.value.len, &h.cut, ACCESS_CUT_TRACE)
             got_trace = True
 
@@ -94,19 +95,14 @@ cdef void _access_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
     h.authz_result = ACCESS_NOT_JUDGED
     h.audited = 0
     h.version_minor = req.version_minor
-    h.method_len = _access_text(h.method, ENGINE_ACCESS_METHOD_MAX, head + req.method_span.off,
-                                req.method_span.len, &h.cut, 0)
-    n = req.path.len if req.path.len <= ENGINE_ACCESS_PATH_MAX else ENGINE_ACCESS_PATH_MAX
-    if req.path.len > n:
-        h.cut |= ACCESS_CUT_PATH
-    memcpy(h.path, head + req.path.off, n)
-    h.path_len = <uint16_t>n
-    n = req.authority.len
-    if n > ENGINE_ACCESS_AUTHORITY_MAX:
-        n = ENGINE_ACCESS_AUTHORITY_MAX
-        h.cut |= ACCESS_CUT_AUTHORITY
-    memcpy(h.authority, head + req.authority.off, n)
-    h.authority_len = <uint16_t>n
+    h.method_len = <uint8_t>_access_text(h.method, ENGINE_ACCESS_METHOD_MAX,
+                                         head + req.method_span.off, req.method_span.len,
+                                         &h.cut, 0)    # (no method is that long)
+    h.path_len = <uint16_t>_access_text(h.path, ENGINE_ACCESS_PATH_MAX, head + req.path.off,
+                                        req.path.len, &h.cut, ACCESS_CUT_PATH)
+    h.authority_len = <uint16_t>_access_text(h.authority, ENGINE_ACCESS_AUTHORITY_MAX,
+                                             head + req.authority.off, req.authority.len,
+                                             &h.cut, ACCESS_CUT_AUTHORITY)
     h.id_len = 0
     h.trace_len = 0
     _access_fields(h, head, req)
@@ -205,6 +201,8 @@ cdef void _access_answer(Core* core, Conn* c, int status, bint own) noexcept nog
     cdef AccessRecord* rec
     cdef uint16_t flags = c.acc_flags
     c.acc_flags = 0
+    if c.flags & CONN_MIRROR:
+        return                          # a mirror's copy: its answer goes nowhere
     if c.n_pend > 0:
         slot = c.pend_acc[c.pend_first]
         c.pend_acc[c.pend_first] = 0

@@ -75,6 +75,10 @@ reads stats() (DESIGN.md §3). This version carries opaque TCP and HTTP/1.1:
   arrives within connect_timeout_s. A bad request after earlier ones, or an upstream
   ending mid-body, resets the client connection instead (answers cannot be put in
   order any more; a truncated body must not pass as whole).
+- Access records (accesslog.pxi, RouteTable.set_access_log): one per HTTP answer on
+  either side and one per opaque pair at its close, fixed-size, in a ring the worker
+  drains (access_records()); sampled and filtered per table, dropped and counted when
+  the ring is full, never waited for.
 - HTTP counters: requests routed, the engine's own answers by cause, responses by
   class (2xx…), and a latency histogram (request head framed → response framed to its
   end; log-linear microsecond buckets, latency_bounds_us()).
