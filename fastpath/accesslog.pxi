@@ -9,11 +9,10 @@
 # Per request the cost is a draw, copies of a few texts of the head into a head kept
 # from Core.access_heads, and at the answer one memcpy into the ring: no allocation,
 # no lock, nothing formatted. Full (or no head free), the record is dropped and counted,
-# never waited for. A request's bytes are those of its head and body as read from the
-# client, and those written to the client (or framed for it, not yet written) from its
-# head's framing to its answer: with pipelining, an earlier answer's tail or a later
-# request's bytes may count in; the engine's closing answers to a plaintext client are
-# not in them. An opaque pair's are all its client's, both ways.
+# never waited for. A request's bytes are its sizes (Istio's request_bytes and
+# response_bytes, Conn.pend_req_bytes and resp_bytes: its head and body as the client
+# sent them, its answer as framed for the client; an answer the engine makes itself
+# counts none); an opaque pair's, all its client's both ways (Side.bytes_in/out).
 
 cdef inline bint _access_drawn(Core* core, const Table* t) noexcept nogil:
     """Is the next request (or pair) one the table's sampling keeps?"""
@@ -68,7 +67,6 @@ cdef void _access_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
     keeps what it had."""
     cdef AccessHead* h
     cdef int32_t slot
-    cdef uint32_t n
     if c.acc_head != 0:
         return
     c.acc_head = -1
@@ -86,10 +84,7 @@ cdef void _access_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
     h = &core.access_heads[slot - 1]
     c.acc_head = slot
     h.start_ns = core.now_ns
-    # What of the client's bytes came from this head on was read already.
-    n = c.d2u.tail - <uint32_t>(head - c.d2u.buf) if c.d2u.buf != NULL else 0
-    h.received0 = c.down.bytes_in - n if c.down.bytes_in >= n else 0
-    h.sent0 = c.down.bytes_out
+    h.head_bytes = req.head_len
     h.cut = 0
     h.authz_policy = 0
     h.authz_result = ACCESS_NOT_JUDGED
@@ -200,12 +195,16 @@ cdef void _access_answer(Core* core, Conn* c, int status, bint own) noexcept nog
     cdef AccessHead* h
     cdef AccessRecord* rec
     cdef uint16_t flags = c.acc_flags
+    cdef uint64_t received = 0
+    cdef uint64_t sent = 0
     c.acc_flags = 0
     if c.flags & CONN_MIRROR:
         return                          # a mirror's copy: its answer goes nowhere
     if c.n_pend > 0:
         slot = c.pend_acc[c.pend_first]
         c.pend_acc[c.pend_first] = 0
+        received = c.pend_req_bytes[c.pend_first]
+        sent = c.resp_bytes
     else:
         slot = c.acc_head
         c.acc_head = 0
@@ -225,21 +224,19 @@ cdef void _access_answer(Core* core, Conn* c, int status, bint own) noexcept nog
         return
     if h != NULL:
         memcpy(&rec.head, h, sizeof(AccessHead))
+        if c.n_pend == 0:
+            received = h.head_bytes     # answered before it went on: its head came
     else:
         # A head that did not parse (400, 431 …) or never came whole (408): its answer only.
         memset(&rec.head, 0, sizeof(AccessHead))
         rec.head.start_ns = core.now_ns
-        rec.head.received0 = c.down.bytes_in
-        rec.head.sent0 = c.down.bytes_out
     _access_put(core, slot)
     rec.kind = ACCESS_HTTP
     rec.status = <uint16_t>status
     rec.flags = flags
     rec.duration_ns = core.now_ns - rec.head.start_ns
-    rec.received = c.down.bytes_in - rec.head.received0
-    # The answer is framed: what of it is not written yet is in u2d.
-    rec.sent = (c.down.bytes_out - rec.head.sent0
-                + (c.u2d.tail - c.u2d.head if c.u2d.buf != NULL else 0))
+    rec.received = received
+    rec.sent = sent
     _access_where(core, c, rec, own)
     mn_store_u64(&core.access_in, core.access_in + 1)
 

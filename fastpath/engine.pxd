@@ -853,7 +853,7 @@ cdef struct Side:
     UpstreamCount* counted
     uint32_t requests
     # Plaintext bytes read from and written to this socket (_recv, _send): a client's
-    # side gives its pair's and its requests' bytes to their access records.
+    # side gives an opaque pair's bytes to its access record.
     uint64_t bytes_in
     uint64_t bytes_out
 
@@ -1191,8 +1191,8 @@ cdef struct StatRecord:
 # thread reads a slot as it is and nothing is formatted on the engine's thread.
 cdef struct AccessHead:
     int64_t start_ns               # CLOCK_MONOTONIC: the head framed / the pair accepted
-    uint64_t received0             # the pair's bytes each way when it began (a request's
-    uint64_t sent0                 # own are the difference at its answer)
+    uint32_t head_bytes            # the head as the client sent it (its size if it is
+                                   # answered before it goes on: Conn.pend_req_bytes after)
     int32_t next_free
     uint16_t path_len
     uint16_t authority_len

@@ -10,13 +10,14 @@ sockets); each side reads its own engine's ring.
 from __future__ import annotations
 
 import http.client
+import socket
 from typing import Any
 
 import pytest
 
 from fastpath import engine as fe
 
-from enginekit import TIMEOUT_S, port_of, wait_for
+from enginekit import TIMEOUT_S, port_of, recv_all, wait_for
 from test_engine import Node
 from test_engine_authz import TcpPair, V1, policy, rule, values
 from test_engine_routes import (BACKEND_ID, FRONTEND_ID, Mesh, client_ctx, listener,  # noqa: F401
@@ -84,6 +85,19 @@ def test_a_request_is_recorded_by_each_side_with_envoys_fields(mesh: Mesh) -> No
     assert inb["upstream_host"] == f"127.0.0.1:{mesh.apps['v1'].port}"
     assert inb["connection_security_policy"] == "mutual_tls"
     assert inb["authorization_result"] is None          # no policy on the route
+
+
+def test_a_requests_bytes_are_its_sizes_each_way(mesh: Mesh) -> None:
+    """As istio_request_bytes and istio_response_bytes count them: its head and body as
+    the client sent them, its answer as the client got it."""
+    logged(mesh)
+    raw = b"POST /sized HTTP/1.1\r\nHost: backend\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+    with socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S) as c:
+        c.sendall(raw)
+        answer = recv_all(c)
+    assert answer.startswith(b"HTTP/1.1 200")
+    [r] = records(mesh.out_node, 1)
+    assert (r["bytes_received"], r["bytes_sent"]) == (len(raw), len(answer))
 
 
 def test_a_403_names_the_policy_that_decided(mesh: Mesh) -> None:
