@@ -260,6 +260,20 @@ spec:
 """
 
 
+def meshnode_access_log_off() -> str:
+    """The meshnode-nolog pair's extra resource: a Mesh that turns access logging off."""
+    return """\
+---
+apiVersion: meshnode.io/v1alpha1
+kind: Mesh
+metadata:
+  name: default
+spec:
+  telemetry:
+    accessLog: false
+"""
+
+
 ROUTE_RULES = 10
 
 

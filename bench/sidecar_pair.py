@@ -613,17 +613,30 @@ class MeshnodeAuthz(Meshnode):
         return peers.meshnode_authz()
 
 
+class MeshnodeNoLog(Meshnode):
+    """The meshnode pair with access logging off (Mesh spec.telemetry.accessLog: false;
+    the meshnode pair logs every request, the default): `meshnode / meshnode-nolog` is
+    what access logging at 100 % costs (issue target: at most 10 % of keep-alive)."""
+    name = "meshnode-nolog"
+    description = "meshnode with access logging off"
+
+    def _extra_resources(self) -> str:
+        return peers.meshnode_access_log_off()
+
+
 PAIR_CLASSES: dict[str, type[Pair]] = {c.name: c for c in (Direct, HAProxy, Nginx, Meshnode,
                                                             MeshnodeBase, MeshnodeRoutes,
-                                                            MeshnodeBaseRoutes, MeshnodeAuthz)}
+                                                            MeshnodeBaseRoutes, MeshnodeAuthz,
+                                                            MeshnodeNoLog)}
 BASELINE = MeshnodeBase.name
 # Pairs run on the --baseline build.
 ON_BASELINE = (BASELINE, MeshnodeBaseRoutes.name)
 # The comparisons reported (a / b), each when both pairs ran: a new build against the
 # baseline, routes against none, routes on the new build against the baseline's,
-# authorization against none.
+# authorization against none, access logging against none.
 COMPARISONS = (("meshnode", BASELINE), (MeshnodeRoutes.name, "meshnode"),
-               (MeshnodeRoutes.name, MeshnodeBaseRoutes.name), (MeshnodeAuthz.name, "meshnode"))
+               (MeshnodeRoutes.name, MeshnodeBaseRoutes.name), (MeshnodeAuthz.name, "meshnode"),
+               ("meshnode", MeshnodeNoLog.name))
 
 
 @dataclass
