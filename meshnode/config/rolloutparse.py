@@ -180,6 +180,17 @@ def _metric(d: _Doc, value: object, path: str) -> MetricCheck | None:
     return MetricCheck(name, low, high, interval)
 
 
+def _http_url(url: str) -> bool:
+    """An http(s) URL with a host, and a port from 1 to 65535 if it names one (urlsplit's
+    port raises on one that is not a number in range; http.client would at each call)."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok
+
+
 def _webhook(d: _Doc, value: object, path: str) -> Webhook | None:
     fields = _fields_refusing(d, value, path, ("name", "type", "url", "timeout", "metadata"),
                               "webhook", required=("name", "type", "url"))
@@ -194,7 +205,7 @@ def _webhook(d: _Doc, value: object, path: str) -> Webhook | None:
         d.fail(join(path, "type"), f"must be one of {', '.join(WEBHOOK_TYPES)}, got {kind!r}")
         kind = None
     url = _string(d, fields["url"], join(path, "url"))
-    if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+    if url is not None and not _http_url(url):
         d.fail(join(path, "url"), f"{url!r} is not an http:// or https:// URL")
         url = None
     timeout = _opt(d, fields, path, "timeout", _duration_text(MIN_TIMEOUT_S, MAX_TIMEOUT_S), None)
