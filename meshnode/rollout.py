@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -399,13 +400,42 @@ class Controller:
     def _load(self, rollout: Rollout) -> State | None:
         path = self._path(rollout.namespace, rollout.name)
         try:
-            return State(**json.loads(path.read_bytes()))
+            state = State(**json.loads(path.read_bytes()))
+            _check_state(state, len(rollout.spec.analysis.weights()))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError) as exc:
             logs.event(self.log, "rollout.state_unreadable", logging.WARNING, path=str(path),
                        error=str(exc))
             return None
+        return state
+
+
+def _check_state(state: State, steps: int) -> None:
+    """Raise ValueError unless a state read from disk is one this version could have
+    written for a rollout of `steps` weights: a file left corrupt, or by a version with
+    other phases, would otherwise fail control at its first beat or tick, at every
+    restart; refused, the rollout starts afresh from weight 0."""
+    def whole(value: object, low: int, high: float = math.inf) -> bool:
+        return type(value) is int and low <= value <= high
+
+    def moment(value: object) -> bool:
+        return type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
+
+    problems = [what for what, ok in (
+        ("phase", state.phase in STATUS_CODES),
+        ("weight", whole(state.weight, 0, 100)),
+        ("step", whole(state.step, -1, steps - 1)),
+        ("failed_checks", whole(state.failed_checks, 0)),
+        ("paused", type(state.paused) is bool),
+        ("names", all(isinstance(v, str) for v in (state.name, state.namespace,
+                                                    state.checksum, state.stable))),
+        ("times", moment(state.next_check) and moment(state.transition)),
+        ("lists", all(isinstance(v, list) and all(isinstance(e, dict) for e in v)
+                      for v in (state.last_checks, state.events))),
+    ) if not ok]
+    if problems:
+        raise ValueError(f"not a state this version writes: bad {', '.join(problems)}")
 
 
 def _figures(checks: list[Check] | None) -> str:
