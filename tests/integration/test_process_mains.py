@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
 import sys
-import threading
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
-from mnharness import Node, http_get, wait_for
+from mnharness import ByHand, Node, Started, http_get, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,61 +24,6 @@ def test_main_prints_usage(module: str) -> None:
     assert result.stdout.startswith(f"usage: {module} ")
     for option in ("--runtime-dir", "--node", "--port-base", "--log-level"):
         assert option in result.stdout
-
-
-class Started:
-    """A process main started by hand, its stderr collected line by line as it comes."""
-
-    def __init__(self, module: str, node: Node, *extra: str) -> None:
-        self.module = module
-        self.lines: list[str] = []
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", module, "--runtime-dir", str(node.runtime_dir),
-             "--port-base", str(node.port_base), "--node", "by-hand", *extra],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def entries(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in list(self.lines)]
-
-    def wait_event(self, event: str, timeout_s: float = 15.0) -> dict[str, Any]:
-        def logged() -> dict[str, Any] | None:
-            if self.popen.poll() is not None and not any(event in line for line in self.lines):
-                raise AssertionError(f"{self.module} exited {self.popen.returncode}: {self.lines}")
-            return next((e for e in self.entries() if e["event"] == event), None)
-        return wait_for(logged, timeout_s, f"{self.module} to log {event}")
-
-    def terminate(self, timeout_s: float = 5.0) -> int:
-        """SIGTERM, and the exit code once it has exited (within ``timeout_s``)."""
-        self.popen.send_signal(signal.SIGTERM)
-        code = self.popen.wait(timeout=timeout_s)
-        self._reader.join(timeout=5.0)
-        return code
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(timeout=10)
-
-
-class ByHand:
-    """Process mains started in one fresh runtime dir, killed at teardown if still running."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.started: list[Started] = []
-
-    def start(self, module: str, *extra: str) -> Started:
-        proc = Started(module, self.node, *extra)
-        self.started.append(proc)
-        return proc
 
 
 @pytest.fixture
