@@ -27,7 +27,7 @@ from bus.clone import StateServer
 from bus.envelope import Envelope
 from bus.errors import RemoteError
 
-from . import logs
+from . import beatfigures, logs
 from .config import (DEFAULT_CONFIG, ConfigError, NotFound, Store, compile_snapshot,
                      parse_text, store_dir, with_status)
 from .busnames import ACK_TOPIC, SNAPSHOT_TOPIC
@@ -67,7 +67,7 @@ class Control:
         self.publish()
         self.rollouts = Controller(store, Path(proc.runtime_dir) / "state" / "rollouts",
                                    self.publish, proc.publisher, proc.log)
-        proc.subscriber(["health.proxy-"], self.rollouts.on_beat)
+        proc.subscriber(["health.proxy-"], self.on_beat)
         proc.loop.every(ROLLOUT_TICK_S, self.rollouts.tick)
         proc.add_health(self.rollouts.health)
 
@@ -156,6 +156,15 @@ class Control:
             raise RemoteError(exc.args[0], kind="not-found") from None
         except ValueError as exc:
             raise RemoteError(str(exc), kind="usage") from None
+
+    def on_beat(self, topic: str, env: Envelope) -> None:
+        """A worker's health beat, for the rollouts' figures (one of another shape:
+        dropped and counted, as telemetry does)."""
+        body = env.body if isinstance(env.body, dict) else None
+        if body is None or not beatfigures.well_formed(body.get("requests", [])):
+            self.proc.counters.drop("bad-health")
+            return
+        self.rollouts.on_beat(topic, env)
 
     def on_status(self, req: Envelope) -> dict[str, Any]:
         return {"version": self.store.version, "acks": self.acks}

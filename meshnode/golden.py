@@ -145,9 +145,9 @@ def read_worker(body: Mapping[str, Any]) -> Reading:
             key = tuple(str(fig.get(label, UNKNOWN)) for label in REQUEST_LABELS)
             figures.setdefault(key, Traffic()).add(_traffic(fig))
     upstreams = body.get("upstreams")
-    connections = {str(name): int(entry.get("connections") or 0)
+    connections = {str(name): entry["connections"]
                    for name, entry in (upstreams.items() if isinstance(upstreams, dict) else ())
-                   if isinstance(entry, dict)}
+                   if isinstance(entry, dict) and type(entry.get("connections")) is int}
     return Reading(body.get("pid"), figures, connections)
 
 

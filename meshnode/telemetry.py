@@ -26,7 +26,7 @@ from bus.clone import StateClient
 from bus.envelope import Envelope
 from bus.request import Client
 
-from . import dashboard, golden, logs
+from . import beatfigures, dashboard, golden, logs
 from .accesslog import AccessLog, Collector
 from .busnames import ACCESS_TOPIC, CONTROL, SNAPSHOT_TOPIC
 from .config.model import MeshSpec
@@ -103,7 +103,8 @@ class Telemetry:
     def on_health(self, topic: str, env: Envelope) -> None:
         body = env.body if isinstance(env.body, dict) else None
         name = topic.removeprefix("health.")
-        if body is None or not name or body.get("process") != name:
+        if body is None or not name or body.get("process") != name \
+                or not beatfigures.well_formed(body.get("requests", [])):
             self.proc.counters.drop("bad-health")
             return
         self.book.record(name, body)

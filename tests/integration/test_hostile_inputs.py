@@ -1,0 +1,121 @@
+"""control and telemetry, started by hand on one bus, against what a hostile or broken
+peer sends them: health beats whose request figures are garbled.
+
+Why: a beat is read on each process's one loop (control folds a worker's figures into
+its rollouts' totals, telemetry samples them every second), so a figure of the wrong
+shape that raised there ended the process; it must be dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import zmq
+
+from bus.endpoints import Endpoints
+from bus.pubsub import Publisher
+from meshnode.config.load import DEFAULT_CONFIG
+from mnharness import ByHand, Node, Started, free_port_base, http_get, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+ROLLOUT = """\
+apiVersion: meshnode.io/v1alpha1
+kind: Service
+metadata: {name: backend-v1, namespace: demo}
+spec:
+  selector: {app: backend, version: v1}
+  ports: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: meshnode.io/v1alpha1
+kind: Service
+metadata: {name: backend-v2, namespace: demo}
+spec:
+  selector: {app: backend, version: v2}
+  ports: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: meshnode.io/v1alpha1
+kind: Rollout
+metadata: {name: backend, namespace: demo}
+spec:
+  targetRef: {kind: Service, name: backend}
+  service: {port: 8080}
+  stable: {name: backend-v1}
+  canary: {name: backend-v2}
+  analysis: {interval: 1h}
+"""
+# A figure of the rollout's canary traffic (what control keeps), each field of which
+# the cases below garble in turn.
+CANARY = {"reporter": "source", "route": "demo/rollout-backend",
+          "destination_service": "backend-v2.demo.svc.cluster.local",
+          "codes": {"200": 3}, "latency": {"200": {"4": 3}}}
+GARBLED = [5, "figures", [7], [{**CANARY, "codes": [200]}], [{**CANARY, "codes": {"200": "3"}}],
+           [{**CANARY, "response_flags": ["OM"]}], [{**CANARY, "latency": {"200": [3]}}],
+           [{**CANARY, "latency": ["200"]}], [{**CANARY, "request_bytes": {"200": 3}}],
+           [{**CANARY, "tcp": {"opened": "1"}}]]
+
+
+class Processes:
+    def __init__(self, node: Node, hand: ByHand, control: Started, telemetry: Started) -> None:
+        self.node, self.hand, self.control, self.telemetry = node, hand, control, telemetry
+
+
+@pytest.fixture(scope="module")
+def procs() -> Iterator[Processes]:
+    work = Path(tempfile.mkdtemp(prefix="mn-hostile-", dir="/tmp"))
+    node = Node(work / "node", free_port_base(), workers=0)
+    node.runtime_dir.mkdir()
+    hand = ByHand(node)
+    try:
+        hand.start("meshnode.broker").wait_event("bus.started")
+        shutil.copytree(DEFAULT_CONFIG, work / "config")
+        (work / "config" / "rollout.yaml").write_text(ROLLOUT)
+        control = hand.start("meshnode.control", "--config", str(work / "config"))
+        control.wait_event("process.started")
+        telemetry = hand.start("meshnode.telemetry", "--expect", "bus,control,telemetry")
+        telemetry.wait_event("process.started")
+        yield Processes(node, hand, control, telemetry)
+    finally:
+        for proc in reversed(hand.started):
+            proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def dropped(node: Node, process: str) -> int:
+    """`process`'s bad-health drops as its latest beat, in telemetry's /stats, says."""
+    code, body = http_get(f"{node.admin_url}/stats")
+    assert code == 200, body
+    return int(json.loads(body)[process].get("bus", {}).get("dropped", {}).get("bad-health", 0))
+
+
+def test_garbled_request_figures_in_a_beat_are_dropped_and_counted(procs: Processes) -> None:
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, Endpoints.for_runtime_dir(procs.node.runtime_dir),
+                          node="by-hand", src="proxy-7")
+    try:
+        time.sleep(0.3)  # a PUB socket's first frames go before it has joined: wait
+        for requests in GARBLED:
+            publisher.publish("health.proxy-7", "health", {"process": "proxy-7", "pid": 1,
+                                                          "state": "ok", "requests": requests})
+        # Not request figures: an upstream's connections that are not a count are skipped.
+        publisher.publish("health.proxy-7", "health", {
+            "process": "proxy-7", "pid": 1, "state": "ok", "requests": [],
+            "upstreams": {"demo/backend:8080": {"connections": "many"}}})
+        wait_for(lambda: dropped(procs.node, "telemetry") >= len(GARBLED)
+                 and dropped(procs.node, "control") >= len(GARBLED), 10.0,
+                 "control and telemetry to count the garbled beats")
+        time.sleep(1.2)  # telemetry's sample of the figures, once a second
+    finally:
+        publisher.close()
+        ctx.destroy(linger=0)
+    for proc in (procs.control, procs.telemetry):
+        assert proc.popen.poll() is None, proc.lines[-5:]
+    assert http_get(procs.node.metrics_url)[0] == 200
+    assert http_get(f"{procs.node.admin_url}/dashboard.json")[0] == 200
+
