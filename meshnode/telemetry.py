@@ -6,11 +6,13 @@ told otherwise, Prometheus ``/metrics`` (port-base+90) and the admin endpoints
 ``/stats`` (the health book as JSON), ``/config_dump`` (the snapshot this node runs) and
 the dashboard (``/dashboard``, fed by ``/dashboard.json``: meshnode.dashboard). It keeps
 a ring of the workers' figures (meshnode.golden) and answers ``stat`` on the bus from it.
-HTTP is served from threads so a slow scraper never stalls the bus loop.
+HTTP is served from threads so a slow scraper never stalls the bus loop. The admin port
+answers only a Host that is an address or a loopback name (local_host: DNS rebinding).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import sys
@@ -43,16 +45,49 @@ def _json(status: int, doc: Any) -> tuple[int, str, bytes]:
     return status, "application/json", (json.dumps(doc, indent=2, default=str) + "\n").encode()
 
 
+def local_host(host: str | None) -> bool:
+    """Whether a request's Host names this machine as only a local caller would: a
+    loopback name (localhost, *.localhost: RFC 6761's, which no DNS can hand out) or an
+    address, with any port, or no Host at all (HTTP/1.0). A browser sends the name its
+    page was loaded from: a page whose name an attacker rebound to 127.0.0.1 (DNS
+    rebinding) reaches the admin port as its own origin, and would read /config_dump."""
+    if host is None:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):
+        name, _, rest = name[1:].partition("]")
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return False
+    elif ":" in name:
+        name, _, port = name.rpartition(":")
+        if not port.isdigit():
+            return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def serve(address: str, port: int, routes: dict[str, Route], log: logging.Logger,
-          name: str) -> ThreadingHTTPServer:
-    """Serve GET ``routes`` on a daemon thread; anything else is 404 or 405."""
+          name: str, host_ok: Callable[[str | None], bool] = lambda host: True,
+          ) -> ThreadingHTTPServer:
+    """Serve GET ``routes`` on a daemon thread; anything else is 404 or 405, and a
+    request whose Host ``host_ok`` refuses is 403."""
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "meshnode"
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             route = routes.get(self.path.split("?", 1)[0])
-            if route is None:
+            host = self.headers.get("Host")
+            if not host_ok(host):
+                status, ctype, body = 403, "text/plain", (
+                    f"Host {host!r} is not a loopback name or an address: "
+                    "ask by address (127.0.0.1) or as localhost\n").encode()
+            elif route is None:
                 status, ctype, body = 404, "text/plain", f"no such endpoint; try {sorted(routes)}\n".encode()
             else:
                 status, ctype, body = route()
@@ -168,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             "/config_dump": telemetry.config_dump,
             "/dashboard": lambda: (200, "text/html; charset=utf-8", dashboard.PAGE),
             "/dashboard.json": telemetry.dashboard_json,
-        }, proc.log, "admin"))
+        }, proc.log, "admin", host_ok=local_host))
     except OSError as exc:
         logs.event(proc.log, "listener.failed", logging.ERROR, error=str(exc))
         for httpd in servers:

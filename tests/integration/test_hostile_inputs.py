@@ -1,13 +1,17 @@
 """control and telemetry, started by hand on one bus, against what a hostile or broken
-peer sends them: health beats whose request figures are garbled.
+peer sends them: health beats whose request figures are garbled, and admin requests
+that a web page would make through DNS rebinding.
 
 Why: a beat is read on each process's one loop (control folds a worker's figures into
 its rollouts' totals, telemetry samples them every second), so a figure of the wrong
-shape that raised there ended the process; it must be dropped and counted.
+shape that raised there ended the process; it must be dropped and counted. The admin
+port answers on loopback, which a page whose name was rebound to 127.0.0.1 reaches as
+its own origin: the port must refuse a Host that is not a loopback name or an address.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import tempfile
@@ -119,3 +123,30 @@ def test_garbled_request_figures_in_a_beat_are_dropped_and_counted(procs: Proces
     assert http_get(procs.node.metrics_url)[0] == 200
     assert http_get(f"{procs.node.admin_url}/dashboard.json")[0] == 200
 
+
+def admin_get(node: Node, path: str, host: str | None) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", node.port_base, timeout=5)
+    try:
+        conn.putrequest("GET", path, skip_host=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("host", ["rebound.example.com", "rebound.example.com:{port}",
+                                  "127.0.0.1.nip.io:{port}", "localhost.example:{port}", ""])
+def test_the_admin_port_refuses_a_host_that_is_not_loopback_or_an_address(
+        procs: Processes, host: str) -> None:
+    for path in ("/config_dump", "/dashboard.json", "/dashboard", "/stats"):
+        assert admin_get(procs.node, path, host.format(port=procs.node.port_base)) == 403
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "localhost",
+                                  "[::1]:{port}", "10.1.2.3:{port}", None])
+def test_the_admin_port_answers_a_loopback_name_or_an_address(
+        procs: Processes, host: str | None) -> None:
+    assert admin_get(procs.node, "/config_dump",
+                     host and host.format(port=procs.node.port_base)) == 200
