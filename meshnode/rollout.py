@@ -182,7 +182,7 @@ class Controller:
     def on_beat(self, topic: str, env: Envelope) -> None:
         """A proxy worker's health beat: its request figures."""
         body = env.body if isinstance(env.body, dict) else {}
-        self.figures.feed(topic.removeprefix("health."), body.get("requests"))
+        self.figures.feed(topic.removeprefix("health."), body.get("pid"), body.get("requests"))
 
     def tick(self) -> None:
         now = self.clock()

@@ -6,7 +6,7 @@ total of what the calling side counted for the rollout's route and the canary's 
 (reporter "source", route "namespace/rollout-NAME", destination_service the canary's):
 answers by code and their latency buckets. Nothing is done per request in Python: a
 beat is folded in once a second per worker. A worker that restarted begins its counts
-again (a count below the last one is a new start); one first seen adds nothing until its
+again (another pid, or a count below the last one, is a new start); one first seen adds nothing until its
 next beat, as control cannot know what it counted before (after control's own restart).
 
 The checks are Flagger's builtins on that window: request-success-rate, the share of
@@ -46,6 +46,12 @@ class Totals:
         self.errors += other.errors
         for i, n in enumerate(other.buckets):
             self.buckets[i] += n
+
+    def counted_after(self, before: Totals) -> bool:
+        """Whether these counts can have grown from `before`: none is lower (a lower
+        one is a worker that began again, as Prometheus tells a counter's reset)."""
+        return (self.requests >= before.requests and self.errors >= before.errors
+                and all(a >= b for a, b in zip(self.buckets, before.buckets)))
 
     def since(self, before: Totals) -> Totals:
         """What was counted after `before` (an earlier total of the same counts)."""
@@ -110,23 +116,25 @@ class CanaryFigures:
 
     def __init__(self) -> None:
         self.keys: set[CanaryKey] = set()       # what to keep: the rollouts' canaries
-        self._last: dict[str, dict[CanaryKey, Totals]] = {}
+        self._last: dict[str, tuple[object, dict[CanaryKey, Totals]]] = {}
         self._totals: dict[CanaryKey, Totals] = {}
 
-    def feed(self, worker: str, figures: object) -> None:
-        """One worker's beat's "requests"."""
+    def feed(self, worker: str, pid: object, figures: object) -> None:
+        """One worker's beat: its pid and its "requests". Another pid than the last
+        beat's, or a count lower than before, is a worker that began again: all it
+        counts now is new."""
         now: dict[CanaryKey, Totals] = {}
         for fig in (figures if isinstance(figures, list) else ()):
             key = _key_of(fig) if isinstance(fig, dict) else None
             if key in self.keys:
                 now.setdefault(key, Totals()).add(figure_totals(fig))  # type: ignore[index]
-        last = self._last.get(worker)
-        self._last[worker] = now
+        last_pid, last = self._last.get(worker, (None, None))
+        self._last[worker] = (pid, now)
         if last is None:
             return
         for key, totals in now.items():
-            before = last.get(key)
-            grown = totals.since(before) if before and totals.requests >= before.requests else totals
+            before = last.get(key) if pid == last_pid else None
+            grown = totals.since(before) if before and totals.counted_after(before) else totals
             self._totals.setdefault(key, Totals()).add(grown)
 
     def total(self, key: CanaryKey) -> Totals:

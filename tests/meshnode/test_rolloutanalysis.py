@@ -35,11 +35,13 @@ def figure(codes: dict[str, int], ms: float, service: str = "backend-v2",
             "latency": {code: {bucket(ms): n} for code, n in codes.items()}}
 
 
-def fed(beats: list[tuple[str, list[dict[str, Any]]]]) -> CanaryFigures:
+def fed(beats: list[tuple[Any, ...]]) -> CanaryFigures:
+    """Figures fed `beats` in order: (worker, records) of pid 1, or (worker, pid, records)."""
     figures = CanaryFigures()
     figures.keys = {KEY}
-    for worker, records in beats:
-        figures.feed(worker, records)
+    for beat in beats:
+        worker, *pid, records = beat
+        figures.feed(worker, pid[0] if pid else 1, records)
     return figures
 
 
@@ -58,6 +60,23 @@ def test_only_the_canarys_calling_side_counts_and_beats_add_up_across_a_restart(
     assert (total.requests, total.errors) == (20 + 2 + 4 + 4, 2)
 
 
+def test_a_worker_restarted_between_two_beats_counts_afresh_whatever_its_counts() -> None:
+    """A new worker can count more in its first second than the one it replaced did in
+    its life: its pid tells it (its counts could not), and a count lower than before
+    tells a pid reused."""
+    figures = fed([
+        ("proxy-0", 10, [figure({"200": 1}, 2)]),
+        ("proxy-0", 10, [figure({"200": 100}, 2)]),
+        ("proxy-0", 11, [figure({"200": 150}, 300)]),      # restarted: another pid
+        ("proxy-0", 11, [figure({"200": 160}, 300)]),
+        ("proxy-0", 11, [figure({"200": 170}, 2)]),        # its pid again, counts lower
+    ])
+    total = figures.total(KEY)
+    assert total.requests == 99 + 150 + 10 + 170
+    assert all(n >= 0 for n in total.buckets)
+    assert total.buckets[int(bucket(300))] == 160
+
+
 def test_the_checks_pass_a_good_canary_and_fail_errors_latency_and_silence() -> None:
     analysis = Analysis(interval="1s", min_requests=10, metrics=(
         MetricCheck("request-success-rate", min=99), MetricCheck("request-duration", max=100)))
@@ -66,7 +85,7 @@ def test_the_checks_pass_a_good_canary_and_fail_errors_latency_and_silence() -> 
     window.sample(-1.0, figures.total(KEY))  # the rollout's start: nothing counted yet
 
     def at(now: float, records: list[dict[str, Any]]) -> list[tuple[str, bool]]:
-        figures.feed("proxy-0", records)
+        figures.feed("proxy-0", 1, records)
         window.sample(now, figures.total(KEY))
         return [(c.name, c.ok) for c in analyse(analysis, window, now)]
 
