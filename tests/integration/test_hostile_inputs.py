@@ -29,21 +29,16 @@ from mnharness import ByHand, Node, Started, free_port_base, http_get, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
-ROLLOUT = """\
+VERSIONS = "".join(f"""\
 apiVersion: meshnode.io/v1alpha1
 kind: Service
-metadata: {name: backend-v1, namespace: demo}
+metadata: {{name: backend-{v}, namespace: demo}}
 spec:
-  selector: {app: backend, version: v1}
-  ports: [{name: http, port: 8080, protocol: HTTP}]
+  selector: {{app: backend, version: {v}}}
+  ports: [{{name: http, port: 8080, protocol: HTTP}}]
 ---
-apiVersion: meshnode.io/v1alpha1
-kind: Service
-metadata: {name: backend-v2, namespace: demo}
-spec:
-  selector: {app: backend, version: v2}
-  ports: [{name: http, port: 8080, protocol: HTTP}]
----
+""" for v in ("v1", "v2"))
+ROLLOUT = VERSIONS + """\
 apiVersion: meshnode.io/v1alpha1
 kind: Rollout
 metadata: {name: backend, namespace: demo}
