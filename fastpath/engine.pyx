@@ -202,7 +202,7 @@ from libc.errno cimport (EAGAIN, ECONNABORTED, EINPROGRESS, EINTR, EMFILE, ENFIL
                          errno)
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdio cimport fprintf, snprintf, stderr
-from libc.stdlib cimport abort, calloc, free, malloc
+from libc.stdlib cimport abort, calloc, free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strchr, strlen
 from posix.fcntl cimport F_GETFL, O_CLOEXEC, O_NONBLOCK, O_RDONLY, fcntl
 from posix.fcntl cimport open as c_open
@@ -226,6 +226,7 @@ from fastpath.regex cimport Regex, RegexProg, regex_copy, regex_free, regex_full
 from fastpath.headedit cimport (CLOSE_LINE_BYTES, add_field, drop_fields, drop_named,
                                 drop_owned, fold_response, make_close, strip_hop_fields)
 
+import json
 import os
 import socket
 import time
@@ -331,6 +332,7 @@ include "limits.pxi"        # limits before authentication: budgets, handshakes,
 include "ratelimit.pxi"     # RateLimitPolicy: node-wide token buckets, 429, refused pairs
 include "overload.pxi"      # overload: requests in flight node-wide and per source, slow clients
 include "accesslog.pxi"     # access records: one per request and per opaque pair, in a ring
+include "accessjson.pxi"    # access records as JSON lines, formatted in C
 
 
 
@@ -877,25 +879,38 @@ cdef class Engine:
             })
         return out
 
-    def access_records(self, int limit=ENGINE_ACCESS_RING) -> list[dict]:
-        """Take up to `limit` access records from the ring, oldest first, as dicts in
-        Envoy's JSON access log names (accesslog.pxi _access_dict): one per HTTP answer
-        and per opaque pair closed, those its table's set_access_log() keeps. One
-        reader at a time (the ring has a single consumer); the slots read are the
-        engine's to write again once this returns."""
+    def access_lines(self, int limit=ENGINE_ACCESS_RING) -> tuple[bytes, int]:
+        """Take up to `limit` access records from the ring, oldest first, as JSON lines
+        in Envoy's default access log names (accessjson.pxi), and their count: one per
+        HTTP answer and per opaque pair closed, those its table's set_access_log()
+        keeps. Formatted without the GIL; one reader at a time (the ring has a single
+        consumer); the slots read are the engine's to write again once this returns."""
         cdef Core* core = self.core
         cdef uint64_t out = core.access_out
         cdef uint64_t end = mn_load_u64(&core.access_in)
         cdef int64_t offset = time.time_ns() - time.monotonic_ns()
+        cdef JsonOut w
+        cdef size_t taken
         if end - out > <uint64_t>max(limit, 0):
             end = out + <uint64_t>max(limit, 0)
-        records = []
-        while out < end:
-            records.append(_access_dict(core, &core.access_ring[out & (core.access_ring_size - 1)],
-                                        offset))
-            out += 1
-        mn_store_u64(&core.access_out, out)
-        return records
+        if end == out:
+            return b"", 0
+        w.len, w.cap = 0, <size_t>(end - out) * 2048
+        w.buf = <char*>malloc(w.cap)
+        if w.buf == NULL:
+            raise MemoryError()
+        try:
+            with nogil:
+                taken = _access_format(core, &w, out, end, offset)
+            mn_store_u64(&core.access_out, out + taken)
+            return w.buf[:w.len], taken
+        finally:
+            free(w.buf)
+
+    def access_records(self, int limit=ENGINE_ACCESS_RING) -> list[dict]:
+        """access_lines() parsed: the records as dicts (tests, a tap), the same text."""
+        lines, _ = self.access_lines(limit)
+        return [json.loads(line) for line in lines.splitlines()]
 
     def access_dropped(self) -> dict[str, int]:
         """Access records not kept, by reason: "ring_full" (the reader was behind),

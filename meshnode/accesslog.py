@@ -12,7 +12,6 @@ the bus lost on the way from the running totals each batch carries.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -40,7 +39,7 @@ SEND_HWM = 64
 class Ring(Protocol):
     """What a shipper reads: fastpath's Engine."""
 
-    def access_records(self, limit: int = ...) -> list[dict[str, Any]]: ...
+    def access_lines(self, limit: int = ...) -> tuple[bytes, int]: ...
 
     def access_dropped(self) -> dict[str, int]: ...
 
@@ -78,15 +77,15 @@ class Shipper:
     def ship(self) -> None:
         """Publish what the ring holds, a batch at a time."""
         while True:
-            records = self._ring.access_records(BATCH_RECORDS)
-            if not records:
+            lines, count = self._ring.access_lines(BATCH_RECORDS)
+            if not count:
                 return
-            body = {"records": records, "sent": self.sent + len(records)}
+            body = {"lines": lines, "count": count, "sent": self.sent + count}
             if self._pub.offer(self.topic, "access", body):
-                self.sent += len(records)
+                self.sent += count
             else:
-                self.unsent += len(records)
-            if len(records) < BATCH_RECORDS:
+                self.unsent += count
+            if count < BATCH_RECORDS:
                 return
 
     def dropped(self) -> dict[str, int]:
@@ -109,13 +108,30 @@ class AccessLog:
         os.fchmod(fd, 0o600)            # an older file made with another mode
         return fd
 
-    def write(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
-            if self._size > 0 and self._size + len(line) > self.max_bytes:
-                self._rotate()
-            os.write(self._fd, line)
-            self._size += len(line)
+    def write(self, lines: bytes) -> None:
+        """Append whole JSON lines (the engine's, as they came), rotating first where the
+        next line would take the file past max_bytes: one write a batch, more only at a
+        rotation. A line longer than max_bytes goes alone into a file of its own."""
+        start = 0
+        while start < len(lines):
+            room = self.max_bytes - self._size
+            if len(lines) - start <= room:
+                end = len(lines)
+            else:
+                end = lines.rfind(b"\n", start, start + max(room, 0)) + 1
+            if end <= start:                # not one more whole line fits
+                if self._size > 0:
+                    self._rotate()
+                    continue
+                end = lines.find(b"\n", start) + 1 or len(lines)
+            self._write_all(memoryview(lines)[start:end])
+            start = end
+
+    def _write_all(self, data: memoryview) -> None:
+        while data:
+            n = os.write(self._fd, data)
+            self._size += n
+            data = data[n:]
 
     def _rotate(self) -> None:
         os.close(self._fd)
@@ -146,14 +162,15 @@ class Collector:
 
     def on_access(self, topic: str, env: Envelope) -> None:
         body = env.body if isinstance(env.body, dict) else {}
-        records, sent = body.get("records"), body.get("sent")
-        if not isinstance(records, list) or not isinstance(sent, int):
+        lines, count, sent = body.get("lines"), body.get("count"), body.get("sent")
+        if (not isinstance(lines, bytes) or not isinstance(count, int)
+                or not isinstance(sent, int) or not lines.endswith(b"\n")):
             return
         before = self._seen.get(env.src)
-        if before is not None and sent - len(records) > before:
-            self.lost += sent - len(records) - before
+        if before is not None and sent - count > before:
+            self.lost += sent - count - before
         self._seen[env.src] = sent
-        self.log.write(records)
+        self.log.write(lines)
 
     def configure(self, mesh: dict[str, Any]) -> None:
         """The snapshot's rotation (Mesh spec.telemetry.accessLogRotation)."""

@@ -10,6 +10,7 @@ sockets); each side reads its own engine's ring.
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 from typing import Any
 
@@ -85,6 +86,27 @@ def test_a_request_is_recorded_by_each_side_with_envoys_fields(mesh: Mesh) -> No
     assert inb["upstream_host"] == f"127.0.0.1:{mesh.apps['v1'].port}"
     assert inb["connection_security_policy"] == "mutual_tls"
     assert inb["authorization_result"] is None          # no policy on the route
+
+
+def test_a_callers_texts_are_escaped_into_valid_json_lines(mesh: Mesh) -> None:
+    """Field values are a caller's bytes: quotes, backslashes, a tab and obs-text reach
+    the line escaped (a line stays one JSON value, valid UTF-8, on one line); valid
+    UTF-8 passes as it is, a byte that is not becomes U+FFFD."""
+    logged(mesh)
+    rid = b'a"b\\c\td\xc3\xa9\x80\xff}{"x":1\\'
+    raw = (b"GET /q HTTP/1.1\r\nHost: backend\r\nx-request-id: " + rid
+           + b"\r\nConnection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S) as c:
+        c.sendall(raw)
+        assert recv_all(c).startswith(b"HTTP/1.1 200")
+    lines: list[bytes] = []
+    wait_for(lambda: lines.extend(mesh.out_node.engine.access_lines()[0].splitlines()) or lines,
+             what="a line")
+    [line] = lines
+    line.decode("utf-8")                                  # strict: valid UTF-8
+    record = json.loads(line)
+    assert record["request_id"] == 'a"b\\c\td\u00e9\ufffd\ufffd}{"x":1\\'
+    assert "x" not in record and record["path"] == "/q"
 
 
 def test_a_requests_bytes_are_its_sizes_each_way(mesh: Mesh) -> None:
