@@ -151,9 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="proxy worker processes (default 2)")
     p.add_argument("--keep", action="store_true",
                    help="leave the node and the apps running afterwards")
-    p.add_argument("--canary", action="store_true",
-                   help="run backend v1 and v2 and move 0, 10, 50, then 100 %% of its traffic "
-                        "to v2 by HTTPRoute weights, checking each step's split")
+    moves = p.add_mutually_exclusive_group()
+    moves.add_argument("--canary", action="store_true",
+                       help="run backend v1 and v2 and move 0, 10, 50, then 100 %% of its "
+                            "traffic to v2 by HTTPRoute weights, checking each step's split")
+    moves.add_argument("--rollout", action="store_true",
+                       help="run backend v1 and a good v2 and let a Rollout promote v2 step by "
+                            "step under steady traffic")
+    moves.add_argument("--rollout-bad", nargs="?", const="errors", choices=demo.rollout.BAD_KINDS,
+                       help="as --rollout with a bad v2, which the Rollout rolls back: 5 %% of "
+                            "its answers 500s (errors, the default) or half a second late (slow)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node")
 
     cli_stat.add_parser(sub, _add_runtime_dir)
@@ -435,8 +442,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         demo.plan_nodes(Path("."), bases)  # one or two blocks, in range, apart
     except (demo.DemoError, ValueError) as exc:
         raise UsageError(f"--port-base: {exc}") from None
-    return demo.run(demo.DemoOptions(args.runtime_dir, bases, args.requests,
-                                     args.workers, args.keep, args.timeout, args.canary))
+    kind = "good" if args.rollout else args.rollout_bad
+    if kind is not None and len(bases) > 1:
+        raise UsageError("--rollout runs on one node (rollouts read the figures of the node "
+                         "that calls the canary): give one --port-base")
+    return demo.run(demo.DemoOptions(args.runtime_dir, bases, args.requests, args.workers,
+                                     args.keep, args.timeout, args.canary, kind))
 
 
 COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_logs,

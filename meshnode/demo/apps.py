@@ -8,7 +8,9 @@ TLS or identities.
   received, so the demo sees what the node's inbound side added (the
   ``x-forwarded-client-cert`` header naming both peers' SPIFFE IDs). Given
   ``--version`` (the canary runs v1 and v2), its answers and ``/stats`` name it, so
-  each request tells which version served it.
+  each request tells which version served it. Given ``--bad errors`` or ``--bad
+  slow`` (the rollout demo's bad v2), every ``BAD_EVERY``-th answer is a 500, or comes
+  ``SLOW_S`` late: 5 %, spread evenly, so any ``BAD_EVERY`` answers in a row hold one.
 - frontend: ``GET /call`` makes one request to the backend *through the node*: to the
   node's HTTP outbound listener with ``Host: backend.<ns>.svc:<port>``, on a persistent
   ``http.client`` connection per frontend connection. It times that hop itself and
@@ -46,6 +48,9 @@ HOP_TIMEOUT_S = 10.0  # one frontend -> backend request through the node
 # these, before any answer: the request is sent again once on a fresh connection (it
 # is a GET, idempotent: RFC 9110 §9.2.2), as urllib3 and browsers do.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+# A bad backend's share of bad answers (1 in 20: 5 %) and a slow answer's delay.
+BAD_EVERY = 20
+SLOW_S = 0.5
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -112,19 +117,25 @@ class App:
 class Backend(App):
     role = "backend"
 
-    def __init__(self, version: str | None = None) -> None:
+    def __init__(self, version: str | None = None, bad: str | None = None) -> None:
         super().__init__()
         self.requests = 0
-        self.version = version
+        self.codes: Counter[str] = Counter()
+        self.version, self.bad = version, bad
 
     def handle(self, req: _Handler, path: str) -> tuple[int, Any]:
         if path != "/echo":
             return super().handle(req, path)
         with self._lock:
             self.requests += 1
+            misbehave = self.bad is not None and self.requests % BAD_EVERY == 0
+            status = 500 if misbehave and self.bad == "errors" else 200
+            self.codes[str(status)] += 1
+        if misbehave and self.bad == "slow":
+            time.sleep(SLOW_S)
         # Pairs, not a dict: a header that came twice must show twice.
-        return 200, {"app": self.role, **self._version(), "method": req.command,
-                     "path": req.path, "headers": [[k, v] for k, v in req.headers.items()]}
+        return status, {"app": self.role, **self._version(), "method": req.command,
+                        "path": req.path, "headers": [[k, v] for k, v in req.headers.items()]}
 
     def _version(self) -> dict[str, str]:
         return {"version": self.version} if self.version else {}
@@ -132,7 +143,7 @@ class Backend(App):
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"app": self.role, **self._version(), "requests": self.requests,
-                    "codes": {"200": self.requests}}
+                    "codes": dict(self.codes)}
 
 
 class Frontend(App):
@@ -254,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="frontend: the Host of its requests to the backend")
     parser.add_argument("--version", default=None,
                         help="backend: the version label it runs as (its answers name it)")
+    parser.add_argument("--bad", choices=["errors", "slow"], default=None,
+                        help=f"backend: answer every {BAD_EVERY}th request with a 500 (errors) "
+                             f"or {SLOW_S:g} s late (slow)")
     parser.add_argument("--parent", type=int, default=0,
                         help="exit when this pid is gone (0: live on alone)")
     args = parser.parse_args(argv)
@@ -261,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     app: App
     if args.role == "backend":
-        app = Backend(args.version)
+        app = Backend(args.version, args.bad)
     else:
         host, _, port = args.mesh.rpartition(":")
         app = Frontend(host or "127.0.0.1", int(port), args.upstream_host, args.address)

@@ -48,7 +48,7 @@ import yaml
 from .. import nodectl, supervise
 from ..identity import pki
 from ..ports import Ports
-from . import canary, probe, report
+from . import canary, probe, report, rollout
 from .client import Client, Sample, warm_up
 from .errors import AppFailed, DemoError
 from .report import NOT_REPORTED, MeshCounts
@@ -78,6 +78,7 @@ class DemoOptions:
     keep: bool = False
     up_timeout_s: float = 60.0
     canary: bool = False  # backend v1 and v2, the traffic moved by HTTPRoute weights
+    rollout: str | None = None  # "good", "errors" or "slow": v2 of that kind, moved by a Rollout
 
 
 @dataclass(frozen=True)
@@ -418,9 +419,11 @@ def _run(opts: DemoOptions, started: Started, nodes: list[DemoNode],
         nodectl.up(node_opts, timeout_s=opts.up_timeout_s)
         names.append((node_opts.node, node))
     source = node_of(nodes, FRONTEND)
-    backends = [(BACKEND, ["--version", "v1"] if opts.canary else [])]
-    if opts.canary:
-        backends.append((BACKEND_V2, ["--version", "v2"]))
+    two_versions = opts.canary or opts.rollout is not None
+    backends = [(BACKEND, ["--version", "v1"] if two_versions else [])]
+    if two_versions:
+        bad = ["--bad", opts.rollout] if opts.rollout in rollout.BAD_KINDS else []
+        backends.append((BACKEND_V2, ["--version", "v2", *bad]))
     app_ports = {app: _start_app(started, node_of(nodes, BACKEND), app, extra, opts.keep)
                  for app, extra in backends}
     app_ports[FRONTEND] = _start_app(started, source, FRONTEND, [
@@ -441,6 +444,8 @@ def _run(opts: DemoOptions, started: Started, nodes: list[DemoNode],
         warmups = warm_up(client)
         if opts.canary:
             return _canary(opts, rd, nodes, client, setup, out)
+        if opts.rollout is not None:
+            return _rollout(opts, source, app_ports[FRONTEND], setup, out)
         mesh_before = _settled(ports, warmups)
         apps_before = {role: probe.get_json(f"http://{APP_ADDRESS[role]}:{port}/stats")[1] or {}
                        for role, port in app_ports.items()}
@@ -527,6 +532,31 @@ def _canary(opts: DemoOptions, rd: Path, nodes: list[DemoNode], client: Client,
     steps = " -> ".join(f"{p} %" for p in canary.STEPS_PERCENT)
     out(f"ok: v2 took {steps} of backend's traffic, each step within its tolerance")
     return True
+
+
+def _rollout(opts: DemoOptions, node: DemoNode, frontend_port: int, setup: dict[str, Any],
+             out: Callable[[str], None]) -> bool:
+    """The rollout demo (meshnode.demo.rollout) on its one node; whether it ended as
+    expected."""
+    rd, meta = node.runtime_dir, rollout.rollout_doc()["metadata"]
+    workers = [f"proxy-{i}" for i in range(opts.workers)]
+
+    def settle() -> int:
+        version = int(nodectl.call(rd, "control", "status", None)["version"])
+        probe.wait_acked(rd, version, workers)
+        return version
+
+    for line in format_setup(**setup, canary_route=True):
+        out(line)
+    out("")
+    assert opts.rollout is not None
+    return rollout.run(rollout.Hooks(
+        apply=lambda text: _apply([node], rollout.ROLLOUT, text, out),
+        status=lambda: nodectl.call(rd, "control", "rollout", {
+            "action": "status", "name": meta["name"], "namespace": meta["namespace"]}),
+        settle=settle,
+        client=lambda: Client(APP_ADDRESS[FRONTEND], frontend_port)), opts.rollout,
+        opts.requests, out)
 
 
 def _finish(keep: bool, started: Started, ok: bool, out: Callable[[str], None]) -> None:
