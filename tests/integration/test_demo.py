@@ -6,7 +6,9 @@ Ctrl-C check that the demo leaves behind exactly what it says: nothing, or a nod
 printed command stops. A two-node run is kept so that each node can be asked what it
 carried: the requests must cross from the frontend's node to the backend's. The canary
 runs (`--canary`, one node and two) move backend's traffic to v2 in four steps, each
-judged on its table against its weight.
+judged on its table against its weight. The rollout runs (`--rollout`, `--rollout-bad`)
+leave the steps to the node's rollout controller: a good v2 promoted step by step, one
+answering 5 % errors rolled back, each judged on the events and checks the demo printed.
 """
 
 from __future__ import annotations
@@ -284,3 +286,68 @@ def test_demo_refuses_overlapping_or_too_many_port_bases() -> None:
         args = [arg for base in bases for arg in ("--port-base", str(base))]
         result = run_cli("demo", *args, "--requests", "1")
         assert result.returncode == 64 and says in result.stderr, result.stderr  # EX_USAGE
+
+
+# One row of the rollout's events: time, the controller's event, v2's weight after it,
+# then the checks behind it (requests, success rate, p99), each "VALUE ok|FAILED".
+ROLLOUT_ROW = (r"^\s*[0-9.]+s\s+(\w+)\s+(\d+) %(?:\s+(\d+) (ok|FAILED)\s+([0-9.]+) % (ok|FAILED)"
+               r"\s+([0-9.]+) ms (ok|FAILED))?$")
+
+
+def _rollout_rows(run: Run) -> list[tuple[str, ...]]:
+    return re.findall(ROLLOUT_ROW, run.out, re.MULTILINE)
+
+
+@pytest.mark.timeout(60)
+def test_demo_rollout_promotes_a_good_v2_step_by_step() -> None:
+    with _demo_run("--rollout", "--port-base", str(free_port_base())) as run:
+        assert run.result.returncode == 0, run.explain()
+        rows = _rollout_rows(run)
+        steps = [(int(weight), figures) for event, weight, *figures in rows if event == "Advanced"]
+        assert [w for w, _ in steps] == [10, 25, 50], run.explain()
+        promoted = [r for r in rows if r[0] == "Promoted"]
+        assert len(promoted) == 1 and promoted[0][1] == "100", run.explain()
+        # Each step after the first, and the promotion, shows the passed checks behind it.
+        for count, ok1, rate, ok2, p99, ok3 in [f for _, f in steps[1:]] + [promoted[0][2:]]:
+            assert int(count) >= 10 and float(rate) >= 99 and float(p99) <= 200, run.explain()
+            assert (ok1, ok2, ok3) == ("ok", "ok", "ok"), run.explain()
+        assert not [r for r in rows if r[0] in ("Halted", "Failed")], run.explain()
+        run.line(r"^rollout\s+demo/rollout-backend Succeeded: v2 at 100 %, stable backend-v2")
+        # During the rollout both versions answered; after it, v2 alone.
+        during = run.line(r"^\s+v2\s+(\d+)\s+[0-9.]+ %\s+200 x\d+$")
+        assert int(during.group(1)) > 0, run.explain()
+        run.line(r"^\s+v2\s+200\s+100\.0 %\s+200 x200$")
+        run.line(r"^ok: backend v2 was promoted step by step; all 200 requests after it reached v2$")
+        assert run.leftovers == [], f"processes of {run.runtime_dir} outlived the demo: " \
+            f"{run.leftovers}"
+
+
+@pytest.mark.timeout(60)
+def test_demo_rollout_bad_rolls_back_a_v2_answering_errors() -> None:
+    with _demo_run("--rollout-bad", "--port-base", str(free_port_base())) as run:
+        assert run.result.returncode == 0, run.explain()
+        rows = _rollout_rows(run)
+        assert not [r for r in rows if r[0] == "Promoted"], run.explain()
+        halted = [r for r in rows if r[0] == "Halted"]
+        assert len(halted) == 2, run.explain()
+        # The failed check is the success rate, below the min of 99 (1 answer in 20 a 500).
+        assert halted[-1][5] == "FAILED" and float(halted[-1][4]) < 99, run.explain()
+        run.line(r"^\s+Halt demo/backend advancement \(2/2\): success rate [0-9.]+% over \d+ "
+                 r"requests in 3s, outside min 99$")
+        assert [r[1] for r in rows if r[0] == "Failed"] == ["0"], run.explain()
+        run.line(r"^rollout\s+demo/rollout-backend Failed: v2 at 0 %, stable backend-v1, "
+                 r"failed checks 2$")
+        run.line(r"^\s+v2\s+\d+\s+[0-9.]+ %\s+.*500 x\d+")  # what v2 answered during it
+        run.line(r"^\s+v1\s+200\s+100\.0 %\s+200 x200$")  # and after: all on v1
+        run.line(r"^ok: backend v2 was rolled back, as a bad v2 must be; all 200 requests "
+                 r"after it reached v1$")
+        assert run.leftovers == [], f"processes of {run.runtime_dir} outlived the demo: " \
+            f"{run.leftovers}"
+
+
+def test_demo_rollout_refuses_two_nodes() -> None:
+    # The controller reads the figures of its own node: the caller's, with two nodes
+    # each running a controller of its own, one would see no traffic and roll back.
+    result = run_cli("demo", "--rollout", "--port-base", "21000", "--port-base", "21200")
+    assert result.returncode == 64, result.stderr  # EX_USAGE, before anything starts
+    assert "--rollout runs on one node" in result.stderr, result.stderr
