@@ -47,6 +47,10 @@ class Run:
     def explain(self) -> str:
         return f"exit {self.result.returncode}\n--- stdout\n{self.out}\n--- stderr\n{self.result.stderr}"
 
+    def assert_nothing_left(self) -> None:
+        assert self.leftovers == [], f"processes of {self.runtime_dir} outlived the demo: " \
+            f"{self.leftovers}\n{self.explain()}"
+
     def line(self, pattern: str) -> re.Match[str]:
         match = re.search(pattern, self.out, re.MULTILINE)
         assert match, f"no line matching {pattern!r} in the report:\n{self.explain()}"
@@ -89,7 +93,7 @@ def test_demo_sends_every_request_through_the_mesh_and_cleans_up(demo: Run) -> N
         assert 0 < p50 <= p99, demo.explain()
     demo.line(rf"^ok: all {REQUESTS} requests got a 2xx")
     assert "stopped" in demo.out, demo.explain()
-    assert demo.leftovers == [], f"processes of {demo.runtime_dir} outlived the demo: {demo.leftovers}"
+    demo.assert_nothing_left()
 
 
 @pytest.mark.timeout(200)
@@ -254,7 +258,7 @@ def test_demo_canary_moves_backend_to_v2_step_by_step_by_route_weights() -> None
                                                re.MULTILINE)]
         assert len(versions) == 4 and versions == sorted(set(versions)), run.explain()
         assert (rd / "demo" / "canary" / "route-v2-50.yaml").read_text().count("weight: 50") == 2
-        assert run.leftovers == [], f"processes of {rd} outlived the demo: {run.leftovers}"
+        run.assert_nothing_left()
 
 
 @pytest.mark.timeout(300)
@@ -270,14 +274,20 @@ def test_demo_canary_with_two_port_bases_splits_on_the_callers_node() -> None:
             assert len(re.findall(rf"^applied config version \d+ to {node}: HTTPRoute "
                                   rf"demo/backend-canary$", run.out, re.MULTILINE)) == 4, \
                 run.explain()
-        assert run.leftovers == [], f"processes of {run.runtime_dir} outlived the demo: " \
-            f"{run.leftovers}"
+        run.assert_nothing_left()
 
 
-def test_demo_canary_refuses_too_few_requests_to_judge_a_step() -> None:
-    result = run_cli("demo", "--canary", "--requests", "100", "--port-base", "21000")
+# --canary: fewer requests than a step needs to tell its weight from 0 % or 100 %.
+# --rollout: the controller reads the figures of its own node, and with two nodes each
+# running a controller of its own, the backends' would see no calls and roll back.
+@pytest.mark.parametrize("args,says", [
+    (["--canary", "--requests", "100", "--port-base", "21000"],
+     "--canary needs --requests of at least 145"),
+    (["--rollout", "--port-base", "21000", "--port-base", "21200"], "--rollout runs on one node")])
+def test_demo_refuses_what_its_steps_could_not_judge(args: list[str], says: str) -> None:
+    result = run_cli("demo", *args)
     assert result.returncode == 64, result.stderr  # EX_USAGE, before anything starts
-    assert "--canary needs --requests of at least 145" in result.stderr, result.stderr
+    assert says in result.stderr, result.stderr
 
 
 def test_demo_refuses_overlapping_or_too_many_port_bases() -> None:
@@ -318,8 +328,7 @@ def test_demo_rollout_promotes_a_good_v2_step_by_step() -> None:
         assert int(during.group(1)) > 0, run.explain()
         run.line(r"^\s+v2\s+200\s+100\.0 %\s+200 x200$")
         run.line(r"^ok: backend v2 was promoted step by step; all 200 requests after it reached v2$")
-        assert run.leftovers == [], f"processes of {run.runtime_dir} outlived the demo: " \
-            f"{run.leftovers}"
+        run.assert_nothing_left()
 
 
 @pytest.mark.timeout(60)
@@ -341,13 +350,4 @@ def test_demo_rollout_bad_rolls_back_a_v2_answering_errors() -> None:
         run.line(r"^\s+v1\s+200\s+100\.0 %\s+200 x200$")  # and after: all on v1
         run.line(r"^ok: backend v2 was rolled back, as a bad v2 must be; all 200 requests "
                  r"after it reached v1$")
-        assert run.leftovers == [], f"processes of {run.runtime_dir} outlived the demo: " \
-            f"{run.leftovers}"
-
-
-def test_demo_rollout_refuses_two_nodes() -> None:
-    # The controller reads the figures of its own node: the caller's, with two nodes
-    # each running a controller of its own, one would see no traffic and roll back.
-    result = run_cli("demo", "--rollout", "--port-base", "21000", "--port-base", "21200")
-    assert result.returncode == 64, result.stderr  # EX_USAGE, before anything starts
-    assert "--rollout runs on one node" in result.stderr, result.stderr
+        run.assert_nothing_left()
