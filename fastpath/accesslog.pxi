@@ -13,12 +13,20 @@
 # response_bytes, Conn.pend_req_bytes and resp_bytes: its head and body as the client
 # sent them, its answer as framed for the client; an answer the engine makes itself
 # counts none); an opaque pair's, all its client's both ways (Side.bytes_in/out).
+#
+# A tap under way (Engine.set_tap, meshnode.tap) wants every record whatever the access
+# log's sampling and filter: a record says whom it is for (AccessHead.drawn), and the
+# worker matches the tap's filters off this thread, so the engine's cost stays one load.
 
-cdef inline bint _access_drawn(Core* core, const Table* t) noexcept nogil:
-    """Is the next request (or pair) one the table's sampling keeps?"""
+cdef inline uint8_t _access_drawn(Core* core, const Table* t) noexcept nogil:
+    """Whom the next request's (or pair's) record is for (AccessDrawn; 0: nobody): the
+    access log when the table's sampling keeps it, a tap when one is under way."""
+    cdef uint8_t drawn = ACCESS_DRAWN_TAP if mn_load_u32(&core.access_tap) else 0
     if t == NULL or not t.access_on:
-        return False
-    return t.access_sample >= 10000 or _route_random(core) % 10000 < t.access_sample
+        return drawn
+    if t.access_sample >= 10000 or _route_random(core) % 10000 < t.access_sample:
+        drawn |= ACCESS_DRAWN_LOG
+    return drawn
 
 
 cdef inline AccessHead* _access_head(Core* core, int32_t slot) noexcept nogil:
@@ -67,10 +75,12 @@ cdef void _access_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
     keeps what it had."""
     cdef AccessHead* h
     cdef int32_t slot
+    cdef uint8_t drawn
     if c.acc_head != 0:
         return
     c.acc_head = -1
-    if not _access_drawn(core, c.table):
+    drawn = _access_drawn(core, c.table)
+    if not drawn:
         return
     slot = core.access_free
     if slot != 0:
@@ -86,6 +96,7 @@ cdef void _access_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
     h.start_ns = core.now_ns
     h.head_bytes = req.head_len
     h.cut = 0
+    h.drawn = drawn
     h.authz_policy = 0
     h.authz_result = ACCESS_NOT_JUDGED
     h.audited = 0
@@ -197,6 +208,7 @@ cdef void _access_answer(Core* core, Conn* c, int status, bint own) noexcept nog
     cdef uint16_t flags = c.acc_flags
     cdef uint64_t received = 0
     cdef uint64_t sent = 0
+    cdef uint8_t drawn
     c.acc_flags = 0
     if c.flags & CONN_MIRROR:
         return                          # a mirror's copy: its answer goes nowhere
@@ -208,14 +220,17 @@ cdef void _access_answer(Core* core, Conn* c, int status, bint own) noexcept nog
     else:
         slot = c.acc_head
         c.acc_head = 0
-    if slot < 0 or (slot == 0 and not _access_drawn(core, c.table)):
+    h = _access_head(core, slot)
+    drawn = h.drawn if h != NULL else (_access_drawn(core, c.table) if slot == 0 else 0)
+    if not drawn:
         return                          # not drawn (or no head was free: counted)
     if status == 0:
         flags |= AFLAG_DC
     elif own and flags == 0:
         flags = _own_answer_flags(status)
-    h = _access_head(core, slot)
     if status < c.table.access_min_status and flags == 0:
+        drawn &= ~ACCESS_DRAWN_LOG      # the access log's filter leaves it out
+    if not drawn:
         _access_put(core, slot)
         return
     rec = _access_slot(core)
@@ -230,6 +245,7 @@ cdef void _access_answer(Core* core, Conn* c, int status, bint own) noexcept nog
         # A head that did not parse (400, 431 …) or never came whole (408): its answer only.
         memset(&rec.head, 0, sizeof(AccessHead))
         rec.head.start_ns = core.now_ns
+    rec.head.drawn = drawn
     _access_put(core, slot)
     rec.kind = ACCESS_HTTP
     rec.status = <uint16_t>status
@@ -246,13 +262,17 @@ cdef void _access_closing(Core* core, Conn* c) noexcept nogil:
     it was framing goes back."""
     cdef AccessRecord* rec
     cdef uint16_t flags = c.acc_flags
+    cdef uint8_t drawn
     _access_put(core, c.acc_head)
     c.acc_head = 0
     c.acc_flags = 0
-    if c.flags & (CONN_HTTP | CONN_MIRROR) or not _access_drawn(core, c.table):
+    if c.flags & (CONN_HTTP | CONN_MIRROR):
         return
+    drawn = _access_drawn(core, c.table)
     if c.table.access_min_status != 0 and flags == 0 and c.acc_result != ACCESS_DENIED:
-        return                          # errors only: a pair refused or flagged
+        drawn &= ~ACCESS_DRAWN_LOG      # errors only: a pair refused or flagged
+    if not drawn:
+        return
     rec = _access_slot(core)
     if rec == NULL:
         return
@@ -261,6 +281,7 @@ cdef void _access_closing(Core* core, Conn* c) noexcept nogil:
     rec.head.authz_policy = c.acc_policy
     rec.head.authz_result = c.acc_result
     rec.head.audited = c.acc_audited
+    rec.head.drawn = drawn
     rec.kind = ACCESS_TCP
     rec.status = 0
     rec.flags = flags

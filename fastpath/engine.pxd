@@ -1201,6 +1201,7 @@ cdef struct AccessHead:
     uint8_t method_len
     uint8_t version_minor
     uint8_t cut                    # ACCESS_CUT_* of the texts cut at their maximum
+    uint8_t drawn                  # AccessDrawn: who wants the record
     uint16_t authz_policy          # Core.authz index + 1 of the deciding figure (0: none)
     uint8_t authz_result           # AccessJudged
     uint8_t audited                # an AUDIT policy matched
@@ -1215,6 +1216,12 @@ cdef enum AccessCut:
     ACCESS_CUT_AUTHORITY = 2
     ACCESS_CUT_ID = 4
     ACCESS_CUT_TRACE = 8
+
+# Who a request's (or pair's) record is for: the access log (its table's sampling drew
+# it, and at the answer its filter keeps it), a tap under way (Core.access_tap), or both.
+cdef enum AccessDrawn:
+    ACCESS_DRAWN_LOG = 1
+    ACCESS_DRAWN_TAP = 2
 
 cdef enum AccessJudged:
     ACCESS_NOT_JUDGED = 0          # no AuthorizationPolicy on its route
@@ -1607,6 +1614,8 @@ cdef struct Core:
                                    # rest are untouched calloc'd pages, not resident)
     uint64_t access_ring_full
     uint64_t access_no_head
+    uint32_t access_tap            # taps under way want every record (Engine.set_tap;
+                                   # the worker's thread writes it, the engine's reads)
 
 
 # Engine's life: NEW ─run()─► RUNNING ─loop ends (stop())─► DONE. stop() before run()

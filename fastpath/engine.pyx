@@ -78,7 +78,8 @@ reads stats() (DESIGN.md §3). This version carries opaque TCP and HTTP/1.1:
 - Access records (accesslog.pxi, RouteTable.set_access_log): one per HTTP answer on
   either side and one per opaque pair at its close, fixed-size, in a ring the worker
   drains (access_records()); sampled and filtered per table, dropped and counted when
-  the ring is full, never waited for.
+  the ring is full, never waited for; while a tap is under way (set_tap()) every request
+  gets one, marked "tap_only" where the access log would not have kept it.
 - HTTP counters: requests routed, the engine's own answers by cause, responses by
   class (2xx…), and a latency histogram (request head framed → response framed to its
   end; log-linear microsecond buckets, latency_bounds_us()).
@@ -911,6 +912,13 @@ cdef class Engine:
         """access_lines() parsed: the records as dicts (tests, a tap), the same text."""
         lines, _ = self.access_lines(limit)
         return [json.loads(line) for line in lines.splitlines()]
+
+    def set_tap(self, bint on) -> None:
+        """While `on`, every request and opaque pair gets a record, whatever its table's
+        access log keeps: those the access log would not have say "tap_only" (a tap
+        under way wants them: meshnode.tap matches its filters in the reader's thread).
+        The ring is the same: a busy tap fills it sooner, and what it drops is counted."""
+        mn_store_u32(&self.core.access_tap, 1 if on else 0)
 
     def access_dropped(self) -> dict[str, int]:
         """Access records not kept, by reason: "ring_full" (the reader was behind),

@@ -7,7 +7,9 @@ makes a send fail rather than wait: a slow telemetry costs records (counted), ne
 worker's time. Telemetry writes them as JSON lines in Envoy's field names to
 RUNTIME_DIR/logs/access.log (mode 0600), rotated by size as Python's
 RotatingFileHandler does (access.log.1 is the newest old file), and counts the batches
-the bus lost on the way from the running totals each batch carries.
+the bus lost on the way from the running totals each batch carries. A batch also
+carries the records the node's taps asked for (meshnode.tap), apart: telemetry hands
+those to the tap sessions and writes only the access log's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from bus.envelope import Envelope
 from bus.pubsub import Publisher
 
 from .busnames import ACCESS_TOPIC
+from .tap import WorkerTaps
 
 SHIP_INTERVAL_S = 0.05
 """How often a shipper looks at its ring: at 50 ms a 4096-record ring holds a worker's
@@ -43,6 +46,8 @@ class Ring(Protocol):
 
     def access_dropped(self) -> dict[str, int]: ...
 
+    def set_tap(self, on: bool) -> None: ...
+
 
 class Shipper:
     """A worker's thread moving its engine's access records onto the bus."""
@@ -57,6 +62,7 @@ class Shipper:
         self._stop = threading.Event()
         self.sent = 0                   # records published, a running total each batch says
         self.unsent = 0                 # records dropped at the send high-water mark
+        self.taps = WorkerTaps(ring.set_tap)    # (offer() from the bus loop's thread)
         self._thread = threading.Thread(target=self._run, name="access-shipper", daemon=True)
 
     def start(self) -> None:
@@ -75,18 +81,27 @@ class Shipper:
         self.ship()
 
     def ship(self) -> None:
-        """Publish what the ring holds, a batch at a time."""
+        """Publish what the ring holds, a batch at a time: the access log's records,
+        and apart those the taps under way match (the rest a tap wanted go no further)."""
+        self.taps.refresh()
         while True:
-            lines, count = self._ring.access_lines(BATCH_RECORDS)
-            if not count:
+            lines, taken = self._ring.access_lines(BATCH_RECORDS)
+            if not taken:
                 return
-            body = {"lines": lines, "count": count, "sent": self.sent + count}
-            if self._pub.offer(self.topic, "access", body):
-                self.sent += count
-            else:
-                self.unsent += count
-            if count < BATCH_RECORDS:
+            count, tapped = taken, []
+            if self.taps.live():        # (no tap: the lines go as they came, unparsed)
+                lines, count, tapped = self.taps.split(lines)
+            if count or tapped:
+                self._send(lines, count, tapped)
+            if taken < BATCH_RECORDS:
                 return
+
+    def _send(self, lines: bytes, count: int, tapped: list[list[Any]]) -> None:
+        body = {"lines": lines, "count": count, "sent": self.sent + count, "tapped": tapped}
+        if self._pub.offer(self.topic, "access", body):
+            self.sent += count
+        else:
+            self.unsent += count + len(tapped)
 
     def dropped(self) -> dict[str, int]:
         """Records lost by reason: the engine's ring full, no head free, the send mark."""

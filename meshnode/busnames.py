@@ -12,3 +12,4 @@ CA = "ca"                         # the certificate authority's request service
 BUNDLE_TOPIC = "cert.bundle"      # ca → everyone: the trust bundle (Clone state)
 BUNDLE_KEY = "bundle"             # the bundle's key in that state
 ACCESS_TOPIC = "access."          # workers → telemetry: access records, "access.<worker>"
+TAP_TOPIC = "tap.sessions"        # telemetry → workers: the tap sessions under way (meshnode.tap)

@@ -3,6 +3,7 @@
     meshnode up | down | status | logs        the node under supervisord
     meshnode apply | get | delete             resources, through control on the bus
     meshnode stat                             golden metrics per workload, service, edge
+    meshnode tap | top                        requests as they pass; the busiest paths
     meshnode demo                             two apps through a fresh node, and a report
     meshnode check | proxy-config             preflight and node checks; what a worker runs
 
@@ -25,7 +26,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from . import cli_check, cli_proxyconfig, cli_stat, nodectl, rotation
+from . import cli_check, cli_proxyconfig, cli_stat, cli_tap, nodectl, rotation
 from .demo import run as demo
 from .config import ConfigError, load_path, parse_duration
 from .identity import pki
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the node")
 
     cli_stat.add_parser(sub, _add_runtime_dir)
+    cli_tap.add_parsers(sub, _add_runtime_dir)
 
     p = sub.add_parser("rollout", help="a Rollout under way: its status, or promote, abort, "
                        "pause or resume it")
@@ -454,7 +456,7 @@ COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_lo
             "apply": cmd_apply, "get": cmd_get, "delete": cmd_delete, "ca": cmd_ca,
             "demo": cmd_demo, "check": cli_check.cmd_check,
             "proxy-config": cli_proxyconfig.cmd_proxy_config, "stat": cli_stat.run,
-            "rollout": cmd_rollout}
+            "rollout": cmd_rollout, "tap": cli_tap.run_tap, "top": cli_tap.run_top}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

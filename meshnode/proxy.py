@@ -38,7 +38,7 @@ import fastpath.tls
 
 from . import fdlimit, logs, sharedstate, ticketkeys
 from .accesslog import Shipper
-from .busnames import ACK_TOPIC, BUNDLE_KEY, BUNDLE_TOPIC, CA, CONTROL, SNAPSHOT_TOPIC
+from .busnames import ACK_TOPIC, BUNDLE_KEY, BUNDLE_TOPIC, CA, CONTROL, SNAPSHOT_TOPIC, TAP_TOPIC
 from .dataplane import BUFFER_BYTES, DataPlane
 from .identity.creds import WorkerIdentity
 from .process import Process, base_parser
@@ -316,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(proc, str(args.worker), dataplane)
     proc.drain_on_stop(WorkerDrain(proc, dataplane))
     shipper = Shipper(proc.endpoints, proc.node, proc.name, engine)
+    proc.subscriber([TAP_TOPIC], lambda topic, env: shipper.taps.offer(env.body))
     proc.add_health(lambda: {"accesslog_dropped": shipper.dropped()})
     dataplane.start()
     shipper.start()

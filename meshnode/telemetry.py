@@ -5,7 +5,8 @@ told otherwise, Prometheus ``/metrics`` (port-base+90) and the admin endpoints
 (port-base+0): ``/ready`` (200 only when every expected process is healthy), ``/live``,
 ``/stats`` (the health book as JSON), ``/config_dump`` (the snapshot this node runs) and
 the dashboard (``/dashboard``, fed by ``/dashboard.json``: meshnode.dashboard). It keeps
-a ring of the workers' figures (meshnode.golden) and answers ``stat`` on the bus from it.
+a ring of the workers' figures (meshnode.golden) and answers ``stat`` on the bus from it,
+and holds the node's tap sessions (meshnode.tap: ``tap.start``, ``tap.poll``, ``tap.stop``).
 HTTP is served from threads so a slow scraper never stalls the bus loop. The admin port
 answers only a Host that is an address or a loopback name (local_host: DNS rebinding).
 """
@@ -28,9 +29,9 @@ from bus.clone import StateClient
 from bus.envelope import Envelope
 from bus.request import Client
 
-from . import beatfigures, dashboard, golden, logs
+from . import beatfigures, dashboard, golden, logs, tap
 from .accesslog import AccessLog, Collector
-from .busnames import ACCESS_TOPIC, CONTROL, SNAPSHOT_TOPIC
+from .busnames import ACCESS_TOPIC, CONTROL, SNAPSHOT_TOPIC, TAP_TOPIC
 from .config.model import MeshSpec
 from .health import HealthBook
 from .metrics import NodeCollector
@@ -124,7 +125,7 @@ class Telemetry:
         self.access = Collector(AccessLog(Path(proc.runtime_dir) / "logs" / "access.log",
                                           MeshSpec.access_log_max_bytes,
                                           MeshSpec.access_log_backups))
-        proc.subscriber([ACCESS_TOPIC], self.access.on_access)
+        proc.subscriber([ACCESS_TOPIC], self.on_access)
         proc.add_health(lambda: {"accesslog_dropped": {"bus": self.access.lost}})
         srv = proc.server(NAME)
         srv.register("processes", lambda req: {"processes": self.book.view(),
@@ -134,6 +135,19 @@ class Telemetry:
         self.history = golden.History(self.book)
         proc.loop.every(golden.SAMPLE_INTERVAL_S, self.history.sample)
         srv.register("stat", self.on_stat)
+        # Taps: sessions announced to the workers, fed from their access batches.
+        self.taps = tap.Hub(lambda body: proc.publisher.publish(TAP_TOPIC, "tap", body),
+                            tap.resolver(self.current_snapshot))
+        srv.register("tap.start", lambda req: self.taps.start(req.body))
+        srv.register("tap.poll", lambda req: self.taps.poll(req.body))
+        srv.register("tap.stop", lambda req: self.taps.stop(req.body))
+        proc.loop.every(0.2, self.taps.tick)
+
+    def on_access(self, topic: str, env: Envelope) -> None:
+        """A worker's batch: the access log's records to the file, the taps' to them."""
+        self.access.on_access(topic, env)
+        if isinstance(env.body, dict):
+            self.taps.on_tapped(env.body.get("tapped"))
 
     def on_health(self, topic: str, env: Envelope) -> None:
         body = env.body if isinstance(env.body, dict) else None
