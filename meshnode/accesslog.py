@@ -103,6 +103,10 @@ class Shipper:
         else:
             self.unsent += count + len(tapped)
 
+    def health(self) -> dict[str, Any]:
+        """For the worker's beat: records lost, and the taps it is matching."""
+        return {"accesslog_dropped": self.dropped(), "taps": self.taps.sessions()}
+
     def dropped(self) -> dict[str, int]:
         """Records lost by reason: the engine's ring full, no head free, the send mark."""
         return {**self._ring.access_dropped(), "send_hwm": self.unsent}

@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     proc.drain_on_stop(WorkerDrain(proc, dataplane))
     shipper = Shipper(proc.endpoints, proc.node, proc.name, engine)
     proc.subscriber([TAP_TOPIC], lambda topic, env: shipper.taps.offer(env.body))
-    proc.add_health(lambda: {"accesslog_dropped": shipper.dropped()})
+    proc.add_health(shipper.health)
     dataplane.start()
     shipper.start()
     try:

@@ -128,6 +128,10 @@ class WorkerTaps:
     def offer(self, body: Any) -> None:
         self._offered = body
 
+    def sessions(self) -> list[str]:
+        """The ids of the sessions matched now (the engine's tap is on with any)."""
+        return list(self._live)
+
     def refresh(self) -> None:
         """Take the latest sessions, end those past their deadline or count, and turn
         the engine's tap on or off to match."""

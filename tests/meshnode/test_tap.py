@@ -1,0 +1,97 @@
+"""Tap sessions without a node (meshnode.tap): telemetry's Hub and a worker's WorkerTaps
+wired to each other directly, on a test clock: filters, the bounds that end a session
+by itself, and the split between the access log's records and the taps'."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bus.errors import RemoteError
+from meshnode import tap
+
+ME = "spiffe://cluster.local/ns/demo/sa/web"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(path: str, method: str = "GET", tap_only: bool = True, **extra: Any) -> dict[str, Any]:
+    rec = {"method": method, "path": path, "authority": "backend.demo:8080",
+           "reporter": "source", "upstream_cluster": "outbound|||demo/backend:http",
+           "upstream_local_uri_san": ME, "upstream_peer_uri_san": None, **extra}
+    return {**rec, "tap_only": True} if tap_only else rec
+
+
+@pytest.fixture
+def wired() -> tuple[tap.Hub, tap.WorkerTaps, Clock, list[bool]]:
+    clock = Clock()
+    engine_tap: list[bool] = []
+    worker = tap.WorkerTaps(engine_tap.append, clock)
+    snapshot = {"workloads": [{"workload": "demo/web", "identity": ME}]}
+    hub = tap.Hub(worker.offer, tap.resolver(lambda: snapshot), clock)
+    return hub, worker, clock, engine_tap
+
+
+def test_a_session_gets_what_its_filter_matches_and_the_log_only_its_own(wired) -> None:
+    hub, worker, clock, engine_tap = wired
+    sid = hub.start({"kind": "deploy", "name": "web", "path_prefix": "/a", "method": "GET",
+                     "duration_s": 10})["session"]
+    worker.refresh()
+    assert engine_tap == [True]
+    logged, tapped = worker.split([record("/a/1"), record("/b"), record("/a/2", "POST"),
+                                   record("/a/3", tap_only=False),
+                                   record("/a/4", upstream_local_uri_san="spiffe://x")])
+    assert [r["path"] for r in logged] == ["/a/3"] and "tap_only" not in logged[0]
+    assert [(ids, r["path"]) for ids, r in tapped] == [([sid], "/a/1"), ([sid], "/a/3")]
+    hub.on_tapped(tapped)
+    assert [r["path"] for r in hub.poll({"session": sid})["records"]] == ["/a/1", "/a/3"]
+
+
+def test_sessions_end_by_themselves_at_max_duration_and_idle(wired) -> None:
+    hub, worker, clock, engine_tap = wired
+    by_max = hub.start({"duration_s": 60, "max": 2})["session"]
+    by_time = hub.start({"duration_s": 3})["session"]
+    idle = hub.start({"duration_s": 60})["session"]
+    worker.refresh()
+    hub.on_tapped(worker.split([record("/1"), record("/2"), record("/3")])[1])
+    assert hub.poll({"session": by_max}) == {"records": [record("/1", tap_only=False),
+                                                         record("/2", tap_only=False)],
+                                             "dropped": 0, "ended": "max"}
+    clock.now += 3
+    hub.poll({"session": by_time})
+    hub.tick()
+    assert hub.poll({"session": by_time})["ended"] == "duration"
+    clock.now += tap.IDLE_S             # `idle` not polled since it began
+    hub.tick()
+    assert hub.poll({"session": idle})["ended"] == "idle"
+    worker.refresh()
+    assert worker.sessions() == [] and engine_tap == [True, False]
+
+
+def test_a_worker_ends_a_session_at_its_deadline_without_telemetry(wired) -> None:
+    hub, worker, clock, engine_tap = wired
+    hub.start({"duration_s": 5})
+    worker.refresh()
+    clock.now += 5
+    worker.refresh()                    # (no word from the hub since)
+    assert engine_tap == [True, False]
+
+
+def test_bounds_are_refused(wired) -> None:
+    hub = wired[0]
+    for body in ({"duration_s": 0}, {"duration_s": tap.MAX_DURATION_S + 1},
+                 {"duration_s": 1, "max": tap.MAX_RECORDS + 1},
+                 {"duration_s": 1, "kind": "deploy", "name": "nobody"}):
+        with pytest.raises(RemoteError):
+            hub.start(body)
+    for _ in range(tap.MAX_SESSIONS):
+        hub.start({"duration_s": 1})
+    with pytest.raises(RemoteError, match="under way"):
+        hub.start({"duration_s": 1})
