@@ -20,15 +20,20 @@ EDGE_COLUMNS = ("FROM", "TO", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "L
                 "SEEN_BY")
 
 
-def _window(text: str) -> float:
-    """--window as seconds, within what telemetry keeps."""
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not 0 < seconds <= golden.HISTORY_S:
-        raise argparse.ArgumentTypeError(f"must be over 0 and at most {golden.HISTORY_S:g}s")
-    return seconds
+def duration_arg(most_s: float) -> Callable[[str], float]:
+    """An argparse type: a duration ("10s", "1m") as seconds, over 0 and at most `most_s`."""
+    def seconds_of(text: str) -> float:
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if not 0 < seconds <= most_s:
+            raise argparse.ArgumentTypeError(f"must be over 0 and at most {most_s:g}s")
+        return seconds
+    return seconds_of
+
+
+_window = duration_arg(golden.HISTORY_S)       # --window: within what telemetry keeps
 
 
 def add_parser(sub: Any, add_runtime_dir: Callable[[argparse.ArgumentParser], None]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import nodectl, tap
-from .config import parse_duration
+from .cli_stat import duration_arg
 
 POLL_S = 0.2                        # how often a session is asked for what it gathered
 REFRESH_S = 1.0                     # how often top redraws
@@ -29,14 +29,6 @@ TOP_COLUMNS = ("SOURCE", "DESTINATION", "METHOD", "PATH", "COUNT", "BEST", "WORS
                "SUCCESS_RATE")
 
 
-def _duration(text: str) -> float:
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not 0 < seconds <= tap.MAX_DURATION_S:
-        raise argparse.ArgumentTypeError(f"must be over 0 and at most {tap.MAX_DURATION_S:g}s")
-    return seconds
 
 
 def _count(text: str) -> int:
@@ -52,7 +44,7 @@ def _add_target(p: argparse.ArgumentParser) -> None:
                         "default every request through the node")
     p.add_argument("name", nargs="?", help="its name (unless given as KIND/NAME)")
     p.add_argument("-n", "--namespace", default=None, help="the resource's namespace")
-    p.add_argument("--duration", type=_duration, default=30.0,
+    p.add_argument("--duration", type=duration_arg(tap.MAX_DURATION_S), default=30.0,
                    help="how long the session lasts, e.g. 10s, 2m (default 30s, at most 10m)")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
 

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -82,20 +83,20 @@ class Logged:
                         10.0, f"both records of {request_id}")
 
 
-@pytest.fixture(scope="module")
-def logged() -> Iterator[Logged]:
+@contextmanager
+def backend_node(mesh_yaml: str) -> Iterator[tuple[Node, Path]]:
+    """A one-worker node up with the backend service, its app and `mesh_yaml`; its
+    resources' dir beside it. Everything it started is stopped and removed after."""
     rd = Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
     config = Path(tempfile.mkdtemp(prefix="mn-res-", dir="/tmp"))
     app = HTTPApp()
     node = Node(rd, free_port_base(), workers=1)
     (config / "backend.yaml").write_text(service_yaml() + "---\n" + workload_yaml(app.port))
-    (config / "mesh.yaml").write_text(MESH.format(percent=100, max_bytes=MAX_BYTES))
+    (config / "mesh.yaml").write_text(mesh_yaml)
     try:
         result = node.up("--config", str(config))
         assert result.returncode == 0, f"up failed:\n{result.stdout}\n{result.stderr}"
-        it = Logged(node, config)
-        wait_for(it.warm, 15.0, "the node serving and logging")
-        yield it
+        yield node, config
     finally:
         node.down()
         leftovers = kill_leftovers(rd)
@@ -103,6 +104,14 @@ def logged() -> Iterator[Logged]:
         shutil.rmtree(rd, ignore_errors=True)
         shutil.rmtree(config, ignore_errors=True)
         assert not leftovers
+
+
+@pytest.fixture(scope="module")
+def logged() -> Iterator[Logged]:
+    with backend_node(MESH.format(percent=100, max_bytes=MAX_BYTES)) as (node, config):
+        it = Logged(node, config)
+        wait_for(it.warm, 15.0, "the node serving and logging")
+        yield it
 
 
 def test_each_request_is_a_json_line_per_side_in_a_private_file(logged: Logged) -> None:

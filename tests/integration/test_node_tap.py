@@ -11,20 +11,17 @@ tests.integration.httpapps server.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 import requests
 
 from dataplanekit import worker_reports
-from httpapps import HTTPApp
-from mnharness import CLI, Node, free_port_base, kill_leftovers, wait_for
-from test_dataplane_http import BACKEND_ID, HOST, service_yaml, workload_yaml
+from mnharness import CLI, Node, wait_for
+from test_dataplane_http import BACKEND_ID, HOST
+from test_node_accesslog import backend_node
 
 from meshnode.ports import Ports
 
@@ -66,25 +63,10 @@ class Tapped:
 
 @pytest.fixture(scope="module")
 def tapped() -> Iterator[Tapped]:
-    rd = Path(tempfile.mkdtemp(prefix="mn-", dir="/tmp"))
-    config = Path(tempfile.mkdtemp(prefix="mn-res-", dir="/tmp"))
-    app = HTTPApp()
-    node = Node(rd, free_port_base(), workers=1)
-    (config / "backend.yaml").write_text(service_yaml() + "---\n" + workload_yaml(app.port))
-    (config / "mesh.yaml").write_text(MESH)
-    try:
-        result = node.up("--config", str(config))
-        assert result.returncode == 0, f"up failed:\n{result.stdout}\n{result.stderr}"
+    with backend_node(MESH) as (node, _):
         it = Tapped(node)
         wait_for(lambda: it.call("GET", "/warm") == 200, 15.0, "the node serving")
         yield it
-    finally:
-        node.down()
-        leftovers = kill_leftovers(rd)
-        app.stop()
-        shutil.rmtree(rd, ignore_errors=True)
-        shutil.rmtree(config, ignore_errors=True)
-        assert not leftovers
 
 
 def test_tap_shows_only_matching_requests_ends_at_max_and_logs_nothing(tapped: Tapped) -> None:
