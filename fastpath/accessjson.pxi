@@ -320,6 +320,8 @@ cdef void _aj_record(JsonOut* w, Core* core, const AccessRecord* r, int64_t wall
             _aj_lit(w, b"\"traceparent\"" if first else b",\"traceparent\"")
         w.buf[w.len] = 93
         w.len += 1
+    if not h.drawn & ACCESS_DRAWN_LOG:
+        _aj_lit(w, b",\"tap_only\":true")     # a tap's: not for the access log
     _aj_raw(w, b"}\n", 2)
 
 

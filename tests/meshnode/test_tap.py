@@ -4,6 +4,7 @@ by itself, and the split between the access log's records and the taps'."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -29,6 +30,11 @@ def record(path: str, method: str = "GET", tap_only: bool = True, **extra: Any) 
     return {**rec, "tap_only": True} if tap_only else rec
 
 
+def lines(*records: dict[str, Any]) -> bytes:
+    """Records as the engine's reader gives them: JSON lines."""
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records)
+
+
 @pytest.fixture
 def wired() -> tuple[tap.Hub, tap.WorkerTaps, Clock, list[bool]]:
     clock = Clock()
@@ -45,10 +51,10 @@ def test_a_session_gets_what_its_filter_matches_and_the_log_only_its_own(wired) 
                      "duration_s": 10})["session"]
     worker.refresh()
     assert engine_tap == [True]
-    logged, tapped = worker.split([record("/a/1"), record("/b"), record("/a/2", "POST"),
-                                   record("/a/3", tap_only=False),
-                                   record("/a/4", upstream_local_uri_san="spiffe://x")])
-    assert [r["path"] for r in logged] == ["/a/3"] and "tap_only" not in logged[0]
+    logged, count, tapped = worker.split(lines(
+        record("/a/1"), record("/b"), record("/a/2", "POST"), record("/a/3", tap_only=False),
+        record("/a/4", upstream_local_uri_san="spiffe://x")))
+    assert (logged, count) == (lines(record("/a/3", tap_only=False)), 1)
     assert [(ids, r["path"]) for ids, r in tapped] == [([sid], "/a/1"), ([sid], "/a/3")]
     hub.on_tapped(tapped)
     assert [r["path"] for r in hub.poll({"session": sid})["records"]] == ["/a/1", "/a/3"]
@@ -60,7 +66,7 @@ def test_sessions_end_by_themselves_at_max_duration_and_idle(wired) -> None:
     by_time = hub.start({"duration_s": 3})["session"]
     idle = hub.start({"duration_s": 60})["session"]
     worker.refresh()
-    hub.on_tapped(worker.split([record("/1"), record("/2"), record("/3")])[1])
+    hub.on_tapped(worker.split(lines(record("/1"), record("/2"), record("/3")))[2])
     assert hub.poll({"session": by_max}) == {"records": [record("/1", tap_only=False),
                                                          record("/2", tap_only=False)],
                                              "dropped": 0, "ended": "max"}
