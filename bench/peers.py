@@ -260,8 +260,8 @@ spec:
 """
 
 
-def meshnode_access_log_off() -> str:
-    """The meshnode-nolog pair's extra resource: a Mesh that turns access logging off."""
+def meshnode_access_log_on() -> str:
+    """The meshnode-log pair's extra resource: a Mesh that logs every request."""
     return """\
 ---
 apiVersion: meshnode.io/v1alpha1
@@ -270,7 +270,7 @@ metadata:
   name: default
 spec:
   telemetry:
-    accessLog: false
+    accessLog: true
 """
 
 

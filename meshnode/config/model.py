@@ -63,7 +63,9 @@ class MeshSpec:
     workload_ttl_s: float = 86400.0  # lifetime of a workload certificate
     rotate_at: float = 0.5  # renew when this fraction of workload_ttl_s has passed
     issuer_ttl_s: float = 31536000.0  # lifetime of a node's issuer (intermediate) cert
-    access_log: bool = True  # (and the access_log_* fields below)
+    # Off by default, as in Istio's default profile (meshConfig.accessLogFile empty): a
+    # line per request costs the node's CPU (README: access logs).
+    access_log: bool = False  # (and the access_log_* fields below)
     # Which names the node's request metrics are exported under (spec.telemetry.
     # metricNames): "istio" (istio_requests_total… with Istio's whole label set, one
     # series per label set per node, so Istio's dashboards and Flagger's and Kiali's

@@ -39,6 +39,7 @@ kind: Mesh
 metadata: {{name: default}}
 spec:
   telemetry:
+    accessLog: true
     accessLogSampling: {percent}
     accessLogRotation: {{maxBytes: {max_bytes}, backupCount: 2}}
 """

@@ -21,7 +21,7 @@ def mesh(telemetry: dict[str, Any]) -> str:
 
 
 def test_settings_are_kept_written_back_and_compiled_for_the_engine() -> None:
-    [m] = parse_text(mesh({"accessLogSampling": 12.5,
+    [m] = parse_text(mesh({"accessLog": True, "accessLogSampling": 12.5,
                            "accessLogFilter": {"expression": "response.code >= 500"},
                            "accessLogRotation": {"maxBytes": 4096, "backupCount": 0}}), "m.yaml")
     assert (m.spec.access_log, m.spec.access_log_sampling_percent, m.spec.access_log_min_status,
@@ -34,11 +34,12 @@ def test_settings_are_kept_written_back_and_compiled_for_the_engine() -> None:
                                 snapshot["access_log_min_status"])     # taken
 
 
-def test_the_default_logs_every_request_to_a_rotated_file() -> None:
+def test_the_default_logs_nothing_and_once_on_every_request_to_a_rotated_file() -> None:
+    """Off by default, as Istio's default profile; turned on, every request."""
     snapshot = compile_snapshot([], "n", 1)["mesh"]
     assert (snapshot["access_log"], snapshot["access_log_sampling_percent"],
             snapshot["access_log_min_status"], snapshot["access_log_max_bytes"],
-            snapshot["access_log_backups"]) == (True, 100.0, 0, 100 * 1024 * 1024, 5)
+            snapshot["access_log_backups"]) == (False, 100.0, 0, 100 * 1024 * 1024, 5)
 
 
 @pytest.mark.parametrize("telemetry, field, says", [

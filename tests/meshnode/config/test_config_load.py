@@ -189,7 +189,7 @@ def test_defaults_fill_in() -> None:
     assert isinstance(mesh, Mesh) and mesh.key == ("Mesh", "", "default")
     assert (mesh.spec.trust_domain, mesh.spec.mtls_mode, mesh.spec.workload_ttl_s, mesh.spec.rotate_at,
             mesh.spec.issuer_ttl_s, mesh.spec.access_log) == (None, "STRICT", 86400.0, 0.5,
-                                                               8760 * 3600.0, True)
+                                                               8760 * 3600.0, False)
     assert isinstance(service, Service)
     assert service.spec.ports[0].protocol == "auto" and service.spec.ports[0].target_port == 8080
     assert isinstance(workload, Workload) and workload.key == ("Workload", "default", "w")
