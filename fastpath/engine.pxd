@@ -693,6 +693,9 @@ cdef struct Table:
     bint access_on
     uint32_t access_sample
     uint16_t access_min_status
+    # Tracing (tracing.pxi): the share of new traces sampled, per 10000 (Mesh
+    # spec.tracing.sampling; a trace a caller began keeps its own decision).
+    uint32_t trace_sample
     # Limits before authentication the engine takes on at the swap (limits.pxi; 0:
     # keep its own): inbound TLS handshakes under way, connections and handshakes per
     # source address, and the inbound side's share of the slots (thousandths).
@@ -980,6 +983,23 @@ cdef enum RespPhase:
     RESP_TUNNEL
 
 
+# A request's span (tracing.pxi): its trace, its own id and its parent's (0: it begins
+# the trace), and TraceFlag bits. A request with no TRACE_ON (answered before it was
+# framed) has none.
+cdef struct TraceIds:
+    uint64_t trace_hi
+    uint64_t trace_lo
+    uint64_t span
+    uint64_t parent
+    uint8_t flags
+
+cdef enum TraceFlag:
+    TRACE_ON = 1                   # the ids are set
+    TRACE_SAMPLED = 2              # the trace is sampled (W3C's flag 01, B3's sampled 1)
+    TRACE_B3 = 4                   # the caller sent B3 fields: they are passed on too
+    TRACE_JOINED = 8               # the trace came with the request (not begun here)
+
+
 cdef struct Conn:
     ConnState state
     uint32_t flags
@@ -1152,6 +1172,10 @@ cdef struct Conn:
     uint16_t acc_policy            # an opaque pair's decision (a request's is in its head)
     uint8_t acc_result
     uint8_t acc_audited
+    # Tracing (tracing.pxi): the span of the request head being framed, then of each
+    # pending request (the ring pend_method is in), for its answer's record.
+    TraceIds trace
+    TraceIds pend_trace[ENGINE_HTTP_PIPELINE_MAX]
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
@@ -1438,6 +1462,14 @@ cdef struct Counters:
     uint64_t authz_denied_tcp
     uint64_t authz_revoked_tcp
     uint64_t authz_audited
+    # Tracing (tracing.pxi): request heads that began a trace, that joined their
+    # caller's, whose traceparent did not parse (a new trace began), that got an
+    # x-request-id made for them; heads refused (431) with no room for the fields.
+    uint64_t trace_started
+    uint64_t trace_joined
+    uint64_t trace_malformed
+    uint64_t request_ids_made
+    uint64_t trace_no_room
 
 
 # --- overload defence (overload.pxi) ------------------------------------------------------------
@@ -1564,6 +1596,7 @@ cdef struct Core:
     int64_t slow_grace_ns
     uint32_t slow_min_rate
     uint64_t route_rng             # xorshift state: a route's weighted backend choice
+    uint64_t trace_rng[4]          # xoshiro256** state: span, trace and request ids
     # Listeners out of the epoll set until then (EMFILE with no spare fd); 0: watched.
     int64_t accept_resume_ns
     Wheel wheel                    # every pair's timer (timers.pxi)
@@ -1683,6 +1716,7 @@ cdef class RouteTable:
     cdef dict _authz               # inbound route index -> compiled program tuple
                                    # (authz_table.pxi)
     cdef uint8_t _path_normalization   # PathNormalization (normalize.pxi)
+    cdef uint32_t _trace_sample        # set_tracing(): new traces sampled per 10000
 
     cdef int _check_fd(self, int fd) except -1
     cdef Table* _build(self) except NULL

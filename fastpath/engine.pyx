@@ -334,6 +334,7 @@ include "ratelimit.pxi"     # RateLimitPolicy: node-wide token buckets, 429, ref
 include "overload.pxi"      # overload: requests in flight node-wide and per source, slow clients
 include "accesslog.pxi"     # access records: one per request and per opaque pair, in a ring
 include "accessjson.pxi"    # access records as JSON lines, formatted in C
+include "tracing.pxi"       # trace context: x-request-id, traceparent and B3, a span per side
 
 
 
@@ -481,6 +482,9 @@ cdef class Engine:
         seed = os.urandom(8)
         memcpy(&core.route_rng, <const char*>seed, 8)
         core.route_rng |= 1             # xorshift's state is never 0
+        seed = os.urandom(32)
+        memcpy(core.trace_rng, <const char*>seed, 32)
+        core.trace_rng[0] |= 1          # xoshiro's state is never all zeros
         core.ready = <uint32_t*>malloc((core.max_conns + core.max_mirrors) * sizeof(uint32_t))
         core.ready_next = <uint32_t*>malloc((core.max_conns + core.max_mirrors) * sizeof(uint32_t))
         # Two blocks per slot: never short. Pages nobody touched are not resident.
@@ -768,6 +772,11 @@ cdef class Engine:
         # Limits before authentication: refusals by limit, and what is held now.
         out["rejected_handshakes"] = snap.rejected_handshakes
         out["rejected_source_conns"] = snap.rejected_source_conns
+        out["trace_started"] = snap.trace_started
+        out["trace_joined"] = snap.trace_joined
+        out["trace_malformed"] = snap.trace_malformed
+        out["request_ids_made"] = snap.request_ids_made
+        out["trace_no_room"] = snap.trace_no_room
         out["route_matched"] = snap.route_matched
         out["route_no_match"] = snap.route_no_match
         out["route_no_backend"] = snap.route_no_backend

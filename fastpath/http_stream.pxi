@@ -79,7 +79,10 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     frames it again), STATUS_CLOSE (a step answered it, the
     pair ends: a rate limit's 429, an authorization's 403; or overload answered 503 over
     a cap: overload.pxi), or
-    STATUS_RESET (outbound: an absolute-form head that cannot be edited; 431).
+    STATUS_RESET (outbound: an absolute-form head that cannot be edited; either way:
+    one over the parser's limits with its trace fields; 431).
+
+    Both ways the head gets its trace context for the next hop (tracing.pxi).
 
     Outbound, the client's hop-by-hop fields go and an absolute-form target becomes
     origin-form, its authority the Host. The client's `Connection: close` is about the
@@ -117,6 +120,8 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
         return STATUS_AGAIN             # over a cap, behind answers owed (overload.pxi)
     if _edits_wait(core, c, req, base):
         return STATUS_AGAIN             # no room for its route's edits yet (routes.pxi)
+    if _trace_wait(core, c, req, base):
+        return STATUS_AGAIN             # ... nor for its trace fields (tracing.pxi)
     _access_begin(core, c, req, c.d2u.buf + base)   # what its record says (accesslog.pxi)
     if _chain_at(chain, PHASE_REQUEST):
         call.phase = PHASE_REQUEST
@@ -166,6 +171,9 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
             st = _request_edits(core, c, req, base, &delta)
             if st != STATUS_OK:
                 return st
+    st = _trace_request(core, c, req, base, &delta)     # (tracing.pxi)
+    if st != STATUS_OK:
+        return st
     # Counted in flight here, past the last wait (a head framed again is counted once).
     if not _overload_admit(core, c):
         return STATUS_CLOSE             # answered 503: over a cap (overload.pxi)
@@ -182,6 +190,7 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     c.pend_req_bytes[i] = received      # its body's come as it is framed (_req_body_bytes)
     _access_pending(c, i)
     c.pend_rule[i] = c.req_rule         # its answer's edits (routes.pxi)
+    _trace_pending(c, i)                # its span, for its record (tracing.pxi)
     _hash_framed(c, i)                  # ... and a generated cookie (hashing.pxi)
     c.pend_deadline[i] = 0
     if c.req_rule >= 0:
@@ -538,6 +547,7 @@ cdef inline uint32_t _d2u_cap(Core* core, Conn* c) noexcept nogil:
     cdef uint32_t reserve = c.head_reserve
     if not c.flags & CONN_INBOUND and c.table.request_grow > reserve:
         reserve = c.table.request_grow  # a route's request edits (routes.pxi)
+    reserve += _TRACE_ROOM              # the trace fields (tracing.pxi)
     if reserve > core.buffer_bytes // 2:
         return core.buffer_bytes - core.buffer_bytes // 2
     return core.buffer_bytes - reserve

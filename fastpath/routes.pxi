@@ -309,13 +309,19 @@ cdef bint _edits_wait(Core* core, const Conn* c, const ReqHead* req, uint32_t ba
     the edits need after the engine's own (hop-by-hop fields only go; an absolute-form
     target may gain _ABSOLUTE_FORM_GROW_MAX bytes). A head at the buffer's start never
     waits: no more room will come (_request_edits refuses it)."""
-    cdef uint32_t room
     if base == 0 or c.flags & CONN_INBOUND or not _edits_request(c):
         return False
-    room = c.table.rules[c.req_rule].request_grow
+    return c.d2u.tail + _edits_room(c, req) > core.buffer_bytes
+
+
+cdef inline uint32_t _edits_room(const Conn* c, const ReqHead* req) noexcept nogil:
+    """The bytes an outbound head's route edits may add (_edits_wait)."""
+    cdef uint32_t room = 0
+    if _edits_request(c):
+        room = c.table.rules[c.req_rule].request_grow
     if req.target_form == TARGET_ABSOLUTE:
         room += _ABSOLUTE_FORM_GROW_MAX
-    return c.d2u.tail + room > core.buffer_bytes
+    return room
 
 
 cdef int _request_edits(Core* core, Conn* c, ReqHead* req, uint32_t base,
