@@ -28,6 +28,7 @@ from .model import (API_VERSION, AuthorizationPolicy, DestinationRule, FaultInje
                     Node, NodeSpec, PeerAuthentication, RateLimitPolicy, Resource, Rollout, Service, ServiceSpec,
                     Workload, WorkloadSpec, XBackendTrafficPolicy)
 from .routeparse import route_to_dict
+from .tracing import TracingSpec
 from .validate import duplicate_problems, parse_document, validate_set
 
 __all__ = ["DEFAULT_CONFIG", "parse_text", "load_file", "load_dir", "load_path", "from_dict", "to_dict",
@@ -181,6 +182,18 @@ def _mesh_spec(spec: MeshSpec) -> dict[str, Any]:
                      "slowClients": {"gracePeriod": format_duration(spec.slow_grace_s),
                                      "minBytesPerSecond": spec.slow_min_rate}},
         "pathNormalization": {"normalization": spec.path_normalization},
+        "tracing": _tracing_spec(spec.tracing),
+    }
+
+
+def _tracing_spec(spec: TracingSpec) -> dict[str, Any]:
+    return {
+        "sampling": spec.sampling_percent,
+        **({"collector": {spec.collector_kind: spec.collector_url}} if spec.collector_kind else {}),
+        "serviceName": spec.service_name,
+        "batchSize": spec.batch_spans,
+        "flushInterval": format_duration(spec.flush_interval_s),
+        "maxQueuedSpans": spec.max_queued_spans,
     }
 
 

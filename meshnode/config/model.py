@@ -18,6 +18,7 @@ from .authz import DEFAULT_ROOT_NAMESPACE, AuthorizationPolicySpec, PeerAuthenti
 from .backendtrafficpolicy import BackendTrafficPolicySpec
 from .ratelimit import RateLimitPolicySpec
 from .rollout import RolloutSpec
+from .tracing import TracingSpec
 from .destinationrule import DestinationRuleSpec
 from .errors import NotFound, Problem
 from .fault import FaultInjectionSpec
@@ -122,6 +123,8 @@ class MeshSpec:
     access_log_min_status: int = 0
     access_log_max_bytes: int = 104857600
     access_log_backups: int = 5
+    # Traces (spec.tracing, config/tracing.py): sampling, the collector, batching.
+    tracing: TracingSpec = TracingSpec()
 
     @property
     def path_normalization_mode(self) -> str:

@@ -174,6 +174,8 @@ def compile_snapshot(resources: Iterable[Resource], node: str, version: int,
             "slow_min_rate": mesh.slow_min_rate,
             # RouteTable.set_path_normalization()'s mode, on both sides of every node.
             "path_normalization": mesh.path_normalization_mode,
+            # Traces: RouteTable.set_tracing()'s sampling; telemetry's exporter, the rest.
+            "tracing": mesh.tracing.snapshot(),
         },
         "nodes": {n.name: {"address": n.spec.address, "inbound_port": n.spec.inbound_port}
                   for n in sorted((r for r in resources if isinstance(r, Node)), key=_by_name)},

@@ -9,11 +9,13 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from .durations import DurationError, format_duration, parse_duration
 from .errors import ConfigError, Problem
+from .tracing import COLLECTOR_KINDS, MAX_BATCH_SPANS, MAX_QUEUED_SPANS, SERVICE_NAMES, TracingSpec
 from .model import (
     API_VERSION,
     KINDS,
@@ -342,7 +344,7 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
         return base
     spec = _fields(d, value, "spec", ("trustDomain", "trustDomainAliases", "rootNamespace", "mtls",
                                       "certificates", "telemetry", "connections", "overload",
-                                      "pathNormalization"))
+                                      "pathNormalization", "tracing"))
     if spec is None:
         return None
     trust_domain = _opt(d, spec, "spec", "trustDomain", _trust_domain, "")  # "": not named
@@ -383,14 +385,59 @@ def _mesh_spec(d: _Doc, value: object) -> MeshSpec | None:
     paths = _fields(d, spec.get("pathNormalization", {}), path, ("normalization",)) or {}
     normalization = _opt(d, paths, path, "normalization", _choice(_PATH_NORMALIZATIONS),
                          base.path_normalization)
+    tracing = _tracing(d, spec.get("tracing", {}), base.tracing)
     if None in (trust_domain, aliases, root_namespace, mode, workload_ttl, rotate_at, issuer_ttl,
                 access_log, metric_names, connect, idle,
-                drain, normalization) or limits is None or overload is None or access is None:
+                drain, normalization, tracing) or limits is None or overload is None or access is None:
         return None
     return MeshSpec(trust_domain or None, aliases, root_namespace, mode, workload_ttl,  # type: ignore[arg-type]
                     rotate_at, issuer_ttl, access_log, metric_names, connect, idle,  # type: ignore[arg-type]
                     drain, **limits, **overload, **access,  # type: ignore[arg-type]
-                    path_normalization=normalization)
+                    path_normalization=normalization, tracing=tracing)  # type: ignore[arg-type]
+
+
+def _tracing(d: _Doc, value: object, base: TracingSpec) -> TracingSpec | None:
+    """spec.tracing (config/tracing.py): each field checked by name, an unknown one
+    refused; a collector is one of COLLECTOR_KINDS with an http(s) URL."""
+    path = "spec.tracing"
+    fields = _fields(d, value, path, ("sampling", "collector", "serviceName", "batchSize",
+                                      "flushInterval", "maxQueuedSpans"))
+    if fields is None:
+        return None
+    kind, url = base.collector_kind, base.collector_url
+    if "collector" in fields:
+        collector = _fields(d, fields["collector"], join(path, "collector"), COLLECTOR_KINDS)
+        if collector is None:
+            return None
+        if len(collector) != 1:
+            d.fail(join(path, "collector"), f"must name one of {', '.join(COLLECTOR_KINDS)}")
+            return None
+        [(kind, url)] = collector.items()
+        url = _collector_url(d, url, join(join(path, "collector"), kind))
+    out = TracingSpec(
+        _opt(d, fields, path, "sampling", _percent, base.sampling_percent),  # type: ignore[arg-type]
+        kind, url,
+        _opt(d, fields, path, "serviceName", _choice(SERVICE_NAMES), base.service_name),  # type: ignore[arg-type]
+        _opt(d, fields, path, "batchSize", lambda d, v, p: _int(d, v, p, 1, MAX_BATCH_SPANS),
+             base.batch_spans),  # type: ignore[arg-type]
+        _opt(d, fields, path, "flushInterval", _duration(0.01, 3600.0), base.flush_interval_s),  # type: ignore[arg-type]
+        _opt(d, fields, path, "maxQueuedSpans", lambda d, v, p: _int(d, v, p, 1, MAX_QUEUED_SPANS),
+             base.max_queued_spans))  # type: ignore[arg-type]
+    if None in (out.sampling_percent, out.service_name, out.batch_spans, out.flush_interval_s,
+                out.max_queued_spans) or (kind is not None and url is None):
+        return None
+    return out
+
+
+def _collector_url(d: _Doc, value: object, path: str) -> str | None:
+    url = _string(d, value, path)
+    if url is None:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        d.fail(path, f"must be an http:// or https:// URL with a host, got {url!r}")
+        return None
+    return url
 
 
 _STATUS_FILTER = re.compile(r"\s*response\.code\s*>=\s*([0-9]{1,3})\s*")
