@@ -1,0 +1,186 @@
+"""Tests for meshnode.tracing_export: spans from per-request records POSTed to a real
+loopback collector (an HTTP server in the test) as OTLP/HTTP JSON and Zipkin v2 JSON;
+batches bounded; a collector down or slow costs spans, counted, never an offer's wait."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import pytest
+
+from meshnode.tracing_export import SpanExporter, service_namer, span_of
+
+pytestmark = pytest.mark.timeout(30)
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+FRONTEND = "spiffe://cluster.local/ns/demo/sa/frontend"
+BACKEND = "spiffe://cluster.local/ns/demo/sa/backend"
+WORKLOADS = [{"workload": "demo/frontend-1", "identity": FRONTEND, "labels": {"app": "frontend"}},
+             {"workload": "demo/backend-1", "identity": BACKEND, "labels": {}}]
+
+
+class Collector:
+    """A loopback HTTP server keeping every POST's JSON body; `delay_s` before answering."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.bodies: list[Any] = []
+        self.posted = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(delay_s)
+                outer.bodies.append(body)
+                outer.posted.set()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    c = Collector()
+    yield c
+    c.close()
+
+
+def record(span: str, parent: str | None, inbound: bool, sampled: bool = True,
+           code: int = 200) -> dict[str, Any]:
+    """A record as a worker's access records carry a request's span."""
+    return {"start_time": "2025-01-02T03:04:05.678Z", "duration": 12, "method": "GET",
+            "path": "/api?q=1", "authority": "backend", "response_code": code,
+            "upstream_host": "127.0.0.1:9080", "upstream_cluster": "inbound|||demo/backend:http",
+            "reporter": "destination" if inbound else "source",
+            "downstream_peer_uri_san": FRONTEND if inbound else None,
+            "downstream_local_uri_san": BACKEND if inbound else None,
+            "upstream_peer_uri_san": None if inbound else BACKEND,
+            "upstream_local_uri_san": None if inbound else FRONTEND,
+            "request_id": "b1b9c0a2-1111-4222-8333-444455556666",
+            "trace_id": TRACE, "span_id": span, "parent_span_id": parent, "sampled": sampled}
+
+
+def exporter(kind: str, url: str, **kw: Any) -> SpanExporter:
+    e = SpanExporter(kind, url, service_namer("APP_LABEL_AND_NAMESPACE", WORKLOADS),
+                     **{"batch_spans": 10, "flush_interval_s": 0.05, **kw})
+    e.start()
+    return e
+
+
+def wait(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_otlp_json_two_sides_of_one_trace(collector: Collector) -> None:
+    e = exporter("otlpHttp", collector.url)
+    e.offer(record("a" * 16, None, inbound=False))
+    e.offer(record("b" * 16, "a" * 16, inbound=True, code=503))
+    e.offer(record("c" * 16, None, inbound=False, sampled=False))   # no span: not sampled
+    wait(lambda: e.exported == 2, "two spans exported")
+    e.stop()
+    spans = {}
+    for body in collector.bodies:
+        for rs in body["resourceSpans"]:
+            [service] = [a["value"]["stringValue"] for a in rs["resource"]["attributes"]
+                         if a["key"] == "service.name"]
+            for s in rs["scopeSpans"][0]["spans"]:
+                spans[s["spanId"]] = (service, s)
+    client_service, client = spans["a" * 16]
+    server_service, server = spans["b" * 16]
+    assert (client_service, server_service) == ("frontend.demo", "backend-1.demo")
+    assert client["traceId"] == server["traceId"] == TRACE
+    assert "parentSpanId" not in client and server["parentSpanId"] == "a" * 16
+    assert (client["kind"], server["kind"]) == (3, 2)               # CLIENT, SERVER
+    start = 1735787045678 * 1_000_000
+    assert (server["startTimeUnixNano"], server["endTimeUnixNano"]) == (
+        str(start), str(start + 12_000_000))
+    attrs = {a["key"]: a["value"] for a in server["attributes"]}
+    assert attrs["http.method"] == {"stringValue": "GET"}
+    assert attrs["http.status_code"] == {"intValue": "503"}
+    assert attrs["peer.principal"] == {"stringValue": FRONTEND}
+    assert attrs["upstream_host"] == {"stringValue": "127.0.0.1:9080"}
+    assert server["status"] == {"code": 2} and "status" not in client
+    assert server["name"] == "backend/api"
+
+
+def test_zipkin_v2_json(collector: Collector) -> None:
+    e = exporter("zipkin", collector.url)
+    e.offer(record("b" * 16, "a" * 16, inbound=True))
+    wait(lambda: e.exported == 1, "a span exported")
+    e.stop()
+    [[span]] = collector.bodies
+    assert span["traceId"] == TRACE and span["id"] == "b" * 16 and span["parentId"] == "a" * 16
+    assert span["kind"] == "SERVER" and span["localEndpoint"] == {"serviceName": "backend-1.demo"}
+    assert (span["timestamp"], span["duration"]) == (1735787045678000, 12000)
+    assert span["tags"]["http.status_code"] == "200" and span["tags"]["http.method"] == "GET"
+
+
+def test_a_batch_carries_at_most_batch_spans(collector: Collector) -> None:
+    e = exporter("zipkin", collector.url, batch_spans=3, flush_interval_s=5.0)
+    for i in range(7):
+        e.offer(record(f"{i + 1:016x}", None, inbound=True))
+    wait(lambda: e.exported == 6, "two full batches, before the interval")
+    e.stop()                                        # the last one goes at the stop
+    assert sorted(len(b) for b in collector.bodies) == [1, 3, 3]
+    assert e.exported == 7 and e.dropped == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_collector_down_costs_spans_counted_never_a_wait() -> None:
+    e = exporter("otlpHttp", f"http://127.0.0.1:{free_port()}/v1/traces", batch_spans=2)
+    began = time.monotonic()
+    for i in range(4):
+        assert e.offer(record(f"{i + 1:016x}", None, inbound=False))
+    assert time.monotonic() - began < 0.1
+    wait(lambda: e.dropped == 4, "the batches dropped")
+    e.stop()
+    assert e.exported == 0 and e.posts_failed == 2
+
+
+def test_a_slow_collector_fills_the_queue_offers_drop_and_return_at_once() -> None:
+    slow = Collector(delay_s=1.0)
+    try:
+        e = exporter("zipkin", slow.url, batch_spans=1, max_queued_spans=3, post_timeout_s=0.3)
+        e.offer(record("1" * 16, None, inbound=True))
+        wait(lambda: len(e._queue) == 0, "the first span taken for its POST")
+        began = time.monotonic()
+        kept = [e.offer(record(f"{i + 2:016x}", None, inbound=True)) for i in range(5)]
+        assert time.monotonic() - began < 0.1
+        assert kept == [True, True, True, False, False] and e.dropped == 2
+        e.stop()
+        assert e.posts_failed >= 1                  # (timed out: its batch dropped too)
+        assert e.dropped + e.exported == 6         # every span offered is accounted for
+    finally:
+        slow.close()
+
+
+def test_span_of_needs_a_sampled_trace() -> None:
+    assert span_of({"response_code": 200}) is None
+    assert span_of(record("a" * 16, None, inbound=True, sampled=False)) is None
+    assert span_of({**record("a" * 16, None, inbound=True), "start_unix_nano": 5,
+                    "duration_ns": 7})["end_ns"] == 12
