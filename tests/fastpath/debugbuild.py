@@ -40,7 +40,7 @@ SUITES = ["tests/fastpath/test_http1.py", "tests/fastpath/test_keys.py",
           "tests/fastpath/test_engine_ratelimit.py", "tests/fastpath/test_engine_authz.py",
           "tests/fastpath/test_engine_caller_addr.py", "tests/fastpath/test_engine_overload.py",
           "tests/fastpath/test_engine_normalize.py", "tests/fastpath/test_engine_sizes.py",
-          "tests/fastpath/test_engine_accesslog.py"]
+          "tests/fastpath/test_engine_accesslog.py", "tests/fastpath/test_engine_tracing.py"]
 BUILD_TIMEOUT_S = 600
 SUITES_TIMEOUT_S = 1500
 BUILD_FAILED = 90          # the script's exit status when the build failed
