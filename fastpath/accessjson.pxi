@@ -320,9 +320,44 @@ cdef void _aj_record(JsonOut* w, Core* core, const AccessRecord* r, int64_t wall
             _aj_lit(w, b"\"traceparent\"" if first else b",\"traceparent\"")
         w.buf[w.len] = 93
         w.len += 1
-    if not h.drawn & ACCESS_DRAWN_LOG:
-        _aj_lit(w, b",\"tap_only\":true")     # a tap's: not for the access log
+    if h.trace.flags & TRACE_ON:
+        _aj_span(w, h, r, wall_offset_ns)
+    if not h.drawn & ACCESS_DRAWN_LOG:         # not for the access log: whose, then
+        if h.drawn & ACCESS_DRAWN_TAP:
+            _aj_lit(w, b",\"tap_only\":true")
+        if h.drawn & ACCESS_DRAWN_SPAN:
+            _aj_lit(w, b",\"span_only\":true")
     _aj_raw(w, b"}\n", 2)
+
+
+cdef void _aj_span(JsonOut* w, const AccessHead* h, const AccessRecord* r,
+                   int64_t wall_offset_ns) noexcept nogil:
+    """A request's span (tracing.pxi) in the OpenTelemetry log data model's names
+    (trace_id, span_id), hex as W3C writes it; one drawn for the span exporter also with
+    its times to the nanosecond (meshnode.tracing_export)."""
+    cdef char text[32]
+    _aj_lit(w, b",\"trace_id\":\"")
+    _hex_put(text, h.trace.trace_hi, 16)
+    _hex_put(text + 16, h.trace.trace_lo, 16)
+    _aj_raw(w, text, 32)
+    _aj_lit(w, b"\",\"span_id\":\"")
+    _hex_put(text, h.trace.span, 16)
+    _aj_raw(w, text, 16)
+    _aj_lit(w, b"\",\"parent_span_id\":")
+    if h.trace.parent:
+        _hex_put(text, h.trace.parent, 16)
+        _aj_raw(w, b"\"", 1)
+        _aj_raw(w, text, 16)
+        _aj_raw(w, b"\"", 1)
+    else:
+        _aj_raw(w, b"null", 4)
+    _aj_lit(w, b",\"trace_sampled\":true" if h.trace.flags & TRACE_SAMPLED
+            else b",\"trace_sampled\":false")
+    if h.drawn & ACCESS_DRAWN_SPAN:
+        _aj_lit(w, b",\"start_unix_nano\":")
+        _aj_u64(w, <uint64_t>(h.start_ns + wall_offset_ns))
+        _aj_lit(w, b",\"duration_ns\":")
+        _aj_u64(w, <uint64_t>r.duration_ns)
 
 
 cdef inline size_t _aj_name_len(const Name* names, uint32_t count, uint16_t i) noexcept nogil:

@@ -17,6 +17,12 @@
 # A tap under way (Engine.set_tap, meshnode.tap) wants every record whatever the access
 # log's sampling and filter: a record says whom it is for (AccessHead.drawn), and the
 # worker matches the tap's filters off this thread, so the engine's cost stays one load.
+#
+# A request's record carries its span's ids (tracing.pxi), and is also how a sampled
+# span reaches telemetry's exporter: a request the access log's sampling or filter
+# left out still gets a record when its span is sampled and spans are exported
+# (RouteTable.set_tracing; ACCESS_DRAWN_SPAN). Tracing alone thus costs a head and a
+# record for its sampled requests only.
 
 cdef inline uint8_t _access_drawn(Core* core, const Table* t) noexcept nogil:
     """Whom the next request's (or pair's) record is for (AccessDrawn; 0: nobody): the
@@ -74,15 +80,26 @@ cdef void _access_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
     it says for its answer's record, if it is drawn. A head framed again after a wait
     keeps what it had."""
     cdef AccessHead* h
-    cdef int32_t slot
     cdef uint8_t drawn
     if c.acc_head != 0:
         return
     c.acc_head = -1
     drawn = _access_drawn(core, c.table)
-    if not drawn:
-        return
-    slot = core.access_free
+    if drawn:
+        h = _access_claim(core, c, req, head)
+        if h != NULL:
+            h.drawn = drawn
+    else:
+        # What authorization decides on it waits here, for a head its span may claim.
+        c.acc_policy, c.acc_result, c.acc_audited = 0, ACCESS_NOT_JUDGED, 0
+
+
+cdef AccessHead* _access_claim(Core* core, Conn* c, const ReqHead* req,
+                               const char* head) noexcept nogil:
+    """A free head for the request being framed, filled from what it says (NULL: none
+    free, counted)."""
+    cdef AccessHead* h
+    cdef int32_t slot = core.access_free
     if slot != 0:
         core.access_free = core.access_heads[slot - 1].next_free
     elif core.access_fresh < ENGINE_ACCESS_HEADS:
@@ -90,16 +107,16 @@ cdef void _access_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
         slot = <int32_t>core.access_fresh
     else:
         core.access_no_head += 1
-        return
+        return NULL
     h = &core.access_heads[slot - 1]
     c.acc_head = slot
     h.start_ns = core.now_ns
     h.head_bytes = req.head_len
     h.cut = 0
-    h.drawn = drawn
     h.authz_policy = 0
     h.authz_result = ACCESS_NOT_JUDGED
     h.audited = 0
+    h.trace.flags = 0
     h.version_minor = req.version_minor
     h.method_len = <uint8_t>_access_text(h.method, ENGINE_ACCESS_METHOD_MAX,
                                          head + req.method_span.off, req.method_span.len,
@@ -112,6 +129,32 @@ cdef void _access_begin(Core* core, Conn* c, const ReqHead* req, const char* hea
     h.id_len = 0
     h.trace_len = 0
     _access_fields(h, head, req)
+    return h
+
+
+cdef void _access_traced(Core* core, Conn* c, const ReqHead* req, const char* head,
+                         const TraceIds* t, const char* made_id) noexcept nogil:
+    """The request being framed has its span (tracing.pxi), and `made_id` the
+    x-request-id made for it (NULL: it came with one): both go into its record, the id
+    as forwarded. A sampled span is drawn for telemetry's exporter when spans are
+    exported; a request nobody else drew gets a head for it, read from the head as its
+    steps and route left it (a URLRewrite's path)."""
+    cdef AccessHead* h = _access_head(core, c.acc_head)
+    cdef bint span = t.flags & TRACE_SAMPLED and c.table.trace_spans
+    if h == NULL:
+        if not span:
+            return
+        h = _access_claim(core, c, req, head)
+        if h == NULL:
+            return
+        h.drawn = 0
+        h.authz_policy, h.authz_result, h.audited = c.acc_policy, c.acc_result, c.acc_audited
+    if span:
+        h.drawn |= ACCESS_DRAWN_SPAN
+    h.trace = t[0]
+    if made_id != NULL:
+        memcpy(h.request_id, made_id, _REQUEST_ID_BYTES)
+        h.id_len = _REQUEST_ID_BYTES
 
 
 cdef inline void _access_pending(Conn* c, uint32_t i) noexcept nogil:

@@ -108,7 +108,6 @@ cdef Conn* _conn_new(Core* core, Table* t, uint32_t flags) noexcept nogil:
     c.open_size_stat = -1
     c.head_reserve = 0
     c.filter_at = 0
-    c.trace.flags = 0
     c.n_mirroring = 0
     c.rebalance_to = 0
     c.mirror_state = 0

@@ -694,8 +694,11 @@ cdef struct Table:
     uint32_t access_sample
     uint16_t access_min_status
     # Tracing (tracing.pxi): the share of new traces sampled, per 10000 (Mesh
-    # spec.tracing.sampling; a trace a caller began keeps its own decision).
+    # spec.tracing.sampling; a trace a caller began keeps its own decision), and
+    # whether a sampled span gets a record when the access log did not draw its request
+    # (a collector is named: telemetry exports spans from the records).
     uint32_t trace_sample
+    bint trace_spans
     # Limits before authentication the engine takes on at the swap (limits.pxi; 0:
     # keep its own): inbound TLS handshakes under way, connections and handshakes per
     # source address, and the inbound side's share of the slots (thousandths).
@@ -984,8 +987,8 @@ cdef enum RespPhase:
 
 
 # A request's span (tracing.pxi): its trace, its own id and its parent's (0: it begins
-# the trace), and TraceFlag bits. A request with no TRACE_ON (answered before it was
-# framed) has none.
+# the trace), and TraceFlag bits. Kept in its access record's head (AccessHead.trace);
+# a request with no TRACE_ON (answered before it was framed) has none.
 cdef struct TraceIds:
     uint64_t trace_hi
     uint64_t trace_lo
@@ -1172,10 +1175,6 @@ cdef struct Conn:
     uint16_t acc_policy            # an opaque pair's decision (a request's is in its head)
     uint8_t acc_result
     uint8_t acc_audited
-    # Tracing (tracing.pxi): the span of the request head being framed, then of each
-    # pending request (the ring pend_method is in), for its answer's record.
-    TraceIds trace
-    TraceIds pend_trace[ENGINE_HTTP_PIPELINE_MAX]
 
 
 # Request figures for one (direction, service, peer SPIFFE ID). Created by the engine
@@ -1229,6 +1228,7 @@ cdef struct AccessHead:
     uint16_t authz_policy          # Core.authz index + 1 of the deciding figure (0: none)
     uint8_t authz_result           # AccessJudged
     uint8_t audited                # an AUDIT policy matched
+    TraceIds trace                 # its span (tracing.pxi; flags 0: none)
     char method[ENGINE_ACCESS_METHOD_MAX]
     char path[ENGINE_ACCESS_PATH_MAX]
     char authority[ENGINE_ACCESS_AUTHORITY_MAX]
@@ -1242,10 +1242,12 @@ cdef enum AccessCut:
     ACCESS_CUT_TRACE = 8
 
 # Who a request's (or pair's) record is for: the access log (its table's sampling drew
-# it, and at the answer its filter keeps it), a tap under way (Core.access_tap), or both.
+# it, and at the answer its filter keeps it), a tap under way (Core.access_tap), telemetry's
+# span exporter, or several.
 cdef enum AccessDrawn:
     ACCESS_DRAWN_LOG = 1
     ACCESS_DRAWN_TAP = 2
+    ACCESS_DRAWN_SPAN = 4          # its span is sampled and exported (_access_traced)
 
 cdef enum AccessJudged:
     ACCESS_NOT_JUDGED = 0          # no AuthorizationPolicy on its route
@@ -1717,6 +1719,7 @@ cdef class RouteTable:
                                    # (authz_table.pxi)
     cdef uint8_t _path_normalization   # PathNormalization (normalize.pxi)
     cdef uint32_t _trace_sample        # set_tracing(): new traces sampled per 10000
+    cdef bint _trace_spans             # ... and sampled spans get records of their own
 
     cdef int _check_fd(self, int fd) except -1
     cdef Table* _build(self) except NULL

@@ -190,7 +190,6 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     c.pend_req_bytes[i] = received      # its body's come as it is framed (_req_body_bytes)
     _access_pending(c, i)
     c.pend_rule[i] = c.req_rule         # its answer's edits (routes.pxi)
-    _trace_pending(c, i)                # its span, for its record (tracing.pxi)
     _hash_framed(c, i)                  # ... and a generated cookie (hashing.pxi)
     c.pend_deadline[i] = 0
     if c.req_rule >= 0:

@@ -359,6 +359,7 @@ cdef class RouteTable:
         self._authz = {}
         self._path_normalization = PATH_NORM_BASE
         self._trace_sample = 100        # Istio's default: 1 % of new traces
+        self._trace_spans = False
 
     def __repr__(self) -> str:
         return "<RouteTable services=%d outbound=%d http=%s hosts=%d inbound=%s routes=%d>" % (
@@ -790,12 +791,15 @@ cdef class RouteTable:
             raise ValueError("min_status must be 0..599, not %d" % min_status)
         self._access = (<uint32_t>(sample_percent * 100 + 0.5), min_status) if on else None
 
-    def set_tracing(self, double sampling) -> None:
+    def set_tracing(self, double sampling, bint spans=False) -> None:
         """The percentage of new traces sampled (Mesh spec.tracing.sampling, Istio's
         meshConfig defaultConfig.tracing.sampling: 0..100 in steps of 0.01, 1 until
         set). Every HTTP request is traced both ways whatever it is (tracing.pxi); a
-        trace a caller began keeps its own decision."""
+        trace a caller began keeps its own decision. With `spans` (a collector is
+        named), every sampled request gets an access record for its span, flagged
+        span_only where the access log's settings left it out (accesslog.pxi)."""
         self._trace_sample = _trace_sample_of(sampling)
+        self._trace_spans = spans
 
     cdef Table* _build(self) except NULL:
         cdef Table* t = <Table*>calloc(1, sizeof(Table))
@@ -819,6 +823,7 @@ cdef class RouteTable:
             t.access_on = True
             t.access_sample, t.access_min_status = self._access
         t.trace_sample = self._trace_sample
+        t.trace_spans = self._trace_spans
         if self._limits is not None:
             (t.max_handshakes, t.max_source_conns, t.max_source_handshakes,
              t.inbound_permille) = self._limits

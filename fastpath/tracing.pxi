@@ -1,7 +1,7 @@
 # tracing.pxi: Trace context on every HTTP request head, both ways: its x-request-id
 # (made when it has none), and a span of its own in the trace its traceparent (W3C Trace
 # Context) or B3 fields name, or in a new one, passed on as the next hop's parent; the
-# span's ids kept with the pending request for its answer's record.
+# span's ids kept in the request's access record (accesslog.pxi _access_traced).
 #
 # Included into fastpath/engine.pyx (one extension); the state it touches is in engine.pxd.
 #
@@ -188,12 +188,11 @@ cdef void _trace_scan(const char* head, const ReqHead* req, int32_t* at) noexcep
             at[k] = <int32_t>i if at[k] == _TF_NONE else _TF_TWICE
 
 
-cdef bint _trace_context(Core* core, Conn* c, const char* head, const ReqHead* req,
-                         const int32_t* at) noexcept nogil:
-    """c.trace: the caller's trace (its traceparent, else its B3 fields) with this
-    side's new span under the caller's, or a new trace, sampled per the table. True
-    when the traceparent was read (it is then rewritten, not replaced)."""
-    cdef TraceIds* t = &c.trace
+cdef bint _trace_context(Core* core, const Conn* c, const char* head, const ReqHead* req,
+                         const int32_t* at, TraceIds* t) noexcept nogil:
+    """t: the caller's trace (its traceparent, else its B3 fields) with this side's
+    new span under the caller's, or a new trace, sampled per the table. True when the
+    traceparent was read (it is then rewritten, not replaced)."""
     cdef TraceIds b3
     cdef const Field* f
     cdef bint read = False
@@ -271,11 +270,13 @@ cdef int _trace_request(Core* core, Conn* c, ReqHead* req, uint32_t base,
                         int64_t* delta) noexcept nogil:
     """The request head at d2u.buf + base, as its steps and route left it (`delta`: its
     change in length since req was parsed, folded in here): its trace context for the
-    next hop, its span in c.trace. STATUS_OK; or STATUS_RESET (431) when the lines it
-    needs do not fit the buffer or the parser's limits (past _trace_wait, only a head
-    at the buffer's start with edits of its route's that took the room)."""
+    next hop, its span (and an x-request-id made for it) in its access record
+    (_access_traced). STATUS_OK; or STATUS_RESET (431) when the lines it needs do not
+    fit the buffer or the parser's limits (past _trace_wait, only a head at the
+    buffer's start with edits of its route's that took the room)."""
     cdef Flow* f = &c.d2u
-    cdef const TraceIds* t = &c.trace
+    cdef TraceIds trace
+    cdef const TraceIds* t = &trace
     cdef int32_t at[_TF_COUNT]
     cdef char request_id[_REQUEST_ID_BYTES]
     cdef char parent[_TRACEPARENT_BYTES]
@@ -290,7 +291,7 @@ cdef int _trace_request(Core* core, Conn* c, ReqHead* req, uint32_t base,
             return STATUS_RESET
         delta[0] = 0
     _trace_scan(f.buf + base, req, at)
-    add_parent = not _trace_context(core, c, f.buf + base, req, at)
+    add_parent = not _trace_context(core, c, f.buf + base, req, at, &trace)
     _hex_put(span_hex, t.span, 16)
     _hex_put(up_hex, t.parent, 16)
     sampled = c'1' if t.flags & TRACE_SAMPLED else c'0'
@@ -322,6 +323,10 @@ cdef int _trace_request(Core* core, Conn* c, ReqHead* req, uint32_t base,
     if add_b3_sampled and at[_TF_B3_SAMPLED] != _TF_NONE:
         _trace_drop(f, base, req, b"x-b3-sampled", 12, core)
     add_id = at[_TF_REQUEST_ID] == _TF_NONE
+    if add_id:
+        _request_id_text(core, request_id)
+    # Its record's: read from the head as it now is (an added line is not in req).
+    _access_traced(core, c, req, f.buf + base, t, <char*>request_id if add_id else NULL)
     need = ((14 + _REQUEST_ID_BYTES + 2 if add_id else 0)
             + (13 + _TRACEPARENT_BYTES + 2 if add_parent else 0)
             + (19 + 16 + 2 if add_b3_parent else 0) + (14 + 1 + 2 if add_b3_sampled else 0))
@@ -335,7 +340,6 @@ cdef int _trace_request(Core* core, Conn* c, ReqHead* req, uint32_t base,
         return STATUS_RESET
     head_len = req.head_len
     if add_id:
-        _request_id_text(core, request_id)
         head_len += _trace_add(core, f, base, head_len, b"x-request-id", 12, request_id,
                                _REQUEST_ID_BYTES)
         core.counters.request_ids_made += 1
@@ -377,13 +381,6 @@ cdef inline bint _trace_wait(Core* core, const Conn* c, const ReqHead* req,
     its steps run, so that nothing of it is taken twice. A head at the buffer's start
     never waits (the buffer's cap kept the room: _d2u_cap)."""
     return base != 0 and c.d2u.tail + _trace_room(c, req) > core.buffer_bytes
-
-
-cdef inline void _trace_pending(Conn* c, uint32_t i) noexcept nogil:
-    """The head framed went upstream as pending request i: its span waits there for its
-    answer's record; the next head begins with none."""
-    c.pend_trace[i] = c.trace
-    c.trace.flags = 0
 
 
 # --- the table's part (with the GIL) ------------------------------------------------------------

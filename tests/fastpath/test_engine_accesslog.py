@@ -69,10 +69,11 @@ def test_a_request_is_recorded_by_each_side_with_envoys_fields(mesh: Mesh) -> No
     assert status == 200
     [out] = records(mesh.out_node, 1)
     [inb] = records(mesh.in_node, 1)
-    for r in (out, inb):
+    for r, traceparent in ((out, TRACE), (inb, f"{TRACE[:36]}{out['span_id']}-01")):
+        # Each side's as it came: the app's node's, the caller's node's span its parent.
         assert (r["method"], r["path"], r["protocol"], r["response_code"], r["response_flags"],
                 r["authority"], r["request_id"], r["traceparent"]) == (
-            "POST", "/a/b?x=1", "HTTP/1.1", 200, "-", "backend", "rid-1", TRACE)
+            "POST", "/a/b?x=1", "HTTP/1.1", 200, "-", "backend", "rid-1", traceparent)
         assert r["bytes_received"] > 10 and r["bytes_sent"] > 0   # (head and body)
         assert 0 <= r["duration"] < TIMEOUT_S * 1000
         assert r["start_time"].endswith("Z") and "truncated" not in r

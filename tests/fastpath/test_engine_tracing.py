@@ -2,7 +2,9 @@
 with tracing on: an x-request-id made when a request has none and kept when it has one;
 a span per side in the trace the request's traceparent (W3C Trace Context) or B3 fields
 name, or in a new one sampled per RouteTable.set_tracing(); what the app receives; a
-traceparent that does not parse treated as absent (a new trace, only hex written).
+traceparent that does not parse treated as absent (a new trace, only hex written); each
+side's access record with its span's ids, and a record for a sampled span the access
+log left out, flagged span_only.
 
 The mesh is test_engine_routes.py's (the caller's node and the app's node, real engines
 and sockets), shared by the module; each app reports the fields it received.
@@ -16,7 +18,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from test_engine_routes import Mesh, mesh_pki, request, running_mesh  # noqa: F401
+from test_engine_accesslog import records
+from test_engine_routes import FRONTEND_ID, Mesh, mesh_pki, request, running_mesh  # noqa: F401
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,16 +35,19 @@ def mesh(mesh_pki: Any) -> Iterator[Mesh]:  # noqa: F811
         yield m
 
 
-def install(m: Mesh, sampling: float | None = None) -> None:
+def install(m: Mesh, sampling: float | None = None, spans: bool = False,
+            access: tuple[float, int] | None = None) -> None:
     """The caller's node routing "backend" to its v1 app, new traces sampled at
-    `sampling` percent on both sides (None: the table's default)."""
+    `sampling` percent on both sides (None: the table's default), sampled spans given
+    records when `spans`, access records kept as `access` (percent, least status) says."""
     t = m.inbound_table()
-    if sampling is not None:
-        t.set_tracing(sampling)
-    m.in_node.install(t)
     out, _ = m.outbound()
-    if sampling is not None:
-        out.set_tracing(sampling)
+    for table in (t, out):
+        if sampling is not None:
+            table.set_tracing(sampling, spans)
+        if access is not None:
+            table.set_access_log(True, *access)
+    m.in_node.install(t)
     m.out_node.install(out)
 
 
@@ -218,3 +224,49 @@ def test_malformed_b3_is_left_as_it_came_and_a_trace_begins(mesh: Mesh) -> None:
     assert fields["x-b3-traceid"] == ["not-hex"] and fields["x-b3-spanid"] == [PARENT]
     assert "x-b3-parentspanid" not in fields
     assert parent_of(fields)[0] != TRACE
+
+
+# --- access records -----------------------------------------------------------------------------
+
+
+def both_records(m: Mesh) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one record each side keeps for one request (caller's node, app's node)."""
+    [out] = records(m.out_node, 1)
+    [inb] = records(m.in_node, 1)
+    return out, inb
+
+
+def test_each_sides_record_carries_its_span_and_the_x_request_id_forwarded(mesh: Mesh) -> None:
+    install(mesh, sampling=100.0, spans=True, access=(100.0, 0))
+    fields = received(mesh)
+    out, inb = both_records(mesh)
+    trace, app_parent, _ = parent_of(fields)
+    # The id the caller's node made is the one both records and the app have.
+    assert out["request_id"] == inb["request_id"] == fields["x-request-id"][0]
+    assert out["trace_id"] == inb["trace_id"] == trace
+    assert out["parent_span_id"] is None                # the caller's node began it
+    assert inb["parent_span_id"] == out["span_id"] and inb["span_id"] == app_parent
+    assert out["trace_sampled"] and inb["trace_sampled"]
+    assert inb["start_unix_nano"] >= out["start_unix_nano"] and inb["duration_ns"] > 0
+    assert "span_only" not in out and "span_only" not in inb
+    received(mesh, {"traceparent": f"00-{TRACE}-{PARENT}-00"})
+    out, inb = both_records(mesh)
+    assert (out["trace_id"], out["parent_span_id"], out["trace_sampled"]) == (TRACE, PARENT, False)
+    assert "start_unix_nano" not in out and inb["parent_span_id"] == out["span_id"]
+
+
+@pytest.mark.parametrize("access", [None, (100.0, 500)], ids=["log-off", "log-errors-only"])
+def test_a_sampled_span_the_access_log_leaves_out_gets_a_record_flagged_span_only(
+        mesh: Mesh, access: tuple[float, int] | None) -> None:
+    install(mesh, sampling=0.0, spans=True, access=access)
+    received(mesh)                                  # not sampled: no record
+    received(mesh, {"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    out, inb = both_records(mesh)
+    assert out["span_only"] and inb["span_only"]
+    assert out["trace_id"] == inb["trace_id"] == TRACE and inb["parent_span_id"] == out["span_id"]
+    assert (out["path"], out["response_code"], inb["downstream_peer_uri_san"]) == (
+        "/", 200, FRONTEND_ID)
+    assert UUID4.fullmatch(out["request_id"]) and inb["request_id"] == out["request_id"]
+    install(mesh, sampling=100.0, access=access)    # spans not exported: none
+    received(mesh)
+    assert [n.engine.access_records() for n in (mesh.out_node, mesh.in_node)] == [[], []]
