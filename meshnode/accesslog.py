@@ -9,11 +9,15 @@ RUNTIME_DIR/logs/access.log (mode 0600), rotated by size as Python's
 RotatingFileHandler does (access.log.1 is the newest old file), and counts the batches
 the bus lost on the way from the running totals each batch carries. A batch also
 carries the records the node's taps asked for (meshnode.tap), apart: telemetry hands
-those to the tap sessions and writes only the access log's.
+those to the tap sessions and writes only the access log's. Likewise the records of
+sampled spans (the engine's lines with their nanosecond times: SPAN_MARK), parsed
+here and carried apart for telemetry's span exporter (meshnode.tracing_export); a line
+the engine kept for its span alone (span_only) is not the access log's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -37,6 +41,10 @@ BATCH_RECORDS = 256
 
 SEND_HWM = 64
 """Batches the shipper's socket holds for the broker; past them a batch is dropped."""
+
+SPAN_MARK = b'"duration_ns":'
+"""In the lines of records drawn for the span exporter only (fastpath accessjson.pxi
+_aj_span): a batch without it goes on unparsed."""
 
 
 class Ring(Protocol):
@@ -88,16 +96,20 @@ class Shipper:
             lines, taken = self._ring.access_lines(BATCH_RECORDS)
             if not taken:
                 return
-            count, tapped = taken, []
+            count, tapped, spans = taken, [], []
+            if SPAN_MARK in lines:
+                lines, count, spans = split_spans(lines)
             if self.taps.live():        # (no tap: the lines go as they came, unparsed)
                 lines, count, tapped = self.taps.split(lines)
-            if count or tapped:
-                self._send(lines, count, tapped)
+            if count or tapped or spans:
+                self._send(lines, count, tapped, spans)
             if taken < BATCH_RECORDS:
                 return
 
-    def _send(self, lines: bytes, count: int, tapped: list[list[Any]]) -> None:
-        body = {"lines": lines, "count": count, "sent": self.sent + count, "tapped": tapped}
+    def _send(self, lines: bytes, count: int, tapped: list[list[Any]],
+              spans: list[dict[str, Any]]) -> None:
+        body = {"lines": lines, "count": count, "sent": self.sent + count, "tapped": tapped,
+                "spans": spans}
         if self._pub.offer(self.topic, "access", body):
             self.sent += count
         else:
@@ -110,6 +122,20 @@ class Shipper:
     def dropped(self) -> dict[str, int]:
         """Records lost by reason: the engine's ring full, no head free, the send mark."""
         return {**self._ring.access_dropped(), "send_hwm": self.unsent}
+
+
+def split_spans(lines: bytes) -> tuple[bytes, int, list[dict[str, Any]]]:
+    """The engine's JSON lines less those kept for a span alone (a tap's stay for the
+    taps to split), their count, and the records of the spans, parsed."""
+    kept: list[bytes] = []
+    spans: list[dict[str, Any]] = []
+    for line in lines.splitlines(keepends=True):
+        if SPAN_MARK in line:
+            spans.append(json.loads(line))
+            if b'"span_only":true' in line and b'"tap_only":true' not in line:
+                continue
+        kept.append(line)
+    return b"".join(kept), len(kept), spans
 
 
 class AccessLog:

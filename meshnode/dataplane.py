@@ -252,9 +252,11 @@ class DataPlane:
         table.set_access_log(bool(mesh.get("access_log", False)),
                              float(mesh.get("access_log_sampling_percent", 100.0)),
                              int(mesh.get("access_log_min_status", 0)))
-        # New traces sampled on both sides (Mesh spec.tracing.sampling); else the engine's.
+        # New traces sampled on both sides (Mesh spec.tracing.sampling), else the
+        # engine's; with a collector, every sampled span has a record for telemetry.
         if "tracing" in mesh:
-            table.set_tracing(float(mesh["tracing"]["sampling"]))
+            table.set_tracing(float(mesh["tracing"]["sampling"]),
+                              bool(mesh["tracing"].get("collector_kind")))
         # The outbound side presents the calling workload's identity (meshnode.callers):
         # the listeners' own only with a single local workload; otherwise each caller's,
         # told apart by user or address, and a caller that is no workload is refused.

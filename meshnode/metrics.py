@@ -186,6 +186,13 @@ class NodeCollector(Collector):
             "ring_full (its shipper behind), no_head (requests awaiting answers past the "
             "engine's heads), send_hwm (the bus behind); telemetry's bus (lost between them)",
             labels=["node", "process", "reason"])
+        spans_exported = CounterMetricFamily(
+            "meshnode_trace_spans_exported", "Spans the node's telemetry sent to the "
+            "collector Mesh spec.tracing names", labels=["node"])
+        spans_dropped = CounterMetricFamily(
+            "meshnode_trace_spans_dropped", "Spans the node's telemetry lost, by reason: "
+            "queue_full (the collector behind: maxQueuedSpans waiting), export_failed (a "
+            "batch the collector refused or did not answer in time)", labels=["node", "reason"])
         version = GaugeMetricFamily("meshnode_config_version",
                                     "Config snapshot version the process runs (workers) "
                                     "or holds (control)", labels=["node", "process"])
@@ -273,6 +280,7 @@ class NodeCollector(Collector):
             for reason, value in (report.body.get("accesslog_dropped") or {}).items():
                 if isinstance(value, int):
                     access_dropped.add_metric([*labels, str(reason)], value)
+            self._spans(report.body.get("trace_spans"), spans_exported, spans_dropped)
             config_version = report.body.get("config_version")
             if isinstance(config_version, int):
                 version.add_metric(labels, config_version)
@@ -289,13 +297,25 @@ class NodeCollector(Collector):
             self._rate_limits(report.body.get("rate_limits"), labels, rate)
             self._authz(report.body.get("authz"), labels, authz)
             self._rollouts(report.body.get("rollouts"), rollout_weight, rollout_status)
-        yield from (rollout_weight, rollout_status, up, seen, frames, dropped, access_dropped, version, issued, refused, ca_expiry, expiry,
+        yield from (rollout_weight, rollout_status, up, seen, frames, dropped, access_dropped,
+                    spans_exported, spans_dropped, version, issued, refused, ca_expiry, expiry,
                     renew_failed, bundle, *tcp.values(), *counts.values(), overflows, failures,
                     active, in_flight, *rate.values(), authz)
         if "meshnode" in names:
             yield from (requests, duration)
         if "istio" in names:
             yield from istio.families()
+
+    def _spans(self, counts: object, exported: CounterMetricFamily,
+               dropped: CounterMetricFamily) -> None:
+        """Telemetry's span exporter (meshnode.tracing_export.Spans.counts)."""
+        if not isinstance(counts, dict):
+            return
+        if isinstance(counts.get("exported"), int):
+            exported.add_metric([self._node], counts["exported"])
+        for reason, value in (counts.get("dropped") or {}).items():
+            if isinstance(value, int):
+                dropped.add_metric([self._node, str(reason)], value)
 
     @staticmethod
     def _rate_limits(entries: object, labels: list[str], rate: dict[str, Metric]) -> None:

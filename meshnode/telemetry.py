@@ -36,6 +36,7 @@ from .config.model import MeshSpec
 from .health import HealthBook
 from .metrics import NodeCollector
 from .process import Process, base_parser
+from .tracing_export import Spans
 
 NAME = "telemetry"
 
@@ -121,12 +122,15 @@ class Telemetry:
         self.config = StateClient(proc.client(), CONTROL, SNAPSHOT_TOPIC, self.on_config)
         proc.subscriber([SNAPSHOT_TOPIC], lambda topic, env: self.config.feed(env))
         proc.loop.every(0.5, self.config.tick)
-        # Access logs (meshnode.accesslog): the workers' records, written as they come.
+        # Access logs (meshnode.accesslog): the workers' records, written as they come,
+        # and their sampled spans exported (meshnode.tracing_export).
+        self.spans = Spans(proc.log)
         self.access = Collector(AccessLog(Path(proc.runtime_dir) / "logs" / "access.log",
                                           MeshSpec.access_log_max_bytes,
                                           MeshSpec.access_log_backups))
         proc.subscriber([ACCESS_TOPIC], self.on_access)
-        proc.add_health(lambda: {"accesslog_dropped": {"bus": self.access.lost}})
+        proc.add_health(lambda: {"accesslog_dropped": {"bus": self.access.lost},
+                                 "trace_spans": self.spans.counts()})
         srv = proc.server(NAME)
         srv.register("processes", lambda req: {"processes": self.book.view(),
                                                "not_ready": self.book.not_ready()})
@@ -148,6 +152,8 @@ class Telemetry:
         self.access.on_access(topic, env)
         if isinstance(env.body, dict):
             self.taps.on_tapped(env.body.get("tapped"))
+            if isinstance(env.body.get("spans"), list):
+                self.spans.offer(env.body["spans"])
 
     def on_health(self, topic: str, env: Envelope) -> None:
         body = env.body if isinstance(env.body, dict) else None
@@ -163,6 +169,7 @@ class Telemetry:
             self.snapshot = items.get(self.proc.node)
         if self.snapshot is not None:
             self.access.configure(self.snapshot.get("mesh") or {})
+            self.spans.configure(self.snapshot)
 
     def current_snapshot(self) -> dict[str, Any] | None:
         with self._snapshot_lock:
@@ -227,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return proc.run()
     finally:
+        telemetry.spans.close()
         for httpd in servers:
             httpd.shutdown()
             httpd.server_close()

@@ -1,6 +1,7 @@
 """Spans out of a node: built from the workers' per-request records (a sampled request's
 trace, span and parent ids ride its access record), batched and POSTed to the collector
 Mesh spec.tracing names, as OTLP/HTTP JSON or Zipkin v2 JSON, from a thread of their own.
+Telemetry holds one exporter at a time (Spans), built from its snapshot.
 
 Nothing here runs on a request's path: telemetry offers each record it reads, and
 offer() never waits. The queue is bounded (spec.tracing.maxQueuedSpans): a slow or
@@ -8,10 +9,15 @@ gone collector costs spans, dropped and counted (meshnode_trace_spans_dropped_to
 never a worker's time nor telemetry's memory. A batch the collector refuses or does not
 answer in time is dropped whole and counted likewise: spans are not retried (a
 collector that is down for long would only see them late and in a burst).
+
+A record reaches telemetry when the access log drew it or when its span is sampled and
+a collector is named (the engine's span_only records, fastpath accesslog.pxi): spans
+do not depend on the access log's sampling or filter.
 """
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import urllib.error
@@ -21,6 +27,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+from . import logs
 from .config.tracing import SERVICE_NAMES
 
 # OTLP's Span.SpanKind (opentelemetry-proto trace.proto) and Status.StatusCode.
@@ -38,7 +45,7 @@ def span_of(record: dict[str, Any]) -> dict[str, Any] | None:
     duration_ns), else its access-log fields (start_time to the millisecond,
     duration in ms). Inbound (reporter "destination") is Istio's SERVER span, outbound
     its CLIENT span."""
-    if not record.get("sampled") or not record.get("trace_id") or not record.get("span_id"):
+    if not record.get("trace_sampled") or not record.get("trace_id") or not record.get("span_id"):
         return None
     start = record.get("start_unix_nano")
     if start is None:
@@ -137,7 +144,7 @@ class SpanExporter:
     """Batches the spans of the records offered and POSTs them to `url` ("otlpHttp" or
     "zipkin" `kind`), at `batch_spans` a POST, at least every `flush_interval_s` while
     any wait; at most `max_queued_spans` wait. Counters (read any time): exported,
-    dropped (queue full, or their batch failed), posts_failed."""
+    queue_full and export_failed (spans dropped, by reason), posts_failed."""
 
     def __init__(self, kind: str, url: str, service_of: Callable[[str | None], str], *,
                  batch_spans: int = 512, flush_interval_s: float = 5.0,
@@ -147,7 +154,7 @@ class SpanExporter:
         self.kind, self.url, self.service_of = kind, url, service_of
         self.batch_spans, self.flush_interval_s = batch_spans, flush_interval_s
         self.max_queued_spans, self.post_timeout_s = max_queued_spans, post_timeout_s
-        self.exported = self.dropped = self.posts_failed = 0
+        self.exported = self.queue_full = self.export_failed = self.posts_failed = 0
         self._queue: deque[dict[str, Any]] = deque()
         self._wake = threading.Condition()
         self._stopping = False
@@ -171,7 +178,7 @@ class SpanExporter:
             return True
         with self._wake:
             if len(self._queue) >= self.max_queued_spans:
-                self.dropped += 1
+                self.queue_full += 1
                 return False
             self._queue.append(span)
             if len(self._queue) >= self.batch_spans:
@@ -209,6 +216,76 @@ class SpanExporter:
         except (urllib.error.URLError, OSError, ValueError):
             # Down, refused (an HTTPError is a URLError), or slow past the timeout.
             self.posts_failed += 1
-            self.dropped += len(batch)
+            self.export_failed += len(batch)
             return
         self.exported += len(batch)
+
+    @property
+    def dropped(self) -> int:
+        return self.queue_full + self.export_failed
+
+    @property
+    def finished(self) -> bool:
+        """Its thread ended (stopped, all it held sent or dropped): counts are final."""
+        return self._thread.ident is not None and not self._thread.is_alive()
+
+
+_COUNTS = ("exported", "queue_full", "export_failed")
+
+
+class Spans:
+    """Telemetry's exporter: the one the snapshot's Mesh spec.tracing names (none
+    without a collector), rebuilt when those settings or the workloads that name its
+    services change, offered every record telemetry reads. Counts carry over
+    rebuilds: an exporter replaced ends on a thread of its own (its last batches may
+    wait on a collector's timeout; the bus loop must not)."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._exporter: SpanExporter | None = None
+        self._settings: str | None = None
+        self._ending: list[SpanExporter] = []
+        self._ended = dict.fromkeys(_COUNTS, 0)
+
+    def configure(self, snapshot: dict[str, Any]) -> None:
+        tracing = (snapshot.get("mesh") or {}).get("tracing") or {}
+        workloads = snapshot.get("workloads") or []
+        settings = json.dumps([tracing, workloads], sort_keys=True)
+        if settings == self._settings:
+            return
+        self._settings = settings
+        if self._exporter is not None:
+            self._ending.append(self._exporter)
+            threading.Thread(target=self._exporter.stop, name="span-export-end", daemon=True).start()
+            self._exporter = None
+        if tracing.get("collector_kind"):
+            self._exporter = SpanExporter(
+                tracing["collector_kind"], tracing["collector_url"],
+                service_namer(tracing.get("service_name", SERVICE_NAMES[0]), workloads),
+                batch_spans=tracing["batch_spans"], flush_interval_s=tracing["flush_interval_s"],
+                max_queued_spans=tracing["max_queued_spans"])
+            self._exporter.start()
+        logs.event(self._log, "tracing.configured", collector=tracing.get("collector_url"),
+                   kind=tracing.get("collector_kind"))
+
+    def offer(self, records: list[dict[str, Any]]) -> None:
+        if self._exporter is not None:
+            for record in records:
+                self._exporter.offer(record)
+
+    def counts(self) -> dict[str, Any]:
+        """Spans exported and dropped by reason since telemetry began."""
+        for e in [e for e in self._ending if e.finished]:
+            self._ending.remove(e)
+            for k in _COUNTS:
+                self._ended[k] += getattr(e, k)
+        live = [*self._ending, *([self._exporter] if self._exporter else [])]
+        total = {k: self._ended[k] + sum(getattr(e, k) for e in live) for k in _COUNTS}
+        return {"exported": total["exported"],
+                "dropped": {"queue_full": total["queue_full"],
+                            "export_failed": total["export_failed"]}}
+
+    def close(self) -> None:
+        """Send what waits (telemetry is ending)."""
+        if self._exporter is not None:
+            self._exporter.stop()

@@ -5,6 +5,7 @@ batches bounded; a collector down or slow costs spans, counted, never an offer's
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -13,7 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from meshnode.tracing_export import SpanExporter, service_namer, span_of
+from meshnode.tracing_export import SpanExporter, Spans, service_namer, span_of
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -74,7 +75,7 @@ def record(span: str, parent: str | None, inbound: bool, sampled: bool = True,
             "upstream_peer_uri_san": None if inbound else BACKEND,
             "upstream_local_uri_san": None if inbound else FRONTEND,
             "request_id": "b1b9c0a2-1111-4222-8333-444455556666",
-            "trace_id": TRACE, "span_id": span, "parent_span_id": parent, "sampled": sampled}
+            "trace_id": TRACE, "span_id": span, "parent_span_id": parent, "trace_sampled": sampled}
 
 
 def exporter(kind: str, url: str, **kw: Any) -> SpanExporter:
@@ -157,7 +158,7 @@ def test_a_collector_down_costs_spans_counted_never_a_wait() -> None:
     for i in range(4):
         assert e.offer(record(f"{i + 1:016x}", None, inbound=False))
     assert time.monotonic() - began < 0.1
-    wait(lambda: e.dropped == 4, "the batches dropped")
+    wait(lambda: e.export_failed == 4, "the batches dropped")
     e.stop()
     assert e.exported == 0 and e.posts_failed == 2
 
@@ -171,7 +172,7 @@ def test_a_slow_collector_fills_the_queue_offers_drop_and_return_at_once() -> No
         began = time.monotonic()
         kept = [e.offer(record(f"{i + 2:016x}", None, inbound=True)) for i in range(5)]
         assert time.monotonic() - began < 0.1
-        assert kept == [True, True, True, False, False] and e.dropped == 2
+        assert kept == [True, True, True, False, False] and e.queue_full == 2
         e.stop()
         assert e.posts_failed >= 1                  # (timed out: its batch dropped too)
         assert e.dropped + e.exported == 6         # every span offered is accounted for
@@ -184,3 +185,34 @@ def test_span_of_needs_a_sampled_trace() -> None:
     assert span_of(record("a" * 16, None, inbound=True, sampled=False)) is None
     assert span_of({**record("a" * 16, None, inbound=True), "start_unix_nano": 5,
                     "duration_ns": 7})["end_ns"] == 12
+
+
+def snapshot(url: str | None, kind: str = "otlpHttp") -> dict[str, Any]:
+    """What telemetry's Spans read of a node's snapshot (config/tracing.py's fields)."""
+    return {"workloads": WORKLOADS, "mesh": {"tracing": {
+        "sampling": 100.0, "collector_kind": kind if url else None, "collector_url": url,
+        "service_name": "APP_LABEL_AND_NAMESPACE", "batch_spans": 1, "flush_interval_s": 0.05,
+        "max_queued_spans": 8}}}
+
+
+def test_telemetrys_exporter_follows_the_snapshot_and_its_counts_carry_over(
+        collector: Collector) -> None:
+    spans = Spans(logging.getLogger("test"))
+    spans.offer([record("a" * 16, None, inbound=True)])        # no snapshot yet: nowhere
+    spans.configure(snapshot(collector.url))
+    spans.offer([record("b" * 16, None, inbound=True), record("c" * 16, None, inbound=True,
+                                                              sampled=False)])
+    wait(lambda: spans.counts()["exported"] == 1, "the sampled span exported")
+    down = f"http://127.0.0.1:{free_port()}/v1/traces"
+    spans.configure(snapshot(down))                             # rebuilt: another collector
+    spans.configure(snapshot(down))                             # (unchanged: kept)
+    spans.offer([record("d" * 16, None, inbound=True)])
+    wait(lambda: spans.counts()["dropped"]["export_failed"] == 1, "the span to nowhere dropped")
+    spans.configure(snapshot(None))                             # no collector: none
+    spans.offer([record("e" * 16, None, inbound=True)])
+    final = {"exported": 1, "dropped": {"queue_full": 0, "export_failed": 1}}
+    # The replaced exporters end; their counts stay in the totals.
+    wait(lambda: spans.counts() == final and not spans._ending, "the replaced exporters ended")
+    assert [s["spanId"] for b in collector.bodies for rs in b["resourceSpans"]
+            for s in rs["scopeSpans"][0]["spans"]] == ["b" * 16]
+    spans.close()
