@@ -79,7 +79,13 @@ reads stats() (DESIGN.md §3). This version carries opaque TCP and HTTP/1.1:
   either side and one per opaque pair at its close, fixed-size, in a ring the worker
   drains (access_records()); sampled and filtered per table, dropped and counted when
   the ring is full, never waited for; while a tap is under way (set_tap()) every request
-  gets one, marked "tap_only" where the access log would not have kept it.
+  gets one, marked "tap_only" where the access log would not have kept it. A request's
+  record names its span (tracing.pxi); a sampled span the access log left out gets one
+  of its own, marked "span_only", when its table exports spans (RouteTable.set_tracing).
+- Trace context (tracing.pxi, RouteTable.set_tracing): every HTTP request head, both
+  ways, gets an x-request-id when it has none and a span of this side's in its
+  traceparent's (or B3's) trace, or a new one sampled per table, passed on as the next
+  hop's parent.
 - HTTP counters: requests routed, the engine's own answers by cause, responses by
   class (2xx…), and a latency histogram (request head framed → response framed to its
   end; log-linear microsecond buckets, latency_bounds_us()).
@@ -893,7 +899,7 @@ cdef class Engine:
         """Take up to `limit` access records from the ring, oldest first, as JSON lines
         in Envoy's default access log names (accessjson.pxi), and their count: one per
         HTTP answer and per opaque pair closed, those its table's set_access_log()
-        keeps. Formatted without the GIL; one reader at a time (the ring has a single
+        keeps (and a tap, and set_tracing(spans=True) for a sampled span). Formatted without the GIL; one reader at a time (the ring has a single
         consumer); the slots read are the engine's to write again once this returns."""
         cdef Core* core = self.core
         cdef uint64_t out = core.access_out
