@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from meshnode.accesslog import split_spans
 from meshnode.tracing_export import SpanExporter, Spans, service_namer, span_of
 
 pytestmark = pytest.mark.timeout(30)
@@ -216,3 +217,17 @@ def test_telemetrys_exporter_follows_the_snapshot_and_its_counts_carry_over(
     assert [s["spanId"] for b in collector.bodies for rs in b["resourceSpans"]
             for s in rs["scopeSpans"][0]["spans"]] == ["b" * 16]
     spans.close()
+
+
+def test_a_shippers_batch_carries_the_exporters_records_apart() -> None:
+    """meshnode.accesslog.split_spans on the engine's lines: a span's record parsed for
+    telemetry; its line kept for the access log unless only the span (or a tap) wanted it."""
+    def line(path: str, *extra: str) -> bytes:
+        return ('{"path":"%s"%s}\n' % (path, "".join("," + e for e in extra))).encode()
+    span = '"trace_sampled":true,"duration_ns":7'
+    lines, count, spans = split_spans(
+        line("/logged") + line("/both", span) + line("/span", span, '"span_only":true')
+        + line("/tap", span, '"tap_only":true', '"span_only":true'))
+    assert [s["path"] for s in spans] == ["/both", "/span", "/tap"]
+    assert [json.loads(x)["path"] for x in lines.splitlines()] == ["/logged", "/both", "/tap"]
+    assert count == 3                                   # (the taps' split drops "/tap" then)
