@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(proc, str(args.worker), dataplane)
     proc.drain_on_stop(WorkerDrain(proc, dataplane))
     shipper = Shipper(proc.endpoints, proc.node, proc.name, engine)
-    proc.subscriber([TAP_TOPIC], lambda topic, env: shipper.taps.offer(env.body))
+    proc.subscriber([TAP_TOPIC], lambda topic, env: _offer_taps(proc, shipper, env))
     proc.add_health(shipper.health)
     dataplane.start()
     shipper.start()
@@ -325,6 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dataplane.stop()
         shipper.stop()                  # (after the engine: its last records go too)
+
+
+def _offer_taps(proc: Process, shipper: Shipper, env: Envelope) -> None:
+    """Telemetry's tap sessions to the shipper; a garbled body is dropped and counted
+    (bad-tap), the sessions under way go on."""
+    if not shipper.taps.offer(env.body):
+        proc.counters.drop("bad-tap")
 
 
 if __name__ == "__main__":

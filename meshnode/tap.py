@@ -20,6 +20,7 @@ and counted, never waited for.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
 from collections import deque
@@ -57,7 +58,14 @@ class Filter:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> "Filter":
-        return cls(**{k: str(body.get(k) or "") for k in cls.__dataclass_fields__})
+        """The filter fields of a body (missing or null: any). ValueError for one that is
+        not text: read as text, a number or a list would match nothing, and 0 or []
+        (empty) everything."""
+        fields = {k: "" if body.get(k) is None else body.get(k) for k in cls.__dataclass_fields__}
+        odd = sorted(k for k, v in fields.items() if not isinstance(v, str))
+        if odd:
+            raise ValueError(f"tap filter fields are text: not {', '.join(odd)}")
+        return cls(**fields)
 
     def matches(self, rec: Mapping[str, Any]) -> bool:
         if self.method and rec.get("method") != self.method:
@@ -113,20 +121,50 @@ class _Live:
         self.sid, self.filter, self.deadline, self.left = sid, flt, deadline, left
 
 
+def _announced(body: Any) -> list[tuple[str, Filter, float, int]] | None:
+    """A ``tap.sessions`` body (Hub.announce's) as (id, filter, seconds left, records
+    left) per session; None when it is not of that shape."""
+    sessions = body.get("sessions") if isinstance(body, dict) else None
+    if not isinstance(sessions, list):
+        return None
+    out = []
+    for s in sessions:
+        if not isinstance(s, dict):
+            return None
+        sid, flt, remaining, left = s.get("id"), s.get("filter"), s.get("remaining_s"), s.get("left")
+        if not (isinstance(sid, str) and isinstance(flt, dict)
+                and type(remaining) in (int, float) and math.isfinite(remaining)
+                and type(left) is int):
+            return None
+        try:
+            out.append((sid, Filter.from_body(flt), float(remaining), left))
+        except ValueError:
+            return None
+    return out
+
+
 class WorkerTaps:
     """The sessions a worker matches. `offer` is called from the bus loop's thread with
     each ``tap.sessions`` body; everything else runs in the shipper's thread, which
-    takes the latest offer at its next pass (one reference swapped: no lock)."""
+    takes the latest offer at its next pass (one reference swapped: no lock). A body
+    is checked as it is offered: a garbled one raised in the shipper's thread would end
+    it, and with it the worker's access log."""
 
     def __init__(self, set_tap: Callable[[bool], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._set_tap, self._clock = set_tap, clock
-        self._offered: Any = None
+        self._offered: list[tuple[str, Filter, float, int]] | None = None
         self._live: dict[str, _Live] = {}
         self._on = False
 
-    def offer(self, body: Any) -> None:
-        self._offered = body
+    def offer(self, body: Any) -> bool:
+        """Take `body` at the next pass; False (nothing taken, the sessions under way
+        go on) when it is garbled."""
+        sessions = _announced(body)
+        if sessions is None:
+            return False
+        self._offered = sessions
+        return True
 
     def sessions(self) -> list[str]:
         """The ids of the sessions matched now (the engine's tap is on with any)."""
@@ -135,21 +173,19 @@ class WorkerTaps:
     def refresh(self) -> None:
         """Take the latest sessions, end those past their deadline or count, and turn
         the engine's tap on or off to match."""
-        body, self._offered = self._offered, None
+        offered, self._offered = self._offered, None
         now = self._clock()
-        if isinstance(body, dict) and isinstance(body.get("sessions"), list):
-            self._live = {s["id"]: self._take(s, now) for s in body["sessions"]
-                          if isinstance(s, dict) and isinstance(s.get("id"), str)}
+        if offered is not None:
+            self._live = {s[0]: self._take(*s, now) for s in offered}
         self._live = {sid: s for sid, s in self._live.items() if s.deadline > now and s.left > 0}
         if bool(self._live) != self._on:
             self._on = bool(self._live)
             self._set_tap(self._on)
 
-    def _take(self, s: dict[str, Any], now: float) -> _Live:
-        known = self._live.get(s["id"])
-        left = min(int(s.get("left", 0)), known.left if known else MAX_RECORDS)
-        return _Live(s["id"], Filter.from_body(s.get("filter") or {}),
-                     now + min(float(s.get("remaining_s", 0)), MAX_DURATION_S), left)
+    def _take(self, sid: str, flt: Filter, remaining_s: float, left: int, now: float) -> _Live:
+        known = self._live.get(sid)
+        left = min(left, known.left if known else MAX_RECORDS)
+        return _Live(sid, flt, now + min(remaining_s, MAX_DURATION_S), left)
 
     def live(self) -> bool:
         """Is a session under way (its records must be parsed and matched)?"""
@@ -227,7 +263,10 @@ class Hub:
             raise RemoteError(f"max must be 1..{MAX_RECORDS}", kind="usage")
         target = self._resolve(str(body.get("kind") or ""), str(body.get("name") or ""),
                                body.get("namespace"))
-        flt = Filter.from_body({**body, **target})
+        try:
+            flt = Filter.from_body({**body, **target})
+        except ValueError as exc:
+            raise RemoteError(str(exc), kind="usage") from None
         sid = secrets.token_hex(8)
         self.sessions[sid] = _Session(flt, float(duration), limit, self._clock())
         self.announce()
@@ -235,7 +274,7 @@ class Hub:
 
     def poll(self, body: Any) -> dict[str, Any]:
         """What a session gathered since the last poll, and whether it has ended."""
-        s = self.sessions.get(body.get("session") if isinstance(body, dict) else None)
+        s = self._session(body)
         if s is None:
             raise RemoteError("no such tap session (it ended)", kind="not-found")
         s.polled = self._clock()
@@ -243,26 +282,32 @@ class Hub:
         return {"records": records, "dropped": s.dropped, "ended": s.ended}
 
     def stop(self, body: Any) -> dict[str, Any]:
-        s = self.sessions.get(body.get("session") if isinstance(body, dict) else None)
+        s = self._session(body)
         if s is not None:
             s.end("stopped", self._clock())
             self.announce()
         return {"stopped": s is not None}
 
-    def on_tapped(self, tapped: Any) -> None:
-        """A batch's [session ids, record] pairs (meshnode.tap.WorkerTaps.split)."""
-        if not isinstance(tapped, list):
-            return
+    def _session(self, body: Any) -> _Session | None:
+        sid = body.get("session") if isinstance(body, dict) else None
+        return self.sessions.get(sid) if isinstance(sid, str) else None
+
+    def on_tapped(self, tapped: Any) -> bool:
+        """A batch's [session ids, record] pairs (meshnode.tap.WorkerTaps.split); False,
+        none taken, when they are garbled (an id that is not text raised on the bus
+        loop and ended telemetry)."""
+        if not _tapped_ok(tapped):
+            return False
         now = self._clock()
         before = len(self.live())
-        for item in tapped:
-            if isinstance(item, list) and len(item) == 2 and isinstance(item[1], dict):
-                for sid in item[0] if isinstance(item[0], list) else ():
-                    s = self.sessions.get(sid)
-                    if s is not None:
-                        s.put(item[1], now)
+        for sids, rec in tapped:
+            for sid in sids:
+                s = self.sessions.get(sid)
+                if s is not None:
+                    s.put(rec, now)
         if len(self.live()) != before:
             self.announce()
+        return True
 
     def live(self) -> list[str]:
         return [sid for sid, s in self.sessions.items() if s.ended is None]
@@ -288,6 +333,13 @@ class Hub:
             {"id": sid, "filter": asdict(s.filter), "remaining_s": max(0.0, s.deadline - now),
              "left": s.limit - s.delivered}
             for sid, s in self.sessions.items() if s.ended is None]})
+
+
+def _tapped_ok(tapped: Any) -> bool:
+    return isinstance(tapped, list) and all(
+        isinstance(item, list) and len(item) == 2 and isinstance(item[0], list)
+        and all(isinstance(sid, str) for sid in item[0]) and isinstance(item[1], dict)
+        for item in tapped)
 
 
 def resolver(snapshot: Callable[[], Mapping[str, Any] | None]) -> Callable[

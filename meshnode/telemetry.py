@@ -151,7 +151,8 @@ class Telemetry:
         """A worker's batch: the access log's records to the file, the taps' to them."""
         self.access.on_access(topic, env)
         if isinstance(env.body, dict):
-            self.taps.on_tapped(env.body.get("tapped"))
+            if not self.taps.on_tapped(env.body.get("tapped")):
+                self.proc.counters.drop("bad-tap")
             if isinstance(env.body.get("spans"), list):
                 self.spans.offer(env.body["spans"])
 

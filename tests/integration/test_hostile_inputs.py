@@ -1,6 +1,7 @@
 """control and telemetry, started by hand on one bus, against what a hostile or broken
-peer sends them: health beats whose request figures are garbled, and admin requests
-that a web page would make through DNS rebinding.
+peer sends them: health beats whose request figures are garbled, tap records and tap
+requests of the wrong shape, and admin requests that a web page would make through DNS
+rebinding.
 
 Why: a beat is read on each process's one loop (control folds a worker's figures into
 its rollouts' totals, telemetry samples them every second), so a figure of the wrong
@@ -23,7 +24,9 @@ import pytest
 import zmq
 
 from bus.endpoints import Endpoints
+from bus.errors import RemoteError
 from bus.pubsub import Publisher
+from bus.request import Client
 from meshnode.config.load import DEFAULT_CONFIG
 from mnharness import ByHand, Node, Started, free_port_base, http_get, wait_for
 
@@ -86,11 +89,11 @@ def procs() -> Iterator[Processes]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def dropped(node: Node, process: str) -> int:
-    """`process`'s bad-health drops as its latest beat, in telemetry's /stats, says."""
+def dropped(node: Node, process: str, reason: str = "bad-health") -> int:
+    """`process`'s drops for `reason` as its latest beat, in telemetry's /stats, says."""
     code, body = http_get(f"{node.admin_url}/stats")
     assert code == 200, body
-    return int(json.loads(body)[process].get("bus", {}).get("dropped", {}).get("bad-health", 0))
+    return int(json.loads(body)[process].get("bus", {}).get("dropped", {}).get(reason, 0))
 
 
 def test_garbled_request_figures_in_a_beat_are_dropped_and_counted(procs: Processes) -> None:
@@ -117,6 +120,34 @@ def test_garbled_request_figures_in_a_beat_are_dropped_and_counted(procs: Proces
         assert proc.popen.poll() is None, proc.lines[-5:]
     assert http_get(procs.node.metrics_url)[0] == 200
     assert http_get(f"{procs.node.admin_url}/dashboard.json")[0] == 200
+
+
+def test_garbled_tap_records_and_requests_are_refused_and_counted(procs: Processes) -> None:
+    """A worker's batch whose tap records name a session by a list raised on
+    telemetry's loop (an unhashable key) and ended it; so did a poll naming one so."""
+    ctx = zmq.Context()
+    endpoints = Endpoints.for_runtime_dir(procs.node.runtime_dir)
+    publisher = Publisher(ctx, endpoints, node="by-hand", src="proxy-7")
+    client = Client(ctx, endpoints, node="by-hand", src="cli-7")
+    garbled = [[[[["s"]], {}]], [[[{}], {}]], [[[7], {}]], [["s", {}]], "tapped"]
+    try:
+        sid = client.call("telemetry", "tap.start", {"duration_s": 30})["session"]
+        time.sleep(0.3)  # a PUB socket's first frames go before it has joined: wait
+        for tapped in garbled:
+            publisher.publish("access.proxy-7", "access",
+                              {"lines": b"", "count": 0, "sent": 0, "tapped": tapped})
+        wait_for(lambda: dropped(procs.node, "telemetry", "bad-tap") >= len(garbled), 10.0,
+                 "telemetry to count the garbled tap records")
+        for body in ({"session": [sid]}, {"session": {"id": sid}}, [sid]):
+            with pytest.raises(RemoteError, match="no such tap session"):
+                client.call("telemetry", "tap.poll", body)
+        assert client.call("telemetry", "tap.poll", {"session": sid})["ended"] is None
+        client.call("telemetry", "tap.stop", {"session": sid})
+    finally:
+        client.close()
+        publisher.close()
+        ctx.destroy(linger=0)
+    assert procs.telemetry.popen.poll() is None, procs.telemetry.lines[-5:]
 
 
 def admin_get(node: Node, path: str, host: str | None) -> int:

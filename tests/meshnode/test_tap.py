@@ -101,3 +101,48 @@ def test_bounds_are_refused(wired) -> None:
         hub.start({"duration_s": 1})
     with pytest.raises(RemoteError, match="under way"):
         hub.start({"duration_s": 1})
+
+
+GOOD = {"id": "s1", "filter": {"path_prefix": "/a"}, "remaining_s": 5.0, "left": 3}
+GARBLED_SESSIONS = [None, 5, {"sessions": "s1"}, {"sessions": [5]},
+                    {"sessions": [{**GOOD, "id": 7}]}, {"sessions": [{**GOOD, "filter": "x"}]},
+                    {"sessions": [{**GOOD, "filter": {"method": ["GET"]}}]},
+                    {"sessions": [{**GOOD, "left": "3"}]}, {"sessions": [{**GOOD, "left": None}]},
+                    {"sessions": [{**GOOD, "left": 1e400}]},
+                    {"sessions": [{**GOOD, "remaining_s": "5"}]},
+                    {"sessions": [{**GOOD, "remaining_s": float("inf")}]},
+                    {"sessions": [GOOD, {**GOOD, "id": "s2", "remaining_s": None}]}]
+
+
+def test_a_garbled_sessions_body_is_refused_and_the_sessions_under_way_go_on() -> None:
+    """The shipper's thread takes the body: a field of another type that raised there
+    ended it, and with it the worker's access log."""
+    clock, engine_tap = Clock(), []
+    worker = tap.WorkerTaps(engine_tap.append, clock)
+    assert worker.offer({"sessions": [GOOD]})
+    worker.refresh()
+    for body in GARBLED_SESSIONS:
+        assert not worker.offer(body), body
+        worker.refresh()
+    assert worker.sessions() == ["s1"] and engine_tap == [True]
+    assert [r["path"] for _, r in worker.split(lines(record("/a/1"), record("/b")))[2]] == ["/a/1"]
+
+
+def test_garbled_taps_and_requests_are_refused_at_telemetry(wired) -> None:
+    """A session id that is not text raised in telemetry's loop (unhashable) and ended
+    it; a filter field that is not text matched everything (0) or nothing (a list)."""
+    hub, worker, clock, _ = wired
+    sid = hub.start({"duration_s": 10})["session"]
+    for tapped in (5, [5], [[sid, {}]], [[[sid], "rec"]], [[[[sid]], {}]], [[[{}], {}]],
+                   [[[sid], {"path": "/ok"}], [[7], {}]]):
+        assert not hub.on_tapped(tapped), tapped
+    assert hub.on_tapped([[[sid, "gone"], {"path": "/ok"}]])
+    for body in ({"session": []}, {"session": {}}, {"session": 7}, ["session"]):
+        with pytest.raises(RemoteError) as raised:
+            hub.poll(body)
+        assert raised.value.kind == "not-found"
+        assert hub.stop(body) == {"stopped": False}
+    assert hub.poll({"session": sid})["records"] == [{"path": "/ok"}]
+    for odd in ({"path_prefix": 0}, {"method": ["GET"]}, {"principal": {"a": 1}}):
+        with pytest.raises(RemoteError, match="text"):
+            hub.start({"duration_s": 10, **odd})
