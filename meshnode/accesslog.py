@@ -46,6 +46,10 @@ SPAN_MARK = b'"duration_ns":'
 """In the lines of records drawn for the span exporter only (fastpath accessjson.pxi
 _aj_span): a batch without it goes on unparsed."""
 
+TAP_ONLY = b',"tap_only":true'
+"""In the line of a record a tap wanted and the access log did not (accessjson.pxi):
+found nowhere else, as the quotes of a request's texts are escaped."""
+
 
 class Ring(Protocol):
     """What a shipper reads: fastpath's Engine."""
@@ -99,7 +103,10 @@ class Shipper:
             count, tapped, spans = taken, [], []
             if SPAN_MARK in lines:
                 lines, count, spans = split_spans(lines)
-            if self.taps.live():        # (no tap: the lines go as they came, unparsed)
+            # No tap: the lines go as they came, unparsed, but for those of requests
+            # drawn while a tap was on and answered after it ended (a slow one, or the
+            # ring's last when a session ends): not the access log's.
+            if self.taps.live() or TAP_ONLY in lines:
                 lines, count, tapped = self.taps.split(lines)
             if count or tapped or spans:
                 self._send(lines, count, tapped, spans)
