@@ -164,6 +164,7 @@ class AccessLog:
         """Append whole JSON lines (the engine's, as they came), rotating first where the
         next line would take the file past max_bytes: one write a batch, more only at a
         rotation. A line longer than max_bytes goes alone into a file of its own."""
+        self._follow()
         start = 0
         while start < len(lines):
             room = self.max_bytes - self._size
@@ -178,6 +179,21 @@ class AccessLog:
                 end = lines.find(b"\n", start) + 1 or len(lines)
             self._write_all(memoryview(lines)[start:end])
             start = end
+
+    def _follow(self) -> None:
+        """Reopen the file when its name no longer leads to it (removed, or moved away
+        by logrotate or by hand, its directory too): else lines would go on into a file
+        nobody sees, and the next rotation, renaming a name that is gone, would raise
+        and end telemetry. Two stats a batch, as logging's WatchedFileHandler makes."""
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            named = None
+        held = os.fstat(self._fd)
+        if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+            os.close(self._fd)
+            self._fd = self._open()
+            self._size = os.fstat(self._fd).st_size
 
     def _write_all(self, data: memoryview) -> None:
         while data:
