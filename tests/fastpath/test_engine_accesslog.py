@@ -36,9 +36,9 @@ def mesh(mesh_pki: Any) -> Any:
 
 
 def logged(m: Mesh, *policies: dict[str, Any], sample: float = 100.0, min_status: int = 0,
-           route: bool = True) -> None:
+           route: bool = True, route_name: str = "demo/r") -> None:
     """Both nodes keep access records as told; the app's node judges v1 by `policies`;
-    the caller's routes every request of "backend" by HTTPRoute demo/r to v1."""
+    the caller's routes every request of "backend" by HTTPRoute `route_name` to v1."""
     t = m.inbound_table()
     if policies:
         t.set_inbound_authz(V1, {"policies": list(policies)})
@@ -47,7 +47,7 @@ def logged(m: Mesh, *policies: dict[str, Any], sample: float = 100.0, min_status
     out, ix = m.outbound()
     if route:
         s = out.add_route_set(ix["backend"])
-        out.add_route_match(s, out.add_route_rule("demo/r#0", [(ix["v1"], 1)]),
+        out.add_route_match(s, out.add_route_rule(route_name + "#0", [(ix["v1"], 1)]),
                             path=("PathPrefix", "/"))
     out.set_access_log(True, sample, min_status)
     m.out_node.install(out)
@@ -108,6 +108,40 @@ def test_a_callers_texts_are_escaped_into_valid_json_lines(mesh: Mesh) -> None:
     record = json.loads(line)
     assert record["request_id"] == 'a"b\\c\td\u00e9\ufffd\ufffd}{"x":1\\'
     assert "x" not in record and record["path"] == "/q"
+
+
+def test_every_text_at_its_cap_in_its_worst_escape_stays_one_line_within_the_bound(
+        mesh: Mesh) -> None:
+    """The reader sizes its buffer by _aj_bound (1536 bytes besides the texts, each text
+    byte at most 6): a line past it would overrun the buffer. Each text here is at its
+    cap (method 16, path 256, x-request-id and traceparent 64) in the longest escape its
+    bytes may take (a quote: 2, HTAB: 6, a byte that is not UTF-8: 3), and
+    the route's name is control bytes (6 each)."""
+    route = "".join(chr(b) for b in range(1, 32) if b != 9) * 6      # (no HTAB: a field)
+    logged(mesh, route_name=route)
+    method = b"M!#$%&'*+-.^_`|~"
+    path = b"/" + b'"' * 300                       # (a backslash is normalized to "/")
+    rid = b"a" + b"\t\xff" * 40
+    trace = b"b" + b"\t" * 80 + b"b"
+    raw = (method + b" " + path + b" HTTP/1.1\r\nHost: backend\r\nx-request-id: " + rid
+           + b"\r\ntraceparent: " + trace + b"\r\nConnection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port_of(mesh.http_sock)), timeout=TIMEOUT_S) as c:
+        c.sendall(raw)
+        assert recv_all(c).startswith(b"HTTP/1.1 ")
+    lines: list[bytes] = []
+    wait_for(lambda: lines.extend(mesh.out_node.engine.access_lines()[0].splitlines(True))
+             or lines, what="a line")
+    [line] = lines
+    assert line.endswith(b"}\n") and line.count(b"\n") == 1
+    r = json.loads(line.decode("utf-8"))                # strict: valid UTF-8
+    assert (r["method"], r["path"], r["route_name"]) == (
+        method.decode(), path[:256].decode(), route)
+    assert r["request_id"] == rid[:64].decode("utf-8", "replace")
+    assert r["traceparent"] == trace[:64].decode()
+    assert r["truncated"] == ["path", "request_id", "traceparent"]
+    texts = (len(method) + 256 + len("backend") + 64 + 64 + len(route)
+             + len("demo/backend-v1:http") + len(BACKEND_ID) + len(FRONTEND_ID))
+    assert len(line) <= 1536 + 6 * texts
 
 
 def test_a_requests_bytes_are_its_sizes_each_way(mesh: Mesh) -> None:
