@@ -120,8 +120,18 @@ def _sides(rec: dict[str, Any]) -> tuple[str, str, str]:
     return "out", rec.get("upstream_local_uri_san") or "-", rec.get("upstream_peer_uri_san") or "-"
 
 
+def shown(text: str) -> str:
+    """A caller's text as a terminal may print it: characters that are not printable
+    (a newline, C0/C1 controls such as U+009B, the 8-bit CSI) as Python escapes, so a
+    Host or path cannot move the cursor, recolour or forge a line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def tap_lines(i: int, rec: dict[str, Any]) -> str:
     """linkerd's req and rsp lines for one record (an opaque pair's: one tcp line)."""
+    rec = {key: shown(value) if isinstance(value, str) else value for key, value in rec.items()}
     direction, src, dst = _sides(rec)
     policy = rec.get("authorization_result") or "-"
     if rec.get("authorization_policy"):
@@ -200,7 +210,8 @@ def _short(principal: str) -> str:
 
 def top_table(rows: list[dict[str, Any]]) -> str:
     lines = [TOP_COLUMNS] + [
-        (r["source"], r["destination"], r["method"], r["path"], str(r["count"]),
+        (shown(r["source"]), shown(r["destination"]), shown(r["method"]), shown(r["path"]),
+         str(r["count"]),
          f"{r['best_ms']}ms", f"{r['worst_ms']}ms", f"{r['last_ms']}ms",
          f"{r['success_rate'] * 100:.2f}%") for r in rows]
     widths = [max(len(line[c]) for line in lines) for c in range(len(TOP_COLUMNS))]

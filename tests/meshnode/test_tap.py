@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bus.errors import RemoteError
-from meshnode import tap
+from meshnode import cli_tap, tap
 
 ME = "spiffe://cluster.local/ns/demo/sa/web"
 
@@ -146,3 +146,18 @@ def test_garbled_taps_and_requests_are_refused_at_telemetry(wired) -> None:
     for odd in ({"path_prefix": 0}, {"method": ["GET"]}, {"principal": {"a": 1}}):
         with pytest.raises(RemoteError, match="text"):
             hub.start({"duration_s": 10, **odd})
+
+
+def test_a_callers_texts_cannot_drive_the_terminal_of_whoever_taps() -> None:
+    """Host and path are the caller's: C1 controls (U+009B is an 8-bit CSI), escapes
+    and newlines are printed escaped, in tap's lines and in top's table."""
+    rec = record("/a\n/b", authority="evil\x9b31m\x1b[2J", tap_only=False)
+    rec.update({"response_code": 200, "duration": 1})
+    text = cli_tap.tap_lines(1, rec)
+    assert all(c.isprintable() for line in text.split("\n") for c in line)
+    assert ":authority=evil\\x9b31m\\x1b[2J" in text and ":path=/a\\n/b" in text
+    assert len(text.split("\n")) == 2                     # req and rsp, no forged third
+    table = cli_tap.top_table([{"source": "s", "destination": "d", "method": "GET",
+                                "path": "/x\x9b", "count": 1, "best_ms": 1, "worst_ms": 1,
+                                "last_ms": 1, "success_rate": 1.0}])
+    assert "/x\\x9b" in table and "\x9b" not in table
