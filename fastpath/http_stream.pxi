@@ -174,6 +174,8 @@ cdef int _http_framed(Core* core, Conn* c, ReqHead* req, uint32_t base) noexcept
     st = _trace_request(core, c, req, base, &delta)     # (tracing.pxi)
     if st != STATUS_OK:
         return st
+    # Its parses of the edited head read Upgrade afresh: h2c stays no upgrade (above).
+    req.upgrade = req.upgrade and not h2c
     # Counted in flight here, past the last wait (a head framed again is counted once).
     if not _overload_admit(core, c):
         return STATUS_CLOSE             # answered 503: over a cap (overload.pxi)
