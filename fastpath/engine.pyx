@@ -1007,6 +1007,9 @@ def bench_buffer_pool(Engine engine not None, Py_ssize_t n, int depth=2) -> int:
 
 
 DEBUG_BUILD = bool(MESHNODE_DEBUG)
+# Bytes every HTTP head keeps free in its buffer for the trace fields (tracing.pxi): a
+# head fills at most its buffer less these and its own fields' room.
+TRACE_ROOM = _TRACE_ROOM
 """Compiled with MESHNODE_DEBUG=1: bounds checks and invariants on (tests/fastpath/
 test_debug_build.py runs the suites against such a build)."""
 

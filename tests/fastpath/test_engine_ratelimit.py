@@ -457,9 +457,9 @@ def test_a_head_waiting_for_room_for_its_edits_is_decided_once(make_farm: MakeFa
     first = b"GET /a HTTP/1.1\r\nHost: backend\r\n\r\n"
     second = b"GET /b HTTP/1.1\r\nHost: backend\r\n%sX-Fill: %%s\r\n\r\n" % (
         b"Connection: close\r\n" if close else b"")
-    # Behind the first, 30 bytes short of its edits' room (11 once `Connection: close`
-    # goes); at the buffer's start, within it.
-    fill = buffer - edits + 30 - len(first) - (len(second) - 2)
+    # Behind the first, 30 bytes short of its edits' and the trace fields' room (11 once
+    # `Connection: close` goes); at the buffer's start, within it.
+    fill = buffer - edits - fe.TRACE_ROOM + 30 - len(first) - (len(second) - 2)
     second %= b"f" * fill
     with socket.create_connection(("127.0.0.1", port_of(farm.outs[0][1])),
                                   timeout=TIMEOUT_S) as s:
