@@ -223,10 +223,16 @@ def test_h2c_smuggling_through_the_outbound_listener(mesh: Mesh, h2c: Recorder,
     assert reply.count(b"HTTP/1.1 200 OK") == 2, reply
 
 
-def test_h2c_smuggling_from_a_mesh_peer(mesh: Mesh, h2c: Recorder) -> None:
+@pytest.mark.parametrize("extra", [b"", b"traceparent: 00-not-a-trace\r\n"],
+                         ids=["h2c", "with-a-malformed-traceparent"])
+def test_h2c_smuggling_from_a_mesh_peer(mesh: Mesh, h2c: Recorder, extra: bytes) -> None:
     """The same from a holder of a mesh certificate straight to the inbound port: the
-    app's 101 to a request the node does not let upgrade is a 502, no pipe."""
-    reply = as_mesh_peer(mesh, H2C + BEHIND, ["http/1.1"])
+    app's 101 to a request the node does not let upgrade is a 502, no pipe. (The head
+    is parsed again once its trace fields are edited, the x-forwarded-client-cert step's
+    line or a malformed traceparent's going: that parse read `Upgrade: h2c` as an
+    upgrade asked, and the app's 101 opened the pipe.)"""
+    reply = as_mesh_peer(mesh, H2C.replace(b"\r\n\r\n", b"\r\n" + extra + b"\r\n") + BEHIND,
+                         ["http/1.1"])
     assert not any(FORGED in got for got in h2c.seen), h2c.seen
     assert FORGED not in reply
     assert reply.startswith(b"HTTP/1.1 502 "), reply
