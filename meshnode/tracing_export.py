@@ -16,6 +16,7 @@ do not depend on the access log's sampling or filter.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import threading
@@ -211,10 +212,13 @@ class SpanExporter:
         req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.post_timeout_s) as resp:
-                resp.read()
-        except (urllib.error.URLError, OSError, ValueError):
-            # Down, refused (an HTTPError is a URLError), or slow past the timeout.
+            # Its status is the collector's word (urlopen raises on all but 2xx); the
+            # body is not read: one that is huge, or trickles within each read's
+            # timeout, would hold this thread (and telemetry's stop) as long as it lasts.
+            urllib.request.urlopen(req, timeout=self.post_timeout_s).close()
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError):
+            # Down, refused (an HTTPError is a URLError), slow past the timeout, or no
+            # HTTP server: what it answered did not parse (BadStatusLine, LineTooLong).
             self.posts_failed += 1
             self.export_failed += len(batch)
             return

@@ -181,6 +181,72 @@ def test_a_slow_collector_fills_the_queue_offers_drop_and_return_at_once() -> No
         slow.close()
 
 
+class RawCollector:
+    """A loopback TCP server answering every POST with `answer` as it is, then with a
+    byte each `trickle_s` for up to `trickle_for_s` (a collector the URL names that is
+    not one, or is one gone wrong)."""
+
+    def __init__(self, answer: bytes, trickle_s: float = 0.0, trickle_for_s: float = 0.0) -> None:
+        self.answer, self.trickle_s, self.trickle_for_s = answer, trickle_s, trickle_for_s
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1/traces"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += conn.recv(65536)
+            head, body = got.split(b"\r\n\r\n", 1)
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += conn.recv(65536)
+            try:
+                conn.sendall(self.answer)
+                until = time.monotonic() + self.trickle_for_s
+                while time.monotonic() < until:
+                    time.sleep(self.trickle_s)
+                    conn.sendall(b"x")
+            except OSError:
+                pass                        # the exporter went away
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("answer, trickle, exported", [
+    (b"SSH-2.0-OpenSSH_9.6\r\n", False, 0),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n", True, 2),
+], ids=["not-http", "endless-body"])
+def test_a_collector_that_answers_wrong_costs_its_batch_not_the_exporter(
+        answer: bytes, trickle: bool, exported: int) -> None:
+    """An answer that is not HTTP raised out of the exporter's thread (http.client's
+    BadStatusLine is no OSError): it ended, and no span left again. A 200 whose body
+    never ends (a byte within each read's timeout) held the thread reading it, and
+    telemetry's stop behind it: the status is the collector's word, the body is not read."""
+    wrong = RawCollector(answer, trickle_s=0.1, trickle_for_s=10.0 if trickle else 0.0)
+    try:
+        e = exporter("otlpHttp", wrong.url, batch_spans=1, post_timeout_s=1.0)
+        for i in range(2):
+            e.offer(record(f"{i + 1:016x}", None, inbound=False))
+        wait(lambda: e.exported + e.export_failed == 2, "both batches answered")
+        began = time.monotonic()
+        e.stop()
+        assert time.monotonic() - began < 1.0
+        assert (e.exported, e.export_failed, e.posts_failed) == (exported, 2 - exported,
+                                                                 2 - exported)
+    finally:
+        wrong.close()
+
+
 def test_span_of_needs_a_sampled_trace() -> None:
     assert span_of({"response_code": 200}) is None
     assert span_of(record("a" * 16, None, inbound=True, sampled=False)) is None
