@@ -21,7 +21,7 @@ cdef enum:
     _TRACEPARENT_BYTES = 55         # version 00: "00-" 32 "-" 16 "-" 2
     _REQUEST_ID_BYTES = 36          # a UUID's text
     # The most the fields below add to one head: x-request-id (52), a traceparent
-    # (70), B3's x-b3-spanid, x-b3-parentspanid and x-b3-sampled (85), rounded up.
+    # (70), B3's x-b3-traceid, x-b3-parentspanid and x-b3-sampled (102), rounded up.
     _TRACE_ROOM = 256
 
 # The fields looked at, by the index their one line is kept under.
@@ -118,8 +118,8 @@ cdef enum:
 cdef int _b3_parse(const char* head, const Field* fields, const int32_t* at,
                    TraceIds* t) noexcept nogil:
     """B3's multiple fields (openzipkin/b3-propagation): x-b3-traceid (16 or 32 hex) and
-    x-b3-spanid (16 hex), each once; x-b3-sampled "1" or x-b3-flags "1" (debug) sample
-    it, x-b3-sampled "0" does not; with neither the decision is this side's."""
+    x-b3-spanid (16 hex), each once; x-b3-flags "1" (debug) samples it, x-b3-sampled
+    decides (_b3_accepts); with neither the decision is this side's."""
     cdef const Field* f
     if at[_TF_B3_TRACE] < 0 or at[_TF_B3_SPAN] < 0:
         return _B3_NONE
@@ -136,20 +136,29 @@ cdef int _b3_parse(const char* head, const Field* fields, const int32_t* at,
             or t.parent == 0 or t.trace_hi == 0 and t.trace_lo == 0):
         return _B3_NONE
     t.flags = TRACE_B3
-    if at[_TF_B3_FLAGS] >= 0 and _field_is(head, &fields[at[_TF_B3_FLAGS]], b"1"):
+    if at[_TF_B3_FLAGS] >= 0 and _field_is(head, &fields[at[_TF_B3_FLAGS]], b"1", 1):
         t.flags |= TRACE_SAMPLED
         return _B3_DECIDED
     if at[_TF_B3_SAMPLED] < 0:
         return _B3_UNDECIDED
-    if _field_is(head, &fields[at[_TF_B3_SAMPLED]], b"1"):
+    if _b3_accepts(head, &fields[at[_TF_B3_SAMPLED]]):
         t.flags |= TRACE_SAMPLED
-    elif not _field_is(head, &fields[at[_TF_B3_SAMPLED]], b"0"):
-        return _B3_NONE
     return _B3_DECIDED
 
 
-cdef inline bint _field_is(const char* head, const Field* f, const char* one) noexcept nogil:
-    return f.value.len == 1 and head[f.value.off] == one[0]
+cdef inline bint _b3_accepts(const char* head, const Field* f) noexcept nogil:
+    """Does x-b3-sampled accept the trace? "1"; also "true", which tracers older than
+    the B3 spec wrote (it lets readers take it: Envoy's and OpenTelemetry's do), and
+    the single header's debug "d". Any other value denies, as in Envoy: the caller's
+    trace is still joined (it goes on as "0"), not left behind with a new trace's
+    traceparent beside its B3 fields."""
+    return (_field_is(head, f, b"1", 1) or _field_is(head, f, b"true", 4)
+            or _field_is(head, f, b"d", 1))
+
+
+cdef inline bint _field_is(const char* head, const Field* f, const char* text,
+                           uint32_t n) noexcept nogil:
+    return f.value.len == n and memcmp(head + f.value.off, text, n) == 0
 
 
 cdef int _trace_field(const char* name, uint32_t n) noexcept nogil:
@@ -282,9 +291,11 @@ cdef int _trace_request(Core* core, Conn* c, ReqHead* req, uint32_t base,
     cdef char parent[_TRACEPARENT_BYTES]
     cdef char span_hex[16]
     cdef char up_hex[16]
+    cdef char trace_hex[32]
     cdef char sampled
     cdef char* v
-    cdef bint add_id, add_parent, add_b3_parent = False, add_b3_sampled = False
+    cdef bint add_id, add_parent
+    cdef int b3_add = 0
     cdef uint32_t need = 0, lines = 0, head_len
     if delta[0] != 0:
         if parse_request_head(f.buf + base, f.tail - base, req, &core.http_limits) <= 0:
@@ -294,6 +305,8 @@ cdef int _trace_request(Core* core, Conn* c, ReqHead* req, uint32_t base,
     add_parent = not _trace_context(core, c, f.buf + base, req, at, &trace)
     _hex_put(span_hex, t.span, 16)
     _hex_put(up_hex, t.parent, 16)
+    _hex_put(trace_hex, t.trace_hi, 16)
+    _hex_put(trace_hex + 16, t.trace_lo, 16)
     sampled = c'1' if t.flags & TRACE_SAMPLED else c'0'
     # Rewritten where they lie: no byte moves (the usual hop).
     if not add_parent and _in_place(at, _TF_TRACEPARENT, req, _TRACEPARENT_BYTES):
@@ -306,21 +319,15 @@ cdef int _trace_request(Core* core, Conn* c, ReqHead* req, uint32_t base,
     else:
         add_parent = True
     if t.flags & TRACE_B3:
-        memcpy(f.buf + base + req.headers[at[_TF_B3_SPAN]].value.off, span_hex, 16)
-        if _in_place(at, _TF_B3_PARENT, req, 16):
-            memcpy(f.buf + base + req.headers[at[_TF_B3_PARENT]].value.off, up_hex, 16)
-        else:
-            add_b3_parent = True
-        if _in_place(at, _TF_B3_SAMPLED, req, 1):
-            f.buf[base + req.headers[at[_TF_B3_SAMPLED]].value.off] = sampled
-        else:
-            add_b3_sampled = True
+        b3_add = _b3_rewrite(f.buf + base, req, at, t, trace_hex, span_hex, up_hex, sampled)
     # Replaced: malformed, repeated or another version's length (rare: each costs a parse).
     if add_parent and at[_TF_TRACEPARENT] != _TF_NONE:
         _trace_drop(f, base, req, b"traceparent", 11, core)
-    if add_b3_parent and at[_TF_B3_PARENT] != _TF_NONE:
+    if b3_add & _ADD_B3_TRACE:
+        _trace_drop(f, base, req, b"x-b3-traceid", 12, core)
+    if b3_add & _ADD_B3_PARENT and at[_TF_B3_PARENT] != _TF_NONE:
         _trace_drop(f, base, req, b"x-b3-parentspanid", 17, core)
-    if add_b3_sampled and at[_TF_B3_SAMPLED] != _TF_NONE:
+    if b3_add & _ADD_B3_SAMPLED and at[_TF_B3_SAMPLED] != _TF_NONE:
         _trace_drop(f, base, req, b"x-b3-sampled", 12, core)
     add_id = at[_TF_REQUEST_ID] == _TF_NONE
     if add_id:
@@ -329,8 +336,11 @@ cdef int _trace_request(Core* core, Conn* c, ReqHead* req, uint32_t base,
     _access_traced(core, c, req, f.buf + base, t, <char*>request_id if add_id else NULL)
     need = ((14 + _REQUEST_ID_BYTES + 2 if add_id else 0)
             + (13 + _TRACEPARENT_BYTES + 2 if add_parent else 0)
-            + (19 + 16 + 2 if add_b3_parent else 0) + (14 + 1 + 2 if add_b3_sampled else 0))
-    lines = <uint32_t>add_id + <uint32_t>add_parent + <uint32_t>add_b3_parent + <uint32_t>add_b3_sampled
+            + (14 + 32 + 2 if b3_add & _ADD_B3_TRACE else 0)
+            + (19 + 16 + 2 if b3_add & _ADD_B3_PARENT else 0)
+            + (14 + 1 + 2 if b3_add & _ADD_B3_SAMPLED else 0))
+    lines = (<uint32_t>add_id + <uint32_t>add_parent + <uint32_t>(b3_add & _ADD_B3_TRACE != 0)
+             + <uint32_t>(b3_add & _ADD_B3_PARENT != 0) + <uint32_t>(b3_add & _ADD_B3_SAMPLED != 0))
     if lines == 0:
         return STATUS_OK
     if (f.tail + need > core.buffer_bytes
@@ -347,12 +357,48 @@ cdef int _trace_request(Core* core, Conn* c, ReqHead* req, uint32_t base,
         _traceparent_text(t, parent)
         head_len += _trace_add(core, f, base, head_len, b"traceparent", 11, parent,
                                _TRACEPARENT_BYTES)
-    if add_b3_parent:
+    if b3_add & _ADD_B3_TRACE:
+        head_len += _trace_add(core, f, base, head_len, b"x-b3-traceid", 12, trace_hex, 32)
+    if b3_add & _ADD_B3_PARENT:
         head_len += _trace_add(core, f, base, head_len, b"x-b3-parentspanid", 17, up_hex, 16)
-    if add_b3_sampled:
+    if b3_add & _ADD_B3_SAMPLED:
         head_len += _trace_add(core, f, base, head_len, b"x-b3-sampled", 12, &sampled, 1)
     delta[0] = <int64_t>head_len - <int64_t>req.head_len
     return STATUS_OK
+
+
+cdef enum:                          # the B3 lines _b3_rewrite could not rewrite in place
+    _ADD_B3_TRACE = 1
+    _ADD_B3_PARENT = 2
+    _ADD_B3_SAMPLED = 4
+
+
+cdef int _b3_rewrite(char* head, const ReqHead* req, const int32_t* at, const TraceIds* t,
+                     const char* trace_hex, const char* span_hex, const char* up_hex,
+                     char sampled) noexcept nogil:
+    """The caller's B3 fields rewritten where they lie to name this side's span in t's
+    trace; the lines that must be replaced instead (_ADD_B3_*). Its trace id is
+    written too: when a traceparent came with B3 fields of another trace, the
+    traceparent's was joined, and the B3 fields passed on must name the same span in
+    the same trace (a 16-hex id is kept 16 when that trace's upper half is zero)."""
+    cdef const Field* f = &req.headers[at[_TF_B3_TRACE]]
+    cdef int add = 0
+    if f.value.len == 32:
+        memcpy(head + f.value.off, trace_hex, 32)
+    elif t.trace_hi == 0:
+        memcpy(head + f.value.off, trace_hex + 16, 16)
+    else:
+        add |= _ADD_B3_TRACE
+    memcpy(head + req.headers[at[_TF_B3_SPAN]].value.off, span_hex, 16)
+    if _in_place(at, _TF_B3_PARENT, req, 16):
+        memcpy(head + req.headers[at[_TF_B3_PARENT]].value.off, up_hex, 16)
+    else:
+        add |= _ADD_B3_PARENT
+    if _in_place(at, _TF_B3_SAMPLED, req, 1):
+        head[req.headers[at[_TF_B3_SAMPLED]].value.off] = sampled
+    else:
+        add |= _ADD_B3_SAMPLED
+    return add
 
 
 cdef inline uint32_t _trace_add(Core* core, Flow* f, uint32_t base, uint32_t head_len,

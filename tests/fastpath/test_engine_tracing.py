@@ -219,6 +219,36 @@ def test_b3_without_a_decision_is_sampled_here(mesh: Mesh) -> None:
     assert parent_of(fields)[0] == TRACE
 
 
+@pytest.mark.parametrize("value, sent_on", [("true", "1"), ("false", "0"), ("d", "1"),
+                                             ("yes", "0")])
+def test_b3_sampled_values_older_tracers_wrote_are_read(mesh: Mesh, value: str,
+                                                        sent_on: str) -> None:
+    """x-b3-sampled "true" (tracers older than the B3 spec), "d" (the single header's
+    debug) accept, as Envoy's and OpenTelemetry's readers take them; anything else
+    denies: the caller's trace is joined either way and its decision goes on as 1 or 0
+    (a value the trace was not read for left the B3 fields of one trace beside a
+    traceparent of another)."""
+    install(mesh, sampling=0.0 if sent_on == "1" else 100.0)
+    fields = received(mesh, {"x-b3-traceid": TRACE, "x-b3-spanid": PARENT,
+                             "x-b3-sampled": value})
+    assert fields["x-b3-sampled"] == [sent_on] and fields["x-b3-traceid"] == [TRACE]
+    trace, parent, flags = parent_of(fields)
+    assert (trace, parent, flags) == (TRACE, fields["x-b3-spanid"][0], "0" + sent_on)
+
+
+@pytest.mark.parametrize("b3_trace", [TRACE[::-1], TRACE[::-1][16:]], ids=["128-bit", "64-bit"])
+def test_b3_fields_beside_a_traceparent_of_another_trace_name_the_traceparents(
+        mesh: Mesh, b3_trace: str) -> None:
+    """The traceparent's trace is the one joined: the B3 fields passed on with it name
+    the same span in the same trace, not this side's span in the caller's other one."""
+    fields = received(mesh, {"traceparent": f"00-{TRACE}-{PARENT}-01", "x-b3-traceid": b3_trace,
+                             "x-b3-spanid": "1" * 16, "x-b3-sampled": "0"})
+    trace, parent, flags = parent_of(fields)
+    assert (trace, flags) == (TRACE, "01")
+    assert fields["x-b3-traceid"] == [TRACE] and fields["x-b3-spanid"] == [parent]
+    assert fields["x-b3-sampled"] == ["1"] and len(fields["x-b3-parentspanid"]) == 1
+
+
 def test_malformed_b3_is_left_as_it_came_and_a_trace_begins(mesh: Mesh) -> None:
     fields = received(mesh, {"x-b3-traceid": "not-hex", "x-b3-spanid": PARENT})
     assert fields["x-b3-traceid"] == ["not-hex"] and fields["x-b3-spanid"] == [PARENT]
