@@ -18,7 +18,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not later:
         return
     items[:] = [item for item in items if item not in later] + later
-    config.stash[RUN] = debugbuild.start()
+    if not config.option.collectonly:       # (a listing runs nothing)
+        config.stash[RUN] = debugbuild.start()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
